@@ -1,0 +1,32 @@
+r"""Supervised all-in-one restoration (L1), from scratch or fine-tuned from a DCPT run.
+
+  python -m jaxmilab.main --config=configs/restoration.py:quickstart --workdir=/tmp/ft \
+      --config.method.init_from=/tmp/dcpt_quickstart
+
+Variants mirror configs/dcpt.py (same model and data), so a DCPT run's backbone loads
+with `config.method.init_from=<its workdir>`; leave it empty to train from scratch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def _dcpt_config(variant):
+  # Load configs/dcpt.py next to this file (config files are not a package).
+  spec = importlib.util.spec_from_file_location("_dcpt_config", os.path.join(os.path.dirname(__file__), "dcpt.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def get_config(variant: str = "smoke"):
+  c = _dcpt_config(variant)
+  c.method.name = "restoration"
+  c.method.init_from = ""          # a dcpt / maskdcpt / restoration workdir, or "" for scratch
+  del c.method.focal_gamma
+  del c.method.cls_weight
+  if variant == "quickstart":
+    c.total_steps = 300
+  return c

@@ -1,0 +1,1 @@
+"""Official PyTorch / safetensors checkpoints -> flax parameters, never executing pickled code."""

@@ -1,0 +1,1 @@
+"""Input pipelines (grain), degradation synthesis, datasets by name (see base.py)."""

@@ -1,0 +1,1 @@
+"""Paper-protocol metrics: restoration (PSNR/SSIM, BasicSR), wsol (wsolevaluation)."""

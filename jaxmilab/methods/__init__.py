@@ -1,0 +1,1 @@
+"""Training recipes. `jaxmilab/methods/<name>.py` defines a `Method` (see base.py)."""

@@ -1,0 +1,84 @@
+"""The contract between a training recipe (a `Method`) and the generic trainer.
+
+A method owns the losses, the metrics and what evaluation computes; the trainer
+owns everything else (sharding, jit, optimizer, checkpoints, logging, the loop).
+All methods' functions are pure and traced once by the trainer:
+
+  variables = method.init_variables(rng, batch)          # flax variables
+  loss, (metrics, new_model_state) = method.loss(params, model_state, batch, rng)
+  outputs = method.eval_step(params, model_state, batch)  # per-example arrays
+  scalars = method.summarize_eval(host_outputs)           # numpy, on the host
+
+`batch` is a dict of global, sharded arrays whose leading axis is the example
+axis; `model_state` holds the non-trainable flax collections (e.g. "batch_stats"),
+`{}` when there are none.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxmilab.data.base import DataInfo
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+class Method(abc.ABC):
+  """A training recipe. Subclasses are pure: no state besides the config and modules."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data_info: DataInfo):
+    self.config = config
+    self.data_info = data_info
+
+  @abc.abstractmethod
+  def init_variables(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, PyTree]:
+    """Flax variables ({"params": ..., other collections}) for a batch of this shape."""
+
+  @abc.abstractmethod
+  def loss(self, params: PyTree, model_state: PyTree, batch: Mapping[str, jax.Array],
+           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
+    """Scalar loss to minimise, (scalar metrics to log, updated model_state)."""
+
+  @abc.abstractmethod
+  def eval_step(self, params: PyTree, model_state: PyTree,
+                batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-example outputs (leading axis = batch) that `summarize_eval` turns into scalars."""
+
+  @abc.abstractmethod
+  def summarize_eval(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Scalars from the eval outputs of the whole eval set, concatenated on the host.
+
+    `outputs` also holds the batch's own keys (e.g. "label") and a bool "valid"
+    mask (False on padding examples, which must be ignored).
+    """
+
+  def eval_images(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """An optional [H, W, 3] float image in [0, 1] (e.g. input | restored | clean rows)."""
+    return None
+
+  def init_from(self, variables: dict[str, PyTree], loaded: dict[str, PyTree]) -> dict[str, PyTree]:
+    """Merges variables loaded from another run (`config.method.init_from`) into fresh ones.
+
+    The default keeps every loaded array whose path and shape exist in `variables`
+    and errors on nothing else; methods override to be stricter.
+    """
+    return merge_matching(variables, loaded)
+
+
+def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:
+  """Takes `loaded` leaves where the same path exists in `fresh` with the same shape."""
+  flat_loaded = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+
+  def pick(path, x):
+    y = flat_loaded.get(jax.tree_util.keystr(path))
+    if y is not None and np.shape(y) == np.shape(x):
+      return jax.numpy.asarray(y, dtype=x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(pick, fresh)

@@ -1,0 +1,1 @@
+"""flax.linen backbones. `jaxmilab/models/<name>.py` exposes `create(config) -> nn.Module`."""

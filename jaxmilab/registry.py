@@ -1,0 +1,56 @@
+"""Name -> object lookup: configs pick models, methods and datasets by string.
+
+Following big_vision, a name is resolved by importing a module of the package by
+name, so adding a method is adding a file; nothing has to be registered by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_KINDS = {
+    "methods": "jaxmilab.methods",
+    "models": "jaxmilab.models",
+    "data": "jaxmilab.data",
+}
+
+
+def _import(kind: str, name: str) -> Any:
+  if kind not in _KINDS:
+    raise ValueError(f"Unknown registry kind {kind!r}; expected one of {sorted(_KINDS)}.")
+  module_name = f"{_KINDS[kind]}.{name}"
+  try:
+    return importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise  # A real missing dependency inside the module: do not mask it.
+    package = importlib.import_module(_KINDS[kind])
+    known = available(kind)
+    raise ValueError(
+        f"Unknown {kind[:-1] if kind != 'data' else 'dataset'} {name!r}: there is no module "
+        f"{module_name}. Available: {', '.join(known)}.") from None
+
+
+def available(kind: str) -> list[str]:
+  """Names that `get(kind, name)` accepts."""
+  import pkgutil
+  package = importlib.import_module(_KINDS[kind])
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                if not m.name.startswith("_") and m.name not in ("base", "layers", "common"))
+
+
+def get_method(name: str):
+  """The `Method` subclass defined in `jaxmilab/methods/<name>.py` as `Method`."""
+  return _import("methods", name).Method
+
+
+def get_model(name: str):
+  """`jaxmilab/models/<name>.py` exposes `create(config) -> nn.Module`."""
+  return _import("models", name).create
+
+
+def get_data(name: str):
+  """`jaxmilab/data/<name>.py` exposes `create(config, *, batch_size, seed, process_index,
+  process_count) -> jaxmilab.data.base.Datasets`."""
+  return _import("data", name).create

@@ -1,0 +1,119 @@
+"""PSNR / SSIM (BasicSR protocol) against hand computations, skimage and a cv2 re-statement."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from jaxmilab.evaluation import restoration as R
+
+
+@pytest.fixture(scope="module")
+def pair():
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)  # [H, W, C]
+  noise = rng.integers(-25, 26, a.shape)
+  b = np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
+  return a, b
+
+
+def _skimage_ssim(a, b, **kw):
+  opts = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)
+  opts.update(kw)
+  return structural_similarity(a, b, **opts)
+
+
+def _basicsr_ssim_cv2(a, b):
+  """BasicSR _ssim restated with cv2.filter2D + [5:-5] crop, per channel, averaged."""
+  a, b = a.astype(np.float64), b.astype(np.float64)
+  g = cv2.getGaussianKernel(11, 1.5)
+  win = g @ g.T
+  f = lambda x: cv2.filter2D(x, -1, win)[5:-5, 5:-5]
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  vals = []
+  for c in range(a.shape[2]):
+    x, y = a[..., c], b[..., c]
+    mx, my = f(x), f(y)
+    vx, vy, vxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    vals.append((((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean())
+  return float(np.mean(vals))
+
+
+def test_psnr_constant_offset_by_hand():
+  a = np.full((8, 9, 3), 100, np.uint8)
+  b = a + np.uint8(2)  # MSE = 4
+  assert R.psnr(a, b) == pytest.approx(10 * np.log10(255.0**2 / 4))
+  # data_range=1 on floats: an offset of 0.1 -> 10 log10(1 / 0.01) = 20 dB.
+  assert R.psnr(np.full((4, 4, 3), 0.5), np.full((4, 4, 3), 0.6), data_range=1.0) == pytest.approx(20.0)
+
+
+def test_psnr_identical_is_inf(pair):
+  assert R.psnr(pair[0], pair[0]) == float("inf")
+
+
+def test_psnr_crop_border_by_hand():
+  a = np.zeros((10, 10, 3), np.uint8)
+  b = a.copy()
+  b[0, :, :] = 255  # errors only in the first row
+  assert R.psnr(a, b) == pytest.approx(10 * np.log10(255.0**2 / (255.0**2 / 10)))  # MSE = 255^2 / 10
+  assert R.psnr(a, b, crop_border=1) == float("inf")
+
+
+def test_ssim_matches_skimage_and_cv2_restatement(pair):
+  a, b = pair
+  ours = R.ssim(a, b)
+  # skimage: gaussian_filter (sigma 1.5, truncate 3.5 -> 11 taps), reflect padding, then the SSIM
+  # map is cropped by (11 - 1) // 2 = 5 on each side -> exactly BasicSR's 'valid' region.
+  assert ours == pytest.approx(_skimage_ssim(a, b), abs=1e-12)
+  assert ours == pytest.approx(_basicsr_ssim_cv2(a, b), abs=1e-12)
+  # A wrong window / sigma is far outside that tolerance.
+  assert abs(ours - _skimage_ssim(a, b, sigma=1.0)) > 1e-4
+  assert abs(ours - _skimage_ssim(a, b, gaussian_weights=False, win_size=11)) > 1e-4
+
+
+def test_ssim_identical_is_one_and_degrades(pair):
+  a, b = pair
+  assert R.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+  assert R.ssim(a, b) < 0.99
+
+
+def test_ssim_crop_border(pair):
+  a, b = pair
+  c = 3
+  expected = _skimage_ssim(a[c:-c, c:-c], b[c:-c, c:-c])
+  assert R.ssim(a, b, crop_border=c) == pytest.approx(expected, abs=1e-12)
+  assert abs(R.ssim(a, b, crop_border=c) - R.ssim(a, b)) > 1e-6
+
+
+def test_to_uint8_rounds_and_clips():
+  x = np.array([-0.2, 0.0, 0.5, 1 / 255 * 0.49, 1 / 255 * 0.51, 1.0, 1.3])
+  np.testing.assert_array_equal(R.to_uint8(x), np.array([0, 0, 128, 0, 1, 255, 255], np.uint8))
+  assert R.to_uint8(x).dtype == np.uint8
+
+
+def test_batches_are_per_image(pair):
+  a, b = pair
+  pred = np.stack([a, b])  # [2, H, W, C]
+  tgt = np.stack([b, b])
+  p = R.psnr_batch(pred, tgt)
+  s = R.ssim_batch(pred, tgt)
+  assert p.shape == s.shape == (2,)
+  assert p[1] == float("inf") and s[1] == pytest.approx(1.0)
+  mse = np.mean((a.astype(np.float64) - b) ** 2)
+  assert p[0] == pytest.approx(10 * np.log10(255.0**2 / mse))
+  assert s[0] == pytest.approx(_skimage_ssim(a, b), abs=1e-12)
+
+
+def test_errors_name_shapes():
+  with pytest.raises(ValueError, match=r"\(8, 8, 3\).*\(8, 9, 3\)"):
+    R.psnr(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+  with pytest.raises(ValueError, match=r"\(2, 8, 8, 3\).*\(1, 8, 8, 3\)"):
+    R.ssim_batch(np.zeros((2, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="window"):
+    R.ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match="data_range"):
+    R.psnr(np.full((4, 4, 3), 1.5), np.zeros((4, 4, 3)), data_range=1.0)
+  with pytest.raises(ValueError, match="crop_border"):
+    R.psnr(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)), crop_border=2)
