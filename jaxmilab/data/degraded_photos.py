@@ -1,0 +1,169 @@
+"""Clean photos degraded on the fly; the label is the index of the degradation type.
+
+Data (no network by default):
+
+* default: the real colour photos shipped in the scikit-image wheel
+  (`jaxmilab.data.embedded`): astronaut, coffee, hubble_deep_field,
+  immunohistochemistry, motorcycle and retina train; chelsea and rocket are the
+  fixed held-out eval photos.
+* `config.data.root=/path/to/clean`: every image file directly inside that folder
+  (png, jpg, jpeg, bmp, tif, tiff, webp, ppm; sub-folders are ignored). Eval images
+  come from `config.data.eval_root` (same kind of folder) or, without it, a fixed
+  held-out `eval_fraction` of the files chosen by a hash of the file name.
+
+      /path/to/clean/0001.png
+      /path/to/clean/0002.jpg
+      ...
+
+Training examples are (photo, type) records, shuffled each epoch and sharded over
+processes; each gets a random `patch_size` crop, a random flip and a degradation of
+its type with a random level, all drawn from the record's rng (grain: seed + record
+index). Eval examples are every eval photo x every type on the central `eval_size`
+crop, degraded with fixed per-example seeds (`eval_seed`, not the training seed).
+
+config.data keys (defaults): degradations ("5syn": a task-set name or names from
+`jaxmilab.data.degradations`), patch_size (64), eval_size (128), eval_batch_size (the
+training batch size), worker_count (0 grain worker processes), read_threads (4),
+read_buffer (one per-process batch per read thread), vertical_flip (False), photos / eval_photos
+(embedded names), root / eval_root / eval_fraction (0.1), eval_seed (0),
+cache_size (16 decoded folder images kept per process).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxmilab.data import degradations
+from jaxmilab.data import embedded
+from jaxmilab.data import images
+from jaxmilab.data import transforms
+from jaxmilab.data.base import DataInfo
+from jaxmilab.data.base import Datasets
+
+_KEYS = ("degradations", "patch_size", "eval_size", "eval_batch_size", "worker_count",
+         "read_threads", "read_buffer", "vertical_flip", "photos", "eval_photos", "root",
+         "eval_root", "eval_fraction", "eval_seed", "cache_size")
+
+
+class PhotoSource:
+  """Random-access records (photo, type): key -> {"gt": uint8 [H, W, 3], "label": int32}."""
+
+  def __init__(self, description: str, num_types: int, *, arrays: tuple[np.ndarray, ...] = (),
+               paths: tuple[str, ...] = (), cache_size: int = 16):
+    self.description = description
+    self.num_types = int(num_types)
+    self.arrays = tuple(arrays)  # in-memory photos (embedded), or
+    self.paths = tuple(paths)    # files decoded on demand
+    self.reader = images.CachedReader(cache_size)
+
+  @property
+  def num_photos(self) -> int:
+    return len(self.arrays) or len(self.paths)
+
+  def __len__(self) -> int:
+    return self.num_photos * self.num_types
+
+  def __getitem__(self, key: int) -> dict[str, Any]:
+    photo, label = divmod(int(key), self.num_types)
+    image = self.arrays[photo] if self.arrays else self.reader(self.paths[photo])
+    return {"gt": image, "label": np.int32(label)}
+
+  def __repr__(self) -> str:
+    # Stable across processes and restarts: grain checks it when restoring the iterator.
+    return f"PhotoSource({self.description}, photos={self.num_photos}, types={self.num_types})"
+
+
+def _folder_paths(folder: str, names: list[str], min_sizes: dict[str, int]) -> tuple[str, ...]:
+  """Full paths, after checking every header against the crop sizes (naming the file)."""
+  paths = tuple(os.path.join(folder, n) for n in names)
+  for path in paths:
+    size = images.image_size(path)
+    for key, min_size in min_sizes.items():
+      images.check_min_size(path, size, min_size, key)
+  return paths
+
+
+def create(config: Any, *, batch_size: int, seed: int, process_index: int,
+           process_count: int) -> Datasets:
+  """Train iterator and eval batches of synthetically degraded photos (see module doc)."""
+  transforms.check_keys(config, _KEYS, "degraded_photos")
+  transforms.check_layout(seed, process_index, process_count)
+  types = degradations.resolve(config.get("degradations", "5syn"))
+  patch = int(config.get("patch_size", 64))
+  eval_size = int(config.get("eval_size", 128))
+  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
+  local_eval_batch = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
+                                            process_count, "config.data.eval_batch_size")
+  eval_seed = int(config.get("eval_seed", 0))
+  cache_size = int(config.get("cache_size", 16))
+  root = config.get("root", None)
+  sizes_train = {"config.data.patch_size": patch}
+  sizes_eval = {"config.data.eval_size": eval_size}
+
+  if root:
+    if config.get("photos", None) or config.get("eval_photos", None):
+      raise ValueError("config.data.photos / eval_photos name embedded photos; they cannot be "
+                       "combined with config.data.root. Set one or the other.")
+    root = os.path.abspath(os.path.expanduser(root))
+    names = images.list_images(root, what="clean image folder (config.data.root)")
+    eval_root = config.get("eval_root", None)
+    if eval_root:
+      eval_root = os.path.abspath(os.path.expanduser(eval_root))
+      train_names = names
+      eval_names = images.list_images(eval_root, what="eval image folder (config.data.eval_root)")
+    else:
+      eval_root = root
+      train_names, eval_names = images.split_held_out(
+          names, float(config.get("eval_fraction", 0.1)), where=f"config.data.root={root!r}")
+    source = PhotoSource(f"root={root!r}", len(types),
+                         paths=_folder_paths(root, train_names, sizes_train), cache_size=cache_size)
+    eval_paths = _folder_paths(eval_root, eval_names, sizes_eval)
+  else:
+    if config.get("eval_root", None):
+      raise ValueError("config.data.eval_root needs config.data.root (a folder of clean images).")
+    eval_photos = embedded.check_names(config.get("eval_photos", None) or embedded.EVAL_PHOTOS,
+                                       "config.data.eval_photos")
+    photos = config.get("photos", None) or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
+    photos = embedded.check_names(photos, "config.data.photos")
+    shared = sorted(set(photos) & set(eval_photos))
+    if shared:
+      raise ValueError(f"config.data.photos and eval_photos share {shared}: an eval photo must not "
+                       f"be trained on. Remove it from one of them.")
+    arrays = tuple(embedded.read(p, min_size=patch) for p in photos)
+    source = PhotoSource(f"embedded={','.join(photos)}", len(types), arrays=arrays)
+    eval_paths = tuple(embedded.path(p) for p in eval_photos)
+    for path in eval_paths:
+      images.check_min_size(path, images.image_size(path), eval_size, "config.data.eval_size")
+
+  operations = [transforms.RandomCropFlip(patch, bool(config.get("vertical_flip", False))),
+                transforms.ToFloat(), transforms.SynthesizeDegradation(types)]
+  train = transforms.train_iterator(
+      source, operations, batch_size=local_batch, seed=seed, process_index=process_index,
+      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
+      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+
+  crops: dict[int, np.ndarray] = {}  # eval photo index -> central crop, uint8 [e, e, 3]
+
+  def make_example(i: int) -> dict[str, np.ndarray]:
+    photo, label = divmod(i, len(types))
+    if photo not in crops:
+      image = images.read_image(eval_paths[photo])  # [H, W, 3] uint8
+      crops[photo] = np.ascontiguousarray(transforms.center_crop(image, eval_size))
+    gt = images.to_float(crops[photo])  # [e, e, 3]
+    rng = np.random.default_rng([eval_seed, i])  # fixed per example, independent of config.seed
+    lq = degradations.apply(types[label], gt, rng)
+    return {"lq": lq, "gt": gt, "label": np.int32(label)}
+
+  num_eval = len(eval_paths) * len(types)
+
+  def eval_batches():
+    return transforms.eval_batches(num_eval, make_example, batch_size=local_eval_batch,
+                                   process_index=process_index, process_count=process_count)
+
+  info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
+                  extra={"patch_size": patch, "eval_size": eval_size, "num_eval": num_eval,
+                         "num_train_photos": source.num_photos})
+  return Datasets(train=train, eval_batches=eval_batches, info=info)

@@ -1,0 +1,141 @@
+"""Degradation synthesis against formulas, scipy and Pillow (independent references)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from jaxmilab.data import degradations as D
+
+NAMES = D.TASK_SETS["5syn"]
+
+
+def _photo(height=48, width=40, seed=0):
+  """A smooth-ish random colour image [H, W, 3] in [0, 1] (not constant, not pure noise)."""
+  rng = np.random.default_rng(seed)
+  image = ndimage.gaussian_filter(rng.uniform(0, 1, (height, width, 3)), sigma=(2, 2, 0))
+  image = (image - image.min()) / (image.max() - image.min())
+  return image.astype(np.float32)
+
+
+def test_registry_and_task_set():
+  assert NAMES == ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light")
+  assert all(n in D.DEGRADATIONS for n in NAMES)
+  assert D.resolve("5syn") == NAMES
+  assert D.resolve(["jpeg", "haze"]) == ("jpeg", "haze")
+  with pytest.raises(ValueError, match="rain_streaks"):
+    D.resolve(("jpeg", "rain_streaks"))
+  with pytest.raises(ValueError, match="repeats"):
+    D.resolve(("jpeg", "jpeg"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_dtype_range_and_seeding(name):
+  image = _photo(20, 33)
+  out = D.apply(name, image, np.random.default_rng(7))
+  assert out.shape == image.shape and out.dtype == np.float32
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  assert not np.allclose(out, image, atol=1e-3), "the degradation changed nothing"
+  again = D.apply(name, image, np.random.default_rng(7))
+  np.testing.assert_array_equal(out, again)
+  # Different seeds: different output (for jpeg only the quality is random; try a few seeds).
+  others = [D.apply(name, image, np.random.default_rng(s)) for s in (8, 9, 10)]
+  assert any(not np.array_equal(out, o) for o in others)
+
+
+def test_gaussian_noise_std_matches_sigma():
+  grey = np.full((128, 128, 3), 0.5, np.float32)  # 0.5 is 5.1 sigma at 25/255: no clipping
+  for sigma in (15.0, 25.0):
+    residual = D.gaussian_noise(grey, np.random.default_rng(0), level=sigma) - grey
+    assert abs(residual.std() / (sigma / 255.0) - 1.0) < 0.03
+    assert abs(residual.mean()) < 0.003
+  # Default level: the sigma is drawn in [15, 50] (0-255 scale).
+  std = (D.gaussian_noise(grey, np.random.default_rng(3)) - grey).std() * 255.0
+  assert 15.0 * 0.95 < std < 50.0 * 1.05
+
+
+def test_gaussian_kernel_formula():
+  sigma = 1.3
+  kernel = D.gaussian_kernel(sigma)
+  radius = int(np.ceil(3 * sigma))
+  assert kernel.shape == (2 * radius + 1, 2 * radius + 1)
+  assert abs(kernel.sum() - 1.0) < 1e-12
+  x = np.arange(-radius, radius + 1)
+  expected = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
+  np.testing.assert_allclose(kernel, expected / expected.sum(), rtol=1e-12)
+  np.testing.assert_allclose(kernel, kernel.T)  # isotropic
+
+
+def test_gaussian_blur_constant_impulse_and_scipy():
+  rng = np.random.default_rng(0)
+  constant = np.full((16, 20, 3), 0.37, np.float32)
+  np.testing.assert_allclose(D.gaussian_blur(constant, rng, level=2.0), constant, atol=1e-6)
+
+  sigma = 1.5
+  impulse = np.zeros((31, 31, 1), np.float32)
+  impulse[15, 15] = 1.0
+  response = D.gaussian_blur(impulse, rng, level=sigma)[..., 0]
+  kernel = D.gaussian_kernel(sigma)
+  r = kernel.shape[0] // 2
+  np.testing.assert_allclose(response[15 - r:16 + r, 15 - r:16 + r], kernel, atol=1e-7)
+  assert abs(response.sum() - 1.0) < 1e-5
+
+  # Reflect (101) padding at the borders == scipy's "mirror" mode with the same radius.
+  image = _photo(24, 18)
+  ours = D.gaussian_blur(image, rng, level=sigma)
+  reference = ndimage.gaussian_filter(image.astype(np.float64), sigma=sigma, mode="mirror",
+                                      radius=int(np.ceil(3 * sigma)), axes=(0, 1))
+  np.testing.assert_allclose(ours, reference, atol=1e-6)
+
+
+def test_jpeg_equals_pillow_codec():
+  image = _photo(32, 40)
+  for quality in (10, 35):
+    ours = D.jpeg(image, np.random.default_rng(0), level=quality)
+    pixels = np.round(image * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    reference = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32) / 255.0
+    np.testing.assert_array_equal(ours, reference)
+    assert np.abs(ours - image).mean() > 1e-3
+  # Lower quality loses more.
+  err = [np.abs(D.jpeg(image, None, level=q) - image).mean() for q in (10, 90)]
+  assert err[0] > err[1]
+
+
+def test_haze_scattering_model():
+  image = _photo(40, 36)
+  result = D.synthesize_haze(image, np.random.default_rng(5))
+  t, a = result.transmission, result.airlight
+  assert t.shape == (40, 36, 1)
+  assert 0.7 <= a <= 1.0 and 0.6 <= result.beta <= 1.8
+  np.testing.assert_allclose(t, np.exp(-result.beta * result.depth), rtol=1e-6)
+  assert 0.3 - 1e-6 <= result.depth.min() and result.depth.max() <= 1.0 + 1e-6
+  np.testing.assert_allclose(result.hazy, np.clip(image * t + a * (1 - t), 0, 1), atol=1e-6)
+  # The depth map is smooth: neighbouring pixels differ little.
+  assert np.abs(np.diff(result.depth, axis=0)).max() < 0.1
+  assert np.abs(np.diff(result.depth, axis=1)).max() < 0.1
+  # A black scene becomes A (1 - t); fixed beta and A are honoured.
+  fixed = D.synthesize_haze(np.zeros_like(image), np.random.default_rng(1), beta=1.0, airlight=0.8)
+  expected = np.broadcast_to(0.8 * (1 - np.exp(-fixed.depth)), image.shape)
+  np.testing.assert_allclose(fixed.hazy, expected, atol=1e-6)
+  # The registry entry is the same draw.
+  np.testing.assert_array_equal(D.haze(image, np.random.default_rng(5)), result.hazy)
+
+
+def test_low_light_darkens_by_expected_factor():
+  flat = np.full((64, 64, 3), 0.8, np.float32)
+  gamma, scale = 2.0, 0.4
+  noiseless = D.low_light(flat, np.random.default_rng(0), level=(gamma, scale, 0.0))
+  np.testing.assert_allclose(noiseless, scale * 0.8 ** gamma, rtol=1e-6)
+  noisy = D.low_light(flat, np.random.default_rng(0), level=(gamma, scale, 5.0))
+  assert abs(noisy.mean() - scale * 0.8 ** gamma) < 2e-3
+  assert abs(noisy.std() - 5.0 / 255) < 2e-3
+  # Default ranges: always darker than the input on a mid-to-bright image.
+  image = 0.5 + 0.5 * _photo()
+  for seed in range(5):
+    assert D.low_light(image, np.random.default_rng(seed)).mean() < 0.65 * image.mean()
