@@ -1,0 +1,257 @@
+"""Restormer, PromptIR and SwinIR (official and DCPT variants) against PyTorch transcriptions.
+
+The references are jaxmilab/benchmarks/torch_archs.py, transcribed from the official files
+(swz30/Restormer, va1shn9v/PromptIR, JingyunLiang/SwinIR, MILab-PKU/dcpt) with the official
+module names, so their state dicts have the official keys. Weights are random with every
+LayerNorm, bias, temperature and position-bias table moved away from its init, copied into
+flax params by the state-dict mapping written below (the rule each module docstring states),
+and both sides run an input whose size is not a multiple of the padding unit, padded the way
+the official pipeline pads (DCPT's `pre_test`, or SwinIR's `check_image_size` in forward).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmilab.benchmarks import torch_archs
+from jaxmilab.models import promptir
+from jaxmilab.models import restormer
+from jaxmilab.models import swinir
+
+_MODULES = {"restormer": restormer, "promptir": promptir, "swinir": swinir}
+_U_NET = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
+_SWIN = dict(img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4,
+             mlp_ratio=2.0)
+# flax preset -> (torch network, its constructor arguments, torch-side reflect padding unit
+# (None: the official forward pads itself), NCHW input shape).
+CASES = {
+    "restormer_tiny": ("restormer", _U_NET, 8, (2, 3, 21, 13)),
+    "restormer_dcpt_tiny": ("restormer_dcpt", _U_NET, 8, (2, 3, 21, 13)),
+    "promptir_tiny": ("promptir", dict(_U_NET, prompt_dims=(4, 8, 16), prompt_len=3,
+                                       prompt_sizes=(10, 4, 3)), 8, (2, 3, 21, 13)),
+    "swinir_tiny": ("swinir", _SWIN, None, (2, 3, 13, 10)),
+    "swinir_dcpt_tiny": ("swinir_dcpt", _SWIN, 4, (2, 3, 13, 10)),
+}
+
+
+def _model(preset: str):
+  return _MODULES[preset.split("_")[0]].create({"preset": preset})
+
+
+# --------------------------------------------------------------------------------------------
+# State dict -> flax params.
+
+
+def _torch_to_flax(state_dict) -> dict:
+  """Official PyTorch keys -> the flax params tree (the mapping of the module docstrings)."""
+  params: dict = {}
+  for key, value in state_dict.items():
+    if key.endswith(("relative_position_index", "attn_mask")):
+      continue                                             # buffers, recomputed in flax
+    if re.match(r"(chnl_reduce\d|reduce_noise_channel_\d)\.", key):
+      continue                                             # PromptIR modules never used
+    # DCPT's Restormer wraps stages in SequentialTransformerBlock: encoder_level1.body.0 -> .0
+    key = re.sub(r"^(encoder_level\d|decoder_level\d|latent|refinement)\.body\.", r"\1.", key)
+    value = value.detach().numpy()
+    *modules, leaf = key.split(".")
+    path: list[str] = []
+    for m in modules:                                      # join indices: blocks.0 -> blocks_0
+      if m.isdigit():
+        path[-1] += f"_{m}"
+      else:
+        path.append(m)
+    if len(path) >= 2 and path[-1] == "body" and re.fullmatch(r"norm\d", path[-2]):
+      path.pop()                                           # Restormer LayerNorm(...).body
+    if leaf == "temperature":                              # [h, 1, 1] -> [h]
+      value = value.reshape(-1)
+    elif leaf == "prompt_param":                           # [1, L, D, S, S] -> [L, S, S, D]
+      value = value[0].transpose(0, 2, 3, 1)
+    elif leaf == "weight" and value.ndim == 4:             # conv OIHW -> HWIO
+      leaf, value = "kernel", value.transpose(2, 3, 1, 0)
+    elif leaf == "weight" and value.ndim == 2:             # linear [out, in] -> [in, out]
+      leaf, value = "kernel", value.T
+    elif leaf == "weight":                                 # LayerNorm
+      leaf = "scale"
+    node = params
+    for p in path:
+      node = node.setdefault(p, {})
+    assert leaf not in node, key
+    node[leaf] = jnp.asarray(value)
+  return params
+
+
+def _shapes(tree) -> dict:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+
+
+def _randomize(net, torch) -> None:
+  """Random weights with every normalization / bias / temperature / bias table mattering."""
+  g = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if name.endswith("prompt_param"):
+        continue                                           # torch.rand already
+      if p.ndim >= 2 and not name.endswith("relative_position_bias_table"):
+        fan_in = p[0].numel()                              # PyTorch-default-like scale
+        p.uniform_(-1.0, 1.0, generator=g).mul_(1.0 / math.sqrt(fan_in))
+      elif name.endswith("temperature"):
+        p.uniform_(0.5, 2.0, generator=g)
+      elif name.endswith("relative_position_bias_table"):
+        p.normal_(0.0, 0.5, generator=g)
+      elif re.search(r"norm\d?(\.body)?\.weight$", name):
+        p.uniform_(0.5, 1.5, generator=g)
+      else:                                                # biases, LayerNorm biases
+        p.normal_(0.0, 0.2, generator=g)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def parity(request):
+  """(preset, torch output, torch features, flax output, flax features), NHWC numpy."""
+  torch = pytest.importorskip("torch")
+  preset = request.param
+  name, kwargs, pad, shape = CASES[preset]
+  torch.manual_seed(0)
+  net = torch_archs.build(name, **kwargs).eval()
+  _randomize(net, torch)
+  x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+  with torch.no_grad():
+    xt = torch.from_numpy(x)
+    xt = torch_archs.reflect_pad(xt, pad) if pad else xt
+    y_t, feats_t = net(xt, return_decoder_features=True)
+  h, w = shape[2:]
+  y_t = y_t[:, :, :h, :w].numpy().transpose(0, 2, 3, 1)
+  feats_t = [f.numpy().transpose(0, 2, 3, 1) for f in feats_t]
+
+  model = _model(preset)
+  x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+  params = _torch_to_flax(net.state_dict())
+  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), x_nhwc)["params"]
+  assert _shapes(params) == _shapes(expected)
+  apply = jax.jit(lambda p, v: model.apply({"params": p}, v, return_decoder_features=True))
+  y, feats = apply(params, x_nhwc)
+  # Not a degenerate case: the network changes its input by far more than the tolerance.
+  assert np.abs(y_t - x.transpose(0, 2, 3, 1)).max() > 0.05
+  return preset, y_t, feats_t, np.asarray(y), [np.asarray(f) for f in feats]
+
+
+@pytest.mark.torch
+def test_output_matches_torch(parity):
+  preset, y_t, _, y, _ = parity
+  assert y.shape == y_t.shape, preset
+  np.testing.assert_allclose(y, y_t, atol=1e-4, rtol=0, err_msg=preset)
+
+
+@pytest.mark.torch
+def test_decoder_features_match_torch(parity):
+  preset, _, feats_t, _, feats = parity
+  assert [f.shape for f in feats] == [f.shape for f in feats_t], preset
+  for f, f_t in zip(feats, feats_t):
+    np.testing.assert_allclose(f, f_t, atol=1e-4, rtol=0, err_msg=preset)
+
+
+@pytest.mark.torch
+def test_bilinear_resize_matches_torch():
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(1).normal(size=(2, 3, 7, 10)).astype(np.float32)   # NCHW
+  for size in ((7, 10), (12, 8), (3, 2), (9, 23), (5, 5)):
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size, mode="bilinear")
+    got = promptir.resize_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), *size)
+    np.testing.assert_allclose(np.asarray(got), ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and configs (no torch, no compile).
+
+
+@pytest.mark.parametrize("preset,expected", [
+    # Documented: 21x13 pads to 24x16; [4d @ /4, 2d @ /2, 2d @ 1] with dim 8.
+    ("restormer_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
+    ("promptir_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
+    # 21x13 pads to 24x16 (window 4); outputs of the last len(depths) - len(depths)//2 RSTBs.
+    ("swinir_tiny", [(2, 24, 16, 12)]),
+])
+def test_decoder_feature_shapes(preset, expected):
+  model = _model(preset)
+  x = jnp.zeros((2, 21, 13, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  y, feats = jax.eval_shape(
+      lambda v, a: model.apply(v, a, return_decoder_features=True), variables, x)
+  assert y.shape == x.shape
+  assert [f.shape for f in feats] == expected
+
+
+def test_swinir_full_preset_has_three_decoder_features_and_official_size():
+  model = swinir.create({"preset": "swinir"})
+  x = jnp.zeros((1, 20, 20, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  _, feats = jax.eval_shape(lambda v, a: model.apply(v, a, return_decoder_features=True),
+                            variables, x)
+  assert [f.shape for f in feats] == [(1, 24, 24, 180)] * 3
+  # Hand count, E = 180, 36 blocks: LN 4E, qkv E*3E+3E, proj E*E+E, bias table 15*15*6,
+  # fc1 E*2E+2E, fc2 2E*E+E; 6 RSTB convs 9E*E+E; conv_first 27E+E; patch/final LN 4E;
+  # conv_after_body 9E*E+E; conv_last 9E*3+3.
+  e = 180
+  block = 4 * e + 3 * e * e + 3 * e + e * e + e + 225 * 6 + 2 * e * e + 2 * e + 2 * e * e + e
+  total = 36 * block + 7 * (9 * e * e + e) + 28 * e + 4 * e + 27 * e + 3
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables))
+  assert count == total
+
+
+def test_dtype_bfloat16_keeps_float32_params():
+  model = restormer.create({"preset": "restormer_tiny", "dtype": "bfloat16"})
+  x = jnp.zeros((1, 8, 8, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  _, feats = jax.eval_shape(lambda v, a: model.apply(v, a, return_decoder_features=True),
+                            variables, x)
+  assert {f.dtype for f in feats} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_presets_override_and_bad_configs():
+  m = restormer.create({"preset": "restormer_dcpt", "dim": 16})
+  assert (m.dim, m.attention, m.layernorm_eps, m.layernorm_type) == (16, "relu", 1e-6, "BiasFree")
+  assert restormer.create({"preset": "restormer"}).attention == "softmax"
+  s = swinir.create({"preset": "swinir_dcpt"})
+  assert (s.relative_position_bias, s.shift_mask, s.dcpt_layer_names) == (False, False, True)
+  assert promptir.create({"preset": "promptir_dcpt"}).layernorm_type == "WithBias"
+  with pytest.raises(ValueError, match="unknown key"):
+    restormer.create({"preset": "restormer", "widht": 3})
+  with pytest.raises(ValueError, match="not a swinir preset"):
+    swinir.create({"preset": "swinir_large"})
+  with pytest.raises(ValueError, match="heads"):
+    restormer.create({"preset": "restormer_tiny", "heads": (1, 3, 2, 4)})
+  with pytest.raises(ValueError, match="noise_level"):
+    promptir.create({"preset": "promptir_tiny", "prompt_dims": (5, 8, 16)})
+  with pytest.raises(ValueError, match="NHWC"):
+    _model("swinir_tiny").init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8, 8)))
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("preset", ["restormer", "restormer_dcpt", "promptir", "promptir_dcpt",
+                                    "swinir", "swinir_dcpt"])
+def test_official_size_matches_torch(preset):
+  """The full official presets (20-40 s each on CPU) against the official-size torch nets."""
+  torch = pytest.importorskip("torch")
+  pad = {"restormer": 8, "promptir": 8, "swinir": None}[preset.split("_")[0]]
+  if preset == "swinir_dcpt":
+    pad = 8
+  torch.manual_seed(0)
+  net = torch_archs.build(preset).eval()
+  _randomize(net, torch)
+  shape = (1, 3, 37, 29)
+  x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+  with torch.no_grad():
+    xt = torch.from_numpy(x)
+    y_t = net(torch_archs.reflect_pad(xt, pad) if pad else xt)[:, :, :37, :29]
+  model = _model(preset)
+  y = jax.jit(model.apply)({"params": _torch_to_flax(net.state_dict())},
+                           jnp.asarray(x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(np.asarray(y), y_t.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
