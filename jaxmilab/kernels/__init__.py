@@ -1,1 +1,5 @@
 """Pallas kernels with pure-jnp references."""
+
+from jaxmilab.kernels.tea import tea_attention
+
+__all__ = ["tea_attention"]
