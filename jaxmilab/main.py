@@ -10,6 +10,8 @@ runs (TPU pods, SLURM) pass --distributed (auto-detected cluster) or the explici
 
 from __future__ import annotations
 
+import logging as std_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -25,9 +27,17 @@ flags.DEFINE_integer("process_id", None, "This process's index, for jax.distribu
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the console (warnings still pass)."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

@@ -2,7 +2,8 @@
 
 `metrics.jsonl` holds one JSON object per write, `{"step": int, "split":
 "train" | "eval", <name>: float, ...}`, with the same scalars TensorBoard gets
-(there under "<split>/<name>"). Only the lead process writes.
+(there under "<split>/<name>"; a name may itself contain "/", e.g. "psnr/haze").
+Only the lead process writes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class JsonlWriter(interface.MetricWriter):
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     by_split: dict[str, dict[str, float]] = {}
     for name, value in scalars.items():
-      split, _, key = name.rpartition("/")
-      by_split.setdefault(split or "train", {})[key] = _to_float(value)
+      split, _, key = name.partition("/")
+      if not key:  # No split prefix.
+        split, key = "train", name
+      by_split.setdefault(split, {})[key] = _to_float(value)
     for split, values in by_split.items():
       record = {"step": int(step), "split": split}
       record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})

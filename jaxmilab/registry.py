@@ -25,7 +25,6 @@ def _import(kind: str, name: str) -> Any:
   except ModuleNotFoundError as e:
     if e.name != module_name:
       raise  # A real missing dependency inside the module: do not mask it.
-    package = importlib.import_module(_KINDS[kind])
     known = available(kind)
     raise ValueError(
         f"Unknown {kind[:-1] if kind != 'data' else 'dataset'} {name!r}: there is no module "
@@ -33,11 +32,27 @@ def _import(kind: str, name: str) -> Any:
 
 
 def available(kind: str) -> list[str]:
-  """Names that `get(kind, name)` accepts."""
-  import pkgutil
+  """Names that the registry accepts for `kind` (modules defining `Method` / `create`)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
   package = importlib.import_module(_KINDS[kind])
-  return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                if not m.name.startswith("_") and m.name not in ("base", "layers", "common"))
+  wanted = "Method" if kind == "methods" else "create"
+  names = []
+  for m in pkgutil.iter_modules(package.__path__):
+    if m.name.startswith("_") or m.name in ("base", "common"):
+      continue
+    path = f"{package.__path__[0]}/{m.name}.py"
+    try:
+      with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    except OSError:
+      continue
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    if wanted in defined:
+      names.append(m.name)
+  return sorted(names)
 
 
 def get_method(name: str):

@@ -10,7 +10,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Compile each distinct program once per test session, even across separate jit objects.
+jax.config.update("jax_compilation_cache_dir", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"jaxmilab_test_cache_{os.getuid()}"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
