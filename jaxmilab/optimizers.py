@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
+import jax
 import ml_collections
 import optax
 
@@ -49,6 +53,9 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
       tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
   else:
     raise ValueError(f"config.optimizer.name={name!r}: use 'adam', 'adamw', 'amsgrad' or 'sgd'.")
+  multipliers = config.get("lr_multipliers", ())
+  if multipliers:
+    tx = optax.chain(tx, scale_by_path(multipliers))
   clip = config.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
@@ -56,3 +63,27 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
   if accumulate > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
   return tx
+
+
+def scale_by_path(multipliers: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+  """Multiplies the updates of parameters whose path matches a regex (first match wins).
+
+  Learning-rate groups as in PyTorch's param groups: `config.optimizer.lr_multipliers =
+  (("classifier", 10.0),)` gives 10x the learning rate to parameters whose path (e.g.
+  "['params']['classifier']['kernel']") contains "classifier".
+  """
+  rules = []
+  for entry in multipliers:
+    if len(entry) != 2:
+      raise ValueError(f"config.optimizer.lr_multipliers: entries are (regex, factor), got {entry!r}.")
+    rules.append((re.compile(entry[0]), float(entry[1])))
+
+  def factor(path) -> float:
+    name = jax.tree_util.keystr(path)
+    return next((f for pattern, f in rules if pattern.search(name)), 1.0)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
