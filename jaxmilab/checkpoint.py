@@ -42,11 +42,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
 
 
 def load_variables(path: str) -> dict[str, Any]:
-  """Train-state arrays (as numpy, on the host) from a workdir, its checkpoints/ or a step folder.
+  """Train-state arrays (as numpy, on the host) from a workdir, its checkpoints/ or a step folder,
+  or backbone parameters from an official .pth / .safetensors file (jaxmilab.convert).
 
   Used by `init_from`: returns {"params": ..., "model_state": ...}.
   """
   path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isfile(path):  # An official .pth / .safetensors file (weights-only reader).
+    from jaxmilab import convert  # pylint: disable=g-import-not-at-top
+    return convert.load_as_variables(path)
   candidates = [path, checkpoint_dir(path)]
   for candidate in candidates:
     if os.path.isdir(os.path.join(candidate, "state")):

@@ -1,0 +1,200 @@
+r"""PyTorch WSOL weights -> flax variables of jaxmilab.models.wsol_backbones, from local files.
+
+Reads with the weights-only reader `jaxmilab.convert.torch_checkpoint` (no pickled code runs):
+* torchvision ImageNet weights (`resnet50-19c8e357.pth`, `vgg16-397923af.pth`,
+  `inception_v3_google-1a9a5a14.pth`): the classifier (`fc.` / `classifier.`), Mixed_7* and
+  AuxLogits are dropped; VGG16 conv indices are re-aligned in order, as wsolevaluation's
+  `adjust_pretrained_model` does when pool4 is removed (large_feature_map).
+* wsolevaluation / B-CAM checkpoints (`{"state_dict": ...}`, keys of ResNetCam / VggCam /
+  InceptionCam / ResNetBCAM: `aggregator_A`, `classifier_A`, ...).
+* DA-WSOL / BagCAMs checkpoints (`{"state_dict_extractor": ..., "state_dict_classifier": ...}`;
+  the classifier's 1x1 conv `fc` becomes the Dense `fc` / `SPG_A4`).
+
+Mapping rules: "layer3.1.conv2.weight" -> params/layer3_1/conv2/kernel (OIHW -> HWIO),
+"features.28.bias" -> params/features_28/bias, "SPG_A3_1b.0.weight" -> params/SPG_A3_1b/kernel,
+BatchNorm weight/bias -> scale/bias, running_mean/var -> batch_stats mean/var; linear and 1x1
+conv classifier weights [K, C(, 1, 1)] -> Dense kernels [C, K]. B-CAM weights go under
+params/backbone and params/bcam_head (the `bcam` method's layout).
+
+  python -m jaxmilab.convert.torchvision_wsol --arch=resnet50 --checkpoint=resnet50-19c8e357.pth \
+      --num_classes=200 --out=/runs/resnet50_imagenet
+  python -m jaxmilab.main --config=configs/cam.py:resnet50_cub --config.method.init_from=/runs/resnet50_imagenet
+
+`--out` is an orbax folder that `config.method.init_from` accepts (parameters whose shape
+does not fit, e.g. a 1000-class fc, keep their fresh initialisation).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmilab.convert import torch_checkpoint
+from jaxmilab.models import wsol_backbones
+
+_DROP = re.compile(r"^(classifier\.|AuxLogits\.|Mixed_7|.*num_batches_tracked$)")
+_BCAM_HEAD = ("aggregator_A", "aggregator_B", "classifier_A", "classifier_B")
+
+
+def read_wsol_state_dict(path: str) -> dict[str, np.ndarray]:
+  """One flat {torch key: array} from any of the supported checkpoint layouts."""
+  obj = torch_checkpoint.read_checkpoint(path) if not path.endswith(".safetensors") else None
+  if isinstance(obj, dict) and "state_dict_extractor" in obj:
+    sd = dict(torch_checkpoint.extract_state_dict(obj["state_dict_extractor"], path))
+    if "state_dict_classifier" in obj:
+      sd.update(torch_checkpoint.extract_state_dict(obj["state_dict_classifier"], path))
+    return sd
+  return torch_checkpoint.load_state_dict(path)
+
+
+def _vgg_realign(sd: dict[str, np.ndarray], large_feature_map: bool) -> dict[str, np.ndarray]:
+  """Maps torchvision's features.<i> conv indices onto VggCam's, in order (adjust_pretrained_model)."""
+  ours, index = [], 0
+  for v in wsol_backbones.VGG_CFG[bool(large_feature_map)]:
+    if v == "M":
+      index += 1
+    else:
+      ours.append(index)
+      index += 2
+  theirs = sorted({int(k.split(".")[1]) for k in sd if k.startswith("features.")})
+  if theirs == ours:
+    return sd
+  out = {k: v for k, v in sd.items() if not k.startswith("features.")}
+  for t, o in zip(theirs, ours):
+    for suffix in ("weight", "bias"):
+      if f"features.{t}.{suffix}" in sd:
+        out[f"features.{o}.{suffix}"] = sd[f"features.{t}.{suffix}"]
+  return out
+
+
+def _flax_path(key: str) -> tuple[str, list[str], str]:
+  """torch key -> (collection, module path, leaf name)."""
+  parts = key.split(".")
+  leaf = parts.pop()
+  path: list[str] = []
+  for p in parts:
+    if p.isdigit() and path:
+      if path[-1] in ("SPG_A3_1b", "SPG_A3_2b"):
+        continue  # nn.Sequential(conv, ReLU): the conv is the module itself
+      path[-1] = f"{path[-1]}_{p}"
+    else:
+      path.append(p)
+  if leaf in ("running_mean", "running_var"):
+    return "batch_stats", path, "mean" if leaf == "running_mean" else "var"
+  return "params", path, leaf
+
+
+def state_dict_to_variables(sd: dict[str, np.ndarray], *, arch: str, large_feature_map: bool,
+                            bcam: bool = False) -> dict[str, Any]:
+  """{"params": ..., "batch_stats": ...} nested dicts (numpy) from a flat torch state dict."""
+  if arch == "vgg16":
+    sd = _vgg_realign(sd, large_feature_map)
+  out: dict[str, Any] = {"params": {}, "batch_stats": {}}
+  for key, value in sd.items():
+    if _DROP.match(key):
+      continue
+    collection, path, leaf = _flax_path(key)
+    value = np.asarray(value, np.float32)
+    if leaf == "weight":
+      if value.ndim == 4 and path[-1] in ("fc", "SPG_A4", *_BCAM_HEAD):
+        value = value.reshape(value.shape[:2])  # 1x1 conv classifier -> linear
+      if value.ndim == 4:
+        leaf, value = "kernel", value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      elif value.ndim == 2:
+        leaf, value = "kernel", value.T  # [out, in] -> [in, out]
+      else:
+        leaf = "scale"  # BatchNorm
+    if bcam:
+      path = (["bcam_head"] if path[0] in _BCAM_HEAD else ["backbone"]) + path
+      if collection == "batch_stats":
+        path = path[1:]  # the bcam method keeps the backbone's batch_stats unnested
+    node = out[collection]
+    for p in path:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def load_into(variables: dict[str, Any], converted: dict[str, Any], *, strict_backbone: bool = True
+              ) -> tuple[dict[str, Any], list[str]]:
+  """Copies converted arrays into `variables` (same paths and shapes); returns (merged, skipped).
+
+  With strict_backbone, a converted array whose path is missing in the model raises (a wrong
+  architecture or preset); shape mismatches (e.g. a 1000-class fc) are skipped and reported.
+  """
+  flat_new = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(converted)}
+  flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+  missing = sorted(set(flat_new) - set(flat_old))
+  if missing and strict_backbone:
+    raise ValueError(f"{len(missing)} converted weights have no place in the model, e.g. {missing[:5]}; "
+                     f"check --arch / large_feature_map / preset.")
+  skipped = sorted(k for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k]))
+
+  def pick(path, x):
+    k = jax.tree_util.keystr(path)
+    y = flat_new.get(k)
+    return jnp.asarray(y, x.dtype) if y is not None and np.shape(y) == np.shape(x) else x
+
+  return jax.tree_util.tree_map_with_path(pick, variables), skipped
+
+
+def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, preset: str = "paper",
+            bcam: bool = False, num_heads: int = 100, image_size: int = 224) -> tuple[dict[str, Any], list[str]]:
+  """Flax variables of the WSOL model for `path`; returns (variables, skipped keys)."""
+  model_cfg = dict(preset=preset, num_classes=num_classes, large_feature_map=large_feature_map)
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  if bcam:
+    from jaxmilab.methods import bcam as bcam_method  # pylint: disable=g-import-not-at-top
+    backbone = wsol_backbones.create_backbone(arch, dict(model_cfg, with_classifier=False))
+    bv = dict(backbone.init(jax.random.key(0), x))
+    feats = backbone.apply(bv, x)["features"]
+    head = bcam_method.BCAMHead(num_classes, num_heads).init(jax.random.key(1), feats)
+    variables = {"params": {"backbone": bv.pop("params"), "bcam_head": head["params"]}, **bv}
+  else:
+    variables = dict(wsol_backbones.create_backbone(arch, model_cfg).init(jax.random.key(0), x))
+  converted = state_dict_to_variables(read_wsol_state_dict(path), arch=arch,
+                                      large_feature_map=large_feature_map, bcam=bcam)
+  if not converted["batch_stats"]:
+    converted.pop("batch_stats")
+  return load_into(variables, converted)
+
+
+def write_init_checkpoint(variables: dict[str, Any], out_dir: str) -> str:
+  """Writes `<out_dir>/state` in the layout `config.method.init_from` reads."""
+  import os  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  variables = dict(variables)
+  state = {"params": variables.pop("params"), "model_state": variables,
+           "step": np.zeros((), np.int32)}
+  path = os.path.join(os.path.abspath(out_dir), "state")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, jax.device_get(state))
+  return os.path.abspath(out_dir)
+
+
+def main(argv=None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--arch", required=True, choices=sorted(wsol_backbones.ARCHS))
+  parser.add_argument("--checkpoint", required=True, help="local .pth / .pth.tar / .safetensors file")
+  parser.add_argument("--num_classes", type=int, required=True)
+  parser.add_argument("--large_feature_map", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+  parser.add_argument("--bcam", action="store_true", help="a B-CAM checkpoint (bcam method layout)")
+  parser.add_argument("--num_heads", type=int, default=100)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+  large = args.large_feature_map
+  if large is None:
+    large = {"resnet50": True, "vgg16": False, "inceptionv3": True}[args.arch]
+  variables, skipped = convert(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
+                               large_feature_map=large, bcam=args.bcam, num_heads=args.num_heads)
+  out = write_init_checkpoint(variables, args.out)
+  print(f"Wrote {out} (init_from). Kept fresh (shape mismatch): {skipped or 'none'}")
+
+
+if __name__ == "__main__":
+  main()
