@@ -28,5 +28,7 @@ def get_config(variant: str = "smoke"):
   del c.method.focal_gamma
   del c.method.cls_weight
   if variant == "quickstart":
-    c.total_steps = 300
+    c.total_steps = 200
+    c.eval_every_steps = 200
+    c.checkpoint_every_steps = 100
   return c

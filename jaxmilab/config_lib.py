@@ -33,8 +33,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
-      b1=0.9, b2=0.999, grad_clip_norm=0.0, accumulate_steps=1))
+      name="adamw",                    # adam | adamw | amsgrad | sgd
+      learning_rate=1e-3,
+      schedule="constant",             # constant | cosine | multistep
+      warmup_steps=0,
+      min_lr_ratio=0.0,                # cosine: final lr / peak lr
+      decay_steps=(),                  # multistep: steps at which lr *= decay_factor
+      decay_factor=0.5,
+      weight_decay=0.0,
+      b1=0.9, b2=0.999,                # adam*
+      momentum=0.9, nesterov=True,     # sgd
+      grad_clip_norm=0.0,              # 0 = off
+      accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
+      lr_multipliers=()))              # ((regex over parameter paths, factor), ...)
   return c
 
 

@@ -6,7 +6,8 @@ Parameters and optimizer state follow one shape-based rule (as big_vision's
 "fsdp" rule), so a model needs no annotations to run data-parallel, FSDP
 (ZeRO-3) or with its output channels split over "model":
 
-* "model" (if > 1) splits the last axis of arrays with >= 2 dims when divisible;
+* "model" (if > 1) splits the last axis of arrays with >= 2 dims when divisible
+  (output channels / features); see `check_tensor_parallel` for a limitation;
 * each axis named in `config.mesh.shard_params_over` (default ("fsdp",)) splits
   the largest remaining axis that it divides; arrays smaller than
   `config.mesh.min_shard_size` elements stay replicated.
@@ -114,3 +115,26 @@ def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def has_depthwise_kernels(abstract_params: Any) -> bool:
+  """True if some parameter looks like a depthwise conv kernel [kh, kw, 1, C > 1]."""
+  return any(len(x.shape) == 4 and x.shape[2] == 1 and x.shape[3] > 1
+             for x in jax.tree_util.tree_leaves(abstract_params))
+
+
+def check_tensor_parallel(mesh: Mesh, abstract_params: Any, model_name: str) -> None:
+  """Refuses meshes on which XLA computes wrong gradients for this model.
+
+  jax/XLA 0.10.2: the SPMD partitioner multiplies the kernel gradient of a grouped
+  (depthwise) convolution by the number of devices that hold the same batch slice, i.e. by
+  the "model" axis size (tests/test_sharding.py reproduces it, as an expected failure that
+  will flag the fix). Until then, models with depthwise convolutions (NAFNet, Restormer,
+  PromptIR) must use mesh.model = 1; FSDP ("fsdp" axis) is exact for them.
+  """
+  if mesh.shape["model"] > 1 and has_depthwise_kernels(abstract_params):
+    raise ValueError(
+        f"config.mesh.model={mesh.shape['model']}: {model_name} has depthwise convolutions, whose "
+        f"kernel gradients XLA's SPMD partitioner computes wrongly when the batch is replicated over "
+        f"the 'model' axis (jax {jax.__version__}). Use config.mesh.model=1 and shard parameters with "
+        f"config.mesh.fsdp instead.")

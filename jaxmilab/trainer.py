@@ -135,6 +135,7 @@ class Trainer:
     global_example = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
                                               sharding=self.batch_sharding) for k, v in example.items()}
     self.abstract_state = jax.eval_shape(self._init_state, self.rng, global_example)
+    sharding_lib.check_tensor_parallel(self.mesh, self.abstract_state.params, config.model.name)
     self.state_shardings = sharding_lib.state_shardings(self.abstract_state, self.mesh, config.mesh)
     self._global_example = global_example
     repl = sharding_lib.replicated(self.mesh)
