@@ -5,6 +5,13 @@ float32 image of the same shape in [0, 1]. All randomness comes from `rng` (pure
 no global state), so a grain worker that owns a per-record rng reproduces the same output.
 `level=None` draws the strength from the default range; a value fixes it (units below).
 The label of a degraded sample is the index of its type in the task set (DCPT, ICLR 2025).
+
+This module holds the first five types and the registry; the rest of the 19 UIR-2.5M types
+(MaskDCPT) live in `jaxmilab.data.uir_degradations`, which registers itself here on import.
+Every registered name has a tuple of discrete levels (`LEVELS[name]`, `level_key`,
+`level_from_key`): eval and the offline builder pick one explicitly, e.g.
+`apply("gaussian_noise", x, rng, level=25)`. With `level=None` the five types below keep
+their continuous default ranges; the UIR types draw one of their levels uniformly.
 """
 
 from __future__ import annotations
@@ -204,18 +211,102 @@ def low_light(image: np.ndarray, rng: np.random.Generator,
 
 # --------------------------------------------------------------------------- registry
 
-DEGRADATIONS: Mapping[str, Degradation] = types.MappingProxyType({
+# Discrete levels of the five types above (units as in their docstrings); `level=None`
+# still draws from the continuous default ranges.
+GAUSSIAN_NOISE_LEVELS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # sigma (0-255); 15/25/50: CBSD68
+GAUSSIAN_BLUR_LEVELS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # sigma (px); Real-ESRGAN [0.2, 3]+
+JPEG_LEVELS = tuple(range(10, 95, 5))  # quality 10..90 (FBCNN trains on 10-95)
+HAZE_LEVELS = (0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)  # beta; RESIDE [0.6, 1.8] widened
+LOW_LIGHT_LEVELS = tuple((g, s, 3.0) for g in (1.5, 2.0, 2.5) for s in (0.2, 0.35, 0.5))
+
+_REGISTRY: dict[str, Degradation] = {
     "gaussian_noise": gaussian_noise,
     "gaussian_blur": gaussian_blur,
     "jpeg": jpeg,
     "haze": haze,
     "low_light": low_light,
-})
+}
+_LEVELS: dict[str, tuple[Any, ...]] = {
+    "gaussian_noise": GAUSSIAN_NOISE_LEVELS,
+    "gaussian_blur": GAUSSIAN_BLUR_LEVELS,
+    "jpeg": JPEG_LEVELS,
+    "haze": HAZE_LEVELS,
+    "low_light": LOW_LIGHT_LEVELS,
+}
+# Types that exist only as real paired data (no synthetic counterpart): name -> sources.
+_REAL_ONLY: dict[str, str] = {}
 
-# Named, ordered task sets: the label of a sample is the index of its type here.
-TASK_SETS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
+DEGRADATIONS: Mapping[str, Degradation] = types.MappingProxyType(_REGISTRY)
+LEVELS: Mapping[str, tuple[Any, ...]] = types.MappingProxyType(_LEVELS)
+REAL_ONLY: Mapping[str, str] = types.MappingProxyType(_REAL_ONLY)
+
+# Named, ordered task sets: the label of a sample is the index of its type here
+# (more sets, e.g. "5d", "10d", "12d", "uir19", are added by uir_degradations).
+_TASK_SETS: dict[str, tuple[str, ...]] = {
     "5syn": ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light"),
-})
+}
+TASK_SETS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(_TASK_SETS)
+# Task set -> {type: levels used by that set}; a type missing here uses all of LEVELS[type].
+_TASK_LEVELS: dict[str, dict[str, tuple[Any, ...]]] = {}
+TASK_LEVELS: Mapping[str, Mapping[str, tuple[Any, ...]]] = types.MappingProxyType(_TASK_LEVELS)
+
+
+def register(name: str, fn: Degradation, levels: Sequence[Any]) -> None:
+  """Adds degradation `name` (fn(image, rng, level=None)) with its discrete levels."""
+  if name in _REGISTRY or name in _REAL_ONLY:
+    raise ValueError(f"Degradation {name!r} is already registered.")
+  levels = tuple(levels)
+  keys = [level_key(v) for v in levels]
+  if not levels or len(set(keys)) != len(keys):
+    raise ValueError(f"Degradation {name!r}: levels must be non-empty and distinct, got {levels}.")
+  _REGISTRY[name] = fn
+  _LEVELS[name] = levels
+
+
+def register_real_only(name: str, sources: str) -> None:
+  """Declares a type that only real paired data provides (no synthesis)."""
+  if name in _REGISTRY or name in _REAL_ONLY:
+    raise ValueError(f"Degradation {name!r} is already registered.")
+  _REAL_ONLY[name] = sources
+
+
+def register_task_set(name: str, type_names: Sequence[str],
+                      levels: Mapping[str, Sequence[Any]] | None = None) -> None:
+  """Adds a named task set (label = index) and optional per-type level restrictions."""
+  if name in _TASK_SETS:
+    raise ValueError(f"Task set {name!r} is already registered.")
+  _TASK_SETS[name] = tuple(type_names)
+  _TASK_LEVELS[name] = {k: tuple(v) for k, v in (levels or {}).items()}
+
+
+def level_key(level: Any) -> str:
+  """A short readable id of a level, unique per type: 25 -> "25", ("gaussian_noise", 25) -> "gaussian_noise/25"."""
+  if isinstance(level, (tuple, list)):
+    return "/".join(level_key(v) for v in level)
+  if isinstance(level, float):
+    return f"{level:g}"
+  return str(level)
+
+
+def level_from_key(name: str, key: str) -> Any:
+  """The level of degradation `name` whose `level_key` is `key` (ValueError listing the valid keys)."""
+  levels = get_levels(name)
+  for level in levels:
+    if level_key(level) == str(key):
+      return level
+  raise ValueError(f"Degradation {name!r} has no level {key!r}. Levels: "
+                   f"{', '.join(level_key(v) for v in levels)}.")
+
+
+def get_levels(name: str) -> tuple[Any, ...]:
+  """The discrete levels of degradation `name`."""
+  get(name)
+  return _LEVELS[name]
+
+
+def task_levels(task_set: str, name: str) -> tuple[Any, ...]:
+  """Levels that task set `task_set` uses for type `name` (all levels unless restricted)."""
+  return _TASK_LEVELS.get(task_set, {}).get(name, get_levels(name))
 
 
 def get(name: str) -> Degradation:
@@ -223,16 +314,24 @@ def get(name: str) -> Degradation:
   try:
     return DEGRADATIONS[name]
   except KeyError:
+    if name in REAL_ONLY:
+      raise ValueError(f"Degradation {name!r} has no synthetic counterpart: it comes only from real "
+                       f"paired data ({REAL_ONLY[name]}). Read it with jaxmilab.data.paired_folders "
+                       f"or the uir2p5m tfds builder.") from None
     raise ValueError(f"Unknown degradation {name!r}. Available: {', '.join(DEGRADATIONS)}.") from None
 
 
 def resolve(spec: Any, key: str = "config.data.degradations") -> tuple[str, ...]:
   """A task-set name ("5syn") or a sequence of degradation names -> validated tuple of names."""
   if isinstance(spec, str):
-    if spec in TASK_SETS:
-      return TASK_SETS[spec]
-    spec = (spec,)
+    spec = TASK_SETS.get(spec, (spec,))
   names = tuple(spec)
+  real = [n for n in names if n in REAL_ONLY]
+  if real:
+    raise ValueError(f"{key}={names!r} holds real-only types {real} (no synthetic counterpart: "
+                     f"{'; '.join(f'{n}: {REAL_ONLY[n]}' for n in real)}). Use a synthetic task set "
+                     f"({', '.join(n for n, t in TASK_SETS.items() if not set(t) & set(REAL_ONLY))}) "
+                     f"or read the real pairs with jaxmilab.data.paired_folders.")
   unknown = [n for n in names if n not in DEGRADATIONS]
   if unknown or not names:
     raise ValueError(f"{key}={names!r}: unknown or empty degradation names {unknown}. Use a task set "
@@ -245,3 +344,8 @@ def resolve(spec: Any, key: str = "config.data.degradations") -> tuple[str, ...]
 def apply(name: str, image: np.ndarray, rng: np.random.Generator, level: Any = None) -> np.ndarray:
   """Applies degradation `name` to `image` with `rng`."""
   return get(name)(image, rng, level)
+
+
+# The other UIR-2.5M types register themselves into the tables above (import at the end so
+# that everything they use from this module exists).
+from jaxmilab.data import uir_degradations as _uir  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import

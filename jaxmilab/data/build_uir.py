@@ -1,0 +1,465 @@
+r"""Rebuilds the synthetic part of UIR-2.5M from a folder of clean images, as ArrayRecord shards.
+
+  python -m jaxmilab.data.build_uir --clean_dir=/data/LSDIR/HR --out=/data/uir_syn \
+      [--types=uir19_syn] [--levels=noise:gaussian_noise/25,poisson_noise/16 --levels=jpeg:10,20] \
+      [--levels_per_type=1] [--patches_per_image=4] [--patch_size=256] [--workers=8] \
+      [--shard_size=1024] [--seed=0]
+
+Every clean image (sorted file names directly in --clean_dir) gives `patches_per_image`
+random `patch_size` crops (0 = the whole image); every crop gives, for every type, one record
+per level: `levels_per_type` levels drawn per crop and type (0 = every selected level). Types
+are task-set names or names from `jaxmilab.data.degradations` (`uir19_syn`: the 18 UIR-2.5M
+types that can be synthesized). `--levels TYPE:KEY[,KEY...]` restricts a type to some of its
+levels (keys as `degradations.level_key` writes them: `25`, `gaussian_noise/25`, `0.005/21`).
+All randomness comes from rngs keyed by (seed, image index, crop, type name, level): the records
+do not depend on --workers, on the order in which shards finish, or on the order of --types.
+
+Output folder:
+  build_args.json                 the exact arguments (a re-run must use the same ones)
+  shard-00000-of-00012.array_record ...   records (ArrayRecord, group_size 1: random access)
+  shard-00000-of-00012.json       per-shard done marker with its counts (written last)
+  manifest.json                   written when every shard is done: format, args, types (label
+                                  order), counts per type and level, shard list, record count
+
+Resuming: a shard is written to a temporary name, renamed when complete, and its .json marker
+is written after that; a re-run of the same command skips the shards that have a marker and
+rebuilds the others from scratch (their records are deterministic), so a killed build finishes
+with no duplicate and no missing record.
+
+Record format (`uir-record-v1`, little-endian, no pickle):
+  magic b"UIR1" | u16 len(type) | u16 len(level) | u16 len(source) | u32 len(lq) | u32 len(gt)
+  | type utf-8 | level key utf-8 | source utf-8 ("<image file>#<crop index>") | lq PNG | gt PNG
+lq and gt are 8-bit RGB PNGs of the same size (the degraded float image rounded to uint8).
+`decode_record` reads it; `jaxmilab.data.array_records` trains on these shards.
+
+Real paired sets (SIDD, real rain, RSBlur, LOL, ...; UIR-2.5M's real part) are not
+synthesized: read them with `jaxmilab.data.paired_folders` (<root>/<type>/{lq,gt}/<name>), or
+with the `uir2p5m` tfds builder once the release is out. To train on synthetic and real pairs
+in one stream, pack the real folders into the same record format with
+`--paired_dir=<root>` (every <root>/<type>/{lq,gt} pair becomes one record of that type,
+level "real", the whole image), then list both output folders in `config.data.path` of the
+`array_records` dataset.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import struct
+import sys
+import zlib
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from jaxmilab.data import degradations
+from jaxmilab.data import images
+from jaxmilab.data.base import DataError
+
+FORMAT = "uir-record-v1"
+MAGIC = b"UIR1"
+_HEADER = struct.Struct("<4sHHHII")
+REAL_LEVEL = "real"
+# Test hook: "<shard>:<records>" makes the worker writing that shard exit abruptly (as if
+# killed) after that many records, before the shard is complete.
+CRASH_ENV = "JAXMILAB_BUILD_UIR_CRASH"
+
+# ------------------------------------------------------------------------ record format
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 [H, W, 3] -> PNG bytes (lossless; zlib level 1 for speed)."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+  return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+  """PNG bytes -> uint8 [H, W, 3]."""
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def encode_record(type_name: str, level: str, source: str, lq_png: bytes, gt_png: bytes) -> bytes:
+  """One record in the documented `uir-record-v1` layout."""
+  t, lv, src = (s.encode("utf-8") for s in (type_name, level, source))
+  return b"".join([_HEADER.pack(MAGIC, len(t), len(lv), len(src), len(lq_png), len(gt_png)),
+                   t, lv, src, lq_png, gt_png])
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+  """Record bytes -> {"type", "level", "source": str, "lq_png", "gt_png": bytes}."""
+  if len(data) < _HEADER.size or data[:4] != MAGIC:
+    raise DataError(f"Not a {FORMAT} record (starts with {bytes(data[:8])!r}). Build the shards "
+                    f"with python -m jaxmilab.data.build_uir.")
+  _, nt, nl, ns, nq, ng = _HEADER.unpack_from(data)
+  offsets = np.cumsum([_HEADER.size, nt, nl, ns, nq, ng])
+  if offsets[-1] != len(data):
+    raise DataError(f"Truncated or corrupt {FORMAT} record: header says {offsets[-1]} bytes, "
+                    f"got {len(data)}. Rebuild the shard.")
+  view = memoryview(data)
+  part = [bytes(view[offsets[i]:offsets[i + 1]]) for i in range(5)]
+  return {"type": part[0].decode("utf-8"), "level": part[1].decode("utf-8"),
+          "source": part[2].decode("utf-8"), "lq_png": part[3], "gt_png": part[4]}
+
+
+# -------------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything that decides the records; identical in every worker and on re-runs."""
+  clean_dir: str
+  image_names: tuple[str, ...]
+  types: tuple[str, ...]
+  levels: Mapping[str, tuple[str, ...]]   # type -> selected level keys
+  patches_per_image: int
+  patch_size: int
+  levels_per_type: int
+  shard_size: int
+  seed: int
+  paired_dir: str = ""
+  pairs: tuple[tuple[str, str], ...] = ()  # (type, file name) for --paired_dir
+
+  @property
+  def records_per_job(self) -> int:
+    if self.paired_dir:
+      return 1
+    k = self.levels_per_type
+    return sum(len(self.levels[t]) if k == 0 else min(k, len(self.levels[t])) for t in self.types)
+
+  @property
+  def num_jobs(self) -> int:
+    return len(self.pairs) if self.paired_dir else len(self.image_names) * self.patches_per_image
+
+  @property
+  def jobs_per_shard(self) -> int:
+    return max(1, self.shard_size // self.records_per_job)
+
+  @property
+  def num_shards(self) -> int:
+    return max(1, math.ceil(self.num_jobs / self.jobs_per_shard))
+
+  @property
+  def num_records(self) -> int:
+    return self.num_jobs * self.records_per_job
+
+  def shard_name(self, shard: int) -> str:
+    return f"shard-{shard:05d}-of-{self.num_shards:05d}"
+
+  def shard_jobs(self, shard: int) -> range:
+    start = shard * self.jobs_per_shard
+    return range(start, min(self.num_jobs, start + self.jobs_per_shard))
+
+
+def _parse_levels(specs: Sequence[str], types: Sequence[str]) -> dict[str, tuple[str, ...]]:
+  """--levels TYPE:KEY[,KEY...] -> {type: level keys}; every other type keeps all its levels."""
+  chosen: dict[str, tuple[str, ...]] = {}
+  for spec in specs:
+    name, sep, keys = spec.partition(":")
+    if not sep or not keys:
+      raise ValueError(f"--levels={spec!r}: expected TYPE:KEY[,KEY...], e.g. jpeg:10,20 or "
+                       f"noise:gaussian_noise/25.")
+    if name not in types:
+      raise ValueError(f"--levels={spec!r} names type {name!r}, which is not in --types "
+                       f"({', '.join(types)}).")
+    for key in keys.split(","):
+      degradations.level_from_key(name, key)  # ValueError listing the valid keys
+    chosen[name] = tuple(keys.split(","))
+  return {t: chosen.get(t, tuple(degradations.level_key(v) for v in degradations.get_levels(t)))
+          for t in types}
+
+
+def _resolve_types(names: Sequence[str]) -> tuple[str, ...]:
+  """Task-set names and type names -> ordered unique type names (ValueError on unknown ones)."""
+  out: list[str] = []
+  for name in names:
+    name = name.strip()
+    if not name:
+      continue
+    for t in degradations.resolve(name, key="--types"):
+      if t not in out:
+        out.append(t)
+  if not out:
+    raise ValueError("--types is empty: give task sets (e.g. uir19_syn) or degradation names.")
+  return tuple(out)
+
+
+def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+  from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(paired_dir):
+    raise DataError(f"--paired_dir={paired_dir!r} does not exist or is not a folder.")
+  types = tuple(sorted(d for d in os.listdir(paired_dir) if os.path.isdir(os.path.join(paired_dir, d))))
+  if not types:
+    raise DataError(f"--paired_dir={paired_dir!r} holds no <type>/{{lq,gt}} folders.")
+  pairs = tuple((t, n) for t in types for n in paired_folders.scan_task(paired_dir, t))
+  return types, pairs
+
+
+def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
+              levels: Sequence[str] = (), patches_per_image: int = 4, patch_size: int = 256,
+              levels_per_type: int = 1, shard_size: int = 1024, seed: int = 0,
+              paired_dir: str = "") -> Plan:
+  """Checks the arguments (clear errors) and lists the inputs."""
+  if int(patches_per_image) < 1 or int(patch_size) < 0 or int(levels_per_type) < 0:
+    raise ValueError("--patches_per_image must be >= 1, --patch_size >= 0 (0: whole images) and "
+                     "--levels_per_type >= 0 (0: every level).")
+  if int(shard_size) < 1:
+    raise ValueError(f"--shard_size={shard_size} must be >= 1 record.")
+  if not 0 <= int(seed) < 2**32:
+    raise ValueError(f"--seed={seed} must be in [0, 2**32).")
+  common = dict(patches_per_image=int(patches_per_image), patch_size=int(patch_size),
+                levels_per_type=int(levels_per_type), shard_size=int(shard_size), seed=int(seed))
+  if paired_dir:
+    if clean_dir:
+      raise ValueError("Give either --clean_dir (synthesize) or --paired_dir (pack real pairs).")
+    paired_dir = os.path.abspath(os.path.expanduser(paired_dir))
+    ptypes, pairs = _scan_pairs(paired_dir)
+    return Plan(clean_dir="", image_names=(), types=ptypes, levels={t: (REAL_LEVEL,) for t in ptypes},
+                paired_dir=paired_dir, pairs=pairs, **common)
+  if not clean_dir:
+    raise ValueError("--clean_dir is not set: give a folder of clean images.")
+  clean_dir = os.path.abspath(os.path.expanduser(clean_dir))
+  names = tuple(images.list_images(clean_dir, what="clean image folder (--clean_dir)"))
+  type_names = _resolve_types(types)
+  return Plan(clean_dir=clean_dir, image_names=names, types=type_names,
+              levels=_parse_levels(levels, type_names), **common)
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def job_records(plan: Plan, job: int):
+  """Yields (type, level key, source, lq uint8, gt uint8) for one job (a crop or a real pair)."""
+  if plan.paired_dir:
+    type_name, name = plan.pairs[job]
+    lq = images.read_image(os.path.join(plan.paired_dir, type_name, "lq", name))
+    gt = images.read_image(os.path.join(plan.paired_dir, type_name, "gt", name))
+    if lq.shape != gt.shape:
+      raise DataError(f"{plan.paired_dir}/{type_name}/lq/{name} and gt/{name} differ in size "
+                      f"({lq.shape[:2]} vs {gt.shape[:2]}). Resize or remove the pair.")
+    yield type_name, REAL_LEVEL, f"{type_name}/{name}", lq, gt
+    return
+  image_index, crop = divmod(job, plan.patches_per_image)
+  name = plan.image_names[image_index]
+  p = plan.patch_size
+  image = images.read_image(os.path.join(plan.clean_dir, name), min_size=p or None,
+                            key="--patch_size")
+  if p:
+    rng = np.random.default_rng([plan.seed, image_index, crop, 0])
+    top = int(rng.integers(0, image.shape[0] - p + 1))
+    left = int(rng.integers(0, image.shape[1] - p + 1))
+    image = image[top:top + p, left:left + p]
+  gt = np.ascontiguousarray(image)  # [p, p, 3] uint8
+  clean = images.to_float(gt)
+  for type_name in plan.types:
+    type_id = zlib.crc32(type_name.encode("utf-8"))  # rngs do not depend on the order of --types
+    all_keys = [degradations.level_key(v) for v in degradations.get_levels(type_name)]
+    keys = plan.levels[type_name]
+    if plan.levels_per_type and plan.levels_per_type < len(keys):
+      pick = np.random.default_rng([plan.seed, image_index, crop, type_id, 1])
+      keys = [keys[i] for i in sorted(pick.choice(len(keys), plan.levels_per_type, replace=False))]
+    for key in keys:
+      level = degradations.level_from_key(type_name, key)
+      rng = np.random.default_rng([plan.seed, image_index, crop, type_id, 2, all_keys.index(key)])
+      lq = degradations.apply(type_name, clean, rng, level)
+      yield type_name, key, f"{name}#{crop}", degradations.to_uint8(lq), gt
+
+
+def _crash_point(shard: int) -> int | None:
+  spec = os.environ.get(CRASH_ENV, "")
+  if not spec:
+    return None
+  s, _, n = spec.partition(":")
+  return int(n or 0) if int(s) == shard else None
+
+
+def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
+  """Writes one shard atomically (temp name -> rename), then its .json done marker."""
+  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  name = plan.shard_name(shard)
+  final = os.path.join(out, name + ".array_record")
+  tmp = f"{final}.tmp-{os.getpid()}"
+  crash_after = _crash_point(shard)
+  counts: dict[str, dict[str, int]] = {}
+  writer = ArrayRecordWriter(tmp, "group_size:1")
+  n = 0
+  try:
+    for job in plan.shard_jobs(shard):
+      gt_png = None  # every record of a crop shares its gt: encode it once
+      for type_name, key, source, lq, gt in job_records(plan, job):
+        if crash_after is not None and n >= crash_after:
+          os._exit(17)  # simulated kill in the middle of a shard  pylint: disable=protected-access
+        gt_png = gt_png or encode_png(gt)
+        writer.write(encode_record(type_name, key, source, encode_png(lq), gt_png))
+        counts.setdefault(type_name, {}).setdefault(key, 0)
+        counts[type_name][key] += 1
+        n += 1
+  finally:
+    writer.close()
+  os.replace(tmp, final)
+  meta = {"file": os.path.basename(final), "records": n, "counts": counts}
+  _write_json(os.path.join(out, name + ".json"), meta)
+  return meta
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, sort_keys=False)
+  os.replace(tmp, path)
+
+
+def _shard_done(plan: Plan, out: str, shard: int) -> dict[str, Any] | None:
+  name = plan.shard_name(shard)
+  marker = os.path.join(out, name + ".json")
+  if not (os.path.isfile(marker) and os.path.isfile(os.path.join(out, name + ".array_record"))):
+    return None
+  with open(marker, encoding="utf-8") as f:
+    return json.load(f)
+
+
+# ------------------------------------------------------------------------------- driver
+
+
+def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | None = None,
+          progress: bool = True) -> dict[str, Any]:
+  """Builds (or finishes) every shard of `plan` in `out` and writes manifest.json; returns it."""
+  out = os.path.abspath(os.path.expanduser(out))
+  os.makedirs(out, exist_ok=True)
+  args = dict(args or {})
+  identity = {"format": FORMAT, "plan": _plan_identity(plan)}
+  args_path = os.path.join(out, "build_args.json")
+  if os.path.isfile(args_path):
+    with open(args_path, encoding="utf-8") as f:
+      previous = json.load(f)
+    if previous.get("identity") != json.loads(json.dumps(identity)):
+      raise ValueError(f"{out!r} holds a build with different arguments or inputs ({args_path}). "
+                       f"Re-run with the same arguments to resume, or use a new --out folder.")
+  else:
+    _write_json(args_path, {"identity": identity, "args": args})
+  for entry in os.listdir(out):  # leftovers of killed workers
+    if ".tmp-" in entry:
+      os.remove(os.path.join(out, entry))
+
+  metas: dict[int, dict[str, Any]] = {}
+  pending = []
+  for shard in range(plan.num_shards):
+    meta = _shard_done(plan, out, shard)
+    if meta is None:
+      pending.append(shard)
+    else:
+      metas[shard] = meta
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=plan.num_records, initial=sum(m["records"] for m in metas.values()),
+               unit="rec", desc="build_uir", disable=not progress, file=sys.stderr)
+  except ImportError:  # pragma: no cover
+    bar = None
+  try:
+    if workers <= 0:
+      for shard in pending:
+        metas[shard] = build_shard(plan, out, shard)
+        if bar is not None:
+          bar.update(metas[shard]["records"])
+    else:
+      ctx = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(build_shard, plan, out, s): s for s in pending}
+        try:
+          for fut in concurrent.futures.as_completed(futures):
+            metas[futures[fut]] = fut.result()
+            if bar is not None:
+              bar.update(metas[futures[fut]]["records"])
+        except BaseException:
+          pool.shutdown(wait=True, cancel_futures=True)  # report the first error without building on
+          raise
+  finally:
+    if bar is not None:
+      bar.close()
+
+  counts: dict[str, dict[str, int]] = {t: {} for t in plan.types}
+  for shard in sorted(metas):
+    for t, per_level in metas[shard]["counts"].items():
+      for key, n in per_level.items():
+        counts[t][key] = counts[t].get(key, 0) + n
+  manifest = {
+      "format": FORMAT,
+      "args": args,
+      "types": list(plan.types),
+      "levels": {t: list(plan.levels[t]) for t in plan.types},
+      "num_records": sum(metas[s]["records"] for s in metas),
+      "num_inputs": len(plan.pairs) if plan.paired_dir else len(plan.image_names),
+      "patch_size": plan.patch_size,
+      "counts": counts,
+      "shards": [{"file": metas[s]["file"], "records": metas[s]["records"]} for s in sorted(metas)],
+  }
+  if manifest["num_records"] != plan.num_records:
+    raise RuntimeError(f"Built {manifest['num_records']} records, expected {plan.num_records}.")
+  _write_json(os.path.join(out, "manifest.json"), manifest)
+  return manifest
+
+
+def _plan_identity(plan: Plan) -> dict[str, Any]:
+  d = dataclasses.asdict(plan)
+  d["levels"] = {k: list(v) for k, v in plan.levels.items()}
+  return json.loads(json.dumps(d))
+
+
+# --------------------------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI flags (defined only when run as a program, so importing this module adds none)."""
+  flags.DEFINE_string("clean_dir", "", "Folder of clean images (files directly inside).")
+  flags.DEFINE_string("paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}.")
+  flags.DEFINE_string("out", "", "Output folder (created; re-run the same command to resume).")
+  flags.DEFINE_list("types", ["uir19_syn"], "Task-set names and/or degradation names.")
+  flags.DEFINE_multi_string("levels", [], "TYPE:KEY[,KEY...] restricts a type to these levels.")
+  flags.DEFINE_integer("levels_per_type", 1, "Levels drawn per crop and type (0: every level).")
+  flags.DEFINE_integer("patches_per_image", 4, "Random crops per clean image.")
+  flags.DEFINE_integer("patch_size", 256, "Crop size in pixels (0: whole images).")
+  flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 1)), "Worker processes (0: in-process).")
+  flags.DEFINE_integer("shard_size", 1024, "Records per shard (rounded down to whole crops).")
+  flags.DEFINE_integer("seed", 0, "Seed of every crop and degradation draw.")
+  flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+
+
+_ARG_NAMES = ("clean_dir", "paired_dir", "out", "types", "levels", "levels_per_type",
+              "patches_per_image", "patch_size", "workers", "shard_size", "seed")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.out:
+    sys.exit("build_uir: error: --out is not set: give the output folder.")
+  args = {k: FLAGS[k].value for k in _ARG_NAMES}
+  try:
+    plan = make_plan(FLAGS.clean_dir, types=FLAGS.types, levels=FLAGS.levels,
+                     patches_per_image=FLAGS.patches_per_image, patch_size=FLAGS.patch_size,
+                     levels_per_type=FLAGS.levels_per_type, shard_size=FLAGS.shard_size,
+                     seed=FLAGS.seed, paired_dir=FLAGS.paired_dir)
+    manifest = build(plan, FLAGS.out, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
+  except (DataError, ValueError) as e:
+    sys.exit(f"build_uir: error: {e}")
+  except concurrent.futures.process.BrokenProcessPool:
+    sys.exit("build_uir: error: a worker process died (killed, or out of memory). Finished "
+             "shards are kept: re-run the same command to resume.")
+  print(f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
+        f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.out), 'manifest.json')}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

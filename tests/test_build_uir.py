@@ -1,0 +1,319 @@
+"""build_uir (ArrayRecord shards, resumable), the array_records dataset and the uir2p5m tfds builder."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxmilab.data import array_records
+from jaxmilab.data import build_uir
+from jaxmilab.data.base import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = ((40, 48), (36, 30), (44, 44))
+
+
+def _clean_dir(root):
+  folder = root / "clean"
+  folder.mkdir()
+  for i, (h, w) in enumerate(SIZES):
+    pixels = (np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / f"img{i}.png")
+  return folder
+
+
+def _read_all(out):
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  manifest = json.loads((out / "manifest.json").read_text())
+  records = []
+  for shard in manifest["shards"]:
+    reader = ArrayRecordReader(str(out / shard["file"]))
+    records += [build_uir.decode_record(r) for r in reader.read_all()]
+    reader.close()
+  return manifest, records
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  """A small build: 3 images x 2 crops of 24 px x (jpeg at 10 and 20, one noise level, one mosaic level)."""
+  root = tmp_path_factory.mktemp("uir")
+  clean = _clean_dir(root)
+  plan = build_uir.make_plan(str(clean), types=("jpeg", "noise", "mosaic"),
+                             levels=("jpeg:10,20", "noise:gaussian_noise/25,salt_pepper_noise/0.1",
+                                     "mosaic:0"), levels_per_type=0, patches_per_image=2,
+                             patch_size=24, shard_size=9, seed=3)
+  manifest = build_uir.build(plan, str(root / "out"), workers=0, progress=False)
+  return root, clean, plan, manifest
+
+
+def test_record_format_round_trip_and_errors():
+  data = build_uir.encode_record("jpeg", "10", "a.png#0", b"LQ", b"GTGT")
+  assert data[:4] == b"UIR1"
+  assert build_uir.decode_record(data) == {"type": "jpeg", "level": "10", "source": "a.png#0",
+                                           "lq_png": b"LQ", "gt_png": b"GTGT"}
+  with pytest.raises(DataError, match="Not a uir-record-v1"):
+    build_uir.decode_record(b"\x80\x04pickle")
+  with pytest.raises(DataError, match="Truncated"):
+    build_uir.decode_record(data[:-1])
+
+
+def test_build_then_read_is_lossless(built):
+  root, clean, plan, manifest = built
+  out = root / "out"
+  manifest, records = _read_all(out)
+  assert manifest["num_records"] == len(records) == 3 * 2 * (2 + 2 + 1) == plan.num_records
+  assert len(manifest["shards"]) == plan.num_shards == 6  # 5 records a crop, 9 a shard: 1 crop a shard
+  assert manifest["counts"] == {"jpeg": {"10": 6, "20": 6},
+                                "noise": {"gaussian_noise/25": 6, "salt_pepper_noise/0.1": 6},
+                                "mosaic": {"0": 6}}
+  keys = [(r["source"], r["type"], r["level"]) for r in records]
+  assert len(set(keys)) == len(keys)
+  originals = {f"img{i}.png": np.asarray(Image.open(clean / f"img{i}.png")) for i in range(3)}
+  for r in records:
+    lq, gt = build_uir.decode_png(r["lq_png"]), build_uir.decode_png(r["gt_png"])
+    assert lq.shape == gt.shape == (24, 24, 3)
+    # gt is a 24 px window of its clean image, bit for bit.
+    image = originals[r["source"].split("#")[0]]
+    windows = np.lib.stride_tricks.sliding_window_view(image, (24, 24, 3))[..., 0, :, :, :]
+    assert np.any(np.all(windows == gt, axis=(-3, -2, -1)))
+    if r["type"] == "jpeg":  # lq is exactly Pillow's JPEG of gt at that quality
+      buffer = io.BytesIO()
+      Image.fromarray(gt).save(buffer, format="JPEG", quality=int(r["level"]))
+      np.testing.assert_array_equal(lq, np.asarray(Image.open(io.BytesIO(buffer.getvalue()))))
+  # The stored PNGs decode to exactly what the builder computed.
+  jobs = {}
+  for job in range(plan.num_jobs):
+    for t, key, source, lq, gt in build_uir.job_records(plan, job):
+      jobs[(source, t, key)] = (lq, gt)
+  for r in records:
+    lq, gt = jobs[(r["source"], r["type"], r["level"])]
+    np.testing.assert_array_equal(build_uir.decode_png(r["lq_png"]), lq)
+    np.testing.assert_array_equal(build_uir.decode_png(r["gt_png"]), gt)
+
+
+def test_builder_errors_are_clear(tmp_path, built):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(DataError, match="holds no images"):
+    build_uir.make_plan(str(empty))
+  clean = built[1]
+  with pytest.raises(ValueError, match="unknown or empty degradation names \\['fog'\\]"):
+    build_uir.make_plan(str(clean), types=("jpeg", "fog"))
+  with pytest.raises(ValueError, match="real_noise"):
+    build_uir.make_plan(str(clean), types=("uir19",))
+  with pytest.raises(ValueError, match="no level '11'"):
+    build_uir.make_plan(str(clean), types=("jpeg",), levels=("jpeg:11",))
+  with pytest.raises(ValueError, match="not in --types"):
+    build_uir.make_plan(str(clean), types=("jpeg",), levels=("haze:1",))
+  with pytest.raises(DataError, match="smaller than the 64x64 crop set by --patch_size"):
+    build_uir.build(build_uir.make_plan(str(clean), types=("jpeg",), patch_size=64),
+                    str(tmp_path / "small"), progress=False)
+  other = build_uir.make_plan(str(clean), types=("jpeg",), patch_size=24, shard_size=9)
+  with pytest.raises(ValueError, match="different arguments"):
+    build_uir.build(other, str(built[0] / "out"), progress=False)
+
+
+def _cli(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "jaxmilab.data.build_uir", *args], cwd=REPO,
+                        capture_output=True, text=True, env={**os.environ, **(env or {})},
+                        timeout=300, check=False)
+
+
+def test_cli_unknown_type_message(tmp_path, built):
+  result = _cli(f"--clean_dir={built[1]}", f"--out={tmp_path / 'o'}", "--types=jpeg,fog")
+  assert result.returncode != 0
+  assert "build_uir: error:" in result.stderr and "'fog'" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_killed_build_resumes_without_duplicates(tmp_path, built):
+  clean = built[1]
+  out = tmp_path / "out"
+  args = (f"--clean_dir={clean}", f"--out={out}", "--types=jpeg,haze", "--patch_size=16",
+          "--patches_per_image=2", "--levels_per_type=1", "--shard_size=4", "--seed=5")
+  # 6 crops x 2 records, 2 crops a shard -> 3 shards. Kill the build inside shard 1.
+  crashed = _cli(*args, "--workers=0", env={build_uir.CRASH_ENV: "1:3"})
+  assert crashed.returncode != 0
+  names = sorted(os.listdir(out))
+  assert "shard-00000-of-00003.json" in names and "manifest.json" not in names
+  assert "shard-00001-of-00003.array_record" not in names
+  assert any(".tmp-" in n for n in names)  # the half-written shard
+  first = (out / "shard-00000-of-00003.array_record").stat().st_mtime_ns
+  resumed = _cli(*args, "--workers=1")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "12 records in 3 shards" in resumed.stdout
+  assert (out / "shard-00000-of-00003.array_record").stat().st_mtime_ns == first  # kept, not rebuilt
+  assert not any(".tmp-" in n for n in os.listdir(out))
+  manifest, records = _read_all(out)
+  keys = sorted((r["source"], r["type"]) for r in records)
+  expected = sorted((f"img{i}.png#{c}", t) for i in range(3) for c in range(2) for t in ("jpeg", "haze"))
+  assert keys == expected  # no duplicate, none missing
+  assert manifest["num_records"] == 12 and sum(sum(v.values()) for v in manifest["counts"].values()) == 12
+  assert manifest["args"]["types"] == ["jpeg", "haze"]
+  # The same plan built in one go gives byte-identical records.
+  plan = build_uir.make_plan(str(clean), types=("jpeg", "haze"), patch_size=16, patches_per_image=2,
+                             levels_per_type=1, shard_size=4, seed=5)
+  build_uir.build(plan, str(tmp_path / "once"), progress=False)
+  _, once = _read_all(tmp_path / "once")
+  assert once == records
+
+
+# ------------------------------------------------------------------------ array_records
+
+
+def _config(data_path, **kw):
+  base = dict(name="array_records", path=str(data_path), patch_size=16, eval_size=24, eval_records=6,
+              read_threads=1)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def test_array_records_training_stream_and_resume(built):
+  out = built[0] / "out"
+  ds = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
+  assert ds.info.class_names == ("jpeg", "noise", "mosaic") and ds.info.num_classes == 3
+  assert ds.info.extra["num_train"] == 24 and ds.info.extra["num_eval"] == 6
+  batches = [next(ds.train) for _ in range(5)]
+  assert batches[0]["lq"].shape == (4, 16, 16, 3) and batches[0]["lq"].dtype == np.float32
+  assert batches[0]["label"].dtype == np.int32
+  # One epoch (6 batches = the 24 training records, i.e. all but the first 6) sees each once.
+  epoch = np.concatenate([b["label"] for b in batches] + [next(ds.train)["label"]])
+  _, records = _read_all(out)
+  train_labels = [("jpeg", "noise", "mosaic").index(r["type"]) for r in records[6:]]
+  assert np.bincount(epoch, minlength=3).tolist() == np.bincount(train_labels, minlength=3).tolist()
+  # Restored mid-epoch, the iterator yields the same sequence as one never interrupted.
+  ref = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
+  for _ in range(3):
+    next(ref.train)
+  state = ref.train.get_state()
+  expected = [next(ref.train) for _ in range(4)]
+  fresh = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
+  fresh.train.set_state(state)
+  for a, b in zip(expected, [next(fresh.train) for _ in range(4)]):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  # Two processes split the same global batches.
+  halves = [array_records.create(_config(out), batch_size=4, seed=1, process_index=p,
+                                 process_count=2) for p in (0, 1)]
+  for b in batches[:2]:
+    parts = [next(h.train) for h in halves]
+    np.testing.assert_array_equal(np.concatenate([p["lq"] for p in parts]), b["lq"])
+  evals = list(ds.eval_batches())
+  assert sum(int(b["valid"].sum()) for b in evals) == 6 and evals[0]["gt"].shape == (4, 24, 24, 3)
+
+
+def test_array_records_errors(tmp_path, built):
+  with pytest.raises(DataError, match="no manifest.json"):
+    array_records.create(_config(tmp_path), batch_size=4, seed=0, process_index=0, process_count=1)
+  with pytest.raises(DataError, match="larger than the 24px crops"):
+    array_records.create(_config(built[0] / "out", patch_size=32), batch_size=4, seed=0,
+                         process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="misses types \\['mosaic'\\]"):
+    array_records.create(_config(built[0] / "out", types=("jpeg", "noise")), batch_size=4, seed=0,
+                         process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="Unknown config.data keys \\['patchsize'\\]"):
+    array_records.create(_config(built[0] / "out", patchsize=3), batch_size=4, seed=0,
+                         process_index=0, process_count=1)
+
+
+def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
+  real = tmp_path / "real"
+  for t in ("real_noise", "rain_streak"):
+    for side in ("lq", "gt"):
+      (real / t / side).mkdir(parents=True)
+    for i in range(2):
+      for side in ("lq", "gt"):
+        seed = ("real_noise", "rain_streak").index(t) * 10 + i * 2 + ("lq", "gt").index(side)
+        pixels = np.random.default_rng(seed).random((30, 32, 3)) * 255
+        Image.fromarray(pixels.astype(np.uint8)).save(real / t / side / f"{i}.png")
+  plan = build_uir.make_plan(paired_dir=str(real), shard_size=3)
+  manifest = build_uir.build(plan, str(tmp_path / "real_out"), progress=False)
+  assert manifest["counts"] == {"rain_streak": {"real": 2}, "real_noise": {"real": 2}}
+  _, records = _read_all(tmp_path / "real_out")
+  for r in records:
+    t, name = r["source"].split("/")
+    for side in ("lq", "gt"):
+      np.testing.assert_array_equal(build_uir.decode_png(r[f"{side}_png"]),
+                                    np.asarray(Image.open(real / t / side / name)))
+  config = _config("", path=(str(built[0] / "out"), str(tmp_path / "real_out")), eval_records=None,
+                   eval_path=str(tmp_path / "real_out"))
+  ds = array_records.create(config, batch_size=6, seed=0, process_index=0, process_count=1)
+  assert ds.info.class_names == ("jpeg", "noise", "mosaic", "rain_streak", "real_noise")
+  labels = np.concatenate([next(ds.train)["label"] for _ in range(6)])  # one epoch: 30 + 4 records
+  assert set(labels) >= {3, 4}
+  assert sum(int(b["valid"].sum()) for b in ds.eval_batches()) == 4
+
+
+# -------------------------------------------------------------------------- uir2p5m tfds
+
+
+def _fake_release(root, layout):
+  for type_dir, source, names in layout:
+    for side in ("lq", "gt"):
+      folder = root / type_dir / source / side
+      folder.mkdir(parents=True)
+      for i, name in enumerate(names):
+        seed = zlib.crc32(f"{type_dir}/{name}/{side}".encode())
+        pixels = (np.random.default_rng(seed).random((8 + i, 10, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+  return root
+
+
+def test_uir2p5m_layout_errors(tmp_path):
+  uir2p5m = pytest.importorskip("jaxmilab.data.uir2p5m")
+  with pytest.raises(DataError, match="does not exist"):
+    uir2p5m.scan(str(tmp_path / "missing"))
+  bad = _fake_release(tmp_path / "bad", [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])])
+  with pytest.raises(DataError, match="\\['fog'\\] are not UIR-2.5M types"):
+    uir2p5m.scan(str(bad))
+  (tmp_path / "flat" / "GN" / "lq").mkdir(parents=True)
+  with pytest.raises(DataError, match="holds lq/ or gt/ directly.*GN/<source>/lq"):
+    uir2p5m.scan(str(tmp_path / "flat"))
+  dup = _fake_release(tmp_path / "dup", [("GN", "a", ["a.png"]), ("noise", "b", ["a.png"])])
+  with pytest.raises(DataError, match="same type 'noise'"):
+    uir2p5m.scan(str(dup))
+  good = _fake_release(tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]),
+                                           ("real_noise", "SIDD", ["3.png"])])
+  assert sorted((t, os.path.basename(f), n) for t, f, n in uir2p5m.scan(str(good))) == [
+      ("noise", "LSDIR", "1.png"), ("noise", "LSDIR", "2.png"), ("real_noise", "SIDD", "3.png")]
+
+
+def test_uir2p5m_tfds_round_trip(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
+  manual = _fake_release(tmp_path / "manual", [("GN", "LSDIR", ["1.png", "2.png"]),
+                                               ("rs", "RealRain-1k", ["r.png"])])
+  builder = uir2p5m.Uir2p5m(data_dir=str(tmp_path / "data"), file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  source = builder.as_data_source()["train"]
+  assert len(source) == 3
+  names = builder.info.features["type"].names
+  seen = set()
+  for i in range(len(source)):
+    ex = source[i]
+    type_name, src, name = names[ex["type"]], ex["source"].decode(), ex["name"].decode()
+    folder = manual / {"noise": "GN", "rain_streak": "rs"}[type_name] / src
+    for side in ("lq", "gt"):
+      np.testing.assert_array_equal(ex[side], np.asarray(Image.open(folder / side / name)))
+    seen.add((type_name, src, name))
+  assert seen == {("noise", "LSDIR", "1.png"), ("noise", "LSDIR", "2.png"),
+                  ("rain_streak", "RealRain-1k", "r.png")}
+  with pytest.raises(DataError, match="not UIR-2.5M types"):
+    bad = _fake_release(tmp_path / "bad", [("blurry", "x", ["a.png"])])
+    uir2p5m.Uir2p5m(data_dir=str(tmp_path / "data2")).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(bad)))
+
+
+def test_data_pipeline_benchmark_rates():
+  from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+  rates = data_pipeline.degradation_rates(("jpeg", "mosaic"), 16, 0.0)
+  assert set(rates) == {"jpeg", "mosaic"} and min(rates.values()) > 0
+  assert data_pipeline.arrayrecord_rate(("jpeg",), 16, 2, 0.0) > 0
