@@ -1,0 +1,13 @@
+"""resnet50 with the wsolevaluation modifications (see jaxmilab/models/wsol_backbones.py)."""
+
+from __future__ import annotations
+
+from jaxmilab.models import wsol_backbones
+
+ARCH = "resnet50"
+
+
+def create(config):
+  """config.model: preset ("paper" | "small" | "tiny"), num_classes (set by the method),
+  large_feature_map, width_divisor, blocks (resnet50), with_classifier."""
+  return wsol_backbones.create_backbone(ARCH, config)

@@ -1,0 +1,81 @@
+"""WSOL end to end: the smoke configs of cam, bcam and bagcams train a few steps and write the
+protocol metrics to metrics.jsonl; bagcams loads a cam run post hoc; the colab runs."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmilab import config_lib
+from jaxmilab import metrics as metrics_lib
+from jaxmilab import trainer
+
+PROTOCOL_KEYS = ("MaxBoxAccV2", "PxAP", "top1_loc", "gt_known_loc", "pIoU")
+
+
+def _eval_record(workdir):
+  evals = [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"]
+  assert evals, f"no eval record in {workdir}/metrics.jsonl"
+  return evals[-1]
+
+
+@pytest.fixture(scope="module")
+def cam_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("cam"))
+  state = trainer.train_and_evaluate(config_lib.load("configs/cam.py:smoke", {"mesh.num_devices": 1}), workdir)
+  return workdir, jax.device_get(state.params)
+
+
+def test_cam_smoke_reports_protocol_metrics(cam_run):
+  record = _eval_record(cam_run[0])
+  assert record["step"] == 3
+  for key in PROTOCOL_KEYS:
+    assert 0.0 <= record[key] <= 100.0 and math.isfinite(record[key]), key
+
+
+@pytest.mark.slow
+def test_bcam_smoke_reports_prob_and_mask_metrics(tmp_path):
+  trainer.train_and_evaluate(config_lib.load("configs/bcam.py:smoke", {"mesh.num_devices": 1}), str(tmp_path))
+  record = _eval_record(str(tmp_path))
+  for key in PROTOCOL_KEYS + tuple(f"mask/{k}" for k in ("MaxBoxAccV2", "PxAP")):
+    assert 0.0 <= record[key] <= 100.0, key
+  train = [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train" and "mlsm_bo" in r]
+  assert train and all(math.isfinite(r["loss"]) for r in train)
+
+
+@pytest.mark.slow
+def test_bagcams_post_hoc_on_a_cam_run(cam_run, tmp_path):
+  """init_from a cam run, zero learning rate: BagCAMs and CAM maps of the *same* network."""
+  cam_dir, cam_params = cam_run
+  overrides = {"mesh.num_devices": 1, "method.init_from": cam_dir, "total_steps": 1,
+               "eval_every_steps": 1, "checkpoint_every_steps": 1, "optimizer.learning_rate": 0.0,
+               "optimizer.weight_decay": 0.0}
+  state = trainer.train_and_evaluate(config_lib.load("configs/bagcams.py:smoke", overrides), str(tmp_path))
+  for a, b in zip(jax.tree.leaves(cam_params), jax.tree.leaves(jax.device_get(state.params))):
+    np.testing.assert_array_equal(a, b)  # the evaluated network is the loaded cam network
+  record = _eval_record(str(tmp_path))
+  for key in PROTOCOL_KEYS + ("cam/MaxBoxAccV2", "cam/PxAP"):
+    assert 0.0 <= record[key] <= 100.0, key
+
+
+@pytest.mark.slow
+def test_colab_executes(repo_root, tmp_path):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  notebook = nbformat.read(os.path.join(repo_root, "colabs", "wsol.ipynb"), as_version=4)
+  params = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+  assert len(params) == 1
+  params[0].source = f'VARIANT = "smoke"\nWORKDIR = "{tmp_path / "run"}"\n'
+  client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": repo_root}})
+  client.execute()
+  outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "cam trained 3 steps" in text and "bcam trained 3 steps" in text
+  for row in ("cam", "bagcams", "bcam", "bcam_mask"):
+    assert any(line.split()[:1] == [row] for line in text.splitlines()), row
+  assert any("image/png" in o.get("data", {}) for o in outputs)

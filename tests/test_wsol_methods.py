@@ -1,0 +1,406 @@
+"""WSOL pieces against independent references: guided ReLU, BagCAMs formula (numpy), stagger loss
+terms (their definitions, and PyTorch's loss when installed), the CAM formula on a hand case and
+on the backbones (GAP(CAM_k) + b_k = y_k), cv2's bicubic resize, the synthetic set's boxes."""
+
+from __future__ import annotations
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmilab.methods import bagcams
+from jaxmilab.methods import bcam
+from jaxmilab.methods import cam
+from jaxmilab.models import wsol_backbones
+
+
+# ------------------------------------------------------------------------------ guided ReLU
+
+
+def test_guided_relu_passes_only_positive_gradients():
+  x = jnp.array([-1.0, 0.5, 2.0, 3.0, 0.0])
+  g = jnp.array([1.0, -1.0, 2.0, -3.0, 5.0])
+  y, vjp = jax.vjp(wsol_backbones.guided_relu, x)
+  np.testing.assert_array_equal(y, [0, 0.5, 2, 3, 0])
+  np.testing.assert_array_equal(vjp(g)[0], [0, 0, 2, 0, 0])  # relu(g) * 1[x > 0]
+  # The plain ReLU passes the negative gradient at x = 0.5 (the guided one must not).
+  np.testing.assert_array_equal(jax.vjp(jax.nn.relu, x)[1](g)[0], [0, -1, 2, -3, 0])
+
+
+# ------------------------------------------------------------------------- BagCAMs formula
+
+
+def _np_conv3x3(x, k, b):
+  """x [h, w, ci], k [3, 3, ci, co] (padding 1) -> [h, w, co]."""
+  h, w, _ = x.shape
+  xp = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+  out = np.zeros((h, w, k.shape[-1])) + b
+  for dy in range(3):
+    for dx in range(3):
+      out += xp[dy:dy + h, dx:dx + w] @ k[dy, dx]
+  return out
+
+
+def _np_conv3x3_input_grad(gz, k):
+  """Gradient of sum(gz * conv3x3(x)) with respect to x."""
+  h, w, _ = gz.shape
+  gxp = np.zeros((h + 2, w + 2, k.shape[2]))
+  for dy in range(3):
+    for dx in range(3):
+      gxp[dy:dy + h, dx:dx + w] += gz @ k[dy, dx].T
+  return gxp[1:-1, 1:-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_vgg():
+  """VGG16-CAM with 8 channels at the split and 16 after conv6, 3 classes, random weights."""
+  model = wsol_backbones.VggCam(num_classes=3, width_divisor=64)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"])
+  return model, {"params": params}
+
+
+def test_bagcams_equals_numpy_formula(tiny_vgg):
+  model, variables = tiny_vgg
+  rng = np.random.default_rng(1)
+  low = np.abs(rng.normal(size=(2, 5, 6, 8))).astype(np.float32)  # post-ReLU features
+  labels = np.array([2, 0])
+  grads = bagcams.guided_gradients(model, variables, jnp.asarray(low), jnp.asarray(labels))
+  maps = np.asarray(bagcams.bagcams_from_gradients(jnp.asarray(low), grads))
+
+  p = jax.tree.map(np.asarray, variables["params"])
+  k6, b6 = p["conv6"]["kernel"].astype(np.float64), p["conv6"]["bias"]
+  wfc, bfc = p["fc"]["kernel"].astype(np.float64), p["fc"]["bias"]
+  for i, k in enumerate(labels):
+    f = low[i].astype(np.float64)
+    z = _np_conv3x3(f, k6, b6)  # [h, w, 16]
+    y_k = np.maximum(z, 0).mean(axis=(0, 1)) @ wfc[:, k] + bfc[k]
+    g_r = np.broadcast_to(wfc[:, k] / (z.shape[0] * z.shape[1]), z.shape)  # d y_k / d relu(z)
+    g_z = np.maximum(g_r, 0) * (z > 0)  # guided ReLU backward
+    g = _np_conv3x3_input_grad(g_z, k6) / y_k  # d log(y_k) / dF
+    np.testing.assert_allclose(np.asarray(grads[i]), g, rtol=2e-4, atol=1e-6)
+    a = (1 + g * f).mean(axis=(0, 1))  # bagging weights A_c
+    expected = np.maximum(a * g * f, 0).sum(-1)  # M(n) = sum_c ReLU(A_c G_c(n) F_c(n))
+    np.testing.assert_allclose(maps[i], expected, rtol=2e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ stagger loss
+
+
+def test_stagger_loss_terms_match_definitions():
+  rng = np.random.default_rng(2)
+  scores = {k: rng.normal(size=(3, 5)).astype(np.float32) for k in ("s_oo", "s_bo", "s_bb", "s_ob")}
+  labels = np.array([0, 3, 4])
+  terms = jax.tree.map(float, bcam.stagger_loss_terms({k: jnp.asarray(v) for k, v in scores.items()},
+                                                      jnp.asarray(labels)))
+  sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+  onehot = np.eye(5)[labels]
+
+  def mlsm(x, y):  # -1/C sum_c [y log sigma(x) + (1 - y) log(1 - sigma(x))], batch mean
+    return np.mean(-np.mean(y * np.log(sig(x)) + (1 - y) * np.log(1 - sig(x)), axis=1))
+
+  s = scores["s_oo"].astype(np.float64)
+  ce = np.mean(np.log(np.exp(s).sum(1)) - s[np.arange(3), labels])
+  np.testing.assert_allclose(terms["ce_oo"], ce, rtol=1e-5)
+  np.testing.assert_allclose(terms["mlsm_bo"], mlsm(scores["s_bo"], 1 - onehot), rtol=1e-5)
+  np.testing.assert_allclose(terms["mlsm_bb"], mlsm(scores["s_bb"], np.ones_like(onehot)), rtol=1e-5)
+  np.testing.assert_allclose(terms["mlsm_ob"], mlsm(scores["s_ob"], np.zeros_like(onehot)), rtol=1e-5)
+
+
+@pytest.mark.torch
+def test_multilabel_soft_margin_matches_pytorch():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(4, 6)).astype(np.float32), (rng.random((4, 6)) > 0.5).astype(np.float32)
+  ref = torch.nn.functional.multilabel_soft_margin_loss(torch.tensor(x), torch.tensor(y)).item()
+  np.testing.assert_allclose(float(bcam.multilabel_soft_margin(jnp.asarray(x), jnp.asarray(y))), ref, rtol=1e-5)
+
+
+def test_bcam_head_starts_as_average_pooling_and_stops_gradients():
+  head = bcam.BCAMHead(num_classes=3, num_heads=4)
+  f = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 3, 5)), jnp.float32)
+  params = head.init(jax.random.key(0), f)["params"]
+  out = head.apply({"params": params}, f)
+  w_o, w_b = params["classifier_A"], params["classifier_B"]
+  gap = np.asarray(f).mean(axis=(1, 2))  # zero-init aggregators = uniform attention
+  np.testing.assert_allclose(out["s_oo"], gap @ w_o["kernel"] + w_o["bias"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["s_bb"], gap @ w_b["kernel"] + w_b["bias"], rtol=1e-5, atol=1e-6)
+  # s_bo uses stopgrad(F): its gradient reaches F only through the attention weights, which
+  # are uniform (zero kernel) -> the gradient of s_bo w.r.t. F is exactly zero here, while
+  # s_oo's is the classifier weight / N.
+  g_bo = jax.grad(lambda x: head.apply({"params": params}, x)["s_bo"][0, 1])(f)
+  g_oo = jax.grad(lambda x: head.apply({"params": params}, x)["s_oo"][0, 1])(f)
+  np.testing.assert_allclose(g_bo, 0.0, atol=1e-7)
+  np.testing.assert_allclose(g_oo[0], np.broadcast_to(w_o["kernel"][:, 1] / 9, (3, 3, 5)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- CAM formula
+
+
+def test_cam_formula_hand_case():
+  # F at two positions (2 x 1 map), 2 channels; W [C=2, K=2].
+  f = jnp.array([[[[1.0, 2.0]], [[3.0, -1.0]]]])  # [1, 2, 1, 2]
+  w = jnp.array([[0.5, -1.0], [2.0, 1.0]])
+  np.testing.assert_allclose(cam.cam_maps(f, w, jnp.array([0]))[0, :, 0], [0.5 + 4.0, 1.5 - 2.0])
+  np.testing.assert_allclose(cam.cam_maps(f, w, jnp.array([1]))[0, :, 0], [-1.0 + 2.0, -3.0 - 1.0])
+  # Then bicubic to the image size and min-max: the extremes become 0 and 1, order is kept.
+  s = np.asarray(cam.cam_to_scoremap(cam.cam_maps(f, w, jnp.array([0])), (4, 2)))[0]
+  assert s.min() == 0 and s.max() == 1 and s[0].mean() > s[-1].mean()
+
+
+@pytest.mark.parametrize("arch,size", [("resnet50", 32), ("vgg16", 32)])
+def test_backbone_cam_pools_to_logits(arch, size):
+  """GAP(CAM_k) + b_k = y_k: the CAM uses the classifier weights of class k, no bias, no ReLU."""
+  model = wsol_backbones.create_backbone(arch, dict(preset="tiny", num_classes=3))
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, size, size, 3)), jnp.float32)
+  variables = model.init(jax.random.key(1), x)
+  out = model.apply(variables, x)
+  bias = variables["params"]["fc"]["bias"]
+  for k in range(3):
+    cams = cam.cam_maps(out["features"], out["classifier_kernel"], jnp.full((2,), k))
+    np.testing.assert_allclose(cams.mean(axis=(1, 2)) + bias[k], out["logits"][:, k], rtol=1e-4, atol=1e-5)
+
+
+def test_feature_map_sizes_follow_the_protocol():
+  """224 input: ResNet50 28x28 (large_feature_map) / 14x14, VGG16 14x14 / 28x28, InceptionV3 28 / 14."""
+  expected = {("resnet50", True): 28, ("resnet50", False): 14, ("vgg16", False): 14,
+              ("vgg16", True): 28, ("inceptionv3", True): 28, ("inceptionv3", False): 14}
+  channels = {"resnet50": 2048, "vgg16": 1024, "inceptionv3": 1024}
+  for (arch, large), side in expected.items():
+    model = wsol_backbones.create_backbone(arch, dict(num_classes=200, large_feature_map=large))
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)
+    assert out["features"].shape == (1, side, side, channels[arch]), (arch, large)
+    assert out["logits"].shape == (1, 200)
+
+
+def test_resize_matches_opencv_bicubic_and_normalize():
+  rng = np.random.default_rng(6)
+  maps = rng.normal(size=(2, 7, 5)).astype(np.float32)
+  ours = np.asarray(cam.resize_maps(jnp.asarray(maps), (32, 24), "cubic"))
+  for i in range(2):
+    ref = cv2.resize(maps[i], (24, 32), interpolation=cv2.INTER_CUBIC)
+    np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-4)
+  same = np.asarray(cam.resize_maps(jnp.asarray(maps), (7, 5), "cubic"))
+  np.testing.assert_allclose(same, maps, atol=1e-6)
+  norm = np.asarray(cam.normalize_minmax(jnp.asarray(
+      np.stack([maps[0], np.full((7, 5), 3.0, np.float32), np.where(maps[1] > 0, np.nan, 1).astype(np.float32)]))))
+  np.testing.assert_allclose(norm[0], (maps[0] - maps[0].min()) / np.ptp(maps[0]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(norm[1:], 0.0)  # constant and NaN maps -> zeros (normalize_scoremap)
+
+
+@pytest.mark.torch
+def test_bilinear_matches_pytorch_interpolate():
+  torch = pytest.importorskip("torch")
+  maps = np.random.default_rng(7).normal(size=(2, 6, 4)).astype(np.float32)
+  ref = torch.nn.functional.interpolate(torch.tensor(maps)[:, None], (20, 17), mode="bilinear",
+                                        align_corners=False)[:, 0].numpy()
+  np.testing.assert_allclose(np.asarray(cam.resize_maps(jnp.asarray(maps), (20, 17), "bilinear")), ref,
+                             rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_set_is_deterministic_with_mask_boxes():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(image_size=32, num_eval=6, num_train=8))
+  make = lambda: wsol_synthetic.create(cfg, batch_size=4, seed=3, process_index=0, process_count=1)
+  a, b = list(make().eval_batches()), list(make().eval_batches())
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  batch = a[0]
+  for i in range(4):
+    ys, xs = np.nonzero(batch["mask"][i])
+    np.testing.assert_array_equal(batch["boxes"][i, 0], [xs.min(), ys.min(), xs.max(), ys.max()])
+    assert batch["num_boxes"][i] == 1 and not batch["boxes"][i, 1:].any()
+  assert a[-1]["valid"].tolist() == [True, True, False, False]
+  np.testing.assert_array_equal(next(make().train)["image"], next(make().train)["image"])
+
+
+def test_folder_reader_follows_wsolevaluation_metadata(tmp_path):
+  """A two-image CUB-like set and an OpenImages-like one with masks: boxes scaled with int()."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+  data, meta = tmp_path / "dataset", tmp_path / "metadata"
+  for name, (w, h) in {"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)}.items():
+    (data / "CUB" / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(data / "CUB" / name)
+  for split in ("train", "test"):
+    folder = meta / "CUB" / split
+    folder.mkdir(parents=True)
+    (folder / "image_ids.txt").write_text("a/1.jpg\nb/2.jpg\n")
+    (folder / "class_labels.txt").write_text("a/1.jpg,0\nb/2.jpg,1\n")
+    (folder / "image_sizes.txt").write_text("a/1.jpg,50,40\nb/2.jpg,30,60\n")
+    (folder / "localization.txt").write_text("a/1.jpg,10,5,49,39\nb/2.jpg,0,0,29,59\nb/2.jpg,3,7,11,13\n")
+  cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
+                                       resize_size=24, crop_size=20, max_boxes=3))
+  ds = wsol_folders.create(cfg, batch_size=2, seed=0, process_index=0, process_count=1)
+  batch = next(iter(ds.eval_batches()))
+  assert batch["image"].shape == (2, 20, 20, 3) and ds.info.num_classes == 2
+  # int(10 * 20 / 50) = 4, int(5 * 20 / 40) = 2, int(49 * 0.4) = 19, int(39 * 0.5) = 19 ...
+  np.testing.assert_array_equal(batch["boxes"][0], [[4, 2, 19, 19], [0, 0, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["boxes"][1, :2], [[0, 0, 19, 19], [2, 2, 7, 4]])
+  np.testing.assert_array_equal(batch["num_boxes"], [1, 2])
+  assert next(ds.train)["image"].shape == (2, 20, 20, 3)
+  with pytest.raises(Exception, match="metadata_root"):
+    wsol_folders.create(ml_collections.ConfigDict(dict(cfg, metadata_root=str(tmp_path / "nope"))),
+                        batch_size=2, seed=0, process_index=0, process_count=1)
+
+
+# ------------------------------------------------------------------ PyTorch weights (.pth)
+
+
+def _torch_wsol_nets(torch, d):
+  """ResNetCam / VggCam of wsolevaluation (wsol/resnet.py, wsol/vgg.py) with widths / d."""
+  nn = torch.nn
+
+  class Bottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.relu = nn.ReLU()
+      self.downsample = downsample
+
+    def forward(self, x):
+      out = self.relu(self.bn1(self.conv1(x)))
+      out = self.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(out))
+      return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+  class ResNetCam(nn.Module):
+    def __init__(self, num_classes):
+      super().__init__()
+      self.inplanes = 64 // d
+      self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(self.inplanes)
+      self.relu = nn.ReLU()
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      self.layer1 = self._layer(64 // d, 1)
+      self.layer2 = self._layer(128 // d, 2)
+      self.layer3 = self._layer(256 // d, 1)  # large_feature_map
+      self.layer4 = self._layer(512 // d, 1)
+      self.fc = nn.Linear(2048 // d, num_classes)
+
+    def _layer(self, planes, stride):
+      down = None
+      if stride != 1 or self.inplanes != planes * 4:
+        down = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
+                             nn.BatchNorm2d(planes * 4))
+      block = Bottleneck(self.inplanes, planes, stride, down)
+      self.inplanes = planes * 4
+      return nn.Sequential(block)
+
+    def forward(self, x):
+      x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+      x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+      return self.fc(x.mean((2, 3))), x
+
+  class VggCam(nn.Module):
+    def __init__(self, num_classes):
+      super().__init__()
+      layers, c = [], 3
+      for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+          layers.append(nn.MaxPool2d(2, 2))
+        else:
+          layers += [nn.Conv2d(c, v // d, 3, padding=1), nn.ReLU()]
+          c = v // d
+      self.features = nn.Sequential(*layers)
+      self.conv6 = nn.Conv2d(512 // d, 1024 // d, 3, padding=1)
+      self.fc = nn.Linear(1024 // d, num_classes)
+
+    def forward(self, x):
+      x = torch.relu(self.conv6(self.features(x)))
+      return self.fc(x.mean((2, 3))), x
+
+  return {"resnet50": ResNetCam, "vgg16": VggCam}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["resnet50", "vgg16"])
+def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
+  torch = pytest.importorskip("torch")
+  from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = _torch_wsol_nets(torch, 8)[arch](num_classes=3)
+  for m in net.modules():  # move BatchNorm away from its init so the statistics matter
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.uniform_(-0.5, 0.5)
+      m.running_var.uniform_(0.5, 1.5)
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.uniform_(-0.2, 0.2)
+  net.eval()
+  path = str(tmp_path / "net.pth")
+  torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)  # wsolevaluation's layout
+  large = arch == "resnet50"
+  variables, skipped = torchvision_wsol.convert(path, arch=arch, num_classes=3, large_feature_map=large,
+                                                preset="tiny", image_size=32)
+  assert not skipped
+  x = np.random.default_rng(8).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    logits, feats = net(torch.tensor(x).permute(0, 3, 1, 2))
+  model = wsol_backbones.create_backbone(arch, dict(preset="tiny", num_classes=3, large_feature_map=large))
+  out = model.apply(variables, jnp.asarray(x))
+  np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out["features"], feats.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+  # The official CAM (wsolevaluation: fc.weight[label] * feature_map, mean over channels) up to
+  # the 1/C factor that min-max removes.
+  labels = np.array([1, 2])
+  ref = (net.fc.weight[labels][:, :, None, None] * feats).sum(1).detach().numpy()
+  np.testing.assert_allclose(cam.cam_maps(out["features"], out["classifier_kernel"], jnp.asarray(labels)),
+                             ref, rtol=1e-4, atol=1e-4)
+
+
+def test_folder_reader_openimages_masks(tmp_path):
+  """Foreground = union of instance masks > 0.5 (nearest resize); ignore = ignore mask - foreground."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+  root, meta = tmp_path / "dataset" / "OpenImages", tmp_path / "metadata" / "OpenImages"
+  (root / "test" / "c").mkdir(parents=True)
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test/c/x.jpg")
+  m1, m2, ign = (np.zeros((8, 8), np.uint8) for _ in range(3))
+  m1[:4, :4], m2[6:, 6:], ign[:, :5] = 255, 255, 255
+  for name, m in (("x_m1.png", m1), ("x_m2.png", m2), ("x_ignore.png", ign)):
+    Image.fromarray(m).save(root / "test" / "c" / name)
+  for split in ("train", "test"):
+    (meta / split).mkdir(parents=True)
+    (meta / split / "image_ids.txt").write_text("test/c/x.jpg\n")
+    (meta / split / "class_labels.txt").write_text("test/c/x.jpg,1\n")
+    (meta / split / "localization.txt").write_text(
+        "test/c/x.jpg,test/c/x_m1.png,test/c/x_ignore.png\ntest/c/x.jpg,test/c/x_m2.png,\n")
+  cfg = ml_collections.ConfigDict(dict(dataset="OpenImages", data_root=str(tmp_path / "dataset"),
+                                       metadata_root=str(tmp_path / "metadata"), resize_size=8, crop_size=8))
+  batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0, process_count=1).eval_batches()))
+  assert "boxes" not in batch
+  np.testing.assert_array_equal(batch["mask"][0], (m1 > 0) | (m2 > 0))
+  np.testing.assert_array_equal(batch["ignore"][0], (ign > 0) & ~((m1 > 0) | (m2 > 0)))
+
+
+def test_wsol_summary_perfect_and_padded_maps():
+  """A scoremap equal to the object mask localizes perfectly; padding rows are ignored."""
+  mask = np.zeros((3, 16, 16), bool)
+  mask[0, 2:9, 3:12] = True
+  mask[1, 8:15, 0:5] = True
+  outputs = {"scoremap": mask.astype(np.float32), "mask": mask, "label": np.array([0, 1, 0]),
+             "pred": np.array([0, 0, 0]), "valid": np.array([True, True, False]),
+             "boxes": np.array([[[3, 2, 11, 8]], [[0, 8, 4, 14]], [[0, 0, 0, 0]]]),
+             "num_boxes": np.array([1, 1, 0])}
+  out = cam.wsol_summary(outputs)
+  assert out["MaxBoxAccV2"] == 100.0 and out["gt_known_loc"] == 100.0
+  assert out["top1_loc"] == 50.0 and out["accuracy"] == 50.0  # example 1 is misclassified
+  assert out["PxAP"] == pytest.approx(100.0) and out["pIoU"] == pytest.approx(100.0)
+  masks_only = cam.wsol_summary({k: v for k, v in outputs.items() if k not in ("boxes", "num_boxes")})
+  assert "MaxBoxAccV2" not in masks_only and masks_only["PxAP"] == pytest.approx(100.0)
