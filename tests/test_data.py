@@ -339,3 +339,14 @@ def test_photo_stream_with_worker_processes():
   fresh = _photos(seed=0, worker_count=2).train
   fresh.set_state(state)
   _assert_same(_take(fresh, 3), follow)
+
+
+def test_fixed_levels_give_the_requested_noise_sigma():
+  """levels=(sigma,) fixes the noise strength in training and eval (0-255 scale)."""
+  ds = _photos(degradations=("gaussian_noise",), levels=(25,), patch_size=64, eval_size=64)
+  for batch in (next(ds.train), next(iter(ds.eval_batches()))):
+    residual = (batch["lq"] - batch["gt"]) * 255
+    mid = (batch["gt"] > 0.2) & (batch["gt"] < 0.8)      # away from clipping
+    assert abs(residual[mid].std() - 25) < 1.5
+  with pytest.raises(ValueError, match="config.data.levels has 2 entries"):
+    _photos(degradations=("gaussian_noise",), levels=(15, 25))

@@ -26,7 +26,8 @@ config.data keys (defaults): degradations ("5syn": a task-set name or names from
 training batch size), worker_count (0 grain worker processes), read_threads (4),
 read_buffer (one per-process batch per read thread), vertical_flip (False), photos / eval_photos
 (embedded names), root / eval_root / eval_fraction (0.1), eval_seed (0),
-cache_size (16 decoded folder images kept per process).
+cache_size (16 decoded folder images kept per process), levels (one fixed level per type,
+None = random per example; e.g. degradations=("gaussian_noise",), levels=(25,) for sigma 25).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from jaxmilab.data.base import Datasets
 
 _KEYS = ("degradations", "patch_size", "eval_size", "eval_batch_size", "worker_count",
          "read_threads", "read_buffer", "vertical_flip", "photos", "eval_photos", "root",
-         "eval_root", "eval_fraction", "eval_seed", "cache_size")
+         "eval_root", "eval_fraction", "eval_seed", "cache_size", "levels")
 
 
 class PhotoSource:
@@ -138,8 +139,13 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     for path in eval_paths:
       images.check_min_size(path, images.image_size(path), eval_size, "config.data.eval_size")
 
+  levels = tuple(config.get("levels", ()) or ())
+  if levels and len(levels) != len(types):
+    raise ValueError(f"config.data.levels has {len(levels)} entries for {len(types)} degradation types "
+                     f"{types}: give one level per type (None = random), e.g. (25,) for noise at sigma 25.")
+  levels = levels or (None,) * len(types)
   operations = [transforms.RandomCropFlip(patch, bool(config.get("vertical_flip", False))),
-                transforms.ToFloat(), transforms.SynthesizeDegradation(types)]
+                transforms.ToFloat(), transforms.SynthesizeDegradation(types, levels)]
   train = transforms.train_iterator(
       source, operations, batch_size=local_batch, seed=seed, process_index=process_index,
       process_count=process_count, worker_count=int(config.get("worker_count", 0)),
@@ -154,7 +160,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       crops[photo] = np.ascontiguousarray(transforms.center_crop(image, eval_size))
     gt = images.to_float(crops[photo])  # [e, e, 3]
     rng = np.random.default_rng([eval_seed, i])  # fixed per example, independent of config.seed
-    lq = degradations.apply(types[label], gt, rng)
+    lq = degradations.apply(types[label], gt, rng, levels[label])
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
   num_eval = len(eval_paths) * len(types)

@@ -61,12 +61,14 @@ class ToFloat(grain.transforms.Map):
 class SynthesizeDegradation(grain.transforms.RandomMap):
   """lq = degradations[names[label]](gt, rng): the label picks the degradation type."""
 
-  def __init__(self, names: Sequence[str]):
+  def __init__(self, names: Sequence[str], levels: Sequence[Any] | None = None):
     self.names = tuple(names)  # Names, not functions: cheap and stable to pickle into workers.
+    # One fixed level per type (None = drawn at random per example), e.g. sigma 25 for noise.
+    self.levels = tuple(levels) if levels else (None,) * len(self.names)
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     label = int(element["label"])
-    lq = degradations.apply(self.names[label], element["gt"], rng)
+    lq = degradations.apply(self.names[label], element["gt"], rng, self.levels[label])
     return {"lq": lq, "gt": element["gt"], "label": np.int32(label)}
 
 
