@@ -37,7 +37,9 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
   `accumulate_steps` > 1 averages the gradients of that many micro-batches
   (optax.MultiSteps); the schedule then counts optimizer updates.
   """
-  schedule = create_schedule(config, total_steps)
+  accumulate = int(config.get("accumulate_steps", 1))
+  # With accumulation the schedule counts optimizer updates, not micro-steps.
+  schedule = create_schedule(config, max(total_steps // accumulate, 1))
   name = config.get("name", "adamw")
   if name == "adamw":
     tx = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
@@ -59,7 +61,6 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
   clip = config.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  accumulate = int(config.get("accumulate_steps", 1))
   if accumulate > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
   return tx

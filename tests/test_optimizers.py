@@ -46,3 +46,18 @@ def test_accumulation_averages_micro_batches():
 def test_unknown_optimizer_is_named():
   with pytest.raises(ValueError, match="'lamb'"):
     optimizers.create(ml_collections.ConfigDict(dict(name="lamb", learning_rate=1.0)), 1)
+
+
+def test_schedule_counts_updates_under_accumulation():
+  """total_steps micro-steps with accumulation k = total_steps / k updates of the schedule."""
+  config = ml_collections.ConfigDict(dict(name="sgd", learning_rate=1.0, momentum=0.0, nesterov=False,
+                                          schedule="cosine", accumulate_steps=2))
+  tx = optimizers.create(config, total_steps=8)   # 4 updates: the cosine ends at the 4th
+  params = jnp.zeros(1)
+  state = tx.init(params)
+  lrs = []
+  for _ in range(8):
+    update, state = tx.update(jnp.array([1.0]), state, params)
+    if float(update[0]) != 0.0:
+      lrs.append(-float(update[0]))
+  np.testing.assert_allclose(lrs, [0.5 * (1 + np.cos(np.pi * i / 4)) for i in range(4)], atol=1e-6)

@@ -1,0 +1,166 @@
+"""MaskDCPT: patch masks, masked LayerNorm, no leak through the masked encoders, training, init_from."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxmilab import checkpoint as ckpt_lib
+from jaxmilab import config_lib
+from jaxmilab import metrics as metrics_lib
+from jaxmilab import trainer as trainer_lib
+from jaxmilab.methods import maskdcpt
+from jaxmilab.models import layers
+from jaxmilab.models import masking
+from jaxmilab.models import nafnet
+from jaxmilab.models import restormer
+from jaxmilab.models import swinir
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 6), (5, 1)])
+def test_mask_keeps_round_half_of_patches(grid):
+  batch = 16
+  mask = np.asarray(masking.random_patch_mask(jax.random.key(0), batch, grid))
+  assert mask.shape == (batch,) + grid
+  assert set(np.unique(mask)) <= {0.0, 1.0}
+  # round(0.5 * h * w), Python's round-half-to-even as in the official mask(): 9 patches -> 4.
+  expected = {4: 2, 9: 4, 24: 12, 5: 2}[grid[0] * grid[1]]
+  np.testing.assert_array_equal(mask.reshape(batch, -1).sum(1), expected)
+  assert len({m.tobytes() for m in mask}) > 1, "every image got the same mask"
+
+
+def test_expand_is_nearest_neighbour():
+  mask = np.asarray(masking.random_patch_mask(jax.random.key(1), 2, (2, 3)))
+  got = np.asarray(masking.expand(jnp.asarray(mask), 8, 12))[..., 0]
+  np.testing.assert_array_equal(got, np.stack([np.kron(m, np.ones((4, 4))) for m in mask]))
+  with pytest.raises(ValueError, match="mask grid"):
+    masking.expand(jnp.asarray(mask), 7, 12)
+
+
+def _numpy_ln_visible(x, mask, scale, bias, eps, centre=True):
+  """LayerNorm over channels of the visible vectors only, scattered into zeros (SparK's MaskLN)."""
+  out = np.zeros_like(x)
+  vis = mask.astype(bool)                                   # [B, H, W]
+  v = x[vis].astype(np.float64)                             # [n_visible, C]
+  mean = v.mean(-1, keepdims=True)
+  var = ((v - mean) ** 2).mean(-1, keepdims=True)
+  num = v - mean if centre else v
+  out[vis] = num / np.sqrt(var + eps) * scale + bias
+  return out
+
+
+@pytest.mark.parametrize("kind", ["LayerNorm2d", "ChannelLayerNorm_BiasFree", "nn.LayerNorm"])
+def test_masked_layernorm_equals_layernorm_over_visible_positions(kind):
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, (2, 8, 8, 5)).astype(np.float32)
+  grid_mask = masking.random_patch_mask(jax.random.key(3), 2, (4, 4))
+  pixel_mask = np.asarray(masking.expand(grid_mask, 8, 8))[..., 0]
+  if kind == "LayerNorm2d":
+    module, eps, centre = layers.LayerNorm2d(), 1e-6, True
+  elif kind == "ChannelLayerNorm_BiasFree":
+    module, eps, centre = restormer.ChannelLayerNorm(with_bias=False, eps=1e-5), 1e-5, False
+  else:
+    module, eps, centre = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), 1e-5, True
+  params = module.init(jax.random.key(0), x)["params"]
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(1.0, 0.5, p.shape), jnp.float32), params)
+  with masking.patch_masking(grid_mask, (8, 8)):
+    got = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
+  scale = np.asarray(params["scale"])
+  bias = np.asarray(params.get("bias", np.zeros_like(scale)))
+  want = _numpy_ln_visible(x, pixel_mask, scale, bias, eps, centre)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+_BACKBONES = {
+    # (model, image size): NAFNet tiny (patch 16, two 2x downsamplings); DCPT's SwinIR tiny
+    # (window = patch 4, shifted windows: hidden tokens move between windows).
+    "nafnet": (lambda: nafnet.create(ml_collections.ConfigDict({"preset": "nafnet_tiny"})), 32),
+    "swinir": (lambda: swinir.create(ml_collections.ConfigDict({"preset": "swinir_dcpt_tiny"})), 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BACKBONES))
+def test_no_leak_from_hidden_patches(name):
+  """d(encoder output)/d(pixel) is exactly 0 on hidden patches, even though the RAW image goes in
+  (no input masking: the interceptor alone must stop every path), and non-zero on visible ones;
+  the encoder's maps are exactly 0 on hidden patches. Without masking the gradient is non-zero
+  there (so the check can fail)."""
+  make, size = _BACKBONES[name]
+  model = make()
+  p = masking.mask_patch_size(model)
+  x = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
+  variables = model.init(jax.random.key(1), x)
+  mask = masking.random_patch_mask(jax.random.key(2), 2, (size // p, size // p))
+
+  def encode(img, masked):
+    if not masked:
+      return model.apply(variables, img, return_decoder_features=True)[1]
+    with masking.patch_masking(mask, (size, size)):
+      return model.apply(variables, img, return_decoder_features=True)[1]
+
+  def objective(img, masked):
+    feats = encode(img, masked)
+    return sum(jnp.sum(f * jnp.cos(jnp.arange(f.size).reshape(f.shape))) for f in feats)
+
+  def all_checks(img):  # one compile (unoptimised: these graphs run once)
+    return (jax.grad(objective)(img, True), encode(img, True),
+            jax.grad(objective)(img, False) if name == "nafnet" else None)
+
+  grad, feats, unmasked = jax.jit(all_checks, compiler_options=trainer_lib._FAST_COMPILE)(x)
+  hidden = 1.0 - np.asarray(masking.expand(mask, size, size))
+  grad = np.asarray(grad)
+  assert np.all(grad * hidden == 0.0)
+  assert np.abs(grad * (1 - hidden)).max() > 1e-3
+  for f in feats:
+    f_hidden = 1.0 - np.asarray(masking.expand(mask, f.shape[1], f.shape[2]))
+    assert np.all(np.asarray(f) * f_hidden == 0.0), f.shape
+  if unmasked is not None:
+    assert np.abs(np.asarray(unmasked) * hidden).max() > 1e-3
+
+
+def test_classifier_pyramid_subsamples_single_resolution_maps():
+  f = [jnp.full((1, 8, 8, 2), float(i)) for i in range(3)]       # forward order
+  out = maskdcpt.classifier_pyramid(f)
+  assert [o.shape[1] for o in out] == [2, 4, 8]                    # finest keeps its size
+  np.testing.assert_array_equal(out[0], f[0][:, ::4, ::4])
+  pyramid = [jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 8, 8, 2))]
+  assert [o.shape for o in maskdcpt.classifier_pyramid(pyramid)] == [p.shape for p in pyramid]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("maskdcpt"))
+  config = config_lib.load("configs/maskdcpt.py:smoke", {
+      "total_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1})
+  trainer_lib.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_smoke_trains_and_writes_eval_metrics(smoke_run):
+  rows = metrics_lib.read_jsonl(smoke_run)
+  train = [r for r in rows if r["split"] == "train" and "loss" in r]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [1, 2]
+  assert all(np.isfinite(r[k]) for r in train for k in ("loss", "l_pix", "l_cls"))
+  for r in train:
+    np.testing.assert_allclose(r["loss"], r["l_pix"] + r["l_cls"], rtol=1e-5)
+  assert evals and evals[-1]["step"] == 2
+  last = evals[-1]
+  for key in ("psnr", "psnr_input", "accuracy", "psnr/noise", "psnr_input/jpeg"):
+    assert key in last and np.isfinite(last[key]), key
+  params = ckpt_lib.load_variables(smoke_run)["params"]
+  assert set(params) == {"backbone", "classifier", "recon_head"}
+
+
+def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
+  config = config_lib.load("configs/restoration.py:smoke", {"method.init_from": smoke_run})
+  state = trainer_lib.Trainer(config, str(tmp_path)).initial_state()
+  want = ckpt_lib.load_variables(smoke_run)["params"]["backbone"]
+  got = jax.device_get(state.params["backbone"])
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
