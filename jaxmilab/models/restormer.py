@@ -327,29 +327,37 @@ class Restormer(nn.Module):
     check_levels(self.num_blocks, self.heads, "Restormer")
     _, h, w, _ = x.shape
     inp = reflect_pad_to_multiple(x, self.pad_multiple)                # [B, Hp, Wp, C]
-    d = self.dim
-    nb = self.num_blocks
+    y = PatchEmbed(self.dim, self.normal_init, self.dtype, name="patch_embed")(inp)  # [B, Hp, Wp, d]
+    return u_shaped_body(self, y, inp, h, w, return_decoder_features)
 
-    y = PatchEmbed(d, self.normal_init, self.dtype, name="patch_embed")(inp)  # [B, Hp, Wp, d]
-    enc1 = self._stage(y, 0, nb[0], "encoder_level1")
-    enc2 = self._stage(self._resample(enc1, True, "down1_2"), 1, nb[1], "encoder_level2")
-    enc3 = self._stage(self._resample(enc2, True, "down2_3"), 2, nb[2], "encoder_level3")
-    latent = self._stage(self._resample(enc3, True, "down3_4"), 3, nb[3], "latent")  # 8d @/8
 
-    y = jnp.concatenate([self._resample(latent, False, "up4_3"), enc3], axis=-1)   # 8d @/4
-    y = self._conv(y, 4 * d, 1, "reduce_chan_level3", self.bias)
-    dec3 = self._stage(y, 2, nb[2], "decoder_level3")                                # 4d @/4
-    y = jnp.concatenate([self._resample(dec3, False, "up3_2"), enc2], axis=-1)      # 4d @/2
-    y = self._conv(y, 2 * d, 1, "reduce_chan_level2", self.bias)
-    dec2 = self._stage(y, 1, nb[1], "decoder_level2")                                # 2d @/2
-    y = jnp.concatenate([self._resample(dec2, False, "up2_1"), enc1], axis=-1)      # 2d @1
-    dec1 = self._stage(y, 0, nb[0], "decoder_level1")
-    y = self._stage(dec1, 0, self.num_refinement_blocks, "refinement")
-    y = self._conv(y, self.img_channels, 3, "output", self.bias) + inp             # residual
-    y = y[:, :h, :w, :]
-    if return_decoder_features:
-      return y, [dec3, dec2, dec1]
-    return y
+def u_shaped_body(module, y, inp, h: int, w: int, return_decoder_features: bool):
+  """Restormer's 4-level encoder-decoder after the patch embedding, shared with TEAFormer.
+
+  `module` provides `_stage`, `_resample`, `_conv` and the fields `dim`, `num_blocks`,
+  `num_refinement_blocks`, `bias`, `img_channels`; the submodule names (encoder_level1, ...,
+  output) are those of the official state dict. y: [B, Hp, Wp, dim]; inp: the padded image.
+  """
+  self, d, nb = module, module.dim, module.num_blocks  # pylint: disable=self-cls-assignment
+  enc1 = self._stage(y, 0, nb[0], "encoder_level1")
+  enc2 = self._stage(self._resample(enc1, True, "down1_2"), 1, nb[1], "encoder_level2")
+  enc3 = self._stage(self._resample(enc2, True, "down2_3"), 2, nb[2], "encoder_level3")
+  latent = self._stage(self._resample(enc3, True, "down3_4"), 3, nb[3], "latent")  # 8d @/8
+
+  y = jnp.concatenate([self._resample(latent, False, "up4_3"), enc3], axis=-1)   # 8d @/4
+  y = self._conv(y, 4 * d, 1, "reduce_chan_level3", self.bias)
+  dec3 = self._stage(y, 2, nb[2], "decoder_level3")                                # 4d @/4
+  y = jnp.concatenate([self._resample(dec3, False, "up3_2"), enc2], axis=-1)      # 4d @/2
+  y = self._conv(y, 2 * d, 1, "reduce_chan_level2", self.bias)
+  dec2 = self._stage(y, 1, nb[1], "decoder_level2")                                # 2d @/2
+  y = jnp.concatenate([self._resample(dec2, False, "up2_1"), enc1], axis=-1)      # 2d @1
+  dec1 = self._stage(y, 0, nb[0], "decoder_level1")
+  y = self._stage(dec1, 0, self.num_refinement_blocks, "refinement")
+  y = self._conv(y, self.img_channels, 3, "output", self.bias) + inp             # residual
+  y = y[:, :h, :w, :]
+  if return_decoder_features:
+    return y, [dec3, dec2, dec1]
+  return y
 
 
 class PatchEmbed(nn.Module):

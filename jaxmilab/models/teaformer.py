@@ -234,28 +234,8 @@ class TEAFormer(nn.Module):
     _, h, w, _ = x.shape
     self.check_token_maps(h, w)
     inp = restormer.reflect_pad_to_multiple(x, PAD_MULTIPLE)              # [B, Hp, Wp, C]
-    d, nb = self.dim, self.num_blocks
-
-    y = restormer.PatchEmbed(d, False, self.dtype, name="patch_embed")(inp)  # [B, Hp, Wp, d]
-    enc1 = self._stage(y, 0, nb[0], "encoder_level1")
-    enc2 = self._stage(self._resample(enc1, True, "down1_2"), 1, nb[1], "encoder_level2")
-    enc3 = self._stage(self._resample(enc2, True, "down2_3"), 2, nb[2], "encoder_level3")
-    latent = self._stage(self._resample(enc3, True, "down3_4"), 3, nb[3], "latent")  # 8d @/8
-
-    y = jnp.concatenate([self._resample(latent, False, "up4_3"), enc3], axis=-1)   # 8d @/4
-    y = self._conv(y, 4 * d, 1, "reduce_chan_level3", self.bias)
-    dec3 = self._stage(y, 2, nb[2], "decoder_level3")                                # 4d @/4
-    y = jnp.concatenate([self._resample(dec3, False, "up3_2"), enc2], axis=-1)      # 4d @/2
-    y = self._conv(y, 2 * d, 1, "reduce_chan_level2", self.bias)
-    dec2 = self._stage(y, 1, nb[1], "decoder_level2")                                # 2d @/2
-    y = jnp.concatenate([self._resample(dec2, False, "up2_1"), enc1], axis=-1)      # 2d @1
-    dec1 = self._stage(y, 0, nb[0], "decoder_level1")
-    y = self._stage(dec1, 0, self.num_refinement_blocks, "refinement")
-    y = self._conv(y, self.img_channels, 3, "output", self.bias) + inp             # residual
-    y = y[:, :h, :w, :]
-    if return_decoder_features:
-      return y, [dec3, dec2, dec1]
-    return y
+    y = restormer.PatchEmbed(self.dim, False, self.dtype, name="patch_embed")(inp)  # [B, Hp, Wp, d]
+    return restormer.u_shaped_body(self, y, inp, h, w, return_decoder_features)
 
 
 # --------------------------------------------------------------------------------------------
