@@ -43,6 +43,9 @@ class JsonlWriter(interface.MetricWriter):
       record = {"step": int(step), "split": split}
       record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
       self._file.write(json.dumps(record) + "\n")
+    # Hand each write to the OS at once: a killed process must not lose records that precede
+    # its last checkpoint (resume keeps records up to the checkpoint's step).
+    self._file.flush()
 
   def write_summaries(self, step, values, metadata=None):
     pass

@@ -252,6 +252,7 @@ class Trainer:
         stop = preemption.should_stop(step)
         if step % config.checkpoint_every_steps == 0 or is_last or stop:
           check_pending()
+          writer.flush()  # Metrics up to this step are durable before the checkpoint exists.
           ckpt_lib.save(manager, step, state, self.data.train)
           last_good = step
         if stop:
