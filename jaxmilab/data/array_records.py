@@ -172,12 +172,9 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     eval_source = RecordSource(shards, types, 0, n_eval)
     source = RecordSource(shards, types, n_eval)
 
-  operations = [transforms.RandomCropFlip(patch, bool(config.get("vertical_flip", False))),
-                transforms.ToFloat()]
-  train = transforms.train_iterator(
-      source, operations, batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+  train = transforms.restoration_train_iterator(
+      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      process_index=process_index, process_count=process_count)
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     rec = eval_source[i]

@@ -144,12 +144,10 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     raise ValueError(f"config.data.levels has {len(levels)} entries for {len(types)} degradation types "
                      f"{types}: give one level per type (None = random), e.g. (25,) for noise at sigma 25.")
   levels = levels or (None,) * len(types)
-  operations = [transforms.RandomCropFlip(patch, bool(config.get("vertical_flip", False))),
-                transforms.ToFloat(), transforms.SynthesizeDegradation(types, levels)]
-  train = transforms.train_iterator(
-      source, operations, batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+  train = transforms.restoration_train_iterator(
+      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      process_index=process_index, process_count=process_count,
+      extra=[transforms.SynthesizeDegradation(types, levels)])
 
   crops: dict[int, np.ndarray] = {}  # eval photo index -> central crop, uint8 [e, e, 3]
 

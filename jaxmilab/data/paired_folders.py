@@ -153,12 +153,9 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   cache_size = int(config.get("cache_size", 0))
   source = PairedSource(root, tasks, tuple(train_entries), cache_size)
   eval_source = PairedSource(eval_root or root, tasks, tuple(eval_entries), cache_size)
-  operations = [transforms.RandomCropFlip(patch, bool(config.get("vertical_flip", False))),
-                transforms.ToFloat()]
-  train = transforms.train_iterator(
-      source, operations, batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+  train = transforms.restoration_train_iterator(
+      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      process_index=process_index, process_count=process_count)
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     lq, gt, label = eval_source.pair(i)

@@ -141,6 +141,20 @@ def train_iterator(source: Any, operations: Sequence[Any], *, batch_size: int, s
   return iter(it_ds)
 
 
+def restoration_train_iterator(source: Any, config: Any, *, patch: int, batch_size: int, seed: int,
+                               process_index: int, process_count: int, extra: Sequence[Any] = ()):
+  """The restoration datasets' training stream: random crop + flip, to float, `extra` ops.
+
+  Reading options come from `config` (config.data): vertical_flip, worker_count,
+  read_threads, read_buffer; see `train_iterator` for the stream itself.
+  """
+  operations = [RandomCropFlip(patch, bool(config.get("vertical_flip", False))), ToFloat(), *extra]
+  return train_iterator(
+      source, operations, batch_size=batch_size, seed=seed, process_index=process_index,
+      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
+      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+
+
 def eval_batches(num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]], *,
                  batch_size: int, process_index: int, process_count: int) -> Iterator[Batch]:
   """Deterministic per-process eval batches over examples 0..num_examples-1.
