@@ -14,13 +14,7 @@ the same network are reported as "cam/<metric>". BagCAMs itself trains nothing.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location("_wsol_cam_config", os.path.join(os.path.dirname(
-    os.path.abspath(__file__)), "cam.py"))
-_cam = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cam)
+from jaxmilab.configs import cam as _cam
 
 
 def get_config(variant: str = "smoke"):

@@ -12,13 +12,7 @@ under the protocol names ("prob" or "mask"; the other goes to "<mode>/<name>").
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location("_wsol_cam_config", os.path.join(os.path.dirname(
-    os.path.abspath(__file__)), "cam.py"))
-_cam = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cam)
+from jaxmilab.configs import cam as _cam
 
 # Official Train.sh (CUB): (lr, epochs, lr decay period, loss weights r1..r4).
 RECIPE = {"resnet50": (1.7e-4, 20, 15, (1.0, 1.0, 1.0, 1.0)),

@@ -19,16 +19,11 @@ Mask: ratio 0.5, patch 16 for NAFNet (MaskDCPT test_NAFNet_5d.yml `window_size: 
 
 from __future__ import annotations
 
-import importlib.util
-import os
+from jaxmilab.configs import dcpt as _dcpt
 
 
 def _dcpt_config(variant):
-  # Load configs/dcpt.py next to this file (config files are not a package).
-  spec = importlib.util.spec_from_file_location("_dcpt_config", os.path.join(os.path.dirname(__file__), "dcpt.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return _dcpt.get_config(variant)
 
 
 # The MaskDCPT training recipe is not released (README TODO: "Release the train scripts") and its

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from jaxmilab.data.base import DataInfo
+from jaxmilab.evaluation import base as evaluation_base
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -62,6 +63,14 @@ class Method(abc.ABC):
     """An optional [H, W, 3] float image in [0, 1] (e.g. input | restored | clean rows)."""
     return None
 
+  def evaluator(self) -> "evaluation_base.Evaluator":
+    """A fresh streaming evaluator (jaxmilab.evaluation.base) for one pass over the eval set.
+
+    TRANSITION: the default keeps every batch and calls `summarize_eval` at the end; each
+    method overrides this with sufficient statistics, after which the default goes away.
+    """
+    return _ConcatenatingEvaluator(self)
+
   def init_from(self, variables: dict[str, PyTree], loaded: dict[str, PyTree]) -> dict[str, PyTree]:
     """Merges variables loaded from another run (`config.method.init_from`) into fresh ones.
 
@@ -82,3 +91,30 @@ def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:
     return x
 
   return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+class _ConcatenatingEvaluator(evaluation_base.Evaluator):
+  """TRANSITION adapter: host memory grows with the eval set (to be removed)."""
+
+  def __init__(self, method: Method):
+    super().__init__()
+    self._method = method
+    self._outputs: list[dict[str, np.ndarray]] = []
+
+  def update(self, batch, outputs):
+    self._outputs.append({**batch, **outputs})
+
+  def merge_across_processes(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() > 1:
+      raise NotImplementedError(f"{type(self._method).__name__} has no streaming evaluator yet.")
+    return self
+
+  def _host(self):
+    return {k: np.concatenate([o[k] for o in self._outputs]) for k in self._outputs[0]}
+
+  def compute(self):
+    return self._method.summarize_eval(self._host())
+
+  def images(self):
+    return self._method.eval_images(self._host())

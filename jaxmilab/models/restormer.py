@@ -187,10 +187,13 @@ class Attention(nn.Module):
       return t.reshape(b, h * w, nh, c // nh).transpose(0, 2, 3, 1)   # [B, nh, C/nh, HW]
 
     q, k, v = heads(q), heads(k), heads(v)
-    # F.normalize(dim=-1): t / max(||t||, 1e-12), over pixels; in float32.
+    # F.normalize(dim=-1): t / max(||t||, 1e-12), over pixels; in float32. The norm is taken as
+    # sqrt(max(sum t^2, 1e-24)) so its gradient is finite where t = 0 (jnp.linalg.norm's is NaN
+    # there, which made Restormer / PromptIR / TEAFormer untrainable on zero-padded inputs);
+    # forward values and gradients equal F.normalize's.
     def l2n(t):
       t = t.astype(jnp.float32)
-      return t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+      return t * jax.lax.rsqrt(jnp.maximum(jnp.sum(t * t, axis=-1, keepdims=True), 1e-24))
 
     temperature = self.param("temperature", nn.initializers.ones, (nh,), jnp.float32)
     attn = jnp.einsum("bncl,bndl->bncd", l2n(q), l2n(k)) * temperature[:, None, None]

@@ -1,0 +1,94 @@
+"""Streaming evaluation by sufficient statistics.
+
+An evaluator never keeps the eval set: each batch adds to fixed-size sums (counts,
+confusion matrices, histograms, per-type PSNR sums), sums from several batches or
+hosts are merged by addition, and `compute()` turns the final sums into scalars.
+Host memory is therefore independent of the eval-set size, and N hosts that each
+see a slice of the set produce exactly the numbers one host would.
+
+Two levels use this class:
+
+* metric evaluators (`SegmentationEvaluator`, `DiceEvaluator`, `RestorationEvaluator`,
+  the WSOL ones) take arrays with `accumulate(...)`;
+* every `Method.evaluator()` returns one whose `update(batch, outputs)` receives the
+  process-local numpy batch (with its bool "valid" mask) and the method's eval outputs,
+  and whose `images()` gives an optional picture made from a few kept examples.
+
+The trainer calls `update` per batch, `merge_across_processes()` once, then `compute()`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+class Evaluator:
+  """Sums of numpy arrays keyed by name; addition is the only way statistics combine."""
+
+  def __init__(self):
+    self.sums: dict[str, np.ndarray] = {}
+
+  # -- statistics ---------------------------------------------------------------------------
+  def add(self, name: str, value) -> None:
+    """Adds `value` (a scalar or a fixed-shape array) to the running sum `name`."""
+    value = np.asarray(value, dtype=np.float64)
+    if name in self.sums:
+      if self.sums[name].shape != value.shape:
+        raise ValueError(f"Evaluator statistic {name!r} changed shape from "
+                         f"{self.sums[name].shape} to {value.shape}; statistics must be fixed-size.")
+      self.sums[name] = self.sums[name] + value
+    else:
+      self.sums[name] = value.copy()
+
+  def merge(self, other: "Evaluator") -> "Evaluator":
+    """Adds `other`'s statistics into this one (same kind of evaluator); returns self."""
+    for name, value in other.sums.items():
+      self.add(name, value)
+    return self
+
+  def merge_across_processes(self) -> "Evaluator":
+    """Sums the statistics over all JAX processes (a no-op on one process); returns self.
+
+    Every process must hold the same statistic names; evaluators create all of their
+    statistics up front (e.g. zeros per class) so that a host that saw no example of a
+    class still contributes a zero.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() == 1:
+      return self
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    names = sorted(self.sums)
+    gathered_names = multihost_utils.process_allgather(np.array([hash(tuple(names)) % (2**31)]))
+    if len(set(np.asarray(gathered_names).ravel().tolist())) != 1:
+      raise ValueError(f"Processes hold different evaluator statistics ({names} here); create "
+                       f"every statistic before the first batch.")
+    # float64 may be unavailable on device (x64 off): ship as float32 pairs (hi, lo) would be
+    # overkill for counts < 2**24 per host; sums are gathered in float64 bits as uint32 pairs.
+    for name in names:
+      bits = np.ascontiguousarray(self.sums[name]).view(np.uint32)
+      stacked = np.asarray(multihost_utils.process_allgather(bits))
+      per_host = stacked.reshape((-1,) + bits.shape).view(np.float64)
+      self.sums[name] = per_host.reshape((-1,) + self.sums[name].shape).sum(axis=0)
+    return self
+
+  # -- per method ---------------------------------------------------------------------------
+  def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """Adds one process-local batch; `batch["valid"]` is False on padding examples."""
+    raise NotImplementedError(f"{type(self).__name__} is a metric evaluator; use accumulate().")
+
+  def compute(self) -> dict[str, float]:
+    raise NotImplementedError
+
+  def images(self) -> np.ndarray | None:
+    """An optional [H, W, 3] float image in [0, 1] from a few kept examples."""
+    return None
+
+
+def ratio(numerator, denominator, scale: float = 1.0) -> np.ndarray:
+  """numerator / denominator * scale, NaN where the denominator is 0."""
+  numerator = np.asarray(numerator, np.float64)
+  denominator = np.asarray(denominator, np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan) * scale
