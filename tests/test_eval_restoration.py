@@ -117,3 +117,120 @@ def test_errors_name_shapes():
     R.psnr(np.full((4, 4, 3), 1.5), np.zeros((4, 4, 3)), data_range=1.0)
   with pytest.raises(ValueError, match="crop_border"):
     R.psnr(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)), crop_border=2)
+
+
+# ------------------------------------------------------------------ streaming evaluator
+
+
+def _old_restoration_summary(outputs, class_names, with_accuracy):
+  """The concatenating summary the methods used before streaming (kept as the reference)."""
+  valid = outputs["valid"].astype(bool)
+  gt, lq, out = (R.to_uint8(outputs[k][valid]) for k in ("gt", "lq", "restored"))
+  labels = outputs["label"][valid]
+  per_image = {
+      "psnr_input": np.array([R.psnr(a, b) for a, b in zip(lq, gt)]),
+      "psnr": np.array([R.psnr(a, b) for a, b in zip(out, gt)]),
+      "ssim_input": np.array([R.ssim(a, b) for a, b in zip(lq, gt)]),
+      "ssim": np.array([R.ssim(a, b) for a, b in zip(out, gt)]),
+  }
+  per_image = {k: np.minimum(v, 100.0) for k, v in per_image.items()}
+  summary = {k: float(v.mean()) for k, v in per_image.items()}
+  for index, name in enumerate(class_names):
+    sel = labels == index
+    if sel.any():
+      for k, v in per_image.items():
+        summary[f"{k}/{name}"] = float(v[sel].mean())
+  if with_accuracy:
+    correct = outputs["pred"][valid] == labels
+    summary["accuracy"] = float(correct.mean())
+    for index, name in enumerate(class_names):
+      sel = labels == index
+      if sel.any():
+        summary[f"accuracy/{name}"] = float(correct[sel].mean())
+  return summary
+
+
+def _old_image_grid(outputs, keys=("lq", "restored", "gt"), max_rows=6):
+  valid = np.flatnonzero(outputs["valid"])
+  labels = outputs["label"][valid]
+  rows = [valid[labels == c][0] for c in np.unique(labels)][:max_rows]
+  tiles = []
+  for i in rows:
+    row = [np.pad(np.clip(outputs[k][i], 0, 1), ((2, 2), (2, 2), (0, 0)), constant_values=1.0)
+           for k in keys]
+    tiles.append(np.concatenate(row, axis=1))
+  return np.concatenate(tiles, axis=0)
+
+
+def _eval_batches(seed=0, batches=3, batch=4, size=16):
+  rng = np.random.default_rng(seed)
+  out = []
+  for b in range(batches):
+    gt = rng.uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+    lq = np.clip(gt + rng.normal(0, 0.1, gt.shape), -0.1, 1.1).astype(np.float32)
+    restored = (gt + rng.normal(0, 0.05, gt.shape)).astype(np.float32)
+    restored[0] = gt[0]                                    # an exact restoration: capped PSNR
+    label = rng.integers(0, 3, batch).astype(np.int32)     # type 3 never occurs
+    valid = np.ones(batch, bool)
+    if b == batches - 1:
+      valid[-1] = False                                    # padding in the last batch
+      restored[-1] = 5.0
+    pred = np.where(rng.uniform(size=batch) < 0.6, label, (label + 1) % 4).astype(np.int32)
+    out.append(({"lq": lq, "gt": gt, "label": label, "valid": valid},
+                {"restored": restored, "pred": pred}))
+  return out
+
+
+@pytest.mark.parametrize("with_accuracy", [False, True])
+def test_streaming_equals_concatenated_summary(with_accuracy):
+  names = ("noise", "blur", "jpeg", "haze")
+  batches = _eval_batches()
+  ev = R.RestorationEvaluator(names, with_accuracy=with_accuracy)
+  for batch, outputs in batches:
+    ev.update(batch, outputs)
+  got = ev.compute()
+  host = {k: np.concatenate([{**b, **o}[k] for b, o in batches]) for k in {**batches[0][0], **batches[0][1]}}
+  want = _old_restoration_summary(host, names, with_accuracy)
+  assert set(got) == set(want)
+  assert "psnr/haze" not in got                             # no example of that type
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-12, err_msg=k)
+  np.testing.assert_array_equal(ev.images(), _old_image_grid(host))
+  # Two "hosts" with half of the batches each, merged, give the same numbers.
+  a = R.RestorationEvaluator(names, with_accuracy=with_accuracy)
+  b = R.RestorationEvaluator(names, with_accuracy=with_accuracy)
+  a.update(*batches[0])
+  for batch, outputs in batches[1:]:
+    b.update(batch, outputs)
+  merged = a.merge(b).compute()
+  for k in want:
+    np.testing.assert_allclose(merged[k], want[k], rtol=1e-12, err_msg=k)
+  # Statistics exist before the first batch (hosts that see no example still hold them).
+  fresh = R.RestorationEvaluator(names, with_accuracy=with_accuracy)
+  assert set(fresh.sums) == set(a.sums) and all(v.shape == (4,) for v in fresh.sums.values())
+
+
+def test_float_images_score_unrounded_pixels():
+  rng = np.random.default_rng(1)
+  gt = rng.integers(20, 230, (1, 16, 16, 3)) / 255.0   # on the uint8 levels
+  out = gt + 0.3 / 255.0                      # sub-level error: vanishes when rounded to uint8
+  ev = R.RestorationEvaluator(("a",), float_images=True)
+  ev.accumulate(out, gt, gt)
+  want = 10 * np.log10(1.0 / np.mean((out - gt) ** 2))
+  np.testing.assert_allclose(ev.compute()["psnr"], want, rtol=1e-9)
+  ev8 = R.RestorationEvaluator(("a",))
+  ev8.accumulate(out, gt, gt)
+  assert ev8.compute()["psnr"] == R.PSNR_CAP   # rounding hides the error
+
+
+def test_accumulate_crops_to_sizes_and_checks_labels():
+  rng = np.random.default_rng(2)
+  gt = rng.uniform(0, 1, (2, 20, 20, 3))
+  out = gt.copy()
+  out[:, 16:, :] = 0.0                       # garbage outside the valid 16 x 16 region
+  out[:, :, 16:] = 0.0
+  ev = R.RestorationEvaluator(("a", "b"))
+  ev.accumulate(out, gt, gt, labels=[0, 1], sizes=[(16, 16), (16, 16)])
+  assert ev.compute()["psnr"] == R.PSNR_CAP
+  with pytest.raises(ValueError, match="out of range"):
+    ev.accumulate(out, gt, gt, labels=[0, 2])
