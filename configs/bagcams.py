@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from jaxmilab.configs import cam as _cam
 
+VARIANTS = _cam.VARIANTS
+
 
 def get_config(variant: str = "smoke"):
   return _cam.wsol_config("bagcams", variant)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from jaxmilab.configs import cam as _cam
 
+VARIANTS = _cam.VARIANTS
+
 # Official Train.sh (CUB): (lr, epochs, lr decay period, loss weights r1..r4).
 RECIPE = {"resnet50": (1.7e-4, 20, 15, (1.0, 1.0, 1.0, 1.0)),
           "vgg16": (1.7e-5, 20, 15, (1.0, 0.4, 0.4, 0.2)),

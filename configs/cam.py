@@ -49,6 +49,8 @@ def _lr(arch: str, dataset: str) -> float:
   return LEARNING_RATE.get((arch, dataset), 0.002248447 if arch == "resnet50" else 0.00227913316)
 
 
+VARIANTS = ("smoke", "quickstart", "paper") + tuple(f"{a}_{d}" for a in ARCHS for d in DATASETS)
+
 def wsol_config(method: str, variant: str):
   """Shared WSOL experiment config for cam / bagcams / bcam (their files adjust the method)."""
   c = config_lib.base_config()

@@ -36,6 +36,8 @@ PAPER_GLOBAL_BATCH = 512
 UIR_TYPES = "uir19_syn"   # synthesizable UIR-2.5M types for on-the-fly data
 
 
+VARIANTS = ("smoke", "quickstart", "paper", "pod")
+
 def get_config(variant: str = "smoke"):
   base = {"smoke": "smoke", "quickstart": "quickstart", "paper": "paper", "pod": "paper"}
   if variant not in base:

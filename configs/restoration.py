@@ -16,6 +16,8 @@ def _dcpt_config(variant):
   return _dcpt.get_config(variant)
 
 
+VARIANTS = ("smoke", "quickstart", "paper")
+
 def get_config(variant: str = "smoke"):
   c = _dcpt_config(variant)
   c.method.name = "restoration"

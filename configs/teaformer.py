@@ -127,6 +127,8 @@ def _data(c, task: str, size: str) -> None:
       c.data.degradations = SYNTHETIC_5
 
 
+VARIANTS = ("smoke",) + tuple(f"{t}_{s}" for t in TASKS for s in SIZES)
+
 def get_config(variant: str = "smoke"):
   """`<task>_<size>` (see the module docstring) or plain `smoke`."""
   if variant == "smoke":

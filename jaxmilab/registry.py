@@ -55,6 +55,11 @@ def available(kind: str) -> list[str]:
   return sorted(names)
 
 
+def module(kind: str, name: str):
+  """The module that `name` selects for `kind` ("models", "methods" or "data")."""
+  return _import(kind, name)
+
+
 def get_method(name: str):
   """The `Method` subclass defined in `jaxmilab/methods/<name>.py` as `Method`."""
   return _import("methods", name).Method

@@ -44,9 +44,18 @@ from jaxmilab.data import transforms
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("degradations", "patch_size", "eval_size", "eval_batch_size", "worker_count",
-         "read_threads", "read_buffer", "vertical_flip", "photos", "eval_photos", "root",
-         "eval_root", "eval_fraction", "eval_seed", "cache_size", "levels")
+# Every config.data key this dataset reads, with its default (jaxmilab.config_lib adds the
+# missing ones to a config that selects this dataset, so each can be set from the command line).
+CONFIG_DEFAULTS = dict(
+    degradations="5syn",    # a task set of jaxmilab.data.degradations (5syn, uir19_syn, ...)
+    patch_size=64, eval_size=128,
+    eval_batch_size=0,      # 0 = the training batch size
+    worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False,
+    photos=(), eval_photos=(),  # embedded photo names (default: all / the fixed held-out pair)
+    root="",                # a folder of your own clean photos instead of the embedded ones
+    eval_root="", eval_fraction=0.1, eval_seed=0, cache_size=16,
+    levels=())              # fixed per-type levels, e.g. (25,) for denoise sigma 25
+_KEYS = tuple(CONFIG_DEFAULTS)
 
 
 class PhotoSource:
