@@ -1,0 +1,166 @@
+r"""CDSP (class-driven scribble promotion, AAAI 2024): scribble-supervised semantic segmentation.
+
+  python -m jaxmilab.main --config=configs/cdsp.py:smoke --workdir=/tmp/cdsp_smoke
+  python -m jaxmilab.main --config=configs/cdsp.py:quickstart --workdir=/tmp/cdsp_qs
+  python -m jaxmilab.main --config=configs/cdsp.py:paper --workdir=/tmp/cdsp_v3p \
+      --config.data.root=/data/ScribbleSup/VOC2012 --config.method.init_from=resnet101-63fe2227.pth
+
+Variants:
+  smoke            tiny DeepLabV3+ on the synthetic scribble set (32 px), 3 steps (seconds).
+  quickstart       small DeepLabV3+ on the synthetic set (64 px, 4 shapes + background), 300 steps.
+  paper            = deeplabv3plus_r101: DeepLabV3+ ResNet-101 on ScribbleSup (VOC2012 + SBD
+                   scribbles, BMP pseudo-labels), the released training recipe.
+  deeplabv2_r101   the same with DeepLabV2 (released head; --config.model.head=sum for the
+                   paper's summed ASPP).
+  deeplabv3plus_r50, deeplabv2_r50  ResNet-50 trunks.
+Ablations: --config.method.<term>_weight=0 (pseudo, scribble_entropy, contour_entropy, lorm)
+switches a loss term off; all four off is the scribble-only baseline.
+Metrics (metrics.jsonl, split "eval"): mIoU, pixel_accuracy, IoU/<class index> (percent).
+"""
+
+from __future__ import annotations
+
+import math
+
+from jaxmilab import config_lib
+
+VARIANTS = ("smoke", "quickstart", "paper", "deeplabv3plus_r101", "deeplabv2_r101",
+            "deeplabv3plus_r50", "deeplabv2_r50")
+# ScribbleSup training set: SBD train_aug, 10,582 images with scribbles (CDSP paper, Sec. 4.1).
+SCRIBBLESUP_TRAIN = 10_582
+# Released evaluate.py: scales 0.5..2.0 step 0.25, crop 465, stride 2/3 of the crop, base 512.
+EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def _method(c, **overrides) -> None:
+  c.method.name = "cdsp"
+  c.method.init_from = ""
+  # Loss weights: all 1 (CDSP paper Eq. for the total loss); label smoothing 0.1 (paper, Sec. 3).
+  c.method.scribble_weight = 1.0
+  c.method.pseudo_weight = 1.0
+  c.method.label_smoothing = 0.1
+  c.method.scribble_entropy_weight = 1.0
+  c.method.contour_entropy_weight = 1.0
+  c.method.lorm_weight = 1.0
+  c.method.align_corners = True            # released train.py: F.interpolate(align_corners=True)
+  c.method.eval_scales = (1.0,)
+  c.method.eval_flip = False                # released evaluate.py leaves flip off
+  c.method.eval_crop_size = 0               # 0 = whole image, no sliding window
+  c.method.eval_stride_rate = 2 / 3
+  c.method.eval_images = 4
+  for k, v in overrides.items():
+    c.method[k] = v
+
+
+def _model(c, arch: str, depth: int, preset: str) -> None:
+  c.model.name = "deeplab"
+  c.model.arch = arch
+  c.model.depth = depth
+  c.model.preset = preset
+  c.model.style = "cdsp"                    # released trunk (jaxmilab/models/resnet.py)
+  c.model.output_stride = 8                 # released code: layer3 dilation 2, layer4 4/8/16
+  c.model.multi_grid = (4, 8, 16)
+  c.model.head = "concat"                   # deeplabv2 only: released layer5; "sum" = paper
+  c.model.lorm = True
+  c.model.dropout = 0.5                     # released ASPP projection dropout (DeepLabV3+)
+  c.model.dtype = "float32"
+
+
+def _synthetic(c, size: int, num_train: int, num_eval: int, eval_batch: int) -> None:
+  c.data.name = "scribble_synthetic"
+  c.data.image_size = size
+  c.data.num_classes = 5
+  c.data.max_objects = 2
+  c.data.num_train = num_train
+  c.data.num_eval = num_eval
+  c.data.eval_batch_size = eval_batch
+  c.data.background = "photos"
+  c.data.scribble_variant = "full"
+  c.data.drop_rate = 0.5
+  c.data.shrink_ratio = 0.5
+  c.data.false_positive_rate = 0.3
+  c.data.eval_seed = 0
+  c.data.worker_count = 0
+  c.data.read_threads = 2
+  # Milder augmentation than the paper's at 64 px (ASSUMPTION, CPU scale): scale 0.75-1.25.
+  c.data.crop_size = size
+  c.data.scale_range = (0.75, 1.25)
+  c.data.rotate_degrees = 10.0
+  c.data.blur_prob = 0.5
+  c.data.flip = True
+  c.data.scribble_lambda = math.e ** 2
+  c.data.contour_lambda = math.e ** 2
+  c.data.quantize_distance = True
+
+
+def get_config(variant: str = "smoke"):
+  c = config_lib.base_config()
+  c.optimizer.name = "sgd"
+  c.optimizer.momentum = 0.9               # paper / released train.py
+  c.optimizer.nesterov = False              # torch.optim.SGD default
+  c.optimizer.weight_decay = 5e-4           # paper / released train.py (coupled, as torch SGD)
+  if variant in ("smoke", "quickstart"):
+    _method(c)
+    if variant == "smoke":
+      _model(c, "deeplabv3plus", 50, "tiny")
+      _synthetic(c, 32, 32, 8, 8)
+      c.batch_size = 8
+      c.total_steps = 3
+      c.log_every_steps = 1
+      c.eval_every_steps = 3
+      c.checkpoint_every_steps = 3
+      c.optimizer.learning_rate = 0.01
+    else:
+      _model(c, "deeplabv3plus", 50, "small")
+      _synthetic(c, 64, 1024, 64, 16)
+      c.batch_size = 16
+      c.total_steps = 300
+      c.log_every_steps = 25
+      c.eval_every_steps = 300
+      c.checkpoint_every_steps = 300
+      # From scratch (no ImageNet weights offline): a larger lr than the paper's fine-tuning
+      # lr 1e-3, same shape of schedule (warm-up then cosine). ASSUMPTION, tuned for CPU scale.
+      c.optimizer.learning_rate = 0.02
+      c.optimizer.schedule = "cosine"
+      c.optimizer.warmup_steps = 30
+    return c
+
+  if variant == "paper":
+    variant = "deeplabv3plus_r101"
+  arch, _, trunk = variant.partition("_")
+  if arch not in ("deeplabv3plus", "deeplabv2") or trunk not in ("r50", "r101"):
+    raise ValueError(f"configs/cdsp.py: unknown variant {variant!r}; use one of {VARIANTS}.")
+  _method(c, eval_scales=EVAL_SCALES, eval_crop_size=465)
+  _model(c, arch, int(trunk[1:]), "paper")
+  c.data.name = "scribble_folders"
+  c.data.root = "/path/to/ScribbleSup/VOC2012"   # layout: jaxmilab/data/scribble_folders.py
+  c.data.image_dir = "JPEGImages"
+  c.data.scribble_dir = "pascal_2012_scribble"  # or scribble_drop / scribble_shrink
+  c.data.pseudo_dir = "bmp_pseudolabel"          # BMP pseudo-labels (paper's main table)
+  c.data.gt_dir = "SegmentationClassAug"
+  c.data.train_list = "ImageSets/SegmentationAug/train.txt"
+  c.data.val_list = "ImageSets/SegmentationAug/val.txt"
+  c.data.num_classes = 21
+  c.data.eval_pad_size = 512                    # released evaluate.py base_size
+  c.data.eval_batch_size = 8                    # ASSUMPTION (the released evaluation uses 1)
+  c.data.worker_count = 8
+  c.data.read_threads = 4
+  c.data.crop_size = 465                        # paper: crop 465
+  c.data.scale_range = (0.5, 2.0)               # paper: scale 0.5-2
+  c.data.rotate_degrees = 10.0                  # paper: rotate +-10
+  c.data.blur_prob = 0.5                        # paper: blur (p = 0.5: ASSUMPTION, semseg default)
+  c.data.flip = True                            # paper: flip
+  c.data.scribble_lambda = math.e ** 2          # paper: lambda = e^2
+  c.data.contour_lambda = math.e ** 2           # paper (released CAM script's default is e)
+  c.data.quantize_distance = True               # released maps are uint8 PNGs
+  c.batch_size = 16                             # paper
+  epochs, warmup_epochs = 50, 5                 # paper
+  steps_per_epoch = SCRIBBLESUP_TRAIN // c.batch_size
+  c.total_steps = epochs * steps_per_epoch
+  c.log_every_steps = 50
+  c.eval_every_steps = 5 * steps_per_epoch
+  c.checkpoint_every_steps = steps_per_epoch
+  c.optimizer.learning_rate = 1e-3              # paper
+  c.optimizer.schedule = "cosine"               # paper: warm-up then cosine to 0
+  c.optimizer.warmup_steps = warmup_epochs * steps_per_epoch
+  return c

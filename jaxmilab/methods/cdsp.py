@@ -1,0 +1,302 @@
+"""CDSP: class-driven scribble promotion for scribble-supervised semantic segmentation (AAAI 2024).
+
+Loss (every weight 1 in the paper; each is `config.method.<term>_weight`, 0 switches a term
+off, which gives the scribble-only baseline and the ablation steps):
+
+  L = CE(P, S, ignore 255) + CE_ls(P, Y^, eps 0.1, ignore 255) + L_LoRM + DE(P, D_s) + DE(P, D_c)
+
+* P: the network's logits upsampled bilinearly to the label size (align_corners=True as in
+  the released train.py, `method.align_corners`), softmax over classes.
+* S: scribbles (class ids, 0 background, 255 unlabeled); Y^: the pseudo-label of an
+  image-level WSSS method (255 ignored); CE_ls: PyTorch's label-smoothed cross-entropy
+  ((1 - eps) NLL + eps mean_k(-log p_k)), mean over non-ignored pixels (0 when there is none).
+* DE: `distance_entropy`; D_s, D_c: distance maps made by the data pipeline
+  (jaxmilab/data/scribble_common.py).
+* L_LoRM: the localization rectification module on the last trunk features, training only
+  (jaxmilab/models/deeplab.py `LoRM`).
+
+Evaluation: class probabilities (single scale for smoke / quickstart; the released
+multi-scale sliding-window protocol for `paper`, jaxmilab/evaluation/segmentation_inference.py),
+argmax, mIoU from one confusion matrix over the eval set (jaxmilab.evaluation.segmentation),
+streamed by `CDSPEvaluator`.
+
+Batches: train {"image" uint8 [B, H, W, 3], "scribble" uint8 [B, H, W], "pseudo" uint8,
+"dist_scribble" float32, "dist_contour" float32}; eval {"image", "gt" uint8 (255 = ignore),
+"valid"}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmilab import registry
+from jaxmilab.evaluation import base as evaluation_base
+from jaxmilab.evaluation import segmentation
+from jaxmilab.evaluation import segmentation_inference
+from jaxmilab.methods import base
+from jaxmilab.models import deeplab
+
+IGNORE = 255
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # released train.py / evaluate.py
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CONFIG_DEFAULTS = dict(
+    init_from="", scribble_weight=1.0, pseudo_weight=1.0, label_smoothing=0.1,
+    scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0, align_corners=True,
+    eval_scales=(1.0,), eval_flip=False, eval_crop_size=0, eval_stride_rate=2 / 3, eval_images=4)
+METHOD_KEYS = ("name", *CONFIG_DEFAULTS)
+
+
+# --------------------------------------------------------------------------------- the losses
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+                  ignore_index: int = IGNORE) -> jax.Array:
+  """torch.nn.CrossEntropyLoss(ignore_index, label_smoothing) on [B, H, W, K] logits (mean)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  valid = labels != ignore_index
+  safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  per_pixel = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+  count = jnp.sum(valid)
+  return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def _distance_entropy(plogp: jax.Array, dist: jax.Array) -> jax.Array:
+  weighted = dist.astype(jnp.float32) * jnp.sum(plogp, axis=-1)  # D(x) sum_k p_k log p_k
+  count = jnp.count_nonzero(weighted)
+  return -jnp.sum(weighted) / jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def distance_entropy(probs: jax.Array, dist: jax.Array) -> jax.Array:
+  """-sum_x D(x) sum_k p_k log p_k / #{x : D(x) H(x) != 0}, over every pixel of the batch.
+
+  probs [B, H, W, K] softmax probabilities, dist [B, H, W] >= 0; 0 log 0 = 0 (with a zero
+  gradient there); 0 when no pixel counts. (Released loss.py `DistanceMapMinEntropy`.)
+  """
+  probs = probs.astype(jnp.float32)
+  positive = probs > 0
+  plogp = jnp.where(positive, probs * jnp.log(jnp.where(positive, probs, 1.0)), 0.0)
+  return _distance_entropy(plogp, dist)
+
+
+def distance_entropy_from_logits(logits: jax.Array, dist: jax.Array) -> jax.Array:
+  """`distance_entropy(softmax(logits), dist)` computed stably from logits."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return _distance_entropy(jnp.exp(logp) * logp, dist)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+  """uint8 RGB -> ImageNet-normalised float32 (the released code's mean / std)."""
+  return (images.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+  """[n, 3] uint8 PASCAL VOC colour map (bit-interleaved class index)."""
+  palette = np.zeros((n, 3), np.uint8)
+  for i in range(n):
+    c, r, g, b = i, 0, 0, 0
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    palette[i] = (r, g, b)
+  return palette
+
+
+class CDSPEvaluator(evaluation_base.Evaluator):
+  """mIoU over the eval set (one confusion matrix) + a few kept examples for a picture."""
+
+  def __init__(self, num_classes: int, ignore_index: int = IGNORE, keep: int = 4):
+    super().__init__()
+    self.seg = segmentation.SegmentationEvaluator(num_classes, ignore_index)
+    self.sums = self.seg.sums  # one statistics dict: merging and the cross-host sum see it
+    self.keep = int(keep)
+    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+  def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    valid = np.asarray(batch["valid"]).astype(bool)
+    if not valid.any():
+      return
+    pred, gt = np.asarray(outputs["pred"])[valid], np.asarray(batch["gt"])[valid]
+    self.seg.accumulate(pred, gt)
+    for i in np.flatnonzero(valid)[:max(0, self.keep - len(self.kept))]:
+      self.kept.append((np.asarray(batch["image"][i]), np.asarray(batch["gt"][i]),
+                        np.asarray(outputs["pred"][i])))
+
+  def merge(self, other: "CDSPEvaluator") -> "CDSPEvaluator":
+    super().merge(other)
+    self.kept.extend(other.kept[:max(0, self.keep - len(self.kept))])
+    return self
+
+  def merge_across_processes(self) -> "CDSPEvaluator":
+    super().merge_across_processes()
+    self.seg.sums = self.sums
+    return self
+
+  def compute(self) -> dict[str, float]:
+    self.seg.sums = self.sums
+    return self.seg.compute()
+
+  def images(self) -> np.ndarray | None:
+    """Rows of image | ground truth | prediction (VOC colours; white = ignored)."""
+    if not self.kept:
+      return None
+    palette = voc_palette().astype(np.float32) / 255.0
+    palette[IGNORE] = 1.0
+    rows = []
+    for image, gt, pred in self.kept:
+      tiles = [image.astype(np.float32) / 255.0, palette[gt], palette[np.clip(pred, 0, 255)]]
+      rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for t in tiles], 1))
+    return np.concatenate(rows, 0)
+
+
+# ----------------------------------------------------------------------------------- method
+
+
+class Method(base.Method):
+  """CDSP training on DeepLab (config.model.name = "deeplab")."""
+
+  def __init__(self, config, data_info):
+    super().__init__(config, data_info)
+    m = config.method
+    unknown = sorted(set(m.keys()) - set(METHOD_KEYS))
+    if unknown:
+      raise ValueError(f"Unknown config.method keys {unknown} for 'cdsp'; known: {', '.join(METHOD_KEYS)}.")
+    if data_info.num_classes < 2:
+      raise ValueError(f"cdsp needs a segmentation dataset with >= 2 classes; config.data.name="
+                       f"{config.data.name!r} gives {data_info.num_classes}.")
+    self.opts = {k: m.get(k, v) for k, v in CONFIG_DEFAULTS.items()}
+    model_cfg = dict(config.model)
+    model_cfg["num_classes"] = data_info.num_classes
+    model_cfg["lorm"] = float(self.opts["lorm_weight"]) > 0 and bool(model_cfg.get("lorm", True))
+    self.model = registry.get_model(config.model.name)(model_cfg)
+    self.num_classes = data_info.num_classes
+
+  def init_variables(self, rng, batch):
+    x = preprocess(batch["image"])
+    return dict(self.model.init({"params": rng, "dropout": rng}, x, train=False))
+
+  def loss(self, params, model_state, batch, rng):
+    o = self.opts
+    x = preprocess(batch["image"])
+    use_lorm = float(o["lorm_weight"]) > 0
+    out, new_state = self.model.apply(
+        {"params": params, **model_state}, x, train=True,
+        lorm_fg=batch["pseudo"] if use_lorm else None, rngs={"dropout": rng},
+        mutable=list(model_state))
+    size = batch["scribble"].shape[1:3]
+    logits = deeplab.resize_bilinear(out["logits"], size, align_corners=bool(o["align_corners"]))
+    terms = {
+        "ce_scribble": cross_entropy(logits, batch["scribble"]),
+        "ce_pseudo": cross_entropy(logits, batch["pseudo"], label_smoothing=float(o["label_smoothing"])),
+        "de_scribble": distance_entropy_from_logits(logits, batch["dist_scribble"]),
+        "de_contour": distance_entropy_from_logits(logits, batch["dist_contour"]),
+    }
+    weights = {"ce_scribble": o["scribble_weight"], "ce_pseudo": o["pseudo_weight"],
+               "de_scribble": o["scribble_entropy_weight"], "de_contour": o["contour_entropy_weight"]}
+    if use_lorm:
+      terms["lorm"] = out["lorm_loss"]
+      weights["lorm"] = o["lorm_weight"]
+    total = sum(float(weights[k]) * v for k, v in terms.items() if float(weights[k]) != 0.0)
+    labelled = batch["scribble"] != IGNORE
+    correct = (jnp.argmax(logits, -1) == batch["scribble"]) & labelled
+    metrics = dict(terms, scribble_accuracy=jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1))
+    return total, (metrics, dict(new_state))
+
+  def probabilities(self, params, model_state, images: jax.Array) -> jax.Array:
+    """[B, H, W, K] class probabilities with the configured inference protocol."""
+    align = bool(self.opts["align_corners"])
+
+    def net(x):
+      logits = self.model.apply({"params": params, **model_state}, x, train=False)["logits"]
+      return jax.nn.softmax(deeplab.resize_bilinear(logits, x.shape[1:3], align_corners=align), axis=-1)
+
+    o = self.opts
+    return segmentation_inference.predict_probs(
+        net, preprocess(images), scales=tuple(float(s) for s in o["eval_scales"]), flip=bool(o["eval_flip"]),
+        crop_size=int(o["eval_crop_size"]), stride_rate=float(o["eval_stride_rate"]))
+
+  def eval_step(self, params, model_state, batch):
+    probs = self.probabilities(params, model_state, batch["image"])
+    return {"pred": jnp.argmax(probs, axis=-1).astype(jnp.int32)}
+
+  def evaluator(self) -> CDSPEvaluator:
+    return CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
+
+  def summarize_eval(self, outputs):
+    """Concatenated-output form of `evaluator()` (the base class still declares it)."""
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.compute()
+
+  def init_from(self, variables, loaded):
+    """A torchvision ResNet `.pth` (trunk only, strict) or a jaxmilab run (matching arrays)."""
+    trunk = loaded.get("params", {}).get("backbone", {})
+    if _looks_like_torchvision(trunk):
+      return load_torchvision_trunk(variables, trunk)
+    merged = base.merge_matching(variables, loaded)
+    if all(a is b for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables))):
+      raise ValueError("config.method.init_from: no array of the checkpoint matches this model (path and "
+                       "shape); pass a torchvision ResNet-50/101 .pth or a cdsp workdir with the same "
+                       "config.model.")
+    return merged
+
+
+def _looks_like_torchvision(tree: Any) -> bool:
+  """A torchvision ResNet as jaxmilab.convert reads a .pth (BN running stats still in params)."""
+  return (isinstance(tree, Mapping) and "layer1_0" in tree and isinstance(tree.get("bn1"), Mapping)
+          and "running_mean" in tree["bn1"])
+
+
+def _split_torchvision_tree(tree: Mapping[str, Any], path: tuple[str, ...] = ("backbone",)
+                            ) -> dict[str, Any]:
+  """{"params", "batch_stats"} from the converted tree: running_mean/var -> mean/var, fc dropped."""
+  out: dict[str, Any] = {"params": {}, "batch_stats": {}}
+  for key, value in tree.items():
+    if key == "fc" and len(path) == 1:
+      continue
+    if isinstance(value, Mapping):
+      sub = _split_torchvision_tree(value, path + (key,))
+      for collection in out:
+        out[collection].update(sub[collection])
+      continue
+    if key == "num_batches_tracked":
+      continue
+    collection, leaf = ("batch_stats", key[len("running_"):]) if key.startswith("running_") else ("params", key)
+    out[collection][jax.tree_util.keystr((jax.tree_util.DictKey(collection),) + tuple(
+        jax.tree_util.DictKey(p) for p in path + (leaf,)))] = np.asarray(value, np.float32)
+  return out
+
+
+def load_torchvision_trunk(variables: dict[str, Any], trunk: Mapping[str, Any]) -> dict[str, Any]:
+  """Copies a torchvision ResNet (as read by jaxmilab.convert) into params/batch_stats "backbone".
+
+  Every trunk weight of the file must exist in the model with the same shape (else one error
+  lists the differences: e.g. a ResNet-50 file for a depth-101 model); the classifier is dropped.
+  """
+  split = _split_torchvision_tree(trunk)
+  flat_new = {**split["params"], **split["batch_stats"]}
+  flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+  missing = sorted(k for k in flat_new if k not in flat_old)
+  shapes = sorted(f"{k}: file {np.shape(flat_new[k])} vs model {np.shape(flat_old[k])}"
+                  for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k]))
+  unfilled = sorted(k for k in flat_old if "'backbone'" in k and k not in flat_new)
+  if missing or shapes or unfilled:
+    raise ValueError(
+        f"config.method.init_from: the ResNet file does not fit config.model (depth / preset): "
+        f"{len(missing)} weights have no place in the model {missing[:4]}, {len(shapes)} differ in "
+        f"shape {shapes[:4]}, {len(unfilled)} trunk weights are not in the file {unfilled[:4]}.")
+
+  def pick(path, x):
+    y = flat_new.get(jax.tree_util.keystr(path))
+    return jnp.asarray(y, x.dtype) if y is not None else x
+
+  return jax.tree_util.tree_map_with_path(pick, variables)
