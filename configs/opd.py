@@ -1,10 +1,11 @@
 r"""OPD (one-pot multi-frame denoising, BMVC 2022 / IJCV 2023) and its N2C / N2N baselines.
 
   python -m jaxmilab.main --config=configs/opd.py:smoke --workdir=/tmp/opd_smoke \
-      --config.method.name=opd_al
+      --config.method.recipe=opd_al
 
-`config.method.name` picks the recipe: n2c, n2n, opd_rc (default) or opd_al
-(jaxmilab/methods/opd.py). `python -m jaxmilab.opd_quickstart` trains all four.
+`config.method.recipe` picks the recipe: n2c, n2n, opd_rc (default) or opd_al
+(jaxmilab/methods/opd.py, `config.method.name = "opd"`). `python -m jaxmilab.opd_quickstart`
+trains all four.
 
 Variants:
   smoke       tiny U-Net, 32px crops, 3 frames, 2 steps (seconds on a CPU; the tests run it).
@@ -40,10 +41,19 @@ def paper_schedule(steps_per_epoch: int, epochs: int, every: int) -> tuple[int, 
                if every * k - 1 < epochs)
 
 
+VARIANTS = ("smoke", "quickstart", "paper")
+
 def get_config(variant: str = "smoke"):
   c = config_lib.base_config()
-  c.method.name = "opd_rc"
-  c.method.alienation_weight = 1.0  # lambda of L_E - lambda * L_A (train.py --balance 1.0)
+  c.method.name = "opd"
+  c.method.recipe = "opd_rc"
+  # OPD-AL: L_E + w * L_A as the released utils/loss.py calc_loss_AL, w = train.py --balance 1.0;
+  # "minus" is the paper's printed sign (refused for w >= 1, where it has no lower bound).
+  c.method.alienation_weight = 1.0
+  c.method.alienation_sign = "plus"
+  # Per-pixel loss; "auto" = MSE for zero-mean noise (the released code, AWGN / Poisson),
+  # masked MSE for Bernoulli / mixed, L1 for impulse / text (jaxmilab/methods/opd.py).
+  c.method.loss = "auto"
   c.model.name = "unet"
   c.data.name = "multiframe"
   c.data.noise = "awgn"

@@ -2,7 +2,7 @@ r"""OPD quickstart: N2C, N2N, OPD-RC and OPD-AL at equal steps on the embedded p
 
   python -m jaxmilab.opd_quickstart --workdir=/tmp/opd_quickstart
 
-Four runs of configs/opd.py:quickstart (method.name = n2c, n2n, opd_rc, opd_al) through
+Four runs of configs/opd.py:quickstart (method.recipe = n2c, n2n, opd_rc, opd_al) through
 `jaxmilab.trainer.train_and_evaluate`: a small U-Net, m = 4 frames of AWGN sigma 25 per
 embedded training photo (fixed per photo, as in a multi-frame capture), scored on the
 held-out photos (chelsea, rocket; whole images, fixed noise seeds). The table puts the
@@ -47,7 +47,7 @@ def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
   for name in methods:
     if name not in PAPER:
       raise ValueError(f"--methods: unknown recipe {name!r}; use {', '.join(PAPER)}.")
-    overrides = {"method.name": name}
+    overrides = {"method.recipe": name}
     if steps:
       overrides.update({"total_steps": steps, "eval_every_steps": steps,
                         "checkpoint_every_steps": steps, "log_every_steps": max(1, min(steps, 25))})

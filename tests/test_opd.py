@@ -27,16 +27,17 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.methods import opd
 from jaxmilab.models import unet
 
-METHOD_NAMES = ("n2c", "n2n", "opd_rc", "opd_al")
+RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
 
 
-def _method(name: str, *, alienation_weight: float = 1.0, has_clean: bool = True, width: int = 4,
-            depth: int = 2):
+def _method(recipe: str, *, alienation_weight: float = 1.0, has_clean: bool = True, width: int = 4,
+            depth: int = 2, **method_keys):
   config = ml_collections.ConfigDict({
-      "method": {"name": name, "alienation_weight": alienation_weight},
+      "method": {"name": "opd", "recipe": recipe, "alienation_weight": alienation_weight,
+                 **method_keys},
       "model": {"name": "unet", "width": width, "depth": depth}})
   info = DataInfo(extra={"has_clean": has_clean})
-  return registry.get_method(name)(config, info)
+  return registry.get_method("opd")(config, info)
 
 
 def _batch(seed=0, b=4, m=3, size=16, channels=3):
@@ -51,7 +52,6 @@ def _batch(seed=0, b=4, m=3, size=16, channels=3):
 
 class _FixedPairRC(opd.Method):
   """OPD-RC with the coupling pinned to (i, j) for every sample."""
-  RECIPE = "opd_rc"
   PAIR = (0, 1)
 
   def draw_pairs(self, rng, batch_size, m):
@@ -67,22 +67,30 @@ def _loss_and_grads(method, variables, batch, rng):
   return loss, grads, new_state
 
 
-def test_method_names_resolve_to_their_recipe():
-  for name in METHOD_NAMES:
-    assert _method(name).recipe == name
+def test_recipe_is_selected_one_way_and_bad_settings_are_refused():
+  for recipe in RECIPES:
+    assert _method(recipe).recipe == recipe
+  for name in RECIPES:  # the recipe names are no longer registry names
+    with pytest.raises(ValueError, match="Unknown method"):
+      registry.get_method(name)
   with pytest.raises(ValueError, match="recipe"):
-    config = ml_collections.ConfigDict({"method": {"name": "n2n", "recipe": "opd_al"},
-                                        "model": {"name": "unet"}})
-    registry.get_method("n2n")(config, DataInfo())
+    _method("opd")
   with pytest.raises(ValueError, match="clean"):
     _method("n2c", has_clean=False)
+  with pytest.raises(ValueError, match="no lower bound"):
+    _method("opd_al", alienation_weight=1.0, alienation_sign="minus")
+  with pytest.raises(ValueError, match="alienation_sign"):
+    _method("opd_al", alienation_sign="times")
+  assert _method("opd_al", alienation_weight=0.9, alienation_sign="minus").alienation_sign == "minus"
+  with pytest.raises(ValueError, match="loss"):
+    _method("n2n", loss="huber")
 
 
 def test_opd_rc_with_fixed_pairing_equals_n2n():
   """N2N is OPD-RC with i=1, j=2 (opd.md): same loss and gradients on the same batch."""
   batch = _batch()
   n2n = _method("n2n")
-  config = ml_collections.ConfigDict({"method": {"name": "opd_rc"},
+  config = ml_collections.ConfigDict({"method": {"name": "opd", "recipe": "opd_rc"},
                                       "model": {"name": "unet", "width": 4, "depth": 2}})
   rc = _FixedPairRC(config, DataInfo())
   variables = n2n.init_variables(jax.random.key(0), batch)
@@ -116,7 +124,7 @@ def test_random_coupling_is_uniform_and_may_repeat():
 
 
 def _numpy_alienation(f, x, lam):
-  """opd.md with double loops: mean over the batch of L_E - lam * L_A; ||.||^2 = pixel mean."""
+  """opd.md with double loops: per-sample (L_E, L_A); ||.||^2 = pixel mean."""
   b, m = f.shape[:2]
   totals = []
   for s in range(b):
@@ -126,17 +134,33 @@ def _numpy_alienation(f, x, lam):
     loss_a /= m * m
     totals.append((loss_e, loss_a))
   totals = np.asarray(totals, np.float64)
-  return totals[:, 0], totals[:, 1], np.mean(totals[:, 0] - lam * totals[:, 1])
+  return totals[:, 0], totals[:, 1]
+
+
+def _calc_loss_al(output, inputs, balance):
+  """numpy transcription of the released utils/loss.py `calc_loss_AL` (sum over the batch)."""
+  mse = lambda a, b: np.mean((a - b) ** 2)  # nn.MSELoss(reduction="mean")
+  loss_mse, loss_msa = 0.0, 0.0
+  m = inputs.shape[1]
+  for i in range(inputs.shape[0]):
+    for j in range(m):
+      for k in range(m):
+        if j != k:
+          loss_mse += mse(output[i][j], inputs[i][k])
+        loss_msa += mse(output[i][j], output[i][k])
+  return loss_mse / m / (m - 1) + balance * loss_msa / 2 / m ** 2
 
 
 def test_alienation_terms_match_double_loops():
   rng = np.random.default_rng(0)
   f = rng.random((3, 5, 7, 6, 3))
   x = rng.random((3, 5, 7, 6, 3))
-  ref_e, ref_a, _ = _numpy_alienation(f, x, 1.0)
+  ref_e, ref_a = _numpy_alienation(f, x, 1.0)
   loss_e, loss_a = opd.alienation_terms(jnp.asarray(f, jnp.float32), jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(loss_e, ref_e, rtol=1e-5)
   np.testing.assert_allclose(loss_a, ref_a, rtol=1e-5)
+  # The generic pairwise L_E (used for the L1 / masked losses) agrees with the closed form for MSE.
+  np.testing.assert_allclose(opd.exchange_term("mse", jnp.asarray(f), jnp.asarray(x)), ref_e, rtol=1e-5)
 
 
 class _Affine(nn.Module):
@@ -149,21 +173,80 @@ class _Affine(nn.Module):
     return x * a + c
 
 
-def test_opd_al_loss_is_le_minus_lambda_la():
-  """The method's OPD-AL loss (all B*m frames through f) equals L_E - lambda L_A (paper's sign)."""
-  lam = 0.7
-  method = _method("opd_al", alienation_weight=lam)
+def _affine_al(lam, **keys):
+  method = _method("opd_al", alienation_weight=lam, **keys)
   method.net = _Affine()
   batch = _batch(seed=1, b=2, m=4, size=8)
   variables = method.net.init(jax.random.key(0), batch["noisy"][:, 0])
-  loss, (metrics, _) = method.loss(variables["params"], {}, batch, jax.random.key(0))
-  a, c = (np.asarray(variables["params"][k], np.float64) for k in ("a", "c"))
+  return method, batch, variables
+
+
+def test_opd_al_loss_and_gradient_match_released_calc_loss_al():
+  """L = L_E + w L_A as the released calc_loss_AL (which sums over the batch: ours is its mean)."""
+  lam = 0.7
+  method, batch, variables = _affine_al(lam)
   x = np.asarray(batch["noisy"], np.float64)
-  ref_e, ref_a, ref = _numpy_alienation(x * a + c, x, lam)
-  np.testing.assert_allclose(loss, ref, rtol=1e-5)
+  b = x.shape[0]
+  loss_fn = lambda p: method.loss(p, {}, batch, jax.random.key(0))
+  (loss, (metrics, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+  a, c = (np.asarray(variables["params"][k], np.float64) for k in ("a", "c"))
+  np.testing.assert_allclose(float(loss) * b, _calc_loss_al(x * a + c, x, lam), rtol=1e-5)
+  ref_e, ref_a = _numpy_alienation(x * a + c, x, lam)
   np.testing.assert_allclose(metrics["loss_e"], ref_e.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["loss_a"], ref_a.mean(), rtol=1e-5)
-  assert ref_a.mean() > 0 and float(loss) < float(metrics["loss_e"])  # minus sign, not plus
+  # Gradient by central differences of the numpy transcription.
+  for name, value in (("a", a), ("c", c)):
+    for ch in range(3):
+      step = np.zeros_like(value)
+      step[ch] = 1e-4
+      vary = lambda d: _calc_loss_al(x * (a + d * (name == "a")) + c + d * (name == "c"), x, lam) / b
+      numeric = (vary(step) - vary(-step)) / 2e-4
+      np.testing.assert_allclose(grads[name][ch], numeric, rtol=2e-3, atol=1e-6)
+
+
+def test_opd_al_minus_option_is_the_paper_sign_and_bounded_below_for_w_under_1():
+  method, batch, variables = _affine_al(0.6, alienation_sign="minus")
+  loss, (metrics, _) = method.loss(variables["params"], {}, batch, jax.random.key(0))
+  np.testing.assert_allclose(loss, metrics["loss_e"] - 0.6 * metrics["loss_a"], rtol=1e-6)
+  # Why w >= 1 is refused: along a spread e of the outputs (sum_j e_j = 0), L_E - w L_A is
+  # (1 - w) |e|^2-quadratic plus linear; at w = 1 it decreases without bound.
+  rng = np.random.default_rng(3)
+  x = rng.random((1, 4, 5, 5, 1))
+  e = rng.standard_normal(x.shape)
+  e -= e.mean(axis=1, keepdims=True)
+  f0 = np.repeat(x.mean(axis=1, keepdims=True), 4, axis=1)
+  def value(t, w):
+    le, la = _numpy_alienation(f0 + t * e, x, w)
+    return le[0] - w * la[0]
+  direction = -1.0 if value(1.0, 1.0) > value(0.0, 1.0) else 1.0
+  assert value(1000 * direction, 1.0) < value(100 * direction, 1.0) - 1.0 < value(0.0, 1.0) - 1.0
+  assert value(100 * direction, 0.9) > value(0.0, 0.9)  # w < 1: the quadratic part wins
+
+
+def test_auto_loss_is_unbiased_for_the_noise_model():
+  """masked MSE for Bernoulli, L1 for impulse/text, MSE otherwise; N2C always MSE."""
+  def picked(noise_name, recipe="n2n"):
+    config = ml_collections.ConfigDict({
+        "method": {"name": "opd", "recipe": recipe, "loss": "auto"},
+        "model": {"name": "unet", "width": 4, "depth": 2}, "data": {"noise": noise_name}})
+    return registry.get_method("opd")(config, DataInfo()).pixel_loss
+  assert [picked(n) for n in ("awgn", "poisson", "bernoulli", "mixed", "impulse", "text")] == [
+      "mse", "mse", "masked_mse", "masked_mse", "l1", "l1"]
+  assert picked("bernoulli", "n2c") == "mse"
+  # The constant c minimising each loss against Bernoulli(p=0.5) targets of a value 0.6.
+  rng = np.random.default_rng(0)
+  target = jnp.asarray(noise.apply("bernoulli", np.full((1, 64, 64, 3), 0.6, np.float32)[0], rng,
+                                   {"p": 0.5})[None])
+  grid = np.linspace(0.0, 1.0, 101)
+  best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
+          for k in ("mse", "masked_mse")}
+  assert abs(best["mse"] - 0.3) < 0.02 and abs(best["masked_mse"] - 0.6) < 0.011
+  # L1 against impulse noise (30 % replaced by U[0, 1)) stays near the clean value; MSE does not.
+  target = jnp.asarray(noise.apply("impulse", np.full((64, 64, 3), 0.9, np.float32), rng,
+                                   {"ratio": 0.3})[None])
+  best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
+          for k in ("mse", "l1")}
+  assert abs(best["l1"] - 0.9) < 0.02 and best["mse"] < 0.8
 
 
 # --------------------------------------------------------------------------------- noise
@@ -212,7 +295,14 @@ def test_text_covers_some_pixels_and_leaves_others():
   y = noise.apply("text", image, np.random.default_rng(5), {"coverage": 0.25})
   changed = np.any(np.abs(y - image) > 1e-6, axis=-1)
   assert 0.25 <= changed.mean() < 0.7
-  assert y.min() >= 0.0 and y.max() <= 1.0
+  # The same strings on a darker image: y = I (1 - alpha) + colour * alpha, so the opaque strokes
+  # (alpha = 1) carry the text colours whatever the image, and alpha stays in [0, 1].
+  dark = noise.apply("text", _grey(0.1, 128), np.random.default_rng(5), {"coverage": 0.25})
+  alpha = 1.0 - (y - dark) / 0.4
+  assert alpha.min() > -1e-4 and alpha.max() < 1 + 1e-4
+  opaque = alpha.min(axis=-1) > 0.999
+  assert opaque.mean() > 0.05 and y[opaque].std() > 0.05  # several colours
+  np.testing.assert_allclose(y[opaque], dark[opaque], atol=1e-5)
   np.testing.assert_array_equal(noise.apply("text", image, np.random.default_rng(5), {"coverage": 0.0}), image)
 
 
@@ -442,10 +532,10 @@ def test_frames_with_clean_reference_hold_out_scenes(tmp_path):
 # ---------------------------------------------------------------------------- smoke runs
 
 
-@pytest.fixture(scope="module", params=METHOD_NAMES)
+@pytest.fixture(scope="module", params=RECIPES)
 def smoke_run(request, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp(request.param))
-  config = config_lib.load("configs/opd.py:smoke", {"method.name": request.param})
+  config = config_lib.load("configs/opd.py:smoke", {"method.recipe": request.param})
   trainer.train_and_evaluate(config, workdir)
   return request.param, workdir
 
@@ -491,17 +581,36 @@ def test_eval_sets_of_different_sizes_are_padded_and_scored_uncropped(tmp_path):
   restored = ev["clean"].copy()
   restored[0, 33:] = 1.0 - restored[0, 33:]
   restored[1, :, 36:] = 0.0
-  summary = method.summarize_eval({**ev, "restored": restored})
+  outputs = {"restored": restored}
+  evaluator = method.evaluator()
+  for part in (slice(0, 1), slice(1, None)):  # streamed in two batches
+    evaluator.update({k: v[part] for k, v in ev.items()}, {"restored": restored[part]})
+  summary = evaluator.compute()
   assert summary["psnr"] == 100.0 and summary["ssim"] == pytest.approx(1.0)
   assert 5 < summary["psnr_input"] < 100 and set(summary) >= {"psnr/set_a", "ssim_input/set_b"}
-  image = method.eval_images({**ev, "restored": restored})
+  # The same numbers as the per-image computation over the concatenated set.
+  from jaxmilab.evaluation import restoration as rm
+  valid = np.flatnonzero(ev["valid"])
+  per = {k: [] for k in ("psnr", "ssim", "psnr_input", "ssim_input")}
+  for i in valid:
+    h, w = ev["height"][i], ev["width"][i]
+    gt = rm.to_uint8(ev["clean"][i, :h, :w])
+    for suffix, img in (("", restored[i, :h, :w]), ("_input", ev["noisy"][i, 0, :h, :w])):
+      per["psnr" + suffix].append(min(rm.psnr(rm.to_uint8(img), gt), 100.0))
+      per["ssim" + suffix].append(rm.ssim(rm.to_uint8(img), gt))
+  for k, v in per.items():
+    np.testing.assert_allclose(summary[k], np.mean(v), rtol=1e-12)
+    np.testing.assert_allclose(summary[f"{k}/set_a"], np.mean(v[:2]), rtol=1e-12)
+    np.testing.assert_allclose(summary[f"{k}/set_b"], np.mean(v[2:]), rtol=1e-12)
+  image = evaluator.images()
   assert image.ndim == 3 and image.shape[-1] == 3
+  del outputs
 
 
 def test_configs_load_and_paper_schedule_is_official_steplr():
   from jaxmilab import optimizers
   for variant in ("smoke", "quickstart", "paper"):
-    config = config_lib.load(f"configs/opd.py:{variant}", {"method.name": "opd_al"})
+    config = config_lib.load(f"configs/opd.py:{variant}", {"method.recipe": "opd_al"})
     assert config.model.name == "unet" and config.data.name == "multiframe"
   paper = config_lib.load("configs/opd.py:paper")
   steps_per_epoch = 704  # ceil(45,000 / 64): train.py --trainsize 0.9, --batchsize 64

@@ -1,26 +1,46 @@
 """One-pot multi-frame denoising (OPD, Jin et al. BMVC 2022 / IJCV 2023) and its baselines.
 
-One `Method` serves four recipes, chosen by the method name (jaxmilab/methods/n2c.py,
-n2n.py, opd_rc.py, opd_al.py) or, for `config.method.name = "opd"`, by
-`config.method.recipe`. With m noisy frames x_1..x_m of a scene (batch "noisy"
+`config.method.name = "opd"` with `config.method.recipe` in {n2c, n2n, opd_rc, opd_al}
+(the only way to pick a recipe). With m noisy frames x_1..x_m of a scene (batch "noisy"
 [B, m, H, W, C]) and the network f:
 
-* n2c     ||f(x_1) - I||^2 (supervised by the clean image "clean"; upper reference).
-* n2n     ||f(x_1) - x_2||^2 (Noise2Noise, fixed pairing).
-* opd_rc  ||f(x_i) - x_j||^2 with i, j drawn uniformly from 1..m per sample (may be
-          equal) with the step rng (random coupling; N2N is the case i=1, j=2).
-* opd_al  L = L_E - lambda * L_A (alienation loss, paper's sign; opd.md):
-            L_E = 1/(m(m-1)) sum_j sum_{k != j} ||f(x_j) - x_k||^2
+* n2c     l(f(x_1), I), supervised by the clean image "clean" (upper reference). Like the
+          other recipes it sees only frame 1 as input (the released code has no N2C
+          script; one input per clean target is the usual supervised baseline).
+* n2n     l(f(x_1), x_2) (Noise2Noise, fixed pairing).
+* opd_rc  l(f(x_i), x_j) with i, j drawn uniformly from 1..m per sample (they may be
+          equal, probability 1/m) with the step rng (random coupling; official
+          utils/trainRC.py; N2N is the case i=1, j=2).
+* opd_al  L = L_E + w * L_A (alienation loss as released: utils/loss.py `calc_loss_AL`
+          adds the output-consistency term; the released OPD-AL model was trained so):
+            L_E = 1/(m(m-1)) sum_j sum_{k != j} l(f(x_j), x_k)
             L_A = 1/m^2 sum_{j<k} ||f(x_j) - f(x_k)||^2
-          lambda = config.method.alienation_weight (1.0, the official train.py `--balance`).
+          w = config.method.alienation_weight (1.0, train.py `--balance`).
+          `alienation_sign="minus"` gives the paper's printed L_E - w L_A instead. With
+          f_j = f_bar + e_j and S_f = sum_j ||e_j||^2, L_E = S_f / m + (2 / (m(m-1)))
+          sum_j <e_j, x_j> + (terms without e) and L_A = S_f / m, so L_E - w L_A has the
+          quadratic part (1 - w) S_f / m: it is bounded below only for w < 1 (at w = 1 it
+          is linear in e), and weights w >= 1 are refused.
 
-||.||^2 is the mean over pixels and channels (the official nn.MSELoss(reduction="mean")),
-averaged over the batch. The official calc_loss_AL adds lambda * L_A (opposite sign) and
-sums over the batch instead of averaging, and its trainAL.py writes network outputs into
-the input tensor in place; we follow the paper. OPD-AL runs f on all B*m frames as one
+The per-pixel loss l (`config.method.loss`): "mse" (the released code, nn.MSELoss), "l1",
+or "masked_mse" (pixels where the target frame is exactly 0 are left out). "auto" (default)
+picks by `config.data.noise`: MSE estimates E[x_j | x_i], which is I only for zero-mean
+noise (awgn, poisson); multiplicative Bernoulli noise has E[x_j] = (1 - p) I, so its
+unbiased loss is MSE over the kept (non-zero) target pixels (masked_mse, also for the
+mixed chain, whose last stage is Bernoulli); impulse and text noise replace a minority of
+values, so their conditional median (l1) is close to I while the mean is not (Noise2Noise,
+Lehtinen et al. 2018, uses L1 for text). N2C's target is clean, so it always uses MSE.
+L_A is always MSE (it compares two outputs).
+
+||.||^2 is the mean over pixels and channels (nn.MSELoss(reduction="mean")), averaged over
+the batch; `calc_loss_AL` sums over the batch instead (a factor B on the gradient, which
+Adam's normalisation removes). The released utils/trainAL.py also aliases its output
+tensor to the input tensor (`output_stddose = input_lowdose`, then writes f(x_j) into it),
+so its L_E compares outputs with outputs; we compare f(x_j) with the noisy frames x_k, as
+`calc_loss_AL`'s arguments and the paper intend. OPD-AL runs f on all B*m frames as one
 batch (BatchNorm statistics over B*m frames); the others on B frames. Evaluation denoises
 frame 1 with BatchNorm running averages and scores PSNR / SSIM (RGB, uint8, BasicSR
-protocol) against "clean", per eval set ("psnr/<set>") and overall.
+protocol) against "clean", per eval set ("psnr/<set>") and overall, streamed as sums.
 """
 
 from __future__ import annotations
@@ -32,21 +52,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab import registry
+from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import restoration as restoration_metrics
 from jaxmilab.methods import base
 from jaxmilab.methods import common
 
 RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
-_CONFIG_KEYS = ("name", "recipe", "alienation_weight", "init_from")
+LOSSES = ("auto", "mse", "l1", "masked_mse")
+# "auto": the per-pixel loss whose minimiser is the clean image for each noise model of
+# jaxmilab.data.noise (see the module docstring).
+AUTO_LOSS = {"awgn": "mse", "poisson": "mse", "bernoulli": "masked_mse", "mixed": "masked_mse",
+             "impulse": "l1", "text": "l1"}
+_CONFIG_KEYS = ("name", "recipe", "alienation_weight", "alienation_sign", "loss", "init_from")
 
 
-def _mse(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Per-sample mean squared error over all but the leading axis: [B, ...] -> [B]."""
-  return jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim)))
+def pixel_loss(kind: str, out: jax.Array, target: jax.Array) -> jax.Array:
+  """Per-sample loss over all but the leading axis: [B, ...] x [B, ...] -> [B]."""
+  axes = tuple(range(1, out.ndim))
+  out, target = out.astype(jnp.float32), target.astype(jnp.float32)
+  if kind == "mse":
+    return jnp.mean(jnp.square(out - target), axis=axes)
+  if kind == "l1":
+    return jnp.mean(jnp.abs(out - target), axis=axes)
+  if kind == "masked_mse":
+    keep = (target != 0).astype(jnp.float32)
+    return jnp.sum(keep * jnp.square(out - target), axis=axes) / jnp.maximum(jnp.sum(keep, axis=axes), 1.0)
+  raise ValueError(f"config.method.loss={kind!r}: use one of {LOSSES}.")
 
 
 def alienation_terms(outputs: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-sample (L_E, L_A) of opd.md from outputs f(x_j) and frames x_k, both [B, m, H, W, C].
+  """Per-sample (L_E, L_A) with MSE, from outputs f(x_j) and frames x_k, both [B, m, H, W, C].
 
   Uses sum_{j,k} ||f_j - x_k||^2 = m S_f + m S_x + m^2 ||f_bar - x_bar||^2 and
   sum_{j<k} ||f_j - f_k||^2 = m S_f, with S_f = sum_j ||f_j - f_bar||^2 (same for x):
@@ -67,10 +102,32 @@ def alienation_terms(outputs: jax.Array, frames: jax.Array) -> tuple[jax.Array, 
   return loss_e, loss_a
 
 
+def exchange_term(kind: str, outputs: jax.Array, frames: jax.Array) -> jax.Array:
+  """Per-sample L_E = 1/(m(m-1)) sum_{j != k} l(f_j, x_k) for any per-pixel loss (m^2 pairs)."""
+  m = outputs.shape[1]
+  total = 0.0
+  for j in range(m):
+    for k in range(m):
+      if j != k:
+        total = total + pixel_loss(kind, outputs[:, j], frames[:, k])
+  return total / (m * (m - 1))
+
+
+def check_alienation(weight: float, sign: str) -> None:
+  """Refuses an unknown sign, a negative weight, and the unbounded L_E - w L_A with w >= 1."""
+  if sign not in ("plus", "minus"):
+    raise ValueError(f"config.method.alienation_sign={sign!r}: use 'plus' (released code) or 'minus'.")
+  if weight < 0:
+    raise ValueError(f"config.method.alienation_weight={weight} must be >= 0.")
+  if sign == "minus" and weight >= 1.0:
+    raise ValueError(f"config.method.alienation_weight={weight} with alienation_sign='minus': "
+                     "L_E - w L_A has no lower bound for w >= 1 (its quadratic part in the spread of "
+                     "the outputs is (1 - w) S_f / m); use w < 1 or alienation_sign='plus' (the "
+                     "released calc_loss_AL).")
+
+
 class Method(base.Method):
   """N2C / N2N / OPD-RC / OPD-AL training of a denoiser on multi-frame batches."""
-
-  RECIPE: str | None = None  # set by the thin modules n2c / n2n / opd_rc / opd_al
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
@@ -78,17 +135,25 @@ class Method(base.Method):
     if unknown:
       raise ValueError(f"config.method: unknown key(s) {unknown} for {config.method.name!r}; "
                        f"known keys: {list(_CONFIG_KEYS)}.")
-    recipe = config.method.get("recipe") or self.RECIPE
-    if self.RECIPE is not None and recipe != self.RECIPE:
-      raise ValueError(f"config.method.recipe={recipe!r} contradicts config.method.name="
-                       f"{config.method.name!r}; drop config.method.recipe.")
+    recipe = config.method.get("recipe", None)
     if recipe not in RECIPES:
-      raise ValueError(f"config.method.recipe={recipe!r}: use one of {RECIPES} (or set "
-                       f"config.method.name to one of them).")
+      raise ValueError(f"config.method.recipe={recipe!r}: use one of {RECIPES}.")
     self.recipe = recipe
     self.alienation_weight = float(config.method.get("alienation_weight", 1.0))
+    self.alienation_sign = config.method.get("alienation_sign", "plus")
+    check_alienation(self.alienation_weight, self.alienation_sign)
+    loss = config.method.get("loss", "auto")
+    if loss not in LOSSES:
+      raise ValueError(f"config.method.loss={loss!r}: use one of {LOSSES}.")
+    if loss == "auto":
+      noise_name = config.get("data", {}).get("noise", "awgn")
+      if noise_name not in AUTO_LOSS:
+        raise ValueError(f"config.method.loss='auto' knows no loss for config.data.noise={noise_name!r}; "
+                         f"set config.method.loss to one of {LOSSES[1:]}.")
+      loss = AUTO_LOSS[noise_name]
+    self.pixel_loss = "mse" if recipe == "n2c" else loss
     if recipe == "n2c" and not data_info.extra.get("has_clean", True):
-      raise ValueError("n2c needs clean images, but the training data has none (multiframe "
+      raise ValueError("recipe n2c needs clean images, but the training data has none (multiframe "
                        "frames_root scenes without a clean reference). Use n2n / opd_rc / opd_al.")
     self.net = registry.get_model(config.model.name)(config.model)
 
@@ -108,17 +173,26 @@ class Method(base.Method):
     return (jax.random.randint(rng_i, (batch_size,), 0, m),
             jax.random.randint(rng_j, (batch_size,), 0, m))
 
+  def alienation_loss(self, outputs: jax.Array, frames: jax.Array) -> tuple[jax.Array, dict]:
+    """Batch-mean L_E +- w L_A from outputs and frames [B, m, H, W, C]."""
+    loss_e, loss_a = alienation_terms(outputs, frames)
+    if self.pixel_loss != "mse":
+      loss_e = exchange_term(self.pixel_loss, outputs, frames)
+    loss_e, loss_a = jnp.mean(loss_e), jnp.mean(loss_a)
+    sign = 1.0 if self.alienation_sign == "plus" else -1.0
+    return loss_e + sign * self.alienation_weight * loss_a, {"loss_e": loss_e, "loss_a": loss_a}
+
   def loss(self, params, model_state, batch, rng):
     noisy = batch["noisy"]  # [B, m, H, W, C]
     b, m = noisy.shape[:2]
+    if self.recipe in ("n2n", "opd_al") and m < 2:
+      raise ValueError(f"recipe {self.recipe} needs >= 2 frames per scene; the batch has {m} "
+                       "(config.data.num_frames).")
     if self.recipe == "opd_al":
       frames_flat = noisy.reshape((b * m,) + noisy.shape[2:])  # [B*m, H, W, C]
       out, model_state = self._apply_train(params, model_state, frames_flat)
-      outputs = out.reshape(noisy.shape)                        # [B, m, H, W, C]
-      loss_e, loss_a = alienation_terms(outputs, noisy)
-      loss_e, loss_a = jnp.mean(loss_e), jnp.mean(loss_a)
-      loss = loss_e - self.alienation_weight * loss_a
-      return loss, ({"loss_e": loss_e, "loss_a": loss_a}, model_state)
+      loss, metrics = self.alienation_loss(out.reshape(noisy.shape), noisy)
+      return loss, (metrics, model_state)
     if self.recipe == "opd_rc":
       src, tgt = self.draw_pairs(rng, b, m)
       pick = lambda idx: jnp.take_along_axis(noisy, idx[:, None, None, None, None], axis=1)[:, 0]
@@ -128,8 +202,8 @@ class Method(base.Method):
     else:  # n2c
       x, target = noisy[:, 0], batch["clean"]
     out, model_state = self._apply_train(params, model_state, x)
-    mse = jnp.mean(_mse(out, target))
-    return mse, ({"mse": mse}, model_state)
+    value = jnp.mean(pixel_loss(self.pixel_loss, out, target))
+    return value, ({self.pixel_loss: value}, model_state)
 
   # ------------------------------------------------------------------------------ eval
 
@@ -137,33 +211,79 @@ class Method(base.Method):
     restored = self.net.apply({"params": params, **model_state}, batch["noisy"][:, 0], train=False)
     return {"restored": restored.astype(jnp.float32)}
 
+  def evaluator(self) -> "DenoisingEvaluator":
+    return DenoisingEvaluator(self.data_info.class_names)
+
+  # TRANSITION: base.Method still declares these and the trainer still calls them; both
+  # run the streaming evaluator on the whole set, so there is one computation.
   def summarize_eval(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """psnr / ssim of f(x_1) and psnr_input / ssim_input of x_1 vs clean; per set as "<k>/<set>"."""
-    valid = np.flatnonzero(outputs["valid"])
-    per_image: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_input": [], "ssim_input": []}
-    for i in valid:
-      h, w = int(outputs["height"][i]), int(outputs["width"][i])
-      clean = restoration_metrics.to_uint8(outputs["clean"][i, :h, :w])
-      for suffix, image in (("", outputs["restored"][i, :h, :w]), ("_input", outputs["noisy"][i, 0, :h, :w])):
-        image = restoration_metrics.to_uint8(image)
-        # PSNR of identical images is inf (BasicSR); cap at 100 dB so averages stay finite.
-        per_image["psnr" + suffix].append(min(restoration_metrics.psnr(image, clean), 100.0))
-        per_image["ssim" + suffix].append(restoration_metrics.ssim(image, clean))
-    per_image_arr = {k: np.asarray(v) for k, v in per_image.items()}
-    summary = {k: float(v.mean()) for k, v in per_image_arr.items()}
-    labels = outputs["label"][valid]
-    names = self.data_info.class_names
-    if len(names) > 1:
-      for index, name in enumerate(names):
-        sel = labels == index
-        if sel.any():
-          summary.update({f"{k}/{name}": float(v[sel].mean()) for k, v in per_image_arr.items()})
-    return summary
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.compute()
 
   def eval_images(self, outputs):
-    grid = {"lq": outputs["noisy"][:, 0], "restored": outputs["restored"], "gt": outputs["clean"],
-            "valid": outputs["valid"], "label": outputs["label"]}
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.images()
+
+
+class DenoisingEvaluator(evaluation_base.Evaluator):
+  """Streaming PSNR / SSIM of f(x_1) ("psnr", "ssim") and of x_1 ("psnr_input", ...) vs clean.
+
+  Statistics: per eval set, the image count and the sums of the four per-image scores
+  (PSNR capped at 100 dB so identical images keep averages finite, as BasicSR gives inf).
+  Keys: overall means, and "<metric>/<set>" per set when there are several sets.
+  """
+
+  METRICS = ("psnr", "ssim", "psnr_input", "ssim_input")
+
+  def __init__(self, class_names: tuple[str, ...] = (), max_images: int = 6):
+    super().__init__()
+    self.class_names = tuple(class_names)
+    self.max_images = max_images
+    size = max(1, len(self.class_names))
+    for name in ("count",) + self.METRICS:
+      self.add(name, np.zeros(size))
+    self._kept: list[dict[str, np.ndarray]] = []
+    self._kept_labels: set[int] = set()
+
+  def update(self, batch, outputs):
+    restored = np.asarray(outputs["restored"])
+    for i in np.flatnonzero(np.asarray(batch["valid"]).astype(bool)):
+      h, w = int(batch["height"][i]), int(batch["width"][i])
+      label = int(batch["label"][i]) if len(self.class_names) > 1 else 0
+      clean = restoration_metrics.to_uint8(batch["clean"][i, :h, :w])
+      scores = np.zeros((len(self.METRICS), self.sums["count"].size))
+      for row, image in ((0, restored[i, :h, :w]), (2, batch["noisy"][i, 0, :h, :w])):
+        image = restoration_metrics.to_uint8(image)
+        scores[row, label] = min(restoration_metrics.psnr(image, clean), 100.0)
+        scores[row + 1, label] = restoration_metrics.ssim(image, clean)
+      for name, row in zip(self.METRICS, scores):
+        self.add(name, row)
+      self.add("count", np.eye(self.sums["count"].size)[label])
+      if len(self._kept) < self.max_images and label not in self._kept_labels:
+        self._kept_labels.add(label)
+        self._kept.append({"lq": np.asarray(batch["noisy"][i, 0]), "restored": restored[i],
+                           "gt": np.asarray(batch["clean"][i])})
+
+  def compute(self) -> dict[str, float]:
+    count = self.sums["count"]
+    if count.sum() == 0:
+      raise ValueError("OPD eval: no valid example in the eval set.")
+    out = {k: float(self.sums[k].sum() / count.sum()) for k in self.METRICS}
+    if len(self.class_names) > 1:
+      for index, name in enumerate(self.class_names):
+        if count[index] > 0:
+          out.update({f"{k}/{name}": float(self.sums[k][index] / count[index]) for k in self.METRICS})
+    return out
+
+  def images(self) -> np.ndarray | None:
+    if not self._kept:
+      return None
+    h = min(k["gt"].shape[0] for k in self._kept)  # eval sets are padded to one size; crop if not
+    w = min(k["gt"].shape[1] for k in self._kept)
+    grid = {key: np.stack([k[key][:h, :w] for k in self._kept])
+            for key in ("lq", "restored", "gt")}
+    grid.update(valid=np.ones(len(self._kept), bool), label=np.arange(len(self._kept)))
     image = common.image_grid(grid)
-    if image.shape[-1] == 1:
-      image = np.repeat(image, 3, axis=-1)
-    return image
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
