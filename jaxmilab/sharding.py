@@ -2,24 +2,31 @@
 
 One mesh with axes ("data", "fsdp", "model"); sizes come from `config.mesh`
 (-1 = all remaining devices). Batches are split over ("data", "fsdp").
-Parameters and optimizer state follow one shape-based rule (as big_vision's
-"fsdp" rule), so a model needs no annotations to run data-parallel, FSDP
-(ZeRO-3) or with its output channels split over "model":
+Parameters and optimizer state follow one rule (as big_vision's "fsdp" rule), so
+a model needs no annotations to run data-parallel or FSDP (ZeRO-3):
 
-* "model" (if > 1) splits the last axis of arrays with >= 2 dims when divisible
-  (output channels / features); see `check_tensor_parallel` for a limitation;
+* tensor parallelism is opt-in per parameter: `config.mesh.tensor_parallel`, a
+  list of (regex over the parameter path, dimension) pairs (big_vision's
+  `sharding_rules` idea), splits that dimension over "model" for the arrays whose
+  path matches (first match wins; Adam's moments have the parameter's path inside
+  theirs, so they match too). Without rules "model" splits nothing and only
+  replicates the batch; see `check_tensor_parallel` for a limitation;
 * each axis named in `config.mesh.shard_params_over` (default ("fsdp",)) splits
   the largest remaining axis that it divides; arrays smaller than
   `config.mesh.min_shard_size` elements stay replicated.
 
-Because the rule depends only on shapes, Adam's moments get the same sharding as
-their parameters without bookkeeping.
+Activations: `batch_sharded_activations()` pins convolution and normalisation
+outputs to the batch axes inside a `jax.set_mesh` context (the trainer enters one
+for every step), so XLA does not carry the parameters' FSDP sharding into them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import re
+from typing import Any, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -77,14 +84,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str] = ("fsdp",),
-               min_shard_size: int = 2**14) -> P:
-  """PartitionSpec of one parameter-like array under the shape rule (module docstring)."""
+               min_shard_size: int = 2**14, model_dim: int | None = None) -> P:
+  """PartitionSpec of one parameter-like array under the rule (module docstring).
+
+  `model_dim`: the dimension a `tensor_parallel` rule assigns to "model" (None: none).
+  """
   spec: list[Any] = [None] * len(shape)
+  model = mesh.shape["model"]
+  if model_dim is not None and model > 1 and shape:
+    dim = model_dim % len(shape)
+    if shape[dim] % model:
+      raise ValueError(f"config.mesh.tensor_parallel: dimension {model_dim} of an array of shape "
+                       f"{tuple(shape)} is not divisible by mesh.model={model}; narrow the rule's "
+                       f"regex or change mesh.model.")
+    spec[dim] = "model"
   if int(np.prod(shape, dtype=np.int64)) < min_shard_size:
     return P(*spec)
-  model = mesh.shape["model"]
-  if model > 1 and len(shape) >= 2 and shape[-1] % model == 0:
-    spec[-1] = "model"
   for axis in shard_over:
     size = mesh.shape[axis]
     if size == 1:
@@ -95,6 +110,28 @@ def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str] = ("f
   return P(*spec)
 
 
+def tensor_parallel_rules(mesh_config) -> list[tuple[re.Pattern[str], int]]:
+  """Compiled `config.mesh.tensor_parallel` rules: ((regex, dimension), ...)."""
+  rules = []
+  for entry in mesh_config.get("tensor_parallel", ()):
+    if len(entry) != 2 or not isinstance(entry[1], int):
+      raise ValueError(f"config.mesh.tensor_parallel: entries are (regex over parameter paths, "
+                       f"dimension), e.g. (r'attn/qkv/kernel', -1); got {entry!r}.")
+    rules.append((re.compile(entry[0]), int(entry[1])))
+  return rules
+
+
+def path_name(path) -> str:
+  """"a/b/kernel" for a pytree key path (dict keys, attributes and indices joined by "/")."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
 def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
   """NamedShardings for every leaf of a (params / optimizer / train) state pytree."""
   shard_over = tuple(mesh_config.get("shard_params_over", ("fsdp",)))
@@ -102,12 +139,48 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
     if axis not in MESH_AXES:
       raise ValueError(f"config.mesh.shard_params_over: unknown mesh axis {axis!r}; use {MESH_AXES}.")
   min_size = int(mesh_config.get("min_shard_size", 2**14))
+  rules = tensor_parallel_rules(mesh_config)
 
-  def leaf(x):
+  def leaf(path, x):
     shape = getattr(x, "shape", ())
-    return NamedSharding(mesh, array_spec(shape, mesh, shard_over, min_size))
+    name = path_name(path)
+    model_dim = next((d for pattern, d in rules if pattern.search(name)), None)
+    return NamedSharding(mesh, array_spec(shape, mesh, shard_over, min_size, model_dim))
 
-  return jax.tree_util.tree_map(leaf, abstract_state)
+  return jax.tree_util.tree_map_with_path(leaf, abstract_state)
+
+
+def _norm_types() -> tuple[type, ...]:
+  from jaxmilab.models import masking  # pylint: disable=g-import-not-at-top
+  return (nn.GroupNorm, nn.BatchNorm) + tuple(masking.NORM_TYPES)
+
+
+def _constrain_to_batch(next_fun, args, kwargs, context):
+  """Interceptor: conv / norm output maps stay split over the batch axes."""
+  y = next_fun(*args, **kwargs)
+  if (context.method_name == "__call__" and isinstance(y, jax.Array) and y.ndim == 4
+      and isinstance(context.module, (nn.Conv, nn.ConvTranspose) + _norm_types())):
+    y = jax.lax.with_sharding_constraint(y, P(BATCH_AXES, *([P.UNCONSTRAINED] * 3)))
+  return y
+
+
+@contextlib.contextmanager
+def batch_sharded_activations() -> Iterator[None]:
+  """Pins 4-D conv / norm outputs to batch sharding when a mesh is set (`jax.set_mesh`).
+
+  With parameters sharded over ("data", "fsdp") and no activation constraint, XLA's SPMD
+  partitioner propagates the parameters' channel sharding into the activations and reshards
+  them back ("involuntary full rematerialization"); FSDP wants activations split by example
+  and weights all-gathered per layer. Only the example axis is constrained (the others stay
+  free, e.g. for tensor-parallel channels). Outside a mesh context this is a no-op.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) or all(
+      mesh.shape[a] == 1 for a in BATCH_AXES):
+    yield
+    return
+  with nn.intercept_methods(_constrain_to_batch):
+    yield
 
 
 def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -26,10 +26,50 @@ def test_mesh_shape_resolves_minus_one_and_names_bad_sizes():
 
 def test_array_spec_hand_cases():
   m = mesh(data=2, fsdp=2, model=2)
-  assert sharding.array_spec((3, 3, 64, 128), m, ("fsdp",), 0) == P(None, None, "fsdp", "model")
+  # Tensor parallelism only where a rule asks for it (model_dim); otherwise "model" splits nothing.
+  assert sharding.array_spec((3, 3, 64, 128), m, ("fsdp",), 0) == P(None, None, None, "fsdp")
+  assert sharding.array_spec((3, 3, 64, 128), m, ("fsdp",), 0, -1) == P(None, None, "fsdp", "model")
   assert sharding.array_spec((7,), m, ("fsdp",), 0) == P(None)                # nothing divides 7
   assert sharding.array_spec((64, 64), m, ("fsdp",), 2**14) == P(None, None)  # too small to split
-  assert sharding.array_spec((256, 64), m, ("data", "fsdp"), 0) == P("data", "model")
+  assert sharding.array_spec((64, 64), m, ("fsdp",), 2**14, 0) == P("model", None)  # rule: always
+  assert sharding.array_spec((256, 64), m, ("data", "fsdp"), 0, -1) == P("data", "model")
+  with pytest.raises(ValueError, match="not divisible by mesh.model=2"):
+    sharding.array_spec((3, 7), m, ("fsdp",), 0, -1)
+
+
+def test_tensor_parallel_rules_select_parameters_by_path():
+  m = mesh(data=2, fsdp=2, model=2)
+  config = ml_collections.ConfigDict(dict(shard_params_over=("fsdp",), min_shard_size=0,
+                                          tensor_parallel=((r"attn/qkv/kernel$", -1),
+                                                           (r"mlp/fc2/kernel$", 0))))
+  tree = {"params": {"attn": {"qkv": {"kernel": jnp.zeros((16, 48)), "bias": jnp.zeros((48,))}},
+                     "mlp": {"fc2": {"kernel": jnp.zeros((32, 16))}},
+                     "conv": {"kernel": jnp.zeros((3, 3, 16, 16))}},
+          "mu": {"attn": {"qkv": {"kernel": jnp.zeros((16, 48))}}}}
+  specs = jax.tree.map(lambda s: s.spec, sharding.state_shardings(tree, m, config))
+  assert specs["params"]["attn"]["qkv"]["kernel"] == P("fsdp", "model")
+  assert specs["params"]["attn"]["qkv"]["bias"] == P("fsdp")            # no rule: no "model"
+  assert specs["params"]["mlp"]["fc2"]["kernel"] == P("model", "fsdp")
+  assert specs["params"]["conv"]["kernel"] == P(None, None, None, "fsdp")
+  assert specs["mu"]["attn"]["qkv"]["kernel"] == P("fsdp", "model")    # Adam moment: same rule
+  with pytest.raises(ValueError, match="tensor_parallel"):
+    sharding.tensor_parallel_rules({"tensor_parallel": (("x",),)})
+
+
+def test_batch_sharded_activations_constrains_conv_outputs_only_under_a_mesh():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  conv = nn.Conv(4, (3, 3))
+  x = jnp.ones((8, 8, 8, 3))
+  variables = conv.init(jax.random.key(0), x)
+
+  def f(v, x):
+    with sharding.batch_sharded_activations():
+      return conv.apply(v, x)
+
+  assert "sharding_constraint" not in str(jax.make_jaxpr(f)(variables, x))   # no mesh: no-op
+  with jax.set_mesh(mesh(data=4, fsdp=2)):
+    jaxpr = str(jax.make_jaxpr(f)(variables, x))
+  assert "sharding_constraint" in jaxpr and "data" in jaxpr
 
 
 def _conv_grads(groups, mesh_sizes):
