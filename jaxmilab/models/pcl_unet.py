@@ -36,7 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_CONFIG_KEYS = ("name", "width", "depth", "num_classes", "dtype")
+CONFIG_DEFAULTS = dict(width=32,          # official --initial_filter_size 32
+                       depth=4,           # pooled levels (official: 4)
+                       num_classes=0,     # 0 = from the data (fine-tuning); unused in pre-training
+                       dtype="float32")   # "float32" | "bfloat16" compute
+_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU() default
 
@@ -169,14 +173,15 @@ class PCLUNet(nn.Module):
 
 
 def create(config) -> PCLUNet:
-  """PCLUNet from config.model: width (32), depth (4), num_classes (4), dtype ('float32')."""
+  """PCLUNet from config.model: width (32), depth (4), num_classes (0 -> 4; fine-tuning sets
+  it from the data), dtype ('float32')."""
   unknown = sorted(k for k in config.keys() if k not in _CONFIG_KEYS)
   if unknown:
     raise ValueError(f"config.model: unknown key(s) {unknown} for the pcl_unet model; known keys: "
                      f"{list(_CONFIG_KEYS)}.")
   width = int(config.get("width", 32) or 32)
   depth = int(config.get("depth", 4) or 4)
-  num_classes = int(config.get("num_classes", 4) or 4)
+  num_classes = int(config.get("num_classes", 0) or 0) or 4
   if width < 1 or depth < 1 or num_classes < 1:
     raise ValueError(f"config.model.width={width}, depth={depth} and num_classes={num_classes} "
                      f"must be >= 1.")

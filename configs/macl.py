@@ -1,0 +1,96 @@
+r"""MACL pre-training (JBHI, arXiv 2309.11876): four views per slice, L = L_g + 0.5 L_d + L_ER.
+
+  python -m jaxmilab.main --config=configs/macl.py:smoke --workdir=/tmp/macl_smoke
+  python -m jaxmilab.main --config=configs/macl.py:paper --workdir=/tmp/macl_chd \
+      --config.data.root=/data/ImageCHD
+  # then fine-tune: configs/macl_finetune.py with --config.method.init_from=<this workdir>
+
+Variants:
+  smoke       tiny U-Net on 64 px phantom slices, 2 steps (seconds on a CPU; the tests run it).
+  quickstart  width-8 U-Net on synthetic phantom volumes (python -m jaxmilab.macl_quickstart
+              runs it, with method.variant=pcl for the PCL-only arm, then fine-tunes).
+  paper       the official CHD pre-training (stevezs315/MACL pretrain.sh, train_contrast.py):
+              512 px, width 32, SGD momentum 0.9 (no Nesterov), wd 1e-5, lr 0.01 cosine to 0
+              (lr_scheduler.py "cos"), 100 epochs, batch 16 per GPU on 2 GPUs, threshold 0.1,
+              temperature 0.1, s = 0.25, alpha 0.5, alpha_ER 1.0.
+  paper_brats the official BraTS pre-training (pretrain.sh): 4 channels, 192 px, batch 32 per
+              GPU on 2 GPUs, threshold 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jaxmilab import config_lib
+
+VARIANTS = ("smoke", "quickstart", "paper", "paper_brats")
+PAPER_EPOCHS = 100          # pretrain.sh --epochs 100
+PAPER_GPUS = 2              # pretrain.sh: CUDA_VISIBLE_DEVICES=0,1, nproc_per_node=2 (DDP)
+# ASSUMPTION: slice counts of the pre-training sets (they set the steps of 100 epochs; the
+# released code counts epochs over every slice of every volume). Adjust total_steps to yours.
+CHD_SLICES = 68 * 250
+BRATS_SLICES = 369 * 155
+
+
+def get_config(variant: str = "smoke"):
+  c = config_lib.base_config()
+  c.method.name = "macl"
+  c.model.name = "pcl_unet"
+  c.data.name = "medical_pretrain"
+  # train_contrast.py: torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-5) (coupled, no Nesterov).
+  c.optimizer.name = "sgd"
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 1e-5
+  c.optimizer.schedule = "cosine"
+  c.optimizer.min_lr_ratio = 0.0   # LR_Scheduler("cos") without min_lr
+
+  if variant == "smoke":
+    c.model.width = 2
+    c.data.phantom_volumes = 4
+    c.data.phantom_slices = 8
+    c.data.patch_size = 64
+    c.data.eval_slices = 8
+    c.data.eval_batch_size = 8
+    c.batch_size = 8
+    c.total_steps = 2
+    c.log_every_steps = 1
+    c.eval_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.optimizer.learning_rate = 0.01
+  elif variant == "quickstart":
+    # Small enough for CPU minutes: width 8 (8-128 channels), 64 px phantom slices with 4
+    # classes. The official lr 0.01 with SGD barely moves such a short run; 0.05 is used here.
+    c.model.width = 8
+    c.data.phantom_volumes = 48
+    c.data.phantom_slices = 24
+    c.data.patch_size = 64
+    c.data.eval_slices = 64
+    c.data.eval_batch_size = 16
+    c.batch_size = 16
+    c.total_steps = 200
+    c.log_every_steps = 25
+    c.eval_every_steps = 200
+    c.checkpoint_every_steps = 200
+    c.optimizer.learning_rate = 0.05
+  elif variant in ("paper", "paper_brats"):
+    brats = variant == "paper_brats"
+    c.model.width = 32                        # --initial_filter_size 32
+    c.data.source = "brats" if brats else "chd"
+    c.data.root = "/path/to/BraTS" if brats else "/path/to/ImageCHD"
+    c.data.patch_size = 192 if brats else 512  # --patch_size 192 192 / 512 512
+    c.data.eval_slices = 256
+    c.data.eval_batch_size = 32
+    c.data.worker_count = 8
+    c.method.threshold = 0.05 if brats else 0.1  # --slice_threshold
+    per_gpu = 32 if brats else 16              # --batch_size
+    c.batch_size = per_gpu * PAPER_GPUS
+    steps_per_epoch = math.floor((BRATS_SLICES if brats else CHD_SLICES) / c.batch_size)  # drop_last
+    c.total_steps = PAPER_EPOCHS * steps_per_epoch
+    c.log_every_steps = 100
+    c.eval_every_steps = 10 * steps_per_epoch
+    c.checkpoint_every_steps = steps_per_epoch
+    c.optimizer.learning_rate = 0.01          # --lr 0.01
+  else:
+    raise ValueError(f"configs/macl.py: unknown variant {variant!r}; use one of {VARIANTS}.")
+  return c

@@ -1,0 +1,375 @@
+"""MACL: multi-level asymmetric contrastive pre-training for volumetric medical segmentation.
+
+Zeng et al., JBHI (arXiv 2309.11876); official code stevezs315/MACL (train_contrast.py,
+network/unet2d.py `UNet2D_classification_MACL`, loss/contrast_loss.py), built on PCL
+(dewenzeng/positional_cl). Where the paper and the released code differ this follows the
+code, which produced the paper's numbers.
+
+One shared encoder runs four times per step on the four views of a batch of slices
+(jaxmilab/data/medical_pretrain.py: I1, I2 intensity views, V1, V2 spatial views):
+
+  auxiliary pixel branch    Y~ = enc(I1) (16w ch at H/16) -> projector (conv3x3 16w->4w, BN,
+                            LReLU, conv3x3 4w->4w, BN, LReLU) -> pixel map A [B, H/16, W/16, 4w]
+  dominant pixel branch     Y = enc(down(I2)) at H/64 -> decoder blocks 1-2 -> map D [B, H/16, W/16, 4w]
+                            (no projector)
+  auxiliary image branch    enc(V1) -> GAP -> MLP 16w -> 4w -> ReLU -> E    (g_a)
+  dominant image branch     enc(down(V2)) -> decoder blocks 1-2 -> GAP -> MLP 4w -> 4w -> ReLU -> E  (g_d)
+
+down() = bilinear resize by s = 0.25 with align_corners=True (F.interpolate in the official
+loop). With w = 32: 16w = 512, 4w = 128, E = 128 (`--classes 512 --scale_factor 0.25`).
+
+  L = L_g + pixel_weight * L_d + er_weight * L_ER       (official --alpha 0.5, --alpha_ER 1.0)
+  L_g  = positional_contrastive_loss(g_a, g_d, positions)
+  L_d  = the same loss at every location of (A, D), averaged over the locations
+         (the official loops over locations; here one einsum over [P, 2B, C])
+  L_ER = mean |down(Y~) - Y| (nn.L1Loss; gradients reach both branches, as in the code)
+
+`variant="pcl"` is the PCL baseline (positional_cl `UNet2D_classification`): V1 and V2 at
+full resolution through the encoder and one shared MLP head (16w -> 16w -> ReLU -> E),
+L = L_g only. `symmetric=True` skips the downsampling (the official --symmetric_net).
+
+The backbone is any model (config.model.name) with `encode(x, train)` and
+`decode(bottleneck, skips, train, num_blocks)` (jaxmilab/models/pcl_unet.py); its parameters
+live under params["backbone"], so fine-tuning (jaxmilab/methods/macl_finetune.py) takes the
+encoder and decoder blocks 1-2 from there.
+
+Evaluation (a monitor; the real test is fine-tuning): the three losses on fixed eval views
+(running BatchNorm averages; padding examples excluded from every sum) and the positional
+retrieval accuracy: the share of image embeddings whose most similar other embedding of
+the batch (own other view excluded) is a positive (|position difference| < threshold).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmilab import registry
+from jaxmilab.evaluation import base as evaluation_base
+from jaxmilab.methods import base
+from jaxmilab.models import pcl_unet
+
+# Every config.method key this method reads (official values: pretrain.sh / train_contrast.py).
+CONFIG_DEFAULTS = dict(
+    init_from="",           # continue from another run's parameters ("" = none)
+    variant="macl",         # "macl" | "pcl" (L_g only, encoder + one MLP head, full resolution)
+    threshold=0.1,          # --slice_threshold (0.1 CT / cardiac sets, 0.05 BraTS)
+    temperature=0.1,        # --temp 0.1
+    base_temperature=0.07,  # SupConLoss base_temperature
+    scale=0.25,             # --scale_factor: dominant branch input downsampling s
+    decoder_blocks=2,       # decoder blocks in the dominant branches
+    embed_dim=128,          # image embedding size: int(--classes 512 * --scale_factor 0.25)
+    pixel_weight=0.5,       # --alpha (L_d)
+    er_weight=1.0,          # --alpha_ER (L_ER)
+    symmetric=False)        # --symmetric_net: no downsampling of the dominant inputs
+_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
+VARIANTS = ("macl", "pcl")
+VIEW_KEYS = ("view_i1", "view_i2", "view_v1", "view_v2")
+
+
+# ---------------------------------------------------------------------------------- loss
+
+
+def _l2_normalize(z: jax.Array, eps: float = 1e-8) -> jax.Array:
+  z = z.astype(jnp.float32)
+  return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), eps)
+
+
+def contrastive_terms(features: jax.Array, positions: jax.Array, *, threshold: float,
+                      temperature: float, base_temperature: float = 0.07,
+                      valid: jax.Array | None = None) -> jax.Array:
+  """Per-anchor positional SupCon losses of features [..., 2B, C] (rows 0..B-1 view 1,
+  B..2B-1 view 2 of the same B slices) -> [..., 2B].
+
+  Anchor i: -(temperature / base_temperature) * mean over its positives p of
+  log( exp(s_ip) / sum_{j != i} exp(s_ij) ), s = cosine / temperature; positives = every
+  j != i whose position differs by less than `threshold` (its own other view included).
+  `valid` [B] (bool) removes padding slices from the contrasts; their anchors get 0.
+  """
+  two_b = features.shape[-2]
+  if two_b % 2:
+    raise ValueError(f"contrastive features need 2B rows (two views), got shape {features.shape}.")
+  pos = jnp.concatenate([positions, positions]).astype(jnp.float32)          # [2B]
+  f = _l2_normalize(features)
+  logits = jnp.einsum("...ic,...jc->...ij", f, f, precision=jax.lax.Precision.HIGHEST) / temperature
+  eye = jnp.eye(two_b, dtype=bool)
+  keep = ~eye
+  if valid is not None:
+    v = jnp.concatenate([valid, valid]).astype(bool)
+    keep = keep & v[None, :]
+  positive = (jnp.abs(pos[:, None] - pos[None, :]) < threshold) & keep        # [2B, 2B]
+  denominator = jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=-1, keepdims=True)
+  log_prob = logits - denominator
+  mean_log_prob = (jnp.sum(jnp.where(positive, log_prob, 0.0), axis=-1)
+                   / jnp.maximum(jnp.sum(positive, axis=-1), 1))
+  loss = -(temperature / base_temperature) * mean_log_prob
+  if valid is not None:
+    loss = jnp.where(jnp.concatenate([valid, valid]).astype(bool), loss, 0.0)
+  return loss
+
+
+def positional_contrastive_loss(z1: jax.Array, z2: jax.Array, positions: jax.Array, *,
+                                threshold: float, temperature: float,
+                                base_temperature: float = 0.07) -> jax.Array:
+  """PCL / MACL's position-aware SupCon loss of two views z1, z2 [B, C] (scalar).
+
+  The 2B L2-normalised embeddings are all anchors and all contrasts; logits = cosine /
+  temperature, self-pairs excluded from numerator and denominator; the positives of an
+  anchor are every other embedding whose slice position (positions [B], in (0, 1]) differs
+  by less than `threshold` (its own other view included); per anchor the mean
+  log-probability over its positives; loss = -(temperature / base_temperature) x the mean
+  over the 2B anchors (official SupConLoss with contrastive_method="pcl").
+  """
+  if z1.shape != z2.shape or z1.ndim != 2:
+    raise ValueError(f"z1 and z2 must both be [B, C]; got {z1.shape} and {z2.shape}.")
+  features = jnp.concatenate([z1, z2], axis=0)
+  return jnp.mean(contrastive_terms(features, positions, threshold=threshold,
+                                    temperature=temperature, base_temperature=base_temperature))
+
+
+def dense_contrastive_loss(a: jax.Array, d: jax.Array, positions: jax.Array, *, threshold: float,
+                           temperature: float, base_temperature: float = 0.07,
+                           valid: jax.Array | None = None) -> jax.Array:
+  """L_d: the positional loss at every location of pixel maps a, d [B, h, w, C], averaged over
+  locations (and valid anchors) -> scalar. One einsum over [P, 2B, C], P = h w."""
+  if a.shape != d.shape:
+    raise ValueError(f"Pixel maps must have the same shape; got {a.shape} and {d.shape}.")
+  b, h, w, c = a.shape
+  features = jnp.concatenate([a.reshape(b, h * w, c), d.reshape(b, h * w, c)], axis=0)  # [2B, P, C]
+  terms = contrastive_terms(jnp.swapaxes(features, 0, 1), positions, threshold=threshold,
+                            temperature=temperature, base_temperature=base_temperature, valid=valid)
+  return _masked_mean(terms, valid)
+
+
+def _masked_mean(terms: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """Mean of [..., 2B] anchor terms over the valid anchors."""
+  if valid is None:
+    return jnp.mean(terms)
+  count = jnp.maximum(2 * jnp.sum(valid.astype(jnp.float32)), 1.0) * np.prod(terms.shape[:-1])
+  return jnp.sum(terms) / count
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_align_corners_matrix(out_size: int, in_size: int) -> np.ndarray:
+  """[out, in] matrix of F.interpolate(mode="bilinear", align_corners=True) along one axis."""
+  m = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    i0 = min(int(np.floor(src)), in_size - 1)
+    i1 = min(i0 + 1, in_size - 1)
+    t = src - i0
+    m[i, i0] += 1 - t
+    m[i, i1] += t
+  return m.astype(np.float32)
+
+
+def downsample(x: jax.Array, scale: float) -> jax.Array:
+  """F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True) on [B, H, W, C]
+  (output size floor(H * scale), floor(W * scale), as PyTorch)."""
+  h, w = x.shape[1:3]
+  oh, ow = int(np.floor(h * scale)), int(np.floor(w * scale))
+  if oh < 1 or ow < 1:
+    raise ValueError(f"Downsampling {x.shape} by {scale} leaves no pixels; use larger patches.")
+  rh = jnp.asarray(bilinear_align_corners_matrix(oh, h))
+  rw = jnp.asarray(bilinear_align_corners_matrix(ow, w))
+  return jnp.einsum("Hh,bhwc,Ww->bHWc", rh, x.astype(jnp.float32), rw,
+                    precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
+
+
+# ------------------------------------------------------------------------------- network
+
+
+class _MLP(nn.Module):
+  """Linear -> ReLU -> Linear (PyTorch default Linear init)."""
+  hidden: int
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    from jaxmilab.models import layers  # pylint: disable=g-import-not-at-top
+    x = nn.Dense(self.hidden, kernel_init=layers.torch_default_kernel_init,
+                 bias_init=layers.torch_default_bias_init(x.shape[-1]), name="fc_1")(x)
+    x = nn.relu(x)
+    return nn.Dense(self.features, kernel_init=layers.torch_default_kernel_init,
+                    bias_init=layers.torch_default_bias_init(self.hidden), name="fc_2")(x)
+
+
+class PixelProjector(nn.Module):
+  """(conv3x3 -> BN -> LeakyReLU) x 2 to `features` channels (official target_pixel_projector)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = pcl_unet.ConvBNAct(self.features, name="conv_1")(x, train)
+    return pcl_unet.ConvBNAct(self.features, name="conv_2")(x, train)
+
+
+class MACLNet(nn.Module):
+  """Backbone (params["backbone"]) + MACL / PCL heads; returns every branch's output."""
+  backbone: nn.Module
+  variant: str = "macl"
+  decoder_blocks: int = 2
+  embed_dim: int = 128
+  scale: float = 0.25
+  symmetric: bool = False
+
+  @nn.compact
+  def __call__(self, views: Mapping[str, jax.Array], train: bool) -> dict[str, jax.Array]:
+    down = (lambda x: x) if self.symmetric else (lambda x: downsample(x, self.scale))
+    gap = lambda x: jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if self.variant == "pcl":
+      head = None
+      out = {}
+      for i, key in enumerate(("view_v1", "view_v2")):
+        y, _ = self.backbone.encode(views[key], train)
+        if head is None:
+          head = _MLP(y.shape[-1], self.embed_dim, name="image_head")
+        out[f"g_{i + 1}"] = head(gap(y))
+      return out
+    # The official call order (BatchNorm running statistics are updated in this order).
+    y_aux, _ = self.backbone.encode(views["view_i1"], train)               # [B, H/16, W/16, 16w]
+    y_dom, skips_dom = self.backbone.encode(down(views["view_i2"]), train)  # [B, H/64, W/64, 16w]
+    y_v1, _ = self.backbone.encode(views["view_v1"], train)
+    y_v2, skips_v2 = self.backbone.encode(down(views["view_v2"]), train)
+    pixel_dom = self.backbone.decode(y_dom, skips_dom, train, self.decoder_blocks)
+    image_dom = self.backbone.decode(y_v2, skips_v2, train, self.decoder_blocks)
+    channels = pixel_dom.shape[-1]
+    pixel_aux = PixelProjector(channels, name="pixel_projector")(y_aux, train)
+    g_1 = _MLP(channels, self.embed_dim, name="aux_image_head")(gap(y_v1))
+    g_2 = _MLP(channels, self.embed_dim, name="dom_image_head")(gap(image_dom))
+    return {"g_1": g_1, "g_2": g_2, "pixel_aux": pixel_aux, "pixel_dom": pixel_dom,
+            "y_aux": y_aux, "y_dom": y_dom}
+
+
+# -------------------------------------------------------------------------------- method
+
+
+class Method(base.Method):
+  """MACL (or PCL with variant="pcl") pre-training on medical_pretrain batches."""
+
+  def __init__(self, config, data_info):
+    super().__init__(config, data_info)
+    m = config.method
+    unknown = sorted(k for k in m.keys() if k not in _CONFIG_KEYS)
+    if unknown:
+      raise ValueError(f"config.method: unknown key(s) {unknown} for macl; known keys: "
+                       f"{list(_CONFIG_KEYS)}.")
+    self.variant = m.get("variant", "macl") or "macl"
+    if self.variant not in VARIANTS:
+      raise ValueError(f"config.method.variant={self.variant!r}: use one of {VARIANTS}.")
+    self.threshold = float(m.get("threshold", 0.1))        # --slice_threshold (0.05 for BraTS)
+    self.temperature = float(m.get("temperature", 0.1))    # --temp 0.1
+    self.base_temperature = float(m.get("base_temperature", 0.07))
+    self.pixel_weight = float(m.get("pixel_weight", 0.5))  # --alpha 0.5
+    self.er_weight = float(m.get("er_weight", 1.0))        # --alpha_ER 1.0
+    if self.threshold <= 0 or self.temperature <= 0:
+      raise ValueError(f"config.method.threshold={self.threshold} and temperature="
+                       f"{self.temperature} must be > 0.")
+    backbone = registry.get_model(config.model.name)(config.model)
+    for needed in ("encode", "decode"):
+      if not hasattr(backbone, needed):
+        raise ValueError(f"config.model.name={config.model.name!r} has no `{needed}` method; MACL "
+                         f"needs a backbone with encode() / decode() (see jaxmilab/models/pcl_unet.py).")
+    self.net = MACLNet(backbone=backbone, variant=self.variant,
+                       decoder_blocks=int(m.get("decoder_blocks", 2)),
+                       embed_dim=int(m.get("embed_dim", 128)), scale=float(m.get("scale", 0.25)),
+                       symmetric=bool(m.get("symmetric", False)))
+
+  def _views(self, batch):
+    missing = [k for k in VIEW_KEYS + ("position",) if k not in batch]
+    if missing:
+      raise ValueError(f"MACL batches need {VIEW_KEYS + ('position',)}; missing {missing}. Use "
+                       f"config.data.name='medical_pretrain'.")
+    return {k: batch[k] for k in VIEW_KEYS}
+
+  def init_variables(self, rng, batch):
+    return dict(self.net.init({"params": rng}, self._views(batch), train=False))
+
+  def _terms(self, out, positions, valid=None) -> dict[str, jax.Array]:
+    kw = dict(threshold=self.threshold, temperature=self.temperature,
+              base_temperature=self.base_temperature)
+    g = jnp.concatenate([out["g_1"], out["g_2"]], axis=0)
+    terms = {"l_g": _masked_mean(contrastive_terms(g, positions, valid=valid, **kw), valid)}
+    if self.variant == "macl":
+      terms["l_d"] = dense_contrastive_loss(out["pixel_aux"], out["pixel_dom"], positions,
+                                            valid=valid, **kw)
+      y_aux = downsample(out["y_aux"], self.net.scale) if not self.net.symmetric else out["y_aux"]
+      diff = jnp.abs(y_aux.astype(jnp.float32) - out["y_dom"].astype(jnp.float32))
+      if valid is None:
+        terms["l_er"] = jnp.mean(diff)
+      else:
+        per = jnp.mean(diff, axis=(1, 2, 3))
+        terms["l_er"] = jnp.sum(jnp.where(valid, per, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return terms
+
+  def combine(self, terms: Mapping[str, jax.Array]) -> jax.Array:
+    loss = terms["l_g"]
+    if self.variant == "macl":
+      loss = loss + self.pixel_weight * terms["l_d"] + self.er_weight * terms["l_er"]
+    return loss
+
+  def loss(self, params, model_state, batch, rng):
+    del rng
+    out, updates = self.net.apply({"params": params, **model_state}, self._views(batch), train=True,
+                                  mutable=list(model_state.keys()))
+    terms = self._terms(out, batch["position"])
+    return self.combine(terms), (terms, dict(updates))
+
+  def eval_step(self, params, model_state, batch):
+    out = self.net.apply({"params": params, **model_state}, self._views(batch), train=False)
+    valid = batch["valid"].astype(bool) if "valid" in batch else jnp.ones(batch["position"].shape, bool)
+    terms = self._terms(out, batch["position"], valid)
+    # Positional retrieval: nearest other embedding (own other view excluded) is a positive.
+    g = _l2_normalize(jnp.concatenate([out["g_1"], out["g_2"]], axis=0))
+    b = out["g_1"].shape[0]
+    sim = g @ g.T
+    idx = jnp.arange(2 * b)
+    other_view = (idx + b) % (2 * b)
+    v2 = jnp.concatenate([valid, valid])
+    blocked = (idx[:, None] == idx[None, :]) | (idx[None, :] == other_view[:, None]) | ~v2[None, :]
+    nearest = jnp.argmax(jnp.where(blocked, -jnp.inf, sim), axis=-1)
+    pos = jnp.concatenate([batch["position"], batch["position"]])
+    hit = (jnp.abs(pos - pos[nearest]) < self.threshold).astype(jnp.float32)
+    per_example = (hit[:b] + hit[b:]) / 2
+    # Every example carries its batch's losses: the evaluator's mean over valid examples then
+    # weighs each batch by its number of valid examples.
+    outputs = {name: jnp.broadcast_to(value, per_example.shape) for name, value in terms.items()}
+    outputs["loss"] = jnp.broadcast_to(self.combine(terms), per_example.shape)
+    outputs["retrieval_accuracy"] = per_example
+    return outputs
+
+  def evaluator(self) -> "MACLEvaluator":
+    return MACLEvaluator(("loss",) + (("l_g", "l_d", "l_er") if self.variant == "macl" else ("l_g",)))
+
+  def summarize_eval(self, outputs):
+    """Transitional (the trainer's concatenating path): the streaming evaluator on all of it."""
+    ev = self.evaluator()
+    ev.update({k: outputs[k] for k in ("valid",)}, outputs)
+    return ev.compute()
+
+
+class MACLEvaluator(evaluation_base.Evaluator):
+  """Means over valid eval examples of the batch losses (every example of a batch carries its
+  batch's value, so batches weigh by their valid size) and of the retrieval accuracy."""
+
+  def __init__(self, names):
+    super().__init__()
+    self.names = tuple(names) + ("retrieval_accuracy",)
+    for name in self.names:
+      self.add(name, 0.0)
+    self.add("count", 0.0)
+
+  def update(self, batch, outputs):
+    valid = np.asarray(batch["valid"], bool)
+    for name in self.names:
+      self.add(name, np.asarray(outputs[name], np.float64)[valid].sum())
+    self.add("count", valid.sum())
+
+  def compute(self):
+    count = self.sums["count"]
+    return {name: float(evaluation_base.ratio(self.sums[name], count)) for name in self.names}

@@ -1,0 +1,197 @@
+"""Segmentation fine-tuning of a (MACL / PCL pre-trained, or scratch) 2-D U-Net, pooled Dice.
+
+The official stevezs315/MACL train_supervised.py (and positional_cl's): pixel-wise
+cross-entropy (nn.CrossEntropyLoss, mean over pixels) of the U-Net's logits against the
+slice labels; Adam lr 5e-4, cosine to 5e-6, weight decay 1e-5 (configs/macl_finetune.py).
+torch.optim.Adam's weight_decay is a coupled L2 term (wd * p added to the gradient before
+the Adam moments), which optax's adam lacks: `l2_weight` adds it to the loss here.
+Without `init_from` this is the scratch baseline.
+
+`init_from` = a MACL / PCL pre-training run (workdir or checkpoint folder): as the official
+loader (it keeps the keys of `share_encoder` and `online_decoder`; only the encoder and the
+decoder blocks that the pre-training ran, 1-2, were ever trained there), the encoder and
+decoder blocks 1..`init_decoder_blocks` (2) are copied, parameters and BatchNorm
+statistics; the other decoder blocks, the head and the projectors stay as initialised here.
+A run of this method (a previous fine-tuning) is loaded whole. A loaded array whose shape
+differs is an error naming it (the official loader skips it silently).
+
+Evaluation: argmax predictions on every test slice, `jaxmilab.evaluation.segmentation
+.DiceEvaluator` (per foreground class Dice = 2|P n G| / (|P| + |G|), counts pooled over all
+test slices; "dice" the mean over foreground classes, in percent; the official
+SegmentationMetric pools the same way). The eval picture: image | ground truth | prediction
+for a few test slices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from jaxmilab import registry
+from jaxmilab.evaluation import segmentation
+from jaxmilab.methods import base
+
+CONFIG_DEFAULTS = dict(
+    init_from="",             # a MACL / PCL pre-training run; "" = scratch
+    init_decoder_blocks=2,    # decoder blocks taken from a pre-training run (MACL pre-trains 1-2)
+    l2_weight=0.0,            # coupled L2 (torch.optim.Adam weight_decay): loss += l2/2 sum p^2
+    eval_examples=4)          # test slices kept for the eval picture
+_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean pixel-wise softmax cross-entropy of [B, H, W, K] logits and int [B, H, W] labels."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+
+
+def pretrained_parts(loaded_params: dict[str, Any], decoder_blocks: int) -> dict[str, Any] | None:
+  """{"encoder": ..., "decoder": {"block_1".."block_n"}} of a MACL / PCL run's "backbone"
+  subtree (any collection), or None if `loaded_params` is not from a pre-training run."""
+  if "backbone" not in loaded_params:
+    return None
+  backbone = loaded_params["backbone"]
+  parts = {}
+  if "encoder" in backbone:
+    parts["encoder"] = backbone["encoder"]
+  blocks = {k: v for k, v in backbone.get("decoder", {}).items()
+            if k.startswith("block_") and int(k.split("_")[1]) <= decoder_blocks}
+  if blocks:
+    parts["decoder"] = blocks
+  return parts
+
+
+def _copy_into(fresh: Any, loaded: Any, path: str, copied: list[str]) -> Any:
+  """`fresh` with the leaves of `loaded` (same tree below `path`), shapes checked."""
+  if isinstance(loaded, dict):
+    if not isinstance(fresh, dict):
+      raise ValueError(f"init_from: {path} is a group in the checkpoint but not in this model.")
+    out = dict(fresh)
+    for key, value in loaded.items():
+      if key not in fresh:
+        raise ValueError(f"init_from: the checkpoint has {path}/{key}, which this model (config.model) "
+                         f"does not; pre-train and fine-tune the same backbone.")
+      out[key] = _copy_into(fresh[key], value, f"{path}/{key}", copied)
+    return out
+  if np.shape(loaded) != np.shape(fresh):
+    raise ValueError(f"init_from: {path} has shape {np.shape(loaded)} in the checkpoint but "
+                     f"{np.shape(fresh)} here; use the same config.model (width, depth, input "
+                     f"channels) as the pre-training run.")
+  copied.append(path)
+  return jnp.asarray(loaded, dtype=jnp.asarray(fresh).dtype)
+
+
+class Method(base.Method):
+  """Cross-entropy segmentation on medical_seg batches; pooled Dice evaluation."""
+
+  def __init__(self, config, data_info):
+    super().__init__(config, data_info)
+    m = config.method
+    unknown = sorted(k for k in m.keys() if k not in _CONFIG_KEYS)
+    if unknown:
+      raise ValueError(f"config.method: unknown key(s) {unknown} for macl_finetune; known keys: "
+                       f"{list(_CONFIG_KEYS)}.")
+    self.num_classes = int(data_info.num_classes)
+    if self.num_classes < 2:
+      raise ValueError(f"macl_finetune needs labelled data with >= 2 classes (config.data.name="
+                       f"'medical_seg'); the dataset reports num_classes={self.num_classes}.")
+    model_config = ml_collections.ConfigDict(config.model.to_dict())
+    declared = int(model_config.get("num_classes", 0) or 0)
+    if declared and declared != self.num_classes:
+      raise ValueError(f"config.model.num_classes={declared} but the data has {self.num_classes} "
+                       f"classes; set it to 0 (= from the data) or {self.num_classes}.")
+    model_config.num_classes = self.num_classes
+    self.net = registry.get_model(config.model.name)(model_config)
+    self.decoder_blocks = int(m.get("init_decoder_blocks", 2))
+    self.eval_examples = int(m.get("eval_examples", 4))
+    self.l2_weight = float(m.get("l2_weight", 0.0))
+
+  def init_variables(self, rng, batch):
+    return dict(self.net.init({"params": rng}, batch["image"], train=False))
+
+  def loss(self, params, model_state, batch, rng):
+    del rng
+    logits, updates = self.net.apply({"params": params, **model_state}, batch["image"], train=True,
+                                     mutable=list(model_state.keys()))
+    ce = cross_entropy(logits, batch["labels"])
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
+    loss = ce
+    if self.l2_weight:  # torch Adam's weight_decay adds wd * p to every gradient
+      loss = loss + 0.5 * self.l2_weight * sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+    return loss, ({"ce": ce, "pixel_accuracy": accuracy}, dict(updates))
+
+  def eval_step(self, params, model_state, batch):
+    logits = self.net.apply({"params": params, **model_state}, batch["image"], train=False)
+    return {"prediction": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+
+  def evaluator(self) -> "DiceEvalState":
+    return DiceEvalState(self.num_classes, self.eval_examples)
+
+  def summarize_eval(self, outputs):
+    """Transitional (the trainer's concatenating path): the streaming evaluator on all of it."""
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.compute()
+
+  def eval_images(self, outputs):
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.images()
+
+  def init_from(self, variables, loaded):
+    parts = pretrained_parts(loaded["params"], self.decoder_blocks)
+    if parts is None:  # a segmentation run: everything that matches
+      return base.merge_matching(variables, loaded)
+    copied: list[str] = []
+    out = dict(variables)
+    for collection, tree in variables.items():
+      source = loaded.get(collection)
+      if source is None:
+        continue
+      chosen = pretrained_parts(source, self.decoder_blocks) if collection != "params" else parts
+      if chosen:
+        out[collection] = _copy_into(tree, chosen, collection, copied)
+    if not any(p.startswith("params/encoder") for p in copied):
+      raise ValueError("init_from: the pre-training run has no backbone encoder parameters.")
+    logging.info("init_from: copied %d arrays (encoder and decoder blocks 1-%d): %s", len(copied),
+                 self.decoder_blocks, ", ".join(sorted({"/".join(p.split("/")[:3]) for p in copied})))
+    return out
+
+
+_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32) / 255
+
+
+class DiceEvalState(segmentation.DiceEvaluator):
+  """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture."""
+
+  def __init__(self, num_classes: int, keep: int = 4):
+    super().__init__(num_classes)
+    self.keep = int(keep)
+    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+  def update(self, batch, outputs):
+    valid = np.asarray(batch["valid"], bool)
+    pred = np.asarray(outputs["prediction"])[valid]
+    gt = np.asarray(batch["labels"])[valid]
+    if pred.size:
+      self.accumulate(pred, gt)
+    images = np.asarray(batch["image"])[valid]
+    for i in range(min(len(pred), self.keep - len(self.kept))):
+      self.kept.append((images[i], gt[i], pred[i]))
+
+  def images(self):
+    if not self.kept:
+      return None
+    rows = []
+    for image, gt, pred in self.kept:
+      x = image[..., 0]
+      x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+      colour = lambda lab: _PALETTE[np.asarray(lab) % len(_PALETTE)]
+      rows.append(np.concatenate([np.repeat(x[..., None], 3, -1), colour(gt), colour(pred)], axis=1))
+    return np.concatenate(rows, axis=0)
