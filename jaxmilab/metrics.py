@@ -3,11 +3,14 @@
 `metrics.jsonl` holds one JSON object per write, `{"step": int, "split":
 "train" | "eval", <name>: float, ...}`, with the same scalars TensorBoard gets
 (there under "<split>/<name>"; a name may itself contain "/", e.g. "psnr/haze").
-Only the lead process writes.
+Only the lead process writes. The workdir may be on any filesystem `etils.epath`
+knows (`gs://bucket/run` included): files go through epath / `tf.io.gfile`, never
+`open`, so no gcsfuse mount is needed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +20,7 @@ import jax
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
+from etils import epath
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -25,12 +29,25 @@ def _to_float(v: Any) -> float:
   return float(np.asarray(v))
 
 
-class JsonlWriter(interface.MetricWriter):
-  """clu writer that appends scalars to metrics.jsonl; "split/name" keys set the split."""
+def _is_local(path: epath.Path) -> bool:
+  return "://" not in str(path)
 
-  def __init__(self, path: str):
-    self._path = path
-    self._file = open(path, "a", encoding="utf-8")
+
+class JsonlWriter(interface.MetricWriter):
+  """clu writer that appends scalars to metrics.jsonl; "split/name" keys set the split.
+
+  Local files are appended and flushed at every write. Object stores (gs://) cannot
+  append: there the whole file is rewritten at `flush()` (the trainer flushes at every
+  checkpoint, so the records a resume keeps are durable when its checkpoint exists).
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self._path = epath.Path(path)
+    self._local = _is_local(self._path)
+    if self._local:
+      self._file = open(self._path, "a", encoding="utf-8")
+    else:
+      self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     by_split: dict[str, dict[str, float]] = {}
@@ -42,10 +59,15 @@ class JsonlWriter(interface.MetricWriter):
     for split, values in by_split.items():
       record = {"step": int(step), "split": split}
       record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
-      self._file.write(json.dumps(record) + "\n")
+      line = json.dumps(record) + "\n"
+      if self._local:
+        self._file.write(line)
+      else:
+        self._lines.append(line)
     # Hand each write to the OS at once: a killed process must not lose records that precede
     # its last checkpoint (resume keeps records up to the checkpoint's step).
-    self._file.flush()
+    if self._local:
+      self._file.flush()
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -72,20 +94,25 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
   def flush(self):
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    if self._local:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+    else:
+      self._path.write_text("".join(self._lines))
 
   def close(self):
-    self._file.close()
+    if self._local:
+      self._file.close()
+    else:
+      self.flush()
 
 
 def truncate_jsonl(workdir: str, after_step: int) -> None:
   """Drops records with step > after_step (a resumed run rewrites them identically)."""
-  path = os.path.join(workdir, JSONL_NAME)
-  if jax.process_index() != 0 or not os.path.exists(path):
+  path = epath.Path(workdir) / JSONL_NAME
+  if jax.process_index() != 0 or not path.exists():
     return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -93,27 +120,41 @@ def truncate_jsonl(workdir: str, after_step: int) -> None:
         kept.append(line)
     except (ValueError, KeyError):
       continue  # A line cut by a kill mid-write.
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  if _is_local(path):
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+  else:  # Object stores replace an object atomically on write.
+    path.write_text("".join(kept))
 
 
 def read_jsonl(workdir: str) -> list[dict[str, Any]]:
   """All records of DIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, JSONL_NAME), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / JSONL_NAME).read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard + stdout + metrics.jsonl on the lead process; logging only elsewhere."""
   lead = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not lead, asynchronous=False)
+  # clu's TensorBoard writer (tf.summary) writes gs:// paths itself.
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=not lead,
+                                                asynchronous=False)
   if not lead:
     return writer
-  return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(workdir, JSONL_NAME))])
+  return metric_writers.MultiWriter([writer, JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
 def write_split(writer: metric_writers.MetricWriter, step: int, split: str,
                 scalars: Mapping[str, Any]) -> None:
   writer.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Saves a [H, W, 3] float image in [0, 1] as an 8-bit PNG at `path` (any epath filesystem)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+  path.write_bytes(buffer.getvalue())

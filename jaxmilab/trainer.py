@@ -1,18 +1,29 @@
 """The one generic training loop: init or restore, step, eval, checkpoint, preemption.
 
-`train_and_evaluate(config, workdir)` runs any method on any mesh. The trainer
-knows no method: it jits the method's pure functions with explicit shardings,
-feeds them grain batches, and owns optimizer, checkpoints, metrics and signals.
+`train_and_evaluate(config, workdir)` runs any method on any mesh; `evaluate_checkpoint`
+evaluates a run without training (`main --mode=eval`). The trainer knows no method: it
+jits the method's pure functions with explicit shardings inside `jax.set_mesh(mesh)`,
+feeds them grain batches, and owns optimizer, EMA, checkpoints, metrics and signals.
+
+One production path for compilation: `Trainer.lower_train_step()` lowers the very jit
+the loop runs, from abstract shapes; the loop, `jaxmilab.compile` (ahead-of-time for a
+TPU topology), tests/test_pod_compile.py and benchmarks/train_step.py all compile it.
+
+Host synchronisation: ordinary steps only dispatch work (no device-to-host transfer, no
+cross-host collective on the host); the loop reads metrics back, checks them for NaN /
+Inf and agrees on preemption only at log, eval and checkpoint steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import flax
 import jax
@@ -22,8 +33,8 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 from jax.experimental import multihost_utils
-from PIL import Image
 
 from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import config_lib
@@ -35,21 +46,52 @@ from jaxmilab import sharding as sharding_lib
 
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
+# Device-to-host transfer guard around ordinary (non-log, non-eval, non-checkpoint) steps:
+# "allow" in production; tests set "disallow_explicit" to prove that such steps never sync.
+ORDINARY_STEP_GUARD_ENV = "JAXMILAB_ORDINARY_STEP_TRANSFER_GUARD"
+
+# Peak dense bfloat16 FLOP/s per device, for train/mfu (vendor figures; absent kinds: no MFU).
+PEAK_FLOPS_PER_DEVICE = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,        # v5p
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when the loss becomes NaN or Inf; the last good checkpoint is kept."""
+  """Raised when the loss or the gradient norm becomes NaN or Inf; the last good checkpoint
+  is kept."""
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array           # number of optimizer steps taken
+  step: jax.Array           # number of trainer steps (micro-steps under accumulation)
   params: Any
   opt_state: Any
   model_state: Any          # non-trainable flax collections (e.g. batch_stats), {} if none
+  params_ema: Any = None    # exponential moving average of params (config.ema_decay > 0)
+
+  def eval_params(self) -> Any:
+    """The parameters evaluation uses: the EMA when there is one (BasicSR's net_g_ema)."""
+    return self.params if self.params_ema is None else self.params_ema
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks; multi-host runs agree through a sync point."""
+  """SIGTERM becomes a flag; all processes agree on it only at sync steps.
+
+  Every step calls jax's preemption sync point (a local check of the coordination
+  service's agreed step: no host sync), as its contract asks. Our own SIGTERM flag is
+  exchanged between processes (one allgather) only at log / eval / checkpoint steps,
+  where the loop syncs with the devices anyway.
+  """
 
   def __init__(self):
     self.requested = False
@@ -62,19 +104,24 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    logging.warning("SIGTERM received: saving a checkpoint at the next log or checkpoint step.")
     self.requested = True
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      try:  # Needs jax.distributed with the preemption service (Cloud TPU sets it up).
-        if multihost_utils.reached_preemption_sync_point(step):
-          return True
-      except Exception:  # pylint: disable=broad-except
-        pass
-      # All hosts must agree on the step at which they stop.
-      return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
-    return self.requested
+  @staticmethod
+  def _service_available() -> bool:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return (distributed.global_state.client is not None
+            and distributed.global_state.preemption_sync_manager is not None)
+
+  def should_stop(self, step: int, sync_step: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if self._service_available() and multihost_utils.reached_preemption_sync_point(step):
+      return True
+    if not sync_step:
+      return False
+    # All processes must stop at the same step: agree on the SIGTERM flag (one allgather).
+    return bool(np.asarray(multihost_utils.process_allgather(np.array(self.requested))).any())
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -89,33 +136,93 @@ def _first_batch(train_iter) -> dict[str, np.ndarray]:
   return batch
 
 
-def _train_step(state: TrainState, batch, rng, *, method, tx) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step; pure, jitted once by the trainer."""
+def _optimizer_updated(opt_state: Any) -> jax.Array | bool:
+  """Whether the update just applied changed the parameters (False inside accumulation)."""
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.mini_step == 0
+  return True
+
+
+def _train_step(state: TrainState, batch, rng, *, method, tx, schedule, accumulate: int,
+                ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One trainer step; pure, jitted once by the trainer (inside `jax.set_mesh`)."""
   rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-  (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+  with sharding_lib.batch_sharded_activations():
+    (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  params_ema = state.params_ema
+  if params_ema is not None:
+    # BasicSR model_ema: ema = decay * ema + (1 - decay) * params after every optimizer update.
+    decay = jnp.where(_optimizer_updated(opt_state), ema_decay, 1.0)
+    params_ema = jax.tree.map(lambda e, p: (decay * e + (1 - decay) * p).astype(e.dtype),
+                              params_ema, params)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                 learning_rate=schedule(state.step // accumulate))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                    model_state=model_state), metrics
+                    model_state=model_state, params_ema=params_ema), metrics
 
 
-def _gather(outputs: dict[str, jax.Array]) -> dict[str, np.ndarray]:
-  if jax.process_count() > 1:
-    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(outputs, tiled=True).items()}
-  return {k: np.asarray(v) for k, v in jax.device_get(outputs).items()}
+def _eval_step(state: TrainState, batch, *, method) -> dict[str, jax.Array]:
+  with sharding_lib.batch_sharded_activations():
+    return method.eval_step(state.eval_params(), state.model_state, batch)
+
+
+def process_local(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in the order of its local batch.
+
+  No cross-host transfer: the addressable shards are deduplicated (replicas over "model")
+  and concatenated by their offset on the example axis.
+  """
+  if x.ndim == 0:
+    return np.asarray(x)
+  shards = {}
+  for s in x.addressable_shards:
+    shards.setdefault(s.index[0].start or 0, s)
+  return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=0)
+
+
+def peak_flops_per_device(device: jax.Device) -> float | None:
+  return PEAK_FLOPS_PER_DEVICE.get(getattr(device, "device_kind", ""))
+
+
+def compiled_stats(compiled) -> dict[str, float]:
+  """Per-device FLOPs and memory of a compiled step (XLA's cost and memory analyses)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  mem = compiled.memory_analysis()
+  out = {"flops_per_device": float(cost.get("flops", float("nan")))}
+  for key in ("optimal_seconds", "estimated_seconds"):  # Present on some backends (TPU).
+    if key in cost:
+      out["compiler_seconds_estimate"] = float(cost[key])
+  if mem is not None:
+    out.update(argument_bytes_per_device=float(mem.argument_size_in_bytes),
+               output_bytes_per_device=float(mem.output_size_in_bytes),
+               temp_bytes_per_device=float(mem.temp_size_in_bytes),
+               alias_bytes_per_device=float(mem.alias_size_in_bytes))
+    # Donated state: outputs alias arguments, so the peak is arguments + temporaries + the
+    # outputs that are not aliased.
+    out["peak_bytes_per_device"] = (out["argument_bytes_per_device"] + out["temp_bytes_per_device"]
+                                    + out["output_bytes_per_device"] - out["alias_bytes_per_device"])
+  return out
 
 
 class Trainer:
-  """Builds the run from a config; `train_and_evaluate` is the entry point."""
+  """Builds the run from a config; `run` trains, `evaluate_checkpoint` only evaluates.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  `devices` (default: all) may be the devices of a TPU topology description with no
+  hardware behind it (jaxmilab.compile); `data` replaces the config's dataset (e.g. a
+  stand-in of the same shapes), otherwise `registry.get_data(config.data.name)` builds it.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None, *,
+               devices: Sequence[jax.Device] | None = None, data=None):
     config_lib.validate(config)
     jax.config.update("jax_threefry_partitionable", True)
     self.config = config
-    self.workdir = workdir
-    self.mesh = sharding_lib.create_mesh(config.mesh)
+    self.workdir = epath.Path(workdir) if workdir is not None else None
+    self.mesh = sharding_lib.create_mesh(config.mesh, devices)
     batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     for key in ("batch_size", "data.eval_batch_size"):
       value = config.batch_size if key == "batch_size" else config.data.get("eval_batch_size", config.batch_size)
@@ -123,108 +230,212 @@ class Trainer:
         raise ValueError(
             f"config.{key}={value} must be divisible by the {batch_devices} devices of the "
             f"(data, fsdp) mesh axes and by the {jax.process_count()} processes.")
-    self.data = registry.get_data(config.data.name)(
+    self.data = data if data is not None else registry.get_data(config.data.name)(
         config.data, batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     self.method = registry.get_method(config.method.name)(config, self.data.info)
-    self.tx = optimizers.create(config.optimizer, config.total_steps)
-    self.rng = jax.random.key(config.seed)
+    self.accumulate = int(config.optimizer.get("accumulate_steps", 1))
+    self.tx = self.method.create_optimizer(config.optimizer, config.total_steps)
+    self.schedule = optimizers.create_schedule(config.optimizer,
+                                               max(config.total_steps // self.accumulate, 1))
+    self.ema_decay = float(config.get("ema_decay", 0.0))
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"config.ema_decay={self.ema_decay} must be in [0, 1) (0 = no EMA).")
 
     example = _first_batch(self.data.train)
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-    global_example = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
-                                              sharding=self.batch_sharding) for k, v in example.items()}
-    self.abstract_state = jax.eval_shape(self._init_state, self.rng, global_example)
+    self.repl = sharding_lib.replicated(self.mesh)
+    self._global_example = {
+        k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
+                                sharding=self.batch_sharding) for k, v in example.items()}
+    abstract_rng = jax.eval_shape(lambda: jax.random.key(0))
+    self._abstract_rng = jax.ShapeDtypeStruct(abstract_rng.shape, abstract_rng.dtype,
+                                              sharding=self.repl)
+    with self.mesh_context():
+      self.abstract_state = jax.eval_shape(self._init_state, self._abstract_rng, self._global_example)
     sharding_lib.check_tensor_parallel(self.mesh, self.abstract_state.params, config.model.name)
     self.state_shardings = sharding_lib.state_shardings(self.abstract_state, self.mesh, config.mesh)
-    self._global_example = global_example
-    repl = sharding_lib.replicated(self.mesh)
+    self.abstract_sharded_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state,
+        self.state_shardings)
     self.train_step = jax.jit(
-        functools.partial(_train_step, method=self.method, tx=self.tx),
-        in_shardings=(self.state_shardings, self.batch_sharding, repl),
-        out_shardings=(self.state_shardings, repl), donate_argnums=0)
-    self.eval_step = jax.jit(
-        lambda state, batch: self.method.eval_step(state.params, state.model_state, batch),
-        in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=self.batch_sharding)
+        functools.partial(_train_step, method=self.method, tx=self.tx, schedule=self.schedule,
+                          accumulate=self.accumulate, ema_decay=self.ema_decay),
+        in_shardings=(self.state_shardings, self.batch_sharding, self.repl),
+        out_shardings=(self.state_shardings, self.repl), donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(_eval_step, method=self.method),
+                             in_shardings=(self.state_shardings, self.batch_sharding),
+                             out_shardings=self.batch_sharding)
 
+  # -- compilation ---------------------------------------------------------------------------
+  def mesh_context(self):
+    """`jax.set_mesh(self.mesh)`: every trace, lowering and call of the steps runs in it."""
+    return jax.set_mesh(self.mesh)
+
+  def lower_train_step(self) -> jax.stages.Lowered:
+    """The loop's train step lowered from abstract shapes (no data, no parameters in memory)."""
+    with self.mesh_context():
+      return self.train_step.lower(self.abstract_sharded_state, self._global_example,
+                                   self._abstract_rng)
+
+  def compile_train_step(self, compiler_options: dict[str, Any] | None = None):
+    """(compiled train step, seconds it took); the loop calls exactly this executable."""
+    t0 = time.perf_counter()
+    compiled = self.lower_train_step().compile(compiler_options=compiler_options)
+    return compiled, time.perf_counter() - t0
+
+  # -- state ---------------------------------------------------------------------------------
   def _init_state(self, rng, batch) -> TrainState:
     variables = dict(self.method.init_variables(rng, batch))
     params = variables.pop("params")
+    ema = jax.tree.map(jnp.copy, params) if self.ema_decay > 0 else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                      model_state=variables)
+                      model_state=variables, params_ema=ema)
+
+  def _rng(self) -> jax.Array:
+    return jax.device_put(jax.random.key(self.config.seed), self.repl)
 
   def initial_state(self) -> TrainState:
     """Parameters born sharded (jit with out_shardings), optionally merged with `init_from`."""
     # Init runs once, so its speed is irrelevant: compiling it unoptimised saves ~3x compile time.
-    init = jax.jit(self._init_state, out_shardings=self.state_shardings, compiler_options=_FAST_COMPILE)
-    state = init(self.rng, self._global_example)
+    init = jax.jit(self._init_state, out_shardings=self.state_shardings,
+                   compiler_options=_FAST_COMPILE)
+    with self.mesh_context():
+      state = init(self._rng(), self._global_example)
     init_from = self.config.method.get("init_from")
     if init_from:
-      loaded = ckpt_lib.load_variables(init_from)
-      variables = {"params": jax.device_get(state.params), **jax.device_get(state.model_state)}
-      merged = self.method.init_from(variables, {"params": loaded["params"], **loaded["model_state"]})
-      params = merged.pop("params")
-      state = state.replace(params=params, opt_state=self.tx.init(params), model_state=merged)
-      state = jax.device_put(state, self.state_shardings)
-      logging.info("Initialised parameters from %s.", init_from)
+      state = self._merge_init_from(state, init_from)
     return state
 
+  def _merge_init_from(self, state: TrainState, init_from: str) -> TrainState:
+    """Loaded parameters and model state (never optimizer state), sharded as this run wants."""
+    loaded = ckpt_lib.load_variables(init_from, mesh=self.mesh, mesh_config=self.config.mesh)
+    variables = {"params": state.params, **state.model_state}
+    merged = self.method.init_from(variables, {"params": loaded["params"], **loaded["model_state"]})
+    params = merged.pop("params")
+    params, merged = jax.device_put((params, merged),
+                                    (self.state_shardings.params, self.state_shardings.model_state))
+    ema = None
+    if state.params_ema is not None:
+      ema = jax.device_put(jax.tree.map(jnp.copy, params), self.state_shardings.params_ema)
+    with self.mesh_context():
+      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+    logging.info("Initialised parameters from %s (%s).", init_from, loaded["source"])
+    return state.replace(params=params, opt_state=opt_state, model_state=merged, params_ema=ema)
+
+  # -- evaluation ----------------------------------------------------------------------------
   def evaluate(self, state: TrainState) -> tuple[dict[str, float], np.ndarray | None]:
-    outputs: list[dict[str, np.ndarray]] = []
-    for batch in self.data.eval_batches():
-      global_batch = sharding_lib.put_batch(dict(batch), self.mesh)
-      out = self.eval_step(state, {k: v for k, v in global_batch.items()})
-      merged = dict(_gather(global_batch))
-      merged.update(_gather(out))
-      outputs.append(merged)
-    if not outputs:
+    """Streams the eval set through `method.evaluator()`: host memory is independent of its size.
+
+    Each process updates its evaluator with its own numpy batch and the rows of the outputs
+    its devices computed (no gather of the eval set); the sufficient statistics are summed
+    across processes once at the end.
+    """
+    evaluator = self.method.evaluator()
+    batches = 0
+    with self.mesh_context():
+      for batch in self.data.eval_batches():
+        local = {k: np.asarray(v) for k, v in batch.items()}
+        outputs = self.eval_step(state, sharding_lib.put_batch(local, self.mesh))
+        evaluator.update(local, {k: process_local(v) for k, v in outputs.items()})
+        batches += 1
+    if not batches:
       raise ValueError(f"config.data ({self.config.data.name}) produced no eval batches.")
-    host = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    return self.method.summarize_eval(host), self.method.eval_images(host)
+    evaluator.merge_across_processes()
+    return evaluator.compute(), evaluator.images()
 
   def _write_eval(self, writer, step: int, state: TrainState) -> dict[str, float]:
+    t0 = time.perf_counter()
     scalars, image = self.evaluate(state)
-    metrics_lib.write_split(writer, step, "eval", scalars)
+    metrics_lib.write_split(writer, step, "eval", dict(scalars, eval_seconds=time.perf_counter() - t0))
     if image is not None and jax.process_index() == 0:
       writer.write_images(step, {"eval/images": image[None]})
-      os.makedirs(os.path.join(self.workdir, "eval_images"), exist_ok=True)
-      Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(
-          os.path.join(self.workdir, "eval_images", f"step_{step:08d}.png"))
+      metrics_lib.write_png(self.workdir / "eval_images" / f"step_{step:08d}.png", image)
     return scalars
+
+  # -- restore -------------------------------------------------------------------------------
+  def _restore_or_init(self, manager, with_data: bool) -> tuple[TrainState, int | None]:
+    latest = manager.latest_step()
+    if latest is not None:
+      logging.info("Resuming from %s/%d.", ckpt_lib.checkpoint_dir(self.workdir), latest)
+      state = ckpt_lib.restore(manager, latest, self.abstract_sharded_state,
+                               self.data.train if with_data else None)
+      return state, latest
+    return self.initial_state(), None
+
+  def evaluate_checkpoint(self) -> tuple[TrainState, dict[str, float]]:
+    """`--mode=eval`: evaluates the newest checkpoint of the workdir, else `init_from` weights.
+
+    No optimizer step and no change to any collection: the state is only read. Rows are
+    written as split "eval" at the checkpoint's step (0 for init_from / fresh weights).
+    """
+    manager = ckpt_lib.create_manager(self.workdir, self.config.keep_checkpoints)
+    try:
+      state, latest = self._restore_or_init(manager, with_data=False)
+      if latest is None and not self.config.method.get("init_from"):
+        raise FileNotFoundError(
+            f"--mode=eval: {ckpt_lib.checkpoint_dir(self.workdir)} has no checkpoint and "
+            f"config.method.init_from is empty; train first or set --config.method.init_from.")
+      step = int(jax.device_get(state.step))
+      writer = metrics_lib.create_writer(self.workdir)
+      scalars = self._write_eval(writer, step, state)
+      writer.flush()
+      writer.close()
+    finally:
+      manager.close()
+    return state, scalars
+
+  # -- training ------------------------------------------------------------------------------
+  def _write_config(self) -> None:
+    if jax.process_index() == 0:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+
+  def _profile_window(self) -> tuple[int, int] | None:
+    window = tuple(self.config.get("profile_steps", ()) or ())
+    if not window:
+      return None
+    if len(window) != 2 or not 0 < window[0] <= window[1]:
+      raise ValueError(f"config.profile_steps={window}: use (first, last) steps, 0 < first <= "
+                       f"last, or () for no profile.")
+    return int(window[0]), int(window[1])
 
   def run(self) -> TrainState:
     config = self.config
-    if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    self._write_config()
     manager = ckpt_lib.create_manager(self.workdir, config.keep_checkpoints)
-    latest = manager.latest_step()
-    abstract = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state,
-        self.state_shardings)
+    state, latest = self._restore_or_init(manager, with_data=True)
     if latest is not None:
-      logging.info("Resuming from %s/%d.", ckpt_lib.checkpoint_dir(self.workdir), latest)
-      state = ckpt_lib.restore(manager, latest, abstract, self.data.train)
       metrics_lib.truncate_jsonl(self.workdir, latest)
-    else:
-      state = self.initial_state()
     step = int(jax.device_get(state.step))
     writer = metrics_lib.create_writer(self.workdir)
     last_good = latest
     pending: list[tuple[int, dict[str, jax.Array]]] = []
 
-    def check_pending() -> None:
-      """Syncs the queued step metrics; a non-finite loss stops the run before any save."""
+    train_step, stats = None, {}
+    if step < config.total_steps:
+      # The loop calls this executable: compiled once, timed, and its cost analysis kept for MFU.
+      train_step, compile_seconds = self.compile_train_step()
+      stats = compiled_stats(train_step)
+      logging.info("Compiled the train step in %.1f s: %s", compile_seconds, json.dumps(stats))
+      metrics_lib.write_split(writer, step, "compile", {
+          "train_step_seconds": compile_seconds, **{k: v for k, v in stats.items() if v == v}})
+    peak = peak_flops_per_device(self.mesh.devices.flat[0])
+
+    def check_pending() -> list[dict[str, np.ndarray]]:
+      """Syncs the queued step metrics; a non-finite loss or gradient stops the run."""
       values = jax.device_get([m for _, m in pending])
       for (s, _), m in zip(pending, values):
-        if not np.isfinite(m["loss"]):
+        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(m[k])]
+        if bad:
           manager.wait_until_finished()
           raise NonFiniteLossError(
-              f"The loss is {float(m['loss'])} at step {s}. Training stopped; the last good "
-              f"checkpoint ({'step ' + str(last_good) if last_good is not None else 'none'}) in "
-              f"{ckpt_lib.checkpoint_dir(self.workdir)} is kept. Lower config.optimizer.learning_rate "
-              f"or set config.optimizer.grad_clip_norm, then re-run to resume.")
+              f"The {' and the '.join(bad)} is {', '.join(str(float(m[k])) for k in bad)} at "
+              f"step {s}. Training stopped; the last good checkpoint "
+              f"({'step ' + str(last_good) if last_good is not None else 'none'}) in "
+              f"{ckpt_lib.checkpoint_dir(self.workdir)} is kept. Lower "
+              f"config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then "
+              f"re-run to resume.")
       return values
 
     report = None
@@ -232,28 +443,61 @@ class Trainer:
       report = periodic_actions.ReportProgress(
           num_train_steps=config.total_steps, writer=_Prefixed(writer, "train"),
           every_steps=config.log_every_steps, every_secs=None)
-    with _Preemption() as preemption:
+    timed = report.timed if report is not None else (lambda name, **kw: contextlib.nullcontext())
+    profile = self._profile_window()
+    profiling = False
+    guard = os.environ.get(ORDINARY_STEP_GUARD_ENV, "allow")
+    rng = self._rng()
+    interval_start, excluded = time.perf_counter(), 0.0
+    steps_in_interval = 0
+    with _Preemption() as preemption, self.mesh_context():
       while step < config.total_steps:
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          batch = sharding_lib.put_batch(next(self.data.train), self.mesh)
-          state, step_metrics = self.train_step(state, batch, self.rng)
-        step += 1
-        pending.append((step, step_metrics))
-        if report is not None:
-          report(step)
-        is_last = step == config.total_steps
-        if step % config.log_every_steps == 0 or is_last:
+        if profile and step + 1 == profile[0]:
+          jax.profiler.start_trace(str(self.workdir / "profile"))
+          profiling = True
+        is_last = step + 1 == config.total_steps
+        log_step = (step + 1) % config.log_every_steps == 0 or is_last
+        eval_step = (step + 1) % config.eval_every_steps == 0 or is_last
+        ckpt_step = (step + 1) % config.checkpoint_every_steps == 0 or is_last
+        sync_step = log_step or eval_step or ckpt_step
+        with _ordinary_step_guard(guard if not sync_step else "allow"):
+          with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            batch = sharding_lib.put_batch(next(self.data.train), self.mesh)
+            state, step_metrics = train_step(state, batch, rng)
+          step += 1
+          steps_in_interval += 1
+          pending.append((step, step_metrics))
+          if report is not None:
+            report(step)
+          stop = preemption.should_stop(step, sync_step)
+        if profiling and (step == profile[1] or is_last or stop):
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          profiling = False
+        if log_step:
           values = check_pending()
+          seconds = time.perf_counter() - interval_start - excluded
           mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+          mean["learning_rate"] = float(values[-1]["learning_rate"])
+          if seconds > 0:
+            mean["images_per_sec"] = steps_in_interval * config.batch_size / seconds
+            if peak and stats["flops_per_device"] == stats["flops_per_device"]:
+              mean["mfu"] = stats["flops_per_device"] * steps_in_interval / seconds / peak
           metrics_lib.write_split(writer, step, "train", mean)
           pending.clear()
-        if step % config.eval_every_steps == 0 or is_last:
-          self._write_eval(writer, step, state)
-        stop = preemption.should_stop(step)
-        if step % config.checkpoint_every_steps == 0 or is_last or stop:
-          check_pending()
-          writer.flush()  # Metrics up to this step are durable before the checkpoint exists.
-          ckpt_lib.save(manager, step, state, self.data.train)
+          interval_start, excluded, steps_in_interval = time.perf_counter(), 0.0, 0
+        if eval_step:
+          t0 = time.perf_counter()
+          with timed("eval"):
+            self._write_eval(writer, step, state)
+          excluded += time.perf_counter() - t0
+        if ckpt_step or stop:
+          t0 = time.perf_counter()
+          with timed("checkpoint"):
+            check_pending()
+            writer.flush()  # Metrics up to this step are durable before the checkpoint exists.
+            ckpt_lib.save(manager, step, state, self.data.train)
+          excluded += time.perf_counter() - t0
           last_good = step
         if stop:
           logging.warning("Stopped at step %d after a preemption request; re-run to resume.", step)
@@ -263,6 +507,15 @@ class Trainer:
     writer.flush()
     writer.close()
     return state
+
+
+@contextlib.contextmanager
+def _ordinary_step_guard(level: str) -> Iterator[None]:
+  if level == "allow":
+    yield
+    return
+  with jax.transfer_guard_device_to_host(level):
+    yield
 
 
 class _Prefixed:
@@ -278,3 +531,8 @@ class _Prefixed:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
   return Trainer(config, workdir).run()
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the newest checkpoint in `workdir` (or `config.method.init_from`) only."""
+  return Trainer(config, workdir).evaluate_checkpoint()[1]

@@ -5,7 +5,8 @@ r"""Train-step throughput: images/s, achieved FLOP/s vs a same-run matmul peak, 
 Times the config's jitted train step (its method, e.g. DCPT's two forwards + one backward)
 and a plain L1 restoration step of the same backbone; when torch is installed, the same
 L1 NAFNet step in PyTorch on the same device (CPU) with the same batch, and the ratio.
-FLOPs per step come from XLA's cost analysis of the compiled step.
+FLOPs per step come from XLA's cost analysis of the compiled step, which is the trainer's own
+(`Trainer.compile_train_step()`, the executable the training loop calls).
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ def time_jax_step(config, steps: int) -> dict[str, float]:
     t = trainer_lib.Trainer(config, workdir)
     state = t.initial_state()
     batch = sharding_lib.put_batch(next(t.data.train), t.mesh)
-    compiled = t.train_step.lower(state, batch, t.rng).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    # The trainer's own compiled step (lowered inside jax.set_mesh), as the training loop runs it.
+    compiled, _ = t.compile_train_step()
+    flops = trainer_lib.compiled_stats(compiled)["flops_per_device"]
     holder = {"state": state}
+    rng = t._rng()  # pylint: disable=protected-access
 
     def step():
-      holder["state"], metrics = compiled(holder["state"], batch, t.rng)
+      with t.mesh_context():
+        holder["state"], metrics = compiled(holder["state"], batch, rng)
       jax.block_until_ready(metrics)
 
     seconds = _time(step, steps)
@@ -75,7 +77,7 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  from jaxmilab.benchmarks import torch_nafnet  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
   arch = nafnet.resolve_config(config.model)
   net = torch_nafnet.build(arch["width"], list(arch["enc_blocks"]), arch["middle_blocks"],

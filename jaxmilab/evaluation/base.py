@@ -59,13 +59,16 @@ class Evaluator:
     if jax.process_count() == 1:
       return self
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    import zlib  # pylint: disable=g-import-not-at-top
     names = sorted(self.sums)
-    gathered_names = multihost_utils.process_allgather(np.array([hash(tuple(names)) % (2**31)]))
+    # A digest that is the same in every process (Python's str hash is salted per process).
+    digest = zlib.crc32("\n".join(f"{n}:{self.sums[n].shape}" for n in names).encode()) % (2**31)
+    gathered_names = multihost_utils.process_allgather(np.array([digest], np.int32))
     if len(set(np.asarray(gathered_names).ravel().tolist())) != 1:
       raise ValueError(f"Processes hold different evaluator statistics ({names} here); create "
                        f"every statistic before the first batch.")
-    # float64 may be unavailable on device (x64 off): ship as float32 pairs (hi, lo) would be
-    # overkill for counts < 2**24 per host; sums are gathered in float64 bits as uint32 pairs.
+    # float64 is unavailable on device with x64 off: the float64 sums travel as their bits
+    # (uint32 pairs) and are added on the host, exactly.
     for name in names:
       bits = np.ascontiguousarray(self.sums[name]).view(np.uint32)
       stacked = np.asarray(multihost_utils.process_allgather(bits))
