@@ -1,5 +1,9 @@
-"""Pallas kernels with pure-jnp references."""
+"""Pallas kernels with pure-jnp references.
 
-from jaxmilab.kernels.tea import tea_attention
+`tea_attention` (the public contract) is the dispatcher in `tea_api`; `tea` (XLA reference and
+argument checks) and `tea_pallas` (fused kernel) are leaf modules it chooses between.
+"""
+
+from jaxmilab.kernels.tea_api import tea_attention
 
 __all__ = ["tea_attention"]

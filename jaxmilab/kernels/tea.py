@@ -1,6 +1,6 @@
 """TEA attention (TEAFormer, ICCV 2025, arXiv 2506.18520): top-k window + pooled global keys.
 
-Exact semantics (fixed in shared/reference/teaformer.md; no official code is public):
+Exact semantics (this repository's reading of the paper, which releases no code; fixed here):
 
 1. Local candidates. Query (i, j) sees the `window` x `window` keys of NATTEN's *clamped*
    window: rows start at clamp(i - window // 2, 0, H - window), columns likewise, so the
@@ -17,6 +17,10 @@ Exact semantics (fixed in shared/reference/teaformer.md; no official code is pub
    Gradients flow through the selected scores and values; the selection is piecewise constant.
 
 Cost O(B H W heads d (window^2 + H W / pool^2)); the XLA path never builds an [HW, HW] matrix.
+
+Module layout (no import cycle): this module (reference, argument checks, pooling) and
+`tea_pallas` (the fused kernel, which uses this one's helpers) are leaves; `tea_api` holds the
+public `tea_attention` dispatcher that validates once and picks one of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-_IMPLEMENTATIONS = ("xla", "pallas")
 
 
 def _is_int(x: Any) -> bool:
@@ -144,43 +147,3 @@ def tea_attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, *, window:
   if pool is not None:
     out = out + jnp.einsum("bijhg,bghd->bijhd", p[..., top_k:], v_g)
   return out.astype(out_dtype)
-
-
-def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_k: int,
-                  pool: int | None, implementation: str = "xla",
-                  interpret: bool = False) -> jax.Array:
-  """TEA attention: each query attends to its top_k keys in a clamped window plus pooled keys.
-
-  Args:
-    q, k, v: [batch, height, width, heads, head_dim], same shape and dtype (f32/bf16/f16).
-    window: odd window size w, 1 <= w <= min(height, width). Windows are NATTEN-clamped:
-      rows start at clamp(i - w // 2, 0, height - w) (columns likewise), so every query has
-      exactly w*w candidates.
-    top_k: number of local keys kept per query, 1 <= top_k <= w*w, by score (q.k)/sqrt(d);
-      ties go to the smaller row-major index within the window (= smaller key position).
-    pool: r, the side of the non-overlapping average pooling that makes the global keys and
-      values ((H/r)*(W/r) of them, seen by every query, same softmax as the local ones);
-      None or 0 means no global keys. r must divide height and width.
-    implementation: "xla" (pure jnp, gathers each query's window; works everywhere) or
-      "pallas" (fused kernel with a custom VJP; GPU via Triton, TPU via Mosaic, or CPU with
-      interpret=True).
-    interpret: run the Pallas kernels in interpret mode (CPU testing; slow).
-
-  Returns:
-    [batch, height, width, heads, head_dim] in q's dtype.
-  """
-  pool = validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
-  if implementation not in _IMPLEMENTATIONS:
-    raise ValueError(f"tea_attention: implementation must be one of {_IMPLEMENTATIONS}, got "
-                     f"{implementation!r}.")
-  if implementation == "xla":
-    return tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
-  from jaxmilab.kernels import tea_pallas  # pylint: disable=g-import-not-at-top
-  backend = jax.default_backend()
-  if backend not in ("gpu", "cuda", "rocm", "tpu") and not interpret:
-    raise ValueError(
-        f"tea_attention: implementation='pallas' needs a GPU or TPU (default backend is "
-        f"{backend!r}); pass interpret=True to run the kernel on CPU, or use "
-        "implementation='xla'.")
-  return tea_pallas.tea_attention_pallas(q, k, v, window=window, top_k=top_k, pool=pool,
-                                         interpret=interpret)
