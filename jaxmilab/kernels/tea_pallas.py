@@ -177,7 +177,7 @@ def choose_tiles(backend: str, window: int, height: int, width: int, dtype,
         continue
       warps = 4 if tq * hk <= _GPU_SCORES_4_WARPS else 8
     else:
-      if tq * hk > _TPU_MAX_SCORES or tq < 128:
+      if tq * hk > _TPU_MAX_SCORES or tq < 128 or tw % _sublanes(dtype):
         continue
       warps = 0
     cost = (hk * (1.0 + 2.0 * head_dim / tq), -tq)  # scores + (K, V) reads per query
