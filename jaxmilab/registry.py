@@ -1,76 +1,122 @@
-"""Name -> object lookup: configs pick models, methods and datasets by string.
+"""Name -> component: configs pick models, methods and datasets by string.
 
-Following big_vision, a name is resolved by importing a module of the package by
-name, so adding a method is adding a file; nothing has to be registered by hand.
+One explicit table per kind maps each name a config may use (`config.model.name`,
+`config.method.name`, `config.data.name`) to the module that implements it. Only names in a
+table resolve, so helper modules (`layers`, `transforms`, `common`, ...) are never mistaken for
+components, and `available(kind)` lists exactly what `--help` may offer. Modules are imported
+only when their name is asked for (a WSOL run never imports the restoration models).
+
+Adding a component is writing its module and adding one line here; tests/test_structure.py
+checks that every table entry imports and provides its entry point, and that every module
+defining a component entry point (`create(config)` / `class Method`) is in a table.
+
+Entry points: a model module has `create(config.model) -> nn.Module`; a method module has
+`class Method(jaxmilab.methods.base.Method)`; a data module has `create(config, *, batch_size,
+seed, process_index, process_count) -> jaxmilab.data.base.Datasets`. Any of them may declare
+`CONFIG_DEFAULTS` (read by jaxmilab.config_lib).
 """
 
 from __future__ import annotations
 
 import importlib
+import types
 from typing import Any
 
-_KINDS = {
-    "methods": "jaxmilab.methods",
-    "models": "jaxmilab.models",
-    "data": "jaxmilab.data",
+MODELS: dict[str, str] = {
+    # Restoration backbones.
+    "nafnet": "jaxmilab.models.nafnet",
+    "promptir": "jaxmilab.models.promptir",
+    "restormer": "jaxmilab.models.restormer",
+    "swinir": "jaxmilab.models.swinir",
+    "teaformer": "jaxmilab.models.teaformer",
+    # OPD.
+    "unet": "jaxmilab.models.unet",
+    # WSOL backbones.
+    "inceptionv3_wsol": "jaxmilab.models.inceptionv3_wsol",
+    "resnet50_wsol": "jaxmilab.models.resnet50_wsol",
+    "vgg16_wsol": "jaxmilab.models.vgg16_wsol",
+    # CDSP (scribble-supervised segmentation), MACL (medical segmentation).
+    "deeplab": "jaxmilab.models.deeplab",
+    "pcl_unet": "jaxmilab.models.pcl_unet",
 }
 
+METHODS: dict[str, str] = {
+    "dcpt": "jaxmilab.methods.dcpt",
+    "maskdcpt": "jaxmilab.methods.maskdcpt",
+    "restoration": "jaxmilab.methods.restoration",
+    "opd": "jaxmilab.methods.opd",
+    "cam": "jaxmilab.methods.cam",
+    "bcam": "jaxmilab.methods.bcam",
+    "bagcams": "jaxmilab.methods.bagcams",
+    "cdsp": "jaxmilab.methods.cdsp",
+    "macl": "jaxmilab.methods.macl",
+    "macl_finetune": "jaxmilab.methods.macl_finetune",
+}
 
-def _import(kind: str, name: str) -> Any:
-  if kind not in _KINDS:
-    raise ValueError(f"Unknown registry kind {kind!r}; expected one of {sorted(_KINDS)}.")
-  module_name = f"{_KINDS[kind]}.{name}"
-  try:
-    return importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name != module_name:
-      raise  # A real missing dependency inside the module: do not mask it.
-    known = available(kind)
-    raise ValueError(
-        f"Unknown {kind[:-1] if kind != 'data' else 'dataset'} {name!r}: there is no module "
-        f"{module_name}. Available: {', '.join(known)}.") from None
+DATA: dict[str, str] = {
+    # Restoration.
+    "degraded_photos": "jaxmilab.data.degraded_photos",
+    "paired_folders": "jaxmilab.data.paired_folders",
+    "array_records": "jaxmilab.data.array_records",
+    "uir2p5m": "jaxmilab.data.uir2p5m",
+    # OPD.
+    "multiframe": "jaxmilab.data.multiframe",
+    # WSOL.
+    "wsol_synthetic": "jaxmilab.data.wsol_synthetic",
+    "wsol_folders": "jaxmilab.data.wsol_folders",
+    "wsol_tfds": "jaxmilab.data.wsol_tfds",
+    # CDSP.
+    "scribble_synthetic": "jaxmilab.data.scribble_synthetic",
+    "scribble_folders": "jaxmilab.data.scribble_folders",
+    # MACL.
+    "medical_pretrain": "jaxmilab.data.medical_pretrain",
+    "medical_seg": "jaxmilab.data.medical_seg",
+}
+
+TABLES: dict[str, dict[str, str]] = {"models": MODELS, "methods": METHODS, "data": DATA}
+ENTRY_POINTS = {"models": "create", "methods": "Method", "data": "create"}
+_WHAT = {"models": "model", "methods": "method", "data": "dataset"}
+
+
+def _table(kind: str) -> dict[str, str]:
+  if kind not in TABLES:
+    raise ValueError(f"Unknown registry kind {kind!r}; expected one of {sorted(TABLES)}.")
+  return TABLES[kind]
 
 
 def available(kind: str) -> list[str]:
-  """Names that the registry accepts for `kind` (modules defining `Method` / `create`)."""
-  import ast  # pylint: disable=g-import-not-at-top
-  import pkgutil  # pylint: disable=g-import-not-at-top
-  package = importlib.import_module(_KINDS[kind])
-  wanted = "Method" if kind == "methods" else "create"
-  names = []
-  for m in pkgutil.iter_modules(package.__path__):
-    if m.name.startswith("_") or m.name in ("base", "common"):
-      continue
-    path = f"{package.__path__[0]}/{m.name}.py"
-    try:
-      with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    except OSError:
-      continue
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(t, ast.Name)}
-    if wanted in defined:
-      names.append(m.name)
-  return sorted(names)
+  """The names `kind` ("models", "methods" or "data") accepts, sorted."""
+  return sorted(_table(kind))
 
 
-def module(kind: str, name: str):
-  """The module that `name` selects for `kind` ("models", "methods" or "data")."""
-  return _import(kind, name)
+def module(kind: str, name: str) -> types.ModuleType:
+  """The module that `name` selects for `kind`; ValueError listing the names if unknown."""
+  table = _table(kind)
+  if name not in table:
+    raise ValueError(f"Unknown {_WHAT[kind]} {name!r}. Available: {', '.join(available(kind))}.")
+  return importlib.import_module(table[name])
+
+
+def _entry(kind: str, name: str) -> Any:
+  mod = module(kind, name)
+  entry = getattr(mod, ENTRY_POINTS[kind], None)
+  if entry is None:
+    raise ValueError(f"{mod.__name__} (the {_WHAT[kind]} {name!r}) defines no "
+                     f"`{ENTRY_POINTS[kind]}`.")
+  return entry
 
 
 def get_method(name: str):
-  """The `Method` subclass defined in `jaxmilab/methods/<name>.py` as `Method`."""
-  return _import("methods", name).Method
+  """The `Method` class of the method `name` (jaxmilab.methods.base.Method subclass)."""
+  return _entry("methods", name)
 
 
 def get_model(name: str):
-  """`jaxmilab/models/<name>.py` exposes `create(config) -> nn.Module`."""
-  return _import("models", name).create
+  """`create(config.model) -> nn.Module` of the model `name`."""
+  return _entry("models", name)
 
 
 def get_data(name: str):
-  """`jaxmilab/data/<name>.py` exposes `create(config, *, batch_size, seed, process_index,
-  process_count) -> jaxmilab.data.base.Datasets`."""
-  return _import("data", name).create
+  """`create(config, *, batch_size, seed, process_index, process_count) ->
+  jaxmilab.data.base.Datasets` of the dataset `name`."""
+  return _entry("data", name)

@@ -82,18 +82,11 @@ MODELS: dict[str, ModelSpec] = {
     "nafnet_tiny": ModelSpec({"name": "nafnet", "preset": "nafnet_tiny"}, "jaxmilab test preset"),
     "nafnet_dcpt_tiny": ModelSpec({"name": "nafnet", "preset": "nafnet_tiny"},
                                   "jaxmilab test preset, DCPT padding", reflect_pad=4),
-    "swinir_tiny": ModelSpec({"name": "swinir", "preset": "swinir_tiny"}, "jaxmilab test preset"),
-    "swinir_dcpt_tiny": ModelSpec({"name": "swinir", "preset": "swinir_dcpt_tiny"},
-                                  "jaxmilab test preset"),
-    "restormer_tiny": ModelSpec({"name": "restormer", "preset": "restormer_tiny"},
-                                "jaxmilab test preset"),
-    "restormer_dcpt_tiny": ModelSpec({"name": "restormer", "preset": "restormer_dcpt_tiny"},
-                                     "jaxmilab test preset"),
-    "promptir_tiny": ModelSpec({"name": "promptir", "preset": "promptir_tiny"},
-                               "jaxmilab test preset"),
-    "promptir_dcpt_tiny": ModelSpec({"name": "promptir", "preset": "promptir_dcpt_tiny"},
-                                    "jaxmilab test preset"),
 }
+MODELS.update({preset: ModelSpec({"name": preset.split("_")[0], "preset": preset},
+                                 "jaxmilab test preset")
+               for preset in ("swinir_tiny", "swinir_dcpt_tiny", "restormer_tiny",
+                              "restormer_dcpt_tiny", "promptir_tiny", "promptir_dcpt_tiny")})
 
 
 def get_spec(name: str) -> ModelSpec:

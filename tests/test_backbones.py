@@ -1,6 +1,6 @@
 """Restormer, PromptIR and SwinIR (official and DCPT variants) against PyTorch transcriptions.
 
-The references are jaxmilab/benchmarks/torch_archs.py, transcribed from the official files
+The references are tests/torch_reference/archs.py, transcribed from the official files
 (swz30/Restormer, va1shn9v/PromptIR, JingyunLiang/SwinIR, MILab-PKU/dcpt) with the official
 module names, so their state dicts have the official keys. Weights are random with every
 LayerNorm, bias, temperature and position-bias table moved away from its init, copied into
@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmilab.benchmarks import torch_archs
 from jaxmilab.models import promptir
 from jaxmilab.models import restormer
 from jaxmilab.models import swinir
+from tests.torch_reference import archs as torch_archs
 
 _MODULES = {"restormer": restormer, "promptir": promptir, "swinir": swinir}
 _U_NET = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])

@@ -1,5 +1,5 @@
 """Checkpoint import: official-format .pth / .safetensors of the PyTorch transcriptions
-(jaxmilab/benchmarks/torch_nafnet.py, torch_archs.py, official state-dict keys) with random
+(tests/torch_reference/nafnet.py, archs.py, official state-dict keys) with random
 weights are read without torch's unpickler, mapped to flax, and must reproduce the PyTorch
 outputs; malicious pickles are refused without running; wrong architectures list every key.
 
@@ -70,8 +70,8 @@ def _randomize(net, torch) -> None:
 def build_torch(name: str):
   """(eval torch net with random weights, its official state dict) for a CASES entry."""
   torch = pytest.importorskip("torch")
-  from jaxmilab.benchmarks import torch_archs  # pylint: disable=g-import-not-at-top
-  from jaxmilab.benchmarks import torch_nafnet  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs, _ = CASES[name]
   torch.manual_seed(0)
   if arch.startswith("nafnet"):
@@ -92,7 +92,7 @@ def build_torch(name: str):
 def torch_restore(net, name: str, image: np.ndarray) -> np.ndarray:
   """The official pipeline on image [H, W, 3] in [0, 1]: pre-pad, forward, crop -> NHWC."""
   torch = pytest.importorskip("torch")
-  from jaxmilab.benchmarks import torch_archs  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
   pad = CASES[name][2]
   h, w = image.shape[:2]
   x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None].astype(np.float32))
@@ -381,8 +381,8 @@ _OFFICIAL_TORCH = {
 
 def _official_state_dict(name: str) -> dict[str, np.ndarray]:
   torch = pytest.importorskip("torch")
-  from jaxmilab.benchmarks import torch_archs  # pylint: disable=g-import-not-at-top
-  from jaxmilab.benchmarks import torch_nafnet  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs = _OFFICIAL_TORCH[name]
   with torch.device("meta"):                       # shapes only: no memory, no init time
     if arch.startswith("nafnet"):
@@ -426,8 +426,8 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
   (DCPT `pre_test`: reflect pad to window_size 16 / 8, forward, crop; tensor2img)."""
   torch = pytest.importorskip("torch")
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jaxmilab.benchmarks import torch_archs  # pylint: disable=g-import-not-at-top
-  from jaxmilab.benchmarks import torch_nafnet  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs = _OFFICIAL_TORCH[name]
   torch.manual_seed(0)
   if arch.startswith("nafnet"):

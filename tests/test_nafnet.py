@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmilab.benchmarks import torch_nafnet
 from jaxmilab.models import nafnet
+from tests.torch_reference import nafnet as torch_nafnet
 
 # --------------------------------------------------------------------------------------------
 # PyTorch reference (own transcription of the official definition).

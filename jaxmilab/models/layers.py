@@ -1,4 +1,7 @@
-"""Building blocks shared by the restoration backbones and heads (NHWC, flax.linen).
+"""Layers and array helpers shared by the backbones and heads (NHWC, flax.linen).
+
+Nothing here imports a model: every model module imports this one (and `common` for its
+config, `ushaped` for the Restormer family), never a sibling model.
 
 Initializers follow PyTorch's defaults so that models trained from scratch here start
 like the official BasicSR code: `nn.Conv2d` / `nn.Linear` draw weights and biases from
@@ -20,6 +23,14 @@ Initializer = Callable[..., jax.Array]
 # i.e. variance 1/(3 fan_in). flax counts fan_in of an HWIO kernel as H*W*I (I = in/groups),
 # the same as PyTorch for grouped convs.
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# timm `trunc_normal_(std=.02)` truncates at +-2 (absolute), i.e. +-100 sigma: a plain normal.
+# DCPT's Restormer `_init_weights` and SwinIR's linear layers use it.
+normal_002_init = nn.initializers.normal(0.02)
+
+
+def conv_kernel_init(normal_init: bool) -> Initializer:
+  """N(0, 0.02) (`normal_init`, DCPT's Restormer) or PyTorch's default conv weight init."""
+  return normal_002_init if normal_init else torch_default_kernel_init
 
 
 def torch_default_bias_init(fan_in: int) -> Initializer:
@@ -51,26 +62,42 @@ def conv2d(x: jax.Array, features: int, kernel_size: int, *, name: str, stride: 
       bias_init=torch_default_bias_init(fan_in), name=name)(x)
 
 
-class LayerNorm2d(nn.Module):
-  """LayerNorm over the channel axis of NHWC maps (= BasicSR/NAFNet `LayerNorm2d`, eps 1e-6).
+class ChannelLayerNorm(nn.Module):
+  """Restormer's LayerNorm over the channels of NHWC maps (its `to_3d` + LN + `to_4d`).
 
-  Equal to the channels-first LayerNorm of NAFNet and of the DCPT classifier: per pixel,
-  (x - mean_c) / sqrt(var_c + eps) * scale + bias, biased variance. Statistics in float32.
-  Params: `scale` (torch `weight`) and `bias`, both [C] float32.
+  'WithBias': (x - mean) / sqrt(var + eps) * scale + bias. 'BiasFree': x / sqrt(var + eps)
+  * scale, with no mean subtraction in the numerator (var is still centred). Biased variance,
+  statistics in float32. Params `scale` (torch `body.weight`) and, with bias, `bias`.
   """
-  eps: float = 1e-6
+  with_bias: bool
+  eps: float
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    inv = jax.lax.rsqrt(var + self.eps)
+    if self.with_bias:
+      bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+      y = (x32 - mean) * inv * scale + bias
+    else:
+      y = x32 * inv * scale
     return y.astype(self.dtype)
+
+
+class LayerNorm2d(ChannelLayerNorm):
+  """LayerNorm over the channel axis of NHWC maps (= BasicSR/NAFNet `LayerNorm2d`, eps 1e-6).
+
+  Equal to the channels-first LayerNorm of NAFNet and of the DCPT classifier: per pixel,
+  (x - mean_c) / sqrt(var_c + eps) * scale + bias, biased variance, i.e. Restormer's
+  'WithBias' norm. Statistics in float32. Params: `scale` (torch `weight`) and `bias`, [C].
+  """
+  with_bias: bool = True
+  eps: float = 1e-6
 
 
 def simple_gate(x: jax.Array) -> jax.Array:
@@ -81,17 +108,25 @@ def simple_gate(x: jax.Array) -> jax.Array:
   return x1 * x2
 
 
-def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
-  """Zero-pads the bottom and right of [B, H, W, C] to multiples of `multiple`.
+def pad_to_multiple(x: jax.Array, multiple: int, mode: str = "constant") -> jax.Array:
+  """Pads the bottom and right of [B, H, W, C] to multiples of `multiple`.
 
-  Same as NAFNet's `check_image_size`: `F.pad(x, (0, pad_w, 0, pad_h))` (constant 0).
+  mode "constant" (zeros) = NAFNet's `check_image_size`: `F.pad(x, (0, pad_w, 0, pad_h))`.
+  mode "reflect" = `F.pad(x, (0, pad_w, 0, pad_h), 'reflect')` of the official test code
+  (DCPT `pre_test`, swz30 test scripts, SwinIR `check_image_size`); torch needs pad < size,
+  jnp.pad does not.
   """
   _, h, w, _ = x.shape
   pad_h = (multiple - h % multiple) % multiple
   pad_w = (multiple - w % multiple) % multiple
   if pad_h == 0 and pad_w == 0:
     return x
-  return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """`pad_to_multiple(x, multiple, "reflect")`: the padding of Restormer / PromptIR / SwinIR."""
+  return pad_to_multiple(x, multiple, mode="reflect")
 
 
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
@@ -106,3 +141,17 @@ def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
   x = x.reshape(b, h, w, c // (r * r), r, r)      # [B, H, W, C, i, j]
   x = x.transpose(0, 1, 4, 2, 5, 3)                # [B, H, i, W, j, C]
   return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+def pixel_unshuffle(x: jax.Array, factor: int) -> jax.Array:
+  """torch `nn.PixelUnshuffle(factor)` in NHWC: [B, H, W, C] -> [B, H/r, W/r, C*r*r].
+
+  Output channel c*r*r + i*r + j holds input pixel (h*r + i, w*r + j), channel c.
+  """
+  b, h, w, c = x.shape
+  r = factor
+  if h % r or w % r:
+    raise ValueError(f"pixel_unshuffle({r}) needs H, W divisible by {r}, got shape {x.shape}.")
+  x = x.reshape(b, h // r, r, w // r, r, c)         # [B, H/r, i, W/r, j, C]
+  x = x.transpose(0, 1, 3, 5, 2, 4)                 # [B, H/r, W/r, C, i, j]
+  return x.reshape(b, h // r, w // r, c * r * r)

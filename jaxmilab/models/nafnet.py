@@ -30,8 +30,8 @@ other components as nested modules, with these leaf and Sequential renames:
 Conv weights go from OIHW to HWIO (`w.transpose(2, 3, 1, 0)`; the depthwise conv2 [2C, 1, 3, 3]
 becomes [3, 3, 1, 2C]).
 
-Every convolution runs through `_conv` (one per module), so MaskDCPT can multiply its
-patch mask after each conv by overriding that one method.
+Every convolution is its own `nn.Conv` (`layers.conv2d`) and every LayerNorm a
+`layers.LayerNorm2d`, which is what MaskDCPT's masking interceptor acts on.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmilab.models import common
 from jaxmilab.models import layers
 
 # Presets: "nafnet_dcpt" is DCPT's setting (MILab-PKU/dcpt options/all_in_one/test/
@@ -52,9 +53,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nafnet_small": dict(width=16, enc_blocks=(1, 1, 1, 2), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
     "nafnet_tiny": dict(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1)),
 }
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_CONFIG_KEYS = ("name", "preset", "width", "enc_blocks", "middle_blocks", "dec_blocks",
-                "img_channels", "dtype")
 
 
 class NAFBlock(nn.Module):
@@ -112,10 +110,25 @@ class NAFNet(nn.Module):
     return layers.conv2d(x, features, kernel_size, name=name, stride=stride, use_bias=use_bias,
                          padding=padding, dtype=self.dtype)
 
+  # MaskDCPT masking interface (jaxmilab/models/masking.py `Maskable`): mask patch 16
+  # (MaskDCPT test_NAFNet_*.yml `window_size: 16`) and the decoder-side submodule prefixes.
+  @property
+  def mask_patch_size(self) -> int:
+    return 16
+
+  decoder_modules = ("ups_", "decoders_", "ending")
+
   @property
   def pad_multiple(self) -> int:
     """Spatial sizes are padded to a multiple of this (the official `padder_size`)."""
     return 2 ** len(self.enc_blocks)
+
+  def check_config(self) -> None:
+    """Raises ValueError unless there is one decoder stage per encoder stage (and some)."""
+    enc, dec = tuple(self.enc_blocks), tuple(self.dec_blocks)
+    if len(enc) != len(dec) or not enc:
+      raise ValueError(f"config.model: enc_blocks {enc} and dec_blocks {dec} must be non-empty "
+                       f"and of the same length.")
 
   @nn.compact
   def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
@@ -130,9 +143,7 @@ class NAFNet(nn.Module):
     if len(self.enc_blocks) != len(self.dec_blocks):
       raise ValueError(f"NAFNet: enc_blocks {tuple(self.enc_blocks)} and dec_blocks "
                        f"{tuple(self.dec_blocks)} must have the same length (one decoder per encoder).")
-    if x.ndim != 4 or x.shape[-1] != self.img_channels:
-      raise ValueError(f"NAFNet expects [B, H, W, {self.img_channels}] images (NHWC), got shape "
-                       f"{x.shape}; set config.model.img_channels or transpose NCHW input.")
+    common.check_nhwc(x, self.img_channels, "NAFNet")
     _, h, w, _ = x.shape
     inp = layers.pad_to_multiple(x, self.pad_multiple)            # [B, Hp, Wp, C]
 
@@ -167,39 +178,15 @@ def resolve_config(config) -> dict[str, Any]:
   """config.model (dict or ConfigDict) -> the NAFNet fields: width, enc_blocks, middle_blocks,
   dec_blocks, img_channels, dtype (a jnp dtype). `preset` names a key of PRESETS; explicit
   keys override it. Raises ValueError naming the bad key."""
-  unknown = sorted(k for k in config.keys() if k not in _CONFIG_KEYS)
-  if unknown:
-    raise ValueError(f"config.model: unknown key(s) {unknown} for the nafnet model; "
-                     f"known keys: {list(_CONFIG_KEYS)}.")
-  settings: dict[str, Any] = {"img_channels": 3}
-  preset = config.get("preset")
-  if preset is not None:
-    if preset not in PRESETS:
-      raise ValueError(f"config.model.preset={preset!r} is not a nafnet preset; "
-                       f"choose one of {sorted(PRESETS)}.")
-    settings.update(PRESETS[preset])
-  for key in ("width", "enc_blocks", "middle_blocks", "dec_blocks", "img_channels"):
-    if config.get(key) is not None:
-      settings[key] = config.get(key)
-  missing = [k for k in ("width", "enc_blocks", "middle_blocks", "dec_blocks") if k not in settings]
-  if missing:
-    raise ValueError(f"config.model is missing {missing} for the nafnet model; set them or "
-                     f"config.model.preset (one of {sorted(PRESETS)}).")
-  dtype_name = config.get("dtype") or "float32"
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"config.model.dtype={dtype_name!r}; use one of {sorted(_DTYPES)}.")
-  enc = tuple(int(n) for n in settings["enc_blocks"])
-  dec = tuple(int(n) for n in settings["dec_blocks"])
-  if len(enc) != len(dec) or not enc:
-    raise ValueError(f"config.model: enc_blocks {enc} and dec_blocks {dec} must be non-empty and "
-                     f"of the same length.")
-  return dict(width=int(settings["width"]), enc_blocks=enc,
-              middle_blocks=int(settings["middle_blocks"]), dec_blocks=dec,
-              img_channels=int(settings["img_channels"]), dtype=_DTYPES[dtype_name])
+  return common.resolve(NAFNet, PRESETS, config)
+
+
+# Every config.model key of this model, None = the preset's / field's value (config_lib).
+CONFIG_DEFAULTS = common.config_defaults(NAFNet)
 
 
 def create(config) -> NAFNet:
   """NAFNet from config.model: `preset` (a key of PRESETS) and/or width, enc_blocks,
   middle_blocks, dec_blocks, img_channels (3), dtype ('float32' | 'bfloat16'); explicit keys
   override the preset."""
-  return NAFNet(**resolve_config(config))
+  return common.create(NAFNet, PRESETS, config)

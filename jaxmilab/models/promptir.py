@@ -2,7 +2,7 @@
 
 Follows va1shn9v/PromptIR `net/model.py` and the `PromptIR` of MILab-PKU/dcpt
 `basicsr/archs/promptir_arch.py` (DCPT's PromptIR results, `dcpt_promptir_5d.pth`). The
-network is Restormer (see restormer.py: same blocks, 'WithBias' LayerNorm with eps 1e-5,
+network is Restormer (the same `ushaped.RestormerBlocks` body and blocks, 'WithBias' LayerNorm with eps 1e-5,
 softmax attention, PyTorch default init) with a prompt block on each of the three decoder
 levels, applied after the latent and after decoder levels 3 and 2:
   prompt = conv3x3(bilinear_resize(sum_l softmax(Linear(GAP(x)))_l * P_l, (H, W)))
@@ -25,7 +25,7 @@ skips their keys) and adds a `hook` early exit. The bilinear resize is torch's
 `F.interpolate(mode='bilinear', align_corners=False)` without antialiasing, built here as two
 interpolation matrices (jax.image.resize would antialias when shrinking).
 
-Padding: like restormer.py, reflect to a multiple of 8 at the bottom/right, crop back (DCPT's
+Padding: like Restormer, reflect to a multiple of 8 at the bottom/right, crop back (DCPT's
 `pre_test` with window_size 8; the official PromptIR test crops images to multiples of 16).
 
 Decoder features (`return_decoder_features=True`): the outputs of the decoder_level3,
@@ -35,7 +35,7 @@ The released DCPT code does not say which modules its PromptIR hooks (its option
 published, and `forward(hook=True)` returns before decoder_level1); these are the stage
 outputs its distillation model hooks for Restormer (last block of each decoder level).
 
-Parameter names: as restormer.py (stages `encoder_level1_0`, ..., norms `norm1/scale`,
+Parameter names: as Restormer's (restormer.py; stages `encoder_level1_0`, ..., norms `norm1/scale`,
 `norm1/bias`, conv OIHW -> HWIO), plus
   torch                                         flax
   noise_level3.<block>                          noise_level3/<block>
@@ -45,7 +45,8 @@ Parameter names: as restormer.py (stages `encoder_level1_0`, ..., norms `norm1/s
   prompt1.linear_layer.weight [L, C] / .bias    prompt1/linear_layer/kernel [C, L] / bias
   prompt1.conv3x3.weight                        prompt1/conv3x3/kernel
 
-MaskDCPT hook: as restormer.py (every conv is an `nn.Conv` from `restormer.conv`).
+Implementation: `PromptIR` is `ushaped.RestormerBlocks` with the prompt fusion as its `fuse`
+hook; every conv is an `nn.Conv` (`ushaped.conv`), which MaskDCPT's masking acts on.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab.models import common
 from jaxmilab.models import layers
-from jaxmilab.models import restormer
+from jaxmilab.models import ushaped
 
 Dtype = Any
 
@@ -79,6 +81,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                           prompt_sizes=(10, 4, 3)),
 }
 PRESETS["promptir_dcpt_tiny"] = dict(PRESETS["promptir_tiny"])
+# Width of the map entering the prompt fusion of level k, in units of dim (module docstring).
+_FUSE_WIDTH = {3: 8, 2: 4, 1: 2}
+# ... and of its output (reduce_noise_level{k}).
+_FUSED_WIDTH = {3: 4, 2: 4, 1: 2}
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -129,13 +135,13 @@ class PromptGenBlock(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1)                          # [B, L]
     prompt = jnp.einsum("bl,lhwd->bhwd", weights, components)          # [B, S, S, D]
     prompt = resize_bilinear(prompt, h, w).astype(self.dtype)          # [B, H, W, D]
-    return restormer.conv(prompt, d, 3, name="conv3x3", use_bias=False, dtype=self.dtype)
+    return ushaped.conv(prompt, d, 3, name="conv3x3", use_bias=False, dtype=self.dtype)
 
 
-class PromptIR(restormer.Restormer):
+class PromptIR(ushaped.RestormerBlocks):
   """PromptIR restorer on [B, H, W, img_channels] images in [0, 1]; see the module docstring.
 
-  Attributes (besides Restormer's):
+  Attributes (besides those of ushaped.RestormerBlocks):
     prompt_dims: prompt widths (p1, p2, p3) of decoder levels 1, 2, 3.
     prompt_len: number of prompt components per level.
     prompt_sizes: spatial size of the components of levels 1, 2, 3.
@@ -145,58 +151,31 @@ class PromptIR(restormer.Restormer):
   prompt_len: int = 5
   prompt_sizes: Sequence[int] = (64, 32, 16)
 
-  def _fuse_prompt(self, x, k: int):
-    """x + prompt of level k -> noise_level{k} block -> reduce_noise_level{k} conv."""
-    width = {3: 4, 2: 4, 1: 2}[k] * self.dim
-    prompt = PromptGenBlock(self.prompt_dims[k - 1], self.prompt_len, self.prompt_sizes[k - 1],
-                            self.dtype, name=f"prompt{k}")(x)
+  def fuse(self, x: jax.Array, level: int) -> jax.Array:
+    """x + prompt of `level` -> noise_level{level} block -> reduce_noise_level{level} conv."""
+    prompt = PromptGenBlock(self.prompt_dims[level - 1], self.prompt_len,
+                            self.prompt_sizes[level - 1], self.dtype, name=f"prompt{level}")(x)
     x = jnp.concatenate([x, prompt], axis=-1)
-    x = restormer.TransformerBlock(
-        self.heads[2], self.ffn_expansion_factor, self.bias, self.layernorm_type,
-        self.layernorm_eps, self.attention, self.normal_init, self.dtype,
-        name=f"noise_level{k}")(x)
-    return self._conv(x, width, 1, f"reduce_noise_level{k}", self.bias)
+    # The noise_level blocks use level 3's heads (heads[2]) at every level, as the official code.
+    x = self.block(2)(name=f"noise_level{level}")(x)
+    return self._conv(x, _FUSED_WIDTH[level] * self.dim, 1, f"reduce_noise_level{level}")
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
-    """Restores x [B, H, W, img_channels] -> y of the same shape.
-
-    With return_decoder_features=True returns (y, feats), feats = [decoder_level3,
-    decoder_level2, decoder_level1] stage outputs: [B, Hp/4, Wp/4, 4*dim],
-    [B, Hp/2, Wp/2, 2*dim], [B, Hp, Wp, 2*dim], Hp, Wp = H, W rounded up to a multiple of 8.
-    """
-    restormer.check_input(x, self.img_channels, "PromptIR")
-    restormer.check_levels(self.num_blocks, self.heads, "PromptIR")
-    _, h, w, _ = x.shape
-    inp = restormer.reflect_pad_to_multiple(x, self.pad_multiple)     # [B, Hp, Wp, C]
-    d = self.dim
-    nb = self.num_blocks
-    y = restormer.PatchEmbed(d, self.normal_init, self.dtype, name="patch_embed")(inp)
-    enc1 = self._stage(y, 0, nb[0], "encoder_level1")                                # d @1
-    enc2 = self._stage(self._resample(enc1, True, "down1_2"), 1, nb[1], "encoder_level2")
-    enc3 = self._stage(self._resample(enc2, True, "down2_3"), 2, nb[2], "encoder_level3")
-    latent = self._stage(self._resample(enc3, True, "down3_4"), 3, nb[3], "latent")  # 8d @/8
-    latent = self._fuse_prompt(latent, 3)                                           # 4d @/8
-
-    y = jnp.concatenate([self._resample(latent, False, "up4_3"), enc3], axis=-1)
-    y = self._conv(y, 4 * d, 1, "reduce_chan_level3", self.bias)
-    dec3 = self._stage(y, 2, nb[2], "decoder_level3")                                # 4d @/4
-    y = self._fuse_prompt(dec3, 2)
-    y = jnp.concatenate([self._resample(y, False, "up3_2"), enc2], axis=-1)
-    y = self._conv(y, 2 * d, 1, "reduce_chan_level2", self.bias)
-    dec2 = self._stage(y, 1, nb[1], "decoder_level2")                                # 2d @/2
-    y = self._fuse_prompt(dec2, 1)
-    y = jnp.concatenate([self._resample(y, False, "up2_1"), enc1], axis=-1)         # 2d @1
-    dec1 = self._stage(y, 0, nb[0], "decoder_level1")
-    y = self._stage(dec1, 0, self.num_refinement_blocks, "refinement")
-    y = self._conv(y, self.img_channels, 3, "output", self.bias) + inp             # residual
-    y = y[:, :h, :w, :]
-    if return_decoder_features:
-      return y, [dec3, dec2, dec1]
-    return y
+  def check_config(self) -> None:
+    super().check_config()
+    prompt_dims, prompt_sizes = tuple(self.prompt_dims), tuple(self.prompt_sizes)
+    if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
+      raise ValueError(f"config.model.prompt_dims {prompt_dims} and prompt_sizes {prompt_sizes} "
+                       f"need 3 entries (decoder levels 1, 2, 3).")
+    nh = self.heads[2]
+    for k in (1, 2, 3):
+      c = _FUSE_WIDTH[k] * self.dim + prompt_dims[k - 1]
+      if c % nh:
+        raise ValueError(f"config.model: noise_level{k} width {c} (level width + prompt_dims"
+                         f"[{k - 1}]) does not split into heads[2]={nh}.")
 
 
-CONFIG_KEYS = restormer.CONFIG_KEYS + ("prompt_dims", "prompt_len", "prompt_sizes")
+# Every config.model key of this model, None = the preset's / field's value (config_lib).
+CONFIG_DEFAULTS = common.config_defaults(PromptIR)
 
 
 def create(config) -> PromptIR:
@@ -204,18 +183,4 @@ def create(config) -> PromptIR:
   prompt_dims, prompt_len, prompt_sizes; dtype ('float32' | 'bfloat16'); explicit keys
   override the preset. (The official `decoder=False` switch is not offered: the official
   network does not run without prompts, its up4_3 expects the reduced 4*dim latent.)"""
-  settings, dtype = restormer.resolve_config(config, PRESETS, CONFIG_KEYS, "promptir")
-  kwargs = restormer.restormer_kwargs(settings)
-  prompt_dims = tuple(int(v) for v in settings["prompt_dims"])
-  prompt_sizes = tuple(int(v) for v in settings["prompt_sizes"])
-  if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
-    raise ValueError(f"config.model.prompt_dims {prompt_dims} and prompt_sizes {prompt_sizes} "
-                     f"need 3 entries (decoder levels 1, 2, 3).")
-  d, nh = kwargs["dim"], kwargs["heads"][2]
-  widths = ((1, 2 * d + prompt_dims[0]), (2, 4 * d + prompt_dims[1]), (3, 8 * d + prompt_dims[2]))
-  for k, c in widths:
-    if c % nh:
-      raise ValueError(f"config.model: noise_level{k} width {c} (level width + prompt_dims"
-                       f"[{k - 1}]) does not split into heads[2]={nh}.")
-  return PromptIR(**kwargs, prompt_dims=prompt_dims, prompt_len=int(settings["prompt_len"]),
-                  prompt_sizes=prompt_sizes, dtype=dtype)
+  return common.create(PromptIR, PRESETS, config)

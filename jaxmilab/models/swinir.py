@@ -66,8 +66,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab.models import common
 from jaxmilab.models import layers
-from jaxmilab.models import restormer
 
 Dtype = Any
 
@@ -87,7 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, the official `rgb_mean`
 
 # Linear layers: timm trunc_normal_(std=.02) (truncation at +-2 = +-100 sigma), zero bias.
-_dense_init = nn.initializers.normal(0.02)
+_dense_init = layers.normal_002_init
 
 
 def window_partition(x: jax.Array, window: int) -> jax.Array:
@@ -181,16 +181,20 @@ def _layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
                       name=name)
 
 
-class SwinTransformerBlock(nn.Module):
-  """t + (S)W-MSA(LN(t)); t + MLP(LN(t)) on token maps [B, H, W, C] (H, W multiples of window)."""
+class SwinSettings(nn.Module):
+  """The settings a Swin block, a BasicLayer and an RSTB share (the official arguments)."""
   num_heads: int
   window_size: int
-  shift_size: int
-  mlp_ratio: float
+  mlp_ratio: float = 2.0
   relative_position_bias: bool = True
   shift_mask: bool = True
   qkv_bias: bool = True
   dtype: Dtype = jnp.float32
+
+
+class SwinTransformerBlock(SwinSettings):
+  """t + (S)W-MSA(LN(t)); t + MLP(LN(t)) on token maps [B, H, W, C] (H, W multiples of window)."""
+  shift_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -212,43 +216,26 @@ class SwinTransformerBlock(nn.Module):
         _layer_norm(self.dtype, "norm2")(x))
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(SwinSettings):
   """`depth` Swin blocks, odd ones shifted by window // 2 (`blocks_{j}`)."""
-  depth: int
-  num_heads: int
-  window_size: int
-  mlp_ratio: float
-  relative_position_bias: bool = True
-  shift_mask: bool = True
-  qkv_bias: bool = True
-  dtype: Dtype = jnp.float32
+  depth: int = 6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    settings = common.field_values(self, SwinSettings)
     for j in range(self.depth):
-      x = SwinTransformerBlock(
-          self.num_heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2,
-          self.mlp_ratio, self.relative_position_bias, self.shift_mask, self.qkv_bias,
-          self.dtype, name=f"blocks_{j}")(x)
+      shift = 0 if j % 2 == 0 else self.window_size // 2
+      x = SwinTransformerBlock(**settings, shift_size=shift, name=f"blocks_{j}")(x)
     return x
 
 
-class RSTB(nn.Module):
-  """Residual Swin Transformer Block: t + conv3x3(residual_group(t)) ('1conv')."""
-  depth: int
-  num_heads: int
-  window_size: int
-  mlp_ratio: float
-  relative_position_bias: bool = True
-  shift_mask: bool = True
-  qkv_bias: bool = True
-  dtype: Dtype = jnp.float32
+class RSTB(BasicLayer):
+  """Residual Swin Transformer Block: t + conv3x3(residual_group(t)) ('1conv'); the same
+  fields as the BasicLayer it wraps."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = BasicLayer(self.depth, self.num_heads, self.window_size, self.mlp_ratio,
-                   self.relative_position_bias, self.shift_mask, self.qkv_bias, self.dtype,
-                   name="residual_group")(x)
+    y = BasicLayer(**common.field_values(self, BasicLayer), name="residual_group")(x)
     return layers.conv2d(y, x.shape[-1], 3, name="conv", dtype=self.dtype) + x
 
 
@@ -295,6 +282,18 @@ class SwinIR(nn.Module):
   img_channels: int = 3
   dtype: Dtype = jnp.float32
 
+  # MaskDCPT masking interface (jaxmilab/models/masking.py `Maskable`): the mask patch is the
+  # window; the decoder side is the last n - n // 2 RSTBs and the head.
+  @property
+  def mask_patch_size(self) -> int:
+    return self.window_size
+
+  @property
+  def decoder_modules(self) -> tuple[str, ...]:
+    n = len(self.depths)
+    return tuple(self.layer_name(i) for i in range(n // 2, n)) + ("norm", "conv_after_body",
+                                                                  "conv_last")
+
   @property
   def pad_multiple(self) -> int:
     """Spatial sizes are reflect-padded to a multiple of this (the window)."""
@@ -315,22 +314,23 @@ class SwinIR(nn.Module):
     n - n // 2 RSTBs (n = len(depths)), each [B, Hp, Wp, embed_dim], Hp, Wp = H, W rounded up
     to a multiple of window_size.
     """
-    restormer.check_input(x, self.img_channels, "SwinIR")
+    common.check_nhwc(x, self.img_channels, "SwinIR")
     if len(self.depths) != len(self.num_heads):
       raise ValueError(f"SwinIR: depths {tuple(self.depths)} and num_heads "
                        f"{tuple(self.num_heads)} must have the same length (one per RSTB).")
     _, h, w, _ = x.shape
     mean = jnp.asarray(RGB_MEAN if self.img_channels == 3 else (0.0,), jnp.float32)
-    x = restormer.reflect_pad_to_multiple(x, self.window_size)          # [B, Hp, Wp, C]
+    x = layers.reflect_pad_to_multiple(x, self.window_size)          # [B, Hp, Wp, C]
     x = (x - mean) * self.img_range
     first = layers.conv2d(x, self.embed_dim, 3, name="conv_first", dtype=self.dtype)
     t = PatchEmbed(self.patch_norm, self.dtype, name="patch_embed")(first)  # [B, Hp, Wp, E]
     feats = []
     n = len(self.depths)
     for i in range(n):
-      t = RSTB(self.depths[i], self.num_heads[i], self.window_size, self.mlp_ratio,
-               self.relative_position_bias, self.shift_mask, self.qkv_bias, self.dtype,
-               name=self.layer_name(i))(t)
+      t = RSTB(num_heads=self.num_heads[i], window_size=self.window_size,
+               mlp_ratio=self.mlp_ratio, relative_position_bias=self.relative_position_bias,
+               shift_mask=self.shift_mask, qkv_bias=self.qkv_bias, dtype=self.dtype,
+               depth=self.depths[i], name=self.layer_name(i))(t)
       if i >= n // 2:
         feats.append(t)
     t = _layer_norm(self.dtype, "norm")(t)
@@ -341,32 +341,26 @@ class SwinIR(nn.Module):
       return y, feats
     return y
 
+  def check_config(self) -> None:
+    """Raises ValueError naming config.model keys for settings no input can run."""
+    depths, heads = tuple(self.depths), tuple(self.num_heads)
+    if len(depths) != len(heads) or not depths:
+      raise ValueError(f"config.model: depths {depths} and num_heads {heads} must be non-empty "
+                       f"and of the same length (one entry per RSTB).")
+    for nh in heads:
+      if self.embed_dim % nh:
+        raise ValueError(f"config.model: embed_dim {self.embed_dim} does not split into {nh} "
+                         f"heads.")
+    if self.window_size < 1:
+      raise ValueError(f"config.model.window_size={self.window_size} must be >= 1.")
 
-CONFIG_KEYS = ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "qkv_bias",
-               "img_range", "patch_norm", "relative_position_bias", "shift_mask",
-               "dcpt_layer_names", "img_channels")
+
+# Every config.model key of this model, None = the preset's / field's value (config_lib).
+CONFIG_DEFAULTS = common.config_defaults(SwinIR)
 
 
 def create(config) -> SwinIR:
-  """SwinIR from config.model: `preset` (a key of PRESETS) and/or the keys of CONFIG_KEYS,
+  """SwinIR from config.model: `preset` (a key of PRESETS) and/or any field of SwinIR,
   dtype ('float32' | 'bfloat16'); explicit keys override the preset. Only the official
   restoration head (upscale 1, upsampler '', '1conv') is built."""
-  s, dtype = restormer.resolve_config(config, PRESETS, CONFIG_KEYS, "swinir")
-  depths = tuple(int(v) for v in s["depths"])
-  heads = tuple(int(v) for v in s["num_heads"])
-  if len(depths) != len(heads) or not depths:
-    raise ValueError(f"config.model: depths {depths} and num_heads {heads} must be non-empty "
-                     f"and of the same length (one entry per RSTB).")
-  embed = int(s["embed_dim"])
-  for nh in heads:
-    if embed % nh:
-      raise ValueError(f"config.model: embed_dim {embed} does not split into {nh} heads.")
-  window = int(s["window_size"])
-  if window < 1:
-    raise ValueError(f"config.model.window_size={window} must be >= 1.")
-  return SwinIR(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                mlp_ratio=float(s["mlp_ratio"]), qkv_bias=bool(s["qkv_bias"]),
-                img_range=float(s["img_range"]), patch_norm=bool(s["patch_norm"]),
-                relative_position_bias=bool(s["relative_position_bias"]),
-                shift_mask=bool(s["shift_mask"]), dcpt_layer_names=bool(s["dcpt_layer_names"]),
-                img_channels=int(s.get("img_channels", 3)), dtype=dtype)
+  return common.create(SwinIR, PRESETS, config)

@@ -1,9 +1,10 @@
 """TEAFormer (Hu et al., ICCV 2025, arXiv 2506.18520): a restoration transformer built only from
 translation-equivariant parts, with TEA attention as its token mixer. NHWC, flax.linen.
 
-No official code is public; this module is the reference layout (shared/reference/teaformer.md:
-"a Restormer-like U-shaped layout is a reasonable reading"). It is Restormer (restormer.py) with
-the channel attention (MDTA) replaced by TEA attention:
+No official code is public; the paper describes the network as a restoration transformer
+whose token mixer is TEA attention, and this module reads that as Restormer's U-shaped layout
+(`jaxmilab.models.ushaped`, the body Restormer and PromptIR use) with the channel attention
+(MDTA) replaced by TEA attention (ASSUMPTION: the layout is ours):
 
   patch_embed (conv 3x3) -> encoder levels 1-3 -> latent (level 4) -> decoder levels 3-1
   -> refinement -> conv 3x3 to the image, plus the input (global residual).
@@ -38,13 +39,14 @@ Decoder features (`return_decoder_features=True`), coarse to fine as Restormer's
 [decoder_level3 [B, Hp/4, Wp/4, 4*dim], decoder_level2 [B, Hp/2, Wp/2, 2*dim],
 decoder_level1 [B, Hp, Wp, 2*dim]] at the padded size Hp x Wp.
 
-MaskDCPT hook: every convolution is its own `nn.Conv` (via `layers.conv2d`), the attention's
-input projection is the nn.Conv named `qkv`, every LayerNorm is restormer's `ChannelLayerNorm`,
-so a masking interceptor (`nn.intercept_methods`) sees them as it does in Restormer.
+MaskDCPT: every convolution is its own `nn.Conv` (via `layers.conv2d`), the attention's
+input projection is the nn.Conv named `qkv`, every LayerNorm is a `layers.ChannelLayerNorm`,
+so MaskDCPT's masking interceptor (`nn.intercept_methods`) sees them as it does in Restormer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -53,11 +55,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmilab.kernels import tea_attention
-from jaxmilab.models import layers
-from jaxmilab.models import restormer
+from jaxmilab.models import common
+from jaxmilab.models import ushaped
 
 Dtype = Any
-PAD_MULTIPLE = 8  # three 2x downsamplings
+PAD_MULTIPLE = ushaped.PAD_MULTIPLE  # three 2x downsamplings
 LEVEL_NAMES = ("level 1 (encoder/decoder_level1, refinement)", "level 2", "level 3",
                "level 4 (latent)")
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
@@ -107,13 +109,12 @@ class TEAAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     nh = self.num_heads
-    kw = dict(use_bias=self.bias, dtype=self.dtype)
-    qkv = restormer.conv(x, 3 * c, 1, name="qkv", **kw)                  # [B, H, W, 3C]
-    q, k, v = (t.reshape(b, h, w, nh, c // nh) for t in jnp.split(qkv, 3, axis=-1))
+    q, k, v = (t.reshape(b, h, w, nh, c // nh) for t in ushaped.split_qkv_heads(
+        x, nh, use_bias=self.bias, dtype=self.dtype))
     out = tea_attention(q, k, v, window=self.window, top_k=self.top_k, pool=self.pool,
                         implementation=resolve_implementation(self.implementation))
     out = out.reshape(b, h, w, c)                                        # [B, H, W, C]
-    return restormer.conv(out, c, 1, name="project_out", **kw)
+    return ushaped.conv(out, c, 1, name="project_out", use_bias=self.bias, dtype=self.dtype)
 
 
 class TEABlock(nn.Module):
@@ -131,52 +132,33 @@ class TEABlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    with_bias = self.layernorm_type != "BiasFree"
-    norm = lambda name: restormer.ChannelLayerNorm(with_bias, self.layernorm_eps, self.dtype,
-                                                   name=name)
+    norm = lambda name: ushaped.channel_norm(self.layernorm_type, self.layernorm_eps,
+                                             self.dtype, name)
     x = x + TEAAttention(self.num_heads, self.window, self.top_k, self.pool, self.implementation,
                          self.bias, self.dtype, name="attn")(norm("norm1")(x))
-    x = x + restormer.FeedForward(self.ffn_expansion_factor, self.bias, False, self.dtype,
-                                  name="ffn")(norm("norm2")(x))
+    x = x + ushaped.FeedForward(ffn_expansion_factor=self.ffn_expansion_factor, bias=self.bias,
+                                dtype=self.dtype, name="ffn")(norm("norm2")(x))
     return x
 
 
-class TEAFormer(nn.Module):
+class TEAFormer(ushaped.UShapedRestorer):
   """TEAFormer restorer on [B, H, W, img_channels] images in [0, 1]; see the module docstring.
 
-  Attributes:
-    dim: width of level 1 (levels 2-4 have 2, 4, 8 times it; decoder level 1 has 2*dim).
-    num_blocks: TEA blocks of levels 1-4 (level 4 = latent; decoders reuse 1-3).
-    num_refinement_blocks: blocks after decoder level 1 (at level-1 settings).
-    heads: attention heads of levels 1-4.
+  Attributes (besides ushaped.UShapedRestorer's dim, num_blocks, num_refinement_blocks, heads,
+  bias, normal_init, img_channels, dtype):
     window, top_k, pool: TEA attention settings of levels 1-4 (pool None/0: no global keys).
     ffn_expansion_factor: GDFN hidden width factor.
     implementation: "xla", "pallas" or "auto" (pallas on GPU/TPU, xla elsewhere).
-    bias: bias of the attention/FFN convs, reduce_chan convs and output conv.
     layernorm_type: 'WithBias' or 'BiasFree' (Restormer's two LayerNorms).
     layernorm_eps: LayerNorm epsilon.
-    img_channels: image channels in and out.
-    dtype: compute dtype; parameters are always float32.
   """
-  dim: int = 48
-  num_blocks: Sequence[int] = (4, 6, 6, 8)
-  num_refinement_blocks: int = 4
-  heads: Sequence[int] = (1, 2, 4, 8)
   window: Sequence[int] = (15, 11, 9, 7)
   top_k: Sequence[int] = (32, 32, 24, 16)
   pool: Sequence[int | None] = (8, 4, 2, 1)
   ffn_expansion_factor: float = 2.66
   implementation: str = "auto"
-  bias: bool = False
   layernorm_type: str = "WithBias"
   layernorm_eps: float = 1e-5
-  img_channels: int = 3
-  dtype: Dtype = jnp.float32
-
-  @property
-  def pad_multiple(self) -> int:
-    """Spatial sizes are reflect-padded to a multiple of this (three 2x downsamplings)."""
-    return PAD_MULTIPLE
 
   @property
   def equivariance_step(self) -> int:
@@ -186,6 +168,17 @@ class TEAFormer(nn.Module):
       if p:
         step = math.lcm(step, 2 ** level * int(p))
     return step
+
+  def block(self, level: int) -> ushaped.ModuleDef:
+    return functools.partial(
+        TEABlock, num_heads=self.heads[level], window=self.window[level],
+        top_k=self.top_k[level], pool=self.pool[level] or None,
+        ffn_expansion_factor=self.ffn_expansion_factor, implementation=self.implementation,
+        bias=self.bias, layernorm_type=self.layernorm_type, layernorm_eps=self.layernorm_eps,
+        dtype=self.dtype)
+
+  def check_size(self, height: int, width: int) -> None:
+    self.check_token_maps(height, width)
 
   def check_token_maps(self, height: int, width: int) -> None:
     """Raises ValueError unless every level's map of a padded height x width input fits its
@@ -206,44 +199,18 @@ class TEAFormer(nn.Module):
                          f"sizes that are multiples of {2 ** level * p}, or another pool (pools "
                          f"(8, 4, 2, 1) fit every size).")
 
-  def _stage(self, x, level: int, count: int, name: str):
-    """`count` TEABlocks with the settings of `level` (0-3), named {name}_{j}."""
-    pool = self.pool[level] or None
-    for j in range(count):
-      x = TEABlock(self.heads[level], self.window[level], self.top_k[level], pool,
-                   self.ffn_expansion_factor, self.implementation, self.bias,
-                   self.layernorm_type, self.layernorm_eps, self.dtype, name=f"{name}_{j}")(x)
-    return x
-
-  def _conv(self, x, features: int, kernel_size: int, name: str, use_bias: bool):
-    return restormer.conv(x, features, kernel_size, name=name, use_bias=use_bias,
-                          dtype=self.dtype)
-
-  def _resample(self, x, down: bool, name: str):
-    return restormer.Resample(down, False, self.dtype, name=name)(x)
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
-    """Restores x [B, H, W, img_channels] -> y of the same shape.
-
-    With return_decoder_features=True returns (y, feats), feats = [decoder_level3,
-    decoder_level2, decoder_level1] outputs: [B, Hp/4, Wp/4, 4*dim], [B, Hp/2, Wp/2, 2*dim],
-    [B, Hp, Wp, 2*dim], with Hp, Wp = H, W rounded up to a multiple of 8.
-    """
-    restormer.check_input(x, self.img_channels, "TEAFormer")
-    _, h, w, _ = x.shape
-    self.check_token_maps(h, w)
-    inp = restormer.reflect_pad_to_multiple(x, PAD_MULTIPLE)              # [B, Hp, Wp, C]
-    y = restormer.PatchEmbed(self.dim, False, self.dtype, name="patch_embed")(inp)  # [B, Hp, Wp, d]
-    return restormer.u_shaped_body(self, y, inp, h, w, return_decoder_features)
-
-
-# --------------------------------------------------------------------------------------------
-# Config.
-
-CONFIG_KEYS = ("dim", "num_blocks", "num_refinement_blocks", "heads", "window", "top_k", "pool",
-               "ffn_expansion_factor", "implementation", "bias", "layernorm_type",
-               "layernorm_eps", "img_channels")
+  def check_config(self) -> None:
+    """Checks that need no input size (UShapedRestorer's, then the TEA settings)."""
+    super().check_config()
+    for level in range(4):
+      window, top_k = self.window[level], self.top_k[level]
+      if window % 2 == 0:
+        raise ValueError(f"config.model.window[{level}]={window} must be odd (a window "
+                         f"centred on its query).")
+      if top_k > window ** 2:
+        raise ValueError(f"config.model.top_k[{level}]={top_k} must be <= window**2 = "
+                         f"{window ** 2} (config.model.window[{level}]={window}).")
+    resolve_implementation(self.implementation)  # validates the name
 
 
 def _per_level(value: Any, key: str, allow_none: bool = False) -> tuple:
@@ -264,45 +231,24 @@ def _per_level(value: Any, key: str, allow_none: bool = False) -> tuple:
   return tuple(out)
 
 
-def teaformer_kwargs(s: dict[str, Any]) -> dict[str, Any]:
-  """Validated, typed constructor arguments (checks that need no input size)."""
-  dim = int(s["dim"])
-  nb = tuple(int(n) for n in s["num_blocks"])
-  heads = tuple(int(n) for n in s["heads"])
-  restormer.check_levels(nb, heads, "config.model")
-  window = _per_level(s["window"], "window")
-  top_k = _per_level(s["top_k"], "top_k")
-  pool = _per_level(s["pool"], "pool", allow_none=True)
-  for level in range(4):
-    if window[level] % 2 == 0:
-      raise ValueError(f"config.model.window[{level}]={window[level]} must be odd (a window "
-                       f"centred on its query).")
-    if top_k[level] > window[level] ** 2:
-      raise ValueError(f"config.model.top_k[{level}]={top_k[level]} must be <= window**2 = "
-                       f"{window[level] ** 2} (config.model.window[{level}]={window[level]}).")
-    widths = {dim * 2 ** level, 2 * dim} if level == 0 else {dim * 2 ** level}
-    for c in widths:
-      if c % heads[level]:
-        raise ValueError(f"config.model: width {c} of level {level + 1} does not split into "
-                         f"heads[{level}]={heads[level]}.")
-  if s["layernorm_type"] not in ("BiasFree", "WithBias"):
-    raise ValueError(f"config.model.layernorm_type={s['layernorm_type']!r}; use 'BiasFree' or "
-                     f"'WithBias'.")
-  implementation = str(s["implementation"])
-  resolve_implementation(implementation)  # validates the name
-  return dict(dim=dim, num_blocks=nb, num_refinement_blocks=int(s["num_refinement_blocks"]),
-              heads=heads, window=window, top_k=top_k, pool=pool,
-              ffn_expansion_factor=float(s["ffn_expansion_factor"]),
-              implementation=implementation, bias=bool(s["bias"]),
-              layernorm_type=str(s["layernorm_type"]), layernorm_eps=float(s["layernorm_eps"]),
-              img_channels=int(s.get("img_channels", 3)))
+def _prepare(settings: dict[str, Any]) -> dict[str, Any]:
+  """window / top_k / pool: one int for every level, or one value per level."""
+  out = dict(settings)
+  for key in ("window", "top_k", "pool"):
+    if key in out:
+      out[key] = _per_level(out[key], key, allow_none=key == "pool")
+  return out
+
+
+# Every config.model key of this model, None = the preset's / field's value (config_lib).
+CONFIG_DEFAULTS = common.config_defaults(TEAFormer)
 
 
 def create(config) -> TEAFormer:
   """TEAFormer from config.model: `preset` (a key of PRESETS) and/or the keys dim, num_blocks,
   num_refinement_blocks, heads, window, top_k, pool (an int or one per level 1-4),
   ffn_expansion_factor, implementation ('auto' | 'xla' | 'pallas'), bias, layernorm_type,
-  layernorm_eps, img_channels (3), dtype ('float32' | 'bfloat16'); explicit keys override the
-  preset. 'auto' picks the Pallas kernel on GPU/TPU and the XLA reference elsewhere."""
-  settings, dtype = restormer.resolve_config(config, PRESETS, CONFIG_KEYS, "teaformer")
-  return TEAFormer(**teaformer_kwargs(settings), dtype=dtype)
+  layernorm_eps, normal_init, img_channels (3), dtype ('float32' | 'bfloat16'); explicit keys
+  override the preset. 'auto' picks the Pallas kernel on GPU/TPU and the XLA reference
+  elsewhere."""
+  return common.create(TEAFormer, PRESETS, config, prepare=_prepare)

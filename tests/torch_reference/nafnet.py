@@ -1,8 +1,9 @@
 """PyTorch NAFNet, transcribed from the official definition (megvii-research/NAFNet
 basicsr/models/archs/NAFNet_arch.py, as used by MILab-PKU/dcpt).
 
-The PyTorch baseline of `jaxmilab.benchmarks.train_step` and the independent reference of
-tests/test_nafnet.py. torch is imported lazily, so jaxmilab works without it.
+The independent reference of tests/test_nafnet.py and tests/test_convert.py, and the PyTorch
+baseline of `python -m jaxmilab.benchmarks.train_step` (run from a checkout). Kept out of the
+jaxmilab package: it is test code. torch is imported lazily.
 """
 
 from __future__ import annotations

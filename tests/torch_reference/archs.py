@@ -17,8 +17,9 @@ Inference transcriptions: dropout / drop-path (identity in eval mode) are left o
 forward takes `return_decoder_features=False`; with True it returns (output, features) with
 the features jaxmilab's flax models return (see their module docstrings), in NCHW.
 
-The independent reference of tests/test_backbones.py and the PyTorch baseline of benchmarks.
-torch is imported lazily (on the first `build`), so jaxmilab works without it.
+The independent reference of tests/test_backbones.py and tests/test_convert.py (kept out of
+the jaxmilab package: it is test code, not a component). torch is imported lazily (on the
+first `build`), so collecting the tests works without it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def build(name: str, **overrides):
   updated by `overrides`; e.g. build("swinir_dcpt", embed_dim=12, depths=[2, 2])."""
   family = name.split("_")[0]
   if name not in OFFICIAL_KWARGS:
-    raise ValueError(f"torch_archs.build: unknown network {name!r}; choose one of "
+    raise ValueError(f"torch_reference.archs.build: unknown network {name!r}; choose one of "
                      f"{sorted(OFFICIAL_KWARGS)}.")
   kwargs = dict(OFFICIAL_KWARGS[name], **overrides)
   cls = {"restormer": "Restormer", "promptir": "PromptIR", "swinir": "SwinIR"}[family]
