@@ -139,3 +139,24 @@ def test_low_light_darkens_by_expected_factor():
   image = 0.5 + 0.5 * _photo()
   for seed in range(5):
     assert D.low_light(image, np.random.default_rng(seed)).mean() < 0.65 * image.mean()
+
+
+def test_released_denoise_input_matches_the_released_code():
+  """basicsr PairedImageDenoiseDataset (phase != train): np.random.seed(0) then
+  img_lq += np.random.normal(0, sigma / 255, shape) on the float32 RGB image, unclipped."""
+  rng = np.random.default_rng(3)
+  gt = rng.uniform(0, 1, (20, 18, 3)).astype(np.float32)
+  state = np.random.get_state()
+  try:
+    np.random.seed(0)
+    want = gt.copy()
+    want += np.random.normal(0, 25 / 255.0, want.shape)
+  finally:
+    np.random.set_state(state)
+  before = np.random.get_state()[1].copy()
+  got = D.gaussian_noise_released(gt, 25)
+  np.testing.assert_array_equal(got, want)
+  assert got.dtype == np.float32 and (got.min() < 0 or got.max() > 1)   # not clipped
+  np.testing.assert_array_equal(np.random.get_state()[1], before)         # global state untouched
+  np.testing.assert_allclose(D.gaussian_noise_released(gt[:, ::-1].copy(), 25) - gt[:, ::-1],
+                             got - gt, atol=1e-6)                         # the same noise per image

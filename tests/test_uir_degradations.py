@@ -265,16 +265,48 @@ def test_bayer_rggb_pattern_and_demosaic():
   np.testing.assert_allclose(cfa[0::2, 1::2], image[0::2, 1::2, 1])
   np.testing.assert_allclose(cfa[1::2, 0::2], image[1::2, 0::2, 1])
   np.testing.assert_allclose(cfa[1::2, 1::2], image[1::2, 1::2, 2])
-  out = D.apply("mosaic", image, np.random.default_rng(0), 0.0)
+  out = D.apply("mosaic_bilinear", image, np.random.default_rng(0), 0.0)
   known = U.bayer_masks(24, 30)
   np.testing.assert_allclose(out[known], image[known], atol=1e-6)  # known samples kept
   assert np.abs(out - image).mean() > 1e-3  # the other two channels are interpolated
   colour = np.broadcast_to(np.float32([0.2, 0.5, 0.9]), (10, 12, 3)).copy()
-  np.testing.assert_allclose(D.apply("mosaic", colour, np.random.default_rng(0), 0.0), colour, atol=1e-6)
+  np.testing.assert_allclose(D.apply("mosaic_bilinear", colour, np.random.default_rng(0), 0.0), colour,
+                             atol=1e-6)
   rows, cols = np.mgrid[0:16, 0:16]  # bilinear interpolation is exact on a linear ramp
   ramp = np.stack([0.02 * cols + 0.1, 0.01 * rows + 0.03 * cols, 0.5 - 0.02 * rows], -1) / 1.5
   out = U.demosaic_bilinear(U.bayer_mosaic(ramp))
   np.testing.assert_allclose(out[1:-1, 1:-1], ramp[1:-1, 1:-1], atol=1e-12)
+
+
+def _released_mosaic_reference(image_uint8):
+  """The released path restated: DPIR-style masks_CFA_Bayer('RGGB') on the RGB uint8 image,
+  CFA = (mask * RGB).sum(2).astype(uint8), cv2.cvtColor(CFA, COLOR_BAYER_BG2BGR_EA), / 255."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  h, w = image_uint8.shape[:2]
+  r = np.zeros((h, w), bool)
+  g = np.zeros((h, w), bool)
+  b = np.zeros((h, w), bool)
+  r[0::2, 0::2] = True
+  g[0::2, 1::2] = True
+  g[1::2, 0::2] = True
+  b[1::2, 1::2] = True
+  mask = np.stack([r, g, b], -1)
+  cfa = np.multiply(mask, image_uint8).sum(2).astype(np.uint8)
+  return cv2.cvtColor(cfa, cv2.COLOR_BAYER_BG2BGR_EA).astype(np.float32) / 255.0
+
+
+def test_mosaic_follows_the_released_pipeline():
+  image = _photo(24, 30)
+  pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+  out = D.apply("mosaic", image, np.random.default_rng(0), 0.0)
+  np.testing.assert_array_equal(out, _released_mosaic_reference(pixels))
+  # The released channel order: a flat colour comes back with red and blue swapped.
+  colour = np.broadcast_to(np.float32([40, 128, 230]) / 255, (12, 12, 3)).copy()
+  flat = D.apply("mosaic", colour, np.random.default_rng(0), 0.0)
+  np.testing.assert_allclose(flat[2:-2, 2:-2], np.broadcast_to(colour[0, 0, ::-1], (8, 8, 3)), atol=1.5 / 255)
+  # Sensor-noise levels (ours) change the input; level 0 is deterministic.
+  noisy = D.apply("mosaic", image, np.random.default_rng(0), 8.0)
+  assert np.abs(noisy - out).mean() > 1e-3
 
 
 def test_inpainting_lines():

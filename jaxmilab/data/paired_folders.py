@@ -19,7 +19,10 @@ crop of every held-out pair. Every image must be at least as large as its crop.
 config.data keys (defaults): root, tasks (required), patch_size (64), eval_root,
 eval_fraction (0.1), eval_size (128), eval_batch_size (the training batch size),
 worker_count (0 grain worker processes), read_threads (4), read_buffer (one per-process
-batch per read thread), vertical_flip (False), cache_size (0 decoded images kept per process).
+batch per read thread), vertical_flip (False), cache_size (0 decoded images kept per process),
+denoise_sigma (0: off; > 0: the eval inputs of the task named "denoise" are made from its gt as
+the released DCPT test code makes them, float noise of that sigma from np.random.seed(0), not
+clipped: basic_degradations.gaussian_noise_released; its lq/ folder is then unused at eval).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmilab.data import basic_degradations
 from jaxmilab.data import images
 from jaxmilab.data import transforms
 from jaxmilab.data.base import DataError
@@ -37,7 +41,7 @@ from jaxmilab.data.base import Datasets
 
 _KEYS = ("root", "tasks", "patch_size", "eval_root", "eval_fraction", "eval_size",
          "eval_batch_size", "worker_count", "read_threads", "read_buffer", "vertical_flip",
-         "cache_size")
+         "cache_size", "denoise_sigma")
 
 
 def scan_task(root: str, task: str) -> list[str]:
@@ -157,11 +161,19 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       source, config, patch=patch, batch_size=local_batch, seed=seed,
       process_index=process_index, process_count=process_count)
 
+  denoise_sigma = float(config.get("denoise_sigma", 0) or 0)
+  if denoise_sigma and "denoise" not in tasks:
+    raise ValueError(f"config.data.denoise_sigma={denoise_sigma} needs a task named 'denoise' in "
+                     f"config.data.tasks={tasks}.")
+
   def make_example(i: int) -> dict[str, np.ndarray]:
     lq, gt, label = eval_source.pair(i)
-    return {"lq": images.to_float(transforms.center_crop(lq, eval_size)),  # [e, e, 3]
-            "gt": images.to_float(transforms.center_crop(gt, eval_size)),
-            "label": np.int32(label)}
+    gt = images.to_float(transforms.center_crop(gt, eval_size))           # [e, e, 3]
+    if denoise_sigma and tasks[label] == "denoise":
+      lq = basic_degradations.gaussian_noise_released(gt, denoise_sigma)  # float, unclipped
+    else:
+      lq = images.to_float(transforms.center_crop(lq, eval_size))
+    return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
   def eval_batches():
     return transforms.eval_batches(len(eval_entries), make_example, batch_size=local_eval_batch,

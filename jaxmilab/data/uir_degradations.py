@@ -4,7 +4,8 @@ Every function is `fn(image, rng, level=None) -> image`: float32 [H, W, C] in [0
 out, all randomness from the numpy Generator passed in (pure numpy / scipy / Pillow, no
 global state), so grain workers and `build_uir` worker processes reproduce the same sample
 from the same rng. `level` picks one of the type's discrete levels (`degradations.LEVELS`);
-None draws one uniformly. Importing `jaxmilab.data.degradations` registers all of them.
+None draws one uniformly. `jaxmilab.data.degradations` registers TYPES, REAL_ONLY_TYPES and
+TASK_SETS below (this module is a leaf: it imports only the basic family).
 
 The 19 types follow the UIR-2.5M table of the MaskDCPT README (assets/maskdcpt_dataset_table.png):
 
@@ -20,7 +21,7 @@ The 19 types follow the UIR-2.5M table of the MaskDCPT README (assets/maskdcpt_d
   8  raindrop                  RD      weather      refracting drops             (RainDrop, RainDS)
   9  rain_streak_raindrop      RSD     weather      streaks + drops              RainDS real
   10 snow                      S       weather      alpha-composited flakes      (Snow100K, SRRS, CSD)
-  11 mosaic                    MS      others       RGGB Bayer + bilinear demos. -
+  11 mosaic                    MS      others       RGGB Bayer + OpenCV EA (DCPT) -
   12 low_light                 LL      others       gamma + scale + noise        LoL-v1, LoL-v2 (real)
   13 moire                     MR      others       colour interference pattern  (RDNet screen photos)
   14 blur_jpeg                 -       mixed        Gaussian blur -> JPEG        RealBlur-J, REDS
@@ -69,7 +70,9 @@ from PIL import ImageDraw
 from scipy import signal
 from scipy import special
 
-from jaxmilab.data import degradations as D
+from jaxmilab.evaluation.restoration import to_uint8
+
+from jaxmilab.data import basic_degradations as D
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -142,7 +145,7 @@ class _Grouped:
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator, level: Any = None) -> np.ndarray:
     member, member_level = _pick(rng, self.levels, level)
-    return D.apply(member, image, rng, member_level)
+    return _MEMBERS[member](image, rng, member_level)
 
 
 # --------------------------------------------------------------------------------- blur
@@ -394,16 +397,45 @@ def demosaic_bilinear(cfa: np.ndarray) -> np.ndarray:
   return out
 
 
-def mosaic(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
-  """RGGB Bayer sampling (+ sensor noise sigma = level on 0-255) then bilinear demosaicking."""
-  image = D._check(image, "mosaic")  # pylint: disable=protected-access
+def mosaic_bilinear(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+  """RGGB Bayer sampling (+ sensor noise sigma = level on 0-255) then bilinear demosaicking, in
+  RGB order: a cleaner alternative to the released pipeline (`mosaic`)."""
+  image = D._check(image, "mosaic_bilinear")  # pylint: disable=protected-access
   if image.shape[-1] != 3:
-    raise ValueError(f"mosaic needs an RGB image, got shape {image.shape}.")
+    raise ValueError(f"mosaic_bilinear needs an RGB image, got shape {image.shape}.")
   sigma = float(_pick(rng, MOSAIC_LEVELS, level))
   cfa = bayer_mosaic(image.astype(np.float64))
   if sigma > 0:
     cfa = np.clip(cfa + rng.standard_normal(cfa.shape) * (sigma / 255.0), 0.0, 1.0)
   return D._finish(demosaic_bilinear(cfa))  # pylint: disable=protected-access
+
+
+def demosaic_released(cfa_uint8: np.ndarray) -> np.ndarray:
+  """OpenCV's edge-aware demosaicking as the released DCPT code calls it:
+  cv2.cvtColor(CFA, cv2.COLOR_BAYER_BG2BGR_EA) on an RGGB plane (OpenCV names the pattern by
+  its second row, so "BG" is RGGB), [H, W] uint8 -> [H, W, 3] uint8 in OpenCV's BGR order."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  return cv2.cvtColor(np.ascontiguousarray(cfa_uint8), cv2.COLOR_BAYER_BG2BGR_EA)
+
+
+def mosaic(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+  """The released demosaicking task (MILab-PKU/dcpt basicsr/data/paired_image_dataset.py,
+  PairedImageMosaicDataset): the uint8 RGB image -> RGGB CFA (`mosaic_CFA_Bayer`, uint8) ->
+  `cv2.cvtColor(CFA, COLOR_BAYER_BG2BGR_EA)`, whose BGR output is used as the RGB input without
+  conversion, so red and blue are swapped in the degraded image (the released channel order;
+  the network learns the swap). level = sensor noise sigma (0-255) added to the CFA before
+  demosaicking: 0 is the released path exactly; the other levels are ours (UIR-2.5M's mosaic
+  levels are not published). `mosaic_bilinear` is the RGB-ordered bilinear alternative."""
+  image = D._check(image, "mosaic")  # pylint: disable=protected-access
+  if image.shape[-1] != 3:
+    raise ValueError(f"mosaic needs an RGB image, got shape {image.shape}.")
+  sigma = float(_pick(rng, MOSAIC_LEVELS, level))
+  pixels = to_uint8(image)                                     # imfrombytes(float32=False)
+  cfa = (pixels * bayer_masks(*pixels.shape[:2])).sum(axis=-1)  # RGGB plane, exact integers
+  if sigma > 0:
+    cfa = cfa + rng.standard_normal(cfa.shape) * sigma
+  cfa = np.clip(np.round(cfa), 0, 255).astype(np.uint8)
+  return (demosaic_released(cfa).astype(np.float32) / np.float32(255.0))
 
 
 INPAINTING_LEVELS = tuple((c, t) for c in ("white", "black") for t in range(5, 11))
@@ -585,6 +617,7 @@ _NEW = (
     ("rain_streak_raindrop", rain_streak_raindrop, RAIN_STREAK_RAINDROP_LEVELS),
     ("snow", snow, SNOW_LEVELS),
     ("mosaic", mosaic, MOSAIC_LEVELS),
+    ("mosaic_bilinear", mosaic_bilinear, MOSAIC_LEVELS),
     ("inpainting", inpainting, INPAINTING_LEVELS),
     ("moire", moire, MOIRE_LEVELS),
     ("blur_jpeg", blur_jpeg, BLUR_JPEG_LEVELS),
@@ -595,32 +628,35 @@ _NEW = (
 )
 
 
-def _register_all() -> None:
-  for name, fn, levels in _NEW:
-    D.register(name, fn, levels)
-  D.register_real_only("real_noise", "SIDD (UIR-2.5M type RN); layout <root>/real_noise/{lq,gt}")
-  # DCPT 5D order (configs/dcpt.py TASKS_5D): derain, denoise, dehaze, deblur, low light. The paper
-  # uses Rain100L, BSD400+WED (sigma 15/25/50), SOTS-outdoor, GoPro, LOL-v1.
-  five = ("rain_streak", "gaussian_noise", "haze", "motion_blur", "low_light")
-  # Rain100L is light rain: the two sparsest densities.
-  five_levels = {"gaussian_noise": (15, 25, 50),
-                 "rain_streak": tuple(v for v in RAIN_LEVELS if v[0] <= 0.005)}
-  D.register_task_set("5d", five, five_levels)
-  # DCPT 10D adds defocus deblur (DPDD), JPEG, desnow, demosaic and inpainting.
-  D.register_task_set("10d", five + ("defocus_blur", "jpeg", "snow", "mosaic", "inpainting"),
-                      five_levels)
-  # MaskDCPT 12D (README 12D table order); real denoising is SIDD (real only).
-  twelve = ("rain_streak", "haze", "snow", "raindrop", "low_light", "motion_blur", "defocus_blur",
-            "jpeg", "real_noise", "gaussian_sinc_blur", "mosaic", "moire")
-  D.register_task_set("12d", twelve)
-  D.register_task_set("12d_syn", tuple(n for n in twelve if n != "real_noise"))
-  D.register_task_set("uir19", UIR_TYPE_NAMES)
-  D.register_task_set("uir19_syn", tuple(n for n in UIR_TYPE_NAMES if n != "real_noise"))
+# (name, fn, levels) of this family, registered by jaxmilab.data.degradations.
+TYPES = tuple(_NEW)
+# Member functions of the grouped types ("noise", "gaussian_sinc_blur"), by name.
+_MEMBERS = {"gaussian_noise": D.gaussian_noise, "gaussian_blur": D.gaussian_blur,
+            **{name: fn for name, fn, _ in _NEW}}
+REAL_ONLY_TYPES = (("real_noise", "SIDD (UIR-2.5M type RN); layout <root>/real_noise/{lq,gt}"),)
+
+# DCPT 5D order (configs/dcpt.py TASKS_5D): derain, denoise, dehaze, deblur, low light. The paper
+# uses Rain100L, BSD400+WED (sigma 15/25/50), SOTS-outdoor, GoPro, LOL-v1.
+_FIVE = ("rain_streak", "gaussian_noise", "haze", "motion_blur", "low_light")
+# Rain100L is light rain: the two sparsest densities.
+_FIVE_LEVELS = {"gaussian_noise": (15, 25, 50),
+                "rain_streak": tuple(v for v in RAIN_LEVELS if v[0] <= 0.005)}
+# MaskDCPT 12D (README 12D table order); real denoising is SIDD (real only).
+_TWELVE = ("rain_streak", "haze", "snow", "raindrop", "low_light", "motion_blur", "defocus_blur",
+           "jpeg", "real_noise", "gaussian_sinc_blur", "mosaic", "moire")
+# (name, ordered types, per-type level restrictions): label = index in the set.
+TASK_SETS = (
+    ("5d", _FIVE, _FIVE_LEVELS),
+    # DCPT 10D adds defocus deblur (DPDD), JPEG, desnow, demosaic and inpainting.
+    ("10d", _FIVE + ("defocus_blur", "jpeg", "snow", "mosaic", "inpainting"), _FIVE_LEVELS),
+    ("12d", _TWELVE, None),
+    ("12d_syn", tuple(n for n in _TWELVE if n != "real_noise"), None),
+    ("uir19", UIR_TYPE_NAMES, None),
+    ("uir19_syn", tuple(n for n in UIR_TYPE_NAMES if n != "real_noise"), None),
+)
 
 
 def uir_level_count() -> int:
   """Number of (type, level) pairs over the 19 UIR types (a real-only type counts its source once)."""
-  return sum(len(D.LEVELS[t.name]) if t.synthetic else 1 for t in UIR_TYPES)
-
-
-_register_all()
+  levels = {name: lv for name, _, lv in D.TYPES + TYPES}
+  return sum(len(levels[t.name]) if t.synthetic else 1 for t in UIR_TYPES)
