@@ -160,3 +160,16 @@ def test_released_denoise_input_matches_the_released_code():
   np.testing.assert_array_equal(np.random.get_state()[1], before)         # global state untouched
   np.testing.assert_allclose(D.gaussian_noise_released(gt[:, ::-1].copy(), 25) - gt[:, ::-1],
                              got - gt, atol=1e-6)                         # the same noise per image
+
+
+def test_haze_depth_follows_content_and_crops():
+  """Depth = smoothed luminance (bright = far), the same for a crop as for the whole image away
+  from the crop border: no per-crop renormalisation."""
+  yy, xx = np.mgrid[0:96, 0:96]
+  image = np.repeat(((xx > 48) * 0.8 + 0.1)[..., None], 3, -1).astype(np.float32)  # dark | bright
+  depth = D.content_depth(image)
+  assert depth[:, 80:].mean() > depth[:, :16].mean() + 0.4
+  crop = image[16:80, 8:72]
+  np.testing.assert_allclose(D.content_depth(crop)[24:40, 24:40], depth[40:56, 32:48], atol=1e-6)
+  small = D.content_depth(image[:12, :12])                    # smaller than the blur radius
+  assert small.shape == (12, 12) and np.isfinite(small).all()

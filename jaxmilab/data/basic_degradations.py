@@ -35,6 +35,8 @@ JPEG_QUALITY_RANGE = (10, 40)
 HAZE_BETA_RANGE = (0.6, 1.8)
 HAZE_AIRLIGHT_RANGE = (0.7, 1.0)
 HAZE_MIN_DEPTH = 0.3  # The synthetic depth map spans [0.3, 1]: no haze-free pixels.
+# Content-following depth: smoothed luminance (bright, low-contrast sky = far), blur sigma px.
+HAZE_DEPTH_SMOOTHING = 8.0
 # Low light I = scale * J ** gamma + noise, in the spirit of MBLLEN (Lv et al., BMVC 2018)
 # synthetic low-light data (gamma darkening plus linear scaling plus sensor noise).
 LOW_LIGHT_GAMMA_RANGE = (1.5, 2.5)
@@ -164,7 +166,8 @@ def _bilinear_resize(grid: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def synthetic_depth(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-  """A smooth random depth map [H, W] in [HAZE_MIN_DEPTH, 1]: a tilted ramp plus low-frequency noise."""
+  """A smooth random depth map [H, W] in [HAZE_MIN_DEPTH, 1]: a tilted ramp plus low-frequency
+  noise, normalised per call (content-independent; kept for callers without an image)."""
   angle = rng.uniform(0.0, 2.0 * np.pi)
   yy, xx = np.meshgrid(np.linspace(0.0, 1.0, height), np.linspace(0.0, 1.0, width), indexing="ij")
   ramp = np.cos(angle) * xx + np.sin(angle) * yy
@@ -175,13 +178,29 @@ def synthetic_depth(height: int, width: int, rng: np.random.Generator) -> np.nda
   return HAZE_MIN_DEPTH + (1.0 - HAZE_MIN_DEPTH) * depth
 
 
+def content_depth(image: np.ndarray) -> np.ndarray:
+  """A depth map [H, W] in [HAZE_MIN_DEPTH, 1] that follows the image: the Gaussian-smoothed
+  luminance (sigma HAZE_DEPTH_SMOOTHING px) mapped linearly, bright = far.
+
+  A stand-in for RESIDE's estimated scene depth (Li et al., TIP 2019, used a depth network):
+  in outdoor photos the sky and distant, low-contrast regions are the brightest, so haze is
+  thickest there and thin on dark foreground. It is a pointwise function of a local average
+  with fixed bounds (no per-image normalisation), so the depth of a crop equals the depth of
+  the whole image at the same pixels away from the crop's border (within ~3 sigma): applying
+  haze after cropping is consistent with applying it before."""
+  luminance = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) \
+      if image.shape[-1] >= 3 else image[..., 0].astype(np.float64)
+  smooth = _separable_filter(luminance[..., None], gaussian_kernel_1d(HAZE_DEPTH_SMOOTHING))[..., 0]
+  return HAZE_MIN_DEPTH + (1.0 - HAZE_MIN_DEPTH) * np.clip(smooth, 0.0, 1.0)
+
+
 def synthesize_haze(image: np.ndarray, rng: np.random.Generator, beta: float | None = None,
                     airlight: float | None = None) -> Haze:
   """Atmospheric scattering model I = J t + A (1 - t), t = exp(-beta d) (Koschmieder / RESIDE)."""
   image = _check(image, "haze")
   beta = _uniform(rng, HAZE_BETA_RANGE) if beta is None else float(beta)
   airlight = _uniform(rng, HAZE_AIRLIGHT_RANGE) if airlight is None else float(airlight)
-  depth = synthetic_depth(image.shape[0], image.shape[1], rng)[..., None]  # [H, W, 1]
+  depth = content_depth(image)[..., None]                                 # [H, W, 1]
   t = np.exp(-beta * depth)
   hazy = image * t + airlight * (1.0 - t)
   return Haze(hazy=_finish(hazy), transmission=t.astype(np.float32), depth=depth.astype(np.float32),
@@ -236,6 +255,7 @@ __all__ = [
     "LOW_LIGHT_NOISE_RANGE", "GAUSSIAN_NOISE_LEVELS", "GAUSSIAN_BLUR_LEVELS", "JPEG_LEVELS",
     "HAZE_LEVELS", "LOW_LIGHT_LEVELS", "gaussian_noise", "gaussian_noise_released",
     "gaussian_kernel_1d", "gaussian_kernel",
-    "gaussian_blur", "jpeg", "Haze", "synthetic_depth", "synthesize_haze", "haze", "low_light",
+    "gaussian_blur", "jpeg", "Haze", "synthetic_depth", "content_depth", "synthesize_haze", "haze",
+    "low_light",
     "to_uint8",
 ]
