@@ -255,3 +255,80 @@ def test_official_size_matches_torch(preset):
   y = jax.jit(model.apply)({"params": _torch_to_flax(net.state_dict())},
                            jnp.asarray(x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(np.asarray(y), y_t.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# models/common.py: the one config path of every backbone, and apply_with_state.
+
+
+def test_common_create_follows_fields_preset_and_explicit_keys():
+  from jaxmilab.models import common  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from typing import Any, Sequence  # pylint: disable=g-import-not-at-top
+
+  checked = []
+
+  class Toy(nn.Module):
+    width: int
+    levels: Sequence[int] = (1, 2)
+    scale: float = 1.0
+    gated: bool = False
+    mode: str = "a"
+    dtype: Any = jnp.float32
+
+    def check_config(self):
+      checked.append(self.width)
+      if self.mode not in ("a", "b"):
+        raise ValueError(f"config.model.mode={self.mode!r}")
+
+  presets = {"small": dict(width=4, levels=[3, 4], scale=2)}
+  m = common.create(Toy, presets, {"name": "toy", "preset": "small", "width": 8.0,
+                                   "gated": None, "dtype": "bfloat16"})
+  # explicit > preset > field default; lists become tuples, numbers the declared type.
+  assert (m.width, m.levels, m.scale, m.gated, m.mode, m.dtype) == (
+      8, (3, 4), 2.0, False, "a", jnp.bfloat16)
+  assert isinstance(m.scale, float) and checked == [8]
+  # A key set to None is "not set", even when it is not a field (another model's key).
+  assert common.create(Toy, presets, {"width": 2, "enc_blocks": None}).width == 2
+  assert set(common.config_defaults(Toy)) == {"preset", "width", "levels", "scale", "gated",
+                                              "mode", "dtype"}
+  for config, message in (({"width": 2, "widht": 3}, r"unknown key\(s\) \['widht'\]"),
+                          ({"preset": "large"}, "not a toy preset"),
+                          ({"levels": (1,)}, r"missing \['width'\]"),
+                          ({"width": 2, "dtype": "float16"}, "config.model.dtype='float16'"),
+                          ({"width": 2.5}, "config.model.width=2.5 does not fit"),
+                          ({"width": 2, "levels": 3}, "config.model.levels=3 does not fit"),
+                          ({"width": 2, "mode": "c"}, "config.model.mode='c'")):
+    with pytest.raises(ValueError, match=message):
+      common.create(Toy, presets, config)
+
+
+def test_apply_with_state_updates_batch_stats_only_in_training():
+  from jaxmilab.models import common  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      return nn.BatchNorm(use_running_average=not train, momentum=0.5, epsilon=1e-5)(x)
+
+  class NoState(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      return nn.Dropout(0.5, deterministic=not train)(x)
+
+  net = Net()
+  x = jnp.arange(8.0).reshape(4, 2) + 1.0                    # column means 4, 5
+  variables = net.init(jax.random.PRNGKey(0), x, train=False)
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  _, new_state = common.apply_with_state(net, params, state, x, train=True)
+  stats = new_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_allclose(np.asarray(stats["mean"]), [2.0, 2.5])   # 0.5 * 0 + 0.5 * mean
+  y_eval, same = common.apply_with_state(net, params, new_state, x, train=False)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), same, new_state))
+  expected = (np.asarray(x) - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + 1e-5)
+  np.testing.assert_allclose(np.asarray(y_eval), expected, rtol=1e-5, atol=1e-5)
+  # No state: a plain apply, {} back; rngs reach the module (dropout needs its key).
+  y, empty = common.apply_with_state(NoState(), {}, {}, x, train=True,
+                                     rngs={"dropout": jax.random.PRNGKey(1)})
+  assert empty == {} and set(np.unique(np.asarray(y) == 0)) == {True, False}
