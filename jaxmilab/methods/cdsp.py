@@ -238,62 +238,67 @@ class Method(base.Method):
     return ev.compute()
 
   def init_from(self, variables, loaded):
-    """A torchvision ResNet `.pth` (trunk only, strict) or a jaxmilab run (matching arrays)."""
-    trunk = loaded.get("params", {}).get("backbone", {})
-    if _looks_like_torchvision(trunk):
-      return load_torchvision_trunk(variables, trunk)
+    """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays)."""
+    tree = loaded.get("params", {}).get("backbone", {})
+    if _from_torch_file(tree):
+      return load_torch_weights(variables, tree)
     merged = base.merge_matching(variables, loaded)
     if all(a is b for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables))):
       raise ValueError("config.method.init_from: no array of the checkpoint matches this model (path and "
-                       "shape); pass a torchvision ResNet-50/101 .pth or a cdsp workdir with the same "
-                       "config.model.")
+                       "shape); pass a torchvision ResNet-50/101 .pth, a released CDSP .pth or a cdsp "
+                       "workdir with the same config.model.")
     return merged
 
 
-def _looks_like_torchvision(tree: Any) -> bool:
-  """A torchvision ResNet as jaxmilab.convert reads a .pth (BN running stats still in params)."""
+def _from_torch_file(tree: Any) -> bool:
+  """A PyTorch state dict as jaxmilab.convert reads a .pth (BN running stats still in params)."""
   return (isinstance(tree, Mapping) and "layer1_0" in tree and isinstance(tree.get("bn1"), Mapping)
           and "running_mean" in tree["bn1"])
 
 
-def _split_torchvision_tree(tree: Mapping[str, Any], path: tuple[str, ...] = ("backbone",)
-                            ) -> dict[str, Any]:
-  """{"params", "batch_stats"} from the converted tree: running_mean/var -> mean/var, fc dropped."""
-  out: dict[str, Any] = {"params": {}, "batch_stats": {}}
+def _is_trunk(key: str) -> bool:
+  return key in ("conv1", "bn1") or key.split("_")[0] in ("layer1", "layer2", "layer3", "layer4")
+
+
+def _flatten_torch_tree(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """{keystr of (collection, *path, leaf): array}: running_mean/var -> batch_stats mean/var."""
+  out = {}
   for key, value in tree.items():
-    if key == "fc" and len(path) == 1:
-      continue
     if isinstance(value, Mapping):
-      sub = _split_torchvision_tree(value, path + (key,))
-      for collection in out:
-        out[collection].update(sub[collection])
-      continue
-    if key == "num_batches_tracked":
-      continue
-    collection, leaf = ("batch_stats", key[len("running_"):]) if key.startswith("running_") else ("params", key)
-    out[collection][jax.tree_util.keystr((jax.tree_util.DictKey(collection),) + tuple(
-        jax.tree_util.DictKey(p) for p in path + (leaf,)))] = np.asarray(value, np.float32)
+      out.update(_flatten_torch_tree(value, path + (key,)))
+    elif key != "num_batches_tracked":
+      collection, leaf = ("batch_stats", key[len("running_"):]) if key.startswith("running_") else ("params", key)
+      keys = (collection,) + path + (leaf,)
+      out[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in keys))] = np.asarray(value, np.float32)
   return out
 
 
-def load_torchvision_trunk(variables: dict[str, Any], trunk: Mapping[str, Any]) -> dict[str, Any]:
-  """Copies a torchvision ResNet (as read by jaxmilab.convert) into params/batch_stats "backbone".
+def load_torch_weights(variables: dict[str, Any], tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Copies PyTorch weights (read by jaxmilab.convert: names joined, kernels HWIO) into `variables`.
 
-  Every trunk weight of the file must exist in the model with the same shape (else one error
-  lists the differences: e.g. a ResNet-50 file for a depth-101 model); the classifier is dropped.
+  The trunk keys (conv1, bn1, layer1-4) go under "backbone", the released CDSP head keys
+  (layer_pred0, reduce, fuse, classifier, layer5, layer_lorm) stay at the top; a classifier
+  `fc` (torchvision) is dropped. Strict: every file weight must fit the model (path and shape),
+  every trunk weight of the model must be in the file, and a file with a head must fill the
+  whole model; otherwise one error lists the differences (e.g. a ResNet-50 file for depth 101).
   """
-  split = _split_torchvision_tree(trunk)
-  flat_new = {**split["params"], **split["batch_stats"]}
+  flat_new: dict[str, np.ndarray] = {}
+  for key, value in tree.items():
+    if key == "fc":
+      continue
+    sub = {key: value}
+    flat_new.update(_flatten_torch_tree(sub, ("backbone",) if _is_trunk(key) else ()))
   flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+  has_head = any(not _is_trunk(k) for k in tree if k != "fc")
   missing = sorted(k for k in flat_new if k not in flat_old)
   shapes = sorted(f"{k}: file {np.shape(flat_new[k])} vs model {np.shape(flat_old[k])}"
                   for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k]))
-  unfilled = sorted(k for k in flat_old if "'backbone'" in k and k not in flat_new)
+  unfilled = sorted(k for k in flat_old if k not in flat_new and (has_head or "'backbone'" in k))
   if missing or shapes or unfilled:
     raise ValueError(
-        f"config.method.init_from: the ResNet file does not fit config.model (depth / preset): "
+        f"config.method.init_from: the PyTorch file does not fit config.model (arch / depth / preset): "
         f"{len(missing)} weights have no place in the model {missing[:4]}, {len(shapes)} differ in "
-        f"shape {shapes[:4]}, {len(unfilled)} trunk weights are not in the file {unfilled[:4]}.")
+        f"shape {shapes[:4]}, {len(unfilled)} model weights are not in the file {unfilled[:4]}.")
 
   def pick(path, x):
     y = flat_new.get(jax.tree_util.keystr(path))

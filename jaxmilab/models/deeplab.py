@@ -264,3 +264,21 @@ def create(config: Mapping[str, Any]) -> DeepLab:
                  low_channels=int(sizes["low_channels"]), decoder_channels=int(sizes["decoder_channels"]),
                  head=config.get("head", "concat"), lorm=bool(config.get("lorm", True)),
                  dropout=float(config.get("dropout", 0.5)), dtype=dtype)
+
+
+def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """{"params", "batch_stats"} from a released CDSP (or torchvision ResNet) state dict.
+
+  Trunk keys (conv1, bn1, layer1-4) go under "backbone"; head keys keep their names with
+  numeric parts joined ("layer_pred0.prject.0.weight" -> params/layer_pred0/prject_0/kernel);
+  torchvision's `fc` is dropped.
+  """
+  trunk, head = {}, {}
+  for key, value in state_dict.items():
+    key = key[len("module."):] if key.startswith("module.") else key
+    (trunk if key.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4") else head)[key] = value
+  out = resnet.variables_from_torchvision(trunk, ("backbone",))
+  rest = resnet.variables_from_torchvision(head, ())
+  for collection in out:
+    out[collection].update(rest[collection])
+  return out

@@ -1,0 +1,325 @@
+"""CDSP: losses against numpy / PyTorch (values and gradients), distance maps against a brute-force
+transcription of the released distance-map scripts, the streaming evaluator against the
+concatenated computation, sliding-window inference against a numpy transcription of the released
+evaluate.py, and the data pipelines (synthetic set, folder reader).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxmilab.data import scribble_common
+from jaxmilab.data import scribble_folders
+from jaxmilab.data import scribble_synthetic
+from jaxmilab.data.base import DataError
+from jaxmilab.evaluation import segmentation
+from jaxmilab.evaluation import segmentation_inference as inference
+from jaxmilab.methods import cdsp
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def test_distance_entropy_matches_numpy():
+  rng = np.random.default_rng(0)
+  probs = _softmax(rng.normal(size=(2, 5, 6, 4)) * 3)
+  probs[0, 0, 0] = (1.0, 0.0, 0.0, 0.0)          # H = 0: excluded from the count
+  probs[0, 0, 1] = (0.5, 0.5, 0.0, 0.0)          # 0 log 0 = 0
+  dist = rng.random((2, 5, 6))
+  dist[1, 2] = 0.0                               # D = 0: excluded from the count
+  plogp = np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0.0)
+  h = -plogp.sum(-1)
+  expected = (dist * h).sum() / np.count_nonzero(dist * h)
+  got = cdsp.distance_entropy(jnp.asarray(probs, jnp.float32), jnp.asarray(dist, jnp.float32))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert np.count_nonzero(dist * h) == 2 * 5 * 6 - 1 - 6
+  # Finite gradient at p = 0, and 0 when nothing counts.
+  g = jax.grad(lambda p: cdsp.distance_entropy(p, jnp.asarray(dist, jnp.float32)))(jnp.asarray(probs, jnp.float32))
+  assert np.isfinite(np.asarray(g)).all()
+  assert float(cdsp.distance_entropy(jnp.asarray(probs, jnp.float32), jnp.zeros((2, 5, 6)))) == 0.0
+  # The logits form used in training is the same function.
+  logits = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  np.testing.assert_allclose(cdsp.distance_entropy_from_logits(jnp.asarray(logits), jnp.asarray(dist)),
+                             cdsp.distance_entropy(jax.nn.softmax(jnp.asarray(logits)), jnp.asarray(dist)),
+                             rtol=1e-5)
+
+
+@pytest.mark.torch
+def test_losses_match_pytorch_values_and_gradients():
+  """CE (ignore 255), label-smoothed CE and DistanceMapMinEntropy (released loss.py) vs torch."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 7, 5, 4)).astype(np.float32) * 2
+  labels = rng.choice([0, 1, 2, 3, 255], size=(2, 7, 5)).astype(np.int64)
+  dist = (rng.random((2, 7, 5)) * (rng.random((2, 7, 5)) > 0.3)).astype(np.float32)
+  lt = torch.tensor(logits).permute(0, 3, 1, 2).requires_grad_(True)
+  ce = torch.nn.CrossEntropyLoss(ignore_index=255)(lt, torch.tensor(labels))
+  ls = torch.nn.CrossEntropyLoss(ignore_index=255, label_smoothing=0.1)(lt, torch.tensor(labels))
+  # loss.py DistanceMapMinEntropy (distance map given in [0, 255]).
+  dm = torch.tensor(dist * 255.0) / 255
+  de = -torch.sum(dm.unsqueeze(1) * torch.softmax(lt, 1) * torch.log_softmax(lt, 1), 1)
+  de = -(-de).sum() / torch.count_nonzero(de)
+  total = ce + 0.5 * ls + 2.0 * de
+  total.backward()
+
+  def f(z):
+    return (cdsp.cross_entropy(z, jnp.asarray(labels)) + 0.5 * cdsp.cross_entropy(
+        z, jnp.asarray(labels), label_smoothing=0.1) + 2.0 * cdsp.distance_entropy_from_logits(z, jnp.asarray(dist)))
+
+  value, grad = jax.value_and_grad(f)(jnp.asarray(logits))
+  np.testing.assert_allclose(cdsp.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), ce.item(), rtol=1e-5)
+  np.testing.assert_allclose(cdsp.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=0.1),
+                             ls.item(), rtol=1e-5)
+  np.testing.assert_allclose(value, total.item(), rtol=1e-5)
+  np.testing.assert_allclose(grad, lt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_cross_entropy_all_ignored_is_zero():
+  assert float(cdsp.cross_entropy(jnp.ones((1, 2, 2, 3)), jnp.full((1, 2, 2), 255))) == 0.0
+
+
+# ------------------------------------------------------------------------------ distance maps
+
+
+def _official_distance_map(points_mask, lam):
+  """Released distance_map.py: min over points of sqrt(lam * ((x - px)^2 + (y - py)^2)), omega 255."""
+  h, w = points_mask.shape
+  dm = np.full((h, w), 255.0)
+  for py, px in np.argwhere(points_mask):
+    for y in range(h):
+      for x in range(w):
+        dm[y, x] = min(dm[y, x], math.sqrt(lam * ((y - py) ** 2 + (x - px) ** 2)))
+  return np.clip(dm, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("lam", [math.e ** 2, 1000.0])
+def test_distance_maps_match_released_scripts(lam):
+  import cv2  # pylint: disable=g-import-not-at-top
+  scribble = np.full((14, 17), 255, np.uint8)
+  scribble[3, 2:9] = 2
+  scribble[10, 5] = 1
+  scribble[12, 10:15] = 0                           # background scribble: not foreground
+  # makedistancemap_multiprocessing.py: 255 -> 0, > 0 -> 255; map; 255 - map; loss divides by 255.
+  binary = scribble.copy()
+  binary[binary == 255] = 0
+  expected = (255 - _official_distance_map(binary > 0, lam)) / 255.0
+  np.testing.assert_allclose(scribble_common.scribble_distance(scribble, lam), expected, atol=1e-6)
+  pseudo = np.zeros((14, 17), np.uint8)
+  pseudo[2:9, 3:12] = 4
+  pseudo[5, 5] = 255
+  pseudo[11:13, 13:16] = 7
+  # makedistancemap_fromCAM_multiprocessing.py: contours of (255 -> 0, > 0) drawn 1 px, map.
+  cam = pseudo.copy()
+  cam[cam == 255] = 0
+  cam[cam > 0] = 255
+  contours, _ = cv2.findContours(cam, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+  canvas = cv2.drawContours(np.zeros((14, 17, 3), np.uint8), contours, -1, (255, 255, 255), 1)
+  expected = _official_distance_map(canvas[..., 0] > 0, lam) / 255.0
+  np.testing.assert_allclose(scribble_common.contour_distance(pseudo, lam), expected, atol=1e-6)
+  # Edge cases: no foreground scribble -> 0 everywhere; no pseudo foreground -> 1 everywhere.
+  assert not scribble_common.scribble_distance(np.full((4, 4), 255, np.uint8)).any()
+  assert (scribble_common.contour_distance(np.zeros((4, 4), np.uint8)) == 1).all()
+
+
+def test_augment_keeps_maps_aligned():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 5, size=(20, 24)).astype(np.uint8)
+  example = {"image": np.repeat(labels[..., None] * 40, 3, -1).astype(np.uint8), "scribble": labels.copy(),
+             "pseudo": labels.copy(), "dist_scribble": labels.astype(np.float32),
+             "dist_contour": labels.astype(np.float32)}
+  for seed in range(5):
+    out = scribble_common.augment(example, np.random.default_rng(seed), crop_size=16, scale_range=(1.0, 1.0),
+                                  rotate_degrees=0.0, blur_prob=0.0)
+    assert out["image"].shape == (16, 16, 3) and out["scribble"].dtype == np.uint8
+    np.testing.assert_array_equal(out["image"][..., 0], out["scribble"].astype(np.uint8) * 40)
+    np.testing.assert_array_equal(out["scribble"], out["pseudo"])
+    np.testing.assert_array_equal(out["dist_scribble"], out["scribble"])
+  # Larger crops pad: images with the mean colour, labels with 255, distance maps with 0.
+  out = scribble_common.augment(example, rng, crop_size=32, scale_range=(0.5, 0.5), rotate_degrees=10.0)
+  pad = out["scribble"] == 255
+  assert pad.mean() > 0.5 and (out["dist_contour"][pad] == 0).all()
+
+
+# --------------------------------------------------------------------------------- evaluation
+
+
+def test_streaming_evaluator_equals_concatenated_computation():
+  rng = np.random.default_rng(0)
+  k = 4
+  batches = []
+  for _ in range(3):
+    gt = rng.choice([0, 1, 2, 3, 255], size=(5, 6, 7)).astype(np.uint8)
+    pred = np.where(rng.random((5, 6, 7)) < 0.7, gt % k, rng.integers(0, k, size=(5, 6, 7))).astype(np.int32)
+    valid = np.array([True, True, True, False, True])
+    pred[~valid] = 0                                      # padding rows must not count
+    batches.append(({"image": rng.integers(0, 255, (5, 6, 7, 3), dtype=np.uint8), "gt": gt, "valid": valid},
+                    {"pred": pred}))
+  ev = cdsp.CDSPEvaluator(k)
+  for batch, out in batches:
+    ev.update(batch, out)
+  got = ev.compute()
+  # The concatenated computation: valid rows of every batch, one confusion matrix, IoU formula.
+  gt = np.concatenate([b["gt"][b["valid"]] for b, _ in batches]).ravel()
+  pred = np.concatenate([o["pred"][b["valid"]] for b, o in batches]).ravel()
+  keep = gt != 255
+  iou = []
+  for c in range(k):
+    tp = np.sum((gt == c) & (pred == c) & keep)
+    union = np.sum(((gt == c) | (pred == c)) & keep)
+    iou.append(100.0 * tp / union)
+  np.testing.assert_allclose(got["mIoU"], np.mean(iou), rtol=1e-12)
+  for c in range(k):
+    np.testing.assert_allclose(got[f"IoU/{c}"], iou[c], rtol=1e-12)
+  # Merging per-host evaluators = one evaluator; the picture has the kept rows.
+  a, b = cdsp.CDSPEvaluator(k), cdsp.CDSPEvaluator(k)
+  a.update(*batches[0])
+  for batch, out in batches[1:]:
+    b.update(batch, out)
+  assert a.merge(b).compute() == got
+  assert ev.images().shape == (4 * 8, 3 * 9, 3)
+
+
+def _released_scale_process(net_np, image, crop, stride_rate=2 / 3):
+  """Numpy transcription of evaluate.py `scale_process` for one image (mean-padding = 0)."""
+  h, w, _ = image.shape
+  pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+  ph, pw = pad_h // 2, pad_w // 2
+  image = np.pad(image, ((ph, pad_h - ph), (pw, pad_w - pw), (0, 0)))
+  nh, nw, _ = image.shape
+  stride = int(np.ceil(crop * stride_rate))
+  grid_h, grid_w = int(np.ceil((nh - crop) / stride) + 1), int(np.ceil((nw - crop) / stride) + 1)
+  pred, count = None, np.zeros((nh, nw))
+  for ih in range(grid_h):
+    for iw in range(grid_w):
+      eh = min(ih * stride + crop, nh)
+      ew = min(iw * stride + crop, nw)
+      sh, sw = eh - crop, ew - crop
+      p = net_np(image[sh:eh, sw:ew])
+      pred = np.zeros((nh, nw, p.shape[-1])) if pred is None else pred
+      pred[sh:eh, sw:ew] += p
+      count[sh:eh, sw:ew] += 1
+  return (pred / count[..., None])[ph:ph + h, pw:pw + w]
+
+
+def test_sliding_window_matches_released_protocol():
+  """A position-dependent 'network' (so windows matter) against the released loops, one scale."""
+  rng = np.random.default_rng(0)
+  weights = rng.normal(size=(3, 4)).astype(np.float32)
+  ramp = rng.normal(size=(9, 9, 4)).astype(np.float32)   # depends on the position in the window
+
+  def net(x):
+    return jax.nn.softmax(jnp.einsum("bhwc,ck->bhwk", x, weights) + ramp[:x.shape[1], :x.shape[2]], -1)
+
+  def net_np(x):
+    return _softmax(x @ weights + ramp[:x.shape[0], :x.shape[1]])
+
+  for shape in [(20, 13), (7, 5), (9, 16)]:
+    x = rng.normal(size=(2,) + shape + (3,)).astype(np.float32)
+    got = inference.predict_probs(net, jnp.asarray(x), scales=(1.0,), crop_size=9)
+    for i in range(2):
+      np.testing.assert_allclose(got[i], _released_scale_process(net_np, x[i], 9), rtol=1e-5, atol=1e-6)
+  assert inference.window_starts(10, 4, 3) == [0, 3, 6]
+  assert inference.window_starts(11, 4, 3) == [0, 3, 6, 7]
+
+
+def test_multiscale_flip_with_a_pointwise_net():
+  """A per-pixel net commutes with flips; scale 1 without windows is the net itself."""
+  rng = np.random.default_rng(1)
+  weights = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  net = lambda x: jax.nn.softmax(jnp.einsum("bhwc,ck->bhwk", x, weights), -1)
+  x = jnp.asarray(rng.normal(size=(1, 12, 10, 3)), jnp.float32)
+  np.testing.assert_allclose(inference.predict_probs(net, x), net(x), rtol=1e-6)
+  np.testing.assert_allclose(inference.predict_probs(net, x, flip=True, crop_size=7), net(x), rtol=1e-5, atol=1e-6)
+  multi = inference.predict_probs(net, x, scales=(0.5, 1.0, 2.0))
+  np.testing.assert_allclose(np.asarray(multi).sum(-1), 1.0, rtol=1e-5)
+  assert multi.shape == (1, 12, 10, 5)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def test_synthetic_scribbles_inside_objects_and_variants():
+  kw = dict(size=48, num_classes=5, max_objects=2, num_examples=6, seed=3, tag=11)
+  full = scribble_synthetic.SyntheticScribbles((), train=True, **kw)
+  masks = scribble_synthetic.SyntheticScribbles((), train=False, **kw)
+  drop = scribble_synthetic.SyntheticScribbles((), train=True, variant="drop", drop_rate=1.0, **kw)
+  shrink = scribble_synthetic.SyntheticScribbles((), train=True, variant="shrink", shrink_ratio=0.3, **kw)
+  n_full = n_shrink = 0
+  for i in range(6):
+    ex, gt = full[i], masks[i]["gt"]
+    np.testing.assert_array_equal(ex["image"], masks[i]["image"])
+    labelled = ex["scribble"] != 255
+    np.testing.assert_array_equal(ex["scribble"][labelled], gt[labelled])   # every stroke is correct
+    assert set(np.unique(ex["scribble"][labelled])) == set(np.unique(gt))    # every class has a stroke
+    assert 0 < (ex["pseudo"] != gt).mean() < 0.5                           # imperfect, informative
+    fg_dropped = drop[i]["scribble"]
+    assert set(np.unique(fg_dropped)) <= {0, 255}
+    n_full += labelled.sum()
+    n_shrink += (shrink[i]["scribble"] != 255).sum()
+  assert n_shrink < 0.6 * n_full
+
+
+def test_synthetic_pipeline_batches():
+  config = ml_collections.ConfigDict(dict(name="scribble_synthetic", image_size=32, num_train=16, num_eval=5,
+                                          eval_batch_size=4))
+  ds = scribble_synthetic.create(config, batch_size=4, seed=0, process_index=0, process_count=1)
+  batch = next(ds.train)
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  assert batch["dist_scribble"].dtype == np.float32 and 0 <= batch["dist_contour"].min() <= 1
+  evals = list(ds.eval_batches())
+  assert [b["valid"].sum() for b in evals] == [4, 1] and evals[0]["gt"].shape == (4, 32, 32)
+  assert ds.info.num_classes == 5 and ds.info.class_names[0] == "background"
+  with pytest.raises(ValueError, match="scribble_variant"):
+    scribble_synthetic.create(ml_collections.ConfigDict(dict(scribble_variant="thin")), batch_size=4, seed=0,
+                              process_index=0, process_count=1)
+
+
+def test_folder_reader(tmp_path):
+  root = tmp_path / "VOC2012"
+  for d in ("JPEGImages", "pascal_2012_scribble", "bmp_pseudolabel", "SegmentationClassAug",
+            "ImageSets/SegmentationAug"):
+    (root / d).mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  ids = ["2007_000032", "2007_000033", "2007_000039"]
+  for i, name in enumerate(ids):
+    h, w = 20 + i, 30 - i
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+    for d in ("pascal_2012_scribble", "bmp_pseudolabel", "SegmentationClassAug"):
+      Image.fromarray(rng.choice([0, 3, 255], size=(h, w)).astype(np.uint8)).save(root / d / f"{name}.png")
+  (root / "ImageSets/SegmentationAug/train.txt").write_text(
+      "".join(f"/JPEGImages/{n}.jpg /SegmentationClassAug/{n}.png\n" for n in ids))
+  (root / "ImageSets/SegmentationAug/val.txt").write_text("\n".join(ids[:2]) + "\n")
+  config = ml_collections.ConfigDict(dict(name="scribble_folders", root=str(root), crop_size=16,
+                                          eval_pad_size=32, eval_batch_size=2))
+  ds = scribble_folders.create(config, batch_size=2, seed=0, process_index=0, process_count=1)
+  batch = next(ds.train)
+  assert batch["scribble"].shape == (2, 16, 16) and set(np.unique(batch["scribble"])) <= {0, 3, 255}
+  (ev,) = list(ds.eval_batches())
+  assert ev["gt"].shape == (2, 32, 32) and (ev["gt"][0, 20:] == 255).all()
+  np.testing.assert_array_equal(ev["gt"][0, :20, :30],
+                                np.asarray(Image.open(root / "SegmentationClassAug" / f"{ids[0]}.png")))
+  (root / "bmp_pseudolabel" / f"{ids[2]}.png").unlink()
+  with pytest.raises(DataError, match="2007_000039.png is missing"):
+    scribble_folders.create(config, batch_size=2, seed=0, process_index=0, process_count=1)
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "bmp_pseudolabel" / f"{ids[2]}.png")
+  with pytest.raises(DataError, match="class indices"):
+    scribble_folders.read_label(str(root / "bmp_pseudolabel" / f"{ids[2]}.png"))
+
+
+def test_segmentation_evaluator_is_the_metric_used():
+  ev = segmentation.SegmentationEvaluator(3)
+  ev.accumulate(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [1, 255]]))
+  out = ev.compute()
+  assert out["IoU/0"] == 100.0 and out["IoU/1"] == 50.0 and out["IoU/2"] == 0.0
