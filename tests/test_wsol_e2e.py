@@ -27,7 +27,7 @@ def _eval_record(workdir):
 def cam_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cam"))
   state = trainer.train_and_evaluate(config_lib.load("configs/cam.py:smoke", {"mesh.num_devices": 1}), workdir)
-  return workdir, jax.device_get(state.params)
+  return workdir, jax.device_get(state.params), jax.device_get(state.model_state)
 
 
 def test_cam_smoke_reports_protocol_metrics(cam_run):
@@ -47,19 +47,26 @@ def test_bcam_smoke_reports_prob_and_mask_metrics(tmp_path):
   assert train and all(math.isfinite(r["loss"]) for r in train)
 
 
-@pytest.mark.slow
 def test_bagcams_post_hoc_on_a_cam_run(cam_run, tmp_path):
-  """init_from a cam run, zero learning rate: BagCAMs and CAM maps of the *same* network."""
-  cam_dir, cam_params = cam_run
-  overrides = {"mesh.num_devices": 1, "method.init_from": cam_dir, "total_steps": 1,
-               "eval_every_steps": 1, "checkpoint_every_steps": 1, "optimizer.learning_rate": 0.0,
-               "optimizer.weight_decay": 0.0}
-  state = trainer.train_and_evaluate(config_lib.load("configs/bagcams.py:smoke", overrides), str(tmp_path))
-  for a, b in zip(jax.tree.leaves(cam_params), jax.tree.leaves(jax.device_get(state.params))):
-    np.testing.assert_array_equal(a, b)  # the evaluated network is the loaded cam network
+  """--mode=eval with init_from a cam run: no training step; parameters AND BatchNorm statistics
+  of the evaluated network are exactly the loaded ones (BagCAMs is post hoc)."""
+  cam_dir, cam_params, cam_state = cam_run
+  assert jax.tree.leaves(cam_state["batch_stats"])  # the tiny ResNet has BatchNorm statistics
+  overrides = {"mesh.num_devices": 1, "method.init_from": cam_dir}
+  config = config_lib.load("configs/bagcams.py:smoke", overrides)
+  state, scalars = trainer.Trainer(config, str(tmp_path)).evaluate_checkpoint()
+  state = jax.device_get(state)
+  assert int(state.step) == 0
+  for ref, got in ((cam_params, state.params), (cam_state, state.model_state)):
+    ref_leaves = jax.tree_util.tree_leaves_with_path(ref)
+    got_leaves = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_leaves_with_path(got))
+    assert len(ref_leaves) == len(got_leaves)
+    for path, value in ref_leaves:
+      np.testing.assert_array_equal(value, got_leaves[jax.tree_util.keystr(path)])
   record = _eval_record(str(tmp_path))
+  assert not [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train"]
   for key in PROTOCOL_KEYS + ("cam/MaxBoxAccV2", "cam/PxAP"):
-    assert 0.0 <= record[key] <= 100.0, key
+    assert 0.0 <= record[key] <= 100.0 and record[key] == scalars[key], key
 
 
 @pytest.mark.slow

@@ -36,6 +36,13 @@ import numpy as np
 from jaxmilab.convert import torch_checkpoint
 from jaxmilab.models import wsol_backbones
 
+# large_feature_map (28x28 maps) per (architecture, dataset), as configs/cam.py: ResNet50 and
+# InceptionV3 True, VGG16 False on CUB / ILSVRC (B-CAM Train.sh; BagCAMs run_train.sh and
+# run_test_all.sh, CUB ResNet50 True). OpenImages: False for every architecture (ASSUMPTION:
+# DA-WSOL / BagCAMs' OpenImages setting as reported to us; no OpenImages script of theirs was
+# at hand).
+LARGE_FEATURE_MAP = {(a, d): (a != "vgg16" and d != "openimages")
+                     for a in ("resnet50", "vgg16", "inceptionv3") for d in ("cub", "ilsvrc", "openimages")}
 _DROP = re.compile(r"^(classifier\.|AuxLogits\.|Mixed_7|.*num_batches_tracked$)")
 _BCAM_HEAD = ("aggregator_A", "aggregator_B", "classifier_A", "classifier_B")
 
@@ -148,11 +155,11 @@ def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, 
   model_cfg = dict(preset=preset, num_classes=num_classes, large_feature_map=large_feature_map)
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   if bcam:
-    from jaxmilab.methods import bcam as bcam_method  # pylint: disable=g-import-not-at-top
     backbone = wsol_backbones.create_backbone(arch, dict(model_cfg, with_classifier=False))
     bv = dict(backbone.init(jax.random.key(0), x))
-    feats = backbone.apply(bv, x)["features"]
-    head = bcam_method.BCAMHead(num_classes, num_heads).init(jax.random.key(1), feats)
+    out = backbone.apply(bv, x)
+    head = wsol_backbones.bcam_head(arch, num_classes, num_heads).init(
+        jax.random.key(1), out["features"], wsol_backbones.bcam_attention_input(arch, out))
     variables = {"params": {"backbone": bv.pop("params"), "bcam_head": head["params"]}, **bv}
   else:
     variables = dict(wsol_backbones.create_backbone(arch, model_cfg).init(jax.random.key(0), x))
@@ -163,8 +170,17 @@ def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, 
   return load_into(variables, converted)
 
 
-def write_init_checkpoint(variables: dict[str, Any], out_dir: str) -> str:
-  """Writes `<out_dir>/state` in the layout `config.method.init_from` reads."""
+MODEL_INFO = "wsol_model.json"  # next to `state`: the network the weights were converted for
+
+
+def write_init_checkpoint(variables: dict[str, Any], out_dir: str, model_info: dict | None = None) -> str:
+  """Writes `<out_dir>/state` in the layout `config.method.init_from` reads.
+
+  `model_info` (arch, large_feature_map, num_classes) goes to `<out_dir>/wsol_model.json`:
+  the feature-map stride changes no weight shape, so the WSOL methods compare it with
+  config.model to refuse loading the weights into the wrong network.
+  """
+  import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   variables = dict(variables)
@@ -173,7 +189,27 @@ def write_init_checkpoint(variables: dict[str, Any], out_dir: str) -> str:
   path = os.path.join(os.path.abspath(out_dir), "state")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, jax.device_get(state))
+  if model_info is not None:
+    with open(os.path.join(os.path.abspath(out_dir), MODEL_INFO), "w", encoding="utf-8") as f:
+      json.dump(model_info, f)
   return os.path.abspath(out_dir)
+
+
+def check_model_info(init_from: str, arch: str, large_feature_map: bool) -> None:
+  """Raises if `init_from` was converted for another architecture or feature-map size."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(init_from, MODEL_INFO)
+  if not init_from or not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    info = json.load(f)
+  if info.get("arch", arch) != arch or bool(info.get("large_feature_map", large_feature_map)) != bool(large_feature_map):
+    raise ValueError(f"config.method.init_from={init_from} holds {info.get('arch')} weights converted with "
+                     f"large_feature_map={info.get('large_feature_map')} ({path}), but config.model builds "
+                     f"{arch} with large_feature_map={large_feature_map}; the stride changes no weight shape, "
+                     f"so the weights would load into the wrong network. Set "
+                     f"--config.model.large_feature_map={info.get('large_feature_map')} or convert again.")
 
 
 def main(argv=None) -> None:
@@ -182,17 +218,20 @@ def main(argv=None) -> None:
   parser.add_argument("--arch", required=True, choices=sorted(wsol_backbones.ARCHS))
   parser.add_argument("--checkpoint", required=True, help="local .pth / .pth.tar / .safetensors file")
   parser.add_argument("--num_classes", type=int, required=True)
-  parser.add_argument("--large_feature_map", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+  parser.add_argument("--large_feature_map", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                      help="28x28 maps; default as configs/cam.py for --dataset")
+  parser.add_argument("--dataset", default="cub", choices=("cub", "ilsvrc", "openimages"))
   parser.add_argument("--bcam", action="store_true", help="a B-CAM checkpoint (bcam method layout)")
   parser.add_argument("--num_heads", type=int, default=100)
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
   large = args.large_feature_map
   if large is None:
-    large = {"resnet50": True, "vgg16": False, "inceptionv3": True}[args.arch]
+    large = LARGE_FEATURE_MAP[(args.arch, args.dataset)]
   variables, skipped = convert(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
                                large_feature_map=large, bcam=args.bcam, num_heads=args.num_heads)
-  out = write_init_checkpoint(variables, args.out)
+  out = write_init_checkpoint(variables, args.out, {"arch": args.arch, "large_feature_map": bool(large),
+                                                    "num_classes": args.num_classes})
   print(f"Wrote {out} (init_from). Kept fresh (shape mismatch): {skipped or 'none'}")
 
 

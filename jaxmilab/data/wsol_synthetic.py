@@ -12,12 +12,24 @@ example is drawn from `numpy.random.default_rng([tag, seed, index])`:
   side per axis) and position, fully inside the image.
 * box: the inclusive (x0, y0, x1, y1) bounding box of the object mask; mask: bool [S, S].
 
+`layout` changes what is discriminative (experiments of jaxmilab.benchmarks.wsol_effects):
+
+* "shapes" (default): as above; every object pixel carries the class (shape, colour, stripes).
+* "part": a class-agnostic body (grey ellipse with a fixed texture, the same for all classes)
+  with one class-coded patch (class colour and stripes) covering `part_fraction` (5-10 %) of
+  the body at a random position inside it; box and mask cover the whole body. Only the patch
+  tells the class, so a classifier's CAM tends to light the patch alone (CAM's failure mode).
+* "context": the "shapes" object plus, with probability `context_prob`, a class-specific
+  background band (a class-coloured bar beside the object); mask and box on the object only.
+  Eval batches add "context" bool [B, S, S] (the band's pixels) for activation-on-context.
+
 Batches: train {"image": uint8 [B, S, S, 3], "label": int32 [B]}; eval adds "boxes" int32
 [B, max_boxes, 4] (zero-padded), "num_boxes" int32 [B] (= 1), "mask" bool [B, S, S] and
 "valid". config.data keys (defaults): image_size (64), num_classes (4, at most 8),
 num_train (2048 distinct training images, repeated with new shuffles), num_eval (128),
 eval_batch_size (the training batch size), max_boxes (4), background ("photos" | "noise"),
-eval_seed (0), worker_count (0), read_threads (2).
+eval_seed (0), worker_count (0), read_threads (2), layout ("shapes"), part_fraction
+((0.05, 0.10)), context_prob (0.8).
 """
 
 from __future__ import annotations
@@ -33,7 +45,9 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 _KEYS = ("image_size", "num_classes", "num_train", "num_eval", "eval_batch_size", "max_boxes",
-         "background", "eval_seed", "worker_count", "read_threads")
+         "background", "eval_seed", "worker_count", "read_threads", "layout", "part_fraction",
+         "context_prob")
+LAYOUTS = ("shapes", "part", "context")
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring", "diamond", "half_disc", "hexagon")
 _COLORS = np.array([[230, 60, 50], [40, 170, 70], [50, 90, 230], [240, 200, 40], [200, 60, 220],
                     [40, 210, 220], [250, 140, 30], [240, 240, 240]], np.float32)
@@ -72,7 +86,9 @@ class SyntheticWSOL:
 
   def __init__(self, backgrounds: tuple[np.ndarray, ...], *, size: int, num_classes: int,
                num_examples: int, seed: int, tag: int, with_boxes: bool, max_boxes: int,
-               description: str):
+               description: str, layout: str = "shapes", part_fraction=(0.05, 0.10),
+               context_prob: float = 0.8):
+    self.layout, self.part_fraction, self.context_prob = layout, tuple(part_fraction), float(context_prob)
     self.backgrounds = backgrounds
     self.size, self.num_classes, self.num_examples = size, num_classes, num_examples
     self.seed, self.tag, self.with_boxes, self.max_boxes = seed, tag, with_boxes, max_boxes
@@ -104,7 +120,8 @@ class SyntheticWSOL:
     w = int(round(s * rng.uniform(0.3, 0.7)))
     top = int(rng.integers(0, s - h + 1))
     left = int(rng.integers(0, s - w + 1))
-    local = shape_mask(SHAPES[label % len(SHAPES)], h, w)
+    kind = "ellipse" if self.layout == "part" else SHAPES[label % len(SHAPES)]
+    local = shape_mask(kind, h, w)
     mask = np.zeros((s, s), bool)
     mask[top:top + h, left:left + w] = local
     # Class texture: stripes at a class-specific angle over the class colour.
@@ -113,13 +130,42 @@ class SyntheticWSOL:
     y, x = np.mgrid[0:s, 0:s].astype(np.float32)
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
     texture = _COLORS[label % len(_COLORS)] * (0.55 + 0.45 * stripes[..., None])
-    image = np.where(mask[..., None], texture, image)
+    context = np.zeros((s, s), bool)
+    if self.layout == "part":
+      # Class-agnostic body texture (checker over grey), then the class patch inside the body.
+      body = np.float32(140) + 40 * (((x // 4) + (y // 4)) % 2)[..., None]
+      image = np.where(mask[..., None], body, image)
+      area = float(rng.uniform(*self.part_fraction)) * mask.sum()
+      side = max(2, int(round(np.sqrt(area))))
+      ys, xs = np.nonzero(mask)
+      for _ in range(100):  # a patch centre whose square lies inside the body
+        k = int(rng.integers(len(ys)))
+        t0, l0 = ys[k] - side // 2, xs[k] - side // 2
+        if t0 >= 0 and l0 >= 0 and mask[t0:t0 + side, l0:l0 + side].all() and t0 + side <= s and l0 + side <= s:
+          break
+      patch = np.zeros((s, s), bool)
+      patch[max(t0, 0):t0 + side, max(l0, 0):l0 + side] = True
+      patch &= mask
+      image = np.where(patch[..., None], texture, image)
+    else:
+      if self.layout == "context" and rng.random() < self.context_prob:
+        # A class-coloured vertical band beside the object (left or right, whichever fits).
+        width_band = max(2, s // 10)
+        gap = max(1, s // 32)
+        room_right = s - (left + w + gap)
+        band_left = left + w + gap if room_right >= width_band else max(0, left - gap - width_band)
+        context[top:top + h, band_left:band_left + width_band] = True
+        context &= ~mask
+        image = np.where(context[..., None], _COLORS[(label + 3) % len(_COLORS)][None, None] * 0.8, image)
+      image = np.where(mask[..., None], texture, image)
     out = {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "label": np.int32(label)}
     if self.with_boxes:
       ys, xs = np.nonzero(mask)
       boxes = np.zeros((self.max_boxes, 4), np.int32)
       boxes[0] = (xs.min(), ys.min(), xs.max(), ys.max())
       out.update(boxes=boxes, num_boxes=np.int32(1), mask=mask)
+      if self.layout == "context":
+        out["context"] = context
     return out
 
 
@@ -158,7 +204,14 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     eval_bg = _photo_backgrounds(embedded.EVAL_PHOTOS, size)
   else:
     train_bg = eval_bg = ()
-  common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes)
+  layout = config.get("layout", "shapes")
+  if layout not in LAYOUTS:
+    raise ValueError(f"config.data.layout={layout!r}: use one of {LAYOUTS}.")
+  fraction = tuple(config.get("part_fraction", (0.05, 0.10)))
+  if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < 1:
+    raise ValueError(f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1.")
+  common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=layout,
+                part_fraction=fraction, context_prob=float(config.get("context_prob", 0.8)))
   train_source = SyntheticWSOL(train_bg, num_examples=int(config.get("num_train", 2048)), seed=seed,
                                tag=_TRAIN_TAG, with_boxes=False, description=f"train,{background}", **common)
   eval_source = SyntheticWSOL(eval_bg, num_examples=int(config.get("num_eval", 128)),

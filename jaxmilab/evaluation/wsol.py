@@ -14,6 +14,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from jaxmilab.evaluation import base as evaluation_base
+
 
 def cam_thresholds(cam_curve_interval: float) -> np.ndarray:
   """Score thresholds [0, step, 2 step, ...) < 1, exactly `np.arange(0, 1, interval)` as the official code."""
@@ -115,10 +117,12 @@ def boxes_from_scoremap(scoremap, thresholds: Sequence[float], *, multi_contour:
   return out
 
 
-class BoxEvaluator:
+class BoxEvaluator(evaluation_base.Evaluator):
   """MaxBoxAcc over a dataset: per IoU threshold, the best (over score thresholds) share of correct images.
 
-  `accumulate` one scoremap at a time, then `compute`. MaxBoxAccV2 (Choe et al. 2020) is the
+  `accumulate` one scoremap at a time, then `compute`. The statistics are fixed-size counters
+  per score threshold (as wsolevaluation's `num_correct`), so evaluators of several batches or
+  hosts combine by `merge` / `merge_across_processes`. MaxBoxAccV2 (Choe et al. 2020) is the
   mean over IoU thresholds {30, 50, 70} with all contours (multi_contour=True); with
   multi_contour=False only the largest contour gives a box (the V1 behaviour, whose
   metric is MaxBoxAcc@50).
@@ -131,13 +135,15 @@ class BoxEvaluator:
     self.iou_thresholds = tuple(int(t) for t in iou_thresholds)
     if not self.iou_thresholds or any(not 0 < t <= 100 for t in self.iou_thresholds):
       raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {tuple(iou_thresholds)}.")
+    super().__init__()
     self.multi_contour = bool(multi_contour)
     self.keep_per_image = bool(keep_per_image)
     num_t = len(self.cam_thresholds)
-    self.count = 0
-    self.num_correct = {t: np.zeros(num_t, np.int64) for t in self.iou_thresholds}
-    self.num_correct_top1 = {t: np.zeros(num_t, np.int64) for t in self.iou_thresholds}
-    self.num_with_class = 0  # images that came with correct_class
+    self.add("count", 0.0)
+    self.add("with_class", 0.0)  # images that came with correct_class
+    for t in self.iou_thresholds:
+      self.add(f"correct@{t}", np.zeros(num_t))
+      self.add(f"correct_top1@{t}", np.zeros(num_t))
     self._ious: list[np.ndarray] = []  # per image [T] best IoU (keep_per_image)
     self._boxes: list[np.ndarray] = []  # per image [T, 4] box reaching it (keep_per_image)
     self._classes: list[bool | None] = []
@@ -160,16 +166,36 @@ class BoxEvaluator:
       best_iou[i], best_box[i] = seen[key]
     for t in self.iou_thresholds:
       hit = best_iou >= t / 100  # the official comparison `>= (_THRESHOLD / 100)`
-      self.num_correct[t] += hit
-      if correct_class:
-        self.num_correct_top1[t] += hit
-    if correct_class is not None:
-      self.num_with_class += 1
-    self.count += 1
+      self.add(f"correct@{t}", hit)
+      self.add(f"correct_top1@{t}", hit & bool(correct_class))
+    self.add("with_class", float(correct_class is not None))
+    self.add("count", 1.0)
     if self.keep_per_image:
       self._ious.append(best_iou.astype(np.float64))
       self._boxes.append(best_box)
       self._classes.append(None if correct_class is None else bool(correct_class))
+
+  @property
+  def count(self) -> int:
+    return int(self.sums["count"])
+
+  @property
+  def num_with_class(self) -> int:
+    return int(self.sums["with_class"])
+
+  @property
+  def num_correct(self) -> dict[int, np.ndarray]:
+    """Per IoU threshold: [T] number of images whose best IoU reaches it at each score threshold."""
+    return {t: self.sums[f"correct@{t}"].astype(np.int64) for t in self.iou_thresholds}
+
+  @property
+  def num_correct_top1(self) -> dict[int, np.ndarray]:
+    return {t: self.sums[f"correct_top1@{t}"].astype(np.int64) for t in self.iou_thresholds}
+
+  def merge(self, other: "BoxEvaluator") -> "BoxEvaluator":
+    if other.keep_per_image or self.keep_per_image:
+      raise ValueError("BoxEvaluator.merge: per-image records (keep_per_image) are not merged.")
+    return super().merge(other)
 
   def _check_nonempty(self) -> None:
     if self.count == 0:
@@ -236,15 +262,31 @@ class BoxEvaluator:
     return out
 
 
-class MaskEvaluator:
-  """PxAP and pIoU over a dataset from pixel score histograms (wsolevaluation MaskEvaluator)."""
+class MaskEvaluator(evaluation_base.Evaluator):
+  """PxAP and pIoU over a dataset from pixel score histograms (wsolevaluation MaskEvaluator).
+
+  The statistics are the two fixed-size histograms (statistic names "true_hist" / "false_hist").
+  """
 
   def __init__(self, cam_curve_interval: float = 0.01):
+    super().__init__()
     self.cam_thresholds = cam_thresholds(cam_curve_interval)  # [T]
     # Bins [0, s), [s, 2s), ..., [1 - s, 1), [1, 2), [2, 3] (official right edges).
     self.bin_edges = np.append(self.cam_thresholds, [1.0, 2.0, 3.0])  # [T + 3]
-    self.gt_true_score_hist = np.zeros(len(self.cam_thresholds) + 2, np.float64)
-    self.gt_false_score_hist = np.zeros(len(self.cam_thresholds) + 2, np.float64)
+    self.add("true_hist", np.zeros(len(self.cam_thresholds) + 2))
+    self.add("false_hist", np.zeros(len(self.cam_thresholds) + 2))
+
+  @property
+  def gt_true_score_hist(self) -> np.ndarray:
+    return self.sums["true_hist"]
+
+  @property
+  def gt_false_score_hist(self) -> np.ndarray:
+    return self.sums["false_hist"]
+
+  @property
+  def num_pixels(self) -> float:
+    return float(self.sums["true_hist"].sum() + self.sums["false_hist"].sum())
 
   def accumulate(self, scoremap, gt_mask, ignore_mask=None) -> None:
     """Adds one image: scoremap [H, W] in [0, 1], gt_mask bool [H, W], ignore_mask bool [H, W] or None.
@@ -259,8 +301,8 @@ class MaskEvaluator:
     else:
       ignore = self._check_mask(ignore_mask, "ignore_mask", scoremap.shape) & ~gt_mask
       negatives = ~gt_mask & ~ignore
-    self.gt_true_score_hist += np.histogram(scoremap[gt_mask], bins=self.bin_edges)[0]
-    self.gt_false_score_hist += np.histogram(scoremap[negatives], bins=self.bin_edges)[0]
+    self.add("true_hist", np.histogram(scoremap[gt_mask], bins=self.bin_edges)[0])
+    self.add("false_hist", np.histogram(scoremap[negatives], bins=self.bin_edges)[0])
 
   @staticmethod
   def _check_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -294,3 +336,115 @@ class MaskEvaluator:
     pxap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100.0
     piou = np.max(tp / (tp + fp + fn)) * 100.0  # BagCAMs: np.max(IoU), IoU = tp / (fp + fn + tp) * 100
     return {"PxAP": float(pxap), "pIoU": float(piou)}
+
+
+# ------------------------------------------------------------------------- method evaluator
+
+
+def overlay_grid(examples, keys=("scoremap",)) -> np.ndarray:
+  """Rows: image | image with each scoremap in red and the GT boxes in green; [H, W, 3] in [0, 1].
+
+  `examples`: dicts with "image" (uint8 or [0, 1] float [H, W, 3]), the scoremap keys, and
+  optionally "boxes" [N, 4].
+  """
+  rows = []
+  for ex in examples:
+    image = np.asarray(ex["image"], np.float32)
+    image = image / 255.0 if np.asarray(ex["image"]).dtype == np.uint8 else image
+    tiles = [image]
+    for k in keys:
+      s = np.asarray(ex[k], np.float32)[..., None]
+      tile = 0.5 * image + 0.5 * np.concatenate([s, 0 * s, 0 * s], -1)
+      for x0, y0, x1, y1 in ex.get("boxes", ()):
+        tile[y0:y1 + 1, [x0, x1]] = (0, 1, 0)
+        tile[[y0, y1], x0:x1 + 1] = (0, 1, 0)
+      tiles.append(tile)
+    rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1) for t in tiles], 1))
+  return np.clip(np.concatenate(rows, 0), 0, 1)
+
+
+class WSOLEvaluator(evaluation_base.Evaluator):
+  """Streaming protocol metrics of one or more kinds of scoremap (a method's `evaluator()`).
+
+  `scoremaps` maps a metric prefix to an output key, e.g. {"": "scoremap", "cam/": "scoremap_cam"}:
+  the first entry is reported under the protocol names (MaxBoxAccV2, MaxBoxAcc@<t>,
+  gt_known_loc, top1_loc, PxAP, pIoU), the others with their prefix; "accuracy" (top-1
+  classification, from `pred_key`) once. Box metrics are reported when the batches carry
+  "boxes" (with "num_boxes"), mask metrics when they carry "mask" (and optionally "ignore").
+  Every statistic (box counters per score threshold, mask histograms, the accuracy count) is
+  created up front, so hosts that saw different examples still merge.
+  """
+
+  def __init__(self, scoremaps: dict[str, str], *, cam_curve_interval: float = 0.01,
+               iou_thresholds=(30, 50, 70), multi_contour: bool = True, pred_key: str = "pred",
+               max_images: int = 6):
+    super().__init__()
+    self.scoremaps = dict(scoremaps)
+    self.pred_key = pred_key
+    self.max_images = max_images
+    self.boxes = {p: BoxEvaluator(cam_curve_interval, iou_thresholds, multi_contour) for p in self.scoremaps}
+    self.masks = {p: MaskEvaluator(cam_curve_interval) for p in self.scoremaps}
+    self.add("correct", 0.0)
+    self.add("count", 0.0)
+    self._kept: list[dict[str, np.ndarray]] = []
+
+  def update(self, batch, outputs) -> None:
+    valid = np.flatnonzero(np.asarray(batch["valid"]).astype(bool))
+    if valid.size and "boxes" not in batch and "mask" not in batch:
+      raise ValueError("wsol eval: the eval batches carry neither 'boxes' nor 'mask'; the dataset "
+                       "must provide one of them (see jaxmilab/data/wsol_synthetic.py).")
+    correct = np.asarray(outputs[self.pred_key]) == np.asarray(batch["label"])
+    for i in valid:
+      for prefix, key in self.scoremaps.items():
+        scoremap = np.asarray(outputs[key][i], np.float64)
+        if "boxes" in batch:
+          n = int(batch["num_boxes"][i])
+          self.boxes[prefix].accumulate(scoremap, np.asarray(batch["boxes"][i])[:n],
+                                        correct_class=bool(correct[i]))
+        if "mask" in batch:
+          ignore = batch["ignore"][i] if "ignore" in batch else None
+          self.masks[prefix].accumulate(scoremap, np.asarray(batch["mask"][i]).astype(bool), ignore)
+      self.add("correct", float(correct[i]))
+      self.add("count", 1.0)
+      if len(self._kept) < self.max_images and "image" in batch:
+        ex = {"image": np.asarray(batch["image"][i])}
+        ex.update({key: np.asarray(outputs[key][i]) for key in self.scoremaps.values()})
+        if "boxes" in batch:
+          ex["boxes"] = np.asarray(batch["boxes"][i])[:int(batch["num_boxes"][i])]
+        self._kept.append(ex)
+
+  def _parts(self):
+    return [self] + list(self.boxes.values()) + list(self.masks.values())
+
+  def merge(self, other: "WSOLEvaluator") -> "WSOLEvaluator":
+    super().merge(other)
+    for prefix in self.scoremaps:
+      self.boxes[prefix].merge(other.boxes[prefix])
+      self.masks[prefix].merge(other.masks[prefix])
+    return self
+
+  def merge_across_processes(self) -> "WSOLEvaluator":
+    super().merge_across_processes()
+    for part in self._parts()[1:]:
+      part.merge_across_processes()
+    return self
+
+  def compute(self) -> dict[str, float]:
+    if self.sums["count"] == 0:
+      raise ValueError("wsol eval: no valid example in the eval set.")
+    out: dict[str, float] = {}
+    for index, prefix in enumerate(self.scoremaps):
+      metrics: dict[str, float] = {}
+      if self.boxes[prefix].count:
+        metrics.update(self.boxes[prefix].compute())
+        metrics.pop("GT-known", None)
+      if self.masks[prefix].num_pixels:
+        metrics.update(self.masks[prefix].compute())
+      out.update({f"{prefix}{k}": v for k, v in metrics.items()} if index else metrics)
+    out["accuracy"] = float(self.sums["correct"] / self.sums["count"] * 100.0)
+    return out
+
+  def images(self) -> np.ndarray | None:
+    if not self._kept:
+      return None
+    return overlay_grid(self._kept, tuple(self.scoremaps.values()))

@@ -1,9 +1,19 @@
 """BagCAMs (Zhu et al., ECCV 2022): post-hoc localization maps from a trained WSOL classifier.
 
 Nothing is trained by BagCAMs itself. This method is the `cam` training recipe (so a run can
-train its base model, or load one with `config.method.init_from` and `total_steps` small);
-its evaluation scores BagCAMs maps under the protocol names (MaxBoxAccV2, PxAP, ...) and the
+train its base model); applied post hoc to a trained or imported model it runs with no
+training step at all:
+
+  python -m jaxmilab.main --mode=eval --config=configs/bagcams.py:resnet50_cub \
+      --config.method.init_from=/runs/imported --workdir=/runs/bagcams_eval
+
+which only reads the weights (parameters and BatchNorm statistics stay as loaded). Its
+evaluation scores BagCAMs maps under the protocol names (MaxBoxAccV2, PxAP, ...) and the
 plain CAM maps of the same network under "cam/<name>" for comparison.
+
+Split points: ResNet50 layer3 is the official `target_layer`; VGG16 conv5_3 (the input of
+conv6) and InceptionV3 Mixed_6e (the input of the SPG head) are our choice (ASSUMPTION), not
+taken from the released code.
 
 With the network split as F = f_low(x) (ResNet50 layer3, VGG16 conv5_3, InceptionV3 Mixed_6e)
 and logits y = f_high(F) (official libs/cams/bagcams.py, target_layer "layer3"):
@@ -56,6 +66,8 @@ def bagcams_scoremaps(model, variables, low: jax.Array, labels: jax.Array,
 class Method(cam.Method):
   """`cam` training; eval with BagCAMs maps (protocol names) and CAM maps ("cam/" names)."""
 
+  SCOREMAPS = {"": "scoremap", "cam/": "scoremap_cam"}
+
   def eval_step(self, params, model_state, batch):
     out, _ = self.apply(params, model_state, batch["image"], train=False)
     variables = {"params": params, **model_state}
@@ -63,12 +75,3 @@ class Method(cam.Method):
                                  batch["label"], batch["image"].shape[1:3])
     return {"scoremap": scoremap, "scoremap_cam": self.cam_scoremaps(out, batch),
             "pred": jnp.argmax(out["logits"], -1)}
-
-  def summarize_eval(self, outputs):
-    summary = cam.wsol_summary(outputs, "scoremap", **self.eval_kwargs)
-    plain = cam.wsol_summary(outputs, "scoremap_cam", **self.eval_kwargs)
-    summary.update({f"cam/{k}": v for k, v in plain.items() if k != "accuracy"})
-    return summary
-
-  def eval_images(self, outputs):
-    return cam.overlay_grid(outputs, ("scoremap_cam", "scoremap"))

@@ -1,17 +1,21 @@
 """B-CAM: background-aware CAM (Zhu et al., arXiv 2112.14379, TPAMI 2023), trained end to end.
 
-On the backbone's last feature map F [B, h, w, C] (official SingleObjectLocalization/wsol):
-  two attention aggregators A, B (1x1 conv C -> K heads, no bias, zero init = average pooling),
-  softmax over positions per head; f_o = mean_heads(softmax(A F) F), f_b likewise with B;
-  object / background classifiers W_o, W_b (1x1 conv with bias):
+As released (zh460045050/BCAM SingleObjectLocalization/wsol/{resnet,vgg,inception}.py
+`*BCAM`; the head is jaxmilab.models.wsol_backbones.BCAMHead):
+  two attention aggregators A, B (1x1 conv -> K heads, zero init = average pooling; on the
+  pooled map F for ResNet50 / InceptionV3, with bias on VGG16's 512-channel features before
+  conv6), softmax over positions per head; f_o = mean_heads(softmax(A .) F), f_b likewise
+  with B, F the pooled map (ResNet layer4, VGG ReLU(conv6), Inception SPG_A3_2b after
+  dropout 0.5 in training); object / background classifiers W_o, W_b (1x1 conv with bias):
     s_oo = W_o f_o,  s_bo = W_b f_o(stopgrad F),  s_bb = W_b f_b(stopgrad F),  s_ob = W_o f_b
   (attention weights are never stopped).
 Stagger loss (official wsol/method/bcam.py `get_loss`, MLSM = multilabel soft margin):
   r1 CE(s_oo, y) + r2 MLSM(s_bo, 1 - onehot) + r3 MLSM(s_bb, 1) + r4 MLSM(s_ob, 0).
 Inference (official inference.py `Generator`): object score s_oo[k] - s_bo[k], background
 score s_bb[k] - s_ob[k] ("cub" / "ilsvrc" map modes; "openimages" uses s_oo[k] and s_bb[k]);
-maps from their gradients G at F with weights w = spatial mean of G:
-  "cub": sum_c G_c w_c;  "ilsvrc": sum_c G_c ReLU(w_c);  "openimages": sum_c F_c w_c;
+maps from their gradients G at the map layer M (Train.sh `--target_layer`: ResNet layer4,
+VGG conv6 before its ReLU, Inception SPG_A3_1b) with weights w = spatial mean of G:
+  "cub": sum_c G_c w_c;  "ilsvrc": sum_c G_c ReLU(w_c);  "openimages": sum_c M_c w_c;
 bilinear upsample to the image, then the protocol's bicubic resize + min-max.
 "prob" mode thresholds the min-max object map as usual; "mask" mode is the binary map
 argmax([M_b, M_o]) (object where M_o > M_b), which needs no threshold.
@@ -21,39 +25,15 @@ other mode under "<mode>/<name>".
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmilab.methods import base
 from jaxmilab.methods import cam
+from jaxmilab.models import wsol_backbones
 
 MAP_MODES = ("cub", "ilsvrc", "openimages")
-
-
-class BCAMHead(nn.Module):
-  """Aggregators A / B and classifiers W_o / W_b; returns the four scores [B, K] each."""
-  num_classes: int
-  num_heads: int = 100
-
-  @nn.compact
-  def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
-    b, h, w, c = features.shape
-    f = features.astype(jnp.float32).reshape(b, h * w, c)  # [B, N, C]
-    f_sg = jax.lax.stop_gradient(f)
-    zeros = nn.initializers.zeros
-    att_a = jax.nn.softmax(nn.Dense(self.num_heads, use_bias=False, kernel_init=zeros,
-                                    name="aggregator_A")(f), axis=1)  # [B, N, K]
-    att_b = jax.nn.softmax(nn.Dense(self.num_heads, use_bias=False, kernel_init=zeros,
-                                    name="aggregator_B")(f), axis=1)
-    # mean over heads of the per-head pooled features = pooling with the mean attention.
-    pool = lambda att, x: jnp.einsum("bnk,bnc->bc", att, x) / self.num_heads  # [B, C]
-    w_o = nn.Dense(self.num_classes, name="classifier_A")
-    w_b = nn.Dense(self.num_classes, name="classifier_B")
-    return {"s_oo": w_o(pool(att_a, f)), "s_bo": w_b(pool(att_a, f_sg)),
-            "s_bb": w_b(pool(att_b, f_sg)), "s_ob": w_o(pool(att_b, f)),
-            "att_a": att_a.sum(-1).reshape(b, h, w), "att_b": att_b.sum(-1).reshape(b, h, w)}
+BCAMHead = wsol_backbones.BCAMHead  # the model component; re-exported for the method's users
 
 
 def multilabel_soft_margin(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -74,42 +54,49 @@ def stagger_loss_terms(scores: dict[str, jax.Array], labels: jax.Array) -> dict[
   }
 
 
-def gradient_maps(head: nn.Module, head_params, features: jax.Array, labels: jax.Array,
+def gradient_maps(score_fn, map_features: jax.Array, labels: jax.Array,
                   mode: str) -> tuple[jax.Array, jax.Array]:
-  """(M_o, M_b) [B, h, w] gradient-weighted maps at `features` (official `Generator`)."""
-  index = jnp.arange(labels.shape[0])
+  """(M_o, M_b) [B, h, w] gradient-weighted maps at the map layer (official `Generator`).
 
-  def scores(f, which):
-    s = head.apply({"params": head_params}, f)
+  `score_fn(offset)` returns the head's scores with `offset` added at the map layer, so its
+  gradient at offset 0 is the gradient there; `map_features` is that layer's activation.
+  """
+  index = jnp.arange(labels.shape[0])
+  zero = jnp.zeros(map_features.shape, jnp.float32)
+
+  def score(offset, which):
+    s = score_fn(offset)
     if which == "object":
-      score = s["s_oo"] if mode == "openimages" else s["s_oo"] - s["s_bo"]
+      value = s["s_oo"] if mode == "openimages" else s["s_oo"] - s["s_bo"]
     else:
-      score = s["s_bb"] if mode == "openimages" else s["s_bb"] - s["s_ob"]
-    return jnp.sum(score[index, labels])  # examples are independent: per-example gradients
+      value = s["s_bb"] if mode == "openimages" else s["s_bb"] - s["s_ob"]
+    return jnp.sum(value[index, labels])  # examples are independent: per-example gradients
 
   out = []
   for which in ("object", "background"):
-    g = jax.grad(scores)(features.astype(jnp.float32), which)  # [B, h, w, C]
+    g = jax.grad(score)(zero, which)  # [B, h, w, C]
     w = jnp.mean(g, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
     if mode == "cub":
       m = jnp.sum(g * w, -1)
     elif mode == "ilsvrc":
       m = jnp.sum(g * jax.nn.relu(w), -1)
     else:
-      m = jnp.sum(features.astype(jnp.float32) * w, -1)
+      m = jnp.sum(map_features.astype(jnp.float32) * w, -1)
     out.append(m)
   return out[0], out[1]
 
 
-class Method(base.Method):
+class Method(cam.WSOLMethod):
   """B-CAM training (stagger loss) and "prob" / "mask" evaluation."""
+
+  EXTRA_KEYS = ("num_heads", "loss_weights", "inference", "map_mode")
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    cam.check_method_keys(config, "bcam")
     m = config.method
     self.backbone = cam.build_backbone(config, data_info, with_classifier=False)
-    self.head = BCAMHead(data_info.num_classes, int(m.get("num_heads", 100)))
+    self.arch = wsol_backbones.arch_of(self.backbone)
+    self.head = wsol_backbones.bcam_head(self.arch, data_info.num_classes, int(m.get("num_heads", 100)))
     weights = tuple(m.get("loss_weights", (1.0, 1.0, 1.0, 1.0)))
     if len(weights) != 4:
       raise ValueError(f"config.method.loss_weights={weights}: give 4 weights (r1..r4 of the stagger loss).")
@@ -120,65 +107,71 @@ class Method(base.Method):
     self.map_mode = m.get("map_mode", "cub")
     if self.map_mode not in MAP_MODES:
       raise ValueError(f"config.method.map_mode={self.map_mode!r}: use one of {MAP_MODES}.")
-    self.eval_kwargs = dict(cam_curve_interval=float(m.get("cam_curve_interval", 0.01)),
-                            iou_thresholds=tuple(m.get("iou_thresholds", (30, 50, 70))),
-                            multi_contour=bool(m.get("multi_contour", True)))
+    other = "mask" if self.inference == "prob" else "prob"
+    key = {"prob": "scoremap", "mask": "scoremap_mask"}
+    self.SCOREMAPS = {"": key[self.inference], f"{other}/": key[other]}  # pylint: disable=invalid-name
+
+  def _head(self, params, out, train=False, rng=None):
+    att = wsol_backbones.bcam_attention_input(self.arch, out)
+    rngs = {"dropout": rng} if train and rng is not None else {}
+    return self.head.apply({"params": params["bcam_head"]}, out["features"], att, train=train, rngs=rngs)
 
   def init_variables(self, rng, batch):
     x = cam.preprocess(batch["image"])
     k1, k2 = jax.random.split(rng)
     variables = dict(self.backbone.init({"params": k1, "dropout": k1}, x, train=False))
-    feats = self.backbone.apply(variables, x, train=False)["features"]
-    head = self.head.init(k2, feats)
+    out = self.backbone.apply(variables, x, train=False)
+    head = self.head.init({"params": k2, "dropout": k2}, out["features"],
+                          wsol_backbones.bcam_attention_input(self.arch, out))
     params = {"backbone": variables.pop("params"), "bcam_head": head["params"]}
     return {"params": params, **variables}
 
-  def _features(self, params, model_state, images, train, rng=None):
+  def _backbone(self, params, model_state, x, train, rng=None, **kwargs):
     variables = {"params": params["backbone"], **model_state}
-    x = cam.preprocess(images)
     if train and model_state:
       out, new_state = self.backbone.apply(variables, x, train=True, rngs={"dropout": rng},
-                                           mutable=list(model_state))
-      return out["features"], dict(new_state)
+                                           mutable=list(model_state), **kwargs)
+      return out, dict(new_state)
     rngs = {"dropout": rng} if train else {}
-    return self.backbone.apply(variables, x, train=train, rngs=rngs)["features"], model_state
+    return self.backbone.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
 
   def loss(self, params, model_state, batch, rng):
-    feats, model_state = self._features(params, model_state, batch["image"], True, rng)
-    scores = self.head.apply({"params": params["bcam_head"]}, feats)
+    self.check_initialisation()
+    rng_backbone, rng_head = jax.random.split(rng)
+    out, model_state = self._backbone(params, model_state, cam.preprocess(batch["image"]), True,
+                                      rng_backbone)
+    scores = self._head(params, out, train=True, rng=rng_head)
     terms = stagger_loss_terms(scores, batch["label"])
     loss = sum(self.loss_weights[k] * v for k, v in terms.items())
     accuracy = jnp.mean(jnp.argmax(scores["s_oo"], -1) == batch["label"])
     return loss, ({**terms, "accuracy": accuracy}, model_state)
 
+  def maps(self, params, model_state, images, labels):
+    """(M_o, M_b) at feature resolution and the object scores, for `images` and `labels`."""
+    out, _ = self._backbone(params, model_state, cam.preprocess(images), False)
+    low = jax.lax.stop_gradient(out["low"])
+
+    def score_fn(offset):  # f_high from the split point, with the offset at the map layer
+      resumed, _ = self._backbone(params, model_state, None, False, low_features=low, map_offset=offset)
+      return self._head(params, resumed)
+
+    m_o, m_b = gradient_maps(score_fn, jax.lax.stop_gradient(out["map"]), labels, self.map_mode)
+    return m_o, m_b, self._head(params, out)["s_oo"]
+
   def eval_step(self, params, model_state, batch):
-    feats, _ = self._features(params, model_state, batch["image"], False)
-    feats = jax.lax.stop_gradient(feats)
     size = batch["image"].shape[1:3]
-    m_o, m_b = gradient_maps(self.head, params["bcam_head"], feats, batch["label"], self.map_mode)
+    m_o, m_b, s_oo = self.maps(params, model_state, batch["image"], batch["label"])
     # Bilinear to the image size; the protocol's cv2 bicubic resize to that size is the identity.
     fore = cam.resize_maps(m_o, size, "bilinear")  # [B, H, W]
     back = cam.resize_maps(m_b, size, "bilinear")
-    scores = self.head.apply({"params": params["bcam_head"]}, feats)
     return {"scoremap": cam.normalize_minmax(fore),
             "scoremap_back": cam.normalize_minmax(back),
             "scoremap_mask": (fore > back).astype(jnp.float32),  # argmax([back, fore]); ties -> back
-            "pred": jnp.argmax(scores["s_oo"], -1)}
-
-  def summarize_eval(self, outputs):
-    prob = cam.wsol_summary(outputs, "scoremap", **self.eval_kwargs)
-    mask = cam.wsol_summary(outputs, "scoremap_mask", **self.eval_kwargs)
-    main, other = (prob, mask) if self.inference == "prob" else (mask, prob)
-    other_name = "mask" if self.inference == "prob" else "prob"
-    main.update({f"{other_name}/{k}": v for k, v in other.items() if k != "accuracy"})
-    return main
-
-  def eval_images(self, outputs):
-    return cam.overlay_grid(outputs, ("scoremap", "scoremap_back", "scoremap_mask"))
+            "pred": jnp.argmax(s_oo, -1)}
 
   def init_from(self, variables, loaded):
     """Loads a `cam` run (flat backbone params, its fc is dropped) or a `bcam` run."""
     params = loaded["params"]
     if "backbone" not in params:
       loaded = dict(loaded, params={"backbone": params})
-    return cam.Method.init_from(self, variables, loaded)
+    return cam.load_matching(variables, loaded)

@@ -10,14 +10,14 @@ jaxmilab.evaluation.wsol (MaxBoxAccV2, top1_loc, gt_known_loc and, with masks, P
 Batches (jaxmilab/data/wsol_synthetic.py, wsol_folders.py): "image" uint8 [B, H, W, 3],
 "label" int32 [B]; eval batches add "boxes" int32 [B, M, 4] (x0, y0, x1, y1 inclusive,
 padded), "num_boxes" int32 [B] and optionally "mask" bool [B, H, W] and "ignore" bool [B, H, W].
-The helpers here (resize matrices, normalisation, the WSOL summary) are shared by
-`bagcams` and `bcam`.
+The helpers here (resize matrices, normalisation, `WSOLMethod`) are shared by `bagcams` and
+`bcam`. `paper`-preset networks refuse to train from random weights (the protocol fine-tunes
+ImageNet weights) unless `config.method.allow_random_init=True`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +25,13 @@ import numpy as np
 import optax
 
 from jaxmilab import registry
+from jaxmilab.convert import torchvision_wsol
 from jaxmilab.evaluation import wsol as wsol_metrics
 from jaxmilab.methods import base
+from jaxmilab.models import wsol_backbones
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # wsolevaluation data_loaders.py
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-METHOD_KEYS = ("name", "init_from", "cam_curve_interval", "iou_thresholds", "multi_contour",
-               "num_heads", "loss_weights", "inference", "map_mode")
 
 
 # ------------------------------------------------------------------------- map post-processing
@@ -110,73 +110,25 @@ def preprocess(images: jax.Array) -> jax.Array:
   return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
-# --------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------- shared parts
 
 
-def wsol_summary(outputs: Mapping[str, np.ndarray], scoremap_key: str = "scoremap", *,
-                 cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
-                 multi_contour: bool = True, pred_key: str = "pred") -> dict[str, float]:
-  """Protocol metrics of one kind of scoremap over the valid eval examples.
-
-  Keys: MaxBoxAccV2, MaxBoxAcc@<t>, gt_known_loc, top1_loc, accuracy (top-1 classification),
-  and PxAP / pIoU when the batches carry "mask".
-  """
-  valid = np.flatnonzero(np.asarray(outputs["valid"]).astype(bool))
-  if valid.size == 0:
-    raise ValueError("wsol eval: no valid example in the eval set.")
-  if "boxes" not in outputs and "mask" not in outputs:
-    raise ValueError("wsol eval: the eval batches carry neither 'boxes' nor 'mask'; the dataset "
-                     "must provide one of them (see jaxmilab/data/wsol_synthetic.py).")
-  boxes = (BoxEvaluatorFactory(cam_curve_interval, iou_thresholds, multi_contour)
-           if "boxes" in outputs else None)
-  masks = wsol_metrics.MaskEvaluator(cam_curve_interval) if "mask" in outputs else None
-  correct = outputs[pred_key] == outputs["label"]
-  for i in valid:
-    scoremap = np.asarray(outputs[scoremap_key][i], np.float64)
-    if boxes is not None:
-      n = int(outputs["num_boxes"][i])
-      boxes.accumulate(scoremap, outputs["boxes"][i][:n], correct_class=bool(correct[i]))
-    if masks is not None:
-      ignore = outputs["ignore"][i] if "ignore" in outputs else None
-      masks.accumulate(scoremap, outputs["mask"][i].astype(bool), ignore)
-  out = boxes.compute() if boxes is not None else {}
-  out.pop("GT-known", None)
-  if masks is not None:
-    out.update(masks.compute())
-  out["accuracy"] = float(correct[valid].mean() * 100.0)
-  return out
+def load_matching(variables, loaded):
+  """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
+  merged = base.merge_matching(variables, loaded)
+  same = sum(1 for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables)) if a is not b)
+  if same == 0:
+    raise ValueError("config.method.init_from: no parameter of the checkpoint matches this model "
+                     "(path and shape); check config.model (arch, preset, num_classes).")
+  return merged
 
 
-def BoxEvaluatorFactory(interval, thresholds, multi_contour):  # pylint: disable=invalid-name
-  return wsol_metrics.BoxEvaluator(cam_curve_interval=float(interval),
-                                   iou_thresholds=tuple(int(t) for t in thresholds),
-                                   multi_contour=bool(multi_contour))
-
-
-def overlay_grid(outputs: Mapping[str, np.ndarray], keys=("scoremap",), max_rows: int = 6) -> np.ndarray:
-  """Rows: image | image with each scoremap in red and the GT boxes in green; [H, W, 3] in [0, 1]."""
-  valid = np.flatnonzero(outputs["valid"])[:max_rows]
-  rows = []
-  for i in valid:
-    image = np.asarray(outputs["image"][i], np.float32)
-    image = image / 255.0 if outputs["image"].dtype == np.uint8 else image
-    tiles = [image]
-    for k in keys:
-      s = np.asarray(outputs[k][i])[..., None]
-      tile = 0.5 * image + 0.5 * np.concatenate([s, 0 * s, 0 * s], -1)
-      boxes = outputs["boxes"][i][:int(outputs["num_boxes"][i])] if "boxes" in outputs else ()
-      for x0, y0, x1, y1 in boxes:
-        tile[y0:y1 + 1, [x0, x1]] = (0, 1, 0)
-        tile[[y0, y1], x0:x1 + 1] = (0, 1, 0)
-      tiles.append(tile)
-    rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1) for t in tiles], 1))
-  return np.clip(np.concatenate(rows, 0), 0, 1)
-
-
-def check_method_keys(config, method: str) -> None:
-  unknown = sorted(set(config.method.keys()) - set(METHOD_KEYS))
-  if unknown:
-    raise ValueError(f"Unknown config.method keys {unknown} for {method!r}; known: {', '.join(METHOD_KEYS)}.")
+def wsol_summary(outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred",
+                 **eval_kwargs) -> dict[str, float]:
+  """Protocol metrics of one kind of scoremap over host arrays holding the batch keys and outputs."""
+  ev = wsol_metrics.WSOLEvaluator({"": scoremap_key}, pred_key=pred_key, **eval_kwargs)
+  ev.update(outputs, outputs)
+  return ev.compute()
 
 
 def build_backbone(config, data_info, **overrides):
@@ -186,23 +138,75 @@ def build_backbone(config, data_info, **overrides):
                      f"{config.data.name!r} gives {data_info.num_classes} classes.")
   model_cfg = dict(config.model)
   model_cfg.update(num_classes=data_info.num_classes, **overrides)
-  return registry.get_model(config.model.name)(model_cfg)
+  model = registry.get_model(config.model.name)(model_cfg)
+  torchvision_wsol.check_model_info(config.method.get("init_from", "") or "",
+                                    wsol_backbones.arch_of(model), model.large_feature_map)
+  return model
 
 
 # ----------------------------------------------------------------------------------- method
 
 
-class Method(base.Method):
-  """Classification training; eval = CAM scoremaps of the ground-truth class."""
+class WSOLMethod(base.Method):
+  """What the WSOL methods share: config keys, the backbone, the streaming evaluator, init_from."""
+
+  # config.method keys every WSOL method reads; subclasses add their own in EXTRA_KEYS.
+  METHOD_KEYS = ("name", "init_from", "allow_random_init", "cam_curve_interval", "iou_thresholds",
+                 "multi_contour")
+  EXTRA_KEYS: tuple[str, ...] = ()
+  # Metric prefix -> eval output key; the first is reported under the protocol names.
+  SCOREMAPS = {"": "scoremap"}
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    check_method_keys(config, type(self).__module__.rsplit(".", 1)[-1])
-    self.model = build_backbone(config, data_info)
+    known = self.METHOD_KEYS + self.EXTRA_KEYS
+    unknown = sorted(set(config.method.keys()) - set(known))
+    if unknown:
+      raise ValueError(f"Unknown config.method keys {unknown} for {config.method.name!r}; known: "
+                       f"{', '.join(known)}.")
     m = config.method
     self.eval_kwargs = dict(cam_curve_interval=float(m.get("cam_curve_interval", 0.01)),
                             iou_thresholds=tuple(m.get("iou_thresholds", (30, 50, 70))),
                             multi_contour=bool(m.get("multi_contour", True)))
+
+  def check_initialisation(self) -> None:
+    """The protocol fine-tunes ImageNet (or released) weights: refuse random `paper` networks.
+
+    Called when the training loss is traced, so `--mode=eval` of a trained run is not affected.
+    """
+    m = self.config.method
+    if (self.config.model.get("preset", "paper") == "paper" and not m.get("init_from")
+        and not m.get("allow_random_init", False)):
+      raise ValueError("config.model.preset='paper' trains the protocol network, which starts from "
+                       "ImageNet weights, but config.method.init_from is empty. Import them with "
+                       "`python -m jaxmilab.convert.torchvision_wsol` and pass --config.method.init_from, "
+                       "or set --config.method.allow_random_init=True to train from random weights.")
+
+  def evaluator(self) -> wsol_metrics.WSOLEvaluator:
+    return wsol_metrics.WSOLEvaluator(self.SCOREMAPS, **self.eval_kwargs)
+
+  # TRANSITION: base.Method still declares these; both run the streaming evaluator once.
+  def summarize_eval(self, outputs):
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.compute()
+
+  def eval_images(self, outputs):
+    ev = self.evaluator()
+    ev.update(outputs, outputs)
+    return ev.images()
+
+  def init_from(self, variables, loaded):
+    """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
+    return load_matching(variables, loaded)
+
+
+class Method(WSOLMethod):
+  """Classification training; eval = CAM scoremaps of the ground-truth class."""
+
+  def __init__(self, config, data_info):
+    super().__init__(config, data_info)
+    self.model = build_backbone(config, data_info)
 
   def init_variables(self, rng, batch):
     x = preprocess(batch["image"])
@@ -220,6 +224,7 @@ class Method(base.Method):
     return self.model.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
 
   def loss(self, params, model_state, batch, rng):
+    self.check_initialisation()
     out, model_state = self.apply(params, model_state, batch["image"], train=True, rng=rng)
     logits = out["logits"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
@@ -234,18 +239,3 @@ class Method(base.Method):
   def eval_step(self, params, model_state, batch):
     out, _ = self.apply(params, model_state, batch["image"], train=False)
     return {"scoremap": self.cam_scoremaps(out, batch), "pred": jnp.argmax(out["logits"], -1)}
-
-  def summarize_eval(self, outputs):
-    return wsol_summary(outputs, "scoremap", **self.eval_kwargs)
-
-  def eval_images(self, outputs):
-    return overlay_grid(outputs, ("scoremap",))
-
-  def init_from(self, variables, loaded):
-    """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
-    merged = base.merge_matching(variables, loaded)
-    same = sum(1 for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables)) if a is not b)
-    if same == 0:
-      raise ValueError("config.method.init_from: no parameter of the checkpoint matches this model "
-                       "(path and shape); check config.model (arch, preset, num_classes).")
-    return merged

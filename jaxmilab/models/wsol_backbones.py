@@ -17,9 +17,17 @@ state dicts by name. Outputs (dict):
   logits [B, K]; features [B, h, w, C] (the map the classifier pools; CAM input);
   low [B, h', w', C'] (BagCAMs' split point: ResNet layer3, VGG conv5_3, Inception Mixed_6e);
   classifier_kernel [C, K].
+  map [B, h, w, C''] (B-CAM's gradient-map layer, the official Train.sh `--target_layer`:
+  ResNet layer4 output, VGG conv6 BEFORE its ReLU, Inception SPG_A3_1b output).
 `__call__(x, low_features=F)` runs only the part after the split (BagCAMs' f_high), and
 `guided=True` makes every ReLU there a guided ReLU (backward passes only positive gradients).
+`map_offset=D` adds D at the map layer: the gradient with respect to D (at D = 0) is the
+gradient at that layer, which is how B-CAM's maps read it without forward/backward hooks.
 NHWC layout; inputs are ImageNet-normalised images.
+
+`BCAMHead` is B-CAM's head (zh460045050/BCAM wsol/{resnet,vgg,inception}.py `*BCAM`): two
+attention aggregators and two classifiers; `BCAM_LAYOUT` says per architecture which
+features it reads, whether its aggregators have a bias and the dropout before it.
 """
 
 from __future__ import annotations
@@ -147,7 +155,7 @@ class ResNetCam(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, x, train: bool = False, low_features=None) -> dict[str, Any]:
+  def __call__(self, x, train: bool = False, low_features=None, map_offset=None) -> dict[str, Any]:
     d = self.width_divisor
     if low_features is None:
       x = nn.relu(_bn(train, name="bn1")(_conv(_channels(64, d), 7, 2, 3, bias=False, name="conv1")(x)))
@@ -158,7 +166,9 @@ class ResNetCam(nn.Module):
     else:
       low = low_features
     feats = self._layer(low, 4, _channels(512, d), 1, train, self.guided)  # [B, h, w, 2048/d]
-    out = {"low": low, "features": feats}
+    if map_offset is not None:
+      feats = feats + map_offset
+    out = {"low": low, "features": feats, "map": feats}
     if self.with_classifier:
       out["logits"], out["classifier_kernel"], _ = _head(feats, self.num_classes, "fc")
     return out
@@ -182,7 +192,7 @@ class VggCam(nn.Module):
   guided: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False, low_features=None) -> dict[str, Any]:
+  def __call__(self, x, train: bool = False, low_features=None, map_offset=None) -> dict[str, Any]:
     del train
     d = self.width_divisor
     if low_features is None:
@@ -197,8 +207,11 @@ class VggCam(nn.Module):
       low = x
     else:
       low = low_features
-    feats = _relu(self.guided)(_conv(_channels(1024, d), 3, 1, 1, name="conv6")(low))
-    out = {"low": low, "features": feats}
+    conv6 = _conv(_channels(1024, d), 3, 1, 1, name="conv6")(low)
+    if map_offset is not None:
+      conv6 = conv6 + map_offset
+    feats = _relu(self.guided)(conv6)
+    out = {"low": low, "features": feats, "map": conv6}
     if self.with_classifier:
       out["logits"], out["classifier_kernel"], _ = _head(feats, self.num_classes, "fc")
     return out
@@ -285,7 +298,7 @@ class InceptionCam(nn.Module):
   dropout: float = 0.5
 
   @nn.compact
-  def __call__(self, x, train: bool = False, low_features=None) -> dict[str, Any]:
+  def __call__(self, x, train: bool = False, low_features=None, map_offset=None) -> dict[str, Any]:
     d = self.width_divisor
     c = lambda n: _channels(n, d)
     if low_features is None:
@@ -311,11 +324,81 @@ class InceptionCam(nn.Module):
     relu = _relu(self.guided)
     drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
     x = relu(_conv(c(1024), 3, 1, 1, name="SPG_A3_1b")(drop(low)))
+    if map_offset is not None:
+      x = x + map_offset
     feats = relu(_conv(c(1024), 3, 1, 1, name="SPG_A3_2b")(drop(x)))
-    out = {"low": low, "features": feats}
+    out = {"low": low, "features": feats, "map": x}
     if self.with_classifier:
       out["logits"], out["classifier_kernel"], _ = _head(drop(feats), self.num_classes, "SPG_A4")
     return out
+
+
+# ------------------------------------------------------------------------------------- B-CAM
+
+
+class BCAMHead(nn.Module):
+  """B-CAM aggregators A / B and classifiers W_o / W_b; returns the four scores [B, K] each.
+
+  Aggregators are 1x1 convs C_att -> K heads (here Dense), initialised to 0 (official
+  `initialize_weights(..., 'contant')`) so they start as average pooling; softmax over
+  positions per head; f_o = mean_heads(softmax(A F_att) F), f_b likewise with B, where F is
+  the pooled feature map and F_att the aggregators' input (the same map for ResNet and
+  Inception; VGG's aggregators read the 512-channel features before conv6). Scores:
+    s_oo = W_o f_o,  s_bo = W_b f_o(stopgrad F),  s_bb = W_b f_b(stopgrad F),  s_ob = W_o f_b.
+  `dropout` is applied to F (and F_att when it is F) in training (released Inception).
+  """
+  num_classes: int
+  num_heads: int = 100
+  attention_bias: bool = False
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, features: jax.Array, att_features: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    b, h, w, c = features.shape
+    f = features.astype(jnp.float32)
+    if self.dropout:
+      f = nn.Dropout(self.dropout, deterministic=not train)(f)
+    fa = f if att_features is None else att_features.astype(jnp.float32)
+    if fa.shape[1:3] != (h, w):
+      raise ValueError(f"B-CAM: attention features {fa.shape} and pooled features {f.shape} differ in size.")
+    f = f.reshape(b, h * w, c)  # [B, N, C]
+    fa = fa.reshape(b, h * w, fa.shape[-1])
+    f_sg = jax.lax.stop_gradient(f)
+    zeros = nn.initializers.zeros
+    aggregator = lambda name: nn.Dense(self.num_heads, use_bias=self.attention_bias, kernel_init=zeros,
+                                       bias_init=zeros, name=name)
+    att_a = jax.nn.softmax(aggregator("aggregator_A")(fa), axis=1)  # [B, N, K]
+    att_b = jax.nn.softmax(aggregator("aggregator_B")(fa), axis=1)
+    # mean over heads of the per-head pooled features = pooling with the mean attention.
+    pool = lambda att, x: jnp.einsum("bnk,bnc->bc", att, x) / self.num_heads  # [B, C]
+    w_o = nn.Dense(self.num_classes, name="classifier_A")
+    w_b = nn.Dense(self.num_classes, name="classifier_B")
+    return {"s_oo": w_o(pool(att_a, f)), "s_bo": w_b(pool(att_a, f_sg)),
+            "s_bb": w_b(pool(att_b, f_sg)), "s_ob": w_o(pool(att_b, f)),
+            "att_a": att_a.sum(-1).reshape(b, h, w), "att_b": att_b.sum(-1).reshape(b, h, w)}
+
+
+# Per architecture (official wsol/*.py `*BCAM`): the output the aggregators read ("low" =
+# VGG's features before conv6, else the pooled "features"), aggregator bias, dropout on the
+# features before the head (Inception: F.dropout(0.5) after SPG_A3_2b).
+BCAM_LAYOUT = {
+    "resnet50": {"attention_input": "features", "attention_bias": False, "dropout": 0.0},
+    "vgg16": {"attention_input": "low", "attention_bias": True, "dropout": 0.0},
+    "inceptionv3": {"attention_input": "features", "attention_bias": False, "dropout": 0.5},
+}
+
+
+def bcam_head(arch: str, num_classes: int, num_heads: int) -> BCAMHead:
+  """The B-CAM head of `arch` as released."""
+  layout = BCAM_LAYOUT[arch]
+  return BCAMHead(num_classes, num_heads, layout["attention_bias"], layout["dropout"])
+
+
+def bcam_attention_input(arch: str, out: dict[str, jax.Array]) -> jax.Array | None:
+  """The aggregators' input from the backbone outputs (None: the pooled features)."""
+  key = BCAM_LAYOUT[arch]["attention_input"]
+  return None if key == "features" else out[key]
 
 
 # ------------------------------------------------------------------------------------ factory
@@ -334,6 +417,14 @@ PRESETS = {
 }
 _KEYS = ("name", "preset", "num_classes", "large_feature_map", "width_divisor", "blocks",
          "with_classifier", "arch")
+
+
+def arch_of(model: nn.Module) -> str:
+  """"resnet50" / "vgg16" / "inceptionv3" of a backbone built by `create_backbone`."""
+  for arch, cls in ARCHS.items():
+    if isinstance(model, cls):
+      return arch
+  raise TypeError(f"{type(model).__name__} is not a WSOL backbone ({', '.join(ARCHS)}).")
 
 
 def create_backbone(arch: str, config) -> nn.Module:

@@ -1,0 +1,347 @@
+"""WSOL fidelity (issue 18): B-CAM as released on VGG16 / InceptionV3 (PyTorch parity through
+the weights-only reader), streaming evaluation equal to the concatenated computation, the
+`paper` initialisation guard, converted-checkpoint model info, protocol learning rates.
+
+The PyTorch modules below are transcriptions (widths / d) of zh460045050/BCAM
+SingleObjectLocalization/wsol/vgg.py `VggBCAM` and wsol/inception.py `InceptionBCAM`; the
+gradient maps follow its inference.py `Generator` ("CUB": sum_c G_c mean(G_c), G the gradient
+of logits - logits_rev at Train.sh's `--target_layer`: conv6 for VGG, SPG_A3_1b for Inception).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxmilab import config_lib
+from jaxmilab.data.base import DataInfo
+from jaxmilab.evaluation import wsol as wsol_metrics
+from jaxmilab.methods import bcam
+from jaxmilab.methods import cam
+
+
+# ------------------------------------------------------------------------- streaming evaluation
+
+
+def _fake_eval_set(seed=0, n=10, size=24):
+  rng = np.random.default_rng(seed)
+  scoremaps = rng.random((n, size, size)).astype(np.float32)
+  boxes = np.zeros((n, 2, 4), np.int64)
+  num_boxes = rng.integers(1, 3, n)
+  mask = np.zeros((n, size, size), bool)
+  for i in range(n):
+    for j in range(num_boxes[i]):
+      x0, y0 = rng.integers(0, size // 2, 2)
+      x1, y1 = x0 + rng.integers(3, size // 2), y0 + rng.integers(3, size // 2)
+      boxes[i, j] = (x0, y0, x1, y1)
+      mask[i, y0:y1 + 1, x0:x1 + 1] = True
+      scoremaps[i, y0:y1 + 1, x0:x1 + 1] += 0.5 * rng.random()
+  scoremaps /= scoremaps.max(axis=(1, 2), keepdims=True)
+  valid = np.ones(n, bool)
+  valid[-2:] = False  # padding rows
+  return {"scoremap": scoremaps, "scoremap_cam": scoremaps ** 2, "boxes": boxes, "num_boxes": num_boxes,
+          "mask": mask, "ignore": rng.random((n, size, size)) > 0.9,
+          "label": rng.integers(0, 3, n), "pred": rng.integers(0, 3, n), "valid": valid,
+          "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
+
+
+def _concatenated_reference(host, key):
+  """The former `cam.wsol_summary`: per-image accumulation over the concatenated valid examples."""
+  boxes = wsol_metrics.BoxEvaluator(0.05, (30, 50, 70), True)
+  masks = wsol_metrics.MaskEvaluator(0.05)
+  correct = host["pred"] == host["label"]
+  for i in np.flatnonzero(host["valid"]):
+    boxes.accumulate(host[key][i], host["boxes"][i][:host["num_boxes"][i]], correct_class=bool(correct[i]))
+    masks.accumulate(host[key][i], host["mask"][i], host["ignore"][i])
+  out = boxes.compute()
+  out.pop("GT-known")
+  out.update(masks.compute())
+  out["accuracy"] = float(correct[host["valid"]].mean() * 100)
+  return out
+
+
+def test_streamed_wsol_evaluator_equals_concatenated_computation():
+  host = _fake_eval_set()
+  scoremaps = {"": "scoremap", "cam/": "scoremap_cam"}
+  outputs_keys = ("scoremap", "scoremap_cam", "pred")
+  # Two "hosts", each streaming its own batches of 3; merged by addition.
+  halves = []
+  for part in (slice(0, 5), slice(5, None)):
+    ev = wsol_metrics.WSOLEvaluator(scoremaps, cam_curve_interval=0.05)
+    idx = np.arange(len(host["label"]))[part]
+    for start in range(0, len(idx), 3):
+      rows = idx[start:start + 3]
+      ev.update({k: v[rows] for k, v in host.items() if k not in outputs_keys},
+                {k: host[k][rows] for k in outputs_keys})
+    halves.append(ev)
+  merged = halves[0].merge(halves[1]).merge_across_processes().compute()
+  ref = _concatenated_reference(host, "scoremap")
+  ref_cam = _concatenated_reference(host, "scoremap_cam")
+  assert set(merged) == set(ref) | {f"cam/{k}" for k in ref if k != "accuracy"}
+  for k, v in ref.items():
+    assert merged[k] == pytest.approx(v, abs=1e-9), k
+  for k, v in ref_cam.items():
+    if k != "accuracy":
+      assert merged[f"cam/{k}"] == pytest.approx(v, abs=1e-9), k
+  assert ref["MaxBoxAccV2"] != ref_cam["MaxBoxAccV2"] or ref["PxAP"] != ref_cam["PxAP"]
+  # Fixed-size statistics: the same names and shapes whatever the number of examples seen.
+  empty = wsol_metrics.WSOLEvaluator(scoremaps, cam_curve_interval=0.05)
+  for a, b in zip(empty._parts(), halves[0]._parts()):  # pylint: disable=protected-access
+    assert {k: v.shape for k, v in a.sums.items()} == {k: v.shape for k, v in b.sums.items()}
+  image = halves[0].images()
+  assert image.ndim == 3 and image.shape[-1] == 3 and 0 <= image.min() and image.max() <= 1
+
+
+# -------------------------------------------------------------------- B-CAM as released (torch)
+
+
+def _torch_bcam_nets(torch, d):
+  nn, F = torch.nn, torch.nn.functional
+
+  def heads(self, c_att, c, k, num_classes, bias):
+    self.aggregator_A = nn.Conv2d(c_att, k, 1, bias=bias)
+    self.aggregator_B = nn.Conv2d(c_att, k, 1, bias=bias)
+    self.classifier_A = nn.Conv2d(c, num_classes, 1)
+    self.classifier_B = nn.Conv2d(c, num_classes, 1)
+
+  def bcam_logits(self, att_in, feature):
+    b, _, h, w = feature.shape
+    att_a = torch.softmax(self.aggregator_A(att_in).view(b, -1, h * w), -1)
+    att_b = torch.softmax(self.aggregator_B(att_in).view(b, -1, h * w), -1)
+    f = feature.view(b, -1, h * w)
+    pool = lambda att, x: torch.bmm(att, x.permute(0, 2, 1)).mean(1).view(b, -1, 1, 1)
+    fl = lambda conv, x: conv(x).view(b, -1)
+    return {"logits": fl(self.classifier_A, pool(att_a, f)),
+            "logits_back": fl(self.classifier_B, pool(att_b, f.detach())),
+            "logits_rev": fl(self.classifier_B, pool(att_a, f.detach())),
+            "logits_back_rev": fl(self.classifier_A, pool(att_b, f))}
+
+  class VggBCAM(nn.Module):
+    def __init__(self, num_classes, k):
+      super().__init__()
+      layers, c = [], 3
+      for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+          layers.append(nn.MaxPool2d(2, 2))
+        else:
+          layers += [nn.Conv2d(c, v // d, 3, padding=1), nn.ReLU()]
+          c = v // d
+      self.features = nn.Sequential(*layers)
+      self.conv6 = nn.Conv2d(512 // d, 1024 // d, 3, padding=1)
+      heads(self, 512 // d, 1024 // d, k, num_classes, True)
+
+    def forward(self, x):
+      x = self.features(x)
+      target = self.conv6(x)  # Train.sh --target_layer conv6: before self.relu
+      target.retain_grad()
+      return bcam_logits(self, x, torch.relu(target)), target
+
+  class BasicConv2d(nn.Module):
+    def __init__(self, cin, cout, kernel, **kw):
+      super().__init__()
+      self.conv = nn.Conv2d(cin, cout, kernel, bias=False, **kw)
+      self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+      return F.relu(self.bn(self.conv(x)))
+
+  class InceptionA(nn.Module):
+    def __init__(self, cin, pool):
+      super().__init__()
+      self.branch1x1 = BasicConv2d(cin, 64 // d, 1)
+      self.branch5x5_1 = BasicConv2d(cin, 48 // d, 1)
+      self.branch5x5_2 = BasicConv2d(48 // d, 64 // d, 5, padding=2)
+      self.branch3x3dbl_1 = BasicConv2d(cin, 64 // d, 1)
+      self.branch3x3dbl_2 = BasicConv2d(64 // d, 96 // d, 3, padding=1)
+      self.branch3x3dbl_3 = BasicConv2d(96 // d, 96 // d, 3, padding=1)
+      self.branch_pool = BasicConv2d(cin, pool // d, 1)
+
+    def forward(self, x):
+      b5 = self.branch5x5_2(self.branch5x5_1(x))
+      b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+      bp = self.branch_pool(F.avg_pool2d(x, 3, 1, 1))
+      return torch.cat([self.branch1x1(x), b5, b3, bp], 1)
+
+  class InceptionB(nn.Module):
+    def __init__(self, cin):
+      super().__init__()
+      self.branch3x3 = BasicConv2d(cin, 384 // d, 3, stride=1, padding=1)
+      self.branch3x3dbl_1 = BasicConv2d(cin, 64 // d, 1)
+      self.branch3x3dbl_2 = BasicConv2d(64 // d, 96 // d, 3, padding=1)
+      self.branch3x3dbl_3 = BasicConv2d(96 // d, 96 // d, 3, stride=1, padding=1)
+
+    def forward(self, x):
+      bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+      return torch.cat([self.branch3x3(x), bd, F.max_pool2d(x, 3, 1, 1)], 1)
+
+  class InceptionC(nn.Module):
+    def __init__(self, cin, c7):
+      super().__init__()
+      c7 //= d
+      self.branch1x1 = BasicConv2d(cin, 192 // d, 1)
+      self.branch7x7_1 = BasicConv2d(cin, c7, 1)
+      self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+      self.branch7x7_3 = BasicConv2d(c7, 192 // d, (7, 1), padding=(3, 0))
+      self.branch7x7dbl_1 = BasicConv2d(cin, c7, 1)
+      self.branch7x7dbl_2 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+      self.branch7x7dbl_3 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+      self.branch7x7dbl_4 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+      self.branch7x7dbl_5 = BasicConv2d(c7, 192 // d, (1, 7), padding=(0, 3))
+      self.branch_pool = BasicConv2d(cin, 192 // d, 1)
+
+    def forward(self, x):
+      b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+      bd = x
+      for i in range(1, 6):
+        bd = getattr(self, f"branch7x7dbl_{i}")(bd)
+      return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(F.avg_pool2d(x, 3, 1, 1))], 1)
+
+  class InceptionBCAM(nn.Module):
+    def __init__(self, num_classes, k):
+      super().__init__()
+      self.Conv2d_1a_3x3 = BasicConv2d(3, 32 // d, 3, stride=2, padding=1)
+      self.Conv2d_2a_3x3 = BasicConv2d(32 // d, 32 // d, 3)
+      self.Conv2d_2b_3x3 = BasicConv2d(32 // d, 64 // d, 3, padding=1)
+      self.Conv2d_3b_1x1 = BasicConv2d(64 // d, 80 // d, 1)
+      self.Conv2d_4a_3x3 = BasicConv2d(80 // d, 192 // d, 3)
+      self.Mixed_5b = InceptionA(192 // d, 32)
+      c5 = (64 + 64 + 96 + 32) // d
+      self.Mixed_5c = InceptionA(c5, 64)
+      c5 = (64 + 64 + 96 + 64) // d
+      self.Mixed_5d = InceptionA(c5, 64)
+      self.Mixed_6a = InceptionB(c5)
+      c6 = 384 // d + 96 // d + c5
+      self.Mixed_6b = InceptionC(c6, 128)
+      c6 = 4 * (192 // d)
+      self.Mixed_6c = InceptionC(c6, 160)
+      self.Mixed_6d = InceptionC(c6, 160)
+      self.Mixed_6e = InceptionC(c6, 192)
+      self.SPG_A3_1b = nn.Sequential(nn.Conv2d(c6, 1024 // d, 3, padding=1), nn.ReLU())
+      self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024 // d, 1024 // d, 3, padding=1), nn.ReLU())
+      heads(self, 1024 // d, 1024 // d, k, num_classes, False)
+
+    def forward(self, x):  # eval mode: the three F.dropout(0.5) are identities
+      x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+      x = F.max_pool2d(x, 3, 2, 1, ceil_mode=True)
+      x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2, 1, ceil_mode=True)
+      x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # large_feature_map: no extra pool
+      x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))))
+      target = self.SPG_A3_1b(x)  # Train.sh --target_layer SPG_A3_1b
+      target.retain_grad()
+      feature = self.SPG_A3_2b(target)
+      return bcam_logits(self, feature, feature), target
+
+  return {"vgg16": VggBCAM, "inceptionv3": InceptionBCAM}
+
+
+def _bcam_method(arch, large, init_from="", **method):
+  config = ml_collections.ConfigDict({
+      "method": {"name": "bcam", "num_heads": 4, "map_mode": "cub", "init_from": init_from, **method},
+      "model": {"name": f"{arch}_wsol", "preset": "tiny", "large_feature_map": large}})
+  return bcam.Method(config, DataInfo(num_classes=3))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch,size", [("vgg16", 32),
+                                       pytest.param("inceptionv3", 48, marks=pytest.mark.slow)])
+def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
+  torch = pytest.importorskip("torch")
+  from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = _torch_bcam_nets(torch, 8)[arch](num_classes=3, k=4)
+  for m in net.modules():  # non-trivial BatchNorm statistics and non-uniform attention
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.uniform_(-0.5, 0.5)
+      m.running_var.uniform_(0.5, 1.5)
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.uniform_(-0.2, 0.2)
+    if isinstance(m, torch.nn.Conv2d) and m.out_channels == 4:
+      m.weight.data.normal_(0.0, 0.3)
+  net.eval()
+  path = str(tmp_path / "bcam.pth.tar")
+  torch.save({"architecture": arch, "epoch": 20, "state_dict": net.state_dict()}, path)  # main.py layout
+  large = arch != "vgg16"
+  variables, skipped = torchvision_wsol.convert(path, arch=arch, num_classes=3, large_feature_map=large,
+                                                preset="tiny", bcam=True, num_heads=4, image_size=size)
+  assert not skipped
+  x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
+  labels = np.array([2, 0])
+  logits, target = net(torch.tensor(x).permute(0, 3, 1, 2))
+  maps = []
+  for pos, neg in (("logits", "logits_rev"), ("logits_back", "logits_back_rev")):
+    net.zero_grad()
+    target.grad = None
+    score = logits[pos] - logits[neg]
+    score.backward(gradient=torch.nn.functional.one_hot(torch.tensor(labels), 3).float(), retain_graph=True)
+    g = target.grad
+    maps.append((g * g.mean((2, 3), keepdim=True)).sum(1).numpy())  # Generator, dataset "CUB"
+  method = _bcam_method(arch, large)
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  # The converted arrays are image-independent, so feed already-normalised pixels through the
+  # method's own path (preprocess is an affine map: undo it on the input).
+  images = jnp.asarray(x * cam.IMAGENET_STD + cam.IMAGENET_MEAN)
+  m_o, m_b, s_oo = method.maps(params, state, images, jnp.asarray(labels))
+  np.testing.assert_allclose(s_oo, logits["logits"].detach().numpy(), rtol=1e-4, atol=1e-4)
+  for ours, ref in ((m_o, maps[0]), (m_b, maps[1])):
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(np.asarray(ours) / scale, ref / scale, atol=1e-4)
+  # The four scores of the loss as released.
+  out = method.backbone.apply({"params": params["backbone"], **state}, cam.preprocess(images))
+  scores = method._head(params, out)  # pylint: disable=protected-access
+  for ours, theirs in (("s_oo", "logits"), ("s_bb", "logits_back"), ("s_bo", "logits_rev"),
+                       ("s_ob", "logits_back_rev")):
+    np.testing.assert_allclose(scores[ours], logits[theirs].detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bcam_layout_and_dropout_as_released():
+  vgg = _bcam_method("vgg16", False)
+  batch = {"image": jnp.zeros((1, 32, 32, 3), jnp.uint8), "label": jnp.zeros((1,), jnp.int32)}
+  params = vgg.init_variables(jax.random.key(0), batch)["params"]["bcam_head"]
+  assert params["aggregator_A"]["kernel"].shape == (64, 4) and "bias" in params["aggregator_A"]
+  assert params["classifier_A"]["kernel"].shape == (128, 3)  # pooled from conv6 (1024 / 8)
+  inc = _bcam_method("inceptionv3", True)
+  assert inc.head.dropout == 0.5 and not inc.head.attention_bias
+  f = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 8)), jnp.float32)
+  head_params = inc.head.init(jax.random.key(0), f)["params"]
+  run = lambda train, seed: inc.head.apply({"params": head_params}, f, train=train,
+                                           rngs={"dropout": jax.random.key(seed)})["s_oo"]
+  assert not np.allclose(run(True, 1), run(True, 2))  # dropout on F in training (released)
+  np.testing.assert_array_equal(run(False, 1), run(False, 2))
+  assert _bcam_method("resnet50", True).head.dropout == 0.0
+
+
+# ------------------------------------------------------------------------ guards and configs
+
+
+def test_paper_network_refuses_random_init_unless_allowed():
+  config = config_lib.load("configs/cam.py:resnet50_cub")
+  assert config.method.allow_random_init is False
+  method = cam.Method(ml_collections.ConfigDict({
+      "method": {"name": "cam", "init_from": "", "allow_random_init": False},
+      "model": {"name": "vgg16_wsol", "preset": "paper", "large_feature_map": False}}), DataInfo(num_classes=3))
+  with pytest.raises(ValueError, match="allow_random_init"):
+    method.check_initialisation()
+  method.config.method.allow_random_init = True
+  method.check_initialisation()
+  method.config.method.allow_random_init = False
+  method.config.model.preset = "tiny"  # the CPU presets are trained from scratch on purpose
+  method.check_initialisation()
+
+
+def test_converted_checkpoint_remembers_its_feature_map_size(tmp_path):
+  from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+  (tmp_path / torchvision_wsol.MODEL_INFO).write_text(
+      '{"arch": "resnet50", "large_feature_map": false, "num_classes": 3}')
+  config = ml_collections.ConfigDict({"method": {"name": "cam", "init_from": str(tmp_path)},
+                                      "model": {"name": "resnet50_wsol", "preset": "tiny",
+                                                "large_feature_map": True}})
+  with pytest.raises(ValueError, match="large_feature_map=False"):
+    cam.Method(config, DataInfo(num_classes=3))
+  config.model.large_feature_map = False
+  cam.Method(config, DataInfo(num_classes=3))
+  assert torchvision_wsol.LARGE_FEATURE_MAP[("resnet50", "openimages")] is False
+  assert torchvision_wsol.LARGE_FEATURE_MAP[("resnet50", "cub")] is True
