@@ -1,4 +1,4 @@
-"""build_uir (ArrayRecord shards, resumable), the array_records dataset and the uir2p5m tfds builder."""
+"""build_uir (ArrayRecord shards, resumable), the array_records dataset, the UIR-2.5M released layout."""
 
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
   assert sum(int(b["valid"].sum()) for b in ds.eval_batches()) == 4
 
 
-# -------------------------------------------------------------------------- uir2p5m tfds
+# ------------------------------------------------------------------ uir2p5m released layout
 
 
 def _fake_release(root, layout):
@@ -268,7 +268,7 @@ def _fake_release(root, layout):
 
 
 def test_uir2p5m_layout_errors(tmp_path):
-  uir2p5m = pytest.importorskip("jaxmilab.data.uir2p5m")
+  from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
   with pytest.raises(DataError, match="does not exist"):
     uir2p5m.scan(str(tmp_path / "missing"))
   bad = _fake_release(tmp_path / "bad", [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])])
@@ -282,38 +282,68 @@ def test_uir2p5m_layout_errors(tmp_path):
     uir2p5m.scan(str(dup))
   good = _fake_release(tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]),
                                            ("real_noise", "SIDD", ["3.png"])])
-  assert sorted((t, os.path.basename(f), n) for t, f, n in uir2p5m.scan(str(good))) == [
-      ("noise", "LSDIR", "1.png"), ("noise", "LSDIR", "2.png"), ("real_noise", "SIDD", "3.png")]
+  assert uir2p5m.scan(str(good)) == [("noise", "GN/LSDIR", "1.png"), ("noise", "GN/LSDIR", "2.png"),
+                                     ("real_noise", "real_noise/SIDD", "3.png")]
 
 
-def test_uir2p5m_tfds_round_trip(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
-  manual = _fake_release(tmp_path / "manual", [("GN", "LSDIR", ["1.png", "2.png"]),
-                                               ("rs", "RealRain-1k", ["r.png"])])
-  builder = uir2p5m.Uir2p5m(data_dir=str(tmp_path / "data"), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-  source = builder.as_data_source()["train"]
-  assert len(source) == 3
-  names = builder.info.features["type"].names
-  seen = set()
-  for i in range(len(source)):
-    ex = source[i]
-    type_name, src, name = names[ex["type"]], ex["source"].decode(), ex["name"].decode()
-    folder = manual / {"noise": "GN", "rain_streak": "rs"}[type_name] / src
-    for side in ("lq", "gt"):
-      np.testing.assert_array_equal(ex[side], np.asarray(Image.open(folder / side / name)))
-    seen.add((type_name, src, name))
-  assert seen == {("noise", "LSDIR", "1.png"), ("noise", "LSDIR", "2.png"),
-                  ("rain_streak", "RealRain-1k", "r.png")}
-  with pytest.raises(DataError, match="not UIR-2.5M types"):
-    bad = _fake_release(tmp_path / "bad", [("blurry", "x", ["a.png"])])
-    uir2p5m.Uir2p5m(data_dir=str(tmp_path / "data2")).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(bad)))
+# ------------------------------------------------------------------- data_pipeline benchmark
 
 
-def test_data_pipeline_benchmark_rates():
+def test_benchmark_rate_counts_calls_over_clock_time():
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
-  rates = data_pipeline.degradation_rates(("jpeg", "mosaic"), 16, 0.0)
-  assert set(rates) == {"jpeg", "mosaic"} and min(rates.values()) > 0
-  assert data_pipeline.arrayrecord_rate(("jpeg",), 16, 2, 0.0) > 0
+  ticks = iter(np.arange(100) * 0.25)
+  calls = []
+  # Hand count: 1 warm-up call, t0 = 0; 3 calls without reading the clock (min_calls), then
+  # the clock reads 0.25, 0.5, 0.75 (< 1 s: 3 more calls) and 1.0 (stop); 6 calls / 1.25 s.
+  r = data_pipeline.rate(lambda: calls.append(1), 1.0, min_calls=3, clock=lambda: next(ticks))
+  assert len(calls) == 7 and r == pytest.approx(6 / 1.25)
+  rows = data_pipeline.table_rows({"a": 100.0, "b": 25.0}, 50.0)
+  assert rows == [("a", 100.0, 2.0, 0.5), ("b", 25.0, 0.5, 2.0)]
+  assert data_pipeline.table_rows({"a": 100.0}, None) == [("a", 100.0, None, None)]
+
+
+def test_benchmark_pipelines_yield_degraded_training_crops(tmp_path):
+  from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+  for it in (data_pipeline.mixture_pipeline(("jpeg", "mosaic"), 16, 2),
+             data_pipeline.records_pipeline(("jpeg", "mosaic"), 16, 2, str(tmp_path))):
+    batch = next(it)
+    assert batch["lq"].shape == batch["gt"].shape == (2, 16, 16, 3)
+    assert batch["lq"].dtype == np.float32 and set(batch["label"].tolist()) <= {0, 1}
+    assert np.abs(batch["lq"] - batch["gt"]).mean() > 1e-3   # degraded, not the clean crop
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp_path):
+  """SIGKILL to the build's process group (main + 2 workers) mid-build, then the same command."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "src"
+  data_pipeline.write_sources(str(src), 400, 48)
+  out = tmp_path / "out"
+  args = [sys.executable, "-m", "jaxmilab.data.build_uir", f"--clean_dir={src}", f"--out={out}",
+          "--types=jpeg,noise", "--patch_size=48", "--patches_per_image=1", "--shard_size=4",
+          "--workers=2", "--noprogress"]
+  proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 600
+  while not any(n.endswith(".json") and n.startswith("shard-") for n in
+                (os.listdir(out) if out.exists() else [])):
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert time.time() < deadline
+    time.sleep(0.01)
+  os.killpg(proc.pid, signal.SIGKILL)   # the group this test created: main process + workers
+  proc.wait()
+  done = [n for n in os.listdir(out) if n.startswith("shard-") and n.endswith(".json")]
+  assert "manifest.json" not in os.listdir(out) and 0 < len(done) < 200, "killed too late"
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert not any(".tmp-" in n for n in os.listdir(out))
+  manifest, records = _read_all(out)
+  keys = [(r["source"], r["type"]) for r in records]
+  assert len(keys) == len(set(keys)) == 800 == manifest["num_records"]
+  assert set(keys) == {(f"{i:06d}.png#0", t) for i in range(400) for t in ("jpeg", "noise")}
+  plan = build_uir.make_plan(str(src), types=("jpeg", "noise"), patch_size=48, patches_per_image=1,
+                             shard_size=4)
+  build_uir.build(plan, str(tmp_path / "once"), progress=False)
+  assert _read_all(tmp_path / "once")[1] == records   # byte-identical to an uninterrupted build

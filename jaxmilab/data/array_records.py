@@ -16,7 +16,7 @@ stored image by image, so crops of one image may still sit on both sides of the 
 prefer a separate eval build from held-out images).
 
 config.data keys (defaults): path (required), types (from the manifests), patch_size (64),
-eval_path, eval_records (10% of the records, at most 256), eval_size (128),
+eval_path, eval_records (0: 10% of the records, at most 256), eval_size (128),
 eval_batch_size (the training batch size), worker_count (0), read_threads (4),
 read_buffer (one per-process batch per read thread), vertical_flip (False).
 """
@@ -37,8 +37,17 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("path", "types", "patch_size", "eval_path", "eval_records", "eval_size",
-         "eval_batch_size", "worker_count", "read_threads", "read_buffer", "vertical_flip")
+# Every config.data key this dataset reads, with its default (jaxmilab.config_lib adds the
+# missing ones to a config that selects this dataset, so each can be set from the command line).
+CONFIG_DEFAULTS = dict(
+    path="",                # a build_uir output folder (or, in a config file, a list of them)
+    types=(),               # label order; () = the types of the manifests, in order
+    patch_size=64, eval_path="",
+    eval_records=0,         # 0 = 10% of the records, at most 256 (without eval_path)
+    eval_size=128,
+    eval_batch_size=0,      # 0 = the training batch size
+    worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False)
+_KEYS = tuple(CONFIG_DEFAULTS)
 
 
 def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
@@ -165,7 +174,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     eval_source = RecordSource(eval_shards, types)
   else:
     n_eval = config.get("eval_records", None)
-    n_eval = int(n_eval) if n_eval is not None else min(256, max(1, len(source) // 10))
+    n_eval = int(n_eval) if n_eval else min(256, max(1, len(source) // 10))
     if not 0 < n_eval < len(source):
       raise ValueError(f"config.data.eval_records={n_eval} must be in [1, {len(source) - 1}] "
                        f"(the build has {len(source)} records).")

@@ -1,9 +1,15 @@
-r"""Rebuilds the synthetic part of UIR-2.5M from a folder of clean images, as ArrayRecord shards.
+r"""UIR-2.5M as ArrayRecord shards: rebuilds of its synthetic part, and the released pairs packed.
 
   python -m jaxmilab.data.build_uir --clean_dir=/data/LSDIR/HR --out=/data/uir_syn \
       [--types=uir19_syn] [--levels=noise:gaussian_noise/25,poisson_noise/16 --levels=jpeg:10,20] \
       [--levels_per_type=1] [--patches_per_image=4] [--patch_size=256] [--workers=8] \
       [--shard_size=1024] [--seed=0]
+  python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --out=/data/uir2p5m_build
+  python -m jaxmilab.data.build_uir --paired_dir=/data/real_pairs --out=/data/real_build
+
+This is the one record format of UIR-2.5M in this repository: the released dataset (layout in
+`jaxmilab/data/uir2p5m.py`), other real paired sets and synthetic rebuilds all become
+`uir-record-v1` shards with a manifest, read by the `uir2p5m` / `array_records` datasets.
 
 Every clean image (sorted file names directly in --clean_dir) gives `patches_per_image`
 random `patch_size` crops (0 = the whole image); every crop gives, for every type, one record
@@ -28,23 +34,29 @@ with no duplicate and no missing record.
 
 Record format (`uir-record-v1`, little-endian, no pickle):
   magic b"UIR1" | u16 len(type) | u16 len(level) | u16 len(source) | u32 len(lq) | u32 len(gt)
-  | type utf-8 | level key utf-8 | source utf-8 ("<image file>#<crop index>") | lq PNG | gt PNG
-lq and gt are 8-bit RGB PNGs of the same size (the degraded float image rounded to uint8).
-`decode_record` reads it; `jaxmilab.data.array_records` trains on these shards.
+  | type utf-8 | level key utf-8 | source utf-8 | lq image file | gt image file
+Synthesized records: 8-bit RGB PNGs (the degraded float image rounded to uint8), source
+"<image file>#<crop index>". Packed pairs: the two files' own bytes, never decoded and
+re-encoded (PNG, JPEG, ... as released; the same size, checked from the headers). `decode_record`
+reads a record and `decode_png` any of these images; `jaxmilab.data.array_records` and
+`jaxmilab.data.uir2p5m` train on the shards.
 
-Real paired sets (SIDD, real rain, RSBlur, LOL, ...; UIR-2.5M's real part) are not
-synthesized: read them with `jaxmilab.data.paired_folders` (<root>/<type>/{lq,gt}/<name>), or
-with the `uir2p5m` tfds builder once the release is out. To train on synthetic and real pairs
-in one stream, pack the real folders into the same record format with
-`--paired_dir=<root>` (every <root>/<type>/{lq,gt} pair becomes one record of that type,
-level "real", the whole image), then list both output folders in `config.data.path` of the
-`array_records` dataset.
+Packing pairs (UIR-2.5M's real part, SIDD, real rain, LOL, ...: not synthesized):
+  --released_dir=<dir>  the released UIR-2.5M layout <dir>/<type>/<source>/{lq,gt}/<name>
+                        (`jaxmilab/data/uir2p5m.py`): one record per pair, its type from the
+                        folder (name or table abbreviation), level = <source>, source =
+                        "<type folder>/<source>/<name>".
+  --paired_dir=<root>   <root>/<type>/{lq,gt}/<name>: level "real", source "<type>/<name>".
+Both use --workers processes (each pair is read once, as bytes: the build is I/O bound) and
+resume like synthetic builds. List several output folders in `config.data.path` to train on
+released, real and synthetic records in one stream.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -83,7 +95,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-  """PNG bytes -> uint8 [H, W, 3]."""
+  """Image file bytes (PNG, or a packed pair's JPEG, BMP, ...) -> uint8 RGB [H, W, 3]."""
   with Image.open(io.BytesIO(data)) as im:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
@@ -126,8 +138,9 @@ class Plan:
   levels_per_type: int
   shard_size: int
   seed: int
-  paired_dir: str = ""
-  pairs: tuple[tuple[str, str], ...] = ()  # (type, file name) for --paired_dir
+  paired_dir: str = ""                     # --paired_dir or --released_dir (pairs mode)
+  pairs: tuple[tuple[str, str, str], ...] = ()  # (type, folder under paired_dir, file name)
+  released: bool = False                   # --released_dir: level = the <source> folder
 
   @property
   def records_per_job(self) -> int:
@@ -193,21 +206,29 @@ def _resolve_types(names: Sequence[str]) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(paired_dir):
     raise DataError(f"--paired_dir={paired_dir!r} does not exist or is not a folder.")
   types = tuple(sorted(d for d in os.listdir(paired_dir) if os.path.isdir(os.path.join(paired_dir, d))))
   if not types:
     raise DataError(f"--paired_dir={paired_dir!r} holds no <type>/{{lq,gt}} folders.")
-  pairs = tuple((t, n) for t in types for n in paired_folders.scan_task(paired_dir, t))
+  pairs = tuple((t, t, n) for t in types for n in paired_folders.scan_task(paired_dir, t))
   return types, pairs
+
+
+def _scan_released(released_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
+  from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+  pairs = tuple(uir2p5m.scan(released_dir))
+  present = {t for t, _, _ in pairs}
+  return tuple(t for t in uir_degradations.UIR_TYPE_NAMES if t in present), pairs
 
 
 def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
               levels: Sequence[str] = (), patches_per_image: int = 4, patch_size: int = 256,
               levels_per_type: int = 1, shard_size: int = 1024, seed: int = 0,
-              paired_dir: str = "") -> Plan:
+              paired_dir: str = "", released_dir: str = "") -> Plan:
   """Checks the arguments (clear errors) and lists the inputs."""
   if int(patches_per_image) < 1 or int(patch_size) < 0 or int(levels_per_type) < 0:
     raise ValueError("--patches_per_image must be >= 1, --patch_size >= 0 (0: whole images) and "
@@ -218,15 +239,24 @@ def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
     raise ValueError(f"--seed={seed} must be in [0, 2**32).")
   common = dict(patches_per_image=int(patches_per_image), patch_size=int(patch_size),
                 levels_per_type=int(levels_per_type), shard_size=int(shard_size), seed=int(seed))
-  if paired_dir:
-    if clean_dir:
-      raise ValueError("Give either --clean_dir (synthesize) or --paired_dir (pack real pairs).")
-    paired_dir = os.path.abspath(os.path.expanduser(paired_dir))
-    ptypes, pairs = _scan_pairs(paired_dir)
-    return Plan(clean_dir="", image_names=(), types=ptypes, levels={t: (REAL_LEVEL,) for t in ptypes},
-                paired_dir=paired_dir, pairs=pairs, **common)
+  if sum(map(bool, (clean_dir, paired_dir, released_dir))) > 1:
+    raise ValueError("Give one of --clean_dir (synthesize), --paired_dir or --released_dir "
+                     "(pack pairs).")
+  if paired_dir or released_dir:
+    root = os.path.abspath(os.path.expanduser(paired_dir or released_dir))
+    ptypes, pairs = _scan_released(root) if released_dir else _scan_pairs(root)
+    if released_dir:  # level = the <source> folder
+      sources: dict[str, set[str]] = {t: set() for t in ptypes}
+      for t, folder, _ in pairs:
+        sources[t].add(folder.split("/")[-1])
+      levels = {t: tuple(sorted(sources[t])) for t in ptypes}
+    else:
+      levels = {t: (REAL_LEVEL,) for t in ptypes}
+    return Plan(clean_dir="", image_names=(), types=ptypes, levels=levels, paired_dir=root,
+                pairs=pairs, released=bool(released_dir), **common)
   if not clean_dir:
-    raise ValueError("--clean_dir is not set: give a folder of clean images.")
+    raise ValueError("--clean_dir is not set: give a folder of clean images (or --released_dir / "
+                     "--paired_dir to pack pairs).")
   clean_dir = os.path.abspath(os.path.expanduser(clean_dir))
   names = tuple(images.list_images(clean_dir, what="clean image folder (--clean_dir)"))
   type_names = _resolve_types(types)
@@ -237,17 +267,28 @@ def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
 # ------------------------------------------------------------------------------ workers
 
 
+def pair_record(plan: Plan, job: int) -> tuple[str, str, str, bytes, bytes]:
+  """(type, level, source, lq file bytes, gt file bytes) of one pair: no decode, no re-encode."""
+  type_name, folder, name = plan.pairs[job]
+  paths = [os.path.join(plan.paired_dir, folder, side, name) for side in ("lq", "gt")]
+  sizes = [images.image_size(p) for p in paths]  # headers only; DataError if unreadable
+  if sizes[0] != sizes[1]:
+    raise DataError(f"{paths[0]} is {sizes[0][0]}x{sizes[0][1]} but {paths[1]} is "
+                    f"{sizes[1][0]}x{sizes[1][1]}: a pair must have the same size. Resize or "
+                    f"remove the pair.")
+  data = []
+  for path in paths:
+    with open(path, "rb") as f:
+      data.append(f.read())
+  if plan.released:
+    return type_name, folder.split("/")[-1], f"{folder}/{name}", data[0], data[1]
+  return type_name, REAL_LEVEL, f"{type_name}/{name}", data[0], data[1]
+
+
 def job_records(plan: Plan, job: int):
-  """Yields (type, level key, source, lq uint8, gt uint8) for one job (a crop or a real pair)."""
+  """Yields (type, level key, source, lq uint8, gt uint8) for one synthesized crop."""
   if plan.paired_dir:
-    type_name, name = plan.pairs[job]
-    lq = images.read_image(os.path.join(plan.paired_dir, type_name, "lq", name))
-    gt = images.read_image(os.path.join(plan.paired_dir, type_name, "gt", name))
-    if lq.shape != gt.shape:
-      raise DataError(f"{plan.paired_dir}/{type_name}/lq/{name} and gt/{name} differ in size "
-                      f"({lq.shape[:2]} vs {gt.shape[:2]}). Resize or remove the pair.")
-    yield type_name, REAL_LEVEL, f"{type_name}/{name}", lq, gt
-    return
+    raise ValueError("job_records synthesizes crops; packed pairs are read by pair_record.")
   image_index, crop = divmod(job, plan.patches_per_image)
   name = plan.image_names[image_index]
   p = plan.patch_size
@@ -294,6 +335,15 @@ def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
   n = 0
   try:
     for job in plan.shard_jobs(shard):
+      if plan.paired_dir:
+        if crash_after is not None and n >= crash_after:
+          os._exit(17)  # simulated kill in the middle of a shard  pylint: disable=protected-access
+        type_name, key, source, lq_bytes, gt_bytes = pair_record(plan, job)
+        writer.write(encode_record(type_name, key, source, lq_bytes, gt_bytes))
+        counts.setdefault(type_name, {}).setdefault(key, 0)
+        counts[type_name][key] += 1
+        n += 1
+        continue
       gt_png = None  # every record of a crop shares its gt: encode it once
       for type_name, key, source, lq, gt in job_records(plan, job):
         if crash_after is not None and n >= crash_after:
@@ -309,6 +359,18 @@ def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
   meta = {"file": os.path.basename(final), "records": n, "counts": counts}
   _write_json(os.path.join(out, name + ".json"), meta)
   return meta
+
+
+_WORKER_PLAN: Plan | None = None
+
+
+def _set_worker_plan(plan: Plan) -> None:
+  global _WORKER_PLAN
+  _WORKER_PLAN = plan
+
+
+def _build_shard_in_worker(out: str, shard: int) -> dict[str, Any]:
+  return build_shard(_WORKER_PLAN, out, shard)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -372,8 +434,11 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
           bar.update(metas[shard]["records"])
     else:
       ctx = multiprocessing.get_context("spawn")
-      with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(build_shard, plan, out, s): s for s in pending}
+      # The plan (every input name) goes to each worker process once, not with every shard.
+      with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                  initializer=_set_worker_plan,
+                                                  initargs=(plan,)) as pool:
+        futures = {pool.submit(_build_shard_in_worker, out, s): s for s in pending}
         try:
           for fut in concurrent.futures.as_completed(futures):
             metas[futures[fut]] = fut.result()
@@ -398,7 +463,7 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
       "levels": {t: list(plan.levels[t]) for t in plan.types},
       "num_records": sum(metas[s]["records"] for s in metas),
       "num_inputs": len(plan.pairs) if plan.paired_dir else len(plan.image_names),
-      "patch_size": plan.patch_size,
+      "patch_size": 0 if plan.paired_dir else plan.patch_size,   # 0: whole images
       "counts": counts,
       "shards": [{"file": metas[s]["file"], "records": metas[s]["records"]} for s in sorted(metas)],
   }
@@ -409,8 +474,12 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
 
 
 def _plan_identity(plan: Plan) -> dict[str, Any]:
+  """The plan as JSON, its input lists replaced by count + SHA-256 (2.5M pairs stay small)."""
   d = dataclasses.asdict(plan)
   d["levels"] = {k: list(v) for k, v in plan.levels.items()}
+  for key in ("image_names", "pairs"):
+    items = json.dumps(d.pop(key)).encode("utf-8")
+    d[key] = {"count": len(getattr(plan, key)), "sha256": hashlib.sha256(items).hexdigest()}
   return json.loads(json.dumps(d))
 
 
@@ -423,6 +492,8 @@ def define_flags() -> None:
   """The CLI flags (defined only when run as a program, so importing this module adds none)."""
   flags.DEFINE_string("clean_dir", "", "Folder of clean images (files directly inside).")
   flags.DEFINE_string("paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}.")
+  flags.DEFINE_string("released_dir", "", "Instead of --clean_dir: pack the released UIR-2.5M "
+                      "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir2p5m.py).")
   flags.DEFINE_string("out", "", "Output folder (created; re-run the same command to resume).")
   flags.DEFINE_list("types", ["uir19_syn"], "Task-set names and/or degradation names.")
   flags.DEFINE_multi_string("levels", [], "TYPE:KEY[,KEY...] restricts a type to these levels.")
@@ -435,7 +506,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 
 
-_ARG_NAMES = ("clean_dir", "paired_dir", "out", "types", "levels", "levels_per_type",
+_ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "out", "types", "levels", "levels_per_type",
               "patches_per_image", "patch_size", "workers", "shard_size", "seed")
 
 
@@ -449,7 +520,8 @@ def main(argv: Sequence[str]) -> None:
     plan = make_plan(FLAGS.clean_dir, types=FLAGS.types, levels=FLAGS.levels,
                      patches_per_image=FLAGS.patches_per_image, patch_size=FLAGS.patch_size,
                      levels_per_type=FLAGS.levels_per_type, shard_size=FLAGS.shard_size,
-                     seed=FLAGS.seed, paired_dir=FLAGS.paired_dir)
+                     seed=FLAGS.seed, paired_dir=FLAGS.paired_dir,
+                     released_dir=FLAGS.released_dir)
     manifest = build(plan, FLAGS.out, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
   except (DataError, ValueError) as e:
     sys.exit(f"build_uir: error: {e}")

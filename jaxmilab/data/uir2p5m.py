@@ -1,12 +1,29 @@
-"""tfds builder `uir2p5m`: the released UIR-2.5M dataset (MaskDCPT), read from `manual_dir`.
+r"""UIR-2.5M (MaskDCPT, arXiv 2510.13282) as training data: the released layout and its dataset.
 
-The MaskDCPT README (github.com/MILab-PKU/MaskDCPT, "UIR-2.5M Dataset": "It will be uploaded
-on huggingface. Stay tuned.") does not publish a layout yet; its dataset table lists, per
-degradation type, the source datasets each pair comes from. This builder expects that
+One record format serves the released dataset and our rebuilds of its synthetic part: the
+`uir-record-v1` ArrayRecord shards + manifest.json that `jaxmilab.data.build_uir` writes
+(documented there). The released set is packed once, without decoding or re-encoding an image
+(each record holds the two image files' own bytes), by worker processes, resumably:
+
+    python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --out=/data/uir2p5m_build \
+        --workers=32
+
+and `config.data.name = "uir2p5m"` trains on one or more such folders (`config.data.path`;
+e.g. the released build plus a `--clean_dir` rebuild), with labels fixed to the 19 UIR-2.5M
+types in the paper's table order (`uir_degradations.UIR_TYPE_NAMES`) whatever subset a build
+holds, so classifier heads agree between builds. Reading is `jaxmilab.data.array_records`:
+a grain ArrayRecord source over every shard, a global shuffle each epoch, per-host slices of
+one global example stream and a checkpointable iterator. config.data keys are those of
+`array_records` (path, patch_size, eval_path, eval_records, eval_size, eval_batch_size,
+worker_count, read_threads, read_buffer, vertical_flip); `types` defaults to the 19 types.
+
+Released layout. The MaskDCPT README (github.com/MILab-PKU/MaskDCPT, "UIR-2.5M Dataset": "It
+will be uploaded on huggingface. Stay tuned.") does not publish a layout yet; its dataset table
+lists, per degradation type, the source datasets each pair comes from. We expect that
 structure, one folder per type, one per source dataset (or level), paired lq/gt inside:
 
-    <manual_dir>/<type>/<source>/lq/<name>    degraded image
-    <manual_dir>/<type>/<source>/gt/<name>    clean image (same name, same size)
+    <released_dir>/<type>/<source>/lq/<name>    degraded image
+    <released_dir>/<type>/<source>/gt/<name>    clean image (same name, same size)
 
 e.g. GN/LSDIR/{lq,gt}/0001.png, RN/SIDD/{lq,gt}/..., RS/RealRain-1k/{lq,gt}/...
 <type> is a UIR-2.5M type: its jaxmilab name or the table's abbreviation, any case
@@ -15,27 +32,26 @@ gaussian_sinc_blur|GB, jpeg|J, haze|H, rain_streak|RS, raindrop|RD, rain_streak_
 snow|S, mosaic|MS, low_light|LL, moire|MR, blur_jpeg|BJ, blur_rain|BR,
 blur_low_light_noise|BLN, low_light_haze_rain_snow|CDD, down_noise_blur_jpeg|DNBJ; the
 mixed rows have no abbreviation in the table, so the short forms are ours). <source> is free
-text and is kept in the `source` feature. Image files: png, jpg, jpeg, bmp, tif, tiff, webp,
-ppm. If the release uses another layout, move folders (or add symlinks) to match this one.
-
-Features: lq, gt (uint8 RGB PNG), type (ClassLabel over the 19 types in table order,
-`uir_degradations.UIR_TYPE_NAMES`), source, name. One split, "train".
-
-    builder = tfds.builder("uir2p5m", data_dir=..., file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...))
+text; a record's level is its <source> and its source "<type folder>/<source>/<name>". Image
+files: png, jpg, jpeg, bmp, tif, tiff, webp, ppm. If the release uses another layout, move
+folders (or add symlinks) to match this one.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any
 
-import tensorflow_datasets as tfds
+import ml_collections
 
-from jaxmilab.data import images
+from jaxmilab.data import array_records
 from jaxmilab.data import paired_folders
 from jaxmilab.data import uir_degradations
 from jaxmilab.data.base import DataError
+from jaxmilab.data.base import Datasets
+
+# The keys of array_records; `types` () = the 19 UIR-2.5M types in table order.
+CONFIG_DEFAULTS = dict(array_records.CONFIG_DEFAULTS)
 
 _SHORT_MIXED = {"blur_jpeg": "BJ", "blur_rain": "BR", "blur_low_light_noise": "BLN",
                 "low_light_haze_rain_snow": "CDD", "down_noise_blur_jpeg": "DNBJ"}
@@ -45,76 +61,56 @@ for _t in uir_degradations.UIR_TYPES:
   TYPE_ALIASES[_t.name.lower()] = _t.name
   TYPE_ALIASES[(_t.abbrev or _SHORT_MIXED[_t.name]).lower()] = _t.name
 
+LAYOUT = "<released_dir>/<type>/<source>/{lq,gt}/<name> (see jaxmilab/data/uir2p5m.py)"
 
-def scan(manual_dir: str) -> list[tuple[str, str, str]]:
-  """(type, folder path of <type>/<source>, file name) of every pair; DataError on a bad layout."""
-  layout = "<manual_dir>/<type>/<source>/{lq,gt}/<name> (see jaxmilab/data/uir2p5m.py)"
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise DataError(f"UIR-2.5M manual_dir {manual_dir!r} does not exist. Download the dataset and "
-                    f"pass its folder as manual_dir; expected layout {layout}.")
-  folders = sorted(d for d in os.listdir(manual_dir) if os.path.isdir(os.path.join(manual_dir, d)))
+
+def scan(released_dir: str) -> list[tuple[str, str, str]]:
+  """(type, "<type folder>/<source>", file name) of every pair, sorted; DataError on a bad layout."""
+  if not released_dir or not os.path.isdir(released_dir):
+    raise DataError(f"UIR-2.5M folder {released_dir!r} does not exist. Download the dataset and "
+                    f"pass its folder; expected layout {LAYOUT}.")
+  folders = sorted(d for d in os.listdir(released_dir)
+                   if os.path.isdir(os.path.join(released_dir, d)))
   unknown = [d for d in folders if d.lower() not in TYPE_ALIASES]
   if unknown or not folders:
     raise DataError(
-        f"UIR-2.5M manual_dir {manual_dir!r}: folders {unknown or folders} are not UIR-2.5M types. "
-        f"Expected {layout} with <type> one of {', '.join(sorted(TYPE_ALIASES))}. Rename or move them.")
+        f"UIR-2.5M folder {released_dir!r}: folders {unknown or folders} are not UIR-2.5M types. "
+        f"Expected {LAYOUT} with <type> one of {', '.join(sorted(TYPE_ALIASES))}. Rename or move them.")
   seen: dict[str, str] = {}
   pairs = []
   for folder in folders:
     type_name = TYPE_ALIASES[folder.lower()]
     if type_name in seen:
-      raise DataError(f"UIR-2.5M manual_dir {manual_dir!r}: {seen[type_name]!r} and {folder!r} are the "
-                      f"same type {type_name!r}. Merge them into one folder.")
+      raise DataError(f"UIR-2.5M folder {released_dir!r}: {seen[type_name]!r} and {folder!r} are "
+                      f"the same type {type_name!r}. Merge them into one folder.")
     seen[type_name] = folder
-    type_dir = os.path.join(manual_dir, folder)
+    type_dir = os.path.join(released_dir, folder)
     sources = sorted(d for d in os.listdir(type_dir) if os.path.isdir(os.path.join(type_dir, d)))
     if {"lq", "gt"} & set(sources):
       raise DataError(f"{type_dir!r} holds lq/ or gt/ directly; the layout has one more level: put "
                       f"the pairs in {folder}/<source>/lq and {folder}/<source>/gt (e.g. the source "
-                      f"dataset's name). Expected {layout}.")
+                      f"dataset's name). Expected {LAYOUT}.")
     if not sources:
-      raise DataError(f"{type_dir!r} has no <source> folders. Expected {layout}; put the pairs in "
+      raise DataError(f"{type_dir!r} has no <source> folders. Expected {LAYOUT}; put the pairs in "
                       f"{type_dir}/<source>/lq and {type_dir}/<source>/gt.")
     for source in sources:
       names = paired_folders.scan_task(type_dir, source)  # DataError naming lq/ gt/ problems
-      pairs += [(type_name, os.path.join(type_dir, source), n) for n in names]
+      pairs += [(type_name, f"{folder}/{source}", n) for n in names]
   return pairs
 
 
-class Uir2p5m(tfds.core.GeneratorBasedBuilder):
-  """UIR-2.5M (MaskDCPT, arXiv 2510.13282): 19 degradation types of paired restoration data."""
+def create(config: Any, *, batch_size: int, seed: int, process_index: int,
+           process_count: int) -> Datasets:
+  """Training on UIR-2.5M builds (released and/or rebuilt), labels over the 19 types in table order."""
+  config = ml_collections.ConfigDict(dict(config.items()))  # a copy: the caller's stays as is
+  if not config.get("types", None):
+    config.types = uir_degradations.UIR_TYPE_NAMES
+  elif isinstance(config.types, str):
+    config.types = (config.types,)
+  unknown = sorted(set(config.types) - set(uir_degradations.UIR_TYPE_NAMES))
+  if unknown:
+    raise ValueError(f"config.data.types lists {unknown}, which are not UIR-2.5M types "
+                     f"({', '.join(uir_degradations.UIR_TYPE_NAMES)}).")
+  return array_records.create(config, batch_size=batch_size, seed=seed,
+                              process_index=process_index, process_count=process_count)
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Layout <type>/<source>/{lq,gt}/<name> (see module docstring)."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  # Nothing is downloaded, so there are no URL checksums. Setting this also avoids tfds looking
-  # for a checksums file next to the code, which needs the optional `importlib_resources`.
-  url_infos = None
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "lq": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "gt": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "type": tfds.features.ClassLabel(names=list(uir_degradations.UIR_TYPE_NAMES)),
-            "source": tfds.features.Text(),
-            "name": tfds.features.Text(),
-        }),
-        supervised_keys=("lq", "gt"),
-        homepage="https://github.com/MILab-PKU/MaskDCPT",
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-    pairs = scan(os.fspath(dl_manager.manual_dir))
-    return {"train": self._generate_examples(pairs)}
-
-  def _generate_examples(self, pairs) -> Iterator[tuple[str, dict[str, Any]]]:
-    for type_name, folder, name in pairs:
-      lq = images.read_image(os.path.join(folder, "lq", name))  # [H, W, 3] uint8
-      gt = images.read_image(os.path.join(folder, "gt", name))
-      if lq.shape != gt.shape:
-        raise DataError(f"{folder}/lq/{name} is {lq.shape[:2]} but gt/{name} is {gt.shape[:2]}: "
-                        f"a pair must have the same size.")
-      source = os.path.basename(folder)
-      yield f"{type_name}/{source}/{name}", {"lq": lq, "gt": gt, "type": type_name,
-                                             "source": source, "name": name}
