@@ -7,7 +7,6 @@ Order of levels. The official training code (`degradation_classification_pretrai
 hooks the decoder stages, which fire coarse to fine, and calls `net_dc(lq, hook_outputs[::-1])`:
 the classifier reads the FINEST map first (64@H, 128@H/2, 256@H/4, 512@H/8 for NAFNet-64), and
 each level's conv 1x1 + max-pool 2 brings z to the next, coarser level's width and size.
-restoration.md says "coarse first"; that disagrees with the official code, which we follow.
 `DegradationClassifier` takes the features in the backbone's forward order (coarse to fine,
 as `NAFNet(..., return_decoder_features=True)` returns them) and reverses them itself.
 
