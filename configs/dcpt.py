@@ -21,17 +21,24 @@ TASKS_5D = ("derain", "denoise", "dehaze", "deblur", "lowlight")
 SYNTHETIC_5 = ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light")
 
 
+VARIANTS = ("smoke", "quickstart", "paper")
+
 def get_config(variant: str = "smoke"):
   c = config_lib.base_config()
   c.method.name = "dcpt"
-  c.method.focal_gamma = 0.0   # restoration.md: focal loss with gamma 0 and no alpha (= cross-entropy)
-  c.method.cls_weight = 1.0    # L = L_pix + L_cls
+  c.method.mode = "pretrain"    # DCPTModel; probe / joint / transfer: jaxmilab/methods/dcpt.py
+  c.method.focal_gamma = 0.0    # DCPT: focal loss with gamma 0 and no alpha (= cross-entropy)
+  c.method.cls_weight = 1.0     # L = L_pix + L_cls
+  c.method.classifier_learning_rate = 0.0  # 0 = the network's (separate optimizer, same lr)
+  # PSNR / SSIM on uint8-rounded images: MILab-PKU/dcpt options/all_in_one/test/
+  # test_NAFNet_5d.yml `val.metrics.psnr.image_range: 255.0`, crop_border 0, test_y_channel false.
+  c.method.float_metrics = False
   c.model.name = "nafnet"
   c.data.name = "degraded_photos"
   c.data.degradations = SYNTHETIC_5
   c.data.worker_count = 0
   c.optimizer.name = "adamw"
-  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.9
+  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.9   # ASSUMPTION for paper: NAFNet's betas (see paper)
 
   if variant == "smoke":
     c.model.preset = "nafnet_tiny"
@@ -64,23 +71,29 @@ def get_config(variant: str = "smoke"):
     del c.data.degradations              # real data: the label is the task folder
     c.data.name = "paired_folders"
     c.data.root = "/path/to/5d"          # <root>/<task>/{lq,gt}/
-    c.data.tasks = TASKS_5D
-    c.data.patch_size = 128
-    c.data.eval_size = 256
+    c.data.tasks = TASKS_5D              # test_NAFNet_5d.yml: Rain100L, CBSD68, SOTS, GoPro, LOL
+    # test_NAFNet_5d.yml test_2 (CBSD68): PairedImageDenoiseDataset, sigma_type constant,
+    # sigma_range 25: the noisy input is made from gt at test time (float, unclipped, seed 0).
+    c.data.denoise_sigma = 25.0
+    c.data.eval_size = 256               # ASSUMPTION: the official test runs whole images
     c.data.eval_batch_size = 32
     c.data.worker_count = 8
-    # The DCPT training recipe is not in the official release (README: "Pretrain: coming soon").
-    # These follow the NAFNet/PromptIR all-in-one recipe the paper builds on: AdamW, betas
-    # (0.9, 0.9), lr 2e-4 -> cosine, batch 32, 128px patches. Adjust when the authors publish theirs.
-    c.batch_size = 32
-    c.total_steps = 200_000
+    # Training recipe: ASSUMPTION, all of it. The DCPT release has test options only (README:
+    # pre-training "coming soon"); these numbers follow the all-in-one recipe of PromptIR
+    # (va1shn9v/PromptIR options.py: AdamW, lr 2e-4, patch_size 128, warm-up then cosine) with
+    # NAFNet's AdamW betas (0.9, 0.9) and weight decay 0 (megvii-research/NAFNet
+    # options/train/*/NAFNet-width64.yml); the batch of 32 and the step count are ours. Change
+    # them when the authors publish theirs.
+    c.data.patch_size = 128              # ASSUMPTION (PromptIR patch_size 128)
+    c.batch_size = 32                    # ASSUMPTION
+    c.total_steps = 200_000              # ASSUMPTION
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 5_000
-    c.optimizer.learning_rate = 2e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.min_lr_ratio = 5e-3      # cosine down to 1e-6
-    c.optimizer.weight_decay = 0.0
+    c.optimizer.learning_rate = 2e-4     # ASSUMPTION (PromptIR lr 2e-4)
+    c.optimizer.schedule = "cosine"      # ASSUMPTION
+    c.optimizer.min_lr_ratio = 5e-3      # ASSUMPTION: cosine down to 1e-6
+    c.optimizer.weight_decay = 0.0       # ASSUMPTION (NAFNet weight_decay 0)
   else:
     raise ValueError(f"configs/dcpt.py: unknown variant {variant!r}; use smoke, quickstart or paper.")
   return c

@@ -45,9 +45,13 @@ def get_config(variant: str = "smoke"):
                      f"paper or pod.")
   c = _dcpt_config(base[variant])
   c.method.name = "maskdcpt"
-  c.method.mask_ratio = 0.5        # MaskDCPT: half of the patches hidden
+  del c.method.mode, c.method.classifier_learning_rate   # dcpt's modes; one optimizer here
+  c.method.mask_ratio = 0.5        # MaskDCPT: half of the patches hidden (official mask_ratio)
   c.method.mask_patch_size = 0     # 0 = the backbone's (NAFNet 16, SwinIR window, Restormer 8)
-  c.method.recon_width = 0         # 0 = channels of the finest decoder map
+  # The backbone's own decoder + head reconstructs (the released archs keep the head); "spark"
+  # = a separate light head (jaxmilab/methods/maskdcpt.py compares the two).
+  c.method.reconstruction = "backbone"
+  c.method.recon_width = 0         # "spark" head width; 0 = channels of the finest decoder map
   if "degradations" in c.data:
     del c.data.degradations         # dcpt's is a tuple of names; a task-set name is a str
   c.data.degradations = UIR_TYPES
@@ -62,6 +66,9 @@ def get_config(variant: str = "smoke"):
     c.eval_every_steps = 150
     c.checkpoint_every_steps = 50
   else:  # paper, pod
+    # MaskDCPT scores float images: options/all_in_one/test/test_NAFNet_12d.yml (and the 5d
+    # ones) `val.metrics.psnr.image_range: 1.0`, crop_border 0, test_y_channel false.
+    c.method.float_metrics = True
     c.data = c.data.__class__(dict(
         name="array_records",
         # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --out=...` for the

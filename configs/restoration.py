@@ -22,8 +22,12 @@ def get_config(variant: str = "smoke"):
   c = _dcpt_config(variant)
   c.method.name = "restoration"
   c.method.init_from = ""          # a dcpt / maskdcpt / restoration workdir, or "" for scratch
-  del c.method.focal_gamma
-  del c.method.cls_weight
+  # Zero the last conv at the start (after init_from: a pre-trained body with a fresh head), so
+  # with the global residual the network starts as the identity and its PSNR starts at the
+  # input's (jaxmilab/methods/common.py zero_output_conv). Ours, for short CPU runs; the
+  # official fine-tuning keeps the loaded / PyTorch-default conv, so `paper` turns it off.
+  c.method.zero_init_output = variant != "paper"
+  del c.method.focal_gamma, c.method.cls_weight, c.method.mode, c.method.classifier_learning_rate
   if variant == "quickstart":
     c.total_steps = 200
     c.eval_every_steps = 200

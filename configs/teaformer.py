@@ -43,9 +43,16 @@ Architecture choices (jaxmilab/models/teaformer.py; the paper has no public code
     top_k (8, 8, 4, 4)) fits 64-px crops (latent 8x8); batch 4, 200 steps: ~1 s per step on
     a busy 2-core CPU, where XLA's gradient of the GDFN depthwise convs (not TEA) dominates.
   * implementation "auto": the fused Pallas kernel on GPU/TPU, the XLA reference on CPU.
-Training recipe (paper): the paper's is not public; Restormer's (swz30 *_Restormer.yml): AdamW
-betas (0.9, 0.999), weight decay 1e-4, lr 3e-4 cosine down to 1e-6, 300k iterations, 128-px
-crops, global batch 64 without progressive patch sizes (not implemented).
+Training recipe (paper): TEAFormer's is not public. ASSUMPTION: Restormer's, from swz30/Restormer
+Deraining/Options/Deraining_Restormer.yml (the same in its Denoising / Motion_Deblurring
+options): AdamW lr 3e-4, betas [0.9, 0.999], weight_decay 1e-4; scheduler
+CosineAnnealingRestartCyclicLR periods [92000, 208000], eta_mins [0.0003, 0.000001] (lr held at
+3e-4 for 92k iterations, then cosine to 1e-6: `hold_steps`); total_iter 300000;
+use_grad_clip: true, which basicsr/models/image_restoration_model.py applies as
+clip_grad_norm_(parameters, 0.01); batch_size_per_gpu 8 on 8 GPUs = 64. Not reproduced: the
+progressive patches (mini_batch_sizes [8, 5, 4, 2, 1, 1] x gt_sizes [128 .. 384] over iters
+[92000, 64000, 48000, 36000, 36000, 24000]): jit compiles one shape, so `paper` trains the first
+stage's 128 px / batch 64 throughout.
 """
 
 from __future__ import annotations
@@ -54,8 +61,8 @@ from jaxmilab import config_lib
 
 TASKS = ("denoise15", "denoise25", "denoise50", "derain", "allinone")
 SIZES = ("smoke", "quickstart", "paper")
-# Intended fixed noise levels (0-255 scale) of the denoising variants (Restormer / DCPT tables:
-# CBSD68 at sigma 15, 25, 50). Not applied yet: degraded_photos has no level key (see above).
+# Fixed noise levels (0-255 scale) of the denoising variants (Restormer / DCPT tables: CBSD68 at
+# sigma 15, 25, 50), applied through degraded_photos' `levels` key.
 NOISE_SIGMA = {"denoise15": 15, "denoise25": 25, "denoise50": 50}
 SYNTHETIC_5 = ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light")
 TASKS_5D = ("derain", "denoise", "dehaze", "deblur", "lowlight")  # DCPT Table 1 (5D)
@@ -98,10 +105,13 @@ def _size(c, size: str) -> None:
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 5_000
-    c.optimizer.learning_rate = 3e-4
+    c.optimizer.learning_rate = 3e-4              # Restormer options: optim_g lr
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999   # betas [0.9, 0.999]
     c.optimizer.schedule = "cosine"
-    c.optimizer.min_lr_ratio = 1e-6 / 3e-4
-    c.optimizer.weight_decay = 1e-4
+    c.optimizer.hold_steps = 92_000               # periods[0] with eta_mins[0] = lr: held
+    c.optimizer.min_lr_ratio = 1e-6 / 3e-4        # eta_mins[1]
+    c.optimizer.weight_decay = 1e-4               # weight_decay 1e-4
+    c.optimizer.grad_clip_norm = 0.01             # use_grad_clip: clip_grad_norm_(..., 0.01)
 
 
 def _data(c, task: str, size: str) -> None:

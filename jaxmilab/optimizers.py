@@ -18,8 +18,13 @@ def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> opta
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1),
+    # hold_steps (optional): the peak lr is held that long before the cosine starts, as
+    # Restormer's CosineAnnealingRestartCyclicLR first period with eta_min = the peak lr.
+    hold = int(config.get("hold_steps", 0) or 0)
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup - hold, 1),
                                        alpha=float(config.get("min_lr_ratio", 0.0)))
+    if hold:
+      main = optax.join_schedules([optax.constant_schedule(lr), main], [hold])
   elif kind == "multistep":
     boundaries = {int(s) - warmup: float(config.get("decay_factor", 0.5))
                   for s in config.get("decay_steps", ())}

@@ -1,54 +1,87 @@
 r"""Restoration pre-training quickstart on the embedded photos (the README's main job).
 
-  python -m jaxmilab.quickstart --workdir=/tmp/jaxmilab_quickstart
+  python -m jaxmilab.quickstart --pretrain=maskdcpt --workdir=/tmp/jaxmilab_quickstart
 
-Three runs on the skimage.data photos with five synthesized degradations, then a table:
-  1. pretrain  configs/dcpt.py:quickstart          (DCPT: L_pix on clean + classification)
-               or, with --pretrain=maskdcpt, configs/maskdcpt.py:quickstart (MaskDCPT: masked
-               encoder, reconstruction + classification on the UIR-2.5M types)
-  2. dcpt_ft   configs/restoration.py:quickstart   initialised from 1 (init_from)
-  3. scratch   configs/restoration.py:quickstart   same steps, random init
-Each run resumes if interrupted; re-running prints the table from the finished runs.
+Stages, per seed, on the skimage.data photos with five synthesized degradations:
+  scratch          configs/restoration.py:quickstart   random init
+  <p>/pretrain     configs/<p>.py:quickstart           for each --pretrain method p (dcpt:
+                   L_pix on clean + classification; maskdcpt: masked encoder, reconstruction +
+                   classification on the synthesizable UIR-2.5M types)
+  <p>/ft           configs/restoration.py:quickstart   initialised from <p>/pretrain (init_from)
+Every fine-tuning run has the same budget as scratch. With several --seeds the table gives the
+mean and standard deviation over seeds. Each run resumes if interrupted; re-running prints the
+table from the finished runs. Compiled programs are cached on disk (--compilation_cache), so
+seeds after the first skip XLA compilation.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/jaxmilab_quickstart", "Folder for the three runs.")
-flags.DEFINE_enum("pretrain", "dcpt", ["dcpt", "maskdcpt"],
-                  "Pre-training method: configs/<pretrain>.py:<variant> (maskdcpt: masked "
-                  "pre-training on the synthesizable UIR-2.5M types).")
+flags.DEFINE_string("workdir", "/tmp/jaxmilab_quickstart", "Folder for the runs.")
+flags.DEFINE_list("pretrain", ["dcpt"], "Pre-training methods to compare with scratch: dcpt, "
+                  "maskdcpt or both (comma-separated).")
 flags.DEFINE_string("variant", "quickstart", "Config variant of every stage (smoke for a dry run).")
 flags.DEFINE_integer("steps", 0, "Override total_steps of every stage (0 = the config's).")
+flags.DEFINE_list("seeds", ["0"], "config.seed of each repetition, e.g. 0,1,2.")
+flags.DEFINE_list("set", [], "Extra overrides for the pre-training stages, key=value (e.g. "
+                  "method.reconstruction=backbone); values are parsed as Python literals.")
+flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",
+                                                      "jaxmilab_xla"),
+                    "Persistent XLA compilation cache folder ('' = off).")
+
+PRETRAIN_METHODS = ("dcpt", "maskdcpt")
 
 
-def run_stages(workdir: str, pretrain: str = "dcpt", variant: str = "quickstart",
-               steps: int = 0) -> dict[str, dict[str, float]]:
-  """Runs the three stages; returns the final eval scalars of each, keyed by stage."""
+def _parse_overrides(items: Sequence[str]) -> dict:
+  import ast  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in items:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--set {item!r}: use key=value.")
+    try:
+      out[key] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      out[key] = raw
+  return out
+
+
+def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant: str = "quickstart",
+               steps: int = 0, seed: int = 0, pretrain_overrides: dict | None = None
+               ) -> dict[str, dict[str, float]]:
+  """Runs scratch and, per pre-training method, pretrain + fine-tune for one seed.
+
+  Returns the final eval scalars keyed by stage: "scratch", "<p>/pretrain", "<p>/ft"."""
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
 
+  pretrain = (pretrain,) if isinstance(pretrain, str) else tuple(pretrain)
+  unknown = [p for p in pretrain if p not in PRETRAIN_METHODS]
+  if unknown:
+    raise ValueError(f"--pretrain {unknown}: use {PRETRAIN_METHODS}.")
+
   def overrides(extra=None):
-    o = dict(extra or {})
+    o = {"seed": int(seed)}
     if steps:
       o.update({"total_steps": steps, "eval_every_steps": steps, "checkpoint_every_steps": steps,
                 "log_every_steps": max(1, min(steps, 25))})
+    o.update(extra or {})
     return o
 
-  pretrain_dir = os.path.join(workdir, "pretrain")
-  stages = {
-      "pretrain": (f"configs/{pretrain}.py:{variant}", overrides()),
-      f"{pretrain}_ft": (f"configs/restoration.py:{variant}",
-                         overrides({"method.init_from": pretrain_dir})),
-      "scratch": (f"configs/restoration.py:{variant}", overrides()),
-  }
+  stages = {"scratch": (f"configs/restoration.py:{variant}", overrides())}
+  for p in pretrain:
+    stages[f"{p}/pretrain"] = (f"configs/{p}.py:{variant}", overrides(pretrain_overrides))
+    stages[f"{p}/ft"] = (f"configs/restoration.py:{variant}",
+                         overrides({"method.init_from": os.path.join(workdir, p, "pretrain")}))
   results = {}
   for name, (spec, over) in stages.items():
     logging.info("Quickstart stage %s: %s %s", name, spec, over)
@@ -60,46 +93,81 @@ def run_stages(workdir: str, pretrain: str = "dcpt", variant: str = "quickstart"
   return results
 
 
-def format_table(results: dict[str, dict[str, float]], pretrain: str = "dcpt") -> str:
-  """Markdown table: per-type PSNR of the input, scratch and pre-trained+fine-tuned nets."""
-  ft, scratch, pre = results[f"{pretrain}_ft"], results["scratch"], results["pretrain"]
-  types = [k.split("/", 1)[1] for k in ft if k.startswith("psnr/")]
-  head = f"| degradation | input PSNR | scratch PSNR | {pretrain.upper()}+FT PSNR | gain (dB) | classifier acc. |"
-  lines = [head, "|---|---|---|---|---|---|"]
-  pre_types = {k.split("/", 1)[1] for k in pre if k.startswith("psnr/")}
-  same_types = pre_types == set(types)  # else the pre-training table below has the accuracies
-  for t in types + ["all"]:
+def _types(record: dict[str, float]) -> list[str]:
+  return [k.split("/", 1)[1] for k in record if k.startswith("psnr/")]
+
+
+def _stat(values: Sequence[float]) -> str:
+  values = np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def format_table(per_seed: Sequence[dict[str, dict[str, float]]], pretrain: Sequence[str]) -> str:
+  """Markdown: per type, input PSNR, scratch and each <p>+FT PSNR (mean ± std over seeds) and
+  the mean gain over scratch (with the number of seeds where it is positive)."""
+  pretrain = (pretrain,) if isinstance(pretrain, str) else tuple(pretrain)
+  first = per_seed[0]["scratch"]
+  types = _types(first) + ["all"]
+  n = len(per_seed)
+  head = "| degradation | input PSNR | scratch |"
+  sep = "|---|---|---|"
+  for p in pretrain:
+    head += f" {p.upper()} + FT | gain vs scratch |"
+    sep += "---|---|"
+  lines = [head, sep]
+  for t in types:
     key = "" if t == "all" else f"/{t}"
-    acc = pre.get(f"accuracy{key}") if same_types else None
-    lines.append(f"| {t} | {ft[f'psnr_input{key}']:.2f} | {scratch[f'psnr{key}']:.2f} | "
-                 f"{ft[f'psnr{key}']:.2f} | {ft[f'psnr{key}'] - scratch[f'psnr{key}']:+.2f} | "
-                 f"{'' if acc is None else f'{100 * acc:.1f}%'} |")
+    scratch = [r["scratch"][f"psnr{key}"] for r in per_seed]
+    row = f"| {t} | {first[f'psnr_input{key}']:.2f} | {_stat(scratch)} |"
+    for p in pretrain:
+      ft = [r[f"{p}/ft"][f"psnr{key}"] for r in per_seed]
+      gains = np.asarray(ft) - np.asarray(scratch)
+      wins = f" ({int((gains > 0).sum())}/{n} seeds > 0)" if n > 1 else ""
+      row += f" {_stat(ft)} | {gains.mean():+.2f}{wins} |"
+    lines.append(row)
   return "\n".join(lines)
 
 
-def format_pretrain_table(pre: dict[str, float], pretrain: str = "dcpt") -> str:
-  """Markdown table of the pre-training run's own eval: per type, PSNR of the input and of its
-  restoration (maskdcpt: the reconstruction head on the unmasked image) and classifier accuracy."""
-  types = [k.split("/", 1)[1] for k in pre if k.startswith("psnr/")]
-  lines = [f"| degradation | input PSNR | {pretrain} restored PSNR | classifier acc. |",
-           "|---|---|---|---|"]
-  for t in types + ["all"]:
+def format_pretrain_table(per_seed: Sequence[dict[str, dict[str, float]]], p: str) -> str:
+  """Markdown of the pre-training runs' own eval: per type, input PSNR, the pre-trained
+  network's restored PSNR (maskdcpt: on the unmasked image) and classifier accuracy."""
+  first = per_seed[0][f"{p}/pretrain"]
+  lines = [f"| degradation | input PSNR | {p} restored PSNR | classifier acc. |", "|---|---|---|---|"]
+  for t in _types(first) + ["all"]:
     key = "" if t == "all" else f"/{t}"
-    acc = pre.get(f"accuracy{key}")
-    lines.append(f"| {t} | {pre[f'psnr_input{key}']:.2f} | {pre[f'psnr{key}']:.2f} | "
-                 f"{'' if acc is None else f'{100 * acc:.1f}%'} |")
+    restored = [r[f"{p}/pretrain"][f"psnr{key}"] for r in per_seed]
+    acc = [100 * r[f"{p}/pretrain"][f"accuracy{key}"] for r in per_seed]
+    lines.append(f"| {t} | {first[f'psnr_input{key}']:.2f} | {_stat(restored)} | {_stat(acc)}% |")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  results = run_stages(FLAGS.workdir, FLAGS.pretrain, FLAGS.variant, FLAGS.steps)
-  table = format_table(results, FLAGS.pretrain)
-  if FLAGS.pretrain == "maskdcpt":
-    table = (f"Pre-training ({FLAGS.pretrain}, its own degradation types):\n\n"
-             + format_pretrain_table(results["pretrain"], FLAGS.pretrain)
-             + "\n\nFine-tuning (configs/restoration.py):\n\n" + table)
-  print("\nHeld-out embedded photos, PSNR (dB, RGB, uint8; BasicSR protocol):\n" + table)
+  if FLAGS.compilation_cache:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  pretrain = [p for p in FLAGS.pretrain if p] or ["dcpt"]
+  if pretrain == ["both"]:
+    pretrain = list(PRETRAIN_METHODS)
+  seeds = [int(s) for s in FLAGS.seeds]
+  per_seed = []
+  for seed in seeds:
+    workdir = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
+    per_seed.append(run_stages(workdir, pretrain, FLAGS.variant, FLAGS.steps, seed,
+                               _parse_overrides(FLAGS.set)))
+  parts = []
+  for p in pretrain:
+    parts.append(f"Pre-training ({p}, its own degradation types):\n\n"
+                 + format_pretrain_table(per_seed, p))
+  parts.append("Fine-tuning (configs/restoration.py), same budget for every row"
+               + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else "") + ":\n\n"
+               + format_table(per_seed, pretrain))
+  table = "\n\n".join(parts)
+  print("\nHeld-out embedded photos, PSNR (dB, RGB, uint8; BasicSR protocol):\n\n" + table)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
   with open(os.path.join(FLAGS.workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table + "\n")
 

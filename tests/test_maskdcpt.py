@@ -153,7 +153,7 @@ def test_smoke_trains_and_writes_eval_metrics(smoke_run):
   for key in ("psnr", "psnr_input", "accuracy", "psnr/noise", "psnr_input/jpeg"):
     assert key in last and np.isfinite(last[key]), key
   params = ckpt_lib.load_variables(smoke_run)["params"]
-  assert set(params) == {"backbone", "classifier", "recon_head"}
+  assert set(params) == {"backbone", "classifier"}   # reconstruction="backbone": no extra head
 
 
 def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
@@ -164,3 +164,42 @@ def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_backbone_reconstruction_masks_the_encoder_only():
+  """reconstruction="backbone": with the decoder modules left dense, the decoder maps still get
+  no gradient from hidden pixels (the encoder stops them) but are non-zero on hidden patches
+  (the backbone's own decoder fills them)."""
+  model = nafnet.create(ml_collections.ConfigDict({"preset": "nafnet_tiny"}))
+  size = 32
+  x = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
+  variables = model.init(jax.random.key(1), x)
+  mask = masking.random_patch_mask(jax.random.key(2), 2, (2, 2))
+  dense = masking.decoder_modules(model)
+
+  def decoder_maps(img):
+    with masking.patch_masking(mask, (size, size), unmasked=dense):
+      return model.apply(variables, img, return_decoder_features=True)[1]
+
+  def objective(img):
+    return sum(jnp.sum(f * jnp.cos(jnp.arange(f.size).reshape(f.shape))) for f in decoder_maps(img))
+
+  grad, feats = jax.jit(lambda img: (jax.grad(objective)(img), decoder_maps(img)),
+                        compiler_options=trainer_lib._FAST_COMPILE)(x)
+  hidden = 1.0 - np.asarray(masking.expand(mask, size, size))
+  assert np.all(np.asarray(grad) * hidden == 0.0)
+  assert np.abs(np.asarray(grad) * (1 - hidden)).max() > 1e-3
+  finest = np.asarray(feats[-1])
+  assert np.abs(finest * hidden).max() > 1e-3
+
+
+def test_maskable_interface_is_required():
+  class NotMaskable(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return x
+
+  with pytest.raises(ValueError, match="Maskable"):
+    masking.mask_patch_size(NotMaskable())
+  with pytest.raises(ValueError, match="decoder_modules"):
+    masking.decoder_modules(NotMaskable())

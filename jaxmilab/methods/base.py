@@ -71,6 +71,14 @@ class Method(abc.ABC):
     """
     return _ConcatenatingEvaluator(self)
 
+  def create_optimizer(self, optimizer_config: ml_collections.ConfigDict, total_steps: int):
+    """The optax transformation the trainer applies (default: one from config.optimizer).
+
+    Methods with several parameter groups override it (e.g. dcpt: separate optimizers for
+    network and classifier, frozen parts, via optax.multi_transform)."""
+    from jaxmilab import optimizers  # pylint: disable=g-import-not-at-top
+    return optimizers.create(optimizer_config, total_steps)
+
   def init_from(self, variables: dict[str, PyTree], loaded: dict[str, PyTree]) -> dict[str, PyTree]:
     """Merges variables loaded from another run (`config.method.init_from`) into fresh ones.
 

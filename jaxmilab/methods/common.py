@@ -4,41 +4,60 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab.evaluation import restoration as restoration_metrics
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """BasicSR's tensor2img: round(clip(x, 0, 1) * 255)."""
-  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+# The backbones' last convolution (image out) by parameter name: NAFNet `ending`, SwinIR
+# `conv_last`, Restormer / PromptIR / TEAFormer `output` (official state-dict names).
+OUTPUT_CONVS = ("ending", "conv_last", "output")
 
 
-def restoration_summary(outputs: Mapping[str, np.ndarray], class_names: tuple[str, ...],
-                        restored_key: str = "restored") -> dict[str, float]:
-  """PSNR / SSIM of the degraded input and of the restored output, overall and per type.
+def zero_output_conv(backbone_params: dict) -> dict:
+  """Zeroes the kernel and bias of the backbone's last convolution.
 
-  Keys: psnr_input, psnr, ssim_input, ssim, and "<metric>/<type>" per degradation type,
-  on uint8-rounded RGB images (BasicSR protocol).
+  Every backbone adds its input back (global residual), so with a zero last conv the
+  untrained network is the identity and its restored PSNR starts at the input's: training
+  can only move it from there (the "zero-init the last layer of a residual branch" rule of
+  Goyal et al. 2017 applied to the whole network). The official DCPT/NAFNet code keeps
+  PyTorch's default init, so configs enable this with `config.method.zero_init_output`
+  (True for the CPU quickstarts, False for `paper`).
   """
-  valid = outputs["valid"].astype(bool)
-  gt, lq, out = (to_uint8(outputs[k][valid]) for k in ("gt", "lq", restored_key))
-  labels = outputs["label"][valid]
-  per_image = {
-      "psnr_input": np.array([restoration_metrics.psnr(a, b) for a, b in zip(lq, gt)]),
-      "psnr": np.array([restoration_metrics.psnr(a, b) for a, b in zip(out, gt)]),
-      "ssim_input": np.array([restoration_metrics.ssim(a, b) for a, b in zip(lq, gt)]),
-      "ssim": np.array([restoration_metrics.ssim(a, b) for a, b in zip(out, gt)]),
-  }
-  # PSNR of identical images is inf (BasicSR); cap at 100 dB so averages stay finite.
-  per_image = {k: np.minimum(v, 100.0) for k, v in per_image.items()}
-  summary = {k: float(v.mean()) for k, v in per_image.items()}
-  for index, name in enumerate(class_names):
-    sel = labels == index
-    if sel.any():
-      for k, v in per_image.items():
-        summary[f"{k}/{name}"] = float(v[sel].mean())
-  return summary
+  found = [k for k in OUTPUT_CONVS if k in backbone_params]
+  if len(found) != 1:
+    raise ValueError(f"zero_init_output: expected exactly one of {OUTPUT_CONVS} among the "
+                     f"backbone's top-level parameters, found {sorted(backbone_params)}.")
+  out = dict(backbone_params)
+  out[found[0]] = jax.tree_util.tree_map(jnp.zeros_like, backbone_params[found[0]])
+  return out
+
+
+def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.RestorationEvaluator:
+  """The streaming evaluator of a restoration method (per-type PSNR / SSIM[, accuracy]).
+
+  `config.method.float_metrics` (default False) scores float images instead of uint8-rounded
+  ones (jaxmilab.evaluation.restoration.per_image_scores)."""
+  return restoration_metrics.RestorationEvaluator(
+      method.data_info.class_names, with_accuracy=with_accuracy,
+      float_images=bool(method.config.method.get("float_metrics", False)))
+
+
+def summarize_with(method, outputs) -> dict[str, float]:
+  """TRANSITION for the trainer's concatenated `summarize_eval` call: the same numbers as the
+  streaming evaluator, computed by one update over the whole set."""
+  ev = method.evaluator()
+  ev.update(outputs, outputs)
+  return ev.compute()
+
+
+def images_with(method, outputs):
+  """TRANSITION for the trainer's `eval_images` call (see summarize_with)."""
+  ev = method.evaluator()
+  ev.update(outputs, outputs)
+  return ev.images()
 
 
 def image_grid(outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"),

@@ -1,24 +1,34 @@
 """MaskDCPT: masked degradation classification pre-training (arXiv 2510.13282).
 
-One step, one backward pass (restoration.md; the official training code is not released):
+One step, one backward pass (the official training code is not released):
   mask  = random_patch_mask(rng)               half of the p x p patches hidden per image
-  feats = encoder(lq * mask)                   the backbone without its head, masked SparK-style
-                                               after every conv / linear / norm (models/masking.py)
+  feats = encoder(lq * mask)                   the backbone's encoder, masked SparK-style after
+                                               every conv / linear / norm (models/masking.py)
   L_cls = focal(classifier(feats), type)       DCPT's classifier (gamma 0 = cross-entropy)
-  L_pix = |recon_head(feats, mask) + lq * mask - gt|_1   reconstruct the clean image
+  L_pix = |reconstruction - gt|_1              reconstruct the clean image
   loss  = L_pix + cls_weight * L_cls
-"Encoder" = the backbone up to its decoder features (`return_decoder_features=True`; its own
-head, e.g. NAFNet's `ending` conv, is not used). The reconstruction decoder is a light SparK-
-style head (masking.ReconstructionHead: mask tokens, coarse-to-fine convs) on all decoder maps,
-so coarse levels can fill the hidden 16 px patches; a conv head on the finest map alone could
-only fill a patch's border. Parameters {"backbone", "classifier", "recon_head"}; `restoration`
-with `init_from` loads the backbone.
-Eval (unmasked): restored = recon_head(encoder(lq), all visible) + lq, the network trained to
-restore; per-type PSNR/SSIM input vs restored and classifier accuracy (as dcpt).
 
-config.method keys: focal_gamma (0), cls_weight (1), mask_ratio (0.5), mask_patch_size (0 =
-the backbone's: 16 NAFNet, the window for SwinIR, 8 Restormer/PromptIR), recon_width (0 = the
-finest decoder map's channels).
+The paper describes an encoder and two decoders, the reconstruction decoder restoring the
+high-quality image from the masked degraded input; it does not release that decoder, so
+`config.method.reconstruction` offers both readings:
+
+  "backbone" (default)  the backbone's own decoder and output head reconstruct the image: the
+      encoder is masked, the modules the backbone declares as `decoder_modules`
+      (masking.Maskable) run dense, and the classifier reads that decoder's maps. The whole
+      backbone, output head included, is pre-trained and fine-tuning starts from all of it.
+      Follows the released architectures, which keep each backbone's head in place
+      (MILab-PKU/MaskDCPT basicsr/archs/mask_swinir_arch.py runs `conv_last`; the masked NAFNet
+      keeps `ending`, commented out only in its feature-export forward).
+  "spark"  a light SparK-style head (masking.ReconstructionHead: mask tokens, coarse-to-fine
+      convs over all decoder maps) reconstructs `head(feats) + lq * mask`; the whole backbone
+      (decoder included) is masked and its output head is never pre-trained; the head is
+      dropped after pre-training. SparK's design (Tian et al., ICLR 2023), our reading of the
+      paper's "reconstruction decoder" before the released archs were read.
+
+Eval (unmasked): the network trained to restore ("backbone": the backbone itself; "spark":
+head(encoder(lq)) + lq) and the classifier; per-type PSNR/SSIM and accuracy (as dcpt).
+Parameters {"backbone", "classifier"} (+ "recon_head" for "spark"); `restoration` with
+`init_from` loads the backbone.
 """
 
 from __future__ import annotations
@@ -32,11 +42,12 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxmilab import sharding as sharding_lib
+from jaxmilab.methods import base
 from jaxmilab.methods import dcpt
 from jaxmilab.models import dcpt_classifier
 from jaxmilab.models import masking
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 def classifier_pyramid(feats: Sequence[jax.Array]) -> list[jax.Array]:
@@ -85,8 +96,22 @@ def _all_visible(x: jax.Array) -> jax.Array:
   return jnp.ones((x.shape[0], 1, 1), jnp.float32)
 
 
+RECONSTRUCTIONS = ("backbone", "spark")
+
+# Every config.method key of maskdcpt (config_lib fills the missing ones).
+CONFIG_DEFAULTS = dict(
+    focal_gamma=0.0,            # focal loss gamma; 0 and no alpha = cross-entropy
+    cls_weight=1.0,             # L = L_pix + cls_weight * L_cls
+    mask_ratio=masking.MASK_RATIO,  # official `mask_ratio = 0.5`
+    mask_patch_size=0,          # 0 = the backbone's (masking.Maskable.mask_patch_size)
+    reconstruction="backbone",  # RECONSTRUCTIONS, module docstring
+    recon_width=0,              # "spark" head width; 0 = the finest decoder map's channels
+    float_metrics=False,        # PSNR/SSIM on float images instead of uint8-rounded ones
+)
+
+
 class Method(dcpt.Method):
-  """MaskDCPT pre-training: masked encoder, degradation classifier and reconstruction head."""
+  """MaskDCPT pre-training: masked encoder, degradation classifier and reconstruction."""
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
@@ -101,6 +126,13 @@ class Method(dcpt.Method):
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(f"config.method.mask_ratio={self.mask_ratio} must be in [0, 1).")
     self.patch = int(m.get("mask_patch_size", 0)) or masking.mask_patch_size(self.backbone)
+    self.reconstruction = m.get("reconstruction", "backbone")
+    if self.reconstruction not in RECONSTRUCTIONS:
+      raise ValueError(f"config.method.reconstruction={self.reconstruction!r}; use one of "
+                       f"{RECONSTRUCTIONS}.")
+    # The encoder/decoder split (read once: a missing interface fails here, not in a trace).
+    self.decoder_modules = (masking.decoder_modules(self.backbone)
+                            if self.reconstruction == "backbone" else ())
 
   def _grid(self, x: jax.Array) -> tuple[int, int]:
     _, h, w, _ = x.shape
@@ -116,36 +148,37 @@ class Method(dcpt.Method):
     backbone = self.backbone.init(backbone_rng, lq)
     _, feats = self.backbone.apply(backbone, lq, return_decoder_features=True)
     classifier = self.classifier.init(classifier_rng, classifier_pyramid(feats))
-    head = self.recon_head.init(head_rng, feats, _all_visible(lq))
-    return {"params": {"backbone": backbone["params"], "classifier": classifier["params"],
-                       "recon_head": head["params"]}}
+    params = {"backbone": backbone["params"], "classifier": classifier["params"]}
+    if self.reconstruction == "spark":
+      head = self.recon_head.init(head_rng, feats, _all_visible(lq))["params"]
+      # Zero last conv: the head starts as "restored = lq * mask" (no random residual).
+      params["recon_head"] = dict(head, out=jax.tree_util.tree_map(jnp.zeros_like, head["out"]))
+    return {"params": params}
 
-  def encode(self, params, lq, mask=None):
-    """Decoder maps of the backbone on lq; with a [B, h, w] patch mask, the masked encoder."""
+  def forward(self, params, lq, mask=None):
+    """(restored [B, H, W, C] float32, logits [B, N] float32); with a [B, h, w] patch mask the
+    masked pre-training forward, without it the plain (eval) forward."""
     variables = {"params": params["backbone"]}
+    h, w = lq.shape[1:3]
     if mask is None:
-      _, feats = self.backbone.apply(variables, lq, return_decoder_features=True)
-      return feats
-    h, w = lq.shape[1:3]
-    with masking.patch_masking(mask, (h, w)):
-      _, feats = self.backbone.apply(variables, lq * masking.expand(mask, h, w).astype(lq.dtype),
-                                     return_decoder_features=True)
-    return feats
-
-  def heads(self, params, lq, feats, mask):
-    """(restored [B, H, W, C] float32, logits [B, N] float32) from the encoder's maps."""
-    h, w = lq.shape[1:3]
+      restored, feats = self.backbone.apply(variables, lq, return_decoder_features=True)
+      visible = _all_visible(lq)
+    else:
+      visible = mask
+      with masking.patch_masking(mask, (h, w), unmasked=self.decoder_modules):
+        restored, feats = self.backbone.apply(
+            variables, lq * masking.expand(mask, h, w).astype(lq.dtype), return_decoder_features=True)
     logits = self.classifier.apply({"params": params["classifier"]}, classifier_pyramid(feats))
-    residual = self.recon_head.apply({"params": params["recon_head"]}, feats, mask)
-    restored = residual[:, :h, :w, :].astype(jnp.float32) + lq * masking.expand(mask, h, w)
-    return restored, logits.astype(jnp.float32)
+    if self.reconstruction == "spark":
+      residual = self.recon_head.apply({"params": params["recon_head"]}, feats, visible)
+      restored = residual[:, :h, :w, :] + lq * masking.expand(visible, h, w)
+    return restored.astype(jnp.float32), logits.astype(jnp.float32)
 
   def loss(self, params, model_state, batch, rng):
     lq = batch["lq"]
     mask = masking.random_patch_mask(rng, lq.shape[0], self._grid(lq), self.mask_ratio)
     with batch_sharded_activations():
-      feats = self.encode(params, lq, mask)
-      restored, logits = self.heads(params, lq, feats, mask)
+      restored, logits = self.forward(params, lq, mask)
     l_pix = jnp.mean(jnp.abs(restored - batch["gt"]))
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
@@ -153,6 +186,12 @@ class Method(dcpt.Method):
     return loss, ({"l_pix": l_pix, "l_cls": l_cls, "accuracy": accuracy}, model_state)
 
   def eval_step(self, params, model_state, batch):
-    lq = batch["lq"]
-    restored, logits = self.heads(params, lq, self.encode(params, lq), _all_visible(lq))
+    restored, logits = self.forward(params, batch["lq"])
     return {"restored": restored, "pred": jnp.argmax(logits, -1)}
+
+  def create_optimizer(self, optimizer_config, total_steps):
+    """One optimizer for every part (the MaskDCPT training code is not released)."""
+    return base.Method.create_optimizer(self, optimizer_config, total_steps)
+
+  def init_from(self, variables, loaded):
+    return base.merge_matching(variables, loaded)

@@ -17,6 +17,14 @@ from jaxmilab import registry
 from jaxmilab.methods import base
 from jaxmilab.methods import common
 
+# Every config.method key of restoration (config_lib fills the missing ones).
+CONFIG_DEFAULTS = dict(
+    init_from="",              # a dcpt / maskdcpt / restoration run whose backbone starts this one
+    zero_init_output=False,    # zero the last conv at init (identity start; common.zero_output_conv)
+                               # and after loading a run that did not train it (MaskDCPT spark)
+    float_metrics=False,       # PSNR/SSIM on float images instead of uint8-rounded ones
+)
+
 
 class Method(base.Method):
   """Plain supervised restoration with an L1 pixel loss."""
@@ -26,8 +34,10 @@ class Method(base.Method):
     self.backbone = registry.get_model(config.model.name)(config.model)
 
   def init_variables(self, rng, batch):
-    variables = self.backbone.init(rng, batch["lq"])
-    return {"params": {"backbone": variables["params"]}}
+    params = self.backbone.init(rng, batch["lq"])["params"]
+    if self.config.method.get("zero_init_output", False):
+      params = common.zero_output_conv(params)
+    return {"params": {"backbone": params}}
 
   def loss(self, params, model_state, batch, rng):
     del rng
@@ -39,11 +49,14 @@ class Method(base.Method):
     restored = self.backbone.apply({"params": params["backbone"]}, batch["lq"])
     return {"restored": restored.astype(jnp.float32)}
 
-  def summarize_eval(self, outputs):
-    return common.restoration_summary(outputs, self.data_info.class_names)
+  def evaluator(self):
+    return common.evaluator(self)
 
-  def eval_images(self, outputs):
-    return common.image_grid(outputs)
+  def summarize_eval(self, outputs):  # TRANSITION: until the trainer streams (evaluator()).
+    return common.summarize_with(self, outputs)
+
+  def eval_images(self, outputs):  # TRANSITION (see summarize_eval).
+    return common.images_with(self, outputs)
 
   def init_from(self, variables, loaded):
     fresh = variables["params"]["backbone"]
@@ -61,6 +74,12 @@ class Method(base.Method):
           "init_from: the checkpoint's backbone does not match config.model "
           f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
           f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}.")
+    backbone = base.merge_matching(fresh, source)
+    if self.config.method.get("zero_init_output", False) and "recon_head" in loaded["params"]:
+      # A MaskDCPT "spark" run never trained the backbone's output conv (its own head
+      # reconstructed): keep the pre-trained body, start the head at zero (identity). A dcpt or
+      # MaskDCPT "backbone" run trained it, and it is kept.
+      backbone = common.zero_output_conv(backbone)
     out = dict(variables)
-    out["params"] = dict(variables["params"], backbone=base.merge_matching(fresh, source))
+    out["params"] = dict(variables["params"], backbone=backbone)
     return out

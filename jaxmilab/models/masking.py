@@ -41,38 +41,54 @@ Usage:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxmilab.models import layers
-from jaxmilab.models import restormer
 
 MASK_RATIO = 0.5       # MaskDCPT: half of the patches hidden (official `self.mask_ratio = 0.5`)
-NAFNET_PATCH = 16      # MaskDCPT test_NAFNet_*.yml `window_size: 16`, the NAFNet mask patch
 
 # Per-position LayerNorms: masked LN = LN(x) at visible positions, 0 at hidden ones.
-NORM_TYPES: tuple[type, ...] = (layers.LayerNorm2d, restormer.ChannelLayerNorm, nn.LayerNorm)
+NORM_TYPES: tuple[type, ...] = (layers.LayerNorm2d, layers.ChannelLayerNorm, nn.LayerNorm)
 # Norms whose statistics mix positions: masking cannot make them leak-free.
 _MIXING_NORMS: tuple[type, ...] = (nn.BatchNorm, nn.GroupNorm)
 
 
+class Maskable(Protocol):
+  """What a backbone provides to be pre-trained with MaskDCPT (the one interface masking uses).
+
+  mask_patch_size: the side of the square patches the mask hides (the official MaskDCPT test
+    options' `window_size`: 16 for NAFNet, the window for SwinIR, 8 for the Restormer family).
+  decoder_modules: name prefixes of the top-level submodules after the encoder (decoder and
+    output head); `patch_masking(..., unmasked=model.decoder_modules)` leaves them dense, so the
+    backbone's own decoder reconstructs the image from the masked encoder
+    (config.method.reconstruction="backbone" in jaxmilab/methods/maskdcpt.py).
+  Besides, every maskable backbone builds its layers from `nn.Conv` / `nn.Dense` and the
+  per-position norms in NORM_TYPES, and calls `__call__(x, return_decoder_features=True)`.
+  """
+  mask_patch_size: int
+  decoder_modules: tuple[str, ...]
+
+
+def _interface(model: nn.Module, attribute: str):
+  try:
+    return getattr(model, attribute)
+  except AttributeError:
+    raise ValueError(f"{type(model).__name__} does not implement masking.Maskable (no "
+                     f"{attribute!r}); MaskDCPT needs it (see jaxmilab/models/masking.py).") from None
+
+
 def mask_patch_size(model: nn.Module) -> int:
-  """The backbone's mask patch: its attention window (SwinIR), 16 for NAFNet, else its padding
-  multiple (8 for Restormer / PromptIR), as in the official MaskDCPT test options."""
-  from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
-  if isinstance(model, nafnet.NAFNet):
-    return NAFNET_PATCH
-  window = getattr(model, "window_size", None)
-  if window:
-    return int(window)
-  multiple = getattr(model, "pad_multiple", None)
-  if multiple:
-    return int(multiple)
-  raise ValueError(f"No mask patch size is known for {type(model).__name__}; set "
-                   f"config.method.mask_patch_size.")
+  """The backbone's mask patch (Maskable.mask_patch_size)."""
+  return int(_interface(model, "mask_patch_size"))
+
+
+def decoder_modules(model: nn.Module) -> tuple[str, ...]:
+  """Name prefixes of the backbone's decoder-side submodules (Maskable.decoder_modules)."""
+  return tuple(_interface(model, "decoder_modules"))
 
 
 def num_visible(grid: Sequence[int], ratio: float = MASK_RATIO) -> int:
@@ -118,11 +134,17 @@ def _window_partition(x: jax.Array, window: int) -> jax.Array:
 class _Masker:
   """The interceptor: multiplies the mask into conv / dense inputs and outputs and norm outputs."""
 
-  def __init__(self, mask: jax.Array, image_hw: Sequence[int]):
+  def __init__(self, mask: jax.Array, image_hw: Sequence[int], unmasked: Sequence[str] = ()):
     if mask.ndim != 3:
       raise ValueError(f"patch_masking expects a [B, h, w] mask, got shape {mask.shape}.")
     self.mask = mask
     self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+    self.unmasked = tuple(unmasked)
+
+  def _dense(self, module: nn.Module) -> bool:
+    """True inside a top-level submodule named by `unmasked` (e.g. the backbone's decoder)."""
+    path = getattr(module, "path", None) or ()
+    return bool(path) and any(str(path[0]).startswith(p) for p in self.unmasked)
 
   def _window_mask(self, module: nn.Module, x: jax.Array) -> jax.Array:
     """[B, nW, N, 1] mask of window tokens, for a Dense inside a windowed attention."""
@@ -160,7 +182,7 @@ class _Masker:
 
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
-    if context.method_name != "__call__":
+    if context.method_name != "__call__" or (self.unmasked and self._dense(module)):
       return next_fun(*args, **kwargs)
     if isinstance(module, _MIXING_NORMS):
       raise NotImplementedError(f"{_path(module)}: {type(module).__name__} mixes positions and "
@@ -185,13 +207,15 @@ def _path(module: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def patch_masking(mask: jax.Array, image_hw: Sequence[int]) -> Iterator[None]:
+def patch_masking(mask: jax.Array, image_hw: Sequence[int],
+                  unmasked: Sequence[str] = ()) -> Iterator[None]:
   """Within this context every flax module call is masked (module docstring).
 
   mask: [B, h, w] 0/1 patch mask (1 = visible) of images of size image_hw = (H, W) (the size
   the backbone's full-resolution maps have, i.e. after any padding; use multiples of the patch).
+  unmasked: name prefixes of top-level submodules left dense (Maskable.decoder_modules).
   """
-  with nn.intercept_methods(_Masker(mask, image_hw)):
+  with nn.intercept_methods(_Masker(mask, image_hw, unmasked)):
     yield
 
 
