@@ -323,3 +323,21 @@ def test_segmentation_evaluator_is_the_metric_used():
   ev.accumulate(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [1, 255]]))
   out = ev.compute()
   assert out["IoU/0"] == 100.0 and out["IoU/1"] == 50.0 and out["IoU/2"] == 0.0
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_miou(tmp_path, repo_root):
+  """`python -m jaxmilab.main --config=configs/cdsp.py:smoke` trains and writes eval rows with mIoU."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+  subprocess.run([sys.executable, "-m", "jaxmilab.main", "--config=configs/cdsp.py:smoke",
+                  f"--workdir={tmp_path}"], cwd=repo_root, env=env, check=True, capture_output=True)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert evals and 0.0 <= evals[-1]["mIoU"] <= 100.0 and "IoU/0" in evals[-1]
+  train = [r for r in rows if r["split"] == "train" and "loss" in r]
+  assert all(np.isfinite(r["loss"]) for r in train) and {"ce_scribble", "de_contour", "lorm"} <= set(train[-1])

@@ -253,7 +253,7 @@ def _through_pth(torch, net, tmp_path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("output_stride", [8, pytest.param(16, marks=pytest.mark.slow)])
 def test_torchvision_dilated_resnet_parity(output_stride, tmp_path):
   torch = pytest.importorskip("torch")
   tv_resnet, _ = _torch_modules(torch)
@@ -272,7 +272,10 @@ def test_torchvision_dilated_resnet_parity(output_stride, tmp_path):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("arch,head", [("deeplabv3plus", "concat"), ("deeplabv2", "concat"), ("deeplabv2", "sum")])
+@pytest.mark.parametrize("arch,head", [
+    ("deeplabv3plus", "concat"),
+    pytest.param("deeplabv2", "concat", marks=pytest.mark.slow),
+    pytest.param("deeplabv2", "sum", marks=pytest.mark.slow)])
 def test_released_cdsp_network_parity(arch, head, tmp_path):
   """Logits, LoRM loss and the input gradient of their weighted sum, eval-mode BatchNorm."""
   torch = pytest.importorskip("torch")

@@ -173,14 +173,17 @@ def pad_eval_example(image: np.ndarray, gt: np.ndarray, size: int) -> dict[str, 
   return {"image": img, "gt": mask}
 
 
-TRAIN_CONFIG_KEYS = ("crop_size", "scale_range", "rotate_degrees", "blur_prob", "flip",
-                     "scribble_lambda", "contour_lambda", "quantize_distance")
+# The training-transform keys of config.data and their defaults (the paper's; crop_size 0 =
+# the dataset's default: the image size for the synthetic set, 465 for ScribbleSup).
+TRAIN_DEFAULTS = dict(crop_size=0, scale_range=(0.5, 2.0), rotate_degrees=10.0, blur_prob=0.5, flip=True,
+                      scribble_lambda=E2, contour_lambda=E2, quantize_distance=True)
+TRAIN_CONFIG_KEYS = tuple(TRAIN_DEFAULTS)
 
 
 def train_transform(config: Any, default_crop: int) -> TrainTransform:
   """TrainTransform from config.data (keys TRAIN_CONFIG_KEYS)."""
   return TrainTransform(
-      crop_size=int(config.get("crop_size", default_crop)),
+      crop_size=int(config.get("crop_size", 0) or default_crop),
       scale_range=tuple(config.get("scale_range", (0.5, 2.0))),
       rotate_degrees=float(config.get("rotate_degrees", 10.0)),
       blur_prob=float(config.get("blur_prob", 0.5)), flip=bool(config.get("flip", True)),

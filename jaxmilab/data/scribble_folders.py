@@ -39,9 +39,12 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("root", "image_dir", "scribble_dir", "pseudo_dir", "gt_dir", "train_list", "val_list",
-         "num_classes", "eval_pad_size", "eval_batch_size", "worker_count", "read_threads",
-         *scribble_common.TRAIN_CONFIG_KEYS)
+CONFIG_DEFAULTS = dict(root="", image_dir="JPEGImages", scribble_dir="pascal_2012_scribble",
+                       pseudo_dir="bmp_pseudolabel", gt_dir="SegmentationClassAug",
+                       train_list="ImageSets/SegmentationAug/train.txt",
+                       val_list="ImageSets/SegmentationAug/val.txt", num_classes=21, eval_pad_size=512,
+                       eval_batch_size=0, worker_count=0, read_threads=4, **scribble_common.TRAIN_DEFAULTS)
+_KEYS = tuple(CONFIG_DEFAULTS)
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor")

@@ -23,7 +23,7 @@ Batches: train {"image" uint8 [B, S, S, 3], "scribble" uint8 [B, S, S], "pseudo"
 "dist_scribble" float32, "dist_contour" float32} after the training transforms of
 `jaxmilab.data.scribble_common` (crop `crop_size`, default S); eval {"image", "gt", "valid"}.
 config.data keys (defaults): image_size (64), num_classes (5, at most 9), max_objects (2),
-num_train (1024), num_eval (64), eval_batch_size (= batch size), background ("photos" |
+num_train (1024), num_eval (64), eval_batch_size (0 = the batch size), background ("photos" |
 "noise"), scribble_variant ("full"), drop_rate (0.5), shrink_ratio (0.5),
 false_positive_rate (0.3), eval_seed (0), worker_count (0), read_threads (2), and
 scribble_common.TRAIN_CONFIG_KEYS.
@@ -43,9 +43,11 @@ from jaxmilab.data import wsol_synthetic
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("image_size", "num_classes", "max_objects", "num_train", "num_eval", "eval_batch_size",
-         "background", "scribble_variant", "drop_rate", "shrink_ratio", "false_positive_rate",
-         "eval_seed", "worker_count", "read_threads", *scribble_common.TRAIN_CONFIG_KEYS)
+CONFIG_DEFAULTS = dict(image_size=64, num_classes=5, max_objects=2, num_train=1024, num_eval=64,
+                       eval_batch_size=0, background="photos", scribble_variant="full", drop_rate=0.5,
+                       shrink_ratio=0.5, false_positive_rate=0.3, eval_seed=0, worker_count=0, read_threads=2,
+                       **scribble_common.TRAIN_DEFAULTS)
+_KEYS = tuple(CONFIG_DEFAULTS)
 VARIANTS = ("full", "drop", "shrink")
 _TRAIN_TAG, _EVAL_TAG = 11, 12
 IGNORE = scribble_common.IGNORE

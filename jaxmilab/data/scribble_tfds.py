@@ -45,8 +45,9 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-_KEYS = ("data_dir", "builder_config", "num_classes", "eval_pad_size", "eval_batch_size", "worker_count",
-         "read_threads", *scribble_common.TRAIN_CONFIG_KEYS)
+CONFIG_DEFAULTS = dict(data_dir="", builder_config="full", num_classes=21, eval_pad_size=512, eval_batch_size=0,
+                       worker_count=0, read_threads=4, **scribble_common.TRAIN_DEFAULTS)
+_KEYS = tuple(CONFIG_DEFAULTS)
 LABEL_KEYS = ("scribble", "pseudo", "gt")
 
 

@@ -25,7 +25,7 @@ dicts so that its keys map by name):
 `create(config)`: config.model keys arch, preset ("paper" | "small" | "tiny"), depth (50 | 101),
 style ("cdsp" | "torchvision", see jaxmilab/models/resnet.py), output_stride, head, lorm,
 num_classes (set by the method), dtype, and the preset's sizes (width_divisor, blocks,
-aspp_channels, low_channels, decoder_channels) as optional overrides.
+aspp_channels, low_channels, decoder_channels; 0 or () = the preset's) as overrides.
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ PRESETS = {
     "tiny": dict(width_divisor=16, blocks=(1, 1, 1, 1), aspp_channels=16, low_channels=8,
                  decoder_channels=16),
 }
-MODEL_KEYS = ("name", "arch", "preset", "depth", "style", "output_stride", "multi_grid", "head",
-              "lorm", "num_classes", "dtype", "dropout", *PRESETS["paper"])
+# Keys of config.model (0 / () = the preset's value); num_classes is set by the method.
+CONFIG_DEFAULTS = dict(arch="deeplabv3plus", preset="paper", depth=101, style="cdsp", output_stride=8,
+                       multi_grid=resnet.CDSP_MULTI_GRID, head="concat", lorm=True, dropout=0.5,
+                       dtype="float32", width_divisor=0, blocks=(), aspp_channels=0, low_channels=0,
+                       decoder_channels=0)
+MODEL_KEYS = ("name", "num_classes", *CONFIG_DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------ resizing
@@ -247,7 +251,7 @@ def create(config: Mapping[str, Any]) -> DeepLab:
     raise ValueError(f"config.model.preset={preset!r}: use one of {sorted(PRESETS)}.")
   sizes = dict(PRESETS[preset])
   for key in sizes:
-    if config.get(key) is not None:
+    if config.get(key) not in (None, 0, ()):
       sizes[key] = config[key]
   depth = int(config.get("depth", 101))
   if depth not in resnet.BLOCKS:
