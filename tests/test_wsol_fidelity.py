@@ -345,3 +345,37 @@ def test_converted_checkpoint_remembers_its_feature_map_size(tmp_path):
   cam.Method(config, DataInfo(num_classes=3))
   assert torchvision_wsol.LARGE_FEATURE_MAP[("resnet50", "openimages")] is False
   assert torchvision_wsol.LARGE_FEATURE_MAP[("resnet50", "cub")] is True
+
+
+def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
+  """CUB boxes plus the CUBMask metadata (BagCAMs' metadata/CUBMask/test): masks for CUB PxAP."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+  data, meta = tmp_path / "dataset", tmp_path / "metadata"
+  (data / "CUB" / "a").mkdir(parents=True)
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "CUB" / "a" / "1.jpg")
+  (data / "CUBMask" / "masks" / "a").mkdir(parents=True)
+  m = np.zeros((16, 16), np.uint8)
+  m[4:12, 2:9] = 255
+  Image.fromarray(m).save(data / "CUBMask" / "masks" / "a" / "1.png")
+  for split in ("train", "test"):
+    folder = meta / "CUB" / split
+    folder.mkdir(parents=True)
+    (folder / "image_ids.txt").write_text("a/1.jpg\n")
+    (folder / "class_labels.txt").write_text("a/1.jpg,1\n")
+    (folder / "localization.txt").write_text("a/1.jpg,2,4,8,11\n")
+  cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
+                                       resize_size=16, crop_size=16))
+  batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0,
+                                        process_count=1).eval_batches()))
+  assert "mask" not in batch  # no CUBMask metadata: boxes only
+  (meta / "CUBMask" / "test").mkdir(parents=True)
+  (meta / "CUBMask" / "test" / "localization.txt").write_text("imgs/a/1.jpg,masks/a/1.png,\n")
+  ds = wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0, process_count=1)
+  batch = next(iter(ds.eval_batches()))
+  np.testing.assert_array_equal(batch["mask"][0], m > 0)
+  assert ds.info.extra["has_masks"] and "boxes" in batch
+  ev = wsol_metrics.WSOLEvaluator({"": "scoremap"})
+  ev.update(batch, {"scoremap": batch["mask"].astype(np.float32), "pred": batch["label"]})
+  out = ev.compute()
+  assert out["PxAP"] == pytest.approx(100.0) and out["MaxBoxAccV2"] == 100.0

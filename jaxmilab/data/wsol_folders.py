@@ -12,6 +12,10 @@ one clovaai/wsolevaluation's README and `dataset/prepare_*.sh` produce):
                            <image_id>,<mask>,<ignore mask>   (OpenImages; one line per mask)
     <data_root>/<CUB|ILSVRC|OpenImages>/<image_id>           the images
     <mask_root>/<OpenImages>/<mask path>                     the masks (default: data_root)
+    <metadata_root>/CUBMask/<split>/localization.txt         optional CUB masks for PxAP:
+                           <CUBMask image id>,<mask>,<ignore mask>, masks under
+                           <mask_root>/CUBMask/<mask path> (BagCAMs / DA-WSOL `metadata/CUBMask`;
+                           ids match CUB's by their last two components, class/file.jpg)
 
 Protocol preprocessing (wsolevaluation data_loaders.py): train = resize to
 resize_size x resize_size (aspect not kept), random crop_size crop, horizontal flip;
@@ -82,6 +86,27 @@ class Metadata:
             self.ignore[row[0]] = row[2]
         else:
           raise DataError(f"{loc}: line {row!r} is neither <id>,x0,y0,x1,y1 nor <id>,<mask>,<ignore>.")
+
+
+def cub_key(image_id: str) -> str:
+  """class/file of a CUB or CUBMask image id (CUBMask ids carry an extra leading folder)."""
+  return "/".join(image_id.replace("\\", "/").split("/")[-2:])
+
+
+def read_cub_masks(metadata_root: str, split: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+  """CUBMask metadata ({class/file: mask paths}, {class/file: ignore path}); empty when absent."""
+  loc = os.path.join(metadata_root, "CUBMask", split, "localization.txt")
+  masks: dict[str, list[str]] = collections.defaultdict(list)
+  ignore: dict[str, str] = {}
+  if not os.path.isfile(loc):
+    return {}, {}
+  for row in _read_lines(loc):
+    if len(row) != 3:
+      raise DataError(f"{loc}: line {row!r} is not <image id>,<mask>,<ignore mask>.")
+    masks[cub_key(row[0])].append(row[1])
+    if row[2]:
+      ignore[cub_key(row[0])] = row[2]
+  return dict(masks), ignore
 
 
 def resize_box(box, image_size: tuple[int, int], size: int) -> list[int]:
@@ -159,6 +184,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   eval_meta = Metadata(os.path.join(metadata_root, dataset, config.get("eval_split", "test")))
   if not eval_meta.boxes and not eval_meta.masks:
     raise DataError(f"{eval_meta.folder}/localization.txt lists no box and no mask: nothing to evaluate.")
+  cub_masks, cub_ignore = read_cub_masks(metadata_root, config.get("eval_split", "test")) if dataset == "CUB" else ({}, {})
   local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
   local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
                                       process_count, "config.data.eval_batch_size")
@@ -189,6 +215,15 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       if image_id in eval_meta.ignore:
         ignore = _load_mask(os.path.join(mask_root, dataset, eval_meta.ignore[image_id]), crop) & ~mask
       out.update(mask=mask, ignore=ignore)
+    if cub_masks:
+      key = cub_key(image_id)
+      if key not in cub_masks:
+        raise DataError(f"{metadata_root}/CUBMask: localization.txt lists no mask for CUB image {image_id!r}.")
+      mask = np.any([_load_mask(os.path.join(mask_root, "CUBMask", p), crop) for p in cub_masks[key]], axis=0)
+      ignore = np.zeros_like(mask)
+      if cub_ignore.get(key):
+        ignore = _load_mask(os.path.join(mask_root, "CUBMask", cub_ignore[key]), crop) & ~mask
+      out.update(mask=mask, ignore=ignore)
     return out
 
   def eval_batches():
@@ -198,5 +233,5 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   num_classes = max(max(train_meta.labels.values()), max(eval_meta.labels.values())) + 1
   info = DataInfo(num_classes=num_classes, image_channels=3,
                   extra={"dataset": dataset, "num_eval": len(eval_meta.image_ids),
-                         "has_masks": bool(eval_meta.masks), "image_size": crop})
+                         "has_masks": bool(eval_meta.masks or cub_masks), "image_size": crop})
   return Datasets(train=train, eval_batches=eval_batches, info=info)
