@@ -9,14 +9,19 @@ layout, jaxmilab/data/paired_folders.py). --tasks: `5d`, `10d` or a comma list o
                        deblur GoPro, lowlight LOL-v1
   10d (DCPT Tables 16-17): denoise, motion_blur, defocus_blur, jpeg, dehaze, desnow, derain,
                        demosaic, lowlight, inpaint
-The DCPT test option (test_*_5d.yml) makes the CBSD68 inputs on the fly (`PairedImageDenoise
-Dataset`, sigma 25); here they are files: write them once into denoise/lq (clean + N(0, 25/255),
-clipped and rounded to uint8) and keep them fixed.
+The DCPT test option (test_*_5d.yml, test_2) makes the CBSD68 inputs on the fly
+(`PairedImageDenoiseDataset`, sigma_type constant, sigma_range 25): with --denoise_sigma (default
+25 for --tasks=5d and 10d, else 0) the `denoise` task does the same from its gt/ images: float
+noise from np.random.seed(0), not clipped, added to the RGB image in [0, 1]
+(jaxmilab/data/basic_degradations.py gaussian_noise_released), and its lq/ folder is not read;
+--denoise_sigma=0 reads denoise/lq files like every other task.
 
-Protocol (BasicSR, as DCPT's options set it): the network's output is rounded to uint8
-(round(clip(y, 0, 1) * 255)), then RGB PSNR and SSIM against the uint8 ground truth, no border
-crop, not on Y (jaxmilab/evaluation/restoration.py); per task the mean over its images, and the
-average row is the mean of the task means. Where the paper reports the same model, its numbers
+Protocol (BasicSR, as DCPT's options set it, `image_range: 255.0`): the network's output is
+rounded to uint8 (round(clip(y, 0, 1) * 255)), then RGB PSNR and SSIM against the uint8 ground
+truth, no border crop, not on Y (jaxmilab/evaluation/restoration.py); per task the mean over its
+images, and the average row is the mean of the task means. --float_metrics scores the clipped
+float output against gt / 255 with data range 1 instead, as MaskDCPT's options
+(`image_range: 1.0`). Where the paper reports the same model, its numbers
 are printed below (DCPT README assets/5d.png = paper Table 1; Tables 16-17 for 10D).
 """
 
@@ -76,22 +81,37 @@ def parse_tasks(spec: str) -> tuple[tuple[str, ...], dict[str, dict[str, tuple[f
 
 
 def evaluate_task(restorer: restore.Restorer, root: str, task: str,
-                  max_images: int | None = None) -> dict[str, Any]:
-  """Mean PSNR / SSIM of one task folder (+ per-image scores)."""
+                  max_images: int | None = None, *, denoise_sigma: float = 0.0,
+                  float_metrics: bool = False) -> dict[str, Any]:
+  """Mean PSNR / SSIM of one task folder (+ per-image scores); see the module docstring for
+  denoise_sigma (released on-the-fly denoising inputs) and float_metrics."""
+  from jaxmilab.data import basic_degradations  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
   from jaxmilab.data.base import DataError  # pylint: disable=g-import-not-at-top
   from jaxmilab.evaluation import restoration  # pylint: disable=g-import-not-at-top
-  names = paired_folders.scan_task(root, task)[:max_images]
+  released_denoise = bool(denoise_sigma) and task == "denoise"
+  if released_denoise:                # only gt/ is needed: the inputs are made from it
+    names = images.list_images(os.path.join(root, task, "gt"), what=f"{task}/gt folder")[:max_images]
+  else:
+    names = paired_folders.scan_task(root, task)[:max_images]
   per_image = {}
   for name in names:
-    lq = images.read_image(os.path.join(root, task, "lq", name))
     gt = images.read_image(os.path.join(root, task, "gt", name))
+    if released_denoise:
+      lq = basic_degradations.gaussian_noise_released(gt.astype(np.float32) / 255.0, denoise_sigma)
+    else:
+      lq = images.read_image(os.path.join(root, task, "lq", name)).astype(np.float32) / 255.0
     if lq.shape != gt.shape:
       raise DataError(f"{root}/{task}/lq/{name} is {lq.shape[:2]} but gt is {gt.shape[:2]}: "
                       f"a pair must have the same size.")
-    out = restoration.to_uint8(restorer(lq.astype(np.float32) / 255.0))
-    per_image[name] = (restoration.psnr(out, gt), restoration.ssim(out, gt))
+    y = restorer(lq)
+    if float_metrics:
+      out, ref, rng = np.clip(np.asarray(y, np.float64), 0.0, 1.0), gt / 255.0, 1.0
+    else:
+      out, ref, rng = restoration.to_uint8(y), gt, 255.0
+    per_image[name] = (restoration.psnr(out, ref, data_range=rng),
+                       restoration.ssim(out, ref, data_range=rng))
   scores = np.array(list(per_image.values()), np.float64)
   return {"psnr": float(scores[:, 0].mean()), "ssim": float(scores[:, 1].mean()),
           "images": len(names), "per_image": per_image}
@@ -121,22 +141,35 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--tasks", default="5d", help="5d, 10d or a comma list of task folders")
   parser.add_argument("--output", help="write the table: .json (with per-image scores) or .md")
   parser.add_argument("--max_images", type=int, default=None, help="first N images per task")
+  parser.add_argument("--denoise_sigma", type=float, default=None,
+                      help="make the denoise inputs from gt as the released test code (float, "
+                           "unclipped, seed 0); default 25 for 5d / 10d, else 0 (read lq files)")
+  parser.add_argument("--float_metrics", action="store_true",
+                      help="PSNR / SSIM on float images (MaskDCPT image_range 1.0)")
   args = parser.parse_args(argv)
+  if args.denoise_sigma is None:
+    args.denoise_sigma = 25.0 if args.tasks.lower() in ("5d", "10d") else 0.0
   if not args.model or not args.weights:
     parser.error("--model and --weights are required.")
   tasks, paper_sets = parse_tasks(args.tasks)
+  from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(args.data_root):
     raise FileNotFoundError(f"--data_root={args.data_root!r} is not a folder; expected "
                             f"<data_root>/<task>/lq and gt for tasks {list(tasks)}.")
   for task in tasks:                    # layout errors before loading weights / compiling
-    paired_folders.scan_task(args.data_root, task)
+    if args.denoise_sigma and task == "denoise":
+      images.list_images(os.path.join(args.data_root, task, "gt"), what="denoise/gt folder")
+    else:
+      paired_folders.scan_task(args.data_root, task)
   restorer = restore.Restorer(args.model, restore.load_params(args.model, args.weights),
                               tile=args.tile or None, tile_overlap=args.tile_overlap)
   results = {}
   for task in tasks:
     start = time.time()
-    results[task] = evaluate_task(restorer, args.data_root, task, args.max_images)
+    results[task] = evaluate_task(restorer, args.data_root, task, args.max_images,
+                                  denoise_sigma=args.denoise_sigma,
+                                  float_metrics=args.float_metrics)
     r = results[task]
     print(f"{task}: {r['images']} images, PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} "
           f"({time.time() - start:.1f} s)", flush=True)

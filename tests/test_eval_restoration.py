@@ -234,3 +234,24 @@ def test_accumulate_crops_to_sizes_and_checks_labels():
   assert ev.compute()["psnr"] == R.PSNR_CAP
   with pytest.raises(ValueError, match="out of range"):
     ev.accumulate(out, gt, gt, labels=[0, 2])
+
+
+def test_evaluate_task_released_denoise_inputs_and_float_metrics(tmp_path):
+  """evaluate.py: the denoise task's inputs are made from gt/ only (released protocol: float,
+  unclipped, seed 0) and scored in uint8 or, with float_metrics, on float images."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jaxmilab import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import basic_degradations  # pylint: disable=g-import-not-at-top
+  gt = np.random.default_rng(4).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  (tmp_path / "denoise" / "gt").mkdir(parents=True)
+  Image.fromarray(gt).save(tmp_path / "denoise" / "gt" / "a.png")
+  identity = lambda x: x
+  noisy = basic_degradations.gaussian_noise_released(gt.astype(np.float32) / 255.0, 25.0)
+  got = evaluate.evaluate_task(identity, str(tmp_path), "denoise", denoise_sigma=25.0)
+  assert got["images"] == 1
+  np.testing.assert_allclose(got["psnr"], R.psnr(R.to_uint8(noisy), gt), rtol=1e-12)
+  got_f = evaluate.evaluate_task(identity, str(tmp_path), "denoise", denoise_sigma=25.0,
+                                 float_metrics=True)
+  want_f = 10 * np.log10(1.0 / np.mean((np.clip(noisy.astype(np.float64), 0, 1) - gt / 255.0) ** 2))
+  np.testing.assert_allclose(got_f["psnr"], want_f, rtol=1e-9)
+  assert got_f["psnr"] != got["psnr"]
