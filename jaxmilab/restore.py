@@ -272,8 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run_cli(main_fn: Callable[[], int]) -> None:
+  """Exits with main_fn()'s status; bad input (ValueError, FileNotFoundError) exits with its
+  one-line message (it says what to do) instead of a traceback. Shared with jaxmilab.evaluate."""
   try:
-    sys.exit(main())
-  except (ValueError, FileNotFoundError) as e:   # bad input: the message says what to do
+    sys.exit(main_fn())
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  run_cli(main)

@@ -108,9 +108,8 @@ class TEAAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    nh = self.num_heads
-    q, k, v = (t.reshape(b, h, w, nh, c // nh) for t in ushaped.split_qkv_heads(
-        x, nh, use_bias=self.bias, dtype=self.dtype))
+    q, k, v = ushaped.split_qkv_heads(x, self.num_heads, use_bias=self.bias, dtype=self.dtype)
+    q, k, v = (t.reshape(b, h, w, self.num_heads, c // self.num_heads) for t in (q, k, v))
     out = tea_attention(q, k, v, window=self.window, top_k=self.top_k, pool=self.pool,
                         implementation=resolve_implementation(self.implementation))
     out = out.reshape(b, h, w, c)                                        # [B, H, W, C]
