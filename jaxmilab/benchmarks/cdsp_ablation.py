@@ -104,7 +104,7 @@ def pseudo_label_miou(config, n: int = 256) -> float:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--quick", action="store_true", help="smoke network and data (a test of the script)")
   parser.add_argument("--out", default="")

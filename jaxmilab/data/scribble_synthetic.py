@@ -140,6 +140,8 @@ class SyntheticScribbles:
     pseudo = np.zeros((s, s), np.uint8)
     for c in sorted(set(classes)):
       obj = gt == c
+      if not obj.any():  # fully occluded by a later object: the class is absent from the image
+        continue
       inner = cv2.erode(obj.astype(np.uint8), kernel) > 0
       if not inner.any():
         inner = obj
