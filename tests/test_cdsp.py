@@ -269,6 +269,10 @@ def test_synthetic_scribbles_inside_objects_and_variants():
     n_full += labelled.sum()
     n_shrink += (shrink[i]["scribble"] != 255).sum()
   assert n_shrink < 0.6 * n_full
+  # Crowded images (fully occluded objects) generate too.
+  crowded = scribble_synthetic.SyntheticScribbles((), size=32, num_classes=9, max_objects=6, num_examples=64,
+                                                  seed=0, tag=11, train=True)
+  assert all(crowded[i]["pseudo"].shape == (32, 32) for i in range(64))
 
 
 def test_synthetic_pipeline_batches():
