@@ -57,7 +57,11 @@ def get_config(variant: str = "smoke"):
   c.model.name = "unet"
   c.data.name = "multiframe"
   c.data.noise = "awgn"
-  c.data.noise_params = {"sigma": 25.0}  # opd.md headline table: AWGN sigma 25
+  c.data.noise_params = {"sigma": 25.0}  # the OPD paper's headline table: AWGN sigma 25
+  c.data.root = ""                       # a folder of clean images (else the embedded photos)
+  c.data.crop = "random"
+  c.data.fixed_noise = True              # m fixed noisy frames per scene (the multi-frame setting)
+  c.data.eval_sets = {"embedded": "embedded"}  # the held-out embedded photos (chelsea, rocket)
   c.data.worker_count = 0
   # train.py: optim.Adam(lr=0.0072, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=True).
   c.optimizer.name = "amsgrad"
