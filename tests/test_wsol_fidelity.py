@@ -379,3 +379,32 @@ def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
   ev.update(batch, {"scoremap": batch["mask"].astype(np.float32), "pred": batch["label"]})
   out = ev.compute()
   assert out["PxAP"] == pytest.approx(100.0) and out["MaxBoxAccV2"] == 100.0
+
+
+def test_part_and_context_layouts_of_the_synthetic_set():
+  from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
+  common = dict(size=64, num_classes=4, num_examples=40, seed=0, tag=2, with_boxes=True, max_boxes=4,
+                description="test")
+  part = wsol_synthetic.SyntheticWSOL((), layout="part", **common)
+  bodies = []
+  for i in range(40):
+    ex = part[i]
+    img, mask = ex["image"].astype(int), ex["mask"]
+    grey = (np.abs(img[..., 0] - img[..., 1]) < 5) & (np.abs(img[..., 1] - img[..., 2]) < 5)
+    patch = mask & ~grey  # the class-coloured pixels inside the body
+    assert 0.03 <= patch.sum() / mask.sum() <= 0.12, i
+    ys, xs = np.nonzero(mask)
+    np.testing.assert_array_equal(ex["boxes"][0], (xs.min(), ys.min(), xs.max(), ys.max()))  # whole body
+    bodies.append(np.where(mask & grey)[0].size)
+  # The body is class-agnostic: its texture is the same for every class.
+  ex0, ex1 = part[0], next(part[i] for i in range(1, 40) if part[i]["label"] != part[0]["label"])
+  both = ex0["mask"] & ex1["mask"]
+  grey0 = np.abs(ex0["image"].astype(int) - ex1["image"].astype(int)).sum(-1) == 0
+  assert (grey0 & both).sum() > 0.5 * both.sum()
+  context = wsol_synthetic.SyntheticWSOL((), layout="context", **common)
+  with_band = 0
+  for i in range(40):
+    ex = context[i]
+    assert not (ex["context"] & ex["mask"]).any()
+    with_band += bool(ex["context"].any())
+  assert 24 <= with_band <= 39  # context_prob 0.8
