@@ -62,6 +62,13 @@ def _last_eval(workdir: str) -> dict:
   return [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"][-1]
 
 
+def _save_partial(rows: list[dict]) -> None:
+  """Writes the rows so far to --out (results survive a time limit)."""
+  if FLAGS.out:
+    with open(FLAGS.out + ".partial", "w", encoding="utf-8") as f:
+      json.dump({"experiment": FLAGS.experiment, "rows": rows}, f, indent=1)
+
+
 def run_bagcams(seeds, steps, num_eval, layouts) -> list[dict]:
   rows = []
   for layout in layouts:
@@ -73,6 +80,7 @@ def run_bagcams(seeds, steps, num_eval, layouts) -> list[dict]:
         rows.append({"layout": layout, "seed": seed, "maps": maps,
                      **{k: record[prefix + k] for k in ("MaxBoxAcc@50", "MaxBoxAcc@70", "MaxBoxAccV2", "PxAP")},
                      "accuracy": record["accuracy"], "seconds": time.time() - start})
+      _save_partial(rows)
   return rows
 
 
@@ -111,6 +119,7 @@ def run_bcam(seeds, steps, num_eval) -> list[dict]:
         rows.append({"layout": "context", "seed": seed, "maps": label, "PxAP": record[prefix + "PxAP"],
                      "MaxBoxAccV2": record[prefix + "MaxBoxAccV2"], **stats[key],
                      "accuracy": record["accuracy"], "seconds": time.time() - start})
+      _save_partial(rows)
   return rows
 
 
