@@ -3,9 +3,11 @@ the weights-only reader), streaming evaluation equal to the concatenated computa
 `paper` initialisation guard, converted-checkpoint model info, protocol learning rates.
 
 The PyTorch modules below are transcriptions (widths / d) of zh460045050/BCAM
-SingleObjectLocalization/wsol/vgg.py `VggBCAM` and wsol/inception.py `InceptionBCAM`; the
+SingleObjectLocalization/wsol/vgg.py `VggBCAM`, wsol/inception.py `InceptionBCAM` and
+wsol/resnet.py `ResNetBCAM` (one block per stage); the
 gradient maps follow its inference.py `Generator` ("CUB": sum_c G_c mean(G_c), G the gradient
-of logits - logits_rev at Train.sh's `--target_layer`: conv6 for VGG, SPG_A3_1b for Inception).
+of logits - logits_rev at Train.sh's `--target_layer`: conv6 for VGG, SPG_A3_1b for Inception,
+layer4 for ResNet).
 """
 
 from __future__ import annotations
@@ -234,7 +236,44 @@ def _torch_bcam_nets(torch, d):
       feature = self.SPG_A3_2b(target)
       return bcam_logits(self, feature, feature), target
 
-  return {"vgg16": VggBCAM, "inceptionv3": InceptionBCAM}
+  class Bottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.downsample = None
+      if stride != 1 or inplanes != planes * 4:
+        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                                        nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+      out = F.relu(self.bn1(self.conv1(x)))
+      out = F.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(out))
+      return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+  class ResNetBCAM(nn.Module):  # one block per stage (the tiny preset), large_feature_map
+    def __init__(self, num_classes, k):
+      super().__init__()
+      self.conv1 = nn.Conv2d(3, 64 // d, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(64 // d)
+      c = 64 // d
+      for i, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 1), (512, 1)), 1):
+        setattr(self, f"layer{i}", nn.Sequential(Bottleneck(c, planes // d, stride)))
+        c = planes // d * 4
+      heads(self, c, c, k, num_classes, False)
+
+    def forward(self, x):
+      x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+      target = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # --target_layer layer4
+      target.retain_grad()
+      return bcam_logits(self, target, target), target
+
+  return {"vgg16": VggBCAM, "inceptionv3": InceptionBCAM, "resnet50": ResNetBCAM}
 
 
 def _bcam_method(arch, large, init_from="", **method):
@@ -246,6 +285,7 @@ def _bcam_method(arch, large, init_from="", **method):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,size", [("vgg16", 32),
+                                       pytest.param("resnet50", 32, marks=pytest.mark.slow),
                                        pytest.param("inceptionv3", 48, marks=pytest.mark.slow)])
 def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   torch = pytest.importorskip("torch")
