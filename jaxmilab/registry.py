@@ -68,6 +68,7 @@ DATA: dict[str, str] = {
     # CDSP.
     "scribble_synthetic": "jaxmilab.data.scribble_synthetic",
     "scribble_folders": "jaxmilab.data.scribble_folders",
+    "scribble_tfds": "jaxmilab.data.scribble_tfds",
     # MACL.
     "medical_pretrain": "jaxmilab.data.medical_pretrain",
     "medical_seg": "jaxmilab.data.medical_seg",
