@@ -127,13 +127,8 @@ class Method(cam.WSOLMethod):
     return {"params": params, **variables}
 
   def _backbone(self, params, model_state, x, train, rng=None, **kwargs):
-    variables = {"params": params["backbone"], **model_state}
-    if train and model_state:
-      out, new_state = self.backbone.apply(variables, x, train=True, rngs={"dropout": rng},
-                                           mutable=list(model_state), **kwargs)
-      return out, dict(new_state)
-    rngs = {"dropout": rng} if train else {}
-    return self.backbone.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
+    return cam.apply_backbone(self.backbone, params["backbone"], model_state, x, train=train, rng=rng,
+                              **kwargs)
 
   def loss(self, params, model_state, batch, rng):
     self.check_initialisation()

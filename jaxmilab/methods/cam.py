@@ -123,6 +123,17 @@ def load_matching(variables, loaded):
   return merged
 
 
+def apply_backbone(model, params, model_state, x, *, train: bool, rng=None, **kwargs):
+  """model.apply on preprocessed x; in training BatchNorm statistics update and dropout draws
+  from `rng`. Returns (outputs, model_state) (the new state in training, else the given one)."""
+  variables = {"params": params, **model_state}
+  rngs = {"dropout": rng} if train and rng is not None else {}
+  if train and model_state:
+    out, new_state = model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state), **kwargs)
+    return out, dict(new_state)
+  return model.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
+
+
 def wsol_summary(outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred",
                  **eval_kwargs) -> dict[str, float]:
   """Protocol metrics of one kind of scoremap over host arrays holding the batch keys and outputs."""
@@ -214,14 +225,8 @@ class Method(WSOLMethod):
 
   def apply(self, params, model_state, images, *, train: bool, rng=None, **kwargs):
     """Runs the backbone; returns (outputs, new model_state)."""
-    variables = {"params": params, **model_state}
-    x = preprocess(images)
-    if train and model_state:
-      out, new_state = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
-                                        mutable=list(model_state), **kwargs)
-      return out, dict(new_state)
-    rngs = {"dropout": rng} if train else {}
-    return self.model.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
+    return apply_backbone(self.model, params, model_state, preprocess(images), train=train, rng=rng,
+                          **kwargs)
 
   def loss(self, params, model_state, batch, rng):
     self.check_initialisation()
