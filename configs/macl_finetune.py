@@ -6,7 +6,7 @@ r"""Segmentation fine-tuning after MACL / PCL pre-training (or from scratch), po
 
 Without method.init_from this is the scratch baseline. Variants:
   smoke       tiny U-Net, 64 px phantom slices, 2 steps (seconds; the tests run it).
-  quickstart  width-8 U-Net, 10% of 20 phantom training volumes (2 volumes), 10 test volumes
+  quickstart  width-4 U-Net, 10% of 20 phantom training volumes (2 volumes), 10 test volumes
               (python -m jaxmilab.macl_quickstart compares scratch / PCL / MACL).
   paper       ACDC 10% (8 of 80 training volumes, fixed list) -> 20 test volumes.
   acdc_25     ACDC 25% (20 volumes).
@@ -63,7 +63,7 @@ def get_config(variant: str = "smoke"):
     c.optimizer.learning_rate = 5e-4
     c.optimizer.min_lr_ratio = 0.01
   elif variant == "quickstart":
-    c.model.width = 8
+    c.model.width = 4
     c.data.phantom_volumes = 20
     c.data.labeled_fraction = 0.1      # 2 of 20 volumes, the same 2 in every run
     c.data.phantom_test_volumes = 10

@@ -151,34 +151,36 @@ def test_downsample_matches_pytorch():
 # ------------------------------------------------------------------------- network, method
 
 
-def _config(variant="macl", width=2):
+def _config(variant="macl", width=2, depth=3):
   return ml_collections.ConfigDict({
       "method": {"name": "macl", "variant": variant},
-      "model": {"name": "pcl_unet", "width": width}})
+      "model": {"name": "pcl_unet", "width": width, "depth": depth}})
 
 
-def _views(rng, b=4, size=64):
+def _views(rng, b=4, size=32):
   out = {k: jnp.asarray(rng.random((b, size, size, 1), dtype=np.float32)) for k in macl.VIEW_KEYS}
   out["position"] = jnp.asarray(np.array([0.1, 0.12, 0.5, 0.9], np.float32)[:b])
   return out
 
 
 def test_macl_branches_parameters_and_gradients():
-  method = macl.Method(_config(), DataInfo())
+  method = macl.Method(_config(), DataInfo())  # depth 3, 32 px: H/8 pixel maps
   batch = _views(np.random.default_rng(4))
-  variables = method.init_variables(jax.random.key(0), batch)
+  variables = jax.jit(method.init_variables)(jax.random.key(0), batch)
   params = variables["params"]
   assert sorted(params) == ["aux_image_head", "backbone", "dom_image_head", "pixel_projector"]
   # Only the encoder and decoder blocks 1-2 of the backbone exist (and are pre-trained).
   assert sorted(params["backbone"]) == ["decoder", "encoder"]
   assert sorted(params["backbone"]["decoder"]) == ["block_1", "block_2"]
-  out = method.net.apply(variables, {k: batch[k] for k in macl.VIEW_KEYS}, train=False)
+  out = jax.jit(lambda v, x: method.net.apply(v, x, train=False))(
+      variables, {k: batch[k] for k in macl.VIEW_KEYS})
   w = 2
-  assert out["pixel_aux"].shape == out["pixel_dom"].shape == (4, 4, 4, 4 * w)   # H/16, 4w channels
-  assert out["y_aux"].shape == (4, 4, 4, 16 * w) and out["y_dom"].shape == (4, 1, 1, 16 * w)
+  # Depth 3: 8w-channel bottleneck at H/8; decoder block 2 outputs 2w channels at H/8.
+  assert out["pixel_aux"].shape == out["pixel_dom"].shape == (4, 4, 4, 2 * w)
+  assert out["y_aux"].shape == (4, 4, 4, 8 * w) and out["y_dom"].shape == (4, 1, 1, 8 * w)
   assert out["g_1"].shape == out["g_2"].shape == (4, 128)
   state = {k: v for k, v in variables.items() if k != "params"}
-  (loss, (terms, new_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
+  (loss, (terms, new_state)), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
       params, state, batch, jax.random.key(1))
   np.testing.assert_allclose(float(loss), float(terms["l_g"] + 0.5 * terms["l_d"] + terms["l_er"]),
                              rtol=1e-6)
@@ -201,11 +203,11 @@ def optax_norm(tree):
 def test_pcl_variant_has_encoder_only_and_l_g():
   method = macl.Method(_config("pcl"), DataInfo())
   batch = _views(np.random.default_rng(5))
-  variables = method.init_variables(jax.random.key(0), batch)
+  variables = jax.jit(method.init_variables)(jax.random.key(0), batch)
   assert sorted(variables["params"]) == ["backbone", "image_head"]
   assert sorted(variables["params"]["backbone"]) == ["encoder"]
-  loss, (terms, _) = method.loss(variables["params"], {"batch_stats": variables["batch_stats"]},
-                                 batch, jax.random.key(0))
+  loss, (terms, _) = jax.jit(method.loss)(variables["params"], {"batch_stats": variables["batch_stats"]},
+                                          batch, jax.random.key(0))
   assert sorted(terms) == ["l_g"] and float(loss) == float(terms["l_g"])
 
 
@@ -227,16 +229,16 @@ def test_config_errors():
 def _finetune(num_classes=3, blocks=2):
   config = ml_collections.ConfigDict({
       "method": {"name": "macl_finetune", "init_decoder_blocks": blocks},
-      "model": {"name": "pcl_unet", "width": 2, "num_classes": 0}})
+      "model": {"name": "pcl_unet", "width": 2, "depth": 3, "num_classes": 0}})
   return macl_finetune.Method(config, DataInfo(num_classes=num_classes))
 
 
 def test_init_from_takes_encoder_and_decoder_blocks_1_2_only():
   pre = macl.Method(_config(), DataInfo())
   batch = _views(np.random.default_rng(6))
-  pre_vars = pre.init_variables(jax.random.key(7), batch)
+  pre_vars = jax.jit(pre.init_variables)(jax.random.key(7), batch)
   ft = _finetune()
-  fresh = ft.init_variables(jax.random.key(8), {"image": jnp.zeros((2, 64, 64, 1))})
+  fresh = jax.jit(ft.init_variables)(jax.random.key(8), {"image": jnp.zeros((2, 32, 32, 1))})
   loaded = {"params": jax.device_get(pre_vars["params"]), "batch_stats": jax.device_get(pre_vars["batch_stats"])}
   merged = ft.init_from(jax.device_get(dict(fresh)), loaded)
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
@@ -246,16 +248,16 @@ def test_init_from_takes_encoder_and_decoder_blocks_1_2_only():
     assert same(merged["params"]["decoder"][block], pre_vars["params"]["backbone"]["decoder"][block])
     assert same(merged["batch_stats"]["decoder"][block],
                 pre_vars["batch_stats"]["backbone"]["decoder"][block])
-  for block in ("block_3", "block_4"):  # never pre-trained: stay as initialised here
+  for block in ("block_3",):  # never pre-trained: stays as initialised here
     assert same(merged["params"]["decoder"][block], fresh["params"]["decoder"][block])
   assert same(merged["params"]["head"], fresh["params"]["head"])
   # Only block 1 when asked; a different width is an error naming the array.
   one = _finetune(blocks=1).init_from(jax.device_get(dict(fresh)), loaded)
   assert same(one["params"]["decoder"]["block_2"], fresh["params"]["decoder"]["block_2"])
   wide = macl_finetune.Method(ml_collections.ConfigDict({
-      "method": {"name": "macl_finetune"}, "model": {"name": "pcl_unet", "width": 4}}),
+      "method": {"name": "macl_finetune"}, "model": {"name": "pcl_unet", "width": 4, "depth": 3}}),
       DataInfo(num_classes=3))
-  wide_vars = wide.init_variables(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 1))})
+  wide_vars = jax.jit(wide.init_variables)(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 1))})
   with pytest.raises(ValueError, match="shape"):
     wide.init_from(jax.device_get(dict(wide_vars)), loaded)
 
@@ -265,10 +267,11 @@ def test_finetune_loss_is_pixel_cross_entropy():
   rng = np.random.default_rng(9)
   batch = {"image": jnp.asarray(rng.random((2, 32, 32, 1), dtype=np.float32)),
            "labels": jnp.asarray(rng.integers(0, 3, (2, 32, 32)), jnp.int32)}
-  variables = ft.init_variables(jax.random.key(0), batch)
-  loss, (metrics, _) = ft.loss(variables["params"], {"batch_stats": variables["batch_stats"]},
-                               batch, jax.random.key(0))
-  logits, _ = ft.net.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+  variables = jax.jit(ft.init_variables)(jax.random.key(0), batch)
+  loss, (metrics, _) = jax.jit(ft.loss)(variables["params"], {"batch_stats": variables["batch_stats"]},
+                                        batch, jax.random.key(0))
+  logits, _ = jax.jit(lambda v, x: ft.net.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, batch["image"])
   logits = np.asarray(logits, np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(logp, np.asarray(batch["labels"])[..., None], -1).mean()
@@ -317,7 +320,9 @@ def test_dice_evaluator_hand_case():
 # ------------------------------------------------------------------------------ smoke runs
 
 
+@pytest.mark.slow
 def test_smoke_pretrain_then_finetune(tmp_path):
+  """The issue's "done when": both smoke CLIs' configs through the trainer, init_from chained."""
   pre_dir, ft_dir = str(tmp_path / "macl"), str(tmp_path / "ft")
   trainer.train_and_evaluate(config_lib.load("configs/macl.py:smoke"), pre_dir)
   records = metrics_lib.read_jsonl(pre_dir)

@@ -16,7 +16,10 @@ and batchgenerators:
 
 `ContrastiveViews` gives the four MACL inputs of one slice: I1, I2 = jitter(crop) drawn
 independently (shared geometry), V1 = spatial(I1), V2 = spatial(I2) (independent draws),
-plus its position label. Multi-channel slices (BraTS) share one draw across channels.
+plus its position label. Multi-channel slices (BraTS) share one draw across channels; the
+official BraTS loader (dataset/BraTS.py) instead uses per-slice min-max input, ColorJitter
+brightness 0.2 and RandomAffine (+-20 deg, translate 0.1, scale 0.9-1.1, shear 0.2) views,
+which are not reproduced here.
 """
 
 from __future__ import annotations
