@@ -174,6 +174,10 @@ def test_backbone_reconstruction_masks_the_encoder_only():
   size = 32
   x = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
   variables = model.init(jax.random.key(1), x)
+  # NAFBlocks start as the identity (beta = gamma = 0), which would not spread anything.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.full_like(v, 0.5) if jax.tree_util.keystr(p).endswith(("['beta']", "['gamma']"))
+      else v, variables)
   mask = masking.random_patch_mask(jax.random.key(2), 2, (2, 2))
   dense = masking.decoder_modules(model)
 
