@@ -1,52 +1,98 @@
 #!/usr/bin/env bash
-# MaskDCPT pre-training on a Cloud TPU VM slice (default v5e-64), through a queued resource.
+# MaskDCPT pre-training on a Cloud TPU VM slice through a queued resource, with a supervisor
+# that re-queues the slice and resumes training after a (Spot) preemption.
 #
-#   PROJECT=my-project BUCKET=my-bucket DATA=/mnt/gcs/uir2p5m_build ./launch/tpu_pod.sh all
+#   PROJECT=my-project BUCKET=my-bucket ./launch/tpu_pod.sh all      # runs until training ends
 #
-# Steps (each is also a sub-command: create | install | run | status | logs | delete | all):
-#   create   queue a TPU VM slice (`gcloud compute tpus queued-resources create`) and wait
-#            until it is ACTIVE; a preempted / failed slice is deleted and queued again.
-#   install  copy this repository to every worker, pip install it with jax[tpu], mount the
-#            bucket with gcsfuse at /mnt/gcs (data and workdir live in the bucket).
-#   run      start `python -m jaxmilab.main --distributed` on all workers (one process per host;
-#            jax.distributed.initialize() finds the slice by itself) under nohup.
-#   all      create + install + run. Re-running `all` after a preemption re-queues the slice
-#            and resumes from the newest checkpoint in the workdir (bit-for-bit, trainer.py).
+# Sub-commands:
+#   create     queue the slice (`gcloud compute tpus queued-resources create`) and wait until it
+#              is ACTIVE; a SUSPENDED / FAILED queued resource is deleted and queued again.
+#   install    ship the git-tracked files of this checkout (`git ls-files`: no .venv, build
+#              outputs or workdirs) to every worker, create a Python >= ${PYTHON_VERSION} virtual
+#              environment with uv (TPU VM images run Ubuntu 22.04, whose python3 is 3.10) and
+#              install the package with the [tpu] extra under constraints.txt.
+#   run        start `python -m jaxmilab.main --distributed` on every worker, in the background;
+#              it resumes from the newest checkpoint in WORKDIR if there is one.
+#   supervise  the watching loop: every SUPERVISE_POLL seconds, read the queued resource's state;
+#              if it is not ACTIVE and not queued (SUSPENDED, FAILED or gone: preempted), delete
+#              it, re-create it, install and run again; if the training process on worker 0 has
+#              ended, stop when the final checkpoint exists, restart otherwise (at most
+#              MAX_FAILURES non-zero exits in a row). Run it where it can keep going for the
+#              whole job (a small VM, or tmux / nohup on a workstation).
+#   all        create + install + run + supervise.
+#   status     queued-resource state and the newest metrics line; logs: worker 0's log;
+#   delete     give the slice back.
+#
+# Accelerators (ACCELERATOR / RUNTIME; every multi-host slice has 4 chips per worker VM):
+#   v4-32          tpu-ubuntu2204-base     16 chips,  4 workers (v4-N counts TensorCores, 2 a chip)
+#   v5litepod-64   v2-alpha-tpuv5-lite     64 v5e chips, 16 workers (default)
+#   v5p-128        v2-alpha-tpuv5          64 chips, 16 workers (v5p-N counts TensorCores)
+#   v6e-64         v2-alpha-tpuv6e         64 chips, 16 workers
+# and pick a ZONE that offers it. configs/maskdcpt.py:pod uses mesh.fsdp=4 (chips per worker).
 # See launch/README.md for the estimate of steps/hour and memory per chip.
 set -euo pipefail
 
 PROJECT="${PROJECT:?set PROJECT=<gcp project>}"
-BUCKET="${BUCKET:?set BUCKET=<gcs bucket without gs://>}"
-ZONE="${ZONE:-us-west4-a}"                          # a zone with v5e capacity
-ACCELERATOR="${ACCELERATOR:-v5litepod-64}"          # 64 v5e chips, 16 hosts x 4 chips
-RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"           # TPU VM image for v5e
+ZONE="${ZONE:-us-west4-a}"                          # a zone with capacity for ACCELERATOR
+ACCELERATOR="${ACCELERATOR:-v5litepod-64}"
+RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"
 TPU_NAME="${TPU_NAME:-maskdcpt-v5e64}"
 QR_NAME="${QR_NAME:-${TPU_NAME}-qr}"
 SPOT="${SPOT:-1}"                                   # 1: Spot VMs (preemptible, cheaper)
 CONFIG="${CONFIG:-configs/maskdcpt.py:pod}"
 RUN_NAME="${RUN_NAME:-maskdcpt_nafnet_uir2p5m}"
-# gs://$BUCKET/runs/$RUN_NAME, seen by every worker through gcsfuse (the trainer writes with
-# local file APIs; see launch/README.md "Workdir on GCS").
-WORKDIR="${WORKDIR:-/mnt/gcs/runs/${RUN_NAME}}"
-DATA="${DATA:-/mnt/gcs/uir2p5m_build}"              # a build_uir folder (manifest.json inside)
+# The trainer writes checkpoints, metrics.jsonl and TensorBoard events to gs:// directly.
+if [[ -z "${WORKDIR:-}" ]]; then
+  WORKDIR="gs://${BUCKET:?set BUCKET=<gcs bucket without gs://> (or WORKDIR)}/runs/${RUN_NAME}"
+fi
+# A build_uir folder (manifest.json inside), read by every worker: gs://BUCKET/... is mounted
+# read-only at /mnt/gcs with gcsfuse (the ArrayRecord reader needs a file system), or a folder
+# already on every worker. DATA="" passes no --config.data.path (configs with their own data).
+DATA="${DATA-/mnt/gcs/uir2p5m_build}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"                      # e.g. "--config.total_steps=1000"
+PYTHON_VERSION="${PYTHON_VERSION:-3.11}"            # the pinned jax needs Python >= 3.11
+SUPERVISE_POLL="${SUPERVISE_POLL:-60}"              # seconds between supervisor checks
+MAX_FAILURES="${MAX_FAILURES:-3}"                   # non-zero exits in a row before giving up
+DELETE_WHEN_DONE="${DELETE_WHEN_DONE:-1}"           # supervise: delete the slice at the end
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Paths on the workers (relative to the worker's home directory).
+SRC=jaxmilab                 # the shipped tree
+VENV=jaxmilab-venv           # Python >= PYTHON_VERSION virtual environment
+LOG=jaxmilab_run.log         # training output
+RC=jaxmilab_run.rc           # exit code of the training process, written when it ends
+PID=jaxmilab_run.pid
+
+log() { echo "$(date -u +%H:%M:%S) tpu_pod: $*"; }
 gc() { gcloud "$@" --project="${PROJECT}" --zone="${ZONE}"; }
 on_all() { gc compute tpus tpu-vm ssh "${TPU_NAME}" --worker=all --command="$1"; }
+on_worker0() { gc compute tpus tpu-vm ssh "${TPU_NAME}" --worker=0 --command="$1"; }
+# The queued resource's state; "" when it does not exist, UNKNOWN when gcloud fails otherwise
+# (a transient API error must never look like a deleted slice).
 qr_state() {
-  gc compute tpus queued-resources describe "${QR_NAME}" --format='value(state.state)' 2>/dev/null || true
+  local out
+  if out="$(gc compute tpus queued-resources describe "${QR_NAME}" --format='value(state.state)' 2>&1)"; then
+    grep -E '^[A-Z_]+$' <<< "${out}" | tail -n 1
+  elif grep -q NOT_FOUND <<< "${out}"; then
+    echo ""
+  else
+    echo UNKNOWN
+  fi
 }
 
 create() {
   local state
   state="$(qr_state)"
+  while [[ "${state}" == UNKNOWN ]]; do
+    log "cannot read the state of ${QR_NAME}; retrying."; sleep "${SUPERVISE_POLL}"; state="$(qr_state)"
+  done
   case "${state}" in
-    ACTIVE) echo "Slice ${TPU_NAME} is ACTIVE."; return 0 ;;
-    WAITING_FOR_RESOURCES|PROVISIONING|ACCEPTED|CREATING) echo "Queued resource is ${state}." ;;
-    SUSPENDED|SUSPENDING|FAILED)
-      echo "Queued resource is ${state} (preempted or failed): deleting and queueing it again."
-      gc compute tpus queued-resources delete "${QR_NAME}" --force --quiet
+    ACTIVE) log "slice ${TPU_NAME} is ACTIVE."; return 0 ;;
+    WAITING_FOR_RESOURCES|PROVISIONING|ACCEPTED|CREATING) log "queued resource is ${state}." ;;
+    "") ;;
+    *)  # SUSPENDING, SUSPENDED (preempted), FAILED, DELETING
+      log "queued resource is ${state}: deleting it and queueing it again."
+      gc compute tpus queued-resources delete "${QR_NAME}" --force --quiet || true
       state="" ;;
   esac
   if [[ -z "${state}" ]]; then
@@ -55,57 +101,143 @@ create() {
     gc compute tpus queued-resources create "${QR_NAME}" --node-id="${TPU_NAME}" \
       --accelerator-type="${ACCELERATOR}" --runtime-version="${RUNTIME}" "${spot_flag[@]}"
   fi
-  until [[ "$(qr_state)" == "ACTIVE" ]]; do
+  while true; do
     state="$(qr_state)"
-    [[ "${state}" == "FAILED" ]] && { echo "Queued resource FAILED"; exit 1; }
-    echo "$(date -u +%H:%M:%S) waiting for ${QR_NAME}: ${state}"; sleep 60
+    case "${state}" in
+      ACTIVE) break ;;
+      FAILED|SUSPENDED) log "queued resource ${QR_NAME} is ${state} while waiting."; return 1 ;;
+    esac
+    log "waiting for ${QR_NAME}: ${state:-(not found)}"
+    sleep "${SUPERVISE_POLL}"
   done
-  echo "Slice ${TPU_NAME} is ACTIVE."
+  log "slice ${TPU_NAME} is ACTIVE."
 }
 
 install() {
-  # Ship the working tree (not a clone: the run uses exactly this code) to every worker.
-  local tarball=/tmp/jaxmilab_src.tar.gz
-  tar -czf "${tarball}" -C "${REPO_DIR}" --exclude=.git --exclude='*.pyc' .
-  gc compute tpus tpu-vm scp "${tarball}" "${TPU_NAME}:/tmp/jaxmilab_src.tar.gz" --worker=all
-  on_all "set -e
-    mkdir -p ~/jaxmilab && tar -xzf /tmp/jaxmilab_src.tar.gz -C ~/jaxmilab
-    python3 -m pip install -q --upgrade pip
-    python3 -m pip install -q 'jax[tpu]' -e ~/jaxmilab
-    if ! mountpoint -q /mnt/gcs; then
-      command -v gcsfuse >/dev/null || { \
-        export GCSFUSE_REPO=gcsfuse-\$(lsb_release -c -s); \
-        echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt \$GCSFUSE_REPO main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list; \
-        curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
+  # Only git-tracked files (their working-tree content): never .venv/, egg-info, workdirs.
+  local stage
+  stage="$(mktemp -d)"
+  (cd "${REPO_DIR}" && git ls-files -z | while IFS= read -r -d '' f; do
+     [[ -e "${f}" ]] && printf '%s\0' "${f}"; done) > "${stage}/files"
+  (cd "${REPO_DIR}" && echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- || echo ' + local changes')") \
+    > "${stage}/SOURCE_VERSION"
+  tar -czf "${stage}/jaxmilab_src.tar.gz" -C "${REPO_DIR}" --null -T "${stage}/files" \
+    -C "${stage}" SOURCE_VERSION
+  gc compute tpus tpu-vm scp "${stage}/jaxmilab_src.tar.gz" "${TPU_NAME}:" --worker=all
+  rm -rf "${stage}"
+  local mount=""
+  if [[ "${DATA}" == /mnt/gcs/* ]]; then
+    mount="if ! mountpoint -q /mnt/gcs; then
+      command -v gcsfuse >/dev/null || {
+        echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list
+        curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
         sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }
       sudo mkdir -p /mnt/gcs && sudo chown \$USER /mnt/gcs
-      gcsfuse --implicit-dirs ${BUCKET} /mnt/gcs
+      gcsfuse -o ro --implicit-dirs ${BUCKET:?set BUCKET for DATA=/mnt/gcs/...} /mnt/gcs
+    fi"
+  fi
+  on_all "set -euo pipefail
+    rm -rf ~/${SRC} && mkdir -p ~/${SRC} && tar -xzf ~/jaxmilab_src.tar.gz -C ~/${SRC}
+    if ! command -v uv >/dev/null; then
+      [[ -x ~/.local/bin/uv ]] || curl -LsSf https://astral.sh/uv/install.sh | sh
+      export PATH=\$HOME/.local/bin:\$PATH
     fi
-    python3 -c 'import jax; print(jax.process_index(), jax.local_devices())'"
+    # uv fetches a standalone CPython when the image's python3 is older than ${PYTHON_VERSION}.
+    [[ -x ~/${VENV}/bin/python ]] || uv venv --python ${PYTHON_VERSION} ~/${VENV}
+    uv pip install --python ~/${VENV}/bin/python -c ~/${SRC}/constraints.txt -e "\$HOME/${SRC}[tpu]"
+    ${mount}
+    ~/${VENV}/bin/python -c 'import sys, jax; assert sys.version_info >= (3, 11), sys.version; print(\"jaxmilab worker: python\", sys.version.split()[0], \"jax\", jax.__version__)'"
 }
 
 run() {
-  # Same command on every host; --distributed calls jax.distributed.initialize(), which reads
-  # the slice's topology from the TPU metadata. Re-running resumes from WORKDIR/checkpoints.
-  on_all "cd ~/jaxmilab && mkdir -p ${WORKDIR} && \
-    nohup python3 -m jaxmilab.main --distributed --config=${CONFIG} --workdir=${WORKDIR} \
-      --config.data.path=${DATA} ${EXTRA_FLAGS} > ~/maskdcpt.log 2>&1 &
-    sleep 5; tail -n 3 ~/maskdcpt.log"
-  echo "Started. Logs: $0 logs; metrics: ${WORKDIR}/metrics.jsonl (gs://${BUCKET}/runs/${RUN_NAME});"
-  echo "TensorBoard: tensorboard --logdir gs://${BUCKET}/runs/${RUN_NAME}"
+  # The same command on every worker. --distributed: jax.distributed.initialize() reads the
+  # slice's hosts from the TPU VM metadata; re-running resumes from WORKDIR/checkpoints.
+  local data_flag="" cmd
+  [[ -n "${DATA}" ]] && data_flag="--config.data.path=$(printf %q "${DATA}")"
+  cmd="~/${VENV}/bin/python -m jaxmilab.main --distributed --config=$(printf %q "${CONFIG}")"
+  cmd+=" --workdir=$(printf %q "${WORKDIR}") ${data_flag} ${EXTRA_FLAGS}"
+  # (nohup's output goes to the log: ssh returns once the command has started)
+  on_all "set -e; cd ~/${SRC}; rm -f ~/${RC}
+    nohup bash -c '${cmd//\'/\'\\\'\'}; echo \$? > ~/${RC}' > ~/${LOG} 2>&1 < /dev/null &
+    echo \$! > ~/${PID}; echo \"started on \$(hostname)\""
+  log "started ${CONFIG} in ${WORKDIR}; logs: $0 logs"
 }
 
-status() { echo "queued resource: $(qr_state)"; gsutil cat "gs://${BUCKET}/runs/${RUN_NAME}/metrics.jsonl" 2>/dev/null | tail -n 2 || true; }
-logs() { gc compute tpus tpu-vm ssh "${TPU_NAME}" --worker=0 --command="tail -n 50 ~/maskdcpt.log"; }
+# Files of the workdir: gs:// through gcloud storage, a shared local path through worker 0.
+workdir_cat() {
+  if [[ "${WORKDIR}" == gs://* ]]; then gcloud storage cat "${WORKDIR}/$1" 2>/dev/null
+  else on_worker0 "cat $(printf %q "${WORKDIR}/$1") 2>/dev/null"; fi
+}
+final_checkpoint_exists() {
+  local total
+  total="$(workdir_cat config.json | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_steps"])' 2>/dev/null)" || return 1
+  [[ -n "${total}" ]] || return 1
+  if [[ "${WORKDIR}" == gs://* ]]; then  # orbax marks finished checkpoints on GCS with this file
+    gcloud storage ls "${WORKDIR}/checkpoints/${total}/commit_success.txt" >/dev/null 2>&1
+  else  # local file systems: orbax renames the finished temporary folder to <step>
+    on_worker0 "test -d $(printf %q "${WORKDIR}/checkpoints/${total}")" >/dev/null 2>&1
+  fi
+}
+# running | exited <rc> | missing (no training process: a fresh VM)
+training_status() {
+  on_worker0 "if [[ -f ~/${RC} ]]; then echo exited \$(cat ~/${RC});
+    elif [[ -f ~/${PID} ]] && kill -0 \$(cat ~/${PID}) 2>/dev/null; then echo running;
+    else echo missing; fi" 2>/dev/null | tail -n 1 || echo unknown
+}
+
+supervise() {
+  local failures=0 state status
+  while true; do
+    state="$(qr_state)"
+    case "${state}" in
+      ACTIVE)
+        status="$(training_status)"
+        case "${status}" in
+          running|unknown) ;;
+          missing) log "no training process on the slice: installing and starting it."
+                   install && run ;;
+          "exited 0")
+            if final_checkpoint_exists; then
+              log "training finished (final checkpoint in ${WORKDIR})."
+              [[ "${DELETE_WHEN_DONE}" == "1" ]] && delete
+              return 0
+            fi
+            log "training stopped before the end (SIGTERM / maintenance): starting it again."
+            failures=0; run ;;
+          *) failures=$((failures + 1))
+             log "training ${status} (${failures}/${MAX_FAILURES}); last lines of worker 0's log:"
+             on_worker0 "tail -n 20 ~/${LOG}" || true
+             if (( failures >= MAX_FAILURES )); then
+               log "giving up after ${failures} failures in a row; the slice is kept: $0 delete."
+               return 1
+             fi
+             run ;;
+        esac ;;
+      WAITING_FOR_RESOURCES|PROVISIONING|ACCEPTED|CREATING) log "queued resource is ${state}." ;;
+      UNKNOWN) log "cannot read the state of ${QR_NAME}; retrying." ;;
+      *) log "queued resource is ${state:-gone} (preempted): re-creating the slice and resuming."
+         create && install && run || log "recovery failed; retrying."
+         ;;
+    esac
+    sleep "${SUPERVISE_POLL}"
+  done
+}
+
+status() {
+  echo "queued resource: $(qr_state)"
+  workdir_cat metrics.jsonl | grep '"split": "train"' | tail -n 1 || true
+}
+logs() { on_worker0 "tail -n 50 ~/${LOG}"; }
 delete() { gc compute tpus queued-resources delete "${QR_NAME}" --force --quiet; }
 
 case "${1:-all}" in
   create) create ;;
   install) install ;;
   run) run ;;
+  supervise) supervise ;;
   status) status ;;
   logs) logs ;;
   delete) delete ;;
-  all) create; install; run ;;
-  *) echo "usage: $0 [create|install|run|status|logs|delete|all]"; exit 2 ;;
+  all) create; install; run; supervise ;;
+  *) echo "usage: $0 [create|install|run|supervise|status|logs|delete|all]"; exit 2 ;;
 esac
