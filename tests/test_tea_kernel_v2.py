@@ -205,6 +205,17 @@ def test_pallas_under_mesh_runs_per_device_slice():
   for got, exp in zip(grads, want_grads):
     assert got.sharding.spec[0] == ("data", "fsdp")
     np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=1e-5, rtol=1e-5)
+  # The trainer's mesh (jax.sharding.Mesh: Auto axes) with replicated inputs, and a call from
+  # inside an enclosing shard_map (axes already Manual; a pallas_call inside shard_map needs
+  # check_vma=False, as for any Pallas kernel): same values.
+  auto = jax.sharding.Mesh(np.asarray(devices[:8]).reshape(4, 2, 1), ("data", "fsdp", "model"))
+  with jax.set_mesh(auto):
+    loss_auto = jax.jit(fn)(q, k, v)
+    inner = jax.shard_map(lambda q, k, v: fn(q, k, v)[None], in_specs=P(("data", "fsdp")),
+                          out_specs=P(("data", "fsdp")), check_vma=False)
+    loss_inner = jax.jit(inner)(q, k, v).sum()
+  np.testing.assert_allclose(float(loss_auto), float(want_loss), rtol=1e-5)
+  np.testing.assert_allclose(float(loss_inner), float(want_loss), rtol=1e-5)
 
 
 def _tpu_topology():

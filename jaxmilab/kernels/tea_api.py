@@ -19,16 +19,24 @@ IMPLEMENTATIONS = ("xla", "pallas")
 BATCH_AXES = ("data", "fsdp")  # = jaxmilab.sharding.BATCH_AXES (not imported: keeps this a leaf)
 
 
-def _batch_axes(batch: int) -> tuple[str, ...]:
-  """Mesh axes (of the current `jax.set_mesh` mesh) the batch is split over, or ()."""
+def _batch_axes(batch: int) -> tuple[tuple[str, ...], bool]:
+  """(mesh axes of the current `jax.set_mesh` mesh the batch is split over, any Explicit).
+
+  Axes already Manual (inside an enclosing shard_map) are skipped: there the arrays are
+  per-device already. Returns ((), False) when no axis divides the batch.
+  """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return ()
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    return (), False
+  types = dict(zip(mesh.axis_names, mesh.axis_types))
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1
+               and types[a] != jax.sharding.AxisType.Manual)
   size = 1
   for a in axes:
     size *= mesh.shape[a]
-  return axes if axes and batch % size == 0 else ()
+  if not axes or batch % size:
+    return (), False
+  return axes, any(types[a] == jax.sharding.AxisType.Explicit for a in axes)
 
 
 def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_k: int,
@@ -72,9 +80,11 @@ def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_
     return tea_pallas.tea_attention_pallas_unchecked(q, k, v, window=window, top_k=top_k,
                                                      pool=pool, interpret=interpret)
 
-  axes = _batch_axes(q.shape[0])
+  axes, explicit = _batch_axes(q.shape[0])
   if not axes:
     return kernel(q, k, v)
   spec = P(axes)
+  if explicit:  # Explicit-sharding meshes want the inputs already laid out as in_specs.
+    q, k, v = (jax.reshard(x, spec) for x in (q, k, v))
   return jax.shard_map(kernel, in_specs=(spec, spec, spec), out_specs=spec,
                        check_vma=False)(q, k, v)
