@@ -69,10 +69,10 @@ def get_config(variant: str = "smoke"):
     c.data.eval_slices = 64
     c.data.eval_batch_size = 16
     c.batch_size = 16
-    c.total_steps = 200
+    c.total_steps = 100
     c.log_every_steps = 25
-    c.eval_every_steps = 200
-    c.checkpoint_every_steps = 200
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 100
     c.optimizer.learning_rate = 0.01
   elif variant in ("paper", "paper_brats"):
     brats = variant == "paper_brats"

@@ -71,11 +71,11 @@ def get_config(variant: str = "smoke"):
     c.data.patch_size = 64
     c.data.eval_batch_size = 32
     c.batch_size = 8
-    c.total_steps = 150
+    c.total_steps = 100
     c.log_every_steps = 25
-    c.eval_every_steps = 150
-    c.checkpoint_every_steps = 150
-    c.optimizer.learning_rate = 2e-3   # ASSUMPTION: 4x the paper's 5e-4 for a 150-step run
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 100
+    c.optimizer.learning_rate = 2e-3   # ASSUMPTION: 4x the paper's 5e-4 for a 100-step run
     c.optimizer.min_lr_ratio = 0.01
   elif variant in ("paper", "acdc_25", "mmwhs_10", "mmwhs_25"):
     dataset = "mmwhs" if variant.startswith("mmwhs") else "acdc"

@@ -347,7 +347,8 @@ class Method(base.Method):
     return MACLEvaluator(("loss",) + (("l_g", "l_d", "l_er") if self.variant == "macl" else ("l_g",)))
 
   def summarize_eval(self, outputs):
-    """Transitional (the trainer's concatenating path): the streaming evaluator on all of it."""
+    """Required by base.Method while it declares it abstract: the streaming evaluator fed the
+    whole concatenated eval set at once (the trainer itself streams through `evaluator()`)."""
     ev = self.evaluator()
     ev.update({k: outputs[k] for k in ("valid",)}, outputs)
     return ev.compute()
