@@ -1,27 +1,30 @@
 """Ahead-of-time compile of the MaskDCPT `pod` train step on a mesh of fake CPU devices.
 
-Lowers and compiles configs/maskdcpt.py:pod (NAFNet-DCPT width 64, bfloat16 compute, float32
-parameters and Adam state, FSDP over ("data", "fsdp"), gradient accumulation) on 8 fake devices
-(mesh data 2 x fsdp 4) from abstract shapes only: no data, no parameters in memory. Prints the
-per-device memory (compiled.memory_analysis()) and XLA's FLOP count, and checks that the large
-parameters and their Adam moments are split over all 8 devices.
+Compiles the trainer's own train step (`Trainer.lower_train_step()`: the jit the loop runs,
+lowered inside `jax.set_mesh`, with the batch-axis activation constraint) for
+configs/maskdcpt.py:pod (NAFNet-DCPT width 64, bfloat16 compute, float32 parameters and Adam
+state, FSDP over ("data", "fsdp"), gradient accumulation) on 8 fake devices (mesh data 2 x
+fsdp 4) from abstract shapes only: no data (jaxmilab.compile's shape-only stand-in), no
+parameters in memory. Prints the per-device memory (compiled.memory_analysis()) and XLA's
+FLOP count, and checks that the large parameters and their Adam moments are split over all 8
+devices. TPU figures: `python -m jaxmilab.compile --config=configs/maskdcpt.py:pod
+--topology=v5e-64` (tests/test_compile.py).
 
 The default test compiles a stand-in (NAFNet-DCPT's width 64 and classifier, 1 instead of 28
-blocks at the deepest level, unoptimised CPU backend) on 32 px images, 1 example per device: the full model takes ~2 min
-to compile on a 2-core CPU and is the slow test. The numbers of launch/README.md come from:
+blocks at the deepest level, unoptimised CPU backend) on 32 px images, 1 example per device:
+the full model takes ~2 min to compile on a 2-core CPU and is the slow test.
 
-  python tests/test_pod_compile.py --devices=1 --image=128 --per_device_batch=4
+  python tests/test_pod_compile.py --devices=8 --image=128 --per_device_batch=4
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
 
-if __name__ == "__main__":  # Fake devices only in entry points (design.md); pytest: conftest.
+if __name__ == "__main__":  # Fake devices only in entry points; pytest: conftest.
   _parser = argparse.ArgumentParser()
   _parser.add_argument("--devices", type=int, default=8)
   _parser.add_argument("--image", type=int, default=128)
@@ -36,13 +39,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxmilab import compile as compile_lib  # noqa: E402
 from jaxmilab import config_lib  # noqa: E402
-from jaxmilab import optimizers  # noqa: E402
-from jaxmilab import registry  # noqa: E402
-from jaxmilab import sharding as sharding_lib  # noqa: E402
 from jaxmilab import trainer as trainer_lib  # noqa: E402
-from jaxmilab.data import uir_degradations  # noqa: E402
-from jaxmilab.data.base import DataInfo  # noqa: E402
 
 
 def compile_pod_step(num_devices: int, image: int, per_device_batch: int, fsdp: int = 4,
@@ -54,59 +53,23 @@ def compile_pod_step(num_devices: int, image: int, per_device_batch: int, fsdp: 
   fsdp = min(fsdp, num_devices)
   overrides = {"mesh.num_devices": num_devices, "mesh.data": num_devices // fsdp,
                "mesh.fsdp": fsdp, "batch_size": per_device_batch * num_devices,
-               "data.patch_size": image}
+               "data.patch_size": image, "data.eval_batch_size": per_device_batch * num_devices}
   config = config_lib.load("configs/maskdcpt.py:pod", overrides)
   if enc_blocks is not None:
     with config.unlocked():
       config.model.enc_blocks = tuple(enc_blocks)
-  jax.config.update("jax_threefry_partitionable", True)
-  mesh = sharding_lib.create_mesh(config.mesh)
-  names = tuple(uir_degradations.UIR_TYPE_NAMES)
-  info = DataInfo(num_classes=len(names), class_names=names)
-  method = registry.get_method(config.method.name)(config, info)
-  tx = optimizers.create(config.optimizer, config.total_steps)
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  b = config.batch_size
-  batch = {"lq": jax.ShapeDtypeStruct((b, image, image, 3), jnp.float32, sharding=batch_sharding),
-           "gt": jax.ShapeDtypeStruct((b, image, image, 3), jnp.float32, sharding=batch_sharding),
-           "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding)}
-
-  def init_state(rng, batch):
-    variables = dict(method.init_variables(rng, batch))
-    params = variables.pop("params")
-    return trainer_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                  opt_state=tx.init(params), model_state=variables)
-
-  rng = jax.random.key(0)
-  abstract = jax.eval_shape(init_state, rng, batch)
-  shardings = sharding_lib.state_shardings(abstract, mesh, config.mesh)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
-  repl = sharding_lib.replicated(mesh)
-  step = jax.jit(functools.partial(trainer_lib._train_step, method=method, tx=tx),  # pylint: disable=protected-access
-                 in_shardings=(shardings, batch_sharding, repl), out_shardings=(shardings, repl),
-                 donate_argnums=0)
-  # Under jax.set_mesh the method pins activations to batch sharding (maskdcpt.
-  # batch_sharded_activations); the trainer should lower its step the same way.
-  with jax.set_mesh(mesh):
-    compiled = step.lower(abstract, batch, rng).compile(
-        compiler_options=trainer_lib._FAST_COMPILE if fast else None)  # pylint: disable=protected-access
-  return compiled, abstract, mesh, config
+  data = compile_lib.stand_in_data(config, FileNotFoundError(config.data.path))
+  t = trainer_lib.Trainer(config, None, devices=jax.devices()[:num_devices], data=data)
+  compiled, _ = t.compile_train_step(trainer_lib._FAST_COMPILE if fast else None)  # pylint: disable=protected-access
+  return compiled, t.abstract_sharded_state, t.mesh, config
 
 
 def report(compiled, num_devices: int) -> dict[str, float]:
   """Per-device memory (bytes) and FLOPs of one compiled step, printed and returned."""
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out = {"flops_per_device": float(cost.get("flops", float("nan"))),
-         "argument_bytes": float(mem.argument_size_in_bytes),
-         "output_bytes": float(mem.output_size_in_bytes),
-         "temp_bytes": float(mem.temp_size_in_bytes),
-         "alias_bytes": float(mem.alias_size_in_bytes)}
-  # Donated state: outputs alias arguments, so the peak is arguments + temporaries (+ outputs
-  # that are not aliased).
-  out["peak_bytes"] = out["argument_bytes"] + out["temp_bytes"] + out["output_bytes"] - out["alias_bytes"]
+  stats = trainer_lib.compiled_stats(compiled)
+  out = {"flops_per_device": stats["flops_per_device"]}
+  for k in ("argument", "output", "temp", "alias", "peak"):
+    out[f"{k}_bytes"] = stats[f"{k}_bytes_per_device"]
   print(f"\npod train step on {num_devices} device(s): "
         f"{out['flops_per_device'] / 1e9:.1f} GFLOP/device; memory per device: "
         + ", ".join(f"{k[:-6]} {v / 2**20:.1f} MiB" for k, v in out.items() if k.endswith("_bytes")))
