@@ -3,25 +3,24 @@
 The references are tests/torch_reference/archs.py, transcribed from the official files
 (swz30/Restormer, va1shn9v/PromptIR, JingyunLiang/SwinIR, MILab-PKU/dcpt) with the official
 module names, so their state dicts have the official keys. Weights are random with every
-LayerNorm, bias, temperature and position-bias table moved away from its init, copied into
-flax params by the state-dict mapping written below (the rule each module docstring states),
-and both sides run an input whose size is not a multiple of the padding unit, padded the way
+LayerNorm, bias, temperature and position-bias table moved away from its init
+(`torch_reference.randomize`), copied into flax params by jaxmilab.convert.mapping (the rule
+each module docstring states), and both sides run an input whose size is not a multiple of the padding unit, padded the way
 the official pipeline pads (DCPT's `pre_test`, or SwinIR's `check_image_size` in forward).
 """
 
 from __future__ import annotations
-
-import math
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmilab.convert import mapping
 from jaxmilab.models import promptir
 from jaxmilab.models import restormer
 from jaxmilab.models import swinir
+from tests import torch_reference
 from tests.torch_reference import archs as torch_archs
 
 _MODULES = {"restormer": restormer, "promptir": promptir, "swinir": swinir}
@@ -44,71 +43,16 @@ def _model(preset: str):
   return _MODULES[preset.split("_")[0]].create({"preset": preset})
 
 
-# --------------------------------------------------------------------------------------------
-# State dict -> flax params.
-
-
 def _torch_to_flax(state_dict) -> dict:
-  """Official PyTorch keys -> the flax params tree (the mapping of the module docstrings)."""
-  params: dict = {}
-  for key, value in state_dict.items():
-    if key.endswith(("relative_position_index", "attn_mask")):
-      continue                                             # buffers, recomputed in flax
-    if re.match(r"(chnl_reduce\d|reduce_noise_channel_\d)\.", key):
-      continue                                             # PromptIR modules never used
-    # DCPT's Restormer wraps stages in SequentialTransformerBlock: encoder_level1.body.0 -> .0
-    key = re.sub(r"^(encoder_level\d|decoder_level\d|latent|refinement)\.body\.", r"\1.", key)
-    value = value.detach().numpy()
-    *modules, leaf = key.split(".")
-    path: list[str] = []
-    for m in modules:                                      # join indices: blocks.0 -> blocks_0
-      if m.isdigit():
-        path[-1] += f"_{m}"
-      else:
-        path.append(m)
-    if len(path) >= 2 and path[-1] == "body" and re.fullmatch(r"norm\d", path[-2]):
-      path.pop()                                           # Restormer LayerNorm(...).body
-    if leaf == "temperature":                              # [h, 1, 1] -> [h]
-      value = value.reshape(-1)
-    elif leaf == "prompt_param":                           # [1, L, D, S, S] -> [L, S, S, D]
-      value = value[0].transpose(0, 2, 3, 1)
-    elif leaf == "weight" and value.ndim == 4:             # conv OIHW -> HWIO
-      leaf, value = "kernel", value.transpose(2, 3, 1, 0)
-    elif leaf == "weight" and value.ndim == 2:             # linear [out, in] -> [in, out]
-      leaf, value = "kernel", value.T
-    elif leaf == "weight":                                 # LayerNorm
-      leaf = "scale"
-    node = params
-    for p in path:
-      node = node.setdefault(p, {})
-    assert leaf not in node, key
-    node[leaf] = jnp.asarray(value)
-  return params
+  """Official PyTorch keys -> flax params by jaxmilab.convert.mapping (the rule each module
+  docstring states; tests/test_convert.py checks it on checkpoint files too)."""
+  params, _ = mapping.convert_state_dict({k: v.detach().numpy() for k, v in state_dict.items()})
+  return jax.tree.map(jnp.asarray, params)
 
 
 def _shapes(tree) -> dict:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
-
-
-def _randomize(net, torch) -> None:
-  """Random weights with every normalization / bias / temperature / bias table mattering."""
-  g = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name.endswith("prompt_param"):
-        continue                                           # torch.rand already
-      if p.ndim >= 2 and not name.endswith("relative_position_bias_table"):
-        fan_in = p[0].numel()                              # PyTorch-default-like scale
-        p.uniform_(-1.0, 1.0, generator=g).mul_(1.0 / math.sqrt(fan_in))
-      elif name.endswith("temperature"):
-        p.uniform_(0.5, 2.0, generator=g)
-      elif name.endswith("relative_position_bias_table"):
-        p.normal_(0.0, 0.5, generator=g)
-      elif re.search(r"norm\d?(\.body)?\.weight$", name):
-        p.uniform_(0.5, 1.5, generator=g)
-      else:                                                # biases, LayerNorm biases
-        p.normal_(0.0, 0.2, generator=g)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -119,7 +63,7 @@ def parity(request):
   name, kwargs, pad, shape = CASES[preset]
   torch.manual_seed(0)
   net = torch_archs.build(name, **kwargs).eval()
-  _randomize(net, torch)
+  torch_reference.randomize(net)
   x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
   with torch.no_grad():
     xt = torch.from_numpy(x)
@@ -245,7 +189,7 @@ def test_official_size_matches_torch(preset):
     pad = 8
   torch.manual_seed(0)
   net = torch_archs.build(preset).eval()
-  _randomize(net, torch)
+  torch_reference.randomize(net)
   shape = (1, 3, 37, 29)
   x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
   with torch.no_grad():

@@ -129,7 +129,7 @@ def _torch_case(preset):
     name, kwargs, pad, shape = tb.CASES[preset]
     torch.manual_seed(0)
     net = tb.torch_archs.build(name, **kwargs)
-    tb._randomize(net, torch)
+    tb.torch_reference.randomize(net)
     model, mapping = tb._model(preset), tb._torch_to_flax
   return net.train(), np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32), pad, model, mapping
 

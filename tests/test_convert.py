@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import io
-import math
 import os
 import pickle
 import re
@@ -24,6 +23,7 @@ from jaxmilab import convert
 from jaxmilab import restore
 from jaxmilab.convert import mapping
 from jaxmilab.convert import torch_checkpoint
+from tests import torch_reference
 
 _U_NET = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
 _SWIN = dict(img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4,
@@ -46,27 +46,6 @@ CASES = {
 SHAPE = (21, 13)   # not a multiple of any padding unit; PromptIR tiny pads it to 24x16
 
 
-def _randomize(net, torch) -> None:
-  """Random weights where every norm / bias / scale / temperature / bias table matters."""
-  g = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name.endswith("prompt_param"):
-        continue                                     # torch.rand already
-      if name.endswith(("beta", "gamma")):
-        p.normal_(0.0, 0.5, generator=g)
-      elif name.endswith("relative_position_bias_table"):
-        p.normal_(0.0, 0.5, generator=g)
-      elif p.ndim >= 2:
-        p.uniform_(-1.0, 1.0, generator=g).mul_(1.0 / math.sqrt(p[0].numel()))
-      elif name.endswith("temperature"):
-        p.uniform_(0.5, 2.0, generator=g)
-      elif re.search(r"norm\d?(\.body)?\.weight$", name):
-        p.uniform_(0.5, 1.5, generator=g)
-      else:
-        p.normal_(0.0, 0.2, generator=g)
-
-
 def build_torch(name: str):
   """(eval torch net with random weights, its official state dict) for a CASES entry."""
   torch = pytest.importorskip("torch")
@@ -79,7 +58,7 @@ def build_torch(name: str):
                              kwargs["dec_blk_nums"]).eval()
   else:
     net = torch_archs.build(arch, **kwargs).eval()
-  _randomize(net, torch)
+  torch_reference.randomize(net)
   sd = collections.OrderedDict((k, v.clone()) for k, v in net.state_dict().items())
   if arch == "nafnet_dcpt":       # MILab-PKU/dcpt nafnet_arch.py: setattr(self, f"decoder{i}")
     sd = collections.OrderedDict((re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", k), v)
@@ -435,7 +414,7 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
                              kwargs["dec_blk_nums"]).eval()
   else:
     net = torch_archs.build(arch, **kwargs).eval()
-  _randomize(net, torch)
+  torch_reference.randomize(net)
   sd = collections.OrderedDict(
       (re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", k) if arch == "nafnet_dcpt" else k, v)
       for k, v in net.state_dict().items())
