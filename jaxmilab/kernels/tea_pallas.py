@@ -289,9 +289,8 @@ def make_geometry(shape: Sequence[int], dtype, *, window: int, top_k: int, pool:
   if height * width >= 1 << 24:
     raise ValueError(f"tea_attention_pallas: maps of {height}x{width} tokens exceed the 2**24 "
                      "positions the tie index holds exactly in float32; tile the image.")
-  warps = 4
   if block is None:
-    block, warps = choose_tiles(backend, window, height, width, dtype, head_dim)
+    block, _ = choose_tiles(backend, window, height, width, dtype, head_dim)
   th, tw = (int(b) for b in block)
   if backend == "gpu" and (th & (th - 1) or tw & (tw - 1) or th * tw < 16):
     raise ValueError(f"tea_attention_pallas: GPU (Triton) tiles need power-of-two sides and "
@@ -302,6 +301,8 @@ def make_geometry(shape: Sequence[int], dtype, *, window: int, top_k: int, pool:
                      f"{dtype.name} (Mosaic sublane tiling), got block={block}.")
   halo = _halo_geometry(backend, dtype, th, tw, window, height, width)
   pad_h, pad_w = halo["pad_h"], halo["pad_w"]
+  scores = th * tw * halo["halo_h"] * halo["halo_w"]
+  warps = 4 if scores <= _GPU_SCORES_4_WARPS else 8  # GPU register budget (see choose_tiles)
   span = lambda size, tile: max(
       hi - lo + 1 for lo, hi in (_query_tile_range(size, tile, window, t)
                                  for t in range(-(-size // tile))))
@@ -736,7 +737,7 @@ def _stat_spec(g: Geometry, bh: int, index_map) -> pl.BlockSpec:
   return _spec(g, (None, None, 1, g.tile_q), index_map, _stat_shape(g, bh).shape, jnp.float32)
 
 
-def _whole_spec(g: Geometry, shape, dtype, n_grid: int) -> pl.BlockSpec:
+def _whole_spec(shape) -> pl.BlockSpec:
   """The whole [rest...] of one batch*head (GPU loops index into it)."""
   zeros = (0,) * (len(shape) - 1)
   return pl.BlockSpec((None,) + tuple(shape[1:]), lambda b, *_: (b,) + zeros)
@@ -817,13 +818,13 @@ def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
     in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, key)] * 2
     in_specs += [_tile_spec(g, bh, q.dtype, query)] * 2 + [_stat_spec(g, bh, stat)] * 4
     out_specs = [_tile_spec(g, bh, k.dtype, key)] * 2
-    scratch = [pltpu_vmem((g.tile_q, g.head_dim_pad))] * 2
+    scratch = [_vmem_f32((g.tile_q, g.head_dim_pad))] * 2
     kernel, grid = _backward_dkv_grid_kernel, (bh, g.n_ty, g.n_tx, g.span_y * g.span_x)
     params = _compiler_params(g, ("parallel", "parallel", "parallel", "arbitrary"))
   else:
     key = lambda b, i, j: (b, i, j, 0)
     in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, key)] * 2
-    in_specs += [_whole_spec(g, a.shape, a.dtype, 3) for a in inputs[2:]]
+    in_specs += [_whole_spec(a.shape) for a in inputs[2:]]
     out_specs = [_tile_spec(g, bh, k.dtype, key)] * 2
     scratch = []
     kernel, grid = _backward_dkv_loop_kernel, (bh, g.n_ty, g.n_tx)
@@ -834,7 +835,7 @@ def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
       interpret=g.interpret, name="tea_attention_backward_dkv")(*patterns, *inputs)
 
 
-def pltpu_vmem(shape):
+def _vmem_f32(shape):
   """A float32 VMEM scratch buffer (TPU; interpret mode accepts it on CPU too)."""
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   return pltpu.VMEM(shape, jnp.float32)
@@ -863,7 +864,7 @@ def _backward_global(g: Geometry, q, do, lse, delta, kg, vg):
   part = pl.BlockSpec((None, None, g.global_block, g.head_dim_pad),
                       lambda b, c, r: (b, r, c, 0))
   inputs = (q, do, lse, delta)
-  in_specs = [_whole_spec(g, a.shape, a.dtype, 3) for a in inputs] + [chunk] * 2
+  in_specs = [_whole_spec(a.shape) for a in inputs] + [chunk] * 2
   out_shape = [jax.ShapeDtypeStruct((bh, groups, g.global_pad, g.head_dim_pad),
                                     jnp.float32)] * 2
   dkg, dvg = pl.pallas_call(
