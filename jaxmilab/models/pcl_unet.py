@@ -41,7 +41,7 @@ CONFIG_DEFAULTS = dict(width=32,          # official --initial_filter_size 32
                        num_classes=0,     # 0 = from the data (fine-tuning); unused in pre-training
                        dtype="float32")   # "float32" | "bfloat16" compute
 _CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU() default
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jaxmilab.models import layers
 
 _CONFIG_KEYS = ("name", "width", "depth", "out_channels", "dtype")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 class DoubleConv(nn.Module):
