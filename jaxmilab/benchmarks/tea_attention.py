@@ -83,14 +83,6 @@ HARDWARE = {
 # ----------------------------------------------------------------------------- model
 
 
-def _pairs(g: tea_pallas.Geometry) -> int:
-  """(key tile, query tile) pairs the dK/dV kernel computes."""
-  count = lambda size, tile, n: sum(
-      hi - lo + 1 for lo, hi in (tea_pallas._query_tile_range(size, tile, g.window, t)
-                                 for t in range(n)))
-  return count(g.height, g.tile_h, g.n_ty) * count(g.width, g.tile_w, g.n_tx)
-
-
 def traffic_model(g: tea_pallas.Geometry, batch: int, heads: int, itemsize: int) -> dict:
   """HBM bytes, MXU FLOPs, elementwise ops and exps of one Pallas call (fwd and bwd).
 
@@ -115,7 +107,7 @@ def traffic_model(g: tea_pallas.Geometry, batch: int, heads: int, itemsize: int)
       flops=bh * (4 * scores * d + 4 * glob * d),
       vector=bh * (scores * (per_score + 8) + glob * 6),
       exp=bh * (scores + glob))
-  pairs = _pairs(g)
+  pairs = tea_pallas.dkv_pairs(g)
   chunks = max(1, gk // max(1, g.global_block))
   bwd = dict(
       bytes=bh * (

@@ -510,6 +510,38 @@ def _n_chunks(g: Geometry) -> int:
   return g.global_pad // g.global_block
 
 
+def dkv_pairs(g: Geometry) -> int:
+  """(key tile, query tile) pairs the dK/dV kernel computes per batch*head."""
+  count = lambda size, tile, n: sum(hi - lo + 1 for lo, hi in (
+      _query_tile_range(size, tile, g.window, t) for t in range(n)))
+  return count(g.height, g.tile_h, g.n_ty) * count(g.width, g.tile_w, g.n_tx)
+
+
+def _cost(g: Geometry, bh: int, itemsize: int, kernel: str):
+  """pl.CostEstimate per kernel, so XLA's cost analysis (and MFU built on it) sees the work.
+
+  MXU FLOPs and exps counted per score block; bytes = tiles and halos read, outputs written.
+  """
+  d, e, n = g.head_dim_pad, itemsize, g.pad_h * g.pad_w
+  scores, glob = g.n_tiles * g.tile_q * g.halo_k, n * g.global_pad
+  halo_bytes = g.n_tiles * 2 * g.halo_k * d * e + 2 * g.global_pad * d * e
+  pairs = dkv_pairs(g) * g.tile_q * g.tile_q
+  if kernel == "forward":
+    flops, exps, nbytes = 4 * (scores + glob) * d, scores + glob, (
+        2 * n * d * e + halo_bytes + 12 * n)
+  elif kernel == "dq":
+    flops, exps, nbytes = 6 * (scores + glob) * d, scores + glob, (
+        4 * n * d * e + halo_bytes + 16 * n)
+  elif kernel == "dkv":
+    flops, exps, nbytes = 8 * pairs * d, pairs, (
+        4 * n * d * e + dkv_pairs(g) * g.tile_q * (2 * d * e + 16))
+  else:  # pooled keys (only called with global keys)
+    flops, exps, nbytes = 8 * glob * d, glob, (
+        _n_chunks(g) * n * (2 * d * e + 8) + 4 * g.global_pad * d * 4)
+  return pl.CostEstimate(flops=int(bh * flops), transcendentals=int(bh * exps),
+                         bytes_accessed=int(bh * nbytes))
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -772,6 +804,7 @@ def _forward(g: Geometry, q, k, v, kg, vg):
       functools.partial(_forward_kernel, g=g), grid=(bh, g.n_ty, g.n_tx),
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=_compiler_params(g, ("parallel",) * 3), interpret=g.interpret,
+      cost_estimate=_cost(g, bh, q.dtype.itemsize, "forward"),
       name="tea_attention_forward")(*patterns, *inputs)
 
 
@@ -795,6 +828,7 @@ def _backward_dq(g: Geometry, q, k, v, kg, vg, o, do, lse, t_val, t_pos):
       functools.partial(_backward_dq_kernel, g=g), grid=(bh, g.n_ty, g.n_tx),
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=_compiler_params(g, ("parallel",) * 3), interpret=g.interpret,
+      cost_estimate=_cost(g, bh, q.dtype.itemsize, "dq"),
       name="tea_attention_backward_dq")(*patterns, *inputs)
 
 
@@ -832,7 +866,8 @@ def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
   return pl.pallas_call(
       functools.partial(kernel, g=g), grid=grid, in_specs=in_specs, out_specs=out_specs,
       out_shape=out_shape, scratch_shapes=scratch, compiler_params=params,
-      interpret=g.interpret, name="tea_attention_backward_dkv")(*patterns, *inputs)
+      interpret=g.interpret, cost_estimate=_cost(g, bh, q.dtype.itemsize, "dkv"),
+      name="tea_attention_backward_dkv")(*patterns, *inputs)
 
 
 def _vmem_f32(shape):
@@ -858,7 +893,8 @@ def _backward_global(g: Geometry, q, do, lse, delta, kg, vg):
         functools.partial(_backward_global_grid_kernel, g=g), grid=(bh, n_chunks, g.n_tiles),
         in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
         compiler_params=_compiler_params(g, ("parallel", "parallel", "arbitrary")),
-        interpret=g.interpret, name="tea_attention_backward_global")(q, do, lse, delta, kg, vg)
+        interpret=g.interpret, cost_estimate=_cost(g, bh, q.dtype.itemsize, "global"),
+        name="tea_attention_backward_global")(q, do, lse, delta, kg, vg)
   groups = g.global_groups
   chunk = pl.BlockSpec((None, g.global_block, g.head_dim_pad), lambda b, c, r: (b, c, 0))
   part = pl.BlockSpec((None, None, g.global_block, g.head_dim_pad),
@@ -871,6 +907,7 @@ def _backward_global(g: Geometry, q, do, lse, delta, kg, vg):
       functools.partial(_backward_global_group_kernel, g=g), grid=(bh, n_chunks, groups),
       in_specs=in_specs, out_specs=[part] * 2, out_shape=out_shape,
       compiler_params=_compiler_params(g, ("parallel",) * 3), interpret=g.interpret,
+      cost_estimate=_cost(g, bh, q.dtype.itemsize, "global"),
       name="tea_attention_backward_global")(*inputs, kg, vg)
   return dkg.sum(axis=1), dvg.sum(axis=1)
 
