@@ -248,3 +248,10 @@ def test_forward_and_both_backward_kernels_compile_for_tpu_v5e(dtype):
     assert ("tea_attention_backward_global" in text) == bool(pool)
     # q, k, v, o, do, dq, dk, dv maps at most (16 MiB here), never 8x halos.
     assert compiled.memory_analysis().temp_size_in_bytes < 16 * 2**20
+    # The kernels' cost estimates reach XLA's cost analysis (custom calls count 0 otherwise):
+    # at least the forward's local QK^T and PV FLOPs (2 heads x 4 x scores x head_dim).
+    g = tea_pallas.make_geometry(x.shape, dtype, window=15, top_k=top_k, pool=pool,
+                                 backend="tpu", interpret=False)
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    assert ca["flops"] >= 2 * 4 * g.n_tiles * g.tile_q * g.halo_k * 32, ca["flops"]
