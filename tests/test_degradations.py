@@ -173,3 +173,7 @@ def test_haze_depth_follows_content_and_crops():
   np.testing.assert_allclose(D.content_depth(crop)[24:40, 24:40], depth[40:56, 32:48], atol=1e-6)
   small = D.content_depth(image[:12, :12])                    # smaller than the blur radius
   assert small.shape == (12, 12) and np.isfinite(small).all()
+  hazy = D.synthesize_haze(image, np.random.default_rng(0), beta=1.0, airlight=0.9, depth="content")
+  np.testing.assert_allclose(hazy.depth[..., 0], depth, rtol=1e-6)
+  with pytest.raises(ValueError, match="depth"):
+    D.synthesize_haze(image, np.random.default_rng(0), depth="flat")

@@ -195,12 +195,25 @@ def content_depth(image: np.ndarray) -> np.ndarray:
 
 
 def synthesize_haze(image: np.ndarray, rng: np.random.Generator, beta: float | None = None,
-                    airlight: float | None = None) -> Haze:
-  """Atmospheric scattering model I = J t + A (1 - t), t = exp(-beta d) (Koschmieder / RESIDE)."""
+                    airlight: float | None = None, depth: str = "random") -> Haze:
+  """Atmospheric scattering model I = J t + A (1 - t), t = exp(-beta d) (Koschmieder / RESIDE).
+
+  depth: "random" (the registered `haze` type) = synthetic_depth, a smooth random map over the
+  image (or crop) it is given, a documented stand-in: RESIDE uses each scene's estimated depth,
+  which crops of our photos do not have; "content" = content_depth, which follows the image
+  (bright = far) and is crop-consistent. The default stays "random": on the 32 px crops of the
+  DCPT smoke run the content depth is nearly flat and the haze class is learnt more slowly
+  (loss ratio over 120 steps 0.81 vs 0.73, tests/test_dcpt.py)."""
   image = _check(image, "haze")
   beta = _uniform(rng, HAZE_BETA_RANGE) if beta is None else float(beta)
   airlight = _uniform(rng, HAZE_AIRLIGHT_RANGE) if airlight is None else float(airlight)
-  depth = content_depth(image)[..., None]                                 # [H, W, 1]
+  if depth == "random":
+    d = synthetic_depth(image.shape[0], image.shape[1], rng)
+  elif depth == "content":
+    d = content_depth(image)
+  else:
+    raise ValueError(f"synthesize_haze: depth={depth!r}; use 'random' or 'content'.")
+  depth = d[..., None]                                                     # [H, W, 1]
   t = np.exp(-beta * depth)
   hazy = image * t + airlight * (1.0 - t)
   return Haze(hazy=_finish(hazy), transmission=t.astype(np.float32), depth=depth.astype(np.float32),
