@@ -7,8 +7,6 @@ must match (the classifier of a pre-training run is dropped).
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import jax
 import jax.numpy as jnp
 import numpy as np
