@@ -6,7 +6,7 @@ r"""MACL pre-training (JBHI, arXiv 2309.11876): four views per slice, L = L_g + 
   # then fine-tune: configs/macl_finetune.py with --config.method.init_from=<this workdir>
 
 Variants:
-  smoke       tiny U-Net on 64 px phantom slices, 2 steps (seconds on a CPU; the tests run it).
+  smoke       tiny 3-level U-Net on 32 px phantom slices, 2 steps (seconds on a CPU; the tests run it).
   quickstart  width-4 U-Net on synthetic phantom volumes (python -m jaxmilab.macl_quickstart
               runs it, with method.variant=pcl for the PCL-only arm, then fine-tunes).
   paper       the official CHD pre-training (stevezs315/MACL pretrain.sh, train_contrast.py):
@@ -46,10 +46,11 @@ def get_config(variant: str = "smoke"):
   c.optimizer.min_lr_ratio = 0.0   # LR_Scheduler("cos") without min_lr
 
   if variant == "smoke":
-    c.model.width = 2
+    c.model.width, c.model.depth = 2, 3   # a smaller program: compiles in seconds
     c.data.phantom_volumes = 4
     c.data.phantom_slices = 8
-    c.data.patch_size = 64
+    c.data.phantom_size = 32
+    c.data.patch_size = 32
     c.data.eval_slices = 8
     c.data.eval_batch_size = 8
     c.batch_size = 8

@@ -5,7 +5,7 @@ r"""Segmentation fine-tuning after MACL / PCL pre-training (or from scratch), po
       --config.data.root=/data/ACDC/training --config.method.init_from=/tmp/macl_chd
 
 Without method.init_from this is the scratch baseline. Variants:
-  smoke       tiny U-Net, 64 px phantom slices, 2 steps (seconds; the tests run it).
+  smoke       tiny 3-level U-Net, 32 px phantom slices, 2 steps (seconds; the tests run it).
   quickstart  width-4 U-Net, 10% of 20 phantom training volumes (2 volumes), 10 test volumes
               (python -m jaxmilab.macl_quickstart compares scratch / PCL / MACL).
   paper       ACDC 10% (8 of 80 training volumes, fixed list) -> 20 test volumes.
@@ -49,11 +49,12 @@ def get_config(variant: str = "smoke"):
   c.optimizer.schedule = "cosine"
 
   if variant == "smoke":
-    c.model.width = 2
+    c.model.width, c.model.depth = 2, 3   # as configs/macl.py:smoke, so init_from fits
     c.data.phantom_volumes = 4
     c.data.phantom_test_volumes = 1
     c.data.phantom_slices = 8
-    c.data.patch_size = 64
+    c.data.phantom_size = 32
+    c.data.patch_size = 32
     c.data.eval_batch_size = 8
     c.batch_size = 8
     c.total_steps = 2

@@ -163,6 +163,7 @@ def _views(rng, b=4, size=32):
   return out
 
 
+@pytest.mark.slow  # compiles the network's init and loss (tens of seconds on 2 cores)
 def test_macl_branches_parameters_and_gradients():
   method = macl.Method(_config(), DataInfo())  # depth 3, 32 px: H/8 pixel maps
   batch = _views(np.random.default_rng(4))
@@ -200,6 +201,7 @@ def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
+@pytest.mark.slow  # compiles the network's init and loss (tens of seconds on 2 cores)
 def test_pcl_variant_has_encoder_only_and_l_g():
   method = macl.Method(_config("pcl"), DataInfo())
   batch = _views(np.random.default_rng(5))
@@ -233,6 +235,7 @@ def _finetune(num_classes=3, blocks=2):
   return macl_finetune.Method(config, DataInfo(num_classes=num_classes))
 
 
+@pytest.mark.slow  # compiles the network's init and loss (tens of seconds on 2 cores)
 def test_init_from_takes_encoder_and_decoder_blocks_1_2_only():
   pre = macl.Method(_config(), DataInfo())
   batch = _views(np.random.default_rng(6))
