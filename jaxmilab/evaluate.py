@@ -27,15 +27,16 @@ are printed below (DCPT README assets/5d.png = paper Table 1; Tables 16-17 for 1
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
+from jaxmilab import console
 from jaxmilab import restore
 
 # Folder names of the task sets, in the paper's column order, with their column titles.
@@ -82,9 +83,13 @@ def parse_tasks(spec: str) -> tuple[tuple[str, ...], dict[str, dict[str, tuple[f
 
 def evaluate_task(restorer: restore.Restorer, root: str, task: str,
                   max_images: int | None = None, *, denoise_sigma: float = 0.0,
-                  float_metrics: bool = False) -> dict[str, Any]:
+                  float_metrics: bool = False, progress: bool = False,
+                  save_dir: str | None = None) -> dict[str, Any]:
   """Mean PSNR / SSIM of one task folder (+ per-image scores); see the module docstring for
-  denoise_sigma (released on-the-fly denoising inputs) and float_metrics."""
+  denoise_sigma (released on-the-fly denoising inputs) and float_metrics. progress: a tqdm bar
+  over the images; save_dir: also write each restored uint8 image there as <name stem>.png."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import basic_degradations  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
@@ -96,7 +101,9 @@ def evaluate_task(restorer: restore.Restorer, root: str, task: str,
   else:
     names = paired_folders.scan_task(root, task)[:max_images]
   per_image = {}
-  for name in names:
+  if save_dir:
+    os.makedirs(save_dir, exist_ok=True)
+  for name in tqdm(names, desc=task, unit="image", disable=not progress, dynamic_ncols=True):
     gt = images.read_image(os.path.join(root, task, "gt", name))
     if released_denoise:
       lq = basic_degradations.gaussian_noise_released(gt.astype(np.float32) / 255.0, denoise_sigma)
@@ -106,6 +113,9 @@ def evaluate_task(restorer: restore.Restorer, root: str, task: str,
       raise DataError(f"{root}/{task}/lq/{name} is {lq.shape[:2]} but gt is {gt.shape[:2]}: "
                       f"a pair must have the same size.")
     y = restorer(lq)
+    if save_dir:
+      Image.fromarray(restoration.to_uint8(y)).save(
+          os.path.join(save_dir, os.path.splitext(name)[0] + ".png"), format="PNG")
     if float_metrics:
       out, ref, rng = np.clip(np.asarray(y, np.float64), 0.0, 1.0), gt / 255.0, 1.0
     else:
@@ -133,63 +143,88 @@ def format_table(model: str, results: dict[str, dict[str, Any]], tasks: Sequence
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxmilab.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  restore.add_model_flags(parser)
-  parser.add_argument("--data_root", required=True, help="<root>/<task>/{lq,gt}/")
-  parser.add_argument("--tasks", default="5d", help="5d, 10d or a comma list of task folders")
-  parser.add_argument("--output", help="write the table: .json (with per-image scores) or .md")
-  parser.add_argument("--max_images", type=int, default=None, help="first N images per task")
-  parser.add_argument("--denoise_sigma", type=float, default=None,
-                      help="make the denoise inputs from gt as the released test code (float, "
-                           "unclipped, seed 0); default 25 for 5d / 10d, else 0 (read lq files)")
-  parser.add_argument("--float_metrics", action="store_true",
-                      help="PSNR / SSIM on float images (MaskDCPT image_range 1.0)")
-  args = parser.parse_args(argv)
-  if args.denoise_sigma is None:
-    args.denoise_sigma = 25.0 if args.tasks.lower() in ("5d", "10d") else 0.0
-  if not args.model or not args.weights:
-    parser.error("--model and --weights are required.")
-  tasks, paper_sets = parse_tasks(args.tasks)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """evaluate's flags on `flag_values` (defined only when run as a program or by main())."""
+  restore.define_flags(flag_values, io=False)
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("data_root", None, "Test folders: <data_root>/<task>/{lq,gt}/.", **fv)
+  flags.DEFINE_string("tasks", "5d", "5d, 10d or a comma list of task folders.", **fv)
+  flags.DEFINE_string("output", None, "Write the table: .json (with per-image scores) or .md.",
+                      **fv)
+  flags.DEFINE_string("save_images", None, "Also write the restored images (uint8 PNG) to "
+                      "<save_images>/<task>/<name>.png.", **fv)
+  flags.DEFINE_integer("max_images", None, "Only the first N images of each task.", **fv)
+  flags.DEFINE_float("denoise_sigma", None, "Make the denoise inputs from gt as the released "
+                     "test code (float, unclipped, seed 0); default 25 for 5d / 10d, else 0 "
+                     "(read the lq files).", **fv)
+  flags.DEFINE_bool("float_metrics", False, "PSNR / SSIM on float images (MaskDCPT "
+                    "image_range 1.0).", **fv)
+  flags.DEFINE_bool("progress", True, "Show a progress bar over the images of each task.", **fv)
+
+
+def evaluate_main(fv: flags.FlagValues) -> int:
+  """The CLI on parsed flags (module docstring)."""
+  denoise_sigma = fv.denoise_sigma
+  if denoise_sigma is None:
+    denoise_sigma = 25.0 if fv.tasks.lower() in ("5d", "10d") else 0.0
+  for flag in ("model", "weights", "data_root"):
+    if not fv[flag].value:
+      raise ValueError(f"--{flag} is required; see --help.")
+  tasks, paper_sets = parse_tasks(fv.tasks)
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(args.data_root):
-    raise FileNotFoundError(f"--data_root={args.data_root!r} is not a folder; expected "
+  if not os.path.isdir(fv.data_root):
+    raise FileNotFoundError(f"--data_root={fv.data_root!r} is not a folder; expected "
                             f"<data_root>/<task>/lq and gt for tasks {list(tasks)}.")
   for task in tasks:                    # layout errors before loading weights / compiling
-    if args.denoise_sigma and task == "denoise":
-      images.list_images(os.path.join(args.data_root, task, "gt"), what="denoise/gt folder")
+    if denoise_sigma and task == "denoise":
+      images.list_images(os.path.join(fv.data_root, task, "gt"), what="denoise/gt folder")
     else:
-      paired_folders.scan_task(args.data_root, task)
-  restorer = restore.Restorer(args.model, restore.load_params(args.model, args.weights),
-                              tile=args.tile or None, tile_overlap=args.tile_overlap)
+      paired_folders.scan_task(fv.data_root, task)
+  restorer = restore.Restorer(fv.model, restore.load_params(fv.model, fv.weights),
+                              tile=fv.tile or None, tile_overlap=fv.tile_overlap)
   results = {}
   for task in tasks:
     start = time.time()
-    results[task] = evaluate_task(restorer, args.data_root, task, args.max_images,
-                                  denoise_sigma=args.denoise_sigma,
-                                  float_metrics=args.float_metrics)
+    results[task] = evaluate_task(
+        restorer, fv.data_root, task, fv.max_images, denoise_sigma=denoise_sigma,
+        float_metrics=fv.float_metrics, progress=fv.progress,
+        save_dir=os.path.join(fv.save_images, task) if fv.save_images else None)
     r = results[task]
     print(f"{task}: {r['images']} images, PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} "
           f"({time.time() - start:.1f} s)", flush=True)
-  paper = paper_sets.get(args.model)
-  table = format_table(args.model, results, tasks, paper)
+  paper = paper_sets.get(fv.model)
+  table = format_table(fv.model, results, tasks, paper)
   print(table)
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-      if args.output.endswith(".json"):
+  if fv.output:
+    os.makedirs(os.path.dirname(os.path.abspath(fv.output)), exist_ok=True)
+    with open(fv.output, "w", encoding="utf-8") as f:
+      if fv.output.endswith(".json"):
         average = {k: float(np.mean([results[t][k] for t in tasks])) for k in ("psnr", "ssim")}
-        json.dump({"model": args.model, "weights": args.weights, "data_root": args.data_root,
+        json.dump({"model": fv.model, "weights": fv.weights, "data_root": fv.data_root,
                    "tasks": results, "average": average, "paper": paper}, f, indent=1)
       else:
         f.write(table + "\n")
   return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+  """In-process entry (tests): main(["--model=...", ...]) parses `argv` on a fresh flag set."""
+  return evaluate_main(console.parse_flags(define_flags, argv or [], prog="jaxmilab-evaluate"))
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
+  restore.run_cli(lambda: evaluate_main(flags.FLAGS))
+
+
+def run() -> None:
+  """Console-script entry point (jaxmilab-evaluate)."""
+  define_flags()
+  app.run(_app_main)
+
+
 if __name__ == "__main__":
-  try:
-    sys.exit(main())
-  except (ValueError, FileNotFoundError) as e:   # bad input: the message says what to do
-    sys.exit(f"error: {e}")
+  run()

@@ -2,13 +2,14 @@ r"""Restore images with a restoration network and official or jaxmilab weights.
 
   python -m jaxmilab.restore --model=nafnet_dcpt --weights=dcpt_nafnet_5d.pth \
       --input=photo.png --output=restored.png [--tile=512 --tile_overlap=32]
-  python -m jaxmilab.restore --list-models
+  python -m jaxmilab.restore --list_models
 
 --weights: a BasicSR `.pth` (`params_ema`, else `params`, else a bare state dict; read without
 running pickled code and without torch), a `.safetensors` file, or an orbax checkpoint of a
 jaxmilab run (workdir, its checkpoints/ or checkpoints/<step>/; the backbone is used).
 --input / --output: one image and an output file (or an existing folder), or a folder of
-images and an output folder (PNG files named like the inputs). Output = round(clip(y, 0, 1) *
+images and an output folder (PNG files named like the inputs; a progress bar counts them).
+Photos are read upright (EXIF orientation applied). Output = round(clip(y, 0, 1) *
 255), BasicSR's `tensor2img`.
 
 Padding (each checked against MILab-PKU/dcpt options/all_in_one/test/*.yml and
@@ -34,14 +35,17 @@ result differs slightly from the untiled one everywhere, as with BasicSR's `test
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 import time
 from typing import Any, Callable, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
+
+from jaxmilab import console
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,7 @@ MODELS.update({preset: ModelSpec({"name": preset.split("_")[0], "preset": preset
 def get_spec(name: str) -> ModelSpec:
   if name not in MODELS:
     raise ValueError(f"--model={name!r} is not a known model; choose one of {sorted(MODELS)} "
-                     f"(python -m jaxmilab.restore --list-models).")
+                     f"(python -m jaxmilab.restore --list_models).")
   return MODELS[name]
 
 
@@ -240,36 +244,60 @@ def list_models() -> str:
       f"  reflect-pad {s.reflect_pad}" if s.reflect_pad else "") for n, s in MODELS.items())
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--model", help="a name of --list-models")
-  parser.add_argument("--weights", help=".pth / .safetensors file or orbax checkpoint folder")
-  parser.add_argument("--tile", type=int, default=0, help="tile size (0: whole image)")
-  parser.add_argument("--tile_overlap", type=int, default=32, help="tile overlap in pixels")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, io: bool = True) -> None:
+  """restore's flags on `flag_values` (defined only when run as a program or by main(), so
+  importing this module adds none). io=False: only the model flags (shared with evaluate)."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("model", None, "A network name of --list_models.", **fv)
+  flags.DEFINE_string("weights", None, "A .pth / .safetensors file or an orbax checkpoint folder "
+                      "(a jaxmilab workdir, its checkpoints/ or checkpoints/<step>/).", **fv)
+  flags.DEFINE_integer("tile", 0, "Tile size in pixels (0: the whole image at once).", **fv)
+  flags.DEFINE_integer("tile_overlap", 32, "Overlap of neighbouring tiles in pixels.", **fv)
+  if io:
+    flags.DEFINE_string("input", None, "An image or a folder of images.", **fv)
+    flags.DEFINE_string("output", None, "An output image (.png) or folder.", **fv)
+    flags.DEFINE_bool("list_models", False, "Print the known networks and exit.", **fv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxmilab.restore", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_model_flags(parser)
-  parser.add_argument("--input", help="an image or a folder of images")
-  parser.add_argument("--output", help="an output image / folder")
-  parser.add_argument("--list-models", "--list_models", action="store_true", dest="list_models")
-  args = parser.parse_args(argv)
-  if args.list_models:
+def restore_main(fv: flags.FlagValues) -> int:
+  """The CLI on parsed flags: restores every --input image into --output, with a progress bar."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if fv.list_models:
     print(list_models())
     return 0
   for flag in ("model", "weights", "input", "output"):
-    if not getattr(args, flag):
-      parser.error(f"--{flag} is required (or use --list-models).")
-  get_spec(args.model)
-  jobs = plan_io(args.input, args.output)
-  restorer = Restorer(args.model, load_params(args.model, args.weights), tile=args.tile or None,
-                      tile_overlap=args.tile_overlap)
-  for src, dst in jobs:
+    if not fv[flag].value:
+      raise ValueError(f"--{flag} is required (or pass --list_models); see --help.")
+  get_spec(fv.model)
+  jobs = plan_io(fv.input, fv.output)
+  restorer = Restorer(fv.model, load_params(fv.model, fv.weights), tile=fv.tile or None,
+                      tile_overlap=fv.tile_overlap)
+  bar = tqdm(jobs, desc="restore", unit="image", disable=len(jobs) < 2, dynamic_ncols=True)
+  for src, dst in bar:
     start = time.time()
     restore_file(restorer, src, dst)
-    print(f"{src} -> {dst} ({time.time() - start:.1f} s)")
+    tqdm.write(f"{src} -> {dst} ({time.time() - start:.1f} s)")
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """In-process entry (tests, notebooks): main(["--model=...", ...]) parses `argv` on a fresh
+  flag set, so it can be called repeatedly next to other CLIs' flags."""
+  fv = console.parse_flags(define_flags, argv or [], prog="jaxmilab-restore")
+  return restore_main(fv)
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
+  run_cli(lambda: restore_main(flags.FLAGS))
+
+
+def run() -> None:
+  """Console-script entry point (jaxmilab-restore)."""
+  define_flags()
+  app.run(_app_main)
 
 
 def run_cli(main_fn: Callable[[], int]) -> None:
@@ -282,4 +310,4 @@ def run_cli(main_fn: Callable[[], int]) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  run()

@@ -166,7 +166,7 @@ def test_task_sets_and_paper_rows():
 
 def test_list_models_and_dcpt_settings(capsys):
   from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
-  assert restore.main(["--list-models"]) == 0
+  assert restore.main(["--list_models"]) == 0
   printed = capsys.readouterr().out
   for name in ("nafnet_dcpt", "swinir_dcpt", "restormer_dcpt", "promptir_dcpt", "swinir",
                "restormer", "promptir", "nafnet_tiny", "swinir_tiny"):

@@ -132,7 +132,7 @@ def check_params(params: Mapping[str, Any], expected: Mapping[str, Any], *, sour
   lines = [f"Checkpoint {source!r} does not match model {model!r}: {len(missing)} missing, "
            f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). Check that "
            f"--model names the architecture the weights were trained with (e.g. swinir vs "
-           f"swinir_dcpt; `python -m jaxmilab.restore --list-models`)."]
+           f"swinir_dcpt; `python -m jaxmilab.restore --list_models`)."]
   if missing:
     lines.append("  missing (flax path, shape): " + "; ".join(f"{k} {want[k]}" for k in missing))
   if unexpected:
