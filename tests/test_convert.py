@@ -162,7 +162,7 @@ def test_reader_formats_dtypes_and_views(tmp_path, monkeypatch):
 
 
 def test_safetensors_reader_without_torch(tmp_path):
-  """Our parser against the safetensors library's own numpy writer."""
+  """The reader against the safetensors library's own numpy writer (plain, writable copies)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
              "b": np.array([1, -2], np.int64), "c": np.ones((0, 3), np.float16)}
@@ -173,6 +173,37 @@ def test_safetensors_reader_without_torch(tmp_path):
   for k, v in tensors.items():
     assert got[k].dtype == v.dtype
     np.testing.assert_array_equal(got[k], v)
+    assert got[k].flags.writeable and got[k].flags.owndata   # not a view of the memory map
+  os.remove(path)                                              # the map is closed: no file held
+  np.testing.assert_array_equal(got["a"], tensors["a"])
+
+
+@pytest.mark.torch
+def test_safetensors_bfloat16_and_load_state_dict(tmp_path):
+  """BF16 (no numpy dtype) comes back bit-exact as ml_dtypes.bfloat16; wrappers are unwrapped."""
+  torch = pytest.importorskip("torch")
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  w = torch.randn(3, 4).bfloat16()
+  path = str(tmp_path / "bf16.safetensors")
+  save_file({"module.w": w, "module.b": torch.arange(3, dtype=torch.float32)}, path)
+  sd = torch_checkpoint.load_state_dict(path)
+  assert sorted(sd) == ["b", "w"] and sd["w"].dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(sd["w"].view(np.uint16), w.view(torch.int16).numpy().view(np.uint16))
+  np.testing.assert_array_equal(sd["b"], np.arange(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("data", [b"\x01\x00", b"\x05\x00\x00\x00\x00\x00\x00\x00{abc",
+                                  b"\xff" * 8 + b"{}",
+                                  b"\x2c\x00\x00\x00\x00\x00\x00\x00"
+                                  b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'])
+def test_broken_safetensors_raise_checkpoint_error(tmp_path, data):
+  """Truncated, garbled, oversized-header and short-data files: a CheckpointError naming the file."""
+  path = str(tmp_path / "broken.safetensors")
+  with open(path, "wb") as f:
+    f.write(data)
+  with pytest.raises(torch_checkpoint.CheckpointError, match="broken.safetensors"):
+    torch_checkpoint.load_state_dict(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ the pickle is read by an `Unpickler` whose `find_class` knows only a handful of 
 (`collections.OrderedDict`, torch's tensor/parameter rebuild functions, the typed storage
 classes and dtypes, `torch.Size`) and maps each of them to a local numpy function. Anything else
 (e.g. `os.system`, `builtins.eval`) raises `UnsafeCheckpointError` before it is called, naming
-the file and the global. torch is not needed. `.safetensors` is JSON header + raw bytes.
+the file and the global. torch is not needed. `.safetensors` (a JSON header + raw bytes, no code) is read with the
+`safetensors` library, memory-mapped.
 
 Public API:
   read_checkpoint(path) -> the unpickled object (dicts / OrderedDicts / np.ndarray leaves)
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import os
 import pickle
 import struct
@@ -264,35 +264,36 @@ def read_checkpoint(path: str) -> Any:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a `.safetensors` file (8-byte header length, JSON header, raw bytes)."""
+  """All tensors of a `.safetensors` file, read with the `safetensors` library.
+
+  The file is memory-mapped (`safe_open(..., framework="numpy")`); each tensor is copied out of
+  the map once. safetensors holds only a JSON header and raw bytes, so no code can run while
+  reading it. numpy has no bfloat16, so BF16 tensors are read through the library's flax
+  framework (on the host CPU) and come back as ml_dtypes.bfloat16 arrays.
+  """
+  import safetensors  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < 8:
-    raise CheckpointError(f"{path!r} is too short to be a .safetensors file.")
-  (n,) = struct.unpack("<Q", data[:8])
-  if n > len(data) - 8:
-    raise CheckpointError(f"{path!r}: header length {n} exceeds the file (not safetensors?).")
-  try:
-    header = json.loads(data[8:8 + n])
-  except ValueError as e:
-    raise CheckpointError(f"{path!r}: unreadable safetensors header ({e}).") from e
-  body = memoryview(data)[8 + n:]
   out: dict[str, np.ndarray] = {}
-  for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-    if dtype is None:
-      raise CheckpointError(f"{path!r}: tensor {key!r} has unsupported dtype {info.get('dtype')}.")
-    start, end = (int(v) for v in info["data_offsets"])
-    shape = tuple(int(s) for s in info["shape"])
-    dtype = np.dtype(dtype)
-    if not 0 <= start <= end <= len(body) or end - start != int(np.prod(shape)) * dtype.itemsize:
-      raise CheckpointError(f"{path!r}: tensor {key!r} offsets {start}..{end} do not fit shape "
-                            f"{shape} {dtype} (corrupt file).")
-    out[key] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape).copy()
+  wide: list[str] = []
+  try:
+    with safetensors.safe_open(path, framework="numpy") as f:
+      for key in f.keys():
+        dtype = f.get_slice(key).get_dtype()
+        if dtype not in _SAFETENSORS_DTYPES:
+          raise CheckpointError(f"{path!r}: tensor {key!r} has unsupported dtype {dtype}.")
+        if dtype == "BF16":
+          wide.append(key)
+        else:
+          out[key] = np.array(f.get_tensor(key), copy=True)
+    if wide:
+      import jax  # pylint: disable=g-import-not-at-top
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        with safetensors.safe_open(path, framework="flax") as f:
+          for key in wide:
+            out[key] = np.asarray(f.get_tensor(key)).astype(ml_dtypes.bfloat16, copy=True)
+  except safetensors.SafetensorError as e:
+    raise CheckpointError(f"{path!r}: not a readable .safetensors file ({e}).") from e
   return out
 
 
