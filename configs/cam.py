@@ -29,14 +29,14 @@ DATASETS = {"cub": "CUB", "ilsvrc": "ILSVRC", "openimages": "OpenImages"}
 # The protocol's 10x learning-rate group (wsolevaluation main.py `_set_optimizer`: ResNet
 # layer4 + fc; VGG and Inception everything outside the feature extractor).
 CLASSIFIER_GROUP = {"resnet50": r"layer4|\['fc'\]", "vgg16": r"conv6|\['fc'\]", "inceptionv3": r"SPG_"}
-# Weight decay: wsol.md (ResNet 1e-4, VGG / Inception 5e-4).
+# Weight decay: wsolevaluation's settings (ResNet 1e-4, VGG / Inception 5e-4).
 WEIGHT_DECAY = {"resnet50": 1e-4, "vgg16": 5e-4, "inceptionv3": 5e-4}
 # large_feature_map per (arch, dataset): LARGE_FEATURE_MAP, one table shared with the converter
 # (stored beside converted weights, so loading them into the other stride is an error); its
 # sources are cited in jaxmilab/convert/torchvision_wsol.py.
-# Training-set sizes (wsol.md) -> steps per epoch at batch 32.
+# Training-set sizes (wsolevaluation's train splits) -> steps per epoch at batch 32.
 TRAIN_SIZE = {"cub": 5994, "ilsvrc": 1_281_167, "openimages": 29_819}
-# Epochs and lr-decay period: CUB 50 / 15 (wsol.md, BagCAMs run_train.sh); ILSVRC and
+# Epochs and lr-decay period: CUB 50 / 15 (wsolevaluation, BagCAMs run_train.sh); ILSVRC and
 # OpenImages 10 / 3 (wsolevaluation README example for OpenImages; the same schedule for ILSVRC).
 EPOCHS = {"cub": (50, 15), "ilsvrc": (10, 3), "openimages": (10, 3)}
 # Initial learning rates of CAM per (architecture, dataset): (lr, classifier group, source).

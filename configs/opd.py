@@ -12,7 +12,7 @@ Variants:
   quickstart  small U-Net on the embedded photos, AWGN sigma 25, 4 frames; equal steps per
               recipe (a few minutes each on a laptop CPU).
   paper       the official setting (numbers below, from LujiaJin/One-Pot_Multi-Frame_Denoising
-              train.py / dataset.py / add_noise.py and opd.md): the full 5-level U-Net,
+              train.py / dataset.py / add_noise.py and the OPD paper): the full 5-level U-Net,
               m = 8 frames of AWGN sigma 25 per ImageNet-val image, top-left 256px crops,
               batch 64, Adam(amsgrad) lr 0.0072, StepLR(10 epochs, 0.5), 300 epochs; eval on
               BSD300 / KODAK / SET14 (set the folders below).
@@ -24,7 +24,7 @@ import math
 
 from jaxmilab import config_lib
 
-# The paper's data (opd.md; official train.py trains on a random 90% of the 50,000 ImageNet
+# The paper's data (OPD paper; official train.py trains on a random 90% of the 50,000 ImageNet
 # validation images, --trainsize 0.9).
 PAPER_TRAIN_IMAGES = 45_000
 PAPER_BATCH = 64            # train.py --batchsize 64

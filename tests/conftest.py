@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Fake devices only here and in entry points, never inside the library (design.md).
+# Fake devices only here and in entry points, never inside the library (ARCHITECTURE.md).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,6 +1,6 @@
 """OPD (issue 8): recipes against the paper's formulas, noise statistics, U-Net, data, smoke runs.
 
-References: opd.md (L_E, L_A, random coupling; N2N as its special case), the official
+References: the OPD paper (L_E, L_A, random coupling; N2N as its special case), the official
 add_noise.py noise definitions, and a PyTorch transcription of the official U-Net
 (utils/network/unet_dc.py + unet_layers.py) written here.
 """
@@ -87,7 +87,7 @@ def test_recipe_is_selected_one_way_and_bad_settings_are_refused():
 
 
 def test_opd_rc_with_fixed_pairing_equals_n2n():
-  """N2N is OPD-RC with i=1, j=2 (opd.md): same loss and gradients on the same batch."""
+  """N2N is OPD-RC with i=1, j=2 (the OPD paper): same loss and gradients on the same batch."""
   batch = _batch()
   n2n = _method("n2n")
   config = ml_collections.ConfigDict({"method": {"name": "opd", "recipe": "opd_rc"},
@@ -124,7 +124,7 @@ def test_random_coupling_is_uniform_and_may_repeat():
 
 
 def _numpy_alienation(f, x, lam):
-  """opd.md with double loops: per-sample (L_E, L_A); ||.||^2 = pixel mean."""
+  """The OPD paper's L_E, L_A with double loops: per-sample (L_E, L_A); ||.||^2 = pixel mean."""
   b, m = f.shape[:2]
   totals = []
   for s in range(b):

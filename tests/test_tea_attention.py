@@ -65,7 +65,7 @@ def _brute_force(q, k, v, window, top_k, pool):
 
 
 def _window_mask(height, width, window):
-  """[HW, HW] bool: key inside the query's clamped window, from the formula in teaformer.md."""
+  """[HW, HW] bool: key inside the query's clamped window (jaxmilab/kernels/tea.py docstring)."""
   start = lambda i, n: min(max(i - window // 2, 0), n - window)
   mask = np.zeros((height * width, height * width), bool)
   for i in range(height):

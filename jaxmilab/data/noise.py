@@ -23,7 +23,7 @@ stores uint8 PNGs). The models follow the official add_noise.py
                        0, then Poisson, then multiplicative Bernoulli.
 
 Defaults: AWGN sigma 25, Poisson lambda 30 and Bernoulli p 0.5 are the paper's settings
-(opd.md); the impulse ratio, text coverage and the mixed triple are not given there and are
+(OPD paper); the impulse ratio, text coverage and the mixed triple are not given there and are
 our choice. `PIXELWISE` names the models whose values are independent per pixel (the dataset
 may synthesize them tile by tile).
 """

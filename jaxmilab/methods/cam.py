@@ -28,6 +28,7 @@ from jaxmilab import registry
 from jaxmilab.convert import torchvision_wsol
 from jaxmilab.evaluation import wsol as wsol_metrics
 from jaxmilab.methods import base
+from jaxmilab.models import common as model_common
 from jaxmilab.models import wsol_backbones
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # wsolevaluation data_loaders.py
@@ -126,12 +127,9 @@ def load_matching(variables, loaded):
 def apply_backbone(model, params, model_state, x, *, train: bool, rng=None, **kwargs):
   """model.apply on preprocessed x; in training BatchNorm statistics update and dropout draws
   from `rng`. Returns (outputs, model_state) (the new state in training, else the given one)."""
-  variables = {"params": params, **model_state}
-  rngs = {"dropout": rng} if train and rng is not None else {}
-  if train and model_state:
-    out, new_state = model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state), **kwargs)
-    return out, dict(new_state)
-  return model.apply(variables, x, train=train, rngs=rngs, **kwargs), model_state
+  rngs = {"dropout": rng} if train and rng is not None else None
+  return model_common.apply_with_state(model, params, model_state, x, train=train, rngs=rngs,
+                                       **kwargs)
 
 
 def wsol_summary(outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred",

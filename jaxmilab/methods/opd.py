@@ -56,6 +56,7 @@ from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import restoration as restoration_metrics
 from jaxmilab.methods import base
 from jaxmilab.methods import common
+from jaxmilab.models import common as model_common
 
 RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
 LOSSES = ("auto", "mse", "l1", "masked_mse")
@@ -163,9 +164,7 @@ class Method(base.Method):
     return dict(self.net.init({"params": rng}, batch["noisy"][:, 0], train=False))
 
   def _apply_train(self, params, model_state, x):
-    out, updates = self.net.apply({"params": params, **model_state}, x, train=True,
-                                  mutable=list(model_state.keys()))
-    return out, dict(updates)
+    return model_common.apply_with_state(self.net, params, model_state, x, train=True)
 
   def draw_pairs(self, rng: jax.Array, batch_size: int, m: int) -> tuple[jax.Array, jax.Array]:
     """Random coupling: source i and target j per sample, uniform in 0..m-1 ([B] each)."""

@@ -1,1 +1,3 @@
-"""flax.linen backbones. `jaxmilab/models/<name>.py` exposes `create(config) -> nn.Module`."""
+"""flax.linen networks. A model module (listed in jaxmilab.registry.MODELS) exposes
+`create(config.model) -> nn.Module`; layers.py, common.py (config -> module) and ushaped.py
+(Restormer's U-shaped body) are the shared pieces no model imports from a sibling model."""

@@ -1,6 +1,6 @@
 """SparK-style patch masking for any backbone: one `nn.intercept_methods` hook, no model copies.
 
-MaskDCPT (arXiv 2510.13282; restoration.md) feeds the encoder a degraded image with half of its
+MaskDCPT (arXiv 2510.13282, MILab-PKU/MaskDCPT) feeds the encoder a degraded image with half of its
 p x p patches hidden (p = 16 for NAFNet, the window for the transformers) and keeps the hidden
 patches hidden inside the network, like SparK's sparse convolutions (Tian et al., ICLR 2023).
 The official MaskDCPT archs (MILab-PKU/MaskDCPT `basicsr/archs/mask_*_arch.py`) re-implement
@@ -10,7 +10,7 @@ each backbone with mask arguments; here one interceptor does it for every backbo
   multiplied by the mask and has its output multiplied by the mask, so a 3x3 (depthwise) conv
   never reads a hidden position, a bias never makes a hidden position non-zero, and hidden
   positions are exactly zero at every layer ("sparse" semantics: hidden = empty);
-* every per-position LayerNorm (`layers.LayerNorm2d`, `restormer.ChannelLayerNorm`,
+* every per-position LayerNorm (`layers.LayerNorm2d`, `layers.ChannelLayerNorm`,
   `nn.LayerNorm`) becomes the masked LayerNorm: normalised at visible positions, zero at hidden
   ones (= SparK/MaskDCPT `MaskLayerNorm2d`: LN of the visible vectors scattered into zeros).
 
@@ -226,7 +226,7 @@ class ReconstructionHead(nn.Module):
   "densify"), a conv 1x1 projects to `width`, the coarser result is upsampled (nearest) and
   added, then conv 3x3 + GELU; a last conv 3x3 gives the image residual. Coarse levels let it
   fill 16-pixel holes (a p-patch is p / 2^k pixels at stride 2^k); the official decoder is not
-  released, this is our reading of "reconstruction head" (restoration.md).
+  released, this is our reading of the paper's "reconstruction head" (ASSUMPTION).
   """
   out_channels: int = 3
   width: int | None = None        # default: the finest map's channels

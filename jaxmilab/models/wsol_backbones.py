@@ -1,7 +1,7 @@
 """WSOL backbones of clovaai/wsolevaluation (VGG16-CAM, ResNet50-CAM, InceptionV3-CAM) in flax.
 
 Each network is `features -> global average pooling -> linear classifier`, so the CAM of
-class k is `sum_c W[c, k] F_c` (wsol.md; no bias, no ReLU). Modifications of the protocol:
+class k is `sum_c W[c, k] F_c` (wsolevaluation; no bias, no ReLU). Modifications of the protocol:
 
 * VGG16 (wsol/vgg.py `VggCam`): pool5 removed (pool4 too with `large_feature_map`),
   conv6 3x3 512->1024 + ReLU, GAP, fc.
@@ -404,7 +404,7 @@ def bcam_attention_input(arch: str, out: dict[str, jax.Array]) -> jax.Array | No
 # ------------------------------------------------------------------------------------ factory
 
 ARCHS = {"resnet50": ResNetCam, "vgg16": VggCam, "inceptionv3": InceptionCam}
-# Parameter-path regexes of the protocol's 10x learning-rate group (wsol.md; wsolevaluation
+# Parameter-path regexes of the protocol's 10x learning-rate group (wsolevaluation
 # main.py `_FEATURE_PARAM_LAYER_PATTERNS` is the complement: ResNet layer4 + fc, VGG everything
 # outside `features`, Inception the SPG head).
 CLASSIFIER_GROUP = {"resnet50": r"layer4|\['fc'\]", "vgg16": r"conv6|\['fc'\]", "inceptionv3": r"SPG_"}
