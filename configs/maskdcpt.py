@@ -71,7 +71,7 @@ def get_config(variant: str = "smoke"):
     c.method.float_metrics = True
     c.data = c.data.__class__(dict(
         name="array_records",
-        # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --out=...` for the
+        # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --output=...` for the
         # synthetic part, `--paired_dir` builds for real pairs (a list of folders is accepted).
         path="/path/to/uir2p5m_build",
         eval_path="",               # a separate build of held-out images; "" = hold out records

@@ -27,6 +27,8 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from jaxmilab import console
+
 # Topology names (Cloud TPU slice names count TensorCores for v4 / v5p, chips otherwise).
 TOPOLOGIES = {
     "v5e-64": dict(topology_name="v5e:8x8"),
@@ -138,6 +140,7 @@ def compile_config(config, topology: str, fast: bool = False) -> dict[str, Any]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()   # libraries' INFO logs only with --verbosity=1
   if FLAGS.topology.startswith("cpu:"):
     n = int(FLAGS.topology.split(":", 1)[1])
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -168,6 +171,11 @@ def _parse_flags(argv):
   return FLAGS(rest)
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point (jaxmilab-compile)."""
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -24,6 +24,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from jaxmilab import console
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/macl_quickstart", "Folder for all runs.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the pre-training and fine-tuning runs; one "
@@ -107,6 +109,7 @@ def format_table(results: dict[str, list[dict[str, float]]]) -> str:
 
 def main(argv):
   del argv
+  console.setup()   # libraries' INFO logs only with --verbosity=1
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir",
                     FLAGS.compilation_cache or os.path.join(FLAGS.workdir, "xla_cache"))
@@ -126,5 +129,10 @@ def main(argv):
     f.write(table + "\n")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point (jaxmilab-macl-quickstart)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

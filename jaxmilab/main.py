@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from jaxmilab import config_lib
+from jaxmilab import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -98,6 +99,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  console.setup()   # libraries' INFO logs only with --verbosity=1
   config = load_config()  # Before JAX starts: a wrong key costs no device set-up.
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.distributed:

@@ -20,6 +20,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxmilab import console
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/opd_quickstart", "Folder for the four runs.")
 flags.DEFINE_string("variant", "quickstart", "Config variant of every run (smoke for a dry run).")
@@ -80,6 +82,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv):
   del argv
+  console.setup()   # libraries' INFO logs only with --verbosity=1
   start = time.time()
   results = run_methods(FLAGS.workdir, tuple(FLAGS.methods), FLAGS.variant, FLAGS.steps)
   table = format_table(results)
@@ -91,5 +94,10 @@ def main(argv):
     f.write(table + "\n")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point (jaxmilab-opd-quickstart)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

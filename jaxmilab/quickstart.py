@@ -24,6 +24,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from jaxmilab import console
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/jaxmilab_quickstart", "Folder for the runs.")
 flags.DEFINE_list("pretrain", ["dcpt"], "Pre-training methods to compare with scratch: dcpt, "
@@ -145,6 +147,7 @@ def format_pretrain_table(per_seed: Sequence[dict[str, dict[str, float]]], p: st
 
 def main(argv):
   del argv
+  console.setup()   # libraries' INFO logs only with --verbosity=1
   if FLAGS.compilation_cache:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
@@ -172,5 +175,10 @@ def main(argv):
     f.write(table + "\n")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point (jaxmilab-quickstart)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

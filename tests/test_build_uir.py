@@ -129,7 +129,7 @@ def _cli(*args, env=None):
 
 
 def test_cli_unknown_type_message(tmp_path, built):
-  result = _cli(f"--clean_dir={built[1]}", f"--out={tmp_path / 'o'}", "--types=jpeg,fog")
+  result = _cli(f"--clean_dir={built[1]}", f"--output={tmp_path / 'o'}", "--types=jpeg,fog")
   assert result.returncode != 0
   assert "build_uir: error:" in result.stderr and "'fog'" in result.stderr
   assert "Traceback" not in result.stderr
@@ -138,7 +138,7 @@ def test_cli_unknown_type_message(tmp_path, built):
 def test_killed_build_resumes_without_duplicates(tmp_path, built):
   clean = built[1]
   out = tmp_path / "out"
-  args = (f"--clean_dir={clean}", f"--out={out}", "--types=jpeg,haze", "--patch_size=16",
+  args = (f"--clean_dir={clean}", f"--output={out}", "--types=jpeg,haze", "--patch_size=16",
           "--patches_per_image=2", "--levels_per_type=1", "--shard_size=4", "--seed=5")
   # 6 crops x 2 records, 2 crops a shard -> 3 shards. Kill the build inside shard 1.
   crashed = _cli(*args, "--workers=0", env={build_uir.CRASH_ENV: "1:3"})
@@ -321,7 +321,7 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
   src = tmp_path / "src"
   data_pipeline.write_sources(str(src), 400, 48)
   out = tmp_path / "out"
-  args = [sys.executable, "-m", "jaxmilab.data.build_uir", f"--clean_dir={src}", f"--out={out}",
+  args = [sys.executable, "-m", "jaxmilab.data.build_uir", f"--clean_dir={src}", f"--output={out}",
           "--types=jpeg,noise", "--patch_size=48", "--patches_per_image=1", "--shard_size=4",
           "--workers=2", "--noprogress"]
   proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 r"""CDSP ablation at CPU scale: scribble-only -> + pseudo-label CE -> + distance entropy -> + LoRM.
 
-  python -m jaxmilab.benchmarks.cdsp_ablation --out=/tmp/cdsp_ablation.json
+  python -m jaxmilab.benchmarks.cdsp_ablation --output=/tmp/cdsp_ablation.json
   python -m jaxmilab.benchmarks.cdsp_ablation --steps=20 --seeds=0 --quick   # seconds-scale check
 
 Each row trains the `configs/cdsp.py:quickstart` network on the synthetic scribble set
@@ -22,17 +22,19 @@ mIoU against its synthetic masks is printed as a reference for their quality.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxmilab import config_lib
+from jaxmilab import console
 from jaxmilab import optimizers
 from jaxmilab import registry
 
@@ -102,14 +104,19 @@ def pseudo_label_miou(config, n: int = 256) -> float:
   return ev.compute()["mIoU"]
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--quick", action="store_true", help="smoke network and data (a test of the script)")
-  parser.add_argument("--out", default="")
-  args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",")]
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 300, "Training steps per row and seed.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+flags.DEFINE_bool("quick", False, "Smoke network and data (a test of the script).")
+flags.DEFINE_string("output", "", "JSON file for the per-row numbers.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()   # libraries' INFO logs only with --verbosity=1
+  args = FLAGS
+  seeds = [int(s) for s in args.seeds]
   table = []
   t0 = time.perf_counter()
   for name, overrides in ROWS:
@@ -123,12 +130,17 @@ def main(argv=None) -> None:
           f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  [{time.perf_counter() - t0:.0f} s]", flush=True)
   reference = pseudo_label_miou(_config(args.steps, {}, args.quick))
   print(f"pseudo-labels vs masks (train set, reference): mIoU {reference:.2f}")
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
+  if args.output:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
       json.dump(dict(steps=args.steps, seeds=seeds, rows=table, pseudo_label_miou=reference,
                      seconds=time.perf_counter() - t0), f, indent=2)
 
 
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.cdsp_ablation)."""
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

@@ -2,7 +2,7 @@ r"""Input-pipeline throughput: crops/s per CPU core against what the train step 
 
   python -m jaxmilab.benchmarks.data_pipeline [--patch_size=128] [--batch_size=8] \
       [--config=configs/dcpt.py:quickstart] [--types=uir19_syn] [--seconds=1] [--steps=20] \
-      [--time_step=false] [--build_images=0] [--json_out=F]
+      [--time_step=false] [--build_images=0] [--output=F]
 
 Per degradation type: one thread degrades random `patch_size` crops of a real photo
 (skimage astronaut) at random levels: crops/s = the per-core rate. "mixture": the whole
@@ -48,7 +48,7 @@ from jaxmilab.data import degradations  # noqa: E402
 from jaxmilab.data import embedded  # noqa: E402
 from jaxmilab.data import images  # noqa: E402
 
-# Shares --config, --steps, --batch_size (0: the config's) and --json_out with train_step.
+# Shares --config, --steps, --batch_size (0: the config's) and --output with train_step.
 from jaxmilab.benchmarks import train_step as train_step_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -150,7 +150,7 @@ def time_build(n_images: int, out_root: str, workers: int = 2) -> dict[str, floa
            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
   t0 = time.perf_counter()
   result = subprocess.run(
-      [sys.executable, "-c", probe, f"--clean_dir={src}", f"--out={out}", "--types=jpeg,noise",
+      [sys.executable, "-c", probe, f"--clean_dir={src}", f"--output={out}", "--types=jpeg,noise",
        "--patches_per_image=1", "--patch_size=64", "--levels_per_type=1", "--shard_size=256",
        f"--workers={workers}", "--noprogress"], capture_output=True, text=True, check=False)
   seconds = time.perf_counter() - t0
@@ -200,8 +200,8 @@ def main(argv):
     print(f"build_uir: {b['images']} images -> {b['records']} records in {b['seconds']:.1f} s = "
           f"{b['images_per_s']:.1f} images/s, {b['records_per_s']:.1f} records/s; peak RSS of "
           f"its largest process {b['peak_rss_mib']:.0f} MiB")
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+  if FLAGS.output:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
 
 

@@ -1,7 +1,7 @@
 r"""OPD in the small-data regime it is built for: N2C, N2N, OPD-RC, OPD-AL (both signs).
 
   python -m jaxmilab.benchmarks.opd_effects --frames=2,4,8 --seeds=0,1,2 --steps=600 \
-      --out=/tmp/opd_effects.json
+      --output=/tmp/opd_effects.json
 
 A fixed set of `--scenes` clean 64 px scenes (crops of the six training photos shipped with
 scikit-image), each with m fixed noisy frames (AWGN sigma 25, `data.fixed_noise`), so the
@@ -31,7 +31,7 @@ flags.DEFINE_list("recipes", ["n2c", "n2n", "opd_rc", "opd_al", "opd_al_minus"],
 flags.DEFINE_integer("scenes", 16, "Number of fixed clean scenes.")
 flags.DEFINE_integer("steps", 600, "Training steps per run.")
 flags.DEFINE_integer("eval_every", 100, "Eval period (steps).")
-flags.DEFINE_string("out", "", "JSON file for the per-run numbers and the summary table.")
+flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the summary table.")
 FLAGS = flags.FLAGS
 
 RECIPES = {"n2c": {"method.recipe": "n2c"}, "n2n": {"method.recipe": "n2n"},
@@ -97,8 +97,8 @@ def main(argv):
     for seed in (int(s) for s in FLAGS.seeds):
       for recipe in FLAGS.recipes:
         rows.append(run_one(root, m, recipe, seed, FLAGS.steps, FLAGS.eval_every))
-        if FLAGS.out:  # partial results survive a time limit
-          with open(FLAGS.out, "w", encoding="utf-8") as f:
+        if FLAGS.output:  # partial results survive a time limit
+          with open(FLAGS.output, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "table": summarize(rows)}, f, indent=1)
   print(summarize(rows))
 

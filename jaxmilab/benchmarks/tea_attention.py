@@ -2,7 +2,7 @@ r"""TEA attention: fused Pallas kernel vs the XLA reference vs dense attention.
 
   # Accelerator run (GPU/TPU), one command, JSON out (64/128/256 tokens, window 7/15,
   # bf16 + f32, fwd and fwd+bwd, dense attention's cost per attended key alongside):
-  python -m jaxmilab.benchmarks.tea_attention --device_run --json_out=/tmp/tea_bench.json
+  python -m jaxmilab.benchmarks.tea_attention --device_run --output=/tmp/tea_bench.json
   # TPU compiler figures without a TPU (needs libtpu: pip install -e '.[tpu]'):
   python -m jaxmilab.benchmarks.tea_attention --tpu_aot [--topology=v5e:1x1]
   # Analytic HBM-traffic / FLOP model with predicted H100 and v5e times:
@@ -54,7 +54,7 @@ flags.DEFINE_bool("device_run", False, "The accelerator preset: sizes 64,128,256
                   "top_k 16, pool 8, dtypes bfloat16,float32, all three implementations.")
 flags.DEFINE_float("max_dense_gib", 16.0, "Skip dense attention when its [B, h, N, N] f32 "
                    "scores would exceed this many GiB.")
-flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
+flags.DEFINE_string("output", "", "Also write the results as JSON here.")
 flags.DEFINE_bool("tpu_aot", False, "Compile reference and Pallas (fwd, fwd+bwd) for a TPU "
                   "topology on this machine and print compiler memory / cost side by side.")
 flags.DEFINE_string("topology", "v5e:1x1", "TPU topology for --tpu_aot.")
@@ -418,10 +418,10 @@ def main(argv):
   if not (FLAGS.tpu_aot or FLAGS.model):
     result["timings"] = run()
     result["device"] = jax.devices()[0].device_kind
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
       json.dump(result, f, indent=1, default=str)
-    print(f"wrote {FLAGS.json_out}")
+    print(f"wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>")
 flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 flags.DEFINE_integer("batch_size", 0, "Override the global batch size (0 = the config's).")
-flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
+flags.DEFINE_string("output", "", "Also write the results as JSON here.")
 
 
 def _time(fn, steps: int) -> float:
@@ -127,8 +127,8 @@ def main(argv):
     t = results["torch_l1"]
     print(f"| PyTorch L1 ({t['threads']} threads) | {t['images_per_s']:.2f} | | | |")
     print(f"JAX / PyTorch images/s (L1 step): {results['jax_l1']['images_per_s'] / t['images_per_s']:.2f}x")
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+  if FLAGS.output:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
 
 

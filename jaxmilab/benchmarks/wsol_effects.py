@@ -1,9 +1,9 @@
 r"""Experiments that can show the WSOL papers' effects, on synthetic sets built for them.
 
   python -m jaxmilab.benchmarks.wsol_effects --experiment=bagcams --seeds=0,1,2 --steps=300 \
-      --out=/tmp/wsol_bagcams.json
+      --output=/tmp/wsol_bagcams.json
   python -m jaxmilab.benchmarks.wsol_effects --experiment=bcam --seeds=0,1,2 --steps=300 \
-      --out=/tmp/wsol_bcam.json
+      --output=/tmp/wsol_bcam.json
 
 * bagcams: CAM vs BagCAMs of the same network (the `bagcams` method trains as `cam` and
   evaluates both maps) on the part-discriminative set (`data.layout="part"`: a class-agnostic
@@ -37,7 +37,7 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
 flags.DEFINE_integer("num_eval", 512, "Eval images (fixed set).")
 flags.DEFINE_list("layouts", ["part", "shapes"], "bagcams: synthetic layouts (part = the effect, shapes = control).")
-flags.DEFINE_string("out", "", "JSON file for the per-run numbers and the summary table.")
+flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the summary table.")
 FLAGS = flags.FLAGS
 
 
@@ -63,9 +63,9 @@ def _last_eval(workdir: str) -> dict:
 
 
 def _save_partial(rows: list[dict]) -> None:
-  """Writes the rows so far to --out (results survive a time limit)."""
-  if FLAGS.out:
-    with open(FLAGS.out + ".partial", "w", encoding="utf-8") as f:
+  """Writes the rows so far to --output (results survive a time limit)."""
+  if FLAGS.output:
+    with open(FLAGS.output + ".partial", "w", encoding="utf-8") as f:
       json.dump({"experiment": FLAGS.experiment, "rows": rows}, f, indent=1)
 
 
@@ -149,9 +149,9 @@ def main(argv):
     rows = run_bcam(seeds, FLAGS.steps, FLAGS.num_eval)
     table = summarize(rows, ("PxAP", "context", "object", "iou@0.5", "accuracy"))
   print(table)
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "w", encoding="utf-8") as f:
+  if FLAGS.output:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump({"experiment": FLAGS.experiment, "steps": FLAGS.steps, "num_eval": FLAGS.num_eval,
                  "rows": rows, "table": table}, f, indent=1)
 

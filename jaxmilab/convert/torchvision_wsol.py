@@ -17,18 +17,20 @@ conv classifier weights [K, C(, 1, 1)] -> Dense kernels [C, K]. B-CAM weights go
 params/backbone and params/bcam_head (the `bcam` method's layout).
 
   python -m jaxmilab.convert.torchvision_wsol --arch=resnet50 --checkpoint=resnet50-19c8e357.pth \
-      --num_classes=200 --out=/runs/resnet50_imagenet
+      --num_classes=200 --output=/runs/resnet50_imagenet
   python -m jaxmilab.main --config=configs/cam.py:resnet50_cub --config.method.init_from=/runs/resnet50_imagenet
 
-`--out` is an orbax folder that `config.method.init_from` accepts (parameters whose shape
+`--output` is an orbax folder that `config.method.init_from` accepts (parameters whose shape
 does not fit, e.g. a 1000-class fc, keep their fresh initialisation).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,28 +214,59 @@ def check_model_info(init_from: str, arch: str, large_feature_map: bool) -> None
                      f"--config.model.large_feature_map={info.get('large_feature_map')} or convert again.")
 
 
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--arch", required=True, choices=sorted(wsol_backbones.ARCHS))
-  parser.add_argument("--checkpoint", required=True, help="local .pth / .pth.tar / .safetensors file")
-  parser.add_argument("--num_classes", type=int, required=True)
-  parser.add_argument("--large_feature_map", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                      help="28x28 maps; default as configs/cam.py for --dataset")
-  parser.add_argument("--dataset", default="cub", choices=("cub", "ilsvrc", "openimages"))
-  parser.add_argument("--bcam", action="store_true", help="a B-CAM checkpoint (bcam method layout)")
-  parser.add_argument("--num_heads", type=int, default=100)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  large = args.large_feature_map
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The converter's flags (defined only when run as a program or by main())."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_enum("arch", None, sorted(wsol_backbones.ARCHS), "Backbone architecture.", **fv)
+  flags.DEFINE_string("checkpoint", None, "A local .pth / .pth.tar / .safetensors file.", **fv)
+  flags.DEFINE_integer("num_classes", None, "Classes of the target config.", **fv)
+  flags.DEFINE_bool("large_feature_map", None, "28x28 maps; default as configs/cam.py for "
+                    "--dataset (LARGE_FEATURE_MAP).", **fv)
+  flags.DEFINE_enum("dataset", "cub", ["cub", "ilsvrc", "openimages"], "Target dataset.", **fv)
+  flags.DEFINE_bool("bcam", False, "A B-CAM checkpoint (bcam method layout).", **fv)
+  flags.DEFINE_integer("num_heads", 100, "B-CAM heads.", **fv)
+  flags.DEFINE_string("output", None, "Orbax folder to write (for config.method.init_from).",
+                      **fv)
+
+
+def convert_main(fv: flags.FlagValues) -> int:
+  """The CLI on parsed flags: converts --checkpoint and writes --output."""
+  for flag in ("arch", "checkpoint", "num_classes", "output"):
+    if fv[flag].value is None:
+      raise ValueError(f"--{flag} is required; see --help.")
+  large = fv.large_feature_map
   if large is None:
-    large = LARGE_FEATURE_MAP[(args.arch, args.dataset)]
-  variables, skipped = convert(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
-                               large_feature_map=large, bcam=args.bcam, num_heads=args.num_heads)
-  out = write_init_checkpoint(variables, args.out, {"arch": args.arch, "large_feature_map": bool(large),
-                                                    "num_classes": args.num_classes})
+    large = LARGE_FEATURE_MAP[(fv.arch, fv.dataset)]
+  variables, skipped = convert(fv.checkpoint, arch=fv.arch, num_classes=fv.num_classes,
+                               large_feature_map=large, bcam=fv.bcam, num_heads=fv.num_heads)
+  out = write_init_checkpoint(variables, fv.output, {"arch": fv.arch,
+                                                     "large_feature_map": bool(large),
+                                                     "num_classes": fv.num_classes})
   print(f"Wrote {out} (init_from). Kept fresh (shape mismatch): {skipped or 'none'}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """In-process entry: main(["--arch=...", ...]) parses `argv` on a fresh flag set."""
+  from jaxmilab import console  # pylint: disable=g-import-not-at-top
+  return convert_main(console.parse_flags(define_flags, argv or [],
+                                          prog="jaxmilab-convert-wsol"))
+
+
+def _app_main(argv: Sequence[str]) -> None:
+  from jaxmilab import console  # pylint: disable=g-import-not-at-top
+  from jaxmilab import restore  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
+  restore.run_cli(lambda: convert_main(flags.FLAGS))
+
+
+def run() -> None:
+  """Console-script entry point (jaxmilab-convert-wsol)."""
+  define_flags()
+  app.run(_app_main)
 
 
 if __name__ == "__main__":
-  main()
+  run()

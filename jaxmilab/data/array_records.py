@@ -57,7 +57,7 @@ def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
   if not os.path.isfile(path):
     hint = ("the build is unfinished: re-run the same build_uir command to complete it"
             if os.path.isfile(os.path.join(folder, "build_args.json")) else
-            "build it with python -m jaxmilab.data.build_uir --clean_dir=... --out=" + folder)
+            "build it with python -m jaxmilab.data.build_uir --clean_dir=... --output=" + folder)
     raise DataError(f"{key}={folder!r} has no manifest.json: {hint}.")
   with open(path, encoding="utf-8") as f:
     manifest = json.load(f)

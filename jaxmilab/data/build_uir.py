@@ -1,11 +1,11 @@
 r"""UIR-2.5M as ArrayRecord shards: rebuilds of its synthetic part, and the released pairs packed.
 
-  python -m jaxmilab.data.build_uir --clean_dir=/data/LSDIR/HR --out=/data/uir_syn \
+  python -m jaxmilab.data.build_uir --clean_dir=/data/LSDIR/HR --output=/data/uir_syn \
       [--types=uir19_syn] [--levels=noise:gaussian_noise/25,poisson_noise/16 --levels=jpeg:10,20] \
       [--levels_per_type=1] [--patches_per_image=4] [--patch_size=256] [--workers=8] \
       [--shard_size=1024] [--seed=0]
-  python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --out=/data/uir2p5m_build
-  python -m jaxmilab.data.build_uir --paired_dir=/data/real_pairs --out=/data/real_build
+  python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --output=/data/uir2p5m_build
+  python -m jaxmilab.data.build_uir --paired_dir=/data/real_pairs --output=/data/real_build
 
 This is the one record format of UIR-2.5M in this repository: the released dataset (layout in
 `jaxmilab/data/uir2p5m.py`), other real paired sets and synthetic rebuilds all become
@@ -405,7 +405,7 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
       previous = json.load(f)
     if previous.get("identity") != json.loads(json.dumps(identity)):
       raise ValueError(f"{out!r} holds a build with different arguments or inputs ({args_path}). "
-                       f"Re-run with the same arguments to resume, or use a new --out folder.")
+                       f"Re-run with the same arguments to resume, or use a new --output folder.")
   else:
     _write_json(args_path, {"identity": identity, "args": args})
   for entry in os.listdir(out):  # leftovers of killed workers
@@ -494,7 +494,7 @@ def define_flags() -> None:
   flags.DEFINE_string("paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}.")
   flags.DEFINE_string("released_dir", "", "Instead of --clean_dir: pack the released UIR-2.5M "
                       "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir2p5m.py).")
-  flags.DEFINE_string("out", "", "Output folder (created; re-run the same command to resume).")
+  flags.DEFINE_string("output", "", "Output folder (created; re-run the same command to resume).")
   flags.DEFINE_list("types", ["uir19_syn"], "Task-set names and/or degradation names.")
   flags.DEFINE_multi_string("levels", [], "TYPE:KEY[,KEY...] restricts a type to these levels.")
   flags.DEFINE_integer("levels_per_type", 1, "Levels drawn per crop and type (0: every level).")
@@ -506,15 +506,15 @@ def define_flags() -> None:
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 
 
-_ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "out", "types", "levels", "levels_per_type",
+_ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "output", "types", "levels", "levels_per_type",
               "patches_per_image", "patch_size", "workers", "shard_size", "seed")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS.out:
-    sys.exit("build_uir: error: --out is not set: give the output folder.")
+  if not FLAGS.output:
+    sys.exit("build_uir: error: --output is not set: give the output folder.")
   args = {k: FLAGS[k].value for k in _ARG_NAMES}
   try:
     plan = make_plan(FLAGS.clean_dir, types=FLAGS.types, levels=FLAGS.levels,
@@ -522,16 +522,21 @@ def main(argv: Sequence[str]) -> None:
                      levels_per_type=FLAGS.levels_per_type, shard_size=FLAGS.shard_size,
                      seed=FLAGS.seed, paired_dir=FLAGS.paired_dir,
                      released_dir=FLAGS.released_dir)
-    manifest = build(plan, FLAGS.out, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
+    manifest = build(plan, FLAGS.output, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
   except (DataError, ValueError) as e:
     sys.exit(f"build_uir: error: {e}")
   except concurrent.futures.process.BrokenProcessPool:
     sys.exit("build_uir: error: a worker process died (killed, or out of memory). Finished "
              "shards are kept: re-run the same command to resume.")
   print(f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
-        f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.out), 'manifest.json')}")
+        f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}")
+
+
+def run():
+  """Console-script entry point (jaxmilab-build-uir)."""
+  define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

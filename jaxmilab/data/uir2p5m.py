@@ -5,7 +5,7 @@ One record format serves the released dataset and our rebuilds of its synthetic 
 (documented there). The released set is packed once, without decoding or re-encoding an image
 (each record holds the two image files' own bytes), by worker processes, resumably:
 
-    python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --out=/data/uir2p5m_build \
+    python -m jaxmilab.data.build_uir --released_dir=/data/UIR-2.5M --output=/data/uir2p5m_build \
         --workers=32
 
 and `config.data.name = "uir2p5m"` trains on one or more such folders (`config.data.path`;

@@ -1,0 +1,165 @@
+"""One command-line surface: every CLI uses absl flags, snake_case names and the same words for
+the same things; every console script in pyproject.toml resolves to a `run()`; the console is
+quiet by default (library INFO logs only with --verbosity >= 1)."""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from jaxmilab import console
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every command line of the package (module run with `python -m`).
+CLI_MODULES = (
+    "jaxmilab.main", "jaxmilab.quickstart", "jaxmilab.opd_quickstart", "jaxmilab.macl_quickstart",
+    "jaxmilab.restore", "jaxmilab.evaluate", "jaxmilab.compile", "jaxmilab.data.build_uir",
+    "jaxmilab.convert.torchvision_wsol", "jaxmilab.benchmarks.cdsp_ablation",
+    "jaxmilab.benchmarks.data_pipeline", "jaxmilab.benchmarks.opd_effects",
+    "jaxmilab.benchmarks.tea_attention", "jaxmilab.benchmarks.train_step",
+    "jaxmilab.benchmarks.wsol_effects",
+)
+# Names that mean the same thing as a canonical one: files written -> --output, run folders ->
+# --workdir, data roots -> *_root / *_dir.
+SYNONYMS = {"out": "output", "json_out": "output", "out_file": "output", "output_file": "output",
+            "out_dir": "output", "output_dir": "output", "save_path": "output",
+            "logdir": "workdir", "log_dir": "workdir", "run_dir": "workdir", "rundir": "workdir",
+            "model_dir": "workdir", "datadir": "data_root", "data_dir": "data_root",
+            "dataroot": "data_root", "root": "data_root"}
+SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+# Imports each CLI in turn (in one subprocess: their flags live on absl's global FLAGS, and
+# several define the same names), runs its define_flags() where flags are defined on demand,
+# records the flags the module defined and removes them before the next import.
+_PROBE = r"""
+import importlib, json, sys
+from absl import app, flags, logging   # absl's own flags (--verbosity, --log_dir, ...) first
+FLAGS = flags.FLAGS
+out = {}
+for name in sys.argv[1:]:
+  before = set(FLAGS)
+  module = importlib.import_module(name)
+  if hasattr(module, "define_flags"):
+    module.define_flags()
+  defined = sorted(set(FLAGS) - before)
+  source = open(module.__file__, encoding="utf-8").read()
+  out[name] = {"flags": defined, "argparse": "argparse" in source,
+               "run": callable(getattr(module, "run", None))}
+  owners = {m for m, fl in FLAGS.flags_by_module_dict().items()
+            if any(f.name in defined for f in fl)}
+  for f in defined:
+    delattr(FLAGS, f)
+  for m in owners | {name}:   # re-imported by a later CLI (data_pipeline imports train_step)
+    sys.modules.pop(m, None)
+print("JSON" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_flags() -> dict[str, dict]:
+  result = subprocess.run([sys.executable, "-c", _PROBE, *CLI_MODULES], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("JSON")][-1]
+  return json.loads(line[len("JSON"):])
+
+
+def test_every_cli_uses_absl_snake_case_flags(cli_flags):
+  problems = []
+  for module, info in cli_flags.items():
+    if info["argparse"]:
+      problems.append(f"{module}: uses argparse (move it to absl flags)")
+    if not info["flags"]:
+      problems.append(f"{module}: defines no absl flags")
+    for name in info["flags"]:
+      if not SNAKE.match(name):
+        problems.append(f"{module}: --{name} is not snake_case")
+      if name in SYNONYMS:
+        problems.append(f"{module}: --{name} should be --{SYNONYMS[name]}")
+  assert not problems, "\n".join(problems)
+
+
+def test_same_words_for_the_same_things(cli_flags):
+  """Run folders are --workdir, written files --output; spot-check the main CLIs."""
+  want = {"jaxmilab.main": {"workdir", "config"}, "jaxmilab.quickstart": {"workdir", "variant"},
+          "jaxmilab.opd_quickstart": {"workdir", "variant"},
+          "jaxmilab.macl_quickstart": {"workdir", "variant"},
+          "jaxmilab.restore": {"input", "output", "model", "weights", "tile", "tile_overlap"},
+          "jaxmilab.evaluate": {"output", "data_root", "model", "weights", "save_images"},
+          "jaxmilab.data.build_uir": {"output", "clean_dir"},
+          "jaxmilab.convert.torchvision_wsol": {"output", "checkpoint"},
+          "jaxmilab.benchmarks.train_step": {"output", "config"},
+          "jaxmilab.benchmarks.tea_attention": {"output"},
+          "jaxmilab.benchmarks.cdsp_ablation": {"output"},
+          "jaxmilab.benchmarks.opd_effects": {"output"},
+          "jaxmilab.benchmarks.wsol_effects": {"output"}}
+  missing = {m: sorted(names - set(cli_flags[m]["flags"])) for m, names in want.items()
+             if names - set(cli_flags[m]["flags"])}
+  assert not missing, missing
+
+
+def _console_scripts() -> dict[str, str]:
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    return tomllib.load(f)["project"]["scripts"]
+
+
+def test_console_scripts_resolve_to_run(cli_flags):
+  scripts = _console_scripts()
+  assert scripts["jaxmilab-train"] == "jaxmilab.main:run"
+  for name in ("jaxmilab-restore", "jaxmilab-evaluate", "jaxmilab-compile",
+               "jaxmilab-quickstart", "jaxmilab-build-uir"):
+    assert name in scripts, name
+  for name, target in scripts.items():
+    module, _, attr = target.partition(":")
+    assert attr == "run", (name, target)
+    assert module in cli_flags, f"{name} -> {module} is not in CLI_MODULES"
+    assert cli_flags[module]["run"], f"{name}: {module} has no callable run()"
+  # Every CLI except the benchmarks has a console script.
+  scripted = {t.partition(":")[0] for t in scripts.values()}
+  assert {m for m in CLI_MODULES if ".benchmarks." not in m} <= scripted
+
+
+def test_in_process_main_parses_a_fresh_flag_set(tmp_path):
+  """restore.main / evaluate.main can be called one after another (both define --output and
+  --model) and report bad flags as a one-line ValueError."""
+  from jaxmilab import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxmilab import restore  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="--weights is required"):
+    restore.main(["--model=nafnet_tiny", f"--input={tmp_path}", f"--output={tmp_path}"])
+  with pytest.raises(ValueError, match="--data_root is required"):
+    evaluate.main(["--model=nafnet_tiny", "--weights=w.pth"])
+  with pytest.raises(ValueError, match="jaxmilab-restore.*list-models"):
+    restore.main(["--list-models"])                      # dashes: not a flag of restore
+  assert restore.main(["--list_models"]) == 0
+
+
+def test_console_setup_quiets_libraries_not_jaxmilab():
+  """Library INFO records are dropped and jaxmilab's own kept; --verbosity=1 lets all through."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  handler = logging.get_absl_handler()
+
+  def passes(pathname: str, level: int) -> bool:
+    record = std_logging.LogRecord("absl", level, pathname, 1, "msg", None, None)
+    return bool(handler.filter(record))
+
+  ours = os.path.join(REPO, "jaxmilab", "trainer.py")
+  orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  try:
+    assert console.setup(level=0)
+    assert passes(ours, std_logging.INFO) and passes(orbax, std_logging.WARNING)
+    assert not passes(orbax, std_logging.INFO)
+    assert std_logging.getLogger("jax").level == std_logging.WARNING
+    assert not console.setup(level=1)
+    assert passes(orbax, std_logging.INFO)
+  finally:
+    console.setup(level=1)
+    for name in console.LIBRARY_LOGGERS:
+      std_logging.getLogger(name).setLevel(std_logging.NOTSET)
