@@ -120,7 +120,7 @@ def test_evaluate_prints_table_equal_to_direct_psnr(tmp_path, capsys):
   torch.save({"params": sd}, pth)
   root = tmp_path / "5d"
   rng = np.random.default_rng(5)
-  expected = {}
+  expected, restored = {}, {}
   for task in ("derain", "lowlight"):
     scores = []
     for i in range(2):
@@ -129,12 +129,20 @@ def test_evaluate_prints_table_equal_to_direct_psnr(tmp_path, capsys):
       _write_png(str(root / task / "lq" / f"{i}.png"), lq)
       _write_png(str(root / task / "gt" / f"{i}.png"), gt)
       out = _tensor2img(torch_restore(net, "nafnet_tiny", lq.astype(np.float32) / 255.0))
+      restored[(task, i)] = out
       scores.append(peak_signal_noise_ratio(gt, out, data_range=255))
     expected[task] = np.mean(scores)
   out_json = str(tmp_path / "table.json")
+  saved = tmp_path / "restored"
   assert evaluate.main(["--model=nafnet_tiny", f"--weights={pth}", f"--data_root={root}",
-                        "--tasks=derain,lowlight", f"--output={out_json}"]) == 0
+                        "--tasks=derain,lowlight", f"--output={out_json}",
+                        f"--save_images={saved}"]) == 0
   printed = capsys.readouterr().out
+  # --save_images: every restored image, as scored (uint8 PNG), under <save_images>/<task>/.
+  assert sorted(os.listdir(saved)) == ["derain", "lowlight"]
+  for (task, i), want in restored.items():
+    diff = np.abs(_read_png(saved / task / f"{i}.png").astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff > 0).sum() <= 3, (task, i)
   assert "| Method | Deraining (Rain100L) | Low-Light (LOL) | Average |" in printed
   row = [line for line in printed.splitlines() if line.startswith("| nafnet_tiny |")]
   assert len(row) == 1
@@ -180,3 +188,21 @@ def test_list_models_and_dcpt_settings(capsys):
   assert spec.reflect_pad == 16
   with pytest.raises(ValueError, match="not a known model"):
     restore.get_spec("nafnet_huge")
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+  """A JPEG stored sideways with EXIF Orientation 6 (rotate 90 CW to display) is read upright."""
+  from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
+  upright = np.zeros((40, 24, 3), np.uint8)      # tall image, red band at the top
+  upright[:8] = (255, 0, 0)
+  stored = np.rot90(upright, k=1)                # what a camera writes: 90 deg CCW, [24, 40]
+  exif = Image.Exif()
+  exif[0x0112] = 6                               # Orientation: rotate 90 CW when displayed
+  path = str(tmp_path / "phone.jpg")
+  Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
+  got = images.read_image(path)
+  assert got.shape == (40, 24, 3)
+  assert got[:8, :, 0].mean() > 200 and got[-8:, :, 0].mean() < 50   # the band is on top
+  plain = str(tmp_path / "plain.jpg")
+  Image.fromarray(np.ascontiguousarray(stored)).save(plain, quality=95)
+  assert images.read_image(plain).shape == (24, 40, 3)                # no tag: unchanged

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from jaxmilab.data.base import DataError
 
@@ -67,13 +68,17 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
 
 def read_image(path: str, *, min_size: int | None = None,
                key: str = "config.data.patch_size") -> np.ndarray:
-  """Decodes `path` to uint8 RGB [H, W, 3]; DataError if missing, corrupt or too small."""
+  """Decodes `path` to uint8 RGB [H, W, 3]; DataError if missing, corrupt or too small.
+
+  The EXIF orientation tag is applied (PIL.ImageOps.exif_transpose): a phone photo comes out
+  upright, as viewers display it, not as its sensor stored it.
+  """
   if not os.path.isfile(path):
     raise _missing(path)
   try:
     with Image.open(path) as im:
       im.load()  # Forces the full decode so truncated files fail here, naming the file.
-      arr = _to_rgb_uint8(im)
+      arr = _to_rgb_uint8(ImageOps.exif_transpose(im))
   except _DECODE_ERRORS as e:
     raise _corrupt(path, e) from e
   check_min_size(path, arr.shape[:2], min_size, key)
