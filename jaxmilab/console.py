@@ -1,9 +1,11 @@
 """Console set-up shared by every jaxmilab command line: quiet libraries, absl's --verbosity.
 
-By default a CLI prints its own progress and metrics lines (jaxmilab's absl INFO logs and
-print()s) and, from the libraries (orbax, grain, TensorFlow, jax, etils, ...), only warnings and
-errors: orbax alone logs dozens of INFO lines per checkpoint save. `--verbosity=1` (absl's flag,
-accepted by every jaxmilab CLI) lets every library's INFO through again.
+By default a CLI prints its own progress and metrics lines (jaxmilab's absl INFO logs, the
+metrics clu's LoggingWriter logs for the trainer, and print()s) and, from the libraries (orbax,
+grain, TensorFlow, jax, etils, ...), only warnings and errors: orbax alone logs dozens of INFO
+lines per checkpoint save. `--verbosity=1` (absl's flag, accepted by every jaxmilab CLI) lets
+every library's INFO through again. TensorFlow's C++ start-up line ("oneDNN custom operations
+are on") is printed at its import regardless of TF_CPP_MIN_LOG_LEVEL in this TF version.
 
   def main(argv):
     console.setup()   # first thing in each CLI's main (after absl parsed the flags)
@@ -24,13 +26,20 @@ LIBRARY_LOGGERS = ("jax", "jax._src", "orbax", "grain", "tensorflow", "tensorflo
                    "etils", "absl.testing", "clu", "flax", "optax", "urllib3", "PIL", "matplotlib")
 
 
+# Library files whose INFO lines are jaxmilab's own output: clu's LoggingWriter prints the metrics
+# the trainer writes ("[step] train/loss=..."), the console's progress and metrics lines.
+KEPT_LIBRARY_FILES = (os.path.join("clu", "metric_writers", "logging_writer.py"),)
+
+
 class LibraryFilter(std_logging.Filter):
-  """Passes warnings and errors from anywhere, and lower levels only from jaxmilab's own code."""
+  """Passes warnings and errors from anywhere, and lower levels only from jaxmilab's own code
+  (and the metrics lines of KEPT_LIBRARY_FILES)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.WARNING:
       return True
-    return os.path.abspath(record.pathname or "").startswith(_PACKAGE_DIR)
+    path = os.path.abspath(record.pathname or "")
+    return path.startswith(_PACKAGE_DIR) or path.endswith(KEPT_LIBRARY_FILES)
 
 
 _FILTER = LibraryFilter()

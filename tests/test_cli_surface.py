@@ -156,6 +156,8 @@ def test_console_setup_quiets_libraries_not_jaxmilab():
     assert console.setup(level=0)
     assert passes(ours, std_logging.INFO) and passes(orbax, std_logging.WARNING)
     assert not passes(orbax, std_logging.INFO)
+    assert passes("/site-packages/clu/metric_writers/logging_writer.py", std_logging.INFO)
+    assert not passes("/site-packages/clu/periodic_actions.py", std_logging.INFO)
     assert std_logging.getLogger("jax").level == std_logging.WARNING
     assert not console.setup(level=1)
     assert passes(orbax, std_logging.INFO)
