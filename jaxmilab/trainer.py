@@ -293,7 +293,9 @@ class Trainer:
                       model_state=variables, params_ema=ema)
 
   def _rng(self) -> jax.Array:
-    return jax.device_put(jax.random.key(self.config.seed), self.repl)
+    # Made by a jitted function with replicated output: device_put of a process-local key onto
+    # a sharding that spans other processes' devices is an error with several processes.
+    return jax.jit(lambda: jax.random.key(self.config.seed), out_shardings=self.repl)()
 
   def initial_state(self) -> TrainState:
     """Parameters born sharded (jit with out_shardings), optionally merged with `init_from`."""
