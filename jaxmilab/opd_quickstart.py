@@ -6,7 +6,7 @@ Four runs of configs/opd.py:quickstart (method.recipe = n2c, n2n, opd_rc, opd_al
 `jaxmilab.trainer.train_and_evaluate`: a small U-Net, m = 4 frames of AWGN sigma 25 per
 embedded training photo (fixed per photo, as in a multi-frame capture), scored on the
 held-out photos (chelsea, rocket; whole images, fixed noise seeds). The table puts the
-paper's AWGN sigma 25 numbers (opd.md headline table; full U-Net, ImageNet, 300 epochs,
+paper's AWGN sigma 25 numbers (OPD, BMVC 2022 / IJCV 2023; full U-Net, ImageNet, 300 epochs,
 BSD300 / KODAK / SET14) beside ours: compare the ordering of the recipes, not the dB values.
 Each run resumes if interrupted; re-running prints the table from the finished runs.
 """
@@ -28,7 +28,7 @@ flags.DEFINE_string("variant", "quickstart", "Config variant of every run (smoke
 flags.DEFINE_integer("steps", 0, "Override total_steps of every run (0 = the config's).")
 flags.DEFINE_list("methods", ["n2c", "n2n", "opd_rc", "opd_al"], "Recipes to train.")
 
-# opd.md headline table (AWGN sigma 25): (PSNR dB, SSIM or None) on BSD300, KODAK, SET14.
+# The OPD paper's AWGN sigma 25 results: (PSNR dB, SSIM or None) on BSD300, KODAK, SET14.
 PAPER = {
     "n2c": ((28.04, None), (27.92, None), (28.09, None)),
     "n2n": ((27.48, None), (27.28, None), (27.83, None)),
@@ -87,7 +87,7 @@ def main(argv):
   results = run_methods(FLAGS.workdir, tuple(FLAGS.methods), FLAGS.variant, FLAGS.steps)
   table = format_table(results)
   print("\nAWGN sigma 25. Ours: held-out embedded photos (chelsea, rocket), RGB uint8, BasicSR "
-        "PSNR / SSIM, equal steps per recipe. Paper (opd.md): PSNR / SSIM on BSD300 / KODAK / "
+        "PSNR / SSIM, equal steps per recipe. Paper (OPD): PSNR / SSIM on BSD300 / KODAK / "
         "SET14 after 300 ImageNet epochs with the full U-Net.\n" + table +
         f"\n\nTotal wall time: {time.time() - start:.0f} s")
   with open(os.path.join(FLAGS.workdir, "results.md"), "w", encoding="utf-8") as f:
