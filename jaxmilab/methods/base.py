@@ -7,7 +7,9 @@ All methods' functions are pure and traced once by the trainer:
   variables = method.init_variables(rng, batch)          # flax variables
   loss, (metrics, new_model_state) = method.loss(params, model_state, batch, rng)
   outputs = method.eval_step(params, model_state, batch)  # per-example arrays
-  scalars = method.summarize_eval(host_outputs)           # numpy, on the host
+  ev = method.evaluator()                                 # streaming, on the host:
+  ev.update(local_batch, local_outputs)                   #   per eval batch (process-local numpy)
+  ev.merge_across_processes(); ev.compute(); ev.images()  #   once per evaluation
 
 `batch` is a dict of global, sharded arrays whose leading axis is the example
 axis; `model_state` holds the non-trainable flax collections (e.g. "batch_stats"),
@@ -49,27 +51,17 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def eval_step(self, params: PyTree, model_state: PyTree,
                 batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-example outputs (leading axis = batch) that `summarize_eval` turns into scalars."""
+    """Per-example outputs (leading axis = batch) that the `evaluator()` consumes."""
 
   @abc.abstractmethod
-  def summarize_eval(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Scalars from the eval outputs of the whole eval set, concatenated on the host.
-
-    `outputs` also holds the batch's own keys (e.g. "label") and a bool "valid"
-    mask (False on padding examples, which must be ignored).
-    """
-
-  def eval_images(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """An optional [H, W, 3] float image in [0, 1] (e.g. input | restored | clean rows)."""
-    return None
-
-  def evaluator(self) -> "evaluation_base.Evaluator":
+  def evaluator(self) -> evaluation_base.Evaluator:
     """A fresh streaming evaluator (jaxmilab.evaluation.base) for one pass over the eval set.
 
-    TRANSITION: the default keeps every batch and calls `summarize_eval` at the end; each
-    method overrides this with sufficient statistics, after which the default goes away.
+    The trainer calls `update(batch, outputs)` per eval batch with the process-local numpy
+    batch (its bool "valid" marks padding) and the process-local `eval_step` outputs, as two
+    dicts; then `merge_across_processes()`, `compute()` and `images()`. Statistics are
+    fixed-size sums, so host memory does not grow with the eval set.
     """
-    return _ConcatenatingEvaluator(self)
 
   def create_optimizer(self, optimizer_config: ml_collections.ConfigDict, total_steps: int):
     """The optax transformation the trainer applies (default: one from config.optimizer).
@@ -100,29 +92,3 @@ def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:
 
   return jax.tree_util.tree_map_with_path(pick, fresh)
 
-
-class _ConcatenatingEvaluator(evaluation_base.Evaluator):
-  """TRANSITION adapter: host memory grows with the eval set (to be removed)."""
-
-  def __init__(self, method: Method):
-    super().__init__()
-    self._method = method
-    self._outputs: list[dict[str, np.ndarray]] = []
-
-  def update(self, batch, outputs):
-    self._outputs.append({**batch, **outputs})
-
-  def merge_across_processes(self):
-    import jax  # pylint: disable=g-import-not-at-top
-    if jax.process_count() > 1:
-      raise NotImplementedError(f"{type(self._method).__name__} has no streaming evaluator yet.")
-    return self
-
-  def _host(self):
-    return {k: np.concatenate([o[k] for o in self._outputs]) for k in self._outputs[0]}
-
-  def compute(self):
-    return self._method.summarize_eval(self._host())
-
-  def images(self):
-    return self._method.eval_images(self._host())

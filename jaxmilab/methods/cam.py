@@ -195,16 +195,6 @@ class WSOLMethod(base.Method):
     return wsol_metrics.WSOLEvaluator(self.SCOREMAPS, **self.eval_kwargs)
 
   # TRANSITION: base.Method still declares these; both run the streaming evaluator once.
-  def summarize_eval(self, outputs):
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.compute()
-
-  def eval_images(self, outputs):
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.images()
-
   def init_from(self, variables, loaded):
     """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
     return load_matching(variables, loaded)

@@ -231,11 +231,6 @@ class Method(base.Method):
   def evaluator(self) -> CDSPEvaluator:
     return CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
 
-  def summarize_eval(self, outputs):
-    """Concatenated-output form of `evaluator()` (the base class still declares it)."""
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.compute()
 
   def init_from(self, variables, loaded):
     """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays)."""

@@ -45,21 +45,6 @@ def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.Res
       float_images=bool(method.config.method.get("float_metrics", False)))
 
 
-def summarize_with(method, outputs) -> dict[str, float]:
-  """TRANSITION for the trainer's concatenated `summarize_eval` call: the same numbers as the
-  streaming evaluator, computed by one update over the whole set."""
-  ev = method.evaluator()
-  ev.update(outputs, outputs)
-  return ev.compute()
-
-
-def images_with(method, outputs):
-  """TRANSITION for the trainer's `eval_images` call (see summarize_with)."""
-  ev = method.evaluator()
-  ev.update(outputs, outputs)
-  return ev.images()
-
-
 def image_grid(outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"),
                max_rows: int = 6) -> np.ndarray:
   """Rows of examples (one per degradation type first), columns = keys; [H, W, 3] in [0, 1]."""

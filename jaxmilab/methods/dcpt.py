@@ -138,9 +138,3 @@ class Method(base.Method):
   def evaluator(self):
     return common.evaluator(self, with_accuracy=True)
 
-  def summarize_eval(self, outputs):  # TRANSITION: until the trainer streams (evaluator()).
-    return common.summarize_with(self, outputs)
-
-  def eval_images(self, outputs):  # TRANSITION (see summarize_eval).
-    return common.images_with(self, outputs)
-

@@ -42,7 +42,7 @@ the batch (own other view excluded) is a positive (|position difference| < thres
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -346,12 +346,6 @@ class Method(base.Method):
   def evaluator(self) -> "MACLEvaluator":
     return MACLEvaluator(("loss",) + (("l_g", "l_d", "l_er") if self.variant == "macl" else ("l_g",)))
 
-  def summarize_eval(self, outputs):
-    """Required by base.Method while it declares it abstract: the streaming evaluator fed the
-    whole concatenated eval set at once (the trainer itself streams through `evaluator()`)."""
-    ev = self.evaluator()
-    ev.update({k: outputs[k] for k in ("valid",)}, outputs)
-    return ev.compute()
 
 
 class MACLEvaluator(evaluation_base.Evaluator):

@@ -132,12 +132,6 @@ class Method(base.Method):
   def evaluator(self) -> "DiceEvalState":
     return DiceEvalState(self.num_classes, self.eval_examples)
 
-  def summarize_eval(self, outputs):
-    """Required by base.Method while it declares it abstract: the streaming evaluator fed the
-    whole concatenated eval set at once (the trainer itself streams through `evaluator()`)."""
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.compute()
 
   def init_from(self, variables, loaded):
     parts = pretrained_parts(loaded["params"], self.decoder_blocks)

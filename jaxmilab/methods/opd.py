@@ -45,7 +45,6 @@ protocol) against "clean", per eval set ("psnr/<set>") and overall, streamed as 
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -215,16 +214,6 @@ class Method(base.Method):
 
   # TRANSITION: base.Method still declares these and the trainer still calls them; both
   # run the streaming evaluator on the whole set, so there is one computation.
-  def summarize_eval(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.compute()
-
-  def eval_images(self, outputs):
-    ev = self.evaluator()
-    ev.update(outputs, outputs)
-    return ev.images()
-
 
 class DenoisingEvaluator(evaluation_base.Evaluator):
   """Streaming PSNR / SSIM of f(x_1) ("psnr", "ssim") and of x_1 ("psnr_input", ...) vs clean.

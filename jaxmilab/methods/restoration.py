@@ -50,12 +50,6 @@ class Method(base.Method):
   def evaluator(self):
     return common.evaluator(self)
 
-  def summarize_eval(self, outputs):  # TRANSITION: until the trainer streams (evaluator()).
-    return common.summarize_with(self, outputs)
-
-  def eval_images(self, outputs):  # TRANSITION (see summarize_eval).
-    return common.images_with(self, outputs)
-
   def init_from(self, variables, loaded):
     fresh = variables["params"]["backbone"]
     source = loaded.get("params", {}).get("backbone")
