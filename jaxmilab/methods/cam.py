@@ -29,6 +29,7 @@ from jaxmilab.convert import torchvision_wsol
 from jaxmilab.evaluation import wsol as wsol_metrics
 from jaxmilab.methods import base
 from jaxmilab.models import common as model_common
+from jaxmilab.models import layers as model_layers
 from jaxmilab.models import wsol_backbones
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # wsolevaluation data_loaders.py
@@ -57,19 +58,9 @@ def cubic_resize_matrix(out_size: int, in_size: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
 def bilinear_resize_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] matrix of F.interpolate(mode="bilinear", align_corners=False) along one axis."""
-  scale = in_size / out_size
-  m = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    src = max((i + 0.5) * scale - 0.5, 0.0)  # PyTorch clamps negative source coordinates
-    i0 = min(int(np.floor(src)), in_size - 1)
-    i1 = min(i0 + 1, in_size - 1)
-    t = src - i0
-    m[i, i0] += 1 - t
-    m[i, i1] += t
-  return m.astype(np.float32)
+  return model_layers.resize_matrix(out_size, in_size, False)
 
 
 def resize_maps(maps: jax.Array, size: tuple[int, int], kind: str) -> jax.Array:

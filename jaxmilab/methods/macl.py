@@ -41,7 +41,6 @@ the batch (own other view excluded) is a positive (|position difference| < thres
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
 import flax.linen as nn
@@ -52,6 +51,7 @@ import numpy as np
 from jaxmilab import registry
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.methods import base
+from jaxmilab.models import layers as model_layers
 from jaxmilab.models import pcl_unet
 
 # Every config.method key this method reads (official values: pretrain.sh / train_contrast.py).
@@ -154,18 +154,9 @@ def _masked_mean(terms: jax.Array, valid: jax.Array | None) -> jax.Array:
   return jnp.sum(terms) / count
 
 
-@functools.lru_cache(maxsize=None)
 def bilinear_align_corners_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] matrix of F.interpolate(mode="bilinear", align_corners=True) along one axis."""
-  m = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    i0 = min(int(np.floor(src)), in_size - 1)
-    i1 = min(i0 + 1, in_size - 1)
-    t = src - i0
-    m[i, i0] += 1 - t
-    m[i, i1] += t
-  return m.astype(np.float32)
+  return model_layers.resize_matrix(out_size, in_size, True)
 
 
 def downsample(x: jax.Array, scale: float) -> jax.Array:

@@ -33,15 +33,11 @@ Parameters {"backbone", "classifier"} (+ "recon_head" for "spark"); `restoration
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
-from jaxmilab import sharding as sharding_lib
 from jaxmilab.methods import base
 from jaxmilab.methods import dcpt
 from jaxmilab.models import dcpt_classifier
@@ -63,32 +59,6 @@ def classifier_pyramid(feats: Sequence[jax.Array]) -> list[jax.Array]:
     s = 2 ** i
     out.append(f[:, ::s, ::s, :])
   return out[::-1]                                                # forward order again
-
-
-def _constrain_to_batch(next_fun, args, kwargs, context):
-  """Interceptor: conv / norm output maps stay split over the batch axes (FSDP activations)."""
-  y = next_fun(*args, **kwargs)
-  if (context.method_name == "__call__" and getattr(y, "ndim", 0) == 4
-      and isinstance(context.module, (nn.Conv,) + masking.NORM_TYPES)):
-    y = jax.lax.with_sharding_constraint(y, P(sharding_lib.BATCH_AXES))
-  return y
-
-
-@contextlib.contextmanager
-def batch_sharded_activations() -> Iterator[None]:
-  """Pins activations to batch sharding when a mesh is set (`jax.set_mesh`), else a no-op.
-
-  With parameters sharded over ("data", "fsdp") and no activation constraint, XLA's SPMD
-  partitioner propagates the parameters' channel sharding into the activations and reshards
-  them back ("involuntary full rematerialization"); FSDP wants activations split by example
-  and weights all-gathered per layer.
-  """
-  axes = set(jax.sharding.get_abstract_mesh().axis_names)
-  if not set(sharding_lib.BATCH_AXES) <= axes:
-    yield
-    return
-  with nn.intercept_methods(_constrain_to_batch):
-    yield
 
 
 def _all_visible(x: jax.Array) -> jax.Array:
@@ -177,8 +147,8 @@ class Method(dcpt.Method):
   def loss(self, params, model_state, batch, rng):
     lq = batch["lq"]
     mask = masking.random_patch_mask(rng, lq.shape[0], self._grid(lq), self.mask_ratio)
-    with batch_sharded_activations():
-      restored, logits = self.forward(params, lq, mask)
+    # The trainer pins activations to the batch axes (sharding.batch_sharded_activations).
+    restored, logits = self.forward(params, lq, mask)
     l_pix = jnp.mean(jnp.abs(restored - batch["gt"]))
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])

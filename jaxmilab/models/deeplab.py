@@ -30,7 +30,6 @@ aspp_channels, low_channels, decoder_channels; 0 or () = the preset's) as overri
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab.models import layers
 from jaxmilab.models import resnet
 
 ARCHS = ("deeplabv3plus", "deeplabv2")
@@ -61,21 +61,7 @@ MODEL_KEYS = ("name", "num_classes", *CONFIG_DEFAULTS)
 # ------------------------------------------------------------------------------------ resizing
 
 
-@functools.lru_cache(maxsize=None)
-def resize_matrix(out_size: int, in_size: int, align_corners: bool) -> np.ndarray:
-  """[out, in] matrix of 1-D linear interpolation (torch F.interpolate bilinear semantics)."""
-  m = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    if align_corners:
-      src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    else:
-      src = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
-    i0 = min(int(np.floor(src)), in_size - 1)
-    i1 = min(i0 + 1, in_size - 1)
-    t = src - i0
-    m[i, i0] += 1 - t
-    m[i, i1] += t
-  return m.astype(np.float32)
+resize_matrix = layers.resize_matrix  # [out, in] torch-bilinear matrix (align_corners either way)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = True) -> jax.Array:

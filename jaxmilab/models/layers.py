@@ -10,11 +10,13 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -155,3 +157,23 @@ def pixel_unshuffle(x: jax.Array, factor: int) -> jax.Array:
   x = x.reshape(b, h // r, r, w // r, r, c)         # [B, H/r, i, W/r, j, C]
   x = x.transpose(0, 1, 3, 5, 2, 4)                 # [B, H/r, W/r, C, i, j]
   return x.reshape(b, h // r, w // r, c * r * r)
+
+
+@functools.lru_cache(maxsize=None)
+def resize_matrix(out_size: int, in_size: int, align_corners: bool) -> np.ndarray:
+  """[out, in] matrix of 1-D linear interpolation (torch F.interpolate bilinear semantics).
+
+  align_corners=False clamps negative source coordinates to 0, as PyTorch does.
+  """
+  m = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    if align_corners:
+      src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    else:
+      src = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+    i0 = min(int(np.floor(src)), in_size - 1)
+    i1 = min(i0 + 1, in_size - 1)
+    t = src - i0
+    m[i, i0] += 1 - t
+    m[i, i1] += t
+  return m.astype(np.float32)
