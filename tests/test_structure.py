@@ -19,12 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "jaxmilab")
 
 # Circles still being removed by their owners: {frozenset(modules): who}. Empty when done.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"jaxmilab.data.array_records", "jaxmilab.data.build_uir",
-               "jaxmilab.data.uir2p5m"}):
-        "UIR data / launch work: build_uir imports uir2p5m inside a function, and uir2p5m -> "
-        "array_records -> build_uir",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 # Package layers: models import only models and kernels; modules of the left side never
 # import the packages on the right.

@@ -8,7 +8,7 @@ r"""UIR-2.5M as ArrayRecord shards: rebuilds of its synthetic part, and the rele
   python -m jaxmilab.data.build_uir --paired_dir=/data/real_pairs --output=/data/real_build
 
 This is the one record format of UIR-2.5M in this repository: the released dataset (layout in
-`jaxmilab/data/uir2p5m.py`), other real paired sets and synthetic rebuilds all become
+`jaxmilab/data/uir_layout.py`), other real paired sets and synthetic rebuilds all become
 `uir-record-v1` shards with a manifest, read by the `uir2p5m` / `array_records` datasets.
 
 Every clean image (sorted file names directly in --clean_dir) gives `patches_per_image`
@@ -43,7 +43,7 @@ reads a record and `decode_png` any of these images; `jaxmilab.data.array_record
 
 Packing pairs (UIR-2.5M's real part, SIDD, real rain, LOL, ...: not synthesized):
   --released_dir=<dir>  the released UIR-2.5M layout <dir>/<type>/<source>/{lq,gt}/<name>
-                        (`jaxmilab/data/uir2p5m.py`): one record per pair, its type from the
+                        (`jaxmilab/data/uir_layout.py`): one record per pair, its type from the
                         folder (name or table abbreviation), level = <source>, source =
                         "<type folder>/<source>/<name>".
   --paired_dir=<root>   <root>/<type>/{lq,gt}/<name>: level "real", source "<type>/<name>".
@@ -218,9 +218,9 @@ def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str,
 
 
 def _scan_released(released_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
-  from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
-  pairs = tuple(uir2p5m.scan(released_dir))
+  from jaxmilab.data import uir_layout  # pylint: disable=g-import-not-at-top
+  pairs = tuple(uir_layout.scan(released_dir))
   present = {t for t, _, _ in pairs}
   return tuple(t for t in uir_degradations.UIR_TYPE_NAMES if t in present), pairs
 
@@ -493,7 +493,7 @@ def define_flags() -> None:
   flags.DEFINE_string("clean_dir", "", "Folder of clean images (files directly inside).")
   flags.DEFINE_string("paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}.")
   flags.DEFINE_string("released_dir", "", "Instead of --clean_dir: pack the released UIR-2.5M "
-                      "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir2p5m.py).")
+                      "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir_layout.py).")
   flags.DEFINE_string("output", "", "Output folder (created; re-run the same command to resume).")
   flags.DEFINE_list("types", ["uir19_syn"], "Task-set names and/or degradation names.")
   flags.DEFINE_multi_string("levels", [], "TYPE:KEY[,KEY...] restricts a type to these levels.")
