@@ -85,7 +85,9 @@ def test_cli_prints_one_json_line_last():
   check_figures(result, 2)
 
 
-@pytest.mark.slow
+# Not in CI: compiling the 117M-parameter pod step for 64 chips did not finish within 50 minutes
+# on the 2-core CI machine. Run it with `python -m pytest -m manual tests/test_compile.py`.
+@pytest.mark.manual
 @pytest.mark.skipif(not has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
 def test_pod_config_fits_a_v5e_64_chip():
   """The flagship job: configs/maskdcpt.py:pod on a v5e-64 slice fits in a chip's 16 GiB."""
