@@ -44,7 +44,7 @@ RESTORATION_DATA = ("array_records", "uir2p5m", "paired_folders", "degraded_phot
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "configs/<exp>.py:<variant>; override keys with "
-                    "--config.<key>=<value>.")
+                    "--config.<key>=<value>.", allow_override=True)  # also in benchmarks.train_step
 flags.DEFINE_string("topology", "cpu:8", f"{', '.join(TOPOLOGIES)} or cpu:N (N fake CPU devices).")
 flags.DEFINE_bool("fast", False, "Skip XLA's backend optimisations (CPU only; same sharding and "
                   "buffer assignment, less accurate FLOPs).")

@@ -273,7 +273,7 @@ def test_torchvision_dilated_resnet_parity(output_stride, tmp_path):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,head", [
-    ("deeplabv3plus", "concat"),
+    pytest.param("deeplabv3plus", "concat", marks=pytest.mark.slow),
     pytest.param("deeplabv2", "concat", marks=pytest.mark.slow),
     pytest.param("deeplabv2", "sum", marks=pytest.mark.slow)])
 def test_released_cdsp_network_parity(arch, head, tmp_path):

@@ -26,7 +26,8 @@ from jaxmilab import sharding as sharding_lib
 from jaxmilab import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>")
+flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>",
+                    allow_override=True)  # jaxmilab.compile defines --config too (one process may import both)
 flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 flags.DEFINE_integer("batch_size", 0, "Override the global batch size (0 = the config's).")
 flags.DEFINE_string("output", "", "Also write the results as JSON here.")
