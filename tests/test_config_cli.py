@@ -134,3 +134,13 @@ def test_package_form_and_checkout_form_load_the_same_config():
     config_lib.load("jaxmilab:dcpt:smokee")
   with pytest.raises(config_lib.ConfigError, match="no experiment 'dcp'"):
     config_lib.load("jaxmilab:dcp:smoke")
+
+
+def test_pyproject_lists_every_subpackage():
+  """pyproject.toml lists packages explicitly (configs/ is mapped to jaxmilab.configs)."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+  tree = {os.path.relpath(root, REPO).replace(os.sep, ".")
+          for root, _, files in os.walk(os.path.join(REPO, "jaxmilab")) if "__init__.py" in files}
+  assert listed == tree | {"jaxmilab.configs"}
