@@ -12,6 +12,8 @@ by `config.model.name` / `method.name` / `data.name` may define `CONFIG_DEFAULTS
 of key -> default, or `config_defaults(part) -> dict`), so every key a component reads can
 be overridden on every variant; applies `--config.<key>=<value>` overrides with one-line
 errors (unknown key with the closest known ones, wrong type, impossible value); and locks.
+Components read their keys through `options(config.<part>, CONFIG_DEFAULTS)` (defined in the
+leaf module `jaxmilab.config_options`), so each default is written once, in the declaration.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Any, Mapping
 
 import ml_collections
 
+# The reading helper lives in a leaf module every layer may import; re-exported here.
+from jaxmilab.config_options import ConfigError, Options, options  # pylint: disable=unused-import
+
 COMMON_KEYS = ("seed", "total_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints", "mesh", "model", "method", "data",
                "optimizer")
@@ -34,10 +39,6 @@ OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
 SCHEDULES = ("constant", "cosine", "multistep")
 PACKAGE_PREFIX = "jaxmilab:"
 _PARTS = {"model": "models", "method": "methods", "data": "data"}
-
-
-class ConfigError(ValueError):
-  """A wrong config name, key, type or value; the message is one line meant for the user."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -144,3 +144,54 @@ def test_pyproject_lists_every_subpackage():
   tree = {os.path.relpath(root, REPO).replace(os.sep, ".")
           for root, _, files in os.walk(os.path.join(REPO, "jaxmilab")) if "__init__.py" in files}
   assert listed == tree | {"jaxmilab.configs"}
+
+
+# ------------------------------------------------------------------- config_lib.options
+
+
+def test_options_reads_the_config_value_else_the_declared_default():
+  defaults = dict(mask_ratio=0.5, loss="l1", sizes=(1, 2))
+  part = ml_collections.ConfigDict(dict(name="maskdcpt", mask_ratio=0.75))
+  opts = config_lib.options(part, defaults)
+  assert opts.mask_ratio == 0.75 and opts["mask_ratio"] == 0.75   # set in the config
+  assert opts.loss == "l1" and opts.sizes == (1, 2)                # declared default
+  assert opts.name == "maskdcpt"
+  assert dict(opts) == dict(name="maskdcpt", mask_ratio=0.75, loss="l1", sizes=(1, 2))
+  assert isinstance(opts, config_lib.Options)
+  # A key set to a falsy value is the config's value, not the default.
+  assert config_lib.options({"mask_ratio": 0.0}, defaults).mask_ratio == 0.0
+  assert config_lib.options(None, defaults).loss == "l1"
+  with pytest.raises(TypeError, match="read-only"):
+    opts.loss = "l2"
+
+
+def test_options_reading_an_undeclared_key_names_the_key_and_the_component():
+  opts = config_lib.options({"name": "maskdcpt"}, dict(mask_ratio=0.5))
+  with pytest.raises(AttributeError, match=r"config.method of 'maskdcpt' has no key 'mask_ratoi'"
+                     r".*did you mean mask_ratio"):
+    _ = opts.mask_ratoi
+  with pytest.raises(KeyError, match="has no key 'loss'"):
+    _ = opts["loss"]
+  with pytest.raises(KeyError, match="has no key 'loss'"):
+    opts.get("loss", "l1")  # no second default at the read
+  assert "loss" not in opts and "mask_ratio" in opts
+
+
+def test_options_rejects_keys_the_component_does_not_declare():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"Unknown config.model key\(s\) \['widht'\] for 'unet'; allowed: "
+                           r"name, width, depth.*did you mean width"):
+    config_lib.options({"name": "unet", "widht": 8}, dict(width=32, depth=4), part="model")
+  # ConfigError is a ValueError, as the components' own checks raised before.
+  with pytest.raises(ValueError, match="for 'mine'"):
+    config_lib.options({"x": 1}, {}, component="mine")
+
+
+def test_options_required_keys_have_no_default():
+  opts = config_lib.options({"name": "deeplab", "num_classes": 21}, dict(output_stride=16),
+                            part="model", required=("num_classes",))
+  assert (opts.num_classes, opts.output_stride) == (21, 16)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.model.num_classes is required by 'deeplab'"):
+    config_lib.options({"name": "deeplab"}, dict(output_stride=16), part="model",
+                       required=("num_classes",))

@@ -21,9 +21,9 @@ PACKAGE = os.path.join(REPO, "jaxmilab")
 # Circles still being removed by their owners: {frozenset(modules): who}. Empty when done.
 KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
-# Package layers: models import only models and kernels; modules of the left side never
-# import the packages on the right.
-MODELS_MAY_IMPORT = ("jaxmilab.models", "jaxmilab.kernels")
+# Package layers: models import only models, kernels and the leaf config_options (reading
+# their keys); modules of the left side never import the packages on the right.
+MODELS_MAY_IMPORT = ("jaxmilab.models", "jaxmilab.kernels", "jaxmilab.config_options")
 FORBIDDEN = {
     "jaxmilab.kernels": ("jaxmilab.models", "jaxmilab.methods", "jaxmilab.data",
                          "jaxmilab.trainer"),
