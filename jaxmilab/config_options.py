@@ -105,29 +105,34 @@ def options(part_config: Mapping[str, Any] | None, defaults: Mapping[str, Any], 
     required: keys without a default; each must be set in `part_config`.
 
   Returns:
-    Options with every key of `defaults` (the config's value if the key is set, else the
-    default), every required key, and `name` if set.
+    Options with every key of `defaults` (the config's value if the key is set and not None,
+    else the default), every required key, and `name` if set.
 
   Raises:
-    ConfigError: naming the keys, when `part_config` sets a key that is neither `name`, a
-      declared default nor a required key (with the allowed keys), or lacks a required key.
+    ConfigError: naming the keys, when `part_config` sets a key (to a value other than None)
+      that is neither `name`, a declared default nor a required key (with the allowed keys),
+      or lacks a required key.
   """
+  # A key set to None is "not set" (jaxmilab.models.common.resolve's rule): it takes the
+  # declared default, and an undeclared one may be left by the component a config started
+  # with (--config.<part>.name switches components; config_lib fills the first one's keys).
   part_config = {} if part_config is None else part_config
-  component = component or part_config.get("name") or "?"
+  given = {k: part_config[k] for k in part_config.keys() if part_config[k] is not None}
+  component = component or given.get("name") or "?"
   where = f"config.{part} of {component!r}"
   required = tuple(required)
   allowed = ("name", *defaults, *(k for k in required if k not in defaults))
-  unknown = sorted(k for k in part_config.keys() if k not in allowed)
+  unknown = sorted(k for k in given if k not in allowed)
   if unknown:
     hints = "".join(_did_you_mean(k, allowed) for k in unknown)
     raise ConfigError(f"Unknown config.{part} key(s) {unknown} for {component!r}; allowed: "
                       f"{', '.join(allowed)}{hints}")
-  missing = [k for k in required if k not in part_config]
+  missing = [k for k in required if k not in given]
   if missing:
     raise ConfigError(f"config.{part}.{missing[0]} is required by {component!r} (missing: "
                       f"{', '.join(f'config.{part}.{k}' for k in missing)}); it has no default.")
-  values = {k: part_config[k] if k in part_config else v for k, v in defaults.items()}
-  values.update({k: part_config[k] for k in required})
-  if "name" in part_config:
-    values["name"] = part_config["name"]
+  values = {k: given.get(k, v) for k, v in defaults.items()}
+  values.update({k: given[k] for k in required})
+  if "name" in given:
+    values["name"] = given["name"]
   return Options(values, where)

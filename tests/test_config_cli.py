@@ -195,3 +195,13 @@ def test_options_required_keys_have_no_default():
                      match=r"config.model.num_classes is required by 'deeplab'"):
     config_lib.options({"name": "deeplab"}, dict(output_stride=16), part="model",
                        required=("num_classes",))
+
+
+def test_options_a_key_set_to_none_is_not_set():
+  # The rule of models.common.resolve: None takes the default, and an undeclared None key
+  # (left by the component a config started with) is no error.
+  opts = config_lib.options({"name": "unet", "width": None, "heads": None}, dict(width=32),
+                            part="model")
+  assert dict(opts) == dict(name="unet", width=32)
+  with pytest.raises(config_lib.ConfigError, match="is required"):
+    config_lib.options({"num_classes": None}, {}, required=("num_classes",))
