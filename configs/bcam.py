@@ -47,6 +47,6 @@ def get_config(variant: str = "smoke"):
   if dataset == "CUB":  # The official recipe is for CUB; other sets keep cam.py's schedule.
     steps_per_epoch = _cam.TRAIN_SIZE["cub"] // c.batch_size
     c.total_steps = epochs * steps_per_epoch
-    c.optimizer.decay_steps = tuple(steps_per_epoch * e for e in range(decay_every, epochs, decay_every))
+    c.optimizer.decay_steps = _cam.decay_steps(steps_per_epoch, epochs, decay_every)
   c.optimizer.learning_rate = lr
   return c

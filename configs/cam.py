@@ -22,6 +22,7 @@ top1_loc, PxAP, pIoU (with masks), accuracy.
 from __future__ import annotations
 
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
 from jaxmilab.convert.torchvision_wsol import LARGE_FEATURE_MAP
 
 ARCHS = ("vgg16", "resnet50", "inceptionv3")
@@ -64,6 +65,11 @@ LEARNING_RATE = {
 FORK_CLASSIFIER_GROUP = {"resnet50": r"\['fc'\]"}
 
 
+def decay_steps(steps_per_epoch: int, epochs: int, every: int) -> tuple[int, ...]:
+  """Steps of the lr decays every `every` epochs of an `epochs`-epoch run (none at the end)."""
+  return tuple(steps_per_epoch * e for e in range(every, epochs, every))
+
+
 def _lr(arch: str, dataset: str) -> tuple[float, str]:
   """(learning rate, regex of the 10x group) for CAM on (arch, dataset)."""
   lr, grouping, _ = LEARNING_RATE[(arch, dataset)]
@@ -98,35 +104,22 @@ def wsol_config(method: str, variant: str):
     c.optimizer.lr_multipliers = ((CLASSIFIER_GROUP[arch], 10.0),)
     c.optimizer.weight_decay = 1e-4
     c.optimizer.nesterov = True
+    c.model.preset = "tiny"
     if variant == "smoke":
-      c.model.preset = "tiny"
       c.data.image_size = 32
       c.data.num_train = 64
       c.data.num_eval = 16
       c.data.eval_batch_size = 8
-      c.batch_size = 8
-      c.total_steps = 3
-      c.log_every_steps = 1
-      c.eval_every_steps = 3
-      c.checkpoint_every_steps = 3
-      c.optimizer.learning_rate = 0.01
+      _common.cadence(c, batch_size=8, total_steps=3, log_every=1, learning_rate=0.01)
     else:
-      c.model.preset = "tiny"
       c.data.image_size = 64
       c.data.num_train = 2048
       c.data.num_eval = 128
       c.data.eval_batch_size = 32
-      c.batch_size = 32
-      c.total_steps = 300
-      c.log_every_steps = 25
-      c.eval_every_steps = 300
-      c.checkpoint_every_steps = 300
       # From scratch (no ImageNet weights on the synthetic set): a larger base lr than the
       # fine-tuning recipes, cosine decay.
-      c.optimizer.learning_rate = 0.02
-      c.optimizer.schedule = "cosine"
-      c.optimizer.warmup_steps = 20
-      c.optimizer.grad_clip_norm = 5.0
+      _common.cadence(c, batch_size=32, total_steps=300, log_every=25, learning_rate=0.02,
+                      schedule="cosine", warmup_steps=20, grad_clip_norm=5.0)
     return c
 
   if variant == "paper":
@@ -148,16 +141,13 @@ def wsol_config(method: str, variant: str):
   c.data.crop_size = 224                                    # eval: resize 224
   c.data.eval_batch_size = 32
   c.data.worker_count = 8
-  c.batch_size = 32
   epochs, decay_every = EPOCHS[dataset]
-  steps_per_epoch = TRAIN_SIZE[dataset] // c.batch_size
-  c.total_steps = epochs * steps_per_epoch
-  c.log_every_steps = 50
-  c.eval_every_steps = steps_per_epoch * (5 if dataset == "cub" else 1)
-  c.checkpoint_every_steps = steps_per_epoch
-  c.optimizer.learning_rate, group = _lr(arch, dataset)
-  c.optimizer.schedule = "multistep"      # lr x 0.1 every `decay_every` epochs
-  c.optimizer.decay_steps = tuple(steps_per_epoch * e for e in range(decay_every, epochs, decay_every))
+  learning_rate, group = _lr(arch, dataset)
+  steps_per_epoch = _common.epoch_cadence(
+      c, batch_size=32, examples=TRAIN_SIZE[dataset], epochs=epochs, log_every=50,
+      eval_every_epochs=5 if dataset == "cub" else 1, learning_rate=learning_rate,
+      schedule="multistep")               # lr x 0.1 every `decay_every` epochs
+  c.optimizer.decay_steps = decay_steps(steps_per_epoch, epochs, decay_every)
   c.optimizer.decay_factor = 0.1
   c.optimizer.weight_decay = WEIGHT_DECAY[arch]
   c.optimizer.lr_multipliers = ((group, 10.0),)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
 
 VARIANTS = ("smoke", "quickstart", "paper", "deeplabv3plus_r101", "deeplabv2_r101",
             "deeplabv3plus_r50", "deeplabv2_r50")
@@ -34,23 +35,18 @@ EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
 def _method(c, **overrides) -> None:
-  c.method.name = "cdsp"
-  c.method.init_from = ""
-  # Loss weights: all 1 (CDSP paper Eq. for the total loss); label smoothing 0.1 (paper, Sec. 3).
-  c.method.scribble_weight = 1.0
-  c.method.pseudo_weight = 1.0
-  c.method.label_smoothing = 0.1
-  c.method.scribble_entropy_weight = 1.0
-  c.method.contour_entropy_weight = 1.0
-  c.method.lorm_weight = 1.0
-  c.method.align_corners = True            # released train.py: F.interpolate(align_corners=True)
-  c.method.eval_scales = (1.0,)
-  c.method.eval_flip = False                # released evaluate.py leaves flip off
-  c.method.eval_crop_size = 0               # 0 = whole image, no sliding window
-  c.method.eval_stride_rate = 2 / 3
-  c.method.eval_images = 4
-  for k, v in overrides.items():
-    c.method[k] = v
+  c.method.update(
+      name="cdsp", init_from="",
+      # Loss weights: all 1 (CDSP paper Eq. for the total loss); label smoothing 0.1 (paper,
+      # Sec. 3).
+      scribble_weight=1.0, pseudo_weight=1.0, label_smoothing=0.1, scribble_entropy_weight=1.0,
+      contour_entropy_weight=1.0, lorm_weight=1.0,
+      align_corners=True,        # released train.py: F.interpolate(align_corners=True)
+      eval_scales=(1.0,),
+      eval_flip=False,           # released evaluate.py leaves flip off
+      eval_crop_size=0,          # 0 = whole image, no sliding window
+      eval_stride_rate=2 / 3, eval_images=4)
+  c.method.update(overrides)
 
 
 def _model(c, arch: str, depth: int, preset: str) -> None:
@@ -67,31 +63,28 @@ def _model(c, arch: str, depth: int, preset: str) -> None:
   c.model.dtype = "float32"
 
 
+def _augment(c, crop_size: int, scale_range: tuple[float, float]) -> None:
+  """Training transforms and distance maps (jaxmilab/data/scribble_common.py).
+
+  The paper's crop and scale range are 465 and (0.5, 2.0) (`paper` variants).
+  """
+  c.data.crop_size = crop_size
+  c.data.scale_range = scale_range
+  c.data.rotate_degrees = 10.0                  # paper: rotate +-10
+  c.data.blur_prob = 0.5                        # paper: blur (p = 0.5: ASSUMPTION, semseg default)
+  c.data.flip = True                            # paper: flip
+  c.data.scribble_lambda = math.e ** 2          # paper: lambda = e^2
+  c.data.contour_lambda = math.e ** 2           # paper (released CAM script's default is e)
+  c.data.quantize_distance = True               # released maps are uint8 PNGs
+
+
 def _synthetic(c, size: int, num_train: int, num_eval: int, eval_batch: int) -> None:
-  c.data.name = "scribble_synthetic"
-  c.data.image_size = size
-  c.data.num_classes = 5
-  c.data.max_objects = 2
-  c.data.num_train = num_train
-  c.data.num_eval = num_eval
-  c.data.eval_batch_size = eval_batch
-  c.data.background = "photos"
-  c.data.scribble_variant = "full"
-  c.data.drop_rate = 0.5
-  c.data.shrink_ratio = 0.5
-  c.data.false_positive_rate = 0.3
-  c.data.eval_seed = 0
-  c.data.worker_count = 0
-  c.data.read_threads = 2
+  c.data.update(name="scribble_synthetic", image_size=size, num_classes=5, max_objects=2,
+                num_train=num_train, num_eval=num_eval, eval_batch_size=eval_batch,
+                background="photos", scribble_variant="full", drop_rate=0.5, shrink_ratio=0.5,
+                false_positive_rate=0.3, eval_seed=0, worker_count=0, read_threads=2)
   # Milder augmentation than the paper's at 64 px (ASSUMPTION, CPU scale): scale 0.75-1.25.
-  c.data.crop_size = size
-  c.data.scale_range = (0.75, 1.25)
-  c.data.rotate_degrees = 10.0
-  c.data.blur_prob = 0.5
-  c.data.flip = True
-  c.data.scribble_lambda = math.e ** 2
-  c.data.contour_lambda = math.e ** 2
-  c.data.quantize_distance = True
+  _augment(c, crop_size=size, scale_range=(0.75, 1.25))
 
 
 def get_config(variant: str = "smoke"):
@@ -102,28 +95,16 @@ def get_config(variant: str = "smoke"):
   c.optimizer.weight_decay = 5e-4           # paper / released train.py (coupled, as torch SGD)
   if variant in ("smoke", "quickstart"):
     _method(c)
+    _model(c, "deeplabv3plus", 50, "tiny")
     if variant == "smoke":
-      _model(c, "deeplabv3plus", 50, "tiny")
       _synthetic(c, 32, 32, 8, 8)
-      c.batch_size = 8
-      c.total_steps = 3
-      c.log_every_steps = 1
-      c.eval_every_steps = 3
-      c.checkpoint_every_steps = 3
-      c.optimizer.learning_rate = 0.01
+      _common.cadence(c, batch_size=8, total_steps=3, log_every=1, learning_rate=0.01)
     else:
-      _model(c, "deeplabv3plus", 50, "tiny")
       _synthetic(c, 64, 1024, 64, 16)
-      c.batch_size = 16
-      c.total_steps = 300
-      c.log_every_steps = 50
-      c.eval_every_steps = 300
-      c.checkpoint_every_steps = 300
       # From scratch (no ImageNet weights offline): a larger lr than the paper's fine-tuning
       # lr 1e-3, same shape of schedule (warm-up then cosine). ASSUMPTION, tuned for CPU scale.
-      c.optimizer.learning_rate = 0.02
-      c.optimizer.schedule = "cosine"
-      c.optimizer.warmup_steps = 30
+      _common.cadence(c, batch_size=16, total_steps=300, log_every=50, learning_rate=0.02,
+                      schedule="cosine", warmup_steps=30)
     return c
 
   if variant == "paper":
@@ -146,22 +127,10 @@ def get_config(variant: str = "smoke"):
   c.data.eval_batch_size = 8                    # ASSUMPTION (the released evaluation uses 1)
   c.data.worker_count = 8
   c.data.read_threads = 4
-  c.data.crop_size = 465                        # paper: crop 465
-  c.data.scale_range = (0.5, 2.0)               # paper: scale 0.5-2
-  c.data.rotate_degrees = 10.0                  # paper: rotate +-10
-  c.data.blur_prob = 0.5                        # paper: blur (p = 0.5: ASSUMPTION, semseg default)
-  c.data.flip = True                            # paper: flip
-  c.data.scribble_lambda = math.e ** 2          # paper: lambda = e^2
-  c.data.contour_lambda = math.e ** 2           # paper (released CAM script's default is e)
-  c.data.quantize_distance = True               # released maps are uint8 PNGs
-  c.batch_size = 16                             # paper
-  epochs, warmup_epochs = 50, 5                 # paper
-  steps_per_epoch = SCRIBBLESUP_TRAIN // c.batch_size
-  c.total_steps = epochs * steps_per_epoch
-  c.log_every_steps = 50
-  c.eval_every_steps = 5 * steps_per_epoch
-  c.checkpoint_every_steps = steps_per_epoch
-  c.optimizer.learning_rate = 1e-3              # paper
-  c.optimizer.schedule = "cosine"               # paper: warm-up then cosine to 0
-  c.optimizer.warmup_steps = warmup_epochs * steps_per_epoch
+  _augment(c, crop_size=465, scale_range=(0.5, 2.0))   # paper: crop 465, scale 0.5-2
+  # Paper: batch 16, 50 epochs with 5 of warm-up, lr 1e-3, cosine to 0.
+  steps_per_epoch = _common.epoch_cadence(c, batch_size=16, examples=SCRIBBLESUP_TRAIN, epochs=50,
+                                          log_every=50, eval_every_epochs=5, learning_rate=1e-3,
+                                          schedule="cosine")
+  c.optimizer.warmup_steps = 5 * steps_per_epoch
   return c

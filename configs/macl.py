@@ -19,9 +19,8 @@ Variants:
 
 from __future__ import annotations
 
-import math
-
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
 
 VARIANTS = ("smoke", "quickstart", "paper", "paper_brats")
 PAPER_EPOCHS = 100          # pretrain.sh --epochs 100
@@ -30,6 +29,22 @@ PAPER_GPUS = 2              # pretrain.sh: CUDA_VISIBLE_DEVICES=0,1, nproc_per_n
 # released code counts epochs over every slice of every volume). Adjust total_steps to yours.
 CHD_SLICES = 68 * 250
 BRATS_SLICES = 369 * 155
+
+
+def phantom_setup(c, variant: str) -> None:
+  """The U-Net size and the phantom slices of the `smoke` and `quickstart` variants.
+
+  configs/macl_finetune.py uses the same, so its method.init_from loads a run of this config.
+  """
+  if variant == "smoke":
+    c.model.width, c.model.depth = 2, 3   # a smaller program: compiles in seconds
+    c.data.phantom_slices, c.data.phantom_size, c.data.patch_size = 8, 32, 32
+  elif variant == "quickstart":
+    c.model.width = 4
+    c.data.phantom_slices, c.data.patch_size = 24, 64
+  else:
+    raise ValueError(f"configs/macl.py phantom_setup: no phantom set-up for variant {variant!r}; "
+                     f"use smoke or quickstart.")
 
 
 def get_config(variant: str = "smoke"):
@@ -46,35 +61,16 @@ def get_config(variant: str = "smoke"):
   c.optimizer.min_lr_ratio = 0.0   # LR_Scheduler("cos") without min_lr
 
   if variant == "smoke":
-    c.model.width, c.model.depth = 2, 3   # a smaller program: compiles in seconds
-    c.data.phantom_volumes = 4
-    c.data.phantom_slices = 8
-    c.data.phantom_size = 32
-    c.data.patch_size = 32
-    c.data.eval_slices = 8
-    c.data.eval_batch_size = 8
-    c.batch_size = 8
-    c.total_steps = 2
-    c.log_every_steps = 1
-    c.eval_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.optimizer.learning_rate = 0.01
+    phantom_setup(c, variant)
+    c.data.update(phantom_volumes=4, eval_slices=8, eval_batch_size=8)
+    _common.cadence(c, batch_size=8, total_steps=2, log_every=1, learning_rate=0.01)
   elif variant == "quickstart":
     # Small enough for CPU minutes: width 4 (4-64 channels), 64 px phantom slices with 4
     # classes; the official lr 0.01 (at 0.05 the MACL run collapsed: the BatchNorm-free ReLU
     # centre went to zero within 50 steps, L_ER ~ 1e-5 and L_g stuck at its chance value).
-    c.model.width = 4
-    c.data.phantom_volumes = 48
-    c.data.phantom_slices = 24
-    c.data.patch_size = 64
-    c.data.eval_slices = 64
-    c.data.eval_batch_size = 16
-    c.batch_size = 16
-    c.total_steps = 100
-    c.log_every_steps = 25
-    c.eval_every_steps = 100
-    c.checkpoint_every_steps = 100
-    c.optimizer.learning_rate = 0.01
+    phantom_setup(c, variant)
+    c.data.update(phantom_volumes=48, eval_slices=64, eval_batch_size=16)
+    _common.cadence(c, batch_size=16, total_steps=100, log_every=25, learning_rate=0.01)
   elif variant in ("paper", "paper_brats"):
     brats = variant == "paper_brats"
     c.model.width = 32                        # --initial_filter_size 32
@@ -85,14 +81,10 @@ def get_config(variant: str = "smoke"):
     c.data.eval_batch_size = 32
     c.data.worker_count = 8
     c.method.threshold = 0.05 if brats else 0.1  # --slice_threshold
-    per_gpu = 32 if brats else 16              # --batch_size
-    c.batch_size = per_gpu * PAPER_GPUS
-    steps_per_epoch = math.floor((BRATS_SLICES if brats else CHD_SLICES) / c.batch_size)  # drop_last
-    c.total_steps = PAPER_EPOCHS * steps_per_epoch
-    c.log_every_steps = 100
-    c.eval_every_steps = 10 * steps_per_epoch
-    c.checkpoint_every_steps = steps_per_epoch
-    c.optimizer.learning_rate = 0.01          # --lr 0.01
+    # --batch_size per GPU; the loader drops the last partial batch; --lr 0.01.
+    _common.epoch_cadence(c, batch_size=(32 if brats else 16) * PAPER_GPUS,
+                          examples=BRATS_SLICES if brats else CHD_SLICES, epochs=PAPER_EPOCHS,
+                          log_every=100, eval_every_epochs=10, learning_rate=0.01)
   else:
     raise ValueError(f"configs/macl.py: unknown variant {variant!r}; use one of {VARIANTS}.")
   return c

@@ -18,9 +18,9 @@ per GPU on 2 GPUs; ACDC 352 px, MMWHS 256 px).
 
 from __future__ import annotations
 
-import math
-
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
+from jaxmilab.configs import macl as _macl
 
 VARIANTS = ("smoke", "quickstart", "paper", "acdc_25", "mmwhs_10", "mmwhs_25")
 PAPER_EPOCHS = 100   # finetune.sh --epochs 100
@@ -49,35 +49,21 @@ def get_config(variant: str = "smoke"):
   c.optimizer.schedule = "cosine"
 
   if variant == "smoke":
-    c.model.width, c.model.depth = 2, 3   # as configs/macl.py:smoke, so init_from fits
+    _macl.phantom_setup(c, variant)   # as configs/macl.py:smoke, so init_from fits
     c.data.phantom_volumes = 4
     c.data.phantom_test_volumes = 1
-    c.data.phantom_slices = 8
-    c.data.phantom_size = 32
-    c.data.patch_size = 32
     c.data.eval_batch_size = 8
-    c.batch_size = 8
-    c.total_steps = 2
-    c.log_every_steps = 1
-    c.eval_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.optimizer.learning_rate = 5e-4
-    c.optimizer.min_lr_ratio = 0.01
+    _common.cadence(c, batch_size=8, total_steps=2, log_every=1, learning_rate=5e-4,
+                    min_lr_ratio=0.01)
   elif variant == "quickstart":
-    c.model.width = 4
+    _macl.phantom_setup(c, variant)
     c.data.phantom_volumes = 20
     c.data.labeled_fraction = 0.1      # 2 of 20 volumes, the same 2 in every run
     c.data.phantom_test_volumes = 10
-    c.data.phantom_slices = 24
-    c.data.patch_size = 64
     c.data.eval_batch_size = 32
-    c.batch_size = 8
-    c.total_steps = 100
-    c.log_every_steps = 25
-    c.eval_every_steps = 100
-    c.checkpoint_every_steps = 100
-    c.optimizer.learning_rate = 2e-3   # ASSUMPTION: 4x the paper's 5e-4 for a 100-step run
-    c.optimizer.min_lr_ratio = 0.01
+    # ASSUMPTION: lr 4x the paper's 5e-4 for a 100-step run.
+    _common.cadence(c, batch_size=8, total_steps=100, log_every=25, learning_rate=2e-3,
+                    min_lr_ratio=0.01)
   elif variant in ("paper", "acdc_25", "mmwhs_10", "mmwhs_25"):
     dataset = "mmwhs" if variant.startswith("mmwhs") else "acdc"
     percent = 25 if variant.endswith("25") else 10
@@ -89,15 +75,13 @@ def get_config(variant: str = "smoke"):
     c.data.patch_size = 256 if dataset == "mmwhs" else 352  # --patch_size
     c.data.eval_batch_size = 10
     c.data.worker_count = 4
-    c.batch_size = 5 * PAPER_GPUS                        # --batch_size 5 per process
-    slices = len(c.data.train_volumes) * SLICES_PER_VOLUME[dataset]
-    steps_per_epoch = math.ceil(slices / c.batch_size)   # drop_last=False
-    c.total_steps = PAPER_EPOCHS * steps_per_epoch
-    c.log_every_steps = 50
-    c.eval_every_steps = 10 * steps_per_epoch            # --val_interval 10
-    c.checkpoint_every_steps = 10 * steps_per_epoch
-    c.optimizer.learning_rate = 5e-4                     # --lr 5e-4
-    c.optimizer.min_lr_ratio = 5e-6 / 5e-4               # --min_lr 5e-6 (official: clamp at it)
+    # --batch_size 5 per process; drop_last=False; --val_interval 10; --lr 5e-4; --min_lr 5e-6
+    # (official: clamp at it).
+    _common.epoch_cadence(c, batch_size=5 * PAPER_GPUS,
+                          examples=len(c.data.train_volumes) * SLICES_PER_VOLUME[dataset],
+                          epochs=PAPER_EPOCHS, log_every=50, eval_every_epochs=10,
+                          checkpoint_every_epochs=10, drop_last=False, learning_rate=5e-4,
+                          min_lr_ratio=5e-6 / 5e-4)
   else:
     raise ValueError(f"configs/macl_finetune.py: unknown variant {variant!r}; use one of {VARIANTS}.")
   return c

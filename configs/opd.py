@@ -20,9 +20,8 @@ Variants:
 
 from __future__ import annotations
 
-import math
-
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
 
 # The paper's data (OPD paper; official train.py trains on a random 90% of the 50,000 ImageNet
 # validation images, --trainsize 0.9).
@@ -73,12 +72,7 @@ def get_config(variant: str = "smoke"):
     c.data.patch_size = 32
     c.data.eval_size = 32
     c.data.eval_batch_size = 8
-    c.batch_size = 8
-    c.total_steps = 2
-    c.log_every_steps = 1
-    c.eval_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.optimizer.learning_rate = 1e-3
+    _common.cadence(c, batch_size=8, total_steps=2, log_every=1, learning_rate=1e-3)
   elif variant == "quickstart":
     c.model.width, c.model.depth = 16, 4
     c.data.num_frames = 4
@@ -86,16 +80,10 @@ def get_config(variant: str = "smoke"):
     c.data.eval_size = 0                 # whole held-out photos (chelsea, rocket)
     c.data.eval_frames = 1
     c.data.eval_batch_size = 2
-    c.batch_size = 8
-    c.total_steps = 400
-    c.log_every_steps = 25
-    c.eval_every_steps = 400
-    c.checkpoint_every_steps = 400
     # Plain Adam: on runs this short amsgrad (the paper's) learns more slowly (300 steps of
     # N2C: 24.1 dB with amsgrad vs 25.3 dB with adam on the held-out photos, same lr).
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.schedule = "cosine"
+    _common.cadence(c, batch_size=8, total_steps=400, log_every=25, name="adam",
+                    learning_rate=3e-3, schedule="cosine")
   elif variant == "paper":
     c.model.width, c.model.depth = 32, 5   # unet_dc.py: 32-64-128-256-512, bottleneck 512
     c.data.num_frames = 8                  # train.py --multiplicity 8
@@ -113,14 +101,10 @@ def get_config(variant: str = "smoke"):
     # activations per frame in float32, far more than one accelerator holds. Spread the batch
     # over devices (the mesh's data axis), or use --config.batch_size=8
     # --config.optimizer.accumulate_steps=8 (BatchNorm then sees 8 scenes per micro-batch).
-    c.batch_size = PAPER_BATCH
-    steps_per_epoch = math.ceil(PAPER_TRAIN_IMAGES / PAPER_BATCH)  # DataLoader keeps the last batch
-    c.total_steps = PAPER_EPOCHS * steps_per_epoch
-    c.log_every_steps = 100
-    c.eval_every_steps = 10 * steps_per_epoch
-    c.checkpoint_every_steps = steps_per_epoch
-    c.optimizer.learning_rate = 0.0072     # train.py --lr 0.0072
-    c.optimizer.schedule = "multistep"
+    # The DataLoader keeps the last batch; train.py --lr 0.0072.
+    steps_per_epoch = _common.epoch_cadence(
+        c, batch_size=PAPER_BATCH, examples=PAPER_TRAIN_IMAGES, epochs=PAPER_EPOCHS, log_every=100,
+        eval_every_epochs=10, drop_last=False, learning_rate=0.0072, schedule="multistep")
     c.optimizer.decay_steps = paper_schedule(steps_per_epoch, PAPER_EPOCHS, PAPER_DECAY_EPOCHS)
     c.optimizer.decay_factor = PAPER_DECAY_FACTOR
   else:
