@@ -125,7 +125,7 @@ def options(part_config: Mapping[str, Any] | None, defaults: Mapping[str, Any], 
   unknown = sorted(k for k in given if k not in allowed)
   if unknown:
     hints = "".join(_did_you_mean(k, allowed) for k in unknown)
-    raise ConfigError(f"Unknown config.{part} key(s) {unknown} for {component!r}; allowed: "
+    raise ConfigError(f"config.{part}: unknown key(s) {unknown} for {component!r}; allowed keys: "
                       f"{', '.join(allowed)}{hints}")
   missing = [k for k in required if k not in given]
   if missing:

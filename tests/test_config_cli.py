@@ -179,8 +179,8 @@ def test_options_reading_an_undeclared_key_names_the_key_and_the_component():
 
 def test_options_rejects_keys_the_component_does_not_declare():
   with pytest.raises(config_lib.ConfigError,
-                     match=r"Unknown config.model key\(s\) \['widht'\] for 'unet'; allowed: "
-                           r"name, width, depth.*did you mean width"):
+                     match=r"config.model: unknown key\(s\) \['widht'\] for 'unet'; allowed "
+                           r"keys: name, width, depth.*did you mean width"):
     config_lib.options({"name": "unet", "widht": 8}, dict(width=32, depth=4), part="model")
   # ConfigError is a ValueError, as the components' own checks raised before.
   with pytest.raises(ValueError, match="for 'mine'"):
