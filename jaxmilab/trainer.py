@@ -11,7 +11,7 @@ TPU topology), tests/test_pod_compile.py and benchmarks/train_step.py all compil
 
 Host synchronisation: ordinary steps only dispatch work (no device-to-host transfer, no
 cross-host collective on the host); the loop reads metrics back, checks them for NaN /
-Inf and agrees on preemption only at log, eval and checkpoint steps.
+Inf and honours a SIGTERM at the next log step (where processes agree on it).
 """
 
 from __future__ import annotations
@@ -85,12 +85,16 @@ class TrainState:
 
 
 class _Preemption:
-  """SIGTERM becomes a flag; all processes agree on it only at sync steps.
+  """SIGTERM becomes a flag, honoured at the next log step by every process count.
 
   Every step calls jax's preemption sync point (a local check of the coordination
-  service's agreed step: no host sync), as its contract asks. Our own SIGTERM flag is
-  exchanged between processes (one allgather) only at log / eval / checkpoint steps,
-  where the loop syncs with the devices anyway.
+  service's agreed step: no host sync), as its contract asks; when the service says stop,
+  the run stops at that step. Our own SIGTERM flag is honoured only at log steps, where the
+  loop syncs with the devices anyway: with several processes they agree on it there (one
+  allgather). Stopping at a log step also keeps `metrics.jsonl` exact: the stopped run has
+  written the row of every finished interval, so the resumed run's rows equal an
+  uninterrupted run's (a service-driven stop between log steps leaves the next row covering
+  only the steps after the resume).
   """
 
   def __init__(self):
@@ -104,7 +108,7 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the next log or checkpoint step.")
+    logging.warning("SIGTERM received: saving a checkpoint at the next log step.")
     self.requested = True
 
   @staticmethod
@@ -113,13 +117,14 @@ class _Preemption:
     return (distributed.global_state.client is not None
             and distributed.global_state.preemption_sync_manager is not None)
 
-  def should_stop(self, step: int, sync_step: bool) -> bool:
+  def should_stop(self, step: int, log_step: bool) -> bool:
+    if (jax.process_count() > 1 and self._service_available()
+        and multihost_utils.reached_preemption_sync_point(step)):
+      return True
+    if not log_step:
+      return False
     if jax.process_count() == 1:
       return self.requested
-    if self._service_available() and multihost_utils.reached_preemption_sync_point(step):
-      return True
-    if not sync_step:
-      return False
     # All processes must stop at the same step: agree on the SIGTERM flag (one allgather).
     return bool(np.asarray(multihost_utils.process_allgather(np.array(self.requested))).any())
 
@@ -471,7 +476,7 @@ class Trainer:
           pending.append((step, step_metrics))
           if report is not None:
             report(step)
-          stop = preemption.should_stop(step, sync_step)
+          stop = preemption.should_stop(step, log_step)
         if profiling and (step == profile[1] or is_last or stop):
           jax.block_until_ready(state)
           jax.profiler.stop_trace()

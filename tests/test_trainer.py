@@ -354,3 +354,29 @@ def test_ema_update_matches_numpy_reference(accumulate):
     np.testing.assert_allclose(state.params["w"], w, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(state.params_ema["w"], ema, rtol=1e-6, atol=1e-6)
     assert float(metrics["learning_rate"]) == pytest.approx(lr * (i // accumulate + 1))
+
+
+def test_sigterm_is_honoured_at_the_next_log_step(tmp_path, monkeypatch):
+  """SIGTERM during step 1 stops the run at the log step 3 (not at step 2, and not at the end),
+  with a checkpoint there and the interval's row written; the slow test (test_trainer_slow)
+  checks that the resumed run then equals an uninterrupted one."""
+  import signal  # pylint: disable=g-import-not-at-top
+  original_guard = trainer._ordinary_step_guard  # pylint: disable=protected-access
+  sent = []
+
+  def guard(level):
+    if not sent:
+      sent.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original_guard(level)
+
+  monkeypatch.setattr(trainer, "_ordinary_step_guard", guard)
+  workdir = str(tmp_path)
+  before = signal.getsignal(signal.SIGTERM)
+  state = trainer.train_and_evaluate(
+      smoke(total_steps=9, log_every_steps=3, checkpoint_every_steps=9, eval_every_steps=9),
+      workdir)
+  assert int(state.step) == 3
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()) == [3]
+  assert [r["step"] for r in train_records(workdir)] == [3]
+  assert signal.getsignal(signal.SIGTERM) is before   # the run's handler is removed again
