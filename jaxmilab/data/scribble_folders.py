@@ -129,15 +129,12 @@ class ScribbleFolder:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches of ScribbleSup folders (module docstring)."""
   transforms.check_keys(config, _KEYS, "scribble_folders")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   root = os.path.expanduser(str(config.get("root", "")))
   if not os.path.isdir(root):
     raise DataError(f"config.data.root={root!r} is not a folder; pass the ScribbleSup VOC2012 folder "
                     f"(layout: jaxmilab/data/scribble_folders.py).")
-  num_classes = int(config.get("num_classes", 21))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size, process_count,
-                                      "config.data.eval_batch_size")
   image_dir = config.get("image_dir", "JPEGImages")
   train_source = ScribbleFolder(
       root, read_ids(os.path.join(root, config.get("train_list", "ImageSets/SegmentationAug/train.txt"))),
@@ -147,16 +144,20 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int, proce
       root, read_ids(os.path.join(root, config.get("val_list", "ImageSets/SegmentationAug/val.txt"))),
       image_dir=image_dir, label_dirs={"gt": config.get("gt_dir", "SegmentationClassAug")},
       eval_pad_size=int(config.get("eval_pad_size", 512)))
-  train = transforms.train_iterator(
-      train_source, [scribble_common.train_transform(config, 465)], batch_size=local_batch, seed=seed,
-      process_index=process_index, process_count=process_count,
-      worker_count=int(config.get("worker_count", 0)), read_threads=int(config.get("read_threads", 4)))
+  return scribblesup_datasets(config, layout, train_source, eval_source)
 
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), eval_source.__getitem__, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
 
+def scribblesup_datasets(config: Any, layout: transforms.Layout, train_source: Any, eval_source: Any
+                         ) -> Datasets:
+  """The ScribbleSup pipelines over random-access train and (padded) eval examples, read from the
+  folders or from the tfds records (`scribble_tfds`): the paper's training transforms
+  (scribble_common, crop 465 unless config.data.crop_size), VOC class names for 21 classes."""
+  train = layout.train(train_source, [scribble_common.train_transform(config, 465)],
+                       worker_count=int(config.get("worker_count", 0)),
+                       read_threads=int(config.get("read_threads", 4)))
+  num_classes = int(config.get("num_classes", 21))
   names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(str(i) for i in range(num_classes))
   info = DataInfo(num_classes=num_classes, class_names=names, image_channels=3,
                   extra={"num_eval": len(eval_source), "ignore_index": scribble_common.IGNORE})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),
+                  info=info)

@@ -5,7 +5,7 @@ Each example is drawn from `numpy.random.default_rng([tag, seed, index])`:
 * image: a random crop of a scikit-image photo (`jaxmilab.data.embedded`: training photos for
   training, the held-out photos for evaluation) or smoothed colour noise; 1..`max_objects`
   objects of classes 1..K-1 (K = num_classes, 0 = background), class c drawn as the shape
-  `wsol_synthetic.SHAPES[c - 1]` (25-55% of the side), filled with the class colour
+  `synthetic_shapes.SHAPES[c - 1]` (25-55% of the side), filled with the class colour
   (+-25 jitter per channel) and stripes at a class angle; later objects occlude earlier ones.
 * gt: the full class map (uint8; evaluation uses it, training never sees it).
 * scribble: one straight stroke (1-2 px) per object through a random interior point at a
@@ -36,10 +36,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jaxmilab.data import embedded
 from jaxmilab.data import scribble_common
+from jaxmilab.data import synthetic_shapes
 from jaxmilab.data import transforms
-from jaxmilab.data import wsol_synthetic
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
@@ -79,54 +78,35 @@ def _stroke(shape: tuple[int, int], allowed: np.ndarray, rng: np.random.Generato
   return stroke
 
 
-class SyntheticScribbles:
+class SyntheticScribbles(synthetic_shapes.Source):
   """Random-access synthetic examples (index -> dict of numpy arrays)."""
 
   def __init__(self, backgrounds, *, size: int, num_classes: int, max_objects: int, num_examples: int,
                seed: int, tag: int, train: bool, variant: str = "full", drop_rate: float = 0.5,
                shrink_ratio: float = 0.5, false_positive_rate: float = 0.3):
-    self.backgrounds = backgrounds
-    self.size, self.num_classes, self.max_objects = size, num_classes, max_objects
-    self.num_examples, self.seed, self.tag, self.train = num_examples, seed, tag, train
+    super().__init__(backgrounds, size=size, num_examples=num_examples, seed=seed, tag=tag)
+    self.num_classes, self.max_objects, self.train = num_classes, max_objects, train
     self.variant, self.drop_rate, self.shrink_ratio = variant, drop_rate, shrink_ratio
     self.false_positive_rate = false_positive_rate
-
-  def __len__(self) -> int:
-    return self.num_examples
 
   def __repr__(self) -> str:
     return (f"SyntheticScribbles(size={self.size}, classes={self.num_classes}, n={self.num_examples}, "
             f"seed={self.seed}, tag={self.tag}, variant={self.variant})")
 
-  def _background(self, rng):
-    s = self.size
-    if not self.backgrounds:
-      noise = rng.random((s // 4 + 1, s // 4 + 1, 3)).astype(np.float32)
-      return np.clip(cv2.resize(noise, (s, s), interpolation=cv2.INTER_CUBIC) * 255, 0, 255)
-    photo = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
-    top = int(rng.integers(0, photo.shape[0] - s + 1))
-    left = int(rng.integers(0, photo.shape[1] - s + 1))
-    return photo[top:top + s, left:left + s].astype(np.float32)
-
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self.tag, self.seed, int(index)])
+    rng = self.rng(index)
     s = self.size
-    image = self._background(rng)
+    image = self.background(rng)
     gt = np.zeros((s, s), np.uint8)
     y, x = np.mgrid[0:s, 0:s].astype(np.float32)
     n = int(rng.integers(1, self.max_objects + 1))
     classes = [int(c) for c in rng.integers(1, self.num_classes, size=n)]
     for c in classes:
-      h = int(round(s * rng.uniform(0.25, 0.55)))
-      w = int(round(s * rng.uniform(0.25, 0.55)))
-      top, left = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
-      mask = np.zeros((s, s), bool)
-      mask[top:top + h, left:left + w] = wsol_synthetic.shape_mask(
-          wsol_synthetic.SHAPES[(c - 1) % len(wsol_synthetic.SHAPES)], h, w)
-      angle = np.pi * c / self.num_classes
-      stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / max(3.0, s / 10))
-      colour = wsol_synthetic._COLORS[(c - 1) % len(wsol_synthetic._COLORS)] + rng.uniform(-25, 25, 3)  # pylint: disable=protected-access
-      texture = colour * (0.55 + 0.45 * stripes[..., None])
+      kind = synthetic_shapes.SHAPES[(c - 1) % len(synthetic_shapes.SHAPES)]
+      mask, _ = synthetic_shapes.place_shape(rng, kind, s, (0.25, 0.55))
+      shade = synthetic_shapes.stripe_shade(s, np.pi * c / self.num_classes)
+      colours = synthetic_shapes.COLORS
+      texture = (colours[(c - 1) % len(colours)] + rng.uniform(-25, 25, 3)) * shade
       image = np.where(mask[..., None], texture, image)
       gt[mask] = c
     out = {"image": np.clip(np.round(image), 0, 255).astype(np.uint8)}
@@ -173,28 +153,21 @@ class SyntheticScribbles:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches of the synthetic scribble set (module docstring)."""
   transforms.check_keys(config, _KEYS, "scribble_synthetic")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   size = int(config.get("image_size", 64))
   num_classes = int(config.get("num_classes", 5))
-  if not 2 <= num_classes <= len(wsol_synthetic.SHAPES) + 1:
-    raise ValueError(f"config.data.num_classes={num_classes}: use 2..{len(wsol_synthetic.SHAPES) + 1} "
-                     f"(background + up to {len(wsol_synthetic.SHAPES)} shapes).")
+  shapes = synthetic_shapes.SHAPES
+  if not 2 <= num_classes <= len(shapes) + 1:
+    raise ValueError(f"config.data.num_classes={num_classes}: use 2..{len(shapes) + 1} "
+                     f"(background + up to {len(shapes)} shapes).")
   if size < 24:
     raise ValueError(f"config.data.image_size={size}: use at least 24 pixels.")
   variant = config.get("scribble_variant", "full")
   if variant not in VARIANTS:
     raise ValueError(f"config.data.scribble_variant={variant!r}: use one of {VARIANTS}.")
   background = config.get("background", "photos")
-  if background not in ("photos", "noise"):
-    raise ValueError(f"config.data.background={background!r}: use 'photos' or 'noise'.")
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size, process_count,
-                                      "config.data.eval_batch_size")
-  if background == "photos":
-    train_bg = wsol_synthetic._photo_backgrounds(embedded.TRAIN_PHOTOS, size)  # pylint: disable=protected-access
-    eval_bg = wsol_synthetic._photo_backgrounds(embedded.EVAL_PHOTOS, size)  # pylint: disable=protected-access
-  else:
-    train_bg = eval_bg = ()
+  train_bg, eval_bg = synthetic_shapes.train_eval_backgrounds(background, size)
   common = dict(size=size, num_classes=num_classes, max_objects=int(config.get("max_objects", 2)))
   train_source = SyntheticScribbles(
       train_bg, num_examples=int(config.get("num_train", 1024)), seed=seed, tag=_TRAIN_TAG, train=True,
@@ -203,16 +176,11 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int, proce
       false_positive_rate=float(config.get("false_positive_rate", 0.3)), **common)
   eval_source = SyntheticScribbles(eval_bg, num_examples=int(config.get("num_eval", 64)),
                                    seed=int(config.get("eval_seed", 0)), tag=_EVAL_TAG, train=False, **common)
-  train = transforms.train_iterator(
-      train_source, [scribble_common.train_transform(config, size)], batch_size=local_batch, seed=seed,
-      process_index=process_index, process_count=process_count,
-      worker_count=int(config.get("worker_count", 0)), read_threads=int(config.get("read_threads", 2)))
-
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), eval_source.__getitem__, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
-
-  names = ("background",) + wsol_synthetic.SHAPES[:num_classes - 1]
-  info = DataInfo(num_classes=num_classes, class_names=names, image_channels=3,
+  train = layout.train(train_source, [scribble_common.train_transform(config, size)],
+                       worker_count=int(config.get("worker_count", 0)),
+                       read_threads=int(config.get("read_threads", 2)))
+  info = DataInfo(num_classes=num_classes, class_names=("background",) + shapes[:num_classes - 1],
+                  image_channels=3,
                   extra={"image_size": size, "num_eval": len(eval_source), "ignore_index": IGNORE})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),
+                  info=info)

@@ -41,7 +41,6 @@ from jaxmilab.data import scribble_common
 from jaxmilab.data import scribble_folders
 from jaxmilab.data import transforms
 from jaxmilab.data.base import DataError
-from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
@@ -144,7 +143,8 @@ class TfdsSource:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches from a prepared `scribblesup` dataset (module docstring)."""
   transforms.check_keys(config, _KEYS, "scribble_tfds")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   data_dir = config.get("data_dir") or ""
   builder = Scribblesup(config=config.get("builder_config", "full"), data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
@@ -153,22 +153,6 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int, proce
                     f"'array_record').download_and_prepare(download_config=tfds.download.DownloadConfig("
                     f"manual_dir=<ScribbleSup VOC2012 folder>)).")
   skip = {k: tfds.decode.SkipDecoding() for k in ("image",) + LABEL_KEYS}
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size, process_count,
-                                      "config.data.eval_batch_size")
   train_source = TfdsSource(builder.as_data_source("train", decoders=skip), True)
   eval_source = TfdsSource(builder.as_data_source("val", decoders=skip), False, int(config.get("eval_pad_size", 512)))
-  train = transforms.train_iterator(
-      train_source, [scribble_common.train_transform(config, 465)], batch_size=local_batch, seed=seed,
-      process_index=process_index, process_count=process_count,
-      worker_count=int(config.get("worker_count", 0)), read_threads=int(config.get("read_threads", 4)))
-
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), eval_source.__getitem__, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
-
-  num_classes = int(config.get("num_classes", 21))
-  names = scribble_folders.VOC_CLASSES if num_classes == 21 else tuple(str(i) for i in range(num_classes))
-  info = DataInfo(num_classes=num_classes, class_names=names, image_channels=3,
-                  extra={"num_eval": len(eval_source), "ignore_index": scribble_common.IGNORE})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return scribble_folders.scribblesup_datasets(config, layout, train_source, eval_source)

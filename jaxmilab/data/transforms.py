@@ -10,6 +10,8 @@ Eval: deterministic, finite, padded per-process batches (`eval_batches`).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
@@ -105,6 +107,43 @@ def check_layout(seed: int, process_index: int, process_count: int) -> None:
     raise ValueError(f"config.seed={seed}: grain needs a seed in [0, 2**32).")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """This process's share of a dataset: `create`'s seed and process arguments, checked, and the
+  per-process training and eval batch sizes; builds the two pipelines from them."""
+  seed: int
+  process_index: int
+  process_count: int
+  batch_size: int        # per process
+  eval_batch_size: int   # per process
+
+  @classmethod
+  def of(cls, config: Any, *, batch_size: int, seed: int, process_index: int,
+         process_count: int) -> "Layout":
+    """Checks `create`'s arguments; eval batches are `config.eval_batch_size` (0 or absent:
+    `batch_size`), both global sizes split over the processes."""
+    check_layout(seed, process_index, process_count)
+    return cls(seed, process_index, process_count,
+               per_process(batch_size, process_count, "config.batch_size"),
+               per_process(config.get("eval_batch_size", None) or batch_size, process_count,
+                           "config.data.eval_batch_size"))
+
+  def train(self, source: Any, operations: Sequence[Any], *, worker_count: int = 0,
+            read_threads: int = 4, read_buffer: int | None = None):
+    """`train_iterator` over `source` for this process (see there)."""
+    return train_iterator(source, operations, batch_size=self.batch_size, seed=self.seed,
+                          process_index=self.process_index, process_count=self.process_count,
+                          worker_count=worker_count, read_threads=read_threads,
+                          read_buffer=read_buffer)
+
+  def eval(self, num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]]
+           ) -> Callable[[], Iterator[Batch]]:
+    """`Datasets.eval_batches`: each call starts a fresh pass of `eval_batches` (see there)."""
+    return functools.partial(eval_batches, num_examples, make_example,
+                             batch_size=self.eval_batch_size, process_index=self.process_index,
+                             process_count=self.process_count)
 
 
 # ---------------------------------------------------------------------------- pipelines

@@ -116,6 +116,22 @@ def resize_box(box, image_size: tuple[int, int], size: int) -> list[int]:
   return [int(x0 * size / w), int(y0 * size / h), int(x1 * size / w), int(y1 * size / h)]
 
 
+def eval_boxes(boxes, image_size: tuple[int, int], size: int, max_boxes: int
+               ) -> dict[str, np.ndarray]:
+  """{"boxes": int32 [max_boxes, 4] (`boxes` of a (w, h) image resized to size x size by
+  `resize_box`, zero-padded), "num_boxes": int32}; the caller checks len(boxes) <= max_boxes."""
+  padded = np.zeros((max_boxes, 4), np.int32)
+  padded[:len(boxes)] = [resize_box(b, image_size, size) for b in boxes]
+  return {"boxes": padded, "num_boxes": np.int32(len(boxes))}
+
+
+def eval_mask(masks, ignore: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """{"mask": union of the bool instance `masks`, "ignore": `ignore` minus the mask, or zeros}
+  (wsolevaluation evaluation.py `get_mask`)."""
+  mask = np.any(masks, axis=0)
+  return {"mask": mask, "ignore": np.zeros_like(mask) if ignore is None else ignore & ~mask}
+
+
 def _load_mask(path: str, size: int) -> np.ndarray:
   mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
   if mask is None:
@@ -123,7 +139,7 @@ def _load_mask(path: str, size: int) -> np.ndarray:
   return cv2.resize(np.float32(mask), (size, size), interpolation=cv2.INTER_NEAREST) > 0.5
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   """torchvision Resize((size, size)) on a PIL image: bilinear."""
   return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
@@ -153,7 +169,7 @@ class TrainAugment(grain.transforms.RandomMap):
     self.resize, self.crop = resize, crop
 
   def random_map(self, element, rng: np.random.Generator):
-    image = _resize(element["image"], self.resize)
+    image = resize_image(element["image"], self.resize)
     top = int(rng.integers(0, self.resize - self.crop + 1))
     left = int(rng.integers(0, self.resize - self.crop + 1))
     image = image[top:top + self.crop, left:left + self.crop]
@@ -166,7 +182,8 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of a wsolevaluation dataset (see module doc)."""
   transforms.check_keys(config, _KEYS, "wsol_folders")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   dataset = config.get("dataset")
   if dataset not in DATASETS:
     raise ValueError(f"config.data.dataset={dataset!r}: use one of {DATASETS}.")
@@ -185,53 +202,42 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   if not eval_meta.boxes and not eval_meta.masks:
     raise DataError(f"{eval_meta.folder}/localization.txt lists no box and no mask: nothing to evaluate.")
   cub_masks, cub_ignore = read_cub_masks(metadata_root, config.get("eval_split", "test")) if dataset == "CUB" else ({}, {})
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                      process_count, "config.data.eval_batch_size")
-  train = transforms.train_iterator(
-      FolderSource(image_dir, train_meta), [TrainAugment(resize, crop)], batch_size=local_batch,
-      seed=seed, process_index=process_index, process_count=process_count,
-      worker_count=int(config.get("worker_count", 0)), read_threads=int(config.get("read_threads", 8)))
+  train = layout.train(FolderSource(image_dir, train_meta), [TrainAugment(resize, crop)],
+                       worker_count=int(config.get("worker_count", 0)),
+                       read_threads=int(config.get("read_threads", 8)))
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     image_id = eval_meta.image_ids[i]
     image = images.read_image(os.path.join(image_dir, image_id))
-    out = {"image": _resize(image, crop), "label": np.int32(eval_meta.labels[image_id])}
+    out = {"image": resize_image(image, crop), "label": np.int32(eval_meta.labels[image_id])}
     if eval_meta.boxes:
       boxes = eval_meta.boxes.get(image_id, [])
       if not boxes or len(boxes) > max_boxes:
         raise DataError(f"{eval_meta.folder}/localization.txt: image {image_id!r} has {len(boxes)} boxes; "
                         f"need 1..config.data.max_boxes={max_boxes} (raise it for images with more boxes).")
       size = eval_meta.sizes.get(image_id, (image.shape[1], image.shape[0]))
-      padded = np.zeros((max_boxes, 4), np.int32)
-      padded[:len(boxes)] = [resize_box(b, size, crop) for b in boxes]
-      out.update(boxes=padded, num_boxes=np.int32(len(boxes)))
+      out.update(eval_boxes(boxes, size, crop, max_boxes))
+    masks = ignore = None
     if eval_meta.masks:
-      paths = eval_meta.masks.get(image_id)
-      if not paths:
+      masks = [os.path.join(mask_root, dataset, p) for p in eval_meta.masks.get(image_id, [])]
+      if not masks:
         raise DataError(f"{eval_meta.folder}/localization.txt lists no mask for {image_id!r}.")
-      mask = np.any([_load_mask(os.path.join(mask_root, dataset, p), crop) for p in paths], axis=0)
-      ignore = np.zeros_like(mask)
       if image_id in eval_meta.ignore:
-        ignore = _load_mask(os.path.join(mask_root, dataset, eval_meta.ignore[image_id]), crop) & ~mask
-      out.update(mask=mask, ignore=ignore)
+        ignore = os.path.join(mask_root, dataset, eval_meta.ignore[image_id])
     if cub_masks:
       key = cub_key(image_id)
       if key not in cub_masks:
         raise DataError(f"{metadata_root}/CUBMask: localization.txt lists no mask for CUB image {image_id!r}.")
-      mask = np.any([_load_mask(os.path.join(mask_root, "CUBMask", p), crop) for p in cub_masks[key]], axis=0)
-      ignore = np.zeros_like(mask)
-      if cub_ignore.get(key):
-        ignore = _load_mask(os.path.join(mask_root, "CUBMask", cub_ignore[key]), crop) & ~mask
-      out.update(mask=mask, ignore=ignore)
+      masks = [os.path.join(mask_root, "CUBMask", p) for p in cub_masks[key]]
+      ignore = os.path.join(mask_root, "CUBMask", cub_ignore[key]) if cub_ignore.get(key) else None
+    if masks:
+      out.update(eval_mask([_load_mask(p, crop) for p in masks],
+                           None if ignore is None else _load_mask(ignore, crop)))
     return out
-
-  def eval_batches():
-    return transforms.eval_batches(len(eval_meta.image_ids), make_example, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
 
   num_classes = max(max(train_meta.labels.values()), max(eval_meta.labels.values())) + 1
   info = DataInfo(num_classes=num_classes, image_channels=3,
                   extra={"dataset": dataset, "num_eval": len(eval_meta.image_ids),
                          "has_masks": bool(eval_meta.masks or cub_masks), "image_size": crop})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_meta.image_ids), make_example),
+                  info=info)

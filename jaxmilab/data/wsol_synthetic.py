@@ -12,6 +12,9 @@ example is drawn from `numpy.random.default_rng([tag, seed, index])`:
   side per axis) and position, fully inside the image.
 * box: the inclusive (x0, y0, x1, y1) bounding box of the object mask; mask: bool [S, S].
 
+The drawing (shapes, colours, stripes, backgrounds) is `jaxmilab.data.synthetic_shapes`, shared
+with `scribble_synthetic`.
+
 `layout` changes what is discriminative (experiments of jaxmilab.benchmarks.wsol_effects):
 
 * "shapes" (default): as above; every object pixel carries the class (shape, colour, stripes).
@@ -36,10 +39,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
-from jaxmilab.data import embedded
+from jaxmilab.data import synthetic_shapes
 from jaxmilab.data import transforms
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
@@ -48,91 +50,41 @@ _KEYS = ("image_size", "num_classes", "num_train", "num_eval", "eval_batch_size"
          "background", "eval_seed", "worker_count", "read_threads", "layout", "part_fraction",
          "context_prob")
 LAYOUTS = ("shapes", "part", "context")
-SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring", "diamond", "half_disc", "hexagon")
-_COLORS = np.array([[230, 60, 50], [40, 170, 70], [50, 90, 230], [240, 200, 40], [200, 60, 220],
-                    [40, 210, 220], [250, 140, 30], [240, 240, 240]], np.float32)
+SHAPES = synthetic_shapes.SHAPES   # class i is SHAPES[i]
+COLORS = synthetic_shapes.COLORS
 _TRAIN_TAG, _EVAL_TAG = 1, 2
 
 
-def shape_mask(kind: str, height: int, width: int) -> np.ndarray:
-  """bool [height, width] mask of `kind` inscribed in its box."""
-  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-  u = (x + 0.5) / width * 2 - 1  # [-1, 1]
-  v = (y + 0.5) / height * 2 - 1
-  if kind == "ellipse":
-    m = u * u + v * v <= 1.0
-  elif kind == "rectangle":
-    m = np.ones((height, width), bool)
-  elif kind == "triangle":
-    m = np.abs(u) <= (v + 1) / 2
-  elif kind == "cross":
-    m = (np.abs(u) <= 0.35) | (np.abs(v) <= 0.35)
-  elif kind == "ring":
-    r = u * u + v * v
-    m = (r <= 1.0) & (r >= 0.3)
-  elif kind == "diamond":
-    m = np.abs(u) + np.abs(v) <= 1.0
-  elif kind == "half_disc":
-    m = (u * u + (v + 1) ** 2 / 4 <= 1.0)
-  elif kind == "hexagon":
-    m = (np.abs(v) <= 1.0) & (np.abs(u) + 0.5 * np.abs(v) <= 1.0)
-  else:
-    raise ValueError(f"Unknown shape {kind!r}; use one of {SHAPES}.")
-  return m
-
-
-class SyntheticWSOL:
+class SyntheticWSOL(synthetic_shapes.Source):
   """Random-access synthetic WSOL examples (key -> dict of numpy arrays)."""
 
   def __init__(self, backgrounds: tuple[np.ndarray, ...], *, size: int, num_classes: int,
                num_examples: int, seed: int, tag: int, with_boxes: bool, max_boxes: int,
                description: str, layout: str = "shapes", part_fraction=(0.05, 0.10),
                context_prob: float = 0.8):
+    super().__init__(backgrounds, size=size, num_examples=num_examples, seed=seed, tag=tag)
     self.layout, self.part_fraction, self.context_prob = layout, tuple(part_fraction), float(context_prob)
-    self.backgrounds = backgrounds
-    self.size, self.num_classes, self.num_examples = size, num_classes, num_examples
-    self.seed, self.tag, self.with_boxes, self.max_boxes = seed, tag, with_boxes, max_boxes
+    self.num_classes, self.with_boxes, self.max_boxes = num_classes, with_boxes, max_boxes
     self.description = description
-
-  def __len__(self) -> int:
-    return self.num_examples
 
   def __repr__(self) -> str:
     return (f"SyntheticWSOL({self.description}, size={self.size}, classes={self.num_classes}, "
             f"n={self.num_examples}, seed={self.seed}, tag={self.tag})")
 
-  def _background(self, rng: np.random.Generator) -> np.ndarray:
-    s = self.size
-    if not self.backgrounds:
-      noise = rng.random((s // 4 + 1, s // 4 + 1, 3)).astype(np.float32)
-      return np.clip(cv2.resize(noise, (s, s), interpolation=cv2.INTER_CUBIC) * 255, 0, 255)
-    photo = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
-    top = int(rng.integers(0, photo.shape[0] - s + 1))
-    left = int(rng.integers(0, photo.shape[1] - s + 1))
-    return photo[top:top + s, left:left + s].astype(np.float32)
-
   def __getitem__(self, index: int) -> dict[str, Any]:
-    rng = np.random.default_rng([self.tag, self.seed, int(index)])
+    rng = self.rng(index)
     s = self.size
     label = int(rng.integers(self.num_classes))
-    image = self._background(rng)  # [S, S, 3] float in [0, 255]
-    h = int(round(s * rng.uniform(0.3, 0.7)))
-    w = int(round(s * rng.uniform(0.3, 0.7)))
-    top = int(rng.integers(0, s - h + 1))
-    left = int(rng.integers(0, s - w + 1))
+    image = self.background(rng)  # [S, S, 3] float in [0, 255]
     kind = "ellipse" if self.layout == "part" else SHAPES[label % len(SHAPES)]
-    local = shape_mask(kind, h, w)
-    mask = np.zeros((s, s), bool)
-    mask[top:top + h, left:left + w] = local
+    mask, (top, left, h, w) = synthetic_shapes.place_shape(rng, kind, s, (0.3, 0.7))
     # Class texture: stripes at a class-specific angle over the class colour.
-    angle = np.pi * label / self.num_classes
-    period = max(3.0, s / 10)
-    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
-    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
-    texture = _COLORS[label % len(_COLORS)] * (0.55 + 0.45 * stripes[..., None])
+    shade = synthetic_shapes.stripe_shade(s, np.pi * label / self.num_classes)
+    texture = COLORS[label % len(COLORS)] * shade
     context = np.zeros((s, s), bool)
     if self.layout == "part":
       # Class-agnostic body texture (checker over grey), then the class patch inside the body.
+      y, x = np.mgrid[0:s, 0:s].astype(np.float32)
       body = np.float32(140) + 40 * (((x // 4) + (y // 4)) % 2)[..., None]
       image = np.where(mask[..., None], body, image)
       area = float(rng.uniform(*self.part_fraction)) * mask.sum()
@@ -156,7 +108,8 @@ class SyntheticWSOL:
         band_left = left + w + gap if room_right >= width_band else max(0, left - gap - width_band)
         context[top:top + h, band_left:band_left + width_band] = True
         context &= ~mask
-        image = np.where(context[..., None], _COLORS[(label + 3) % len(_COLORS)][None, None] * 0.8, image)
+        band = COLORS[(label + 3) % len(COLORS)][None, None] * 0.8
+        image = np.where(context[..., None], band, image)
       image = np.where(mask[..., None], texture, image)
     out = {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "label": np.int32(label)}
     if self.with_boxes:
@@ -169,21 +122,12 @@ class SyntheticWSOL:
     return out
 
 
-def _photo_backgrounds(names: tuple[str, ...], size: int) -> tuple[np.ndarray, ...]:
-  out = []
-  for name in names:
-    photo = embedded.read(name)  # [H, W, 3] uint8
-    scale = 2 * size / min(photo.shape[:2])
-    new = (max(size, int(round(photo.shape[1] * scale))), max(size, int(round(photo.shape[0] * scale))))
-    out.append(cv2.resize(photo, new, interpolation=cv2.INTER_AREA))
-  return tuple(out)
-
-
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of the synthetic WSOL set (see module doc)."""
   transforms.check_keys(config, _KEYS, "wsol_synthetic")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   size = int(config.get("image_size", 64))
   num_classes = int(config.get("num_classes", 4))
   if not 2 <= num_classes <= len(SHAPES):
@@ -194,38 +138,23 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   if max_boxes < 1:
     raise ValueError(f"config.data.max_boxes={max_boxes} must be >= 1.")
   background = config.get("background", "photos")
-  if background not in ("photos", "noise"):
-    raise ValueError(f"config.data.background={background!r}: use 'photos' or 'noise'.")
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                      process_count, "config.data.eval_batch_size")
-  if background == "photos":
-    train_bg = _photo_backgrounds(embedded.TRAIN_PHOTOS, size)
-    eval_bg = _photo_backgrounds(embedded.EVAL_PHOTOS, size)
-  else:
-    train_bg = eval_bg = ()
-  layout = config.get("layout", "shapes")
-  if layout not in LAYOUTS:
-    raise ValueError(f"config.data.layout={layout!r}: use one of {LAYOUTS}.")
+  train_bg, eval_bg = synthetic_shapes.train_eval_backgrounds(background, size)
+  kind = config.get("layout", "shapes")
+  if kind not in LAYOUTS:
+    raise ValueError(f"config.data.layout={kind!r}: use one of {LAYOUTS}.")
   fraction = tuple(config.get("part_fraction", (0.05, 0.10)))
   if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < 1:
     raise ValueError(f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1.")
-  common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=layout,
+  common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=kind,
                 part_fraction=fraction, context_prob=float(config.get("context_prob", 0.8)))
   train_source = SyntheticWSOL(train_bg, num_examples=int(config.get("num_train", 2048)), seed=seed,
                                tag=_TRAIN_TAG, with_boxes=False, description=f"train,{background}", **common)
   eval_source = SyntheticWSOL(eval_bg, num_examples=int(config.get("num_eval", 128)),
                               seed=int(config.get("eval_seed", 0)), tag=_EVAL_TAG, with_boxes=True,
                               description=f"eval,{background}", **common)
-  train = transforms.train_iterator(
-      train_source, [], batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 2)))
-
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), eval_source.__getitem__, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
-
+  train = layout.train(train_source, [], worker_count=int(config.get("worker_count", 0)),
+                       read_threads=int(config.get("read_threads", 2)))
   info = DataInfo(num_classes=num_classes, class_names=SHAPES[:num_classes], image_channels=3,
                   extra={"image_size": size, "num_eval": len(eval_source), "has_masks": True})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),
+                  info=info)

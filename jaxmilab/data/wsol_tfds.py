@@ -272,7 +272,8 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches from a prepared wsol_* tfds dataset (see module doc)."""
   transforms.check_keys(config, _KEYS, "wsol_tfds")
-  transforms.check_layout(seed, process_index, process_count)
+  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
   dataset = config.get("dataset")
   if dataset not in BUILDERS:
     raise ValueError(f"config.data.dataset={dataset!r}: use one of {tuple(BUILDERS)}.")
@@ -288,42 +289,29 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   eval_source = builder.as_data_source(eval_split, decoders=skip)
   resize, crop = int(config.get("resize_size", 256)), int(config.get("crop_size", 224))
   max_boxes = int(config.get("max_boxes", 64))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                      process_count, "config.data.eval_batch_size")
-  train = transforms.train_iterator(
-      TfdsSource(train_source), [wsol_folders.TrainAugment(resize, crop)], batch_size=local_batch,
-      seed=seed, process_index=process_index, process_count=process_count,
-      worker_count=int(config.get("worker_count", 0)), read_threads=int(config.get("read_threads", 8)))
+  train = layout.train(TfdsSource(train_source), [wsol_folders.TrainAugment(resize, crop)],
+                       worker_count=int(config.get("worker_count", 0)),
+                       read_threads=int(config.get("read_threads", 8)))
   has_masks = dataset == "OpenImages"
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     record = eval_source[i]
-    image = _decode(record["image"])
-    resized = wsol_folders._resize(image, crop)  # pylint: disable=protected-access
-    out = {"image": resized, "label": np.int32(record["label"])}
+    image = wsol_folders.resize_image(_decode(record["image"]), crop)
+    out = {"image": image, "label": np.int32(record["label"])}
     if has_masks:
-      mask = np.any([_resize_mask(m, crop) for m in record["masks"]], axis=0)
-      ignore = np.zeros_like(mask)
-      if len(record["ignore_mask"]):
-        ignore = _resize_mask(record["ignore_mask"][0], crop) & ~mask
-      out.update(mask=mask, ignore=ignore)
+      ignore = record["ignore_mask"]
+      out.update(wsol_folders.eval_mask([_resize_mask(m, crop) for m in record["masks"]],
+                                        _resize_mask(ignore[0], crop) if len(ignore) else None))
     else:
       boxes = record["bboxes"]
       if len(boxes) > max_boxes:
         image_id = record["image_id"].decode()
         raise DataError(f"{builder.name}/{eval_split}: image {image_id!r} has {len(boxes)} boxes; "
                         f"raise config.data.max_boxes={max_boxes}.")
-      padded = np.zeros((max_boxes, 4), np.int32)
-      padded[:len(boxes)] = [wsol_folders.resize_box(b, tuple(record["image_size"]), crop) for b in boxes]
-      out.update(boxes=padded, num_boxes=np.int32(len(boxes)))
+      out.update(wsol_folders.eval_boxes(boxes, tuple(record["image_size"]), crop, max_boxes))
     return out
-
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), make_example, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
 
   info = DataInfo(num_classes=NUM_CLASSES[dataset], image_channels=3,
                   extra={"dataset": dataset, "num_eval": len(eval_source), "has_masks": has_masks,
                          "image_size": crop})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), make_example), info=info)
