@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
-import zlib
 
 import ml_collections
 import numpy as np
@@ -17,6 +15,7 @@ from PIL import Image
 from jaxmilab.data import array_records
 from jaxmilab.data import build_uir
 from jaxmilab.data.base import DataError
+from tests import fake_trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = ((40, 48), (36, 30), (44, 44))
@@ -29,17 +28,6 @@ def _clean_dir(root):
     pixels = (np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(folder / f"img{i}.png")
   return folder
-
-
-def _read_all(out):
-  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
-  manifest = json.loads((out / "manifest.json").read_text())
-  records = []
-  for shard in manifest["shards"]:
-    reader = ArrayRecordReader(str(out / shard["file"]))
-    records += [build_uir.decode_record(r) for r in reader.read_all()]
-    reader.close()
-  return manifest, records
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def test_record_format_round_trip_and_errors():
 def test_build_then_read_is_lossless(built):
   root, clean, plan, manifest = built
   out = root / "out"
-  manifest, records = _read_all(out)
+  manifest, records = fake_trees.read_build(out)
   assert manifest["num_records"] == len(records) == 3 * 2 * (2 + 2 + 1) == plan.num_records
   assert len(manifest["shards"]) == plan.num_shards == 6  # 5 records a crop, 9 a shard: 1 crop a shard
   assert manifest["counts"] == {"jpeg": {"10": 6, "20": 6},
@@ -153,7 +141,7 @@ def test_killed_build_resumes_without_duplicates(tmp_path, built):
   assert "12 records in 3 shards" in resumed.stdout
   assert (out / "shard-00000-of-00003.array_record").stat().st_mtime_ns == first  # kept, not rebuilt
   assert not any(".tmp-" in n for n in os.listdir(out))
-  manifest, records = _read_all(out)
+  manifest, records = fake_trees.read_build(out)
   keys = sorted((r["source"], r["type"]) for r in records)
   expected = sorted((f"img{i}.png#{c}", t) for i in range(3) for c in range(2) for t in ("jpeg", "haze"))
   assert keys == expected  # no duplicate, none missing
@@ -163,7 +151,7 @@ def test_killed_build_resumes_without_duplicates(tmp_path, built):
   plan = build_uir.make_plan(str(clean), types=("jpeg", "haze"), patch_size=16, patches_per_image=2,
                              levels_per_type=1, shard_size=4, seed=5)
   build_uir.build(plan, str(tmp_path / "once"), progress=False)
-  _, once = _read_all(tmp_path / "once")
+  _, once = fake_trees.read_build(tmp_path / "once")
   assert once == records
 
 
@@ -186,7 +174,7 @@ def test_array_records_training_stream_and_resume(built):
   assert batches[0]["label"].dtype == np.int32
   # One epoch (6 batches = the 24 training records, i.e. all but the first 6) sees each once.
   epoch = np.concatenate([b["label"] for b in batches] + [next(ds.train)["label"]])
-  _, records = _read_all(out)
+  _, records = fake_trees.read_build(out)
   train_labels = [("jpeg", "noise", "mosaic").index(r["type"]) for r in records[6:]]
   assert np.bincount(epoch, minlength=3).tolist() == np.bincount(train_labels, minlength=3).tolist()
   # Restored mid-epoch, the iterator yields the same sequence as one never interrupted.
@@ -237,7 +225,7 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
   plan = build_uir.make_plan(paired_dir=str(real), shard_size=3)
   manifest = build_uir.build(plan, str(tmp_path / "real_out"), progress=False)
   assert manifest["counts"] == {"rain_streak": {"real": 2}, "real_noise": {"real": 2}}
-  _, records = _read_all(tmp_path / "real_out")
+  _, records = fake_trees.read_build(tmp_path / "real_out")
   for r in records:
     t, name = r["source"].split("/")
     for side in ("lq", "gt"):
@@ -255,33 +243,23 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
 # ------------------------------------------------------------------ uir2p5m released layout
 
 
-def _fake_release(root, layout):
-  for type_dir, source, names in layout:
-    for side in ("lq", "gt"):
-      folder = root / type_dir / source / side
-      folder.mkdir(parents=True)
-      for i, name in enumerate(names):
-        seed = zlib.crc32(f"{type_dir}/{name}/{side}".encode())
-        pixels = (np.random.default_rng(seed).random((8 + i, 10, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / name)
-  return root
-
-
 def test_uir2p5m_layout_errors(tmp_path):
   from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
   with pytest.raises(DataError, match="does not exist"):
     uir2p5m.scan(str(tmp_path / "missing"))
-  bad = _fake_release(tmp_path / "bad", [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])])
+  bad = fake_trees.uir_release(tmp_path / "bad",
+                               [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])])
   with pytest.raises(DataError, match="\\['fog'\\] are not UIR-2.5M types"):
     uir2p5m.scan(str(bad))
   (tmp_path / "flat" / "GN" / "lq").mkdir(parents=True)
   with pytest.raises(DataError, match="holds lq/ or gt/ directly.*GN/<source>/lq"):
     uir2p5m.scan(str(tmp_path / "flat"))
-  dup = _fake_release(tmp_path / "dup", [("GN", "a", ["a.png"]), ("noise", "b", ["a.png"])])
+  dup = fake_trees.uir_release(tmp_path / "dup",
+                               [("GN", "a", ["a.png"]), ("noise", "b", ["a.png"])])
   with pytest.raises(DataError, match="same type 'noise'"):
     uir2p5m.scan(str(dup))
-  good = _fake_release(tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]),
-                                           ("real_noise", "SIDD", ["3.png"])])
+  good = fake_trees.uir_release(tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]),
+                                                    ("real_noise", "SIDD", ["3.png"])])
   assert uir2p5m.scan(str(good)) == [("noise", "GN/LSDIR", "1.png"), ("noise", "GN/LSDIR", "2.png"),
                                      ("real_noise", "real_noise/SIDD", "3.png")]
 
@@ -339,11 +317,12 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
   resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert not any(".tmp-" in n for n in os.listdir(out))
-  manifest, records = _read_all(out)
+  manifest, records = fake_trees.read_build(out)
   keys = [(r["source"], r["type"]) for r in records]
   assert len(keys) == len(set(keys)) == 800 == manifest["num_records"]
   assert set(keys) == {(f"{i:06d}.png#0", t) for i in range(400) for t in ("jpeg", "noise")}
   plan = build_uir.make_plan(str(src), types=("jpeg", "noise"), patch_size=48, patches_per_image=1,
                              shard_size=4)
   build_uir.build(plan, str(tmp_path / "once"), progress=False)
-  assert _read_all(tmp_path / "once")[1] == records   # byte-identical to an uninterrupted build
+  # Byte-identical to an uninterrupted build.
+  assert fake_trees.read_build(tmp_path / "once")[1] == records

@@ -16,6 +16,7 @@ import pytest
 from jaxmilab.convert import torch_checkpoint
 from jaxmilab.models import deeplab
 from jaxmilab.models import resnet
+from tests.torch_reference import convnets
 
 D = 16          # width divisor of the tiny networks (64 -> 4 channels)
 BLOCKS = (1, 2, 2, 3)
@@ -47,26 +48,9 @@ def test_resize_matrix_matches_formula():
 
 
 def _torch_modules(torch):
-  """Own transcriptions: torchvision ResNet (v0.2x resnet.py) and the released CDSP networks."""
+  """Own transcriptions: torchvision ResNet (v0.2x resnet.py) and the released CDSP networks
+  (their bottleneck blocks: tests/torch_reference/convnets.py)."""
   nn, F = torch.nn, torch.nn.functional
-
-  class TVBottleneck(nn.Module):  # torchvision: stride on conv2, dilation on conv2
-    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.relu = nn.ReLU()
-      self.downsample = downsample
-
-    def forward(self, x):
-      out = self.relu(self.bn1(self.conv1(x)))
-      out = self.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
   class TVResNet(nn.Module):  # torchvision ResNet with replace_stride_with_dilation
     def __init__(self, layers, replace_stride_with_dilation, d):
@@ -83,40 +67,22 @@ def _torch_modules(torch):
       self.fc = nn.Linear(2048 // d, 10)
 
     def _make_layer(self, planes, blocks, stride=1, dilate=False):
-      downsample, previous_dilation = None, self.dilation
+      previous_dilation = self.dilation
       if dilate:
         self.dilation *= stride
         stride = 1
-      if stride != 1 or self.inplanes != planes * 4:
-        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                   nn.BatchNorm2d(planes * 4))
-      layers = [TVBottleneck(self.inplanes, planes, stride, downsample, previous_dilation)]
+      downsample = convnets.downsample(self.inplanes, planes, stride)
+      layers = [convnets.bottleneck(self.inplanes, planes, stride, dilation=previous_dilation,
+                                    downsample=downsample)]
       self.inplanes = planes * 4
-      layers += [TVBottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+      layers += [convnets.bottleneck(self.inplanes, planes, dilation=self.dilation)
+                 for _ in range(1, blocks)]
       return nn.Sequential(*layers)
 
     def forward(self, x):
       x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
       x1 = self.layer1(x)
       return x1, self.layer4(self.layer3(self.layer2(x1)))
-
-  class Bottleneck(nn.Module):  # released CDSP: stride on conv1
-    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.relu = nn.ReLU()
-      self.downsample = downsample
-
-    def forward(self, x):
-      out = self.relu(self.bn1(self.conv1(x)))
-      out = self.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
   class ASPPModule(nn.Module):
     def __init__(self, inplanes, planes, kernel_size, padding, dilation):
@@ -212,14 +178,14 @@ def _torch_modules(torch):
         self.layer5 = ClassifierV2([6, 12, 18, 24], num_classes, high)
 
     def _make_layer(self, planes, blocks, stride=1, dilation=1, dilations=None):
-      downsample = None
-      if stride != 1 or self.inplanes != planes * 4 or dilation in (2, 4):
-        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                   nn.BatchNorm2d(planes * 4))
+      # Released CDSP trunk: stride on conv1, a projection shortcut also on the dilated stages.
+      downsample = convnets.downsample(self.inplanes, planes, stride, force=dilation in (2, 4))
       ds = dilations or [dilation] * blocks
-      layers = [Bottleneck(self.inplanes, planes, stride, ds[0], downsample)]
+      layers = [convnets.bottleneck(self.inplanes, planes, stride, dilation=ds[0],
+                                    downsample=downsample, stride_on="conv1")]
       self.inplanes = planes * 4
-      layers += [Bottleneck(self.inplanes, planes, dilation=ds[i]) for i in range(1, blocks)]
+      layers += [convnets.bottleneck(self.inplanes, planes, dilation=ds[i], stride_on="conv1")
+                 for i in range(1, blocks)]
       return nn.Sequential(*layers)
 
     def forward(self, x, cam=None):
@@ -236,13 +202,7 @@ def _torch_modules(torch):
 
 
 def _randomize_bn(torch, net):
-  g = torch.Generator().manual_seed(1)
-  for m in net.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      m.running_mean.uniform_(-0.5, 0.5, generator=g)
-      m.running_var.uniform_(0.5, 1.5, generator=g)
-      m.weight.data.uniform_(0.5, 1.5, generator=g)
-      m.bias.data.uniform_(-0.2, 0.2, generator=g)
+  convnets.randomize_batchnorm(net, torch.Generator().manual_seed(1))
   net.eval()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 
 import jax
 import ml_collections
@@ -20,40 +19,19 @@ from jaxmilab.data import build_uir
 from jaxmilab.data import uir2p5m
 from jaxmilab.data import uir_degradations
 from jaxmilab.data.base import DataError
+from tests import fake_trees
 
 # <type folder>/<source>: 3 pairs each; GN's are JPEG files (stored as released, not re-encoded).
 RELEASE = (("GN", "LSDIR", ".jpg"), ("rs", "RealRain-1k", ".png"), ("low_light", "LOL", ".png"),
            ("RN", "SIDD", ".png"))
 
 
-def _release(root):
-  for type_dir, source, ext in RELEASE:
-    for side in ("lq", "gt"):
-      folder = root / type_dir / source / side
-      folder.mkdir(parents=True)
-      for i in range(3):
-        seed = zlib.crc32(f"{type_dir}/{i}/{side}".encode())
-        pixels = (np.random.default_rng(seed).random((36 + 2 * i, 40, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}{ext}", **({"quality": 90} if ext == ".jpg" else {}))
-  return root
-
-
-def _read_all(out):
-  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  manifest = json.loads((out / "manifest.json").read_text())
-  records = []
-  for shard in manifest["shards"]:
-    reader = ArrayRecordReader(str(out / shard["file"]))
-    records += [build_uir.decode_record(r) for r in reader.read_all()]
-    reader.close()
-  return manifest, records
-
-
 @pytest.fixture(scope="module")
 def released_build(tmp_path_factory):
   root = tmp_path_factory.mktemp("uir_release")
-  release = _release(root / "UIR-2.5M")
+  release = fake_trees.uir_release(
+      root / "UIR-2.5M", [(t, s, [f"{i}{e}" for i in range(3)]) for t, s, e in RELEASE], height=36,
+      width=40)
   plan = build_uir.make_plan(released_dir=str(release), shard_size=5)
   manifest = build_uir.build(plan, str(root / "build"), workers=0, progress=False)
   return release, root / "build", manifest
@@ -65,7 +43,7 @@ def test_released_layout_packs_file_bytes(released_build):
   assert manifest["counts"] == {"noise": {"LSDIR": 3}, "real_noise": {"SIDD": 3},
                                 "rain_streak": {"RealRain-1k": 3}, "low_light": {"LOL": 3}}
   assert len(manifest["shards"]) == 3
-  _, records = _read_all(out)
+  _, records = fake_trees.read_build(out)
   assert sorted(r["source"] for r in records) == sorted(
       f"{t}/{s}/{i}{e}" for t, s, e in RELEASE for i in range(3))
   for r in records:

@@ -7,7 +7,7 @@ SingleObjectLocalization/wsol/vgg.py `VggBCAM`, wsol/inception.py `InceptionBCAM
 wsol/resnet.py `ResNetBCAM` (one block per stage); the
 gradient maps follow its inference.py `Generator` ("CUB": sum_c G_c mean(G_c), G the gradient
 of logits - logits_rev at Train.sh's `--target_layer`: conv6 for VGG, SPG_A3_1b for Inception,
-layer4 for ResNet).
+layer4 for ResNet). Their bottleneck blocks and VGG features are tests/torch_reference/convnets.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.evaluation import wsol as wsol_metrics
 from jaxmilab.methods import bcam
 from jaxmilab.methods import cam
+from tests import fake_trees
+from tests.torch_reference import convnets
 
 
 # ------------------------------------------------------------------------- streaming evaluation
@@ -124,16 +126,9 @@ def _torch_bcam_nets(torch, d):
   class VggBCAM(nn.Module):
     def __init__(self, num_classes, k):
       super().__init__()
-      layers, c = [], 3
-      for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
-        if v == "M":
-          layers.append(nn.MaxPool2d(2, 2))
-        else:
-          layers += [nn.Conv2d(c, v // d, 3, padding=1), nn.ReLU()]
-          c = v // d
-      self.features = nn.Sequential(*layers)
-      self.conv6 = nn.Conv2d(512 // d, 1024 // d, 3, padding=1)
-      heads(self, 512 // d, 1024 // d, k, num_classes, True)
+      self.features, c = convnets.vgg16_features(d)
+      self.conv6 = nn.Conv2d(c, 1024 // d, 3, padding=1)
+      heads(self, c, 1024 // d, k, num_classes, True)
 
     def forward(self, x):
       x = self.features(x)
@@ -236,26 +231,6 @@ def _torch_bcam_nets(torch, d):
       feature = self.SPG_A3_2b(target)
       return bcam_logits(self, feature, feature), target
 
-  class Bottleneck(nn.Module):
-    def __init__(self, inplanes, planes, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.downsample = None
-      if stride != 1 or inplanes != planes * 4:
-        self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                        nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = F.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
   class ResNetBCAM(nn.Module):  # one block per stage (the tiny preset), large_feature_map
     def __init__(self, num_classes, k):
       super().__init__()
@@ -263,7 +238,9 @@ def _torch_bcam_nets(torch, d):
       self.bn1 = nn.BatchNorm2d(64 // d)
       c = 64 // d
       for i, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 1), (512, 1)), 1):
-        setattr(self, f"layer{i}", nn.Sequential(Bottleneck(c, planes // d, stride)))
+        down = convnets.downsample(c, planes // d, stride)
+        block = convnets.bottleneck(c, planes // d, stride, downsample=down)
+        setattr(self, f"layer{i}", nn.Sequential(block))
         c = planes // d * 4
       heads(self, c, c, k, num_classes, False)
 
@@ -292,12 +269,8 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   net = _torch_bcam_nets(torch, 8)[arch](num_classes=3, k=4)
-  for m in net.modules():  # non-trivial BatchNorm statistics and non-uniform attention
-    if isinstance(m, torch.nn.BatchNorm2d):
-      m.running_mean.uniform_(-0.5, 0.5)
-      m.running_var.uniform_(0.5, 1.5)
-      m.weight.data.uniform_(0.5, 1.5)
-      m.bias.data.uniform_(-0.2, 0.2)
+  convnets.randomize_batchnorm(net)  # non-trivial BatchNorm statistics
+  for m in net.modules():  # and non-uniform attention
     if isinstance(m, torch.nn.Conv2d) and m.out_channels == 4:
       m.weight.data.normal_(0.0, 0.3)
   net.eval()
@@ -398,12 +371,7 @@ def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
   m = np.zeros((16, 16), np.uint8)
   m[4:12, 2:9] = 255
   Image.fromarray(m).save(data / "CUBMask" / "masks" / "a" / "1.png")
-  for split in ("train", "test"):
-    folder = meta / "CUB" / split
-    folder.mkdir(parents=True)
-    (folder / "image_ids.txt").write_text("a/1.jpg\n")
-    (folder / "class_labels.txt").write_text("a/1.jpg,1\n")
-    (folder / "localization.txt").write_text("a/1.jpg,2,4,8,11\n")
+  fake_trees.wsol_metadata(meta, "CUB", labels={"a/1.jpg": 1}, localization=["a/1.jpg,2,4,8,11"])
   cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
                                        resize_size=16, crop_size=16))
   batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0,

@@ -14,6 +14,8 @@ from jaxmilab.methods import bagcams
 from jaxmilab.methods import bcam
 from jaxmilab.methods import cam
 from jaxmilab.models import wsol_backbones
+from tests import fake_trees
+from tests.torch_reference import convnets
 
 
 # ------------------------------------------------------------------------------ guided ReLU
@@ -232,13 +234,9 @@ def test_folder_reader_follows_wsolevaluation_metadata(tmp_path):
   for name, (w, h) in {"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)}.items():
     (data / "CUB" / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(data / "CUB" / name)
-  for split in ("train", "test"):
-    folder = meta / "CUB" / split
-    folder.mkdir(parents=True)
-    (folder / "image_ids.txt").write_text("a/1.jpg\nb/2.jpg\n")
-    (folder / "class_labels.txt").write_text("a/1.jpg,0\nb/2.jpg,1\n")
-    (folder / "image_sizes.txt").write_text("a/1.jpg,50,40\nb/2.jpg,30,60\n")
-    (folder / "localization.txt").write_text("a/1.jpg,10,5,49,39\nb/2.jpg,0,0,29,59\nb/2.jpg,3,7,11,13\n")
+  fake_trees.wsol_metadata(meta, "CUB", labels={"a/1.jpg": 0, "b/2.jpg": 1},
+                           sizes={"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)},
+                           localization=["a/1.jpg,10,5,49,39", "b/2.jpg,0,0,29,59", "b/2.jpg,3,7,11,13"])
   cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
                                        resize_size=24, crop_size=20, max_boxes=3))
   ds = wsol_folders.create(cfg, batch_size=2, seed=0, process_index=0, process_count=1)
@@ -258,26 +256,9 @@ def test_folder_reader_follows_wsolevaluation_metadata(tmp_path):
 
 
 def _torch_wsol_nets(torch, d):
-  """ResNetCam / VggCam of wsolevaluation (wsol/resnet.py, wsol/vgg.py) with widths / d."""
+  """ResNetCam / VggCam of wsolevaluation (wsol/resnet.py, wsol/vgg.py) with widths / d
+  (blocks and VGG features: tests/torch_reference/convnets.py)."""
   nn = torch.nn
-
-  class Bottleneck(nn.Module):
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.relu = nn.ReLU()
-      self.downsample = downsample
-
-    def forward(self, x):
-      out = self.relu(self.bn1(self.conv1(x)))
-      out = self.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
   class ResNetCam(nn.Module):
     def __init__(self, num_classes):
@@ -294,11 +275,8 @@ def _torch_wsol_nets(torch, d):
       self.fc = nn.Linear(2048 // d, num_classes)
 
     def _layer(self, planes, stride):
-      down = None
-      if stride != 1 or self.inplanes != planes * 4:
-        down = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                             nn.BatchNorm2d(planes * 4))
-      block = Bottleneck(self.inplanes, planes, stride, down)
+      down = convnets.downsample(self.inplanes, planes, stride)
+      block = convnets.bottleneck(self.inplanes, planes, stride, downsample=down)
       self.inplanes = planes * 4
       return nn.Sequential(block)
 
@@ -310,15 +288,8 @@ def _torch_wsol_nets(torch, d):
   class VggCam(nn.Module):
     def __init__(self, num_classes):
       super().__init__()
-      layers, c = [], 3
-      for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
-        if v == "M":
-          layers.append(nn.MaxPool2d(2, 2))
-        else:
-          layers += [nn.Conv2d(c, v // d, 3, padding=1), nn.ReLU()]
-          c = v // d
-      self.features = nn.Sequential(*layers)
-      self.conv6 = nn.Conv2d(512 // d, 1024 // d, 3, padding=1)
+      self.features, c = convnets.vgg16_features(d)
+      self.conv6 = nn.Conv2d(c, 1024 // d, 3, padding=1)
       self.fc = nn.Linear(1024 // d, num_classes)
 
     def forward(self, x):
@@ -335,12 +306,7 @@ def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   net = _torch_wsol_nets(torch, 8)[arch](num_classes=3)
-  for m in net.modules():  # move BatchNorm away from its init so the statistics matter
-    if isinstance(m, torch.nn.BatchNorm2d):
-      m.running_mean.uniform_(-0.5, 0.5)
-      m.running_var.uniform_(0.5, 1.5)
-      m.weight.data.uniform_(0.5, 1.5)
-      m.bias.data.uniform_(-0.2, 0.2)
+  convnets.randomize_batchnorm(net)  # away from its init, so the statistics matter
   net.eval()
   path = str(tmp_path / "net.pth")
   torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)  # wsolevaluation's layout
@@ -368,19 +334,15 @@ def test_folder_reader_openimages_masks(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
-  root, meta = tmp_path / "dataset" / "OpenImages", tmp_path / "metadata" / "OpenImages"
+  root, meta = tmp_path / "dataset" / "OpenImages", tmp_path / "metadata"
   (root / "test" / "c").mkdir(parents=True)
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test/c/x.jpg")
   m1, m2, ign = (np.zeros((8, 8), np.uint8) for _ in range(3))
   m1[:4, :4], m2[6:, 6:], ign[:, :5] = 255, 255, 255
   for name, m in (("x_m1.png", m1), ("x_m2.png", m2), ("x_ignore.png", ign)):
     Image.fromarray(m).save(root / "test" / "c" / name)
-  for split in ("train", "test"):
-    (meta / split).mkdir(parents=True)
-    (meta / split / "image_ids.txt").write_text("test/c/x.jpg\n")
-    (meta / split / "class_labels.txt").write_text("test/c/x.jpg,1\n")
-    (meta / split / "localization.txt").write_text(
-        "test/c/x.jpg,test/c/x_m1.png,test/c/x_ignore.png\ntest/c/x.jpg,test/c/x_m2.png,\n")
+  fake_trees.wsol_metadata(meta, "OpenImages", labels={"test/c/x.jpg": 1}, localization=[
+      "test/c/x.jpg,test/c/x_m1.png,test/c/x_ignore.png", "test/c/x.jpg,test/c/x_m2.png,"])
   cfg = ml_collections.ConfigDict(dict(dataset="OpenImages", data_root=str(tmp_path / "dataset"),
                                        metadata_root=str(tmp_path / "metadata"), resize_size=8, crop_size=8))
   batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0, process_count=1).eval_batches()))
