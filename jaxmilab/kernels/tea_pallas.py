@@ -787,49 +787,62 @@ def _global_specs(g: Geometry, bh: int, dtype):
                 dtype)] * 2
 
 
-def _forward(g: Geometry, q, k, v, kg, vg):
-  """Maps [BH, Hp, Wp, dp] in; o (same shape) and lse, t_val, t_pos [BH, T, 1, TQ] out."""
+def _tile_index(b, i, j, *_):
+  """Grid (batch*head, tile row, tile column, ...) -> block index of a [BH, Hp, Wp, dp] tile."""
+  return (b, i, j, 0)
+
+
+def _stat_index(g: Geometry):
+  """Grid (batch*head, tile row, tile column) -> block index of a [BH, T, 1, TQ] statistic."""
+  return lambda b, i, j: (b, i * g.n_tx + j, 0, 0)
+
+
+def _query_tile_inputs(g: Geometry, q, k, v, kg, vg):
+  """(inputs, BlockSpecs) every per-query-tile program reads: the position patterns, its query
+  tile, the key / value halo around it and, with global tokens, all pooled keys / values."""
   bh = q.shape[0]
-  patterns, pattern_specs = _pattern_inputs(g, ("qpy", "qpx", "hpy", "hpx"))
-  tile = lambda b, i, j: (b, i, j, 0)
-  stat = lambda b, i, j: (b, i * g.n_tx + j, 0, 0)
-  inputs = [q, k, v]
-  in_specs = pattern_specs + [_tile_spec(g, bh, q.dtype, tile), _halo_spec(g), _halo_spec(g)]
+  patterns, in_specs = _pattern_inputs(g, ("qpy", "qpx", "hpy", "hpx"))
+  inputs = [*patterns, q, k, v]
+  in_specs += [_tile_spec(g, bh, q.dtype, _tile_index), _halo_spec(g), _halo_spec(g)]
   if g.has_global:
     inputs += [kg, vg]
     in_specs += _global_specs(g, bh, kg.dtype)
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [_stat_shape(g, bh)] * 3
-  out_specs = [_tile_spec(g, bh, q.dtype, tile)] + [_stat_spec(g, bh, stat)] * 3
+  return inputs, in_specs
+
+
+def _per_query_tile(g: Geometry, kernel, q, inputs, in_specs, out_specs, out_shape, *,
+                    kind: str, name: str):
+  """`kernel` run once per (batch*head, query tile row, query tile column), all parallel."""
+  bh = q.shape[0]
   return pl.pallas_call(
-      functools.partial(_forward_kernel, g=g), grid=(bh, g.n_ty, g.n_tx),
+      functools.partial(kernel, g=g), grid=(bh, g.n_ty, g.n_tx),
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=_compiler_params(g, ("parallel",) * 3), interpret=g.interpret,
-      cost_estimate=_cost(g, bh, q.dtype.itemsize, "forward"),
-      name="tea_attention_forward")(*patterns, *inputs)
+      cost_estimate=_cost(g, bh, q.dtype.itemsize, kind), name=name)(*inputs)
+
+
+def _forward(g: Geometry, q, k, v, kg, vg):
+  """Maps [BH, Hp, Wp, dp] in; o (same shape) and lse, t_val, t_pos [BH, T, 1, TQ] out."""
+  bh = q.shape[0]
+  inputs, in_specs = _query_tile_inputs(g, q, k, v, kg, vg)
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [_stat_shape(g, bh)] * 3
+  out_specs = [_tile_spec(g, bh, q.dtype, _tile_index)] + [_stat_spec(g, bh, _stat_index(g))] * 3
+  return _per_query_tile(g, _forward_kernel, q, inputs, in_specs, out_specs, out_shape,
+                         kind="forward", name="tea_attention_forward")
 
 
 def _backward_dq(g: Geometry, q, k, v, kg, vg, o, do, lse, t_val, t_pos):
   """dq [BH, Hp, Wp, dp] and delta = rowsum(o * do) [BH, T, 1, TQ]."""
   bh = q.shape[0]
-  patterns, pattern_specs = _pattern_inputs(g, ("qpy", "qpx", "hpy", "hpx"))
-  tile = lambda b, i, j: (b, i, j, 0)
-  stat = lambda b, i, j: (b, i * g.n_tx + j, 0, 0)
-  inputs = [q, k, v]
-  in_specs = pattern_specs + [_tile_spec(g, bh, q.dtype, tile), _halo_spec(g), _halo_spec(g)]
-  if g.has_global:
-    inputs += [kg, vg]
-    in_specs += _global_specs(g, bh, kg.dtype)
+  stat = _stat_index(g)
+  inputs, in_specs = _query_tile_inputs(g, q, k, v, kg, vg)
   inputs += [o, do, lse, t_val, t_pos]
-  in_specs += [_tile_spec(g, bh, o.dtype, tile), _tile_spec(g, bh, do.dtype, tile)]
+  in_specs += [_tile_spec(g, bh, o.dtype, _tile_index), _tile_spec(g, bh, do.dtype, _tile_index)]
   in_specs += [_stat_spec(g, bh, stat)] * 3
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), _stat_shape(g, bh)]
-  out_specs = [_tile_spec(g, bh, q.dtype, tile), _stat_spec(g, bh, stat)]
-  return pl.pallas_call(
-      functools.partial(_backward_dq_kernel, g=g), grid=(bh, g.n_ty, g.n_tx),
-      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=_compiler_params(g, ("parallel",) * 3), interpret=g.interpret,
-      cost_estimate=_cost(g, bh, q.dtype.itemsize, "dq"),
-      name="tea_attention_backward_dq")(*patterns, *inputs)
+  out_specs = [_tile_spec(g, bh, q.dtype, _tile_index), _stat_spec(g, bh, stat)]
+  return _per_query_tile(g, _backward_dq_kernel, q, inputs, in_specs, out_specs, out_shape,
+                         kind="dq", name="tea_attention_backward_dq")
 
 
 def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
@@ -839,8 +852,6 @@ def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
   inputs = [k, v, q, do, lse, delta, t_val, t_pos]
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
   if g.backend == "tpu":
-    key = lambda b, i, j, n: (b, i, j, 0)
-
     def query(b, i, j, n):
       qy, qx, _ = _pair(g, i, j, n)
       return (b, qy, qx, 0)
@@ -849,17 +860,16 @@ def _backward_dkv(g: Geometry, q, k, v, do, lse, delta, t_val, t_pos):
       qy, qx, _ = _pair(g, i, j, n)
       return (b, qy * g.n_tx + qx, 0, 0)
 
-    in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, key)] * 2
+    in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, _tile_index)] * 2
     in_specs += [_tile_spec(g, bh, q.dtype, query)] * 2 + [_stat_spec(g, bh, stat)] * 4
-    out_specs = [_tile_spec(g, bh, k.dtype, key)] * 2
+    out_specs = [_tile_spec(g, bh, k.dtype, _tile_index)] * 2
     scratch = [_vmem_f32((g.tile_q, g.head_dim_pad))] * 2
     kernel, grid = _backward_dkv_grid_kernel, (bh, g.n_ty, g.n_tx, g.span_y * g.span_x)
     params = _compiler_params(g, ("parallel", "parallel", "parallel", "arbitrary"))
   else:
-    key = lambda b, i, j: (b, i, j, 0)
-    in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, key)] * 2
+    in_specs = pattern_specs + [_tile_spec(g, bh, k.dtype, _tile_index)] * 2
     in_specs += [_whole_spec(a.shape) for a in inputs[2:]]
-    out_specs = [_tile_spec(g, bh, k.dtype, key)] * 2
+    out_specs = [_tile_spec(g, bh, k.dtype, _tile_index)] * 2
     scratch = []
     kernel, grid = _backward_dkv_loop_kernel, (bh, g.n_ty, g.n_tx)
     params = _compiler_params(g, ("parallel",) * 3)
