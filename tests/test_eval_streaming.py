@@ -228,7 +228,7 @@ def test_merge_across_processes_adds_float64_sums_exactly(monkeypatch):
 
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(multihost_utils, "process_allgather", fake_allgather)
-  ev = evaluation_base.Evaluator()
+  ev = ToyEvaluator()
   ev.add("count", 3.0)
   ev.add("hist", np.array([0.1, 1e-300, 2.0**60 + 1.0]))
   ev.merge_across_processes()

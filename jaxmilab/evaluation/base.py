@@ -6,26 +6,32 @@ hosts are merged by addition, and `compute()` turns the final sums into scalars.
 Host memory is therefore independent of the eval-set size, and N hosts that each
 see a slice of the set produce exactly the numbers one host would.
 
-Two levels use this class:
+Two abstract classes:
 
-* metric evaluators (`SegmentationEvaluator`, `DiceEvaluator`, `RestorationEvaluator`,
-  the WSOL ones) take arrays with `accumulate(...)`;
-* every `Method.evaluator()` returns one whose `update(batch, outputs)` receives the
-  process-local numpy batch (with its bool "valid" mask) and the method's eval outputs,
-  and whose `images()` gives an optional picture made from a few kept examples.
+* `Metric`: the sums (`add`, `merge`, `merge_across_processes`) and `compute()`. Metric
+  evaluators (`SegmentationEvaluator`, `DiceEvaluator`, `BoxEvaluator`, `MaskEvaluator`) are
+  Metrics that take arrays with their own `accumulate(...)`.
+* `Evaluator(Metric)`: what every `Method.evaluator()` returns; its `update(batch, outputs)`
+  receives the process-local numpy batch (with its bool "valid" mask) and the method's eval
+  outputs, and `images()` gives an optional picture made from a few kept examples
+  (`RestorationEvaluator`, `WSOLEvaluator` and the methods' own evaluators).
 
 The trainer calls `update` per batch, `merge_across_processes()` once, then `compute()`.
 """
 
 from __future__ import annotations
 
+import abc
 from typing import Mapping
 
 import numpy as np
 
 
-class Evaluator:
-  """Sums of numpy arrays keyed by name; addition is the only way statistics combine."""
+class Metric(abc.ABC):
+  """Sums of numpy arrays keyed by name; addition is the only way statistics combine.
+
+  Subclasses create their statistics up front with `add` and implement `compute`.
+  """
 
   def __init__(self):
     self.sums: dict[str, np.ndarray] = {}
@@ -36,19 +42,19 @@ class Evaluator:
     value = np.asarray(value, dtype=np.float64)
     if name in self.sums:
       if self.sums[name].shape != value.shape:
-        raise ValueError(f"Evaluator statistic {name!r} changed shape from "
+        raise ValueError(f"{type(self).__name__} statistic {name!r} changed shape from "
                          f"{self.sums[name].shape} to {value.shape}; statistics must be fixed-size.")
       self.sums[name] = self.sums[name] + value
     else:
       self.sums[name] = value.copy()
 
-  def merge(self, other: "Evaluator") -> "Evaluator":
+  def merge(self, other: "Metric") -> "Metric":
     """Adds `other`'s statistics into this one (same kind of evaluator); returns self."""
     for name, value in other.sums.items():
       self.add(name, value)
     return self
 
-  def merge_across_processes(self) -> "Evaluator":
+  def merge_across_processes(self) -> "Metric":
     """Sums the statistics over all JAX processes (a no-op on one process); returns self.
 
     Every process must hold the same statistic names; evaluators create all of their
@@ -76,16 +82,20 @@ class Evaluator:
       self.sums[name] = per_host.reshape((-1,) + self.sums[name].shape).sum(axis=0)
     return self
 
-  # -- per method ---------------------------------------------------------------------------
+  @abc.abstractmethod
+  def compute(self) -> dict[str, float]:
+    """The results (name -> float) of the statistics summed so far."""
+
+
+class Evaluator(Metric):
+  """A method's streaming evaluator (`Method.evaluator()`), fed batch by batch by the trainer."""
+
+  @abc.abstractmethod
   def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
     """Adds one process-local batch; `batch["valid"]` is False on padding examples."""
-    raise NotImplementedError(f"{type(self).__name__} is a metric evaluator; use accumulate().")
-
-  def compute(self) -> dict[str, float]:
-    raise NotImplementedError
 
   def images(self) -> np.ndarray | None:
-    """An optional [H, W, 3] float image in [0, 1] from a few kept examples."""
+    """An optional [H, W, 3] float image in [0, 1] from a few kept examples (None: no picture)."""
     return None
 
 

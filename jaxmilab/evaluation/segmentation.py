@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmilab.evaluation.base import Evaluator, ratio
+from jaxmilab.evaluation.base import Metric, ratio
 
 
 def confusion_matrix(pred, gt, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
@@ -34,7 +34,7 @@ def confusion_matrix(pred, gt, num_classes: int, ignore_index: int | None = None
                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-class SegmentationEvaluator(Evaluator):
+class SegmentationEvaluator(Metric):
   """mIoU from one confusion matrix over the whole set; `accumulate` per batch."""
 
   def __init__(self, num_classes: int, ignore_index: int = 255):
@@ -59,7 +59,7 @@ class SegmentationEvaluator(Evaluator):
     return out
 
 
-class DiceEvaluator(Evaluator):
+class DiceEvaluator(Metric):
   """Dice per foreground class with |P ∩ G|, |P| and |G| pooled over every slice."""
 
   def __init__(self, num_classes: int):

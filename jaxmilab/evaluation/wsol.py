@@ -117,7 +117,7 @@ def boxes_from_scoremap(scoremap, thresholds: Sequence[float], *, multi_contour:
   return out
 
 
-class BoxEvaluator(evaluation_base.Evaluator):
+class BoxEvaluator(evaluation_base.Metric):
   """MaxBoxAcc over a dataset: per IoU threshold, the best (over score thresholds) share of correct images.
 
   `accumulate` one scoremap at a time, then `compute`. The statistics are fixed-size counters
@@ -262,7 +262,7 @@ class BoxEvaluator(evaluation_base.Evaluator):
     return out
 
 
-class MaskEvaluator(evaluation_base.Evaluator):
+class MaskEvaluator(evaluation_base.Metric):
   """PxAP and pIoU over a dataset from pixel score histograms (wsolevaluation MaskEvaluator).
 
   The statistics are the two fixed-size histograms (statistic names "true_hist" / "false_hist").
