@@ -39,6 +39,13 @@ OPTIMIZERS = ("adam", "adamw", "amsgrad", "sgd")
 SCHEDULES = ("constant", "cosine", "multistep")
 PACKAGE_PREFIX = "jaxmilab:"
 _PARTS = {"model": "models", "method": "methods", "data": "data"}
+# config.mesh, read by jaxmilab.sharding through `options(config.mesh, MESH_DEFAULTS)`.
+MESH_DEFAULTS = dict(
+    data=-1, fsdp=1, model=1,        # -1 = all remaining devices
+    shard_params_over=("fsdp",),     # mesh axes that split parameters (ZeRO-3 / FSDP)
+    tensor_parallel=(),              # ((regex over parameter paths, dim), ...) split over "model"
+    min_shard_size=2**14,            # smaller arrays stay replicated
+    num_devices=-1)                  # use the first N devices (-1 = all), e.g. to compare meshes
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,12 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.ema_decay = 0.0                    # EMA of parameters (evaluated, saved as params_ema); 0 = off
   c.profile_steps = ()                 # (first, last) step of a profiler trace in DIR/profile
-  c.mesh = ml_collections.ConfigDict(dict(
-      data=-1, fsdp=1, model=1,        # -1 = all remaining devices
-      shard_params_over=("fsdp",),     # mesh axes that split parameters (ZeRO-3 / FSDP)
-      tensor_parallel=(),              # ((regex over parameter paths, dim), ...) split over "model"
-      min_shard_size=2**14,            # smaller arrays stay replicated
-      num_devices=-1))                 # use the first N devices (-1 = all), e.g. to compare meshes
+  c.mesh = ml_collections.ConfigDict(MESH_DEFAULTS)
   c.model = ml_collections.ConfigDict()
   c.method = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict()

@@ -1,7 +1,8 @@
 """Device mesh and shardings for parameters, optimizer state and batches.
 
 One mesh with axes ("data", "fsdp", "model"); sizes come from `config.mesh`
-(-1 = all remaining devices). Batches are split over ("data", "fsdp").
+(-1 = all remaining devices; every key is declared, with its default, in
+`config_lib.MESH_DEFAULTS` and read through `config_lib.options`). Batches are split over ("data", "fsdp").
 Parameters and optimizer state follow one rule (as big_vision's "fsdp" rule), so
 a model needs no annotations to run data-parallel or FSDP (ZeRO-3):
 
@@ -32,13 +33,21 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxmilab import config_lib
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 
+def mesh_options(mesh_config) -> config_lib.Options:
+  """config.mesh (a ConfigDict or dict; None = all defaults) read through MESH_DEFAULTS."""
+  return config_lib.options(mesh_config, config_lib.MESH_DEFAULTS, component="mesh", part="mesh")
+
+
 def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) -> tuple[int, ...]:
   """Resolves -1 in {data, fsdp, model} so the product is `num_devices`."""
-  sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+  opts = mesh_options(mesh_config)
+  sizes = [int(opts[a]) for a in MESH_AXES]
   unknown = [i for i, s in enumerate(sizes) if s == -1]
   if len(unknown) > 1:
     raise ValueError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}.")
@@ -59,7 +68,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) 
 def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The ("data", "fsdp", "model") mesh over `devices` (default: all devices)."""
   devices = list(jax.devices() if devices is None else devices)
-  num_devices = int(mesh_config.get("num_devices", -1))
+  num_devices = int(mesh_options(mesh_config).num_devices)
   if num_devices > 0:
     if num_devices > len(devices) or jax.process_count() > 1:
       raise ValueError(f"config.mesh.num_devices={num_devices}: only {len(devices)} devices in "
@@ -83,10 +92,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str] = ("fsdp",),
-               min_shard_size: int = 2**14, model_dim: int | None = None) -> P:
+def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str],
+               min_shard_size: int, model_dim: int | None = None) -> P:
   """PartitionSpec of one parameter-like array under the rule (module docstring).
 
+  `shard_over` and `min_shard_size` are config.mesh.shard_params_over / min_shard_size;
   `model_dim`: the dimension a `tensor_parallel` rule assigns to "model" (None: none).
   """
   spec: list[Any] = [None] * len(shape)
@@ -113,7 +123,7 @@ def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str] = ("f
 def tensor_parallel_rules(mesh_config) -> list[tuple[re.Pattern[str], int]]:
   """Compiled `config.mesh.tensor_parallel` rules: ((regex, dimension), ...)."""
   rules = []
-  for entry in mesh_config.get("tensor_parallel", ()):
+  for entry in mesh_options(mesh_config).tensor_parallel:
     if len(entry) != 2 or not isinstance(entry[1], int):
       raise ValueError(f"config.mesh.tensor_parallel: entries are (regex over parameter paths, "
                        f"dimension), e.g. (r'attn/qkv/kernel', -1); got {entry!r}.")
@@ -134,11 +144,12 @@ def path_name(path) -> str:
 
 def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
   """NamedShardings for every leaf of a (params / optimizer / train) state pytree."""
-  shard_over = tuple(mesh_config.get("shard_params_over", ("fsdp",)))
+  opts = mesh_options(mesh_config)
+  shard_over = tuple(opts.shard_params_over)
   for axis in shard_over:
     if axis not in MESH_AXES:
       raise ValueError(f"config.mesh.shard_params_over: unknown mesh axis {axis!r}; use {MESH_AXES}.")
-  min_size = int(mesh_config.get("min_shard_size", 2**14))
+  min_size = int(opts.min_shard_size)
   rules = tensor_parallel_rules(mesh_config)
 
   def leaf(path, x):

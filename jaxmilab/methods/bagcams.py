@@ -31,6 +31,8 @@ import jax.numpy as jnp
 
 from jaxmilab.methods import cam
 
+CONFIG_DEFAULTS = cam.CONFIG_DEFAULTS  # `cam` training: the same config.method keys
+
 
 def bagcams_from_gradients(features: jax.Array, grads: jax.Array) -> jax.Array:
   """The BagCAMs formula at feature resolution: F, G [B, h, w, C] -> M [B, h, w]."""

@@ -33,6 +33,14 @@ from jaxmilab.methods import cam
 from jaxmilab.models import wsol_backbones
 
 MAP_MODES = ("cub", "ilsvrc", "openimages")
+# Every config.method key of bcam: cam's and the B-CAM ones (config_lib fills the missing ones).
+CONFIG_DEFAULTS = dict(
+    cam.CONFIG_DEFAULTS,
+    num_heads=100,                       # attention heads K of each aggregator
+    loss_weights=(1.0, 1.0, 1.0, 1.0),   # r1..r4 of the stagger loss
+    inference="prob",                    # "prob" | "mask" (module docstring)
+    map_mode="cub",                      # MAP_MODES (official inference.py `Generator`)
+)
 BCAMHead = wsol_backbones.BCAMHead  # the model component; re-exported for the method's users
 
 
@@ -89,22 +97,22 @@ def gradient_maps(score_fn, map_features: jax.Array, labels: jax.Array,
 class Method(cam.WSOLMethod):
   """B-CAM training (stagger loss) and "prob" / "mask" evaluation."""
 
-  EXTRA_KEYS = ("num_heads", "loss_weights", "inference", "map_mode")
+  DEFAULTS = CONFIG_DEFAULTS
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = config.method
-    self.backbone = cam.build_backbone(config, data_info, with_classifier=False)
+    m = self.opts
+    self.backbone = cam.build_backbone(config, data_info, m.init_from, with_classifier=False)
     self.arch = wsol_backbones.arch_of(self.backbone)
-    self.head = wsol_backbones.bcam_head(self.arch, data_info.num_classes, int(m.get("num_heads", 100)))
-    weights = tuple(m.get("loss_weights", (1.0, 1.0, 1.0, 1.0)))
+    self.head = wsol_backbones.bcam_head(self.arch, data_info.num_classes, int(m.num_heads))
+    weights = tuple(m.loss_weights)
     if len(weights) != 4:
       raise ValueError(f"config.method.loss_weights={weights}: give 4 weights (r1..r4 of the stagger loss).")
     self.loss_weights = dict(zip(("ce_oo", "mlsm_bo", "mlsm_bb", "mlsm_ob"), map(float, weights)))
-    self.inference = m.get("inference", "prob")
+    self.inference = m.inference
     if self.inference not in ("prob", "mask"):
       raise ValueError(f"config.method.inference={self.inference!r}: use 'prob' or 'mask'.")
-    self.map_mode = m.get("map_mode", "cub")
+    self.map_mode = m.map_mode
     if self.map_mode not in MAP_MODES:
       raise ValueError(f"config.method.map_mode={self.map_mode!r}: use one of {MAP_MODES}.")
     other = "mask" if self.inference == "prob" else "prob"

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.convert import torchvision_wsol
 from jaxmilab.evaluation import wsol as wsol_metrics
@@ -34,6 +35,16 @@ from jaxmilab.models import wsol_backbones
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # wsolevaluation data_loaders.py
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# Every config.method key the WSOL methods share (bcam adds its own; config_lib fills the
+# missing ones; read through WSOLMethod.options).
+CONFIG_DEFAULTS = dict(
+    init_from="",              # ImageNet / released weights (convert/torchvision_wsol.py) or a run
+    allow_random_init=False,   # let a `paper` network train from random weights
+    cam_curve_interval=0.01,   # step of the score thresholds of the protocol curves
+    iou_thresholds=(30, 50, 70),  # MaxBoxAccV2 IoU thresholds (%)
+    multi_contour=True,        # MaxBoxAccV2: boxes of all contours, not only the largest
+)
 
 
 # ------------------------------------------------------------------------- map post-processing
@@ -131,16 +142,17 @@ def wsol_summary(outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pr
   return ev.compute()
 
 
-def build_backbone(config, data_info, **overrides):
-  """The config.model backbone with num_classes from the dataset."""
+def build_backbone(config, data_info, init_from: str, **overrides):
+  """The config.model backbone with num_classes from the dataset, checked against the network
+  the `init_from` weights were converted for."""
   if data_info.num_classes < 2:
     raise ValueError(f"WSOL methods need a classification dataset; config.data.name="
                      f"{config.data.name!r} gives {data_info.num_classes} classes.")
   model_cfg = dict(config.model)
   model_cfg.update(num_classes=data_info.num_classes, **overrides)
   model = registry.get_model(config.model.name)(model_cfg)
-  torchvision_wsol.check_model_info(config.method.get("init_from", "") or "",
-                                    wsol_backbones.arch_of(model), model.large_feature_map)
+  torchvision_wsol.check_model_info(init_from, wsol_backbones.arch_of(model),
+                                    model.large_feature_map)
   return model
 
 
@@ -150,33 +162,30 @@ def build_backbone(config, data_info, **overrides):
 class WSOLMethod(base.Method):
   """What the WSOL methods share: config keys, the backbone, the streaming evaluator, init_from."""
 
-  # config.method keys every WSOL method reads; subclasses add their own in EXTRA_KEYS.
-  METHOD_KEYS = ("name", "init_from", "allow_random_init", "cam_curve_interval", "iou_thresholds",
-                 "multi_contour")
-  EXTRA_KEYS: tuple[str, ...] = ()
+  # The config.method keys of the method's module (a subclass names its own declaration).
+  DEFAULTS = CONFIG_DEFAULTS
   # Metric prefix -> eval output key; the first is reported under the protocol names.
   SCOREMAPS = {"": "scoremap"}
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    known = self.METHOD_KEYS + self.EXTRA_KEYS
-    unknown = sorted(set(config.method.keys()) - set(known))
-    if unknown:
-      raise ValueError(f"Unknown config.method keys {unknown} for {config.method.name!r}; known: "
-                       f"{', '.join(known)}.")
-    m = config.method
-    self.eval_kwargs = dict(cam_curve_interval=float(m.get("cam_curve_interval", 0.01)),
-                            iou_thresholds=tuple(m.get("iou_thresholds", (30, 50, 70))),
-                            multi_contour=bool(m.get("multi_contour", True)))
+    self.opts = m = self.options()
+    self.eval_kwargs = dict(cam_curve_interval=float(m.cam_curve_interval),
+                            iou_thresholds=tuple(m.iou_thresholds),
+                            multi_contour=bool(m.multi_contour))
+
+  def options(self) -> config_options.Options:
+    """config.method read through DEFAULTS, now (a test or notebook may change the config)."""
+    return config_options.options(self.config.method, self.DEFAULTS)
 
   def check_initialisation(self) -> None:
     """The protocol fine-tunes ImageNet (or released) weights: refuse random `paper` networks.
 
     Called when the training loss is traced, so `--mode=eval` of a trained run is not affected.
     """
-    m = self.config.method
-    if (self.config.model.get("preset", "paper") == "paper" and not m.get("init_from")
-        and not m.get("allow_random_init", False)):
+    m = self.options()
+    model = wsol_backbones.model_options(self.config.model, self.data_info.num_classes)
+    if model.preset == "paper" and not m.init_from and not m.allow_random_init:
       raise ValueError("config.model.preset='paper' trains the protocol network, which starts from "
                        "ImageNet weights, but config.method.init_from is empty. Import them with "
                        "`python -m jaxmilab.convert.torchvision_wsol` and pass --config.method.init_from, "
@@ -196,7 +205,7 @@ class Method(WSOLMethod):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    self.model = build_backbone(config, data_info)
+    self.model = build_backbone(config, data_info, self.opts.init_from)
 
   def init_variables(self, rng, batch):
     x = preprocess(batch["image"])

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import segmentation
@@ -47,7 +48,6 @@ CONFIG_DEFAULTS = dict(
     init_from="", scribble_weight=1.0, pseudo_weight=1.0, label_smoothing=0.1,
     scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0, align_corners=True,
     eval_scales=(1.0,), eval_flip=False, eval_crop_size=0, eval_stride_rate=2 / 3, eval_images=4)
-METHOD_KEYS = ("name", *CONFIG_DEFAULTS)
 
 
 # --------------------------------------------------------------------------------- the losses
@@ -166,17 +166,14 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = config.method
-    unknown = sorted(set(m.keys()) - set(METHOD_KEYS))
-    if unknown:
-      raise ValueError(f"Unknown config.method keys {unknown} for 'cdsp'; known: {', '.join(METHOD_KEYS)}.")
+    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="cdsp")
     if data_info.num_classes < 2:
       raise ValueError(f"cdsp needs a segmentation dataset with >= 2 classes; config.data.name="
                        f"{config.data.name!r} gives {data_info.num_classes}.")
-    self.opts = {k: m.get(k, v) for k, v in CONFIG_DEFAULTS.items()}
     model_cfg = dict(config.model)
     model_cfg["num_classes"] = data_info.num_classes
-    model_cfg["lorm"] = float(self.opts["lorm_weight"]) > 0 and bool(model_cfg.get("lorm", True))
+    if float(self.opts.lorm_weight) <= 0:  # no LoRM loss: the model needs no LoRM layer
+      model_cfg["lorm"] = False
     self.model = registry.get_model(config.model.name)(model_cfg)
     self.num_classes = data_info.num_classes
 

@@ -38,11 +38,12 @@ def zero_output_conv(backbone_params: dict) -> dict:
 def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.RestorationEvaluator:
   """The streaming evaluator of a restoration method (per-type PSNR / SSIM[, accuracy]).
 
-  `config.method.float_metrics` (default False) scores float images instead of uint8-rounded
-  ones (jaxmilab.evaluation.restoration.per_image_scores)."""
+  `method.opts.float_metrics` (config.method.float_metrics, declared by each restoration
+  method) scores float images instead of uint8-rounded ones
+  (jaxmilab.evaluation.restoration.per_image_scores)."""
   return restoration_metrics.RestorationEvaluator(
       method.data_info.class_names, with_accuracy=with_accuracy,
-      float_images=bool(method.config.method.get("float_metrics", False)))
+      float_images=bool(method.opts.float_metrics))
 
 
 def image_grid(outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"),

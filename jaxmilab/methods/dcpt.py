@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmilab import config_options
 from jaxmilab import optimizers
 from jaxmilab import registry
 from jaxmilab.methods import base
@@ -40,7 +41,7 @@ from jaxmilab.models import dcpt_classifier
 MODES = ("pretrain", "probe", "joint", "transfer")
 FROZEN = {"pretrain": (), "probe": ("backbone",), "joint": (), "transfer": ("classifier",)}
 
-# Every config.method key of dcpt (config_lib fills the missing ones).
+# Every config.method key of dcpt (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
     mode="pretrain",            # MODES, module docstring
     focal_gamma=0.0,            # focal loss gamma; 0 and no alpha = cross-entropy (official)
@@ -60,11 +61,16 @@ class Method(base.Method):
       raise ValueError(f"dcpt needs at least 2 degradation types; config.data gives {data_info.num_classes}.")
     self.backbone = registry.get_model(config.model.name)(config.model)
     self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes)
-    self.gamma = float(config.method.get("focal_gamma", 0.0))
-    self.cls_weight = float(config.method.get("cls_weight", 1.0))
-    self.mode = config.method.get("mode", "pretrain")
+    self.opts = self.read_options(config.method)
+    self.gamma = float(self.opts.focal_gamma)
+    self.cls_weight = float(self.opts.cls_weight)
+    self.mode = self.opts.mode
     if self.mode not in MODES:
       raise ValueError(f"config.method.mode={self.mode!r}; use one of {MODES}.")
+
+  def read_options(self, method_config) -> config_options.Options:
+    """config.method read through CONFIG_DEFAULTS (subclasses read their own keys)."""
+    return config_options.options(method_config, CONFIG_DEFAULTS, component="dcpt")
 
   def init_variables(self, rng, batch):
     backbone_rng, classifier_rng = jax.random.split(rng)
@@ -106,7 +112,7 @@ class Method(base.Method):
     """Separate optimizers for network and classifier (official optim_g / optim_dc); frozen
     parts get set_to_zero. The classifier's learning rate: config.method.classifier_learning_rate."""
     tx_g = optimizers.create(optimizer_config, total_steps)
-    lr_dc = float(self.config.method.get("classifier_learning_rate", 0.0))
+    lr_dc = float(self.opts.classifier_learning_rate)
     if lr_dc:
       dc_config = optimizer_config.copy_and_resolve_references()
       with dc_config.unlocked():

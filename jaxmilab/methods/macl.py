@@ -48,13 +48,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.methods import base
 from jaxmilab.models import layers as model_layers
 from jaxmilab.models import pcl_unet
 
-# Every config.method key this method reads (official values: pretrain.sh / train_contrast.py).
+# Every config.method key this method reads (official values: pretrain.sh / train_contrast.py;
+# read as self.opts).
 CONFIG_DEFAULTS = dict(
     init_from="",           # continue from another run's parameters ("" = none)
     variant="macl",         # "macl" | "pcl" (L_g only, encoder + one MLP head, full resolution)
@@ -67,7 +69,6 @@ CONFIG_DEFAULTS = dict(
     pixel_weight=0.5,       # --alpha (L_d)
     er_weight=1.0,          # --alpha_ER (L_ER)
     symmetric=False)        # --symmetric_net: no downsampling of the dominant inputs
-_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
 VARIANTS = ("macl", "pcl")
 VIEW_KEYS = ("view_i1", "view_i2", "view_v1", "view_v2")
 
@@ -245,19 +246,15 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = config.method
-    unknown = sorted(k for k in m.keys() if k not in _CONFIG_KEYS)
-    if unknown:
-      raise ValueError(f"config.method: unknown key(s) {unknown} for macl; known keys: "
-                       f"{list(_CONFIG_KEYS)}.")
-    self.variant = m.get("variant", "macl") or "macl"
+    self.opts = m = config_options.options(config.method, CONFIG_DEFAULTS, component="macl")
+    self.variant = m.variant
     if self.variant not in VARIANTS:
       raise ValueError(f"config.method.variant={self.variant!r}: use one of {VARIANTS}.")
-    self.threshold = float(m.get("threshold", 0.1))        # --slice_threshold (0.05 for BraTS)
-    self.temperature = float(m.get("temperature", 0.1))    # --temp 0.1
-    self.base_temperature = float(m.get("base_temperature", 0.07))
-    self.pixel_weight = float(m.get("pixel_weight", 0.5))  # --alpha 0.5
-    self.er_weight = float(m.get("er_weight", 1.0))        # --alpha_ER 1.0
+    self.threshold = float(m.threshold)
+    self.temperature = float(m.temperature)
+    self.base_temperature = float(m.base_temperature)
+    self.pixel_weight = float(m.pixel_weight)
+    self.er_weight = float(m.er_weight)
     if self.threshold <= 0 or self.temperature <= 0:
       raise ValueError(f"config.method.threshold={self.threshold} and temperature="
                        f"{self.temperature} must be > 0.")
@@ -267,9 +264,8 @@ class Method(base.Method):
         raise ValueError(f"config.model.name={config.model.name!r} has no `{needed}` method; MACL "
                          f"needs a backbone with encode() / decode() (see jaxmilab/models/pcl_unet.py).")
     self.net = MACLNet(backbone=backbone, variant=self.variant,
-                       decoder_blocks=int(m.get("decoder_blocks", 2)),
-                       embed_dim=int(m.get("embed_dim", 128)), scale=float(m.get("scale", 0.25)),
-                       symmetric=bool(m.get("symmetric", False)))
+                       decoder_blocks=int(m.decoder_blocks), embed_dim=int(m.embed_dim),
+                       scale=float(m.scale), symmetric=bool(m.symmetric))
 
   def _views(self, batch):
     missing = [k for k in VIEW_KEYS + ("position",) if k not in batch]

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.evaluation import segmentation
 from jaxmilab.methods import base
@@ -42,7 +43,6 @@ CONFIG_DEFAULTS = dict(
     init_decoder_blocks=2,    # decoder blocks taken from a pre-training run (MACL pre-trains 1-2)
     l2_weight=0.0,            # coupled L2 (torch.optim.Adam weight_decay): loss += l2/2 sum p^2
     eval_examples=4)          # test slices kept for the eval picture
-_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -91,25 +91,21 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = config.method
-    unknown = sorted(k for k in m.keys() if k not in _CONFIG_KEYS)
-    if unknown:
-      raise ValueError(f"config.method: unknown key(s) {unknown} for macl_finetune; known keys: "
-                       f"{list(_CONFIG_KEYS)}.")
+    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="macl_finetune")
     self.num_classes = int(data_info.num_classes)
     if self.num_classes < 2:
       raise ValueError(f"macl_finetune needs labelled data with >= 2 classes (config.data.name="
                        f"'medical_seg'); the dataset reports num_classes={self.num_classes}.")
     model_config = ml_collections.ConfigDict(config.model.to_dict())
-    declared = int(model_config.get("num_classes", 0) or 0)
+    declared = int(model_config.get("num_classes") or 0)  # 0 / None / absent: from the data
     if declared and declared != self.num_classes:
       raise ValueError(f"config.model.num_classes={declared} but the data has {self.num_classes} "
                        f"classes; set it to 0 (= from the data) or {self.num_classes}.")
     model_config.num_classes = self.num_classes
     self.net = registry.get_model(config.model.name)(model_config)
-    self.decoder_blocks = int(m.get("init_decoder_blocks", 2))
-    self.eval_examples = int(m.get("eval_examples", 4))
-    self.l2_weight = float(m.get("l2_weight", 0.0))
+    self.decoder_blocks = int(self.opts.init_decoder_blocks)
+    self.eval_examples = int(self.opts.eval_examples)
+    self.l2_weight = float(self.opts.l2_weight)
 
   def init_variables(self, rng, batch):
     return dict(self.net.init({"params": rng}, batch["image"], train=False))

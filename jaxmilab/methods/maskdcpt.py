@@ -38,12 +38,11 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmilab import config_options
 from jaxmilab.methods import base
 from jaxmilab.methods import dcpt
 from jaxmilab.models import dcpt_classifier
 from jaxmilab.models import masking
-
-from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 def classifier_pyramid(feats: Sequence[jax.Array]) -> list[jax.Array]:
@@ -68,11 +67,11 @@ def _all_visible(x: jax.Array) -> jax.Array:
 
 RECONSTRUCTIONS = ("backbone", "spark")
 
-# Every config.method key of maskdcpt (config_lib fills the missing ones).
+# Every config.method key of maskdcpt (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
     focal_gamma=0.0,            # focal loss gamma; 0 and no alpha = cross-entropy
     cls_weight=1.0,             # L = L_pix + cls_weight * L_cls
-    mask_ratio=masking.MASK_RATIO,  # official `mask_ratio = 0.5`
+    mask_ratio=masking.MASK_RATIO,  # official `mask_ratio = 0.5`; in [0, 1)
     mask_patch_size=0,          # 0 = the backbone's (masking.Maskable.mask_patch_size)
     reconstruction="backbone",  # RECONSTRUCTIONS, module docstring
     recon_width=0,              # "spark" head width; 0 = the finest decoder map's channels
@@ -85,24 +84,31 @@ class Method(dcpt.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = config.method
-    dtype = _DTYPES[config.model.get("dtype") or "float32"]
+    m = self.opts
+    dtype = self.backbone.dtype  # the compute dtype config.model.dtype gave the backbone
     self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes,
                                                             dtype=dtype)
     self.recon_head = masking.ReconstructionHead(
-        out_channels=data_info.image_channels, width=int(m.get("recon_width", 0)) or None,
+        out_channels=data_info.image_channels, width=int(m.recon_width) or None,
         dtype=dtype)
-    self.mask_ratio = float(m.get("mask_ratio", masking.MASK_RATIO))
+    self.mask_ratio = float(m.mask_ratio)
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(f"config.method.mask_ratio={self.mask_ratio} must be in [0, 1).")
-    self.patch = int(m.get("mask_patch_size", 0)) or masking.mask_patch_size(self.backbone)
-    self.reconstruction = m.get("reconstruction", "backbone")
+    self.patch = int(m.mask_patch_size) or masking.mask_patch_size(self.backbone)
+    self.reconstruction = m.reconstruction
     if self.reconstruction not in RECONSTRUCTIONS:
       raise ValueError(f"config.method.reconstruction={self.reconstruction!r}; use one of "
                        f"{RECONSTRUCTIONS}.")
     # The encoder/decoder split (read once: a missing interface fails here, not in a trace).
     self.decoder_modules = (masking.decoder_modules(self.backbone)
                             if self.reconstruction == "backbone" else ())
+
+  def read_options(self, method_config) -> config_options.Options:
+    """maskdcpt's keys, and the two dcpt keys it fixes: MaskDCPT is dcpt's "pretrain" step
+    (network and classifier train) with one learning rate (the classifier's = the network's)."""
+    opts = config_options.options(method_config, CONFIG_DEFAULTS, component="maskdcpt")
+    return config_options.Options(dict(opts, mode="pretrain", classifier_learning_rate=0.0),
+                                  "config.method of 'maskdcpt'")
 
   def _grid(self, x: jax.Array) -> tuple[int, int]:
     _, h, w, _ = x.shape

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import restoration as restoration_metrics
@@ -63,7 +64,14 @@ LOSSES = ("auto", "mse", "l1", "masked_mse")
 # jaxmilab.data.noise (see the module docstring).
 AUTO_LOSS = {"awgn": "mse", "poisson": "mse", "bernoulli": "masked_mse", "mixed": "masked_mse",
              "impulse": "l1", "text": "l1"}
-_CONFIG_KEYS = ("name", "recipe", "alienation_weight", "alienation_sign", "loss", "init_from")
+# Every config.method key of opd but `recipe` (RECIPES; required, no default), read as self.opts
+# (config_lib fills the missing ones).
+CONFIG_DEFAULTS = dict(
+    alienation_weight=1.0,     # w of OPD-AL (train.py `--balance`)
+    alienation_sign="plus",    # "plus" (released calc_loss_AL) | "minus"
+    loss="auto",               # LOSSES; "auto" = AUTO_LOSS[config.data.noise]
+    init_from="",              # a run whose parameters start this one ("" = none)
+)
 
 
 def pixel_loss(kind: str, out: jax.Array, target: jax.Array) -> jax.Array:
@@ -131,18 +139,16 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    unknown = sorted(k for k in config.method.keys() if k not in _CONFIG_KEYS)
-    if unknown:
-      raise ValueError(f"config.method: unknown key(s) {unknown} for {config.method.name!r}; "
-                       f"known keys: {list(_CONFIG_KEYS)}.")
-    recipe = config.method.get("recipe", None)
+    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="opd",
+                                       required=("recipe",))
+    recipe = self.opts.recipe
     if recipe not in RECIPES:
       raise ValueError(f"config.method.recipe={recipe!r}: use one of {RECIPES}.")
     self.recipe = recipe
-    self.alienation_weight = float(config.method.get("alienation_weight", 1.0))
-    self.alienation_sign = config.method.get("alienation_sign", "plus")
+    self.alienation_weight = float(self.opts.alienation_weight)
+    self.alienation_sign = self.opts.alienation_sign
     check_alienation(self.alienation_weight, self.alienation_sign)
-    loss = config.method.get("loss", "auto")
+    loss = self.opts.loss
     if loss not in LOSSES:
       raise ValueError(f"config.method.loss={loss!r}: use one of {LOSSES}.")
     if loss == "auto":

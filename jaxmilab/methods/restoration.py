@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.methods import base
 from jaxmilab.methods import common
 
-# Every config.method key of restoration (config_lib fills the missing ones).
+# Every config.method key of restoration (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
     init_from="",              # a dcpt / maskdcpt / restoration run whose backbone starts this one
     zero_init_output=False,    # zero the last conv at init (identity start; common.zero_output_conv)
@@ -29,11 +30,12 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
+    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="restoration")
     self.backbone = registry.get_model(config.model.name)(config.model)
 
   def init_variables(self, rng, batch):
     params = self.backbone.init(rng, batch["lq"])["params"]
-    if self.config.method.get("zero_init_output", False):
+    if self.opts.zero_init_output:
       params = common.zero_output_conv(params)
     return {"params": {"backbone": params}}
 
@@ -67,7 +69,7 @@ class Method(base.Method):
           f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
           f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}.")
     backbone = base.merge_matching(fresh, source)
-    if self.config.method.get("zero_init_output", False) and "recon_head" in loaded["params"]:
+    if self.opts.zero_init_output and "recon_head" in loaded["params"]:
       # A MaskDCPT "spark" run never trained the backbone's output conv (its own head
       # reconstructed): keep the pre-trained body, start the head at zero (identity). A dcpt or
       # MaskDCPT "backbone" run trained it, and it is kept.

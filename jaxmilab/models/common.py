@@ -46,6 +46,27 @@ def field_values(module: nn.Module, module_cls: type[nn.Module]) -> dict[str, An
   return {k: getattr(module, k) for k in module_fields(module_cls)}
 
 
+def field_defaults(module_cls: type[nn.Module], keys=None) -> dict[str, Any]:
+  """{field: default} of `module_cls` (all fields with a default, or `keys`), dtypes by name.
+
+  For a model read through `jaxmilab.config_options` rather than `create`: its
+  CONFIG_DEFAULTS then come from the field defaults, written once, in the class.
+  """
+  fields = module_fields(module_cls)
+  out = {}
+  for key in fields if keys is None else keys:
+    f = fields[key]
+    if not _has_default(f):
+      if keys is None:
+        continue
+      raise ValueError(f"{module_cls.__name__}.{key} has no default.")
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if key == "dtype":
+      value = next(name for name, dtype in DTYPES.items() if dtype == value)
+    out[key] = value
+  return out
+
+
 def _has_default(f: dataclasses.Field) -> bool:
   return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import config_options
+from jaxmilab.models import common
 from jaxmilab.models import layers
 from jaxmilab.models import resnet
 
@@ -50,12 +52,6 @@ PRESETS = {
     "tiny": dict(width_divisor=16, blocks=(1, 1, 1, 1), aspp_channels=16, low_channels=8,
                  decoder_channels=16),
 }
-# Keys of config.model (0 / () = the preset's value); num_classes is set by the method.
-CONFIG_DEFAULTS = dict(arch="deeplabv3plus", preset="paper", depth=101, style="cdsp", output_stride=8,
-                       multi_grid=resnet.CDSP_MULTI_GRID, head="concat", lorm=True, dropout=0.5,
-                       dtype="float32", width_divisor=0, blocks=(), aspp_channels=0, low_channels=0,
-                       decoder_channels=0)
-MODEL_KEYS = ("name", "num_classes", *CONFIG_DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------ resizing
@@ -227,33 +223,39 @@ class DeepLab(nn.Module):
     return out
 
 
+# Every config.model key (config_lib fills the missing ones; `create` reads them through
+# config_options): the preset and trunk depth, the DeepLab fields they do not set (defaults
+# in the class) and the preset's sizes (0 / () = the preset's value). num_classes is required
+# and set by the method from the dataset.
+CONFIG_DEFAULTS = dict(
+    preset="paper", depth=101,
+    **common.field_defaults(DeepLab, ("arch", "style", "output_stride", "multi_grid", "head",
+                                      "lorm", "dropout", "dtype")),
+    width_divisor=0, blocks=(), aspp_channels=0, low_channels=0, decoder_channels=0)
+
+
 def create(config: Mapping[str, Any]) -> DeepLab:
   """DeepLab from config.model (module docstring)."""
-  unknown = sorted(set(config.keys()) - set(MODEL_KEYS))
-  if unknown:
-    raise ValueError(f"Unknown config.model keys {unknown} for deeplab; known: {', '.join(MODEL_KEYS)}.")
-  preset = config.get("preset", "paper")
-  if preset not in PRESETS:
-    raise ValueError(f"config.model.preset={preset!r}: use one of {sorted(PRESETS)}.")
-  sizes = dict(PRESETS[preset])
+  if int(config.get("num_classes") or 0) < 2:
+    raise ValueError("config.model.num_classes must be >= 2 (the method sets it from the dataset).")
+  o = config_options.options(config, CONFIG_DEFAULTS, component="deeplab", part="model",
+                             required=("num_classes",))
+  if o.preset not in PRESETS:
+    raise ValueError(f"config.model.preset={o.preset!r}: use one of {sorted(PRESETS)}.")
+  sizes = dict(PRESETS[o.preset])
   for key in sizes:
-    if config.get(key) not in (None, 0, ()):
-      sizes[key] = config[key]
-  depth = int(config.get("depth", 101))
+    if o[key] not in (0, ()):
+      sizes[key] = o[key]
+  depth = int(o.depth)
   if depth not in resnet.BLOCKS:
     raise ValueError(f"config.model.depth={depth}: use one of {sorted(resnet.BLOCKS)}.")
   blocks = tuple(sizes.pop("blocks") or resnet.BLOCKS[depth])
-  if int(config.get("num_classes", 0)) < 2:
-    raise ValueError("config.model.num_classes must be >= 2 (the method sets it from the dataset).")
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.get("dtype", "float32")]
-  return DeepLab(num_classes=int(config["num_classes"]), arch=config.get("arch", "deeplabv3plus"),
-                 blocks=blocks, style=config.get("style", "cdsp"),
-                 output_stride=int(config.get("output_stride", 8)),
-                 multi_grid=tuple(config.get("multi_grid", resnet.CDSP_MULTI_GRID)),
+  dtype = common.dtype_from_name(o.dtype)
+  return DeepLab(num_classes=int(o.num_classes), arch=o.arch, blocks=blocks, style=o.style,
+                 output_stride=int(o.output_stride), multi_grid=tuple(o.multi_grid),
                  width_divisor=int(sizes["width_divisor"]), aspp_channels=int(sizes["aspp_channels"]),
                  low_channels=int(sizes["low_channels"]), decoder_channels=int(sizes["decoder_channels"]),
-                 head=config.get("head", "concat"), lorm=bool(config.get("lorm", True)),
-                 dropout=float(config.get("dropout", 0.5)), dtype=dtype)
+                 head=o.head, lorm=bool(o.lorm), dropout=float(o.dropout), dtype=dtype)
 
 
 def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:

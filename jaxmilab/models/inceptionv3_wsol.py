@@ -5,6 +5,7 @@ from __future__ import annotations
 from jaxmilab.models import wsol_backbones
 
 ARCH = "inceptionv3"
+CONFIG_DEFAULTS = wsol_backbones.CONFIG_DEFAULTS  # its config.model keys (read by config_lib)
 
 
 def create(config):

@@ -36,12 +36,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONFIG_DEFAULTS = dict(width=32,          # official --initial_filter_size 32
-                       depth=4,           # pooled levels (official: 4)
-                       num_classes=0,     # 0 = from the data (fine-tuning); unused in pre-training
-                       dtype="float32")   # "float32" | "bfloat16" compute
-_CONFIG_KEYS = ("name",) + tuple(CONFIG_DEFAULTS)
-from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from jaxmilab import config_options
+from jaxmilab.models import common
+
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU() default
 
 
@@ -138,10 +135,10 @@ class Decoder(nn.Module):
 
 class PCLUNet(nn.Module):
   """PCL / MACL 2-D U-Net (see the module doc); `__call__` gives [B, H, W, num_classes] logits."""
-  width: int = 32
-  depth: int = 4
+  width: int = 32           # official --initial_filter_size 32
+  depth: int = 4            # pooled levels (official: 4)
   num_classes: int = 4
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype ("float32" | "bfloat16" in config.model)
 
   def setup(self):
     self.encoder = Encoder(self.width, self.depth, self.dtype)
@@ -172,20 +169,20 @@ class PCLUNet(nn.Module):
     return self.head(y).astype(jnp.float32)
 
 
+# Every config.model key of pcl_unet: the PCLUNet fields with their defaults, but num_classes
+# 0 = from the data (fine-tuning sets it; pre-training does not use the head: the field's
+# default then). config_lib fills the missing keys and `create` reads them through
+# config_options.
+CONFIG_DEFAULTS = dict(common.field_defaults(PCLUNet), num_classes=0)
+
+
 def create(config) -> PCLUNet:
-  """PCLUNet from config.model: width (32), depth (4), num_classes (0 -> 4; fine-tuning sets
-  it from the data), dtype ('float32')."""
-  unknown = sorted(k for k in config.keys() if k not in _CONFIG_KEYS)
-  if unknown:
-    raise ValueError(f"config.model: unknown key(s) {unknown} for the pcl_unet model; known keys: "
-                     f"{list(_CONFIG_KEYS)}.")
-  width = int(config.get("width", 32) or 32)
-  depth = int(config.get("depth", 4) or 4)
-  num_classes = int(config.get("num_classes", 0) or 0) or 4
+  """PCLUNet from config.model (CONFIG_DEFAULTS)."""
+  o = config_options.options(config, CONFIG_DEFAULTS, component="pcl_unet", part="model")
+  width, depth = int(o.width), int(o.depth)
+  num_classes = int(o.num_classes) or PCLUNet.num_classes
   if width < 1 or depth < 1 or num_classes < 1:
     raise ValueError(f"config.model.width={width}, depth={depth} and num_classes={num_classes} "
                      f"must be >= 1.")
-  dtype_name = config.get("dtype") or "float32"
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"config.model.dtype={dtype_name!r}; use one of {sorted(_DTYPES)}.")
-  return PCLUNet(width=width, depth=depth, num_classes=num_classes, dtype=_DTYPES[dtype_name])
+  return PCLUNet(width=width, depth=depth, num_classes=num_classes,
+                 dtype=common.dtype_from_name(o.dtype))

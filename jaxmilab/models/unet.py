@@ -28,10 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmilab import config_options
+from jaxmilab.models import common
 from jaxmilab.models import layers
-
-_CONFIG_KEYS = ("name", "width", "depth", "out_channels", "dtype")
-from jaxmilab.models.common import DTYPES as _DTYPES  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 class DoubleConv(nn.Module):
@@ -102,18 +101,17 @@ class UNet(nn.Module):
     return y.astype(jnp.float32)  # [B, H, W, out_channels]
 
 
+# Every config.model key of unet: the UNet fields with their defaults (width, depth,
+# out_channels 0 = the input's channels, dtype "float32" | "bfloat16"); config_lib fills the
+# missing ones and `create` reads them through config_options.
+CONFIG_DEFAULTS = common.field_defaults(UNet)
+
+
 def create(config) -> UNet:
-  """UNet from config.model: width (32), depth (5), out_channels (0 = input channels),
-  dtype ('float32' | 'bfloat16')."""
-  unknown = sorted(k for k in config.keys() if k not in _CONFIG_KEYS)
-  if unknown:
-    raise ValueError(f"config.model: unknown key(s) {unknown} for the unet model; known keys: "
-                     f"{list(_CONFIG_KEYS)}.")
-  width, depth = int(config.get("width", 32) or 32), int(config.get("depth", 5) or 5)
+  """UNet from config.model (CONFIG_DEFAULTS)."""
+  o = config_options.options(config, CONFIG_DEFAULTS, component="unet", part="model")
+  width, depth = int(o.width), int(o.depth)
   if width < 1 or depth < 1:
     raise ValueError(f"config.model.width={width} and depth={depth} must be >= 1.")
-  dtype_name = config.get("dtype") or "float32"
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"config.model.dtype={dtype_name!r}; use one of {sorted(_DTYPES)}.")
-  return UNet(width=width, depth=depth, out_channels=int(config.get("out_channels", 0) or 0),
-              dtype=_DTYPES[dtype_name])
+  return UNet(width=width, depth=depth, out_channels=int(o.out_channels),
+              dtype=common.dtype_from_name(o.dtype))

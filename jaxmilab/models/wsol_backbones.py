@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmilab import config_options
+
 # --------------------------------------------------------------------------------- guided ReLU
 
 
@@ -415,8 +417,25 @@ PRESETS = {
     "small": {"width_divisor": 4, "blocks": (1, 1, 1, 1)},
     "tiny": {"width_divisor": 8, "blocks": (1, 1, 1, 1)},
 }
-_KEYS = ("name", "preset", "num_classes", "large_feature_map", "width_divisor", "blocks",
-         "with_classifier", "arch")
+# Every config.model key of the WSOL backbones (resnet50_wsol, vgg16_wsol, inceptionv3_wsol; None
+# = the preset's value, else the architecture's field default); num_classes is required and
+# set by the methods from the dataset.
+CONFIG_DEFAULTS = dict(preset="paper", large_feature_map=None, width_divisor=None, blocks=None,
+                       with_classifier=None)
+
+
+def model_options(config, num_classes: int | None = None, *,
+                  component: str | None = None) -> config_options.Options:
+  """config.model read through CONFIG_DEFAULTS; `num_classes` (the dataset's) replaces the
+  config's. ValueError naming the key if num_classes is not set or a key is unknown;
+  `component` names the model in messages (default config.model.name)."""
+  config = dict(config)
+  if num_classes is not None:
+    config["num_classes"] = num_classes
+  if int(config.get("num_classes") or 0) < 1:
+    raise ValueError("config.model.num_classes is not set: the WSOL methods fill it from the dataset.")
+  return config_options.options(config, CONFIG_DEFAULTS, component=component, part="model",
+                                required=("num_classes",))
 
 
 def arch_of(model: nn.Module) -> str:
@@ -431,22 +450,16 @@ def create_backbone(arch: str, config) -> nn.Module:
   """Builds `arch` from a model config mapping (preset, num_classes, large_feature_map, ...)."""
   if arch not in ARCHS:
     raise ValueError(f"Unknown WSOL backbone {arch!r}; use one of {sorted(ARCHS)}.")
-  config = dict(config)
-  unknown = sorted(set(config) - set(_KEYS))
-  if unknown:
-    raise ValueError(f"Unknown config.model keys {unknown} for {arch}; known: {', '.join(_KEYS)}.")
-  preset = config.get("preset", "paper")
+  opts = model_options(config, component=f"{arch}_wsol")
+  preset = opts.preset
   if preset not in PRESETS:
     raise ValueError(f"config.model.preset={preset!r}: use one of {sorted(PRESETS)}.")
   kwargs = dict(PRESETS[preset])
   if arch != "resnet50":
     kwargs.pop("blocks", None)
   for key in ("width_divisor", "blocks", "large_feature_map", "with_classifier"):
-    if config.get(key) is not None:
-      kwargs[key] = tuple(config[key]) if key == "blocks" else config[key]
+    if opts[key] is not None:
+      kwargs[key] = tuple(opts[key]) if key == "blocks" else opts[key]
   if arch != "resnet50" and "blocks" in kwargs:
     raise ValueError(f"config.model.blocks applies to resnet50 only, not {arch}.")
-  num_classes = int(config.get("num_classes") or 0)
-  if num_classes < 1:
-    raise ValueError("config.model.num_classes is not set: the WSOL methods fill it from the dataset.")
-  return ARCHS[arch](num_classes=num_classes, **kwargs)
+  return ARCHS[arch](num_classes=int(opts.num_classes), **kwargs)
