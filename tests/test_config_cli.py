@@ -205,3 +205,23 @@ def test_options_a_key_set_to_none_is_not_set():
   assert dict(opts) == dict(name="unet", width=32)
   with pytest.raises(config_lib.ConfigError, match="is required"):
     config_lib.options({"num_classes": None}, {}, required=("num_classes",))
+
+
+def test_components_declare_each_default_once():
+  """Models read through options take their defaults from the dataclass fields; the mesh from
+  config_lib.MESH_DEFAULTS, which base_config uses too."""
+  from jaxmilab import sharding  # pylint: disable=g-import-not-at-top
+  from jaxmilab.models import common, deeplab, pcl_unet, unet  # pylint: disable=g-import-not-at-top
+  assert unet.CONFIG_DEFAULTS == dict(width=32, depth=5, out_channels=0, dtype="float32")
+  assert unet.create({}) == unet.UNet()  # the declaration is the class's defaults
+  assert pcl_unet.CONFIG_DEFAULTS == dict(width=32, depth=4, num_classes=0, dtype="float32")
+  assert pcl_unet.create({}).num_classes == pcl_unet.PCLUNet.num_classes  # 0 = the field's
+  fields = common.field_defaults(deeplab.DeepLab)
+  assert all(deeplab.CONFIG_DEFAULTS[k] == fields[k] for k in ("arch", "style", "lorm", "dtype"))
+  with pytest.raises(ValueError, match="num_classes has no default"):
+    common.field_defaults(deeplab.DeepLab, ("num_classes",))
+  assert config_lib.base_config().mesh.to_dict() == config_lib.MESH_DEFAULTS
+  assert dict(sharding.mesh_options({"fsdp": 2})) == dict(config_lib.MESH_DEFAULTS, fsdp=2)
+  assert sharding.mesh_shape({"fsdp": 2}, 8) == (4, 2, 1)  # data=-1 (declared): the rest
+  with pytest.raises(config_lib.ConfigError, match=r"config.mesh: unknown key\(s\) \['fdsp'\]"):
+    sharding.mesh_shape({"fdsp": 2}, 8)
