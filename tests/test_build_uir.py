@@ -207,7 +207,8 @@ def test_array_records_errors(tmp_path, built):
   with pytest.raises(ValueError, match="misses types \\['mosaic'\\]"):
     array_records.create(_config(built[0] / "out", types=("jpeg", "noise")), batch_size=4, seed=0,
                          process_index=0, process_count=1)
-  with pytest.raises(ValueError, match="Unknown config.data keys \\['patchsize'\\]"):
+  unknown = r"config.data: unknown key\(s\) \['patchsize'\] for 'array_records'"
+  with pytest.raises(ValueError, match=unknown):
     array_records.create(_config(built[0] / "out", patchsize=3), batch_size=4, seed=0,
                          process_index=0, process_count=1)
 

@@ -47,7 +47,6 @@ CONFIG_DEFAULTS = dict(
     eval_size=128,
     eval_batch_size=0,      # 0 = the training batch size
     worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False)
-_KEYS = tuple(CONFIG_DEFAULTS)
 
 
 def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
@@ -137,30 +136,28 @@ def _load(folders: Sequence[str], key: str) -> tuple[list[str], list[str], int]:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches over build_uir ArrayRecord shards (see module doc)."""
-  transforms.check_keys(config, _KEYS, "array_records")
-  transforms.check_layout(seed, process_index, process_count)
-  shards, found_types, stored = _load(_folders(config.get("path", None), "config.data.path"),
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "array_records", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  shards, found_types, stored = _load(_folders(opts.path, "config.data.path"),
                                       "config.data.path")
-  types = config.get("types", None)
+  types = opts.types
   types = tuple(found_types) if not types else ((types,) if isinstance(types, str) else tuple(types))
   missing = sorted(set(found_types) - set(types))
   if missing:
     raise ValueError(f"config.data.types={types} misses types {missing} that the shards hold. "
                      f"List every type of the build (label = index).")
-  patch = int(config.get("patch_size", 64))
-  eval_size = int(config.get("eval_size", 128))
+  patch = int(opts.patch_size)
+  eval_size = int(opts.eval_size)
   for what, size, k in (("patch", patch, "config.data.patch_size"),
                         ("eval", eval_size, "config.data.eval_size")):
     if stored and size > stored:
       raise DataError(f"{k}={size} is larger than the {stored}px crops stored in the build. Lower "
                       f"{k} or rebuild with build_uir --patch_size={size} or more.")
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval_batch = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                            process_count, "config.data.eval_batch_size")
   source = RecordSource(shards, types)
-  eval_path = config.get("eval_path", None)
+  eval_path = opts.eval_path
   if eval_path:
-    if config.get("eval_records", None):
+    if opts.eval_records:
       raise ValueError("config.data.eval_records holds records out of config.data.path; it cannot "
                        "be combined with config.data.eval_path. Set one or the other.")
     eval_shards, eval_types, eval_stored = _load(_folders(eval_path, "config.data.eval_path"),
@@ -173,7 +170,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
                       f"crops of config.data.eval_path.")
     eval_source = RecordSource(eval_shards, types)
   else:
-    n_eval = config.get("eval_records", None)
+    n_eval = opts.eval_records
     n_eval = int(n_eval) if n_eval else min(256, max(1, len(source) // 10))
     if not 0 < n_eval < len(source):
       raise ValueError(f"config.data.eval_records={n_eval} must be in [1, {len(source) - 1}] "
@@ -182,7 +179,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     source = RecordSource(shards, types, n_eval)
 
   train = transforms.restoration_train_iterator(
-      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
       process_index=process_index, process_count=process_count)
 
   def make_example(i: int) -> dict[str, np.ndarray]:
@@ -194,11 +191,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
             "gt": images.to_float(transforms.center_crop(rec["gt"], eval_size)),
             "label": rec["label"]}
 
-  def eval_batches():
-    return transforms.eval_batches(len(eval_source), make_example, batch_size=local_eval_batch,
-                                   process_index=process_index, process_count=process_count)
-
   info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
                   extra={"patch_size": patch, "eval_size": eval_size, "num_eval": len(eval_source),
                          "num_train": len(source)})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), make_example), info=info)

@@ -55,7 +55,6 @@ CONFIG_DEFAULTS = dict(
     root="",                # a folder of your own clean photos instead of the embedded ones
     eval_root="", eval_fraction=0.1, eval_seed=0, cache_size=16,
     levels=())              # fixed per-type levels, e.g. (25,) for denoise sigma 25
-_KEYS = tuple(CONFIG_DEFAULTS)
 
 
 class PhotoSource:
@@ -99,27 +98,25 @@ def _folder_paths(folder: str, names: list[str], min_sizes: dict[str, int]) -> t
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of synthetically degraded photos (see module doc)."""
-  transforms.check_keys(config, _KEYS, "degraded_photos")
-  transforms.check_layout(seed, process_index, process_count)
-  types = degradations.resolve(config.get("degradations", "5syn"))
-  patch = int(config.get("patch_size", 64))
-  eval_size = int(config.get("eval_size", 128))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval_batch = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                            process_count, "config.data.eval_batch_size")
-  eval_seed = int(config.get("eval_seed", 0))
-  cache_size = int(config.get("cache_size", 16))
-  root = config.get("root", None)
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "degraded_photos", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  types = degradations.resolve(opts.degradations)
+  patch = int(opts.patch_size)
+  eval_size = int(opts.eval_size)
+  eval_seed = int(opts.eval_seed)
+  cache_size = int(opts.cache_size)
+  root = opts.root
   sizes_train = {"config.data.patch_size": patch}
   sizes_eval = {"config.data.eval_size": eval_size}
 
   if root:
-    if config.get("photos", None) or config.get("eval_photos", None):
+    if opts.photos or opts.eval_photos:
       raise ValueError("config.data.photos / eval_photos name embedded photos; they cannot be "
                        "combined with config.data.root. Set one or the other.")
     root = os.path.abspath(os.path.expanduser(root))
     names = images.list_images(root, what="clean image folder (config.data.root)")
-    eval_root = config.get("eval_root", None)
+    eval_root = opts.eval_root
     if eval_root:
       eval_root = os.path.abspath(os.path.expanduser(eval_root))
       train_names = names
@@ -127,16 +124,16 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     else:
       eval_root = root
       train_names, eval_names = images.split_held_out(
-          names, float(config.get("eval_fraction", 0.1)), where=f"config.data.root={root!r}")
+          names, float(opts.eval_fraction), where=f"config.data.root={root!r}")
     source = PhotoSource(f"root={root!r}", len(types),
                          paths=_folder_paths(root, train_names, sizes_train), cache_size=cache_size)
     eval_paths = _folder_paths(eval_root, eval_names, sizes_eval)
   else:
-    if config.get("eval_root", None):
+    if opts.eval_root:
       raise ValueError("config.data.eval_root needs config.data.root (a folder of clean images).")
-    eval_photos = embedded.check_names(config.get("eval_photos", None) or embedded.EVAL_PHOTOS,
+    eval_photos = embedded.check_names(opts.eval_photos or embedded.EVAL_PHOTOS,
                                        "config.data.eval_photos")
-    photos = config.get("photos", None) or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
+    photos = opts.photos or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
     photos = embedded.check_names(photos, "config.data.photos")
     shared = sorted(set(photos) & set(eval_photos))
     if shared:
@@ -148,13 +145,13 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     for path in eval_paths:
       images.check_min_size(path, images.image_size(path), eval_size, "config.data.eval_size")
 
-  levels = tuple(config.get("levels", ()) or ())
+  levels = tuple(opts.levels)
   if levels and len(levels) != len(types):
     raise ValueError(f"config.data.levels has {len(levels)} entries for {len(types)} degradation types "
                      f"{types}: give one level per type (None = random), e.g. (25,) for noise at sigma 25.")
   levels = levels or (None,) * len(types)
   train = transforms.restoration_train_iterator(
-      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
       process_index=process_index, process_count=process_count,
       extra=[transforms.SynthesizeDegradation(types, levels)])
 
@@ -171,12 +168,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
   num_eval = len(eval_paths) * len(types)
-
-  def eval_batches():
-    return transforms.eval_batches(num_eval, make_example, batch_size=local_eval_batch,
-                                   process_index=process_index, process_count=process_count)
-
   info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
                   extra={"patch_size": patch, "eval_size": eval_size, "num_eval": num_eval,
                          "num_train_photos": source.num_photos})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(num_eval, make_example), info=info)

@@ -432,26 +432,27 @@ COMMON_DEFAULTS = dict(
     phantom_classes=4, phantom_size=64, phantom_slices=24, phantom_seed_offset=0,
     patch_size=64, p_spatial=0.67,
     worker_count=0, read_threads=4, cache_size=64)
-COMMON_KEYS = tuple(COMMON_DEFAULTS)
 
 
-def reader_from_config(config: Any) -> VolumeReader:
-  source = config.get("source", "phantoms") or "phantoms"
+def reader_from_config(opts: Any) -> VolumeReader:
+  """The VolumeReader of a dataset's options view of config.data (keys of COMMON_DEFAULTS)."""
+  source = opts.source or "phantoms"
   if source not in SOURCES:
     raise ValueError(f"config.data.source={source!r}: use one of {SOURCES}.")
   return VolumeReader(
-      source, config.get("normalization", None) or DEFAULT_NORMALIZATION[source],
-      phantom_classes=int(config.get("phantom_classes", 4)), phantom_size=int(config.get("phantom_size", 64)),
-      phantom_slices=int(config.get("phantom_slices", 24)), channels=int(config.get("channels", 1) or 1),
-      cache_size=int(config.get("cache_size", 64)))
+      source, opts.normalization or DEFAULT_NORMALIZATION[source],
+      phantom_classes=int(opts.phantom_classes), phantom_size=int(opts.phantom_size),
+      phantom_slices=int(opts.phantom_slices), channels=int(opts.channels or 1),
+      cache_size=int(opts.cache_size))
 
 
-def refs_from_config(config: Any, *, count_key: str = "phantom_volumes", default_count: int = 16,
+def refs_from_config(opts: Any, *, count_key: str = "phantom_volumes", default_count: int = 16,
                      seed_offset: int = 0) -> list[VolumeRef]:
-  source = config.get("source", "phantoms") or "phantoms"
-  return discover(source, config.get("root", None),
-                  phantom_volumes=int(config.get(count_key, default_count) or default_count),
-                  phantom_seed_offset=int(config.get("phantom_seed_offset", 0)) + seed_offset)
+  """The volumes of an options view of config.data; phantoms: `opts[count_key]` of them (0 =
+  `default_count`)."""
+  return discover(opts.source or "phantoms", opts.root,
+                  phantom_volumes=int(opts[count_key] or default_count),
+                  phantom_seed_offset=int(opts.phantom_seed_offset) + seed_offset)
 
 
 def check_patch(patch: int, what: str = "config.data.patch_size") -> int:

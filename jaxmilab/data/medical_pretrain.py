@@ -31,41 +31,32 @@ from jaxmilab.data.base import Datasets
 
 CONFIG_DEFAULTS = dict(medical.COMMON_DEFAULTS, volumes=None, eval_slices=32, eval_batch_size=0,
                        eval_seed=0)
-_KEYS = tuple(CONFIG_DEFAULTS)
 
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator of MACL views and a fixed eval set of views (see module doc)."""
-  transforms.check_keys(config, _KEYS, "medical_pretrain")
-  transforms.check_layout(seed, process_index, process_count)
-  patch = medical.check_patch(config.get("patch_size", 64))
-  reader = medical.reader_from_config(config)
-  refs = medical.select(medical.refs_from_config(config, default_count=32),
-                        config.get("volumes", None), "config.data.volumes")
-  description = f"{reader.source}:{config.get('root', None) or ''}:{','.join(r.key for r in refs)}"
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "medical_pretrain", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  patch = medical.check_patch(opts.patch_size)
+  reader = medical.reader_from_config(opts)
+  refs = medical.select(medical.refs_from_config(opts, default_count=32),
+                        opts.volumes, "config.data.volumes")
+  description = f"{reader.source}:{opts.root}:{','.join(r.key for r in refs)}"
   source = medical_views.SliceSource(reader, refs, description)
-  views = medical_views.ContrastiveViews(patch, float(config.get("p_spatial", 0.67)))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  train = transforms.train_iterator(
-      source, [views], batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)))
+  views = medical_views.ContrastiveViews(patch, float(opts.p_spatial))
+  train = layout.train(source, [views], worker_count=int(opts.worker_count),
+                       read_threads=int(opts.read_threads))
 
-  eval_count = min(int(config.get("eval_slices", 32)), len(source))
+  eval_count = min(int(opts.eval_slices), len(source))
   eval_index = np.linspace(0, len(source) - 1, eval_count).round().astype(int)
-  eval_seed = int(config.get("eval_seed", 0))
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                      process_count, "config.data.eval_batch_size")
+  eval_seed = int(opts.eval_seed)
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     return views.random_map(source[int(eval_index[i])], np.random.default_rng([eval_seed, 0xE7A1, i]))
 
-  def eval_batches():
-    return transforms.eval_batches(eval_count, make_example, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
-
   channels = source[0]["image"].shape[-1]
-  return Datasets(train=train, eval_batches=eval_batches,
+  return Datasets(train=train, eval_batches=layout.eval(eval_count, make_example),
                   info=DataInfo(image_channels=int(channels),
                                 extra={"num_volumes": len(refs), "num_slices": len(source)}))

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab.data import medical
 from jaxmilab.data import medical_views
 from jaxmilab.data import transforms
@@ -37,33 +38,33 @@ from jaxmilab.data.base import Datasets
 CONFIG_DEFAULTS = dict(medical.COMMON_DEFAULTS, phantom_test_volumes=10, num_classes=0,
                        train_volumes=None, labeled_fraction=1.0, labeled_seed=0, test_volumes=None,
                        eval_size=0, augment=True, minmax_slices=False, eval_batch_size=0)
-_KEYS = tuple(CONFIG_DEFAULTS)
 PHANTOM_TEST_SEED_OFFSET = 100_000  # test phantoms never share a seed with training ones
 
 
 def split_volumes(config: Any) -> tuple[list[medical.VolumeRef], list[medical.VolumeRef]]:
   """(labelled training volumes, test volumes) from config.data (module doc)."""
-  source = config.get("source", "phantoms") or "phantoms"
-  pool = medical.refs_from_config(config, default_count=20)
+  opts = config_options.options(config, CONFIG_DEFAULTS, part="data", component="medical_seg")
+  source = opts.source or "phantoms"
+  pool = medical.refs_from_config(opts, default_count=20)
   if source == "phantoms":
-    test = medical.refs_from_config(config, count_key="phantom_test_volumes", default_count=10,
+    test = medical.refs_from_config(opts, count_key="phantom_test_volumes", default_count=10,
                                     seed_offset=PHANTOM_TEST_SEED_OFFSET)
     test = [medical.VolumeRef(f"test_{r.key}", phantom_seed=r.phantom_seed) for r in test]
-    if config.get("test_volumes", None) is not None:
-      test = medical.select(test, config.test_volumes, "config.data.test_volumes")
+    if opts.test_volumes is not None:
+      test = medical.select(test, opts.test_volumes, "config.data.test_volumes")
   else:
-    if config.get("test_volumes", None) is None:
+    if opts.test_volumes is None:
       raise ValueError(f"config.data.test_volumes is required for source {source!r}: the fixed "
                        f"list of test volume keys (e.g. the official data_split_list.txt).")
-    test = medical.select(pool, config.test_volumes, "config.data.test_volumes")
+    test = medical.select(pool, opts.test_volumes, "config.data.test_volumes")
     pool = [r for r in pool if r not in test]
-  train = medical.select(pool, config.get("train_volumes", None), "config.data.train_volumes")
-  fraction = float(config.get("labeled_fraction", 1.0) or 1.0)
+  train = medical.select(pool, opts.train_volumes, "config.data.train_volumes")
+  fraction = float(opts.labeled_fraction or 1.0)
   if fraction < 1.0:
-    if config.get("train_volumes", None) is not None:
+    if opts.train_volumes is not None:
       raise ValueError("config.data.train_volumes and labeled_fraction < 1 are exclusive: give the "
                        "labelled volumes explicitly or as a fraction.")
-    train = medical.fixed_fraction(train, fraction, int(config.get("labeled_seed", 0)))
+    train = medical.fixed_fraction(train, fraction, int(opts.labeled_seed))
   overlap = {r.key for r in train} & {r.key for r in test}
   if overlap:
     raise ValueError(f"config.data: volumes {sorted(overlap)} are both training and test volumes.")
@@ -78,32 +79,28 @@ def split_volumes(config: Any) -> tuple[list[medical.VolumeRef], list[medical.Vo
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator over labelled slices and eval batches of the test slices (module doc)."""
-  transforms.check_keys(config, _KEYS, "medical_seg")
-  transforms.check_layout(seed, process_index, process_count)
-  source_name = config.get("source", "phantoms") or "phantoms"
-  patch = medical.check_patch(config.get("patch_size", 64))
-  eval_size = medical.check_patch(config.get("eval_size", 0) or patch, "config.data.eval_size")
-  num_classes = int(config.get("num_classes", 0) or 0) or (
-      int(config.get("phantom_classes", 4)) if source_name == "phantoms"
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "medical_seg", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  source_name = opts.source or "phantoms"
+  patch = medical.check_patch(opts.patch_size)
+  eval_size = medical.check_patch(opts.eval_size or patch, "config.data.eval_size")
+  num_classes = int(opts.num_classes) or (
+      int(opts.phantom_classes) if source_name == "phantoms"
       else medical.NUM_CLASSES.get(source_name, 0))
   if num_classes < 2:
     raise ValueError(f"config.data.num_classes must be set (>= 2) for source {source_name!r}.")
-  reader = medical.reader_from_config(config)
-  train_refs, test_refs = split_volumes(config)
+  reader = medical.reader_from_config(opts)
+  train_refs, test_refs = split_volumes(opts)
   train_source = medical_views.SliceSource(
       reader, train_refs, f"{source_name}:{','.join(r.key for r in train_refs)}")
   test_source = medical_views.SliceSource(
       reader, test_refs, f"{source_name}:{','.join(r.key for r in test_refs)}")
-  minmax_slices = bool(config.get("minmax_slices", False))
-  crop = medical_views.SegmentationCrop(patch, bool(config.get("augment", True)), minmax_slices,
-                                        float(config.get("p_spatial", 0.67)))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  train = transforms.train_iterator(
-      train_source, [crop], batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)))
-  local_eval = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                      process_count, "config.data.eval_batch_size")
+  minmax_slices = bool(opts.minmax_slices)
+  crop = medical_views.SegmentationCrop(patch, bool(opts.augment), minmax_slices,
+                                        float(opts.p_spatial))
+  train = layout.train(train_source, [crop], worker_count=int(opts.worker_count),
+                       read_threads=int(opts.read_threads))
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     element = test_source[i]
@@ -114,17 +111,13 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     return {"image": np.ascontiguousarray(image, np.float32),
             "labels": np.ascontiguousarray(labels, np.int32)}
 
-  def eval_batches():
-    return transforms.eval_batches(len(test_source), make_example, batch_size=local_eval,
-                                   process_index=process_index, process_count=process_count)
-
   for v, ref in enumerate(train_refs + test_refs):
     labels = reader(ref)[1]
     if labels is not None and labels.max() >= num_classes:
       raise medical.DataError(f"Volume {ref.key!r} has label {int(labels.max())} but "
                               f"config.data.num_classes={num_classes}.")
   channels = train_source[0]["image"].shape[-1]
-  return Datasets(train=train, eval_batches=eval_batches,
+  return Datasets(train=train, eval_batches=layout.eval(len(test_source), make_example),
                   info=DataInfo(num_classes=num_classes, image_channels=int(channels),
                                 class_names=tuple(str(k) for k in range(num_classes)),
                                 extra={"train_volumes": tuple(r.key for r in train_refs),

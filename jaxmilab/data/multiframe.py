@@ -44,7 +44,7 @@ config.data keys (defaults): num_frames (8), noise ("awgn"), noise_params ({}), 
 (64), crop ("random"), fixed_noise (True), noise_tile (64), clip (True), quantize (True),
 channels (3; 1 = mean of RGB), photos / eval_photos (embedded names), root, frames_root,
 clean_name ("clean.png"), eval_sets, eval_fraction (0.1, frames_root only), eval_size (0),
-eval_frames (0 = num_frames), eval_batch_size (the training batch size), eval_seed (0),
+eval_frames (0 = num_frames), eval_batch_size (0 = the training batch size), eval_seed (0),
 worker_count (0), cache_size (16).
 """
 
@@ -64,10 +64,15 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("num_frames", "noise", "noise_params", "patch_size", "crop", "fixed_noise", "noise_tile",
-         "clip", "quantize", "channels", "photos", "eval_photos", "root", "frames_root", "clean_name",
-         "eval_sets", "eval_fraction", "eval_size", "eval_frames", "eval_batch_size", "eval_seed",
-         "worker_count", "cache_size")
+# Every config.data key this dataset reads, with its default (module docstring).
+CONFIG_DEFAULTS = dict(
+    num_frames=8, noise="awgn", noise_params={}, patch_size=64, crop="random", fixed_noise=True,
+    noise_tile=64, clip=True, quantize=True, channels=3,
+    photos=(), eval_photos=(),   # embedded photo names (default: all / the fixed held-out pair)
+    root="", frames_root="", clean_name="clean.png",
+    eval_sets={},                # name -> folder or "embedded" ({} = the source's default)
+    eval_fraction=0.1, eval_size=0, eval_frames=0, eval_batch_size=0, eval_seed=0,
+    worker_count=0, cache_size=16)
 _TRAIN_TAG, _EVAL_TAG = 0x0D1, 0x0D2  # keep training and eval noise streams apart
 EMBEDDED = "embedded"
 
@@ -269,41 +274,39 @@ def _eval_set_items(eval_sets: Any, eval_photos: Sequence[str]) -> tuple[list[st
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of multi-frame noisy data (see module doc)."""
-  transforms.check_keys(config, _KEYS, "multiframe")
-  transforms.check_layout(seed, process_index, process_count)
-  m = int(config.get("num_frames", 8))
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "multiframe", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  m = int(opts.num_frames)
   if m < 2:
     raise ValueError(f"config.data.num_frames={m}: multi-frame training needs at least 2 frames.")
-  noise_name = config.get("noise", "awgn")
-  noise_params = noise_lib.check_params(noise_name, config.get("noise_params", None))
-  patch = int(config.get("patch_size", 64))
-  crop = config.get("crop", "random")
+  noise_name = opts.noise
+  noise_params = noise_lib.check_params(noise_name, opts.noise_params)
+  patch = int(opts.patch_size)
+  crop = opts.crop
   if crop not in ("random", "top_left"):
     raise ValueError(f"config.data.crop={crop!r}: use 'random' or 'top_left'.")
-  channels = int(config.get("channels", 3))
+  channels = int(opts.channels)
   if channels not in (1, 3):
     raise ValueError(f"config.data.channels={channels}: use 3 (RGB) or 1 (mean of RGB).")
-  eval_size = int(config.get("eval_size", 0) or 0)
-  eval_frames = int(config.get("eval_frames", 0) or 0) or m
+  eval_size = int(opts.eval_size)
+  eval_frames = int(opts.eval_frames) or m
   if not 1 <= eval_frames <= m:
     raise ValueError(f"config.data.eval_frames={eval_frames} must be in [1, num_frames={m}] (0 = m).")
-  tile = int(config.get("noise_tile", 64))
+  tile = int(opts.noise_tile)
   if tile < 1:
     raise ValueError(f"config.data.noise_tile={tile} must be >= 1.")
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval_batch = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                            process_count, "config.data.eval_batch_size")
-  eval_seed = int(config.get("eval_seed", 0))
-  cache_size = int(config.get("cache_size", 16))
-  root, frames_root = config.get("root", None), config.get("frames_root", None)
-  eval_sets = config.get("eval_sets", None)
-  clean_name = config.get("clean_name", "clean.png") or "clean.png"
-  eval_photos = embedded.check_names(config.get("eval_photos", None) or embedded.EVAL_PHOTOS,
+  eval_seed = int(opts.eval_seed)
+  cache_size = int(opts.cache_size)
+  root, frames_root = opts.root, opts.frames_root
+  eval_sets = opts.eval_sets
+  clean_name = opts.clean_name or "clean.png"
+  eval_photos = embedded.check_names(opts.eval_photos or embedded.EVAL_PHOTOS,
                                      "config.data.eval_photos")
   if root and frames_root:
     raise ValueError("config.data.root (clean images) and config.data.frames_root (real frames) "
                      "are exclusive; set one.")
-  if (root or frames_root) and config.get("photos", None):
+  if (root or frames_root) and opts.photos:
     raise ValueError("config.data.photos names embedded photos; it cannot be combined with "
                      "config.data.root or frames_root.")
   key = "config.data.patch_size"
@@ -323,7 +326,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
             f"folders of clean images (noise from config.data.noise), e.g. "
             f"{{'embedded': 'embedded'}}, or add {clean_name!r} to every scene.")
       train_names, held = images.split_held_out([s[0] for s in scenes],
-                                                float(config.get("eval_fraction", 0.1)),
+                                                float(opts.eval_fraction),
                                                 where=f"config.data.frames_root={frames_root!r}")
       eval_names = ["scenes"]
       eval_items = [EvalItem(0, i, c, f) for i, (n, f, c) in enumerate(s for s in scenes if s[0] in held)]
@@ -334,14 +337,14 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     root = os.path.abspath(os.path.expanduser(root))
     names = images.list_images(root, what="clean image folder (config.data.root)")
     if not eval_sets:
-      names, held = images.split_held_out(names, float(config.get("eval_fraction", 0.1)),
+      names, held = images.split_held_out(names, float(opts.eval_fraction),
                                           where=f"config.data.root={root!r}")
       eval_names = ["held_out"]
       eval_items = [EvalItem(0, i, os.path.join(root, n)) for i, n in enumerate(held)]
     source = SceneSource(f"root={root!r}", paths=_folder_paths(root, names, patch, key),
                          cache_size=cache_size)
   else:
-    photos = config.get("photos", None) or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
+    photos = opts.photos or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
     photos = embedded.check_names(photos, "config.data.photos")
     if set(photos) & set(eval_photos):
       raise ValueError(f"config.data.photos and eval_photos share {sorted(set(photos) & set(eval_photos))}:"
@@ -356,12 +359,10 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     raise DataError("The eval sets hold no images; check config.data.eval_sets.")
 
   synth = FrameSynthesizer(noise_name, noise_params, seed=seed, tile=tile,
-                           clip=config.get("clip", True), quantize=config.get("quantize", True))
+                           clip=opts.clip, quantize=opts.quantize)
   crop_op = MultiFrameCrop(synth, num_frames=m, patch_size=patch, crop=crop,
-                           fixed_noise=config.get("fixed_noise", True), channels=channels)
-  train = transforms.train_iterator(
-      source, [crop_op], batch_size=local_batch, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)))
+                           fixed_noise=opts.fixed_noise, channels=channels)
+  train = layout.train(source, [crop_op], worker_count=int(opts.worker_count))
 
   # Eval: every item at one shape (centre crop, or reflect-padded to the largest size).
   sizes = [item.size() for item in eval_items]
@@ -394,12 +395,8 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     return {"noisy": _to_channels(noisy, channels), "clean": _to_channels(clean, channels),
             "label": np.int32(item.label), "height": np.int32(h), "width": np.int32(w)}
 
-  def eval_batches():
-    return transforms.eval_batches(len(eval_items), make_example, batch_size=local_eval_batch,
-                                   process_index=process_index, process_count=process_count)
-
   info = DataInfo(num_classes=len(eval_names), class_names=tuple(eval_names), image_channels=channels,
                   extra={"num_frames": m, "eval_frames": eval_frames, "has_clean": has_clean,
                          "noise": noise_name, "patch_size": patch, "num_eval": len(eval_items),
                          "num_train_scenes": len(source)})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_items), make_example), info=info)

@@ -39,9 +39,11 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("root", "tasks", "patch_size", "eval_root", "eval_fraction", "eval_size",
-         "eval_batch_size", "worker_count", "read_threads", "read_buffer", "vertical_flip",
-         "cache_size", "denoise_sigma")
+# Every config.data key this dataset reads, with its default (module docstring); `root` and
+# `tasks` must be set.
+CONFIG_DEFAULTS = dict(root="", tasks=(), patch_size=64, eval_root="", eval_fraction=0.1,
+                       eval_size=128, eval_batch_size=0, worker_count=0, read_threads=4,
+                       read_buffer=None, vertical_flip=False, cache_size=0, denoise_sigma=0.0)
 
 
 def scan_task(root: str, task: str) -> list[str]:
@@ -123,24 +125,22 @@ def _root(path: Any, key: str) -> str:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches over paired lq/gt folders (see module doc)."""
-  transforms.check_keys(config, _KEYS, "paired_folders")
-  transforms.check_layout(seed, process_index, process_count)
-  root = _root(config.get("root", None), "config.data.root")
-  tasks = config.get("tasks", None)
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "paired_folders", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  root = _root(opts.root, "config.data.root")
+  tasks = opts.tasks
   if not tasks:
     raise ValueError("config.data.tasks is not set: list the task folders under config.data.root "
                      "in label order, e.g. ('derain', 'dehaze').")
   tasks = (tasks,) if isinstance(tasks, str) else tuple(str(t) for t in tasks)
   if len(set(tasks)) != len(tasks):
     raise ValueError(f"config.data.tasks={tasks} repeats a task (label = index; each once).")
-  patch = int(config.get("patch_size", 64))
-  eval_size = int(config.get("eval_size", 128))
-  local_batch = transforms.per_process(batch_size, process_count, "config.batch_size")
-  local_eval_batch = transforms.per_process(config.get("eval_batch_size", None) or batch_size,
-                                            process_count, "config.data.eval_batch_size")
-  eval_root = config.get("eval_root", None)
+  patch = int(opts.patch_size)
+  eval_size = int(opts.eval_size)
+  eval_root = opts.eval_root
   eval_root = _root(eval_root, "config.data.eval_root") if eval_root else None
-  fraction = float(config.get("eval_fraction", 0.1))
+  fraction = float(opts.eval_fraction)
 
   train_entries, eval_entries = [], []
   for label, task in enumerate(tasks):
@@ -154,14 +154,14 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     train_entries += [(label, n) for n in train_names]
     eval_entries += [(label, n) for n in eval_names]
 
-  cache_size = int(config.get("cache_size", 0))
+  cache_size = int(opts.cache_size)
   source = PairedSource(root, tasks, tuple(train_entries), cache_size)
   eval_source = PairedSource(eval_root or root, tasks, tuple(eval_entries), cache_size)
   train = transforms.restoration_train_iterator(
-      source, config, patch=patch, batch_size=local_batch, seed=seed,
+      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
       process_index=process_index, process_count=process_count)
 
-  denoise_sigma = float(config.get("denoise_sigma", 0) or 0)
+  denoise_sigma = float(opts.denoise_sigma)
   if denoise_sigma and "denoise" not in tasks:
     raise ValueError(f"config.data.denoise_sigma={denoise_sigma} needs a task named 'denoise' in "
                      f"config.data.tasks={tasks}.")
@@ -175,11 +175,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       lq = images.to_float(transforms.center_crop(lq, eval_size))
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
-  def eval_batches():
-    return transforms.eval_batches(len(eval_entries), make_example, batch_size=local_eval_batch,
-                                   process_index=process_index, process_count=process_count)
-
   info = DataInfo(num_classes=len(tasks), class_names=tasks, image_channels=3,
                   extra={"patch_size": patch, "eval_size": eval_size, "num_eval": len(eval_entries),
                          "num_train": len(train_entries)})
-  return Datasets(train=train, eval_batches=eval_batches, info=info)
+  return Datasets(train=train, eval_batches=layout.eval(len(eval_entries), make_example), info=info)

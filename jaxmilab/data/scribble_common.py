@@ -177,16 +177,13 @@ def pad_eval_example(image: np.ndarray, gt: np.ndarray, size: int) -> dict[str, 
 # the dataset's default: the image size for the synthetic set, 465 for ScribbleSup).
 TRAIN_DEFAULTS = dict(crop_size=0, scale_range=(0.5, 2.0), rotate_degrees=10.0, blur_prob=0.5, flip=True,
                       scribble_lambda=E2, contour_lambda=E2, quantize_distance=True)
-TRAIN_CONFIG_KEYS = tuple(TRAIN_DEFAULTS)
 
 
-def train_transform(config: Any, default_crop: int) -> TrainTransform:
-  """TrainTransform from config.data (keys TRAIN_CONFIG_KEYS)."""
+def train_transform(opts: Any, default_crop: int) -> TrainTransform:
+  """TrainTransform from a dataset's options view of config.data (which declares the keys of
+  TRAIN_DEFAULTS); crop_size 0 = `default_crop`."""
   return TrainTransform(
-      crop_size=int(config.get("crop_size", 0) or default_crop),
-      scale_range=tuple(config.get("scale_range", (0.5, 2.0))),
-      rotate_degrees=float(config.get("rotate_degrees", 10.0)),
-      blur_prob=float(config.get("blur_prob", 0.5)), flip=bool(config.get("flip", True)),
-      scribble_lambda=float(config.get("scribble_lambda", E2)),
-      contour_lambda=float(config.get("contour_lambda", E2)),
-      quantize=bool(config.get("quantize_distance", True)))
+      crop_size=int(opts.crop_size or default_crop), scale_range=tuple(opts.scale_range),
+      rotate_degrees=float(opts.rotate_degrees), blur_prob=float(opts.blur_prob),
+      flip=bool(opts.flip), scribble_lambda=float(opts.scribble_lambda),
+      contour_lambda=float(opts.contour_lambda), quantize=bool(opts.quantize_distance))

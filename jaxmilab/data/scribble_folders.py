@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxmilab import config_options
 from jaxmilab.data import scribble_common
 from jaxmilab.data import transforms
 from jaxmilab.data.base import DataError
@@ -44,7 +45,6 @@ CONFIG_DEFAULTS = dict(root="", image_dir="JPEGImages", scribble_dir="pascal_201
                        train_list="ImageSets/SegmentationAug/train.txt",
                        val_list="ImageSets/SegmentationAug/val.txt", num_classes=21, eval_pad_size=512,
                        eval_batch_size=0, worker_count=0, read_threads=4, **scribble_common.TRAIN_DEFAULTS)
-_KEYS = tuple(CONFIG_DEFAULTS)
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor")
@@ -128,34 +128,33 @@ class ScribbleFolder:
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches of ScribbleSup folders (module docstring)."""
-  transforms.check_keys(config, _KEYS, "scribble_folders")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  root = os.path.expanduser(str(config.get("root", "")))
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "scribble_folders", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  root = os.path.expanduser(str(opts.root))
   if not os.path.isdir(root):
     raise DataError(f"config.data.root={root!r} is not a folder; pass the ScribbleSup VOC2012 folder "
                     f"(layout: jaxmilab/data/scribble_folders.py).")
-  image_dir = config.get("image_dir", "JPEGImages")
+  image_dir = opts.image_dir
   train_source = ScribbleFolder(
-      root, read_ids(os.path.join(root, config.get("train_list", "ImageSets/SegmentationAug/train.txt"))),
-      image_dir=image_dir, label_dirs={"scribble": config.get("scribble_dir", "pascal_2012_scribble"),
-                                       "pseudo": config.get("pseudo_dir", "bmp_pseudolabel")})
+      root, read_ids(os.path.join(root, opts.train_list)),
+      image_dir=image_dir, label_dirs={"scribble": opts.scribble_dir, "pseudo": opts.pseudo_dir})
   eval_source = ScribbleFolder(
-      root, read_ids(os.path.join(root, config.get("val_list", "ImageSets/SegmentationAug/val.txt"))),
-      image_dir=image_dir, label_dirs={"gt": config.get("gt_dir", "SegmentationClassAug")},
-      eval_pad_size=int(config.get("eval_pad_size", 512)))
-  return scribblesup_datasets(config, layout, train_source, eval_source)
+      root, read_ids(os.path.join(root, opts.val_list)),
+      image_dir=image_dir, label_dirs={"gt": opts.gt_dir},
+      eval_pad_size=int(opts.eval_pad_size))
+  return scribblesup_datasets(opts, layout, train_source, eval_source)
 
 
-def scribblesup_datasets(config: Any, layout: transforms.Layout, train_source: Any, eval_source: Any
-                         ) -> Datasets:
+def scribblesup_datasets(opts: config_options.Options, layout: transforms.Layout, train_source: Any,
+                         eval_source: Any) -> Datasets:
   """The ScribbleSup pipelines over random-access train and (padded) eval examples, read from the
   folders or from the tfds records (`scribble_tfds`): the paper's training transforms
-  (scribble_common, crop 465 unless config.data.crop_size), VOC class names for 21 classes."""
-  train = layout.train(train_source, [scribble_common.train_transform(config, 465)],
-                       worker_count=int(config.get("worker_count", 0)),
-                       read_threads=int(config.get("read_threads", 4)))
-  num_classes = int(config.get("num_classes", 21))
+  (scribble_common, crop 465 unless config.data.crop_size), VOC class names for 21 classes;
+  `opts`: the reader's options view of config.data."""
+  train = layout.train(train_source, [scribble_common.train_transform(opts, 465)],
+                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
+  num_classes = int(opts.num_classes)
   names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(str(i) for i in range(num_classes))
   info = DataInfo(num_classes=num_classes, class_names=names, image_channels=3,
                   extra={"num_eval": len(eval_source), "ignore_index": scribble_common.IGNORE})

@@ -26,7 +26,7 @@ config.data keys (defaults): image_size (64), num_classes (5, at most 9), max_ob
 num_train (1024), num_eval (64), eval_batch_size (0 = the batch size), background ("photos" |
 "noise"), scribble_variant ("full"), drop_rate (0.5), shrink_ratio (0.5),
 false_positive_rate (0.3), eval_seed (0), worker_count (0), read_threads (2), and
-scribble_common.TRAIN_CONFIG_KEYS.
+scribble_common.TRAIN_DEFAULTS.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ CONFIG_DEFAULTS = dict(image_size=64, num_classes=5, max_objects=2, num_train=10
                        eval_batch_size=0, background="photos", scribble_variant="full", drop_rate=0.5,
                        shrink_ratio=0.5, false_positive_rate=0.3, eval_seed=0, worker_count=0, read_threads=2,
                        **scribble_common.TRAIN_DEFAULTS)
-_KEYS = tuple(CONFIG_DEFAULTS)
 VARIANTS = ("full", "drop", "shrink")
 _TRAIN_TAG, _EVAL_TAG = 11, 12
 IGNORE = scribble_common.IGNORE
@@ -152,33 +151,32 @@ class SyntheticScribbles(synthetic_shapes.Source):
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches of the synthetic scribble set (module docstring)."""
-  transforms.check_keys(config, _KEYS, "scribble_synthetic")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  size = int(config.get("image_size", 64))
-  num_classes = int(config.get("num_classes", 5))
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "scribble_synthetic", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  size = int(opts.image_size)
+  num_classes = int(opts.num_classes)
   shapes = synthetic_shapes.SHAPES
   if not 2 <= num_classes <= len(shapes) + 1:
     raise ValueError(f"config.data.num_classes={num_classes}: use 2..{len(shapes) + 1} "
                      f"(background + up to {len(shapes)} shapes).")
   if size < 24:
     raise ValueError(f"config.data.image_size={size}: use at least 24 pixels.")
-  variant = config.get("scribble_variant", "full")
+  variant = opts.scribble_variant
   if variant not in VARIANTS:
     raise ValueError(f"config.data.scribble_variant={variant!r}: use one of {VARIANTS}.")
-  background = config.get("background", "photos")
+  background = opts.background
   train_bg, eval_bg = synthetic_shapes.train_eval_backgrounds(background, size)
-  common = dict(size=size, num_classes=num_classes, max_objects=int(config.get("max_objects", 2)))
+  common = dict(size=size, num_classes=num_classes, max_objects=int(opts.max_objects))
   train_source = SyntheticScribbles(
-      train_bg, num_examples=int(config.get("num_train", 1024)), seed=seed, tag=_TRAIN_TAG, train=True,
-      variant=variant, drop_rate=float(config.get("drop_rate", 0.5)),
-      shrink_ratio=float(config.get("shrink_ratio", 0.5)),
-      false_positive_rate=float(config.get("false_positive_rate", 0.3)), **common)
-  eval_source = SyntheticScribbles(eval_bg, num_examples=int(config.get("num_eval", 64)),
-                                   seed=int(config.get("eval_seed", 0)), tag=_EVAL_TAG, train=False, **common)
-  train = layout.train(train_source, [scribble_common.train_transform(config, size)],
-                       worker_count=int(config.get("worker_count", 0)),
-                       read_threads=int(config.get("read_threads", 2)))
+      train_bg, num_examples=int(opts.num_train), seed=seed, tag=_TRAIN_TAG, train=True,
+      variant=variant, drop_rate=float(opts.drop_rate),
+      shrink_ratio=float(opts.shrink_ratio),
+      false_positive_rate=float(opts.false_positive_rate), **common)
+  eval_source = SyntheticScribbles(eval_bg, num_examples=int(opts.num_eval),
+                                   seed=int(opts.eval_seed), tag=_EVAL_TAG, train=False, **common)
+  train = layout.train(train_source, [scribble_common.train_transform(opts, size)],
+                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
   info = DataInfo(num_classes=num_classes, class_names=("background",) + shapes[:num_classes - 1],
                   image_channels=3,
                   extra={"image_size": size, "num_eval": len(eval_source), "ignore_index": IGNORE})

@@ -24,7 +24,7 @@ train examples carry scribble + pseudo and a gt of 255s, val examples gt and scr
 the pipeline of `scribble_folders` (distance maps, the paper's transforms, eval padding).
 config.data keys: data_dir (required), builder_config ("full"), num_classes (21),
 eval_pad_size (512), eval_batch_size, worker_count, read_threads, and
-scribble_common.TRAIN_CONFIG_KEYS.
+scribble_common.TRAIN_DEFAULTS.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from jaxmilab.data.base import Datasets
 MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 CONFIG_DEFAULTS = dict(data_dir="", builder_config="full", num_classes=21, eval_pad_size=512, eval_batch_size=0,
                        worker_count=0, read_threads=4, **scribble_common.TRAIN_DEFAULTS)
-_KEYS = tuple(CONFIG_DEFAULTS)
 LABEL_KEYS = ("scribble", "pseudo", "gt")
 
 
@@ -142,11 +141,11 @@ class TfdsSource:
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
   """Train iterator and eval batches from a prepared `scribblesup` dataset (module docstring)."""
-  transforms.check_keys(config, _KEYS, "scribble_tfds")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  data_dir = config.get("data_dir") or ""
-  builder = Scribblesup(config=config.get("builder_config", "full"), data_dir=data_dir, file_format="array_record")
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "scribble_tfds", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  data_dir = opts.data_dir
+  builder = Scribblesup(config=opts.builder_config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     raise DataError(f"scribblesup/{builder.builder_config.name} is not prepared in config.data.data_dir="
                     f"{data_dir!r}. Run scribble_tfds.Scribblesup(config=..., data_dir=..., file_format="
@@ -154,5 +153,6 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int, proce
                     f"manual_dir=<ScribbleSup VOC2012 folder>)).")
   skip = {k: tfds.decode.SkipDecoding() for k in ("image",) + LABEL_KEYS}
   train_source = TfdsSource(builder.as_data_source("train", decoders=skip), True)
-  eval_source = TfdsSource(builder.as_data_source("val", decoders=skip), False, int(config.get("eval_pad_size", 512)))
-  return scribble_folders.scribblesup_datasets(config, layout, train_source, eval_source)
+  eval_source = TfdsSource(builder.as_data_source("val", decoders=skip), False,
+                           int(opts.eval_pad_size))
+  return scribble_folders.scribblesup_datasets(opts, layout, train_source, eval_source)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
 
+from jaxmilab import config_options
 from jaxmilab.data import degradations
 from jaxmilab.data.base import Batch
 
@@ -84,15 +85,6 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------- config helpers
 
 
-def check_keys(config: Any, allowed: Iterable[str], dataset: str) -> None:
-  """Raises ValueError naming unknown `config.data` keys (typos must not pass silently)."""
-  allowed = set(allowed) | {"name"}
-  unknown = sorted(set(config.keys()) - allowed)
-  if unknown:
-    raise ValueError(f"Unknown config.data keys {unknown} for dataset {dataset!r}. "
-                     f"Known keys: {', '.join(sorted(allowed))}.")
-
-
 def per_process(global_size: int, process_count: int, key: str) -> int:
   """global batch size -> per-process size; ValueError if not divisible."""
   global_size = int(global_size)
@@ -120,14 +112,14 @@ class Layout:
   eval_batch_size: int   # per process
 
   @classmethod
-  def of(cls, config: Any, *, batch_size: int, seed: int, process_index: int,
+  def of(cls, *, batch_size: int, eval_batch_size: int, seed: int, process_index: int,
          process_count: int) -> "Layout":
-    """Checks `create`'s arguments; eval batches are `config.eval_batch_size` (0 or absent:
-    `batch_size`), both global sizes split over the processes."""
+    """Checks `create`'s arguments; `batch_size` and `eval_batch_size` (config.data's; 0 = the
+    batch size) are global sizes, split over the processes."""
     check_layout(seed, process_index, process_count)
     return cls(seed, process_index, process_count,
                per_process(batch_size, process_count, "config.batch_size"),
-               per_process(config.get("eval_batch_size", None) or batch_size, process_count,
+               per_process(eval_batch_size or batch_size, process_count,
                            "config.data.eval_batch_size"))
 
   def train(self, source: Any, operations: Sequence[Any], *, worker_count: int = 0,
@@ -144,6 +136,29 @@ class Layout:
     return functools.partial(eval_batches, num_examples, make_example,
                              batch_size=self.eval_batch_size, process_index=self.process_index,
                              process_count=self.process_count)
+
+
+def configure(config: Any, defaults: Mapping[str, Any], dataset: str, *, batch_size: int, seed: int,
+              process_index: int, process_count: int, required: Sequence[str] = ()
+              ) -> tuple[config_options.Options, Layout]:
+  """The start of a dataset's `create`: (its options view of config.data, its Layout).
+
+  Args:
+    config: config.data as `create` receives it.
+    defaults: the dataset's CONFIG_DEFAULTS (they declare `eval_batch_size`).
+    dataset: its registry name, for messages.
+    batch_size, seed, process_index, process_count: `create`'s arguments.
+    required: keys without a default that the config must set.
+
+  Raises:
+    ConfigError: naming a key of `config` the dataset does not declare, or a missing required
+      key (config_options.options); ValueError for a bad process layout or batch size.
+  """
+  opts = config_options.options(config, defaults, part="data", component=dataset,
+                                required=required)
+  layout = Layout.of(batch_size=batch_size, eval_batch_size=opts.eval_batch_size, seed=seed,
+                     process_index=process_index, process_count=process_count)
+  return opts, layout
 
 
 # ---------------------------------------------------------------------------- pipelines
@@ -180,18 +195,19 @@ def train_iterator(source: Any, operations: Sequence[Any], *, batch_size: int, s
   return iter(it_ds)
 
 
-def restoration_train_iterator(source: Any, config: Any, *, patch: int, batch_size: int, seed: int,
+def restoration_train_iterator(source: Any, opts: Any, *, patch: int, batch_size: int, seed: int,
                                process_index: int, process_count: int, extra: Sequence[Any] = ()):
   """The restoration datasets' training stream: random crop + flip, to float, `extra` ops.
 
-  Reading options come from `config` (config.data): vertical_flip, worker_count,
-  read_threads, read_buffer; see `train_iterator` for the stream itself.
+  Reading options come from `opts`, the dataset's `config_options.options` view of config.data,
+  which declares vertical_flip, worker_count, read_threads and read_buffer; see
+  `train_iterator` for the stream itself.
   """
-  operations = [RandomCropFlip(patch, bool(config.get("vertical_flip", False))), ToFloat(), *extra]
+  operations = [RandomCropFlip(patch, bool(opts.vertical_flip)), ToFloat(), *extra]
   return train_iterator(
       source, operations, batch_size=batch_size, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(config.get("worker_count", 0)),
-      read_threads=int(config.get("read_threads", 4)), read_buffer=config.get("read_buffer", None))
+      process_count=process_count, worker_count=int(opts.worker_count),
+      read_threads=int(opts.read_threads), read_buffer=opts.read_buffer)
 
 
 def eval_batches(num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]], *,

@@ -25,7 +25,7 @@ ignore = ignore mask minus foreground (evaluation.py `get_mask`).
 
 config.data keys (defaults): dataset (required: CUB | ILSVRC | OpenImages), data_root,
 metadata_root (required), mask_root (data_root), train_split (train), eval_split (test),
-resize_size (256), crop_size (224), eval_batch_size (the training batch size),
+resize_size (256), crop_size (224), eval_batch_size (0 = the training batch size),
 max_boxes (64), worker_count (0), read_threads (8).
 """
 
@@ -46,8 +46,10 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("dataset", "data_root", "metadata_root", "mask_root", "train_split", "eval_split",
-         "resize_size", "crop_size", "eval_batch_size", "max_boxes", "worker_count", "read_threads")
+# The config.data keys besides the required `dataset`, with their defaults (module docstring).
+CONFIG_DEFAULTS = dict(data_root="", metadata_root="", mask_root="", train_split="train",
+                       eval_split="test", resize_size=256, crop_size=224, eval_batch_size=0,
+                       max_boxes=64, worker_count=0, read_threads=8)
 DATASETS = ("CUB", "ILSVRC", "OpenImages")
 
 
@@ -86,6 +88,13 @@ class Metadata:
             self.ignore[row[0]] = row[2]
         else:
           raise DataError(f"{loc}: line {row!r} is neither <id>,x0,y0,x1,y1 nor <id>,<mask>,<ignore>.")
+
+
+def check_dataset(dataset: str) -> str:
+  """`config.data.dataset`, one of DATASETS (ValueError naming the allowed ones otherwise)."""
+  if dataset not in DATASETS:
+    raise ValueError(f"config.data.dataset={dataset!r}: use one of {DATASETS}.")
+  return dataset
 
 
 def cub_key(image_id: str) -> str:
@@ -181,30 +190,28 @@ class TrainAugment(grain.transforms.RandomMap):
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of a wsolevaluation dataset (see module doc)."""
-  transforms.check_keys(config, _KEYS, "wsol_folders")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  dataset = config.get("dataset")
-  if dataset not in DATASETS:
-    raise ValueError(f"config.data.dataset={dataset!r}: use one of {DATASETS}.")
-  data_root = config.get("data_root") or ""
-  metadata_root = config.get("metadata_root") or ""
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "wsol_folders", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count, required=("dataset",))
+  dataset = check_dataset(opts.dataset)
+  data_root, metadata_root = opts.data_root, opts.metadata_root
   for key, path in (("data_root", data_root), ("metadata_root", metadata_root)):
     if not os.path.isdir(os.path.join(path, dataset)):
       raise DataError(f"config.data.{key}={path!r} has no {dataset}/ folder. Point it at "
                       f"wsolevaluation's dataset/ (images) or metadata/ folder.")
-  mask_root = config.get("mask_root") or data_root
-  resize, crop = int(config.get("resize_size", 256)), int(config.get("crop_size", 224))
-  max_boxes = int(config.get("max_boxes", 64))
+  mask_root = opts.mask_root or data_root
+  resize, crop = int(opts.resize_size), int(opts.crop_size)
+  max_boxes = int(opts.max_boxes)
   image_dir = os.path.join(data_root, dataset)
-  train_meta = Metadata(os.path.join(metadata_root, dataset, config.get("train_split", "train")))
-  eval_meta = Metadata(os.path.join(metadata_root, dataset, config.get("eval_split", "test")))
+  train_meta = Metadata(os.path.join(metadata_root, dataset, opts.train_split))
+  eval_meta = Metadata(os.path.join(metadata_root, dataset, opts.eval_split))
   if not eval_meta.boxes and not eval_meta.masks:
     raise DataError(f"{eval_meta.folder}/localization.txt lists no box and no mask: nothing to evaluate.")
-  cub_masks, cub_ignore = read_cub_masks(metadata_root, config.get("eval_split", "test")) if dataset == "CUB" else ({}, {})
+  cub_masks, cub_ignore = {}, {}
+  if dataset == "CUB":
+    cub_masks, cub_ignore = read_cub_masks(metadata_root, opts.eval_split)
   train = layout.train(FolderSource(image_dir, train_meta), [TrainAugment(resize, crop)],
-                       worker_count=int(config.get("worker_count", 0)),
-                       read_threads=int(config.get("read_threads", 8)))
+                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     image_id = eval_meta.image_ids[i]

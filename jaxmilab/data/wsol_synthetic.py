@@ -30,7 +30,7 @@ Batches: train {"image": uint8 [B, S, S, 3], "label": int32 [B]}; eval adds "box
 [B, max_boxes, 4] (zero-padded), "num_boxes" int32 [B] (= 1), "mask" bool [B, S, S] and
 "valid". config.data keys (defaults): image_size (64), num_classes (4, at most 8),
 num_train (2048 distinct training images, repeated with new shuffles), num_eval (128),
-eval_batch_size (the training batch size), max_boxes (4), background ("photos" | "noise"),
+eval_batch_size (0 = the training batch size), max_boxes (4), background ("photos" | "noise"),
 eval_seed (0), worker_count (0), read_threads (2), layout ("shapes"), part_fraction
 ((0.05, 0.10)), context_prob (0.8).
 """
@@ -46,9 +46,11 @@ from jaxmilab.data import transforms
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-_KEYS = ("image_size", "num_classes", "num_train", "num_eval", "eval_batch_size", "max_boxes",
-         "background", "eval_seed", "worker_count", "read_threads", "layout", "part_fraction",
-         "context_prob")
+# Every config.data key this dataset reads, with its default (module docstring).
+CONFIG_DEFAULTS = dict(image_size=64, num_classes=4, num_train=2048, num_eval=128,
+                       eval_batch_size=0, max_boxes=4, background="photos", eval_seed=0,
+                       worker_count=0, read_threads=2, layout="shapes", part_fraction=(0.05, 0.10),
+                       context_prob=0.8)
 LAYOUTS = ("shapes", "part", "context")
 SHAPES = synthetic_shapes.SHAPES   # class i is SHAPES[i]
 COLORS = synthetic_shapes.COLORS
@@ -125,35 +127,35 @@ class SyntheticWSOL(synthetic_shapes.Source):
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches of the synthetic WSOL set (see module doc)."""
-  transforms.check_keys(config, _KEYS, "wsol_synthetic")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  size = int(config.get("image_size", 64))
-  num_classes = int(config.get("num_classes", 4))
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "wsol_synthetic", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  size = int(opts.image_size)
+  num_classes = int(opts.num_classes)
   if not 2 <= num_classes <= len(SHAPES):
     raise ValueError(f"config.data.num_classes={num_classes}: use 2..{len(SHAPES)}.")
   if size < 16:
     raise ValueError(f"config.data.image_size={size}: use at least 16 pixels.")
-  max_boxes = int(config.get("max_boxes", 4))
+  max_boxes = int(opts.max_boxes)
   if max_boxes < 1:
     raise ValueError(f"config.data.max_boxes={max_boxes} must be >= 1.")
-  background = config.get("background", "photos")
+  background = opts.background
   train_bg, eval_bg = synthetic_shapes.train_eval_backgrounds(background, size)
-  kind = config.get("layout", "shapes")
+  kind = opts.layout
   if kind not in LAYOUTS:
     raise ValueError(f"config.data.layout={kind!r}: use one of {LAYOUTS}.")
-  fraction = tuple(config.get("part_fraction", (0.05, 0.10)))
+  fraction = tuple(opts.part_fraction)
   if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < 1:
     raise ValueError(f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1.")
   common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=kind,
-                part_fraction=fraction, context_prob=float(config.get("context_prob", 0.8)))
-  train_source = SyntheticWSOL(train_bg, num_examples=int(config.get("num_train", 2048)), seed=seed,
+                part_fraction=fraction, context_prob=float(opts.context_prob))
+  train_source = SyntheticWSOL(train_bg, num_examples=int(opts.num_train), seed=seed,
                                tag=_TRAIN_TAG, with_boxes=False, description=f"train,{background}", **common)
-  eval_source = SyntheticWSOL(eval_bg, num_examples=int(config.get("num_eval", 128)),
-                              seed=int(config.get("eval_seed", 0)), tag=_EVAL_TAG, with_boxes=True,
+  eval_source = SyntheticWSOL(eval_bg, num_examples=int(opts.num_eval),
+                              seed=int(opts.eval_seed), tag=_EVAL_TAG, with_boxes=True,
                               description=f"eval,{background}", **common)
-  train = layout.train(train_source, [], worker_count=int(config.get("worker_count", 0)),
-                       read_threads=int(config.get("read_threads", 2)))
+  train = layout.train(train_source, [], worker_count=int(opts.worker_count),
+                       read_threads=int(opts.read_threads))
   info = DataInfo(num_classes=num_classes, class_names=SHAPES[:num_classes], image_channels=3,
                   extra={"image_size": size, "num_eval": len(eval_source), "has_masks": True})
   return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),

@@ -69,8 +69,10 @@ SPLITS = ("train", "val", "test")  # wsolevaluation data_loaders._SPLITS
 METADATA_FILES = ("image_ids.txt", "class_labels.txt", "localization.txt")
 # Class counts: wsolevaluation README (CUB 200, ImageNet 1000, OpenImages30k 100 classes).
 NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100}
-_KEYS = ("dataset", "data_dir", "train_split", "eval_split", "resize_size", "crop_size",
-         "eval_batch_size", "max_boxes", "worker_count", "read_threads")
+# The config.data keys of `create` besides the required `dataset`, with their defaults.
+CONFIG_DEFAULTS = dict(data_dir="", train_split="train", eval_split="test", resize_size=256,
+                       crop_size=224, eval_batch_size=0, max_boxes=64, worker_count=0,
+                       read_threads=8)
 
 
 def check_manual_dir(manual_dir: str, dataset: str) -> tuple[str, str]:
@@ -234,6 +236,7 @@ class WsolOpenimages(_WsolBuilder):
     return {"masks": [_png(m) for m in masks], "ignore_mask": [_png(m) for m in ignore]}
 
 
+# One builder per name of wsol_folders.DATASETS.
 BUILDERS = {"CUB": WsolCub, "ILSVRC": WsolIlsvrc, "OpenImages": WsolOpenimages}
 
 
@@ -271,27 +274,24 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
   """Train iterator and eval batches from a prepared wsol_* tfds dataset (see module doc)."""
-  transforms.check_keys(config, _KEYS, "wsol_tfds")
-  layout = transforms.Layout.of(config, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
-  dataset = config.get("dataset")
-  if dataset not in BUILDERS:
-    raise ValueError(f"config.data.dataset={dataset!r}: use one of {tuple(BUILDERS)}.")
-  data_dir = config.get("data_dir") or ""
+  opts, layout = transforms.configure(
+      config, CONFIG_DEFAULTS, "wsol_tfds", batch_size=batch_size, seed=seed,
+      process_index=process_index, process_count=process_count, required=("dataset",))
+  dataset = wsol_folders.check_dataset(opts.dataset)
+  data_dir = opts.data_dir
   builder = BUILDERS[dataset](data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     raise DataError(f"{builder.name} is not prepared in config.data.data_dir={data_dir!r}. Run "
                     f"wsol_tfds.{type(builder).__name__}(data_dir=..., file_format='array_record')"
                     f".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...)).")
   skip = {"image": tfds.decode.SkipDecoding()}
-  train_split, eval_split = config.get("train_split", "train"), config.get("eval_split", "test")
+  train_split, eval_split = opts.train_split, opts.eval_split
   train_source = builder.as_data_source(train_split, decoders=skip)
   eval_source = builder.as_data_source(eval_split, decoders=skip)
-  resize, crop = int(config.get("resize_size", 256)), int(config.get("crop_size", 224))
-  max_boxes = int(config.get("max_boxes", 64))
+  resize, crop = int(opts.resize_size), int(opts.crop_size)
+  max_boxes = int(opts.max_boxes)
   train = layout.train(TfdsSource(train_source), [wsol_folders.TrainAugment(resize, crop)],
-                       worker_count=int(config.get("worker_count", 0)),
-                       read_threads=int(config.get("read_threads", 8)))
+                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
   has_masks = dataset == "OpenImages"
 
   def make_example(i: int) -> dict[str, np.ndarray]:
