@@ -4,8 +4,16 @@
 "train" | "eval", <name>: float, ...}`, with the same scalars TensorBoard gets
 (there under "<split>/<name>"; a name may itself contain "/", e.g. "psnr/haze").
 Only the lead process writes. The workdir may be on any filesystem `etils.epath`
-knows (`gs://bucket/run` included): files go through epath / `tf.io.gfile`, never
-`open`, so no gcsfuse mount is needed.
+knows (`gs://bucket/run` included): files go through epath, never `open`, so no
+gcsfuse mount is needed. epath reaches `gs://` through TensorFlow's `tf.io.gfile` by
+default, or through fsspec (gcsfs) with `EPATH_USE_TF=false`.
+
+TensorBoard events are written by `tf.summary`, which only knows TensorFlow's own
+filesystems. They go to `$JAXMILAB_TENSORBOARD_DIR` when that is set, else to the
+workdir; with a remote workdir and `EPATH_USE_TF=false` (the workdir is then written by
+gcsfs, which TensorFlow cannot use: e.g. a GCS emulator, which TensorFlow's GCS
+filesystem has no endpoint setting for) and no `$JAXMILAB_TENSORBOARD_DIR`, no events are
+written and one warning says so; stdout and `metrics.jsonl` carry the same scalars.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
 from clu.metric_writers import interface
 from etils import epath
 
 JSONL_NAME = "metrics.jsonl"
+# Where TensorBoard events go instead of the workdir (a local folder or any tf.io.gfile path).
+TENSORBOARD_DIR_ENV = "JAXMILAB_TENSORBOARD_DIR"
 
 
 def _to_float(v: Any) -> float:
@@ -31,6 +42,26 @@ def _to_float(v: Any) -> float:
 
 def _is_local(path: epath.Path) -> bool:
   return "://" not in str(path)
+
+
+def _epath_uses_tf() -> bool:
+  # The values etils/epath/gpath.py `_epath_use_tf` reads as "do not use TensorFlow".
+  return os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
+
+
+def tensorboard_dir(workdir: str | os.PathLike) -> str | None:
+  """Where TensorBoard events go: `$JAXMILAB_TENSORBOARD_DIR`, else `workdir`; None = nowhere.
+
+  None when `workdir` is remote and epath writes it through fsspec (`EPATH_USE_TF=false`):
+  `tf.summary` could only reach it through TensorFlow's filesystem, which that setting avoids
+  (TensorFlow's GCS filesystem, for one, cannot be pointed at an emulator).
+  """
+  override = os.environ.get(TENSORBOARD_DIR_ENV)
+  if override:
+    return override
+  if _is_local(epath.Path(workdir)) or _epath_uses_tf():
+    return str(workdir)
+  return None
 
 
 class JsonlWriter(interface.MetricWriter):
@@ -135,13 +166,22 @@ def read_jsonl(workdir: str) -> list[dict[str, Any]]:
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + stdout + metrics.jsonl on the lead process; logging only elsewhere."""
+  """TensorBoard (see `tensorboard_dir`) + stdout + metrics.jsonl on the lead process; logging
+  only elsewhere."""
   lead = jax.process_index() == 0
-  # clu's TensorBoard writer (tf.summary) writes gs:// paths itself.
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=not lead,
-                                                asynchronous=False)
   if not lead:
-    return writer
+    return metric_writers.create_default_writer(str(workdir), just_logging=True,
+                                                asynchronous=False)
+  events_dir = tensorboard_dir(workdir)
+  if events_dir is None:
+    logging.warning(
+        "No TensorBoard events: workdir %s is written through fsspec (EPATH_USE_TF=false), which "
+        "tf.summary cannot use; set %s=<local dir> to write them there (metrics.jsonl and stdout "
+        "have the same scalars).", workdir, TENSORBOARD_DIR_ENV)
+  # clu's TensorBoard writer (tf.summary) writes gs:// paths itself, through TensorFlow.
+  writer = metric_writers.create_default_writer(events_dir or str(workdir),
+                                                just_logging=events_dir is None,
+                                                asynchronous=False)
   return metric_writers.MultiWriter([writer, JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
