@@ -26,7 +26,22 @@ def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   return epath.Path(workdir) / "checkpoints"
 
 
+def _check_gcs_client(path: epath.Path) -> None:
+  """orbax lists and deletes gs:// steps with google-cloud-storage, which it does not install."""
+  if not str(path).startswith("gs://"):
+    return
+  try:
+    import google.cloud.storage  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    # orbax/checkpoint/_src/path/gcs_utils.py `get_bucket` (its hierarchical-namespace check when
+    # listing steps) imports google.cloud.storage for every gs:// checkpoint folder.
+    raise ImportError(
+        f"Checkpoints in {path} need the google-cloud-storage package (orbax uses it to list "
+        f"steps on gs://): pip install google-cloud-storage") from e
+
+
 def create_manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
+  _check_gcs_client(checkpoint_dir(workdir))
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
