@@ -35,6 +35,7 @@ from absl import logging
 
 from jaxmilab import config_options
 from jaxmilab import registry
+from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import segmentation
 from jaxmilab.methods import base
 
@@ -153,7 +154,7 @@ _PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0
                      [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32) / 255
 
 
-class DiceEvalState(segmentation.DiceEvaluator):
+class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
   """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture."""
 
   def __init__(self, num_classes: int, keep: int = 4):
