@@ -35,6 +35,32 @@ def zero_output_conv(backbone_params: dict) -> dict:
   return out
 
 
+PIXEL_LOSSES = ("l1", "psnr")
+
+
+def psnr_loss(restored: jax.Array, target: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """NAFNet's PSNRLoss: mean over images of 10 log10(MSE_image + eps), in dB (lower is better).
+
+  megvii-research/NAFNet basicsr/models/losses/losses.py `PSNRLoss` (scale 10 / ln 10, MSE
+  over (C, H, W) per image, +1e-8 inside the log, mean over the batch), the pixel loss of its
+  GoPro and SIDD options (options/train/GoPro/NAFNet-width64.yml `pixel_opt: PSNRLoss`). Each
+  image's gradient is scaled by 1 / its MSE, so a mildly degraded image (blur, JPEG at ~30
+  dB) weighs as much as a heavily degraded one, where L1 lets the large errors dominate.
+  """
+  diff = restored.astype(jnp.float32) - target.astype(jnp.float32)
+  mse = jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+  return jnp.mean(10.0 / np.log(10.0) * jnp.log(mse + eps))
+
+
+def pixel_loss(name: str, restored: jax.Array, target: jax.Array) -> jax.Array:
+  """`config.method.pixel_loss`: "l1" (DCPT's L_pix) or "psnr" (`psnr_loss`)."""
+  if name == "l1":
+    return jnp.mean(jnp.abs(restored.astype(jnp.float32) - target))
+  if name == "psnr":
+    return psnr_loss(restored, target)
+  raise ValueError(f"config.method.pixel_loss={name!r}: use one of {PIXEL_LOSSES}.")
+
+
 def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.RestorationEvaluator:
   """The streaming evaluator of a restoration method (per-type PSNR / SSIM[, accuracy]).
 

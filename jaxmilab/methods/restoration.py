@@ -1,4 +1,7 @@
-"""Supervised restoration: L1 between net(lq) and gt, optionally from a DCPT checkpoint.
+"""Supervised restoration: a pixel loss between net(lq) and gt, optionally from a DCPT run.
+
+The loss is L1 (DCPT's fine-tuning, `pixel_loss="l1"`) or NAFNet's PSNR loss
+(`pixel_loss="psnr"`, `common.psnr_loss`).
 
 `config.method.init_from` names a run (workdir, checkpoints/ or checkpoints/<step>/) of
 `dcpt`, `maskdcpt` or `restoration`; its backbone parameters are loaded, every key
@@ -22,16 +25,20 @@ CONFIG_DEFAULTS = dict(
     zero_init_output=False,    # zero the last conv at init (identity start; common.zero_output_conv)
                                # and after loading a run that did not train it (MaskDCPT spark)
     float_metrics=False,       # PSNR/SSIM on float images instead of uint8-rounded ones
+    pixel_loss="l1",           # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
 )
 
 
 class Method(base.Method):
-  """Plain supervised restoration with an L1 pixel loss."""
+  """Plain supervised restoration with a pixel loss (L1 or PSNR)."""
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="restoration")
     self.backbone = registry.get_model(config.model.name)(config.model)
+    if self.opts.pixel_loss not in common.PIXEL_LOSSES:
+      raise config_options.ConfigError(
+          f"config.method.pixel_loss={self.opts.pixel_loss!r}: use one of {common.PIXEL_LOSSES}.")
 
   def init_variables(self, rng, batch):
     params = self.backbone.init(rng, batch["lq"])["params"]
@@ -42,8 +49,9 @@ class Method(base.Method):
   def loss(self, params, model_state, batch, rng):
     del rng
     restored = self.backbone.apply({"params": params["backbone"]}, batch["lq"])
-    l1 = jnp.mean(jnp.abs(restored.astype(jnp.float32) - batch["gt"]))
-    return l1, ({"l1": l1}, model_state)
+    name = self.opts.pixel_loss
+    loss = common.pixel_loss(name, restored, batch["gt"])
+    return loss, ({"l1" if name == "l1" else "psnr_loss": loss}, model_state)
 
   def eval_step(self, params, model_state, batch):
     restored = self.backbone.apply({"params": params["backbone"]}, batch["lq"])
