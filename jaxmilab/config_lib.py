@@ -46,6 +46,22 @@ MESH_DEFAULTS = dict(
     tensor_parallel=(),              # ((regex over parameter paths, dim), ...) split over "model"
     min_shard_size=2**14,            # smaller arrays stay replicated
     num_devices=-1)                  # use the first N devices (-1 = all), e.g. to compare meshes
+# config.optimizer (jaxmilab.optimizers), its keys and defaults.
+OPTIMIZER_DEFAULTS = dict(
+    name="adamw",                    # adam | adamw | amsgrad | sgd
+    learning_rate=1e-3,
+    schedule="constant",             # constant | cosine | multistep
+    warmup_steps=0,
+    min_lr_ratio=0.0,                # cosine: final lr / peak lr
+    hold_steps=0,                    # cosine: steps the peak lr is held before the cosine starts
+    decay_steps=(),                  # multistep: steps at which lr *= decay_factor
+    decay_factor=0.5,
+    weight_decay=0.0,
+    b1=0.9, b2=0.999,                # adam*
+    momentum=0.9, nesterov=True,     # sgd
+    grad_clip_norm=0.0,              # 0 = off
+    accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
+    lr_multipliers=())               # ((regex over parameter paths, factor), ...)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,20 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.method = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict()
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw",                    # adam | adamw | amsgrad | sgd
-      learning_rate=1e-3,
-      schedule="constant",             # constant | cosine | multistep
-      warmup_steps=0,
-      min_lr_ratio=0.0,                # cosine: final lr / peak lr
-      decay_steps=(),                  # multistep: steps at which lr *= decay_factor
-      decay_factor=0.5,
-      weight_decay=0.0,
-      b1=0.9, b2=0.999,                # adam*
-      momentum=0.9, nesterov=True,     # sgd
-      grad_clip_norm=0.0,              # 0 = off
-      accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
-      lr_multipliers=()))              # ((regex over parameter paths, factor), ...)
+  c.optimizer = ml_collections.ConfigDict(OPTIMIZER_DEFAULTS)
   return c
 
 
@@ -309,19 +312,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "checkpoint_every_steps", "keep_checkpoints"):
     if int(config[key]) < 1:
       raise ConfigError(f"config.{key}={config[key]} must be >= 1.")
-  opt = config.optimizer
-  if opt.get("name") not in OPTIMIZERS:
-    raise ConfigError(f"config.optimizer.name={opt.get('name')!r} is not one of {', '.join(OPTIMIZERS)}"
-                      + _did_you_mean(str(opt.get("name")), OPTIMIZERS))
-  if opt.get("schedule") not in SCHEDULES:
-    raise ConfigError(f"config.optimizer.schedule={opt.get('schedule')!r} is not one of "
-                      f"{', '.join(SCHEDULES)}" + _did_you_mean(str(opt.get("schedule")), SCHEDULES))
-  if not float(opt.get("learning_rate", 0)) > 0:
-    raise ConfigError(f"config.optimizer.learning_rate={opt.get('learning_rate')} must be > 0.")
-  if int(opt.get("accumulate_steps", 1)) < 1:
-    raise ConfigError(f"config.optimizer.accumulate_steps={opt.get('accumulate_steps')} must be >= 1.")
+  opt = options(config.optimizer, OPTIMIZER_DEFAULTS, part="optimizer")
+  if opt.name not in OPTIMIZERS:
+    raise ConfigError(f"config.optimizer.name={opt.name!r} is not one of {', '.join(OPTIMIZERS)}"
+                      + _did_you_mean(str(opt.name), OPTIMIZERS))
+  if opt.schedule not in SCHEDULES:
+    raise ConfigError(f"config.optimizer.schedule={opt.schedule!r} is not one of "
+                      f"{', '.join(SCHEDULES)}" + _did_you_mean(str(opt.schedule), SCHEDULES))
+  if not float(opt.learning_rate) > 0:
+    raise ConfigError(f"config.optimizer.learning_rate={opt.learning_rate} must be > 0.")
+  if int(opt.accumulate_steps) < 1:
+    raise ConfigError(f"config.optimizer.accumulate_steps={opt.accumulate_steps} must be >= 1.")
+  mesh = options(config.mesh, MESH_DEFAULTS, component="mesh", part="mesh")
   for axis in ("data", "fsdp", "model"):
-    size = int(config.mesh[axis])
+    size = int(mesh[axis])
     if size == 0 or size < -1:
       raise ConfigError(f"config.mesh.{axis}={size} must be >= 1, or -1 for all remaining devices.")
 

@@ -42,9 +42,10 @@ def _config(method: str, preset: str, zero_init: bool):
   method, _, reconstruction = method.partition(":")
   c.method.name = method
   if method == "restoration":
-    del c.method.focal_gamma, c.method.cls_weight
+    del c.method.focal_gamma, c.method.cls_weight, c.method.mode, c.method.classifier_learning_rate
     c.method.zero_init_output = zero_init
   if method == "maskdcpt":
+    del c.method.mode, c.method.classifier_learning_rate  # dcpt's: MaskDCPT is its pretrain step
     c.method.mask_ratio = 0.5
     # 16 px images: NAFNet-tiny's own patch (16) would leave a 1 x 1 grid; 8 divides its stride.
     c.method.mask_patch_size = 8 if BACKBONES[preset] == "nafnet" else 0

@@ -225,3 +225,13 @@ def test_components_declare_each_default_once():
   assert sharding.mesh_shape({"fsdp": 2}, 8) == (4, 2, 1)  # data=-1 (declared): the rest
   with pytest.raises(config_lib.ConfigError, match=r"config.mesh: unknown key\(s\) \['fdsp'\]"):
     sharding.mesh_shape({"fdsp": 2}, 8)
+
+
+def test_optimizer_keys_are_declared_once_and_a_stray_one_is_an_error():
+  assert config_lib.base_config().optimizer.to_dict() == config_lib.OPTIMIZER_DEFAULTS
+  config = config_lib.load("jaxmilab:dcpt:smoke").unlock()
+  config.optimizer.warmup = 5  # a typo in a config file (warmup_steps) is no longer ignored
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.optimizer: unknown key\(s\) \['warmup'\].*did you mean "
+                           r"warmup_steps"):
+    config_lib.validate(config)
