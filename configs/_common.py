@@ -4,6 +4,8 @@
   _common.cadence(c, batch_size=8, total_steps=2, log_every=1, learning_rate=1e-3)
   steps_per_epoch = _common.epoch_cadence(c, batch_size=32, examples=5994, epochs=50,
                                           log_every=50, eval_every_epochs=5)
+  _common.restoration_cpu_size(c, "smoke", preset="nafnet_tiny", batch_size=8,
+                               eval_batch_size=8, total_steps=6, checkpoint_every=2)
 """
 
 from __future__ import annotations
@@ -64,3 +66,44 @@ def epoch_cadence(c, *, batch_size: int, examples: int, epochs: int, log_every: 
           eval_every=eval_every_epochs * steps_per_epoch,
           checkpoint_every=checkpoint_every_epochs * steps_per_epoch, **optimizer)
   return steps_per_epoch
+
+
+# What the CPU sizes of the restoration configs (configs/dcpt.py, configs/teaformer.py) share:
+# `smoke` (seconds: the tests run it) trains on 32-px crops and logs every step; `quickstart`
+# (minutes on a 2-core CPU) on 64-px crops, scored on 128-px eval crops, with a short warm-up
+# and a cosine decay. Ours, chosen for CPU time, not from a paper.
+RESTORATION_CPU_SIZES = {
+    "smoke": dict(patch_size=32, eval_size=32, log_every=1, optimizer=dict(learning_rate=1e-3)),
+    "quickstart": dict(patch_size=64, eval_size=128, log_every=25, optimizer=dict(
+        learning_rate=1e-3, schedule="cosine", warmup_steps=20)),
+}
+
+
+def restoration_cpu_size(c, size: str, *, preset: str, batch_size: int, eval_batch_size: int,
+                         total_steps: int, checkpoint_every: int) -> None:
+  """Sets the model preset, crops and cadence of a restoration config's `smoke` / `quickstart`.
+
+  Evaluation runs once, at the end; crops, log period and optimizer come from
+  `RESTORATION_CPU_SIZES[size]`.
+
+  Args:
+    c: the experiment config, changed in place.
+    size: "smoke" or "quickstart".
+    preset: `c.model.preset`.
+    batch_size: the global training batch size.
+    eval_batch_size: `c.data.eval_batch_size`.
+    total_steps: `c.total_steps` (also the evaluation step).
+    checkpoint_every: `c.checkpoint_every_steps`.
+
+  Raises:
+    KeyError: naming `size` when it is not a key of `RESTORATION_CPU_SIZES`.
+  """
+  if size not in RESTORATION_CPU_SIZES:
+    raise KeyError(f"configs/_common.py restoration_cpu_size: unknown size {size!r}; sizes: "
+                   f"{', '.join(RESTORATION_CPU_SIZES)}.")
+  shared = RESTORATION_CPU_SIZES[size]
+  c.model.preset = preset
+  c.data.update(patch_size=shared["patch_size"], eval_size=shared["eval_size"],
+                eval_batch_size=eval_batch_size)
+  cadence(c, batch_size=batch_size, total_steps=total_steps, log_every=shared["log_every"],
+          checkpoint_every=checkpoint_every, **shared["optimizer"])

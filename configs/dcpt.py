@@ -14,6 +14,7 @@ Variants:
 from __future__ import annotations
 
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
 
 # 5D all-in-one tasks (DCPT Table 1): derain Rain100L, denoise (BSD400+WED, sigma 15/25/50),
 # dehaze SOTS-outdoor, deblur GoPro, low-light LOL-v1. Folder names under config.data.root.
@@ -41,31 +42,13 @@ def get_config(variant: str = "smoke"):
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.9   # ASSUMPTION for paper: NAFNet's betas (see paper)
 
   if variant == "smoke":
-    c.model.preset = "nafnet_tiny"
-    c.data.patch_size = 32
-    c.data.eval_size = 32
-    c.data.eval_batch_size = 8
-    c.batch_size = 8
-    c.total_steps = 6
-    c.log_every_steps = 1
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 2
-    c.optimizer.learning_rate = 1e-3
+    _common.restoration_cpu_size(c, variant, preset="nafnet_tiny", batch_size=8,
+                                 eval_batch_size=8, total_steps=6, checkpoint_every=2)
   elif variant == "quickstart":
-    c.model.preset = "nafnet_small"
-    c.data.patch_size = 64
-    c.data.eval_size = 128
-    c.data.eval_batch_size = 8
-    c.batch_size = 8
     # Sized for the README's 10-minute budget on a 2-core CPU (with configs/restoration.py:
     # quickstart twice); a DCPT step costs ~3.7x an L1 step (benchmarks/train_step).
-    c.total_steps = 150
-    c.log_every_steps = 25
-    c.eval_every_steps = 150
-    c.checkpoint_every_steps = 50
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 20
+    _common.restoration_cpu_size(c, variant, preset="nafnet_small", batch_size=8,
+                                 eval_batch_size=8, total_steps=150, checkpoint_every=50)
   elif variant == "paper":
     c.model.preset = "nafnet_dcpt"
     del c.data.degradations              # real data: the label is the task folder
@@ -85,15 +68,14 @@ def get_config(variant: str = "smoke"):
     # options/train/*/NAFNet-width64.yml); the batch of 32 and the step count are ours. Change
     # them when the authors publish theirs.
     c.data.patch_size = 128              # ASSUMPTION (PromptIR patch_size 128)
-    c.batch_size = 32                    # ASSUMPTION
-    c.total_steps = 200_000              # ASSUMPTION
-    c.log_every_steps = 100
-    c.eval_every_steps = 10_000
-    c.checkpoint_every_steps = 5_000
-    c.optimizer.learning_rate = 2e-4     # ASSUMPTION (PromptIR lr 2e-4)
-    c.optimizer.schedule = "cosine"      # ASSUMPTION
-    c.optimizer.min_lr_ratio = 5e-3      # ASSUMPTION: cosine down to 1e-6
-    c.optimizer.weight_decay = 0.0       # ASSUMPTION (NAFNet weight_decay 0)
+    _common.cadence(c, batch_size=32,    # ASSUMPTION
+                    total_steps=200_000,  # ASSUMPTION
+                    log_every=100, eval_every=10_000, checkpoint_every=5_000,
+                    learning_rate=2e-4,  # ASSUMPTION (PromptIR lr 2e-4)
+                    schedule="cosine",   # ASSUMPTION
+                    min_lr_ratio=5e-3,   # ASSUMPTION: cosine down to 1e-6
+                    weight_decay=0.0)    # ASSUMPTION (NAFNet weight_decay 0)
   else:
-    raise ValueError(f"configs/dcpt.py: unknown variant {variant!r}; use smoke, quickstart or paper.")
+    raise ValueError(f"configs/dcpt.py: unknown variant {variant!r}; use smoke, quickstart or "
+                     f"paper.")
   return c

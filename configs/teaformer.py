@@ -58,60 +58,38 @@ stage's 128 px / batch 64 throughout.
 from __future__ import annotations
 
 from jaxmilab import config_lib
+from jaxmilab.configs import _common
+from jaxmilab.configs import dcpt as _dcpt
 
 TASKS = ("denoise15", "denoise25", "denoise50", "derain", "allinone")
 SIZES = ("smoke", "quickstart", "paper")
 # Fixed noise levels (0-255 scale) of the denoising variants (Restormer / DCPT tables: CBSD68 at
 # sigma 15, 25, 50), applied through degraded_photos' `levels` key.
 NOISE_SIGMA = {"denoise15": 15, "denoise25": 25, "denoise50": 50}
-SYNTHETIC_5 = ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light")
-TASKS_5D = ("derain", "denoise", "dehaze", "deblur", "lowlight")  # DCPT Table 1 (5D)
+SYNTHETIC_5 = _dcpt.SYNTHETIC_5   # the five synthetic types of the allinone smoke / quickstart
+TASKS_5D = _dcpt.TASKS_5D         # DCPT Table 1 (5D) folders of the allinone paper variant
 
 
 def _size(c, size: str) -> None:
   """Model, crops and schedule of one size."""
-  if size == "smoke":
-    c.model.preset = "teaformer_tiny"
-    c.data.patch_size = 32
-    c.data.eval_size = 32
-    c.data.eval_batch_size = 8
-    c.batch_size = 4
-    c.total_steps = 4
-    c.log_every_steps = 1
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 2
-    c.optimizer.learning_rate = 1e-3
-  elif size == "quickstart":
-    c.model.preset = "teaformer_small"
-    c.data.patch_size = 64
-    c.data.eval_size = 128
-    c.data.eval_batch_size = 4
-    c.batch_size = 4
-    c.total_steps = 200
-    c.log_every_steps = 25
-    c.eval_every_steps = 200
-    c.checkpoint_every_steps = 100
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 20
+  if size in ("smoke", "quickstart"):
+    small = size == "quickstart"
+    _common.restoration_cpu_size(c, size, preset="teaformer_small" if small else "teaformer_tiny",
+                                 batch_size=4, eval_batch_size=4 if small else 8,
+                                 total_steps=200 if small else 4,
+                                 checkpoint_every=100 if small else 2)
   else:  # paper: Restormer's recipe (see the module docstring).
     c.model.preset = "teaformer"
-    c.data.patch_size = 128
-    c.data.eval_size = 256
-    c.data.eval_batch_size = 16
-    c.data.worker_count = 8
-    c.batch_size = 64
-    c.total_steps = 300_000
-    c.log_every_steps = 100
-    c.eval_every_steps = 10_000
-    c.checkpoint_every_steps = 5_000
-    c.optimizer.learning_rate = 3e-4              # Restormer options: optim_g lr
-    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999   # betas [0.9, 0.999]
-    c.optimizer.schedule = "cosine"
-    c.optimizer.hold_steps = 92_000               # periods[0] with eta_mins[0] = lr: held
-    c.optimizer.min_lr_ratio = 1e-6 / 3e-4        # eta_mins[1]
-    c.optimizer.weight_decay = 1e-4               # weight_decay 1e-4
-    c.optimizer.grad_clip_norm = 0.01             # use_grad_clip: clip_grad_norm_(..., 0.01)
+    c.data.update(patch_size=128, eval_size=256, eval_batch_size=16, worker_count=8)
+    _common.cadence(c, batch_size=64, total_steps=300_000, log_every=100, eval_every=10_000,
+                    checkpoint_every=5_000,
+                    learning_rate=3e-4,            # Restormer options: optim_g lr
+                    b1=0.9, b2=0.999,              # betas [0.9, 0.999]
+                    schedule="cosine",
+                    hold_steps=92_000,             # periods[0] with eta_mins[0] = lr: held
+                    min_lr_ratio=1e-6 / 3e-4,      # eta_mins[1]
+                    weight_decay=1e-4,             # weight_decay 1e-4
+                    grad_clip_norm=0.01)           # use_grad_clip: clip_grad_norm_(..., 0.01)
 
 
 def _data(c, task: str, size: str) -> None:
