@@ -95,3 +95,23 @@ def parse_flags(define: Callable[[flags.FlagValues], None], argv: Sequence[str],
   except flags.Error as e:
     raise ValueError(f"{prog}: {e} (see {prog} --help).") from None
   return fv
+
+
+def report_results(workdir: str, heading: str, table: str, start: float | None = None,
+                   cpu_start: os.times_result | None = None) -> None:
+  """How every quickstart ends: prints `heading`, the Markdown `table` and the wall time since
+  `start` (and CPU time since `cpu_start`, when given), and writes the table to
+  `<workdir>/results.md`."""
+  import time  # pylint: disable=g-import-not-at-top
+  tail = ""
+  if start is not None:
+    tail = f"\n\nTotal wall time: {time.time() - start:.0f} s"
+    if cpu_start is not None:
+      now = os.times()
+      cpu_minutes = (now.user + now.system - cpu_start.user - cpu_start.system) / 60
+      tail += f"; CPU time: {cpu_minutes:.1f} min"
+  print(f"\n{heading}\n\n{table}{tail}")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+

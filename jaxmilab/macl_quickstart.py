@@ -118,16 +118,10 @@ def main(argv):
   cpu_start = os.times()
   results = run_all(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.variant, FLAGS.pretrain_steps,
                     FLAGS.finetune_steps)
-  cpu = os.times()
-  cpu_minutes = (cpu.user + cpu.system - cpu_start.user - cpu_start.system) / 60
-  table = format_table(results)
-  print("\nPhantom volumes (4 classes, 64 px), width-4 PCL U-Net; pooled test Dice over the "
-        "foreground classes of 10 test volumes after fine-tuning on 2 labelled volumes (10%).\n"
-        + table + f"\n\nTotal wall time: {time.time() - start:.0f} s; CPU time: {cpu_minutes:.1f} min")
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n")
-
+  console.report_results(
+      FLAGS.workdir, "Phantom volumes (4 classes, 64 px), width-4 PCL U-Net; pooled test Dice over "
+      "the foreground classes of 10 test volumes after fine-tuning on 2 labelled volumes (10%).",
+      format_table(results), start, cpu_start)
 
 def run():
   """Console-script entry point (jaxmilab-macl-quickstart)."""

@@ -85,14 +85,10 @@ def main(argv):
   console.setup()   # libraries' INFO logs only with --verbosity=1
   start = time.time()
   results = run_methods(FLAGS.workdir, tuple(FLAGS.methods), FLAGS.variant, FLAGS.steps)
-  table = format_table(results)
-  print("\nAWGN sigma 25. Ours: held-out embedded photos (chelsea, rocket), RGB uint8, BasicSR "
-        "PSNR / SSIM, equal steps per recipe. Paper (OPD): PSNR / SSIM on BSD300 / KODAK / "
-        "SET14 after 300 ImageNet epochs with the full U-Net.\n" + table +
-        f"\n\nTotal wall time: {time.time() - start:.0f} s")
-  with open(os.path.join(FLAGS.workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n")
-
+  console.report_results(
+      FLAGS.workdir, "AWGN sigma 25. Ours: held-out embedded photos (chelsea, rocket), RGB uint8, "
+      "BasicSR PSNR / SSIM, equal steps per recipe. Paper (OPD): PSNR / SSIM on BSD300 / KODAK / "
+      "SET14 after 300 ImageNet epochs with the full U-Net.", format_table(results), start)
 
 def run():
   """Console-script entry point (jaxmilab-opd-quickstart)."""

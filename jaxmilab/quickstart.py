@@ -17,6 +17,7 @@ seeds after the first skip XLA compilation.
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 from absl import app
@@ -156,6 +157,7 @@ def main(argv):
   if pretrain == ["both"]:
     pretrain = list(PRETRAIN_METHODS)
   seeds = [int(s) for s in FLAGS.seeds]
+  start = time.time()
   per_seed = []
   for seed in seeds:
     workdir = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
@@ -168,12 +170,8 @@ def main(argv):
   parts.append("Fine-tuning (configs/restoration.py), same budget for every row"
                + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else "") + ":\n\n"
                + format_table(per_seed, pretrain))
-  table = "\n\n".join(parts)
-  print("\nHeld-out embedded photos, PSNR (dB, RGB, uint8; BasicSR protocol):\n\n" + table)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n")
-
+  console.report_results(FLAGS.workdir, "Held-out embedded photos, PSNR (dB, RGB, uint8; BasicSR "
+                         "protocol):", "\n\n".join(parts), start)
 
 def run():
   """Console-script entry point (jaxmilab-quickstart)."""

@@ -165,3 +165,20 @@ def test_console_setup_quiets_libraries_not_jaxmilab():
     console.setup(level=1)
     for name in console.LIBRARY_LOGGERS:
       std_logging.getLogger(name).setLevel(std_logging.NOTSET)
+
+
+def test_quickstarts_end_with_one_report(tmp_path, capsys):
+  """Every quickstart ends through console.report_results: heading, table, wall / CPU time on
+  stdout, the table alone in <workdir>/results.md."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from jaxmilab import console  # pylint: disable=g-import-not-at-top
+  table = "| a | b |\n|---|---|\n| 1 | 2 |"
+  console.report_results(str(tmp_path / "run"), "Heading.", table, time.time() - 5, os.times())
+  out = capsys.readouterr().out
+  assert out.startswith("\nHeading.\n\n" + table + "\n\nTotal wall time: ")
+  assert "; CPU time: " in out
+  assert (tmp_path / "run" / "results.md").read_text(encoding="utf-8") == table + "\n"
+  for module in ("quickstart", "opd_quickstart", "macl_quickstart"):
+    source = (pathlib.Path(console.__file__).parent / f"{module}.py").read_text(encoding="utf-8")
+    assert "console.report_results(" in source and "results.md" not in source, module
