@@ -49,23 +49,24 @@ SHAPE = (21, 13)   # not a multiple of any padding unit; PromptIR tiny pads it t
 def build_torch(name: str):
   """(eval torch net with random weights, its official state dict) for a CASES entry."""
   torch = pytest.importorskip("torch")
-  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
-  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs, _ = CASES[name]
-  torch.manual_seed(0)
-  if arch.startswith("nafnet"):
-    net = torch_nafnet.build(kwargs["width"], kwargs["enc_blk_nums"], kwargs["middle_blk_num"],
-                             kwargs["dec_blk_nums"]).eval()
-  else:
-    net = torch_archs.build(arch, **kwargs).eval()
-  torch_reference.randomize(net)
-  sd = collections.OrderedDict((k, v.clone()) for k, v in net.state_dict().items())
-  if arch == "nafnet_dcpt":       # MILab-PKU/dcpt nafnet_arch.py: setattr(self, f"decoder{i}")
-    sd = collections.OrderedDict((re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", k), v)
-                                 for k, v in sd.items())
+  net = torch_reference.random_net(arch, **kwargs)
+  sd = released_state_dict(arch, net)
   if arch == "promptir":          # keys of va1shn9v's unused modules, skipped by the converter
     sd["chnl_reduce1.weight"] = torch.randn(4, 4, 1, 1)
   return net, sd
+
+
+def released_state_dict(arch: str, net) -> collections.OrderedDict:
+  """The state dict of `net` (copies of its tensors) under the keys of the official `arch`
+  checkpoints: DCPT's NAFNet stores its decoders as attributes (MILab-PKU/dcpt nafnet_arch.py:
+  setattr(self, f"decoder{i}")), so there `decoders.{i}.` is `decoder{i}.`."""
+  sd = collections.OrderedDict()
+  for key, value in net.state_dict().items():
+    if arch == "nafnet_dcpt":
+      key = re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", key)
+    sd[key] = value.clone()
+  return sd
 
 
 def torch_restore(net, name: str, image: np.ndarray) -> np.ndarray:
@@ -391,21 +392,12 @@ _OFFICIAL_TORCH = {
 
 def _official_state_dict(name: str) -> dict[str, np.ndarray]:
   torch = pytest.importorskip("torch")
-  from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
-  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs = _OFFICIAL_TORCH[name]
   with torch.device("meta"):                       # shapes only: no memory, no init time
-    if arch.startswith("nafnet"):
-      net = torch_nafnet.build(kwargs["width"], kwargs["enc_blk_nums"], kwargs["middle_blk_num"],
-                               kwargs["dec_blk_nums"])
-    else:
-      net = torch_archs.build(arch, **kwargs)
-  sd = {}
-  for k, v in net.state_dict().items():
-    if arch == "nafnet_dcpt":
-      k = re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", k)
-    sd[k] = np.broadcast_to(np.zeros((), np.float32), tuple(v.shape))   # no memory either
-  return sd
+    net = torch_reference.build(arch, **kwargs)
+    sd = released_state_dict(arch, net)
+  # Zeros of the right shapes (no memory either).
+  return {k: np.broadcast_to(np.zeros((), np.float32), tuple(v.shape)) for k, v in sd.items()}
 
 
 _FAST = ("swinir_dcpt", "restormer_dcpt")   # the others take 2-4 s each: slow
@@ -437,18 +429,9 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
   torch = pytest.importorskip("torch")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
-  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   arch, kwargs = _OFFICIAL_TORCH[name]
-  torch.manual_seed(0)
-  if arch.startswith("nafnet"):
-    net = torch_nafnet.build(kwargs["width"], kwargs["enc_blk_nums"], kwargs["middle_blk_num"],
-                             kwargs["dec_blk_nums"]).eval()
-  else:
-    net = torch_archs.build(arch, **kwargs).eval()
-  torch_reference.randomize(net)
-  sd = collections.OrderedDict(
-      (re.sub(r"^decoders\.(\d+)\.", r"decoder\1.", k) if arch == "nafnet_dcpt" else k, v)
-      for k, v in net.state_dict().items())
+  net = torch_reference.random_net(arch, **kwargs)
+  sd = released_state_dict(arch, net)
   pth = str(tmp_path / f"dcpt_{name}.pth")
   torch.save({"params_ema": sd}, pth)
   image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)

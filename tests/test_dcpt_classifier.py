@@ -1,10 +1,7 @@
-"""DCPT classifier against a PyTorch transcription of the official `PromptIR_NoImg_DC`, and
-the focal loss against numpy.
-
-The reference follows MILab-PKU/dcpt basicsr/archs/degrad_classify_arch.py (detectron2
-BottleneckBlock with channels-first LayerNorm, mixing weights, conv1x1 + maxpool + ReLU per
-level, last stage, mean, fc); the official training code calls it on `hook_outputs[::-1]`,
-i.e. the decoder maps finest first.
+"""DCPT classifier against a PyTorch transcription of the official `PromptIR_NoImg_DC`
+(tests/torch_reference/dcpt_classifier.py, with `torch_reference.randomize`d weights), and the
+focal loss against numpy. The official training code calls the classifier on
+`hook_outputs[::-1]`, i.e. the decoder maps finest first.
 """
 
 from __future__ import annotations
@@ -16,124 +13,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmilab.convert import mapping
 from jaxmilab.models import dcpt_classifier
-
-
-def _torch_classifier(feature_dims, num_classes, num_res_blocks=2):
-  torch = pytest.importorskip("torch")
-  nn = torch.nn
-  F = torch.nn.functional
-
-  class LayerNorm(nn.Module):  # data_format="channels_first", eps 1e-6
-
-    def __init__(self, c, eps=1e-6):
-      super().__init__()
-      self.weight = nn.Parameter(torch.ones(c))
-      self.bias = nn.Parameter(torch.zeros(c))
-      self.eps = eps
-
-    def forward(self, x):
-      u = x.mean(1, keepdim=True)
-      s = (x - u).pow(2).mean(1, keepdim=True)
-      x = (x - u) / torch.sqrt(s + self.eps)
-      return self.weight[:, None, None] * x + self.bias[:, None, None]
-
-  class Conv2d(nn.Conv2d):  # detectron2 Conv2d with a norm
-
-    def __init__(self, *args, norm=None, **kwargs):
-      super().__init__(*args, **kwargs)
-      self.norm = norm
-
-    def forward(self, x):
-      return self.norm(super().forward(x))
-
-  class Bottleneck(nn.Module):
-
-    def __init__(self, c):
-      super().__init__()
-      b = 2 * c
-      self.conv1 = Conv2d(c, b, 1, bias=False, norm=LayerNorm(b))
-      self.conv2 = Conv2d(b, b, 3, padding=1, bias=False, norm=LayerNorm(b))
-      self.conv3 = Conv2d(b, c, 1, bias=False, norm=LayerNorm(c))
-
-    def forward(self, x):
-      out = F.relu(self.conv1(x))
-      out = F.relu(self.conv2(out))
-      return F.relu(self.conv3(out) + x)
-
-  class Classifier(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.bottleneck_layers = nn.ModuleList()
-      self.downsample_layers = nn.ModuleList()
-      for l, dim in enumerate(feature_dims):
-        self.bottleneck_layers.append(nn.Sequential(*[Bottleneck(dim) for _ in range(num_res_blocks)]))
-        out_dim = feature_dims[l + 1] if l < len(feature_dims) - 1 else dim
-        self.downsample_layers.append(
-            nn.Sequential(nn.Conv2d(dim, out_dim, 1, bias=False), nn.MaxPool2d(2, 2), nn.ReLU()))
-      self.last_stage = nn.Sequential(*[Bottleneck(feature_dims[-1]) for _ in range(num_res_blocks)])
-      self.mixing_weights = nn.Parameter(torch.ones(len(feature_dims)))
-      self.fc = nn.Linear(feature_dims[-1], num_classes)
-
-    def forward(self, features):
-      z = 0
-      w = F.softmax(self.mixing_weights, dim=0)
-      for i, feature in enumerate(features):
-        z = self.bottleneck_layers[i](z + w[i] * feature)
-        z = self.downsample_layers[i](z)
-      return self.fc(self.last_stage(z).mean(dim=[-1, -2]))
-
-  torch.manual_seed(0)
-  net = Classifier().eval()
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name == "mixing_weights":
-        p.normal_(0.0, 1.0)
-      elif re.search(r"norm\.weight$", name):
-        p.uniform_(0.5, 1.5)
-      elif re.search(r"norm\.bias$", name):
-        p.normal_(0.0, 0.3)
-  return net
+from tests import torch_reference
 
 
 def _torch_to_flax(state_dict) -> dict:
-  """torch key -> flax path, as documented in jaxmilab/models/dcpt_classifier.py."""
-  params: dict = {}
-  for key, value in state_dict.items():
-    value = value.detach().numpy()
-    parts = key.split(".")
-    leaf = parts.pop()
-    path = []
-    for part in parts:
-      if part.isdigit():
-        path[-1] += f"_{part}"
-      else:
-        path.append(part)
-    if path and path[0].startswith("downsample_layers_"):   # downsample_layers.{i}.0 -> _{i}
-      path[0] = path[0].rsplit("_", 1)[0]
-    if key == "mixing_weights":
-      path = ["mixing_weights"]
-    elif value.ndim == 4:
-      path.append("kernel")
-      value = value.transpose(2, 3, 1, 0)
-    elif path[0] == "fc":
-      path.append("kernel" if leaf == "weight" else "bias")
-      value = value.T if leaf == "weight" else value
-    else:  # LayerNorm
-      path.append("scale" if leaf == "weight" else "bias")
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = jnp.asarray(value)
-  return params
+  """torch key -> flax path as documented in jaxmilab/models/dcpt_classifier.py: the backbones'
+  rule (jaxmilab.convert.mapping) with downsample_layers.{i}.0 (the conv inside nn.Sequential)
+  -> downsample_layers_{i}."""
+  params, _ = mapping.convert_state_dict({k: v.detach().numpy() for k, v in state_dict.items()})
+  for name in [n for n in params if re.fullmatch(r"downsample_layers_\d+_0", n)]:
+    params[name[:-2]] = params.pop(name)
+  return jax.tree.map(jnp.asarray, params)
 
 
 @pytest.mark.torch
 def test_logits_match_torch():
   torch = pytest.importorskip("torch")
   dims, sizes, num_classes = [8, 16, 32], [16, 8, 4], 5       # fine to coarse (official order)
-  net = _torch_classifier(dims, num_classes)
+  net = torch_reference.random_net("dcpt_classifier", feature_dims=dims, num_classes=num_classes)
   rng = np.random.default_rng(0)
   fine_first = [rng.normal(0, 1, (2, c, s, s)).astype(np.float32) for c, s in zip(dims, sizes)]
   with torch.no_grad():

@@ -1,75 +1,28 @@
 """NAFNet against a PyTorch transcription of the official architecture, plus config checks.
 
-The reference follows megvii-research/NAFNet basicsr/models/archs/NAFNet_arch.py (NAFBlock,
-LayerNorm2d, SimpleGate, check_image_size zero padding, global residual); decoder features are
-the stage outputs that MILab-PKU/dcpt hooks for its classifier.
+The reference (tests/torch_reference/nafnet.py) follows megvii-research/NAFNet
+basicsr/models/archs/NAFNet_arch.py (NAFBlock, LayerNorm2d, SimpleGate, check_image_size zero
+padding, global residual); decoder features are the stage outputs that MILab-PKU/dcpt hooks for
+its classifier.
 """
 
 from __future__ import annotations
-
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmilab.convert import mapping
 from jaxmilab.models import nafnet
-from tests.torch_reference import nafnet as torch_nafnet
-
-# --------------------------------------------------------------------------------------------
-# PyTorch reference (own transcription of the official definition).
-
-
-def _torch_nafnet(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel=3):
-  torch = pytest.importorskip("torch")
-  torch.manual_seed(0)
-  net = torch_nafnet.build(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel).eval()
-  # Default init leaves beta/gamma at 0 and LN at identity: randomize them so every path counts.
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name.endswith(("beta", "gamma")):
-        p.normal_(0.0, 0.5)
-      elif re.search(r"norm\d\.weight$", name):
-        p.uniform_(0.5, 1.5)
-      elif re.search(r"norm\d\.bias$", name):
-        p.normal_(0.0, 0.2)
-  return net
+from tests import torch_reference
 
 
 def _torch_to_flax(state_dict) -> dict:
-  """The checkpoint mapping documented in jaxmilab/models/nafnet.py, written independently."""
-  params: dict = {}
-  for key, value in state_dict.items():
-    value = value.detach().numpy()
-    parts = key.split(".")
-    leaf = parts.pop()
-    # Join numeric indices to the preceding name: encoders.0.1 -> encoders_0_1.
-    path = []
-    for part in parts:
-      if part.isdigit():
-        path[-1] += f"_{part}"
-      else:
-        path.append(part)
-    if path[0].startswith("ups_"):        # ups.{i}.0 (conv inside Sequential) -> ups_{i}
-      path[0] = path[0].rsplit("_", 1)[0]
-    if path[-1] == "sca_1":               # sca.1 (conv after the pool) -> sca
-      path[-1] = "sca"
-    if leaf in ("beta", "gamma"):
-      path.append(leaf)
-      value = value.reshape(-1)
-    elif value.ndim == 4:                 # conv weight OIHW -> HWIO
-      path.append("kernel")
-      value = value.transpose(2, 3, 1, 0)
-    elif leaf == "weight":                # LayerNorm2d weight
-      path.append("scale")
-    else:
-      path.append("bias")
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = jnp.asarray(value)
-  return params
+  """Official PyTorch keys -> flax params by jaxmilab.convert.mapping (the rule documented in
+  jaxmilab/models/nafnet.py; tests/test_convert.py checks it on checkpoint files too)."""
+  params, _ = mapping.convert_state_dict({k: v.detach().numpy() for k, v in state_dict.items()})
+  return jax.tree.map(jnp.asarray, params)
 
 
 def _check_same_tree(ours, converted):
@@ -81,7 +34,10 @@ def _parity(preset, shape):
   """Runs the torch and flax models with the same weights; returns both outputs."""
   torch = pytest.importorskip("torch")
   cfg = nafnet.PRESETS[preset]
-  net = _torch_nafnet(cfg["width"], cfg["enc_blocks"], cfg["middle_blocks"], cfg["dec_blocks"])
+  # randomize: the default init leaves beta / gamma at 0 and LN at identity.
+  net = torch_reference.random_net("nafnet", width=cfg["width"], enc_blk_nums=cfg["enc_blocks"],
+                                   middle_blk_num=cfg["middle_blocks"],
+                                   dec_blk_nums=cfg["dec_blocks"])
   x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)   # NCHW
   with torch.no_grad():
     y_t, feats_t = net(torch.from_numpy(x))

@@ -2,15 +2,32 @@
 basicsr/models/archs/NAFNet_arch.py, as used by MILab-PKU/dcpt).
 
 The independent reference of tests/test_nafnet.py and tests/test_convert.py, and the PyTorch
-baseline of `python -m jaxmilab.benchmarks.train_step` (run from a checkout). Kept out of the
-jaxmilab package: it is test code. torch is imported lazily.
+baseline of `python -m jaxmilab.benchmarks.train_step` (run from a checkout). Its LayerNorm2d
+also serves tests/torch_reference/dcpt_classifier.py. Kept out of the jaxmilab package: it is
+test code. torch is imported lazily (on the first `build` / `layer_norm_2d`).
 """
 
 from __future__ import annotations
 
+import functools
+import types
+
 
 def build(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel=3):
   """The official NAFNet as a torch.nn.Module; forward returns (output, decoder features)."""
+  return _classes().NAFNet(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel)
+
+
+def layer_norm_2d(channels: int, eps: float = 1e-6):
+  """basicsr arch_util `LayerNorm2d`: LayerNorm over the channels of an NCHW map, with weight
+  and bias (the same computation as the channels-first `LayerNorm` of MILab-PKU/dcpt
+  degrad_classify_arch.py)."""
+  return _classes().LayerNorm2d(channels, eps)
+
+
+@functools.lru_cache(maxsize=None)
+def _classes() -> types.SimpleNamespace:
+  """Defines the torch modules on first use (imports torch)."""
   import torch  # pylint: disable=g-import-not-at-top
   nn = torch.nn
   F = torch.nn.functional
@@ -58,7 +75,7 @@ def build(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel=3):
 
   class NAFNet(nn.Module):
 
-    def __init__(self):
+    def __init__(self, width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel=3):
       super().__init__()
       self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
       self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
@@ -95,4 +112,4 @@ def build(width, enc_blk_nums, middle_blk_num, dec_blk_nums, img_channel=3):
       x = self.ending(x) + inp
       return x[:, :, :h, :w], feats
 
-  return NAFNet()
+  return types.SimpleNamespace(LayerNorm2d=LayerNorm2d, NAFBlock=NAFBlock, NAFNet=NAFNet)
