@@ -6,7 +6,6 @@ of 1 process x 4 devices and of 1 process x 1 device (nothing sharded), step for
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,22 +14,16 @@ import portpicker
 import pytest
 
 from jaxmilab import metrics as metrics_lib
+from test_trainer_slow import REPO
+from test_trainer_slow import env   # the child's environment: N fake CPU devices, gloo
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=configs/maskdcpt.py:smoke", "--config.total_steps=4",
          "--config.log_every_steps=1", "--config.checkpoint_every_steps=4",
          "--config.eval_every_steps=4",
          "--config.mesh.shard_params_over=('data','fsdp')",
          "--config.mesh.min_shard_size=64"]       # shard even the tiny smoke model's kernels
-
-
-def env(devices: int) -> dict[str, str]:
-  e = dict(os.environ)
-  e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-           JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", TF_CPP_MIN_LOG_LEVEL="3")
-  return e
 
 
 def cmd(workdir, *extra):

@@ -27,6 +27,8 @@ FLAGS = ["--config=configs/dcpt.py:smoke", "--config.total_steps=120", "--config
 
 
 def env(devices: int) -> dict[str, str]:
+  """The environment of a child jaxmilab process: this one's, with `devices` fake CPU devices
+  and gloo collectives (also used by test_fsdp_multiprocess.py and test_gcs_emulator.py)."""
   e = dict(os.environ)
   e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
            JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", TF_CPP_MIN_LOG_LEVEL="3")
