@@ -1,4 +1,6 @@
-"""Degradation synthesis against formulas, scipy and Pillow (independent references)."""
+"""Degradation synthesis against formulas, scipy and Pillow (independent references), and the
+contract every registered degradation keeps (the UIR-2.5M types' own properties:
+tests/test_uir_degradations.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from scipy import ndimage
 from jaxmilab.data import degradations as D
 
 NAMES = D.TASK_SETS["5syn"]
+ALL = tuple(D.DEGRADATIONS)   # the five basic types and the UIR-2.5M ones
 
 
-def _photo(height=48, width=40, seed=0):
-  """A smooth-ish random colour image [H, W, 3] in [0, 1] (not constant, not pure noise)."""
+def photo(height=48, width=40, seed=0):
+  """A smooth-ish random colour image [H, W, 3] in [0, 1] (not constant, not pure noise); also
+  tests/test_uir_degradations.py's test image."""
   rng = np.random.default_rng(seed)
   image = ndimage.gaussian_filter(rng.uniform(0, 1, (height, width, 3)), sigma=(2, 2, 0))
   image = (image - image.min()) / (image.max() - image.min())
@@ -33,18 +37,21 @@ def test_registry_and_task_set():
     D.resolve(("jpeg", "jpeg"))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_shape_dtype_range_and_seeding(name):
-  image = _photo(20, 33)
+@pytest.mark.parametrize("name", ALL)
+def test_contract_levels_and_seeding(name):
+  image = photo(40, 44)
   out = D.apply(name, image, np.random.default_rng(7))
   assert out.shape == image.shape and out.dtype == np.float32
   assert 0.0 <= out.min() and out.max() <= 1.0
   assert not np.allclose(out, image, atol=1e-3), "the degradation changed nothing"
-  again = D.apply(name, image, np.random.default_rng(7))
-  np.testing.assert_array_equal(out, again)
+  np.testing.assert_array_equal(out, D.apply(name, image, np.random.default_rng(7)))
   # Different seeds: different output (for jpeg only the quality is random; try a few seeds).
   others = [D.apply(name, image, np.random.default_rng(s)) for s in (8, 9, 10)]
   assert any(not np.array_equal(out, o) for o in others)
+  # Every level runs and degrades the image (grain workers get only the name and an rng).
+  for i, level in enumerate(D.LEVELS[name]):
+    y = D.apply(name, image, np.random.default_rng(i), level)
+    assert y.shape == image.shape and not np.array_equal(y, image), (name, level)
 
 
 def test_gaussian_noise_std_matches_sigma():
@@ -85,7 +92,7 @@ def test_gaussian_blur_constant_impulse_and_scipy():
   assert abs(response.sum() - 1.0) < 1e-5
 
   # Reflect (101) padding at the borders == scipy's "mirror" mode with the same radius.
-  image = _photo(24, 18)
+  image = photo(24, 18)
   ours = D.gaussian_blur(image, rng, level=sigma)
   reference = ndimage.gaussian_filter(image.astype(np.float64), sigma=sigma, mode="mirror",
                                       radius=int(np.ceil(3 * sigma)), axes=(0, 1))
@@ -93,7 +100,7 @@ def test_gaussian_blur_constant_impulse_and_scipy():
 
 
 def test_jpeg_equals_pillow_codec():
-  image = _photo(32, 40)
+  image = photo(32, 40)
   for quality in (10, 35):
     ours = D.jpeg(image, np.random.default_rng(0), level=quality)
     pixels = np.round(image * 255).astype(np.uint8)
@@ -108,7 +115,7 @@ def test_jpeg_equals_pillow_codec():
 
 
 def test_haze_scattering_model():
-  image = _photo(40, 36)
+  image = photo(40, 36)
   result = D.synthesize_haze(image, np.random.default_rng(5))
   t, a = result.transmission, result.airlight
   assert t.shape == (40, 36, 1)
@@ -136,7 +143,7 @@ def test_low_light_darkens_by_expected_factor():
   assert abs(noisy.mean() - scale * 0.8 ** gamma) < 2e-3
   assert abs(noisy.std() - 5.0 / 255) < 2e-3
   # Default ranges: always darker than the input on a mid-to-bright image.
-  image = 0.5 + 0.5 * _photo()
+  image = 0.5 + 0.5 * photo()
   for seed in range(5):
     assert D.low_light(image, np.random.default_rng(seed)).mean() < 0.65 * image.mean()
 
