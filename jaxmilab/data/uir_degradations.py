@@ -216,36 +216,38 @@ def disk_kernel(radius: float, supersample: int = 8) -> np.ndarray:
   return k / k.sum()
 
 
+def kernel_blur(image: np.ndarray, name: str, kernel: np.ndarray) -> np.ndarray:
+  """The checked image `name` received, correlated with `kernel` (`filter2d`), clipped to [0, 1]
+  as float32: the common tail of the kernel blurs below."""
+  image = D._check(image, name)  # pylint: disable=protected-access
+  return D._finish(filter2d(image, kernel))  # pylint: disable=protected-access
+
+
 def anisotropic_blur(image: np.ndarray, rng: np.random.Generator,
                      level: tuple[float, float] | None = None) -> np.ndarray:
   """Anisotropic Gaussian blur; level = (sigma_x, sigma_y) px, rotation uniform in [0, pi)."""
-  image = D._check(image, "anisotropic_blur")  # pylint: disable=protected-access
   sx, sy = _pick(rng, ANISO_SIGMAS, level)
   theta = float(rng.uniform(0.0, math.pi))
-  return D._finish(filter2d(image, anisotropic_gaussian_kernel(sx, sy, theta)))  # pylint: disable=protected-access
+  return kernel_blur(image, "anisotropic_blur", anisotropic_gaussian_kernel(sx, sy, theta))
 
 
 def sinc_blur(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
   """Ringing low-pass (sinc) blur, 21x21 kernel; level = cutoff wc in rad/px (pi/5 .. 0.9 pi)."""
-  image = D._check(image, "sinc_blur")  # pylint: disable=protected-access
   cutoff = float(_pick(rng, SINC_CUTOFFS, level))
-  return D._finish(filter2d(image, sinc_kernel(cutoff)))  # pylint: disable=protected-access
+  return kernel_blur(image, "sinc_blur", sinc_kernel(cutoff))
 
 
 def motion_blur(image: np.ndarray, rng: np.random.Generator, level: int | None = None) -> np.ndarray:
   """Linear motion blur; level = path length in px (5..31), direction uniform in [0, pi)."""
-  image = D._check(image, "motion_blur")  # pylint: disable=protected-access
   length = int(_pick(rng, MOTION_LENGTHS, level))
   angle = float(rng.uniform(0.0, math.pi))
-  return D._finish(filter2d(image, motion_kernel(length, angle)))  # pylint: disable=protected-access
+  return kernel_blur(image, "motion_blur", motion_kernel(length, angle))
 
 
 def defocus_blur(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
   """Defocus blur with a disk kernel; level = radius in px (1..10)."""
-  image = D._check(image, "defocus_blur")  # pylint: disable=protected-access
   radius = float(_pick(rng, DEFOCUS_RADII, level))
-  return D._finish(filter2d(image, disk_kernel(radius)))  # pylint: disable=protected-access
-
+  return kernel_blur(image, "defocus_blur", disk_kernel(radius))
 
 GAUSSIAN_SINC_BLUR_LEVELS = (tuple(("gaussian_blur", s) for s in D.GAUSSIAN_BLUR_LEVELS)
                              + tuple(("anisotropic_blur", s) for s in ANISO_SIGMAS)
