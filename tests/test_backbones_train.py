@@ -121,17 +121,18 @@ def _torch_case(preset):
   """(torch net, input NCHW, torch pad unit or None, flax model, state-dict -> flax mapping)."""
   from tests import test_backbones as tb  # pylint: disable=g-import-not-at-top
   from tests import test_nafnet as tn  # pylint: disable=g-import-not-at-top
-  torch = pytest.importorskip("torch")
+  from tests import torch_reference  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("torch")
   if preset == "nafnet_tiny":
     from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
     cfg = nafnet.PRESETS[preset]
-    net = tn._torch_nafnet(cfg["width"], cfg["enc_blocks"], cfg["middle_blocks"], cfg["dec_blocks"])
+    net = torch_reference.random_net("nafnet", width=cfg["width"], enc_blk_nums=cfg["enc_blocks"],
+                                     middle_blk_num=cfg["middle_blocks"],
+                                     dec_blk_nums=cfg["dec_blocks"])
     shape, pad, model, mapping = (2, 3, 12, 20), None, nafnet.create({"preset": preset}), tn._torch_to_flax
   else:
     name, kwargs, pad, shape = tb.CASES[preset]
-    torch.manual_seed(0)
-    net = tb.torch_archs.build(name, **kwargs)
-    tb.torch_reference.randomize(net)
+    net = torch_reference.random_net(name, **kwargs)
     model, mapping = tb._model(preset), tb._torch_to_flax
   return net.train(), np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32), pad, model, mapping
 
