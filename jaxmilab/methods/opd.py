@@ -52,6 +52,7 @@ import numpy as np
 
 from jaxmilab import config_options
 from jaxmilab import registry
+from jaxmilab.data import multiframe
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import restoration as restoration_metrics
 from jaxmilab.methods import base
@@ -152,7 +153,8 @@ class Method(base.Method):
     if loss not in LOSSES:
       raise ValueError(f"config.method.loss={loss!r}: use one of {LOSSES}.")
     if loss == "auto":
-      noise_name = config.get("data", {}).get("noise", "awgn")
+      # config.data is multiframe's (the one reader of multi-frame batches); unset: its default.
+      noise_name = config.get("data", {}).get("noise", multiframe.CONFIG_DEFAULTS["noise"])
       if noise_name not in AUTO_LOSS:
         raise ValueError(f"config.method.loss='auto' knows no loss for config.data.noise={noise_name!r}; "
                          f"set config.method.loss to one of {LOSSES[1:]}.")
