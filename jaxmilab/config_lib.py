@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import ml_collections
 
 # The reading helper lives in a leaf module every layer may import; re-exported here.
+from jaxmilab import optimizers
 from jaxmilab.config_options import ConfigError, Options, options  # pylint: disable=unused-import
 
 COMMON_KEYS = ("seed", "total_steps", "batch_size", "log_every_steps", "eval_every_steps",
@@ -46,22 +47,8 @@ MESH_DEFAULTS = dict(
     tensor_parallel=(),              # ((regex over parameter paths, dim), ...) split over "model"
     min_shard_size=2**14,            # smaller arrays stay replicated
     num_devices=-1)                  # use the first N devices (-1 = all), e.g. to compare meshes
-# config.optimizer (jaxmilab.optimizers), its keys and defaults.
-OPTIMIZER_DEFAULTS = dict(
-    name="adamw",                    # adam | adamw | amsgrad | sgd
-    learning_rate=1e-3,
-    schedule="constant",             # constant | cosine | multistep
-    warmup_steps=0,
-    min_lr_ratio=0.0,                # cosine: final lr / peak lr
-    hold_steps=0,                    # cosine: steps the peak lr is held before the cosine starts
-    decay_steps=(),                  # multistep: steps at which lr *= decay_factor
-    decay_factor=0.5,
-    weight_decay=0.0,
-    b1=0.9, b2=0.999,                # adam*
-    momentum=0.9, nesterov=True,     # sgd
-    grad_clip_norm=0.0,              # 0 = off
-    accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
-    lr_multipliers=())               # ((regex over parameter paths, factor), ...)
+# config.optimizer: declared once, by jaxmilab.optimizers (the module that reads it).
+OPTIMIZER_DEFAULTS = optimizers.CONFIG_DEFAULTS
 
 
 def base_config() -> ml_collections.ConfigDict:

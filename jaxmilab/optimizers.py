@@ -9,25 +9,49 @@ import jax
 import ml_collections
 import optax
 
+from jaxmilab import config_options
+
+# Every config.optimizer key with its default (config_lib.base_config starts from these; read
+# through config_options.options, so a stray key is an error naming it).
+CONFIG_DEFAULTS = dict(
+    name="adamw",                    # adam | adamw | amsgrad | sgd
+    learning_rate=1e-3,
+    schedule="constant",             # constant | cosine | multistep
+    warmup_steps=0,
+    min_lr_ratio=0.0,                # cosine: final lr / peak lr
+    hold_steps=0,                    # cosine: steps the peak lr is held before the cosine starts
+    decay_steps=(),                  # multistep: steps at which lr *= decay_factor
+    decay_factor=0.5,
+    weight_decay=0.0,
+    b1=0.9, b2=0.999,                # adam*
+    momentum=0.9, nesterov=True,     # sgd
+    grad_clip_norm=0.0,              # 0 = off
+    accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
+    lr_multipliers=())               # ((regex over parameter paths, factor), ...)
+
+
+def _options(config) -> config_options.Options:
+  return config_options.options(config, CONFIG_DEFAULTS, component="optimizer", part="optimizer")
+
 
 def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """constant | cosine | multistep (`decay_steps` + `decay_factor`), with linear warm-up."""
+  config = _options(config)
   lr = float(config.learning_rate)
-  warmup = int(config.get("warmup_steps", 0))
-  kind = config.get("schedule", "constant")
+  warmup = int(config.warmup_steps)
+  kind = config.schedule
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
     # hold_steps (optional): the peak lr is held that long before the cosine starts, as
     # Restormer's CosineAnnealingRestartCyclicLR first period with eta_min = the peak lr.
-    hold = int(config.get("hold_steps", 0) or 0)
+    hold = int(config.hold_steps or 0)
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup - hold, 1),
-                                       alpha=float(config.get("min_lr_ratio", 0.0)))
+                                       alpha=float(config.min_lr_ratio))
     if hold:
       main = optax.join_schedules([optax.constant_schedule(lr), main], [hold])
   elif kind == "multistep":
-    boundaries = {int(s) - warmup: float(config.get("decay_factor", 0.5))
-                  for s in config.get("decay_steps", ())}
+    boundaries = {int(s) - warmup: float(config.decay_factor) for s in config.decay_steps}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     raise ValueError(f"config.optimizer.schedule={kind!r}: use 'constant', 'cosine' or 'multistep'.")
@@ -42,28 +66,27 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
   `accumulate_steps` > 1 averages the gradients of that many micro-batches
   (optax.MultiSteps); the schedule then counts optimizer updates.
   """
-  accumulate = int(config.get("accumulate_steps", 1))
+  opts = _options(config)
+  accumulate = int(opts.accumulate_steps)
   # With accumulation the schedule counts optimizer updates, not micro-steps.
   schedule = create_schedule(config, max(total_steps // accumulate, 1))
-  name = config.get("name", "adamw")
+  name = opts.name
   if name == "adamw":
-    tx = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                     weight_decay=config.get("weight_decay", 0.0))
+    tx = optax.adamw(schedule, b1=opts.b1, b2=opts.b2, weight_decay=opts.weight_decay)
   elif name == "adam":
-    tx = optax.adam(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                    nesterov=False)
+    tx = optax.adam(schedule, b1=opts.b1, b2=opts.b2, nesterov=False)
   elif name == "amsgrad":
-    tx = optax.amsgrad(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999))
+    tx = optax.amsgrad(schedule, b1=opts.b1, b2=opts.b2)
   elif name == "sgd":
-    tx = optax.sgd(schedule, momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", True))
-    if config.get("weight_decay", 0.0):
-      tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+    tx = optax.sgd(schedule, momentum=opts.momentum, nesterov=opts.nesterov)
+    if opts.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(opts.weight_decay), tx)
   else:
     raise ValueError(f"config.optimizer.name={name!r}: use 'adam', 'adamw', 'amsgrad' or 'sgd'.")
-  multipliers = config.get("lr_multipliers", ())
+  multipliers = opts.lr_multipliers
   if multipliers:
     tx = optax.chain(tx, scale_by_path(multipliers))
-  clip = config.get("grad_clip_norm", 0.0)
+  clip = opts.grad_clip_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   if accumulate > 1:
