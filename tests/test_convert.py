@@ -446,4 +446,7 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
                        f"--output={tmp_path / 'out.png'}"]) == 0
   got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
   diff = np.abs(got - want)
-  assert diff.max() <= 1 and (diff > 0).sum() <= 5, (name, (diff > 0).sum())
+  # The same weights through ~40 float32 blocks in two frameworks: summation order moves a few
+  # values across a rounding boundary of the uint8 image (seen: 6 of 3,219 for restormer_dcpt),
+  # never by more than one level; a wrong key mapping differs by tens of levels almost everywhere.
+  assert diff.max() <= 1 and (diff > 0).mean() <= 0.005, (name, (diff > 0).sum())
