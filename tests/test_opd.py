@@ -22,7 +22,7 @@ from jaxmilab import metrics as metrics_lib
 from jaxmilab import registry
 from jaxmilab import trainer
 from jaxmilab.data import multiframe
-from jaxmilab.data import noise
+from jaxmilab.data import degradations
 from jaxmilab.data.base import DataInfo
 from jaxmilab.methods import opd
 from jaxmilab.models import unet
@@ -235,14 +235,14 @@ def test_auto_loss_is_unbiased_for_the_noise_model():
   assert picked("bernoulli", "n2c") == "mse"
   # The constant c minimising each loss against Bernoulli(p=0.5) targets of a value 0.6.
   rng = np.random.default_rng(0)
-  target = jnp.asarray(noise.apply("bernoulli", np.full((1, 64, 64, 3), 0.6, np.float32)[0], rng,
+  target = jnp.asarray(degradations.apply_noise("bernoulli", np.full((1, 64, 64, 3), 0.6, np.float32)[0], rng,
                                    {"p": 0.5})[None])
   grid = np.linspace(0.0, 1.0, 101)
   best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
           for k in ("mse", "masked_mse")}
   assert abs(best["mse"] - 0.3) < 0.02 and abs(best["masked_mse"] - 0.6) < 0.011
   # L1 against impulse noise (30 % replaced by U[0, 1)) stays near the clean value; MSE does not.
-  target = jnp.asarray(noise.apply("impulse", np.full((64, 64, 3), 0.9, np.float32), rng,
+  target = jnp.asarray(degradations.apply_noise("impulse", np.full((64, 64, 3), 0.9, np.float32), rng,
                                    {"ratio": 0.3})[None])
   best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
           for k in ("mse", "l1")}
@@ -257,7 +257,7 @@ def _grey(value=0.5, size=256):
 
 
 def test_awgn_statistics():
-  y = noise.apply("awgn", _grey(), np.random.default_rng(0), {"sigma": 25.0})
+  y = degradations.apply_noise("awgn", _grey(), np.random.default_rng(0), {"sigma": 25.0})
   n = y - 0.5
   assert abs(n.mean()) < 1e-3
   np.testing.assert_allclose(n.std(), 25.0 / 255.0, rtol=0.01)
@@ -266,7 +266,7 @@ def test_awgn_statistics():
 @pytest.mark.parametrize("level", [0.2, 0.7])
 def test_poisson_variance_is_mean_over_lambda(level):
   lam = 30.0
-  y = noise.apply("poisson", _grey(level), np.random.default_rng(1), {"lam": lam})
+  y = degradations.apply_noise("poisson", _grey(level), np.random.default_rng(1), {"lam": lam})
   np.testing.assert_allclose(y.mean(), level, rtol=0.01)
   np.testing.assert_allclose(y.var(), level / lam, rtol=0.03)
   np.testing.assert_allclose(y * lam, np.round(y * lam), atol=1e-4)  # counts / lambda
@@ -274,46 +274,56 @@ def test_poisson_variance_is_mean_over_lambda(level):
 
 def test_bernoulli_drops_fraction_p():
   image = np.random.default_rng(2).uniform(0.1, 1.0, (256, 256, 3)).astype(np.float32)
-  y = noise.apply("bernoulli", image, np.random.default_rng(3), {"p": 0.3})
+  y = degradations.apply_noise("bernoulli", image, np.random.default_rng(3), {"p": 0.3})
   dropped = y == 0
   np.testing.assert_allclose(dropped.mean(), 0.3, atol=0.005)
   np.testing.assert_array_equal(y[~dropped], image[~dropped])  # multiplicative: kept values unchanged
 
 
 def test_impulse_replaces_ratio_with_uniform_values():
-  y = noise.apply("impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2})
+  y = degradations.apply_noise("impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2})
   changed = y != 0.5
   np.testing.assert_allclose(changed.mean(), 0.2, atol=0.005)
   np.testing.assert_allclose(y[changed].mean(), 0.5, atol=0.01)
   np.testing.assert_allclose(y[changed].var(), 1.0 / 12.0, rtol=0.03)  # U[0, 1)
-  blended = noise.apply("impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2, "blend": True})
+  blended = degradations.apply_noise("impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2, "blend": True})
   assert np.all(np.abs(blended - 0.5) <= 0.2 * 0.5 + 1e-6)  # official: 0.8 I + 0.2 u
 
 
 def test_text_covers_some_pixels_and_leaves_others():
   image = _grey(0.5, 128)
-  y = noise.apply("text", image, np.random.default_rng(5), {"coverage": 0.25})
+  y = degradations.apply_noise("text", image, np.random.default_rng(5), {"coverage": 0.25})
   changed = np.any(np.abs(y - image) > 1e-6, axis=-1)
   assert 0.25 <= changed.mean() < 0.7
   # The same strings on a darker image: y = I (1 - alpha) + colour * alpha, so the opaque strokes
   # (alpha = 1) carry the text colours whatever the image, and alpha stays in [0, 1].
-  dark = noise.apply("text", _grey(0.1, 128), np.random.default_rng(5), {"coverage": 0.25})
+  dark = degradations.apply_noise("text", _grey(0.1, 128), np.random.default_rng(5), {"coverage": 0.25})
   alpha = 1.0 - (y - dark) / 0.4
   assert alpha.min() > -1e-4 and alpha.max() < 1 + 1e-4
   opaque = alpha.min(axis=-1) > 0.999
   assert opaque.mean() > 0.05 and y[opaque].std() > 0.05  # several colours
   np.testing.assert_allclose(y[opaque], dark[opaque], atol=1e-5)
-  np.testing.assert_array_equal(noise.apply("text", image, np.random.default_rng(5), {"coverage": 0.0}), image)
+  np.testing.assert_array_equal(degradations.apply_noise("text", image, np.random.default_rng(5), {"coverage": 0.0}), image)
 
 
 def test_mixed_chain_mean_and_noise_errors():
-  y = noise.apply("mixed", _grey(0.5), np.random.default_rng(6), {"sigma": 10.0, "lam": 50.0, "p": 0.5})
+  y = degradations.apply_noise("mixed", _grey(0.5), np.random.default_rng(6), {"sigma": 10.0, "lam": 50.0, "p": 0.5})
   np.testing.assert_allclose((y == 0).mean(), 0.5, atol=0.01)  # Bernoulli last (Poisson zeros are rare)
   np.testing.assert_allclose(y.mean(), 0.25, atol=0.005)
   with pytest.raises(ValueError, match="sigmaa"):
-    noise.apply("awgn", _grey(), np.random.default_rng(0), {"sigmaa": 1.0})
+    degradations.apply_noise("awgn", _grey(), np.random.default_rng(0), {"sigmaa": 1.0})
   with pytest.raises(ValueError, match="Available"):
-    noise.get("speckle")
+    degradations.noise_model("speckle")
+
+
+def test_noise_models_live_in_the_one_corruption_registry():
+  """OPD's noise family is registered beside the restoration types (jaxmilab.data.degradations),
+  apart from them: noise models take named parameters, degradation types discrete levels."""
+  assert set(degradations.NOISE_MODELS) == {"awgn", "poisson", "bernoulli", "impulse", "text", "mixed"}
+  assert not set(degradations.NOISE_MODELS) & set(degradations.DEGRADATIONS)
+  assert [n for n in degradations.NOISE_MODELS if not degradations.is_pixelwise(n)] == ["text"]
+  with pytest.raises(ValueError, match="already registered"):
+    degradations.register_noise_model("awgn", lambda x, rng: x, (), True)
 
 
 # --------------------------------------------------------------------------------- U-Net

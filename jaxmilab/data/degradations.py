@@ -1,6 +1,6 @@
 """The registry of synthesized degradations: name -> fn(image, rng, level=None), levels, task sets.
 
-Two families, each a leaf module, are registered here explicitly (no import side effects):
+Three families, each a leaf module, are registered here explicitly (no import side effects):
 `jaxmilab.data.basic_degradations` (gaussian_noise, gaussian_blur, jpeg, haze, low_light; the
 "5syn" set) and `jaxmilab.data.uir_degradations` (the other UIR-2.5M types of MaskDCPT, the
 real-only `real_noise`, and the task sets "5d", "10d", "12d", "12d_syn", "uir19", "uir19_syn").
@@ -10,6 +10,10 @@ Every registered name has a tuple of discrete levels (`LEVELS[name]`, `level_key
 continuous default ranges; the UIR types draw one of their levels uniformly. The label of a
 degraded sample is the index of its type in the task set (DCPT, ICLR 2025).
 The basic functions are re-exported here (degradations.haze, degradations.jpeg, ...).
+
+The third family, `jaxmilab.data.noise` (OPD's noise models: awgn, poisson, bernoulli, impulse,
+text, mixed; float, NOT clipped, continuous named parameters instead of levels), is registered
+in its own table of this registry: `apply_noise(name, image, rng, params)`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxmilab.data import basic_degradations as _basic
+from jaxmilab.data import noise as _noise
 from jaxmilab.data import uir_degradations as _uir
 # Re-exported: the basic family's functions, helpers and constants.
 from jaxmilab.data.basic_degradations import *  # noqa: F401,F403  pylint: disable=wildcard-import
@@ -145,14 +150,66 @@ def apply(name: str, image: np.ndarray, rng: np.random.Generator, level: Any = N
   return get(name)(image, rng, level)
 
 
+# ------------------------------------------------------------------ noise models (OPD)
+
+_NOISE: dict[str, Degradation] = {}
+_NOISE_PARAMS: dict[str, tuple[str, ...]] = {}
+_NOISE_PIXELWISE: set[str] = set()
+NOISE_MODELS: Mapping[str, Degradation] = types.MappingProxyType(_NOISE)
+
+
+def register_noise_model(name: str, fn: Degradation, params: Sequence[str], pixelwise: bool) -> None:
+  """Adds noise model `name` (fn(image, rng, **params), unclipped) with its parameter names."""
+  if name in _NOISE:
+    raise ValueError(f"Noise model {name!r} is already registered.")
+  _NOISE[name], _NOISE_PARAMS[name] = fn, tuple(params)
+  if pixelwise:
+    _NOISE_PIXELWISE.add(name)
+
+
+def noise_model(name: str) -> Degradation:
+  """The noise model called `name` (config.data.noise)."""
+  try:
+    return _NOISE[name]
+  except KeyError:
+    raise ValueError(f"Unknown noise model {name!r} (config.data.noise). Available: "
+                     f"{', '.join(_NOISE)}.") from None
+
+
+def is_pixelwise(name: str) -> bool:
+  """Whether noise `name` is independent per pixel (may be synthesized tile by tile)."""
+  noise_model(name)
+  return name in _NOISE_PIXELWISE
+
+
+def check_noise_params(name: str, params: Mapping[str, Any] | None,
+                       key: str = "config.data.noise_params") -> dict[str, Any]:
+  """Validates the parameter names of noise `name`; returns them as a plain dict."""
+  noise_model(name)
+  params = dict(params or {})
+  unknown = sorted(set(params) - set(_NOISE_PARAMS[name]))
+  if unknown:
+    raise ValueError(f"{key}: unknown parameter(s) {unknown} for noise {name!r}; it takes "
+                     f"{list(_NOISE_PARAMS[name])}.")
+  return params
+
+
+def apply_noise(name: str, image: np.ndarray, rng: np.random.Generator,
+                params: Mapping[str, Any] | None = None) -> np.ndarray:
+  """Applies noise model `name` with `params` to a float [H, W, C] image in [0, 1] (unclipped)."""
+  return noise_model(name)(image, rng, **check_noise_params(name, params))
+
+
 def _register_all() -> None:
-  """Registers both families explicitly: the five basic types, then the UIR-2.5M ones."""
+  """Registers the families explicitly: the five basic types, the UIR-2.5M ones, OPD's noise."""
   for name, fn, levels in _basic.TYPES + _uir.TYPES:
     register(name, fn, levels)
   for name, sources in _uir.REAL_ONLY_TYPES:
     register_real_only(name, sources)
   for name, type_names, levels in _uir.TASK_SETS:
     register_task_set(name, type_names, levels)
+  for name, fn, params, pixelwise in _noise.TYPES:
+    register_noise_model(name, fn, params, pixelwise)
 
 
 _register_all()

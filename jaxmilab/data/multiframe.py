@@ -58,7 +58,7 @@ import numpy as np
 
 from jaxmilab.data import embedded
 from jaxmilab.data import images
-from jaxmilab.data import noise as noise_lib
+from jaxmilab.data import degradations
 from jaxmilab.data import transforms
 from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
@@ -99,15 +99,15 @@ class FrameSynthesizer:
 
   def fresh(self, clean: np.ndarray, rng: np.random.Generator, num: int) -> np.ndarray:
     """num independent noisy versions of float [h, w, C] `clean` -> [num, h, w, C]."""
-    return np.stack([self.finish(noise_lib.apply(self.name, clean, rng, self.params))
+    return np.stack([self.finish(degradations.apply_noise(self.name, clean, rng, self.params))
                      for _ in range(num)])
 
   def fixed(self, image: np.ndarray, scene: int, frame: int, top: int, left: int, height: int,
             width: int) -> np.ndarray:
     """Window [top:+height, left:+width] of frame `frame` of scene `scene`; image uint8 [H, W, C]."""
-    if self.name not in noise_lib.PIXELWISE:  # spatially extended (text): the whole frame
+    if not degradations.is_pixelwise(self.name):  # spatially extended (text): the whole frame
       rng = np.random.default_rng([self.seed, _TRAIN_TAG, scene, frame])
-      noisy = noise_lib.apply(self.name, images.to_float(image), rng, self.params)
+      noisy = degradations.apply_noise(self.name, images.to_float(image), rng, self.params)
       return self.finish(noisy[top:top + height, left:left + width])
     t = self.tile
     ty0, tx0 = top // t, left // t
@@ -119,7 +119,7 @@ class FrameSynthesizer:
         rows = slice((ty - ty0) * t, (ty - ty0 + 1) * t)
         cols = slice((tx - tx0) * t, (tx - tx0 + 1) * t)
         rng = np.random.default_rng([self.seed, _TRAIN_TAG, scene, frame, ty, tx])
-        noisy[rows, cols] = noise_lib.apply(self.name, region[rows, cols], rng, self.params)
+        noisy[rows, cols] = degradations.apply_noise(self.name, region[rows, cols], rng, self.params)
     y, x = top - ty0 * t, left - tx0 * t
     return self.finish(noisy[y:y + height, x:x + width])
 
@@ -281,7 +281,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   if m < 2:
     raise ValueError(f"config.data.num_frames={m}: multi-frame training needs at least 2 frames.")
   noise_name = opts.noise
-  noise_params = noise_lib.check_params(noise_name, opts.noise_params)
+  noise_params = degradations.check_noise_params(noise_name, opts.noise_params)
   patch = int(opts.patch_size)
   crop = opts.crop
   if crop not in ("random", "top_left"):

@@ -1,4 +1,7 @@
-"""Noise models of OPD's experiments: name -> fn(image, rng, **params) -> noisy image.
+"""Noise models of OPD's experiments (a leaf family): fn(image, rng, **params) -> noisy image.
+
+Registered with the other corruption families in `jaxmilab.data.degradations`
+(`apply_noise`, `noise_model`, `check_noise_params`, `is_pixelwise`, `NOISE_MODELS`).
 
 Pure numpy, all randomness from the passed `np.random.Generator`. Every function takes a
 float32 clean image [H, W, C] in [0, 1] and returns a float32 noisy image of the same shape,
@@ -24,15 +27,14 @@ stores uint8 PNGs). The models follow the official add_noise.py
 
 Defaults: AWGN sigma 25, Poisson lambda 30 and Bernoulli p 0.5 are the paper's settings
 (OPD paper); the impulse ratio, text coverage and the mixed triple are not given there and are
-our choice. `PIXELWISE` names the models whose values are independent per pixel (the dataset
-may synthesize them tile by tile).
+our choice. `TYPES` marks the models whose values are independent per pixel (the dataset may
+synthesize them tile by tile).
 """
 
 from __future__ import annotations
 
 import string
-import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -142,41 +144,14 @@ def mixed(image: np.ndarray, rng: np.random.Generator, *, sigma: float = 25.0, l
   return bernoulli(x, rng, p=p)
 
 
-NOISE_MODELS: Mapping[str, NoiseModel] = types.MappingProxyType({
-    "awgn": awgn,
-    "poisson": poisson,
-    "bernoulli": bernoulli,
-    "impulse": impulse,
-    "text": text,
-    "mixed": mixed,
-})
-PIXELWISE = frozenset({"awgn", "poisson", "bernoulli", "impulse", "mixed"})
-_PARAMS = {"awgn": ("sigma",), "poisson": ("lam",), "bernoulli": ("p",), "impulse": ("ratio", "blend"),
-           "text": ("coverage",), "mixed": ("sigma", "lam", "p")}
-
-
-def get(name: str) -> NoiseModel:
-  """The noise model called `name`."""
-  try:
-    return NOISE_MODELS[name]
-  except KeyError:
-    raise ValueError(f"Unknown noise model {name!r} (config.data.noise). Available: "
-                     f"{', '.join(NOISE_MODELS)}.") from None
-
-
-def check_params(name: str, params: Mapping[str, Any] | None,
-                 key: str = "config.data.noise_params") -> dict[str, Any]:
-  """Validates the parameter names of noise `name`; returns them as a plain dict."""
-  get(name)
-  params = dict(params or {})
-  unknown = sorted(set(params) - set(_PARAMS[name]))
-  if unknown:
-    raise ValueError(f"{key}: unknown parameter(s) {unknown} for noise {name!r}; it takes "
-                     f"{list(_PARAMS[name])}.")
-  return params
-
-
-def apply(name: str, image: np.ndarray, rng: np.random.Generator,
-          params: Mapping[str, Any] | None = None) -> np.ndarray:
-  """Applies noise model `name` with `params` to a float [H, W, C] image in [0, 1]."""
-  return get(name)(image, rng, **check_params(name, params))
+# The family's table, registered by jaxmilab.data.degradations (the one registry of image
+# corruptions): (name, fn, parameter names, pixelwise: values independent per pixel, so the
+# dataset may synthesize them tile by tile).
+TYPES: tuple[tuple[str, NoiseModel, tuple[str, ...], bool], ...] = (
+    ("awgn", awgn, ("sigma",), True),
+    ("poisson", poisson, ("lam",), True),
+    ("bernoulli", bernoulli, ("p",), True),
+    ("impulse", impulse, ("ratio", "blend"), True),
+    ("text", text, ("coverage",), False),
+    ("mixed", mixed, ("sigma", "lam", "p"), True),
+)
