@@ -2,7 +2,8 @@
 
 One mesh with axes ("data", "fsdp", "model"); sizes come from `config.mesh`
 (-1 = all remaining devices; every key is declared, with its default, in
-`config_lib.MESH_DEFAULTS` and read through `config_lib.options`). Batches are split over ("data", "fsdp").
+`config_lib.MESH_DEFAULTS` and read through `config_lib.options`). Batches are split over
+("data", "fsdp").
 Parameters and optimizer state follow one rule (as big_vision's "fsdp" rule), so
 a model needs no annotations to run data-parallel or FSDP (ZeRO-3):
 
