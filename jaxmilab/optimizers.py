@@ -45,7 +45,7 @@ def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> opta
   elif kind == "cosine":
     # hold_steps (optional): the peak lr is held that long before the cosine starts, as
     # Restormer's CosineAnnealingRestartCyclicLR first period with eta_min = the peak lr.
-    hold = int(config.hold_steps or 0)
+    hold = int(config.hold_steps)
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup - hold, 1),
                                        alpha=float(config.min_lr_ratio))
     if hold:

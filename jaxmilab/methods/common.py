@@ -35,7 +35,9 @@ def zero_output_conv(backbone_params: dict) -> dict:
   return out
 
 
-PIXEL_LOSSES = ("l1", "psnr")
+def l1_loss(restored: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean absolute error in float32 (DCPT's L_pix, MaskDCPT's reconstruction loss)."""
+  return jnp.mean(jnp.abs(restored.astype(jnp.float32) - target))
 
 
 def psnr_loss(restored: jax.Array, target: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -52,13 +54,8 @@ def psnr_loss(restored: jax.Array, target: jax.Array, eps: float = 1e-8) -> jax.
   return jnp.mean(10.0 / np.log(10.0) * jnp.log(mse + eps))
 
 
-def pixel_loss(name: str, restored: jax.Array, target: jax.Array) -> jax.Array:
-  """`config.method.pixel_loss`: "l1" (DCPT's L_pix) or "psnr" (`psnr_loss`)."""
-  if name == "l1":
-    return jnp.mean(jnp.abs(restored.astype(jnp.float32) - target))
-  if name == "psnr":
-    return psnr_loss(restored, target)
-  raise ValueError(f"config.method.pixel_loss={name!r}: use one of {PIXEL_LOSSES}.")
+# `config.method.pixel_loss` of restoration: name -> loss(restored, target).
+PIXEL_LOSSES = {"l1": l1_loss, "psnr": psnr_loss}
 
 
 def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.RestorationEvaluator:

@@ -100,7 +100,7 @@ class Method(base.Method):
     if self.mode == "pretrain":
       # The clean image through the same network: it stays an identity-like restorer.
       restored = self.backbone.apply({"params": params["backbone"]}, batch["gt"])
-    l_pix = jnp.mean(jnp.abs(restored.astype(jnp.float32) - batch["gt"]))
+    l_pix = common.l1_loss(restored, batch["gt"])
     metrics["l_pix"] = l_pix
     return l_pix + self.cls_weight * l_cls, (metrics, model_state)
 

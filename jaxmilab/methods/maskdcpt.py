@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from jaxmilab import config_options
 from jaxmilab.methods import base
+from jaxmilab.methods import common
 from jaxmilab.methods import dcpt
 from jaxmilab.models import dcpt_classifier
 from jaxmilab.models import masking
@@ -155,7 +156,7 @@ class Method(dcpt.Method):
     mask = masking.random_patch_mask(rng, lq.shape[0], self._grid(lq), self.mask_ratio)
     # The trainer pins activations to the batch axes (sharding.batch_sharded_activations).
     restored, logits = self.forward(params, lq, mask)
-    l_pix = jnp.mean(jnp.abs(restored - batch["gt"]))
+    l_pix = common.l1_loss(restored, batch["gt"])
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     loss = l_pix + self.cls_weight * l_cls

@@ -38,7 +38,8 @@ class Method(base.Method):
     self.backbone = registry.get_model(config.model.name)(config.model)
     if self.opts.pixel_loss not in common.PIXEL_LOSSES:
       raise config_options.ConfigError(
-          f"config.method.pixel_loss={self.opts.pixel_loss!r}: use one of {common.PIXEL_LOSSES}.")
+          f"config.method.pixel_loss={self.opts.pixel_loss!r}: use one of "
+          f"{tuple(common.PIXEL_LOSSES)}.")
 
   def init_variables(self, rng, batch):
     params = self.backbone.init(rng, batch["lq"])["params"]
@@ -50,7 +51,7 @@ class Method(base.Method):
     del rng
     restored = self.backbone.apply({"params": params["backbone"]}, batch["lq"])
     name = self.opts.pixel_loss
-    loss = common.pixel_loss(name, restored, batch["gt"])
+    loss = common.PIXEL_LOSSES[name](restored, batch["gt"])
     return loss, ({"l1" if name == "l1" else "psnr_loss": loss}, model_state)
 
   def eval_step(self, params, model_state, batch):
