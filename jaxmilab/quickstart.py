@@ -2,11 +2,12 @@ r"""Restoration pre-training quickstart on the embedded photos (the README's mai
 
   python -m jaxmilab.quickstart --pretrain=maskdcpt --workdir=/tmp/jaxmilab_quickstart
 
-Stages, per seed, on the skimage.data photos with five synthesized degradations:
-  scratch          configs/restoration.py:quickstart   random init
-  <p>/pretrain     configs/<p>.py:quickstart           for each --pretrain method p (dcpt:
-                   L_pix on clean + classification; maskdcpt: masked encoder, reconstruction +
-                   classification on the synthesizable UIR-2.5M types)
+Stages, per seed, on the skimage.data photos with synthesized degradations:
+  scratch          configs/restoration.py:quickstart   random init (zero last conv: the identity),
+                   Gaussian denoising sigma 25 + JPEG quality 10, NAFNet's PSNR loss
+  <p>/pretrain     configs/<p>.py:quickstart           for each --pretrain method p (dcpt: the
+                   five basic types, L_pix on clean + classification; maskdcpt: masked encoder,
+                   reconstruction + classification on the 18 synthesizable UIR-2.5M types)
   <p>/ft           configs/restoration.py:quickstart   initialised from <p>/pretrain (init_from)
 Every fine-tuning run has the same budget as scratch. With several --seeds the table gives the
 mean and standard deviation over seeds. Each run resumes if interrupted; re-running prints the
