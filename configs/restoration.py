@@ -25,10 +25,12 @@ def get_config(variant: str = "smoke"):
   c = _dcpt_config(variant)
   c.method.name = "restoration"
   c.method.init_from = ""          # a dcpt / maskdcpt / restoration workdir, or "" for scratch
-  # Zero the last conv at the start (after init_from: a pre-trained body with a fresh head), so
-  # with the global residual the network starts as the identity and its PSNR starts at the
-  # input's (jaxmilab/methods/common.py zero_output_conv). Ours, for short CPU runs; the
-  # official fine-tuning keeps the loaded / PyTorch-default conv, so `paper` turns it off.
+  # Zero the last conv at the start, so with the global residual a scratch network starts as the
+  # identity and its PSNR starts at the input's (jaxmilab/methods/common.py zero_output_conv).
+  # With init_from the pre-trained output conv is kept when the pre-training trained it (dcpt,
+  # maskdcpt reconstruction="backbone") and zeroed when it did not ("spark";
+  # methods/restoration.py init_from). Ours, for short CPU runs; the official fine-tuning keeps
+  # the loaded / PyTorch-default conv, so `paper` turns it off.
   c.method.zero_init_output = variant != "paper"
   del c.method.focal_gamma, c.method.cls_weight, c.method.mode, c.method.classifier_learning_rate
   if variant == "quickstart":
