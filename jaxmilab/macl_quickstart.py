@@ -54,7 +54,7 @@ def _steps(steps: int) -> dict[str, int]:
 
 def _final_eval(run_dir: str) -> dict[str, float]:
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  evals = [r for r in metrics_lib.read_jsonl(run_dir) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(run_dir, "eval")
   return evals[-1]
 
 

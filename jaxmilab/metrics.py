@@ -165,6 +165,11 @@ def read_jsonl(workdir: str) -> list[dict[str, Any]]:
   return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def read_split(workdir: str, split: str) -> list[dict[str, Any]]:
+  """The records of DIR/metrics.jsonl whose "split" is `split` ("train", "eval", ...), in order."""
+  return [r for r in read_jsonl(workdir) if r["split"] == split]
+
+
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard (see `tensorboard_dir`) + stdout + metrics.jsonl on the lead process; logging
   only elsewhere."""

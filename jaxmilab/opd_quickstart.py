@@ -58,7 +58,7 @@ def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
     logging.info("OPD quickstart: training %s in %s", name, run_dir)
     start = time.time()
     trainer.train_and_evaluate(config, run_dir)
-    evals = [r for r in metrics_lib.read_jsonl(run_dir) if r["split"] == "eval"]
+    evals = metrics_lib.read_split(run_dir, "eval")
     results[name] = dict(evals[-1], seconds=time.time() - start)
   return results
 

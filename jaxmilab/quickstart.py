@@ -92,7 +92,7 @@ def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant:
     stage_dir = os.path.join(workdir, name)
     config = config_lib.load(spec, over)
     trainer.train_and_evaluate(config, stage_dir)
-    evals = [r for r in metrics_lib.read_jsonl(stage_dir) if r["split"] == "eval"]
+    evals = metrics_lib.read_split(stage_dir, "eval")
     results[name] = evals[-1]
   return results
 

@@ -59,7 +59,7 @@ def test_fsdp_two_processes_match_one(tmp_path):
   # tiny gradients by their own magnitude, which turns last-bit reduction-order differences into
   # ~1e-4 parameter differences that no longer say anything about sharding.)
   def last_eval(workdir):
-    return [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"][-1]
+    return metrics_lib.read_split(workdir, "eval")[-1]
   for other in (multi, str(tmp_path / "one")):
     np.testing.assert_allclose(last_eval(other)["psnr"], last_eval(str(tmp_path / "four"))["psnr"],
                                rtol=1e-3)

@@ -338,7 +338,7 @@ def test_smoke_pretrain_then_finetune(tmp_path):
   assert {"l_g", "l_d", "l_er", "retrieval_accuracy"} <= set(evals[-1])
   config = config_lib.load("configs/macl_finetune.py:smoke", {"method.init_from": pre_dir})
   trainer.train_and_evaluate(config, ft_dir)
-  evals = [r for r in metrics_lib.read_jsonl(ft_dir) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(ft_dir, "eval")
   assert evals and 0.0 <= evals[-1]["dice"] <= 100.0
   assert {f"dice/{c}" for c in (1, 2, 3)} <= set(evals[-1])
   with open(os.path.join(ft_dir, "config.json"), encoding="utf-8") as f:

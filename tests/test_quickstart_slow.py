@@ -24,7 +24,7 @@ MIN_GAIN_DB = {"gaussian_noise": 5.0, "jpeg": 0.2}
 def test_quickstart_scratch_restorer_beats_its_input_on_every_type(tmp_path):
   config = config_lib.load("configs/restoration.py:quickstart", {"seed": 0})
   trainer.train_and_evaluate(config, str(tmp_path))
-  final = [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "eval"][-1]
+  final = metrics_lib.read_split(str(tmp_path), "eval")[-1]
   types = sorted(k.split("/", 1)[1] for k in final if k.startswith("psnr_input/"))
   assert types == sorted(MIN_GAIN_DB), types   # the reported types are the ones checked here
   gains = {t: final[f"psnr/{t}"] - final[f"psnr_input/{t}"] for t in types}

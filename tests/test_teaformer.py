@@ -177,7 +177,7 @@ def test_every_config_variant_builds_its_model():
 
 
 def _eval_records(workdir):
-  return [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"]
+  return metrics_lib.read_split(workdir, "eval")
 
 
 def test_smoke_config_trains_and_writes_eval_psnr(tmp_path):

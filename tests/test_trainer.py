@@ -201,7 +201,7 @@ def test_mode_eval_evaluates_newest_checkpoint_without_changing_it(uninterrupted
   shutil.copytree(uninterrupted[0], workdir)
   t = trainer.Trainer(smoke(ema_decay=EMA, log_every_steps=2), workdir)
   state, scalars = t.evaluate_checkpoint()
-  evals = [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(workdir, "eval")
   assert [r["step"] for r in evals] == [6, 6]
   for key, value in evals[0].items():
     if key not in config_lib.TIMING_KEYS:

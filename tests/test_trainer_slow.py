@@ -130,8 +130,8 @@ def test_two_processes_match_one(tmp_path):
   a, b = train_losses(single), train_losses(multi)
   assert [s for s, _ in a] == [s for s, _ in b] == [4, 8]
   np.testing.assert_allclose([l for _, l in a], [l for _, l in b], rtol=2e-4)
-  evals = [r for r in metrics_lib.read_jsonl(multi) if r["split"] == "eval"]
-  single_evals = [r for r in metrics_lib.read_jsonl(single) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(multi, "eval")
+  single_evals = metrics_lib.read_split(single, "eval")
   np.testing.assert_allclose(evals[-1]["psnr"], single_evals[-1]["psnr"], rtol=1e-4)
 
 

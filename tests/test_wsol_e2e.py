@@ -17,7 +17,7 @@ PROTOCOL_KEYS = ("MaxBoxAccV2", "PxAP", "top1_loc", "gt_known_loc", "pIoU")
 
 
 def _eval_record(workdir):
-  evals = [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(workdir, "eval")
   assert evals, f"no eval record in {workdir}/metrics.jsonl"
   return evals[-1]
 

@@ -66,7 +66,7 @@ def run_one(root: str, m: int, recipe: str, seed: int, steps: int, eval_every: i
   config.model.width, config.model.depth = 8, 3
   workdir = tempfile.mkdtemp(prefix="opd_effects_")
   trainer.train_and_evaluate(config, workdir)
-  evals = [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"]
+  evals = metrics_lib.read_split(workdir, "eval")
   psnr = [r["psnr"] for r in evals]
   return {"m": m, "recipe": recipe, "seed": seed, "best_psnr": float(max(psnr)),
           "best_step": int(evals[int(np.argmax(psnr))]["step"]), "final_psnr": float(psnr[-1]),

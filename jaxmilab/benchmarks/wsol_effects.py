@@ -59,7 +59,7 @@ def _train(config_path: str, overrides: dict):
 
 def _last_eval(workdir: str) -> dict:
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  return [r for r in metrics_lib.read_jsonl(workdir) if r["split"] == "eval"][-1]
+  return metrics_lib.read_split(workdir, "eval")[-1]
 
 
 def _save_partial(rows: list[dict]) -> None:
