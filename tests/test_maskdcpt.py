@@ -166,6 +166,24 @@ def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_restoration_init_from_can_restart_the_output_conv_at_zero(smoke_run, tmp_path):
+  """zero_output_after_init_from: the loaded body is kept, the (trained) output conv is zeroed,
+  so the fine-tuned network starts as the identity; without it the trained conv is kept."""
+  want = ckpt_lib.load_variables(smoke_run)["params"]["backbone"]
+  for flag in (False, True):
+    config = config_lib.load("configs/restoration.py:smoke", {
+        "method.init_from": smoke_run, "method.zero_output_after_init_from": flag})
+    got = jax.device_get(trainer_lib.Trainer(config, str(tmp_path / str(flag))).initial_state()
+                         .params["backbone"])
+    assert np.abs(want["ending"]["kernel"]).max() > 0
+    if flag:
+      for leaf in jax.tree.leaves(got["ending"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+    else:
+      np.testing.assert_array_equal(got["ending"]["kernel"], want["ending"]["kernel"])
+    np.testing.assert_array_equal(got["intro"]["kernel"], want["intro"]["kernel"])
+
+
 def test_backbone_reconstruction_masks_the_encoder_only():
   """reconstruction="backbone": with the decoder modules left dense, the decoder maps still get
   no gradient from hidden pixels (the encoder stops them) but are non-zero on hidden patches

@@ -24,6 +24,8 @@ CONFIG_DEFAULTS = dict(
     init_from="",              # a dcpt / maskdcpt / restoration run whose backbone starts this one
     zero_init_output=False,    # zero the last conv at init (identity start; common.zero_output_conv)
                                # and after loading a run that did not train it (MaskDCPT spark)
+    zero_output_after_init_from=False,  # zero the loaded output conv too, whatever the run trained:
+                               # fine-tuning starts from the identity with the pre-trained body
     float_metrics=False,       # PSNR/SSIM on float images instead of uint8-rounded ones
     pixel_loss="l1",           # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
 )
@@ -78,10 +80,12 @@ class Method(base.Method):
           f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
           f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}.")
     backbone = base.merge_matching(fresh, source)
-    if self.opts.zero_init_output and "recon_head" in loaded["params"]:
+    if ((self.opts.zero_init_output and "recon_head" in loaded["params"])
+        or self.opts.zero_output_after_init_from):
       # A MaskDCPT "spark" run never trained the backbone's output conv (its own head
       # reconstructed): keep the pre-trained body, start the head at zero (identity). A dcpt or
-      # MaskDCPT "backbone" run trained it, and it is kept.
+      # MaskDCPT "backbone" run trained it, and it is kept unless zero_output_after_init_from
+      # asks for the identity start anyway (measured: README, "the pre-training effect").
       backbone = common.zero_output_conv(backbone)
     out = dict(variables)
     out["params"] = dict(variables["params"], backbone=backbone)
