@@ -73,7 +73,7 @@ def run_all(workdir: str, seeds=(0, 1, 2), variant: str = "quickstart", pretrain
       config = config_lib.load(f"configs/macl.py:{variant}", overrides)
       logging.info("MACL quickstart: pre-training %s (seed %d) in %s", arm, seed, run_dir)
       start = time.time()
-      trainer.train_and_evaluate(config, run_dir)
+      trainer.train_to_end(config, run_dir)
       logging.info("pre-training %s seed %d: %.0f s, %s", arm, seed, time.time() - start,
                    _final_eval(run_dir))
       pretrained[arm] = run_dir
@@ -83,7 +83,7 @@ def run_all(workdir: str, seeds=(0, 1, 2), variant: str = "quickstart", pretrain
       config = config_lib.load(f"configs/macl_finetune.py:{variant}", overrides)
       logging.info("MACL quickstart: fine-tuning %s (seed %d) in %s", arm, seed, run_dir)
       start = time.time()
-      trainer.train_and_evaluate(config, run_dir)
+      trainer.train_to_end(config, run_dir)
       record = dict(_final_eval(run_dir), seconds=time.time() - start)
       logging.info("fine-tuning %s seed %d: dice %.2f", arm, seed, record["dice"])
       results[arm].append(record)

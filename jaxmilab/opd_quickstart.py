@@ -57,7 +57,7 @@ def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
     run_dir = os.path.join(workdir, name)
     logging.info("OPD quickstart: training %s in %s", name, run_dir)
     start = time.time()
-    trainer.train_and_evaluate(config, run_dir)
+    trainer.train_to_end(config, run_dir)
     evals = metrics_lib.read_split(run_dir, "eval")
     results[name] = dict(evals[-1], seconds=time.time() - start)
   return results

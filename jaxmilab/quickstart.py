@@ -91,7 +91,7 @@ def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant:
     logging.info("Quickstart stage %s: %s %s", name, spec, over)
     stage_dir = os.path.join(workdir, name)
     config = config_lib.load(spec, over)
-    trainer.train_and_evaluate(config, stage_dir)
+    trainer.train_to_end(config, stage_dir)
     evals = metrics_lib.read_split(stage_dir, "eval")
     results[name] = evals[-1]
   return results

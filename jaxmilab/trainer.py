@@ -540,6 +540,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return Trainer(config, workdir).run()
 
 
+class Interrupted(RuntimeError):
+  """A run stopped before `config.total_steps` after a preemption request (SIGTERM)."""
+
+
+def check_finished(state: TrainState, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises `Interrupted` when `state` stopped short of `config.total_steps`.
+
+  A SIGTERM makes the trainer checkpoint and return early, which is what `jaxmilab.main` and a
+  pod supervisor want (the process exits, the supervisor restarts it). A driver that chains
+  runs (the quickstarts, the effect benchmarks) must not hand such a partial run to its next
+  stage or its results table: it calls this after each run and stops."""
+  step = int(jax.device_get(state.step))
+  if step < int(config.total_steps):
+    raise Interrupted(f"{workdir}: the run stopped at step {step} of {config.total_steps} after a "
+                      f"preemption request (SIGTERM). Its checkpoint is kept; re-run the same "
+                      f"command to resume.")
+
+
+def train_to_end(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """`train_and_evaluate` for drivers that chain runs: `Interrupted` instead of a partial run."""
+  state = train_and_evaluate(config, workdir)
+  check_finished(state, config, workdir)
+  return state
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates the newest checkpoint in `workdir` (or `config.method.init_from`) only."""
   return Trainer(config, workdir).evaluate_checkpoint()[1]

@@ -380,3 +380,9 @@ def test_sigterm_is_honoured_at_the_next_log_step(tmp_path, monkeypatch):
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()) == [3]
   assert [r["step"] for r in train_records(workdir)] == [3]
   assert signal.getsignal(signal.SIGTERM) is before   # the run's handler is removed again
+  # Drivers that chain runs (quickstarts, benchmarks) refuse the partial run; the finished
+  # one passes.
+  config = smoke(total_steps=9, log_every_steps=3, checkpoint_every_steps=9, eval_every_steps=9)
+  with pytest.raises(trainer.Interrupted, match="step 3 of 9"):
+    trainer.check_finished(state, config, workdir)
+  trainer.check_finished(state.replace(step=jnp.asarray(9)), config, workdir)

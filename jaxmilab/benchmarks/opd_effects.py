@@ -65,7 +65,7 @@ def run_one(root: str, m: int, recipe: str, seed: int, steps: int, eval_every: i
   config = config_lib.load("configs/opd.py:quickstart", overrides)
   config.model.width, config.model.depth = 8, 3
   workdir = tempfile.mkdtemp(prefix="opd_effects_")
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_to_end(config, workdir)
   evals = metrics_lib.read_split(workdir, "eval")
   psnr = [r["psnr"] for r in evals]
   return {"m": m, "recipe": recipe, "seed": seed, "best_psnr": float(max(psnr)),

@@ -54,6 +54,7 @@ def _train(config_path: str, overrides: dict):
   workdir = tempfile.mkdtemp(prefix="wsol_effects_")
   t = trainer.Trainer(config, workdir)
   state = t.run()
+  trainer.check_finished(state, config, workdir)   # no partial run in the table after a SIGTERM
   return t, state, workdir
 
 
