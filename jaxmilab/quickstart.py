@@ -37,6 +37,8 @@ flags.DEFINE_integer("steps", 0, "Override total_steps of every stage (0 = the c
 flags.DEFINE_list("seeds", ["0"], "config.seed of each repetition, e.g. 0,1,2.")
 flags.DEFINE_list("set", [], "Extra overrides for the pre-training stages, key=value (e.g. "
                   "method.reconstruction=backbone); values are parsed as Python literals.")
+flags.DEFINE_list("ft_set", [], "Extra overrides for the fine-tuning stages (each <p>/ft, not "
+                  "scratch), key=value, e.g. method.zero_output_after_init_from=True.")
 flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",
                                                       "jaxmilab_xla"),
                     "Persistent XLA compilation cache folder ('' = off).")
@@ -50,7 +52,7 @@ def _parse_overrides(items: Sequence[str]) -> dict:
   for item in items:
     key, sep, raw = item.partition("=")
     if not sep:
-      raise app.UsageError(f"--set {item!r}: use key=value.")
+      raise app.UsageError(f"--set / --ft_set {item!r}: use key=value.")
     try:
       out[key] = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -59,9 +61,12 @@ def _parse_overrides(items: Sequence[str]) -> dict:
 
 
 def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant: str = "quickstart",
-               steps: int = 0, seed: int = 0, pretrain_overrides: dict | None = None
-               ) -> dict[str, dict[str, float]]:
+               steps: int = 0, seed: int = 0, pretrain_overrides: dict | None = None,
+               finetune_overrides: dict | None = None) -> dict[str, dict[str, float]]:
   """Runs scratch and, per pre-training method, pretrain + fine-tune for one seed.
+
+  `pretrain_overrides` apply to the pre-training stages, `finetune_overrides` to the
+  fine-tuning stages from them (scratch keeps the config as it is).
 
   Returns the final eval scalars keyed by stage: "scratch", "<p>/pretrain", "<p>/ft"."""
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
@@ -85,7 +90,8 @@ def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant:
   for p in pretrain:
     stages[f"{p}/pretrain"] = (f"configs/{p}.py:{variant}", overrides(pretrain_overrides))
     stages[f"{p}/ft"] = (f"configs/restoration.py:{variant}",
-                         overrides({"method.init_from": os.path.join(workdir, p, "pretrain")}))
+                         overrides({**(finetune_overrides or {}),
+                                    "method.init_from": os.path.join(workdir, p, "pretrain")}))
   results = {}
   for name, (spec, over) in stages.items():
     logging.info("Quickstart stage %s: %s %s", name, spec, over)
@@ -163,7 +169,7 @@ def main(argv):
   for seed in seeds:
     workdir = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
     per_seed.append(run_stages(workdir, pretrain, FLAGS.variant, FLAGS.steps, seed,
-                               _parse_overrides(FLAGS.set)))
+                               _parse_overrides(FLAGS.set), _parse_overrides(FLAGS.ft_set)))
   parts = []
   for p in pretrain:
     parts.append(f"Pre-training ({p}, its own degradation types):\n\n"

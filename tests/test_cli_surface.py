@@ -182,3 +182,25 @@ def test_quickstarts_end_with_one_report(tmp_path, capsys):
   for module in ("quickstart", "opd_quickstart", "macl_quickstart"):
     source = (pathlib.Path(console.__file__).parent / f"{module}.py").read_text(encoding="utf-8")
     assert "console.report_results(" in source and "results.md" not in source, module
+
+
+def test_quickstart_overrides_reach_only_their_stages(tmp_path, monkeypatch):
+  """--set reaches the pre-training stages, --ft_set the fine-tuning stages; scratch gets
+  neither, and each <p>/ft loads its own pre-training run."""
+  from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from jaxmilab import quickstart  # pylint: disable=g-import-not-at-top
+  from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(trainer, "train_to_end",
+                      lambda config, workdir: seen.setdefault(os.path.relpath(workdir, tmp_path), config))
+  monkeypatch.setattr(metrics_lib, "read_split", lambda workdir, split: [{"psnr": 0.0}])
+  quickstart.run_stages(str(tmp_path), ("dcpt", "maskdcpt"), "smoke", seed=3,
+                        pretrain_overrides={"method.cls_weight": 0.5},
+                        finetune_overrides={"method.zero_output_after_init_from": True})
+  assert set(seen) == {"scratch", "dcpt/pretrain", "dcpt/ft", "maskdcpt/pretrain", "maskdcpt/ft"}
+  assert all(c.seed == 3 for c in seen.values())
+  assert not seen["scratch"].method.zero_output_after_init_from and not seen["scratch"].method.init_from
+  for p in ("dcpt", "maskdcpt"):
+    assert seen[f"{p}/pretrain"].method.cls_weight == 0.5
+    assert seen[f"{p}/ft"].method.zero_output_after_init_from
+    assert seen[f"{p}/ft"].method.init_from == os.path.join(str(tmp_path), p, "pretrain")
