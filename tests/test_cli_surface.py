@@ -184,23 +184,31 @@ def test_quickstarts_end_with_one_report(tmp_path, capsys):
     assert "console.report_results(" in source and "results.md" not in source, module
 
 
-def test_quickstart_overrides_reach_only_their_stages(tmp_path, monkeypatch):
+def test_quickstart_overrides_reach_only_their_stages(tmp_path):
   """--set reaches the pre-training stages, --ft_set the fine-tuning stages; scratch gets
-  neither, and each <p>/ft loads its own pre-training run."""
-  from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from jaxmilab import quickstart  # pylint: disable=g-import-not-at-top
-  from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
-  seen = {}
-  monkeypatch.setattr(trainer, "train_to_end",
-                      lambda config, workdir: seen.setdefault(os.path.relpath(workdir, tmp_path), config))
-  monkeypatch.setattr(metrics_lib, "read_split", lambda workdir, split: [{"psnr": 0.0}])
-  quickstart.run_stages(str(tmp_path), ("dcpt", "maskdcpt"), "smoke", seed=3,
-                        pretrain_overrides={"method.cls_weight": 0.5},
-                        finetune_overrides={"method.zero_output_after_init_from": True})
+  neither, and each <p>/ft loads its own pre-training run. (A subprocess: jaxmilab.quickstart
+  defines absl flags that other CLI modules imported in this process also define.)"""
+  script = """
+import json, os, sys
+from jaxmilab import metrics as metrics_lib, quickstart, trainer
+root = sys.argv[1]
+seen = {}
+trainer.train_to_end = lambda config, workdir: seen.setdefault(os.path.relpath(workdir, root), config)
+metrics_lib.read_split = lambda workdir, split: [{"psnr": 0.0}]
+quickstart.run_stages(root, ("dcpt", "maskdcpt"), "smoke", seed=3,
+                      pretrain_overrides={"method.cls_weight": 0.5},
+                      finetune_overrides={"method.zero_output_after_init_from": True})
+print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", ""),
+                      "zero_after": c.method.get("zero_output_after_init_from", False),
+                      "cls_weight": c.method.get("cls_weight")} for k, c in seen.items()}))
+"""
+  out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                       text=True, check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  seen = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(seen) == {"scratch", "dcpt/pretrain", "dcpt/ft", "maskdcpt/pretrain", "maskdcpt/ft"}
-  assert all(c.seed == 3 for c in seen.values())
-  assert not seen["scratch"].method.zero_output_after_init_from and not seen["scratch"].method.init_from
+  assert all(c["seed"] == 3 for c in seen.values())
+  assert not seen["scratch"]["zero_after"] and not seen["scratch"]["init_from"]
   for p in ("dcpt", "maskdcpt"):
-    assert seen[f"{p}/pretrain"].method.cls_weight == 0.5
-    assert seen[f"{p}/ft"].method.zero_output_after_init_from
-    assert seen[f"{p}/ft"].method.init_from == os.path.join(str(tmp_path), p, "pretrain")
+    assert seen[f"{p}/pretrain"]["cls_weight"] == 0.5
+    assert seen[f"{p}/ft"]["zero_after"]
+    assert seen[f"{p}/ft"]["init_from"] == os.path.join(str(tmp_path), p, "pretrain")
