@@ -655,6 +655,9 @@ TASK_SETS = (
     ("12d_syn", tuple(n for n in _TWELVE if n != "real_noise"), None),
     ("uir19", UIR_TYPE_NAMES, None),
     ("uir19_syn", tuple(n for n in UIR_TYPE_NAMES if n != "real_noise"), None),
+    # The two UIR-2.5M families of the quickstart's fine-tuning task (Gaussian noise sigma 25,
+    # JPEG quality 10) at all their UIR levels: configs/maskdcpt.py:quickstart pre-trains on it.
+    ("uir_noise_jpeg", ("noise", "jpeg"), None),
 )
 
 
