@@ -31,6 +31,20 @@ def _moments(kernel):
 # ----------------------------------------------------------------------------- registry
 
 
+def test_quickstart_pretraining_set_covers_the_fine_tuning_task():
+  # configs/maskdcpt.py:quickstart pre-trains on "uir_noise_jpeg"; the fine-tuning task
+  # (configs/restoration.py:quickstart) must be among its (type, level) pairs.
+  from jaxmilab.configs import maskdcpt as maskdcpt_config
+  from jaxmilab.configs import restoration as restoration_config
+  assert maskdcpt_config.get_config("quickstart").data.degradations == "uir_noise_jpeg"
+  assert D.resolve("uir_noise_jpeg") == ("noise", "jpeg")
+  (noise, noise_level), (jpeg, jpeg_level) = zip(restoration_config.QUICKSTART_TYPES,
+                                                 restoration_config.QUICKSTART_LEVELS)
+  assert (noise, jpeg) == ("gaussian_noise", "jpeg")
+  assert (noise, noise_level) in D.get_levels("noise")
+  assert jpeg_level in D.get_levels("jpeg")
+
+
 def test_uir19_table_task_sets_and_level_count():
   assert len(U.UIR_TYPES) == 19 and D.TASK_SETS["uir19"] == U.UIR_TYPE_NAMES
   assert [t.name for t in U.UIR_TYPES if not t.synthetic] == ["real_noise"]
