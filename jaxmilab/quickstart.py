@@ -6,13 +6,14 @@ Stages, per seed, on the skimage.data photos with synthesized degradations:
   scratch          configs/restoration.py:quickstart   random init (zero last conv: the identity),
                    Gaussian denoising sigma 25 + JPEG quality 10, NAFNet's PSNR loss
   <p>/pretrain     configs/<p>.py:quickstart           for each --pretrain method p (dcpt:
-                   L_pix on clean + classification; maskdcpt: masked encoder, reconstruction +
-                   classification; both on the noise and JPEG families at all their levels)
+                   L_pix on clean + classification, Gaussian noise and JPEG at random levels;
+                   maskdcpt: masked encoder, reconstruction + classification, the UIR-2.5M
+                   noise and JPEG families at all their levels)
   <p>/ft           configs/restoration.py:quickstart   initialised from <p>/pretrain (init_from)
-Every fine-tuning run has the same budget as scratch (100 steps). With several --seeds the table gives the
-mean and standard deviation over seeds. Each run resumes if interrupted; re-running prints the
-table from the finished runs. Compiled programs are cached on disk (--compilation_cache), so
-seeds after the first skip XLA compilation.
+Every fine-tuning run has the same budget as scratch (100 steps). With several --seeds the table
+gives the mean and standard deviation over seeds. Each run resumes if interrupted; re-running
+prints the table from the finished runs. Compiled programs are cached on disk
+(--compilation_cache), so seeds after the first skip XLA compilation.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ blur_low_light_noise 9, low_light_haze_rain_snow 11, down_noise_blur_jpeg 27: 21
 Task sets (label = index; `degradations.TASK_SETS`, levels in `degradations.TASK_LEVELS`):
 "5d" and "10d" (DCPT), "12d" (MaskDCPT Table, 12D) and "uir19" name the types of the paper's
 tasks; "12d" and "uir19" contain `real_noise`, which only real data provides, so on-the-fly
-synthesis uses "12d_syn" / "uir19_syn" (the same sets without it). The paper evaluates 5D/10D/12D
+synthesis uses "12d_syn" / "uir19_syn" (the same sets without it); "uir_noise_jpeg" (the noise
+and JPEG families) is the quickstart's pre-training set. The paper evaluates 5D/10D/12D
 on real benchmark sets (Rain100L, SOTS, GoPro, LOL-v1, DPDD, Snow100K, SIDD, ...): read those
 with `paired_folders`; these synthetic sets are their stand-ins for pre-training and smoke runs.
 """
