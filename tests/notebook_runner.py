@@ -4,7 +4,7 @@
       [--cwd DIR] [--timeout 1800]
 
 A cell tagged "injected-parameters" with the `--set` assignments is inserted after the cell
-tagged "parameters" (an earlier injected cell is replaced). The notebook runs in a fresh
+tagged "parameters" (an earlier injected cell is replaced; without --set none is inserted). The notebook runs in a fresh
 kernel of this Python in --cwd; with --output the executed notebook, outputs included, is
 written there (this is how the committed outputs of colabs/ are made). Self-contained (no
 jaxmilab import) so the Colab-simulating test can run it from a venv that has only the wheel.
@@ -24,6 +24,9 @@ import nbformat
 def inject(nb, assignments: dict[str, str]):
   """Inserts (or replaces) the injected-parameters cell after the `parameters` cell."""
   cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+  if not assignments:          # nothing to inject: the notebook runs with its own parameters
+    nb.cells = cells
+    return nb
   tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
   if len(tagged) != 1:
     raise ValueError(f"expected exactly one cell tagged 'parameters', found {len(tagged)}")

@@ -36,6 +36,25 @@ def test_one_notebook_per_family():
   assert set(NAMES) == EXPECTED
 
 
+def test_runner_injects_parameters_only_when_given():
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  try:
+    import notebook_runner  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  import nbformat  # pylint: disable=g-import-not-at-top
+  nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+  tags = lambda nb: [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+  injected = notebook_runner.inject(nb, {"VARIANT": '"smoke"'})
+  where = [i for i, t in enumerate(tags(injected)) if "injected-parameters" in t]
+  assert len(where) == 1 and "parameters" in tags(injected)[where[0] - 1]
+  assert 'VARIANT = "smoke"' in injected.cells[where[0]].source
+  # Re-injecting replaces the cell; no assignments leave none (a committed run has none).
+  again = notebook_runner.inject(injected, {"SEED": "1"})
+  assert sum("injected-parameters" in t for t in tags(again)) == 1
+  assert not any("injected-parameters" in t for t in tags(notebook_runner.inject(injected, {})))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_notebook_shape(path):
   cells = _cells(path)
