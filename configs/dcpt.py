@@ -20,6 +20,9 @@ from jaxmilab.configs import _common
 # dehaze SOTS-outdoor, deblur GoPro, low-light LOL-v1. Folder names under config.data.root.
 TASKS_5D = ("derain", "denoise", "dehaze", "deblur", "lowlight")
 SYNTHETIC_5 = ("gaussian_noise", "gaussian_blur", "jpeg", "haze", "low_light")
+# The quickstart's degradation types: DCPT pre-trains on them at random levels, and
+# configs/restoration.py:quickstart fine-tunes on them at fixed levels.
+QUICKSTART_TYPES = ("gaussian_noise", "jpeg")
 
 
 VARIANTS = ("smoke", "quickstart", "paper")
@@ -52,7 +55,7 @@ def get_config(variant: str = "smoke"):
     # Ours, for a 2-core CPU (README, "Quickstart: the pre-training effect, measured"): the
     # fine-tuning task's two types at random levels, at its lr 3e-3. (The five basic types at
     # lr 1e-3 left the fine-tuned network below scratch.)
-    c.data.degradations = ("gaussian_noise", "jpeg")
+    c.data.degradations = QUICKSTART_TYPES
     c.optimizer.learning_rate = 3e-3
   elif variant == "paper":
     c.model.preset = "nafnet_dcpt"

@@ -18,7 +18,7 @@ def _dcpt_config(variant):
 
 VARIANTS = ("smoke", "quickstart", "paper")
 # configs/restoration.py:quickstart's fine-tuning task (see get_config): fixed levels, eval too.
-QUICKSTART_TYPES = ("gaussian_noise", "jpeg")
+QUICKSTART_TYPES = _dcpt.QUICKSTART_TYPES  # the types DCPT pre-trains on
 QUICKSTART_LEVELS = (25, 10)         # noise sigma (0-255), JPEG quality
 
 def get_config(variant: str = "smoke"):

@@ -4,10 +4,11 @@
       [--cwd DIR] [--timeout 1800]
 
 A cell tagged "injected-parameters" with the `--set` assignments is inserted after the cell
-tagged "parameters" (an earlier injected cell is replaced; without --set none is inserted). The notebook runs in a fresh
-kernel of this Python in --cwd; with --output the executed notebook, outputs included, is
-written there (this is how the committed outputs of colabs/ are made). Self-contained (no
-jaxmilab import) so the Colab-simulating test can run it from a venv that has only the wheel.
+tagged "parameters" (an earlier injected cell is replaced; without --set none is inserted). The
+notebook runs in a fresh kernel of this Python in --cwd; with --output the executed notebook,
+outputs included, is written there (this is how the committed outputs of colabs/ are made).
+Self-contained (no jaxmilab import) so the Colab-simulating test can run it from a venv that has
+only the wheel.
 """
 
 from __future__ import annotations

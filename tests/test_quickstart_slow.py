@@ -36,12 +36,12 @@ def test_quickstart_restorers_beat_their_input_and_pretraining_beats_scratch(tmp
   subprocess.run([sys.executable, "-m", "jaxmilab.quickstart", "--pretrain=maskdcpt",
                   f"--workdir={tmp_path}", "--compilation_cache="], check=True,
                  env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  for stage in ("scratch", "maskdcpt/ft"):
-    final = metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]
+  finals = {stage: metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]
+            for stage in ("scratch", "maskdcpt/ft")}
+  for stage, final in finals.items():
     types = sorted(k.split("/", 1)[1] for k in final if k.startswith("psnr_input/"))
     assert types == sorted(MIN_GAIN_DB), types   # the reported types are the ones checked here
     gains = {t: final[f"psnr/{t}"] - final[f"psnr_input/{t}"] for t in types}
     assert all(gains[t] > MIN_GAIN_DB[t] for t in types), (stage, gains)
-  gain = (metrics_lib.read_split(str(tmp_path / "maskdcpt/ft"), "eval")[-1]["psnr"]
-          - metrics_lib.read_split(str(tmp_path / "scratch"), "eval")[-1]["psnr"])
+  gain = finals["maskdcpt/ft"]["psnr"] - finals["scratch"]["psnr"]
   assert gain > MIN_PRETRAINING_GAIN_DB, gain
