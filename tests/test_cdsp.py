@@ -90,6 +90,41 @@ def test_cross_entropy_all_ignored_is_zero():
   assert float(cdsp.cross_entropy(jnp.ones((1, 2, 2, 3)), jnp.full((1, 2, 2), 255))) == 0.0
 
 
+def test_lorm_zeroes_pseudo_ignore_as_released():
+  """Released LoRM.forward runs `cam[cam == 255] = 0` in place on the tensor train.py then feeds the
+  pseudo-label CE (ignore 255): with LoRM on, 255 pixels are trained as background; the option off
+  (or LoRM off) ignores them."""
+  from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  pseudo = rng.choice([0, 2, 255], size=(2, 32, 32)).astype(np.uint8)
+  batch = {"image": rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8),
+           "scribble": rng.choice([0, 1, 255], size=(2, 32, 32)).astype(np.uint8), "pseudo": pseudo,
+           "dist_scribble": rng.random((2, 32, 32)).astype(np.float32),
+           "dist_contour": rng.random((2, 32, 32)).astype(np.float32)}
+  np.testing.assert_array_equal(cdsp.pseudo_label_target(jnp.asarray(pseudo), True), np.where(pseudo == 255, 0, pseudo))
+  np.testing.assert_array_equal(cdsp.pseudo_label_target(jnp.asarray(pseudo), False), pseudo)
+
+  def ce_pseudo(flat, batch):
+    config = config_lib.load("jaxmilab:cdsp:smoke", flat)
+    assert config.method.lorm_zeroes_pseudo_ignore is flat.get("method.lorm_zeroes_pseudo_ignore", True)
+    method = cdsp.Method(config, DataInfo(num_classes=3))
+    variables = dict(method.init_variables(jax.random.key(0), batch))
+    params = variables.pop("params")
+    _, (metrics, _) = method.loss(params, variables, batch, jax.random.key(1))
+    return float(metrics["ce_pseudo"])
+
+  zeroed = dict(batch, pseudo=np.where(pseudo == 255, 0, pseudo).astype(np.uint8))
+  released = ce_pseudo({}, batch)                                                    # default: as released
+  np.testing.assert_allclose(released, ce_pseudo({"method.lorm_zeroes_pseudo_ignore": False}, zeroed), rtol=1e-6)
+  ignored = ce_pseudo({"method.lorm_zeroes_pseudo_ignore": False}, batch)
+  assert abs(released - ignored) > 1e-3
+  # Without LoRM nothing rewrites the pseudo-label: 255 is ignored whatever the option says.
+  no_lorm = {"method.lorm_weight": 0.0}
+  np.testing.assert_allclose(ce_pseudo(no_lorm, batch),
+                             ce_pseudo({**no_lorm, "method.lorm_zeroes_pseudo_ignore": False}, batch), rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------ distance maps
 
 
@@ -104,7 +139,7 @@ def _official_distance_map(points_mask, lam):
   return np.clip(dm, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("lam", [math.e ** 2, 1000.0])
+@pytest.mark.parametrize("lam", [math.e, math.e ** 2, math.e ** 6])
 def test_distance_maps_match_released_scripts(lam):
   import cv2  # pylint: disable=g-import-not-at-top
   scribble = np.full((14, 17), 255, np.uint8)
@@ -133,6 +168,113 @@ def test_distance_maps_match_released_scripts(lam):
   assert (scribble_common.contour_distance(np.zeros((4, 4), np.uint8)) == 1).all()
 
 
+# The sample files shipped in Zxl19990529/Class-driven-Scribble-Promotion-Network (commit 9fa8678),
+# dataset/ScribbleSup/VOC2012/<folder>/2007_000032.png, by sha256. The repository has no licence
+# file, so the PNGs are not copied here: `test_released_sample_maps_reproduced_exactly` reads them
+# from a checkout named by $JAXMILAB_CDSP_REPO (skipped without it);
+# `test_released_sample_procedure_on_a_synthetic_sample` is its fetch-free equivalent.
+RELEASED_SAMPLE_SHA256 = {
+    "pascal_2012_scribble": "80a6911602bac51816400f8da291038ac282fa148018f833265143bab7337155",
+    "bmp_pseudolabel": "f5a3c2cce0dad884777ce783e187242a4a6bfd4c4a82c0362ae15c371574f89b",
+    "distance_map": "d7c2d4f67b09734bc3a12dd2c92aed96688137725d1ed764ff739960283dfc26",       # D_s
+    "distance_pseudo": "0527aad6240e131764fe35960aacb5860edcc262fdf499a8253dc7675f04a9cc",    # D_c
+}
+
+
+def _released_sample_files():
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  root = os.environ.get("JAXMILAB_CDSP_REPO", "")
+  if not root:
+    pytest.skip("set JAXMILAB_CDSP_REPO to a checkout of Zxl19990529/Class-driven-Scribble-Promotion-Network")
+  sub = os.path.join(root, "dataset", "ScribbleSup", "VOC2012")
+  root = sub if os.path.isdir(sub) else root
+  paths = {k: os.path.join(root, k, "2007_000032.png") for k in RELEASED_SAMPLE_SHA256}
+  for key, path in paths.items():
+    with open(path, "rb") as f:
+      assert hashlib.sha256(f.read()).hexdigest() == RELEASED_SAMPLE_SHA256[key], f"{path} is not the released file"
+  return paths
+
+
+def test_released_sample_maps_reproduced_exactly():
+  """The released sample maps of 2007_000032 from its released scribble / BMP pseudo-label: exact
+  with lambda = e (D_s) and e^6 (D_c), far off with the paper's e^2 (cv2 grey reads, as the
+  released dataset.py)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  paths = _released_sample_files()
+  read = {k: cv2.imread(p, cv2.IMREAD_GRAYSCALE) for k, p in paths.items()}
+  d_s = np.round(scribble_common.scribble_distance(read["pascal_2012_scribble"], math.e) * 255)
+  d_c = np.round(scribble_common.contour_distance(read["bmp_pseudolabel"], math.e ** 6) * 255)
+  np.testing.assert_array_equal(d_s, read["distance_map"])
+  np.testing.assert_array_equal(d_c, read["distance_pseudo"])
+  # The defaults are the released values.
+  np.testing.assert_array_equal(np.round(scribble_common.scribble_distance(read["pascal_2012_scribble"]) * 255), d_s)
+  np.testing.assert_array_equal(np.round(scribble_common.contour_distance(read["bmp_pseudolabel"]) * 255), d_c)
+  e2_s = np.round(scribble_common.scribble_distance(read["pascal_2012_scribble"], math.e ** 2) * 255)
+  e2_c = np.round(scribble_common.contour_distance(read["bmp_pseudolabel"], math.e ** 2) * 255)
+  assert (e2_s != read["distance_map"]).mean() > 0.9 and (e2_c != read["distance_pseudo"]).mean() > 0.25
+
+
+def _released_map_vectorised(points: np.ndarray, shape, lam: float) -> np.ndarray:
+  """distance_map.py `distance_map_2d` on all pixels at once: dm = np.full(shape, 255) (an int
+  array, so each stored min is truncated), distance = sqrt(lam * dy^2 + lam * dx^2) summed per
+  dimension in that order, float64; then np.clip(.., 0, 255).astype(uint8). (The script's
+  3-channel contour canvas takes the 3-D path, whose per-channel minimum is this 2-D one; its
+  search box, found with lambda = e, spans the whole image here since 255 / sqrt(e) > 154 px.)"""
+  ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+  best = np.full(shape, np.inf)
+  for py, px in np.argwhere(points):
+    best = np.minimum(best, np.sqrt(lam * (ys - py).astype(np.float64) ** 2 + lam * (xs - px).astype(np.float64) ** 2))
+  dm = np.floor(np.minimum(255.0, best)).astype(np.int64)
+  return np.clip(dm, 0, 255).astype(np.uint8)
+
+
+def test_released_sample_procedure_on_a_synthetic_sample():
+  """Fetch-free equivalent of the sample test: a 94 x 167 scene laid out like 2007_000032 (a
+  class-1 object, class-15 objects, background and unlabeled scribbles, a {0, 1} pseudo-label
+  with a hole and an ignored patch) through a transcription of the released scripts (module
+  helpers above) with the released lambdas; the configs and TRAIN_DEFAULTS use those lambdas."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
+  h, w = 94, 167
+  scribble = np.full((h, w), 255, np.uint8)
+  cv2.line(scribble, (20, 30), (120, 40), 1, 2)               # the aeroplane
+  cv2.line(scribble, (60, 70), (62, 88), 15, 1)               # people
+  cv2.line(scribble, (140, 60), (150, 86), 15, 2)
+  cv2.line(scribble, (5, 5), (160, 8), 0, 2)                  # background (not a distance source)
+  pseudo = np.zeros((h, w), np.uint8)
+  cv2.ellipse(pseudo, (70, 36), (55, 14), 5, 0, 360, 1, -1)
+  cv2.circle(pseudo, (70, 36), 5, 0, -1)                      # a hole: an inner contour (RETR_TREE)
+  cv2.rectangle(pseudo, (130, 55), (158, 90), 1, -1)
+  pseudo[60:66, 135:141] = 255                                # ignored: 255 -> 0 before the contours
+  # makedistancemap_multiprocessing.py
+  binary = scribble.copy()
+  binary[binary == 255] = 0
+  binary[binary > 0] = 255
+  released_s = 255 - _released_map_vectorised(binary == 255, (h, w), math.e)
+  # makedistancemap_fromCAM_multiprocessing.py
+  cam = pseudo.copy()
+  cam[cam == 255] = 0
+  cam[cam > 0] = 255
+  contours, _ = cv2.findContours(cam, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+  canvas = cv2.drawContours(np.zeros((h, w, 3), np.uint8), contours, -1, (255, 255, 255), 1)
+  released_c = _released_map_vectorised(canvas[..., 0] > 0, (h, w), math.e ** 6)
+  ours_s = np.round(scribble_common.scribble_distance(scribble, math.e) * 255)
+  ours_c = np.round(scribble_common.contour_distance(pseudo, math.e ** 6) * 255)
+  np.testing.assert_array_equal(ours_s, released_s)
+  np.testing.assert_array_equal(ours_c, released_c)
+  assert 0.1 < (released_c < 255).mean() < 0.8 and np.unique(released_s).size > 50  # non-trivial maps
+  # The paper's e^2 gives other maps (the mechanism the released lambdas fix).
+  assert (np.round(scribble_common.scribble_distance(scribble, math.e ** 2) * 255) != released_s).mean() > 0.5
+  assert (np.round(scribble_common.contour_distance(pseudo, math.e ** 2) * 255) != released_c).mean() > 0.2
+  assert (scribble_common.TRAIN_DEFAULTS["scribble_lambda"], scribble_common.TRAIN_DEFAULTS["contour_lambda"]) == (
+      math.e, math.e ** 6)
+  for variant in ("paper", "deeplabv2_r50", "quickstart"):
+    config = config_lib.load(f"jaxmilab:cdsp:{variant}", {})
+    assert (config.data.scribble_lambda, config.data.contour_lambda) == (math.e, math.e ** 6), variant
+    assert (config.data.distance_interpolation, config.data.distance_pad) == ("nearest", 1.0), variant
+
+
 def test_augment_keeps_maps_aligned():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 5, size=(20, 24)).astype(np.uint8)
@@ -146,10 +288,36 @@ def test_augment_keeps_maps_aligned():
     np.testing.assert_array_equal(out["image"][..., 0], out["scribble"].astype(np.uint8) * 40)
     np.testing.assert_array_equal(out["scribble"], out["pseudo"])
     np.testing.assert_array_equal(out["dist_scribble"], out["scribble"])
-  # Larger crops pad: images with the mean colour, labels with 255, distance maps with 0.
+  # Larger crops pad: images with the mean colour, labels with 255, distance maps with weight 1.0
+  # (released transform_exten.py Crop pads them with ignore_label = 255, i.e. 1.0 after / 255).
   out = scribble_common.augment(example, rng, crop_size=32, scale_range=(0.5, 0.5), rotate_degrees=10.0)
   pad = out["scribble"] == 255
-  assert pad.mean() > 0.5 and (out["dist_contour"][pad] == 0).all()
+  assert pad.mean() > 0.5 and (out["dist_contour"][pad] == 1).all() and (out["dist_scribble"][pad] == 1).all()
+  out = scribble_common.augment(example, rng, crop_size=32, scale_range=(0.5, 0.5), distance_pad=0.0)
+  assert (out["dist_contour"][out["scribble"] == 255] == 0).all()
+
+
+def test_augment_distance_maps_nearest_and_rotation_border_as_released():
+  """Released transform_exten.py: distance maps resized / rotated nearest-neighbour (they keep the
+  uint8 map's values) with border 255 (weight 1.0); "linear" (the earlier reading) blends values."""
+  dist = (np.arange(40 * 40).reshape(40, 40) % 7 / 6.0).astype(np.float32)   # values k / 6
+  example = {"image": np.zeros((40, 40, 3), np.uint8), "scribble": np.zeros((40, 40), np.uint8),
+             "pseudo": np.zeros((40, 40), np.uint8), "dist_scribble": dist, "dist_contour": dist.copy()}
+  on_grid = lambda a: bool(np.allclose(a * 6, np.round(a * 6), atol=1e-4))   # only values k / 6 (or 1)
+  rotated_border = False
+  for seed in range(6):
+    out = scribble_common.augment(example, np.random.default_rng(seed), crop_size=40, scale_range=(0.7, 1.6),
+                                  rotate_degrees=10.0, blur_prob=0.0, flip=False)
+    assert on_grid(out["dist_scribble"]) and on_grid(out["dist_contour"])
+    border = out["scribble"] == 255
+    assert (out["dist_scribble"][border] == 1).all()
+    rotated_border |= bool(border.any())
+    linear = scribble_common.augment(example, np.random.default_rng(seed), crop_size=40, scale_range=(1.3, 1.6),
+                                     rotate_degrees=0.0, blur_prob=0.0, distance_interpolation="linear")
+    assert not on_grid(linear["dist_scribble"])
+  assert rotated_border
+  with pytest.raises(ValueError, match="distance_interpolation"):
+    scribble_common.augment(example, np.random.default_rng(0), crop_size=40, distance_interpolation="cubic")
 
 
 # --------------------------------------------------------------------------------- evaluation

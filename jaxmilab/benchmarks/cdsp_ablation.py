@@ -12,7 +12,15 @@ held-out eval set, as mean ± sample standard deviation and the range over the s
   scribble only        CE(P, S)
   + pseudo CE          + CE_ls(P, Y^, eps 0.1)
   + distance entropy   + DE(P, D_s) + DE(P, D_c)
-  + LoRM               + L_LoRM (the full CDSP loss)
+  + LoRM               + L_LoRM (the full CDSP loss; as released, LoRM also turns the
+                       pseudo-label's 255 pixels into background for CE_ls,
+                       method.lorm_zeroes_pseudo_ignore)
+  CDSP, 255 ignored    the full loss with lorm_zeroes_pseudo_ignore=False (not cumulative: it
+                       separates the LoRM loss from the released in-place quirk)
+
+The distance maps are the configs' (released: lambda e / e^6, nearest resizing, padding
+weight 1.0); `--set data.scribble_lambda=7.389 ...` (repeatable) overrides any config key for
+every row, e.g. to rerun with the earlier maps.
 
 The loop is the trainer's step (same method.loss, optimizer from config.optimizer, BatchNorm
 state) compiled once per row and reused for every seed; the mIoU comes from the method's
@@ -43,11 +51,28 @@ ROWS = (
     ("+ pseudo CE", dict(pseudo_weight=1.0, scribble_entropy_weight=0.0, contour_entropy_weight=0.0, lorm_weight=0.0)),
     ("+ distance entropy", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=0.0)),
     ("+ LoRM (CDSP)", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0)),
+    ("CDSP, pseudo 255 ignored", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0,
+                                      lorm_weight=1.0, lorm_zeroes_pseudo_ignore=False)),
 )
 
 
-def _config(steps: int, overrides: dict, quick: bool):
-  flat = {"total_steps": steps, **{f"method.{k}": v for k, v in overrides.items()}}
+def _parse_set(items) -> dict:
+  """["data.contour_lambda=7.389", ...] -> {"data.contour_lambda": 7.389, ...} (Python literals)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--set {item!r}: use KEY=VALUE, e.g. data.contour_lambda=7.389.")
+    try:
+      out[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value
+  return out
+
+
+def _config(steps: int, overrides: dict, quick: bool, extra: dict | None = None):
+  flat = {"total_steps": steps, **{f"method.{k}": v for k, v in overrides.items()}, **(extra or {})}
   return config_lib.load("jaxmilab:cdsp:" + ("smoke" if quick else "quickstart"), flat)
 
 
@@ -108,7 +133,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 300, "Training steps per row and seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 flags.DEFINE_bool("quick", False, "Smoke network and data (a test of the script).")
-flags.DEFINE_string("output", "", "JSON file for the per-row numbers.")
+flags.DEFINE_string("output", "", "JSON file for the per-row numbers (rewritten after every row).")
+flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every row (e.g. data.contour_lambda=7.389).")
+flags.DEFINE_list("rows", [], "Row indices to run (default: all).")
 
 
 def main(argv) -> None:
@@ -117,24 +144,32 @@ def main(argv) -> None:
   console.setup()   # libraries' INFO logs only with --verbosity=1
   args = FLAGS
   seeds = [int(s) for s in args.seeds]
+  extra = _parse_set(args.set)
+  rows = [ROWS[int(i)] for i in args.rows] if args.rows else list(ROWS)
   table = []
   t0 = time.perf_counter()
-  for name, overrides in ROWS:
-    config = _config(args.steps, overrides, args.quick)
+
+  def write(reference=None):
+    if not args.output:
+      return
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+      json.dump(dict(steps=args.steps, seeds=seeds, overrides=extra, rows=table, pseudo_label_miou=reference,
+                     seconds=time.perf_counter() - t0), f, indent=2)
+
+  for name, overrides in rows:
+    config = _config(args.steps, overrides, args.quick, extra)
     values = run_row(config, seeds)
     row = dict(row=name, mIoU=values, mean=float(np.mean(values)),
                std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                min=float(np.min(values)), max=float(np.max(values)))
     table.append(row)
-    print(f"{name:22s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  (range {row['min']:.2f}-{row['max']:.2f}; "
+    print(f"{name:26s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  (range {row['min']:.2f}-{row['max']:.2f}; "
           f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  [{time.perf_counter() - t0:.0f} s]", flush=True)
-  reference = pseudo_label_miou(_config(args.steps, {}, args.quick))
+    write()
+  reference = pseudo_label_miou(_config(args.steps, {}, args.quick, extra))
   print(f"pseudo-labels vs masks (train set, reference): mIoU {reference:.2f}")
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-      json.dump(dict(steps=args.steps, seeds=seeds, rows=table, pseudo_label_miou=reference,
-                     seconds=time.perf_counter() - t0), f, indent=2)
+  write(reference)
 
 
 def run() -> None:

@@ -14,6 +14,14 @@ off, which gives the scribble-only baseline and the ablation steps):
   (jaxmilab/data/scribble_common.py).
 * L_LoRM: the localization rectification module on the last trunk features, training only
   (jaxmilab/models/deeplab.py `LoRM`).
+* `method.lorm_zeroes_pseudo_ignore` (default True, as released): whenever LoRM runs, the
+  pseudo-label's 255 pixels (its ignore regions and the crop / rotation padding) are trained as
+  background (class 0) by CE_ls. Released code: models/deeplabV3_lorm.py `LoRM.forward` starts
+  with `cam[cam == 255] = 0`, in place on the tensor train.py passes as `label_pesudo_v`
+  (`self.model(img_v, label_scribble_v, label_pesudo_v)`), and train.py computes the
+  pseudo-label CE (ignore_index=255) on that same tensor afterwards, so nothing is ignored there.
+  False = the paper's reading (255 ignored by CE_ls with or without LoRM). Without LoRM
+  (`lorm_weight = 0`, the released model types without LoRM) 255 is ignored either way.
 
 Evaluation: class probabilities (single scale for smoke / quickstart; the released
 multi-scale sliding-window protocol for `paper`, jaxmilab/evaluation/segmentation_inference.py),
@@ -47,7 +55,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CONFIG_DEFAULTS = dict(
     init_from="", scribble_weight=1.0, pseudo_weight=1.0, label_smoothing=0.1,
     scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0, align_corners=True,
-    eval_scales=(1.0,), eval_flip=False, eval_crop_size=0, eval_stride_rate=2 / 3, eval_images=4)
+    lorm_zeroes_pseudo_ignore=True, eval_scales=(1.0,), eval_flip=False, eval_crop_size=0, eval_stride_rate=2 / 3, eval_images=4)
 
 
 # --------------------------------------------------------------------------------- the losses
@@ -87,6 +95,12 @@ def distance_entropy_from_logits(logits: jax.Array, dist: jax.Array) -> jax.Arra
   """`distance_entropy(softmax(logits), dist)` computed stably from logits."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return _distance_entropy(jnp.exp(logp) * logp, dist)
+
+
+def pseudo_label_target(pseudo: jax.Array, zero_ignore: bool) -> jax.Array:
+  """The pseudo-label CE_ls trains on: 255 -> 0 when `zero_ignore` (the released LoRM's in-place
+  `cam[cam == 255] = 0`, module docstring), else unchanged (255 ignored)."""
+  return jnp.where(pseudo == IGNORE, 0, pseudo).astype(pseudo.dtype) if zero_ignore else pseudo
 
 
 def preprocess(images: jax.Array) -> jax.Array:
@@ -191,9 +205,10 @@ class Method(base.Method):
         mutable=list(model_state))
     size = batch["scribble"].shape[1:3]
     logits = deeplab.resize_bilinear(out["logits"], size, align_corners=bool(o["align_corners"]))
+    pseudo = pseudo_label_target(batch["pseudo"], use_lorm and bool(o["lorm_zeroes_pseudo_ignore"]))
     terms = {
         "ce_scribble": cross_entropy(logits, batch["scribble"]),
-        "ce_pseudo": cross_entropy(logits, batch["pseudo"], label_smoothing=float(o["label_smoothing"])),
+        "ce_pseudo": cross_entropy(logits, pseudo, label_smoothing=float(o["label_smoothing"])),
         "de_scribble": distance_entropy_from_logits(logits, batch["dist_scribble"]),
         "de_contour": distance_entropy_from_logits(logits, batch["dist_contour"]),
     }
