@@ -13,6 +13,9 @@ Variants:
               from build_uir ArrayRecord folders (jaxmilab/data/array_records.py), 1 host.
   pod         `paper` at pod scale (launch/README.md): FSDP over ("data", "fsdp"), bfloat16
               compute with float32 master weights, gradient accumulation.
+  multislice  `paper` on 2 x v5e-256 (Multislice, launch/tpu_pod.sh NUM_SLICES=2): data parallel
+              across the slices (DCN), FSDP over each slice's 256 chips; batch 2048 (4 per chip)
+              and lr 4e-4 (square-root scaled from the assumed 512 / 2e-4).
 
 Mask: ratio 0.5, patch 16 for NAFNet (MaskDCPT test_NAFNet_5d.yml `window_size: 16`, official
 `mask_ratio = 0.5`); patch sizes must be multiples of it.
@@ -37,13 +40,14 @@ PAPER_GLOBAL_BATCH = 512
 UIR_TYPES = "uir19_syn"   # synthesizable UIR-2.5M types for on-the-fly data
 
 
-VARIANTS = ("smoke", "quickstart", "paper", "pod")
+VARIANTS = ("smoke", "quickstart", "paper", "pod", "multislice")
 
 def get_config(variant: str = "smoke"):
-  base = {"smoke": "smoke", "quickstart": "quickstart", "paper": "paper", "pod": "paper"}
+  base = {"smoke": "smoke", "quickstart": "quickstart", "paper": "paper", "pod": "paper",
+          "multislice": "paper"}
   if variant not in base:
     raise ValueError(f"configs/maskdcpt.py: unknown variant {variant!r}; use smoke, quickstart, "
-                     f"paper or pod.")
+                     f"paper, pod or multislice.")
   c = _dcpt_config(base[variant])
   c.method.name = "maskdcpt"
   del c.method.mode, c.method.classifier_learning_rate   # dcpt's modes; one optimizer here
@@ -103,4 +107,25 @@ def get_config(variant: str = "smoke"):
       c.mesh.data = -1
       c.mesh.fsdp = 4                   # chips per v5e host
       c.mesh.shard_params_over = ("data", "fsdp")   # ZeRO-3 over every chip
+    if variant == "multislice":
+      # 2 x v5e-256 (512 chips) joined by the data-centre network (DCN): the slices are
+      # data-parallel replicas (sharding.py: create_hybrid_device_mesh, "data" = the slices), FSDP
+      # inside a slice; parameters are never sharded over DCN, so DCN carries one gradient
+      # all-reduce per step (python -m jaxmilab.compile --topology=v5e-256 --num_slices=2).
+      c.model.dtype = "bfloat16"     # compute; parameters and optimizer state stay float32
+      c.optimizer.accumulate_steps = 1
+      # SCALED, not a paper value: 4 crops per chip (the pod's micro-batch per chip) x 512 chips =
+      # 4 x PAPER_GLOBAL_BATCH, and the learning rate by the square-root rule for Adam (Malladi et
+      # al., "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022,
+      # arXiv:2205.10287): 2e-4 x sqrt(2048 / 512) = 4e-4; the same number of examples.
+      scale = 4
+      c.batch_size = PAPER_GLOBAL_BATCH * scale
+      c.optimizer.learning_rate = c.optimizer.learning_rate * scale ** 0.5
+      c.total_steps = 200_000 // scale
+      c.eval_every_steps = 10_000 // scale
+      c.checkpoint_every_steps = 2_000 // scale
+      c.data.eval_batch_size = 512   # one example per chip
+      c.mesh.data = 2                   # the slices (DCN)
+      c.mesh.fsdp = -1                  # the chips of a slice (ICI)
+      c.mesh.shard_params_over = ("fsdp",)
   return c

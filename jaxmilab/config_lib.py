@@ -46,7 +46,8 @@ MESH_DEFAULTS = dict(
     shard_params_over=("fsdp",),     # mesh axes that split parameters (ZeRO-3 / FSDP)
     tensor_parallel=(),              # ((regex over parameter paths, dim), ...) split over "model"
     min_shard_size=2**14,            # smaller arrays stay replicated
-    num_devices=-1)                  # use the first N devices (-1 = all), e.g. to compare meshes
+    num_devices=-1,                  # use the first N devices (-1 = all), e.g. to compare meshes
+    params_over_dcn=False)           # allow shard_params_over axes that cross TPU slices (sharding.py)
 # config.optimizer: declared once, by jaxmilab.optimizers (the module that reads it).
 OPTIMIZER_DEFAULTS = optimizers.CONFIG_DEFAULTS
 

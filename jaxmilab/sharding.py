@@ -17,6 +17,11 @@ a model needs no annotations to run data-parallel or FSDP (ZeRO-3):
   the largest remaining axis that it divides; arrays smaller than
   `config.mesh.min_shard_size` elements stay replicated.
 
+Multislice (several TPU slices joined by the data-centre network, DCN): the slices split
+"data" (`create_hybrid_device_mesh`; data parallel across slices, FSDP and "model" inside a
+slice, as MaxText's dcn_data_parallelism), and parameters are never sharded over an axis that
+crosses slices unless `config.mesh.params_over_dcn` says so (`check_params_over_dcn`).
+
 Activations: `batch_sharded_activations()` pins convolution and normalisation
 outputs to the batch axes inside a `jax.set_mesh` context (the trainer enters one
 for every step), so XLA does not carry the parameters' FSDP sharding into them.
@@ -66,22 +71,116 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) 
   return tuple(sizes)
 
 
+def num_slices(devices: Sequence[Any]) -> int:
+  """Number of TPU slices among `devices` (Multislice: devices carry `slice_index`; else 1)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def dcn_mesh_shape(shape: Sequence[int], slices: int) -> tuple[int, ...]:
+  """The part of `shape` (data, fsdp, model) laid across slices: the slices split "data".
+
+  Multislice (MaxText's `dcn_data_parallelism`): slices are data-parallel replicas joined by the
+  data-centre network (DCN); FSDP and tensor parallelism stay on a slice's ICI links. So "data"
+  must be a multiple of the number of slices.
+  """
+  data = int(shape[0])
+  if data % slices:
+    raise ValueError(
+        f"config.mesh {dict(zip(MESH_AXES, shape))}: {slices} slices are data-parallel replicas "
+        f"over DCN, so mesh.data must be a multiple of {slices} (e.g. mesh.data={slices} with "
+        f"mesh.fsdp=-1 for FSDP inside each slice).")
+  return (slices, 1, 1)
+
+
+def device_mesh(shape: Sequence[int], devices: Sequence[Any], *, subset: bool = False) -> np.ndarray:
+  """The device array of `shape` (data, fsdp, model) over `devices`.
+
+  TPU: `mesh_utils.create_device_mesh` on one slice, `mesh_utils.create_hybrid_device_mesh`
+  across slices (ICI shape x DCN shape, `dcn_mesh_shape`); a topology that cannot be laid out is
+  an error saying why (there is no silent fallback: a plain reshape of a multi-slice device
+  list would put slices anywhere, e.g. inside the axes that shard parameters). CPU / GPU, or a
+  TPU `subset` (config.mesh.num_devices, single-process runs): an explicit reshape in device
+  order (GPU: by id, as mesh_utils does), which keeps process-local devices together.
+  """
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  devices = list(devices)
+  platform = devices[0].platform
+  slices = num_slices(devices)
+  if platform != "tpu" or (subset and slices == 1):
+    if platform == "gpu":
+      devices = sorted(devices, key=lambda d: d.id)
+    return np.asarray(devices).reshape(shape)
+  where = (f"config.mesh {dict(zip(MESH_AXES, shape))} on {len(devices)} "
+           f"{devices[0].device_kind} devices in {slices} slice(s)")
+  if subset:
+    raise ValueError(f"{where}: config.mesh.num_devices restricts single-slice runs only.")
+  try:
+    if slices == 1:
+      return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+    dcn = dcn_mesh_shape(shape, slices)
+    ici = tuple(int(s) // d for s, d in zip(shape, dcn))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
+                                                allow_split_physical_axes=True)
+  except (ValueError, AssertionError, NotImplementedError) as e:
+    if "config.mesh" in str(e):
+      raise
+    raise ValueError(f"{where} cannot be laid out on the TPU topology: {e}") from e
+
+
 def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """The ("data", "fsdp", "model") mesh over `devices` (default: all devices)."""
+  """The ("data", "fsdp", "model") mesh over `devices` (default: all devices); see device_mesh."""
   devices = list(jax.devices() if devices is None else devices)
   num_devices = int(mesh_options(mesh_config).num_devices)
+  subset = 0 < num_devices < len(devices)
   if num_devices > 0:
     if num_devices > len(devices) or jax.process_count() > 1:
       raise ValueError(f"config.mesh.num_devices={num_devices}: only {len(devices)} devices in "
                        f"{jax.process_count()} process(es); it restricts single-process runs only.")
     devices = devices[:num_devices]
   shape = mesh_shape(mesh_config, len(devices))
-  try:
-    from jax.experimental import mesh_utils
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
-  except Exception:  # Non-TPU topologies: plain reshape keeps process-local devices together.
-    device_array = np.asarray(devices).reshape(shape)
-  return Mesh(device_array, MESH_AXES)
+  return Mesh(device_mesh(shape, devices, subset=subset), MESH_AXES)
+
+
+def dcn_axes(mesh: Mesh) -> dict[str, int]:
+  """{axis: number of slices it spans} for the mesh axes that cross slices (DCN); {} on one slice.
+
+  Read from the device array itself (not from the config), so it describes any layout.
+  """
+  devices = np.asarray(mesh.devices)
+  out = {}
+  for i, name in enumerate(mesh.axis_names):
+    line = devices[tuple(slice(None) if j == i else 0 for j in range(devices.ndim))]
+    spanned = len({getattr(d, "slice_index", 0) for d in np.ravel(line)})
+    if spanned > 1:
+      out[name] = spanned
+  return out
+
+
+def check_params_over_dcn(mesh: Mesh, mesh_config) -> None:
+  """Refuses `shard_params_over` axes that cross slices unless `params_over_dcn` allows it.
+
+  ZeRO over DCN all-gathers the weights and reduce-scatters the gradients over the slow
+  data-centre network for every step; data parallelism across slices only all-reduces the
+  gradients there once per step (`jaxmilab.compile` reports both figures).
+  """
+  opts = mesh_options(mesh_config)
+  crossing = [a for a in opts.shard_params_over if a in dcn_axes(mesh) and mesh.shape[a] > 1]
+  if crossing and not opts.params_over_dcn:
+    raise ValueError(
+        f"config.mesh.shard_params_over={tuple(opts.shard_params_over)}: axis {crossing[0]!r} spans "
+        f"{dcn_axes(mesh)[crossing[0]]} slices, so parameters would be all-gathered over the "
+        f"data-centre network every step. Shard over axes inside a slice (e.g. ('fsdp',) with "
+        f"mesh.data=<slices>, mesh.fsdp=-1), or set config.mesh.params_over_dcn=True to mean it.")
+
+
+def params_sharded_over_dcn(shardings: Any, mesh: Mesh) -> bool:
+  """True if some leaf of a NamedSharding pytree splits an array over an axis that crosses slices."""
+  crossing = set(dcn_axes(mesh))
+  def axes(spec):
+    for entry in spec:
+      for a in (entry if isinstance(entry, tuple) else (entry,)):
+        yield a
+  return any(bool(crossing & set(axes(s.spec))) for s in jax.tree.leaves(shardings))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -150,6 +249,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
   for axis in shard_over:
     if axis not in MESH_AXES:
       raise ValueError(f"config.mesh.shard_params_over: unknown mesh axis {axis!r}; use {MESH_AXES}.")
+  check_params_over_dcn(mesh, mesh_config)
   min_size = int(opts.min_shard_size)
   rules = tensor_parallel_rules(mesh_config)
 

@@ -109,3 +109,65 @@ def test_tensor_parallel_is_refused_for_depthwise_models():
   sharding.check_tensor_parallel(mesh(data=4, fsdp=2), params, "nafnet")   # model = 1: fine
   with pytest.raises(ValueError, match="config.mesh.model=2: nafnet has depthwise"):
     sharding.check_tensor_parallel(mesh(data=2, fsdp=2, model=2), params, "nafnet")
+
+
+# -- Multislice -------------------------------------------------------------------------------
+
+def _has_libtpu() -> bool:
+  try:
+    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def _tpu_devices(topology_name: str, num_slices: int):
+  import os  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  return list(topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
+                                           num_slices=num_slices).devices)
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
+def test_two_slices_split_data_and_never_shard_parameters_over_dcn():
+  devices = _tpu_devices("v5e:2x2", 2)          # 2 slices x 4 chips, descriptions only
+  assert sharding.num_slices(devices) == 2
+  m = sharding.create_mesh({"data": 2, "fsdp": -1, "model": 1}, devices)
+  assert dict(m.shape) == {"data": 2, "fsdp": 4, "model": 1}
+  assert sharding.dcn_axes(m) == {"data": 2}
+  # Each "data" row is one whole slice: FSDP stays on ICI.
+  for row, s in zip(m.devices, (0, 1)):
+    assert {d.slice_index for d in row.ravel()} == {s}
+  tree = {"w": jnp.zeros((64, 256))}
+  cfg = {"shard_params_over": ("fsdp",), "min_shard_size": 0}
+  shardings = sharding.state_shardings(tree, m, cfg)
+  assert shardings["w"].spec == P(None, "fsdp")
+  assert not sharding.params_sharded_over_dcn(shardings, m)
+  # The pod's ZeRO-3 rule would shard over "data", which now crosses slices: an error, unless
+  # asked for explicitly.
+  with pytest.raises(ValueError, match="spans 2 slices"):
+    sharding.state_shardings(tree, m, {"shard_params_over": ("data", "fsdp"), "min_shard_size": 0})
+  zero = sharding.state_shardings(tree, m, {"shard_params_over": ("data", "fsdp"),
+                                            "min_shard_size": 0, "params_over_dcn": True})
+  assert sharding.params_sharded_over_dcn(zero, m)
+  # data=4 on 2 slices: 2 replicas per slice, "data" still spans both slices.
+  m4 = sharding.create_mesh({"data": 4, "fsdp": -1, "model": 1}, devices)
+  assert sharding.dcn_axes(m4) == {"data": 2}
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
+def test_a_multislice_layout_that_cannot_be_built_is_an_error_not_a_reshape():
+  devices = _tpu_devices("v5e:2x2", 2)
+  with pytest.raises(ValueError, match="multiple of 2"):   # slices must be data replicas
+    sharding.create_mesh({"data": 1, "fsdp": -1, "model": 1}, devices)
+  with pytest.raises(ValueError, match="restricts single-slice runs"):
+    sharding.create_mesh({"data": 2, "fsdp": 3, "model": 1, "num_devices": 6}, devices)
+
+
+def test_cpu_devices_are_one_slice_and_reshaped_in_order():
+  devices = jax.devices()[:8]
+  assert sharding.num_slices(devices) == 1
+  m = sharding.create_mesh({"data": 2, "fsdp": 4, "model": 1}, devices)
+  assert list(m.devices.ravel()) == devices
+  assert sharding.dcn_axes(m) == {}
