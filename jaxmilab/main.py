@@ -105,6 +105,8 @@ def main(argv):
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  from jaxmilab import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.setup(FLAGS.workdir)   # a restart loads its compiled steps (module docstring)
   from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),

@@ -219,3 +219,35 @@ def test_mask_evaluator_errors():
     ev.accumulate(np.zeros((4, 4)), np.zeros((4, 4), bool), np.zeros((3, 4), bool))
   with pytest.raises(ValueError, match="NaN"):
     ev.accumulate(np.full((4, 4), np.nan), np.ones((4, 4), bool))
+
+
+# --- WSOLEvaluator: maps scored with some metrics only (B-CAM as released) ----------------
+
+
+def _bcam_like_batch():
+  """Two 8x8 images, object = rows 2..5, cols 2..5; a perfect map and its complement."""
+  mask = np.zeros((2, 8, 8), bool)
+  mask[:, 2:6, 2:6] = True
+  perfect, wrong = mask.astype(np.float64), 1.0 - mask.astype(np.float64)
+  batch = {"label": np.array([0, 1]), "valid": np.array([True, True]), "mask": mask,
+           "boxes": np.array([[[2, 2, 5, 5]], [[2, 2, 5, 5]]]), "num_boxes": np.array([1, 1])}
+  return batch, perfect, wrong
+
+
+def test_wsol_evaluator_takes_box_and_mask_metrics_from_the_named_maps():
+  batch, perfect, wrong = _bcam_like_batch()
+  entries = [("", "box_map", ("boxes",)), ("", "px_map", ("masks",))]
+  results = {}
+  for name, (box_map, px_map) in {"box good": (perfect, wrong), "px good": (wrong, perfect)}.items():
+    ev = wsol.WSOLEvaluator(entries, cam_curve_interval=0.1, example_means={"share": "share"})
+    ev.update(batch, {"box_map": box_map, "px_map": px_map, "pred": np.array([0, 0]),
+                      "share": np.array([10.0, 30.0])})
+    results[name] = ev.compute()
+  # (the official box of a 4x4 blob spans 5 pixels: IoU 16 / 25, so @50 is the exact one)
+  assert results["box good"]["MaxBoxAcc@50"] == 100.0 and results["px good"]["MaxBoxAcc@50"] < 100.0
+  assert results["px good"]["PxAP"] == pytest.approx(100.0) and results["box good"]["PxAP"] < 60.0
+  assert results["box good"]["accuracy"] == 50.0 and results["box good"]["share"] == 20.0
+  with pytest.raises(ValueError, match="two scoremaps"):
+    wsol.WSOLEvaluator([("", "a", ("boxes",)), ("", "b", ("boxes", "masks"))])
+  with pytest.raises(ValueError, match="kinds"):
+    wsol.WSOLEvaluator([("", "a", ("pixels",))])

@@ -40,7 +40,8 @@ def test_cam_smoke_reports_protocol_metrics(cam_run):
 def test_bcam_smoke_reports_prob_and_mask_metrics(tmp_path):
   trainer.train_and_evaluate(config_lib.load("configs/bcam.py:smoke", {"mesh.num_devices": 1}), str(tmp_path))
   record = _eval_record(str(tmp_path))
-  for key in PROTOCOL_KEYS + tuple(f"mask/{k}" for k in ("MaxBoxAccV2", "PxAP")):
+  for key in PROTOCOL_KEYS + tuple(f"mask/{k}" for k in ("MaxBoxAccV2", "PxAP")) + (
+      "attention_A/top_share", "attention_A/head_top_share", "attention_B/top_share"):
     assert 0.0 <= record[key] <= 100.0, key
   train = [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train" and "mlsm_bo" in r]
   assert train and all(math.isfinite(r["loss"]) for r in train)
@@ -64,6 +65,6 @@ def test_bagcams_post_hoc_on_a_cam_run(cam_run, tmp_path):
       np.testing.assert_array_equal(value, got_leaves[jax.tree_util.keystr(path)])
   record = _eval_record(str(tmp_path))
   assert not [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train"]
-  for key in PROTOCOL_KEYS + ("cam/MaxBoxAccV2", "cam/PxAP"):
+  for key in PROTOCOL_KEYS + ("cam/MaxBoxAccV2", "cam/PxAP", "gt_logit_nonpositive"):
     assert 0.0 <= record[key] <= 100.0 and record[key] == scalars[key], key
 

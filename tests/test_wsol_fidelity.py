@@ -284,22 +284,31 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   labels = np.array([2, 0])
   logits, target = net(torch.tensor(x).permute(0, 3, 1, 2))
   maps = []
+  one_hot = torch.nn.functional.one_hot(torch.tensor(labels), 3).float()
   for pos, neg in (("logits", "logits_rev"), ("logits_back", "logits_back_rev")):
     net.zero_grad()
     target.grad = None
     score = logits[pos] - logits[neg]
-    score.backward(gradient=torch.nn.functional.one_hot(torch.tensor(labels), 3).float(), retain_graph=True)
+    score.backward(gradient=one_hot, retain_graph=True)
     g = target.grad
     maps.append((g * g.mean((2, 3), keepdim=True)).sum(1).numpy())  # Generator, dataset "CUB"
+  for pos in ("logits", "logits_back"):  # Generator, dataset "OpenImages": s_oo / s_bb alone
+    net.zero_grad()
+    target.grad = None
+    logits[pos].backward(gradient=one_hot, retain_graph=True)
+    # VGG's s_bb reads conv6 only through stopgrad F (its aggregators read the features before
+    # conv6): no gradient reaches the map layer (the release's hook would keep a stale one).
+    g = torch.zeros_like(target) if target.grad is None else target.grad
+    maps.append((target.detach() * g.mean((2, 3), keepdim=True)).sum(1).numpy())
   method = _bcam_method(arch, large)
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
   # The converted arrays are image-independent, so feed already-normalised pixels through the
   # method's own path (preprocess is an affine map: undo it on the input).
   images = jnp.asarray(x * cam.IMAGENET_STD + cam.IMAGENET_MEAN)
-  m_o, m_b, s_oo = method.maps(params, state, images, jnp.asarray(labels))
-  np.testing.assert_allclose(s_oo, logits["logits"].detach().numpy(), rtol=1e-4, atol=1e-4)
-  for ours, ref in ((m_o, maps[0]), (m_b, maps[1])):
+  ours_maps, head = method.maps(params, state, images, jnp.asarray(labels), ("cub", "openimages"))
+  np.testing.assert_allclose(head["s_oo"], logits["logits"].detach().numpy(), rtol=1e-4, atol=1e-4)
+  for ours, ref in zip(ours_maps["cub"] + ours_maps["openimages"], maps):
     scale = np.abs(ref).max()
     np.testing.assert_allclose(np.asarray(ours) / scale, ref / scale, atol=1e-4)
   # The four scores of the loss as released.
@@ -409,10 +418,39 @@ def test_part_and_context_layouts_of_the_synthetic_set():
   both = ex0["mask"] & ex1["mask"]
   grey0 = np.abs(ex0["image"].astype(int) - ex1["image"].astype(int)).sum(-1) == 0
   assert (grey0 & both).sum() > 0.5 * both.sum()
-  context = wsol_synthetic.SyntheticWSOL((), layout="context", **common)
-  with_band = 0
-  for i in range(40):
-    ex = context[i]
-    assert not (ex["context"] & ex["mask"]).any()
-    with_band += bool(ex["context"].any())
-  assert 24 <= with_band <= 39  # context_prob 0.8
+  for i in range(40):  # eval examples carry the patch: class-coloured pixels inside the body
+    ex = part[i]
+    grey = np.ptp(ex["image"].astype(int), axis=-1) < 5
+    np.testing.assert_array_equal(ex["part"], ex["mask"] & ~grey)
+
+
+def test_context_layout_needs_the_band_and_keeps_it_two_cells_away():
+  from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
+  common = dict(size=112, num_classes=4, num_examples=60, seed=0, tag=2, with_boxes=True, max_boxes=4,
+                description="test", layout="context")
+  context = wsol_synthetic.SyntheticWSOL((), context_prob=0.8, **common)
+  bare = wsol_synthetic.SyntheticWSOL((), context_prob=0.0, **common)
+  with_band, objects = 0, {}
+  for i in range(60):
+    ex, ex0 = context[i], bare[i]
+    band, mask = ex["context"], ex["mask"]
+    # The same image without its band: same object, the band's pixels differ, nothing else.
+    np.testing.assert_array_equal(ex["mask"], ex0["mask"])
+    assert not ex0["context"].any()
+    changed = (ex["image"] != ex0["image"]).any(-1)
+    assert not (changed & ~band).any()
+    if band.any():
+      with_band += 1
+      ys, xs = np.nonzero(mask)
+      bys, bxs = np.nonzero(band)
+      gap = max(bxs.min() - xs.max(), xs.min() - bxs.max()) - 1  # background columns between them
+      assert gap >= 16, (i, gap)  # two stride-8 feature cells
+      # No band has the colour of an object.
+      band_colour = ex["image"][band].astype(int).mean(0)
+      for colour in wsol_synthetic.COLORS[:2]:
+        assert np.abs(band_colour - colour).max() > 30
+    # Classes 2j and 2j+1 draw the same object (shape, colour, stripes): keyed by pair.
+    pixels = ex["image"][mask]
+    objects.setdefault(int(ex["label"]) // 2, set()).add(tuple(np.round(pixels.mean(0) / 25).astype(int)))
+  assert 40 <= with_band <= 58  # context_prob 0.8
+  assert len(objects) == 2

@@ -65,28 +65,51 @@ def tiny_vgg():
   return model, {"params": params}
 
 
-def test_bagcams_equals_numpy_formula(tiny_vgg):
+@pytest.mark.parametrize("order", ["release", "divide_after"])
+def test_bagcams_equals_numpy_formula(tiny_vgg, order):
   model, variables = tiny_vgg
   rng = np.random.default_rng(1)
-  low = np.abs(rng.normal(size=(2, 5, 6, 8))).astype(np.float32)  # post-ReLU features
-  labels = np.array([2, 0])
-  grads = bagcams.guided_gradients(model, variables, jnp.asarray(low), jnp.asarray(labels))
-  maps = np.asarray(bagcams.bagcams_from_gradients(jnp.asarray(low), grads))
-
+  low = np.abs(rng.normal(size=(3, 5, 6, 8))).astype(np.float32)  # post-ReLU features
   p = jax.tree.map(np.asarray, variables["params"])
   k6, b6 = p["conv6"]["kernel"].astype(np.float64), p["conv6"]["bias"]
   wfc, bfc = p["fc"]["kernel"].astype(np.float64), p["fc"]["bias"]
+
+  def logits_of(f):
+    z = _np_conv3x3(f.astype(np.float64), k6, b6)  # [h, w, 16]
+    return z, np.maximum(z, 0).mean(axis=(0, 1)) @ wfc + bfc
+
+  # Ground-truth classes with the largest and the smallest logit: both signs of y_k occur.
+  ys = [logits_of(f)[1] for f in low]
+  labels = np.array([np.argmax(ys[0]), np.argmin(ys[1]), np.argmin(ys[2])])
+  y_gt = np.array([y[k] for y, k in zip(ys, labels)])
+  assert (y_gt > 0).any() and (y_gt < 0).any(), y_gt
+  grads = bagcams.guided_gradients(model, variables, jnp.asarray(low), jnp.asarray(labels), order)
+  maps = np.asarray(bagcams.bagcams_from_gradients(jnp.asarray(low), grads))
   for i, k in enumerate(labels):
     f = low[i].astype(np.float64)
-    z = _np_conv3x3(f, k6, b6)  # [h, w, 16]
-    y_k = np.maximum(z, 0).mean(axis=(0, 1)) @ wfc[:, k] + bfc[k]
+    z, y = logits_of(f)
     g_r = np.broadcast_to(wfc[:, k] / (z.shape[0] * z.shape[1]), z.shape)  # d y_k / d relu(z)
-    g_z = np.maximum(g_r, 0) * (z > 0)  # guided ReLU backward
-    g = _np_conv3x3_input_grad(g_z, k6) / y_k  # d log(y_k) / dF
+    if order == "release":  # the seed 1/y_k enters before the guided ReLU clamps
+      g = _np_conv3x3_input_grad(np.maximum(g_r / y[k], 0) * (z > 0), k6)
+    else:  # seed 1 through the guided ReLU, then / y_k
+      g = _np_conv3x3_input_grad(np.maximum(g_r, 0) * (z > 0), k6) / y[k]
     np.testing.assert_allclose(np.asarray(grads[i]), g, rtol=2e-4, atol=1e-6)
     a = (1 + g * f).mean(axis=(0, 1))  # bagging weights A_c
     expected = np.maximum(a * g * f, 0).sum(-1)  # M(n) = sum_c ReLU(A_c G_c(n) F_c(n))
     np.testing.assert_allclose(maps[i], expected, rtol=2e-4, atol=1e-6)
+
+
+def test_bagcams_orders_differ_only_for_nonpositive_logits(tiny_vgg):
+  """The mechanism: with y_k > 0 the two orders agree; with y_k < 0 the release's G differs."""
+  model, variables = tiny_vgg
+  low = jnp.asarray(np.abs(np.random.default_rng(2).normal(size=(1, 5, 6, 8))).astype(np.float32))
+  logits = model.apply(variables, None, low_features=low)["logits"][0]
+  hi, lo = jnp.argmax(logits)[None], jnp.argmin(logits)[None]
+  assert logits[hi[0]] > 0 > logits[lo[0]]
+  same = [bagcams.guided_gradients(model, variables, low, hi, o) for o in bagcams.GRADIENT_ORDERS]
+  np.testing.assert_allclose(same[0], same[1], rtol=1e-5, atol=1e-7)
+  diff = [bagcams.guided_gradients(model, variables, low, lo, o) for o in bagcams.GRADIENT_ORDERS]
+  assert float(jnp.abs(diff[0] - diff[1]).max()) > 1e-3 * float(jnp.abs(diff[1]).max())
 
 
 # ------------------------------------------------------------------------------ stagger loss
@@ -329,6 +352,54 @@ def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
                              ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.torch
+def test_bagcams_match_the_released_backward_in_pytorch(tmp_path):
+  """G and the maps against the release's hooks and `logits.log().backward(one_hot)`
+  (tests/torch_reference/bagcams.py), on a ResNet50-CAM with ground-truth logits of both signs."""
+  torch = pytest.importorskip("torch")
+  from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+  from tests.torch_reference import bagcams as torch_bagcams  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(3)
+  net = _torch_wsol_nets(torch, 8)["resnet50"](num_classes=3)
+  convnets.randomize_batchnorm(net)
+  net.eval()
+  path = str(tmp_path / "net.pth")
+  torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
+  variables, skipped = torchvision_wsol.convert(path, arch="resnet50", num_classes=3, large_feature_map=True,
+                                                preset="tiny", image_size=32)
+  assert not skipped
+  extractor = torch.nn.Module()  # DA-WSOL's extractor: the network up to layer4, named as released
+  for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+    setattr(extractor, name, getattr(net, name))
+  extractor.forward = lambda x: net.layer4(net.layer3(net.layer2(net.layer1(
+      net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+  x = np.random.default_rng(4).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  wrapper = torch_bagcams.BagCAMs(extractor, net.fc)
+  logits = wrapper.forward(torch.tensor(x).permute(0, 3, 1, 2)).detach().numpy()
+  # Largest logit for two images, smallest for two: ground-truth logits of both signs.
+  labels = np.array([np.argmax(logits[0]), np.argmax(logits[1]), np.argmin(logits[2]), np.argmin(logits[3])])
+  y_k = logits[np.arange(4), labels]
+  assert (y_k > 0).sum() >= 1 and (y_k < 0).sum() >= 1, y_k
+  wrapper.backward(labels)
+  ref_grads = wrapper.grad_pool["layer3"].permute(0, 2, 3, 1).numpy()
+  ref_maps = wrapper.generate("layer3")[:, 0].detach().numpy()
+  wrapper.remove_hook()
+
+  model = wsol_backbones.create_backbone("resnet50", dict(preset="tiny", num_classes=3, large_feature_map=True))
+  out = model.apply(variables, jnp.asarray(x))
+  np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4)
+  grads = bagcams.guided_gradients(model, variables, out["low"], jnp.asarray(labels))
+  scale = np.abs(ref_grads).max(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(np.asarray(grads) / scale, ref_grads / scale, atol=1e-4)
+  maps = bagcams.bagcams_scoremaps(model, variables, out["low"], jnp.asarray(labels), (32, 32))
+  np.testing.assert_allclose(maps, ref_maps, atol=1e-3)
+  # Our earlier order (seed 1, / y_k afterwards) fails the reference where y_k < 0.
+  old = np.asarray(bagcams.guided_gradients(model, variables, out["low"], jnp.asarray(labels), "divide_after"))
+  neg = y_k < 0
+  np.testing.assert_allclose(old[~neg] / scale[~neg], ref_grads[~neg] / scale[~neg], atol=1e-4)
+  assert np.abs(old[neg] - ref_grads[neg]).max() > 1e-2 * np.abs(ref_grads[neg]).max()
+
+
 def test_folder_reader_openimages_masks(tmp_path):
   """Foreground = union of instance masks > 0.5 (nearest resize); ignore = ignore mask - foreground."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -366,3 +437,18 @@ def test_wsol_summary_perfect_and_padded_maps():
   assert out["PxAP"] == pytest.approx(100.0) and out["pIoU"] == pytest.approx(100.0)
   masks_only = cam.wsol_summary({k: v for k, v in outputs.items() if k not in ("boxes", "num_boxes")})
   assert "MaxBoxAccV2" not in masks_only and masks_only["PxAP"] == pytest.approx(100.0)
+
+
+def test_bcam_attention_top_share_by_hand():
+  """Top max(1, N // 16) cells: N = 32 -> 2 cells; uniform = 2/32, one-hot = 1."""
+  uniform = jnp.full((1, 32), 1 / 32)
+  peaked = jnp.zeros((1, 32)).at[0, 5].set(0.7).at[0, 9].set(0.2).at[0, 1].set(0.1)
+  np.testing.assert_allclose(bcam.top_share(uniform), [2 / 32], rtol=1e-6)
+  np.testing.assert_allclose(bcam.top_share(peaked), [0.9], rtol=1e-6)
+  # Per head: two collapsed heads on different cells; their mean is spread over 2 cells.
+  heads = jnp.zeros((1, 32, 2)).at[0, 3, 0].set(1.0).at[0, 7, 1].set(1.0)
+  np.testing.assert_allclose(bcam.top_share(heads), [1.0], rtol=1e-6)
+  shares = bcam.attention_shares({"att_a_heads": heads, "att_b_heads": jnp.full((1, 32, 2), 1 / 32)})
+  np.testing.assert_allclose(shares["att_a_head_top_share"], [100.0], rtol=1e-6)
+  np.testing.assert_allclose(shares["att_a_top_share"], [100.0], rtol=1e-6)  # 0.5 + 0.5 on the top 2
+  np.testing.assert_allclose(shares["att_b_top_share"], [100 * 2 / 32], rtol=1e-5)

@@ -22,9 +22,17 @@ with `scribble_synthetic`.
   with one class-coded patch (class colour and stripes) covering `part_fraction` (5-10 %) of
   the body at a random position inside it; box and mask cover the whole body. Only the patch
   tells the class, so a classifier's CAM tends to light the patch alone (CAM's failure mode).
-* "context": the "shapes" object plus, with probability `context_prob`, a class-specific
-  background band (a class-coloured bar beside the object); mask and box on the object only.
-  Eval batches add "context" bool [B, S, S] (the band's pixels) for activation-on-context.
+  Eval batches add "part" bool [B, S, S] (the patch's pixels).
+* "context": co-occurring context that the classifier needs. Classes come in pairs (2j, 2j+1)
+  whose objects look the same (shape SHAPES[j], colour COLORS[j], stripes of pair j); with
+  probability `context_prob` a class-specific band (a vertical bar `context_width` px wide, as
+  tall as the object's box, in the colour COLORS[4 + label % 4], a colour no object has) stands
+  `context_gap` px or more beside the object's box (default 16 px = two cells of the stride-8
+  feature map, so object and band never share a feature cell). Only the band tells the two
+  classes of a pair apart: without it a classifier is at chance within the pair, so the
+  context matters to it. Mask and box on the object only. The band's side and place are drawn
+  whether or not it is painted, so `context_prob=0` gives the same images without their bands.
+  Eval batches add "context" bool [B, S, S] (the band's pixels). Object box side 30-45 % of S.
 
 Batches: train {"image": uint8 [B, S, S, 3], "label": int32 [B]}; eval adds "boxes" int32
 [B, max_boxes, 4] (zero-padded), "num_boxes" int32 [B] (= 1), "mask" bool [B, S, S] and
@@ -32,7 +40,7 @@ Batches: train {"image": uint8 [B, S, S, 3], "label": int32 [B]}; eval adds "box
 num_train (2048 distinct training images, repeated with new shuffles), num_eval (128),
 eval_batch_size (0 = the training batch size), max_boxes (4), background ("photos" | "noise"),
 eval_seed (0), worker_count (0), read_threads (2), layout ("shapes"), part_fraction
-((0.05, 0.10)), context_prob (0.8).
+((0.05, 0.10)), context_prob (0.8), context_gap (16), context_width (16).
 """
 
 from __future__ import annotations
@@ -50,10 +58,13 @@ from jaxmilab.data.base import Datasets
 CONFIG_DEFAULTS = dict(image_size=64, num_classes=4, num_train=2048, num_eval=128,
                        eval_batch_size=0, max_boxes=4, background="photos", eval_seed=0,
                        worker_count=0, read_threads=2, layout="shapes", part_fraction=(0.05, 0.10),
-                       context_prob=0.8)
+                       context_prob=0.8, context_gap=16, context_width=16)
 LAYOUTS = ("shapes", "part", "context")
 SHAPES = synthetic_shapes.SHAPES   # class i is SHAPES[i]
 COLORS = synthetic_shapes.COLORS
+# "context": objects take COLORS[pair] (pairs 0..3), bands COLORS[4 + label % 4], so no band
+# has an object's colour.
+BAND_COLORS = COLORS[4:8]
 _TRAIN_TAG, _EVAL_TAG = 1, 2
 
 
@@ -63,9 +74,10 @@ class SyntheticWSOL(synthetic_shapes.Source):
   def __init__(self, backgrounds: tuple[np.ndarray, ...], *, size: int, num_classes: int,
                num_examples: int, seed: int, tag: int, with_boxes: bool, max_boxes: int,
                description: str, layout: str = "shapes", part_fraction=(0.05, 0.10),
-               context_prob: float = 0.8):
+               context_prob: float = 0.8, context_gap: int = 16, context_width: int = 16):
     super().__init__(backgrounds, size=size, num_examples=num_examples, seed=seed, tag=tag)
     self.layout, self.part_fraction, self.context_prob = layout, tuple(part_fraction), float(context_prob)
+    self.context_gap, self.context_width = int(context_gap), int(context_width)
     self.num_classes, self.with_boxes, self.max_boxes = num_classes, with_boxes, max_boxes
     self.description = description
 
@@ -78,51 +90,71 @@ class SyntheticWSOL(synthetic_shapes.Source):
     s = self.size
     label = int(rng.integers(self.num_classes))
     image = self.background(rng)  # [S, S, 3] float in [0, 255]
-    kind = "ellipse" if self.layout == "part" else SHAPES[label % len(SHAPES)]
-    mask, (top, left, h, w) = synthetic_shapes.place_shape(rng, kind, s, (0.3, 0.7))
-    # Class texture: stripes at a class-specific angle over the class colour.
-    shade = synthetic_shapes.stripe_shade(s, np.pi * label / self.num_classes)
-    texture = COLORS[label % len(COLORS)] * shade
-    context = np.zeros((s, s), bool)
-    if self.layout == "part":
-      # Class-agnostic body texture (checker over grey), then the class patch inside the body.
-      y, x = np.mgrid[0:s, 0:s].astype(np.float32)
-      body = np.float32(140) + 40 * (((x // 4) + (y // 4)) % 2)[..., None]
-      image = np.where(mask[..., None], body, image)
-      area = float(rng.uniform(*self.part_fraction)) * mask.sum()
-      side = max(2, int(round(np.sqrt(area))))
-      ys, xs = np.nonzero(mask)
-      for _ in range(100):  # a patch centre whose square lies inside the body
-        k = int(rng.integers(len(ys)))
-        t0, l0 = ys[k] - side // 2, xs[k] - side // 2
-        if t0 >= 0 and l0 >= 0 and mask[t0:t0 + side, l0:l0 + side].all() and t0 + side <= s and l0 + side <= s:
-          break
-      patch = np.zeros((s, s), bool)
-      patch[max(t0, 0):t0 + side, max(l0, 0):l0 + side] = True
-      patch &= mask
-      image = np.where(patch[..., None], texture, image)
+    if self.layout == "context":
+      image, mask, context = self._context_example(rng, label, image)
+      extra = {"context": context}
     else:
-      if self.layout == "context" and rng.random() < self.context_prob:
-        # A class-coloured vertical band beside the object (left or right, whichever fits).
-        width_band = max(2, s // 10)
-        gap = max(1, s // 32)
-        room_right = s - (left + w + gap)
-        band_left = left + w + gap if room_right >= width_band else max(0, left - gap - width_band)
-        context[top:top + h, band_left:band_left + width_band] = True
-        context &= ~mask
-        band = COLORS[(label + 3) % len(COLORS)][None, None] * 0.8
-        image = np.where(context[..., None], band, image)
-      image = np.where(mask[..., None], texture, image)
+      kind = "ellipse" if self.layout == "part" else SHAPES[label % len(SHAPES)]
+      mask, _ = synthetic_shapes.place_shape(rng, kind, s, (0.3, 0.7))
+      # Class texture: stripes at a class-specific angle over the class colour.
+      shade = synthetic_shapes.stripe_shade(s, np.pi * label / self.num_classes)
+      texture = COLORS[label % len(COLORS)] * shade
+      extra = {}
+      if self.layout == "part":
+        image, patch = self._part_example(rng, mask, texture, image)
+        extra = {"part": patch}
+      else:
+        image = np.where(mask[..., None], texture, image)
     out = {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "label": np.int32(label)}
     if self.with_boxes:
       ys, xs = np.nonzero(mask)
       boxes = np.zeros((self.max_boxes, 4), np.int32)
       boxes[0] = (xs.min(), ys.min(), xs.max(), ys.max())
-      out.update(boxes=boxes, num_boxes=np.int32(1), mask=mask)
-      if self.layout == "context":
-        out["context"] = context
+      out.update(boxes=boxes, num_boxes=np.int32(1), mask=mask, **extra)
     return out
 
+  def _part_example(self, rng, mask, texture, image):
+    """Class-agnostic body (checker over grey) with the class patch inside; (image, patch)."""
+    s = self.size
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    body = np.float32(140) + 40 * (((x // 4) + (y // 4)) % 2)[..., None]
+    image = np.where(mask[..., None], body, image)
+    area = float(rng.uniform(*self.part_fraction)) * mask.sum()
+    side = max(2, int(round(np.sqrt(area))))
+    ys, xs = np.nonzero(mask)
+    for _ in range(100):  # a patch centre whose square lies inside the body
+      k = int(rng.integers(len(ys)))
+      t0, l0 = ys[k] - side // 2, xs[k] - side // 2
+      if t0 >= 0 and l0 >= 0 and mask[t0:t0 + side, l0:l0 + side].all() and t0 + side <= s and l0 + side <= s:
+        break
+    patch = np.zeros((s, s), bool)
+    patch[max(t0, 0):t0 + side, max(l0, 0):l0 + side] = True
+    patch &= mask
+    return np.where(patch[..., None], texture, image), patch
+
+  def _context_example(self, rng, label, image):
+    """Pair-shared object and class band `context_gap` px beside it; (image, mask, band)."""
+    s, gap, width = self.size, self.context_gap, self.context_width
+    pair = label // 2
+    kind = SHAPES[pair % len(SHAPES)]
+    h = int(round(s * rng.uniform(0.3, 0.45)))
+    w = int(round(s * rng.uniform(0.3, 0.45)))
+    band_right = bool(rng.random() < 0.5)
+    painted = bool(rng.random() < self.context_prob)
+    top = int(rng.integers(0, s - h + 1))
+    room = s - w - gap - width  # left positions that leave room for the band on its side
+    offset = int(rng.integers(0, room + 1))
+    left = offset if band_right else gap + width + offset
+    band_left = left + w + gap if band_right else left - gap - width
+    mask = np.zeros((s, s), bool)
+    mask[top:top + h, left:left + w] = synthetic_shapes.shape_mask(kind, h, w)
+    context = np.zeros((s, s), bool)
+    if painted:
+      context[top:top + h, band_left:band_left + width] = True
+      image = np.where(context[..., None], BAND_COLORS[label % len(BAND_COLORS)][None, None], image)
+    shade = synthetic_shapes.stripe_shade(s, np.pi * pair / max(1, self.num_classes // 2))
+    image = np.where(mask[..., None], COLORS[pair % 4] * shade, image)
+    return image, mask, context
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
            process_count: int) -> Datasets:
@@ -147,8 +179,17 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   fraction = tuple(opts.part_fraction)
   if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < 1:
     raise ValueError(f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1.")
+  gap, width = int(opts.context_gap), int(opts.context_width)
+  if kind == "context":
+    if num_classes % 2 or num_classes > 8:
+      raise ValueError(f"config.data.num_classes={num_classes}: layout 'context' pairs the classes; "
+                       "use an even number up to 8.")
+    if gap < 0 or width < 1 or size - int(round(size * 0.45)) - gap - width < 0:
+      raise ValueError(f"config.data.context_gap={gap} / context_width={width}: object (up to 45 % of "
+                       f"image_size={size}), gap and band must fit side by side; use a larger image_size.")
   common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=kind,
-                part_fraction=fraction, context_prob=float(opts.context_prob))
+                part_fraction=fraction, context_prob=float(opts.context_prob),
+                context_gap=gap, context_width=width)
   train_source = SyntheticWSOL(train_bg, num_examples=int(opts.num_train), seed=seed,
                                tag=_TRAIN_TAG, with_boxes=False, description=f"train,{background}", **common)
   eval_source = SyntheticWSOL(eval_bg, num_examples=int(opts.num_eval),

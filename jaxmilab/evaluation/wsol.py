@@ -371,21 +371,47 @@ class WSOLEvaluator(evaluation_base.Evaluator):
   gt_known_loc, top1_loc, PxAP, pIoU), the others with their prefix; "accuracy" (top-1
   classification, from `pred_key`) once. Box metrics are reported when the batches carry
   "boxes" (with "num_boxes"), mask metrics when they carry "mask" (and optionally "ignore").
-  Every statistic (box counters per score threshold, mask histograms, the accuracy count) is
-  created up front, so hosts that saw different examples still merge.
+  `scoremaps` may instead be a sequence of (prefix, output key, kinds) with kinds a subset of
+  ("boxes", "masks"): that map is scored with those metrics only, so one prefix can take its
+  box metrics from one map and its mask metrics from another (B-CAM as released: boxes from the
+  CUB / ILSVRC map, PxAP from the OpenImages map). `example_means` maps a metric name to an
+  output key holding one number per example, reported as its mean over the valid examples
+  (e.g. an attention's top-k share). Every statistic (box counters per score threshold, mask
+  histograms, the accuracy count) is created up front, so hosts that saw different examples
+  still merge.
   """
 
-  def __init__(self, scoremaps: dict[str, str], *, cam_curve_interval: float = 0.01,
+  KINDS = ("boxes", "masks")
+
+  def __init__(self, scoremaps, *, cam_curve_interval: float = 0.01,
                iou_thresholds=(30, 50, 70), multi_contour: bool = True, pred_key: str = "pred",
-               max_images: int = 6):
+               max_images: int = 6, example_means: dict[str, str] | None = None):
     super().__init__()
-    self.scoremaps = dict(scoremaps)
+    if isinstance(scoremaps, dict):
+      entries = [(prefix, key, self.KINDS) for prefix, key in scoremaps.items()]
+    else:
+      entries = [(prefix, key, tuple(kinds)) for prefix, key, kinds in scoremaps]
+    seen = set()
+    for prefix, key, kinds in entries:
+      if not kinds or set(kinds) - set(self.KINDS):
+        raise ValueError(f"WSOLEvaluator: scoremap {key!r} has kinds {kinds}; use a non-empty subset of "
+                         f"{self.KINDS}.")
+      for kind in kinds:
+        if (prefix, kind) in seen:
+          raise ValueError(f"WSOLEvaluator: two scoremaps give the {kind} metrics of prefix {prefix!r}.")
+        seen.add((prefix, kind))
+    self.entries = entries
+    self.scoremaps = {f"{prefix}|{key}": key for prefix, key, _ in entries}  # entry id -> output key
     self.pred_key = pred_key
     self.max_images = max_images
-    self.boxes = {p: BoxEvaluator(cam_curve_interval, iou_thresholds, multi_contour) for p in self.scoremaps}
-    self.masks = {p: MaskEvaluator(cam_curve_interval) for p in self.scoremaps}
+    self.example_means = dict(example_means or {})
+    self.boxes = {f"{p}|{k}": BoxEvaluator(cam_curve_interval, iou_thresholds, multi_contour)
+                  for p, k, kinds in entries if "boxes" in kinds}
+    self.masks = {f"{p}|{k}": MaskEvaluator(cam_curve_interval) for p, k, kinds in entries if "masks" in kinds}
     self.add("correct", 0.0)
     self.add("count", 0.0)
+    for name in self.example_means:
+      self.add(f"mean/{name}", 0.0)
     self._kept: list[dict[str, np.ndarray]] = []
 
   def update(self, batch, outputs) -> None:
@@ -395,17 +421,19 @@ class WSOLEvaluator(evaluation_base.Evaluator):
                        "must provide one of them (see jaxmilab/data/wsol_synthetic.py).")
     correct = np.asarray(outputs[self.pred_key]) == np.asarray(batch["label"])
     for i in valid:
-      for prefix, key in self.scoremaps.items():
+      for entry, key in self.scoremaps.items():
         scoremap = np.asarray(outputs[key][i], np.float64)
-        if "boxes" in batch:
+        if "boxes" in batch and entry in self.boxes:
           n = int(batch["num_boxes"][i])
-          self.boxes[prefix].accumulate(scoremap, np.asarray(batch["boxes"][i])[:n],
-                                        correct_class=bool(correct[i]))
-        if "mask" in batch:
+          self.boxes[entry].accumulate(scoremap, np.asarray(batch["boxes"][i])[:n],
+                                       correct_class=bool(correct[i]))
+        if "mask" in batch and entry in self.masks:
           ignore = batch["ignore"][i] if "ignore" in batch else None
-          self.masks[prefix].accumulate(scoremap, np.asarray(batch["mask"][i]).astype(bool), ignore)
+          self.masks[entry].accumulate(scoremap, np.asarray(batch["mask"][i]).astype(bool), ignore)
       self.add("correct", float(correct[i]))
       self.add("count", 1.0)
+      for name, key in self.example_means.items():
+        self.add(f"mean/{name}", float(np.asarray(outputs[key][i])))
       if len(self._kept) < self.max_images and "image" in batch:
         ex = {"image": np.asarray(batch["image"][i])}
         ex.update({key: np.asarray(outputs[key][i]) for key in self.scoremaps.values()})
@@ -418,9 +446,10 @@ class WSOLEvaluator(evaluation_base.Evaluator):
 
   def merge(self, other: "WSOLEvaluator") -> "WSOLEvaluator":
     super().merge(other)
-    for prefix in self.scoremaps:
-      self.boxes[prefix].merge(other.boxes[prefix])
-      self.masks[prefix].merge(other.masks[prefix])
+    for entry in self.boxes:
+      self.boxes[entry].merge(other.boxes[entry])
+    for entry in self.masks:
+      self.masks[entry].merge(other.masks[entry])
     return self
 
   def merge_across_processes(self) -> "WSOLEvaluator":
@@ -433,18 +462,21 @@ class WSOLEvaluator(evaluation_base.Evaluator):
     if self.sums["count"] == 0:
       raise ValueError("wsol eval: no valid example in the eval set.")
     out: dict[str, float] = {}
-    for index, prefix in enumerate(self.scoremaps):
+    for prefix, key, _ in self.entries:
+      entry = f"{prefix}|{key}"
       metrics: dict[str, float] = {}
-      if self.boxes[prefix].count:
-        metrics.update(self.boxes[prefix].compute())
+      if entry in self.boxes and self.boxes[entry].count:
+        metrics.update(self.boxes[entry].compute())
         metrics.pop("GT-known", None)
-      if self.masks[prefix].num_pixels:
-        metrics.update(self.masks[prefix].compute())
-      out.update({f"{prefix}{k}": v for k, v in metrics.items()} if index else metrics)
+      if entry in self.masks and self.masks[entry].num_pixels:
+        metrics.update(self.masks[entry].compute())
+      out.update({f"{prefix}{k}": v for k, v in metrics.items()})
     out["accuracy"] = float(self.sums["correct"] / self.sums["count"] * 100.0)
+    for name in self.example_means:
+      out[name] = float(self.sums[f"mean/{name}"] / self.sums["count"])
     return out
 
   def images(self) -> np.ndarray | None:
     if not self._kept:
       return None
-    return overlay_grid(self._kept, tuple(self.scoremaps.values()))
+    return overlay_grid(self._kept, tuple(dict.fromkeys(self.scoremaps.values())))

@@ -19,8 +19,18 @@ VGG conv6 before its ReLU, Inception SPG_A3_1b) with weights w = spatial mean of
 bilinear upsample to the image, then the protocol's bicubic resize + min-max.
 "prob" mode thresholds the min-max object map as usual; "mask" mode is the binary map
 argmax([M_b, M_o]) (object where M_o > M_b), which needs no threshold.
-Eval reports `config.method.inference` ("prob" | "mask") under the protocol names and the
-other mode under "<mode>/<name>".
+
+Scoring as released (official inference.py `CAMComputer`: CUB / ILSVRC go to the
+BoxEvaluator, OpenImages to the MaskEvaluator): the box metrics (MaxBoxAccV2, MaxBoxAcc@t,
+gt_known_loc, top1_loc) come from the `config.method.map_mode` map ("cub" / "ilsvrc"; output
+"scoremap"), PxAP and pIoU from the "openimages" map (the gradient of s_oo alone weighting
+the layer-4 features, i.e. the W_o CAM; output "scoremap_px"), whatever `map_mode` is. The
+release never scores a "cub" / "ilsvrc" map with PxAP. Eval reports `config.method.inference`
+("prob" | "mask") under the protocol names and the other mode under "<mode>/<name>".
+It also reports how concentrated the aggregators' attention is, so a collapse is visible:
+"attention_A/top_share" = mass of the head-mean attention of A on its top 1/16 of the
+feature cells (6.25 % = uniform, 100 % = all on those cells), "attention_A/head_top_share"
+= the same per head, averaged over heads; likewise for B (eval means; training logs A's).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ CONFIG_DEFAULTS = dict(
     loss_weights=(1.0, 1.0, 1.0, 1.0),   # r1..r4 of the stagger loss
     inference="prob",                    # "prob" | "mask" (module docstring)
     map_mode="cub",                      # MAP_MODES (official inference.py `Generator`)
+    require_init_from=False,             # refuse to train without init_from (a CAM run)
 )
 BCAMHead = wsol_backbones.BCAMHead  # the model component; re-exported for the method's users
 
@@ -60,6 +71,27 @@ def stagger_loss_terms(scores: dict[str, jax.Array], labels: jax.Array) -> dict[
       "mlsm_bb": multilabel_soft_margin(scores["s_bb"], jnp.ones_like(onehot)),
       "mlsm_ob": multilabel_soft_margin(scores["s_ob"], jnp.zeros_like(onehot)),
   }
+
+
+def top_share(att: jax.Array) -> jax.Array:
+  """Share of attention mass on the top max(1, N // 16) cells: att [B, N] or [B, N, K]
+  (per head, averaged over heads) -> [B]; each column of att sums to 1 over N."""
+  if att.ndim == 2:
+    att = att[..., None]
+  n = att.shape[1]
+  k = max(1, n // 16)
+  top = jax.lax.top_k(jnp.moveaxis(att, 1, -1), k)[0]  # [B, K, k]
+  return jnp.mean(jnp.sum(top, -1), -1)
+
+
+def attention_shares(scores: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-example top shares (percent) of aggregators A and B: head mean and per head."""
+  out = {}
+  for name in ("a", "b"):
+    heads = scores[f"att_{name}_heads"]  # [B, N, K]
+    out[f"att_{name}_top_share"] = 100.0 * top_share(jnp.mean(heads, -1))
+    out[f"att_{name}_head_top_share"] = 100.0 * top_share(heads)
+  return out
 
 
 def gradient_maps(score_fn, map_features: jax.Array, labels: jax.Array,
@@ -98,6 +130,8 @@ class Method(cam.WSOLMethod):
   """B-CAM training (stagger loss) and "prob" / "mask" evaluation."""
 
   DEFAULTS = CONFIG_DEFAULTS
+  EXAMPLE_MEANS = {f"attention_{n.upper()}/{kind}": f"att_{n}_{kind}"
+                   for n in ("a", "b") for kind in ("top_share", "head_top_share")}
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
@@ -116,8 +150,13 @@ class Method(cam.WSOLMethod):
     if self.map_mode not in MAP_MODES:
       raise ValueError(f"config.method.map_mode={self.map_mode!r}: use one of {MAP_MODES}.")
     other = "mask" if self.inference == "prob" else "prob"
-    key = {"prob": "scoremap", "mask": "scoremap_mask"}
-    self.SCOREMAPS = {"": key[self.inference], f"{other}/": key[other]}  # pylint: disable=invalid-name
+    # Box metrics from the map_mode map, PxAP / pIoU from the "openimages" map (as released).
+    box_key = {"prob": "scoremap", "mask": "scoremap_mask"}
+    px_key = {"prob": "scoremap_px", "mask": "scoremap_px_mask"}
+    self.SCOREMAPS = [  # pylint: disable=invalid-name
+        (prefix, keys[mode], (kind,))
+        for mode, prefix in ((self.inference, ""), (other, f"{other}/"))
+        for keys, kind in ((box_key, "boxes"), (px_key, "masks"))]
 
   def _head(self, params, out, train=False, rng=None):
     att = wsol_backbones.bcam_attention_input(self.arch, out)
@@ -138,6 +177,16 @@ class Method(cam.WSOLMethod):
     return cam.apply_backbone(self.backbone, params["backbone"], model_state, x, train=train, rng=rng,
                               **kwargs)
 
+  def check_initialisation(self) -> None:
+    """As cam's, and `require_init_from` (configs/bcam.py quickstart) needs init_from."""
+    super().check_initialisation()
+    m = self.options()
+    if m.require_init_from and not m.init_from:
+      raise ValueError("config.method.require_init_from=True: B-CAM fine-tunes a trained classifier "
+                       "(the release starts from ImageNet weights); pass --config.method.init_from=<a "
+                       "converged cam run, e.g. of configs/cam.py:quickstart>, or set "
+                       "--config.method.require_init_from=False to train from scratch.")
+
   def loss(self, params, model_state, batch, rng):
     self.check_initialisation()
     rng_backbone, rng_head = jax.random.split(rng)
@@ -147,10 +196,12 @@ class Method(cam.WSOLMethod):
     terms = stagger_loss_terms(scores, batch["label"])
     loss = sum(self.loss_weights[k] * v for k, v in terms.items())
     accuracy = jnp.mean(jnp.argmax(scores["s_oo"], -1) == batch["label"])
-    return loss, ({**terms, "accuracy": accuracy}, model_state)
+    att_a = 100.0 * jnp.mean(top_share(jnp.mean(scores["att_a_heads"], -1)))
+    return loss, ({**terms, "accuracy": accuracy, "attention_A/top_share": att_a}, model_state)
 
-  def maps(self, params, model_state, images, labels):
-    """(M_o, M_b) at feature resolution and the object scores, for `images` and `labels`."""
+  def maps(self, params, model_state, images, labels, modes=None):
+    """{mode: (M_o, M_b)} at feature resolution for each map mode in `modes` (default: the
+    configured map_mode), and the head's scores, for `images` and `labels`."""
     out, _ = self._backbone(params, model_state, cam.preprocess(images), False)
     low = jax.lax.stop_gradient(out["low"])
 
@@ -158,19 +209,24 @@ class Method(cam.WSOLMethod):
       resumed, _ = self._backbone(params, model_state, None, False, low_features=low, map_offset=offset)
       return self._head(params, resumed)
 
-    m_o, m_b = gradient_maps(score_fn, jax.lax.stop_gradient(out["map"]), labels, self.map_mode)
-    return m_o, m_b, self._head(params, out)["s_oo"]
+    feats = jax.lax.stop_gradient(out["map"])
+    maps = {mode: gradient_maps(score_fn, feats, labels, mode) for mode in (modes or (self.map_mode,))}
+    return maps, self._head(params, out)
 
   def eval_step(self, params, model_state, batch):
     size = batch["image"].shape[1:3]
-    m_o, m_b, s_oo = self.maps(params, model_state, batch["image"], batch["label"])
-    # Bilinear to the image size; the protocol's cv2 bicubic resize to that size is the identity.
-    fore = cam.resize_maps(m_o, size, "bilinear")  # [B, H, W]
-    back = cam.resize_maps(m_b, size, "bilinear")
-    return {"scoremap": cam.normalize_minmax(fore),
-            "scoremap_back": cam.normalize_minmax(back),
-            "scoremap_mask": (fore > back).astype(jnp.float32),  # argmax([back, fore]); ties -> back
-            "pred": jnp.argmax(s_oo, -1)}
+    modes = tuple(dict.fromkeys((self.map_mode, "openimages")))
+    maps, scores = self.maps(params, model_state, batch["image"], batch["label"], modes)
+    outputs = {}
+    for mode, suffix in ((self.map_mode, ""), ("openimages", "_px")):
+      m_o, m_b = maps[mode]
+      # Bilinear to the image size; the protocol's cv2 bicubic resize to that size is the identity.
+      fore = cam.resize_maps(m_o, size, "bilinear")  # [B, H, W]
+      back = cam.resize_maps(m_b, size, "bilinear")
+      outputs[f"scoremap{suffix}"] = cam.normalize_minmax(fore)
+      outputs[f"scoremap{suffix}_back"] = cam.normalize_minmax(back)
+      outputs[f"scoremap{suffix}_mask"] = (fore > back).astype(jnp.float32)  # argmax([back, fore]); ties -> back
+    return {**outputs, **attention_shares(scores), "pred": jnp.argmax(scores["s_oo"], -1)}
 
   def init_from(self, variables, loaded):
     """Loads a `cam` run (flat backbone params, its fc is dropped) or a `bcam` run."""

@@ -164,8 +164,11 @@ class WSOLMethod(base.Method):
 
   # The config.method keys of the method's module (a subclass names its own declaration).
   DEFAULTS = CONFIG_DEFAULTS
-  # Metric prefix -> eval output key; the first is reported under the protocol names.
+  # Metric prefix -> eval output key (or (prefix, key, kinds) entries, see WSOLEvaluator); the
+  # first is reported under the protocol names.
   SCOREMAPS = {"": "scoremap"}
+  # Metric name -> eval output key of one number per example, reported as its mean.
+  EXAMPLE_MEANS: dict[str, str] = {}
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
@@ -192,7 +195,7 @@ class WSOLMethod(base.Method):
                        "or set --config.method.allow_random_init=True to train from random weights.")
 
   def evaluator(self) -> wsol_metrics.WSOLEvaluator:
-    return wsol_metrics.WSOLEvaluator(self.SCOREMAPS, **self.eval_kwargs)
+    return wsol_metrics.WSOLEvaluator(self.SCOREMAPS, example_means=self.EXAMPLE_MEANS, **self.eval_kwargs)
 
   # TRANSITION: base.Method still declares these; both run the streaming evaluator once.
   def init_from(self, variables, loaded):

@@ -378,7 +378,8 @@ class BCAMHead(nn.Module):
     w_b = nn.Dense(self.num_classes, name="classifier_B")
     return {"s_oo": w_o(pool(att_a, f)), "s_bo": w_b(pool(att_a, f_sg)),
             "s_bb": w_b(pool(att_b, f_sg)), "s_ob": w_o(pool(att_b, f)),
-            "att_a": att_a.sum(-1).reshape(b, h, w), "att_b": att_b.sum(-1).reshape(b, h, w)}
+            "att_a": att_a.sum(-1).reshape(b, h, w), "att_b": att_b.sum(-1).reshape(b, h, w),
+            "att_a_heads": att_a, "att_b_heads": att_b}  # [B, N, K], each head sums to 1 over N
 
 
 # Per architecture (official wsol/*.py `*BCAM`): the output the aggregators read ("low" =
