@@ -174,3 +174,51 @@ def test_multislice_compile_reports_dcn_axes_and_traffic():
 def test_multislice_needs_a_tpu_topology():
   with pytest.raises(ValueError, match="no slices"):
     compile_lib.topology_devices("cpu:8", num_slices=2)
+
+
+# -- Persistent compilation cache (jaxmilab/compilation_cache.py) ----------------------------
+
+def test_compilation_cache_defaults_beside_a_gs_workdir_only(monkeypatch):
+  from jaxmilab import compilation_cache  # pylint: disable=g-import-not-at-top
+  assert compilation_cache.default_dir("gs://b/runs/x") == "gs://b/runs/jax_compilation_cache"
+  assert compilation_cache.default_dir("gs://b/runs/x/") == "gs://b/runs/jax_compilation_cache"
+  assert compilation_cache.default_dir("gs://b") == "gs://b/jax_compilation_cache"
+  assert compilation_cache.default_dir("/tmp/run") is None
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv(compilation_cache.ENV, "/tmp/somewhere")
+    assert compilation_cache.setup("gs://b/runs/x") == "/tmp/somewhere"
+    assert jax.config.jax_compilation_cache_dir == "/tmp/somewhere"
+    monkeypatch.setenv(compilation_cache.ENV, "off")
+    assert compilation_cache.setup("gs://b/runs/x") is None
+    assert jax.config.jax_compilation_cache_dir is None
+    monkeypatch.delenv(compilation_cache.ENV)
+    assert compilation_cache.setup("gs://b/runs/x") == "gs://b/runs/jax_compilation_cache"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.slow   # two training starts in subprocesses (~1-2 min on a loaded 2-core machine)
+def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compiling(tmp_path):
+  """`python -m jaxmilab.main` twice with the same config and cache: the second start's train
+  step comes from the persistent cache (its "compile" row is a fraction of the first's)."""
+  from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  cache = tmp_path / "cache"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAXMILAB_COMPILATION_CACHE=str(cache))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  seconds = []
+  for run in ("first", "second"):
+    workdir = tmp_path / run
+    subprocess.run([sys.executable, "-m", "jaxmilab.main", "--config=configs/maskdcpt.py:smoke",
+                    f"--workdir={workdir}", "--config.total_steps=1", "--config.batch_size=2",
+                    "--config.eval_every_steps=1000", "--config.log_every_steps=1"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    rows = [r for r in metrics_lib.read_jsonl(str(workdir)) if r["split"] == "compile"]
+    seconds.append(rows[0]["train_step_seconds"])
+    if run == "first":
+      assert any(cache.iterdir()), "nothing was written to the cache"
+  print(f"train step compile: first start {seconds[0]:.1f} s, second start {seconds[1]:.2f} s")
+  assert seconds[1] < 0.3 * seconds[0], seconds
