@@ -118,8 +118,9 @@ def get_config(variant: str = "smoke"):
       _synthetic(c, 64, 1024, 64, 16)
       # From scratch (no ImageNet weights offline): a larger lr than the paper's fine-tuning
       # lr 1e-3, same shape of schedule (warm-up then cosine). ASSUMPTION, tuned for CPU scale.
-      _common.cadence(c, batch_size=16, total_steps=300, log_every=50, learning_rate=0.02,
-                      schedule="cosine", warmup_steps=30)
+      # checkpoint_every=50: an interruption (Ctrl-C, SIGTERM) loses at most 50 steps.
+      _common.cadence(c, batch_size=16, total_steps=300, log_every=50, checkpoint_every=50,
+                      learning_rate=0.02, schedule="cosine", warmup_steps=30)
     return c
 
   if variant == "paper":

@@ -23,7 +23,11 @@ from etils import epath
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
-  return epath.Path(workdir) / "checkpoints"
+  """DIR/checkpoints; local paths made absolute (orbax refuses relative checkpoint paths)."""
+  text = os.fspath(workdir)
+  if "://" not in text:
+    text = os.path.abspath(os.path.expanduser(text))
+  return epath.Path(text) / "checkpoints"
 
 
 def _check_gcs_client(path: epath.Path) -> None:
@@ -101,8 +105,11 @@ def load_variables(path: str | os.PathLike, *, ema: bool = True, mesh: jax.shard
   from jaxmilab import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   state_dir = find_state_dir(path)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(state_dir)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+    # The item handler's metadata (the tree), not `checkpointer.metadata`: that also reads the
+    # step-level _CHECKPOINT_METADATA, which lives one folder up (checkpoints/<step>/), and warns
+    # "Metadata file does not exist" on every healthy checkpoint.
+    metadata = checkpointer.handler.metadata(epath.Path(state_dir))
+    tree = metadata.tree if hasattr(metadata, "tree") else metadata
     tree = dict(tree)
     use_ema = ema and tree.get("params_ema") is not None
     keys = ["params", "model_state"] + (["params_ema"] if use_ema else [])

@@ -167,7 +167,7 @@ def evaluate_main(fv: flags.FlagValues) -> int:
   denoise_sigma = fv.denoise_sigma
   if denoise_sigma is None:
     denoise_sigma = 25.0 if fv.tasks.lower() in ("5d", "10d") else 0.0
-  for flag in ("model", "weights", "data_root"):
+  for flag in ("weights", "data_root"):
     if not fv[flag].value:
       raise ValueError(f"--{flag} is required; see --help.")
   tasks, paper_sets = parse_tasks(fv.tasks)
@@ -181,8 +181,9 @@ def evaluate_main(fv: flags.FlagValues) -> int:
       images.list_images(os.path.join(fv.data_root, task, "gt"), what="denoise/gt folder")
     else:
       paired_folders.scan_task(fv.data_root, task)
-  restorer = restore.Restorer(fv.model, restore.load_params(fv.model, fv.weights),
-                              tile=fv.tile or None, tile_overlap=fv.tile_overlap)
+  name, spec = restore.resolve_model(fv.model, fv.weights)   # --model, or the workdir's network
+  restorer = restore.Restorer(name, restore.load_params(name, fv.weights, spec),
+                              tile=fv.tile or None, tile_overlap=fv.tile_overlap, spec=spec)
   results = {}
   for task in tasks:
     start = time.time()
@@ -193,15 +194,15 @@ def evaluate_main(fv: flags.FlagValues) -> int:
     r = results[task]
     print(f"{task}: {r['images']} images, PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} "
           f"({time.time() - start:.1f} s)", flush=True)
-  paper = paper_sets.get(fv.model)
-  table = format_table(fv.model, results, tasks, paper)
+  paper = paper_sets.get(name)
+  table = format_table(name, results, tasks, paper)
   print(table)
   if fv.output:
     os.makedirs(os.path.dirname(os.path.abspath(fv.output)), exist_ok=True)
     with open(fv.output, "w", encoding="utf-8") as f:
       if fv.output.endswith(".json"):
         average = {k: float(np.mean([results[t][k] for t in tasks])) for k in ("psnr", "ssim")}
-        json.dump({"model": fv.model, "weights": fv.weights, "data_root": fv.data_root,
+        json.dump({"model": name, "weights": fv.weights, "data_root": fv.data_root,
                    "tasks": results, "average": average, "paper": paper}, f, indent=1)
       else:
         f.write(table + "\n")
@@ -213,17 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   return evaluate_main(console.parse_flags(define_flags, argv or [], prog="jaxmilab-evaluate"))
 
 
-def _app_main(argv: Sequence[str]) -> None:
+def _app_main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup()
-  restore.run_cli(lambda: evaluate_main(flags.FLAGS))
+  return evaluate_main(flags.FLAGS)
 
 
 def run() -> None:
-  """Console-script entry point (jaxmilab-evaluate)."""
+  """Console-script entry point (jaxmilab-evaluate): one-line errors with exit code 2."""
   define_flags()
-  app.run(_app_main)
+  console.run_app(_app_main)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ r"""Command line entry point.
       [--config.total_steps=100 ...]
 
 Re-running on the same workdir resumes from its newest checkpoint; --mode=eval only
-evaluates it (or config.method.init_from) without training. Multi-host
+evaluates it (or config.method.init_from) without training. A workdir has one writer (a lock)
+and one experiment: another config is refused before anything is written, unless
+--config_change=allow (jaxmilab/workdir.py). Ctrl-C checkpoints at the next step and stops
+(exit 130; a second Ctrl-C aborts at once); SIGTERM checkpoints at the next log step (exit 0).
+Mistakes are one line on stderr with exit code 2 (--verbosity=1: the traceback). Multi-host
 runs (TPU pods, SLURM) pass --distributed (auto-detected cluster) or the explicit
 --coordinator_address / --num_processes / --process_id flags.
 """
@@ -12,6 +16,7 @@ runs (TPU pods, SLURM) pass --distributed (auto-detected cluster) or the explici
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -32,6 +37,12 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"],
                   "train: train (resuming from the newest checkpoint) and evaluate. eval: only "
                   "evaluate the newest checkpoint of --workdir, else config.method.init_from; no "
                   "optimizer step; writes split \"eval\" rows to metrics.jsonl.")
+flags.DEFINE_enum("config_change", "refuse", ["refuse", "allow"],
+                  "What to do when --workdir's config.json names another experiment (model, "
+                  "method, data or optimizer keys differ): refuse (default, nothing is written) "
+                  "or allow (continue its checkpoints under the new config; the change is "
+                  "recorded in config_history.jsonl). Safe changes (total_steps, cadences, mesh) "
+                  "are always allowed and recorded.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for jax.distributed.")
@@ -82,10 +93,7 @@ def load_config():
 
 def user_error(error: Exception) -> None:
   """Prints `error` as one line and exits 2; with --verbosity >= 1 re-raises (full traceback)."""
-  if FLAGS.verbosity >= 1:
-    raise error
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(2)
+  console.user_error(error)
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -101,6 +109,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   console.setup()   # libraries' INFO logs only with --verbosity=1
   config = load_config()  # Before JAX starts: a wrong key costs no device set-up.
+  from jaxmilab import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:   # A workdir that is a file or not writable: one line before any device set-up.
+    if FLAGS.mode == "train":
+      workdir_lib.ensure_writable(FLAGS.workdir)
+    elif "://" not in FLAGS.workdir and os.path.isfile(FLAGS.workdir):
+      raise workdir_lib.WorkdirError(f"--workdir={FLAGS.workdir} is a file, not a run folder.")
+  except workdir_lib.WorkdirError as e:
+    user_error(e)
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -115,14 +131,18 @@ def main(argv):
     if FLAGS.mode == "eval":
       trainer.evaluate_checkpoint(config, FLAGS.workdir)
     else:
-      trainer.train_and_evaluate(config, FLAGS.workdir)
+      state = trainer.train_and_evaluate(config, FLAGS.workdir, config_change=FLAGS.config_change)
+      if trainer.stopped_by() == "SIGINT" and int(jax.device_get(state.step)) < config.total_steps:
+        sys.exit(console.EXIT_INTERRUPTED)   # the closing line said where it stopped
   except (config_lib.ConfigError, data_base.DataError) as e:
+    user_error(e)
+  except console.USER_ERRORS as e:
     user_error(e)
 
 
 def run():
-  """Console-script entry point (jaxmilab-train)."""
-  app.run(main, flags_parser=_parse_flags)
+  """Console-script entry point (jaxmilab-train): one-line errors with exit code 2, --help 0."""
+  console.run_app(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -170,10 +170,13 @@ def read_split(workdir: str, split: str) -> list[dict[str, Any]]:
   return [r for r in read_jsonl(workdir) if r["split"] == split]
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def create_writer(workdir: str, *, console: bool = True) -> metric_writers.MetricWriter:
   """TensorBoard (see `tensorboard_dir`) + stdout + metrics.jsonl on the lead process; logging
-  only elsewhere."""
+  only elsewhere. console=False: no stdout lines (clu's LoggingWriter left out; the trainer prints
+  its own compact progress through console.ProgressWriter)."""
   lead = jax.process_index() == 0
+  if not console:
+    return _writer_without_logging(workdir, lead)
   if not lead:
     return metric_writers.create_default_writer(str(workdir), just_logging=True,
                                                 asynchronous=False)
@@ -188,6 +191,23 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
                                                 just_logging=events_dir is None,
                                                 asynchronous=False)
   return metric_writers.MultiWriter([writer, JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
+
+
+def _writer_without_logging(workdir: str, lead: bool) -> metric_writers.MetricWriter:
+  """create_writer(console=False): TensorBoard + metrics.jsonl on the lead process, nothing
+  elsewhere."""
+  if not lead:
+    return metric_writers.MultiWriter([])
+  events_dir = tensorboard_dir(workdir)
+  writers: list[metric_writers.MetricWriter] = []
+  if events_dir is None:
+    logging.warning(
+        "No TensorBoard events: workdir %s is written through fsspec (EPATH_USE_TF=false), which "
+        "tf.summary cannot use; set %s=<local dir> to write them there (metrics.jsonl has the "
+        "same scalars).", workdir, TENSORBOARD_DIR_ENV)
+  else:
+    writers.append(metric_writers.SummaryWriter(events_dir))
+  return metric_writers.MultiWriter(writers + [JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
 def write_split(writer: metric_writers.MetricWriter, step: int, split: str,

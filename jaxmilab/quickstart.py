@@ -183,7 +183,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (jaxmilab-quickstart)."""
-  app.run(main)
+  console.run_app(main)   # one-line errors (exit 2), --help exits 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Iterator, Sequence
@@ -38,10 +39,12 @@ from jax.experimental import multihost_utils
 
 from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import config_lib
+from jaxmilab import console
 from jaxmilab import metrics as metrics_lib
 from jaxmilab import optimizers
 from jaxmilab import registry
 from jaxmilab import sharding as sharding_lib
+from jaxmilab import workdir as workdir_lib
 
 
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -97,19 +100,38 @@ class _Preemption:
   only the steps after the resume).
   """
 
+  # The signal that stopped the newest run of this process ("SIGTERM", "SIGINT") or None.
+  last_stop: str | None = None
+
   def __init__(self):
     self.requested = False
+    self.interrupted = False     # Ctrl-C (SIGINT): honoured at the next step (one process)
     self._old = None
+    self._old_int = None
 
   def __enter__(self):
+    _Preemption.last_stop = None
     if threading.current_thread() is threading.main_thread():
       self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old_int = signal.signal(signal.SIGINT, self._handle_interrupt)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM received: saving a checkpoint at the next log step.")
     self.requested = True
+    _Preemption.last_stop = _Preemption.last_stop or "SIGTERM"
+
+  def _handle_interrupt(self, signum, frame):
+    """First Ctrl-C: checkpoint at the next step and stop; a second one aborts at once."""
+    del signum, frame
+    if self.interrupted:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt("second Ctrl-C")
+    self.interrupted = True
+    _Preemption.last_stop = _Preemption.last_stop or "SIGINT"
+    print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again aborts at "
+          "once, losing the steps since the last checkpoint).", file=sys.stderr, flush=True)
 
   @staticmethod
   def _service_available() -> bool:
@@ -121,16 +143,39 @@ class _Preemption:
     if (jax.process_count() > 1 and self._service_available()
         and multihost_utils.reached_preemption_sync_point(step)):
       return True
+    if self.interrupted and jax.process_count() == 1:
+      return True
     if not log_step:
       return False
     if jax.process_count() == 1:
       return self.requested
-    # All processes must stop at the same step: agree on the SIGTERM flag (one allgather).
-    return bool(np.asarray(multihost_utils.process_allgather(np.array(self.requested))).any())
+    # All processes must stop at the same step: agree on the SIGTERM / SIGINT flags (one
+    # allgather; a Ctrl-C reaches one process).
+    flag = np.array(self.requested or self.interrupted)
+    return bool(np.asarray(multihost_utils.process_allgather(flag)).any())
 
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+    if self._old_int is not None:
+      signal.signal(signal.SIGINT, self._old_int)
+
+
+def _check_init_from_took_something(init_from: str, fresh: Any, merged: Any, loaded: Any,
+                                    model_name: Any) -> None:
+  """ValueError (one line) when `method.init_from` kept every fresh parameter: `init_from` then
+  holds another architecture (no path and shape in common), and training would silently start
+  from scratch. Checked after the merge, so methods that remap paths (bcam, cdsp, macl) count."""
+  if not jax.tree.leaves(loaded):
+    return
+  if all(a is b for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(fresh))):
+    path, leaf = jax.tree_util.tree_leaves_with_path(loaded)[0]
+    raise ValueError(
+        f"config.method.init_from={init_from}: none of its {len(jax.tree.leaves(loaded))} "
+        f"parameters has the path and shape of a parameter of this model "
+        f"(config.model.name={model_name!r}; e.g. {jax.tree_util.keystr(path)} "
+        f"{tuple(np.shape(leaf))}): it holds another architecture. Point init_from at a run or "
+        f"file of the same model.")
 
 
 def _first_batch(train_iter) -> dict[str, np.ndarray]:
@@ -226,7 +271,7 @@ class Trainer:
     config_lib.validate(config)
     jax.config.update("jax_threefry_partitionable", True)
     self.config = config
-    self.workdir = epath.Path(workdir) if workdir is not None else None
+    self.workdir = workdir_lib.as_path(workdir) if workdir is not None else None
     self.mesh = sharding_lib.create_mesh(config.mesh, devices)
     batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     for key in ("batch_size", "data.eval_batch_size"):
@@ -319,6 +364,8 @@ class Trainer:
     loaded = ckpt_lib.load_variables(init_from, mesh=self.mesh, mesh_config=self.config.mesh)
     variables = {"params": state.params, **state.model_state}
     merged = self.method.init_from(variables, {"params": loaded["params"], **loaded["model_state"]})
+    _check_init_from_took_something(init_from, variables["params"], merged["params"],
+                                    loaded["params"], self.config.model.get("name"))
     params = merged.pop("params")
     params, merged = jax.device_put((params, merged),
                                     (self.state_shardings.params, self.state_shardings.model_state))
@@ -376,26 +423,37 @@ class Trainer:
     No optimizer step and no change to any collection: the state is only read. Rows are
     written as split "eval" at the checkpoint's step (0 for init_from / fresh weights).
     """
-    manager = ckpt_lib.create_manager(self.workdir, self.config.keep_checkpoints)
-    try:
-      state, latest = self._restore_or_init(manager, with_data=False)
-      if latest is None and not self.config.method.get("init_from"):
-        raise FileNotFoundError(
-            f"--mode=eval: {ckpt_lib.checkpoint_dir(self.workdir)} has no checkpoint and "
-            f"config.method.init_from is empty; train first or set --config.method.init_from.")
-      step = int(jax.device_get(state.step))
-      writer = metrics_lib.create_writer(self.workdir)
-      scalars = self._write_eval(writer, step, state)
-      writer.flush()
-      writer.close()
-    finally:
-      manager.close()
+    lead = jax.process_index() == 0
+    if workdir_lib.latest_step(self.workdir) is None and not self.config.method.get("init_from"):
+      # Checked before the checkpoint manager exists: it would leave an empty checkpoints/.
+      raise FileNotFoundError(
+          f"--mode=eval: {ckpt_lib.checkpoint_dir(self.workdir)} has no checkpoint and "
+          f"config.method.init_from is empty; train first or set --config.method.init_from.")
+    with workdir_lib.hold(self.workdir, lead=lead):
+      if lead:   # Another experiment's checkpoint would not restore into this config.
+        workdir_lib.check_config(self.workdir, self.config)
+      manager = ckpt_lib.create_manager(self.workdir, self.config.keep_checkpoints)
+      try:
+        state, latest = self._restore_or_init(manager, with_data=False)
+        step = int(jax.device_get(state.step))
+        writer = self._console_writer(metrics_lib.create_writer(self.workdir, console=False),
+                                      self.config.total_steps)
+        scalars = self._write_eval(writer, step, state)
+        writer.flush()
+        writer.close()
+      finally:
+        manager.close()
+    del latest
     return state, scalars
 
   # -- training ------------------------------------------------------------------------------
-  def _write_config(self) -> None:
+  def _write_config(self, step: int | None = None) -> None:
+    """config.json (and the accepted change in config_history.jsonl, see workdir.py)."""
     if jax.process_index() == 0:
       self.workdir.mkdir(parents=True, exist_ok=True)
+      change = getattr(self, "_config_change", None)
+      if change is not None:
+        change.record(self.workdir, step)
       (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
 
   def _profile_window(self) -> tuple[int, int] | None:
@@ -407,15 +465,51 @@ class Trainer:
                        f"last, or () for no profile.")
     return int(window[0]), int(window[1])
 
-  def run(self) -> TrainState:
+  def run(self, *, config_change: str = "refuse") -> TrainState:
+    """Trains to `config.total_steps`, resuming from the newest checkpoint of the workdir.
+
+    Holds the workdir's lock for the whole run and refuses another experiment's workdir before
+    writing anything (jaxmilab/workdir.py; `config_change="allow"` accepts the change and
+    records it in config_history.jsonl); config.json is written once the restore succeeded.
+    Prints one closing line: the final metrics and the checkpoint path (or "already complete
+    at step N" when there was nothing left to train).
+    """
+    lead = jax.process_index() == 0
+    with workdir_lib.hold(self.workdir, lead=lead):
+      self._config_change = (workdir_lib.check_config(self.workdir, self.config,
+                                                      config_change=config_change)
+                             if lead else None)
+      start = workdir_lib.latest_step(self.workdir)
+      state = self._train()
+      step = int(jax.device_get(state.step))
+      if lead and getattr(self, "_progress", None) is not None:
+        stopped = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}.get(_Preemption.last_stop or "",
+                                                                 "preemption")
+        self._progress.load_last(metrics_lib.read_jsonl(self.workdir)
+                                 if (self.workdir / metrics_lib.JSONL_NAME).exists() else [])
+        latest = workdir_lib.latest_step(self.workdir)
+        print(self._progress.closing_line(
+            str(self.workdir), step,
+            str(ckpt_lib.checkpoint_dir(self.workdir) / str(latest)) if latest is not None else None,
+            already_complete=start is not None and start >= self.config.total_steps,
+            stopped=stopped if step < self.config.total_steps else None), flush=True)
+    return state
+
+  def _console_writer(self, writer, step: int):
+    """The run's writer behind console.ProgressWriter (progress / eval / closing lines)."""
+    self._progress = console.ProgressWriter(writer, total_steps=self.config.total_steps,
+                                            start_step=step, enabled=jax.process_index() == 0)
+    return self._progress
+
+  def _train(self) -> TrainState:
     config = self.config
-    self._write_config()
     manager = ckpt_lib.create_manager(self.workdir, config.keep_checkpoints)
     state, latest = self._restore_or_init(manager, with_data=True)
+    self._write_config(latest)   # only now: a failed restore leaves the workdir's config as it was
     if latest is not None:
       metrics_lib.truncate_jsonl(self.workdir, latest)
     step = int(jax.device_get(state.step))
-    writer = metrics_lib.create_writer(self.workdir)
+    writer = self._console_writer(metrics_lib.create_writer(self.workdir, console=False), step)
     last_good = latest
     pending: list[tuple[int, dict[str, jax.Array]]] = []
 
@@ -535,13 +629,25 @@ class _Prefixed:
     metrics_lib.write_split(self._writer, step, self._split, scalars)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
-  return Trainer(config, workdir).run()
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       config_change: str = "refuse") -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one.
+
+  Another experiment's workdir is refused before the run is built (and again, under the
+  workdir's lock, before anything is written); see jaxmilab/workdir.py.
+  """
+  if jax.process_index() == 0 and workdir_lib.read_config(workdir) is not None:
+    workdir_lib.check_config(workdir, config, config_change=config_change)
+  return Trainer(config, workdir).run(config_change=config_change)
 
 
-class Interrupted(RuntimeError):
-  """A run stopped before `config.total_steps` after a preemption request (SIGTERM)."""
+def stopped_by() -> str | None:
+  """"SIGINT" or "SIGTERM" when the newest run of this process stopped early on that signal."""
+  return _Preemption.last_stop
+
+
+class Interrupted(console.RunInterrupted):
+  """A run stopped before `config.total_steps` after a preemption request (SIGTERM, Ctrl-C)."""
 
 
 def check_finished(state: TrainState, config: ml_collections.ConfigDict, workdir: str) -> None:

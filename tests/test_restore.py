@@ -206,3 +206,119 @@ def test_read_image_applies_exif_orientation(tmp_path):
   plain = str(tmp_path / "plain.jpg")
   Image.fromarray(np.ascontiguousarray(stored)).save(plain, quality=95)
   assert images.read_image(plain).shape == (24, 40, 3)                # no tag: unchanged
+
+
+# ------------------------------------------------------------- nothing a user owns is lost (#32)
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """A jaxmilab-style workdir of random nafnet_tiny weights with the config.json of a run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxmilab import registry  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  model = registry.get_model("nafnet")(restore.get_spec("nafnet_tiny").model)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(workdir / "checkpoints" / "3" / "state"),
+               {"params": {"backbone": jax.device_get(params)}, "model_state": {},
+                "step": np.int32(3)})
+  (workdir / "config.json").write_text(json.dumps(
+      {"model": {"name": "nafnet", "preset": "nafnet_tiny", "width": None}}))
+  return str(workdir)
+
+
+def _rgb(seed, shape=(20, 24, 3)):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_restore_refuses_to_overwrite_its_inputs(tmp_path):
+  photo = tmp_path / "victim.png"
+  _write_png(str(photo), _rgb(0))
+  before = photo.read_bytes()
+  with pytest.raises(ValueError, match="would overwrite the --input image"):
+    restore.main(["--weights=w", f"--input={photo}", f"--output={photo}"])
+  with pytest.raises(ValueError, match="is the --input folder"):
+    restore.main(["--weights=w", f"--input={tmp_path}", f"--output={tmp_path}/"])
+  with pytest.raises(ValueError, match="cannot write .gif files"):
+    restore.plan_io(str(photo), str(tmp_path / "out.gif"))
+  assert photo.read_bytes() == before
+
+
+def test_same_stem_inputs_get_distinct_outputs(tmp_path):
+  for name in ("c.png", "c.jpg", "d.png"):
+    _write_png(str(tmp_path / "in" / name), _rgb(1))
+  jobs = restore.plan_io(str(tmp_path / "in"), str(tmp_path / "out"))
+  assert sorted(os.path.basename(d) for _, d in jobs) == ["c_jpg.png", "c_png.png", "d.png"]
+  _write_png(str(tmp_path / "in2" / "e.png"), _rgb(1))
+  _write_png(str(tmp_path / "in2" / "e_png.png"), _rgb(1))
+  _write_png(str(tmp_path / "in2" / "e.jpg"), _rgb(1))
+  with pytest.raises(ValueError, match="would both be written to .*e_png.png"):
+    restore.plan_io(str(tmp_path / "in2"), str(tmp_path / "out2"))
+
+
+def test_output_format_alpha_sixteen_bit_and_greyscale(tiny_run, tmp_path, capsys):
+  """The written format is the extension's; alpha, 16 bits and greyscale survive where the
+  format holds them, and the line for the image says what was dropped where it does not."""
+  cv2 = pytest.importorskip("cv2")
+  from jaxmilab.evaluation import restoration  # pylint: disable=g-import-not-at-top
+  rgb, alpha = _rgb(2), _rgb(3, (20, 24))
+  Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+  gray16 = np.random.default_rng(4).integers(0, 65536, (20, 24)).astype(np.uint16)
+  Image.fromarray(gray16).save(tmp_path / "g16.png")
+  rgb16 = np.random.default_rng(5).integers(0, 65536, (20, 24, 3)).astype(np.uint16)
+  cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])
+  Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+  spec = restore.get_spec("nafnet_tiny")
+  restorer = restore.Restorer("nafnet_tiny", restore.load_params("nafnet_tiny", tiny_run), spec=spec)
+  notes = []
+  # RGBA -> PNG: the colour restored as an RGB image would be, the alpha unchanged.
+  restore.restore_file(restorer, str(tmp_path / "rgba.png"), str(tmp_path / "o_rgba.png"), notes)
+  out = np.asarray(Image.open(tmp_path / "o_rgba.png"))
+  assert out.shape == (20, 24, 4) and notes == []
+  np.testing.assert_array_equal(out[..., 3], alpha)
+  want = restoration.to_uint8(restorer(rgb.astype(np.float32) / 255.0))
+  np.testing.assert_array_equal(out[..., :3], want)
+  # RGBA -> JPEG: JPEG bytes, alpha dropped with a note.
+  restore.restore_file(restorer, str(tmp_path / "rgba.png"), str(tmp_path / "o.jpg"), notes)
+  assert (tmp_path / "o.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+  assert notes == ["alpha channel dropped (JPEG has none; write .png or .tif to keep it)"]
+  # 16-bit greyscale and 16-bit colour stay 16-bit; 8-bit greyscale stays greyscale.
+  restore.restore_file(restorer, str(tmp_path / "g16.png"), str(tmp_path / "o_g16.png"))
+  assert Image.open(tmp_path / "o_g16.png").mode == "I;16"
+  restore.restore_file(restorer, str(tmp_path / "rgb16.png"), str(tmp_path / "o_rgb16.tif"))
+  back = cv2.imread(str(tmp_path / "o_rgb16.tif"), cv2.IMREAD_UNCHANGED)
+  assert back.dtype == np.uint16 and back.shape == (20, 24, 3)
+  y16 = np.clip(restorer(rgb16.astype(np.float32) / 65535.0), 0, 1)
+  np.testing.assert_allclose(back[..., ::-1] / 65535.0, y16, atol=2 / 65535)
+  restore.restore_file(restorer, str(tmp_path / "gray.png"), str(tmp_path / "o_gray.png"))
+  assert Image.open(tmp_path / "o_gray.png").mode == "L"
+
+
+def test_folder_skip_existing_continue_on_error_and_model_from_workdir(tiny_run, tmp_path, capsys):
+  for name in ("a.png", "c.png"):
+    _write_png(str(tmp_path / "in" / name), _rgb(6))
+  (tmp_path / "in" / "b.png").write_bytes(b"not a png")
+  args = [f"--weights={tiny_run}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}"]
+  with pytest.raises(ValueError, match=r"b.png.*--continue_on_error goes on past it; 1 image"):
+    restore.main(args)                                  # no --model: the workdir's config.json
+  assert restore.main(args + ["--continue_on_error", "--skip_existing"]) == 1
+  out = capsys.readouterr().out
+  assert "--model=nafnet_tiny (from the config.json of" in out
+  assert out.strip().splitlines()[-1] == (
+      f"restored 1, skipped 1 (output exists), failed 1 (b.png) -> {tmp_path / 'out'}")
+  assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "c.png"]
+  name, spec = restore.model_from_workdir(os.path.join(tiny_run, "checkpoints", "3"))
+  assert name == "nafnet_tiny" and spec.reflect_pad is None
+  with pytest.raises(ValueError, match="--model is required"):
+    restore.main([f"--weights={tmp_path}", f"--input={tmp_path / 'in' / 'a.png'}",
+                  f"--output={tmp_path / 'x.png'}"])
+
+
+def test_wrong_model_names_a_few_keys_and_the_model_that_fits(tiny_run):
+  with pytest.raises(ValueError) as e:
+    restore.load_params("swinir_tiny", tiny_run)
+  message = str(e.value)
+  assert "\n" not in message and len(message) < 1500, len(message)
+  assert "missing: " in message and "more)" in message and "unexpected: " in message
+  assert message.endswith("these weights fit --model=nafnet_tiny.")

@@ -510,11 +510,17 @@ _ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "output", "types", "lev
               "patches_per_image", "patch_size", "workers", "shard_size", "seed")
 
 
+def _fail(message: str) -> None:
+  """A user error: one line on stderr, exit code 2 (as every jaxmilab CLI)."""
+  print(message.replace("\n", "; "), file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS.output:
-    sys.exit("build_uir: error: --output is not set: give the output folder.")
+    _fail("build_uir: error: --output is not set: give the output folder.")
   args = {k: FLAGS[k].value for k in _ARG_NAMES}
   try:
     plan = make_plan(FLAGS.clean_dir, types=FLAGS.types, levels=FLAGS.levels,
@@ -524,18 +530,19 @@ def main(argv: Sequence[str]) -> None:
                      released_dir=FLAGS.released_dir)
     manifest = build(plan, FLAGS.output, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
   except (DataError, ValueError) as e:
-    sys.exit(f"build_uir: error: {e}")
+    _fail(f"build_uir: error: {e}")
   except concurrent.futures.process.BrokenProcessPool:
-    sys.exit("build_uir: error: a worker process died (killed, or out of memory). Finished "
-             "shards are kept: re-run the same command to resume.")
+    _fail("build_uir: error: a worker process died (killed, or out of memory). Finished "
+          "shards are kept: re-run the same command to resume.")
   print(f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
         f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}")
 
 
 def run():
   """Console-script entry point (jaxmilab-build-uir)."""
+  from jaxmilab import console  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  console.run_app(main)   # flag mistakes one line (exit 2), --help exits 0
 
 
 if __name__ == "__main__":
