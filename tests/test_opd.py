@@ -614,7 +614,64 @@ def test_eval_sets_of_different_sizes_are_padded_and_scored_uncropped(tmp_path):
     np.testing.assert_allclose(summary[f"{k}/set_b"], np.mean(v[2:]), rtol=1e-12)
   image = evaluator.images()
   assert image.ndim == 3 and image.shape[-1] == 3
+  # The picture shows the true windows only (set_a's 33 x 40, set_b's 36 x 36, cropped to the
+  # smaller: 33 x 36 per tile, 2 px frame), never the reflect padding up to 40 x 40.
+  assert image.shape[:2] == (2 * (33 + 4), 3 * (36 + 4))
   del outputs
+
+
+def test_validation_terms_match_the_closed_form_and_brute_force_pairs():
+  rng = np.random.default_rng(0)
+  outputs = rng.uniform(size=(3, 4, 5, 6, 3))
+  frames = rng.uniform(size=(3, 4, 5, 6, 3))
+  terms = opd.validation_terms("mse", outputs, frames)
+  loss_e, loss_a = opd.alienation_terms(jnp.asarray(outputs), jnp.asarray(frames))
+  np.testing.assert_allclose(terms["val_pairs"], loss_e, rtol=1e-5)
+  np.testing.assert_allclose(terms["val_spread"], loss_a, rtol=1e-5)
+  np.testing.assert_allclose(terms["val_n2n"], np.mean((outputs[:, 0] - frames[:, 1]) ** 2, axis=(1, 2, 3)))
+  # OPD-RC's criterion is the expectation of its random draw: the mean over all m^2 pairs.
+  every = np.mean([np.mean((outputs[:, i] - frames[:, j]) ** 2, axis=(1, 2, 3))
+                   for i in range(4) for j in range(4)], axis=0)
+  np.testing.assert_allclose(opd.validation_loss("opd_rc", terms, 4), every, rtol=1e-12)
+  np.testing.assert_allclose(opd.validation_loss("opd_al", terms, 4, 0.5, "minus"),
+                             terms["val_pairs"] - 0.5 * terms["val_spread"])
+  l1 = opd.validation_terms("l1", outputs, frames)
+  np.testing.assert_allclose(l1["val_pairs"], opd.exchange_term("l1", jnp.asarray(outputs),
+                                                                jnp.asarray(frames)), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"\[N, m, H, W, C\]"):
+    opd.validation_terms("mse", outputs[:, :1], frames[:, :1])
+
+
+def test_select_step_reads_the_validation_loss_not_the_test_psnr():
+  rows = [{"step": 10, "val_loss": 0.3, "psnr": 30.0}, {"step": 20, "val_loss": 0.1, "psnr": 20.0},
+          {"step": 30, "val_loss": 0.1, "psnr": 25.0}, {"step": 40, "psnr": 99.0}]
+  assert opd.select_step(rows)["step"] == 20  # lowest val loss, earliest on ties
+  with pytest.raises(ValueError, match="val_loss"):
+    opd.select_step([{"step": 1, "psnr": 1.0}])
+
+
+@pytest.mark.slow  # two tiny trainings: about 20 s of CPU (minutes of wall time on a loaded machine)
+def test_effects_selection_never_reads_the_clean_test_set():
+  """Mechanism: corrupting the clean test targets changes the PSNRs, not the selected step."""
+  from absl import flags
+  from jaxmilab.benchmarks import opd_effects
+  flags.FLAGS(["opd_effects", "--size=16", "--width=4", "--depth=1", "--scenes=2", "--val_scenes=2",
+               "--steps=6", "--eval_every=2", "--batch=2"], known_only=True)
+  try:
+    data = opd_effects.build_set([0], 3)
+    data["test_clean"] = data["test_clean"][:4]
+    data["test_noisy"] = data["test_noisy"][:4]
+    rows = opd_effects.train_recipe("opd_rc", 3, data, [0])[0]
+    corrupted = dict(data, test_clean=1.0 - data["test_clean"])
+    rows_bad = opd_effects.train_recipe("opd_rc", 3, corrupted, [0])[0]
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  assert [r["psnr"] for r in rows] != [r["psnr"] for r in rows_bad]
+  for key in ("val_loss",) + opd.VAL_TERMS:
+    np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in rows_bad], rtol=1e-6)
+  assert opd.select_step(rows)["step"] == opd.select_step(rows_bad)["step"]
+  assert opd_effects.summarize_run("opd_rc", 3, 0, rows)["selected_step"] == opd.select_step(rows)["step"]
 
 
 def test_configs_load_and_paper_schedule_is_official_steplr():

@@ -1,106 +1,293 @@
-r"""OPD in the small-data regime it is built for: N2C, N2N, OPD-RC, OPD-AL (both signs).
+r"""OPD's small-data effect, with a positive control first and selection on noisy data only.
 
-  python -m jaxmilab.benchmarks.opd_effects --frames=2,4,8 --seeds=0,1,2 --steps=600 \
+  python -m jaxmilab.benchmarks.opd_effects --frames=4,8 --seeds=0,1,2,3,4,5,6,7,8,9 \
       --output=/tmp/opd_effects.json
 
-A fixed set of `--scenes` clean 64 px scenes (crops of the six training photos shipped with
-scikit-image), each with m fixed noisy frames (AWGN sigma 25, `data.fixed_noise`), so the
-pairs of one scene are all the data there is; a small U-Net (width 8, depth 3) trained with
-Adam for `--steps` steps, evaluated every `--eval_every` steps on the held-out photos
-(chelsea, rocket, 128 px centre crops) with fresh noise. Reported per (m, recipe): the best
-eval PSNR over the run (early stopping at the peak, as "trained until N2N's held-out PSNR
-peaks" asks) and the final one, mean and spread (min..max) over seeds.
+The set (all sizes are flags): `--scenes` training scenes and `--val_scenes` validation
+scenes, fixed `--size` px crops of the six training photos shipped with scikit-image, each
+with m fixed noisy frames (AWGN sigma 25, clipped and rounded to 8 bits as
+`data.multiframe` makes them, frame k of scene s seeded by (seed, s, k)); so the pairs of
+those scenes are all the data there is. The held-out test set is every non-overlapping
+`--size` px tile of the two held-out photos (chelsea, rocket; 88 tiles at 64 px) with one
+fixed noisy frame each (noise seed independent of the training seed).
 
-Recipes: n2c, n2n, opd_rc, opd_al (released sign, L_E + L_A) and opd_al_minus (the paper's
-printed sign with w = 0.5, the largest round weight below the bound w < 1).
+Recipes (jaxmilab.methods.opd, its `loss` and `eval_step`; the network and optimizer of
+configs/opd.py:quickstart at `--width` / `--depth`, `--steps` steps, batch `--batch`):
+
+  positive control  n2n_fresh: N2N with fresh noise in every step (an unlimited number of
+                    frames per scene, the limit OPD's extra pairs approach) against n2n (one
+                    fixed pair per scene). If n2n_fresh does not beat n2n by well over the
+                    seed spread, the set cannot show what extra frames buy, and the OPD
+                    comparison below means nothing.
+  reference         n2c (clean targets).
+  compared          opd_rc and opd_al (released loss L_E + L_A) at each m of `--frames`,
+                    each against n2n, paired by seed.
+
+Selection never reads a clean image: every `--eval_every` steps each run is scored on the
+validation scenes' noisy frames (`opd.validation_terms`) and the step with the lowest
+`opd.validation_loss` (the recipe's own loss, as the released trainRC.py / trainAL.py select)
+is the reported one ("selected"); "final" is the last step of the fixed cosine schedule. The
+test-set PSNR is computed at every eval only to report it at those two steps and to show
+where its peak lies (whether N2N overfits in this set: its oracle peak before the end); the
+peak value is never reported as a result.
+
+Seeds: seed s fixes the initial weights, the noisy frames and the batch order, the same for
+every recipe (paired); all seeds of one recipe train at once (jax.vmap over seeds, the steps
+in one lax.scan), so a recipe compiles once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import tempfile
+import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
-flags.DEFINE_list("frames", ["2", "4", "8"], "Frames per scene (m).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-flags.DEFINE_list("recipes", ["n2c", "n2n", "opd_rc", "opd_al", "opd_al_minus"], "Recipes.")
-flags.DEFINE_integer("scenes", 16, "Number of fixed clean scenes.")
-flags.DEFINE_integer("steps", 600, "Training steps per run.")
-flags.DEFINE_integer("eval_every", 100, "Eval period (steps).")
-flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the summary table.")
+flags.DEFINE_list("frames", ["4", "8"], "Frames per scene (m) for the OPD recipes.")
+flags.DEFINE_list("seeds", [str(s) for s in range(10)], "Paired training seeds.")
+flags.DEFINE_list("recipes", ["n2c", "n2n", "n2n_fresh", "opd_rc", "opd_al"], "Recipes.")
+flags.DEFINE_integer("scenes", 8, "Training scenes.")
+flags.DEFINE_integer("val_scenes", 4, "Validation scenes (noisy frames only; selection).")
+flags.DEFINE_integer("size", 64, "Scene / tile size (px).")
+flags.DEFINE_integer("steps", 600, "Training steps per run (cosine schedule to 0).")
+flags.DEFINE_integer("eval_every", 50, "Eval period (steps).")
+flags.DEFINE_integer("batch", 8, "Scenes per step.")
+flags.DEFINE_integer("width", 16, "U-Net width.")
+flags.DEFINE_integer("depth", 3, "U-Net depth.")
+flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.")
+flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the tables.")
 FLAGS = flags.FLAGS
 
-RECIPES = {"n2c": {"method.recipe": "n2c"}, "n2n": {"method.recipe": "n2n"},
-           "opd_rc": {"method.recipe": "opd_rc"}, "opd_al": {"method.recipe": "opd_al"},
-           "opd_al_minus": {"method.recipe": "opd_al", "method.alienation_sign": "minus",
-                            "method.alienation_weight": 0.5}}
+SIGMA = 25.0
+SINGLE_PAIR = ("n2c", "n2n", "n2n_fresh")   # read frames 1 and 2 only: the same runs for every m
+LABELS = {"n2c": "N2C (clean targets)", "n2n": "N2N (one fixed pair)",
+          "n2n_fresh": "N2N, fresh noise each step (control)", "opd_rc": "OPD-RC",
+          "opd_al": "OPD-AL (released, L_E + L_A)"}
 
 
-def write_scenes(folder: str, count: int, size: int = 64) -> None:
-  """`count` fixed crops of the training photos, as PNG files (the clean scenes)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+# ------------------------------------------------------------------------------------ data
+
+
+def scene_crops(count: int, size: int, seed: int = 1234) -> np.ndarray:
+  """`count` fixed crops of the training photos, uint8 [count, size, size, 3]."""
   from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
   photos = [embedded.read(p) for p in embedded.PHOTOS if p not in embedded.EVAL_PHOTOS]
-  rng = np.random.default_rng(1234)
+  rng = np.random.default_rng(seed)
+  out = []
   for i in range(count):
     photo = photos[i % len(photos)]
     top = int(rng.integers(0, photo.shape[0] - size))
     left = int(rng.integers(0, photo.shape[1] - size))
-    Image.fromarray(photo[top:top + size, left:left + size]).save(os.path.join(folder, f"scene_{i:03d}.png"))
+    out.append(photo[top:top + size, left:left + size])
+  return np.stack(out)
 
 
-def run_one(root: str, m: int, recipe: str, seed: int, steps: int, eval_every: int) -> dict:
+def test_tiles(size: int) -> np.ndarray:
+  """Every non-overlapping size x size tile of the held-out photos, uint8 [N, size, size, 3]."""
+  from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
+  tiles = []
+  for name in embedded.EVAL_PHOTOS:
+    photo = embedded.read(name)
+    for top in range(0, photo.shape[0] - size + 1, size):
+      for left in range(0, photo.shape[1] - size + 1, size):
+        tiles.append(photo[top:top + size, left:left + size])
+  return np.stack(tiles)
+
+
+def fixed_frames(scenes: np.ndarray, m: int, seed: int, first_scene: int = 0) -> np.ndarray:
+  """m fixed noisy frames per scene as data.multiframe makes them: f32 [N, m, H, W, 3]."""
+  from jaxmilab.data import multiframe  # pylint: disable=g-import-not-at-top
+  size = scenes.shape[1]
+  synth = multiframe.FrameSynthesizer("awgn", {"sigma": SIGMA}, seed=seed, tile=size, clip=True,
+                                      quantize=True)
+  return np.stack([np.stack([synth.fixed(s, first_scene + i, k, 0, 0, size, size) for k in range(m)])
+                   for i, s in enumerate(scenes)])
+
+
+def build_set(seeds, m_max: int) -> dict:
+  from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import multiframe  # pylint: disable=g-import-not-at-top
+  size = FLAGS.size
+  crops = scene_crops(FLAGS.scenes + FLAGS.val_scenes, size)
+  train, val = crops[:FLAGS.scenes], crops[FLAGS.scenes:]
+  tiles = images.to_float(test_tiles(size))
+  synth = multiframe.FrameSynthesizer("awgn", {"sigma": SIGMA}, seed=0, tile=size, clip=True,
+                                      quantize=True)
+  rng = np.random.default_rng([0, 0x0D2])
+  test_noisy = np.stack([synth.fresh(t, rng, 1)[0] for t in tiles])
+  return {
+      "clean": images.to_float(train),                                             # [S, H, W, 3]
+      "frames": np.stack([fixed_frames(train, m_max, s) for s in seeds]),          # [seeds, S, m, ...]
+      "val": np.stack([fixed_frames(val, m_max, s, FLAGS.scenes) for s in seeds]),  # [seeds, V, m, ...]
+      "test_clean": tiles, "test_noisy": test_noisy}
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def make_config(recipe: str):
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
-  from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
-  overrides = {"mesh.num_devices": 1, "seed": seed, "total_steps": steps, "eval_every_steps": eval_every,
-               "checkpoint_every_steps": steps, "log_every_steps": eval_every,
-               "data.root": root, "data.num_frames": m, "data.crop": "top_left", "data.patch_size": 64,
-               "data.fixed_noise": True, "data.eval_size": 128, "data.eval_frames": 1,
-               "data.eval_batch_size": 2, "data.eval_sets": {"embedded": "embedded"}, "batch_size": 8, **RECIPES[recipe]}
+  overrides = {"mesh.num_devices": 1, "total_steps": FLAGS.steps, "batch_size": FLAGS.batch,
+               "method.recipe": "n2n" if recipe == "n2n_fresh" else recipe,
+               "optimizer.learning_rate": FLAGS.learning_rate}
   config = config_lib.load("configs/opd.py:quickstart", overrides)
-  config.model.width, config.model.depth = 8, 3
-  workdir = tempfile.mkdtemp(prefix="opd_effects_")
-  trainer.train_to_end(config, workdir)
-  evals = metrics_lib.read_split(workdir, "eval")
-  psnr = [r["psnr"] for r in evals]
-  return {"m": m, "recipe": recipe, "seed": seed, "best_psnr": float(max(psnr)),
-          "best_step": int(evals[int(np.argmax(psnr))]["step"]), "final_psnr": float(psnr[-1]),
-          "final_ssim": float(evals[-1]["ssim"]), "input_psnr": float(evals[-1]["psnr_input"])}
+  config.model.width, config.model.depth = FLAGS.width, FLAGS.depth
+  return config
 
 
-def summarize(rows: list[dict]) -> str:
-  groups: dict[tuple[int, str], list[dict]] = {}
-  for r in rows:
-    groups.setdefault((r["m"], r["recipe"]), []).append(r)
-  lines = ["| m | recipe | seeds | best PSNR | final PSNR | final SSIM |", "|---|---|---|---|---|---|"]
-  for (m, recipe), rs in sorted(groups.items()):
-    cells = []
-    for k in ("best_psnr", "final_psnr", "final_ssim"):
-      v = np.array([r[k] for r in rs])
-      cells.append(f"{v.mean():.2f} ({v.min():.2f}..{v.max():.2f})" if k != "final_ssim"
-                   else f"{v.mean():.3f}")
-    lines.append(f"| {m} | {recipe} | {len(rs)} | " + " | ".join(cells) + " |")
+def train_recipe(recipe: str, m: int, data: dict, seeds) -> list[dict]:
+  """All seeds of one (recipe, m) at once; per seed the eval rows over the run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxmilab import optimizers  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
+  from jaxmilab.evaluation import restoration  # pylint: disable=g-import-not-at-top
+  from jaxmilab.methods import opd  # pylint: disable=g-import-not-at-top
+
+  config = make_config(recipe)
+  method = opd.Method(config, DataInfo(extra={"has_clean": True}))
+  tx = optimizers.create(config.optimizer, FLAGS.steps)
+  fresh = recipe == "n2n_fresh"
+  frames = jnp.asarray(data["frames"][:, :, :m])  # [seeds, S, m, H, W, 3]
+  clean = jnp.asarray(data["clean"])
+  num_scenes, batch = clean.shape[0], FLAGS.batch
+
+  def init(key, frames_s):
+    variables = method.init_variables(key, {"noisy": frames_s[:batch], "clean": clean[:batch]})
+    params = variables.pop("params")
+    return params, variables, tx.init(params)
+
+  def step(frames_s, carry, _):
+    params, model_state, opt_state, key = carry
+    key, k_idx, k_noise, k_loss = jax.random.split(key, 4)
+    idx = jax.random.randint(k_idx, (batch,), 0, num_scenes)
+    target_clean = clean[idx]
+    if fresh:  # new noise every step, made as FrameSynthesizer makes frames (clip, 8 bits)
+      noise = jax.random.normal(k_noise, (batch, 2) + clean.shape[1:]) * (SIGMA / 255.0)
+      noisy = jnp.round(jnp.clip(target_clean[:, None] + noise, 0.0, 1.0) * 255.0) / 255.0
+    else:
+      noisy = frames_s[idx]
+    (loss, (_, model_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        params, model_state, {"noisy": noisy, "clean": target_clean}, k_loss)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), model_state, opt_state, key), loss
+
+  def run_chunk(carry, frames_s):
+    return jax.lax.scan(functools.partial(step, frames_s), carry, None, length=FLAGS.eval_every)
+
+  chunk = jax.jit(run_chunk)  # one seed at a time: vmapped convolutions are slow on CPU
+
+  def outputs(params, model_state, noisy):  # noisy [N, H, W, 3] -> f(noisy)
+    return method.eval_step(params, model_state, {"noisy": noisy[:, None]})["restored"]
+
+  apply = jax.jit(outputs)
+  val = data["val"][:, :, :m]  # [seeds, V, m, H, W, 3]
+  test_clean = restoration.to_uint8(data["test_clean"])
+  test_noisy = jnp.asarray(data["test_noisy"])
+  rows = [[] for _ in seeds]
+  for s, seed in enumerate(seeds):
+    key = jax.random.PRNGKey(int(seed))
+    params, model_state, opt_state = jax.jit(init)(key, frames[s])
+    carry = (params, model_state, opt_state, jax.random.fold_in(key, 1))
+    val_in = jnp.asarray(val[s].reshape((-1,) + val.shape[3:]))
+    for done in range(FLAGS.eval_every, FLAGS.steps + 1, FLAGS.eval_every):
+      carry, losses = chunk(carry, frames[s])
+      params, model_state = carry[0], carry[1]
+      val_out = np.asarray(apply(params, model_state, val_in)).reshape(val[s].shape)
+      test_out = restoration.to_uint8(np.asarray(apply(params, model_state, test_noisy)))
+      terms = opd.validation_terms(method.pixel_loss, val_out, val[s])
+      terms = {k: float(np.mean(v)) for k, v in terms.items()}
+      psnr = float(np.mean(10.0 * np.log10(255.0 ** 2 / np.mean(
+          np.square(test_out.astype(np.float64) - test_clean), axis=(1, 2, 3)))))
+      rows[s].append({"step": done, "psnr": psnr, "train_loss": float(np.mean(losses)),
+                      "val_loss": opd.validation_loss(method.recipe, terms, m), **terms})
+  return rows
+
+
+def summarize_run(recipe: str, m: int, seed: int, rows: list[dict]) -> dict:
+  from jaxmilab.methods import opd  # pylint: disable=g-import-not-at-top
+  chosen = opd.select_step(rows)
+  peak = max(rows, key=lambda r: r["psnr"])
+  return {"recipe": recipe, "m": m, "seed": seed, "selected_psnr": chosen["psnr"],
+          "selected_step": chosen["step"], "final_psnr": rows[-1]["psnr"],
+          "oracle_peak_step": peak["step"], "evals": rows}
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def _stats(values) -> str:
+  v = np.asarray(values, np.float64)
+  return f"{v.mean():+.2f} (sd {v.std(ddof=1) if v.size > 1 else 0.0:.2f}; {v.min():+.2f}..{v.max():+.2f})"
+
+
+def summarize(runs: list[dict]) -> str:
+  """The positive control first, then each OPD recipe against N2N, paired by seed."""
+  by = {(r["recipe"], r["m"], r["seed"]): r for r in runs}
+  lines = []
+  for key in ("selected_psnr", "final_psnr"):
+    name = "selected by noisy validation loss" if key == "selected_psnr" else "final step"
+    lines += [f"PSNR at the {name} (dB). Paired differences are per seed: mean (sd; min..max).", "",
+              "| comparison | m | seeds | A mean | B mean | A - B per seed | A ahead |",
+              "|---|---|---|---|---|---|---|"]
+    pairs = [("n2n_fresh", 2, "n2n", 2, "control"), ("n2c", 2, "n2n", 2, "reference")]
+    ms = sorted({r["m"] for r in runs if r["recipe"] not in SINGLE_PAIR})
+    pairs += [(rec, m, "n2n", 2, "") for m in ms for rec in ("opd_rc", "opd_al")]
+    for a, ma, b, mb, tag in pairs:
+      seeds = sorted(s for (r, m, s) in by if r == a and m == ma and (b, mb, s) in by)
+      if not seeds:
+        continue
+      va = np.array([by[(a, ma, s)][key] for s in seeds])
+      vb = np.array([by[(b, mb, s)][key] for s in seeds])
+      label = f"{LABELS[a]} vs {LABELS[b]}" + (f" [{tag}]" if tag else "")
+      lines.append(f"| {label} | {ma if a not in SINGLE_PAIR else '-'} | {len(seeds)} | "
+                   f"{va.mean():.2f} | {vb.mean():.2f} | {_stats(va - vb)} | "
+                   f"{int(np.sum(va > vb))}/{len(seeds)} |")
+    lines.append("")
+  n2n = [r for r in runs if r["recipe"] == "n2n"]
+  if n2n:
+    spread = np.array([r["final_psnr"] for r in n2n])
+    lines.append(f"N2N seed spread (final PSNR): sd {spread.std(ddof=1) if spread.size > 1 else 0:.2f}, "
+                 f"range {spread.min():.2f}..{spread.max():.2f} dB over {spread.size} seeds.")
+    last = max(r["evals"][-1]["step"] for r in n2n)
+    early = [r for r in n2n if r["oracle_peak_step"] < last]
+    lines.append(f"N2N overfitting: its test PSNR peaks before the last step in {len(early)}/{len(n2n)} "
+                 f"seeds (peak steps {sorted(r['oracle_peak_step'] for r in n2n)}; last {last}); "
+                 f"validation-selected steps {sorted(r['selected_step'] for r in n2n)}.")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  root = tempfile.mkdtemp(prefix="opd_scenes_")
-  write_scenes(root, FLAGS.scenes)
-  rows = []
-  for m in (int(f) for f in FLAGS.frames):
-    for seed in (int(s) for s in FLAGS.seeds):
-      for recipe in FLAGS.recipes:
-        rows.append(run_one(root, m, recipe, seed, FLAGS.steps, FLAGS.eval_every))
-        if FLAGS.output:  # partial results survive a time limit
-          with open(FLAGS.output, "w", encoding="utf-8") as f:
-            json.dump({"rows": rows, "table": summarize(rows)}, f, indent=1)
-  print(summarize(rows))
+  seeds = [int(s) for s in FLAGS.seeds]
+  frames = sorted(int(f) for f in FLAGS.frames)
+  m_max = max(frames + [2])
+  start = time.time()
+  data = build_set(seeds, m_max)
+  runs = []
+  jobs = [(r, 2) for r in FLAGS.recipes if r in SINGLE_PAIR]
+  jobs += [(r, m) for m in frames for r in FLAGS.recipes if r not in SINGLE_PAIR]
+  # The control first: it says whether this set can show the effect at all.
+  jobs.sort(key=lambda j: (("n2n", "n2n_fresh", "opd_rc", "n2c", "opd_al").index(j[0]), j[1]))
+  for recipe, m in jobs:
+    if recipe not in LABELS:
+      raise ValueError(f"--recipes: unknown {recipe!r}; use {', '.join(LABELS)}.")
+    t0 = time.time()
+    rows = train_recipe(recipe, m, data, seeds)
+    runs += [summarize_run(recipe, m, s, r) for s, r in zip(seeds, rows)]
+    print(f"{recipe} m={m}: {len(seeds)} seeds in {time.time() - t0:.0f} s", flush=True)
+    table = summarize(runs)
+    if FLAGS.output:  # partial results survive a time limit
+      with open(FLAGS.output, "w", encoding="utf-8") as f:
+        json.dump({"flags": {k: getattr(FLAGS, k) for k in (
+            "frames", "seeds", "recipes", "scenes", "val_scenes", "size", "steps", "eval_every",
+            "batch", "width", "depth", "learning_rate")}, "runs": runs, "table": table,
+            "seconds": time.time() - start}, f, indent=1)
+  print(summarize(runs))
 
 
 if __name__ == "__main__":

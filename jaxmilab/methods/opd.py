@@ -135,6 +135,85 @@ def check_alienation(weight: float, sign: str) -> None:
                      "released calc_loss_AL).")
 
 
+# ------------------------------------------------------------------- validation (noisy only)
+
+# Per-scene terms of the validation loss, on held-out noisy frames only (no clean image).
+VAL_TERMS = ("val_pairs", "val_same", "val_n2n", "val_spread")
+
+
+def validation_terms(kind: str, outputs: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-scene loss terms from outputs f(x_j) and noisy frames x_k, numpy [N, m, H, W, C] -> [N].
+
+    val_pairs   1/(m(m-1)) sum_{j != k} l(f_j, x_k)    (L_E; every ordered pair of frames)
+    val_same    1/m sum_j l(f_j, x_j)                  (the pairs i = j random coupling draws)
+    val_n2n     l(f_1, x_2)                            (N2N's fixed pair)
+    val_spread  1/m^2 sum_{j<k} ||f_j - f_k||^2        (L_A, always MSE)
+
+  l is the method's per-pixel loss `kind`. Only noisy frames enter: nothing here can read a
+  clean image, so a step chosen from these terms never looks at the test set.
+  """
+  outputs, frames = np.asarray(outputs, np.float64), np.asarray(frames, np.float64)
+  if outputs.shape != frames.shape or outputs.ndim != 5 or outputs.shape[1] < 2:
+    raise ValueError(f"OPD validation: outputs {outputs.shape} and frames {frames.shape} must both "
+                     f"be [N, m, H, W, C] with m >= 2 noisy frames per held-out scene.")
+
+  def loss(a, b):  # [N, ...] -> [N]
+    axes = tuple(range(1, a.ndim))
+    if kind == "mse":
+      return np.mean(np.square(a - b), axis=axes)
+    if kind == "l1":
+      return np.mean(np.abs(a - b), axis=axes)
+    if kind == "masked_mse":
+      keep = (b != 0).astype(np.float64)
+      return np.sum(keep * np.square(a - b), axis=axes) / np.maximum(np.sum(keep, axis=axes), 1.0)
+    raise ValueError(f"config.method.loss={kind!r}: use one of {LOSSES}.")
+
+  m = outputs.shape[1]
+  pairs = sum(loss(outputs[:, j], frames[:, k]) for j in range(m) for k in range(m) if j != k)
+  same = sum(loss(outputs[:, j], frames[:, j]) for j in range(m))
+  spread = sum(np.mean(np.square(outputs[:, j] - outputs[:, k]), axis=(1, 2, 3))
+               for j in range(m) for k in range(j + 1, m))
+  return {"val_pairs": pairs / (m * (m - 1)), "val_same": same / m,
+          "val_n2n": loss(outputs[:, 0], frames[:, 1]), "val_spread": spread / (m * m)}
+
+
+def validation_loss(recipe: str, terms: dict[str, float], m: int, weight: float = 1.0,
+                    sign: str = "plus") -> float:
+  """The recipe's own training loss on the held-out noisy scenes (what the release selects by).
+
+  The released utils/trainRC.py and trainAL.py run a 'val' phase each epoch on a held-out
+  10 % of the noisy scenes (train.py `--valsize 0.1`, random_split) with the training loss
+  (calc_loss_RC / calc_loss_AL) and keep the weights of the lowest val loss. Here:
+    opd_rc  E[l(f_i, x_j)] over i, j uniform in 1..m = ((m - 1) val_pairs + val_same) / m
+            (the expectation of the released random draw, computed exactly);
+    opd_al  val_pairs +- w val_spread (calc_loss_AL);
+    n2n     val_n2n (its fixed pair; N2N is not in the release);
+    n2c     val_pairs (our choice: its own loss needs clean images, which selection must not read).
+  """
+  if recipe == "opd_rc":
+    return ((m - 1) * terms["val_pairs"] + terms["val_same"]) / m
+  if recipe == "opd_al":
+    return terms["val_pairs"] + (1.0 if sign == "plus" else -1.0) * weight * terms["val_spread"]
+  if recipe == "n2n":
+    return terms["val_n2n"]
+  if recipe == "n2c":
+    return terms["val_pairs"]
+  raise ValueError(f"config.method.recipe={recipe!r}: use one of {RECIPES}.")
+
+
+def select_step(rows: list[dict], key: str = "val_loss") -> dict:
+  """The eval row with the lowest `key` (earliest on ties): model selection on noisy data only.
+
+  `rows` are the eval rows of one run (jaxmilab.metrics.read_split(workdir, "eval")); their
+  "psnr" / "ssim" are then read at that step, never maximised over.
+  """
+  rows = [r for r in rows if key in r]
+  if not rows:
+    raise ValueError(f"OPD selection: no eval row has {key!r}; set config.data.val_scenes > 0 so "
+                     "the eval holds held-out noisy scenes.")
+  return min(rows, key=lambda r: (r[key], r["step"]))
+
+
 class Method(base.Method):
   """N2C / N2N / OPD-RC / OPD-AL training of a denoiser on multi-frame batches."""
 
@@ -259,8 +338,10 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
       self.add("count", np.eye(self.sums["count"].size)[label])
       if len(self._kept) < self.max_images and label not in self._kept_labels:
         self._kept_labels.add(label)
-        self._kept.append({"lq": np.asarray(batch["noisy"][i, 0]), "restored": restored[i],
-                           "gt": np.asarray(batch["clean"][i])})
+        # Only the true h x w window: eval images are reflect-padded to one shape, and the
+        # padding is not part of the image (it is not scored either).
+        self._kept.append({"lq": np.asarray(batch["noisy"][i, 0, :h, :w]), "restored": restored[i, :h, :w],
+                           "gt": np.asarray(batch["clean"][i, :h, :w])})
 
   def compute(self) -> dict[str, float]:
     count = self.sums["count"]
@@ -276,7 +357,7 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
   def images(self) -> np.ndarray | None:
     if not self._kept:
       return None
-    h = min(k["gt"].shape[0] for k in self._kept)  # eval sets are padded to one size; crop if not
+    h = min(k["gt"].shape[0] for k in self._kept)  # true sizes differ: crop to the smallest
     w = min(k["gt"].shape[1] for k in self._kept)
     grid = {key: np.stack([k[key][:h, :w] for k in self._kept])
             for key in ("lq", "restored", "gt")}
