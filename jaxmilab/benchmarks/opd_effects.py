@@ -59,6 +59,8 @@ flags.DEFINE_integer("width", 16, "U-Net width.")
 flags.DEFINE_integer("depth", 3, "U-Net depth.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.")
 flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the tables.")
+flags.DEFINE_list("merge", [], "Only print the tables of the runs in these --output files "
+                  "(e.g. recipes run in separate processes), training nothing.")
 FLAGS = flags.FLAGS
 
 SIGMA = 25.0
@@ -232,8 +234,8 @@ def summarize(runs: list[dict]) -> str:
   for key in ("selected_psnr", "final_psnr"):
     name = "selected by noisy validation loss" if key == "selected_psnr" else "final step"
     lines += [f"PSNR at the {name} (dB). Paired differences are per seed: mean (sd; min..max).", "",
-              "| comparison | m | seeds | A mean | B mean | A - B per seed | A ahead |",
-              "|---|---|---|---|---|---|---|"]
+              "| comparison | m | seeds | A mean | B mean | A - B | A ahead | A - B, seeds in order |",
+              "|---|---|---|---|---|---|---|---|"]
     pairs = [("n2n_fresh", 2, "n2n", 2, "control"), ("n2c", 2, "n2n", 2, "reference")]
     ms = sorted({r["m"] for r in runs if r["recipe"] not in SINGLE_PAIR})
     pairs += [(rec, m, "n2n", 2, "") for m in ms for rec in ("opd_rc", "opd_al")]
@@ -246,7 +248,7 @@ def summarize(runs: list[dict]) -> str:
       label = f"{LABELS[a]} vs {LABELS[b]}" + (f" [{tag}]" if tag else "")
       lines.append(f"| {label} | {ma if a not in SINGLE_PAIR else '-'} | {len(seeds)} | "
                    f"{va.mean():.2f} | {vb.mean():.2f} | {_stats(va - vb)} | "
-                   f"{int(np.sum(va > vb))}/{len(seeds)} |")
+                   f"{int(np.sum(va > vb))}/{len(seeds)} | {' '.join(f'{d:+.2f}' for d in va - vb)} |")
     lines.append("")
   n2n = [r for r in runs if r["recipe"] == "n2n"]
   if n2n:
@@ -263,6 +265,13 @@ def summarize(runs: list[dict]) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.merge:
+    runs = []
+    for path in FLAGS.merge:
+      with open(path, encoding="utf-8") as f:
+        runs += json.load(f)["runs"]
+    print(summarize(runs))
+    return
   seeds = [int(s) for s in FLAGS.seeds]
   frames = sorted(int(f) for f in FLAGS.frames)
   m_max = max(frames + [2])
