@@ -61,7 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
+  c.checkpoint_every_minutes = 0.0     # > 0: also checkpoint at the first log step this long after
+                                       # the last checkpoint (0 = steps only)
   c.keep_checkpoints = 3
+  c.prefetch_batches = 2               # train steps of input read and put on device ahead (0 = none)
   c.ema_decay = 0.0                    # EMA of parameters (evaluated, saved as params_ema); 0 = off
   c.profile_steps = ()                 # (first, last) step of a profiler trace in DIR/profile
   c.mesh = ml_collections.ConfigDict(MESH_DEFAULTS)
@@ -300,6 +303,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "checkpoint_every_steps", "keep_checkpoints"):
     if int(config[key]) < 1:
       raise ConfigError(f"config.{key}={config[key]} must be >= 1.")
+  for key in ("checkpoint_every_minutes", "prefetch_batches"):
+    if key in config and not float(config[key]) >= 0:
+      raise ConfigError(f"config.{key}={config[key]} must be >= 0 (0 = off).")
   opt = options(config.optimizer, OPTIMIZER_DEFAULTS, part="optimizer")
   if opt.name not in OPTIMIZERS:
     raise ConfigError(f"config.optimizer.name={opt.name!r} is not one of {', '.join(OPTIMIZERS)}"

@@ -67,9 +67,11 @@ def tensorboard_dir(workdir: str | os.PathLike) -> str | None:
 class JsonlWriter(interface.MetricWriter):
   """clu writer that appends scalars to metrics.jsonl; "split/name" keys set the split.
 
-  Local files are appended and flushed at every write. Object stores (gs://) cannot
-  append: there the whole file is rewritten at `flush()` (the trainer flushes at every
-  checkpoint, so the records a resume keeps are durable when its checkpoint exists).
+  Local files are appended and flushed at every write. On object stores the records wait
+  in memory until `flush()` (the trainer flushes at every checkpoint, so the records a resume
+  keeps are durable when its checkpoint exists), which appends them: on gs:// by uploading
+  them as a small object and composing the file with it (`append_remote`: GCS's compose,
+  server-side; the file's bytes are not sent again), elsewhere by rewriting the file.
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -78,7 +80,7 @@ class JsonlWriter(interface.MetricWriter):
     if self._local:
       self._file = open(self._path, "a", encoding="utf-8")
     else:
-      self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+      self._lines: list[str] = []   # written since the last flush
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     by_split: dict[str, dict[str, float]] = {}
@@ -128,14 +130,53 @@ class JsonlWriter(interface.MetricWriter):
     if self._local:
       self._file.flush()
       os.fsync(self._file.fileno())
-    else:
-      self._path.write_text("".join(self._lines))
+    elif self._lines:
+      append_remote(self._path, "".join(self._lines))
+      self._lines = []
 
   def close(self):
     if self._local:
       self._file.close()
     else:
       self.flush()
+
+
+_COMPOSE_FAILED: list[str] = []
+
+
+def _gcs_compose_append(path: str, text: str) -> None:
+  """Appends `text` to the gs:// object `path`: upload a part, compose [object, part], delete it."""
+  import uuid  # pylint: disable=g-import-not-at-top
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  bucket_name, _, name = path[len("gs://"):].partition("/")
+  bucket = storage.Client().bucket(bucket_name)
+  target = bucket.blob(name)
+  data = text.encode("utf-8")
+  if not target.exists():
+    target.upload_from_string(data, content_type="application/json")
+    return
+  part = bucket.blob(f"{name}.append-{uuid.uuid4().hex}")
+  part.upload_from_string(data)
+  try:
+    target.content_type = "application/json"
+    target.compose([target, part])   # atomic: readers see the old or the new object
+  finally:
+    part.delete()
+
+
+def append_remote(path: str | os.PathLike, text: str) -> None:
+  """Appends `text` to a file on a remote filesystem (module docstring of JsonlWriter)."""
+  path = epath.Path(path)
+  if str(path).startswith("gs://") and not _COMPOSE_FAILED:
+    try:
+      _gcs_compose_append(str(path), text)
+      return
+    except Exception as e:  # pylint: disable=broad-except  # no client library / credentials
+      _COMPOSE_FAILED.append(repr(e))
+      logging.warning("Appending to %s with GCS compose failed (%r); rewriting the file at each "
+                      "flush instead.", path, e)
+  old = path.read_text() if path.exists() else ""
+  path.write_text(old + text)
 
 
 def truncate_jsonl(workdir: str, after_step: int) -> None:

@@ -26,7 +26,9 @@ CONFIG_DEFAULTS = dict(
     b1=0.9, b2=0.999,                # adam*
     momentum=0.9, nesterov=True,     # sgd
     grad_clip_norm=0.0,              # 0 = off
-    accumulate_steps=1,              # > 1: average that many micro-batch gradients per update
+    # > 1: one optimizer update per that many micro-batches of `batch_size`, their gradients
+    # summed in float32 inside the jitted step (trainer._train_step, a scan) and averaged.
+    accumulate_steps=1,
     lr_multipliers=())               # ((regex over parameter paths, factor), ...)
 
 
@@ -61,14 +63,17 @@ def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> opta
 
 
 def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """adam | adamw | sgd, optional global-norm clipping and gradient accumulation.
+  """adam | adamw | sgd with optional global-norm clipping: one update per call of `update`.
 
-  `accumulate_steps` > 1 averages the gradients of that many micro-batches
-  (optax.MultiSteps); the schedule then counts optimizer updates.
+  `total_steps` counts micro-steps (trainer steps); with `accumulate_steps` = k > 1 the trainer
+  averages k micro-batch gradients inside one jitted step and calls `update` once
+  (`trainer._train_step`), so the schedule here counts the `total_steps // k` optimizer
+  updates. (Accumulation used to be `optax.MultiSteps` around this transformation, which
+  ran a full Adam update every micro-step and a jit per micro-batch; it is no longer used.)
   """
   opts = _options(config)
   accumulate = int(opts.accumulate_steps)
-  # With accumulation the schedule counts optimizer updates, not micro-steps.
+  # The schedule counts optimizer updates, not micro-steps.
   schedule = create_schedule(config, max(total_steps // accumulate, 1))
   name = opts.name
   if name == "adamw":
@@ -89,8 +94,6 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> optax.Gradien
   clip = opts.grad_clip_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  if accumulate > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
   return tx
 
 

@@ -40,8 +40,10 @@ from jax.experimental import multihost_utils
 from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import config_lib
 from jaxmilab import console
+from jaxmilab import goodput as goodput_lib
 from jaxmilab import metrics as metrics_lib
 from jaxmilab import optimizers
+from jaxmilab import prefetch as prefetch_lib
 from jaxmilab import registry
 from jaxmilab import sharding as sharding_lib
 from jaxmilab import workdir as workdir_lib
@@ -186,37 +188,80 @@ def _first_batch(train_iter) -> dict[str, np.ndarray]:
   return batch
 
 
-def _optimizer_updated(opt_state: Any) -> jax.Array | bool:
-  """Whether the update just applied changed the parameters (False inside accumulation)."""
-  if isinstance(opt_state, optax.MultiStepsState):
-    return opt_state.mini_step == 0
-  return True
+def _mean_gradients(params, model_state, batch, rng, step, *, method, accumulate: int,
+                    grad_shardings=None):
+  """(loss, metrics, model_state, gradients) averaged over `accumulate` micro-batches.
+
+  accumulate == 1: one value_and_grad on `batch`. accumulate = k > 1: `batch` carries a leading
+  micro-batch axis [k, B, ...]; a `lax.scan` runs the k forward/backward passes in this one
+  jitted program, summing the gradients in float32 (cast back to each parameter's dtype after
+  dividing by k) and threading `model_state` (BatchNorm statistics) from micro-batch to
+  micro-batch as k separate steps would. Micro-batch i uses the rng of micro-step `step + i`,
+  so the draws (masks, crops) are those of k plain steps. The loss and the method's metrics are
+  the means over the micro-batches.
+  """
+  grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+  if accumulate == 1:
+    with sharding_lib.batch_sharded_activations():
+      (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch,
+                                                      jax.random.fold_in(rng, step))
+    return loss, metrics, model_state, grads
+
+  def constrain(tree):
+    return tree if grad_shardings is None else jax.lax.with_sharding_constraint(tree, grad_shardings)
+
+  def micro(carry, inputs):
+    model_state, grad_sum = carry
+    micro_batch, i = inputs
+    with sharding_lib.batch_sharded_activations():
+      (loss, (metrics, model_state)), grads = grad_fn(params, model_state, micro_batch,
+                                                      jax.random.fold_in(rng, step + i))
+    grad_sum = constrain(jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads))
+    return (model_state, grad_sum), (loss, metrics)
+
+  zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+  (model_state, grad_sum), (losses, metrics) = jax.lax.scan(
+      micro, (model_state, zeros), (batch, jnp.arange(accumulate, dtype=jnp.int32)))
+  grads = jax.tree.map(lambda g, p: (g / accumulate).astype(p.dtype), grad_sum, params)
+  metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32), axis=0), metrics)
+  return jnp.mean(losses.astype(jnp.float32)), metrics, model_state, grads
 
 
 def _train_step(state: TrainState, batch, rng, *, method, tx, schedule, accumulate: int,
-                ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One trainer step; pure, jitted once by the trainer (inside `jax.set_mesh`)."""
-  rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-  with sharding_lib.batch_sharded_activations():
-    (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+                ema_decay: float, grad_shardings=None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update; pure, jitted once by the trainer (inside `jax.set_mesh`).
+
+  With `accumulate` = k > 1 the update consumes k micro-batches (`batch` is [k, B, ...], see
+  `_mean_gradients`) and `state.step` advances by k: steps keep counting micro-batches, as
+  `config.total_steps` and the `*_every_steps` cadences do. `grad_norm` is the norm of the
+  (averaged) gradient the update applies.
+  """
+  loss, metrics, model_state, grads = _mean_gradients(
+      state.params, state.model_state, batch, rng, state.step, method=method,
+      accumulate=accumulate, grad_shardings=grad_shardings)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   params_ema = state.params_ema
   if params_ema is not None:
     # BasicSR model_ema: ema = decay * ema + (1 - decay) * params after every optimizer update.
-    decay = jnp.where(_optimizer_updated(opt_state), ema_decay, 1.0)
-    params_ema = jax.tree.map(lambda e, p: (decay * e + (1 - decay) * p).astype(e.dtype),
+    params_ema = jax.tree.map(lambda e, p: (ema_decay * e + (1 - ema_decay) * p).astype(e.dtype),
                               params_ema, params)
   metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                  learning_rate=schedule(state.step // accumulate))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+  return TrainState(step=state.step + accumulate, params=params, opt_state=opt_state,
                     model_state=model_state, params_ema=params_ema), metrics
 
 
 def _eval_step(state: TrainState, batch, *, method) -> dict[str, jax.Array]:
   with sharding_lib.batch_sharded_activations():
     return method.eval_step(state.eval_params(), state.model_state, batch)
+
+
+def _put_step_batch(local_batch: dict[str, np.ndarray], *, sharding) -> dict[str, jax.Array]:
+  """Global arrays of the train step's input from this process's rows (`sharding` splits the
+  example axis, the leading one or, for stacked micro-batches [k, B, ...], the second)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
 
 
 def process_local(x: jax.Array) -> np.ndarray:
@@ -285,6 +330,14 @@ class Trainer:
         process_index=jax.process_index(), process_count=jax.process_count())
     self.method = registry.get_method(config.method.name)(config, self.data.info)
     self.accumulate = int(config.optimizer.get("accumulate_steps", 1))
+    if self.accumulate > 1:
+      # One trainer call = one optimizer update = `accumulate` micro-steps: the cadences must
+      # land on update boundaries.
+      for key in ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if int(config[key]) % self.accumulate:
+          raise ValueError(f"config.{key}={config[key]} must be a multiple of "
+                           f"config.optimizer.accumulate_steps={self.accumulate} (steps count "
+                           f"micro-batches; one update consumes {self.accumulate}).")
     self.tx = self.method.create_optimizer(config.optimizer, config.total_steps)
     self.schedule = optimizers.create_schedule(config.optimizer,
                                                max(config.total_steps // self.accumulate, 1))
@@ -298,6 +351,17 @@ class Trainer:
     self._global_example = {
         k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
                                 sharding=self.batch_sharding) for k, v in example.items()}
+    # The train step's input: [accumulate, B, ...] micro-batches (the leading axis unsharded)
+    # when accumulating, else the batch itself.
+    self.step_batch_sharding = self.batch_sharding
+    self._step_example = self._global_example
+    if self.accumulate > 1:
+      self.step_batch_sharding = jax.sharding.NamedSharding(
+          self.mesh, jax.sharding.PartitionSpec(None, *self.batch_sharding.spec))
+      self._step_example = {
+          k: jax.ShapeDtypeStruct((self.accumulate,) + v.shape, v.dtype,
+                                  sharding=self.step_batch_sharding)
+          for k, v in self._global_example.items()}
     abstract_rng = jax.eval_shape(lambda: jax.random.key(0))
     self._abstract_rng = jax.ShapeDtypeStruct(abstract_rng.shape, abstract_rng.dtype,
                                               sharding=self.repl)
@@ -310,8 +374,9 @@ class Trainer:
         self.state_shardings)
     self.train_step = jax.jit(
         functools.partial(_train_step, method=self.method, tx=self.tx, schedule=self.schedule,
-                          accumulate=self.accumulate, ema_decay=self.ema_decay),
-        in_shardings=(self.state_shardings, self.batch_sharding, self.repl),
+                          accumulate=self.accumulate, ema_decay=self.ema_decay,
+                          grad_shardings=self.state_shardings.params),
+        in_shardings=(self.state_shardings, self.step_batch_sharding, self.repl),
         out_shardings=(self.state_shardings, self.repl), donate_argnums=0)
     self.eval_step = jax.jit(functools.partial(_eval_step, method=self.method),
                              in_shardings=(self.state_shardings, self.batch_sharding),
@@ -325,7 +390,7 @@ class Trainer:
   def lower_train_step(self) -> jax.stages.Lowered:
     """The loop's train step lowered from abstract shapes (no data, no parameters in memory)."""
     with self.mesh_context():
-      return self.train_step.lower(self.abstract_sharded_state, self._global_example,
+      return self.train_step.lower(self.abstract_sharded_state, self._step_example,
                                    self._abstract_rng)
 
   def compile_train_step(self, compiler_options: dict[str, Any] | None = None):
@@ -503,10 +568,15 @@ class Trainer:
 
   def _train(self) -> TrainState:
     config = self.config
+    goodput = goodput_lib.Goodput()
     manager = ckpt_lib.create_manager(self.workdir, config.keep_checkpoints)
+    t0 = time.time()
     state, latest = self._restore_or_init(manager, with_data=True)
     self._write_config(latest)   # only now: a failed restore leaves the workdir's config as it was
     if latest is not None:
+      goodput.add("restore_seconds", time.time() - t0)
+      if jax.process_index() == 0 and (self.workdir / metrics_lib.JSONL_NAME).exists():
+        goodput.resume_from(metrics_lib.read_split(self.workdir, goodput_lib.SPLIT), latest)
       metrics_lib.truncate_jsonl(self.workdir, latest)
     step = int(jax.device_get(state.step))
     writer = self._console_writer(metrics_lib.create_writer(self.workdir, console=False), step)
@@ -517,6 +587,7 @@ class Trainer:
     if step < config.total_steps:
       # The loop calls this executable: compiled once, timed, and its cost analysis kept for MFU.
       train_step, compile_seconds = self.compile_train_step()
+      goodput.add("compile_seconds", compile_seconds)
       stats = compiled_stats(train_step)
       logging.info("Compiled the train step in %.1f s: %s", compile_seconds, json.dumps(stats))
       metrics_lib.write_split(writer, step, "compile", {
@@ -549,56 +620,83 @@ class Trainer:
     profiling = False
     guard = os.environ.get(ORDINARY_STEP_GUARD_ENV, "allow")
     rng = self._rng()
+    k = self.accumulate   # micro-steps per trainer call (one optimizer update)
+    ckpt_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
+    last_ckpt_time = time.perf_counter()
+    put = functools.partial(_put_step_batch, sharding=self.step_batch_sharding)
+    # The next steps' inputs are read and put on the devices while the current step runs.
+    inputs = prefetch_lib.DevicePrefetch(self.data.train, put, micro_batches=k,
+                                         size=int(config.get("prefetch_batches", 2)))
+    goodput.loop_started()
     interval_start, excluded = time.perf_counter(), 0.0
-    steps_in_interval = 0
-    with _Preemption() as preemption, self.mesh_context():
+    steps_in_interval = calls_in_interval = 0
+    # contextlib.closing: the prefetch thread stops however the loop ends.
+    with _Preemption() as preemption, self.mesh_context(), contextlib.closing(inputs):
       while step < config.total_steps:
-        if profile and step + 1 == profile[0]:
+        if profile and step < profile[0] <= step + k:
           jax.profiler.start_trace(str(self.workdir / "profile"))
           profiling = True
-        is_last = step + 1 == config.total_steps
-        log_step = (step + 1) % config.log_every_steps == 0 or is_last
-        eval_step = (step + 1) % config.eval_every_steps == 0 or is_last
-        ckpt_step = (step + 1) % config.checkpoint_every_steps == 0 or is_last
+        is_last = step + k == config.total_steps
+        log_step = (step + k) % config.log_every_steps == 0 or is_last
+        eval_step = (step + k) % config.eval_every_steps == 0 or is_last
+        ckpt_step = (step + k) % config.checkpoint_every_steps == 0 or is_last
         sync_step = log_step or eval_step or ckpt_step
         with _ordinary_step_guard(guard if not sync_step else "allow"):
           with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = sharding_lib.put_batch(next(self.data.train), self.mesh)
+            wait0 = inputs.wait_seconds
+            batch = next(inputs)
+            excluded += inputs.wait_seconds - wait0
             state, step_metrics = train_step(state, batch, rng)
-          step += 1
-          steps_in_interval += 1
+          step += k
+          steps_in_interval += k
+          calls_in_interval += 1
           pending.append((step, step_metrics))
           if report is not None:
-            report(step)
-          stop = preemption.should_stop(step, log_step)
-        if profiling and (step == profile[1] or is_last or stop):
+            for micro_step in range(step - k + 1, step + 1):  # clu wants every step once
+              report(micro_step)
+          # The preemption sync point counts calls (one per update) on every process.
+          stop = preemption.should_stop(step // k, log_step)
+        if log_step and ckpt_minutes > 0 and not ckpt_step:
+          due = time.perf_counter() - last_ckpt_time >= 60.0 * ckpt_minutes
+          if jax.process_count() > 1:  # process 0's clock decides for all
+            due = bool(multihost_utils.broadcast_one_to_all(np.array(due)))
+          ckpt_step = due
+        if profiling and (step >= profile[1] or is_last or stop):
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
           profiling = False
         if log_step:
           values = check_pending()
           seconds = time.perf_counter() - interval_start - excluded
-          mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+          mean = {name: float(np.mean([v[name] for v in values])) for name in values[0]}
           mean["learning_rate"] = float(values[-1]["learning_rate"])
           if seconds > 0:
             mean["images_per_sec"] = steps_in_interval * config.batch_size / seconds
             if peak and stats["flops_per_device"] == stats["flops_per_device"]:
-              mean["mfu"] = stats["flops_per_device"] * steps_in_interval / seconds / peak
+              # flops_per_device is one call's: `k` micro-batches.
+              mean["mfu"] = stats["flops_per_device"] * calls_in_interval / seconds / peak
           metrics_lib.write_split(writer, step, "train", mean)
+          goodput.add("data_wait_seconds", inputs.wait_seconds)
+          inputs.wait_seconds = 0.0
+          metrics_lib.write_split(writer, step, goodput_lib.SPLIT, goodput.row())
           pending.clear()
-          interval_start, excluded, steps_in_interval = time.perf_counter(), 0.0, 0
+          interval_start, excluded, steps_in_interval, calls_in_interval = (
+              time.perf_counter(), 0.0, 0, 0)
         if eval_step:
           t0 = time.perf_counter()
           with timed("eval"):
             self._write_eval(writer, step, state)
           excluded += time.perf_counter() - t0
+          goodput.add("eval_seconds", time.perf_counter() - t0)
         if ckpt_step or stop:
           t0 = time.perf_counter()
           with timed("checkpoint"):
             check_pending()
             writer.flush()  # Metrics up to this step are durable before the checkpoint exists.
-            ckpt_lib.save(manager, step, state, self.data.train)
+            ckpt_lib.save(manager, step, state, inputs.consumed_state())
           excluded += time.perf_counter() - t0
+          goodput.add("checkpoint_seconds", time.perf_counter() - t0)
+          last_ckpt_time = time.perf_counter()
           last_good = step
         if stop:
           logging.warning("Stopped at step %d after a preemption request; re-run to resume.", step)

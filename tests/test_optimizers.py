@@ -32,7 +32,9 @@ def test_schedules_match_their_definitions():
   assert [float(step(s)) for s in (9, 10, 19, 20)] == [1.0, 0.5, 0.5, 0.25]
 
 
-def test_accumulation_averages_micro_batches():
+def test_accumulation_is_not_in_the_transformation():
+  """With accumulate_steps = 2 every `update` is an optimizer update (the trainer averages the
+  micro-batch gradients before calling it); optax.MultiSteps returned 0 on odd calls."""
   config = ml_collections.ConfigDict(dict(name="sgd", learning_rate=1.0, momentum=0.0, nesterov=False,
                                           accumulate_steps=2))
   tx = optimizers.create(config, total_steps=4)
@@ -40,7 +42,7 @@ def test_accumulation_averages_micro_batches():
   state = tx.init(params)
   u1, state = tx.update(jnp.array([1.0]), state, params)
   u2, state = tx.update(jnp.array([3.0]), state, params)
-  assert float(u1[0]) == 0.0 and float(u2[0]) == pytest.approx(-2.0)
+  assert float(u1[0]) == pytest.approx(-1.0) and float(u2[0]) == pytest.approx(-3.0)
 
 
 def test_unknown_optimizer_is_named():
@@ -56,8 +58,7 @@ def test_schedule_counts_updates_under_accumulation():
   params = jnp.zeros(1)
   state = tx.init(params)
   lrs = []
-  for _ in range(8):
+  for _ in range(4):
     update, state = tx.update(jnp.array([1.0]), state, params)
-    if float(update[0]) != 0.0:
-      lrs.append(-float(update[0]))
+    lrs.append(-float(update[0]))
   np.testing.assert_allclose(lrs, [0.5 * (1 + np.cos(np.pi * i / 4)) for i in range(4)], atol=1e-6)

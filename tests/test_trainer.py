@@ -329,31 +329,29 @@ class _Quadratic:
 
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_ema_update_matches_numpy_reference(accumulate):
-  """BasicSR's model_ema: ema <- d ema + (1 - d) params after each optimizer update (not after
-  accumulation micro-steps), starting from the initial parameters."""
+  """BasicSR's model_ema: ema <- d ema + (1 - d) params after each optimizer update (one per
+  call; with accumulation a call takes `accumulate` micro-batches, stacked), starting from the
+  initial parameters."""
   import optax  # pylint: disable=g-import-not-at-top
-  decay, lr, steps = 0.5, 0.1, 4
+  decay, lr, updates = 0.5, 0.1, 4
   tx = optax.sgd(lr)
-  if accumulate > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
   w0 = jnp.array([1.0, -2.0])
   state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params={"w": w0},
                              opt_state=tx.init({"w": w0}), model_state={}, params_ema={"w": w0})
   step = jax.jit(lambda s, b: trainer._train_step(  # pylint: disable=protected-access
       s, b, jax.random.key(0), method=_Quadratic(), tx=tx, schedule=lambda c: lr * (c + 1),
       accumulate=accumulate, ema_decay=decay))
-  targets = [np.array([0.5, 0.5]) * (i + 1) for i in range(steps)]
-  w, ema, grads = np.asarray(w0), np.asarray(w0), []
-  for i, t in enumerate(targets):
-    state, metrics = step(state, {"t": jnp.asarray(t, jnp.float32)})
-    grads.append(2 * (w - t))
-    if (i + 1) % accumulate == 0:
-      w = w - lr * np.mean(grads, axis=0)
-      ema = decay * ema + (1 - decay) * w
-      grads = []
+  w, ema = np.asarray(w0), np.asarray(w0)
+  for i in range(updates):
+    targets = [np.array([0.5, 0.5]) * (i * accumulate + j + 1) for j in range(accumulate)]
+    batch = np.stack(targets) if accumulate > 1 else targets[0]
+    state, metrics = step(state, {"t": jnp.asarray(batch, jnp.float32)})
+    w = w - lr * np.mean([2 * (w - t) for t in targets], axis=0)
+    ema = decay * ema + (1 - decay) * w
     np.testing.assert_allclose(state.params["w"], w, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(state.params_ema["w"], ema, rtol=1e-6, atol=1e-6)
-    assert float(metrics["learning_rate"]) == pytest.approx(lr * (i // accumulate + 1))
+    assert int(state.step) == (i + 1) * accumulate
+    assert float(metrics["learning_rate"]) == pytest.approx(lr * (i + 1))
 
 
 def test_sigterm_is_honoured_at_the_next_log_step(tmp_path, monkeypatch):
