@@ -222,3 +222,19 @@ def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compili
       assert any(cache.iterdir()), "nothing was written to the cache"
   print(f"train step compile: first start {seconds[0]:.1f} s, second start {seconds[1]:.2f} s")
   assert seconds[1] < 0.3 * seconds[0], seconds
+
+
+def test_tea_attention_aot_reads_the_compilers_out_of_memory_figure():
+  """benchmarks.tea_attention --tpu_aot records a program that does not fit a chip (libtpu's
+  RESOURCE_EXHAUSTED message, as it reads for the XLA reference's fwd+bwd at --aot_size=256).
+  In a subprocess: the benchmark's absl flags (--topology) clash with jaxmilab.compile's."""
+  code = """
+from jaxmilab.benchmarks import tea_attention as t
+m = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+     "space hbm. Used 18.12G of 15.75G hbm. Exceeded hbm capacity by 2.37G.")
+assert t.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30), t.oom_figures(m)
+assert t.oom_figures("Used 512.5M of 16.00G hbm") == (512.5 * 2**20, 16 * 2**30)
+assert t.oom_figures("INVALID_ARGUMENT: something else") is None
+"""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)

@@ -206,6 +206,22 @@ def _tpu_device(topology: str):
   return desc.devices[0]
 
 
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def oom_figures(message: str) -> tuple[float, float] | None:
+  """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None.
+
+  libtpu says e.g. "RESOURCE_EXHAUSTED: ... Ran out of memory in memory space hbm. Used 18.12G
+  of 15.75G hbm. Exceeded hbm capacity by 2.37G."
+  """
+  import re  # pylint: disable=g-import-not-at-top
+  m = re.search(r"Used ([\d.]+)([KMGT]?)B? of ([\d.]+)([KMGT]?)B? hbm", message)
+  if not m:
+    return None
+  return (float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)])
+
+
 def run_tpu_aot() -> list[dict]:
   device = _tpu_device(FLAGS.topology)
   sharding = jax.sharding.SingleDeviceSharding(device)
@@ -231,11 +247,27 @@ def run_tpu_aot() -> list[dict]:
       loss = lambda q, k, v, a=attn: jnp.sum(a(q, k, v).astype(jnp.float32))
       for name, fn in (("fwd", attn), ("fwd_bwd", jax.grad(loss, argnums=(0, 1, 2)))):
         t0 = time.perf_counter()
-        compiled = jax.jit(fn).lower(x, x, x).compile()
+        try:
+          compiled = jax.jit(fn).lower(x, x, x).compile()
+        except Exception as e:  # pylint: disable=broad-except
+          figures = oom_figures(str(e))
+          if figures is None:
+            raise
+          # A program that does not fit one chip is a result, not a crash: record the compiler's
+          # figure and go on with the other programs.
+          rows.append(dict(dtype=dt, impl=impl, pass_=name, fits=False, needed_bytes=figures[0],
+                           hbm_bytes=figures[1], temp_bytes=float("nan"),
+                           argument_bytes=float("nan"), output_bytes=float("nan"),
+                           flops=float("nan"), bytes_accessed=float("nan"),
+                           optimal_seconds=float("nan"), compile_s=time.perf_counter() - t0))
+          print(f"  {dt} {impl} {name} does not fit one chip: the compiler needs "
+                f"{figures[0] / 2**30:.2f} GiB of HBM, the chip has {figures[1] / 2**30:.2f} GiB",
+                flush=True)
+          continue
         mem = compiled.memory_analysis()
         ca = compiled.cost_analysis() or {}
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        rows.append(dict(dtype=dt, impl=impl, pass_=name,
+        rows.append(dict(dtype=dt, impl=impl, pass_=name, fits=True,
                          temp_bytes=float(mem.temp_size_in_bytes),
                          argument_bytes=float(mem.argument_size_in_bytes),
                          output_bytes=float(mem.output_size_in_bytes),
@@ -253,7 +285,11 @@ def run_tpu_aot() -> list[dict]:
       r = {row["impl"]: row for row in rows if row["dtype"] == dt and row["pass_"] == name}
       for impl, row in r.items():
         ratio = ""
-        if "xla" in r and impl != "xla":
+        if not row["fits"]:
+          print(f"{dt:>8} {name:>7} {impl:>6} | does not fit: needs {row['needed_bytes'] / 2**30:.2f}"
+                f" GiB of {row['hbm_bytes'] / 2**30:.2f} GiB HBM (compiler)")
+          continue
+        if "xla" in r and impl != "xla" and r["xla"]["fits"]:
           # HBM temp under 1 MiB (XLA may keep small intermediates in VMEM): a lower bound.
           floor = row["temp_bytes"] < 2**20
           row["temp_ratio_xla_over_this"] = r["xla"]["temp_bytes"] / max(row["temp_bytes"],
