@@ -354,6 +354,10 @@ def plan_io(inp: str, out: str) -> list[tuple[str, str]]:
     return jobs
   if not os.path.isfile(inp):
     raise FileNotFoundError(f"--input={inp!r} is neither an image file nor a folder.")
+  suffix = os.path.splitext(out)[1].lower()
+  if not os.path.isdir(out) and suffix[1:].isalpha() and suffix not in OUTPUT_FORMATS:
+    raise ValueError(f"--output={out!r}: cannot write {suffix} files; use one of "
+                     f"{', '.join(sorted(OUTPUT_FORMATS))}, or a folder name without an extension.")
   if os.path.isdir(out) or not _is_image(out):
     dst = os.path.join(out, os.path.splitext(os.path.basename(inp))[0] + ".png")
   else:

@@ -133,7 +133,10 @@ install() {
         curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
         sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }
       sudo mkdir -p /mnt/gcs && sudo chown \$USER /mnt/gcs
-      gcsfuse -o ro --implicit-dirs ${BUCKET:?set BUCKET for DATA=/mnt/gcs/...} /mnt/gcs
+      # Metadata caches without expiry or size limit (the build is read-only once written; remount
+      # after rebuilding it): every open of a shard would otherwise stat it on GCS again.
+      gcsfuse -o ro --implicit-dirs --metadata-cache-ttl-secs=-1 --stat-cache-max-size-mb=-1 \\
+        --type-cache-max-size-mb=-1 ${BUCKET:?set BUCKET for DATA=/mnt/gcs/...} /mnt/gcs
     fi"
   fi
   on_all "set -euo pipefail
@@ -157,7 +160,10 @@ run() {
   cmd="~/${VENV}/bin/python -m jaxmilab.main --distributed --config=$(printf %q "${CONFIG}")"
   cmd+=" --workdir=$(printf %q "${WORKDIR}") ${data_flag} ${EXTRA_FLAGS}"
   # (nohup's output goes to the log: ssh returns once the command has started)
+  # ulimit: every host opens one reader per ArrayRecord shard it reads (thousands for UIR-2.5M);
+  # the soft limit of open files (often 1024) is raised to the hard one.
   on_all "set -e; cd ~/${SRC}; rm -f ~/${RC}
+    ulimit -n \$(ulimit -Hn) 2>/dev/null || true
     nohup bash -c '${cmd//\'/\'\\\'\'}; echo \$? > ~/${RC}' > ~/${LOG} 2>&1 < /dev/null &
     echo \$! > ~/${PID}; echo \"started on \$(hostname)\""
   log "started ${CONFIG} in ${WORKDIR}; logs: $0 logs"
