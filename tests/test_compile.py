@@ -234,6 +234,9 @@ m = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in 
      "space hbm. Used 18.12G of 15.75G hbm. Exceeded hbm capacity by 2.37G.")
 assert t.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30), t.oom_figures(m)
 assert t.oom_figures("Used 512.5M of 16.00G hbm") == (512.5 * 2**20, 16 * 2**30)
+m = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+     "temporaries (18.12G) exceeds available HBM (15.75G).")   # libtpu 0.0.42, measured
+assert t.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30), t.oom_figures(m)
 assert t.oom_figures("INVALID_ARGUMENT: something else") is None
 """
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

@@ -212,11 +212,14 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 def oom_figures(message: str) -> tuple[float, float] | None:
   """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None.
 
-  libtpu says e.g. "RESOURCE_EXHAUSTED: ... Ran out of memory in memory space hbm. Used 18.12G
-  of 15.75G hbm. Exceeded hbm capacity by 2.37G."
+  libtpu 0.0.42 says "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
+  for HLO temporaries (18.12G) exceeds available HBM (15.75G)." (the XLA reference's fwd+bwd at
+  --aot_size=256 on v5e); other versions "... Used 18.12G of 15.75G hbm. ...".
   """
   import re  # pylint: disable=g-import-not-at-top
-  m = re.search(r"Used ([\d.]+)([KMGT]?)B? of ([\d.]+)([KMGT]?)B? hbm", message)
+  m = (re.search(r"required for [^(]*\(([\d.]+)([KMGT]?)B?\) exceeds available HBM "
+                 r"\(([\d.]+)([KMGT]?)B?\)", message)
+       or re.search(r"Used ([\d.]+)([KMGT]?)B? of ([\d.]+)([KMGT]?)B? hbm", message))
   if not m:
     return None
   return (float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)])
