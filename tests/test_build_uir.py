@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import subprocess
@@ -164,8 +165,64 @@ def _config(data_path, **kw):
   return ml_collections.ConfigDict({**base, **kw})
 
 
+_config_kw = _config
+
+
+def test_stratified_holdout_of_a_synthetic_build_takes_whole_images(built):
+  """Synthesized builds: the held-out unit is a clean image (all its crops and types), spread
+  evenly over the images; training never sees a held-out image; every type is evaluated."""
+  out = built[0] / "out"
+  manifest = array_records.read_manifest(str(out))
+  assert manifest["records_per_image"] == 10          # 2 crops x 5 records
+  held = array_records.holdout_indices([manifest], 6)
+  np.testing.assert_array_equal(held, np.arange(10, 20))   # image 1 of 0..2 (the middle one)
+  ds = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
+  assert ds.info.extra["num_eval"] == 10 and ds.info.extra["num_train"] == 20
+  _, records = fake_trees.read_build(out)
+  source = array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic"),
+                                      skip=held)
+  train_sources = {source.record(k)["source"].split("#")[0] for k in range(len(source))}
+  assert train_sources == {"img0.png", "img2.png"}
+  assert [source.record(k)["source"] for k in range(len(source))] == [
+      r["source"] for i, r in enumerate(records) if not 10 <= i < 20]
+  labels = np.concatenate([b["label"][b["valid"]] for b in ds.eval_batches()])
+  assert sorted(set(labels.tolist())) == [0, 1, 2]
+
+
+def test_stratified_holdout_of_packed_pairs_covers_every_type_and_source(tmp_path):
+  """Packed pairs sorted by type and source: one stratum per (type, source); each gets an
+  equal share, spread over it; "first" would see only the first stratum."""
+  manifest = {"num_records": 3 * 8 + 2 + 1,
+              "strata": [["noise", "LSDIR", 0, 8], ["noise", "DIV2K", 8, 8], ["haze", "RESIDE", 16, 8],
+                         ["snow", "Snow100K", 24, 2], ["moire", "tiny", 26, 1]]}
+  held = array_records.holdout_indices([manifest], 10)
+  # 10 over 5 strata: 2 each, at most half of a stratum (snow 1, moire's single record 0).
+  assert held.tolist() == [2, 6, 10, 14, 18, 22, 25]
+  assert array_records.holdout_indices([manifest], 0).tolist() == [4, 12, 20, 25]   # >= 1 each
+  assert array_records.holdout_indices([manifest], 4, "first").tolist() == [0, 1, 2, 3]
+  # Two builds: the second's records come after the first's.
+  both = array_records.holdout_indices([manifest, {"num_records": 4, "records_per_image": 2}], 12)
+  assert set(both.tolist()) >= {27 + 2, 27 + 3}   # the second build's 2nd image (of 2)
+  with pytest.raises(ValueError, match="eval_selection='random'"):
+    array_records.holdout_indices([manifest], 4, "random")
+
+
+def test_record_source_skip_maps_keys_past_the_held_out_records(built):
+  manifest = array_records.read_manifest(str(built[0] / "out"))
+  skip = np.array([0, 3, 4, 29])
+  src = array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic"), skip=skip)
+  full = array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic"))
+  kept = [i for i in range(30) if i not in set(skip.tolist())]
+  assert len(src) == 26
+  for k in (0, 1, 2, 25):
+    assert src.record(k)["source"] == full.record(kept[k])["source"]
+    assert src.record(k)["lq_png"] == full.record(kept[k])["lq_png"]
+  assert "skip=4:" in repr(src)
+
+
 def test_array_records_training_stream_and_resume(built):
   out = built[0] / "out"
+  _config = functools.partial(_config_kw, eval_selection="first")   # the first 6 records held out
   ds = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
   assert ds.info.class_names == ("jpeg", "noise", "mosaic") and ds.info.num_classes == 3
   assert ds.info.extra["num_train"] == 24 and ds.info.extra["num_eval"] == 6
@@ -239,6 +296,40 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
   labels = np.concatenate([next(ds.train)["label"] for _ in range(6)])  # one epoch: 30 + 4 records
   assert set(labels) >= {3, 4}
   assert sum(int(b["valid"].sum()) for b in ds.eval_batches()) == 4
+
+
+def test_subimage_mode_cuts_pairs_at_basicsr_windows(tmp_path):
+  """--subimage_size / --subimage_step: BasicSR extract_subimages' windows (0, step, ... and one
+  flush with the border), the same window of lq and gt, one record each, strata per type."""
+  assert build_uir.subimage_positions(1356, 480, 240) == [0, 240, 480, 720, 876]   # DIV2K height
+  assert build_uir.subimage_positions(2040, 480, 240) == [0, 240, 480, 720, 960, 1200, 1440, 1560]
+  assert build_uir.subimage_positions(480, 480, 240) == [0]
+  assert build_uir.subimage_positions(100, 480, 240) == [0]     # smaller than a sub-image: whole
+  real = tmp_path / "real"
+  images_by = {}
+  for t, (h, w) in (("rain_streak", (50, 70)), ("real_noise", (40, 32))):
+    for side in ("lq", "gt"):
+      (real / t / side).mkdir(parents=True)
+      pixels = (np.random.default_rng(len(t) + len(side)).random((h, w, 3)) * 255).astype(np.uint8)
+      Image.fromarray(pixels).save(real / t / side / "0.png")
+      images_by[t, side] = pixels
+  with pytest.raises(ValueError, match="--subimage_size cuts packed pairs"):
+    build_uir.make_plan(str(real), subimage_size=32, subimage_step=16)
+  plan = build_uir.make_plan(paired_dir=str(real), subimage_size=32, subimage_step=16, shard_size=5)
+  manifest = build_uir.build(plan, str(tmp_path / "out"), progress=False)
+  # rain_streak 50 x 70: rows [0, 16, 18] x cols [0, 16, 32, 38]; real_noise 40 x 32: [0, 8] x [0]
+  assert manifest["counts"] == {"rain_streak": {"real": 12}, "real_noise": {"real": 2}}
+  assert manifest["num_records"] == 14 and manifest["patch_size"] == 32
+  assert manifest["strata"] == [["rain_streak", "real", 0, 12], ["real_noise", "real", 12, 2]]
+  _, records = fake_trees.read_build(tmp_path / "out")
+  by_source = {r["source"]: r for r in records}
+  r = by_source["rain_streak/0.png@18,38"]
+  for side in ("lq", "gt"):
+    np.testing.assert_array_equal(build_uir.decode_png(r[f"{side}_png"]),
+                                  images_by["rain_streak", side][18:50, 38:70])
+  assert sorted(by_source) == sorted(
+      [f"rain_streak/0.png@{a},{b}" for a in (0, 16, 18) for b in (0, 16, 32, 38)]
+      + [f"real_noise/0.png@{a},0" for a in (0, 8)])
 
 
 # ------------------------------------------------------------------ uir2p5m released layout
@@ -327,3 +418,15 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
   build_uir.build(plan, str(tmp_path / "once"), progress=False)
   # Byte-identical to an uninterrupted build.
   assert fake_trees.read_build(tmp_path / "once")[1] == records
+
+
+def test_open_file_limit_is_raised_for_the_shard_readers(monkeypatch):
+  import resource  # pylint: disable=g-import-not-at-top
+  limits = {"nofile": (1024, 4096)}
+  monkeypatch.setattr(resource, "getrlimit", lambda _: limits["nofile"])
+  monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.__setitem__("nofile", v))
+  assert array_records.ensure_open_files(100, 0) == 1024          # 356 needed: unchanged
+  assert array_records.ensure_open_files(1000, 2) == 3256         # 3 processes x 1000 + 256
+  assert limits["nofile"] == (3256, 4096)
+  with pytest.raises(DataError, match="hard limit of 4096.*worker_count"):
+    array_records.ensure_open_files(2500, 8)

@@ -102,6 +102,10 @@ def test_train_on_released_build_then_resume(released_build, tmp_path):
   records = metrics_lib.read_jsonl(workdir)
   evals = [r for r in records if r["split"] == "eval"]
   assert evals and np.isfinite(evals[-1]["psnr"]) and "psnr/noise" in evals[-1]
+  # The held-out records are stratified over (type, source): every packed type is evaluated
+  # (the first 4 records, the old selection, were all noise/LSDIR).
+  for t in ("noise", "real_noise", "rain_streak", "low_light"):
+    assert np.isfinite(evals[-1][f"psnr/{t}"]), t
   # As if killed after step 2's checkpoint: resuming recomputes step 3 bit for bit.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
   trainer.train_and_evaluate(_config(build, 3), workdir)

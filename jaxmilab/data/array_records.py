@@ -10,19 +10,34 @@ Training: grain `ArrayRecordDataSource` over all shards, a global shuffle every 
 random `patch_size` crops (same window for lq and gt) and flips, and per-process slices of
 one global example stream (`transforms.train_iterator`), so the iterator is checkpointable
 and a run is the same for any number of processes. Eval: the central `eval_size` crop of
-every record of config.data.eval_path (another build folder), or, without it, of the first
-`eval_records` records of the training data, which training then skips (records are
-stored image by image, so crops of one image may still sit on both sides of the cut:
-prefer a separate eval build from held-out images).
+every record of config.data.eval_path (another build folder), or, without it, of
+`eval_records` records held out of the training data (training skips them).
+
+The held-out selection without eval_path (`eval_selection`, `holdout_indices`) is fixed: no
+random draw, the same for every process, run and number of hosts. "stratified" (default): the
+records are split into strata, each stratum gets an equal share of `eval_records` (the first
+strata in manifest order one more while a remainder is left; at most half of a stratum, so a
+stratum with one record is not held out) and the picks are spread evenly over the stratum
+(positions floor((j + 1/2) * size / share)). Strata per build folder, from its manifest:
+packed pairs (`--released_dir`, `--paired_dir`): one stratum per (type, level), i.e. per
+degradation type and source dataset of the released layout, single records; synthesized
+builds: whole clean images (their `records_per_image` consecutive records: every type and
+crop of the image) spread evenly over the images, so no crop of a held-out image is trained
+on; builds from before this field: single records spread evenly over the build. "first":
+the first `eval_records` records (the released packing is sorted by type folder, so this sees
+one type of one source; kept for old runs). Evaluation reports per-type metrics
+(`psnr/<type>`, ...) over the held-out set.
 
 config.data keys (defaults): path (required), types (from the manifests), patch_size (64),
-eval_path, eval_records (0: 10% of the records, at most 256), eval_size (128),
+eval_path, eval_records (0: 10% of the records, at most 256, at least one per stratum),
+eval_selection ("stratified" | "first"), eval_size (128),
 eval_batch_size (the training batch size), worker_count (0), read_threads (4),
 read_buffer (one per-process batch per read thread), vertical_flip (False).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -44,6 +59,7 @@ CONFIG_DEFAULTS = dict(
     types=(),               # label order; () = the types of the manifests, in order
     patch_size=64, eval_path="",
     eval_records=0,         # 0 = 10% of the records, at most 256 (without eval_path)
+    eval_selection="stratified",   # held-out records without eval_path: stratified | first
     eval_size=128,
     eval_batch_size=0,      # 0 = the training batch size
     worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False)
@@ -71,10 +87,15 @@ def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
 
 
 class RecordSource:
-  """Random access over records [start, stop) of the shards: key -> {"lq", "gt": uint8 [H, W, 3], "label"}."""
+  """Random access over records [start, stop) of the shards: key -> {"lq", "gt": uint8 [H, W, 3], "label"}.
+
+  `only` (sorted record indices) keeps just those records; `skip` (sorted) leaves them out
+  (key k -> the k-th record not in `skip`, found by binary search: no index of the kept ones).
+  """
 
   def __init__(self, shard_paths: Sequence[str], types: Sequence[str], start: int = 0,
-               stop: int | None = None):
+               stop: int | None = None, *, only: Sequence[int] | None = None,
+               skip: Sequence[int] | None = None):
     self.shard_paths = tuple(shard_paths)
     self.types = tuple(types)
     self.label_of = {t: i for i, t in enumerate(self.types)}
@@ -83,6 +104,24 @@ class RecordSource:
     self.start, self.stop = int(start), total if stop is None else int(stop)
     if not 0 <= self.start <= self.stop <= total:
       raise ValueError(f"Record range [{start}, {stop}) is outside the {total} records.")
+    self._only = None if only is None else np.asarray(only, np.int64)
+    self._skip = None if skip is None else np.asarray(skip, np.int64)
+    for name, arr in (("only", self._only), ("skip", self._skip)):
+      if arr is not None and arr.size and (arr.min() < self.start or arr.max() >= self.stop
+                                           or np.any(np.diff(arr) <= 0)):
+        raise ValueError(f"RecordSource({name}=...): indices must be sorted, unique and in "
+                         f"[{self.start}, {self.stop}).")
+    # skip: key k -> start + k + #(skipped records at or before the result).
+    self._skip_shifted = None if self._skip is None else (
+        self._skip - self.start - np.arange(self._skip.size))
+
+  def _index(self, key: int) -> int:
+    key = int(key)
+    if self._only is not None:
+      return int(self._only[key])
+    if self._skip is not None:
+      return self.start + key + int(np.searchsorted(self._skip_shifted, key, side="right"))
+    return self.start + key
 
   def _records(self) -> grain.sources.ArrayRecordDataSource:
     if self._source is None:
@@ -90,17 +129,19 @@ class RecordSource:
     return self._source
 
   def __len__(self) -> int:
-    return self.stop - self.start
+    if self._only is not None:
+      return int(self._only.size)
+    return self.stop - self.start - (0 if self._skip is None else int(self._skip.size))
 
   def record(self, key: int) -> dict[str, Any]:
     """The raw decoded record (type, level, source, PNG bytes) at `key`."""
-    return build_uir.decode_record(self._records()[self.start + int(key)])
+    return build_uir.decode_record(self._records()[self._index(key)])
 
   def __getitem__(self, key: int) -> dict[str, Any]:
     rec = self.record(key)
     label = self.label_of.get(rec["type"])
     if label is None:
-      raise DataError(f"Record {self.start + int(key)} ({rec['source']}) has type {rec['type']!r}, "
+      raise DataError(f"Record {self._index(key)} ({rec['source']}) has type {rec['type']!r}, "
                       f"which is not in config.data.types {self.types}. Add it or rebuild.")
     lq, gt = build_uir.decode_png(rec["lq_png"]), build_uir.decode_png(rec["gt_png"])
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
@@ -112,8 +153,36 @@ class RecordSource:
 
   def __repr__(self) -> str:
     # Stable across processes and restarts: grain checks it when restoring the iterator.
+    chosen = ""
+    for name, arr in (("only", self._only), ("skip", self._skip)):
+      if arr is not None:
+        digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
+        chosen += f", {name}={arr.size}:{digest}"
     return (f"RecordSource(shards={len(self.shard_paths)}, first={self.shard_paths[0]!r}, "
-            f"range=[{self.start}, {self.stop}), types={len(self.types)})")
+            f"range=[{self.start}, {self.stop}), types={len(self.types)}{chosen})")
+
+
+def ensure_open_files(num_shards: int, worker_count: int) -> int:
+  """Makes room for the shard readers: each reading process (the main one and every grain
+  worker) keeps one open reader per shard it has touched, so a host needs up to
+  num_shards x (worker_count + 1) file descriptors. Raises the soft RLIMIT_NOFILE towards the
+  hard limit when needed; a DataError says what to change when even that is too low. Returns
+  the soft limit in force."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+  except ImportError:  # not POSIX
+    return -1
+  need = num_shards * (worker_count + 1) + 256   # + what the rest of the process holds
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if soft != resource.RLIM_INFINITY and soft < need:
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = target
+  if soft != resource.RLIM_INFINITY and soft < need:
+    raise DataError(f"{num_shards} shards read by {worker_count + 1} process(es) need about {need} "
+                    f"open files, above this host's hard limit of {hard} (ulimit -Hn): raise it, "
+                    f"lower config.data.worker_count, or rebuild with a larger --shard_size.")
+  return soft
 
 
 def _folders(value: Any, key: str) -> tuple[str, ...]:
@@ -122,15 +191,73 @@ def _folders(value: Any, key: str) -> tuple[str, ...]:
   return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
-def _load(folders: Sequence[str], key: str) -> tuple[list[str], list[str], int]:
-  """(shard paths, types in order, smallest crop size) over several build folders."""
+def _load(folders: Sequence[str], key: str, manifests: list | None = None
+          ) -> tuple[list[str], list[str], int]:
+  """(shard paths, types in order, smallest crop size) over several build folders; the
+  manifests are appended to `manifests` when given."""
   shards, types, sizes = [], [], []
   for folder in folders:
     manifest = read_manifest(folder, key)
+    if manifests is not None:
+      manifests.append(manifest)
     shards += manifest["shard_paths"]
     types += [t for t in manifest["types"] if t not in types]
     sizes.append(int(manifest.get("patch_size") or 0))
   return shards, types, min(sizes)
+
+
+def _strata(manifest: dict[str, Any], offset: int) -> list[tuple[str, np.ndarray, int]]:
+  """[(name, first record of each unit, unit size)] of one build (module docstring)."""
+  n = int(manifest["num_records"])
+  if manifest.get("strata"):
+    return [(f"{t}/{level}", offset + start + np.arange(count), 1)
+            for t, level, start, count in manifest["strata"]]
+  group = int(manifest.get("records_per_image") or 0)
+  if group and n % group == 0:
+    return [("images", offset + group * np.arange(n // group), group)]
+  return [("records", offset + np.arange(n), 1)]
+
+
+def holdout_indices(manifests: Sequence[dict[str, Any]], n_eval: int,
+                    selection: str = "stratified") -> np.ndarray:
+  """Sorted record indices (over the builds' shards in order) held out for evaluation.
+
+  `n_eval` = 0: 10% of the records, at most 256, at least one unit per stratum. The rule is
+  in the module docstring; it reads manifests only.
+  """
+  total = sum(int(m["num_records"]) for m in manifests)
+  if selection == "first":
+    n = int(n_eval) or min(256, max(1, total // 10))
+    if not 0 < n < total:
+      raise ValueError(f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
+                       f"{total} records).")
+    return np.arange(n, dtype=np.int64)
+  if selection != "stratified":
+    raise ValueError(f"config.data.eval_selection={selection!r}: use 'stratified' or 'first'.")
+  strata, offset = [], 0
+  for m in manifests:
+    strata += _strata(m, offset)
+    offset += int(m["num_records"])
+  n = int(n_eval) or max(min(256, max(1, total // 10)), len(strata))
+  if not 0 < n < total:
+    raise ValueError(f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
+                     f"{total} records).")
+  # Records wanted per stratum -> units (a synthesized stratum's units are whole images).
+  base, extra = divmod(n, len(strata))
+  picked = []
+  for i, (_, starts, size) in enumerate(strata):
+    want = base + (1 if i < extra else 0)
+    units = min(-(-want // size), len(starts) // 2)   # at most half of the stratum
+    if units <= 0:
+      continue
+    positions = ((np.arange(units) + 0.5) * len(starts) / units).astype(np.int64)
+    chosen = starts[positions]
+    picked.append((chosen[:, None] + np.arange(size)[None, :]).reshape(-1))
+  if not picked:
+    raise ValueError(f"No record can be held out for evaluation ({len(strata)} strata, each too "
+                     f"small to give one of at most half its records): set config.data.eval_path "
+                     f"to a separate build of held-out images.")
+  return np.unique(np.concatenate(picked))
 
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
@@ -139,8 +266,9 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   opts, layout = transforms.configure(
       config, CONFIG_DEFAULTS, "array_records", batch_size=batch_size, seed=seed,
       process_index=process_index, process_count=process_count)
+  manifests: list[dict[str, Any]] = []
   shards, found_types, stored = _load(_folders(opts.path, "config.data.path"),
-                                      "config.data.path")
+                                      "config.data.path", manifests)
   types = opts.types
   types = tuple(found_types) if not types else ((types,) if isinstance(types, str) else tuple(types))
   missing = sorted(set(found_types) - set(types))
@@ -154,6 +282,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     if stored and size > stored:
       raise DataError(f"{k}={size} is larger than the {stored}px crops stored in the build. Lower "
                       f"{k} or rebuild with build_uir --patch_size={size} or more.")
+  ensure_open_files(len(shards), int(opts.worker_count or 0))
   source = RecordSource(shards, types)
   eval_path = opts.eval_path
   if eval_path:
@@ -170,13 +299,13 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
                       f"crops of config.data.eval_path.")
     eval_source = RecordSource(eval_shards, types)
   else:
-    n_eval = opts.eval_records
-    n_eval = int(n_eval) if n_eval else min(256, max(1, len(source) // 10))
-    if not 0 < n_eval < len(source):
-      raise ValueError(f"config.data.eval_records={n_eval} must be in [1, {len(source) - 1}] "
-                       f"(the build has {len(source)} records).")
-    eval_source = RecordSource(shards, types, 0, n_eval)
-    source = RecordSource(shards, types, n_eval)
+    held_out = holdout_indices(manifests, int(opts.eval_records or 0), opts.eval_selection)
+    if opts.eval_selection == "first":  # ranges, as before (the iterator state names them)
+      eval_source = RecordSource(shards, types, 0, held_out.size)
+      source = RecordSource(shards, types, held_out.size)
+    else:
+      eval_source = RecordSource(shards, types, only=held_out)
+      source = RecordSource(shards, types, skip=held_out)
 
   train = transforms.restoration_train_iterator(
       source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,

@@ -25,7 +25,10 @@ Output folder:
   shard-00000-of-00012.array_record ...   records (ArrayRecord, group_size 1: random access)
   shard-00000-of-00012.json       per-shard done marker with its counts (written last)
   manifest.json                   written when every shard is done: format, args, types (label
-                                  order), counts per type and level, shard list, record count
+                                  order), counts per type and level, shard list, record count,
+                                  and for held-out selections: "strata" (packed pairs: runs of
+                                  [type, level, first record, count]) or "records_per_image"
+                                  (synthesized: the consecutive records of one clean image)
 
 Resuming: a shard is written to a temporary name, renamed when complete, and its .json marker
 is written after that; a re-run of the same command skips the shards that have a marker and
@@ -48,7 +51,12 @@ Packing pairs (UIR-2.5M's real part, SIDD, real rain, LOL, ...: not synthesized)
                         "<type folder>/<source>/<name>".
   --paired_dir=<root>   <root>/<type>/{lq,gt}/<name>: level "real", source "<type>/<name>".
 Both use --workers processes (each pair is read once, as bytes: the build is I/O bound) and
-resume like synthetic builds. List several output folders in `config.data.path` to train on
+resume like synthetic builds. `--subimage_size=480 --subimage_step=240` instead cuts every pair
+into overlapping sub-images at the same windows of lq and gt (BasicSR's
+scripts/data_preparation/extract_subimages.py, its DIV2K setting: a 2040 x 1356 image gives
+4 x 8 = 32 sub-images), one PNG record each, source "<source>@<top>,<left>": a training crop
+then decodes two 480 px images instead of two whole 2K ones
+(`python -m jaxmilab.benchmarks.data_pipeline --source_size=2040x1356` measures both). List several output folders in `config.data.path` to train on
 released, real and synthetic records in one stream.
 """
 
@@ -141,11 +149,14 @@ class Plan:
   paired_dir: str = ""                     # --paired_dir or --released_dir (pairs mode)
   pairs: tuple[tuple[str, str, str], ...] = ()  # (type, folder under paired_dir, file name)
   released: bool = False                   # --released_dir: level = the <source> folder
+  subimage_size: int = 0                   # > 0: pairs cut into overlapping sub-images
+  subimage_step: int = 0
 
   @property
   def records_per_job(self) -> int:
+    """Records of one job (a pair, or a crop of a clean image); -1 = varies (sub-images)."""
     if self.paired_dir:
-      return 1
+      return -1 if self.subimage_size else 1
     k = self.levels_per_type
     return sum(len(self.levels[t]) if k == 0 else min(k, len(self.levels[t])) for t in self.types)
 
@@ -155,6 +166,8 @@ class Plan:
 
   @property
   def jobs_per_shard(self) -> int:
+    if self.records_per_job < 0:   # sub-images: about (2048 / 480)^2 ~ 16 per 2K pair, a guess
+      return max(1, self.shard_size // 16)
     return max(1, self.shard_size // self.records_per_job)
 
   @property
@@ -163,7 +176,8 @@ class Plan:
 
   @property
   def num_records(self) -> int:
-    return self.num_jobs * self.records_per_job
+    """-1 when it is only known after the build (sub-images)."""
+    return -1 if self.records_per_job < 0 else self.num_jobs * self.records_per_job
 
   def shard_name(self, shard: int) -> str:
     return f"shard-{shard:05d}-of-{self.num_shards:05d}"
@@ -228,8 +242,16 @@ def _scan_released(released_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str,
 def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
               levels: Sequence[str] = (), patches_per_image: int = 4, patch_size: int = 256,
               levels_per_type: int = 1, shard_size: int = 1024, seed: int = 0,
-              paired_dir: str = "", released_dir: str = "") -> Plan:
+              paired_dir: str = "", released_dir: str = "", subimage_size: int = 0,
+              subimage_step: int = 0) -> Plan:
   """Checks the arguments (clear errors) and lists the inputs."""
+  if int(subimage_size) < 0 or (int(subimage_size) and not 0 < int(subimage_step)):
+    raise ValueError(f"--subimage_size={subimage_size} --subimage_step={subimage_step}: the size "
+                     f"must be >= 0 (0: whole images) and, when set, the step > 0 (BasicSR's DIV2K "
+                     f"setting: 480 and 240).")
+  if int(subimage_size) and not (paired_dir or released_dir):
+    raise ValueError("--subimage_size cuts packed pairs (--released_dir / --paired_dir); a "
+                     "--clean_dir build already stores --patch_size crops.")
   if int(patches_per_image) < 1 or int(patch_size) < 0 or int(levels_per_type) < 0:
     raise ValueError("--patches_per_image must be >= 1, --patch_size >= 0 (0: whole images) and "
                      "--levels_per_type >= 0 (0: every level).")
@@ -253,7 +275,8 @@ def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
     else:
       levels = {t: (REAL_LEVEL,) for t in ptypes}
     return Plan(clean_dir="", image_names=(), types=ptypes, levels=levels, paired_dir=root,
-                pairs=pairs, released=bool(released_dir), **common)
+                pairs=pairs, released=bool(released_dir), subimage_size=int(subimage_size),
+                subimage_step=int(subimage_step), **common)
   if not clean_dir:
     raise ValueError("--clean_dir is not set: give a folder of clean images (or --released_dir / "
                      "--paired_dir to pack pairs).")
@@ -283,6 +306,33 @@ def pair_record(plan: Plan, job: int) -> tuple[str, str, str, bytes, bytes]:
   if plan.released:
     return type_name, folder.split("/")[-1], f"{folder}/{name}", data[0], data[1]
   return type_name, REAL_LEVEL, f"{type_name}/{name}", data[0], data[1]
+
+
+def subimage_positions(size: int, crop: int, step: int) -> list[int]:
+  """Top (or left) offsets of BasicSR's sub-images along one side: 0, step, 2 step, ... and a
+  last one flush with the border when the grid leaves pixels out (BasicSR
+  scripts/data_preparation/extract_subimages.py `worker`, thresh_size 0 as its DIV2K setting);
+  one crop of the whole side when it is shorter than `crop`."""
+  if size <= crop:
+    return [0]
+  space = list(range(0, size - crop + 1, step))
+  if size - (space[-1] + crop) > 0:
+    space.append(size - crop)
+  return space
+
+
+def pair_subimages(plan: Plan, job: int):
+  """Yields (type, level, source, lq PNG, gt PNG) for the sub-images of one pair: both images
+  decoded once and cut at the same windows, each window encoded as PNG (lossless w.r.t. the
+  decoded pixels; a JPEG pair's bytes are not kept)."""
+  type_name, level, source, lq_bytes, gt_bytes = pair_record(plan, job)
+  lq, gt = decode_png(lq_bytes), decode_png(gt_bytes)
+  c, step = plan.subimage_size, plan.subimage_step
+  for top in subimage_positions(gt.shape[0], c, step):
+    for left in subimage_positions(gt.shape[1], c, step):
+      window = (slice(top, top + c), slice(left, left + c))
+      yield (type_name, level, f"{source}@{top},{left}", encode_png(lq[window]),
+             encode_png(gt[window]))
 
 
 def job_records(plan: Plan, job: int):
@@ -331,18 +381,24 @@ def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
   tmp = f"{final}.tmp-{os.getpid()}"
   crash_after = _crash_point(shard)
   counts: dict[str, dict[str, int]] = {}
+  runs: list[list[Any]] = []   # [type, level, count] in record order (packed pairs)
   writer = ArrayRecordWriter(tmp, "group_size:1")
   n = 0
   try:
     for job in plan.shard_jobs(shard):
       if plan.paired_dir:
-        if crash_after is not None and n >= crash_after:
-          os._exit(17)  # simulated kill in the middle of a shard  pylint: disable=protected-access
-        type_name, key, source, lq_bytes, gt_bytes = pair_record(plan, job)
-        writer.write(encode_record(type_name, key, source, lq_bytes, gt_bytes))
-        counts.setdefault(type_name, {}).setdefault(key, 0)
-        counts[type_name][key] += 1
-        n += 1
+        records = (pair_subimages(plan, job) if plan.subimage_size else [pair_record(plan, job)])
+        for type_name, key, source, lq_bytes, gt_bytes in records:
+          if crash_after is not None and n >= crash_after:
+            os._exit(17)  # simulated kill in the middle of a shard  pylint: disable=protected-access
+          writer.write(encode_record(type_name, key, source, lq_bytes, gt_bytes))
+          counts.setdefault(type_name, {}).setdefault(key, 0)
+          counts[type_name][key] += 1
+          if runs and runs[-1][:2] == [type_name, key]:
+            runs[-1][2] += 1
+          else:
+            runs.append([type_name, key, 1])
+          n += 1
         continue
       gt_png = None  # every record of a crop shares its gt: encode it once
       for type_name, key, source, lq, gt in job_records(plan, job):
@@ -357,6 +413,8 @@ def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
     writer.close()
   os.replace(tmp, final)
   meta = {"file": os.path.basename(final), "records": n, "counts": counts}
+  if plan.paired_dir:
+    meta["runs"] = runs
   _write_json(os.path.join(out, name + ".json"), meta)
   return meta
 
@@ -422,7 +480,7 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
       metas[shard] = meta
   try:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=plan.num_records, initial=sum(m["records"] for m in metas.values()),
+    bar = tqdm(total=plan.num_records if plan.num_records >= 0 else None, initial=sum(m["records"] for m in metas.values()),
                unit="rec", desc="build_uir", disable=not progress, file=sys.stderr)
   except ImportError:  # pragma: no cover
     bar = None
@@ -463,19 +521,47 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
       "levels": {t: list(plan.levels[t]) for t in plan.types},
       "num_records": sum(metas[s]["records"] for s in metas),
       "num_inputs": len(plan.pairs) if plan.paired_dir else len(plan.image_names),
-      "patch_size": 0 if plan.paired_dir else plan.patch_size,   # 0: whole images
+      # 0: whole images (sub-images: the smallest side may be shorter at an image's edge only
+      # when the image itself is smaller than the sub-image size)
+      "patch_size": plan.subimage_size if plan.paired_dir else plan.patch_size,
       "counts": counts,
       "shards": [{"file": metas[s]["file"], "records": metas[s]["records"]} for s in sorted(metas)],
   }
-  if manifest["num_records"] != plan.num_records:
+  # What a held-out selection needs without reading records (array_records.holdout_indices):
+  # packed pairs: runs of consecutive records of one (type, level) over the shards in order;
+  # synthesized: the records of one clean image are consecutive, this many.
+  if plan.paired_dir:
+    if all("runs" in m for m in metas.values()):   # shards of an older build have none
+      manifest["strata"] = strata_runs(metas)
+  else:
+    manifest["records_per_image"] = plan.records_per_job * plan.patches_per_image
+  if plan.num_records >= 0 and manifest["num_records"] != plan.num_records:
     raise RuntimeError(f"Built {manifest['num_records']} records, expected {plan.num_records}.")
   _write_json(os.path.join(out, "manifest.json"), manifest)
   return manifest
 
 
+def strata_runs(metas: Mapping[int, Mapping[str, Any]]) -> list[list[Any]]:
+  """[[type, level, first record, count], ...] over the shards in order, from their markers' runs
+  (record order; consecutive runs of one (type, level) across shards merged)."""
+  runs: list[list[Any]] = []
+  first = 0
+  for shard in sorted(metas):
+    for type_name, level, count in metas[shard]["runs"]:
+      if runs and runs[-1][0] == type_name and runs[-1][1] == level:
+        runs[-1][3] += count
+      else:
+        runs.append([type_name, level, first, count])
+      first += count
+  return runs
+
+
 def _plan_identity(plan: Plan) -> dict[str, Any]:
   """The plan as JSON, its input lists replaced by count + SHA-256 (2.5M pairs stay small)."""
   d = dataclasses.asdict(plan)
+  for key in ("subimage_size", "subimage_step"):  # absent when unused: older builds resume
+    if not d[key]:
+      del d[key]
   d["levels"] = {k: list(v) for k, v in plan.levels.items()}
   for key in ("image_names", "pairs"):
     items = json.dumps(d.pop(key)).encode("utf-8")
@@ -503,11 +589,16 @@ def define_flags() -> None:
   flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 1)), "Worker processes (0: in-process).")
   flags.DEFINE_integer("shard_size", 1024, "Records per shard (rounded down to whole crops).")
   flags.DEFINE_integer("seed", 0, "Seed of every crop and degradation draw.")
+  flags.DEFINE_integer("subimage_size", 0, "Packed pairs: cut each pair into overlapping "
+                       "sub-images of this size, one record each (BasicSR extract_subimages; 0: "
+                       "whole images). Training then decodes a sub-image, not a whole image, per crop.")
+  flags.DEFINE_integer("subimage_step", 240, "Stride of the sub-images (with --subimage_size).")
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 
 
 _ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "output", "types", "levels", "levels_per_type",
-              "patches_per_image", "patch_size", "workers", "shard_size", "seed")
+              "patches_per_image", "patch_size", "workers", "shard_size", "seed", "subimage_size",
+              "subimage_step")
 
 
 def _fail(message: str) -> None:
@@ -527,7 +618,8 @@ def main(argv: Sequence[str]) -> None:
                      patches_per_image=FLAGS.patches_per_image, patch_size=FLAGS.patch_size,
                      levels_per_type=FLAGS.levels_per_type, shard_size=FLAGS.shard_size,
                      seed=FLAGS.seed, paired_dir=FLAGS.paired_dir,
-                     released_dir=FLAGS.released_dir)
+                     released_dir=FLAGS.released_dir, subimage_size=FLAGS.subimage_size,
+                     subimage_step=FLAGS.subimage_step if FLAGS.subimage_size else 0)
     manifest = build(plan, FLAGS.output, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
   except (DataError, ValueError) as e:
     _fail(f"build_uir: error: {e}")

@@ -14,8 +14,10 @@ types in the paper's table order (`uir_degradations.UIR_TYPE_NAMES`) whatever su
 holds, so classifier heads agree between builds. Reading is `jaxmilab.data.array_records`:
 a grain ArrayRecord source over every shard, a global shuffle each epoch, per-host slices of
 one global example stream and a checkpointable iterator. config.data keys are those of
-`array_records` (path, patch_size, eval_path, eval_records, eval_size, eval_batch_size,
-worker_count, read_threads, read_buffer, vertical_flip); `types` defaults to the 19 types.
+`array_records` (path, patch_size, eval_path, eval_records, eval_selection, eval_size,
+eval_batch_size, worker_count, read_threads, read_buffer, vertical_flip); `types` defaults to
+the 19 types. Without eval_path the held-out records are stratified over (type, source) (see
+`array_records`), so every type of the build is evaluated.
 
 Released layout. The MaskDCPT README (github.com/MILab-PKU/MaskDCPT, "UIR-2.5M Dataset": "It
 will be uploaded on huggingface. Stay tuned.") does not publish a layout yet; its dataset table
