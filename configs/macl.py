@@ -7,8 +7,9 @@ r"""MACL pre-training (JBHI, arXiv 2309.11876): four views per slice, L = L_g + 
 
 Variants:
   smoke       tiny 3-level U-Net on 32 px phantom slices, 2 steps (seconds on a CPU; the tests run it).
-  quickstart  width-4 U-Net on synthetic phantom volumes (python -m jaxmilab.macl_quickstart
-              runs it, with method.variant=pcl for the PCL-only arm, then fine-tunes).
+  quickstart  width-4, depth-3 U-Net on 64 px synthetic phantom slices (dominant bottleneck
+              2 x 2); python -m jaxmilab.macl_quickstart runs it, with PCL_OVERRIDES for the
+              PCL arm, then fine-tunes.
   paper       the official CHD pre-training (stevezs315/MACL pretrain.sh, train_contrast.py):
               512 px, width 32, SGD momentum 0.9 (no Nesterov), wd 1e-5, lr 0.01 cosine to 0
               (lr_scheduler.py "cos"), 100 epochs, batch 16 per GPU on 2 GPUs, threshold 0.1,
@@ -40,11 +41,26 @@ def phantom_setup(c, variant: str) -> None:
     c.model.width, c.model.depth = 2, 3   # a smaller program: compiles in seconds
     c.data.phantom_slices, c.data.phantom_size, c.data.patch_size = 8, 32, 32
   elif variant == "quickstart":
-    c.model.width = 4
+    # Depth 3 (3 pooling levels) so that the dominant branch's bottleneck is 2 x 2: 64 px
+    # patches at s = 0.25 give 16 px dominant inputs, 16 / 2^3 = 2 (the auxiliary bottleneck
+    # is 8 x 8, decoder blocks 1-2 bring the dominant maps to that grid, as 512 px / 4 levels
+    # give 8 x 8 and 32 x 32 in the paper). With 4 levels it was 1 x 1: L_ER then ties it to
+    # one corner cell of the auxiliary bottleneck, the BatchNorm-free ReLU centre died and
+    # L_g stayed at its collapse value 4.91 (README, MACL).
+    c.model.width, c.model.depth = 4, 3
     c.data.phantom_slices, c.data.patch_size = 24, 64
   else:
     raise ValueError(f"configs/macl.py phantom_setup: no phantom set-up for variant {variant!r}; "
                      f"use smoke or quickstart.")
+
+
+# The PCL baseline as released (dewenzeng/positional_cl run_script.sh, train_contrast.py,
+# dataset/chd.py): L_g only, encoder + MLP head 16w -> 16w -> 512 (--classes 512), views
+# spatial only (mirror + elastic / rotate / scale; no intensity jitter), SGD lr 0.1 cosine
+# (its batch is 32, --epochs 300). Applied on top of a MACL variant:
+#   config_lib.load("configs/macl.py:quickstart", macl.PCL_OVERRIDES)
+PCL_OVERRIDES = {"method.variant": "pcl", "method.embed_dim": 512, "data.views": "pcl",
+                 "optimizer.learning_rate": 0.1}
 
 
 def get_config(variant: str = "smoke"):

@@ -146,22 +146,42 @@ def model_from_workdir(weights: str) -> tuple[str, ModelSpec]:
 
 
 def _likely_models(params: Any, exclude: str) -> list[str]:
-  """--list_models names whose network has exactly the parameter paths and shapes of `params`."""
+  """--list_models names whose network has exactly the parameter paths and shapes of `params`.
+
+  Abstract shapes only (no compute); a network family is only searched when its smallest member
+  has the same top-level module names (numbers stripped), so a mismatch costs seconds.
+  """
+  import re  # pylint: disable=g-import-not-at-top
   from jaxmilab import convert  # pylint: disable=g-import-not-at-top
   from jaxmilab.convert import mapping  # pylint: disable=g-import-not-at-top
-  got = {k: tuple(np.shape(v)) for k, v in mapping.flatten(params).items()}
-  names, seen = [], []
-  for name, spec in MODELS.items():
-    if name == exclude or spec.model in seen:
-      continue
-    seen.append(spec.model)
+
+  def shapes(model):
     try:
-      expected, _ = convert.expected_params(spec.model)
+      expected, _ = convert.expected_params(model)
     except Exception:  # pylint: disable=broad-except
+      return None
+    return {k: tuple(v.shape) for k, v in mapping.flatten(expected).items()}
+
+  def signature(flat):
+    return {re.sub(r"[_\d]+$", "", k.split("/")[0]) for k in flat}
+
+  got = {k: tuple(np.shape(v)) for k, v in mapping.flatten(params).items()}
+  families: dict[str, list[str]] = {}
+  for name, spec in MODELS.items():
+    families.setdefault(spec.model["name"], []).append(name)
+  names, seen = [], []
+  for members in families.values():
+    probe = min(members, key=lambda n: ("tiny" not in n, len(n)))
+    probe_shapes = shapes(MODELS[probe].model)
+    if probe_shapes is None or signature(probe_shapes) != signature(got):
       continue
-    want = {k: tuple(v.shape) for k, v in mapping.flatten(expected).items()}
-    if want == got:
-      names.append(name)
+    for name in members:
+      spec = MODELS[name]
+      if name == exclude or spec.model in seen:
+        continue
+      seen.append(spec.model)
+      if (probe_shapes if name == probe else shapes(spec.model)) == got:
+        names.append(name)
   return names
 
 

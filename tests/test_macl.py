@@ -210,7 +210,9 @@ def test_pcl_variant_has_encoder_only_and_l_g():
   assert sorted(variables["params"]["backbone"]) == ["encoder"]
   loss, (terms, _) = jax.jit(method.loss)(variables["params"], {"batch_stats": variables["batch_stats"]},
                                           batch, jax.random.key(0))
-  assert sorted(terms) == ["l_g"] and float(loss) == float(terms["l_g"])
+  assert sorted(terms) == ["dead_v1", "dead_v2", "l_g"] and float(loss) == float(terms["l_g"])
+  # The released PCL head: 16w -> 16w -> ReLU -> 512 (run_script.sh --classes 512).
+  assert variables["params"]["image_head"]["fc_2"]["kernel"].shape == (8 * 2, 512)
 
 
 def test_config_errors():
@@ -343,3 +345,28 @@ def test_smoke_pretrain_then_finetune(tmp_path):
   assert {f"dice/{c}" for c in (1, 2, 3)} <= set(evals[-1])
   with open(os.path.join(ft_dir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["method"]["init_from"] == pre_dir
+
+
+# ------------------------------------------------------- collapse value and dead centre units
+
+
+def test_chance_l_g_is_the_loss_of_collapsed_embeddings():
+  """Identical embeddings give (T / 0.07) ln(2B - 1) whatever the positions (4.906 at B = 16)."""
+  rng = np.random.default_rng(0)
+  for b, t in ((16, 0.1), (5, 0.3)):
+    z = np.tile(rng.standard_normal((1, 7)).astype(np.float32), (b, 1))
+    positions = rng.uniform(0, 1, b).astype(np.float32)
+    got = float(macl.positional_contrastive_loss(z, z, positions, threshold=0.1, temperature=t))
+    np.testing.assert_allclose(got, macl.chance_l_g(b, t), rtol=1e-5)
+  np.testing.assert_allclose(macl.chance_l_g(16), 0.1 / 0.07 * np.log(31), rtol=1e-12)
+  assert abs(macl.chance_l_g(16) - 4.906) < 1e-3
+
+
+def test_dead_fraction_hand_case():
+  y = np.zeros((2, 2, 2, 4), np.float32)
+  y[0, 1, 1, 0] = 0.5          # channel 0 alive in example 0 only
+  y[1, 0, 0, 2] = 2.0          # channel 2 alive in example 1 only
+  y[:, :, :, 3] = -1.0         # never positive (a ReLU output is never negative; still dead)
+  assert float(macl.dead_fraction(jnp.asarray(y))) == 0.5
+  # Padding examples do not count: with example 1 invalid, channel 2 is dead too.
+  assert float(macl.dead_fraction(jnp.asarray(y), jnp.asarray([True, False]))) == 0.75

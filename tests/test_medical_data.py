@@ -299,3 +299,20 @@ def test_seg_dataset_phantom_split():
   assert batch["labels"].max() < 4
   with pytest.raises(ValueError, match="exclusive"):
     medical_seg.split_volumes(ml_collections.ConfigDict(dict(config.to_dict(), train_volumes=(1,))))
+
+
+def test_pcl_views_are_spatial_only():
+  """views="pcl": V1, V2 only, drawn from the normalised crop itself (no intensity jitter, no
+  min-max): with the elastic transform off they are mirror images of the crop."""
+  rng = np.random.default_rng(0)
+  image = rng.standard_normal((32, 32, 1)).astype(np.float32) * 3 + 1
+  views = medical_views.ContrastiveViews(32, p_spatial=0.0, kind="pcl")
+  out = views.random_map({"image": image, "position": np.float32(0.5)}, np.random.default_rng(1))
+  assert sorted(out) == ["position", "view_v1", "view_v2"]
+  for key in ("view_v1", "view_v2"):
+    assert any(np.array_equal(out[key], f) for f in (image, image[::-1], image[:, ::-1], image[::-1, ::-1]))
+  macl_out = medical_views.ContrastiveViews(32, p_spatial=0.0).random_map(
+      {"image": image, "position": np.float32(0.5)}, np.random.default_rng(1))
+  assert macl_out["view_v1"].min() >= 0 and macl_out["view_v1"].max() <= 1   # jittered, min-max
+  with pytest.raises(ValueError, match="config.data.views"):
+    medical_views.ContrastiveViews(32, kind="simclr")

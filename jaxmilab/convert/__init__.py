@@ -41,5 +41,12 @@ def load_torch_params(path: str, model_config=None, *, label: str | None = None
 
 def load_as_variables(path: str, model_config=None) -> dict[str, Any]:
   """`jaxmilab.checkpoint.load_variables`-style result for a `.pth` / `.safetensors` file:
-  {"params": {"backbone": params}, "model_state": {}}, for `config.method.init_from`."""
+  {"params": {"backbone": params}, "model_state": {}}, for `config.method.init_from`. A PCL /
+  MACL 2-D U-Net file (e.g. the released MACL_*.pth) goes through `macl_weights` instead
+  (its own tree, with the BatchNorm statistics as model_state["batch_stats"])."""
+  from jaxmilab.convert import macl_weights  # pylint: disable=g-import-not-at-top
+  from jaxmilab.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top
+  state_dict = torch_checkpoint.load_state_dict(path)
+  if macl_weights.is_unet2d(state_dict):
+    return macl_weights.to_variables(state_dict, source=path)
   return {"params": {"backbone": load_torch_params(path, model_config)}, "model_state": {}}

@@ -6,14 +6,16 @@ selected volume is one record, its position label (i + 1) / D. Views
 (`jaxmilab.data.medical_views.ContrastiveViews`, run in grain workers): a random
 `patch_size` crop, I1 / I2 intensity jitter, V1 / V2 = spatial(I1 / I2).
 
-Batches: {"view_i1", "view_i2", "view_v1", "view_v2": f32 [b, p, p, C], "position": f32 [b]}.
+Batches: {"view_i1", "view_i2", "view_v1", "view_v2": f32 [b, p, p, C], "position": f32 [b]};
+with views="pcl" the released PCL views instead: {"view_v1", "view_v2", "position"}, two
+spatial-only draws of the crop (no intensity jitter).
 Eval batches (a monitor of the pre-training losses): the same views of `eval_slices` slices
 spread evenly over the volumes, drawn with fixed seeds, plus "valid".
 
 config.data keys (defaults): source ("phantoms"), root, normalization (per source: see
 medical.py), channels (1; phantoms only), phantom_volumes (32), phantom_classes (4),
 phantom_size (64), phantom_slices (24), phantom_seed_offset (0), volumes (None = all; keys or
-case numbers), patch_size (64), p_spatial (0.67), eval_slices (32), eval_batch_size, eval_seed
+case numbers), patch_size (64), p_spatial (0.67), views ("macl" | "pcl"), eval_slices (32), eval_batch_size, eval_seed
 (0), worker_count (0), read_threads (4), cache_size (64).
 """
 
@@ -30,7 +32,7 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 CONFIG_DEFAULTS = dict(medical.COMMON_DEFAULTS, volumes=None, eval_slices=32, eval_batch_size=0,
-                       eval_seed=0)
+                       eval_seed=0, views="macl")
 
 
 def create(config: Any, *, batch_size: int, seed: int, process_index: int,
@@ -45,7 +47,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
                         opts.volumes, "config.data.volumes")
   description = f"{reader.source}:{opts.root}:{','.join(r.key for r in refs)}"
   source = medical_views.SliceSource(reader, refs, description)
-  views = medical_views.ContrastiveViews(patch, float(opts.p_spatial))
+  views = medical_views.ContrastiveViews(patch, float(opts.p_spatial), str(opts.views))
   train = layout.train(source, [views], worker_count=int(opts.worker_count),
                        read_threads=int(opts.read_threads))
 

@@ -111,14 +111,30 @@ class SliceSource:
     return f"SliceSource({self.description}, volumes={len(self.refs)}, slices={len(self)})"
 
 
-class ContrastiveViews(grain.transforms.RandomMap):
-  """slice -> {"view_i1", "view_i2", "view_v1", "view_v2": f32 [p, p, C], "position": f32}."""
+VIEW_KINDS = ("macl", "pcl")
 
-  def __init__(self, patch_size: int, p_spatial: float = 0.67):
-    self.patch_size, self.p_spatial = int(patch_size), float(p_spatial)
+
+class ContrastiveViews(grain.transforms.RandomMap):
+  """slice -> {"view_i1", "view_i2", "view_v1", "view_v2": f32 [p, p, C], "position": f32}.
+
+  kind="pcl": the released PCL views (dewenzeng/positional_cl dataset/chd.py
+  `prepare_contrast`): {"view_v1", "view_v2", "position"}, V1 and V2 = two independent
+  `spatial` draws of the normalised crop itself, no intensity jitter.
+  """
+
+  def __init__(self, patch_size: int, p_spatial: float = 0.67, kind: str = "macl"):
+    if kind not in VIEW_KINDS:
+      raise ValueError(f"config.data.views={kind!r}: use one of {VIEW_KINDS}.")
+    self.patch_size, self.p_spatial, self.kind = int(patch_size), float(p_spatial), kind
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     image, _ = medical.pad_or_crop(element["image"], self.patch_size, "random", rng)
+    if self.kind == "pcl":
+      v1, _ = spatial(image, rng, p_spatial=self.p_spatial)
+      v2, _ = spatial(image, rng, p_spatial=self.p_spatial)
+      return {"view_v1": np.ascontiguousarray(v1, np.float32),
+              "view_v2": np.ascontiguousarray(v2, np.float32),
+              "position": np.float32(element["position"])}
     i1, i2 = jitter(image, rng), jitter(image, rng)
     v1, _ = spatial(i1, rng, p_spatial=self.p_spatial)
     v2, _ = spatial(i2, rng, p_spatial=self.p_spatial)

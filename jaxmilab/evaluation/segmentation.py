@@ -7,12 +7,25 @@
   Dice = 2 |P ∩ G| / (|P| + |G|) with the counts summed over every slice of the test set
   (not a mean of per-slice Dice), "dice" the mean over foreground classes.
 
-Both take int arrays [H, W] or [B, H, W] and return percentages.
+* `SurfaceDistanceEvaluator` — MACL's HD95 / ASD per foreground class, per slice, as the
+  released validate() of stevezs315/MACL train_supervised.py computes them: medpy's
+  `metric.binary.hd95` (95th percentile of the symmetric surface distances) and
+  `metric.binary.asd` (mean distance from the predicted surface to the ground-truth surface,
+  one direction), in pixels (no voxel spacing), surfaces = mask XOR its erosion with the
+  4-neighbourhood (connectivity 1); a slice where the class is missing from the ground truth
+  or from the prediction counts as 0 and is averaged in (released); "hd95_present" /
+  "asd_present" average only the slices where both contain the class.
+  `surface_distances`, `hd95` and `asd` are the per-mask functions. The released code means
+  per eval batch, then over batches; here over slices (the same when batches are equal).
+
+The first two take int arrays [H, W] or [B, H, W] and return percentages.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from scipy import ndimage
 
 from jaxmilab.evaluation.base import Metric, ratio
 
@@ -83,3 +96,93 @@ class DiceEvaluator(Metric):
     out = {"dice": float(np.nanmean(fg)) if np.any(np.isfinite(fg)) else float("nan")}
     out.update({f"dice/{k}": float(dice[k]) for k in range(1, self.num_classes)})
     return out
+
+
+def surface_distances(result, reference, spacing=None, connectivity: int = 1) -> np.ndarray:
+  """Distances from every surface pixel of binary `result` to the nearest surface pixel of
+  binary `reference` (medpy.metric.binary's __surface_distances); both must be non-empty."""
+  result = np.atleast_1d(np.asarray(result, bool))
+  reference = np.atleast_1d(np.asarray(reference, bool))
+  if result.shape != reference.shape:
+    raise ValueError(f"Masks must have the same shape; got {result.shape} vs {reference.shape}.")
+  if not result.any() or not reference.any():
+    raise ValueError("surface_distances needs two non-empty masks (HD95 / ASD are undefined for "
+                     "an empty one).")
+  footprint = ndimage.generate_binary_structure(result.ndim, connectivity)
+  result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
+  reference_border = reference ^ ndimage.binary_erosion(reference, structure=footprint, iterations=1)
+  distance = ndimage.distance_transform_edt(~reference_border, sampling=spacing)
+  return distance[result_border]
+
+
+def hd95(result, reference, spacing=None, connectivity: int = 1) -> float:
+  """95th percentile of both directions' surface distances (medpy.metric.binary.hd95)."""
+  both = np.hstack((surface_distances(result, reference, spacing, connectivity),
+                    surface_distances(reference, result, spacing, connectivity)))
+  return float(np.percentile(both, 95))
+
+
+def asd(result, reference, spacing=None, connectivity: int = 1) -> float:
+  """Mean distance from result's surface to reference's (medpy.metric.binary.asd; one way)."""
+  return float(surface_distances(result, reference, spacing, connectivity).mean())
+
+
+SURFACE_NAMES = ("hd95", "asd")
+
+
+def surface_statistics(pred, gt, num_classes: int, spacing=None) -> dict[str, np.ndarray]:
+  """The sums SurfaceDistanceEvaluator adds for int [H, W] / [B, H, W] slices: per foreground
+  class the sums of HD95 and ASD over the slices where pred and gt both hold the class, the
+  number of such slices ("surface/present") and of all slices ("surface/slices")."""
+  pred, gt = np.asarray(pred), np.asarray(gt)
+  if pred.shape != gt.shape or pred.ndim not in (2, 3):
+    raise ValueError(f"pred and gt must both be [H, W] or [B, H, W]; got {pred.shape} vs {gt.shape}.")
+  if pred.ndim == 2:
+    pred, gt = pred[None], gt[None]
+  out = {f"surface/{name}_sum": np.zeros(num_classes - 1) for name in SURFACE_NAMES}
+  out["surface/present"] = np.zeros(num_classes - 1)
+  out["surface/slices"] = np.full(num_classes - 1, float(len(pred)))
+  for p, g in zip(pred, gt):
+    for k in range(1, num_classes):
+      pk, gk = p == k, g == k
+      if not (pk.any() and gk.any()):
+        continue  # released: 0 for this slice and class
+      out["surface/hd95_sum"][k - 1] += hd95(pk, gk, spacing)
+      out["surface/asd_sum"][k - 1] += asd(pk, gk, spacing)
+      out["surface/present"][k - 1] += 1
+  return out
+
+
+def surface_results(sums: dict[str, np.ndarray]) -> dict[str, float]:
+  """"hd95", "asd" (released: missing-class slices count 0, mean over classes of the per-slice
+  means), "hd95/k", "asd/k" per class, and "hd95_present", "asd_present" (mean over the slices
+  that hold the class in both)."""
+  mean = lambda x: float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
+  out = {}
+  for name in SURFACE_NAMES:
+    total = sums[f"surface/{name}_sum"]
+    released = ratio(total, sums["surface/slices"])
+    out[name] = mean(released)
+    out[f"{name}_present"] = mean(ratio(total, sums["surface/present"]))
+    out.update({f"{name}/{k + 1}": float(v) for k, v in enumerate(released)})
+  return out
+
+
+class SurfaceDistanceEvaluator(Metric):
+  """HD95 / ASD per foreground class, per 2-D slice, averaged over slices (module doc)."""
+
+  def __init__(self, num_classes: int, spacing=None):
+    super().__init__()
+    if num_classes < 2:
+      raise ValueError(f"SurfaceDistanceEvaluator needs a background and >= 1 foreground class; "
+                       f"got {num_classes}.")
+    self.num_classes, self.spacing = num_classes, spacing
+    for name, value in surface_statistics(np.zeros((0, 1, 1)), np.zeros((0, 1, 1)), num_classes).items():
+      self.add(name, value)
+
+  def accumulate(self, pred, gt) -> None:
+    for name, value in surface_statistics(pred, gt, self.num_classes, self.spacing).items():
+      self.add(name, value)
+
+  def compute(self) -> dict[str, float]:
+    return surface_results(self.sums)

@@ -26,7 +26,16 @@ loop). With w = 32: 16w = 512, 4w = 128, E = 128 (`--classes 512 --scale_factor 
 
 `variant="pcl"` is the PCL baseline (positional_cl `UNet2D_classification`): V1 and V2 at
 full resolution through the encoder and one shared MLP head (16w -> 16w -> ReLU -> E),
-L = L_g only. `symmetric=True` skips the downsampling (the official --symmetric_net).
+L = L_g only; its released embedding is 512-d (--classes 512) and its views are spatial only
+(config.data.views="pcl"). `symmetric=True` skips the downsampling (the official
+--symmetric_net); the dominant pixel map is then resized to the auxiliary grid for L_d.
+
+Logged with the losses: dead_<view> (i1, i2, v1, v2), the share of the BatchNorm-free ReLU
+centre's channels that are 0 at every location of every example of the batch, per encoder
+pass. When the dominant bottleneck is 1 x 1 (e.g. 64 px patches, s = 0.25, 4 pooling
+levels), L_ER ties it to one corner cell of the auxiliary bottleneck (align_corners) and the
+cheapest way down is a dead centre: g_1 is then constant and L_g sits at its collapse value
+`chance_l_g(B)` = (T / 0.07) ln(2B - 1); init_variables warns about that geometry.
 
 The backbone is any model (config.model.name) with `encode(x, train)` and
 `decode(bottleneck, skips, train, num_blocks)` (jaxmilab/models/pcl_unet.py); its parameters
@@ -47,6 +56,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxmilab import config_options
 from jaxmilab import registry
@@ -65,12 +75,16 @@ CONFIG_DEFAULTS = dict(
     base_temperature=0.07,  # SupConLoss base_temperature
     scale=0.25,             # --scale_factor: dominant branch input downsampling s
     decoder_blocks=2,       # decoder blocks in the dominant branches
-    embed_dim=128,          # image embedding size: int(--classes 512 * --scale_factor 0.25)
+    embed_dim=0,            # image embedding size; 0 = the released one of the variant: MACL
+                            # int(--classes 512 * --scale_factor 0.25) = 128 (stevezs315/MACL
+                            # pretrain.sh), PCL --classes 512 (dewenzeng/positional_cl run_script.sh)
     pixel_weight=0.5,       # --alpha (L_d)
     er_weight=1.0,          # --alpha_ER (L_ER)
     symmetric=False)        # --symmetric_net: no downsampling of the dominant inputs
 VARIANTS = ("macl", "pcl")
+RELEASED_EMBED_DIM = {"macl": 128, "pcl": 512}
 VIEW_KEYS = ("view_i1", "view_i2", "view_v1", "view_v2")
+VARIANT_VIEWS = {"macl": VIEW_KEYS, "pcl": ("view_v1", "view_v2")}
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -155,6 +169,25 @@ def _masked_mean(terms: jax.Array, valid: jax.Array | None) -> jax.Array:
   return jnp.sum(terms) / count
 
 
+def dead_fraction(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Share of the channels of centre features y [B, h, w, C] (after the centre's last ReLU)
+  that are 0 at every location of every (valid) example: dead BatchNorm-free ReLU units."""
+  alive = y.astype(jnp.float32) > 0
+  if valid is not None:
+    alive = alive & valid.astype(bool)[:, None, None, None]
+  return 1.0 - jnp.mean(jnp.any(alive, axis=(0, 1, 2)).astype(jnp.float32))
+
+
+def chance_l_g(batch_size: int, temperature: float = 0.1, base_temperature: float = 0.07) -> float:
+  """L_g when every embedding is the same vector (collapse): each anchor's positives and all
+  its 2B - 1 contrasts have logit 1 / T, so the loss is (T / T_base) ln(2B - 1)."""
+  return temperature / base_temperature * float(np.log(2 * batch_size - 1))
+
+
+# Centre outputs of MACLNet and the view each pass encodes (logged as dead_<view>).
+CENTRES = {"y_aux": "i1", "y_dom": "i2", "y_v1": "v1", "y_v2": "v2"}
+
+
 def bilinear_align_corners_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] matrix of F.interpolate(mode="bilinear", align_corners=True) along one axis."""
   return model_layers.resize_matrix(out_size, in_size, True)
@@ -222,6 +255,7 @@ class MACLNet(nn.Module):
         if head is None:
           head = _MLP(y.shape[-1], self.embed_dim, name="image_head")
         out[f"g_{i + 1}"] = head(gap(y))
+        out[f"y_v{i + 1}"] = y
       return out
     # The official call order (BatchNorm running statistics are updated in this order).
     y_aux, _ = self.backbone.encode(views["view_i1"], train)               # [B, H/16, W/16, 16w]
@@ -229,13 +263,20 @@ class MACLNet(nn.Module):
     y_v1, _ = self.backbone.encode(views["view_v1"], train)
     y_v2, skips_v2 = self.backbone.encode(down(views["view_v2"]), train)
     pixel_dom = self.backbone.decode(y_dom, skips_dom, train, self.decoder_blocks)
+    if self.symmetric:
+      # Full-resolution dominant input: its pixel map is 1/scale times the auxiliary grid.
+      # OUR READING: resized to that grid (bilinear, align_corners). The released
+      # train_contrast.py (--symmetric_net) feeds both maps to its per-location loop
+      # unresized, pairing location p of the auxiliary map with the p-th (row-major) location
+      # of the larger dominant map.
+      pixel_dom = downsample(pixel_dom, self.scale)
     image_dom = self.backbone.decode(y_v2, skips_v2, train, self.decoder_blocks)
     channels = pixel_dom.shape[-1]
     pixel_aux = PixelProjector(channels, name="pixel_projector")(y_aux, train)
     g_1 = _MLP(channels, self.embed_dim, name="aux_image_head")(gap(y_v1))
     g_2 = _MLP(channels, self.embed_dim, name="dom_image_head")(gap(image_dom))
     return {"g_1": g_1, "g_2": g_2, "pixel_aux": pixel_aux, "pixel_dom": pixel_dom,
-            "y_aux": y_aux, "y_dom": y_dom}
+            "y_aux": y_aux, "y_dom": y_dom, "y_v1": y_v1, "y_v2": y_v2}
 
 
 # -------------------------------------------------------------------------------- method
@@ -264,24 +305,44 @@ class Method(base.Method):
         raise ValueError(f"config.model.name={config.model.name!r} has no `{needed}` method; MACL "
                          f"needs a backbone with encode() / decode() (see jaxmilab/models/pcl_unet.py).")
     self.net = MACLNet(backbone=backbone, variant=self.variant,
-                       decoder_blocks=int(m.decoder_blocks), embed_dim=int(m.embed_dim),
+                       decoder_blocks=int(m.decoder_blocks),
+                       embed_dim=int(m.embed_dim) or RELEASED_EMBED_DIM[self.variant],
                        scale=float(m.scale), symmetric=bool(m.symmetric))
 
   def _views(self, batch):
-    missing = [k for k in VIEW_KEYS + ("position",) if k not in batch]
+    keys = VARIANT_VIEWS[self.variant]
+    missing = [k for k in keys + ("position",) if k not in batch]
     if missing:
-      raise ValueError(f"MACL batches need {VIEW_KEYS + ('position',)}; missing {missing}. Use "
-                       f"config.data.name='medical_pretrain'.")
-    return {k: batch[k] for k in VIEW_KEYS}
+      raise ValueError(f"method.variant={self.variant!r} batches need {keys + ('position',)}; "
+                       f"missing {missing}. Use config.data.name='medical_pretrain' with "
+                       f"config.data.views='macl' for MACL.")
+    return {k: batch[k] for k in keys}
 
   def init_variables(self, rng, batch):
-    return dict(self.net.init({"params": rng}, self._views(batch), train=False))
+    views = self._views(batch)
+    if self.variant == "pcl" and "view_i1" in batch:
+      logging.warning("method.variant='pcl' on MACL's views (V = spatial(intensity jitter)); the "
+                      "released PCL views are spatial only: set config.data.views='pcl'.")
+    if self.variant == "macl":
+      out = jax.eval_shape(lambda v: self.net.init_with_output({"params": rng}, v, train=False)[0],
+                           views)
+      dom, aux = out["y_dom"].shape[1:3], out["y_aux"].shape[1:3]
+      if min(dom) < 2:
+        logging.warning(
+            "MACL: the dominant branch's bottleneck is %s (auxiliary %s): L_ER then ties it to "
+            "one corner cell of the auxiliary bottleneck and the cheapest way down is a dead "
+            "centre (L_g at chance). Use patches >= 2^depth / scale * 2 pixels (or a smaller "
+            "config.model.depth).", "x".join(map(str, dom)), "x".join(map(str, aux)))
+    return dict(self.net.init({"params": rng}, views, train=False))
 
   def _terms(self, out, positions, valid=None) -> dict[str, jax.Array]:
     kw = dict(threshold=self.threshold, temperature=self.temperature,
               base_temperature=self.base_temperature)
     g = jnp.concatenate([out["g_1"], out["g_2"]], axis=0)
     terms = {"l_g": _masked_mean(contrastive_terms(g, positions, valid=valid, **kw), valid)}
+    for key, view in CENTRES.items():
+      if key in out:
+        terms[f"dead_{view}"] = jax.lax.stop_gradient(dead_fraction(out[key], valid))
     if self.variant == "macl":
       terms["l_d"] = dense_contrastive_loss(out["pixel_aux"], out["pixel_dom"], positions,
                                             valid=valid, **kw)
@@ -293,6 +354,12 @@ class Method(base.Method):
         per = jnp.mean(diff, axis=(1, 2, 3))
         terms["l_er"] = jnp.sum(jnp.where(valid, per, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     return terms
+
+  def logged(self) -> tuple[str, ...]:
+    """The names `_terms` returns (losses, then dead centre fractions)."""
+    if self.variant == "pcl":
+      return ("l_g", "dead_v1", "dead_v2")
+    return ("l_g", "l_d", "l_er") + tuple(f"dead_{v}" for v in CENTRES.values())
 
   def combine(self, terms: Mapping[str, jax.Array]) -> jax.Array:
     loss = terms["l_g"]
@@ -331,7 +398,7 @@ class Method(base.Method):
     return outputs
 
   def evaluator(self) -> "MACLEvaluator":
-    return MACLEvaluator(("loss",) + (("l_g", "l_d", "l_er") if self.variant == "macl" else ("l_g",)))
+    return MACLEvaluator(("loss",) + self.logged())
 
 
 

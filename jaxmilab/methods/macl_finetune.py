@@ -18,7 +18,9 @@ differs is an error naming it (the official loader skips it silently).
 Evaluation: argmax predictions on every test slice, `jaxmilab.evaluation.segmentation
 .DiceEvaluator` (per foreground class Dice = 2|P n G| / (|P| + |G|), counts pooled over all
 test slices; "dice" the mean over foreground classes, in percent; the official
-SegmentationMetric pools the same way). The eval picture: image | ground truth | prediction
+SegmentationMetric pools the same way), and HD95 / ASD per class in pixels as the released
+validate() (medpy per slice, 0 for a slice missing the class; `segmentation
+.SurfaceDistanceEvaluator`; "hd95_present" / "asd_present" skip those slices). The eval picture: image | ground truth | prediction
 for a few test slices.
 """
 
@@ -43,6 +45,7 @@ CONFIG_DEFAULTS = dict(
     init_from="",             # a MACL / PCL pre-training run; "" = scratch
     init_decoder_blocks=2,    # decoder blocks taken from a pre-training run (MACL pre-trains 1-2)
     l2_weight=0.0,            # coupled L2 (torch.optim.Adam weight_decay): loss += l2/2 sum p^2
+    surface_metrics=True,     # also HD95 / ASD per class (released validate(); pixels)
     eval_examples=4)          # test slices kept for the eval picture
 
 
@@ -127,7 +130,7 @@ class Method(base.Method):
     return {"prediction": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
   def evaluator(self) -> "DiceEvalState":
-    return DiceEvalState(self.num_classes, self.eval_examples)
+    return DiceEvalState(self.num_classes, self.eval_examples, bool(self.opts.surface_metrics))
 
 
   def init_from(self, variables, loaded):
@@ -155,12 +158,18 @@ _PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0
 
 
 class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
-  """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture."""
+  """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture; with
+  `surface`, also HD95 / ASD (segmentation.surface_statistics, summed into the same sums)."""
 
-  def __init__(self, num_classes: int, keep: int = 4):
+  def __init__(self, num_classes: int, keep: int = 4, surface: bool = True):
     super().__init__(num_classes)
     self.keep = int(keep)
+    self.surface = bool(surface)
     self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if self.surface:
+      empty = np.zeros((0, 1, 1), np.int32)
+      for name, value in segmentation.surface_statistics(empty, empty, num_classes).items():
+        self.add(name, value)
 
   def update(self, batch, outputs):
     valid = np.asarray(batch["valid"], bool)
@@ -168,9 +177,18 @@ class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
     gt = np.asarray(batch["labels"])[valid]
     if pred.size:
       self.accumulate(pred, gt)
+      if self.surface:
+        for name, value in segmentation.surface_statistics(pred, gt, self.num_classes).items():
+          self.add(name, value)
     images = np.asarray(batch["image"])[valid]
     for i in range(min(len(pred), self.keep - len(self.kept))):
       self.kept.append((images[i], gt[i], pred[i]))
+
+  def compute(self):
+    out = super().compute()
+    if self.surface:
+      out.update(segmentation.surface_results(self.sums))
+    return out
 
   def images(self):
     if not self.kept:
