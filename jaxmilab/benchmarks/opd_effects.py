@@ -140,8 +140,11 @@ def make_config(recipe: str):
   return config
 
 
-def train_recipe(recipe: str, m: int, data: dict, seeds) -> list[dict]:
-  """All seeds of one (recipe, m) at once; per seed the eval rows over the run."""
+def train_recipe(recipe: str, m: int, data: dict, seeds, on_seed=None) -> list[dict]:
+  """Each seed of one (recipe, m) in turn (one compile); per seed the eval rows over the run.
+
+  `on_seed(seed, rows)` is called as each seed finishes (partial results survive a time limit).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -207,6 +210,8 @@ def train_recipe(recipe: str, m: int, data: dict, seeds) -> list[dict]:
           np.square(test_out.astype(np.float64) - test_clean), axis=(1, 2, 3)))))
       rows[s].append({"step": done, "psnr": psnr, "train_loss": float(np.mean(losses)),
                       "val_loss": opd.validation_loss(method.recipe, terms, m), **terms})
+    if on_seed is not None:
+      on_seed(seed, rows[s])
   return rows
 
 
@@ -278,24 +283,31 @@ def main(argv):
   start = time.time()
   data = build_set(seeds, m_max)
   runs = []
+  unknown = [r for r in FLAGS.recipes if r not in LABELS]
+  if unknown:
+    raise ValueError(f"--recipes: unknown {unknown}; use {', '.join(LABELS)}.")
   jobs = [(r, 2) for r in FLAGS.recipes if r in SINGLE_PAIR]
   jobs += [(r, m) for m in frames for r in FLAGS.recipes if r not in SINGLE_PAIR]
   # The control first: it says whether this set can show the effect at all.
   jobs.sort(key=lambda j: (("n2n", "n2n_fresh", "opd_rc", "n2c", "opd_al").index(j[0]), j[1]))
-  for recipe, m in jobs:
-    if recipe not in LABELS:
-      raise ValueError(f"--recipes: unknown {recipe!r}; use {', '.join(LABELS)}.")
-    t0 = time.time()
-    rows = train_recipe(recipe, m, data, seeds)
-    runs += [summarize_run(recipe, m, s, r) for s, r in zip(seeds, rows)]
-    print(f"{recipe} m={m}: {len(seeds)} seeds in {time.time() - t0:.0f} s", flush=True)
-    table = summarize(runs)
-    if FLAGS.output:  # partial results survive a time limit
+
+  def save():
+    if FLAGS.output:
       with open(FLAGS.output, "w", encoding="utf-8") as f:
         json.dump({"flags": {k: getattr(FLAGS, k) for k in (
             "frames", "seeds", "recipes", "scenes", "val_scenes", "size", "steps", "eval_every",
-            "batch", "width", "depth", "learning_rate")}, "runs": runs, "table": table,
+            "batch", "width", "depth", "learning_rate")}, "runs": runs, "table": summarize(runs),
             "seconds": time.time() - start}, f, indent=1)
+
+  for recipe, m in jobs:
+    t0 = time.time()
+
+    def on_seed(seed, rows, recipe=recipe, m=m):
+      runs.append(summarize_run(recipe, m, int(seed), rows))
+      save()
+
+    train_recipe(recipe, m, data, seeds, on_seed)
+    print(f"{recipe} m={m}: {len(seeds)} seeds in {time.time() - t0:.0f} s", flush=True)
   print(summarize(runs))
 
 
