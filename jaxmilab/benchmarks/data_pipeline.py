@@ -13,6 +13,22 @@ The train step of `--config` (batch and patch overridden) is timed with
 `jaxmilab.benchmarks.train_step.time_jax_step` on one device; the table gives each rate divided
 by the step's consumption (crops/s) and the number of cores that keep the step fed.
 
+`--source_size=2040x1356` (realistic mode; DIV2K-like, UIR-2.5M's sources run to 2K) instead
+measures the records pipeline on 2K-class images: `--source_images` photos synthesized at that
+size (the embedded photos resized, plus mild pixel noise so the PNGs are not smoother than
+photographs; their mean PNG size is reported), packed as noisy/clean pairs the way the released
+UIR-2.5M is (`build_uir --paired_dir`: every crop decodes the two whole images), and packed as
+sub-images (`--subimage_size=480 --subimage_step=240`: a crop decodes two 480 px images). For
+each it reports crops/s per core and, for a v5e host (`--host_chips` chips of 197 TFLOP/s,
+`--host_cores` vCPUs), the crops/s the step consumes at 25 % and 50 % MFU
+(`--flops_per_crop`: the train step's FLOPs per 128 px crop, default the v5e-64 compile of
+configs/maskdcpt.py:pod, 1.011 TFLOP per chip per step at 4 crops per chip, README "Compile for
+a TPU topology"), the cores that takes, and the multiple of the 25 % consumption that a quarter
+of the host's cores delivers (the target is >= 3). Timings are per core: scale by cores on an
+idle machine only.
+
+  python -m jaxmilab.benchmarks.data_pipeline --source_size=2040x1356 --time_step=false
+
 `--build_images=N` (e.g. 2000) also times `python -m jaxmilab.data.build_uir` on N small
 source images (64 px crops of the embedded photos, --workers=2, two types, one record per type)
 and reports source images/s, records/s and the peak resident memory of the build's largest
@@ -56,6 +72,14 @@ flags.DEFINE_string("types", "uir19_syn", "Task set or comma-separated degradati
 flags.DEFINE_float("seconds", 1.0, "Minimum time per measurement.")
 flags.DEFINE_bool("time_step", True, "Also time the train step (False: data rates only).")
 flags.DEFINE_integer("build_images", 0, "Also time build_uir on this many source images (0: no).")
+flags.DEFINE_string("source_size", "", "WxH (e.g. 2040x1356): realistic mode on images this size.")
+flags.DEFINE_integer("source_images", 4, "Realistic mode: number of synthesized source images.")
+flags.DEFINE_integer("subimage_size", 480, "Realistic mode: sub-image size of the second build.")
+flags.DEFINE_integer("subimage_step", 240, "Realistic mode: sub-image stride.")
+flags.DEFINE_float("flops_per_crop", 1.011e12 / 4, "Train-step FLOPs per crop (fwd + bwd).")
+flags.DEFINE_integer("host_chips", 4, "Chips per TPU host (v5e multi-host slices: 4).")
+flags.DEFINE_float("chip_peak_flops", 197e12, "Peak bf16 FLOP/s per chip (v5e: 197e12).")
+flags.DEFINE_integer("host_cores", 112, "vCPUs per TPU host (v5e ct5lp-hightpu-4t: 112).")
 
 
 def rate(fn: Callable[[], object], seconds: float, min_calls: int = 3,
@@ -163,8 +187,101 @@ def time_build(n_images: int, out_root: str, workers: int = 2) -> dict[str, floa
           "peak_rss_mib": peak_kb / 1024}
 
 
+def write_large_sources(folder: str, n: int, width: int, height: int) -> list[int]:
+  """n noisy/clean pairs at width x height in <folder>/noise/{lq,gt}/ (the --paired_dir layout);
+  returns the gt PNG sizes in bytes. gt: an embedded photo resized (bicubic), plus Gaussian
+  pixel noise of sigma 2 (photographic texture; a resized 512 px photo alone is smoother than a
+  2K photograph and would compress and decode unrealistically fast); lq: gt + sigma 15 noise."""
+  rng = np.random.default_rng(0)
+  sizes = []
+  for side in ("lq", "gt"):
+    os.makedirs(os.path.join(folder, "noise", side), exist_ok=True)
+  for i in range(n):
+    photo = Image.fromarray(embedded.read(embedded.PHOTOS[i % len(embedded.PHOTOS)]))
+    big = np.asarray(photo.convert("RGB").resize((width, height), Image.BICUBIC), np.float32)
+    gt = np.clip(big + rng.normal(0, 2, big.shape), 0, 255).astype(np.uint8)
+    lq = np.clip(gt + rng.normal(0, 15, gt.shape), 0, 255).astype(np.uint8)
+    for side, image in (("lq", lq), ("gt", gt)):
+      path = os.path.join(folder, "noise", side, f"{i:04d}.png")
+      Image.fromarray(image).save(path)   # PIL's default zlib level, as photo PNGs are saved
+      if side == "gt":
+        sizes.append(os.path.getsize(path))
+  return sizes
+
+
+def realistic_rates(width: int, height: int, n: int, patch: int, batch: int, seconds: float,
+                    subimage: int, step: int, tmp: str) -> tuple[dict[str, float], dict]:
+  """Crops per CPU-second over full-image records and sub-image records of n synthesized pairs,
+  and over the `patch` px records of the default mode as a reference (rates per wall-second are
+  in the returned info). CPU time (time.process_time, all threads of this process) is what a
+  core spends: on a shared machine it is far less inflated by other jobs than wall time."""
+  from jaxmilab.data import array_records  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import build_uir  # pylint: disable=g-import-not-at-top
+  pairs = os.path.join(tmp, "pairs")
+  png_sizes = write_large_sources(pairs, n, width, height)
+  rates, info = {}, {"source_size": [width, height], "source_images": n,
+                     "mean_png_bytes": float(np.mean(png_sizes)), "wall_rates": {}}
+  small = records_pipeline(("noise",), patch, batch, os.path.join(tmp, "small"))
+  name = f"records, {patch} px crops of the embedded photos (default mode's build)"
+  rates[name] = batch * rate(lambda: next(small), seconds, clock=time.process_time)
+  info["wall_rates"][name] = batch * rate(lambda: next(small), seconds)
+  for name, kw in ((f"records, whole {width}x{height} pairs", {}),
+                   (f"records, {subimage} px sub-images (step {step})",
+                    {"subimage_size": subimage, "subimage_step": step})):
+    out = os.path.join(tmp, "sub" if kw else "full")
+    t0 = time.perf_counter()
+    plan = build_uir.make_plan(paired_dir=pairs, shard_size=64, **kw)
+    manifest = build_uir.build(plan, out, workers=0, progress=False)
+    info[name] = {"records": manifest["num_records"], "build_seconds": time.perf_counter() - t0}
+    config = ml_collections.ConfigDict(dict(
+        name="array_records", path=out, patch_size=patch, eval_size=patch, eval_records=1,
+        eval_selection="first", worker_count=0, read_threads=1, read_buffer=1))
+    it = array_records.create(config, batch_size=batch, seed=0, process_index=0,
+                              process_count=1).train
+    rates[name] = batch * rate(lambda: next(it), seconds, clock=time.process_time)
+    info["wall_rates"][name] = batch * rate(lambda: next(it), seconds)
+  return rates, info
+
+
+def host_table(rates: Mapping[str, float], flops_per_crop: float, chips: int, peak: float,
+               cores: int) -> list[dict[str, float]]:
+  """Per pipeline: cores a v5e host needs at 25 % / 50 % MFU and the multiple of the 25 %
+  consumption that a quarter of its cores gives."""
+  need = {m: m * peak * chips / flops_per_crop for m in (0.25, 0.5)}
+  return [{"pipeline": name, "crops_per_s_per_core": r, "consumed_25": need[0.25],
+           "consumed_50": need[0.5], "cores_25": need[0.25] / r, "cores_50": need[0.5] / r,
+           "quarter_host_multiple_25": r * cores / 4 / need[0.25]} for name, r in rates.items()]
+
+
+def main_realistic():
+  width, height = (int(v) for v in FLAGS.source_size.lower().split("x"))
+  patch, batch = FLAGS.patch_size, FLAGS.batch_size or 8
+  with tempfile.TemporaryDirectory() as tmp:
+    rates, info = realistic_rates(width, height, FLAGS.source_images, patch, batch,
+                                  FLAGS.seconds, FLAGS.subimage_size, FLAGS.subimage_step, tmp)
+  rows = host_table(rates, FLAGS.flops_per_crop, FLAGS.host_chips, FLAGS.chip_peak_flops,
+                    FLAGS.host_cores)
+  print(f"\n{info['source_images']} synthesized {width}x{height} pairs (gt PNG "
+        f"{info['mean_png_bytes'] / 2**20:.2f} MiB on average), {patch} px crops, batch {batch}; "
+        f"v5e host: {FLAGS.host_chips} chips, {FLAGS.host_cores} vCPUs; step consumes "
+        f"{rows[0]['consumed_25']:.0f} crops/s at 25 % MFU, {rows[0]['consumed_50']:.0f} at 50 %")
+  print("| pipeline | crops per CPU-second | (per wall-second) | cores at 25 % MFU | "
+        "cores at 50 % MFU | quarter host / 25 % need |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['pipeline']} | {r['crops_per_s_per_core']:.1f} | "
+          f"{info['wall_rates'][r['pipeline']]:.1f} | {r['cores_25']:.1f} | "
+          f"{r['cores_50']:.1f} | {r['quarter_host_multiple_25']:.2f}x |")
+  if FLAGS.output:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
+      json.dump({"info": info, "rows": rows, "patch_size": patch, "batch_size": batch}, f, indent=2)
+
+
 def main(argv):
   del argv
+  if FLAGS.source_size:
+    main_realistic()
+    return
   spec = FLAGS.types
   types = degradations.resolve(spec if spec in degradations.TASK_SETS else spec.split(","), key="--types")
   patch = FLAGS.patch_size
