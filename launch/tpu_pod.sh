@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# MaskDCPT pre-training on a Cloud TPU VM slice through a queued resource, with a supervisor
-# that re-queues the slice and resumes training after a (Spot) preemption.
+# MaskDCPT pre-training on Cloud TPU VM slices (one, or NUM_SLICES joined by the data-centre
+# network: Multislice) through one queued resource, with a supervisor that re-queues them and
+# resumes training after a (Spot) preemption or a crash.
 #
 #   PROJECT=my-project BUCKET=my-bucket ./launch/tpu_pod.sh all      # runs until training ends
 #
 # Sub-commands:
-#   create     queue the slice (`gcloud compute tpus queued-resources create`) and wait until it
-#              is ACTIVE; a SUSPENDED / FAILED queued resource is deleted and queued again.
+#   create     queue the slice(s) (`gcloud compute tpus queued-resources create`; NUM_SLICES > 1:
+#              `--node-count=NUM_SLICES --node-prefix=TPU_NAME`, nodes TPU_NAME-0 ... -N-1) and wait
+#              until it is ACTIVE; a SUSPENDED / FAILED queued resource is deleted and queued again.
 #   install    ship the git-tracked files of this checkout (`git ls-files`: no .venv, build
 #              outputs or workdirs) to every worker, create a Python >= ${PYTHON_VERSION} virtual
 #              environment with uv (TPU VM images run Ubuntu 22.04, whose python3 is 3.10) and
 #              install the package with the [tpu] extra under constraints.txt.
-#   run        start `python -m jaxmilab.main --distributed` on every worker, in the background;
-#              it resumes from the newest checkpoint in WORKDIR if there is one.
+#   clean      on every worker of every slice: kill the previous training process (its process
+#              group) and whatever still holds the TPU (TPU_DEVICES, as MaxText's kill script
+#              does with /dev/vfio), and remove libtpu's lock file (LIBTPU_LOCK); `run` does it.
+#   run        clean, then start `python -m jaxmilab.main --distributed` on every worker of every
+#              slice, in the background; it resumes from the newest checkpoint in WORKDIR.
 #   supervise  the watching loop: every SUPERVISE_POLL seconds, read the queued resource's state;
 #              if it is not ACTIVE and not queued (SUSPENDED, FAILED or gone: preempted), delete
-#              it, re-create it, install and run again; if the training process on worker 0 has
-#              ended, stop when the final checkpoint exists, restart otherwise (at most
-#              MAX_FAILURES non-zero exits in a row). Run it where it can keep going for the
-#              whole job (a small VM, or tmux / nohup on a workstation).
+#              it, re-create it, install and run again. Otherwise read the training status of
+#              EVERY worker: all ended with 0: stop when the final checkpoint exists, restart
+#              otherwise (SIGTERM); one ended with 2 (a NaN / Inf loss, or a config mistake: it
+#              would recur at the same step): stop for good, no retry; any other non-zero exit
+#              (a crash; the other workers hang in collectives): clean and restart (at most
+#              MAX_FAILURES in a row). Run it where it can keep going for the whole job (a small
+#              VM, or tmux / nohup on a workstation).
 #   all        create + install + run + supervise.
 #   status     queued-resource state and the newest metrics line; logs: worker 0's log;
 #   delete     give the slice back.
@@ -29,6 +37,9 @@
 #   v5p-128        v2-alpha-tpuv5          64 chips, 16 workers (v5p-N counts TensorCores)
 #   v6e-64         v2-alpha-tpuv6e         64 chips, 16 workers
 # and pick a ZONE that offers it. configs/maskdcpt.py:pod uses mesh.fsdp=4 (chips per worker).
+# Multislice: NUM_SLICES=2 ACCELERATOR=v5litepod-256 CONFIG=configs/maskdcpt.py:multislice (data
+# parallel across slices, FSDP inside; the queued resource sets the Megascale environment that
+# jax.distributed.initialize() reads on every host).
 # See launch/README.md for the estimate of steps/hour and memory per chip.
 set -euo pipefail
 
@@ -53,6 +64,12 @@ EXTRA_FLAGS="${EXTRA_FLAGS:-}"                      # e.g. "--config.total_steps
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"            # the pinned jax needs Python >= 3.11
 SUPERVISE_POLL="${SUPERVISE_POLL:-60}"              # seconds between supervisor checks
 MAX_FAILURES="${MAX_FAILURES:-3}"                   # non-zero exits in a row before giving up
+NUM_SLICES="${NUM_SLICES:-1}"                       # slices of ACCELERATOR in the queued resource
+# What `clean` frees on every worker: processes holding these files (patterns, expanded on the
+# worker; v5e / v6e: /dev/vfio, v4 / v5p: /dev/accel*), and libtpu's lock file.
+TPU_DEVICES="${TPU_DEVICES:-/dev/vfio/* /dev/accel*}"
+LIBTPU_LOCK="${LIBTPU_LOCK:-/tmp/libtpu_lockfile}"
+EXIT_FINAL=2                                        # jaxmilab.main: NaN / Inf loss or config error
 DELETE_WHEN_DONE="${DELETE_WHEN_DONE:-1}"           # supervise: delete the slice at the end
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -65,8 +82,22 @@ PID=jaxmilab_run.pid
 
 log() { echo "$(date -u +%H:%M:%S) tpu_pod: $*"; }
 gc() { gcloud "$@" --project="${PROJECT}" --zone="${ZONE}"; }
-on_all() { gc compute tpus tpu-vm ssh "${TPU_NAME}" --worker=all --command="$1"; }
-on_worker0() { gc compute tpus tpu-vm ssh "${TPU_NAME}" --worker=0 --command="$1"; }
+# The TPU VM nodes: TPU_NAME for one slice; TPU_NAME-0 ... TPU_NAME-<N-1> (--node-prefix) for N.
+nodes() {
+  if (( NUM_SLICES > 1 )); then
+    local i; for ((i = 0; i < NUM_SLICES; i++)); do echo "${TPU_NAME}-${i}"; done
+  else echo "${TPU_NAME}"; fi
+}
+# $1 on every worker of every slice at once; fails if it fails anywhere.
+on_all() {
+  local node pids=() rc=0 p
+  for node in $(nodes); do
+    gc compute tpus tpu-vm ssh "${node}" --worker=all --command="$1" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "${p}" || rc=1; done
+  return "${rc}"
+}
+on_worker0() { gc compute tpus tpu-vm ssh "$(nodes | head -n 1)" --worker=0 --command="$1"; }
 # The queued resource's state; "" when it does not exist, UNKNOWN when gcloud fails otherwise
 # (a transient API error must never look like a deleted slice).
 qr_state() {
@@ -98,7 +129,9 @@ create() {
   if [[ -z "${state}" ]]; then
     local spot_flag=()
     [[ "${SPOT}" == "1" ]] && spot_flag=(--spot)
-    gc compute tpus queued-resources create "${QR_NAME}" --node-id="${TPU_NAME}" \
+    local node_flags=(--node-id="${TPU_NAME}")
+    (( NUM_SLICES > 1 )) && node_flags=(--node-count="${NUM_SLICES}" --node-prefix="${TPU_NAME}")
+    gc compute tpus queued-resources create "${QR_NAME}" "${node_flags[@]}" \
       --accelerator-type="${ACCELERATOR}" --runtime-version="${RUNTIME}" "${spot_flag[@]}"
   fi
   while true; do
@@ -123,7 +156,10 @@ install() {
     > "${stage}/SOURCE_VERSION"
   tar -czf "${stage}/jaxmilab_src.tar.gz" -C "${REPO_DIR}" --null -T "${stage}/files" \
     -C "${stage}" SOURCE_VERSION
-  gc compute tpus tpu-vm scp "${stage}/jaxmilab_src.tar.gz" "${TPU_NAME}:" --worker=all
+  local node
+  for node in $(nodes); do
+    gc compute tpus tpu-vm scp "${stage}/jaxmilab_src.tar.gz" "${node}:" --worker=all
+  done
   rm -rf "${stage}"
   local mount=""
   if [[ "${DATA}" == /mnt/gcs/* ]]; then
@@ -152,7 +188,30 @@ install() {
     ~/${VENV}/bin/python -c 'import sys, jax; assert sys.version_info >= (3, 11), sys.version; print(\"jaxmilab worker: python\", sys.version.split()[0], \"jax\", jax.__version__)'"
 }
 
+clean() {
+  # The previous run's process group (setsid below), then anything still holding the TPU, then
+  # libtpu's lock file: a restart on a VM that kept them would fail to open the TPU.
+  on_all "S=''; if [[ \$(id -u) != 0 ]] && sudo -n true 2>/dev/null; then S='sudo -n'; fi
+    if [[ -f ~/${PID} ]]; then \$S kill -9 -- -\$(cat ~/${PID}) 2>/dev/null || true; fi
+    set -f; pats=(${TPU_DEVICES}); set +f; held=''
+    for fd in /proc/[0-9]*/fd/*; do
+      t=\$(readlink \"\$fd\" 2>/dev/null) || continue
+      for pat in \"\${pats[@]}\"; do
+        if [[ \"\$t\" == \$pat ]]; then p=\${fd#/proc/}; held=\"\$held \${p%%/*}\"; fi
+      done
+    done 2>/dev/null
+    for p in \$(echo \$held | tr ' ' '\\n' | sort -u); do
+      echo \"clean: killing process \$p, which holds the TPU\"; \$S kill -9 \$p 2>/dev/null || true
+    done
+    for i in \$(seq 50); do
+      alive=''; for p in \$held; do kill -0 \$p 2>/dev/null && alive=1; done
+      [[ -z \$alive ]] && break; sleep 0.1
+    done
+    \$S rm -f ${LIBTPU_LOCK}; rm -f ~/${RC} ~/${PID}; echo \"clean on \$(hostname)\""
+}
+
 run() {
+  clean
   # The same command on every worker. --distributed: jax.distributed.initialize() reads the
   # slice's hosts from the TPU VM metadata; re-running resumes from WORKDIR/checkpoints.
   local data_flag="" cmd
@@ -164,7 +223,7 @@ run() {
   # the soft limit of open files (often 1024) is raised to the hard one.
   on_all "set -e; cd ~/${SRC}; rm -f ~/${RC}
     ulimit -n \$(ulimit -Hn) 2>/dev/null || true
-    nohup bash -c '${cmd//\'/\'\\\'\'}; echo \$? > ~/${RC}' > ~/${LOG} 2>&1 < /dev/null &
+    setsid nohup bash -c '${cmd//\'/\'\\\'\'}; echo \$? > ~/${RC}' > ~/${LOG} 2>&1 < /dev/null &
     echo \$! > ~/${PID}; echo \"started on \$(hostname)\""
   log "started ${CONFIG} in ${WORKDIR}; logs: $0 logs"
 }
@@ -184,11 +243,22 @@ final_checkpoint_exists() {
     on_worker0 "test -d $(printf %q "${WORKDIR}/checkpoints/${total}")" >/dev/null 2>&1
   fi
 }
-# running | exited <rc> | missing (no training process: a fresh VM)
+# Every worker's status (running | exited <rc> | missing: no training process, a fresh VM),
+# summed up: "exited 2" if any worker stopped for good, else "exited <rc>" for another failure,
+# else missing, else running, else (all ended with 0) "exited 0"; unknown if ssh failed.
 training_status() {
-  on_worker0 "if [[ -f ~/${RC} ]]; then echo exited \$(cat ~/${RC});
-    elif [[ -f ~/${PID} ]] && kill -0 \$(cat ~/${PID}) 2>/dev/null; then echo running;
-    else echo missing; fi" 2>/dev/null | tail -n 1 || echo unknown
+  local out
+  out="$(on_all "if [[ -f ~/${RC} ]]; then echo jaxmilab-status exited \$(cat ~/${RC});
+    elif [[ -f ~/${PID} ]] && kill -0 \$(cat ~/${PID}) 2>/dev/null; then echo jaxmilab-status running;
+    else echo jaxmilab-status missing; fi" 2>/dev/null)" || { echo unknown; return; }
+  out="$(grep '^jaxmilab-status ' <<< "${out}" | cut -d' ' -f2-)"
+  if [[ -z "${out}" ]]; then echo unknown
+  elif grep -qx "exited ${EXIT_FINAL}" <<< "${out}"; then echo "exited ${EXIT_FINAL}"
+  elif grep -v -x 'exited 0' <<< "${out}" | grep -q '^exited'; then
+    grep -v -x 'exited 0' <<< "${out}" | grep -m1 '^exited'
+  elif grep -qx missing <<< "${out}"; then echo missing
+  elif grep -qx running <<< "${out}"; then echo running
+  else echo "exited 0"; fi
 }
 
 supervise() {
@@ -210,6 +280,11 @@ supervise() {
             fi
             log "training stopped before the end (SIGTERM / maintenance): starting it again."
             failures=0; run ;;
+          "exited ${EXIT_FINAL}")
+            log "training stopped with exit code ${EXIT_FINAL} (a NaN / Inf loss or a config mistake):"
+            log "it would recur at the same step, so it is not retried; the slice is kept: $0 delete."
+            on_worker0 "tail -n 20 ~/${LOG}" || true
+            return 1 ;;
           *) failures=$((failures + 1))
              log "training ${status} (${failures}/${MAX_FAILURES}); last lines of worker 0's log:"
              on_worker0 "tail -n 20 ~/${LOG}" || true
@@ -239,11 +314,12 @@ delete() { gc compute tpus queued-resources delete "${QR_NAME}" --force --quiet;
 case "${1:-all}" in
   create) create ;;
   install) install ;;
+  clean) clean ;;
   run) run ;;
   supervise) supervise ;;
   status) status ;;
   logs) logs ;;
   delete) delete ;;
   all) create; install; run; supervise ;;
-  *) echo "usage: $0 [create|install|run|supervise|status|logs|delete|all]"; exit 2 ;;
+  *) echo "usage: $0 [create|install|clean|run|supervise|status|logs|delete|all]"; exit 2 ;;
 esac

@@ -220,3 +220,98 @@ def test_slurm_sigterm_requeued_and_resumed(tmp_path, reference, cache):
   # The batch script ran from the spool copy, found the repository through SLURM_SUBMIT_DIR.
   assert sum(c[0] == "srun" for c in calls) == 2
   assert_same_run(reference, workdir)
+
+
+def _pod_env(tmp_path, cache, workdir, **extra):
+  env = _base_env(cache)
+  env.update(
+      FAKE_GCLOUD_DIR=str(tmp_path / "gcloud"), FAKE_GCS_DIR=str(tmp_path / "gcs"),
+      FAKE_TPU_WORKERS="2", FAKE_TPU_DEVICES="1", FAKE_WORKER_ENV_PASS="JAX_COMPILATION_CACHE_DIR",
+      FAKE_WORKER_PATH=f"{FAKES}/worker_bin:{_old_python_dir(tmp_path)}:/usr/bin:/bin",
+      FAKE_UV_PYTHON=getattr(sys, "_base_executable", sys.executable),
+      FAKE_UV_SITE_PACKAGES=next(p for p in sys.path if p.endswith("site-packages")),
+      PROJECT="proj", ZONE="zone-a", BUCKET="bucket", TPU_NAME="sim", QR_NAME="sim-qr",
+      CONFIG="configs/maskdcpt.py:smoke", WORKDIR=workdir, DATA="",
+      EXTRA_FLAGS=" ".join(RUN_FLAGS), SUPERVISE_POLL="1",
+      # What `clean` frees, inside each simulated worker's home (expanded on the worker).
+      TPU_DEVICES="$HOME/fake_vfio*", LIBTPU_LOCK="$HOME/libtpu_lockfile")
+  env.update(extra)
+  return env
+
+
+def test_tpu_pod_two_slices_crash_cleaned_and_resumed(tmp_path, cache):
+  """NUM_SLICES=2 x 2 workers: one queued resource with two nodes, installed and started on all
+  4 workers; a crash of one worker's training process (the others hang) makes the supervisor
+  read every worker, kill what is left (including a stray process holding the TPU) and remove
+  libtpu's lock file on every worker, and resume to the end."""
+  state, workdir = tmp_path / "gcloud", str(tmp_path / "run")
+  env = _pod_env(tmp_path, cache, workdir, NUM_SLICES="2", ACCELERATOR="v5litepod-8")
+  homes = [state / "workers" / str(i) / "home" for i in range(4)]
+  log = open(tmp_path / "launcher.log", "wb")
+  proc = subprocess.Popen([os.path.join(REPO, "launch", "tpu_pod.sh"), "all"], cwd=tmp_path,
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+  stray = None
+  try:
+    wait_for(lambda: checkpoints(workdir), "the first checkpoint", 1200, proc)
+    assert checkpoints(workdir)[-1] < TOTAL, "crashed after the end: raise TOTAL"
+    for home in homes:
+      (home / "libtpu_lockfile").write_text("locked")
+    (homes[3] / "fake_vfio0").write_text("")
+    stray = subprocess.Popen(["bash", "-c", 'exec 3<"$HOME/fake_vfio0"; exec sleep 900'],
+                             env=dict(os.environ, HOME=str(homes[3])))
+    subprocess.run([f"{FAKES}/gcloud", "fake-kill-worker", "2"], env=env, check=True)
+    assert proc.wait(timeout=1500) == 0, (tmp_path / "launcher.log").read_text()[-5000:]
+  finally:
+    if proc.poll() is None or proc.returncode != 0:
+      proc.kill()
+      subprocess.run([f"{FAKES}/gcloud", "fake-preempt"], env=env, check=False,
+                     capture_output=True)
+    if stray is not None and stray.poll() is None:
+      stray.kill()
+  launcher = (tmp_path / "launcher.log").read_text()
+  # Worker 2 ends with 137 (SIGKILL); the others may abort first when the coordinator loses it.
+  assert re.search(r"training exited \d+ \(1/3\)", launcher), launcher[-3000:]
+  assert "(2/3)" not in launcher and "training finished" in launcher, launcher[-3000:]
+  assert stray.wait(timeout=5) == -9          # `clean` killed the process holding the "TPU"
+
+  calls = _calls(state / "calls.jsonl")
+  creates = [c for c in calls if c[:4] == ["compute", "tpus", "queued-resources", "create"]]
+  assert len(creates) == 1 and {"--node-count=2", "--node-prefix=sim",
+                                "--accelerator-type=v5litepod-8"} <= set(creates[0])
+  runs = [c for c in calls if any("jaxmilab.main --distributed" in a for a in c)]
+  assert sorted(c[4] for c in runs) == ["sim-0", "sim-0", "sim-1", "sim-1"]   # started twice
+  for i, home in enumerate(homes):
+    assert not (home / "libtpu_lockfile").exists()
+    run_log = (home / "jaxmilab_run.log").read_text()
+    assert f"JAX process {i}/4" in run_log and "Resuming from" in run_log
+    # Every worker's status was read (not only worker 0's).
+    assert "jaxmilab-status" in (state / f"ssh-worker{i}.log").read_text()
+  assert "which holds the TPU" in (state / "ssh-worker3.log").read_text()
+  assert checkpoints(workdir)[-1] == TOTAL
+  assert [s for s, _ in train_losses(workdir)] == list(range(1, TOTAL + 1))
+
+
+def test_tpu_pod_final_error_is_not_retried(tmp_path, cache):
+  """Exit code 2 (jaxmilab.main's NaN / Inf loss stop, or a config mistake) would recur at the
+  same step: the supervisor stops, keeps the slice and does not start the run again."""
+  state, workdir = tmp_path / "gcloud", str(tmp_path / "run")
+  env = _pod_env(tmp_path, cache, workdir, EXTRA_FLAGS="--config.total_steps=0")
+  out = subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "all"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+  try:
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "is not retried" in out.stdout
+    calls = _calls(state / "calls.jsonl")
+    runs = [c for c in calls if any("jaxmilab.main --distributed" in a for a in c)]
+    assert len(runs) == 1
+    assert not any(c[:4] == ["compute", "tpus", "queued-resources", "delete"] for c in calls)
+  finally:
+    subprocess.run([f"{FAKES}/gcloud", "fake-preempt"], env=env, check=False, capture_output=True)
+
+
+def test_exit_code_2_is_what_a_nan_stop_gives():
+  """The supervisor's "final" exit code is jaxmilab.main's for NonFiniteLossError."""
+  from jaxmilab import console, trainer  # pylint: disable=g-import-not-at-top
+  assert issubclass(trainer.NonFiniteLossError, console.USER_ERRORS)
+  assert console.EXIT_USER_ERROR == 2
+  assert "EXIT_FINAL=2" in open(os.path.join(REPO, "launch", "tpu_pod.sh")).read()
