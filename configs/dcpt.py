@@ -57,6 +57,11 @@ def get_config(variant: str = "smoke"):
     # lr 1e-3 left the fine-tuned network below scratch.)
     c.data.degradations = QUICKSTART_TYPES
     c.optimizer.learning_rate = 3e-3
+    # Held-out set that can measure (shared by restoration.py and maskdcpt.py quickstarts): the
+    # two held-out photos x 50 fixed 64 px crops each (data/degraded_photos.py grid_crops) x every
+    # type = 100 examples per type, each at its own level (fixed per-example seeds).
+    c.data.eval_size = 64
+    c.data.eval_crops = 50
   elif variant == "paper":
     c.model.preset = "nafnet_dcpt"
     del c.data.degradations              # real data: the label is the task folder
@@ -76,6 +81,11 @@ def get_config(variant: str = "smoke"):
     # options/train/*/NAFNet-width64.yml); the batch of 32 and the step count are ours. Change
     # them when the authors publish theirs.
     c.data.patch_size = 128              # ASSUMPTION (PromptIR patch_size 128)
+    # An EMA of the parameters, evaluated and saved as params_ema: the released test options load
+    # it (MILab-PKU/dcpt and MILab-PKU/MaskDCPT options/all_in_one/test/test_NAFNet_5d.yml
+    # `param_key_g: params_ema`; BasicSR sr_model.py keeps net_g_ema only when train ema_decay > 0).
+    # The decay itself is in the unreleased train options: 0.999 is BasicSR's usual value.
+    c.ema_decay = 0.999
     _common.cadence(c, batch_size=32,    # ASSUMPTION
                     total_steps=200_000,  # ASSUMPTION
                     log_every=100, eval_every=10_000, checkpoint_every=5_000,

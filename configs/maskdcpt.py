@@ -1,4 +1,4 @@
-r"""MaskDCPT pre-training (arXiv 2510.13282) of NAFNet: masked encoder + classifier + reconstruction.
+r"""MaskDCPT pre-training (arXiv 2510.13282) of NAFNet: whole-network masking + classifier + reconstruction.
 
   python -m jaxmilab.main --config=configs/maskdcpt.py:smoke --workdir=/tmp/maskdcpt_smoke
 
@@ -53,13 +53,19 @@ def get_config(variant: str = "smoke"):
   del c.method.mode, c.method.classifier_learning_rate   # dcpt's modes; one optimizer here
   c.method.mask_ratio = 0.5        # MaskDCPT: half of the patches hidden (official mask_ratio)
   c.method.mask_patch_size = 0     # 0 = the backbone's (NAFNet 16, SwinIR window, Restormer 8)
-  # The backbone's own decoder + head reconstructs (the released archs keep the head); "spark"
-  # = a separate light head (jaxmilab/methods/maskdcpt.py compares the two).
+  # As released: the whole backbone runs masked, its own output conv reconstructs the visible
+  # pixels without the global residual; "dense_decoder" and "spark" are ablations
+  # (jaxmilab/methods/maskdcpt.py).
   c.method.reconstruction = "backbone"
   c.method.recon_width = 0         # "spark" head width; 0 = channels of the finest decoder map
   if "degradations" in c.data:
     del c.data.degradations         # dcpt's is a tuple of names; a task-set name is a str
   c.data.degradations = UIR_TYPES
+  if c.model.name == "nafnet":
+    # MaskDCPT's NAFNet normalises with eps 1e-5 (MILab-PKU/MaskDCPT basicsr/archs/nafnet_arch.py
+    # and mask_nafnet_arch.py LayerNorm2d / MaskLayerNorm2d: nn.LayerNorm(..., eps=1e-5));
+    # NAFNet's and DCPT's use 1e-6.
+    c.model.layernorm_eps = 1e-5
 
   if variant == "smoke":
     c.data.patch_size = 32
@@ -72,7 +78,6 @@ def get_config(variant: str = "smoke"):
     c.data.degradations = "uir_noise_jpeg"
     c.optimizer.learning_rate = 3e-3
     c.data.patch_size = 64           # 4 x 4 grid of 16 px mask patches
-    c.data.eval_size = 128
     c.total_steps = 150
     c.eval_every_steps = 150
     c.checkpoint_every_steps = 50

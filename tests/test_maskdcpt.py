@@ -157,35 +157,166 @@ def test_smoke_trains_and_writes_eval_metrics(smoke_run):
 
 
 def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
-  config = config_lib.load("configs/restoration.py:smoke", {"method.init_from": smoke_run})
-  state = trainer_lib.Trainer(config, str(tmp_path)).initial_state()
+  """The pre-trained body is loaded; the output conv, trained by the whole-network masked run
+  to output the image WITHOUT the global residual, starts at zero (identity) when fine-tuning
+  adds the residual back, with or without zero_output_after_init_from."""
   want = ckpt_lib.load_variables(smoke_run)["params"]["backbone"]
-  got = jax.device_get(state.params["backbone"])
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(a, b)
-
-
-def test_restoration_init_from_can_restart_the_output_conv_at_zero(smoke_run, tmp_path):
-  """zero_output_after_init_from: the loaded body is kept, the (trained) output conv is zeroed,
-  so the fine-tuned network starts as the identity; without it the trained conv is kept."""
-  want = ckpt_lib.load_variables(smoke_run)["params"]["backbone"]
+  assert np.abs(want["ending"]["kernel"]).max() > 0
   for flag in (False, True):
     config = config_lib.load("configs/restoration.py:smoke", {
         "method.init_from": smoke_run, "method.zero_output_after_init_from": flag})
     got = jax.device_get(trainer_lib.Trainer(config, str(tmp_path / str(flag))).initial_state()
                          .params["backbone"])
-    assert np.abs(want["ending"]["kernel"]).max() > 0
-    if flag:
-      for leaf in jax.tree.leaves(got["ending"]):
-        np.testing.assert_array_equal(leaf, 0.0)
-    else:
-      np.testing.assert_array_equal(got["ending"]["kernel"], want["ending"]["kernel"])
-    np.testing.assert_array_equal(got["intro"]["kernel"], want["intro"]["kernel"])
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for leaf in jax.tree.leaves(got["ending"]):
+      np.testing.assert_array_equal(leaf, 0.0)
+    body = lambda t: {k: v for k, v in t.items() if k != "ending"}  # noqa: E731
+    for a, b in zip(jax.tree.leaves(body(got)), jax.tree.leaves(body(want))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_output_conv_kept_only_after_residual_pre_training(tmp_path):
+  """restoration.output_conv_is_residual_head reads the source run's config.json: a MaskDCPT
+  run with the released (non-residual) or spark head gives False, dense_decoder / dcpt True."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxmilab.methods import restoration  # pylint: disable=g-import-not-at-top
+  cases = {"backbone": False, "spark": False, "dense_decoder": True}
+  for reconstruction, want in cases.items():
+    run = tmp_path / reconstruction
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(
+        {"method": {"name": "maskdcpt", "reconstruction": reconstruction}}))
+    for path in (run, run / "checkpoints", run / "checkpoints" / "4"):
+      assert restoration.output_conv_is_residual_head(str(path)) is want, (reconstruction, path)
+  dcpt = tmp_path / "dcpt"
+  dcpt.mkdir()
+  (dcpt / "config.json").write_text(json.dumps({"method": {"name": "dcpt"}}))
+  assert restoration.output_conv_is_residual_head(str(dcpt))
+
+
+# Mechanism of the released whole-network masking, per backbone: (preset, model, image size).
+_MECHANISM = {
+    "nafnet_tiny": ("nafnet", 32), "swinir_dcpt_tiny": ("swinir", 16),
+    "restormer_tiny": ("restormer", 16), "promptir_tiny": ("promptir", 16),
+    "teaformer_tiny": ("teaformer", 32),
+}
+_TYPES = ("noise", "blur", "haze")
+
+
+def _method(preset: str, reconstruction: str = "backbone") -> maskdcpt.Method:
+  from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
+  name, _ = _MECHANISM[preset]
+  overrides = {"method.reconstruction": reconstruction, "model.name": name, "model.preset": preset}
+  if name == "teaformer":
+    overrides["model.implementation"] = "xla"
+  c = config_lib.load("configs/maskdcpt.py:smoke", overrides)
+  return maskdcpt.Method(c, DataInfo(num_classes=len(_TYPES), class_names=_TYPES))
+
+
+def _jiggle(params):
+  """Every parameter moved off its init (zero-init gates such as NAFNet's beta / gamma would
+  otherwise hide paths)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
+
+
+def _mechanism(preset, reconstruction):
+  method = _method(preset, reconstruction)
+  _, size = _MECHANISM[preset]
+  p = method.patch
+  rng = np.random.default_rng(0)
+  lq = jnp.asarray(rng.uniform(0, 1, (2, size, size, 3)), jnp.float32)
+  params = _jiggle(method.init_variables(jax.random.key(1), {"lq": lq})["params"])
+  mask = jnp.asarray(np.array([[1, 0], [0, 1]] * ((size // p) ** 2 // 4 or 1), np.float32)
+                     .reshape(-1)[: (size // p) ** 2].reshape(1, size // p, size // p)
+                     .repeat(2, axis=0))
+  if float(mask.sum()) in (0.0, mask.size):
+    mask = mask.at[:, 0, 0].set(1.0).at[:, -1, -1].set(0.0)
+  visible = masking.expand(mask, size, size)
+  hidden = 1.0 - visible
+  other = jnp.asarray(rng.uniform(0, 1, lq.shape), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=lq.shape), jnp.float32)
+
+  def checks(lq, other):
+    fwd = lambda x: method.forward(params, x, mask)
+    out, logits = fwd(lq)
+    out_any, _ = fwd(other)                                   # every input pixel changed
+    out_hid, logits_hid = fwd(lq * visible + other * hidden)  # only hidden input changed
+    g_vis = jax.grad(lambda x: jnp.sum(fwd(x)[0] * weights * visible))(lq)
+    g_hid = jax.grad(lambda x: jnp.sum(fwd(x)[0] * weights * hidden))(lq)
+    return out, out_any, out_hid, logits, logits_hid, g_vis, g_hid
+
+  return [np.asarray(a) for a in jax.jit(checks, compiler_options=trainer_lib._FAST_COMPILE)(
+      lq, other)] + [np.asarray(hidden), np.asarray(visible)]
+
+
+@pytest.mark.parametrize("preset", sorted(_MECHANISM))
+def test_whole_network_masking_mechanism(preset):
+  """The released MaskDCPT masking, through Method.forward(params, lq, mask): outputs at hidden
+  patches do not move when ANY input pixel changes (they are empty: no global residual, sparse
+  decoder and head), and outputs at visible patches (and the logits) do not move when only
+  hidden input changes; d(visible output)/d(hidden input) = 0 while d/d(visible input) != 0.
+  The earlier default (reconstruction="dense_decoder") fails the first check: its dense decoder
+  inpaints hidden patches from visible input."""
+  out, out_any, out_hid, logits, logits_hid, g_vis, g_hid, hidden, visible = _mechanism(
+      preset, "backbone")
+  np.testing.assert_array_equal(out * hidden, out_any * hidden)
+  np.testing.assert_array_equal(out * hidden, 0.0)
+  np.testing.assert_array_equal(out * visible, out_hid * visible)
+  np.testing.assert_array_equal(logits, logits_hid)
+  assert np.all(g_vis * hidden == 0.0)
+  assert np.abs(g_vis * visible).max() > 1e-4
+  np.testing.assert_array_equal(g_hid, 0.0)
+  assert np.abs(out * visible).max() > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["nafnet_tiny", "swinir_dcpt_tiny"])
+def test_dense_decoder_ablation_inpaints_hidden_patches(preset):
+  """Control for the test above: the dense-decoder reading moves hidden outputs with the visible
+  input (the behaviour the release does not have), so the mechanism test can fail."""
+  out, out_any, _, _, _, _, g_hid, hidden, _ = _mechanism(preset, "dense_decoder")
+  assert np.abs((out - out_any) * hidden).max() > 1e-3
+  assert np.abs(g_hid).max() > 1e-4
+
+
+def test_visible_l1_loss_reads_visible_pixels_only():
+  """sum(|r - gt| * m) / (C * sum(m)) on a hand-made case; gt and outputs at hidden pixels
+  neither change the loss nor get a gradient."""
+  r = jnp.zeros((1, 2, 2, 3))
+  gt = jnp.asarray(np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3))
+  m = jnp.asarray([[[[1.0], [0.0]], [[0.0], [1.0]]]])
+  want = (np.abs(np.arange(0, 3)).sum() + np.abs(np.arange(9, 12)).sum()) / (3 * 2)
+  np.testing.assert_allclose(maskdcpt.visible_l1_loss(r, gt, m), want, rtol=1e-6)
+  gt2 = gt.at[0, 0, 1].set(100.0)                       # a hidden pixel
+  np.testing.assert_allclose(maskdcpt.visible_l1_loss(r, gt2, m), want, rtol=1e-6)
+  g = jax.grad(lambda r: maskdcpt.visible_l1_loss(r, gt, m))(r + 0.5)
+  np.testing.assert_array_equal(np.asarray(g)[0, 0, 1], 0.0)
+  assert np.abs(np.asarray(g)[0, 0, 0]).min() > 0
+
+
+def test_masked_classifier_pools_visible_positions():
+  """DegradationClassifier(visible=ones) == the DCPT classifier; with a mask its logits ignore
+  the maps' values at hidden positions."""
+  from jaxmilab.models import dcpt_classifier  # pylint: disable=g-import-not-at-top
+  clf = dcpt_classifier.DegradationClassifier(num_classes=3)
+  rng = np.random.default_rng(0)
+  feats = [jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32),
+           jnp.asarray(rng.normal(size=(2, 8, 8, 8)), jnp.float32)]
+  params = clf.init(jax.random.key(0), feats)
+  ones = jnp.ones((2, 2, 2))
+  np.testing.assert_allclose(clf.apply(params, feats, ones), clf.apply(params, feats), rtol=1e-5,
+                             atol=1e-6)
+  mask = jnp.asarray([[[1.0, 0.0], [0.0, 1.0]]] * 2)
+  changed = [f + 5.0 * (1 - masking.expand(mask, f.shape[1], f.shape[2])) for f in feats]
+  np.testing.assert_allclose(clf.apply(params, feats, mask), clf.apply(params, changed, mask),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(clf.apply(params, feats)) - np.asarray(clf.apply(params, changed))).max() > 1e-3
 
 
 def test_backbone_reconstruction_masks_the_encoder_only():
-  """reconstruction="backbone": with the decoder modules left dense, the decoder maps still get
+  """reconstruction="dense_decoder": with the decoder modules left dense, the decoder maps still get
   no gradient from hidden pixels (the encoder stops them) but are non-zero on hidden patches
   (the backbone's own decoder fills them)."""
   model = nafnet.create(ml_collections.ConfigDict({"preset": "nafnet_tiny"}))

@@ -386,3 +386,55 @@ def test_down_noise_blur_jpeg_removes_high_frequencies():
   assert energy(out) < 0.1 * energy(texture)
   grey = np.full((64, 64, 3), 0.5, np.float32)
   assert D.apply("down_noise_blur_jpeg", grey, np.random.default_rng(2), (2, 15, 50)).mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_mixed_kernels_follow_the_released_12d_blur():
+  """gaussian_sinc_blur_12d (MaskDCPT's 12D GaussianBlur set, Real-ESRGAN mixed kernels): kernels
+  sum to 1 and are zero-padded to 21 x 21; sinc in ~10 % of draws (ours before: ~36 %); every
+  Gaussian-family kernel has its spread within sigma <= 3 (ours before: up to 4); generalized and
+  plateau shapes occur (heavier / flatter tails than a Gaussian of the same sigma)."""
+  from jaxmilab.data import uir_degradations as U  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  n = 2000
+  sinc = 0
+  max_sigma = 0.0
+  for _ in range(n):
+    size = int(rng.choice(U.MIXED_KERNEL_SIZES))
+    k = U.mixed_kernel(rng, size)
+    assert k.shape == (size, size)
+    np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-9)
+    if k.min() < -1e-12:          # only the sinc kernel has negative lobes
+      sinc += 1
+      continue
+    r = size // 2
+    rows, cols = np.mgrid[-r:r + 1, -r:r + 1]
+    var = max((k * rows**2).sum(), (k * cols**2).sum())
+    max_sigma = max(max_sigma, float(np.sqrt(var)))
+  # Sinc kernels of small cutoff may lack negative lobes inside the window: bound loosely.
+  assert 0.05 < sinc / n < 0.12, sinc / n
+  assert max_sigma < 5.0, max_sigma  # plateau tails (1 / (q^b + 1)) widen the spread beyond 3
+  img = rng.uniform(0, 1, (40, 40, 3)).astype(np.float32)
+  out = D.apply("gaussian_sinc_blur_12d", img, np.random.default_rng(1), 21)
+  assert out.shape == img.shape and out.dtype == np.float32 and np.abs(out - img).mean() > 0.01
+
+
+def test_uir_pair_counts_are_the_table_counts():
+  from jaxmilab.data import uir_degradations as U  # pylint: disable=g-import-not-at-top
+  counts = U.uir_pair_counts()
+  assert counts["noise"] == 531_816 and counts["raindrop"] == 1_861 + 150
+  assert counts["rain_streak"] == 28_422 + 11_150 and len(counts) == 19
+  assert 2_400_000 < sum(counts.values()) < 2_600_000          # "2.5M pairs"
+
+
+def test_type_weights_uir_counts_mix():
+  """degraded_photos type_weights="uir_counts": record slots per type follow the table (noise
+  ~200x raindrop), every type keeps at least one; "uniform" keeps one slot per type."""
+  from jaxmilab.data import degraded_photos  # pylint: disable=g-import-not-at-top
+  types = D.resolve("uir19_syn")
+  slots = np.bincount(degraded_photos.type_slots(types, "uir_counts"), minlength=len(types))
+  assert slots.min() >= 1 and abs(slots.sum() - degraded_photos.TYPE_SLOTS) <= len(types)
+  ratio = slots[types.index("noise")] / slots[types.index("raindrop")]
+  assert 150 < ratio < 600, ratio
+  assert degraded_photos.type_slots(types, "uniform") is None
+  with pytest.raises(ValueError, match="type_weights"):
+    degraded_photos.type_slots(("gaussian_noise",), "uir_counts")

@@ -19,7 +19,8 @@ Training examples are (photo, type) records, shuffled each epoch and sharded ove
 processes; each gets a random `patch_size` crop, a random flip and a degradation of
 its type with a random level, all drawn from the record's rng (grain: seed + record
 index). Eval examples are every eval photo x every type on the central `eval_size`
-crop, degraded with fixed per-example seeds (`eval_seed`, not the training seed).
+crop (or `eval_crops` crops on a fixed grid), degraded with fixed per-example seeds
+(`eval_seed`, not the training seed; a random level per example unless `levels` fixes it).
 
 config.data keys (defaults): degradations ("5syn": a task-set name or names from
 `jaxmilab.data.degradations`), patch_size (64), eval_size (128), eval_batch_size (the
@@ -54,6 +55,10 @@ CONFIG_DEFAULTS = dict(
     photos=(), eval_photos=(),  # embedded photo names (default: all / the fixed held-out pair)
     root="",                # a folder of your own clean photos instead of the embedded ones
     eval_root="", eval_fraction=0.1, eval_seed=0, cache_size=16,
+    eval_crops=1,           # crops per eval photo: 1 = the central crop, n = a fixed grid of n
+    type_weights="uniform",  # training mix of types: "uniform", "uir_counts" (UIR-2.5M table),
+                             # or one weight per type
+
     levels=())              # fixed per-type levels, e.g. (25,) for denoise sigma 25
 
 
@@ -61,9 +66,13 @@ class PhotoSource:
   """Random-access records (photo, type): key -> {"gt": uint8 [H, W, 3], "label": int32}."""
 
   def __init__(self, description: str, num_types: int, *, arrays: tuple[np.ndarray, ...] = (),
-               paths: tuple[str, ...] = (), cache_size: int = 16):
+               paths: tuple[str, ...] = (), cache_size: int = 16,
+               slots: tuple[int, ...] | None = None):
     self.description = description
     self.num_types = int(num_types)
+    # Record (photo, slot) has type slots[slot]: one slot per type = uniform (the record order of
+    # earlier runs); more slots for frequent types = a weighted mix (type_slots).
+    self.slots = tuple(range(self.num_types)) if slots is None else tuple(int(t) for t in slots)
     self.arrays = tuple(arrays)  # in-memory photos (embedded), or
     self.paths = tuple(paths)    # files decoded on demand
     self.reader = images.CachedReader(cache_size)
@@ -73,16 +82,70 @@ class PhotoSource:
     return len(self.arrays) or len(self.paths)
 
   def __len__(self) -> int:
-    return self.num_photos * self.num_types
+    return self.num_photos * len(self.slots)
 
   def __getitem__(self, key: int) -> dict[str, Any]:
-    photo, label = divmod(int(key), self.num_types)
+    photo, slot = divmod(int(key), len(self.slots))
+    label = self.slots[slot]
     image = self.arrays[photo] if self.arrays else self.reader(self.paths[photo])
     return {"gt": image, "label": np.int32(label)}
 
   def __repr__(self) -> str:
     # Stable across processes and restarts: grain checks it when restoring the iterator.
-    return f"PhotoSource({self.description}, photos={self.num_photos}, types={self.num_types})"
+    weights = "" if self.slots == tuple(range(self.num_types)) else f", slots={len(self.slots)}"
+    return (f"PhotoSource({self.description}, photos={self.num_photos}, types={self.num_types}"
+            f"{weights})")
+
+
+TYPE_SLOTS = 4096  # slots per photo of a weighted type mix (the rarest UIR type keeps >= 1)
+
+
+def type_slots(types: tuple[str, ...], weights: Any, key: str = "config.data.type_weights"
+               ) -> tuple[int, ...] | None:
+  """The type of each record slot for a weighted mix, or None for "uniform".
+
+  weights: "uniform"; "uir_counts" (each type's pairs in the UIR-2.5M table,
+  uir_degradations.uir_pair_counts: a Gaussian-noise record is drawn ~460x as often as a
+  raindrop + rain-streak one); or one non-negative weight per type. Slots are allocated by
+  largest remainder over TYPE_SLOTS, every type with a positive weight keeping at least one."""
+  if isinstance(weights, str):
+    if weights == "uniform":
+      return None
+    if weights != "uir_counts":
+      raise ValueError(f"{key}={weights!r}: use 'uniform', 'uir_counts' or one weight per type.")
+    from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+    counts = uir_degradations.uir_pair_counts()
+    unknown = [t for t in types if t not in counts]
+    if unknown:
+      raise ValueError(f"{key}='uir_counts': {unknown} are not UIR-2.5M types "
+                       f"({', '.join(counts)}); use a UIR task set or explicit weights.")
+    weights = [counts[t] for t in types]
+  w = np.asarray(weights, np.float64)
+  if w.shape != (len(types),) or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(f"{key}: {len(types)} non-negative weights (one per type of {types}) are "
+                     f"needed, got {tuple(weights)}.")
+  positive = w > 0
+  share = w / w.sum() * TYPE_SLOTS
+  n = np.where(positive, np.maximum(np.floor(share), 1), 0).astype(int)
+  order = np.argsort(-(share - np.floor(share)))
+  for i in order:                               # largest remainders first, up to TYPE_SLOTS
+    if n.sum() >= TYPE_SLOTS:
+      break
+    if positive[i]:
+      n[i] += 1
+  return tuple(int(t) for t, k in enumerate(n) for _ in range(k))
+
+
+def grid_crops(image: np.ndarray, size: int, n: int) -> np.ndarray:
+  """n fixed size x size crops of image [H, W, C] on an even grid (rows x cols, rows ~ cols x
+  H / W, row-major, first n), overlapping where the image is small: [n, size, size, C]."""
+  h, w = image.shape[:2]
+  rows = max(1, int(np.ceil(np.sqrt(n * h / w))))
+  cols = int(np.ceil(n / rows))
+  tops = np.round(np.linspace(0, h - size, rows)).astype(int)
+  lefts = np.round(np.linspace(0, w - size, cols)).astype(int)
+  boxes = [(t, l) for t in tops for l in lefts][:n]
+  return np.stack([image[t:t + size, l:l + size] for t, l in boxes])
 
 
 def _folder_paths(folder: str, names: list[str], min_sizes: dict[str, int]) -> tuple[str, ...]:
@@ -107,6 +170,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   eval_seed = int(opts.eval_seed)
   cache_size = int(opts.cache_size)
   root = opts.root
+  slots = type_slots(types, opts.type_weights)
   sizes_train = {"config.data.patch_size": patch}
   sizes_eval = {"config.data.eval_size": eval_size}
 
@@ -125,7 +189,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       eval_root = root
       train_names, eval_names = images.split_held_out(
           names, float(opts.eval_fraction), where=f"config.data.root={root!r}")
-    source = PhotoSource(f"root={root!r}", len(types),
+    source = PhotoSource(f"root={root!r}", len(types), slots=slots,
                          paths=_folder_paths(root, train_names, sizes_train), cache_size=cache_size)
     eval_paths = _folder_paths(eval_root, eval_names, sizes_eval)
   else:
@@ -140,7 +204,7 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       raise ValueError(f"config.data.photos and eval_photos share {shared}: an eval photo must not "
                        f"be trained on. Remove it from one of them.")
     arrays = tuple(embedded.read(p, min_size=patch) for p in photos)
-    source = PhotoSource(f"embedded={','.join(photos)}", len(types), arrays=arrays)
+    source = PhotoSource(f"embedded={','.join(photos)}", len(types), arrays=arrays, slots=slots)
     eval_paths = tuple(embedded.path(p) for p in eval_photos)
     for path in eval_paths:
       images.check_min_size(path, images.image_size(path), eval_size, "config.data.eval_size")
@@ -155,19 +219,25 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       process_index=process_index, process_count=process_count,
       extra=[transforms.SynthesizeDegradation(types, levels)])
 
-  crops: dict[int, np.ndarray] = {}  # eval photo index -> central crop, uint8 [e, e, 3]
+  n_crops = int(opts.eval_crops)
+  if n_crops < 1:
+    raise ValueError(f"config.data.eval_crops={n_crops} must be >= 1 (1 = the central crop).")
+  crops: dict[int, np.ndarray] = {}  # eval photo index -> its crops, uint8 [n, e, e, 3]
 
   def make_example(i: int) -> dict[str, np.ndarray]:
-    photo, label = divmod(i, len(types))
+    # Example i = (photo, crop, type), type fastest: every crop is seen under every type.
+    photo_crop, label = divmod(i, len(types))
+    photo, crop = divmod(photo_crop, n_crops)
     if photo not in crops:
       image = images.read_image(eval_paths[photo])  # [H, W, 3] uint8
-      crops[photo] = np.ascontiguousarray(transforms.center_crop(image, eval_size))
-    gt = images.to_float(crops[photo])  # [e, e, 3]
+      crops[photo] = (np.ascontiguousarray(transforms.center_crop(image, eval_size))[None]
+                      if n_crops == 1 else grid_crops(image, eval_size, n_crops))
+    gt = images.to_float(crops[photo][crop])  # [e, e, 3]
     rng = np.random.default_rng([eval_seed, i])  # fixed per example, independent of config.seed
     lq = degradations.apply(types[label], gt, rng, levels[label])
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
-  num_eval = len(eval_paths) * len(types)
+  num_eval = len(eval_paths) * n_crops * len(types)
   info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
                   extra={"patch_size": patch, "eval_size": eval_size, "num_eval": num_eval,
                          "num_train_photos": source.num_photos})

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -249,6 +250,70 @@ def defocus_blur(image: np.ndarray, rng: np.random.Generator, level: float | Non
   """Defocus blur with a disk kernel; level = radius in px (1..10)."""
   radius = float(_pick(rng, DEFOCUS_RADII, level))
   return kernel_blur(image, "defocus_blur", disk_kernel(radius))
+
+# MaskDCPT's released 12D Gaussian-blur set (MILab-PKU/MaskDCPT options/all_in_one/test/
+# test_NAFNet_12d.yml `GaussianBlur_Urban100`, PairedImageGaussianBlurDataset in
+# basicsr/data/paired_image_dataset.py): Real-ESRGAN's mixed kernels (Wang et al., ICCVW 2021).
+MIXED_KERNEL_SIZES = tuple(range(7, 22, 2))        # `kernel_range`: 7..21, one drawn uniformly
+MIXED_KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
+                      "plateau_aniso")              # `kernel_list`
+MIXED_KERNEL_PROBS = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)  # `kernel_prob`
+MIXED_SINC_PROB = 0.1                               # `sinc_prob`
+MIXED_BLUR_SIGMA = (0.2, 3.0)                       # `blur_sigma` (both axes)
+MIXED_BETA_G = (0.5, 4.0)                           # `betag_range` (generalized Gaussian)
+MIXED_BETA_P = (1.0, 2.0)                           # `betap_range` (plateau)
+
+
+def _shape_exponent(rng: np.random.Generator, low: float, high: float) -> float:
+  """Real-ESRGAN's shape parameter: half of the draws in [low, 1), half in [1, high)."""
+  if rng.uniform() < 0.5:
+    return float(rng.uniform(low, 1.0))
+  return float(rng.uniform(1.0, high))
+
+
+def mixed_kernel(rng: np.random.Generator, size: int) -> np.ndarray:
+  """One kernel of the released 12D Gaussian-blur set, [size, size], sums to 1.
+
+  With probability MIXED_SINC_PROB a circular low-pass (sinc) kernel, cutoff uniform in
+  [pi/3, pi) for sizes < 13 and [pi/5, pi) otherwise; else a kernel type drawn by
+  MIXED_KERNEL_PROBS: q = x^T S^-1 x with S = R diag(sx^2, sy^2) R^T, sx, sy uniform in
+  MIXED_BLUR_SIGMA (sy = sx and no rotation for the iso types), rotation uniform in [-pi, pi);
+  Gaussian exp(-q / 2), generalized Gaussian exp(-q^beta / 2), plateau 1 / (q^beta + 1).
+  """
+  if rng.uniform() < MIXED_SINC_PROB:
+    cutoff = float(rng.uniform(math.pi / 3 if size < 13 else math.pi / 5, math.pi))
+    return sinc_kernel(cutoff, size)
+  kind = MIXED_KERNEL_TYPES[int(rng.choice(len(MIXED_KERNEL_TYPES), p=MIXED_KERNEL_PROBS))]
+  sx = float(rng.uniform(*MIXED_BLUR_SIGMA))
+  if kind.endswith("_iso") or kind == "iso":
+    sy, theta = sx, 0.0
+  else:
+    sy = float(rng.uniform(*MIXED_BLUR_SIGMA))
+    theta = float(rng.uniform(-math.pi, math.pi))
+  r = size // 2
+  c, s_ = math.cos(theta), math.sin(theta)
+  rot = np.array([[c, -s_], [s_, c]])
+  inv = np.linalg.inv(rot @ np.diag([sx**2, sy**2]) @ rot.T)
+  rows, cols = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+  q = inv[0, 0] * cols**2 + 2 * inv[0, 1] * cols * rows + inv[1, 1] * rows**2
+  if kind.startswith("generalized"):
+    k = np.exp(-0.5 * np.power(q, _shape_exponent(rng, *MIXED_BETA_G)))
+  elif kind.startswith("plateau"):
+    k = 1.0 / (np.power(q, _shape_exponent(rng, *MIXED_BETA_P)) + 1.0)
+  else:
+    k = np.exp(-0.5 * q)
+  return k / k.sum()
+
+
+def gaussian_sinc_blur_12d(image: np.ndarray, rng: np.random.Generator,
+                           level: int | None = None) -> np.ndarray:
+  """MaskDCPT's released 12D Gaussian blur: a mixed kernel (`mixed_kernel`) of odd size
+  level (7..21, drawn uniformly when None), zero-padded to 21 x 21 as released."""
+  size = int(_pick(rng, MIXED_KERNEL_SIZES, level))
+  kernel = mixed_kernel(rng, size)
+  pad = (SINC_KERNEL_SIZE - size) // 2
+  return kernel_blur(image, "gaussian_sinc_blur_12d", np.pad(kernel, pad))
+
 
 GAUSSIAN_SINC_BLUR_LEVELS = (tuple(("gaussian_blur", s) for s in D.GAUSSIAN_BLUR_LEVELS)
                              + tuple(("anisotropic_blur", s) for s in ANISO_SIGMAS)
@@ -605,6 +670,16 @@ UIR_TYPES = (
 )
 UIR_TYPE_NAMES = tuple(t.name for t in UIR_TYPES)
 
+
+def uir_pair_counts() -> dict[str, int]:
+  """Pairs per UIR-2.5M type: the sum of the counts the table gives for its sources (synthetic
+  and real), e.g. noise 531,816, raindrop 1,861 + 150 = 2,011 (MaskDCPT README, dataset table)."""
+  counts = {}
+  for t in UIR_TYPES:
+    numbers = re.findall(r"\d{1,3}(?:,\d{3})+|\d+", " ".join(re.findall(r"\(([^)]*)\)", t.sources)))
+    counts[t.name] = sum(int(n.replace(",", "")) for n in numbers)
+  return counts
+
 _NEW = (
     ("poisson_noise", poisson_noise, POISSON_PEAKS),
     ("salt_pepper_noise", salt_pepper_noise, SALT_PEPPER_AMOUNTS),
@@ -613,6 +688,7 @@ _NEW = (
     ("sinc_blur", sinc_blur, SINC_CUTOFFS),
     ("gaussian_sinc_blur", _Grouped("gaussian_sinc_blur", GAUSSIAN_SINC_BLUR_LEVELS),
      GAUSSIAN_SINC_BLUR_LEVELS),
+    ("gaussian_sinc_blur_12d", gaussian_sinc_blur_12d, MIXED_KERNEL_SIZES),
     ("motion_blur", motion_blur, MOTION_LENGTHS),
     ("defocus_blur", defocus_blur, DEFOCUS_RADII),
     ("rain_streak", rain_streak, RAIN_LEVELS),

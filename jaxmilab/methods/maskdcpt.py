@@ -1,34 +1,47 @@
 """MaskDCPT: masked degradation classification pre-training (arXiv 2510.13282).
 
-One step, one backward pass (the official training code is not released):
-  mask  = random_patch_mask(rng)               half of the p x p patches hidden per image
-  feats = encoder(lq * mask)                   the backbone's encoder, masked SparK-style after
-                                               every conv / linear / norm (models/masking.py)
-  L_cls = focal(classifier(feats), type)       DCPT's classifier (gamma 0 = cross-entropy)
-  L_pix = |reconstruction - gt|_1              reconstruct the clean image
-  loss  = L_pix + cls_weight * L_cls
+One step, one backward pass:
+  mask   = random_patch_mask(rng)              half of the p x p patches hidden per image
+  r, F   = backbone(lq * mask), masked         the WHOLE network runs sparse: encoder, decoder,
+                                               refinement and output conv (models/masking.py),
+                                               with no global input residual
+  L_cls  = focal(classifier(F, mask), type)    DCPT's classifier on the decoder maps F, reading
+                                               visible positions only
+  L_pix  = sum(|r - gt| * m) / (C * sum(m))    L1 over visible pixels (m = mask at pixel level)
+  loss   = L_pix + cls_weight * L_cls
 
-The paper describes an encoder and two decoders, the reconstruction decoder restoring the
-high-quality image from the masked degraded input; it does not release that decoder, so
-`config.method.reconstruction` offers both readings:
+What is released and what is our reading. MILab-PKU/MaskDCPT releases the masked architectures
+(basicsr/archs/mask_{nafnet,swinir,restormer,promptir}_arch.py) but not the training code
+(README TODO: "Release the train scripts"). The released masked forwards mask the input, run a
+masked LayerNorm in every block and re-mask block outputs in the encoder, the decoder and the
+refinement alike (mask_nafnet_arch.py `decoder{i}(x, mask)`, mask_swinir_arch.py
+`decode_layers`, `norm(x, x_size, mask)` and `conv_after_body(...) * mask`,
+mask_restormer_arch.py `decoder_level*`, `refinement(.., mask)`); none has a mask token. Their
+output path has no global input residual and no mean shift (mask_swinir_arch.py:
+`x = self.conv_last(res)` with `(x - mean)` and `+ mean` commented out; NAFNet / Restormer /
+PromptIR: `ending(x)` / `output(x)` without `+ inp`). So hidden outputs are empty and
+reconstruction can only be learned at visible pixels: the L1 over visible pixels, normalised by
+their count, is our reading of the unreleased loss. Hidden positions are exactly zero at every
+layer here (SparK semantics); the release leaves parameter-only constants there (biases read by
+its unmasked 3x3 convs), which never carry hidden input either. The classifier reading visible
+positions follows the released k-NN probe (`x[mask]` of the last decoder map).
 
-  "backbone" (default)  the backbone's own decoder and output head reconstruct the image: the
-      encoder is masked, the modules the backbone declares as `decoder_modules`
-      (masking.Maskable) run dense, and the classifier reads that decoder's maps. The whole
-      backbone, output head included, is pre-trained and fine-tuning starts from all of it.
-      Follows the released architectures, which keep each backbone's head in place
-      (MILab-PKU/MaskDCPT basicsr/archs/mask_swinir_arch.py runs `conv_last`; the masked NAFNet
-      keeps `ending`, commented out only in its feature-export forward).
-  "spark"  a light SparK-style head (masking.ReconstructionHead: mask tokens, coarse-to-fine
-      convs over all decoder maps) reconstructs `head(feats) + lq * mask`; the whole backbone
-      (decoder included) is masked and its output head is never pre-trained; the head is
-      dropped after pre-training. SparK's design (Tian et al., ICLR 2023), our reading of the
-      paper's "reconstruction decoder" before the released archs were read.
+`config.method.reconstruction`:
+  "backbone" (default)  the above, as released.
+  "dense_decoder"  ablation (this project's earlier reading): the encoder is masked, the modules
+      the backbone declares as `decoder_modules` run dense with the global residual, L1 over all
+      pixels: the decoder learns to inpaint the hidden patches.
+  "spark"  ablation: a light SparK-style head (masking.ReconstructionHead, mask tokens) over the
+      masked backbone's decoder maps reconstructs `head(F) + lq * mask`, L1 over all pixels; the
+      head is dropped after pre-training (Tian et al., ICLR 2023).
 
-Eval (unmasked): the network trained to restore ("backbone": the backbone itself; "spark":
-head(encoder(lq)) + lq) and the classifier; per-type PSNR/SSIM and accuracy (as dcpt).
+Public: `Method.forward(params, lq, mask)` runs the masked forward for a [B, H/p, W/p] patch
+mask (1 = visible; None = the plain dense forward) and `Method.patch` is p.
+Eval (unmasked): the pre-trained network's own dense output (for "backbone" without the global
+residual, as it was trained) and the classifier; per-type PSNR/SSIM and accuracy (as dcpt).
 Parameters {"backbone", "classifier"} (+ "recon_head" for "spark"); `restoration` with
-`init_from` loads the backbone.
+`init_from` loads the backbone and, since this run did not train the output conv as a residual
+head, starts that conv at zero (methods/restoration.py).
 """
 
 from __future__ import annotations
@@ -66,7 +79,9 @@ def _all_visible(x: jax.Array) -> jax.Array:
   return jnp.ones((x.shape[0], 1, 1), jnp.float32)
 
 
-RECONSTRUCTIONS = ("backbone", "spark")
+RECONSTRUCTIONS = ("backbone", "dense_decoder", "spark")
+# Runs whose backbone output conv was not trained as the residual head fine-tuning uses.
+NON_RESIDUAL_HEADS = ("backbone", "spark")
 
 # Every config.method key of maskdcpt (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
@@ -74,10 +89,20 @@ CONFIG_DEFAULTS = dict(
     cls_weight=1.0,             # L = L_pix + cls_weight * L_cls
     mask_ratio=masking.MASK_RATIO,  # official `mask_ratio = 0.5`; in [0, 1)
     mask_patch_size=0,          # 0 = the backbone's (masking.Maskable.mask_patch_size)
-    reconstruction="backbone",  # RECONSTRUCTIONS, module docstring
+    reconstruction="backbone",  # RECONSTRUCTIONS: the release's whole-network masking; module doc
     recon_width=0,              # "spark" head width; 0 = the finest decoder map's channels
     float_metrics=False,        # PSNR/SSIM on float images instead of uint8-rounded ones
 )
+
+
+def visible_l1_loss(restored: jax.Array, gt: jax.Array, visible: jax.Array) -> jax.Array:
+  """L1 over visible pixels: sum(|restored - gt| * m) / (C * sum(m)).
+
+  restored, gt [B, H, W, C]; visible [B, H, W, 1] 0/1 (masking.expand of the patch mask). The
+  mean is over every visible pixel of the batch (hidden pixels neither add to it nor count)."""
+  m = visible.astype(jnp.float32)
+  err = jnp.abs(restored.astype(jnp.float32) - gt.astype(jnp.float32)) * m
+  return jnp.sum(err) / (restored.shape[-1] * jnp.maximum(jnp.sum(m), 1.0))
 
 
 class Method(dcpt.Method):
@@ -102,7 +127,9 @@ class Method(dcpt.Method):
                        f"{RECONSTRUCTIONS}.")
     # The encoder/decoder split (read once: a missing interface fails here, not in a trace).
     self.decoder_modules = (masking.decoder_modules(self.backbone)
-                            if self.reconstruction == "backbone" else ())
+                            if self.reconstruction == "dense_decoder" else ())
+    # Released output path (no global residual) for the default; the ablations keep it.
+    self.residual = self.reconstruction != "backbone"
 
   def read_options(self, method_config) -> config_options.Options:
     """maskdcpt's keys, and the two dcpt keys it fixes: MaskDCPT is dcpt's "pretrain" step
@@ -133,19 +160,24 @@ class Method(dcpt.Method):
     return {"params": params}
 
   def forward(self, params, lq, mask=None):
-    """(restored [B, H, W, C] float32, logits [B, N] float32); with a [B, h, w] patch mask the
-    masked pre-training forward, without it the plain (eval) forward."""
+    """(restored [B, H, W, C] float32, logits [B, N] float32); with a [B, H/p, W/p] patch mask
+    (1 = visible) the masked pre-training forward, without it the plain dense (eval) forward."""
     variables = {"params": params["backbone"]}
     h, w = lq.shape[1:3]
+    run = lambda x: self.backbone.apply(variables, x, return_decoder_features=True,
+                                        residual=self.residual)
     if mask is None:
-      restored, feats = self.backbone.apply(variables, lq, return_decoder_features=True)
+      restored, feats = run(lq)
       visible = _all_visible(lq)
+      classifier_mask = None
     else:
       visible = mask
       with masking.patch_masking(mask, (h, w), unmasked=self.decoder_modules):
-        restored, feats = self.backbone.apply(
-            variables, lq * masking.expand(mask, h, w).astype(lq.dtype), return_decoder_features=True)
-    logits = self.classifier.apply({"params": params["classifier"]}, classifier_pyramid(feats))
+        restored, feats = run(lq * masking.expand(mask, h, w).astype(lq.dtype))
+      # The dense decoder's maps are dense: its classifier reads every position.
+      classifier_mask = None if self.decoder_modules else mask
+    logits = self.classifier.apply({"params": params["classifier"]}, classifier_pyramid(feats),
+                                   classifier_mask)
     if self.reconstruction == "spark":
       residual = self.recon_head.apply({"params": params["recon_head"]}, feats, visible)
       restored = residual[:, :h, :w, :] + lq * masking.expand(visible, h, w)
@@ -156,7 +188,11 @@ class Method(dcpt.Method):
     mask = masking.random_patch_mask(rng, lq.shape[0], self._grid(lq), self.mask_ratio)
     # The trainer pins activations to the batch axes (sharding.batch_sharded_activations).
     restored, logits = self.forward(params, lq, mask)
-    l_pix = common.l1_loss(restored, batch["gt"])
+    if self.reconstruction == "backbone":
+      h, w = lq.shape[1:3]
+      l_pix = visible_l1_loss(restored, batch["gt"], masking.expand(mask, h, w))
+    else:
+      l_pix = common.l1_loss(restored, batch["gt"])
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     loss = l_pix + self.cls_weight * l_cls

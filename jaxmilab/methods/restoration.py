@@ -10,6 +10,9 @@ must match (the classifier of a pre-training run is dropped).
 
 from __future__ import annotations
 
+import json
+
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +32,31 @@ CONFIG_DEFAULTS = dict(
     float_metrics=False,       # PSNR/SSIM on float images instead of uint8-rounded ones
     pixel_loss="l1",           # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
 )
+
+
+def run_config(path: str) -> dict | None:
+  """The config.json of the run that `path` (a workdir, its checkpoints/ or checkpoints/<step>/)
+  belongs to, or None (an official weights file, or a run without one)."""
+  p = epath.Path(path)
+  for folder in (p, p.parent, p.parent.parent):
+    candidate = folder / "config.json"
+    try:
+      if candidate.exists():
+        return json.loads(candidate.read_text())
+    except (OSError, ValueError):
+      return None
+  return None
+
+
+def output_conv_is_residual_head(init_from: str) -> bool:
+  """False when init_from is a MaskDCPT run whose reconstruction did not train the backbone's
+  output conv as a residual head (maskdcpt.NON_RESIDUAL_HEADS); True otherwise."""
+  config = run_config(init_from) if init_from else None
+  method = (config or {}).get("method") or {}
+  if method.get("name") != "maskdcpt":
+    return True
+  from jaxmilab.methods import maskdcpt  # pylint: disable=g-import-not-at-top
+  return method.get("reconstruction", "backbone") not in maskdcpt.NON_RESIDUAL_HEADS
 
 
 class Method(base.Method):
@@ -80,12 +108,14 @@ class Method(base.Method):
           f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
           f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}.")
     backbone = base.merge_matching(fresh, source)
-    if ((self.opts.zero_init_output and "recon_head" in loaded["params"])
-        or self.opts.zero_output_after_init_from):
-      # A MaskDCPT "spark" run never trained the backbone's output conv (its own head
-      # reconstructed): keep the pre-trained body, start the head at zero (identity). A dcpt or
-      # MaskDCPT "backbone" run trained it, and it is kept unless zero_output_after_init_from
-      # asks for the identity start anyway (measured: README, "the pre-training effect").
+    if (self.opts.zero_output_after_init_from or "recon_head" in loaded["params"]
+        or not output_conv_is_residual_head(self.opts.init_from)):
+      # A MaskDCPT run did not train the backbone's output conv as the residual head this run
+      # uses: "spark" never trained it (its own head reconstructed), and the released
+      # whole-network masking ("backbone") trains it without the global residual, to output the
+      # image itself (methods/maskdcpt.py). Keep the pre-trained body, start the head at zero
+      # (the identity). A dcpt or dense_decoder run trained it as a residual head, and it is kept
+      # unless zero_output_after_init_from asks for the identity start anyway.
       backbone = common.zero_output_conv(backbone)
     out = dict(variables)
     out["params"] = dict(variables["params"], backbone=backbone)

@@ -84,30 +84,58 @@ class DegradationClassifier(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
+  def __call__(self, features: Sequence[jax.Array], visible: jax.Array | None = None) -> jax.Array:
     """features: decoder maps in forward order (coarse to fine), each [B, h_k, w_k, C_k];
-    the finest must halve (floor) into the next finer-to-coarser one. Returns [B, num_classes]."""
+    the finest must halve (floor) into the next finer-to-coarser one. Returns [B, num_classes].
+
+    visible: optional [B, gh, gw] 0/1 patch mask (1 = visible) of the image the maps come from
+    (MaskDCPT's masked forward). The classifier then reads visible positions only: its maps are
+    zeroed at hidden positions after every block and the global average pool is the mean over
+    visible positions, so a half-masked map and a dense one are pooled on the same scale (the
+    released k-NN probe reads `x[mask]`, the decoder map at visible positions:
+    MILab-PKU/MaskDCPT mask_*_arch.py "for knn"). Mask pooling follows the map pooling
+    (max-pool: a coarse cell is visible if any of its pixels is). None = DCPT's classifier.
+    """
     feats = list(features)[::-1]                                 # fine to coarse (official order)
     _check_pyramid(feats)
     dims = [f.shape[-1] for f in feats]
+    m = None if visible is None else _expand_mask(visible, feats[0].shape[1:3]).astype(self.dtype)
+    keep = (lambda t: t) if m is None else (lambda t: t * m)
     mixing = self.param("mixing_weights", nn.initializers.ones, (len(feats),), jnp.float32)
     weights = jax.nn.softmax(mixing).astype(self.dtype)
     z = jnp.zeros((), self.dtype)
     for i, f in enumerate(feats):
-      z = z + weights[i] * f.astype(self.dtype)                  # [B, h_i, w_i, C_i]
+      z = keep(z + weights[i] * f.astype(self.dtype))            # [B, h_i, w_i, C_i]
       for j in range(self.num_res_blocks):
-        z = Bottleneck(dtype=self.dtype, name=f"bottleneck_layers_{i}_{j}")(z)
+        z = keep(Bottleneck(dtype=self.dtype, name=f"bottleneck_layers_{i}_{j}")(z))
       out_dim = dims[i + 1] if i + 1 < len(dims) else dims[i]
       z = layers.conv2d(z, out_dim, 1, name=f"downsample_layers_{i}", use_bias=False,
                         dtype=self.dtype)
       z = nn.relu(nn.max_pool(z, (2, 2), strides=(2, 2), padding="VALID"))
+      if m is not None:
+        m = nn.max_pool(m, (2, 2), strides=(2, 2), padding="VALID")
     for j in range(self.num_res_blocks):
-      z = Bottleneck(dtype=self.dtype, name=f"last_stage_{j}")(z)
-    pooled = jnp.mean(z.astype(jnp.float32), axis=(1, 2))      # [B, C_L]
+      z = keep(Bottleneck(dtype=self.dtype, name=f"last_stage_{j}")(z))
+    if m is None:
+      pooled = jnp.mean(z.astype(jnp.float32), axis=(1, 2))    # [B, C_L]
+    else:
+      m32 = m.astype(jnp.float32)
+      pooled = (jnp.sum(z.astype(jnp.float32) * m32, axis=(1, 2))
+                / jnp.maximum(jnp.sum(m32, axis=(1, 2)), 1.0))
     fan_in = dims[-1]
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=layers.torch_default_kernel_init,
                     bias_init=layers.torch_default_bias_init(fan_in), name="fc")(pooled)
+
+
+def _expand_mask(visible: jax.Array, size: Sequence[int]) -> jax.Array:
+  """[B, gh, gw] patch mask -> [B, h, w, 1] by nearest-neighbour repetition (h, w multiples)."""
+  _, gh, gw = visible.shape
+  h, w = int(size[0]), int(size[1])
+  if h % gh or w % gw:
+    raise ValueError(f"DegradationClassifier: the finest map {h} x {w} does not divide into the "
+                     f"{gh} x {gw} visibility grid.")
+  return jnp.repeat(jnp.repeat(visible, h // gh, axis=1), w // gw, axis=2)[..., None]
 
 
 def _check_pyramid(feats: list[jax.Array]) -> None:

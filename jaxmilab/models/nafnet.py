@@ -36,6 +36,7 @@ Every convolution is its own `nn.Conv` (`layers.conv2d`) and every LayerNorm a
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -61,6 +62,7 @@ class NAFBlock(nn.Module):
   Both branches are residual with learnable per-channel scales `beta`, `gamma` (init 0).
   DW_Expand = FFN_Expand = 2 and no dropout, as in every official setting used by DCPT.
   """
+  layernorm_eps: float = 1e-6
   dtype: Any = jnp.float32
 
   def _conv(self, x, features, kernel_size, *, name, groups=1):
@@ -69,7 +71,7 @@ class NAFBlock(nn.Module):
   @nn.compact
   def __call__(self, inp: jax.Array) -> jax.Array:
     c = inp.shape[-1]
-    x = layers.LayerNorm2d(dtype=self.dtype, name="norm1")(inp)
+    x = layers.LayerNorm2d(eps=self.layernorm_eps, dtype=self.dtype, name="norm1")(inp)
     x = self._conv(x, 2 * c, 1, name="conv1")                     # [B, H, W, 2C]
     x = self._conv(x, 2 * c, 3, name="conv2", groups=2 * c)       # depthwise
     x = layers.simple_gate(x)                                     # [B, H, W, C]
@@ -80,7 +82,7 @@ class NAFBlock(nn.Module):
     beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
     y = inp + x * beta.astype(self.dtype)
 
-    x = layers.LayerNorm2d(dtype=self.dtype, name="norm2")(y)
+    x = layers.LayerNorm2d(eps=self.layernorm_eps, dtype=self.dtype, name="norm2")(y)
     x = self._conv(x, 2 * c, 1, name="conv4")
     x = layers.simple_gate(x)
     x = self._conv(x, c, 1, name="conv5")
@@ -97,6 +99,9 @@ class NAFNet(nn.Module):
     middle_blocks: NAFBlocks at the bottleneck (width * 2**L channels).
     dec_blocks: NAFBlocks per decoder level, coarse to fine; same length as enc_blocks.
     img_channels: image channels in and out.
+    layernorm_eps: the LayerNorm2d epsilon: 1e-6 in NAFNet and DCPT (megvii-research/NAFNet
+      `LayerNorm2d(eps=1e-6)`), 1e-5 in MaskDCPT's NAFNet (MILab-PKU/MaskDCPT
+      basicsr/archs/nafnet_arch.py and mask_nafnet_arch.py: `nn.LayerNorm(..., eps=1e-5)`).
     dtype: compute dtype; parameters are always float32.
   """
   width: int
@@ -104,6 +109,7 @@ class NAFNet(nn.Module):
   middle_blocks: int
   dec_blocks: Sequence[int]
   img_channels: int = 3
+  layernorm_eps: float = 1e-6
   dtype: Any = jnp.float32
 
   def _conv(self, x, features, kernel_size, *, name, stride=1, use_bias=True, padding=None):
@@ -116,7 +122,7 @@ class NAFNet(nn.Module):
   def mask_patch_size(self) -> int:
     return 16
 
-  decoder_modules = ("ups_", "decoders_", "ending")
+  decoder_modules = ("ups_", "decoders_", "ending")   # reconstruction="dense_decoder" only
 
   @property
   def pad_multiple(self) -> int:
@@ -131,8 +137,12 @@ class NAFNet(nn.Module):
                        f"and of the same length.")
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
+  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False,
+               residual: bool = True):
     """Restores x [B, H, W, img_channels] -> y of the same shape (float32 for float32 x).
+
+    residual=False drops the global input residual (`ending(x)` instead of `ending(x) + inp`):
+    the masked pre-training forward of MaskDCPT's release has none (mask_nafnet_arch.py).
 
     With return_decoder_features=True returns (y, feats): the output of each decoder stage in
     forward order (coarse to fine), L = len(dec_blocks) maps at the padded size Hp x Wp
@@ -147,17 +157,18 @@ class NAFNet(nn.Module):
     _, h, w, _ = x.shape
     inp = layers.pad_to_multiple(x, self.pad_multiple)            # [B, Hp, Wp, C]
 
+    block = functools.partial(NAFBlock, layernorm_eps=self.layernorm_eps, dtype=self.dtype)
     y = self._conv(inp, self.width, 3, name="intro")              # [B, Hp, Wp, width]
     skips = []
     chan = self.width
     for i, num in enumerate(self.enc_blocks):
       for j in range(num):
-        y = NAFBlock(dtype=self.dtype, name=f"encoders_{i}_{j}")(y)
+        y = block(name=f"encoders_{i}_{j}")(y)
       skips.append(y)
       y = self._conv(y, 2 * chan, 2, name=f"downs_{i}", stride=2, padding=0)
       chan *= 2                                                   # [B, Hp/2^(i+1), ., chan]
     for j in range(self.middle_blocks):
-      y = NAFBlock(dtype=self.dtype, name=f"middle_blks_{j}")(y)
+      y = block(name=f"middle_blks_{j}")(y)
     feats = []
     for i, (num, skip) in enumerate(zip(self.dec_blocks, skips[::-1])):
       y = self._conv(y, 2 * chan, 1, name=f"ups_{i}", use_bias=False)
@@ -165,9 +176,11 @@ class NAFNet(nn.Module):
       chan //= 2
       y = y + skip
       for j in range(num):
-        y = NAFBlock(dtype=self.dtype, name=f"decoders_{i}_{j}")(y)
+        y = block(name=f"decoders_{i}_{j}")(y)
       feats.append(y)
-    y = self._conv(y, self.img_channels, 3, name="ending") + inp  # global residual
+    y = self._conv(y, self.img_channels, 3, name="ending")
+    if residual:
+      y = y + inp                                                 # global residual
     y = y[:, :h, :w, :]
     if return_decoder_features:
       return y, feats

@@ -292,7 +292,7 @@ class SwinIR(nn.Module):
   def decoder_modules(self) -> tuple[str, ...]:
     n = len(self.depths)
     return tuple(self.layer_name(i) for i in range(n // 2, n)) + ("norm", "conv_after_body",
-                                                                  "conv_last")
+                                                                  "conv_last")  # dense_decoder
 
   @property
   def pad_multiple(self) -> int:
@@ -307,8 +307,13 @@ class SwinIR(nn.Module):
     return f"encode_layers_{i}" if i < half else f"decode_layers{i - half}"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
+  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False,
+               residual: bool = True):
     """Restores x [B, H, W, img_channels] -> y of the same shape.
+
+    residual=False is the masked pre-training forward's output path in MaskDCPT's release
+    (mask_swinir_arch.py `forward`: the mean shift and `x +` commented out,
+    `x = self.conv_last(res)`): no mean subtraction, no global input residual.
 
     With return_decoder_features=True returns (y, feats): the outputs of the last
     n - n // 2 RSTBs (n = len(depths)), each [B, Hp, Wp, embed_dim], Hp, Wp = H, W rounded up
@@ -321,6 +326,8 @@ class SwinIR(nn.Module):
     _, h, w, _ = x.shape
     mean = jnp.asarray(RGB_MEAN if self.img_channels == 3 else (0.0,), jnp.float32)
     x = layers.reflect_pad_to_multiple(x, self.window_size)          # [B, Hp, Wp, C]
+    if not residual:
+      mean = jnp.zeros_like(mean)
     x = (x - mean) * self.img_range
     first = layers.conv2d(x, self.embed_dim, 3, name="conv_first", dtype=self.dtype)
     t = PatchEmbed(self.patch_norm, self.dtype, name="patch_embed")(first)  # [B, Hp, Wp, E]
@@ -335,7 +342,9 @@ class SwinIR(nn.Module):
         feats.append(t)
     t = _layer_norm(self.dtype, "norm")(t)
     res = layers.conv2d(t, self.embed_dim, 3, name="conv_after_body", dtype=self.dtype) + first
-    y = x + layers.conv2d(res, self.img_channels, 3, name="conv_last", dtype=self.dtype)
+    y = layers.conv2d(res, self.img_channels, 3, name="conv_last", dtype=self.dtype)
+    if residual:
+      y = x + y
     y = (y / self.img_range + mean)[:, :h, :w, :]
     if return_decoder_features:
       return y, feats

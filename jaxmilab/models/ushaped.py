@@ -280,8 +280,12 @@ class UShapedRestorer(nn.Module):
     return Resample(down=down, normal_init=self.normal_init, dtype=self.dtype, name=name)(x)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False):
+  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False,
+               residual: bool = True):
     """Restores x [B, H, W, img_channels] -> y of the same shape.
+
+    residual=False drops the global input residual: MaskDCPT's released masked forward
+    (mask_restormer_arch.py, mask_promptir_arch.py) ends in `self.output(out_dec_level1)`.
 
     With return_decoder_features=True returns (y, feats), feats = [decoder_level3,
     decoder_level2, decoder_level1] outputs: [B, Hp/4, Wp/4, 4*dim], [B, Hp/2, Wp/2, 2*dim],
@@ -313,7 +317,9 @@ class UShapedRestorer(nn.Module):
     y = jnp.concatenate([self._resample(self.fuse(dec2, 1), False, "up2_1"), enc1], axis=-1)
     dec1 = self._stage(y, 0, nb[0], "decoder_level1")                      # 2d @1
     y = self._stage(dec1, 0, self.num_refinement_blocks, "refinement")
-    y = self._conv(y, self.img_channels, 3, "output") + inp               # global residual
+    y = self._conv(y, self.img_channels, 3, "output")
+    if residual:
+      y = y + inp                                                          # global residual
     y = y[:, :h, :w, :]
     if return_decoder_features:
       return y, [dec3, dec2, dec1]
