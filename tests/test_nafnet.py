@@ -103,7 +103,7 @@ def test_create_validates_config():
   config.lock()
   assert nafnet.resolve_config(config) == dict(
       width=16, enc_blocks=(1, 1, 1, 2), middle_blocks=1, dec_blocks=(1, 1, 1, 1), img_channels=3,
-      dtype=jnp.bfloat16)
+      layernorm_eps=1e-6, dtype=jnp.bfloat16)
   model = nafnet.create({"preset": "nafnet_tiny", "width": 4})   # explicit keys override
   assert model.width == 4 and model.enc_blocks == (1, 1)
   with pytest.raises(ValueError, match="NHWC"):
