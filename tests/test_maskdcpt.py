@@ -206,10 +206,11 @@ _TYPES = ("noise", "blur", "haze")
 def _method(preset: str, reconstruction: str = "backbone") -> maskdcpt.Method:
   from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
   name, _ = _MECHANISM[preset]
-  overrides = {"method.reconstruction": reconstruction, "model.name": name, "model.preset": preset}
+  c = config_lib.load("configs/maskdcpt.py:smoke", {"method.reconstruction": reconstruction})
+  # Another backbone: a fresh model config (the smoke config's NAFNet keys do not apply to it).
+  c.model = ml_collections.ConfigDict({"name": name, "preset": preset})
   if name == "teaformer":
-    overrides["model.implementation"] = "xla"
-  c = config_lib.load("configs/maskdcpt.py:smoke", overrides)
+    c.model.implementation = "xla"
   return maskdcpt.Method(c, DataInfo(num_classes=len(_TYPES), class_names=_TYPES))
 
 
