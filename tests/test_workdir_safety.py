@@ -300,8 +300,8 @@ def test_mode_eval_without_a_checkpoint_leaves_no_empty_checkpoints_folder(tmp_p
 
 # ------------------------------------------------------------------------- CLIs: one line, exit 2
 
-def cli(args, cwd, timeout=600, **popen):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+def cli(args, cwd, timeout=600, env=None, **popen):
+  env = dict(env if env is not None else os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
                         cwd=cwd, timeout=timeout, check=False, **popen)
 
