@@ -26,12 +26,17 @@ def gcs(monkeypatch):
     monkeypatch.setenv(key, value)
   import fsspec  # pylint: disable=g-import-not-at-top
   fsspec.filesystem("gs").clear_instance_cache()   # gcsfs reads the emulator address on creation
+  # epath caches its EPATH_USE_TF reading (functools.cache) at the first gs:// path of the process:
+  # an earlier test in this worker would otherwise leave it on TensorFlow's backend (real GCS).
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   monkeypatch.setattr(metrics_lib, "_COMPOSE_FAILED", [])
   storage = server._storage  # pylint: disable=protected-access
   try:
     yield storage
   finally:
     server.stop()
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
 def _text(storage, name):
