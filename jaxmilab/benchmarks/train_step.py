@@ -7,10 +7,17 @@ and a plain L1 restoration step of the same backbone; when torch is installed, t
 L1 NAFNet step in PyTorch on the same device (CPU) with the same batch, and the ratio.
 FLOPs per step come from XLA's cost analysis of the compiled step, which is the trainer's own
 (`Trainer.compile_train_step()`, the executable the training loop calls).
+
+On CPU, also "JAX L1, XLA convs": the same L1 step traced with `layers.for_platform("generic")`,
+i.e. with the convolutions every platform ran before issue #33 (XLA's grouped / 1x1 convs, which
+TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
+JAX before (XLA's conv) / JAX after (layers' CPU form) / PyTorch, for NAFNet's ops and for
+Restormer's (the transformer family's depthwise qkv / FFN convs and channel LayerNorm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -24,6 +31,7 @@ import numpy as np
 from jaxmilab import config_lib
 from jaxmilab import sharding as sharding_lib
 from jaxmilab import trainer as trainer_lib
+from jaxmilab.models import layers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>",
@@ -31,6 +39,8 @@ flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<v
 flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 flags.DEFINE_integer("batch_size", 0, "Override the global batch size (0 = the config's).")
 flags.DEFINE_string("output", "", "Also write the results as JSON here.")
+flags.DEFINE_bool("compare_xla_convs", True, "On CPU, also time the L1 step and the per-op table "
+                  "with XLA's convolutions (the program before issue #33, today's TPU/GPU forms).")
 
 
 def _time(fn, steps: int) -> float:
@@ -51,8 +61,10 @@ def matmul_peak(n: int = 2048, steps: int = 10) -> float:
   return 2 * n**3 / _time(lambda: f(a).block_until_ready(), steps)
 
 
-def time_jax_step(config, steps: int) -> dict[str, float]:
-  with tempfile.TemporaryDirectory() as workdir:
+def time_jax_step(config, steps: int, platform: str | None = None) -> dict[str, float]:
+  """The trainer's compiled step; `platform` traces it with layers.for_platform(platform)."""
+  ctx = layers.for_platform(platform) if platform else contextlib.nullcontext()
+  with tempfile.TemporaryDirectory() as workdir, ctx:
     t = trainer_lib.Trainer(config, workdir)
     state = t.initial_state()
     batch = sharding_lib.put_batch(next(t.data.train), t.mesh)
@@ -99,6 +111,88 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
           "threads": torch.get_num_threads()}
 
 
+# Per-op rows: (label, kind, channels in, channels out) at [batch, patch, patch, C].
+# NAFNet-small level 0 (width 16): LN on 16, conv1 16 -> 32, depthwise on 32, conv3 16 -> 16.
+# Restormer (dim 16 here; official 48) level 0: BiasFree LN, qkv 1x1 16 -> 48, depthwise on 48,
+# FFN depthwise on 2 * 42 (hidden 42 = int(16 * 2.66)).
+OPS = {
+    "NAFNet": [("LayerNorm2d (C=16)", "ln", 16, 16), ("1x1 conv 16->32", "pw", 16, 32),
+               ("depthwise 3x3 (C=32)", "dw", 32, 32), ("1x1 conv 16->16", "pw", 16, 16)],
+    "Restormer": [("ChannelLayerNorm BiasFree (C=16)", "ln_bf", 16, 16),
+                  ("1x1 conv 16->48 (qkv)", "pw", 16, 48), ("depthwise 3x3 (C=48, qkv)", "dw", 48, 48),
+                  ("depthwise 3x3 (C=84, FFN)", "dw", 84, 84)],
+}
+
+
+def _jax_op(kind: str, cin: int, cout: int):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Op(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      if kind == "ln":
+        return layers.LayerNorm2d(name="ln")(x)
+      if kind == "ln_bf":
+        return layers.ChannelLayerNorm(with_bias=False, eps=1e-5, name="ln")(x)
+      k, groups = (3, cin) if kind == "dw" else (1, 1)
+      return layers.conv2d(x, cout, k, name="conv", groups=groups)
+  return Op()
+
+
+def time_jax_op(kind: str, cin: int, cout: int, shape, steps: int, platform: str) -> float:
+  """Seconds per fwd+bwd (grads w.r.t. input and params) of one op, traced for `platform`."""
+  op = _jax_op(kind, cin, cout)
+  x = jax.random.normal(jax.random.key(0), tuple(shape) + (cin,))
+  v = op.init(jax.random.key(1), x)
+  ct = jax.random.normal(jax.random.key(2), tuple(shape) + (cout,))
+  with layers.for_platform(platform):
+    f = jax.jit(jax.grad(lambda v, x, ct: jnp.sum(op.apply(v, x) * ct), (0, 1))).trace(
+        v, x, ct).lower().compile()
+  return _time(lambda: jax.block_until_ready(f(v, x, ct)), steps)
+
+
+def time_torch_op(kind: str, cin: int, cout: int, shape, steps: int) -> float | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
+  if kind == "ln":
+    op = torch_nafnet.layer_norm_2d(cin)
+  elif kind == "ln_bf":   # Restormer BiasFree_LayerNorm over the channels of NCHW
+    scale = torch.nn.Parameter(torch.ones(cin))
+    op = torch.nn.Module()
+    op.register_parameter("weight", scale)
+    op.forward = lambda t: t / torch.sqrt(t.var(1, keepdim=True, unbiased=False) + 1e-5) * scale[:, None, None]
+  elif kind == "dw":
+    op = torch.nn.Conv2d(cin, cout, 3, padding=1, groups=cin)
+  else:
+    op = torch.nn.Conv2d(cin, cout, 1)
+  b, h, w = shape
+  x = torch.randn(b, cin, h, w, requires_grad=True)
+  ct = torch.randn(b, cout, h, w)
+
+  def step():
+    x.grad = None
+    op.zero_grad(set_to_none=True)
+    (op(x) * ct).sum().backward()
+
+  return _time(step, steps)
+
+
+def per_op_table(batch: int, patch: int, steps: int) -> dict[str, list[dict]]:
+  shape = (batch, patch, patch)
+  out = {}
+  for net, rows in OPS.items():
+    out[net] = []
+    for label, kind, cin, cout in rows:
+      out[net].append({"op": label, "shape": f"[{batch}, {patch}, {patch}, {cin}]",
+                       "jax_before_s": time_jax_op(kind, cin, cout, shape, steps, "generic"),
+                       "jax_after_s": time_jax_op(kind, cin, cout, shape, steps, "cpu"),
+                       "torch_s": time_torch_op(kind, cin, cout, shape, steps)})
+  return out
+
+
 def main(argv):
   del argv
   overrides = {"mesh.num_devices": 1}
@@ -117,6 +211,11 @@ def main(argv):
              "jax_l1": time_jax_step(l1, FLAGS.steps),
              "torch_l1": time_torch_step(l1, FLAGS.steps)}
   rows = [("JAX " + config.method.name, results["jax_method"]), ("JAX L1", results["jax_l1"])]
+  compare = FLAGS.compare_xla_convs and jax.default_backend() == "cpu"
+  if compare:
+    results["jax_l1_xla_convs"] = time_jax_step(l1, FLAGS.steps, platform="generic")
+    rows.append(("JAX L1, XLA convs (before #33)", results["jax_l1_xla_convs"]))
+    results["per_op"] = per_op_table(config.batch_size, results["patch"], max(FLAGS.steps // 2, 5))
   print(f"\ndevice: {results['device']}   config: {FLAGS.config}   batch {config.batch_size} x "
         f"{results['patch']}px   matmul peak: {peak / 1e9:.1f} GFLOP/s")
   print("| step | images/s | GFLOP/step | achieved GFLOP/s | % of matmul peak |")
@@ -128,6 +227,20 @@ def main(argv):
     t = results["torch_l1"]
     print(f"| PyTorch L1 ({t['threads']} threads) | {t['images_per_s']:.2f} | | | |")
     print(f"JAX / PyTorch images/s (L1 step): {results['jax_l1']['images_per_s'] / t['images_per_s']:.2f}x")
+    if compare:
+      print(f"JAX with XLA convs (before #33) / PyTorch images/s (L1 step): "
+            f"{results['jax_l1_xla_convs']['images_per_s'] / t['images_per_s']:.2f}x")
+  if compare:
+    ms = lambda v: "" if v is None else f"{1e3 * v:.1f}"
+    for net, rows_ in results["per_op"].items():
+      print(f"\n{net} ops, fwd+bwd ms (median of {max(FLAGS.steps // 2, 5)}); before = XLA's conv "
+            f"(TPU/GPU form), after = layers' CPU form:")
+      print("| op | input | JAX before | JAX after | PyTorch | after / PyTorch |")
+      print("|---|---|---|---|---|---|")
+      for r in rows_:
+        ratio = f"{r['jax_after_s'] / r['torch_s']:.2f}" if r["torch_s"] else ""
+        print(f"| {r['op']} | {r['shape']} | {ms(r['jax_before_s'])} | {ms(r['jax_after_s'])} | "
+              f"{ms(r['torch_s'])} | {ratio} |")
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)

@@ -10,8 +10,10 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -45,6 +47,142 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
   return init
 
 
+# ---------------------------------------------------------------------------------------------
+# CPU forms of convolutions (issue #33). XLA:CPU runs a grouped (depthwise) `conv_general_dilated`
+# and its gradients 10-100x slower than PyTorch, and a 1x1 conv slower than the same matmul. The
+# choice is made at trace time from the platform the program is traced for: on CPU the 1x1 conv
+# is a matmul and the depthwise conv k shifted multiply-adds (with a hand-written VJP of the
+# same form); on every other platform `conv_general_dilated` is called exactly as flax calls it,
+# so TPU / GPU programs keep their HLO (tests/test_cpu_lowering.py compares the lowered text).
+# `jax.lax.platform_dependent` was tried first: it wraps even a single-platform lowering in
+# `stablehlo.case` ops (and its gradient in more), so it does change the TPU / GPU text.
+
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxmilab_platform",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def for_platform(platform: str | None) -> Iterator[None]:
+  """Within this context, layers trace for `platform` ('cpu', 'tpu', 'cuda', ...).
+
+  For lowering on another platform than the one traced on (`.lower(lowering_platforms=...)`);
+  any name other than 'cpu' (e.g. 'generic') gives the forms TPU and GPU get, which is how
+  benchmarks/train_step times the CPU program "before". None restores the default.
+  Note: jit caches traces by function, not by this context; use a fresh jit per platform.
+  """
+  token = _PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _PLATFORM.reset(token)
+
+
+def trace_platform() -> str:
+  """The platform the program being traced is for: `for_platform`'s, else the platform of the
+  mesh set with `jax.set_mesh` (a TPU topology's in jaxmilab.compile), else jax's default."""
+  platform = _PLATFORM.get()
+  if platform is not None:
+    return platform
+  mesh = jax.sharding.get_abstract_mesh()
+  device = getattr(mesh, "abstract_device", None)
+  if not mesh.empty and device is not None and getattr(device, "platform", None):
+    return str(device.platform)
+  return jax.default_backend()
+
+
+def _shifted_taps(x: jax.Array, kh: int, kw: int, pad) -> list[jax.Array]:
+  """The kh*kw shifted views of zero-padded NHWC x (stride 1), row-major over the taps."""
+  (pt, pb), (pl, pr) = pad
+  h_out = x.shape[1] + pt + pb - kh + 1
+  w_out = x.shape[2] + pl + pr - kw + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return [xp[:, i:i + h_out, j:j + w_out, :] for i in range(kh) for j in range(kw)]
+
+
+def _depthwise_shifted(x: jax.Array, w: jax.Array, pad) -> jax.Array:
+  """sum_taps shift(x) * w[tap]: a stride-1 depthwise conv, w [kh, kw, 1, C]."""
+  kh, kw = w.shape[:2]
+  out = None
+  for t, xs in enumerate(_shifted_taps(x, kh, kw, pad)):
+    term = xs * w[t // kw, t % kw, 0]
+    out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv_cpu(x: jax.Array, w: jax.Array, pad) -> jax.Array:
+  """Stride-1 depthwise conv of NHWC x with w [kh, kw, 1, C] and padding ((t, b), (l, r)), as
+  shifted multiply-adds (= lax.conv_general_dilated with feature_group_count C; cross-correlation
+  like every framework's conv). Its VJP is the same form: dx = the conv of the cotangent with the
+  flipped kernel and the transposed padding, dw[tap] = sum over N, H, W of shift(x) * g."""
+  return _depthwise_shifted(x, w, pad)
+
+
+def _dw_fwd(x, w, pad):
+  return _depthwise_shifted(x, w, pad), (x, w)
+
+
+def _dw_bwd(pad, res, g):
+  x, w = res
+  kh, kw = w.shape[:2]
+  (pt, pb), (pl, pr) = pad
+  # Output pixel o reads input o + tap - pad; so input i receives g at i - tap + pad: a conv of
+  # g with the flipped kernel, padded (kh-1-pt, kh-1-pb) x (kw-1-pl, kw-1-pr).
+  dx = _depthwise_shifted(g, w[::-1, ::-1], ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
+  dx = dx[:, :x.shape[1], :x.shape[2], :]
+  c = x.shape[-1]
+  g32 = g.astype(jnp.float32).reshape(-1, c)
+  dw = jnp.stack([_sum_rows(xs.astype(jnp.float32).reshape(-1, c) * g32)
+                  for xs in _shifted_taps(x, kh, kw, pad)])
+  return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+def _sum_rows(v: jax.Array) -> jax.Array:
+  """v [P, C] summed over P by halving (elementwise adds) down to <= 16 rows, then a reduce.
+
+  XLA:CPU runs `jnp.sum(shift(x) * g, axis=0)` 20-30x slower than this when the shifted view
+  is a slice of a padded array fused into the reduction (measured: 145 ms vs 5.8 ms for
+  [8, 64, 64, 32], 9 taps); a pairwise sum is also at least as accurate."""
+  while v.shape[0] > 16 and v.shape[0] % 2 == 0:
+    half = v.shape[0] // 2
+    v = v[:half] + v[half:]
+  return jnp.sum(v, axis=0)
+
+
+depthwise_conv_cpu.defvjp(_dw_fwd, _dw_bwd)
+
+
+def _nhwc_hwio(dimension_numbers) -> bool:
+  spec = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+  return dimension_numbers == spec or dimension_numbers == ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         **kwargs):
+  """`lax.conv_general_dilated` for flax's `nn.Conv(conv_general_dilated=...)`: on CPU, stride-1
+  undilated 2-D NHWC 1x1 convs become a matmul and depthwise convs shifted multiply-adds
+  (`depthwise_conv_cpu`); everything else, and every conv on other platforms, is the call
+  itself, unchanged."""
+  args = (lhs, rhs, window_strides, padding)
+  kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+            precision=precision, **kwargs)
+  simple = (trace_platform() == "cpu" and lhs.ndim == 4 and not kwargs and precision is None
+            and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
+            and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+            and _nhwc_hwio(dimension_numbers) and lhs.dtype == rhs.dtype)
+  if simple:
+    pad = tuple(tuple(int(p) for p in pair) for pair in padding)
+    kh, kw_, cin_g, cout = rhs.shape
+    c = lhs.shape[-1]
+    if feature_group_count == 1 and (kh, kw_) == (1, 1) and pad == ((0, 0), (0, 0)):
+      return jnp.dot(lhs, rhs[0, 0])                              # [N, H, W, C] @ [C, F]
+    if feature_group_count == c == cout and cin_g == 1:
+      return depthwise_conv_cpu(lhs, rhs, pad)
+  return jax.lax.conv_general_dilated(*args, **kw)
+
+
 def conv2d(x: jax.Array, features: int, kernel_size: int, *, name: str, stride: int = 1,
            groups: int = 1, use_bias: bool = True, padding: int | None = None,
            dtype: Dtype = jnp.float32,
@@ -61,7 +199,8 @@ def conv2d(x: jax.Array, features: int, kernel_size: int, *, name: str, stride: 
       features, (kernel_size, kernel_size), strides=(stride, stride),
       padding=((padding, padding), (padding, padding)), feature_group_count=groups,
       use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-      bias_init=torch_default_bias_init(fan_in), name=name)(x)
+      bias_init=torch_default_bias_init(fan_in), conv_general_dilated=conv_general_dilated,
+      name=name)(x)
 
 
 class ChannelLayerNorm(nn.Module):

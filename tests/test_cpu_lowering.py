@@ -1,0 +1,107 @@
+"""CPU forms of convolutions (jaxmilab/models/layers.py, issue #33): same numbers, same TPU/GPU HLO.
+
+On CPU, `layers.conv2d` lowers 1x1 convs as a matmul and depthwise convs as shifted
+multiply-adds with a hand-written VJP; on TPU and GPU it must call `lax.conv_general_dilated`
+exactly as flax does. The references: XLA's own convolution (the generic form, what every
+platform ran before) for values and gradients, and the lowered StableHLO text of a NAFNet train
+step traced for 'tpu' and 'cuda' without the hook (= flax's default `nn.Conv`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmilab.models import layers
+from jaxmilab.models import nafnet
+
+
+def _xla_conv(x, w, pad, groups):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=groups)
+
+
+@pytest.mark.parametrize("k, pad", [(3, ((1, 1), (1, 1))), (5, ((2, 2), (2, 2))),
+                                    (3, ((0, 2), (1, 0))), (2, ((0, 0), (0, 0)))])
+def test_depthwise_cpu_form_matches_xla_conv_and_gradients(k, pad):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  ref = _xla_conv(x, w, pad, 6)
+  out = layers.depthwise_conv_cpu(x, w, pad)
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  ct = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  g_ref = jax.grad(lambda x, w: jnp.sum(_xla_conv(x, w, pad, 6) * ct), (0, 1))(x, w)
+  g = jax.grad(lambda x, w: jnp.sum(layers.depthwise_conv_cpu(x, w, pad) * ct), (0, 1))(x, w)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+class _Convs(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = layers.conv2d(x, 8, 1, name="pw")               # 1x1 -> matmul on CPU
+    x = layers.conv2d(x, 8, 3, name="dw", groups=8)     # depthwise -> shifted multiply-adds
+    x = layers.conv2d(x, 4, 3, name="full")             # a plain 3x3 stays XLA's conv
+    return layers.conv2d(x, 4, 2, name="down", stride=2, padding=0)
+
+
+def _step_text(model, variables, x, platform):
+  def loss(v):
+    return jnp.mean(jnp.abs(model.apply(v, x) - 0.5))
+  with layers.for_platform(platform):
+    lowered = jax.jit(jax.value_and_grad(loss)).trace(variables).lower(lowering_platforms=(platform,))
+  return lowered.as_text()
+
+
+def test_cpu_forms_equal_xla_conv_values_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  model = _Convs()
+  v = model.init(jax.random.key(1), x)
+  res = {}
+  for platform in ("generic", "cpu"):
+    with layers.for_platform(platform):
+      res[platform] = jax.jit(jax.value_and_grad(lambda v: jnp.sum(jnp.sin(model.apply(v, x)))))(v)
+  np.testing.assert_allclose(res["cpu"][0], res["generic"][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(res["cpu"][1]), jax.tree.leaves(res["generic"][1])):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_cpu_lowering_has_no_grouped_conv_and_differs_from_generic():
+  # Would fail if the CPU forms were never selected (the speed-up silently gone).
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  model = nafnet.create({"preset": "nafnet_tiny"})
+  v = model.init(jax.random.key(1), x)
+  cpu = _step_text(model, v, x, "cpu")
+  with layers.for_platform("generic"):   # XLA's convolutions, lowered for CPU
+    generic = jax.jit(jax.grad(lambda v: jnp.mean(model.apply(v, x)))).trace(v).lower(
+        lowering_platforms=("cpu",)).as_text()
+  assert "feature_group_count = 16" in generic      # XLA's depthwise conv, 2 * width channels
+  assert "feature_group_count = 16" not in cpu and "batch_group_count = 16" not in cpu
+  assert cpu.count("stablehlo.convolution") < generic.count("stablehlo.convolution")
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_tpu_and_gpu_lowerings_are_unchanged(platform, monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  model = nafnet.create({"preset": "nafnet_tiny"})
+  v = model.init(jax.random.key(1), x)
+  text = _step_text(model, v, x, platform)
+  # Today's layers: flax's nn.Conv with no conv_general_dilated hook.
+  monkeypatch.setattr(layers, "conv_general_dilated", None)
+  before = _step_text(model, v, x, platform)
+  assert "stablehlo.convolution" in before
+  assert text == before
+
+
+def test_trace_platform_follows_override_mesh_and_default():
+  assert layers.trace_platform() == jax.default_backend()
+  with layers.for_platform("tpu"):
+    assert layers.trace_platform() == "tpu"
+  mesh = jax.make_mesh((1,), ("data",))
+  with jax.set_mesh(mesh):
+    assert layers.trace_platform() == mesh.devices.flat[0].platform
