@@ -18,7 +18,8 @@ def short_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dcpt"))
   config = config_lib.load("configs/dcpt.py:smoke", {
       "mesh.num_devices": 1, "total_steps": 120, "eval_every_steps": 120, "checkpoint_every_steps": 120,
-      "log_every_steps": 1, "optimizer.learning_rate": 2e-3})
+      "log_every_steps": 1, "optimizer.learning_rate": 2e-3,
+      "data.eval_crops": 10})  # 2 held-out photos x 10 crops x 5 types = 100 eval examples
   trainer.train_and_evaluate(config, workdir)
   return metrics_lib.read_jsonl(workdir)
 
@@ -26,14 +27,17 @@ def short_run(tmp_path_factory):
 def test_loss_falls(short_run):
   losses = np.array([r["loss"] for r in short_run if r["split"] == "train" and "loss" in r])
   assert len(losses) == 120
-  assert losses[-10:].mean() < 0.8 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
+  # Seeds 0-5 on this config end at 0.68-0.82 of the first ten steps' loss (fresh random
+  # degradations each step, so a network that does not learn stays near 1.0 +- 0.05).
+  assert losses[-10:].mean() < 0.9 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
 
 
 def test_classifier_beats_chance_on_held_out_photos(short_run):
   final = [r for r in short_run if r["split"] == "eval"][-1]
-  # 5 degradation types: chance is 0.2; 10 held-out examples (2 photos x 5 types), so 5 or more
-  # right by chance has probability 0.033.
-  assert final["accuracy"] >= 0.5, final
+  # 5 degradation types: chance is 0.2; 100 held-out examples, so 32 or more right by chance
+  # has probability 0.003 (seeds 0-3 give 0.38-0.51; with 10 examples, as before, one seed in
+  # six fell under its 0.5 bar by float rounding alone).
+  assert final["accuracy"] >= 0.32, final
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):
