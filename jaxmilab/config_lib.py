@@ -29,7 +29,7 @@ import ml_collections
 
 # The reading helper lives in a leaf module every layer may import; re-exported here.
 from jaxmilab import optimizers
-from jaxmilab.config_options import ConfigError, Options, options  # pylint: disable=unused-import
+from jaxmilab.config_options import ConfigError, Options, options  # noqa: F401  (re-exported)
 
 COMMON_KEYS = ("seed", "total_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints", "mesh", "model", "method", "data",

@@ -34,7 +34,6 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
-from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxmilab import checkpoint as ckpt_lib

@@ -4,7 +4,6 @@ ship), normalisation, label maps, dataset layouts and splits, the views, the two
 from __future__ import annotations
 
 import os
-import shutil
 
 import ml_collections
 import numpy as np

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxmilab import optimizers

@@ -13,7 +13,7 @@ from PIL import Image
 from jaxmilab import evaluate
 from jaxmilab import restore
 from test_convert import build_torch
-from test_convert import case_data  # pylint: disable=unused-import  (module-scoped fixture)
+from test_convert import case_data  # noqa: F401  (module-scoped fixture)
 from test_convert import torch_restore
 
 
@@ -32,7 +32,7 @@ def _tensor2img(y: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.torch
-def test_restore_cli_reproduces_torch_png(case_data, tmp_path):  # pylint: disable=redefined-outer-name
+def test_restore_cli_reproduces_torch_png(case_data, tmp_path):  # noqa: F811  # pylint: disable=redefined-outer-name
   src = str(tmp_path / "in" / "photo.png")
   _write_png(src, case_data["image"])
   dst = str(tmp_path / "out" / "restored.png")
@@ -48,7 +48,7 @@ def test_restore_cli_reproduces_torch_png(case_data, tmp_path):  # pylint: disab
 
 @pytest.mark.torch
 def test_restore_folder_with_safetensors_and_orbax_weights(tmp_path):
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   from jaxmilab import convert  # pylint: disable=g-import-not-at-top

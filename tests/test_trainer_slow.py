@@ -16,7 +16,6 @@ import portpicker
 import pytest
 
 from jaxmilab import checkpoint as ckpt_lib
-from jaxmilab import config_lib
 from jaxmilab import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow

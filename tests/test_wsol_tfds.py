@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 
-import cv2
 import ml_collections
 import numpy as np
 from PIL import Image
