@@ -40,9 +40,11 @@ LR_RATIO_TO_CAM = 1.7e-4 / _cam.LEARNING_RATE[("resnet50", "cub")][0]
 QUICKSTART_STEPS = 120
 
 # Official Train.sh (CUB): (lr, epochs, lr decay period, loss weights r1..r4).
-RECIPE = {"resnet50": (1.7e-4, 20, 15, (1.0, 1.0, 1.0, 1.0)),
-          "vgg16": (1.7e-5, 20, 15, (1.0, 0.4, 0.4, 0.2)),
-          "inceptionv3": (1.7e-3, 50, 15, (1.0, 0.4, 0.4, 0.2))}
+RECIPE = {
+    "resnet50": (1.7e-4, 20, 15, (1.0, 1.0, 1.0, 1.0)),
+    "vgg16": (1.7e-5, 20, 15, (1.0, 0.4, 0.4, 0.2)),
+    "inceptionv3": (1.7e-3, 50, 15, (1.0, 0.4, 0.4, 0.2)),
+}
 
 
 def get_config(variant: str = "smoke"):
@@ -60,7 +62,7 @@ def get_config(variant: str = "smoke"):
     if variant == "smoke":
       c.method.num_heads = 8
       return c
-    c.method.require_init_from = True      # a converged CAM quickstart run (docstring)
+    c.method.require_init_from = True  # a converged CAM quickstart run (docstring)
     c.total_steps = QUICKSTART_STEPS
     c.eval_every_steps = c.checkpoint_every_steps = QUICKSTART_STEPS
     c.optimizer.learning_rate = c.optimizer.learning_rate * LR_RATIO_TO_CAM

@@ -29,7 +29,11 @@ ARCHS = ("vgg16", "resnet50", "inceptionv3")
 DATASETS = {"cub": "CUB", "ilsvrc": "ILSVRC", "openimages": "OpenImages"}
 # The protocol's 10x learning-rate group (wsolevaluation main.py `_set_optimizer`: ResNet
 # layer4 + fc; VGG and Inception everything outside the feature extractor).
-CLASSIFIER_GROUP = {"resnet50": r"layer4|\['fc'\]", "vgg16": r"conv6|\['fc'\]", "inceptionv3": r"SPG_"}
+CLASSIFIER_GROUP = {
+    "resnet50": r"layer4|\['fc'\]",
+    "vgg16": r"conv6|\['fc'\]",
+    "inceptionv3": r"SPG_",
+}
 # Weight decay: wsolevaluation's settings (ResNet 1e-4, VGG / Inception 5e-4).
 WEIGHT_DECAY = {"resnet50": 1e-4, "vgg16": 5e-4, "inceptionv3": 5e-4}
 # large_feature_map per (arch, dataset): LARGE_FEATURE_MAP, one table shared with the converter
@@ -48,18 +52,38 @@ EPOCHS = {"cub": (50, 15), "ilsvrc": (10, 3), "openimages": (10, 3)}
 # --config.optimizer.learning_rate. "fork" = the BagCAMs / DA-WSOL fork's grouping (only the
 # classifier gets 10x; layer4 trains at 1x), kept wherever its rate is used.
 LEARNING_RATE = {
-    ("vgg16", "cub"): (1.268269e-5, "protocol", "wsolevaluation issue #60 (CUB_vgg16_CAM command, "
-                       "the rate of the spreadsheet referred to by issue #22)"),
-    ("vgg16", "openimages"): (2.27913316e-3, "protocol", "wsolevaluation README example (issue #10 "
-                              "reports it reproduces the OpenImages VGG16 CAM number)"),
+    ("vgg16", "cub"): (
+        1.268269e-5,
+        "protocol",
+        "wsolevaluation issue #60 (CUB_vgg16_CAM command, "
+        "the rate of the spreadsheet referred to by issue #22)",
+    ),
+    ("vgg16", "openimages"): (
+        2.27913316e-3,
+        "protocol",
+        "wsolevaluation README example (issue #10 "
+        "reports it reproduces the OpenImages VGG16 CAM number)",
+    ),
     ("vgg16", "ilsvrc"): (1.268269e-5, "protocol", "ASSUMPTION: the CUB VGG16 rate"),
     ("resnet50", "cub"): (2.248447e-3, "fork", "BagCAMs run_train.sh (--wsol_method cam)"),
     ("resnet50", "ilsvrc"): (2.248447e-3, "fork", "ASSUMPTION: the CUB ResNet50 (BagCAMs) rate"),
-    ("resnet50", "openimages"): (2.248447e-3, "fork", "ASSUMPTION: the CUB ResNet50 (BagCAMs) rate"),
-    ("inceptionv3", "cub"): (2.24844746e-3, "protocol", "ASSUMPTION: wsolevaluation issue #38 "
-                             "(a user's CUB InceptionV3 run, not an official value)"),
+    ("resnet50", "openimages"): (
+        2.248447e-3,
+        "fork",
+        "ASSUMPTION: the CUB ResNet50 (BagCAMs) rate",
+    ),
+    ("inceptionv3", "cub"): (
+        2.24844746e-3,
+        "protocol",
+        "ASSUMPTION: wsolevaluation issue #38 "
+        "(a user's CUB InceptionV3 run, not an official value)",
+    ),
     ("inceptionv3", "ilsvrc"): (2.24844746e-3, "protocol", "ASSUMPTION: as CUB InceptionV3"),
-    ("inceptionv3", "openimages"): (2.27913316e-3, "protocol", "ASSUMPTION: the OpenImages VGG16 rate"),
+    ("inceptionv3", "openimages"): (
+        2.27913316e-3,
+        "protocol",
+        "ASSUMPTION: the OpenImages VGG16 rate",
+    ),
 }
 # The BagCAMs fork's classifier group (its extractor, ResNet50 up to layer4, trains at 1x).
 FORK_CLASSIFIER_GROUP = {"resnet50": r"\['fc'\]"}
@@ -78,15 +102,16 @@ def _lr(arch: str, dataset: str) -> tuple[float, str]:
 
 VARIANTS = ("smoke", "quickstart", "paper") + tuple(f"{a}_{d}" for a in ARCHS for d in DATASETS)
 
+
 def wsol_config(method: str, variant: str):
   """Shared WSOL experiment config for cam / bagcams / bcam (their files adjust the method)."""
   c = config_lib.base_config()
   c.method.name = method
-  c.method.init_from = ""                # ImageNet (or released) weights: convert/torchvision_wsol.py
-  c.method.allow_random_init = False     # `paper` networks refuse to train from random weights
+  c.method.init_from = ""  # ImageNet (or released) weights: convert/torchvision_wsol.py
+  c.method.allow_random_init = False  # `paper` networks refuse to train from random weights
   c.method.cam_curve_interval = 0.01
   c.method.iou_thresholds = (30, 50, 70)
-  c.method.multi_contour = True          # MaxBoxAccV2: all contours
+  c.method.multi_contour = True  # MaxBoxAccV2: all contours
   c.optimizer.name = "sgd"
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = True
@@ -97,7 +122,7 @@ def wsol_config(method: str, variant: str):
     c.model.large_feature_map = True
     c.data.name = "wsol_synthetic"
     c.data.num_classes = 4
-    c.data.layout = "shapes"              # "part" / "context": jaxmilab/benchmarks/wsol_effects.py
+    c.data.layout = "shapes"  # "part" / "context": jaxmilab/benchmarks/wsol_effects.py
     c.data.part_fraction = (0.05, 0.10)
     c.data.context_prob = 0.8
     c.data.worker_count = 0
@@ -118,40 +143,58 @@ def wsol_config(method: str, variant: str):
       c.data.eval_batch_size = 32
       # From scratch (no ImageNet weights on the synthetic set): a larger base lr than the
       # fine-tuning recipes, cosine decay.
-      _common.cadence(c, batch_size=32, total_steps=300, log_every=25, learning_rate=0.02,
-                      schedule="cosine", warmup_steps=20, grad_clip_norm=5.0)
+      _common.cadence(
+          c,
+          batch_size=32,
+          total_steps=300,
+          log_every=25,
+          learning_rate=0.02,
+          schedule="cosine",
+          warmup_steps=20,
+          grad_clip_norm=5.0,
+      )
     return c
 
   if variant == "paper":
     variant = "resnet50_cub"
   arch, _, dataset = variant.partition("_")
   if arch not in ARCHS or dataset not in DATASETS:
-    raise ValueError(f"configs/{method}.py: unknown variant {variant!r}; use smoke, quickstart, paper "
-                     f"or <arch>_<set> with arch in {ARCHS} and set in {tuple(DATASETS)}.")
+    raise ValueError(
+        f"configs/{method}.py: unknown variant {variant!r}; use smoke, quickstart, paper "
+        f"or <arch>_<set> with arch in {ARCHS} and set in {tuple(DATASETS)}."
+    )
   c.model.name = f"{arch}_wsol"
   c.model.preset = "paper"
   c.model.large_feature_map = LARGE_FEATURE_MAP[(arch, dataset)]
   c.data.name = "wsol_folders"
   c.data.dataset = DATASETS[dataset]
-  c.data.data_root = "/path/to/wsolevaluation/dataset"     # <data_root>/<CUB|ILSVRC|OpenImages>/...
-  c.data.metadata_root = "/path/to/wsolevaluation/metadata"  # <metadata_root>/<dataset>/<split>/*.txt
-  c.data.mask_root = ""                                     # default: data_root (OpenImages masks)
+  c.data.data_root = "/path/to/wsolevaluation/dataset"  # <data_root>/<CUB|ILSVRC|OpenImages>/...
+  c.data.metadata_root = (
+      "/path/to/wsolevaluation/metadata"  # <metadata_root>/<dataset>/<split>/*.txt
+  )
+  c.data.mask_root = ""  # default: data_root (OpenImages masks)
   c.data.eval_split = "test"
-  c.data.resize_size = 256                                  # train: resize 256, random crop 224, flip
-  c.data.crop_size = 224                                    # eval: resize 224
+  c.data.resize_size = 256  # train: resize 256, random crop 224, flip
+  c.data.crop_size = 224  # eval: resize 224
   c.data.eval_batch_size = 32
   c.data.worker_count = 8
   epochs, decay_every = EPOCHS[dataset]
   learning_rate, group = _lr(arch, dataset)
   steps_per_epoch = _common.epoch_cadence(
-      c, batch_size=32, examples=TRAIN_SIZE[dataset], epochs=epochs, log_every=50,
-      eval_every_epochs=5 if dataset == "cub" else 1, learning_rate=learning_rate,
-      schedule="multistep")               # lr x 0.1 every `decay_every` epochs
+      c,
+      batch_size=32,
+      examples=TRAIN_SIZE[dataset],
+      epochs=epochs,
+      log_every=50,
+      eval_every_epochs=5 if dataset == "cub" else 1,
+      learning_rate=learning_rate,
+      schedule="multistep",
+  )  # lr x 0.1 every `decay_every` epochs
   c.optimizer.decay_steps = decay_steps(steps_per_epoch, epochs, decay_every)
   c.optimizer.decay_factor = 0.1
   c.optimizer.weight_decay = WEIGHT_DECAY[arch]
   c.optimizer.lr_multipliers = ((group, 10.0),)
-  c.method.cam_curve_interval = 0.001     # wsolevaluation's training-time evaluation
+  c.method.cam_curve_interval = 0.001  # wsolevaluation's training-time evaluation
   return c
 
 

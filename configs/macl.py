@@ -24,8 +24,8 @@ from jaxmilab import config_lib
 from jaxmilab.configs import _common
 
 VARIANTS = ("smoke", "quickstart", "paper", "paper_brats")
-PAPER_EPOCHS = 100          # pretrain.sh --epochs 100
-PAPER_GPUS = 2              # pretrain.sh: CUDA_VISIBLE_DEVICES=0,1, nproc_per_node=2 (DDP)
+PAPER_EPOCHS = 100  # pretrain.sh --epochs 100
+PAPER_GPUS = 2  # pretrain.sh: CUDA_VISIBLE_DEVICES=0,1, nproc_per_node=2 (DDP)
 # ASSUMPTION: slice counts of the pre-training sets (they set the steps of 100 epochs; the
 # released code counts epochs over every slice of every volume). Adjust total_steps to yours.
 CHD_SLICES = 68 * 250
@@ -38,7 +38,7 @@ def phantom_setup(c, variant: str) -> None:
   configs/macl_finetune.py uses the same, so its method.init_from loads a run of this config.
   """
   if variant == "smoke":
-    c.model.width, c.model.depth = 2, 3   # a smaller program: compiles in seconds
+    c.model.width, c.model.depth = 2, 3  # a smaller program: compiles in seconds
     c.data.phantom_slices, c.data.phantom_size, c.data.patch_size = 8, 32, 32
   elif variant == "quickstart":
     # Depth 3 (3 pooling levels) so that the dominant branch's bottleneck is 2 x 2: 64 px
@@ -50,8 +50,10 @@ def phantom_setup(c, variant: str) -> None:
     c.model.width, c.model.depth = 4, 3
     c.data.phantom_slices, c.data.patch_size = 24, 64
   else:
-    raise ValueError(f"configs/macl.py phantom_setup: no phantom set-up for variant {variant!r}; "
-                     f"use smoke or quickstart.")
+    raise ValueError(
+        f"configs/macl.py phantom_setup: no phantom set-up for variant {variant!r}; "
+        f"use smoke or quickstart."
+    )
 
 
 # The PCL baseline as released (dewenzeng/positional_cl run_script.sh, train_contrast.py,
@@ -59,8 +61,12 @@ def phantom_setup(c, variant: str) -> None:
 # spatial only (mirror + elastic / rotate / scale; no intensity jitter), SGD lr 0.1 cosine
 # (its batch is 32, --epochs 300). Applied on top of a MACL variant:
 #   config_lib.load("configs/macl.py:quickstart", macl.PCL_OVERRIDES)
-PCL_OVERRIDES = {"method.variant": "pcl", "method.embed_dim": 512, "data.views": "pcl",
-                 "optimizer.learning_rate": 0.1}
+PCL_OVERRIDES = {
+    "method.variant": "pcl",
+    "method.embed_dim": 512,
+    "data.views": "pcl",
+    "optimizer.learning_rate": 0.1,
+}
 
 
 def get_config(variant: str = "smoke"):
@@ -74,7 +80,7 @@ def get_config(variant: str = "smoke"):
   c.optimizer.nesterov = False
   c.optimizer.weight_decay = 1e-5
   c.optimizer.schedule = "cosine"
-  c.optimizer.min_lr_ratio = 0.0   # LR_Scheduler("cos") without min_lr
+  c.optimizer.min_lr_ratio = 0.0  # LR_Scheduler("cos") without min_lr
 
   if variant == "smoke":
     phantom_setup(c, variant)
@@ -89,7 +95,7 @@ def get_config(variant: str = "smoke"):
     _common.cadence(c, batch_size=16, total_steps=100, log_every=25, learning_rate=0.01)
   elif variant in ("paper", "paper_brats"):
     brats = variant == "paper_brats"
-    c.model.width = 32                        # --initial_filter_size 32
+    c.model.width = 32  # --initial_filter_size 32
     c.data.source = "brats" if brats else "chd"
     c.data.root = "/path/to/BraTS" if brats else "/path/to/ImageCHD"
     c.data.patch_size = 192 if brats else 512  # --patch_size 192 192 / 512 512
@@ -98,9 +104,15 @@ def get_config(variant: str = "smoke"):
     c.data.worker_count = 8
     c.method.threshold = 0.05 if brats else 0.1  # --slice_threshold
     # --batch_size per GPU; the loader drops the last partial batch; --lr 0.01.
-    _common.epoch_cadence(c, batch_size=(32 if brats else 16) * PAPER_GPUS,
-                          examples=BRATS_SLICES if brats else CHD_SLICES, epochs=PAPER_EPOCHS,
-                          log_every=100, eval_every_epochs=10, learning_rate=0.01)
+    _common.epoch_cadence(
+        c,
+        batch_size=(32 if brats else 16) * PAPER_GPUS,
+        examples=BRATS_SLICES if brats else CHD_SLICES,
+        epochs=PAPER_EPOCHS,
+        log_every=100,
+        eval_every_epochs=10,
+        learning_rate=0.01,
+    )
   else:
     raise ValueError(f"configs/macl.py: unknown variant {variant!r}; use one of {VARIANTS}.")
   return c

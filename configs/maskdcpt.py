@@ -37,29 +37,37 @@ def _dcpt_config(variant):
 # epochs-equivalent passes are out of reach at batch 32: 2.5M / 32 = 78k steps per epoch).
 # Change PAPER_GLOBAL_BATCH when the authors publish theirs.
 PAPER_GLOBAL_BATCH = 512
-UIR_TYPES = "uir19_syn"   # synthesizable UIR-2.5M types for on-the-fly data
+UIR_TYPES = "uir19_syn"  # synthesizable UIR-2.5M types for on-the-fly data
 
 
 VARIANTS = ("smoke", "quickstart", "paper", "pod", "multislice")
 
+
 def get_config(variant: str = "smoke"):
-  base = {"smoke": "smoke", "quickstart": "quickstart", "paper": "paper", "pod": "paper",
-          "multislice": "paper"}
+  base = {
+      "smoke": "smoke",
+      "quickstart": "quickstart",
+      "paper": "paper",
+      "pod": "paper",
+      "multislice": "paper",
+  }
   if variant not in base:
-    raise ValueError(f"configs/maskdcpt.py: unknown variant {variant!r}; use smoke, quickstart, "
-                     f"paper, pod or multislice.")
+    raise ValueError(
+        f"configs/maskdcpt.py: unknown variant {variant!r}; use smoke, quickstart, "
+        f"paper, pod or multislice."
+    )
   c = _dcpt_config(base[variant])
   c.method.name = "maskdcpt"
-  del c.method.mode, c.method.classifier_learning_rate   # dcpt's modes; one optimizer here
-  c.method.mask_ratio = 0.5        # MaskDCPT: half of the patches hidden (official mask_ratio)
-  c.method.mask_patch_size = 0     # 0 = the backbone's (NAFNet 16, SwinIR window, Restormer 8)
+  del c.method.mode, c.method.classifier_learning_rate  # dcpt's modes; one optimizer here
+  c.method.mask_ratio = 0.5  # MaskDCPT: half of the patches hidden (official mask_ratio)
+  c.method.mask_patch_size = 0  # 0 = the backbone's (NAFNet 16, SwinIR window, Restormer 8)
   # As released: the whole backbone runs masked, its own output conv reconstructs the visible
   # pixels without the global residual; "dense_decoder" and "spark" are ablations
   # (jaxmilab/methods/maskdcpt.py).
   c.method.reconstruction = "backbone"
-  c.method.recon_width = 0         # "spark" head width; 0 = channels of the finest decoder map
+  c.method.recon_width = 0  # "spark" head width; 0 = channels of the finest decoder map
   if "degradations" in c.data:
-    del c.data.degradations         # dcpt's is a tuple of names; a task-set name is a str
+    del c.data.degradations  # dcpt's is a tuple of names; a task-set name is a str
   c.data.degradations = UIR_TYPES
   if c.model.name == "nafnet":
     # MaskDCPT's NAFNet normalises with eps 1e-5 (MILab-PKU/MaskDCPT basicsr/archs/nafnet_arch.py
@@ -77,7 +85,7 @@ def get_config(variant: str = "smoke"):
     # or at lr 1e-3, 150 steps leave the fine-tuned network below scratch (same table).
     c.data.degradations = "uir_noise_jpeg"
     c.optimizer.learning_rate = 3e-3
-    c.data.patch_size = 64           # 4 x 4 grid of 16 px mask patches
+    c.data.patch_size = 64  # 4 x 4 grid of 16 px mask patches
     c.total_steps = 150
     c.eval_every_steps = 150
     c.checkpoint_every_steps = 50
@@ -85,13 +93,19 @@ def get_config(variant: str = "smoke"):
     # MaskDCPT scores float images: options/all_in_one/test/test_NAFNet_12d.yml (and the 5d
     # ones) `val.metrics.psnr.image_range: 1.0`, crop_border 0, test_y_channel false.
     c.method.float_metrics = True
-    c.data = c.data.__class__(dict(
-        name="array_records",
-        # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --output=...` for the
-        # synthetic part, `--paired_dir` builds for real pairs (a list of folders is accepted).
-        path="/path/to/uir2p5m_build",
-        eval_path="",               # a separate build of held-out images; "" = hold out records
-        patch_size=128, eval_size=256, eval_batch_size=64, worker_count=8))
+    c.data = c.data.__class__(
+        dict(
+            name="array_records",
+            # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --output=...` for the
+            # synthetic part, `--paired_dir` builds for real pairs (a list of folders is accepted).
+            path="/path/to/uir2p5m_build",
+            eval_path="",  # a separate build of held-out images; "" = hold out records
+            patch_size=128,
+            eval_size=256,
+            eval_batch_size=64,
+            worker_count=8,
+        )
+    )
     c.batch_size = PAPER_GLOBAL_BATCH
     c.total_steps = 200_000
     c.log_every_steps = 100
@@ -102,7 +116,7 @@ def get_config(variant: str = "smoke"):
       # 128 px, no accumulation: the v5e-64 compile at 4 per chip peaks at 2.06 GiB of a chip's
       # 16 (README, "Compile for a TPU topology"), so 8 per chip fits with room to spare
       # (`--config.optimizer.accumulate_steps=k --config.batch_size=512/k` trades memory back).
-      c.model.dtype = "bfloat16"     # compute; parameters and optimizer state stay float32
+      c.model.dtype = "bfloat16"  # compute; parameters and optimizer state stay float32
       c.optimizer.accumulate_steps = 1
       c.batch_size = PAPER_GLOBAL_BATCH
       c.total_steps = 200_000
@@ -114,14 +128,14 @@ def get_config(variant: str = "smoke"):
       c.checkpoint_every_steps = 10_000
       c.data.eval_batch_size = 256
       c.mesh.data = -1
-      c.mesh.fsdp = 4                   # chips per v5e host
-      c.mesh.shard_params_over = ("data", "fsdp")   # ZeRO-3 over every chip
+      c.mesh.fsdp = 4  # chips per v5e host
+      c.mesh.shard_params_over = ("data", "fsdp")  # ZeRO-3 over every chip
     if variant == "multislice":
       # 2 x v5e-256 (512 chips) joined by the data-centre network (DCN): the slices are
       # data-parallel replicas (sharding.py: create_hybrid_device_mesh, "data" = the slices), FSDP
       # inside a slice; parameters are never sharded over DCN, so DCN carries one gradient
       # all-reduce per step (python -m jaxmilab.compile --topology=v5e-256 --num_slices=2).
-      c.model.dtype = "bfloat16"     # compute; parameters and optimizer state stay float32
+      c.model.dtype = "bfloat16"  # compute; parameters and optimizer state stay float32
       c.optimizer.accumulate_steps = 1
       # SCALED, not a paper value: 4 crops per chip (the pod's micro-batch per chip) x 512 chips =
       # 4 x PAPER_GLOBAL_BATCH, and the learning rate by the square-root rule for Adam (Malladi et
@@ -129,12 +143,12 @@ def get_config(variant: str = "smoke"):
       # arXiv:2205.10287): 2e-4 x sqrt(2048 / 512) = 4e-4; the same number of examples.
       scale = 4
       c.batch_size = PAPER_GLOBAL_BATCH * scale
-      c.optimizer.learning_rate = c.optimizer.learning_rate * scale ** 0.5
+      c.optimizer.learning_rate = c.optimizer.learning_rate * scale**0.5
       c.total_steps = 200_000 // scale
       c.eval_every_steps = 10_000 // scale
       c.checkpoint_every_steps = 2_000 // scale
-      c.data.eval_batch_size = 512   # one example per chip
-      c.mesh.data = 2                   # the slices (DCN)
-      c.mesh.fsdp = -1                  # the chips of a slice (ICI)
+      c.data.eval_batch_size = 512  # one example per chip
+      c.mesh.data = 2  # the slices (DCN)
+      c.mesh.fsdp = -1  # the chips of a slice (ICI)
       c.mesh.shard_params_over = ("fsdp",)
   return c

@@ -26,21 +26,25 @@ from jaxmilab.configs import _common
 # The paper's data (OPD paper; official train.py trains on a random 90% of the 50,000 ImageNet
 # validation images, --trainsize 0.9).
 PAPER_TRAIN_IMAGES = 45_000
-PAPER_BATCH = 64            # train.py --batchsize 64
-PAPER_EPOCHS = 300          # train.py --epochnum 300
-PAPER_DECAY_EPOCHS = 10     # train.py --stepsize 10 (StepLR)
-PAPER_DECAY_FACTOR = 0.5    # train.py --gamma 0.5
+PAPER_BATCH = 64  # train.py --batchsize 64
+PAPER_EPOCHS = 300  # train.py --epochnum 300
+PAPER_DECAY_EPOCHS = 10  # train.py --stepsize 10 (StepLR)
+PAPER_DECAY_FACTOR = 0.5  # train.py --gamma 0.5
 
 
 def paper_schedule(steps_per_epoch: int, epochs: int, every: int) -> tuple[int, ...]:
   """Step boundaries of the official StepLR: trainRC/AL.py call scheduler.step() at the START
   of every epoch (before any optimizer.step), so epoch e (0-based) runs at
   lr * gamma ** ((e + 1) // every): the first decay comes after every - 1 epochs."""
-  return tuple((every * k - 1) * steps_per_epoch for k in range(1, epochs // every + 1)
-               if every * k - 1 < epochs)
+  return tuple(
+      (every * k - 1) * steps_per_epoch
+      for k in range(1, epochs // every + 1)
+      if every * k - 1 < epochs
+  )
 
 
 VARIANTS = ("smoke", "quickstart", "paper")
+
 
 def get_config(variant: str = "smoke"):
   c = config_lib.base_config()
@@ -57,9 +61,9 @@ def get_config(variant: str = "smoke"):
   c.data.name = "multiframe"
   c.data.noise = "awgn"
   c.data.noise_params = {"sigma": 25.0}  # the OPD paper's headline table: AWGN sigma 25
-  c.data.root = ""                       # a folder of clean images (else the embedded photos)
+  c.data.root = ""  # a folder of clean images (else the embedded photos)
   c.data.crop = "random"
-  c.data.fixed_noise = True              # m fixed noisy frames per scene (the multi-frame setting)
+  c.data.fixed_noise = True  # m fixed noisy frames per scene (the multi-frame setting)
   c.data.eval_sets = {"embedded": "embedded"}  # the held-out embedded photos (chelsea, rocket)
   c.data.worker_count = 0
   # train.py: optim.Adam(lr=0.0072, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=True).
@@ -77,25 +81,36 @@ def get_config(variant: str = "smoke"):
     c.model.width, c.model.depth = 16, 4
     c.data.num_frames = 4
     c.data.patch_size = 48
-    c.data.eval_size = 0                 # whole held-out photos (chelsea, rocket)
+    c.data.eval_size = 0  # whole held-out photos (chelsea, rocket)
     c.data.eval_frames = 1
     c.data.eval_batch_size = 2
     # Plain Adam: on runs this short amsgrad (the paper's) learns more slowly (300 steps of
     # N2C: 24.1 dB with amsgrad vs 25.3 dB with adam on the held-out photos, same lr).
     # checkpoint_every=100: an interruption (Ctrl-C, SIGTERM) loses at most 100 steps.
-    _common.cadence(c, batch_size=8, total_steps=400, log_every=25, checkpoint_every=100,
-                    name="adam", learning_rate=3e-3, schedule="cosine")
+    _common.cadence(
+        c,
+        batch_size=8,
+        total_steps=400,
+        log_every=25,
+        checkpoint_every=100,
+        name="adam",
+        learning_rate=3e-3,
+        schedule="cosine",
+    )
   elif variant == "paper":
-    c.model.width, c.model.depth = 32, 5   # unet_dc.py: 32-64-128-256-512, bottleneck 512
-    c.data.num_frames = 8                  # train.py --multiplicity 8
+    c.model.width, c.model.depth = 32, 5  # unet_dc.py: 32-64-128-256-512, bottleneck 512
+    c.data.num_frames = 8  # train.py --multiplicity 8
     c.data.root = "/path/to/ILSVRC2012_img_val"
-    c.data.crop = "top_left"               # dataset.py: img[:, 0:256, 0:256]
+    c.data.crop = "top_left"  # dataset.py: img[:, 0:256, 0:256]
     c.data.patch_size = 256
-    c.data.fixed_noise = True              # add_noise.py writes m fixed noisy copies of the set
-    c.data.eval_sets = {"bsd300": "/path/to/BSD300/test", "kodak": "/path/to/KODAK",
-                        "set14": "/path/to/SET14"}
-    c.data.eval_size = 0                   # whole test images (padded to one shape, scored uncropped)
-    c.data.eval_frames = 1                 # test.py denoises one noisy image per scene
+    c.data.fixed_noise = True  # add_noise.py writes m fixed noisy copies of the set
+    c.data.eval_sets = {
+        "bsd300": "/path/to/BSD300/test",
+        "kodak": "/path/to/KODAK",
+        "set14": "/path/to/SET14",
+    }
+    c.data.eval_size = 0  # whole test images (padded to one shape, scored uncropped)
+    c.data.eval_frames = 1  # test.py denoises one noisy image per scene
     c.data.eval_batch_size = 8
     c.data.worker_count = 8
     # OPD-AL runs the U-Net on all batch * m = 512 frames of 256px per step: some 0.1-0.3 GB of
@@ -104,10 +119,20 @@ def get_config(variant: str = "smoke"):
     # --config.optimizer.accumulate_steps=8 (BatchNorm then sees 8 scenes per micro-batch).
     # The DataLoader keeps the last batch; train.py --lr 0.0072.
     steps_per_epoch = _common.epoch_cadence(
-        c, batch_size=PAPER_BATCH, examples=PAPER_TRAIN_IMAGES, epochs=PAPER_EPOCHS, log_every=100,
-        eval_every_epochs=10, drop_last=False, learning_rate=0.0072, schedule="multistep")
+        c,
+        batch_size=PAPER_BATCH,
+        examples=PAPER_TRAIN_IMAGES,
+        epochs=PAPER_EPOCHS,
+        log_every=100,
+        eval_every_epochs=10,
+        drop_last=False,
+        learning_rate=0.0072,
+        schedule="multistep",
+    )
     c.optimizer.decay_steps = paper_schedule(steps_per_epoch, PAPER_EPOCHS, PAPER_DECAY_EPOCHS)
     c.optimizer.decay_factor = PAPER_DECAY_FACTOR
   else:
-    raise ValueError(f"configs/opd.py: unknown variant {variant!r}; use smoke, quickstart or paper.")
+    raise ValueError(
+        f"configs/opd.py: unknown variant {variant!r}; use smoke, quickstart or paper."
+    )
   return c

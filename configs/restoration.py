@@ -19,12 +19,13 @@ def _dcpt_config(variant):
 VARIANTS = ("smoke", "quickstart", "paper")
 # configs/restoration.py:quickstart's fine-tuning task (see get_config): fixed levels, eval too.
 QUICKSTART_TYPES = _dcpt.QUICKSTART_TYPES  # the types DCPT pre-trains on
-QUICKSTART_LEVELS = (25, 10)         # noise sigma (0-255), JPEG quality
+QUICKSTART_LEVELS = (25, 10)  # noise sigma (0-255), JPEG quality
+
 
 def get_config(variant: str = "smoke"):
   c = _dcpt_config(variant)
   c.method.name = "restoration"
-  c.method.init_from = ""          # a dcpt / maskdcpt / restoration workdir, or "" for scratch
+  c.method.init_from = ""  # a dcpt / maskdcpt / restoration workdir, or "" for scratch
   # Zero the last conv at the start, so with the global residual a scratch network starts as the
   # identity and its PSNR starts at the input's (jaxmilab/methods/common.py zero_output_conv).
   # With init_from the pre-trained output conv is kept when the pre-training trained it (dcpt,

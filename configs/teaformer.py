@@ -66,30 +66,42 @@ SIZES = ("smoke", "quickstart", "paper")
 # Fixed noise levels (0-255 scale) of the denoising variants (Restormer / DCPT tables: CBSD68 at
 # sigma 15, 25, 50), applied through degraded_photos' `levels` key.
 NOISE_SIGMA = {"denoise15": 15, "denoise25": 25, "denoise50": 50}
-SYNTHETIC_5 = _dcpt.SYNTHETIC_5   # the five synthetic types of the allinone smoke / quickstart
-TASKS_5D = _dcpt.TASKS_5D         # DCPT Table 1 (5D) folders of the allinone paper variant
+SYNTHETIC_5 = _dcpt.SYNTHETIC_5  # the five synthetic types of the allinone smoke / quickstart
+TASKS_5D = _dcpt.TASKS_5D  # DCPT Table 1 (5D) folders of the allinone paper variant
 
 
 def _size(c, size: str) -> None:
   """Model, crops and schedule of one size."""
   if size in ("smoke", "quickstart"):
     small = size == "quickstart"
-    _common.restoration_cpu_size(c, size, preset="teaformer_small" if small else "teaformer_tiny",
-                                 batch_size=4, eval_batch_size=4 if small else 8,
-                                 total_steps=200 if small else 4,
-                                 checkpoint_every=100 if small else 2)
+    _common.restoration_cpu_size(
+        c,
+        size,
+        preset="teaformer_small" if small else "teaformer_tiny",
+        batch_size=4,
+        eval_batch_size=4 if small else 8,
+        total_steps=200 if small else 4,
+        checkpoint_every=100 if small else 2,
+    )
   else:  # paper: Restormer's recipe (see the module docstring).
     c.model.preset = "teaformer"
     c.data.update(patch_size=128, eval_size=256, eval_batch_size=16, worker_count=8)
-    _common.cadence(c, batch_size=64, total_steps=300_000, log_every=100, eval_every=10_000,
-                    checkpoint_every=5_000,
-                    learning_rate=3e-4,            # Restormer options: optim_g lr
-                    b1=0.9, b2=0.999,              # betas [0.9, 0.999]
-                    schedule="cosine",
-                    hold_steps=92_000,             # periods[0] with eta_mins[0] = lr: held
-                    min_lr_ratio=1e-6 / 3e-4,      # eta_mins[1]
-                    weight_decay=1e-4,             # weight_decay 1e-4
-                    grad_clip_norm=0.01)           # use_grad_clip: clip_grad_norm_(..., 0.01)
+    _common.cadence(
+        c,
+        batch_size=64,
+        total_steps=300_000,
+        log_every=100,
+        eval_every=10_000,
+        checkpoint_every=5_000,
+        learning_rate=3e-4,  # Restormer options: optim_g lr
+        b1=0.9,
+        b2=0.999,  # betas [0.9, 0.999]
+        schedule="cosine",
+        hold_steps=92_000,  # periods[0] with eta_mins[0] = lr: held
+        min_lr_ratio=1e-6 / 3e-4,  # eta_mins[1]
+        weight_decay=1e-4,  # weight_decay 1e-4
+        grad_clip_norm=0.01,
+    )  # use_grad_clip: clip_grad_norm_(..., 0.01)
 
 
 def _data(c, task: str, size: str) -> None:
@@ -97,10 +109,10 @@ def _data(c, task: str, size: str) -> None:
   if task.startswith("denoise"):
     c.data.name = "degraded_photos"
     c.data.degradations = ("gaussian_noise",)
-    c.data.levels = (NOISE_SIGMA[task],)      # fixed sigma (0-255 scale), train and eval
+    c.data.levels = (NOISE_SIGMA[task],)  # fixed sigma (0-255 scale), train and eval
     if size == "paper":
-      c.data.root = "/path/to/dfwb"            # clean DIV2K + Flickr2K + WED + BSD400 images
-      c.data.eval_root = "/path/to/cbsd68"     # clean CBSD68
+      c.data.root = "/path/to/dfwb"  # clean DIV2K + Flickr2K + WED + BSD400 images
+      c.data.eval_root = "/path/to/cbsd68"  # clean CBSD68
   elif task == "derain":
     c.data.name = "paired_folders"
     c.data.tasks = ("derain",)
@@ -108,7 +120,7 @@ def _data(c, task: str, size: str) -> None:
   else:
     if size == "paper":
       c.data.name = "paired_folders"
-      c.data.root = "/path/to/5d"              # <root>/<task>/{lq,gt}/
+      c.data.root = "/path/to/5d"  # <root>/<task>/{lq,gt}/
       c.data.tasks = TASKS_5D
     else:
       c.data.name = "degraded_photos"
@@ -117,20 +129,23 @@ def _data(c, task: str, size: str) -> None:
 
 VARIANTS = ("smoke",) + tuple(f"{t}_{s}" for t in TASKS for s in SIZES)
 
+
 def get_config(variant: str = "smoke"):
   """`<task>_<size>` (see the module docstring) or plain `smoke`."""
   if variant == "smoke":
     variant = "allinone_smoke"
   task, _, size = variant.rpartition("_")
   if task not in TASKS or size not in SIZES:
-    raise ValueError(f"configs/teaformer.py: unknown variant {variant!r}; use smoke or "
-                     f"<task>_<size> with task in {TASKS} and size in {SIZES}, e.g. "
-                     f"denoise25_quickstart.")
+    raise ValueError(
+        f"configs/teaformer.py: unknown variant {variant!r}; use smoke or "
+        f"<task>_<size> with task in {TASKS} and size in {SIZES}, e.g. "
+        f"denoise25_quickstart."
+    )
   c = config_lib.base_config()
   c.method.name = "restoration"
-  c.method.init_from = ""           # a dcpt / maskdcpt / restoration run of the same model
+  c.method.init_from = ""  # a dcpt / maskdcpt / restoration run of the same model
   c.model.name = "teaformer"
-  c.model.implementation = "auto"   # Pallas on GPU/TPU, XLA elsewhere
+  c.model.implementation = "auto"  # Pallas on GPU/TPU, XLA elsewhere
   c.data.worker_count = 0
   c.optimizer.name = "adamw"
   _size(c, size)

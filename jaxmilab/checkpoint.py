@@ -41,13 +41,15 @@ def _check_gcs_client(path: epath.Path) -> None:
     # listing steps) imports google.cloud.storage for every gs:// checkpoint folder.
     raise ImportError(
         f"Checkpoints in {path} need the google-cloud-storage package (orbax uses it to list "
-        f"steps on gs://): pip install google-cloud-storage") from e
+        f"steps on gs://): pip install google-cloud-storage"
+    ) from e
 
 
 def create_manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
   _check_gcs_client(checkpoint_dir(workdir))
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True,
-                                         cleanup_tmp_directories=True)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True
+  )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -58,8 +60,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iter: Any | None) -> Any:
+def restore(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None
+) -> Any:
   """The state at `step`, sharded as `abstract_state` says; `data_iter` is rewound in place."""
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
@@ -78,17 +81,24 @@ def find_state_dir(path: str | os.PathLike) -> epath.Path:
     if (candidate / "state").is_dir():
       return candidate / "state"
     if candidate.is_dir():
-      steps = [int(d.name) for d in candidate.iterdir() if d.name.isdigit()
-               and (d / "state").is_dir()]
+      steps = [
+          int(d.name) for d in candidate.iterdir() if d.name.isdigit() and (d / "state").is_dir()
+      ]
       if steps:
         return candidate / str(max(steps)) / "state"
   raise FileNotFoundError(
       f"init_from={str(path)!r}: no orbax checkpoint found. Pass a workdir of a finished run, its "
-      f"checkpoints/ folder, or a step folder checkpoints/<step>/ containing state/.")
+      f"checkpoints/ folder, or a step folder checkpoints/<step>/ containing state/."
+  )
 
 
-def load_variables(path: str | os.PathLike, *, ema: bool = True, mesh: jax.sharding.Mesh | None = None,
-                   mesh_config: Any = None) -> dict[str, Any]:
+def load_variables(
+    path: str | os.PathLike,
+    *,
+    ema: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    mesh_config: Any = None,
+) -> dict[str, Any]:
   """Parameters and model state from a run (`init_from`), or an official .pth / .safetensors file.
 
   Returns {"params", "model_state", "source"}; the optimizer state is never read. With
@@ -99,10 +109,12 @@ def load_variables(path: str | os.PathLike, *, ema: bool = True, mesh: jax.shard
   """
   if _is_local_file(str(path)):  # An official .pth / .safetensors file (weights-only reader).
     from jaxmilab import convert  # pylint: disable=g-import-not-at-top
+
     loaded = dict(convert.load_as_variables(os.path.abspath(os.path.expanduser(str(path)))))
     loaded.setdefault("source", "file")
     return loaded
   from jaxmilab import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+
   state_dir = find_state_dir(path)
   with ocp.PyTreeCheckpointer() as checkpointer:
     # The item handler's metadata (the tree), not `checkpointer.metadata`: that also reads the
@@ -118,19 +130,33 @@ def load_variables(path: str | os.PathLike, *, ema: bool = True, mesh: jax.shard
     on_host = mesh is None
     if on_host:
       mesh = jax.sharding.Mesh([jax.local_devices()[0]], ("data",))
-      shardings = jax.tree.map(lambda m: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-                               wanted, is_leaf=is_array)
+      shardings = jax.tree.map(
+          lambda m: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+          wanted,
+          is_leaf=is_array,
+      )
     else:
       shardings = sharding_lib.state_shardings(
           jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted, is_leaf=is_array),
-          mesh, mesh_config if mesh_config is not None else {})
-    abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                            wanted, shardings, is_leaf=is_array)
+          mesh,
+          mesh_config if mesh_config is not None else {},
+      )
+    abstract = jax.tree.map(
+        lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+        wanted,
+        shardings,
+        is_leaf=is_array,
+    )
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=restore_args, partial_restore=True))
+    state = checkpointer.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+    )
   if on_host:
     state = jax.device_get(state)
   params = state["params_ema"] if use_ema else state["params"]
-  return {"params": params, "model_state": state.get("model_state") or {},
-          "source": f"{state_dir}:{'params_ema' if use_ema else 'params'}"}
+  return {
+      "params": params,
+      "model_state": state.get("model_state") or {},
+      "source": f"{state_dir}:{'params_ema' if use_ema else 'params'}",
+  }

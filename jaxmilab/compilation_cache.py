@@ -24,8 +24,10 @@ from absl import logging
 
 ENV = "JAXMILAB_COMPILATION_CACHE"
 DIRNAME = "jax_compilation_cache"
-_EVENTS = {"/jax/compilation_cache/cache_hits": "hits",
-           "/jax/compilation_cache/cache_misses": "misses"}
+_EVENTS = {
+    "/jax/compilation_cache/cache_hits": "hits",
+    "/jax/compilation_cache/cache_misses": "misses",
+}
 _COUNTS: collections.Counter[str] = collections.Counter()
 _LISTENING = False
 
@@ -38,7 +40,7 @@ def default_dir(workdir: str | os.PathLike | None) -> str | None:
   if not w.startswith("gs://"):
     return None
   parent = w.rsplit("/", 1)[0]
-  if parent == "gs:/":   # gs://bucket itself: the cache goes inside the bucket
+  if parent == "gs:/":  # gs://bucket itself: the cache goes inside the bucket
     parent = w
   return f"{parent}/{DIRNAME}"
 
@@ -52,6 +54,7 @@ def _count(event: str, **kwargs) -> None:
 def setup(workdir: str | os.PathLike | None) -> str | None:
   """Points JAX's persistent cache at the directory chosen as in the module docstring."""
   import jax  # pylint: disable=g-import-not-at-top
+
   global _LISTENING
   choice = os.environ.get(ENV, "").strip()
   if choice.lower() in ("off", "none", "0", "false"):

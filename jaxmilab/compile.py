@@ -59,57 +59,104 @@ TOPOLOGIES = {
 RESTORATION_DATA = ("array_records", "uir2p5m", "paired_folders", "degraded_photos")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "configs/<exp>.py:<variant>; override keys with "
-                    "--config.<key>=<value>.", allow_override=True)  # also in benchmarks.train_step
+flags.DEFINE_string(
+    "config",
+    None,
+    "configs/<exp>.py:<variant>; override keys with " "--config.<key>=<value>.",
+    allow_override=True,
+)  # also in benchmarks.train_step
 flags.DEFINE_string("topology", "cpu:8", f"{', '.join(TOPOLOGIES)} or cpu:N (N fake CPU devices).")
-flags.DEFINE_integer("num_slices", 1, "Multislice: this many copies of --topology joined by DCN "
-                     "(TPU topologies only).")
+flags.DEFINE_integer(
+    "num_slices",
+    1,
+    "Multislice: this many copies of --topology joined by DCN " "(TPU topologies only).",
+)
 flags.DEFINE_string("hlo_out", "", "Also write the compiled program's HLO text to this file.")
-flags.DEFINE_bool("fast", False, "Skip XLA's backend optimisations (CPU only; same sharding and "
-                  "buffer assignment, less accurate FLOPs).")
+flags.DEFINE_bool(
+    "fast",
+    False,
+    "Skip XLA's backend optimisations (CPU only; same sharding and "
+    "buffer assignment, less accurate FLOPs).",
+)
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
   """The devices of `topology` x `num_slices` (TPU: descriptions without hardware; cpu:N: host devices)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if num_slices < 1:
     raise ValueError(f"--num_slices={num_slices}: use 1 or more.")
   if topology.startswith("cpu:"):
     if num_slices != 1:
-      raise ValueError(f"--topology={topology} --num_slices={num_slices}: host CPU devices have no "
-                       f"slices; Multislice compiles need a TPU topology (e.g. --topology=v5e-4).")
+      raise ValueError(
+          f"--topology={topology} --num_slices={num_slices}: host CPU devices have no "
+          f"slices; Multislice compiles need a TPU topology (e.g. --topology=v5e-4)."
+      )
     n = int(topology.split(":", 1)[1])
     devices = jax.devices("cpu")
     if len(devices) < n:
-      raise ValueError(f"--topology={topology}: only {len(devices)} CPU devices; set "
-                       f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts "
-                       f"(python -m jaxmilab.compile does).")
+      raise ValueError(
+          f"--topology={topology}: only {len(devices)} CPU devices; set "
+          f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts "
+          f"(python -m jaxmilab.compile does)."
+      )
     return devices[:n]
   if topology not in TOPOLOGIES:
     raise ValueError(f"--topology={topology!r}: use one of {sorted(TOPOLOGIES)} or cpu:N.")
   try:
     import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    raise ImportError(f"--topology={topology} compiles with libtpu: pip install -e '.[tpu]' "
-                      f"(installs on x86 CPU machines).") from e
+    raise ImportError(
+        f"--topology={topology} compiles with libtpu: pip install -e '.[tpu]' "
+        f"(installs on x86 CPU machines)."
+    ) from e
   # Compiling for a topology opens no TPU; another process holding libtpu's lock is harmless.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  return list(topologies.get_topology_desc(platform="tpu", num_slices=num_slices,
-                                           **TOPOLOGIES[topology]).devices)
+
+  return list(
+      topologies.get_topology_desc(
+          platform="tpu", num_slices=num_slices, **TOPOLOGIES[topology]
+      ).devices
+  )
 
 
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
-                "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8,
-                "c64": 8, "c128": 16, "token": 0}
-_COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-                   "collective-permute", "all-reduce-start", "all-gather-start",
-                   "collective-permute-start")
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+    "c64": 8,
+    "c128": 16,
+    "token": 0,
+}
+_COLLECTIVE_OPS = (
+    "all-reduce",
+    "all-gather",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "all-reduce-start",
+    "all-gather-start",
+    "collective-permute-start",
+)
 
 
 def _shape_bytes(shape: str) -> int:
   """Bytes of one HLO array type such as "bf16[256,512]{1,0:T(8,128)}" (0 for token[])."""
   import re  # pylint: disable=g-import-not-at-top
+
   m = re.match(r"\s*([a-z0-9]+)\[([0-9,]*)\]", shape)
   if not m:
     return 0
@@ -126,7 +173,7 @@ def _split_type(rest: str) -> tuple[str, str]:
     for i, ch in enumerate(rest):
       depth += {"(": 1, ")": -1}.get(ch, 0)
       if depth == 0:
-        return rest[:i + 1], rest[i + 1:].lstrip()
+        return rest[: i + 1], rest[i + 1 :].lstrip()
   head, _, tail = rest.partition(" ")
   return head, tail
 
@@ -152,6 +199,7 @@ def _replica_groups(attrs: str) -> list[list[int]] | None:
   """replica_groups={{0,1},{2,3}} or the iota form [G,S]<=[dims]T(perm); None if absent."""
   import re  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   m = re.search(r"replica_groups=\[([0-9,]+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?", attrs)
   if m:
     shape = [int(x) for x in m.group(1).split(",")]
@@ -175,6 +223,7 @@ def dcn_traffic(hlo_text: str, device_slices: list[int]) -> dict[str, Any]:
   """
   import collections  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
+
   comps: dict[str, list[tuple[str, str, str]]] = {}
   entry, current = None, None
   for line in hlo_text.splitlines():
@@ -194,24 +243,32 @@ def dcn_traffic(hlo_text: str, device_slices: list[int]) -> dict[str, Any]:
   mult: dict[str, float] = collections.defaultdict(float)
   unknown_loops = 0
   order, seen = [], set()
+
   def visit(name):
     if name in seen or name not in comps:
       return
     seen.add(name)
     for _, _, rest in comps[name]:
-      for callee in re.findall(r"(?:body|condition|calls|to_apply|true_computation|"
-                               r"false_computation)=%?([\w.\-]+)", rest):
+      for callee in re.findall(
+          r"(?:body|condition|calls|to_apply|true_computation|" r"false_computation)=%?([\w.\-]+)",
+          rest,
+      ):
         visit(callee)
       for group in re.findall(r"branch_computations=\{([^}]*)\}", rest):
         for callee in re.findall(r"%?([\w.\-]+)", group):
           visit(callee)
     order.append(name)
+
   if entry is None:
-    return {"dcn_bytes_per_chip_per_step": 0.0, "dcn_transfers": {}, "dcn_ops": 0,
-            "loops_without_trip_count": 0}
+    return {
+        "dcn_bytes_per_chip_per_step": 0.0,
+        "dcn_transfers": {},
+        "dcn_ops": 0,
+        "loops_without_trip_count": 0,
+    }
   visit(entry)
   mult[entry] = 1.0
-  for name in reversed(order):   # callers before callees
+  for name in reversed(order):  # callers before callees
     for op, _, rest in comps[name]:
       factor = 1.0
       if op == "while":
@@ -220,8 +277,9 @@ def dcn_traffic(hlo_text: str, device_slices: list[int]) -> dict[str, Any]:
           factor = float(trip.group(1))
         else:
           unknown_loops += 1
-      for callee in re.findall(r"(?:body|calls|true_computation|false_computation)=%?([\w.\-]+)",
-                               rest):
+      for callee in re.findall(
+          r"(?:body|calls|true_computation|false_computation)=%?([\w.\-]+)", rest
+      ):
         mult[callee] += mult[name] * factor
       for group in re.findall(r"branch_computations=\{([^}]*)\}", rest):
         for callee in re.findall(r"%?([\w.\-]+)", group):
@@ -238,18 +296,23 @@ def dcn_traffic(hlo_text: str, device_slices: list[int]) -> dict[str, Any]:
         groups = _replica_groups(rest)
         if not groups:
           continue
-        spans = any(len({device_slices[i] for i in g if i < len(device_slices)}) > 1
-                    for g in groups)
+        spans = any(
+            len({device_slices[i] for i in g if i < len(device_slices)}) > 1 for g in groups
+        )
         if spans:
           elements = _tuple_elements(type_str)
           if op.endswith("-start") and len(elements) > 1:
             elements = elements[1:2] if op != "all-reduce-start" else elements
-          transfers[op.replace("-start", "").upper().replace("-", "_")] += sum(
-              _shape_bytes(e) for e in elements) * mult[name]
+          transfers[op.replace("-start", "").upper().replace("-", "_")] += (
+              sum(_shape_bytes(e) for e in elements) * mult[name]
+          )
           ops += 1
-  return {"dcn_bytes_per_chip_per_step": float(sum(transfers.values())),
-          "dcn_transfers": dict(transfers), "dcn_ops": ops,
-          "loops_without_trip_count": unknown_loops}
+  return {
+      "dcn_bytes_per_chip_per_step": float(sum(transfers.values())),
+      "dcn_transfers": dict(transfers),
+      "dcn_ops": ops,
+      "loops_without_trip_count": unknown_loops,
+  }
 
 
 class _ShapeOnlyIterator:
@@ -276,35 +339,47 @@ def stand_in_data(config, error: Exception):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+
   if config.data.name not in RESTORATION_DATA:
-    raise ValueError(f"config.data ({config.data.name}) could not be built here ({error}); "
-                     f"jaxmilab.compile has a shape-only stand-in for {RESTORATION_DATA} only. "
-                     f"Point the config's data keys at a local copy of (a part of) the data.") from error
+    raise ValueError(
+        f"config.data ({config.data.name}) could not be built here ({error}); "
+        f"jaxmilab.compile has a shape-only stand-in for {RESTORATION_DATA} only. "
+        f"Point the config's data keys at a local copy of (a part of) the data."
+    ) from error
   types = config.data.get("types", None) or uir_degradations.UIR_TYPE_NAMES
   types = (types,) if isinstance(types, str) else tuple(types)
   if len(types) == 1 and types[0] not in uir_degradations.UIR_TYPE_NAMES:
     types = uir_degradations.UIR_TYPE_NAMES  # A task-set name: count every UIR type.
   p, b = int(config.data.patch_size), int(config.batch_size)
-  batch = {"lq": np.zeros((b, p, p, 3), np.float32), "gt": np.zeros((b, p, p, 3), np.float32),
-           "label": np.zeros((b,), np.int32)}
+  batch = {
+      "lq": np.zeros((b, p, p, 3), np.float32),
+      "gt": np.zeros((b, p, p, 3), np.float32),
+      "label": np.zeros((b,), np.int32),
+  }
   info = data_base.DataInfo(num_classes=len(types), class_names=types, image_channels=3)
   return data_base.Datasets(train=_ShapeOnlyIterator(batch), eval_batches=lambda: [], info=info)
 
 
-def compile_config(config, topology: str, fast: bool = False,
-                   num_slices: int = 1, hlo_out: str = "") -> dict[str, Any]:
+def compile_config(
+    config, topology: str, fast: bool = False, num_slices: int = 1, hlo_out: str = ""
+) -> dict[str, Any]:
   """Compiles `config`'s train step for `topology` x `num_slices`; returns the JSON line's figures."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxmilab import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top
   from jaxmilab import registry  # pylint: disable=g-import-not-at-top
   from jaxmilab import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+
   devices = topology_devices(topology, num_slices)
   data_note = config.data.name
   try:
     data = registry.get_data(config.data.name)(
-        config.data, batch_size=config.batch_size, seed=config.seed, process_index=0,
-        process_count=1)
+        config.data,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=0,
+        process_count=1,
+    )
   except (data_base.DataError, FileNotFoundError, OSError, ValueError) as e:
     data = stand_in_data(config, e)
     data_note = f"shape-only stand-in for {config.data.name} ({type(e).__name__})"
@@ -320,30 +395,41 @@ def compile_config(config, topology: str, fast: bool = False,
       f.write(text)
   traffic = dcn_traffic(text, slices) if num_slices > 1 else {}
   if traffic:
-    traffic["dcn_bytes_per_slice_per_step"] = (traffic["dcn_bytes_per_chip_per_step"]
-                                               * len(devices) // num_slices)
-  return {"topology": topology, "num_slices": num_slices, "device_kind": devices[0].device_kind,
-          "devices": len(devices), "mesh": dict(t.mesh.shape),
-          "dcn_axes": sharding_lib.dcn_axes(t.mesh),
-          "params_sharded_over_dcn": sharding_lib.params_sharded_over_dcn(t.state_shardings, t.mesh),
-          "global_batch": int(config.batch_size), "parameters": n_params, "data": data_note,
-          "compile_seconds": round(seconds, 1), **stats, **traffic}
+    traffic["dcn_bytes_per_slice_per_step"] = (
+        traffic["dcn_bytes_per_chip_per_step"] * len(devices) // num_slices
+    )
+  return {
+      "topology": topology,
+      "num_slices": num_slices,
+      "device_kind": devices[0].device_kind,
+      "devices": len(devices),
+      "mesh": dict(t.mesh.shape),
+      "dcn_axes": sharding_lib.dcn_axes(t.mesh),
+      "params_sharded_over_dcn": sharding_lib.params_sharded_over_dcn(t.state_shardings, t.mesh),
+      "global_batch": int(config.batch_size),
+      "parameters": n_params,
+      "data": data_note,
+      "compile_seconds": round(seconds, 1),
+      **stats,
+      **traffic,
+  }
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  console.setup()   # libraries' INFO logs only with --verbosity=1
+  console.setup()  # libraries' INFO logs only with --verbosity=1
   if FLAGS.topology.startswith("cpu:"):
     n = int(FLAGS.topology.split(":", 1)[1])
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={n}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+    ).strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Never grab a local accelerator.
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.load(FLAGS.config, _OVERRIDES, string_values=True)
   t0 = time.time()
-  result = compile_config(config, FLAGS.topology, FLAGS.fast, FLAGS.num_slices,
-                          FLAGS.hlo_out)
+  result = compile_config(config, FLAGS.topology, FLAGS.fast, FLAGS.num_slices, FLAGS.hlo_out)
   result["wall_seconds"] = round(time.time() - t0, 1)
   print(json.dumps(result), flush=True)
 
@@ -356,7 +442,7 @@ def _parse_flags(argv):
   rest = []
   for arg in argv:
     if arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
+      key, eq, value = arg[len("--config.") :].partition("=")
       if not eq:
         raise app.UsageError(f"--config.{key} needs a value: --config.{key}=VALUE.")
       _OVERRIDES[key] = value
@@ -368,7 +454,7 @@ def _parse_flags(argv):
 def run():
   """Console-script entry point (jaxmilab-compile)."""
   flags.mark_flags_as_required(["config"])
-  console.run_app(main, flags_parser=_parse_flags)   # one-line errors (exit 2), --help 0
+  console.run_app(main, flags_parser=_parse_flags)  # one-line errors (exit 2), --help 0
 
 
 if __name__ == "__main__":

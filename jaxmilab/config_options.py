@@ -44,9 +44,11 @@ class Options(Mapping[str, Any]):
     object.__setattr__(self, "_where", where)
 
   def _undeclared(self, key: str) -> str:
-    return (f"{self._where} has no key {key!r}: it is not declared in the component's "
-            f"CONFIG_DEFAULTS (declared: {', '.join(sorted(self._values))})"
-            + _did_you_mean(key, self._values))
+    return (
+        f"{self._where} has no key {key!r}: it is not declared in the component's "
+        f"CONFIG_DEFAULTS (declared: {', '.join(sorted(self._values))})"
+        + _did_you_mean(key, self._values)
+    )
 
   def __getitem__(self, key: str) -> Any:
     try:
@@ -91,9 +93,14 @@ def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
   return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
-def options(part_config: Mapping[str, Any] | None, defaults: Mapping[str, Any], *,
-            component: str | None = None, part: str = "method",
-            required: Iterable[str] = ()) -> Options:
+def options(
+    part_config: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any],
+    *,
+    component: str | None = None,
+    part: str = "method",
+    required: Iterable[str] = (),
+) -> Options:
   """The declared keys of one component, read from its part of the config.
 
   Args:
@@ -125,12 +132,16 @@ def options(part_config: Mapping[str, Any] | None, defaults: Mapping[str, Any], 
   unknown = sorted(k for k in given if k not in allowed)
   if unknown:
     hints = "".join(_did_you_mean(k, allowed) for k in unknown)
-    raise ConfigError(f"config.{part}: unknown key(s) {unknown} for {component!r}; allowed keys: "
-                      f"{', '.join(allowed)}{hints}")
+    raise ConfigError(
+        f"config.{part}: unknown key(s) {unknown} for {component!r}; allowed keys: "
+        f"{', '.join(allowed)}{hints}"
+    )
   missing = [k for k in required if k not in given]
   if missing:
-    raise ConfigError(f"config.{part}.{missing[0]} is required by {component!r} (missing: "
-                      f"{', '.join(f'config.{part}.{k}' for k in missing)}); it has no default.")
+    raise ConfigError(
+        f"config.{part}.{missing[0]} is required by {component!r} (missing: "
+        f"{', '.join(f'config.{part}.{k}' for k in missing)}); it has no default."
+    )
   values = {k: given.get(k, v) for k, v in defaults.items()}
   values.update({k: given[k] for k in required})
   if "name" in given:

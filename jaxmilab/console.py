@@ -24,8 +24,22 @@ from absl import logging
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Python loggers of libraries that log INFO through the standard logging module.
-LIBRARY_LOGGERS = ("jax", "jax._src", "orbax", "grain", "tensorflow", "tensorflow_datasets",
-                   "etils", "absl.testing", "clu", "flax", "optax", "urllib3", "PIL", "matplotlib")
+LIBRARY_LOGGERS = (
+    "jax",
+    "jax._src",
+    "orbax",
+    "grain",
+    "tensorflow",
+    "tensorflow_datasets",
+    "etils",
+    "absl.testing",
+    "clu",
+    "flax",
+    "optax",
+    "urllib3",
+    "PIL",
+    "matplotlib",
+)
 
 
 # Library files whose INFO lines are jaxmilab's own output: clu's LoggingWriter prints the metrics
@@ -82,8 +96,9 @@ def setup(level: int | None = None) -> bool:
   return True
 
 
-def parse_flags(define: Callable[[flags.FlagValues], None], argv: Sequence[str],
-                prog: str) -> flags.FlagValues:
+def parse_flags(
+    define: Callable[[flags.FlagValues], None], argv: Sequence[str], prog: str
+) -> flags.FlagValues:
   """Parses `argv` (flags only, no program name) on a fresh FlagValues that `define` fills.
 
   The in-process form of a CLI (`restore.main([...])` in tests and notebooks): independent of
@@ -99,12 +114,18 @@ def parse_flags(define: Callable[[flags.FlagValues], None], argv: Sequence[str],
   return fv
 
 
-def report_results(workdir: str, heading: str, table: str, start: float | None = None,
-                   cpu_start: os.times_result | None = None) -> None:
+def report_results(
+    workdir: str,
+    heading: str,
+    table: str,
+    start: float | None = None,
+    cpu_start: os.times_result | None = None,
+) -> None:
   """How every quickstart ends: prints `heading`, the Markdown `table` and the wall time since
   `start` (and CPU time since `cpu_start`, when given), and writes the table to
   `<workdir>/results.md`."""
   import time  # pylint: disable=g-import-not-at-top
+
   tail = ""
   if start is not None:
     tail = f"\n\nTotal wall time: {time.time() - start:.0f} s"
@@ -118,15 +139,20 @@ def report_results(workdir: str, heading: str, table: str, start: float | None =
     f.write(table + "\n")
 
 
-
 # ------------------------------------------------------------------------------ one-line errors
 
 # What a user can fix (bad flags, config, data, paths, workdir, a diverged run): one line, exit 2.
 # ConfigError, DataError, WorkdirError and the CLIs' own checks are ValueErrors;
 # NonFiniteLossError is a FloatingPointError.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                 IsADirectoryError, PermissionError,
-                                                 FileExistsError, FloatingPointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+    FloatingPointError,
+)
 EXIT_USER_ERROR = 2
 
 
@@ -135,7 +161,7 @@ class RunInterrupted(RuntimeError):
   one-line message (trainer.Interrupted is one)."""
 
 
-EXIT_INTERRUPTED = 130    # 128 + SIGINT, what shells expect of a Ctrl-C'd program
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a Ctrl-C'd program
 MAX_ERROR_CHARS = 600
 _HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "--helpxml", "-h")
 
@@ -144,13 +170,28 @@ def one_line(error: BaseException | str, limit: int = MAX_ERROR_CHARS) -> str:
   """`error`'s message on one line (line breaks joined with "; "), cut at `limit` characters
   with a pointer to --verbosity=1, which shows it whole."""
   text = str(error) if not isinstance(error, BaseException) or str(error) else type(error).__name__
-  if isinstance(error, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
-                        FileExistsError)) and getattr(error, "filename", None) and error.strerror:
+  if (
+      isinstance(
+          error,
+          (
+              FileNotFoundError,
+              PermissionError,
+              NotADirectoryError,
+              IsADirectoryError,
+              FileExistsError,
+          ),
+      )
+      and getattr(error, "filename", None)
+      and error.strerror
+  ):
     text = f"{error.strerror}: {error.filename}"
   parts = [p.strip() for p in text.splitlines() if p.strip()]
   text = "; ".join(parts)
   if len(text) > limit:
-    text = text[:limit].rstrip() + f"... ({len(text) - limit} more characters; --verbosity=1 shows all)"
+    text = (
+        text[:limit].rstrip()
+        + f"... ({len(text) - limit} more characters; --verbosity=1 shows all)"
+    )
   return text
 
 
@@ -167,12 +208,17 @@ def _asks_help(argv: Sequence[str]) -> bool:
   return any(a.split("=", 1)[0] in _HELP_FLAGS for a in argv[1:])
 
 
-def run_app(main: Callable[[list[str]], Any], *, flags_parser: Callable[[list[str]], Any] | None = None,
-            user_errors: tuple[type[BaseException], ...] = USER_ERRORS) -> None:
+def run_app(
+    main: Callable[[list[str]], Any],
+    *,
+    flags_parser: Callable[[list[str]], Any] | None = None,
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS,
+) -> None:
   """`absl.app.run(main)` for a jaxmilab CLI: flag mistakes, `app.UsageError`s and `user_errors`
   raised by `main` are one line on stderr with exit code 2 (the traceback with --verbosity=1);
   --help exits 0; Ctrl-C outside a training loop is one line with exit code 130."""
   from absl import app  # pylint: disable=g-import-not-at-top
+
   parse = flags_parser or (lambda argv: flags.FLAGS(argv))
 
   def parser(argv):
@@ -186,7 +232,7 @@ def run_app(main: Callable[[list[str]], Any], *, flags_parser: Callable[[list[st
       print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
       sys.exit(EXIT_USER_ERROR)
     except SystemExit as e:
-      if e.code == 1 and _asks_help(argv):   # absl's --help exits 1
+      if e.code == 1 and _asks_help(argv):  # absl's --help exits 1
         sys.exit(0)
       raise
 
@@ -206,8 +252,9 @@ def run_app(main: Callable[[list[str]], Any], *, flags_parser: Callable[[list[st
     except KeyboardInterrupt:
       if verbosity() >= 1:
         raise
-      print("interrupted (Ctrl-C); checkpoints already written are kept.", file=sys.stderr,
-            flush=True)
+      print(
+          "interrupted (Ctrl-C); checkpoints already written are kept.", file=sys.stderr, flush=True
+      )
       sys.exit(EXIT_INTERRUPTED)
     except user_errors as e:  # pylint: disable=catching-non-exception
       user_error(e)
@@ -219,8 +266,19 @@ def run_app(main: Callable[[list[str]], Any], *, flags_parser: Callable[[list[st
 
 # The eval metrics a console line shows (the first four present, in this order); every metric is
 # in metrics.jsonl and TensorBoard.
-HEADLINE_METRICS = ("psnr", "ssim", "accuracy", "mIoU", "dice", "hd95", "top1_loc",
-                    "gt_known_loc", "MaxBoxAccV2", "PxAP", "loss")
+HEADLINE_METRICS = (
+    "psnr",
+    "ssim",
+    "accuracy",
+    "mIoU",
+    "dice",
+    "hd95",
+    "top1_loc",
+    "gt_known_loc",
+    "MaxBoxAccV2",
+    "PxAP",
+    "loss",
+)
 
 
 def headline(scalars: Mapping[str, Any], limit: int = 4) -> dict[str, float]:
@@ -274,8 +332,16 @@ class ProgressWriter:
   (`enabled`); the trainer prints the closing line (`closing_line`).
   """
 
-  def __init__(self, writer, *, total_steps: int, start_step: int, enabled: bool = True,
-               bar: bool | None = None, stream=None):
+  def __init__(
+      self,
+      writer,
+      *,
+      total_steps: int,
+      start_step: int,
+      enabled: bool = True,
+      bar: bool | None = None,
+      stream=None,
+  ):
     self._writer = writer
     self.total, self.enabled = int(total_steps), enabled
     self._stream = stream
@@ -286,8 +352,10 @@ class ProgressWriter:
     self._bar = None
     if enabled and (bar if bar is not None else _interactive()) and start_step < total_steps:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=self.total, initial=int(start_step), unit="step", dynamic_ncols=True,
-                       desc="train")
+
+      self._bar = tqdm(
+          total=self.total, initial=int(start_step), unit="step", dynamic_ncols=True, desc="train"
+      )
 
   def _print(self, line: str) -> None:
     if not self.enabled:
@@ -303,15 +371,21 @@ class ProgressWriter:
     for name, value in scalars.items():
       split, _, key = name.partition("/")
       by_split.setdefault(split if key else "train", {})[key or name] = value
-    train, evals, compiled = by_split.get("train", {}), by_split.get("eval"), by_split.get("compile")
+    train, evals, compiled = (
+        by_split.get("train", {}),
+        by_split.get("eval"),
+        by_split.get("compile"),
+    )
     if "loss" in train:
       self._train_line(int(step), train)
     if evals:
       self.last_eval = {"step": int(step), **evals}
-      self._print(f"eval  step {step}/{self.total}: {format_metrics(headline(evals))}"
-                  f" (all {len(evals)} metrics in metrics.jsonl)")
+      self._print(
+          f"eval  step {step}/{self.total}: {format_metrics(headline(evals))}"
+          f" (all {len(evals)} metrics in metrics.jsonl)"
+      )
     if compiled and "train_step_seconds" in compiled:
-      self._last = (self._last[0], time.perf_counter())   # steps/s counts from here
+      self._last = (self._last[0], time.perf_counter())  # steps/s counts from here
       self._print(f"compiled the train step in {float(compiled['train_step_seconds']):.1f} s")
 
   def _train_line(self, step: int, train: Mapping[str, Any]) -> None:
@@ -343,8 +417,15 @@ class ProgressWriter:
       elif r.get("split") == "eval":
         self.last_eval = {k: v for k, v in r.items() if k not in ("split",)}
 
-  def closing_line(self, workdir: str, step: int, checkpoint: str | None, *,
-                   already_complete: bool = False, stopped: str | None = None) -> str:
+  def closing_line(
+      self,
+      workdir: str,
+      step: int,
+      checkpoint: str | None,
+      *,
+      already_complete: bool = False,
+      stopped: str | None = None,
+  ) -> str:
     """The run's last line: final (or latest) metrics and where its checkpoint is."""
     self.close_bar()
     metrics = {}
@@ -354,11 +435,15 @@ class ProgressWriter:
     shown = format_metrics(metrics) or "no metrics logged"
     where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
     if already_complete:
-      return (f"already complete at step {step} of {self.total}: {shown}; {where} (raise "
-              f"--config.total_steps to train on)")
+      return (
+          f"already complete at step {step} of {self.total}: {shown}; {where} (raise "
+          f"--config.total_steps to train on)"
+      )
     if stopped:
-      return (f"stopped at step {step} of {self.total} ({stopped}): {shown}; {where}; re-run the "
-              f"same command to resume")
+      return (
+          f"stopped at step {step} of {self.total} ({stopped}): {shown}; {where}; re-run the "
+          f"same command to resume"
+      )
     return f"done: step {step}/{self.total}: {shown}; {where}; metrics in {workdir}/metrics.jsonl"
 
   def close_bar(self) -> None:
@@ -366,5 +451,5 @@ class ProgressWriter:
       self._bar.close()
       self._bar = None
 
-  def __getattr__(self, name):   # write_images, flush, close, ...: the wrapped writer's
+  def __getattr__(self, name):  # write_images, flush, close, ...: the wrapped writer's
     return getattr(self._writer, name)

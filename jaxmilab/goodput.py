@@ -35,8 +35,16 @@ from typing import Any, Mapping, Sequence
 
 SPLIT = "goodput"
 # The cumulative seconds of a row, in report order (`total_seconds` and `goodput` come after).
-CATEGORIES = ("step_seconds", "startup_seconds", "compile_seconds", "restore_seconds",
-              "data_wait_seconds", "checkpoint_seconds", "eval_seconds", "lost_seconds")
+CATEGORIES = (
+    "step_seconds",
+    "startup_seconds",
+    "compile_seconds",
+    "restore_seconds",
+    "data_wait_seconds",
+    "checkpoint_seconds",
+    "eval_seconds",
+    "lost_seconds",
+)
 KEYS = ("total_seconds",) + CATEGORIES + ("restarts", "goodput")
 
 
@@ -73,10 +81,10 @@ class Goodput:
 
   def __init__(self, start_time: float | None = None):
     self.start = process_start_time() if start_time is None else float(start_time)
-    self.carried = {k: 0.0 for k in CATEGORIES}   # from earlier starts of the same workdir
+    self.carried = {k: 0.0 for k in CATEGORIES}  # from earlier starts of the same workdir
     self.carried_total = 0.0
     self.restarts = 0
-    self.now = {k: 0.0 for k in CATEGORIES}       # this start
+    self.now = {k: 0.0 for k in CATEGORIES}  # this start
     self._loop_start: float | None = None
 
   def resume_from(self, rows: Sequence[Mapping[str, Any]], checkpoint_step: int) -> None:
@@ -110,8 +118,14 @@ class Goodput:
     t = time.time()
     if self._loop_start is not None:
       # Everything in the loop that is not waiting for data, checkpointing or evaluating.
-      self.now["step_seconds"] = max(0.0, t - self._loop_start - self.now["data_wait_seconds"]
-                                     - self.now["checkpoint_seconds"] - self.now["eval_seconds"])
+      self.now["step_seconds"] = max(
+          0.0,
+          t
+          - self._loop_start
+          - self.now["data_wait_seconds"]
+          - self.now["checkpoint_seconds"]
+          - self.now["eval_seconds"],
+      )
     total = self.carried_total + (t - self.start)
     values = {k: self.carried[k] + self.now[k] for k in CATEGORIES}
     out = {"total_seconds": total, **values, "restarts": float(self.restarts)}

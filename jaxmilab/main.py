@@ -28,22 +28,38 @@ from jaxmilab import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "config", None,
+    "config",
+    None,
     "configs/<exp>.py:<variant> (from a checkout) or jaxmilab:<exp>:<variant> (from anywhere); "
-    "override keys with --config.<key>=<value>. Run with --help to list the experiments.")
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, TensorBoard events; "
-                    "a local path or any etils.epath filesystem, e.g. gs://bucket/run.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train (resuming from the newest checkpoint) and evaluate. eval: only "
-                  "evaluate the newest checkpoint of --workdir, else config.method.init_from; no "
-                  "optimizer step; writes split \"eval\" rows to metrics.jsonl.")
-flags.DEFINE_enum("config_change", "refuse", ["refuse", "allow"],
-                  "What to do when --workdir's config.json names another experiment (model, "
-                  "method, data or optimizer keys differ): refuse (default, nothing is written) "
-                  "or allow (continue its checkpoints under the new config; the change is "
-                  "recorded in config_history.jsonl). Safe changes (total_steps, cadences, mesh) "
-                  "are always allowed and recorded.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+    "override keys with --config.<key>=<value>. Run with --help to list the experiments.",
+)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run folder: checkpoints/, metrics.jsonl, TensorBoard events; "
+    "a local path or any etils.epath filesystem, e.g. gs://bucket/run.",
+)
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval"],
+    "train: train (resuming from the newest checkpoint) and evaluate. eval: only "
+    "evaluate the newest checkpoint of --workdir, else config.method.init_from; no "
+    'optimizer step; writes split "eval" rows to metrics.jsonl.',
+)
+flags.DEFINE_enum(
+    "config_change",
+    "refuse",
+    ["refuse", "allow"],
+    "What to do when --workdir's config.json names another experiment (model, "
+    "method, data or optimizer keys differ): refuse (default, nothing is written) "
+    "or allow (continue its checkpoints under the new config; the change is "
+    "recorded in config_history.jsonl). Safe changes (total_steps, cadences, mesh) "
+    "are always allowed and recorded.",
+)
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (cluster auto-detection)."
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for jax.distributed.")
 flags.DEFINE_integer("process_id", None, "This process's index, for jax.distributed.")
@@ -59,7 +75,7 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
+      key, eq, value = arg[len("--config.") :].partition("=")
       if not eq:
         if i + 1 >= len(argv):
           raise app.UsageError(f"--config.{key} needs a value (--config.{key}=VALUE).")
@@ -70,8 +86,9 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
       rest.append(arg)
     i += 1
   # Component names first: a new model / method / dataset brings its own keys.
-  ordered = dict(sorted(overrides.items(), key=lambda kv: kv[0].count(".") != 1 or
-                        not kv[0].endswith(".name")))
+  ordered = dict(
+      sorted(overrides.items(), key=lambda kv: kv[0].count(".") != 1 or not kv[0].endswith(".name"))
+  )
   return rest, ordered
 
 
@@ -107,10 +124,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  console.setup()   # libraries' INFO logs only with --verbosity=1
+  console.setup()  # libraries' INFO logs only with --verbosity=1
   config = load_config()  # Before JAX starts: a wrong key costs no device set-up.
   from jaxmilab import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  try:   # A workdir that is a file or not writable: one line before any device set-up.
+
+  try:  # A workdir that is a file or not writable: one line before any device set-up.
     if FLAGS.mode == "train":
       workdir_lib.ensure_writable(FLAGS.workdir)
     elif "://" not in FLAGS.workdir and os.path.isfile(FLAGS.workdir):
@@ -118,22 +136,32 @@ def main(argv):
   except workdir_lib.WorkdirError as e:
     user_error(e)
   import jax  # pylint: disable=g-import-not-at-top
+
   if FLAGS.coordinator_address or FLAGS.distributed:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+    )
   from jaxmilab import compilation_cache  # pylint: disable=g-import-not-at-top
-  compilation_cache.setup(FLAGS.workdir)   # a restart loads its compiled steps (module docstring)
+
+  compilation_cache.setup(FLAGS.workdir)  # a restart loads its compiled steps (module docstring)
   from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
+
+  logging.info(
+      "JAX process %d/%d, local devices %s",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_devices(),
+  )
   try:
     if FLAGS.mode == "eval":
       trainer.evaluate_checkpoint(config, FLAGS.workdir)
     else:
       state = trainer.train_and_evaluate(config, FLAGS.workdir, config_change=FLAGS.config_change)
       if trainer.stopped_by() == "SIGINT" and int(jax.device_get(state.step)) < config.total_steps:
-        sys.exit(console.EXIT_INTERRUPTED)   # the closing line said where it stopped
+        sys.exit(console.EXIT_INTERRUPTED)  # the closing line said where it stopped
   except (config_lib.ConfigError, data_base.DataError) as e:
     user_error(e)
   except console.USER_ERRORS as e:

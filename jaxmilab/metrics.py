@@ -80,7 +80,7 @@ class JsonlWriter(interface.MetricWriter):
     if self._local:
       self._file = open(self._path, "a", encoding="utf-8")
     else:
-      self._lines: list[str] = []   # written since the last flush
+      self._lines: list[str] = []  # written since the last flush
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     by_split: dict[str, dict[str, float]] = {}
@@ -148,7 +148,8 @@ def _gcs_compose_append(path: str, text: str) -> None:
   """Appends `text` to the gs:// object `path`: upload a part, compose [object, part], delete it."""
   import uuid  # pylint: disable=g-import-not-at-top
   from google.cloud import storage  # pylint: disable=g-import-not-at-top
-  bucket_name, _, name = path[len("gs://"):].partition("/")
+
+  bucket_name, _, name = path[len("gs://") :].partition("/")
   bucket = storage.Client().bucket(bucket_name)
   target = bucket.blob(name)
   data = text.encode("utf-8")
@@ -159,7 +160,7 @@ def _gcs_compose_append(path: str, text: str) -> None:
   part.upload_from_string(data)
   try:
     target.content_type = "application/json"
-    target.compose([target, part])   # atomic: readers see the old or the new object
+    target.compose([target, part])  # atomic: readers see the old or the new object
   finally:
     part.delete()
 
@@ -173,8 +174,12 @@ def append_remote(path: str | os.PathLike, text: str) -> None:
       return
     except Exception as e:  # pylint: disable=broad-except  # no client library / credentials
       _COMPOSE_FAILED.append(repr(e))
-      logging.warning("Appending to %s with GCS compose failed (%r); rewriting the file at each "
-                      "flush instead.", path, e)
+      logging.warning(
+          "Appending to %s with GCS compose failed (%r); rewriting the file at each "
+          "flush instead.",
+          path,
+          e,
+      )
   old = path.read_text() if path.exists() else ""
   path.write_text(old + text)
 
@@ -219,18 +224,20 @@ def create_writer(workdir: str, *, console: bool = True) -> metric_writers.Metri
   if not console:
     return _writer_without_logging(workdir, lead)
   if not lead:
-    return metric_writers.create_default_writer(str(workdir), just_logging=True,
-                                                asynchronous=False)
+    return metric_writers.create_default_writer(str(workdir), just_logging=True, asynchronous=False)
   events_dir = tensorboard_dir(workdir)
   if events_dir is None:
     logging.warning(
         "No TensorBoard events: workdir %s is written through fsspec (EPATH_USE_TF=false), which "
         "tf.summary cannot use; set %s=<local dir> to write them there (metrics.jsonl and stdout "
-        "have the same scalars).", workdir, TENSORBOARD_DIR_ENV)
+        "have the same scalars).",
+        workdir,
+        TENSORBOARD_DIR_ENV,
+    )
   # clu's TensorBoard writer (tf.summary) writes gs:// paths itself, through TensorFlow.
-  writer = metric_writers.create_default_writer(events_dir or str(workdir),
-                                                just_logging=events_dir is None,
-                                                asynchronous=False)
+  writer = metric_writers.create_default_writer(
+      events_dir or str(workdir), just_logging=events_dir is None, asynchronous=False
+  )
   return metric_writers.MultiWriter([writer, JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
@@ -245,20 +252,25 @@ def _writer_without_logging(workdir: str, lead: bool) -> metric_writers.MetricWr
     logging.warning(
         "No TensorBoard events: workdir %s is written through fsspec (EPATH_USE_TF=false), which "
         "tf.summary cannot use; set %s=<local dir> to write them there (metrics.jsonl has the "
-        "same scalars).", workdir, TENSORBOARD_DIR_ENV)
+        "same scalars).",
+        workdir,
+        TENSORBOARD_DIR_ENV,
+    )
   else:
     writers.append(metric_writers.SummaryWriter(events_dir))
   return metric_writers.MultiWriter(writers + [JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
-def write_split(writer: metric_writers.MetricWriter, step: int, split: str,
-                scalars: Mapping[str, Any]) -> None:
+def write_split(
+    writer: metric_writers.MetricWriter, step: int, split: str, scalars: Mapping[str, Any]
+) -> None:
   writer.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
   """Saves a [H, W, 3] float image in [0, 1] as an 8-bit PNG at `path` (any epath filesystem)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()

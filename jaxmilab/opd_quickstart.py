@@ -37,8 +37,9 @@ PAPER = {
 LABELS = {"n2c": "N2C", "n2n": "N2N", "opd_rc": "OPD-RC", "opd_al": "OPD-AL"}
 
 
-def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
-                steps: int = 0) -> dict[str, dict[str, float]]:
+def run_methods(
+    workdir: str, methods=tuple(PAPER), variant: str = "quickstart", steps: int = 0
+) -> dict[str, dict[str, float]]:
   """Trains each recipe in workdir/<name>; returns its final eval scalars (+ "seconds")."""
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
@@ -50,8 +51,14 @@ def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
       raise ValueError(f"--methods: unknown recipe {name!r}; use {', '.join(PAPER)}.")
     overrides = {"method.recipe": name}
     if steps:
-      overrides.update({"total_steps": steps, "eval_every_steps": steps,
-                        "checkpoint_every_steps": steps, "log_every_steps": max(1, min(steps, 25))})
+      overrides.update(
+          {
+              "total_steps": steps,
+              "eval_every_steps": steps,
+              "checkpoint_every_steps": steps,
+              "log_every_steps": max(1, min(steps, 25)),
+          }
+      )
     config = config_lib.load(f"configs/opd.py:{variant}", overrides)
     run_dir = os.path.join(workdir, name)
     logging.info("OPD quickstart: training %s in %s", name, run_dir)
@@ -64,34 +71,44 @@ def run_methods(workdir: str, methods=tuple(PAPER), variant: str = "quickstart",
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
   """Markdown table: our PSNR / SSIM on the held-out photos beside the paper's numbers."""
+
   def paper_cell(psnr, ssim):
     return f"{psnr:.2f}" + (f" / {ssim:.3f}" if ssim is not None else "")
 
-  head = ("| method | ours PSNR (dB) | ours SSIM | paper BSD300 | paper KODAK | paper SET14 | "
-          "train time (s) |")
+  head = (
+      "| method | ours PSNR (dB) | ours SSIM | paper BSD300 | paper KODAK | paper SET14 | "
+      "train time (s) |"
+  )
   lines = [head, "|---|---|---|---|---|---|---|"]
   first = next(iter(results.values()))
   lines.append(f"| noisy input | {first['psnr_input']:.2f} | {first['ssim_input']:.3f} | | | | |")
   for name, r in results.items():
     cells = " | ".join(paper_cell(*v) for v in PAPER[name])
-    lines.append(f"| {LABELS[name]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {cells} | "
-                 f"{r.get('seconds', float('nan')):.0f} |")
+    lines.append(
+        f"| {LABELS[name]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {cells} | "
+        f"{r.get('seconds', float('nan')):.0f} |"
+    )
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  console.setup()   # libraries' INFO logs only with --verbosity=1
+  console.setup()  # libraries' INFO logs only with --verbosity=1
   start = time.time()
   results = run_methods(FLAGS.workdir, tuple(FLAGS.methods), FLAGS.variant, FLAGS.steps)
   console.report_results(
-      FLAGS.workdir, "AWGN sigma 25. Ours: held-out embedded photos (chelsea, rocket), RGB uint8, "
+      FLAGS.workdir,
+      "AWGN sigma 25. Ours: held-out embedded photos (chelsea, rocket), RGB uint8, "
       "BasicSR PSNR / SSIM, equal steps per recipe. Paper (OPD): PSNR / SSIM on BSD300 / KODAK / "
-      "SET14 after 300 ImageNet epochs with the full U-Net.", format_table(results), start)
+      "SET14 after 300 ImageNet epochs with the full U-Net.",
+      format_table(results),
+      start,
+  )
+
 
 def run():
   """Console-script entry point (jaxmilab-opd-quickstart)."""
-  console.run_app(main)   # one-line errors (exit 2), --help exits 0
+  console.run_app(main)  # one-line errors (exit 2), --help exits 0
 
 
 if __name__ == "__main__":

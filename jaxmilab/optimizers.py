@@ -14,22 +14,25 @@ from jaxmilab import config_options
 # Every config.optimizer key with its default (config_lib.base_config starts from these; read
 # through config_options.options, so a stray key is an error naming it).
 CONFIG_DEFAULTS = dict(
-    name="adamw",                    # adam | adamw | amsgrad | sgd
+    name="adamw",  # adam | adamw | amsgrad | sgd
     learning_rate=1e-3,
-    schedule="constant",             # constant | cosine | multistep
+    schedule="constant",  # constant | cosine | multistep
     warmup_steps=0,
-    min_lr_ratio=0.0,                # cosine: final lr / peak lr
-    hold_steps=0,                    # cosine: steps the peak lr is held before the cosine starts
-    decay_steps=(),                  # multistep: steps at which lr *= decay_factor
+    min_lr_ratio=0.0,  # cosine: final lr / peak lr
+    hold_steps=0,  # cosine: steps the peak lr is held before the cosine starts
+    decay_steps=(),  # multistep: steps at which lr *= decay_factor
     decay_factor=0.5,
     weight_decay=0.0,
-    b1=0.9, b2=0.999,                # adam*
-    momentum=0.9, nesterov=True,     # sgd
-    grad_clip_norm=0.0,              # 0 = off
+    b1=0.9,
+    b2=0.999,  # adam*
+    momentum=0.9,
+    nesterov=True,  # sgd
+    grad_clip_norm=0.0,  # 0 = off
     # > 1: one optimizer update per that many micro-batches of `batch_size`, their gradients
     # summed in float32 inside the jitted step (trainer._train_step, a scan) and averaged.
     accumulate_steps=1,
-    lr_multipliers=())               # ((regex over parameter paths, factor), ...)
+    lr_multipliers=(),
+)  # ((regex over parameter paths, factor), ...)
 
 
 def _options(config) -> config_options.Options:
@@ -48,15 +51,18 @@ def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> opta
     # hold_steps (optional): the peak lr is held that long before the cosine starts, as
     # Restormer's CosineAnnealingRestartCyclicLR first period with eta_min = the peak lr.
     hold = int(config.hold_steps)
-    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup - hold, 1),
-                                       alpha=float(config.min_lr_ratio))
+    main = optax.cosine_decay_schedule(
+        lr, max(total_steps - warmup - hold, 1), alpha=float(config.min_lr_ratio)
+    )
     if hold:
       main = optax.join_schedules([optax.constant_schedule(lr), main], [hold])
   elif kind == "multistep":
     boundaries = {int(s) - warmup: float(config.decay_factor) for s in config.decay_steps}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
-    raise ValueError(f"config.optimizer.schedule={kind!r}: use 'constant', 'cosine' or 'multistep'.")
+    raise ValueError(
+        f"config.optimizer.schedule={kind!r}: use 'constant', 'cosine' or 'multistep'."
+    )
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
@@ -107,7 +113,9 @@ def scale_by_path(multipliers: Sequence[tuple[str, float]]) -> optax.GradientTra
   rules = []
   for entry in multipliers:
     if len(entry) != 2:
-      raise ValueError(f"config.optimizer.lr_multipliers: entries are (regex, factor), got {entry!r}.")
+      raise ValueError(
+          f"config.optimizer.lr_multipliers: entries are (regex, factor), got {entry!r}."
+      )
     rules.append((re.compile(entry[0]), float(entry[1])))
 
   def factor(path) -> float:

@@ -47,14 +47,20 @@ def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class DevicePrefetch:
   """Iterator of device batches for the train step (module docstring)."""
 
-  def __init__(self, iterator: Iterator[dict[str, np.ndarray]], put: Callable[[Any], Any], *,
-               micro_batches: int = 1, size: int = 2):
+  def __init__(
+      self,
+      iterator: Iterator[dict[str, np.ndarray]],
+      put: Callable[[Any], Any],
+      *,
+      micro_batches: int = 1,
+      size: int = 2,
+  ):
     self._iterator = iterator
     self._put = put
     self._k = int(micro_batches)
     self._size = int(size)
     self._consumed = None
-    self.wait_seconds = 0.0          # time the caller blocked in `next`
+    self.wait_seconds = 0.0  # time the caller blocked in `next`
     self._stop = threading.Event()
     self._thread = None
     if self._size > 0:

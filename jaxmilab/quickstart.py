@@ -31,24 +31,38 @@ from jaxmilab import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/jaxmilab_quickstart", "Folder for the runs.")
-flags.DEFINE_list("pretrain", ["dcpt"], "Pre-training methods to compare with scratch: dcpt, "
-                  "maskdcpt or both (comma-separated).")
+flags.DEFINE_list(
+    "pretrain",
+    ["dcpt"],
+    "Pre-training methods to compare with scratch: dcpt, " "maskdcpt or both (comma-separated).",
+)
 flags.DEFINE_string("variant", "quickstart", "Config variant of every stage (smoke for a dry run).")
 flags.DEFINE_integer("steps", 0, "Override total_steps of every stage (0 = the config's).")
 flags.DEFINE_list("seeds", ["0"], "config.seed of each repetition, e.g. 0,1,2.")
-flags.DEFINE_list("set", [], "Extra overrides for the pre-training stages, key=value (e.g. "
-                  "method.reconstruction=backbone); values are parsed as Python literals.")
-flags.DEFINE_list("ft_set", [], "Extra overrides for the fine-tuning stages (each <p>/ft, not "
-                  "scratch), key=value, e.g. method.zero_output_after_init_from=True.")
-flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",
-                                                      "jaxmilab_xla"),
-                    "Persistent XLA compilation cache folder ('' = off).")
+flags.DEFINE_list(
+    "set",
+    [],
+    "Extra overrides for the pre-training stages, key=value (e.g. "
+    "method.reconstruction=backbone); values are parsed as Python literals.",
+)
+flags.DEFINE_list(
+    "ft_set",
+    [],
+    "Extra overrides for the fine-tuning stages (each <p>/ft, not "
+    "scratch), key=value, e.g. method.zero_output_after_init_from=True.",
+)
+flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "jaxmilab_xla"),
+    "Persistent XLA compilation cache folder ('' = off).",
+)
 
 PRETRAIN_METHODS = ("dcpt", "maskdcpt")
 
 
 def _parse_overrides(items: Sequence[str]) -> dict:
   import ast  # pylint: disable=g-import-not-at-top
+
   out = {}
   for item in items:
     key, sep, raw = item.partition("=")
@@ -61,9 +75,15 @@ def _parse_overrides(items: Sequence[str]) -> dict:
   return out
 
 
-def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant: str = "quickstart",
-               steps: int = 0, seed: int = 0, pretrain_overrides: dict | None = None,
-               finetune_overrides: dict | None = None) -> dict[str, dict[str, float]]:
+def run_stages(
+    workdir: str,
+    pretrain: Sequence[str] | str = ("dcpt",),
+    variant: str = "quickstart",
+    steps: int = 0,
+    seed: int = 0,
+    pretrain_overrides: dict | None = None,
+    finetune_overrides: dict | None = None,
+) -> dict[str, dict[str, float]]:
   """Runs scratch and, per pre-training method, pretrain + fine-tune for one seed.
 
   `pretrain_overrides` apply to the pre-training stages, `finetune_overrides` to the
@@ -82,17 +102,26 @@ def run_stages(workdir: str, pretrain: Sequence[str] | str = ("dcpt",), variant:
   def overrides(extra=None):
     o = {"seed": int(seed)}
     if steps:
-      o.update({"total_steps": steps, "eval_every_steps": steps, "checkpoint_every_steps": steps,
-                "log_every_steps": max(1, min(steps, 25))})
+      o.update(
+          {
+              "total_steps": steps,
+              "eval_every_steps": steps,
+              "checkpoint_every_steps": steps,
+              "log_every_steps": max(1, min(steps, 25)),
+          }
+      )
     o.update(extra or {})
     return o
 
   stages = {"scratch": (f"configs/restoration.py:{variant}", overrides())}
   for p in pretrain:
     stages[f"{p}/pretrain"] = (f"configs/{p}.py:{variant}", overrides(pretrain_overrides))
-    stages[f"{p}/ft"] = (f"configs/restoration.py:{variant}",
-                         overrides({**(finetune_overrides or {}),
-                                    "method.init_from": os.path.join(workdir, p, "pretrain")}))
+    stages[f"{p}/ft"] = (
+        f"configs/restoration.py:{variant}",
+        overrides(
+            {**(finetune_overrides or {}), "method.init_from": os.path.join(workdir, p, "pretrain")}
+        ),
+    )
   results = {}
   for name, (spec, over) in stages.items():
     logging.info("Quickstart stage %s: %s %s", name, spec, over)
@@ -145,7 +174,10 @@ def format_pretrain_table(per_seed: Sequence[dict[str, dict[str, float]]], p: st
   """Markdown of the pre-training runs' own eval: per type, input PSNR, the pre-trained
   network's restored PSNR (maskdcpt: on the unmasked image) and classifier accuracy."""
   first = per_seed[0][f"{p}/pretrain"]
-  lines = [f"| degradation | input PSNR | {p} restored PSNR | classifier acc. |", "|---|---|---|---|"]
+  lines = [
+      f"| degradation | input PSNR | {p} restored PSNR | classifier acc. |",
+      "|---|---|---|---|",
+  ]
   for t in _types(first) + ["all"]:
     key = "" if t == "all" else f"/{t}"
     restored = [r[f"{p}/pretrain"][f"psnr{key}"] for r in per_seed]
@@ -156,9 +188,10 @@ def format_pretrain_table(per_seed: Sequence[dict[str, dict[str, float]]], p: st
 
 def main(argv):
   del argv
-  console.setup()   # libraries' INFO logs only with --verbosity=1
+  console.setup()  # libraries' INFO logs only with --verbosity=1
   if FLAGS.compilation_cache:
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   pretrain = [p for p in FLAGS.pretrain if p] or ["dcpt"]
@@ -169,21 +202,39 @@ def main(argv):
   per_seed = []
   for seed in seeds:
     workdir = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
-    per_seed.append(run_stages(workdir, pretrain, FLAGS.variant, FLAGS.steps, seed,
-                               _parse_overrides(FLAGS.set), _parse_overrides(FLAGS.ft_set)))
+    per_seed.append(
+        run_stages(
+            workdir,
+            pretrain,
+            FLAGS.variant,
+            FLAGS.steps,
+            seed,
+            _parse_overrides(FLAGS.set),
+            _parse_overrides(FLAGS.ft_set),
+        )
+    )
   parts = []
   for p in pretrain:
-    parts.append(f"Pre-training ({p}, its own degradation types):\n\n"
-                 + format_pretrain_table(per_seed, p))
-  parts.append("Fine-tuning (configs/restoration.py), same budget for every row"
-               + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else "") + ":\n\n"
-               + format_table(per_seed, pretrain))
-  console.report_results(FLAGS.workdir, "Held-out embedded photos, PSNR (dB, RGB, uint8; BasicSR "
-                         "protocol):", "\n\n".join(parts), start)
+    parts.append(
+        f"Pre-training ({p}, its own degradation types):\n\n" + format_pretrain_table(per_seed, p)
+    )
+  parts.append(
+      "Fine-tuning (configs/restoration.py), same budget for every row"
+      + (f", mean ± std over seeds {seeds}" if len(seeds) > 1 else "")
+      + ":\n\n"
+      + format_table(per_seed, pretrain)
+  )
+  console.report_results(
+      FLAGS.workdir,
+      "Held-out embedded photos, PSNR (dB, RGB, uint8; BasicSR " "protocol):",
+      "\n\n".join(parts),
+      start,
+  )
+
 
 def run():
   """Console-script entry point (jaxmilab-quickstart)."""
-  console.run_app(main)   # one-line errors (exit 2), --help exits 0
+  console.run_app(main)  # one-line errors (exit 2), --help exits 0
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ def _entry(kind: str, name: str) -> Any:
   mod = module(kind, name)
   entry = getattr(mod, ENTRY_POINTS[kind], None)
   if entry is None:
-    raise ValueError(f"{mod.__name__} (the {_WHAT[kind]} {name!r}) defines no "
-                     f"`{ENTRY_POINTS[kind]}`.")
+    raise ValueError(
+        f"{mod.__name__} (the {_WHAT[kind]} {name!r}) defines no " f"`{ENTRY_POINTS[kind]}`."
+    )
   return entry
 
 

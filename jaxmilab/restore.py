@@ -60,52 +60,88 @@ from jaxmilab import console
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """A named network: its config.model, DCPT's pre-network reflect padding, and provenance."""
+
   model: dict[str, Any]
   source: str
-  reflect_pad: int | None = None   # pad the input (bottom/right, reflect) to this multiple
+  reflect_pad: int | None = None  # pad the input (bottom/right, reflect) to this multiple
 
 
 _DCPT = "MILab-PKU/dcpt options/all_in_one/test/test_{}_5d.yml (pretrained_models/dcpt_{}_5d.pth)"
 MODELS: dict[str, ModelSpec] = {
     # DCPT's NAFNetBaseline: width 64, enc [1,1,1,28], middle 1, dec [1,1,1,1], window_size 16.
-    "nafnet_dcpt": ModelSpec({"name": "nafnet", "preset": "nafnet_dcpt"},
-                             _DCPT.format("NAFNet", "nafnet"), reflect_pad=16),
+    "nafnet_dcpt": ModelSpec(
+        {"name": "nafnet", "preset": "nafnet_dcpt"},
+        _DCPT.format("NAFNet", "nafnet"),
+        reflect_pad=16,
+    ),
     # megvii-research/NAFNet options/test/SIDD/NAFNet-width64.yml.
-    "nafnet_sidd": ModelSpec({"name": "nafnet", "width": 64, "enc_blocks": (2, 2, 4, 8),
-                              "middle_blocks": 12, "dec_blocks": (2, 2, 2, 2)},
-                             "megvii-research/NAFNet NAFNet-SIDD-width64.pth"),
+    "nafnet_sidd": ModelSpec(
+        {
+            "name": "nafnet",
+            "width": 64,
+            "enc_blocks": (2, 2, 4, 8),
+            "middle_blocks": 12,
+            "dec_blocks": (2, 2, 2, 2),
+        },
+        "megvii-research/NAFNet NAFNet-SIDD-width64.pth",
+    ),
     # megvii-research/NAFNet options/test/GoPro/NAFNet-width64.yml (its test-time local
     # converter, NAFNetLocal / TLC, is not implemented: global pooling over the whole image).
-    "nafnet_gopro": ModelSpec({"name": "nafnet", "preset": "nafnet_dcpt"},
-                              "megvii-research/NAFNet NAFNet-GoPro-width64.pth (without TLC)"),
-    "swinir": ModelSpec({"name": "swinir", "preset": "swinir"},
-                        "JingyunLiang/SwinIR color_dn (e.g. 005_colorDN_DFWB_s128w8_SwinIR-M_noise25.pth)"),
-    "swinir_dcpt": ModelSpec({"name": "swinir", "preset": "swinir_dcpt"},
-                             _DCPT.format("SwinIR", "swinir")),
-    "restormer": ModelSpec({"name": "restormer", "preset": "restormer"},
-                           "swz30/Restormer denoising models (BiasFree LayerNorm)"),
-    "restormer_dcpt": ModelSpec({"name": "restormer", "preset": "restormer_dcpt"},
-                                _DCPT.format("Restormer", "restormer")),
-    "promptir": ModelSpec({"name": "promptir", "preset": "promptir"},
-                          "va1shn9v/PromptIR (net.* keys of its Lightning checkpoint)"),
-    "promptir_dcpt": ModelSpec({"name": "promptir", "preset": "promptir_dcpt"},
-                               _DCPT.format("PromptIR", "promptir")),
+    "nafnet_gopro": ModelSpec(
+        {"name": "nafnet", "preset": "nafnet_dcpt"},
+        "megvii-research/NAFNet NAFNet-GoPro-width64.pth (without TLC)",
+    ),
+    "swinir": ModelSpec(
+        {"name": "swinir", "preset": "swinir"},
+        "JingyunLiang/SwinIR color_dn (e.g. 005_colorDN_DFWB_s128w8_SwinIR-M_noise25.pth)",
+    ),
+    "swinir_dcpt": ModelSpec(
+        {"name": "swinir", "preset": "swinir_dcpt"}, _DCPT.format("SwinIR", "swinir")
+    ),
+    "restormer": ModelSpec(
+        {"name": "restormer", "preset": "restormer"},
+        "swz30/Restormer denoising models (BiasFree LayerNorm)",
+    ),
+    "restormer_dcpt": ModelSpec(
+        {"name": "restormer", "preset": "restormer_dcpt"}, _DCPT.format("Restormer", "restormer")
+    ),
+    "promptir": ModelSpec(
+        {"name": "promptir", "preset": "promptir"},
+        "va1shn9v/PromptIR (net.* keys of its Lightning checkpoint)",
+    ),
+    "promptir_dcpt": ModelSpec(
+        {"name": "promptir", "preset": "promptir_dcpt"}, _DCPT.format("PromptIR", "promptir")
+    ),
     # Small presets for quickstarts and tests (jaxmilab's own runs, random weights).
     "nafnet_small": ModelSpec({"name": "nafnet", "preset": "nafnet_small"}, "jaxmilab preset"),
     "nafnet_tiny": ModelSpec({"name": "nafnet", "preset": "nafnet_tiny"}, "jaxmilab test preset"),
-    "nafnet_dcpt_tiny": ModelSpec({"name": "nafnet", "preset": "nafnet_tiny"},
-                                  "jaxmilab test preset, DCPT padding", reflect_pad=4),
+    "nafnet_dcpt_tiny": ModelSpec(
+        {"name": "nafnet", "preset": "nafnet_tiny"},
+        "jaxmilab test preset, DCPT padding",
+        reflect_pad=4,
+    ),
 }
-MODELS.update({preset: ModelSpec({"name": preset.split("_")[0], "preset": preset},
-                                 "jaxmilab test preset")
-               for preset in ("swinir_tiny", "swinir_dcpt_tiny", "restormer_tiny",
-                              "restormer_dcpt_tiny", "promptir_tiny", "promptir_dcpt_tiny")})
+MODELS.update(
+    {
+        preset: ModelSpec({"name": preset.split("_")[0], "preset": preset}, "jaxmilab test preset")
+        for preset in (
+            "swinir_tiny",
+            "swinir_dcpt_tiny",
+            "restormer_tiny",
+            "restormer_dcpt_tiny",
+            "promptir_tiny",
+            "promptir_dcpt_tiny",
+        )
+    }
+)
 
 
 def get_spec(name: str) -> ModelSpec:
   if name not in MODELS:
-    raise ValueError(f"--model={name!r} is not a known model; choose one of {sorted(MODELS)} "
-                     f"(python -m jaxmilab.restore --list_models).")
+    raise ValueError(
+        f"--model={name!r} is not a known model; choose one of {sorted(MODELS)} "
+        f"(python -m jaxmilab.restore --list_models)."
+    )
   return MODELS[name]
 
 
@@ -113,6 +149,7 @@ def _workdir_config(weights: str) -> tuple[str, dict[str, Any]] | None:
   """(path, config) of the config.json of the jaxmilab run `weights` points into (the workdir,
   its checkpoints/ or a checkpoints/<step>/ folder), if any."""
   import json  # pylint: disable=g-import-not-at-top
+
   folder = os.path.abspath(os.path.expanduser(weights))
   for _ in range(3):
     path = os.path.join(folder, "config.json")
@@ -131,8 +168,10 @@ def model_from_workdir(weights: str) -> tuple[str, ModelSpec]:
   same config.model (the one named like the preset first), else that config.model itself."""
   found = _workdir_config(weights) if os.path.isdir(weights) else None
   if found is None:
-    raise ValueError(f"--model is required: --weights={weights!r} is not a jaxmilab workdir "
-                     f"with a config.json (see --list_models).")
+    raise ValueError(
+        f"--model is required: --weights={weights!r} is not a jaxmilab workdir "
+        f"with a config.json (see --list_models)."
+    )
   path, config = found
   model = {k: v for k, v in (config.get("model") or {}).items() if v is not None}
   if not model.get("name"):
@@ -196,9 +235,12 @@ def _mismatch(error: Exception, params: Any, name: str, weights: str) -> ValueEr
     shown = ", ".join(keys[:3]) + (f", ... ({len(keys) - 3} more)" if len(keys) > 3 else "")
     parts.append(f"{label.split(' (')[0]}: {shown}")
   likely = _likely_models(params, name) if params is not None else []
-  hint = (f"these weights fit --model={' or --model='.join(likely)}" if likely else
-          "pass the --model the weights were trained with (python -m jaxmilab.restore "
-          "--list_models)")
+  hint = (
+      f"these weights fit --model={' or --model='.join(likely)}"
+      if likely
+      else "pass the --model the weights were trained with (python -m jaxmilab.restore "
+      "--list_models)"
+  )
   return ValueError(f"{'; '.join(parts)}; {hint}.")
 
 
@@ -210,13 +252,16 @@ def load_params(name: str, weights: str, spec: ModelSpec | None = None) -> Any:
   from jaxmilab import convert  # pylint: disable=g-import-not-at-top
   from jaxmilab.convert import mapping  # pylint: disable=g-import-not-at-top
   from jaxmilab.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top
+
   spec = spec or get_spec(name)
   if os.path.isdir(weights):
     loaded = checkpoint.load_variables(weights)
     params = loaded.get("params", {}).get("backbone")
     if params is None:
-      raise ValueError(f"--weights={weights!r}: the orbax checkpoint has no params/backbone; "
-                       f"pass a run of the dcpt, maskdcpt or restoration method.")
+      raise ValueError(
+          f"--weights={weights!r}: the orbax checkpoint has no params/backbone; "
+          f"pass a run of the dcpt, maskdcpt or restoration method."
+      )
     expected, label = convert.expected_params(spec.model)
     try:
       mapping.check_params(params, expected, source=weights, model=f"{name}: {label}")
@@ -224,8 +269,10 @@ def load_params(name: str, weights: str, spec: ModelSpec | None = None) -> Any:
       raise _mismatch(e, params, name, weights) from e
     return params
   if not os.path.exists(weights):
-    raise FileNotFoundError(f"--weights={weights!r} does not exist: pass a .pth / .safetensors "
-                            f"file or an orbax checkpoint folder.")
+    raise FileNotFoundError(
+        f"--weights={weights!r} does not exist: pass a .pth / .safetensors "
+        f"file or an orbax checkpoint folder."
+    )
   try:
     return convert.load_torch_params(weights, spec.model, label=name)
   except mapping.CheckpointMismatchError as e:
@@ -256,8 +303,13 @@ def _starts(total: int, tile: int, overlap: int) -> list[int]:
   return list(range(0, total - tile, stride)) + [total - tile]
 
 
-def tiled_apply(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int,
-                overlap: int, multiple: int = 1) -> np.ndarray:
+def tiled_apply(
+    fn: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    tile: int,
+    overlap: int,
+    multiple: int = 1,
+) -> np.ndarray:
   """fn over overlapping tiles of image [H, W, C] -> [H, W, C'], blended (module docstring).
 
   tile is rounded up to `multiple`; every tile has the same shape (min(tile, H), min(tile, W)),
@@ -270,18 +322,18 @@ def tiled_apply(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile:
     raise ValueError(f"--tile_overlap={overlap} must be in [0, tile={tile}).")
   h, w = image.shape[:2]
   th, tw = min(tile, h), min(tile, w)
-  acc = None                                  # float32 accumulators: 4K RGB = 100 MB + 33 MB
+  acc = None  # float32 accumulators: 4K RGB = 100 MB + 33 MB
   wsum = np.zeros((h, w, 1), np.float32)
   for y0 in _starts(h, th, overlap):
     wy = _blend_profile(y0, th, h, overlap)
     for x0 in _starts(w, tw, overlap):
       weight = (wy[:, None] * _blend_profile(x0, tw, w, overlap)[None, :])[..., None]
       weight = weight.astype(np.float32)
-      out = np.asarray(fn(image[y0:y0 + th, x0:x0 + tw]), np.float32)
+      out = np.asarray(fn(image[y0 : y0 + th, x0 : x0 + tw]), np.float32)
       if acc is None:
         acc = np.zeros((h, w, out.shape[-1]), np.float32)
-      acc[y0:y0 + th, x0:x0 + tw] += weight * out
-      wsum[y0:y0 + th, x0:x0 + tw] += weight
+      acc[y0 : y0 + th, x0 : x0 + tw] += weight * out
+      wsum[y0 : y0 + th, x0 : x0 + tw] += weight
   return acc / wsum
 
 
@@ -289,10 +341,18 @@ class Restorer:
   """A named network with loaded params: __call__(image [H, W, C] float in [0, 1]) -> float32
   [H, W, C] (not clipped). Jits one function; it compiles once per input shape."""
 
-  def __init__(self, name: str, params: Any, *, tile: int | None = None, tile_overlap: int = 32,
-               spec: ModelSpec | None = None):
+  def __init__(
+      self,
+      name: str,
+      params: Any,
+      *,
+      tile: int | None = None,
+      tile_overlap: int = 32,
+      spec: ModelSpec | None = None,
+  ):
     import jax  # pylint: disable=g-import-not-at-top
     from jaxmilab import registry  # pylint: disable=g-import-not-at-top
+
     self.name, self.spec = name, spec or get_spec(name)
     self.model = registry.get_model(self.spec.model["name"])(self.spec.model)
     self.params = jax.device_put(params)
@@ -306,7 +366,7 @@ class Restorer:
     x = image
     if self.spec.reflect_pad:
       m = self.spec.reflect_pad
-      x = np.pad(x, ((0, -h % m), (0, -w % m), (0, 0)), mode="reflect")   # = F.pad 'reflect'
+      x = np.pad(x, ((0, -h % m), (0, -w % m), (0, 0)), mode="reflect")  # = F.pad 'reflect'
     y = self._apply(self.params, np.asarray(x, np.float32)[None])
     return np.asarray(y)[0, :h, :w]
 
@@ -319,14 +379,23 @@ class Restorer:
 
 
 # Output formats by extension (Pillow names); formats that hold an alpha channel / 16 bits.
-OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
-                  ".webp": "WEBP", ".bmp": "BMP", ".ppm": "PPM"}
+OUTPUT_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".ppm": "PPM",
+}
 _ALPHA_FORMATS = ("PNG", "TIFF", "WEBP")
 _SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 
 
 def _is_image(path: str) -> bool:
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
+
   return path.lower().endswith(images.IMAGE_EXTENSIONS)
 
 
@@ -344,12 +413,15 @@ def plan_io(inp: str, out: str) -> list[tuple[str, str]]:
   share a stem (c.jpg, c.png) are written as <stem>_<ext>.png.
   """
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
+
   if os.path.isdir(inp):
     if os.path.isfile(out):
       raise ValueError(f"--input={inp!r} is a folder, so --output={out!r} must be a folder.")
     if _same_file(inp, out):
-      raise ValueError(f"--output={out!r} is the --input folder: the restored images would "
-                       f"replace or mix with the originals; pass another --output folder.")
+      raise ValueError(
+          f"--output={out!r} is the --input folder: the restored images would "
+          f"replace or mix with the originals; pass another --output folder."
+      )
     names = images.list_images(inp, what="--input folder")
     stems: dict[str, list[str]] = {}
     for n in names:
@@ -361,34 +433,44 @@ def plan_io(inp: str, out: str) -> list[tuple[str, str]]:
       dst = os.path.join(out, (f"{stem}_{ext[1:].lower()}" if clash else stem) + ".png")
       key = os.path.normcase(dst).lower()
       if key in taken:
-        raise ValueError(f"--input={inp!r}: {taken[key]} and {n} would both be written to {dst}; "
-                         f"rename one of them.")
+        raise ValueError(
+            f"--input={inp!r}: {taken[key]} and {n} would both be written to {dst}; "
+            f"rename one of them."
+        )
       taken[key] = n
       jobs.append((os.path.join(inp, n), dst))
     inputs = {os.path.normcase(os.path.realpath(src)) for src, _ in jobs}
     for src, dst in jobs:
       if os.path.normcase(os.path.realpath(dst)) in inputs:
-        raise ValueError(f"--output={out!r}: restoring {src} would overwrite the input {dst}; "
-                         f"pass another --output folder.")
+        raise ValueError(
+            f"--output={out!r}: restoring {src} would overwrite the input {dst}; "
+            f"pass another --output folder."
+        )
     os.makedirs(out, exist_ok=True)
     return jobs
   if not os.path.isfile(inp):
     raise FileNotFoundError(f"--input={inp!r} is neither an image file nor a folder.")
   suffix = os.path.splitext(out)[1].lower()
   if not os.path.isdir(out) and suffix[1:].isalpha() and suffix not in OUTPUT_FORMATS:
-    raise ValueError(f"--output={out!r}: cannot write {suffix} files; use one of "
-                     f"{', '.join(sorted(OUTPUT_FORMATS))}, or a folder name without an extension.")
+    raise ValueError(
+        f"--output={out!r}: cannot write {suffix} files; use one of "
+        f"{', '.join(sorted(OUTPUT_FORMATS))}, or a folder name without an extension."
+    )
   if os.path.isdir(out) or not _is_image(out):
     dst = os.path.join(out, os.path.splitext(os.path.basename(inp))[0] + ".png")
   else:
     dst = out
   ext = os.path.splitext(dst)[1].lower()
   if ext not in OUTPUT_FORMATS:
-    raise ValueError(f"--output={out!r}: cannot write {ext} files; use one of "
-                     f"{', '.join(sorted(OUTPUT_FORMATS))}.")
+    raise ValueError(
+        f"--output={out!r}: cannot write {ext} files; use one of "
+        f"{', '.join(sorted(OUTPUT_FORMATS))}."
+    )
   if _same_file(inp, dst):
-    raise ValueError(f"--output={out!r} would overwrite the --input image {inp}; pass another "
-                     f"--output file or folder.")
+    raise ValueError(
+        f"--output={out!r} would overwrite the --input image {inp}; pass another "
+        f"--output file or folder."
+    )
   os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
   return [(inp, dst)]
 
@@ -396,9 +478,10 @@ def plan_io(inp: str, out: str) -> list[tuple[str, str]]:
 @dataclasses.dataclass
 class Picture:
   """An image as read for restoration: RGB float32 [H, W, 3] in [0, 1] plus what to give back."""
+
   rgb: np.ndarray
-  alpha: np.ndarray | None = None     # float32 [H, W] in [0, 1]
-  bits: int = 8                       # 8 or 16
+  alpha: np.ndarray | None = None  # float32 [H, W] in [0, 1]
+  bits: int = 8  # 8 or 16
   gray: bool = False
   notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -430,7 +513,7 @@ def _read_16bit_colour(path: str) -> np.ndarray | None:
   arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
   if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
     return None
-  return arr[..., [2, 1, 0, 3][:arr.shape[-1]]]        # BGR(A) -> RGB(A)
+  return arr[..., [2, 1, 0, 3][: arr.shape[-1]]]  # BGR(A) -> RGB(A)
 
 
 def read_picture(path: str) -> Picture:
@@ -439,6 +522,7 @@ def read_picture(path: str) -> Picture:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
+
   if not os.path.isfile(path):
     raise images._missing(path)  # pylint: disable=protected-access
   try:
@@ -448,18 +532,19 @@ def read_picture(path: str) -> Picture:
       im = ImageOps.exif_transpose(im)
       mode = im.mode
       tiff_bits = getattr(im, "tag_v2", None)
-      tiff_bits = tiff_bits.get(258) if tiff_bits is not None else None   # BitsPerSample
+      tiff_bits = tiff_bits.get(258) if tiff_bits is not None else None  # BitsPerSample
       tiff_bits = tiff_bits if isinstance(tiff_bits, tuple) else (tiff_bits,)
       sixteen_colour = mode in ("RGB", "RGBA", "RGBX") and (
-          (header is not None and header[0] == 16 and header[1] in (2, 6))
-          or 16 in tiff_bits)
+          (header is not None and header[0] == 16 and header[1] in (2, 6)) or 16 in tiff_bits
+      )
       if sixteen_colour:
         arr = _read_16bit_colour(path)
         if arr is not None:
           alpha = arr[..., 3].astype(np.float32) / 65535.0 if arr.shape[-1] == 4 else None
           return Picture(arr[..., :3].astype(np.float32) / 65535.0, alpha, bits=16)
-        notes = ["16-bit colour read as 8-bit (pip install opencv-python-headless to keep 16 "
-                 "bits)"]
+        notes = [
+            "16-bit colour read as 8-bit (pip install opencv-python-headless to keep 16 " "bits)"
+        ]
       else:
         notes = []
       if mode.startswith("I;16") or mode == "I":
@@ -490,11 +575,12 @@ def write_picture(path: str, rgb: np.ndarray, picture: Picture) -> list[str]:
   the input's alpha, bit depth and greyscale where that format holds them; returns notes on
   what could not be kept."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   fmt = OUTPUT_FORMATS.get(os.path.splitext(path)[1].lower(), "PNG")
   notes = []
   y = np.clip(np.asarray(rgb, np.float64), 0.0, 1.0)
-  if picture.gray:      # ITU-R 601 luma, as Pillow's RGB -> L
-    y = (y[..., :1] * 0.299 + y[..., 1:2] * 0.587 + y[..., 2:3] * 0.114)
+  if picture.gray:  # ITU-R 601 luma, as Pillow's RGB -> L
+    y = y[..., :1] * 0.299 + y[..., 1:2] * 0.587 + y[..., 2:3] * 0.114
   bits = picture.bits
   if bits == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
     notes.append(f"16-bit input written as 8-bit ({fmt} holds 8 bits)")
@@ -505,26 +591,27 @@ def write_picture(path: str, rgb: np.ndarray, picture: Picture) -> list[str]:
     alpha = None
   channels = [y] if alpha is None else [y, alpha[..., None].astype(np.float64)]
   y = np.concatenate(channels, axis=-1)
-  if bits == 16 and y.shape[-1] > 2:     # 16-bit colour: Pillow cannot write it
+  if bits == 16 and y.shape[-1] > 2:  # 16-bit colour: Pillow cannot write it
     try:
       import cv2  # pylint: disable=g-import-not-at-top
     except ImportError:
       cv2 = None
     if cv2 is not None:
       out = np.round(y * 65535.0).astype(np.uint16)
-      order = [2, 1, 0, 3][:out.shape[-1]]
+      order = [2, 1, 0, 3][: out.shape[-1]]
       if not cv2.imwrite(path, np.ascontiguousarray(out[..., order])):
         raise OSError(f"could not write {path}")
       return notes
-    notes.append("16-bit colour written as 8-bit (pip install opencv-python-headless to keep 16 "
-                 "bits)")
+    notes.append(
+        "16-bit colour written as 8-bit (pip install opencv-python-headless to keep 16 " "bits)"
+    )
     bits = 8
-  if bits == 16:          # greyscale 16-bit (alpha, if any, is dropped: no I;16 + A mode)
+  if bits == 16:  # greyscale 16-bit (alpha, if any, is dropped: no I;16 + A mode)
     if alpha is not None:
       notes.append("alpha channel of a 16-bit greyscale image dropped")
     Image.fromarray(np.round(y[..., 0] * 65535.0).astype(np.uint16)).save(path, format=fmt)
     return notes
-  out = np.round(y * 255.0).astype(np.uint8)             # = BasicSR tensor2img
+  out = np.round(y * 255.0).astype(np.uint8)  # = BasicSR tensor2img
   mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[out.shape[-1]]
   image = Image.fromarray(out[..., 0] if mode == "L" else out, mode=mode)
   kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
@@ -532,11 +619,13 @@ def write_picture(path: str, rgb: np.ndarray, picture: Picture) -> list[str]:
   return notes
 
 
-def restore_file(restorer: Restorer, src: str, dst: str,
-                 notes: list[str] | None = None) -> np.ndarray:
+def restore_file(
+    restorer: Restorer, src: str, dst: str, notes: list[str] | None = None
+) -> np.ndarray:
   """Reads src, restores its colour channels, writes dst (see `write_picture`); returns the
   restored RGB as uint8 [H, W, 3]. Conversions that lose something are appended to `notes`."""
   from jaxmilab.evaluation import restoration  # pylint: disable=g-import-not-at-top
+
   picture = read_picture(src)
   y = restorer(picture.rgb)
   written = write_picture(dst, y, picture)
@@ -547,27 +636,50 @@ def restore_file(restorer: Restorer, src: str, dst: str,
 
 def list_models() -> str:
   width = max(len(n) for n in MODELS)
-  return "\n".join(f"{n:<{width}}  {s.model}  [{s.source}]" + (
-      f"  reflect-pad {s.reflect_pad}" if s.reflect_pad else "") for n, s in MODELS.items())
+  return "\n".join(
+      f"{n:<{width}}  {s.model}  [{s.source}]"
+      + (f"  reflect-pad {s.reflect_pad}" if s.reflect_pad else "")
+      for n, s in MODELS.items()
+  )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, io: bool = True) -> None:
   """restore's flags on `flag_values` (defined only when run as a program or by main(), so
   importing this module adds none). io=False: only the model flags (shared with evaluate)."""
   fv = {"flag_values": flag_values}
-  flags.DEFINE_string("model", None, "A network name of --list_models (default: the network "
-                      "named by the config.json of a jaxmilab workdir given as --weights).", **fv)
-  flags.DEFINE_string("weights", None, "A .pth / .safetensors file or an orbax checkpoint folder "
-                      "(a jaxmilab workdir, its checkpoints/ or checkpoints/<step>/).", **fv)
+  flags.DEFINE_string(
+      "model",
+      None,
+      "A network name of --list_models (default: the network "
+      "named by the config.json of a jaxmilab workdir given as --weights).",
+      **fv,
+  )
+  flags.DEFINE_string(
+      "weights",
+      None,
+      "A .pth / .safetensors file or an orbax checkpoint folder "
+      "(a jaxmilab workdir, its checkpoints/ or checkpoints/<step>/).",
+      **fv,
+  )
   flags.DEFINE_integer("tile", 0, "Tile size in pixels (0: the whole image at once).", **fv)
   flags.DEFINE_integer("tile_overlap", 32, "Overlap of neighbouring tiles in pixels.", **fv)
   if io:
     flags.DEFINE_string("input", None, "An image or a folder of images.", **fv)
-    flags.DEFINE_string("output", None, "An output image (.png, .jpg, .tif, .webp, .bmp: its "
-                        "format) or folder (PNG files). Never an input.", **fv)
+    flags.DEFINE_string(
+        "output",
+        None,
+        "An output image (.png, .jpg, .tif, .webp, .bmp: its "
+        "format) or folder (PNG files). Never an input.",
+        **fv,
+    )
     flags.DEFINE_bool("skip_existing", False, "Folders: skip inputs whose output exists.", **fv)
-    flags.DEFINE_bool("continue_on_error", False, "Folders: go on past an image that cannot be "
-                      "read or restored (counted as failed; exit code 1).", **fv)
+    flags.DEFINE_bool(
+        "continue_on_error",
+        False,
+        "Folders: go on past an image that cannot be "
+        "read or restored (counted as failed; exit code 1).",
+        **fv,
+    )
     flags.DEFINE_bool("list_models", False, "Print the known networks and exit.", **fv)
 
 
@@ -585,20 +697,26 @@ def restore_main(fv: flags.FlagValues) -> int:
   --continue_on_error raises (one line: the file and what to do).
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   if fv.list_models:
     print(list_models())
     return 0
   for flag in ("weights", "input", "output"):
     if not fv[flag].value:
       raise ValueError(f"--{flag} is required (or pass --list_models); see --help.")
-  jobs = plan_io(fv.input, fv.output)   # refusals that protect the inputs come first
+  jobs = plan_io(fv.input, fv.output)  # refusals that protect the inputs come first
   name, spec = resolve_model(fv.model, fv.weights)
   todo = [(src, dst) for src, dst in jobs if not (fv.skip_existing and os.path.exists(dst))]
   skipped = len(jobs) - len(todo)
   if not fv.model:
     print(f"--model={name} (from the config.json of {fv.weights})", flush=True)
-  restorer = Restorer(name, load_params(name, fv.weights, spec), tile=fv.tile or None,
-                      tile_overlap=fv.tile_overlap, spec=spec)
+  restorer = Restorer(
+      name,
+      load_params(name, fv.weights, spec),
+      tile=fv.tile or None,
+      tile_overlap=fv.tile_overlap,
+      spec=spec,
+  )
   restored, failed = 0, []
   bar = tqdm(todo, desc="restore", unit="image", disable=len(todo) < 2, dynamic_ncols=True)
   for src, dst in bar:
@@ -608,14 +726,17 @@ def restore_main(fv: flags.FlagValues) -> int:
       restore_file(restorer, src, dst, notes)
     except (ValueError, OSError) as e:
       if not fv.continue_on_error:
-        raise ValueError(f"{console.one_line(e)} (--continue_on_error goes on past it; "
-                         f"{restored} image(s) restored so far)") from e
+        raise ValueError(
+            f"{console.one_line(e)} (--continue_on_error goes on past it; "
+            f"{restored} image(s) restored so far)"
+        ) from e
       failed.append(src)
       tqdm.write(f"{src}: failed: {console.one_line(e)}")
       continue
     restored += 1
-    tqdm.write(f"{src} -> {dst} ({time.time() - start:.1f} s)"
-               + (f"; {'; '.join(notes)}" if notes else ""))
+    tqdm.write(
+        f"{src} -> {dst} ({time.time() - start:.1f} s)" + (f"; {'; '.join(notes)}" if notes else "")
+    )
   if len(jobs) > 1 or skipped or failed:
     line = f"restored {restored}, skipped {skipped} (output exists), failed {len(failed)}"
     if failed:

@@ -56,18 +56,26 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) 
   sizes = [int(opts[a]) for a in MESH_AXES]
   unknown = [i for i, s in enumerate(sizes) if s == -1]
   if len(unknown) > 1:
-    raise ValueError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    raise ValueError(
+        f"config.mesh: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}."
+    )
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+    raise ValueError(
+        f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}."
+    )
   known = int(np.prod([s for s in sizes if s != -1]))
   if unknown:
     if num_devices % known:
-      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
-                       f"divisible by {known}; change the fixed axis sizes.")
+      raise ValueError(
+          f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+          f"divisible by {known}; change the fixed axis sizes."
+      )
     sizes[unknown[0]] = num_devices // known
   if int(np.prod(sizes)) != num_devices:
-    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"but {num_devices} are available; use -1 for one axis to take the rest.")
+    raise ValueError(
+        f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+        f"but {num_devices} are available; use -1 for one axis to take the rest."
+    )
   return tuple(sizes)
 
 
@@ -88,11 +96,14 @@ def dcn_mesh_shape(shape: Sequence[int], slices: int) -> tuple[int, ...]:
     raise ValueError(
         f"config.mesh {dict(zip(MESH_AXES, shape))}: {slices} slices are data-parallel replicas "
         f"over DCN, so mesh.data must be a multiple of {slices} (e.g. mesh.data={slices} with "
-        f"mesh.fsdp=-1 for FSDP inside each slice).")
+        f"mesh.fsdp=-1 for FSDP inside each slice)."
+    )
   return (slices, 1, 1)
 
 
-def device_mesh(shape: Sequence[int], devices: Sequence[Any], *, subset: bool = False) -> np.ndarray:
+def device_mesh(
+    shape: Sequence[int], devices: Sequence[Any], *, subset: bool = False
+) -> np.ndarray:
   """The device array of `shape` (data, fsdp, model) over `devices`.
 
   TPU: `mesh_utils.create_device_mesh` on one slice, `mesh_utils.create_hybrid_device_mesh`
@@ -103,6 +114,7 @@ def device_mesh(shape: Sequence[int], devices: Sequence[Any], *, subset: bool = 
   order (GPU: by id, as mesh_utils does), which keeps process-local devices together.
   """
   from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
   devices = list(devices)
   platform = devices[0].platform
   slices = num_slices(devices)
@@ -110,8 +122,10 @@ def device_mesh(shape: Sequence[int], devices: Sequence[Any], *, subset: bool = 
     if platform == "gpu":
       devices = sorted(devices, key=lambda d: d.id)
     return np.asarray(devices).reshape(shape)
-  where = (f"config.mesh {dict(zip(MESH_AXES, shape))} on {len(devices)} "
-           f"{devices[0].device_kind} devices in {slices} slice(s)")
+  where = (
+      f"config.mesh {dict(zip(MESH_AXES, shape))} on {len(devices)} "
+      f"{devices[0].device_kind} devices in {slices} slice(s)"
+  )
   if subset:
     raise ValueError(f"{where}: config.mesh.num_devices restricts single-slice runs only.")
   try:
@@ -119,8 +133,9 @@ def device_mesh(shape: Sequence[int], devices: Sequence[Any], *, subset: bool = 
       return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
     dcn = dcn_mesh_shape(shape, slices)
     ici = tuple(int(s) // d for s, d in zip(shape, dcn))
-    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
-                                                allow_split_physical_axes=True)
+    return mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices=devices, allow_split_physical_axes=True
+    )
   except (ValueError, AssertionError, NotImplementedError) as e:
     if "config.mesh" in str(e):
       raise
@@ -134,8 +149,10 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
   subset = 0 < num_devices < len(devices)
   if num_devices > 0:
     if num_devices > len(devices) or jax.process_count() > 1:
-      raise ValueError(f"config.mesh.num_devices={num_devices}: only {len(devices)} devices in "
-                       f"{jax.process_count()} process(es); it restricts single-process runs only.")
+      raise ValueError(
+          f"config.mesh.num_devices={num_devices}: only {len(devices)} devices in "
+          f"{jax.process_count()} process(es); it restricts single-process runs only."
+      )
     devices = devices[:num_devices]
   shape = mesh_shape(mesh_config, len(devices))
   return Mesh(device_mesh(shape, devices, subset=subset), MESH_AXES)
@@ -170,16 +187,19 @@ def check_params_over_dcn(mesh: Mesh, mesh_config) -> None:
         f"config.mesh.shard_params_over={tuple(opts.shard_params_over)}: axis {crossing[0]!r} spans "
         f"{dcn_axes(mesh)[crossing[0]]} slices, so parameters would be all-gathered over the "
         f"data-centre network every step. Shard over axes inside a slice (e.g. ('fsdp',) with "
-        f"mesh.data=<slices>, mesh.fsdp=-1), or set config.mesh.params_over_dcn=True to mean it.")
+        f"mesh.data=<slices>, mesh.fsdp=-1), or set config.mesh.params_over_dcn=True to mean it."
+    )
 
 
 def params_sharded_over_dcn(shardings: Any, mesh: Mesh) -> bool:
   """True if some leaf of a NamedSharding pytree splits an array over an axis that crosses slices."""
   crossing = set(dcn_axes(mesh))
+
   def axes(spec):
     for entry in spec:
       for a in (entry if isinstance(entry, tuple) else (entry,)):
         yield a
+
   return any(bool(crossing & set(axes(s.spec))) for s in jax.tree.leaves(shardings))
 
 
@@ -192,8 +212,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str],
-               min_shard_size: int, model_dim: int | None = None) -> P:
+def array_spec(
+    shape: Sequence[int],
+    mesh: Mesh,
+    shard_over: Sequence[str],
+    min_shard_size: int,
+    model_dim: int | None = None,
+) -> P:
   """PartitionSpec of one parameter-like array under the rule (module docstring).
 
   `shard_over` and `min_shard_size` are config.mesh.shard_params_over / min_shard_size;
@@ -204,9 +229,11 @@ def array_spec(shape: Sequence[int], mesh: Mesh, shard_over: Sequence[str],
   if model_dim is not None and model > 1 and shape:
     dim = model_dim % len(shape)
     if shape[dim] % model:
-      raise ValueError(f"config.mesh.tensor_parallel: dimension {model_dim} of an array of shape "
-                       f"{tuple(shape)} is not divisible by mesh.model={model}; narrow the rule's "
-                       f"regex or change mesh.model.")
+      raise ValueError(
+          f"config.mesh.tensor_parallel: dimension {model_dim} of an array of shape "
+          f"{tuple(shape)} is not divisible by mesh.model={model}; narrow the rule's "
+          f"regex or change mesh.model."
+      )
     spec[dim] = "model"
   if int(np.prod(shape, dtype=np.int64)) < min_shard_size:
     return P(*spec)
@@ -225,14 +252,16 @@ def tensor_parallel_rules(mesh_config) -> list[tuple[re.Pattern[str], int]]:
   rules = []
   for entry in mesh_options(mesh_config).tensor_parallel:
     if len(entry) != 2 or not isinstance(entry[1], int):
-      raise ValueError(f"config.mesh.tensor_parallel: entries are (regex over parameter paths, "
-                       f"dimension), e.g. (r'attn/qkv/kernel', -1); got {entry!r}.")
+      raise ValueError(
+          f"config.mesh.tensor_parallel: entries are (regex over parameter paths, "
+          f"dimension), e.g. (r'attn/qkv/kernel', -1); got {entry!r}."
+      )
     rules.append((re.compile(entry[0]), int(entry[1])))
   return rules
 
 
 def path_name(path) -> str:
-  """"a/b/kernel" for a pytree key path (dict keys, attributes and indices joined by "/")."""
+  """ "a/b/kernel" for a pytree key path (dict keys, attributes and indices joined by "/")."""
   parts = []
   for k in path:
     for attr in ("key", "name", "idx"):
@@ -248,7 +277,9 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
   shard_over = tuple(opts.shard_params_over)
   for axis in shard_over:
     if axis not in MESH_AXES:
-      raise ValueError(f"config.mesh.shard_params_over: unknown mesh axis {axis!r}; use {MESH_AXES}.")
+      raise ValueError(
+          f"config.mesh.shard_params_over: unknown mesh axis {axis!r}; use {MESH_AXES}."
+      )
   check_params_over_dcn(mesh, mesh_config)
   min_size = int(opts.min_shard_size)
   rules = tensor_parallel_rules(mesh_config)
@@ -264,14 +295,19 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mesh_config) -> Any:
 
 def _norm_types() -> tuple[type, ...]:
   from jaxmilab.models import masking  # pylint: disable=g-import-not-at-top
+
   return (nn.GroupNorm, nn.BatchNorm) + tuple(masking.NORM_TYPES)
 
 
 def _constrain_to_batch(next_fun, args, kwargs, context):
   """Interceptor: conv / norm output maps stay split over the batch axes."""
   y = next_fun(*args, **kwargs)
-  if (context.method_name == "__call__" and isinstance(y, jax.Array) and y.ndim == 4
-      and isinstance(context.module, (nn.Conv, nn.ConvTranspose) + _norm_types())):
+  if (
+      context.method_name == "__call__"
+      and isinstance(y, jax.Array)
+      and y.ndim == 4
+      and isinstance(context.module, (nn.Conv, nn.ConvTranspose) + _norm_types())
+  ):
     y = jax.lax.with_sharding_constraint(y, P(BATCH_AXES, *([P.UNCONSTRAINED] * 3)))
   return y
 
@@ -287,8 +323,11 @@ def batch_sharded_activations() -> Iterator[None]:
   free, e.g. for tensor-parallel channels). Outside a mesh context this is a no-op.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) or all(
-      mesh.shape[a] == 1 for a in BATCH_AXES):
+  if (
+      mesh.empty
+      or not set(BATCH_AXES) <= set(mesh.axis_names)
+      or all(mesh.shape[a] == 1 for a in BATCH_AXES)
+  ):
     yield
     return
   with nn.intercept_methods(_constrain_to_batch):
@@ -298,14 +337,18 @@ def batch_sharded_activations() -> Iterator[None]:
 def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Global arrays from each process's slice of the batch (leading axis concatenated over hosts)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
 
 
 def has_depthwise_kernels(abstract_params: Any) -> bool:
   """True if some parameter looks like a depthwise conv kernel [kh, kw, 1, C > 1]."""
-  return any(len(x.shape) == 4 and x.shape[2] == 1 and x.shape[3] > 1
-             for x in jax.tree_util.tree_leaves(abstract_params))
+  return any(
+      len(x.shape) == 4 and x.shape[2] == 1 and x.shape[3] > 1
+      for x in jax.tree_util.tree_leaves(abstract_params)
+  )
 
 
 def check_tensor_parallel(mesh: Mesh, abstract_params: Any, model_name: str) -> None:
@@ -322,4 +365,5 @@ def check_tensor_parallel(mesh: Mesh, abstract_params: Any, model_name: str) -> 
         f"config.mesh.model={mesh.shape['model']}: {model_name} has depthwise convolutions, whose "
         f"kernel gradients XLA's SPMD partitioner computes wrongly when the batch is replicated over "
         f"the 'model' axis (jax {jax.__version__}). Use config.mesh.model=1 and shard parameters with "
-        f"config.mesh.fsdp instead.")
+        f"config.mesh.fsdp instead."
+    )

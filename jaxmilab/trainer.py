@@ -47,7 +47,6 @@ from jaxmilab import registry
 from jaxmilab import sharding as sharding_lib
 from jaxmilab import workdir as workdir_lib
 
-
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 # Device-to-host transfer guard around ordinary (non-log, non-eval, non-checkpoint) steps:
@@ -57,11 +56,11 @@ ORDINARY_STEP_GUARD_ENV = "JAXMILAB_ORDINARY_STEP_TRANSFER_GUARD"
 # Peak dense bfloat16 FLOP/s per device, for train/mfu (vendor figures; absent kinds: no MFU).
 PEAK_FLOPS_PER_DEVICE = {
     "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,   # v5e
+    "TPU v5 lite": 197e12,  # v5e
     "TPU v5e": 197e12,
-    "TPU v5": 459e12,        # v5p
+    "TPU v5": 459e12,  # v5p
     "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,   # v6e (Trillium)
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
     "TPU v6e": 918e12,
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H200": 989e12,
@@ -77,11 +76,11 @@ class NonFiniteLossError(FloatingPointError):
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array           # number of trainer steps (micro-steps under accumulation)
+  step: jax.Array  # number of trainer steps (micro-steps under accumulation)
   params: Any
   opt_state: Any
-  model_state: Any          # non-trainable flax collections (e.g. batch_stats), {} if none
-  params_ema: Any = None    # exponential moving average of params (config.ema_decay > 0)
+  model_state: Any  # non-trainable flax collections (e.g. batch_stats), {} if none
+  params_ema: Any = None  # exponential moving average of params (config.ema_decay > 0)
 
   def eval_params(self) -> Any:
     """The parameters evaluation uses: the EMA when there is one (BasicSR's net_g_ema)."""
@@ -106,7 +105,7 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
-    self.interrupted = False     # Ctrl-C (SIGINT): honoured at the next step (one process)
+    self.interrupted = False  # Ctrl-C (SIGINT): honoured at the next step (one process)
     self._old = None
     self._old_int = None
 
@@ -131,18 +130,28 @@ class _Preemption:
       raise KeyboardInterrupt("second Ctrl-C")
     self.interrupted = True
     _Preemption.last_stop = _Preemption.last_stop or "SIGINT"
-    print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again aborts at "
-          "once, losing the steps since the last checkpoint).", file=sys.stderr, flush=True)
+    print(
+        "Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again aborts at "
+        "once, losing the steps since the last checkpoint).",
+        file=sys.stderr,
+        flush=True,
+    )
 
   @staticmethod
   def _service_available() -> bool:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    return (distributed.global_state.client is not None
-            and distributed.global_state.preemption_sync_manager is not None)
+
+    return (
+        distributed.global_state.client is not None
+        and distributed.global_state.preemption_sync_manager is not None
+    )
 
   def should_stop(self, step: int, log_step: bool) -> bool:
-    if (jax.process_count() > 1 and self._service_available()
-        and multihost_utils.reached_preemption_sync_point(step)):
+    if (
+        jax.process_count() > 1
+        and self._service_available()
+        and multihost_utils.reached_preemption_sync_point(step)
+    ):
       return True
     if self.interrupted and jax.process_count() == 1:
       return True
@@ -162,8 +171,9 @@ class _Preemption:
       signal.signal(signal.SIGINT, self._old_int)
 
 
-def _check_init_from_took_something(init_from: str, fresh: Any, merged: Any, loaded: Any,
-                                    model_name: Any) -> None:
+def _check_init_from_took_something(
+    init_from: str, fresh: Any, merged: Any, loaded: Any, model_name: Any
+) -> None:
   """ValueError (one line) when `method.init_from` kept every fresh parameter: `init_from` then
   holds another architecture (no path and shape in common), and training would silently start
   from scratch. Checked after the merge, so methods that remap paths (bcam, cdsp, macl) count."""
@@ -176,7 +186,8 @@ def _check_init_from_took_something(init_from: str, fresh: Any, merged: Any, loa
         f"parameters has the path and shape of a parameter of this model "
         f"(config.model.name={model_name!r}; e.g. {jax.tree_util.keystr(path)} "
         f"{tuple(np.shape(leaf))}): it holds another architecture. Point init_from at a run or "
-        f"file of the same model.")
+        f"file of the same model."
+    )
 
 
 def _first_batch(train_iter) -> dict[str, np.ndarray]:
@@ -187,8 +198,9 @@ def _first_batch(train_iter) -> dict[str, np.ndarray]:
   return batch
 
 
-def _mean_gradients(params, model_state, batch, rng, step, *, method, accumulate: int,
-                    grad_shardings=None):
+def _mean_gradients(
+    params, model_state, batch, rng, step, *, method, accumulate: int, grad_shardings=None
+):
   """(loss, metrics, model_state, gradients) averaged over `accumulate` micro-batches.
 
   accumulate == 1: one value_and_grad on `batch`. accumulate = k > 1: `batch` carries a leading
@@ -202,32 +214,47 @@ def _mean_gradients(params, model_state, batch, rng, step, *, method, accumulate
   grad_fn = jax.value_and_grad(method.loss, has_aux=True)
   if accumulate == 1:
     with sharding_lib.batch_sharded_activations():
-      (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch,
-                                                      jax.random.fold_in(rng, step))
+      (loss, (metrics, model_state)), grads = grad_fn(
+          params, model_state, batch, jax.random.fold_in(rng, step)
+      )
     return loss, metrics, model_state, grads
 
   def constrain(tree):
-    return tree if grad_shardings is None else jax.lax.with_sharding_constraint(tree, grad_shardings)
+    return (
+        tree if grad_shardings is None else jax.lax.with_sharding_constraint(tree, grad_shardings)
+    )
 
   def micro(carry, inputs):
     model_state, grad_sum = carry
     micro_batch, i = inputs
     with sharding_lib.batch_sharded_activations():
-      (loss, (metrics, model_state)), grads = grad_fn(params, model_state, micro_batch,
-                                                      jax.random.fold_in(rng, step + i))
+      (loss, (metrics, model_state)), grads = grad_fn(
+          params, model_state, micro_batch, jax.random.fold_in(rng, step + i)
+      )
     grad_sum = constrain(jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads))
     return (model_state, grad_sum), (loss, metrics)
 
   zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
   (model_state, grad_sum), (losses, metrics) = jax.lax.scan(
-      micro, (model_state, zeros), (batch, jnp.arange(accumulate, dtype=jnp.int32)))
+      micro, (model_state, zeros), (batch, jnp.arange(accumulate, dtype=jnp.int32))
+  )
   grads = jax.tree.map(lambda g, p: (g / accumulate).astype(p.dtype), grad_sum, params)
   metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32), axis=0), metrics)
   return jnp.mean(losses.astype(jnp.float32)), metrics, model_state, grads
 
 
-def _train_step(state: TrainState, batch, rng, *, method, tx, schedule, accumulate: int,
-                ema_decay: float, grad_shardings=None) -> tuple[TrainState, dict[str, jax.Array]]:
+def _train_step(
+    state: TrainState,
+    batch,
+    rng,
+    *,
+    method,
+    tx,
+    schedule,
+    accumulate: int,
+    ema_decay: float,
+    grad_shardings=None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; pure, jitted once by the trainer (inside `jax.set_mesh`).
 
   With `accumulate` = k > 1 the update consumes k micro-batches (`batch` is [k, B, ...], see
@@ -236,19 +263,39 @@ def _train_step(state: TrainState, batch, rng, *, method, tx, schedule, accumula
   (averaged) gradient the update applies.
   """
   loss, metrics, model_state, grads = _mean_gradients(
-      state.params, state.model_state, batch, rng, state.step, method=method,
-      accumulate=accumulate, grad_shardings=grad_shardings)
+      state.params,
+      state.model_state,
+      batch,
+      rng,
+      state.step,
+      method=method,
+      accumulate=accumulate,
+      grad_shardings=grad_shardings,
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   params_ema = state.params_ema
   if params_ema is not None:
     # BasicSR model_ema: ema = decay * ema + (1 - decay) * params after every optimizer update.
-    params_ema = jax.tree.map(lambda e, p: (ema_decay * e + (1 - ema_decay) * p).astype(e.dtype),
-                              params_ema, params)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                 learning_rate=schedule(state.step // accumulate))
-  return TrainState(step=state.step + accumulate, params=params, opt_state=opt_state,
-                    model_state=model_state, params_ema=params_ema), metrics
+    params_ema = jax.tree.map(
+        lambda e, p: (ema_decay * e + (1 - ema_decay) * p).astype(e.dtype), params_ema, params
+    )
+  metrics = dict(
+      metrics,
+      loss=loss,
+      grad_norm=optax.global_norm(grads),
+      learning_rate=schedule(state.step // accumulate),
+  )
+  return (
+      TrainState(
+          step=state.step + accumulate,
+          params=params,
+          opt_state=opt_state,
+          model_state=model_state,
+          params_ema=params_ema,
+      ),
+      metrics,
+  )
 
 
 def _eval_step(state: TrainState, batch, *, method) -> dict[str, jax.Array]:
@@ -259,8 +306,10 @@ def _eval_step(state: TrainState, batch, *, method) -> dict[str, jax.Array]:
 def _put_step_batch(local_batch: dict[str, np.ndarray], *, sharding) -> dict[str, jax.Array]:
   """Global arrays of the train step's input from this process's rows (`sharding` splits the
   example axis, the leading one or, for stacked micro-batches [k, B, ...], the second)."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
 
 
 def process_local(x: jax.Array) -> np.ndarray:
@@ -291,14 +340,20 @@ def compiled_stats(compiled) -> dict[str, float]:
     if key in cost:
       out["compiler_seconds_estimate"] = float(cost[key])
   if mem is not None:
-    out.update(argument_bytes_per_device=float(mem.argument_size_in_bytes),
-               output_bytes_per_device=float(mem.output_size_in_bytes),
-               temp_bytes_per_device=float(mem.temp_size_in_bytes),
-               alias_bytes_per_device=float(mem.alias_size_in_bytes))
+    out.update(
+        argument_bytes_per_device=float(mem.argument_size_in_bytes),
+        output_bytes_per_device=float(mem.output_size_in_bytes),
+        temp_bytes_per_device=float(mem.temp_size_in_bytes),
+        alias_bytes_per_device=float(mem.alias_size_in_bytes),
+    )
     # Donated state: outputs alias arguments, so the peak is arguments + temporaries + the
     # outputs that are not aliased.
-    out["peak_bytes_per_device"] = (out["argument_bytes_per_device"] + out["temp_bytes_per_device"]
-                                    + out["output_bytes_per_device"] - out["alias_bytes_per_device"])
+    out["peak_bytes_per_device"] = (
+        out["argument_bytes_per_device"]
+        + out["temp_bytes_per_device"]
+        + out["output_bytes_per_device"]
+        - out["alias_bytes_per_device"]
+    )
   return out
 
 
@@ -310,8 +365,14 @@ class Trainer:
   stand-in of the same shapes), otherwise `registry.get_data(config.data.name)` builds it.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None, *,
-               devices: Sequence[jax.Device] | None = None, data=None):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      workdir: str | os.PathLike | None,
+      *,
+      devices: Sequence[jax.Device] | None = None,
+      data=None,
+  ):
     config_lib.validate(config)
     jax.config.update("jax_threefry_partitionable", True)
     self.config = config
@@ -319,14 +380,27 @@ class Trainer:
     self.mesh = sharding_lib.create_mesh(config.mesh, devices)
     batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     for key in ("batch_size", "data.eval_batch_size"):
-      value = config.batch_size if key == "batch_size" else config.data.get("eval_batch_size", config.batch_size)
+      value = (
+          config.batch_size
+          if key == "batch_size"
+          else config.data.get("eval_batch_size", config.batch_size)
+      )
       if value % batch_devices or value % jax.process_count():
         raise ValueError(
             f"config.{key}={value} must be divisible by the {batch_devices} devices of the "
-            f"(data, fsdp) mesh axes and by the {jax.process_count()} processes.")
-    self.data = data if data is not None else registry.get_data(config.data.name)(
-        config.data, batch_size=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+            f"(data, fsdp) mesh axes and by the {jax.process_count()} processes."
+        )
+    self.data = (
+        data
+        if data is not None
+        else registry.get_data(config.data.name)(
+            config.data,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
     self.method = registry.get_method(config.method.name)(config, self.data.info)
     self.accumulate = int(config.optimizer.get("accumulate_steps", 1))
     if self.accumulate > 1:
@@ -334,12 +408,15 @@ class Trainer:
       # land on update boundaries.
       for key in ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         if int(config[key]) % self.accumulate:
-          raise ValueError(f"config.{key}={config[key]} must be a multiple of "
-                           f"config.optimizer.accumulate_steps={self.accumulate} (steps count "
-                           f"micro-batches; one update consumes {self.accumulate}).")
+          raise ValueError(
+              f"config.{key}={config[key]} must be a multiple of "
+              f"config.optimizer.accumulate_steps={self.accumulate} (steps count "
+              f"micro-batches; one update consumes {self.accumulate})."
+          )
     self.tx = self.method.create_optimizer(config.optimizer, config.total_steps)
-    self.schedule = optimizers.create_schedule(config.optimizer,
-                                               max(config.total_steps // self.accumulate, 1))
+    self.schedule = optimizers.create_schedule(
+        config.optimizer, max(config.total_steps // self.accumulate, 1)
+    )
     self.ema_decay = float(config.get("ema_decay", 0.0))
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"config.ema_decay={self.ema_decay} must be in [0, 1) (0 = no EMA).")
@@ -348,38 +425,59 @@ class Trainer:
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
     self.repl = sharding_lib.replicated(self.mesh)
     self._global_example = {
-        k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
-                                sharding=self.batch_sharding) for k, v in example.items()}
+        k: jax.ShapeDtypeStruct(
+            (v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype, sharding=self.batch_sharding
+        )
+        for k, v in example.items()
+    }
     # The train step's input: [accumulate, B, ...] micro-batches (the leading axis unsharded)
     # when accumulating, else the batch itself.
     self.step_batch_sharding = self.batch_sharding
     self._step_example = self._global_example
     if self.accumulate > 1:
       self.step_batch_sharding = jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec(None, *self.batch_sharding.spec))
+          self.mesh, jax.sharding.PartitionSpec(None, *self.batch_sharding.spec)
+      )
       self._step_example = {
-          k: jax.ShapeDtypeStruct((self.accumulate,) + v.shape, v.dtype,
-                                  sharding=self.step_batch_sharding)
-          for k, v in self._global_example.items()}
+          k: jax.ShapeDtypeStruct(
+              (self.accumulate,) + v.shape, v.dtype, sharding=self.step_batch_sharding
+          )
+          for k, v in self._global_example.items()
+      }
     abstract_rng = jax.eval_shape(lambda: jax.random.key(0))
-    self._abstract_rng = jax.ShapeDtypeStruct(abstract_rng.shape, abstract_rng.dtype,
-                                              sharding=self.repl)
+    self._abstract_rng = jax.ShapeDtypeStruct(
+        abstract_rng.shape, abstract_rng.dtype, sharding=self.repl
+    )
     with self.mesh_context():
-      self.abstract_state = jax.eval_shape(self._init_state, self._abstract_rng, self._global_example)
+      self.abstract_state = jax.eval_shape(
+          self._init_state, self._abstract_rng, self._global_example
+      )
     sharding_lib.check_tensor_parallel(self.mesh, self.abstract_state.params, config.model.name)
     self.state_shardings = sharding_lib.state_shardings(self.abstract_state, self.mesh, config.mesh)
     self.abstract_sharded_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state,
-        self.state_shardings)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        self.abstract_state,
+        self.state_shardings,
+    )
     self.train_step = jax.jit(
-        functools.partial(_train_step, method=self.method, tx=self.tx, schedule=self.schedule,
-                          accumulate=self.accumulate, ema_decay=self.ema_decay,
-                          grad_shardings=self.state_shardings.params),
+        functools.partial(
+            _train_step,
+            method=self.method,
+            tx=self.tx,
+            schedule=self.schedule,
+            accumulate=self.accumulate,
+            ema_decay=self.ema_decay,
+            grad_shardings=self.state_shardings.params,
+        ),
         in_shardings=(self.state_shardings, self.step_batch_sharding, self.repl),
-        out_shardings=(self.state_shardings, self.repl), donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(_eval_step, method=self.method),
-                             in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=self.batch_sharding)
+        out_shardings=(self.state_shardings, self.repl),
+        donate_argnums=0,
+    )
+    self.eval_step = jax.jit(
+        functools.partial(_eval_step, method=self.method),
+        in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=self.batch_sharding,
+    )
 
   # -- compilation ---------------------------------------------------------------------------
   def mesh_context(self):
@@ -389,8 +487,9 @@ class Trainer:
   def lower_train_step(self) -> jax.stages.Lowered:
     """The loop's train step lowered from abstract shapes (no data, no parameters in memory)."""
     with self.mesh_context():
-      return self.train_step.lower(self.abstract_sharded_state, self._step_example,
-                                   self._abstract_rng)
+      return self.train_step.lower(
+          self.abstract_sharded_state, self._step_example, self._abstract_rng
+      )
 
   def compile_train_step(self, compiler_options: dict[str, Any] | None = None):
     """(compiled train step, seconds it took); the loop calls exactly this executable."""
@@ -403,8 +502,13 @@ class Trainer:
     variables = dict(self.method.init_variables(rng, batch))
     params = variables.pop("params")
     ema = jax.tree.map(jnp.copy, params) if self.ema_decay > 0 else None
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                      model_state=variables, params_ema=ema)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=self.tx.init(params),
+        model_state=variables,
+        params_ema=ema,
+    )
 
   def _rng(self) -> jax.Array:
     # Made by a jitted function with replicated output: device_put of a process-local key onto
@@ -414,8 +518,9 @@ class Trainer:
   def initial_state(self) -> TrainState:
     """Parameters born sharded (jit with out_shardings), optionally merged with `init_from`."""
     # Init runs once, so its speed is irrelevant: compiling it unoptimised saves ~3x compile time.
-    init = jax.jit(self._init_state, out_shardings=self.state_shardings,
-                   compiler_options=_FAST_COMPILE)
+    init = jax.jit(
+        self._init_state, out_shardings=self.state_shardings, compiler_options=_FAST_COMPILE
+    )
     with self.mesh_context():
       state = init(self._rng(), self._global_example)
     init_from = self.config.method.get("init_from")
@@ -428,11 +533,17 @@ class Trainer:
     loaded = ckpt_lib.load_variables(init_from, mesh=self.mesh, mesh_config=self.config.mesh)
     variables = {"params": state.params, **state.model_state}
     merged = self.method.init_from(variables, {"params": loaded["params"], **loaded["model_state"]})
-    _check_init_from_took_something(init_from, variables["params"], merged["params"],
-                                    loaded["params"], self.config.model.get("name"))
+    _check_init_from_took_something(
+        init_from,
+        variables["params"],
+        merged["params"],
+        loaded["params"],
+        self.config.model.get("name"),
+    )
     params = merged.pop("params")
-    params, merged = jax.device_put((params, merged),
-                                    (self.state_shardings.params, self.state_shardings.model_state))
+    params, merged = jax.device_put(
+        (params, merged), (self.state_shardings.params, self.state_shardings.model_state)
+    )
     ema = None
     if state.params_ema is not None:
       ema = jax.device_put(jax.tree.map(jnp.copy, params), self.state_shardings.params_ema)
@@ -465,7 +576,9 @@ class Trainer:
   def _write_eval(self, writer, step: int, state: TrainState) -> dict[str, float]:
     t0 = time.perf_counter()
     scalars, image = self.evaluate(state)
-    metrics_lib.write_split(writer, step, "eval", dict(scalars, eval_seconds=time.perf_counter() - t0))
+    metrics_lib.write_split(
+        writer, step, "eval", dict(scalars, eval_seconds=time.perf_counter() - t0)
+    )
     if image is not None and jax.process_index() == 0:
       writer.write_images(step, {"eval/images": image[None]})
       metrics_lib.write_png(self.workdir / "eval_images" / f"step_{step:08d}.png", image)
@@ -476,8 +589,9 @@ class Trainer:
     latest = manager.latest_step()
     if latest is not None:
       logging.info("Resuming from %s/%d.", ckpt_lib.checkpoint_dir(self.workdir), latest)
-      state = ckpt_lib.restore(manager, latest, self.abstract_sharded_state,
-                               self.data.train if with_data else None)
+      state = ckpt_lib.restore(
+          manager, latest, self.abstract_sharded_state, self.data.train if with_data else None
+      )
       return state, latest
     return self.initial_state(), None
 
@@ -492,16 +606,18 @@ class Trainer:
       # Checked before the checkpoint manager exists: it would leave an empty checkpoints/.
       raise FileNotFoundError(
           f"--mode=eval: {ckpt_lib.checkpoint_dir(self.workdir)} has no checkpoint and "
-          f"config.method.init_from is empty; train first or set --config.method.init_from.")
+          f"config.method.init_from is empty; train first or set --config.method.init_from."
+      )
     with workdir_lib.hold(self.workdir, lead=lead):
-      if lead:   # Another experiment's checkpoint would not restore into this config.
+      if lead:  # Another experiment's checkpoint would not restore into this config.
         workdir_lib.check_config(self.workdir, self.config)
       manager = ckpt_lib.create_manager(self.workdir, self.config.keep_checkpoints)
       try:
         state, latest = self._restore_or_init(manager, with_data=False)
         step = int(jax.device_get(state.step))
-        writer = self._console_writer(metrics_lib.create_writer(self.workdir, console=False),
-                                      self.config.total_steps)
+        writer = self._console_writer(
+            metrics_lib.create_writer(self.workdir, console=False), self.config.total_steps
+        )
         scalars = self._write_eval(writer, step, state)
         writer.flush()
         writer.close()
@@ -525,8 +641,10 @@ class Trainer:
     if not window:
       return None
     if len(window) != 2 or not 0 < window[0] <= window[1]:
-      raise ValueError(f"config.profile_steps={window}: use (first, last) steps, 0 < first <= "
-                       f"last, or () for no profile.")
+      raise ValueError(
+          f"config.profile_steps={window}: use (first, last) steps, 0 < first <= "
+          f"last, or () for no profile."
+      )
     return int(window[0]), int(window[1])
 
   def run(self, *, config_change: str = "refuse") -> TrainState:
@@ -540,29 +658,46 @@ class Trainer:
     """
     lead = jax.process_index() == 0
     with workdir_lib.hold(self.workdir, lead=lead):
-      self._config_change = (workdir_lib.check_config(self.workdir, self.config,
-                                                      config_change=config_change)
-                             if lead else None)
+      self._config_change = (
+          workdir_lib.check_config(self.workdir, self.config, config_change=config_change)
+          if lead
+          else None
+      )
       start = workdir_lib.latest_step(self.workdir)
       state = self._train()
       step = int(jax.device_get(state.step))
       if lead and getattr(self, "_progress", None) is not None:
-        stopped = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}.get(_Preemption.last_stop or "",
-                                                                 "preemption")
-        self._progress.load_last(metrics_lib.read_jsonl(self.workdir)
-                                 if (self.workdir / metrics_lib.JSONL_NAME).exists() else [])
+        stopped = {"SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}.get(
+            _Preemption.last_stop or "", "preemption"
+        )
+        self._progress.load_last(
+            metrics_lib.read_jsonl(self.workdir)
+            if (self.workdir / metrics_lib.JSONL_NAME).exists()
+            else []
+        )
         latest = workdir_lib.latest_step(self.workdir)
-        print(self._progress.closing_line(
-            str(self.workdir), step,
-            str(ckpt_lib.checkpoint_dir(self.workdir) / str(latest)) if latest is not None else None,
-            already_complete=start is not None and start >= self.config.total_steps,
-            stopped=stopped if step < self.config.total_steps else None), flush=True)
+        print(
+            self._progress.closing_line(
+                str(self.workdir),
+                step,
+                str(ckpt_lib.checkpoint_dir(self.workdir) / str(latest))
+                if latest is not None
+                else None,
+                already_complete=start is not None and start >= self.config.total_steps,
+                stopped=stopped if step < self.config.total_steps else None,
+            ),
+            flush=True,
+        )
     return state
 
   def _console_writer(self, writer, step: int):
     """The run's writer behind console.ProgressWriter (progress / eval / closing lines)."""
-    self._progress = console.ProgressWriter(writer, total_steps=self.config.total_steps,
-                                            start_step=step, enabled=jax.process_index() == 0)
+    self._progress = console.ProgressWriter(
+        writer,
+        total_steps=self.config.total_steps,
+        start_step=step,
+        enabled=jax.process_index() == 0,
+    )
     return self._progress
 
   def _train(self) -> TrainState:
@@ -571,7 +706,7 @@ class Trainer:
     manager = ckpt_lib.create_manager(self.workdir, config.keep_checkpoints)
     t0 = time.time()
     state, latest = self._restore_or_init(manager, with_data=True)
-    self._write_config(latest)   # only now: a failed restore leaves the workdir's config as it was
+    self._write_config(latest)  # only now: a failed restore leaves the workdir's config as it was
     if latest is not None:
       goodput.add("restore_seconds", time.time() - t0)
       if jax.process_index() == 0 and (self.workdir / metrics_lib.JSONL_NAME).exists():
@@ -589,8 +724,12 @@ class Trainer:
       goodput.add("compile_seconds", compile_seconds)
       stats = compiled_stats(train_step)
       logging.info("Compiled the train step in %.1f s: %s", compile_seconds, json.dumps(stats))
-      metrics_lib.write_split(writer, step, "compile", {
-          "train_step_seconds": compile_seconds, **{k: v for k, v in stats.items() if v == v}})
+      metrics_lib.write_split(
+          writer,
+          step,
+          "compile",
+          {"train_step_seconds": compile_seconds, **{k: v for k, v in stats.items() if v == v}},
+      )
     peak = peak_flops_per_device(self.mesh.devices.flat[0])
 
     def check_pending() -> list[dict[str, np.ndarray]]:
@@ -606,26 +745,31 @@ class Trainer:
               f"({'step ' + str(last_good) if last_good is not None else 'none'}) in "
               f"{ckpt_lib.checkpoint_dir(self.workdir)} is kept. Lower "
               f"config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then "
-              f"re-run to resume.")
+              f"re-run to resume."
+          )
       return values
 
     report = None
     if jax.process_index() == 0:
       report = periodic_actions.ReportProgress(
-          num_train_steps=config.total_steps, writer=_Prefixed(writer, "train"),
-          every_steps=config.log_every_steps, every_secs=None)
+          num_train_steps=config.total_steps,
+          writer=_Prefixed(writer, "train"),
+          every_steps=config.log_every_steps,
+          every_secs=None,
+      )
     timed = report.timed if report is not None else (lambda name, **kw: contextlib.nullcontext())
     profile = self._profile_window()
     profiling = False
     guard = os.environ.get(ORDINARY_STEP_GUARD_ENV, "allow")
     rng = self._rng()
-    k = self.accumulate   # micro-steps per trainer call (one optimizer update)
+    k = self.accumulate  # micro-steps per trainer call (one optimizer update)
     ckpt_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
     last_ckpt_time = time.perf_counter()
     put = functools.partial(_put_step_batch, sharding=self.step_batch_sharding)
     # The next steps' inputs are read and put on the devices while the current step runs.
-    inputs = prefetch_lib.DevicePrefetch(self.data.train, put, micro_batches=k,
-                                         size=int(config.get("prefetch_batches", 2)))
+    inputs = prefetch_lib.DevicePrefetch(
+        self.data.train, put, micro_batches=k, size=int(config.get("prefetch_batches", 2))
+    )
     goodput.loop_started()
     interval_start, excluded = time.perf_counter(), 0.0
     steps_in_interval = calls_in_interval = 0
@@ -680,7 +824,11 @@ class Trainer:
           metrics_lib.write_split(writer, step, goodput_lib.SPLIT, goodput.row())
           pending.clear()
           interval_start, excluded, steps_in_interval, calls_in_interval = (
-              time.perf_counter(), 0.0, 0, 0)
+              time.perf_counter(),
+              0.0,
+              0,
+              0,
+          )
         if eval_step:
           t0 = time.perf_counter()
           with timed("eval"):
@@ -726,8 +874,9 @@ class _Prefixed:
     metrics_lib.write_split(self._writer, step, self._split, scalars)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       config_change: str = "refuse") -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, config_change: str = "refuse"
+) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one.
 
   Another experiment's workdir is refused before the run is built (and again, under the
@@ -739,7 +888,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def stopped_by() -> str | None:
-  """"SIGINT" or "SIGTERM" when the newest run of this process stopped early on that signal."""
+  """ "SIGINT" or "SIGTERM" when the newest run of this process stopped early on that signal."""
   return _Preemption.last_stop
 
 
@@ -756,9 +905,11 @@ def check_finished(state: TrainState, config: ml_collections.ConfigDict, workdir
   stage or its results table: it calls this after each run and stops."""
   step = int(jax.device_get(state.step))
   if step < int(config.total_steps):
-    raise Interrupted(f"{workdir}: the run stopped at step {step} of {config.total_steps} after a "
-                      f"preemption request (SIGTERM). Its checkpoint is kept; re-run the same "
-                      f"command to resume.")
+    raise Interrupted(
+        f"{workdir}: the run stopped at step {step} of {config.total_steps} after a "
+        f"preemption request (SIGTERM). Its checkpoint is kept; re-run the same "
+        f"command to resume."
+    )
 
 
 def train_to_end(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

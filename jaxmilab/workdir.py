@@ -53,11 +53,24 @@ ALLOW_FLAG = "--config_change=allow"
 # Keys that may differ from the workdir's config.json without changing the experiment
 # (fnmatch patterns over dotted keys).
 SAFE_CHANGES = (
-    "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-    "keep_checkpoints", "profile_steps", "mesh.*",
-    "data.worker_count", "data.worker_buffer_size", "data.read_threads", "data.read_buffer",
-    "data.cache_size", "data.prefetch*", "data.eval_batch_size",
-    "data.root", "data.eval_root", "data.*_root", "data.*_dir",
+    "total_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "profile_steps",
+    "mesh.*",
+    "data.worker_count",
+    "data.worker_buffer_size",
+    "data.read_threads",
+    "data.read_buffer",
+    "data.cache_size",
+    "data.prefetch*",
+    "data.eval_batch_size",
+    "data.root",
+    "data.eval_root",
+    "data.*_root",
+    "data.*_dir",
 )
 
 
@@ -86,32 +99,43 @@ def ensure_writable(workdir: str | os.PathLike) -> epath.Path:
     return path
   text = str(path)
   if os.path.exists(text) and not os.path.isdir(text):
-    raise WorkdirError(f"--workdir={text} is a file, not a folder; pass a folder (it is created "
-                       f"if missing).")
+    raise WorkdirError(
+        f"--workdir={text} is a file, not a folder; pass a folder (it is created " f"if missing)."
+    )
   try:
     os.makedirs(text, exist_ok=True)
   except (PermissionError, NotADirectoryError, FileExistsError, OSError) as e:
-    raise WorkdirError(f"--workdir={text} cannot be created ({e.strerror or e}); pass a folder "
-                       f"you can write to.") from None
+    raise WorkdirError(
+        f"--workdir={text} cannot be created ({e.strerror or e}); pass a folder "
+        f"you can write to."
+    ) from None
   if not os.access(text, os.W_OK | os.X_OK):
-    raise WorkdirError(f"--workdir={text} is not writable; pass a folder you can write to (or "
-                       f"fix its permissions).")
+    raise WorkdirError(
+        f"--workdir={text} is not writable; pass a folder you can write to (or "
+        f"fix its permissions)."
+    )
   return path
 
 
 # ------------------------------------------------------------------------------------------ lock
 
+
 def _holder_record() -> dict[str, Any]:
-  return {"host": socket.gethostname(), "pid": os.getpid(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-          "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])[:500]}
+  return {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])[:500],
+  }
 
 
 def _describe(holder: Mapping[str, Any] | None) -> str:
   if not holder:
     return "another process (the lock file names no holder)"
-  return (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')}: "
-          f"{holder.get('command', '')})")
+  return (
+      f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')}: "
+      f"{holder.get('command', '')})"
+  )
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -120,7 +144,7 @@ def _pid_alive(pid: Any) -> bool:
   except ProcessLookupError:
     return False
   except (PermissionError, ValueError, TypeError, OverflowError):
-    return True    # exists but not ours, or unreadable: assume it runs
+    return True  # exists but not ours, or unreadable: assume it runs
   return True
 
 
@@ -138,7 +162,7 @@ class Lock:
   def __init__(self, workdir: epath.Path):
     self.workdir = workdir
     self.path = workdir / LOCK_NAME
-    self.took_over: dict[str, Any] | None = None   # the stale holder replaced, if any
+    self.took_over: dict[str, Any] | None = None  # the stale holder replaced, if any
     self._fd: int | None = None
     self._generation: int | None = None
     self._held = False
@@ -146,14 +170,17 @@ class Lock:
   # -- local --------------------------------------------------------------------------------
   def _acquire_local(self) -> None:
     import fcntl  # pylint: disable=g-import-not-at-top
+
     path = str(self.path)
     record = _holder_record()
     for _ in range(20):
       try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
       except OSError as e:
-        raise WorkdirError(f"--workdir={self.workdir}: cannot create its lock file {path} "
-                           f"({e.strerror}); pass a folder you can write to.") from None
+        raise WorkdirError(
+            f"--workdir={self.workdir}: cannot create its lock file {path} "
+            f"({e.strerror}); pass a folder you can write to."
+        ) from None
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
@@ -161,7 +188,8 @@ class Lock:
         os.close(fd)
         raise WorkdirError(
             f"--workdir={self.workdir} is in use by {_describe(holder)}; wait for that run to end "
-            f"(or stop it), or pass another --workdir.") from None
+            f"(or stop it), or pass another --workdir."
+        ) from None
       except OSError as e:
         os.close(fd)
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -179,7 +207,7 @@ class Lock:
         continue
       previous = _read_holder(os.read(fd, 65536).decode("utf-8", "replace"))
       if previous:
-        self.took_over = previous   # a lock file whose flock is free: its run died
+        self.took_over = previous  # a lock file whose flock is free: its run died
       os.ftruncate(fd, 0)
       os.lseek(fd, 0, os.SEEK_SET)
       os.write(fd, json.dumps(record).encode())
@@ -204,7 +232,8 @@ class Lock:
           continue
         raise WorkdirError(
             f"--workdir={self.workdir} is in use by {_describe(holder)}; wait for that run to end, "
-            f"pass another --workdir, or delete {path} if that run is dead.") from None
+            f"pass another --workdir, or delete {path} if that run is dead."
+        ) from None
       os.write(fd, json.dumps(record).encode())
       os.close(fd)
       self._held = True
@@ -214,11 +243,13 @@ class Lock:
   # -- gs:// ----------------------------------------------------------------------------------
   def _blob(self):
     from google.cloud import storage  # pylint: disable=g-import-not-at-top
-    bucket, _, name = str(self.path)[len("gs://"):].partition("/")
+
+    bucket, _, name = str(self.path)[len("gs://") :].partition("/")
     return storage.Client().bucket(bucket).blob(name)
 
   def _acquire_gcs(self) -> None:
     from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+
     record = _holder_record()
     blob = self._blob()
     for _ in range(3):
@@ -237,7 +268,8 @@ class Lock:
           continue
         raise WorkdirError(
             f"--workdir={self.workdir} is in use by {_describe(holder)}; wait for that run to end, "
-            f"pass another --workdir, or delete {self.path} if that run is dead.") from None
+            f"pass another --workdir, or delete {self.path} if that run is dead."
+        ) from None
     raise WorkdirError(f"--workdir={self.workdir}: could not take its lock {self.path}; retry.")
 
   # -- both -----------------------------------------------------------------------------------
@@ -245,11 +277,13 @@ class Lock:
     if _is_remote(self.workdir):
       if str(self.workdir).startswith("gs://"):
         self._acquire_gcs()
-      else:   # Other object stores: no atomic create-if-absent through epath (best effort).
+      else:  # Other object stores: no atomic create-if-absent through epath (best effort).
         if self.path.exists():
           holder = _read_holder(self.path.read_text())
-          raise WorkdirError(f"--workdir={self.workdir} is in use by {_describe(holder)}; delete "
-                             f"{self.path} if that run is dead, or pass another --workdir.")
+          raise WorkdirError(
+              f"--workdir={self.workdir} is in use by {_describe(holder)}; delete "
+              f"{self.path} if that run is dead, or pass another --workdir."
+          )
         self.path.write_text(json.dumps(_holder_record()))
         self._held = True
     else:
@@ -262,11 +296,12 @@ class Lock:
     self._held = False
     if self._fd is not None:
       with contextlib.suppress(OSError):
-        os.remove(str(self.path))   # under the flock: a waiting open sees another inode
+        os.remove(str(self.path))  # under the flock: a waiting open sees another inode
       os.close(self._fd)
       self._fd = None
     elif str(self.workdir).startswith("gs://"):
       from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+
       with contextlib.suppress(exceptions.NotFound, exceptions.PreconditionFailed):
         self._blob().delete(if_generation_match=self._generation)
     else:
@@ -283,8 +318,12 @@ def hold(workdir: str | os.PathLike, *, lead: bool = True) -> Iterator[Lock | No
   lock = Lock(ensure_writable(workdir)).acquire()
   if lock.took_over:
     from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.warning("Took over the stale lock of %s in %s (that process no longer runs).",
-                    _describe(lock.took_over), workdir)
+
+    logging.warning(
+        "Took over the stale lock of %s in %s (that process no longer runs).",
+        _describe(lock.took_over),
+        workdir,
+    )
   try:
     yield lock
   finally:
@@ -292,6 +331,7 @@ def hold(workdir: str | os.PathLike, *, lead: bool = True) -> Iterator[Lock | No
 
 
 # ---------------------------------------------------------------------------------- config guard
+
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   if isinstance(tree, Mapping):
@@ -329,8 +369,11 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
   """{dotted key: [old value, new value]} of every key that differs (absent = "<absent>")."""
   a, b = _flatten(old), _flatten(new)
   missing = "<absent>"
-  return {k: [a.get(k, missing), b.get(k, missing)] for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)}
+  return {
+      k: [a.get(k, missing), b.get(k, missing)]
+      for k in sorted(set(a) | set(b))
+      if a.get(k, missing) != b.get(k, missing)
+  }
 
 
 def _short(value: Any) -> str:
@@ -349,8 +392,18 @@ class ConfigChange:
     if not self.changes:
       return
     path = as_path(workdir) / HISTORY_NAME
-    line = json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "step": step,
-                       "changes": self.changes, "allowed_by": self.allowed_by}, default=str) + "\n"
+    line = (
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "step": step,
+                "changes": self.changes,
+                "allowed_by": self.allowed_by,
+            },
+            default=str,
+        )
+        + "\n"
+    )
     if _is_remote(path):
       old = path.read_text() if path.exists() else ""
       path.write_text(old + line)
@@ -359,8 +412,9 @@ class ConfigChange:
         f.write(line)
 
 
-def check_config(workdir: str | os.PathLike, config: Any, *,
-                 config_change: str = "refuse") -> ConfigChange:
+def check_config(
+    workdir: str | os.PathLike, config: Any, *, config_change: str = "refuse"
+) -> ConfigChange:
   """Compares `config` with the workdir's config.json before anything is written.
 
   Returns the accepted changes; raises WorkdirError (one line: the differing keys, the two ways
@@ -374,15 +428,20 @@ def check_config(workdir: str | os.PathLike, config: Any, *,
   changes = config_changes(old, config_as_json(config))
   unsafe = {k: v for k, v in changes.items() if not is_safe_change(k)}
   # The component names, then the model's keys, first: they say what the other experiment is.
-  unsafe = dict(sorted(unsafe.items(), key=lambda kv: (not kv[0].endswith(".name"),
-                                                        not kv[0].startswith("model."), kv[0])))
+  unsafe = dict(
+      sorted(
+          unsafe.items(),
+          key=lambda kv: (not kv[0].endswith(".name"), not kv[0].startswith("model."), kv[0]),
+      )
+  )
   if unsafe and config_change != "allow":
     shown = "; ".join(f"{k}: {_short(o)} -> {_short(n)}" for k, (o, n) in list(unsafe.items())[:6])
     more = f" (and {len(unsafe) - 6} more)" if len(unsafe) > 6 else ""
     raise WorkdirError(
         f"--workdir={workdir} holds another experiment: its config.json differs in "
         f"{len(unsafe)} key(s): {shown}{more}. Nothing was written. Pass a new --workdir, or "
-        f"{ALLOW_FLAG} to continue this run's checkpoints under the new config.")
+        f"{ALLOW_FLAG} to continue this run's checkpoints under the new config."
+    )
   return ConfigChange(changes, ("--config_change=allow" if unsafe else "safe") if changes else None)
 
 

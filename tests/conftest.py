@@ -6,7 +6,9 @@ import os
 import sys
 
 # Fake devices only here and in entry points, never inside the library (ARCHITECTURE.md).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,8 +16,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Compile each distinct program once per test session, even across separate jit objects.
-jax.config.update("jax_compilation_cache_dir", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"jaxmilab_test_cache_{os.getuid()}"))
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), f"jaxmilab_test_cache_{os.getuid()}"),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -1,8 +1,8 @@
 """Tiny on-disk datasets shared by the data tests (test code, not part of the package).
 
-  uir_release     a UIR-2.5M release folder: <type>/<source>/{lq,gt}/<name> of seeded noise
-  read_build      a build_uir output folder read back: (manifest, decoded records in shard order)
-  wsol_metadata   wsolevaluation metadata files, <metadata>/<dataset>/<split>/*.txt
+uir_release     a UIR-2.5M release folder: <type>/<source>/{lq,gt}/<name> of seeded noise
+read_build      a build_uir output folder read back: (manifest, decoded records in shard order)
+wsol_metadata   wsolevaluation metadata files, <metadata>/<dataset>/<split>/*.txt
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ import numpy as np
 from PIL import Image
 
 
-def uir_release(root: pathlib.Path, layout: Iterable[tuple[str, str, Sequence[str]]], *,
-                height: int = 8, width: int = 10) -> pathlib.Path:
+def uir_release(
+    root: pathlib.Path,
+    layout: Iterable[tuple[str, str, Sequence[str]]],
+    *,
+    height: int = 8,
+    width: int = 10,
+) -> pathlib.Path:
   """Writes (type folder, source, file names) of `layout` under `root`; returns `root`.
 
   Image i of a folder is uint8 noise [height + i, width, 3], seeded by its type, name and side
@@ -39,6 +44,7 @@ def read_build(out: pathlib.Path) -> tuple[dict, list[dict]]:
   """(manifest.json, every record of every shard decoded by build_uir.decode_record)."""
   from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import build_uir  # pylint: disable=g-import-not-at-top
+
   manifest = json.loads((out / "manifest.json").read_text())
   records = []
   for shard in manifest["shards"]:
@@ -48,9 +54,15 @@ def read_build(out: pathlib.Path) -> tuple[dict, list[dict]]:
   return manifest, records
 
 
-def wsol_metadata(metadata_root: pathlib.Path, dataset: str, *, labels: Mapping[str, int],
-                  localization: Sequence[str], sizes: Mapping[str, tuple[int, int]] | None = None,
-                  splits: Sequence[str] = ("train", "test")) -> None:
+def wsol_metadata(
+    metadata_root: pathlib.Path,
+    dataset: str,
+    *,
+    labels: Mapping[str, int],
+    localization: Sequence[str],
+    sizes: Mapping[str, tuple[int, int]] | None = None,
+    splits: Sequence[str] = ("train", "test"),
+) -> None:
   """The same wsolevaluation metadata in every split: image_ids.txt, class_labels.txt
   (`labels`: image id -> class), localization.txt (its lines as given) and, with `sizes`
   (image id -> (width, height)), image_sizes.txt."""

@@ -24,27 +24,38 @@ import nbformat
 
 def inject(nb, assignments: dict[str, str]):
   """Inserts (or replaces) the injected-parameters cell after the `parameters` cell."""
-  cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-  if not assignments:          # nothing to inject: the notebook runs with its own parameters
+  cells = [
+      c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])
+  ]
+  if not assignments:  # nothing to inject: the notebook runs with its own parameters
     nb.cells = cells
     return nb
   tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
   if len(tagged) != 1:
     raise ValueError(f"expected exactly one cell tagged 'parameters', found {len(tagged)}")
-  cell = nbformat.v4.new_code_cell("# Parameters injected by tests/notebook_runner.py\n" + "".join(
-      f"{k} = {v}\n" for k, v in assignments.items()))
+  cell = nbformat.v4.new_code_cell(
+      "# Parameters injected by tests/notebook_runner.py\n"
+      + "".join(f"{k} = {v}\n" for k, v in assignments.items())
+  )
   cell.metadata["tags"] = ["injected-parameters"]
   cells.insert(tagged[0] + 1, cell)
   nb.cells = cells
   return nb
 
 
-def run(path: str, assignments: dict[str, str], *, cwd: str, output: str | None = None,
-        timeout: int = 1800):
+def run(
+    path: str,
+    assignments: dict[str, str],
+    *,
+    cwd: str,
+    output: str | None = None,
+    timeout: int = 1800,
+):
   nb = inject(nbformat.read(path, as_version=4), assignments)
   start = time.time()
-  client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                   resources={"metadata": {"path": cwd}})
+  client = nbclient.NotebookClient(
+      nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}
+  )
   try:
     client.execute()
   finally:
@@ -62,7 +73,9 @@ def main(argv=None) -> int:
   parser.add_argument("--timeout", type=int, default=1800)
   args = parser.parse_args(argv)
   assignments = dict(item.split("=", 1) for item in args.set)
-  _, seconds = run(args.notebook, assignments, cwd=args.cwd, output=args.output, timeout=args.timeout)
+  _, seconds = run(
+      args.notebook, assignments, cwd=args.cwd, output=args.output, timeout=args.timeout
+  )
   print(f"{args.notebook}: ran in {seconds:.0f} s")
   return 0
 

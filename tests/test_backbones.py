@@ -25,15 +25,20 @@ from tests.torch_reference import archs as torch_archs
 
 _MODULES = {"restormer": restormer, "promptir": promptir, "swinir": swinir}
 _U_NET = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
-_SWIN = dict(img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4,
-             mlp_ratio=2.0)
+_SWIN = dict(
+    img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, mlp_ratio=2.0
+)
 # flax preset -> (torch network, its constructor arguments, torch-side reflect padding unit
 # (None: the official forward pads itself), NCHW input shape).
 CASES = {
     "restormer_tiny": ("restormer", _U_NET, 8, (2, 3, 21, 13)),
     "restormer_dcpt_tiny": ("restormer_dcpt", _U_NET, 8, (2, 3, 21, 13)),
-    "promptir_tiny": ("promptir", dict(_U_NET, prompt_dims=(4, 8, 16), prompt_len=3,
-                                       prompt_sizes=(10, 4, 3)), 8, (2, 3, 21, 13)),
+    "promptir_tiny": (
+        "promptir",
+        dict(_U_NET, prompt_dims=(4, 8, 16), prompt_len=3, prompt_sizes=(10, 4, 3)),
+        8,
+        (2, 3, 21, 13),
+    ),
     "swinir_tiny": ("swinir", _SWIN, None, (2, 3, 13, 10)),
     "swinir_dcpt_tiny": ("swinir_dcpt", _SWIN, 4, (2, 3, 13, 10)),
 }
@@ -103,7 +108,7 @@ def test_decoder_features_match_torch(parity):
 @pytest.mark.torch
 def test_bilinear_resize_matches_torch():
   torch = pytest.importorskip("torch")
-  x = np.random.default_rng(1).normal(size=(2, 3, 7, 10)).astype(np.float32)   # NCHW
+  x = np.random.default_rng(1).normal(size=(2, 3, 7, 10)).astype(np.float32)  # NCHW
   for size in ((7, 10), (12, 8), (3, 2), (9, 23), (5, 5)):
     ref = torch.nn.functional.interpolate(torch.from_numpy(x), size, mode="bilinear")
     got = promptir.resize_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), *size)
@@ -114,19 +119,23 @@ def test_bilinear_resize_matches_torch():
 # Shapes and configs (no torch, no compile).
 
 
-@pytest.mark.parametrize("preset,expected", [
-    # Documented: 21x13 pads to 24x16; [4d @ /4, 2d @ /2, 2d @ 1] with dim 8.
-    ("restormer_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
-    ("promptir_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
-    # 21x13 pads to 24x16 (window 4); outputs of the last len(depths) - len(depths)//2 RSTBs.
-    ("swinir_tiny", [(2, 24, 16, 12)]),
-])
+@pytest.mark.parametrize(
+    "preset,expected",
+    [
+        # Documented: 21x13 pads to 24x16; [4d @ /4, 2d @ /2, 2d @ 1] with dim 8.
+        ("restormer_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
+        ("promptir_tiny", [(2, 6, 4, 32), (2, 12, 8, 16), (2, 24, 16, 16)]),
+        # 21x13 pads to 24x16 (window 4); outputs of the last len(depths) - len(depths)//2 RSTBs.
+        ("swinir_tiny", [(2, 24, 16, 12)]),
+    ],
+)
 def test_decoder_feature_shapes(preset, expected):
   model = _model(preset)
   x = jnp.zeros((2, 21, 13, 3))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   y, feats = jax.eval_shape(
-      lambda v, a: model.apply(v, a, return_decoder_features=True), variables, x)
+      lambda v, a: model.apply(v, a, return_decoder_features=True), variables, x
+  )
   assert y.shape == x.shape
   assert [f.shape for f in feats] == expected
 
@@ -135,8 +144,9 @@ def test_swinir_full_preset_has_three_decoder_features_and_official_size():
   model = swinir.create({"preset": "swinir"})
   x = jnp.zeros((1, 20, 20, 3))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  _, feats = jax.eval_shape(lambda v, a: model.apply(v, a, return_decoder_features=True),
-                            variables, x)
+  _, feats = jax.eval_shape(
+      lambda v, a: model.apply(v, a, return_decoder_features=True), variables, x
+  )
   assert [f.shape for f in feats] == [(1, 24, 24, 180)] * 3
   # Hand count, E = 180, 36 blocks: LN 4E, qkv E*3E+3E, proj E*E+E, bias table 15*15*6,
   # fc1 E*2E+2E, fc2 2E*E+E; 6 RSTB convs 9E*E+E; conv_first 27E+E; patch/final LN 4E;
@@ -153,8 +163,9 @@ def test_dtype_bfloat16_keeps_float32_params():
   x = jnp.zeros((1, 8, 8, 3))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  _, feats = jax.eval_shape(lambda v, a: model.apply(v, a, return_decoder_features=True),
-                            variables, x)
+  _, feats = jax.eval_shape(
+      lambda v, a: model.apply(v, a, return_decoder_features=True), variables, x
+  )
   assert {f.dtype for f in feats} == {jnp.dtype(jnp.bfloat16)}
 
 
@@ -179,8 +190,9 @@ def test_presets_override_and_bad_configs():
 
 @pytest.mark.slow
 @pytest.mark.torch
-@pytest.mark.parametrize("preset", ["restormer", "restormer_dcpt", "promptir", "promptir_dcpt",
-                                    "swinir", "swinir_dcpt"])
+@pytest.mark.parametrize(
+    "preset", ["restormer", "restormer_dcpt", "promptir", "promptir_dcpt", "swinir", "swinir_dcpt"]
+)
 def test_official_size_matches_torch(preset):
   """The full official presets (20-40 s each on CPU) against the official-size torch nets."""
   torch = pytest.importorskip("torch")
@@ -196,8 +208,9 @@ def test_official_size_matches_torch(preset):
     xt = torch.from_numpy(x)
     y_t = net(torch_archs.reflect_pad(xt, pad) if pad else xt)[:, :, :37, :29]
   model = _model(preset)
-  y = jax.jit(model.apply)({"params": _torch_to_flax(net.state_dict())},
-                           jnp.asarray(x.transpose(0, 2, 3, 1)))
+  y = jax.jit(model.apply)(
+      {"params": _torch_to_flax(net.state_dict())}, jnp.asarray(x.transpose(0, 2, 3, 1))
+  )
   np.testing.assert_allclose(np.asarray(y), y_t.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
 
 
@@ -226,23 +239,41 @@ def test_common_create_follows_fields_preset_and_explicit_keys():
         raise ValueError(f"config.model.mode={self.mode!r}")
 
   presets = {"small": dict(width=4, levels=[3, 4], scale=2)}
-  m = common.create(Toy, presets, {"name": "toy", "preset": "small", "width": 8.0,
-                                   "gated": None, "dtype": "bfloat16"})
+  m = common.create(
+      Toy,
+      presets,
+      {"name": "toy", "preset": "small", "width": 8.0, "gated": None, "dtype": "bfloat16"},
+  )
   # explicit > preset > field default; lists become tuples, numbers the declared type.
   assert (m.width, m.levels, m.scale, m.gated, m.mode, m.dtype) == (
-      8, (3, 4), 2.0, False, "a", jnp.bfloat16)
+      8,
+      (3, 4),
+      2.0,
+      False,
+      "a",
+      jnp.bfloat16,
+  )
   assert isinstance(m.scale, float) and checked == [8]
   # A key set to None is "not set", even when it is not a field (another model's key).
   assert common.create(Toy, presets, {"width": 2, "enc_blocks": None}).width == 2
-  assert set(common.config_defaults(Toy)) == {"preset", "width", "levels", "scale", "gated",
-                                              "mode", "dtype"}
-  for config, message in (({"width": 2, "widht": 3}, r"unknown key\(s\) \['widht'\]"),
-                          ({"preset": "large"}, "not a toy preset"),
-                          ({"levels": (1,)}, r"missing \['width'\]"),
-                          ({"width": 2, "dtype": "float16"}, "config.model.dtype='float16'"),
-                          ({"width": 2.5}, "config.model.width=2.5 does not fit"),
-                          ({"width": 2, "levels": 3}, "config.model.levels=3 does not fit"),
-                          ({"width": 2, "mode": "c"}, "config.model.mode='c'")):
+  assert set(common.config_defaults(Toy)) == {
+      "preset",
+      "width",
+      "levels",
+      "scale",
+      "gated",
+      "mode",
+      "dtype",
+  }
+  for config, message in (
+      ({"width": 2, "widht": 3}, r"unknown key\(s\) \['widht'\]"),
+      ({"preset": "large"}, "not a toy preset"),
+      ({"levels": (1,)}, r"missing \['width'\]"),
+      ({"width": 2, "dtype": "float16"}, "config.model.dtype='float16'"),
+      ({"width": 2.5}, "config.model.width=2.5 does not fit"),
+      ({"width": 2, "levels": 3}, "config.model.levels=3 does not fit"),
+      ({"width": 2, "mode": "c"}, "config.model.mode='c'"),
+  ):
     with pytest.raises(ValueError, match=message):
       common.create(Toy, presets, config)
 
@@ -252,27 +283,30 @@ def test_apply_with_state_updates_batch_stats_only_in_training():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   class Net(nn.Module):
+
     @nn.compact
     def __call__(self, x, train: bool):
       return nn.BatchNorm(use_running_average=not train, momentum=0.5, epsilon=1e-5)(x)
 
   class NoState(nn.Module):
+
     @nn.compact
     def __call__(self, x, train: bool):
       return nn.Dropout(0.5, deterministic=not train)(x)
 
   net = Net()
-  x = jnp.arange(8.0).reshape(4, 2) + 1.0                    # column means 4, 5
+  x = jnp.arange(8.0).reshape(4, 2) + 1.0  # column means 4, 5
   variables = net.init(jax.random.PRNGKey(0), x, train=False)
   params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
   _, new_state = common.apply_with_state(net, params, state, x, train=True)
   stats = new_state["batch_stats"]["BatchNorm_0"]
-  np.testing.assert_allclose(np.asarray(stats["mean"]), [2.0, 2.5])   # 0.5 * 0 + 0.5 * mean
+  np.testing.assert_allclose(np.asarray(stats["mean"]), [2.0, 2.5])  # 0.5 * 0 + 0.5 * mean
   y_eval, same = common.apply_with_state(net, params, new_state, x, train=False)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), same, new_state))
   expected = (np.asarray(x) - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + 1e-5)
   np.testing.assert_allclose(np.asarray(y_eval), expected, rtol=1e-5, atol=1e-5)
   # No state: a plain apply, {} back; rngs reach the module (dropout needs its key).
-  y, empty = common.apply_with_state(NoState(), {}, {}, x, train=True,
-                                     rngs={"dropout": jax.random.PRNGKey(1)})
+  y, empty = common.apply_with_state(
+      NoState(), {}, {}, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}
+  )
   assert empty == {} and set(np.unique(np.asarray(y) == 0)) == {True, False}

@@ -21,9 +21,12 @@ from jaxmilab.data.base import DataInfo
 
 BACKBONES = {  # preset -> model name
     "nafnet_tiny": "nafnet",
-    "swinir_tiny": "swinir", "swinir_dcpt_tiny": "swinir",
-    "restormer_tiny": "restormer", "restormer_dcpt_tiny": "restormer",
-    "promptir_tiny": "promptir", "promptir_dcpt_tiny": "promptir",
+    "swinir_tiny": "swinir",
+    "swinir_dcpt_tiny": "swinir",
+    "restormer_tiny": "restormer",
+    "restormer_dcpt_tiny": "restormer",
+    "promptir_tiny": "promptir",
+    "promptir_dcpt_tiny": "promptir",
     "teaformer_tiny": "teaformer",
 }
 METHODS = ("restoration", "dcpt", "maskdcpt", "maskdcpt:spark")  # maskdcpt's two reconstructions
@@ -31,9 +34,12 @@ METHODS = ("restoration", "dcpt", "maskdcpt", "maskdcpt:spark")  # maskdcpt's tw
 # gradient (L2 norm at 0) is guarded in the default suite by test_gradients_match_torch
 # [restormer_dcpt_tiny]; the rest of the matrix (dcpt x restormer_dcpt_tiny included) is slow.
 DEFAULT = {("maskdcpt", "swinir_dcpt_tiny")}
-CASES = [pytest.param(m, b, marks=() if (m, b) in DEFAULT else pytest.mark.slow)
-         for m in METHODS for b in BACKBONES
-         if m != "maskdcpt:spark" or b in ("nafnet_tiny", "swinir_dcpt_tiny")]
+CASES = [
+    pytest.param(m, b, marks=() if (m, b) in DEFAULT else pytest.mark.slow)
+    for m in METHODS
+    for b in BACKBONES
+    if m != "maskdcpt:spark" or b in ("nafnet_tiny", "swinir_dcpt_tiny")
+]
 TYPES = ("noise", "blur", "haze")
 
 
@@ -62,13 +68,19 @@ def _batch(seed=0, n=2, size=16):
   rng = np.random.default_rng(seed)
   gt = rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32)
   lq = np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
-  return {"lq": jnp.asarray(lq), "gt": jnp.asarray(gt), "label": jnp.arange(n, dtype=jnp.int32) % len(TYPES)}
+  return {
+      "lq": jnp.asarray(lq),
+      "gt": jnp.asarray(gt),
+      "label": jnp.arange(n, dtype=jnp.int32) % len(TYPES),
+  }
 
 
 def train_three_steps(method_name: str, preset: str, zero_init: bool = False):
   """(losses [3], grad norms [3]) of three Adam steps of `method_name` on one fixed batch."""
   config = _config(method_name, preset, zero_init)
-  method = registry.get_method(config.method.name)(config, DataInfo(num_classes=len(TYPES), class_names=TYPES))
+  method = registry.get_method(config.method.name)(
+      config, DataInfo(num_classes=len(TYPES), class_names=TYPES)
+  )
   batch = _batch(size=32 if preset.startswith("teaformer") else 16)  # TEA windows need 32 px
   params = method.init_variables(jax.random.key(0), batch)["params"]
   tx = optax.adam(1e-3)
@@ -112,9 +124,17 @@ def test_zero_init_output_starts_as_identity():
 # through the PyTorch transcriptions (tests/test_backbones.py and tests/test_nafnet.py set up
 # the networks and the state-dict -> flax mapping; gradients map like the weights).
 
-GRAD_CASES = [pytest.param(p, marks=() if p == "restormer_dcpt_tiny" else pytest.mark.slow)
-              for p in ("restormer_tiny", "restormer_dcpt_tiny", "promptir_tiny", "swinir_tiny",
-                        "swinir_dcpt_tiny", "nafnet_tiny")]
+GRAD_CASES = [
+    pytest.param(p, marks=() if p == "restormer_dcpt_tiny" else pytest.mark.slow)
+    for p in (
+        "restormer_tiny",
+        "restormer_dcpt_tiny",
+        "promptir_tiny",
+        "swinir_tiny",
+        "swinir_dcpt_tiny",
+        "nafnet_tiny",
+    )
+]
 
 
 def _torch_case(preset):
@@ -122,19 +142,36 @@ def _torch_case(preset):
   from tests import test_backbones as tb  # pylint: disable=g-import-not-at-top
   from tests import test_nafnet as tn  # pylint: disable=g-import-not-at-top
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
+
   pytest.importorskip("torch")
   if preset == "nafnet_tiny":
     from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
+
     cfg = nafnet.PRESETS[preset]
-    net = torch_reference.random_net("nafnet", width=cfg["width"], enc_blk_nums=cfg["enc_blocks"],
-                                     middle_blk_num=cfg["middle_blocks"],
-                                     dec_blk_nums=cfg["dec_blocks"])
-    shape, pad, model, mapping = (2, 3, 12, 20), None, nafnet.create({"preset": preset}), tn._torch_to_flax
+    net = torch_reference.random_net(
+        "nafnet",
+        width=cfg["width"],
+        enc_blk_nums=cfg["enc_blocks"],
+        middle_blk_num=cfg["middle_blocks"],
+        dec_blk_nums=cfg["dec_blocks"],
+    )
+    shape, pad, model, mapping = (
+        (2, 3, 12, 20),
+        None,
+        nafnet.create({"preset": preset}),
+        tn._torch_to_flax,
+    )
   else:
     name, kwargs, pad, shape = tb.CASES[preset]
     net = torch_reference.random_net(name, **kwargs)
     model, mapping = tb._model(preset), tb._torch_to_flax
-  return net.train(), np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32), pad, model, mapping
+  return (
+      net.train(),
+      np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32),
+      pad,
+      model,
+      mapping,
+  )
 
 
 @pytest.mark.torch
@@ -142,6 +179,7 @@ def _torch_case(preset):
 def test_gradients_match_torch(preset):
   torch = pytest.importorskip("torch")
   from tests import test_backbones as tb  # pylint: disable=g-import-not-at-top
+
   net, x, pad, model, mapping = _torch_case(preset)
   h, w = x.shape[2:]
   r = np.random.default_rng(2).normal(size=(x.shape[0], 3, h, w)).astype(np.float32)
@@ -155,13 +193,30 @@ def test_gradients_match_torch(preset):
   def loss(p, v):
     return jnp.sum(model.apply({"params": p}, v) * jnp.asarray(r.transpose(0, 2, 3, 1)))
 
-  g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
-  np.testing.assert_allclose(np.asarray(g_x), xt.grad.numpy().transpose(0, 2, 3, 1),
-                             atol=2e-4 * float(np.abs(xt.grad.numpy()).max()), rtol=0)
-  flat_t = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(grads_t)}
-  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(g_params)}
+  g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+      params, jnp.asarray(x.transpose(0, 2, 3, 1))
+  )
+  np.testing.assert_allclose(
+      np.asarray(g_x),
+      xt.grad.numpy().transpose(0, 2, 3, 1),
+      atol=2e-4 * float(np.abs(xt.grad.numpy()).max()),
+      rtol=0,
+  )
+  flat_t = {
+      jax.tree_util.keystr(k): np.asarray(v)
+      for k, v in jax.tree_util.tree_leaves_with_path(grads_t)
+  }
+  flat = {
+      jax.tree_util.keystr(k): np.asarray(v)
+      for k, v in jax.tree_util.tree_leaves_with_path(g_params)
+  }
   assert set(flat_t) <= set(flat) and len(flat_t) > 10, sorted(set(flat_t) ^ set(flat))[:5]
   for k, g_t in flat_t.items():
     assert np.isfinite(flat[k]).all(), k
-    np.testing.assert_allclose(flat[k], g_t, atol=1e-3 * max(float(np.abs(g_t).max()), 1e-3), rtol=1e-3,
-                               err_msg=f"{preset} {k}")
+    np.testing.assert_allclose(
+        flat[k],
+        g_t,
+        atol=1e-3 * max(float(np.abs(g_t).max()), 1e-3),
+        rtol=1e-3,
+        err_msg=f"{preset} {k}",
+    )

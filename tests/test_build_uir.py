@@ -36,10 +36,16 @@ def built(tmp_path_factory):
   """A small build: 3 images x 2 crops of 24 px x (jpeg at 10 and 20, one noise level, one mosaic level)."""
   root = tmp_path_factory.mktemp("uir")
   clean = _clean_dir(root)
-  plan = build_uir.make_plan(str(clean), types=("jpeg", "noise", "mosaic"),
-                             levels=("jpeg:10,20", "noise:gaussian_noise/25,salt_pepper_noise/0.1",
-                                     "mosaic:0"), levels_per_type=0, patches_per_image=2,
-                             patch_size=24, shard_size=9, seed=3)
+  plan = build_uir.make_plan(
+      str(clean),
+      types=("jpeg", "noise", "mosaic"),
+      levels=("jpeg:10,20", "noise:gaussian_noise/25,salt_pepper_noise/0.1", "mosaic:0"),
+      levels_per_type=0,
+      patches_per_image=2,
+      patch_size=24,
+      shard_size=9,
+      seed=3,
+  )
   manifest = build_uir.build(plan, str(root / "out"), workers=0, progress=False)
   return root, clean, plan, manifest
 
@@ -47,8 +53,13 @@ def built(tmp_path_factory):
 def test_record_format_round_trip_and_errors():
   data = build_uir.encode_record("jpeg", "10", "a.png#0", b"LQ", b"GTGT")
   assert data[:4] == b"UIR1"
-  assert build_uir.decode_record(data) == {"type": "jpeg", "level": "10", "source": "a.png#0",
-                                           "lq_png": b"LQ", "gt_png": b"GTGT"}
+  assert build_uir.decode_record(data) == {
+      "type": "jpeg",
+      "level": "10",
+      "source": "a.png#0",
+      "lq_png": b"LQ",
+      "gt_png": b"GTGT",
+  }
   with pytest.raises(DataError, match="Not a uir-record-v1"):
     build_uir.decode_record(b"\x80\x04pickle")
   with pytest.raises(DataError, match="Truncated"):
@@ -60,10 +71,14 @@ def test_build_then_read_is_lossless(built):
   out = root / "out"
   manifest, records = fake_trees.read_build(out)
   assert manifest["num_records"] == len(records) == 3 * 2 * (2 + 2 + 1) == plan.num_records
-  assert len(manifest["shards"]) == plan.num_shards == 6  # 5 records a crop, 9 a shard: 1 crop a shard
-  assert manifest["counts"] == {"jpeg": {"10": 6, "20": 6},
-                                "noise": {"gaussian_noise/25": 6, "salt_pepper_noise/0.1": 6},
-                                "mosaic": {"0": 6}}
+  assert (
+      len(manifest["shards"]) == plan.num_shards == 6
+  )  # 5 records a crop, 9 a shard: 1 crop a shard
+  assert manifest["counts"] == {
+      "jpeg": {"10": 6, "20": 6},
+      "noise": {"gaussian_noise/25": 6, "salt_pepper_noise/0.1": 6},
+      "mosaic": {"0": 6},
+  }
   keys = [(r["source"], r["type"], r["level"]) for r in records]
   assert len(set(keys)) == len(keys)
   originals = {f"img{i}.png": np.asarray(Image.open(clean / f"img{i}.png")) for i in range(3)}
@@ -104,17 +119,26 @@ def test_builder_errors_are_clear(tmp_path, built):
   with pytest.raises(ValueError, match="not in --types"):
     build_uir.make_plan(str(clean), types=("jpeg",), levels=("haze:1",))
   with pytest.raises(DataError, match="smaller than the 64x64 crop set by --patch_size"):
-    build_uir.build(build_uir.make_plan(str(clean), types=("jpeg",), patch_size=64),
-                    str(tmp_path / "small"), progress=False)
+    build_uir.build(
+        build_uir.make_plan(str(clean), types=("jpeg",), patch_size=64),
+        str(tmp_path / "small"),
+        progress=False,
+    )
   other = build_uir.make_plan(str(clean), types=("jpeg",), patch_size=24, shard_size=9)
   with pytest.raises(ValueError, match="different arguments"):
     build_uir.build(other, str(built[0] / "out"), progress=False)
 
 
 def _cli(*args, env=None):
-  return subprocess.run([sys.executable, "-m", "jaxmilab.data.build_uir", *args], cwd=REPO,
-                        capture_output=True, text=True, env={**os.environ, **(env or {})},
-                        timeout=300, check=False)
+  return subprocess.run(
+      [sys.executable, "-m", "jaxmilab.data.build_uir", *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, **(env or {})},
+      timeout=300,
+      check=False,
+  )
 
 
 def test_cli_unknown_type_message(tmp_path, built):
@@ -127,8 +151,16 @@ def test_cli_unknown_type_message(tmp_path, built):
 def test_killed_build_resumes_without_duplicates(tmp_path, built):
   clean = built[1]
   out = tmp_path / "out"
-  args = (f"--clean_dir={clean}", f"--output={out}", "--types=jpeg,haze", "--patch_size=16",
-          "--patches_per_image=2", "--levels_per_type=1", "--shard_size=4", "--seed=5")
+  args = (
+      f"--clean_dir={clean}",
+      f"--output={out}",
+      "--types=jpeg,haze",
+      "--patch_size=16",
+      "--patches_per_image=2",
+      "--levels_per_type=1",
+      "--shard_size=4",
+      "--seed=5",
+  )
   # 6 crops x 2 records, 2 crops a shard -> 3 shards. Kill the build inside shard 1.
   crashed = _cli(*args, "--workers=0", env={build_uir.CRASH_ENV: "1:3"})
   assert crashed.returncode != 0
@@ -140,17 +172,31 @@ def test_killed_build_resumes_without_duplicates(tmp_path, built):
   resumed = _cli(*args, "--workers=1")
   assert resumed.returncode == 0, resumed.stderr
   assert "12 records in 3 shards" in resumed.stdout
-  assert (out / "shard-00000-of-00003.array_record").stat().st_mtime_ns == first  # kept, not rebuilt
+  assert (
+      out / "shard-00000-of-00003.array_record"
+  ).stat().st_mtime_ns == first  # kept, not rebuilt
   assert not any(".tmp-" in n for n in os.listdir(out))
   manifest, records = fake_trees.read_build(out)
   keys = sorted((r["source"], r["type"]) for r in records)
-  expected = sorted((f"img{i}.png#{c}", t) for i in range(3) for c in range(2) for t in ("jpeg", "haze"))
+  expected = sorted(
+      (f"img{i}.png#{c}", t) for i in range(3) for c in range(2) for t in ("jpeg", "haze")
+  )
   assert keys == expected  # no duplicate, none missing
-  assert manifest["num_records"] == 12 and sum(sum(v.values()) for v in manifest["counts"].values()) == 12
+  assert (
+      manifest["num_records"] == 12
+      and sum(sum(v.values()) for v in manifest["counts"].values()) == 12
+  )
   assert manifest["args"]["types"] == ["jpeg", "haze"]
   # The same plan built in one go gives byte-identical records.
-  plan = build_uir.make_plan(str(clean), types=("jpeg", "haze"), patch_size=16, patches_per_image=2,
-                             levels_per_type=1, shard_size=4, seed=5)
+  plan = build_uir.make_plan(
+      str(clean),
+      types=("jpeg", "haze"),
+      patch_size=16,
+      patches_per_image=2,
+      levels_per_type=1,
+      shard_size=4,
+      seed=5,
+  )
   build_uir.build(plan, str(tmp_path / "once"), progress=False)
   _, once = fake_trees.read_build(tmp_path / "once")
   assert once == records
@@ -160,8 +206,14 @@ def test_killed_build_resumes_without_duplicates(tmp_path, built):
 
 
 def _config(data_path, **kw):
-  base = dict(name="array_records", path=str(data_path), patch_size=16, eval_size=24, eval_records=6,
-              read_threads=1)
+  base = dict(
+      name="array_records",
+      path=str(data_path),
+      patch_size=16,
+      eval_size=24,
+      eval_records=6,
+      read_threads=1,
+  )
   return ml_collections.ConfigDict({**base, **kw})
 
 
@@ -173,18 +225,20 @@ def test_stratified_holdout_of_a_synthetic_build_takes_whole_images(built):
   evenly over the images; training never sees a held-out image; every type is evaluated."""
   out = built[0] / "out"
   manifest = array_records.read_manifest(str(out))
-  assert manifest["records_per_image"] == 10          # 2 crops x 5 records
+  assert manifest["records_per_image"] == 10  # 2 crops x 5 records
   held = array_records.holdout_indices([manifest], 6)
-  np.testing.assert_array_equal(held, np.arange(10, 20))   # image 1 of 0..2 (the middle one)
+  np.testing.assert_array_equal(held, np.arange(10, 20))  # image 1 of 0..2 (the middle one)
   ds = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
   assert ds.info.extra["num_eval"] == 10 and ds.info.extra["num_train"] == 20
   _, records = fake_trees.read_build(out)
-  source = array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic"),
-                                      skip=held)
+  source = array_records.RecordSource(
+      manifest["shard_paths"], ("jpeg", "noise", "mosaic"), skip=held
+  )
   train_sources = {source.record(k)["source"].split("#")[0] for k in range(len(source))}
   assert train_sources == {"img0.png", "img2.png"}
   assert [source.record(k)["source"] for k in range(len(source))] == [
-      r["source"] for i, r in enumerate(records) if not 10 <= i < 20]
+      r["source"] for i, r in enumerate(records) if not 10 <= i < 20
+  ]
   labels = np.concatenate([b["label"][b["valid"]] for b in ds.eval_batches()])
   assert sorted(set(labels.tolist())) == [0, 1, 2]
 
@@ -192,17 +246,24 @@ def test_stratified_holdout_of_a_synthetic_build_takes_whole_images(built):
 def test_stratified_holdout_of_packed_pairs_covers_every_type_and_source(tmp_path):
   """Packed pairs sorted by type and source: one stratum per (type, source); each gets an
   equal share, spread over it; "first" would see only the first stratum."""
-  manifest = {"num_records": 3 * 8 + 2 + 1,
-              "strata": [["noise", "LSDIR", 0, 8], ["noise", "DIV2K", 8, 8], ["haze", "RESIDE", 16, 8],
-                         ["snow", "Snow100K", 24, 2], ["moire", "tiny", 26, 1]]}
+  manifest = {
+      "num_records": 3 * 8 + 2 + 1,
+      "strata": [
+          ["noise", "LSDIR", 0, 8],
+          ["noise", "DIV2K", 8, 8],
+          ["haze", "RESIDE", 16, 8],
+          ["snow", "Snow100K", 24, 2],
+          ["moire", "tiny", 26, 1],
+      ],
+  }
   held = array_records.holdout_indices([manifest], 10)
   # 10 over 5 strata: 2 each, at most half of a stratum (snow 1, moire's single record 0).
   assert held.tolist() == [2, 6, 10, 14, 18, 22, 25]
-  assert array_records.holdout_indices([manifest], 0).tolist() == [4, 12, 20, 25]   # >= 1 each
+  assert array_records.holdout_indices([manifest], 0).tolist() == [4, 12, 20, 25]  # >= 1 each
   assert array_records.holdout_indices([manifest], 4, "first").tolist() == [0, 1, 2, 3]
   # Two builds: the second's records come after the first's.
   both = array_records.holdout_indices([manifest, {"num_records": 4, "records_per_image": 2}], 12)
-  assert set(both.tolist()) >= {27 + 2, 27 + 3}   # the second build's 2nd image (of 2)
+  assert set(both.tolist()) >= {27 + 2, 27 + 3}  # the second build's 2nd image (of 2)
   with pytest.raises(ValueError, match="eval_selection='random'"):
     array_records.holdout_indices([manifest], 4, "random")
 
@@ -222,7 +283,7 @@ def test_record_source_skip_maps_keys_past_the_held_out_records(built):
 
 def test_array_records_training_stream_and_resume(built):
   out = built[0] / "out"
-  _config = functools.partial(_config_kw, eval_selection="first")   # the first 6 records held out
+  _config = functools.partial(_config_kw, eval_selection="first")  # the first 6 records held out
   ds = array_records.create(_config(out), batch_size=4, seed=1, process_index=0, process_count=1)
   assert ds.info.class_names == ("jpeg", "noise", "mosaic") and ds.info.num_classes == 3
   assert ds.info.extra["num_train"] == 24 and ds.info.extra["num_eval"] == 6
@@ -246,8 +307,10 @@ def test_array_records_training_stream_and_resume(built):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   # Two processes split the same global batches.
-  halves = [array_records.create(_config(out), batch_size=4, seed=1, process_index=p,
-                                 process_count=2) for p in (0, 1)]
+  halves = [
+      array_records.create(_config(out), batch_size=4, seed=1, process_index=p, process_count=2)
+      for p in (0, 1)
+  ]
   for b in batches[:2]:
     parts = [next(h.train) for h in halves]
     np.testing.assert_array_equal(np.concatenate([p["lq"] for p in parts]), b["lq"])
@@ -259,15 +322,30 @@ def test_array_records_errors(tmp_path, built):
   with pytest.raises(DataError, match="no manifest.json"):
     array_records.create(_config(tmp_path), batch_size=4, seed=0, process_index=0, process_count=1)
   with pytest.raises(DataError, match="larger than the 24px crops"):
-    array_records.create(_config(built[0] / "out", patch_size=32), batch_size=4, seed=0,
-                         process_index=0, process_count=1)
+    array_records.create(
+        _config(built[0] / "out", patch_size=32),
+        batch_size=4,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
   with pytest.raises(ValueError, match="misses types \\['mosaic'\\]"):
-    array_records.create(_config(built[0] / "out", types=("jpeg", "noise")), batch_size=4, seed=0,
-                         process_index=0, process_count=1)
+    array_records.create(
+        _config(built[0] / "out", types=("jpeg", "noise")),
+        batch_size=4,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
   unknown = r"config.data: unknown key\(s\) \['patchsize'\] for 'array_records'"
   with pytest.raises(ValueError, match=unknown):
-    array_records.create(_config(built[0] / "out", patchsize=3), batch_size=4, seed=0,
-                         process_index=0, process_count=1)
+    array_records.create(
+        _config(built[0] / "out", patchsize=3),
+        batch_size=4,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
 
 
 def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
@@ -287,10 +365,15 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
   for r in records:
     t, name = r["source"].split("/")
     for side in ("lq", "gt"):
-      np.testing.assert_array_equal(build_uir.decode_png(r[f"{side}_png"]),
-                                    np.asarray(Image.open(real / t / side / name)))
-  config = _config("", path=(str(built[0] / "out"), str(tmp_path / "real_out")), eval_records=None,
-                   eval_path=str(tmp_path / "real_out"))
+      np.testing.assert_array_equal(
+          build_uir.decode_png(r[f"{side}_png"]), np.asarray(Image.open(real / t / side / name))
+      )
+  config = _config(
+      "",
+      path=(str(built[0] / "out"), str(tmp_path / "real_out")),
+      eval_records=None,
+      eval_path=str(tmp_path / "real_out"),
+  )
   ds = array_records.create(config, batch_size=6, seed=0, process_index=0, process_count=1)
   assert ds.info.class_names == ("jpeg", "noise", "mosaic", "rain_streak", "real_noise")
   labels = np.concatenate([next(ds.train)["label"] for _ in range(6)])  # one epoch: 30 + 4 records
@@ -301,10 +384,10 @@ def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
 def test_subimage_mode_cuts_pairs_at_basicsr_windows(tmp_path):
   """--subimage_size / --subimage_step: BasicSR extract_subimages' windows (0, step, ... and one
   flush with the border), the same window of lq and gt, one record each, strata per type."""
-  assert build_uir.subimage_positions(1356, 480, 240) == [0, 240, 480, 720, 876]   # DIV2K height
+  assert build_uir.subimage_positions(1356, 480, 240) == [0, 240, 480, 720, 876]  # DIV2K height
   assert build_uir.subimage_positions(2040, 480, 240) == [0, 240, 480, 720, 960, 1200, 1440, 1560]
   assert build_uir.subimage_positions(480, 480, 240) == [0]
-  assert build_uir.subimage_positions(100, 480, 240) == [0]     # smaller than a sub-image: whole
+  assert build_uir.subimage_positions(100, 480, 240) == [0]  # smaller than a sub-image: whole
   real = tmp_path / "real"
   images_by = {}
   for t, (h, w) in (("rain_streak", (50, 70)), ("real_noise", (40, 32))):
@@ -325,11 +408,13 @@ def test_subimage_mode_cuts_pairs_at_basicsr_windows(tmp_path):
   by_source = {r["source"]: r for r in records}
   r = by_source["rain_streak/0.png@18,38"]
   for side in ("lq", "gt"):
-    np.testing.assert_array_equal(build_uir.decode_png(r[f"{side}_png"]),
-                                  images_by["rain_streak", side][18:50, 38:70])
+    np.testing.assert_array_equal(
+        build_uir.decode_png(r[f"{side}_png"]), images_by["rain_streak", side][18:50, 38:70]
+    )
   assert sorted(by_source) == sorted(
       [f"rain_streak/0.png@{a},{b}" for a in (0, 16, 18) for b in (0, 16, 32, 38)]
-      + [f"real_noise/0.png@{a},0" for a in (0, 8)])
+      + [f"real_noise/0.png@{a},0" for a in (0, 8)]
+  )
 
 
 # ------------------------------------------------------------------ uir2p5m released layout
@@ -337,23 +422,30 @@ def test_subimage_mode_cuts_pairs_at_basicsr_windows(tmp_path):
 
 def test_uir2p5m_layout_errors(tmp_path):
   from jaxmilab.data import uir2p5m  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(DataError, match="does not exist"):
     uir2p5m.scan(str(tmp_path / "missing"))
-  bad = fake_trees.uir_release(tmp_path / "bad",
-                               [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])])
+  bad = fake_trees.uir_release(
+      tmp_path / "bad", [("GN", "LSDIR", ["a.png"]), ("fog", "x", ["a.png"])]
+  )
   with pytest.raises(DataError, match="\\['fog'\\] are not UIR-2.5M types"):
     uir2p5m.scan(str(bad))
   (tmp_path / "flat" / "GN" / "lq").mkdir(parents=True)
   with pytest.raises(DataError, match="holds lq/ or gt/ directly.*GN/<source>/lq"):
     uir2p5m.scan(str(tmp_path / "flat"))
-  dup = fake_trees.uir_release(tmp_path / "dup",
-                               [("GN", "a", ["a.png"]), ("noise", "b", ["a.png"])])
+  dup = fake_trees.uir_release(
+      tmp_path / "dup", [("GN", "a", ["a.png"]), ("noise", "b", ["a.png"])]
+  )
   with pytest.raises(DataError, match="same type 'noise'"):
     uir2p5m.scan(str(dup))
-  good = fake_trees.uir_release(tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]),
-                                                    ("real_noise", "SIDD", ["3.png"])])
-  assert uir2p5m.scan(str(good)) == [("noise", "GN/LSDIR", "1.png"), ("noise", "GN/LSDIR", "2.png"),
-                                     ("real_noise", "real_noise/SIDD", "3.png")]
+  good = fake_trees.uir_release(
+      tmp_path / "good", [("GN", "LSDIR", ["1.png", "2.png"]), ("real_noise", "SIDD", ["3.png"])]
+  )
+  assert uir2p5m.scan(str(good)) == [
+      ("noise", "GN/LSDIR", "1.png"),
+      ("noise", "GN/LSDIR", "2.png"),
+      ("real_noise", "real_noise/SIDD", "3.png"),
+  ]
 
 
 # ------------------------------------------------------------------- data_pipeline benchmark
@@ -361,6 +453,7 @@ def test_uir2p5m_layout_errors(tmp_path):
 
 def test_benchmark_rate_counts_calls_over_clock_time():
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+
   ticks = iter(np.arange(100) * 0.25)
   calls = []
   # Hand count: 1 warm-up call, t0 = 0; 3 calls without reading the clock (min_calls), then
@@ -374,12 +467,15 @@ def test_benchmark_rate_counts_calls_over_clock_time():
 
 def test_benchmark_pipelines_yield_degraded_training_crops(tmp_path):
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
-  for it in (data_pipeline.mixture_pipeline(("jpeg", "mosaic"), 16, 2),
-             data_pipeline.records_pipeline(("jpeg", "mosaic"), 16, 2, str(tmp_path))):
+
+  for it in (
+      data_pipeline.mixture_pipeline(("jpeg", "mosaic"), 16, 2),
+      data_pipeline.records_pipeline(("jpeg", "mosaic"), 16, 2, str(tmp_path)),
+  ):
     batch = next(it)
     assert batch["lq"].shape == batch["gt"].shape == (2, 16, 16, 3)
     assert batch["lq"].dtype == np.float32 and set(batch["label"].tolist()) <= {0, 1}
-    assert np.abs(batch["lq"] - batch["gt"]).mean() > 1e-3   # degraded, not the clean crop
+    assert np.abs(batch["lq"] - batch["gt"]).mean() > 1e-3  # degraded, not the clean crop
 
 
 def test_benchmark_host_table_matches_the_issue_figure_and_realistic_sources(tmp_path):
@@ -388,6 +484,7 @@ def test_benchmark_host_table_matches_the_issue_figure_and_realistic_sources(tmp
   crops/s per core = 2800 crops/s = 3.59x the need. The realistic sources are noisy/clean pairs
   of the asked size in the --paired_dir layout."""
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+
   (row,) = data_pipeline.host_table({"p": 100.0}, 1.011e12 / 4, 4, 197e12, 112)
   assert row["consumed_25"] == pytest.approx(779.4, abs=0.1)
   assert row["consumed_50"] == pytest.approx(2 * row["consumed_25"])
@@ -398,7 +495,7 @@ def test_benchmark_host_table_matches_the_issue_figure_and_realistic_sources(tmp
   gt = np.asarray(Image.open(tmp_path / "noise" / "gt" / "0001.png"))
   lq = np.asarray(Image.open(tmp_path / "noise" / "lq" / "0001.png"))
   assert gt.shape == lq.shape == (64, 96, 3)
-  assert 8 < np.std(lq.astype(float) - gt) < 20     # sigma 15 noise, clipped
+  assert 8 < np.std(lq.astype(float) - gt) < 20  # sigma 15 noise, clipped
 
 
 @pytest.mark.slow
@@ -407,21 +504,35 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
+
   src = tmp_path / "src"
   data_pipeline.write_sources(str(src), 400, 48)
   out = tmp_path / "out"
-  args = [sys.executable, "-m", "jaxmilab.data.build_uir", f"--clean_dir={src}", f"--output={out}",
-          "--types=jpeg,noise", "--patch_size=48", "--patches_per_image=1", "--shard_size=4",
-          "--workers=2", "--noprogress"]
-  proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+  args = [
+      sys.executable,
+      "-m",
+      "jaxmilab.data.build_uir",
+      f"--clean_dir={src}",
+      f"--output={out}",
+      "--types=jpeg,noise",
+      "--patch_size=48",
+      "--patches_per_image=1",
+      "--shard_size=4",
+      "--workers=2",
+      "--noprogress",
+  ]
+  proc = subprocess.Popen(
+      args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
   deadline = time.time() + 600
-  while not any(n.endswith(".json") and n.startswith("shard-") for n in
-                (os.listdir(out) if out.exists() else [])):
+  while not any(
+      n.endswith(".json") and n.startswith("shard-")
+      for n in (os.listdir(out) if out.exists() else [])
+  ):
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     assert time.time() < deadline
     time.sleep(0.01)
-  os.killpg(proc.pid, signal.SIGKILL)   # the group this test created: main process + workers
+  os.killpg(proc.pid, signal.SIGKILL)  # the group this test created: main process + workers
   proc.wait()
   done = [n for n in os.listdir(out) if n.startswith("shard-") and n.endswith(".json")]
   assert "manifest.json" not in os.listdir(out) and 0 < len(done) < 200, "killed too late"
@@ -432,8 +543,9 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
   keys = [(r["source"], r["type"]) for r in records]
   assert len(keys) == len(set(keys)) == 800 == manifest["num_records"]
   assert set(keys) == {(f"{i:06d}.png#0", t) for i in range(400) for t in ("jpeg", "noise")}
-  plan = build_uir.make_plan(str(src), types=("jpeg", "noise"), patch_size=48, patches_per_image=1,
-                             shard_size=4)
+  plan = build_uir.make_plan(
+      str(src), types=("jpeg", "noise"), patch_size=48, patches_per_image=1, shard_size=4
+  )
   build_uir.build(plan, str(tmp_path / "once"), progress=False)
   # Byte-identical to an uninterrupted build.
   assert fake_trees.read_build(tmp_path / "once")[1] == records
@@ -441,11 +553,12 @@ def test_kill_9_of_a_multiprocess_build_resumes_without_duplicates_or_losses(tmp
 
 def test_open_file_limit_is_raised_for_the_shard_readers(monkeypatch):
   import resource  # pylint: disable=g-import-not-at-top
+
   limits = {"nofile": (1024, 4096)}
   monkeypatch.setattr(resource, "getrlimit", lambda _: limits["nofile"])
   monkeypatch.setattr(resource, "setrlimit", lambda _, v: limits.__setitem__("nofile", v))
-  assert array_records.ensure_open_files(100, 0) == 1024          # 356 needed: unchanged
-  assert array_records.ensure_open_files(1000, 2) == 3256         # 3 processes x 1000 + 256
+  assert array_records.ensure_open_files(100, 0) == 1024  # 356 needed: unchanged
+  assert array_records.ensure_open_files(1000, 2) == 3256  # 3 processes x 1000 + 256
   assert limits["nofile"] == (3256, 4096)
   with pytest.raises(DataError, match="hard limit of 4096.*worker_count"):
     array_records.ensure_open_files(2500, 8)

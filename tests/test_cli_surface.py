@@ -20,20 +20,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every command line of the package (module run with `python -m`).
 CLI_MODULES = (
-    "jaxmilab.main", "jaxmilab.quickstart", "jaxmilab.opd_quickstart", "jaxmilab.macl_quickstart",
-    "jaxmilab.restore", "jaxmilab.evaluate", "jaxmilab.compile", "jaxmilab.data.build_uir",
-    "jaxmilab.convert.torchvision_wsol", "jaxmilab.benchmarks.cdsp_ablation",
-    "jaxmilab.benchmarks.data_pipeline", "jaxmilab.benchmarks.opd_effects",
-    "jaxmilab.benchmarks.tea_attention", "jaxmilab.benchmarks.train_step",
+    "jaxmilab.main",
+    "jaxmilab.quickstart",
+    "jaxmilab.opd_quickstart",
+    "jaxmilab.macl_quickstart",
+    "jaxmilab.restore",
+    "jaxmilab.evaluate",
+    "jaxmilab.compile",
+    "jaxmilab.data.build_uir",
+    "jaxmilab.convert.torchvision_wsol",
+    "jaxmilab.benchmarks.cdsp_ablation",
+    "jaxmilab.benchmarks.data_pipeline",
+    "jaxmilab.benchmarks.opd_effects",
+    "jaxmilab.benchmarks.tea_attention",
+    "jaxmilab.benchmarks.train_step",
     "jaxmilab.benchmarks.wsol_effects",
 )
 # Names that mean the same thing as a canonical one: files written -> --output, run folders ->
 # --workdir, data roots -> *_root / *_dir.
-SYNONYMS = {"out": "output", "json_out": "output", "out_file": "output", "output_file": "output",
-            "out_dir": "output", "output_dir": "output", "save_path": "output",
-            "logdir": "workdir", "log_dir": "workdir", "run_dir": "workdir", "rundir": "workdir",
-            "model_dir": "workdir", "datadir": "data_root", "data_dir": "data_root",
-            "dataroot": "data_root", "root": "data_root"}
+SYNONYMS = {
+    "out": "output",
+    "json_out": "output",
+    "out_file": "output",
+    "output_file": "output",
+    "out_dir": "output",
+    "output_dir": "output",
+    "save_path": "output",
+    "logdir": "workdir",
+    "log_dir": "workdir",
+    "run_dir": "workdir",
+    "rundir": "workdir",
+    "model_dir": "workdir",
+    "datadir": "data_root",
+    "data_dir": "data_root",
+    "dataroot": "data_root",
+    "root": "data_root",
+}
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 # Imports each CLI in turn (in one subprocess: their flags live on absl's global FLAGS, and
@@ -65,11 +87,17 @@ print("JSON" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def cli_flags() -> dict[str, dict]:
-  result = subprocess.run([sys.executable, "-c", _PROBE, *CLI_MODULES], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
+  result = subprocess.run(
+      [sys.executable, "-c", _PROBE, *CLI_MODULES],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   line = [l for l in result.stdout.splitlines() if l.startswith("JSON")][-1]
-  return json.loads(line[len("JSON"):])
+  return json.loads(line[len("JSON") :])
 
 
 def test_every_cli_uses_absl_snake_case_flags(cli_flags):
@@ -89,20 +117,26 @@ def test_every_cli_uses_absl_snake_case_flags(cli_flags):
 
 def test_same_words_for_the_same_things(cli_flags):
   """Run folders are --workdir, written files --output; spot-check the main CLIs."""
-  want = {"jaxmilab.main": {"workdir", "config"}, "jaxmilab.quickstart": {"workdir", "variant"},
-          "jaxmilab.opd_quickstart": {"workdir", "variant"},
-          "jaxmilab.macl_quickstart": {"workdir", "variant"},
-          "jaxmilab.restore": {"input", "output", "model", "weights", "tile", "tile_overlap"},
-          "jaxmilab.evaluate": {"output", "data_root", "model", "weights", "save_images"},
-          "jaxmilab.data.build_uir": {"output", "clean_dir"},
-          "jaxmilab.convert.torchvision_wsol": {"output", "checkpoint"},
-          "jaxmilab.benchmarks.train_step": {"output", "config"},
-          "jaxmilab.benchmarks.tea_attention": {"output"},
-          "jaxmilab.benchmarks.cdsp_ablation": {"output"},
-          "jaxmilab.benchmarks.opd_effects": {"output"},
-          "jaxmilab.benchmarks.wsol_effects": {"output"}}
-  missing = {m: sorted(names - set(cli_flags[m]["flags"])) for m, names in want.items()
-             if names - set(cli_flags[m]["flags"])}
+  want = {
+      "jaxmilab.main": {"workdir", "config"},
+      "jaxmilab.quickstart": {"workdir", "variant"},
+      "jaxmilab.opd_quickstart": {"workdir", "variant"},
+      "jaxmilab.macl_quickstart": {"workdir", "variant"},
+      "jaxmilab.restore": {"input", "output", "model", "weights", "tile", "tile_overlap"},
+      "jaxmilab.evaluate": {"output", "data_root", "model", "weights", "save_images"},
+      "jaxmilab.data.build_uir": {"output", "clean_dir"},
+      "jaxmilab.convert.torchvision_wsol": {"output", "checkpoint"},
+      "jaxmilab.benchmarks.train_step": {"output", "config"},
+      "jaxmilab.benchmarks.tea_attention": {"output"},
+      "jaxmilab.benchmarks.cdsp_ablation": {"output"},
+      "jaxmilab.benchmarks.opd_effects": {"output"},
+      "jaxmilab.benchmarks.wsol_effects": {"output"},
+  }
+  missing = {
+      m: sorted(names - set(cli_flags[m]["flags"]))
+      for m, names in want.items()
+      if names - set(cli_flags[m]["flags"])
+  }
   assert not missing, missing
 
 
@@ -114,8 +148,13 @@ def _console_scripts() -> dict[str, str]:
 def test_console_scripts_resolve_to_run(cli_flags):
   scripts = _console_scripts()
   assert scripts["jaxmilab-train"] == "jaxmilab.main:run"
-  for name in ("jaxmilab-restore", "jaxmilab-evaluate", "jaxmilab-compile",
-               "jaxmilab-quickstart", "jaxmilab-build-uir"):
+  for name in (
+      "jaxmilab-restore",
+      "jaxmilab-evaluate",
+      "jaxmilab-compile",
+      "jaxmilab-quickstart",
+      "jaxmilab-build-uir",
+  ):
     assert name in scripts, name
   for name, target in scripts.items():
     module, _, attr = target.partition(":")
@@ -132,18 +171,20 @@ def test_in_process_main_parses_a_fresh_flag_set(tmp_path):
   --model) and report bad flags as a one-line ValueError."""
   from jaxmilab import evaluate  # pylint: disable=g-import-not-at-top
   from jaxmilab import restore  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(ValueError, match="--weights is required"):
     restore.main(["--model=nafnet_tiny", f"--input={tmp_path}", f"--output={tmp_path}"])
   with pytest.raises(ValueError, match="--data_root is required"):
     evaluate.main(["--model=nafnet_tiny", "--weights=w.pth"])
   with pytest.raises(ValueError, match="jaxmilab-restore.*list-models"):
-    restore.main(["--list-models"])                      # dashes: not a flag of restore
+    restore.main(["--list-models"])  # dashes: not a flag of restore
   assert restore.main(["--list_models"]) == 0
 
 
 def test_console_setup_quiets_libraries_not_jaxmilab():
   """Library INFO records are dropped and jaxmilab's own kept; --verbosity=1 lets all through."""
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   handler = logging.get_absl_handler()
 
   def passes(pathname: str, level: int) -> bool:
@@ -173,6 +214,7 @@ def test_quickstarts_end_with_one_report(tmp_path, capsys):
   import pathlib  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   from jaxmilab import console  # pylint: disable=g-import-not-at-top
+
   table = "| a | b |\n|---|---|\n| 1 | 2 |"
   console.report_results(str(tmp_path / "run"), "Heading.", table, time.time() - 5, os.times())
   out = capsys.readouterr().out
@@ -202,8 +244,13 @@ print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", "")
                       "zero_after": c.method.get("zero_output_after_init_from", False),
                       "cls_weight": c.method.get("cls_weight")} for k, c in seen.items()}))
 """
-  out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                       text=True, check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = subprocess.run(
+      [sys.executable, "-c", script, str(tmp_path)],
+      capture_output=True,
+      text=True,
+      check=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   seen = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(seen) == {"scratch", "dcpt/pretrain", "dcpt/ft", "maskdcpt/pretrain", "maskdcpt/ft"}
   assert all(c["seed"] == 3 for c in seen.values())

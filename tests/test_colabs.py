@@ -43,6 +43,7 @@ def test_runner_injects_parameters_only_when_given():
   finally:
     sys.path.pop(0)
   import nbformat  # pylint: disable=g-import-not-at-top
+
   nb = nbformat.read(NOTEBOOKS[0], as_version=4)
   tags = lambda nb: [c.get("metadata", {}).get("tags", []) for c in nb.cells]
   injected = notebook_runner.inject(nb, {"VARIANT": '"smoke"'})
@@ -86,8 +87,11 @@ def test_readme_has_a_badge_per_notebook():
 @pytest.mark.slow
 def test_notebooks_run_from_a_wheel_in_a_fresh_venv(tmp_path):
   wheels = tmp_path / "wheels"
-  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), REPO],
-                 check=True, cwd=str(tmp_path))
+  subprocess.run(
+      [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), REPO],
+      check=True,
+      cwd=str(tmp_path),
+  )
   wheel = glob.glob(str(wheels / "jaxmilab-*.whl"))[0]
   names = zipfile.ZipFile(wheel).namelist()
   configs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -98,23 +102,66 @@ def test_notebooks_run_from_a_wheel_in_a_fresh_venv(tmp_path):
   venv = tmp_path / "venv"
   subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
   python = str(venv / "bin" / "python")
-  subprocess.run([python, "-m", "pip", "install", "-q", wheel, "nbclient", "nbformat", "ipykernel",
-                  "matplotlib"], check=True, cwd=str(tmp_path))
+  subprocess.run(
+      [
+          python,
+          "-m",
+          "pip",
+          "install",
+          "-q",
+          wheel,
+          "nbclient",
+          "nbformat",
+          "ipykernel",
+          "matplotlib",
+      ],
+      check=True,
+      cwd=str(tmp_path),
+  )
   empty = tmp_path / "colab"
   empty.mkdir()
   shutil.copy(os.path.join(REPO, "tests", "notebook_runner.py"), tmp_path / "runner.py")
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-  env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '')}", JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env.update(
+      PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="3",
+      XLA_FLAGS="",
+  )
   # The wheel, not the checkout, is what the kernel imports.
-  where = subprocess.run([python, "-c", "import jaxmilab, jaxmilab.configs.maskdcpt as m; "
-                          "print(jaxmilab.__file__, m.__file__)"], env=env, cwd=str(empty),
-                         capture_output=True, text=True, check=True).stdout
+  where = subprocess.run(
+      [
+          python,
+          "-c",
+          "import jaxmilab, jaxmilab.configs.maskdcpt as m; "
+          "print(jaxmilab.__file__, m.__file__)",
+      ],
+      env=env,
+      cwd=str(empty),
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout
   assert REPO not in where and str(venv) in where, where
   for path, name in zip(NOTEBOOKS, NAMES):
     proc = subprocess.run(
-        [python, str(tmp_path / "runner.py"), path, "--set", 'VARIANT="smoke"',
-         "--set", f'WORKDIR="{tmp_path / "runs" / name}"', "--cwd", str(empty),
-         "--output", str(tmp_path / f"{name}.ipynb")],
-        env=env, cwd=str(empty), capture_output=True, text=True, timeout=1800)
+        [
+            python,
+            str(tmp_path / "runner.py"),
+            path,
+            "--set",
+            'VARIANT="smoke"',
+            "--set",
+            f'WORKDIR="{tmp_path / "runs" / name}"',
+            "--cwd",
+            str(empty),
+            "--output",
+            str(tmp_path / f"{name}.ipynb"),
+        ],
+        env=env,
+        cwd=str(empty),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, f"{name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -18,8 +18,14 @@ from jaxmilab import config_lib
 from jaxmilab import trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ("topology", "devices", "flops_per_device", "argument_bytes_per_device",
-        "temp_bytes_per_device", "peak_bytes_per_device")
+KEYS = (
+    "topology",
+    "devices",
+    "flops_per_device",
+    "argument_bytes_per_device",
+    "temp_bytes_per_device",
+    "peak_bytes_per_device",
+)
 
 
 def has_libtpu() -> bool:
@@ -36,8 +42,11 @@ def check_figures(result, devices):
   assert result["devices"] == devices
   assert result["flops_per_device"] > 0
   assert result["peak_bytes_per_device"] == pytest.approx(
-      result["argument_bytes_per_device"] + result["temp_bytes_per_device"]
-      + result["output_bytes_per_device"] - result["alias_bytes_per_device"])
+      result["argument_bytes_per_device"]
+      + result["temp_bytes_per_device"]
+      + result["output_bytes_per_device"]
+      - result["alias_bytes_per_device"]
+  )
   # The state is donated: most outputs alias their arguments.
   assert result["alias_bytes_per_device"] > 0.5 * result["argument_bytes_per_device"]
 
@@ -53,14 +62,15 @@ def test_cpu8_compile_of_smoke_config():
 def test_lowered_step_carries_the_batch_activation_constraint():
   """The trainer lowers inside jax.set_mesh, so the generic batch-axis constraint is in the
   program (it was a no-op before: the trainer never entered a mesh)."""
-  config = config_lib.load("configs/dcpt.py:smoke", {"mesh.num_devices": 8, "mesh.data": 2,
-                                                     "mesh.fsdp": 4})
+  config = config_lib.load(
+      "configs/dcpt.py:smoke", {"mesh.num_devices": 8, "mesh.data": 2, "mesh.fsdp": 4}
+  )
   t = trainer_lib.Trainer(config, None)
   text = t.lower_train_step().as_text()
   assert text.count("sharding_constraint") >= 10, text.count("sharding_constraint")
 
 
-@pytest.mark.slow   # The TPU compiler takes minutes for even the smoke step on a 2-core CPU.
+@pytest.mark.slow  # The TPU compiler takes minutes for even the smoke step on a 2-core CPU.
 @pytest.mark.skipif(not has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
 def test_small_tpu_topology_compile():
   config = config_lib.load("configs/dcpt.py:smoke", {"mesh.num_devices": -1})
@@ -78,9 +88,23 @@ def test_unknown_topology_is_named():
 def test_cli_prints_one_json_line_last():
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, "-m", "jaxmilab.compile", "--config=configs/dcpt.py:smoke",
-                        "--topology=cpu:2", "--fast", "--config.batch_size=4"],
-                       cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=900)
+  out = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "jaxmilab.compile",
+          "--config=configs/dcpt.py:smoke",
+          "--topology=cpu:2",
+          "--fast",
+          "--config.batch_size=4",
+      ],
+      cwd=REPO,
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   result = json.loads(out.stdout.strip().splitlines()[-1])
   check_figures(result, 2)
 
@@ -141,6 +165,7 @@ def test_two_slice_gradient_all_reduce_moves_one_gradient_shard_per_chip_over_dc
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from jaxmilab import sharding  # pylint: disable=g-import-not-at-top
+
   devices = compile_lib.topology_devices("v5e-4", num_slices=2)
   m = sharding.create_mesh({"data": 2, "fsdp": -1, "model": 1}, devices)
   x = jax.ShapeDtypeStruct((16, 256), jnp.float32, sharding=NamedSharding(m, P(("data", "fsdp"))))
@@ -153,16 +178,23 @@ def test_two_slice_gradient_all_reduce_moves_one_gradient_shard_per_chip_over_dc
 
   dp = traffic(P("fsdp", None))
   assert dp["dcn_transfers"] == {"ALL_REDUCE": 256 * 512 * 4 / 4}
-  zero = traffic(P(("data", "fsdp"), None))     # ZeRO over DCN: weights gathered across slices
+  zero = traffic(P(("data", "fsdp"), None))  # ZeRO over DCN: weights gathered across slices
   assert zero["dcn_transfers"].get("ALL_GATHER", 0) > 0
 
 
-@pytest.mark.slow   # ~1-3 min of TPU compiler on a 2-core machine
+@pytest.mark.slow  # ~1-3 min of TPU compiler on a 2-core machine
 @pytest.mark.skipif(not has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
 def test_multislice_compile_reports_dcn_axes_and_traffic():
-  config = config_lib.load("configs/maskdcpt.py:smoke", {
-      "mesh.data": 2, "mesh.fsdp": -1, "mesh.shard_params_over": ("fsdp",), "batch_size": 8,
-      "mesh.min_shard_size": 0})
+  config = config_lib.load(
+      "configs/maskdcpt.py:smoke",
+      {
+          "mesh.data": 2,
+          "mesh.fsdp": -1,
+          "mesh.shard_params_over": ("fsdp",),
+          "batch_size": 8,
+          "mesh.min_shard_size": 0,
+      },
+  )
   result = compile_lib.compile_config(config, "v5e-4", num_slices=2)
   check_figures(result, 8)
   assert result["num_slices"] == 2 and result["mesh"] == {"data": 2, "fsdp": 4, "model": 1}
@@ -178,13 +210,16 @@ def test_multislice_needs_a_tpu_topology():
 
 # -- Persistent compilation cache (jaxmilab/compilation_cache.py) ----------------------------
 
+
 def test_compilation_cache_defaults_beside_a_gs_workdir_only(monkeypatch):
   from jaxmilab import compilation_cache  # pylint: disable=g-import-not-at-top
+
   assert compilation_cache.default_dir("gs://b/runs/x") == "gs://b/runs/jax_compilation_cache"
   assert compilation_cache.default_dir("gs://b/runs/x/") == "gs://b/runs/jax_compilation_cache"
   assert compilation_cache.default_dir("gs://b") == "gs://b/jax_compilation_cache"
   assert compilation_cache.default_dir("/tmp/run") is None
   import jax  # pylint: disable=g-import-not-at-top
+
   before = jax.config.jax_compilation_cache_dir
   try:
     monkeypatch.setenv(compilation_cache.ENV, "/tmp/somewhere")
@@ -199,23 +234,42 @@ def test_compilation_cache_defaults_beside_a_gs_workdir_only(monkeypatch):
     jax.config.update("jax_compilation_cache_dir", before)
 
 
-@pytest.mark.slow   # two training starts in subprocesses (~1-2 min on a loaded 2-core machine)
+@pytest.mark.slow  # two training starts in subprocesses (~1-2 min on a loaded 2-core machine)
 def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compiling(tmp_path):
   """`python -m jaxmilab.main` twice with the same config and cache: the second start's train
   step comes from the persistent cache (its "compile" row is a fraction of the first's)."""
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
   cache = tmp_path / "cache"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAXMILAB_COMPILATION_CACHE=str(cache))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="3",
+      XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      JAXMILAB_COMPILATION_CACHE=str(cache),
+  )
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   seconds = []
   for run in ("first", "second"):
     workdir = tmp_path / run
-    subprocess.run([sys.executable, "-m", "jaxmilab.main", "--config=configs/maskdcpt.py:smoke",
-                    f"--workdir={workdir}", "--config.total_steps=1", "--config.batch_size=2",
-                    "--config.eval_every_steps=1000", "--config.log_every_steps=1"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxmilab.main",
+            "--config=configs/maskdcpt.py:smoke",
+            f"--workdir={workdir}",
+            "--config.total_steps=1",
+            "--config.batch_size=2",
+            "--config.eval_every_steps=1000",
+            "--config.log_every_steps=1",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     rows = [r for r in metrics_lib.read_jsonl(str(workdir)) if r["split"] == "compile"]
     seconds.append(rows[0]["train_step_seconds"])
     if run == "first":

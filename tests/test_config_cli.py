@@ -81,44 +81,74 @@ def test_root_can_be_set_on_the_pretraining_quickstarts(tmp_path):
   for i in range(12):
     Image.fromarray(rng.integers(0, 256, (80, 96, 3), np.uint8)).save(photos / f"p{i}.png")
   from jaxmilab import registry
+
   for spec in ("configs/dcpt.py:quickstart", "configs/maskdcpt.py:quickstart"):
-    config = config_lib.load(spec, {"data.root": str(photos), "data.patch_size": "32",
-                                    "data.eval_size": "32"}, string_values=True)
+    config = config_lib.load(
+        spec,
+        {"data.root": str(photos), "data.patch_size": "32", "data.eval_size": "32"},
+        string_values=True,
+    )
     assert config.data.root == str(photos)
-    data = registry.get_data(config.data.name)(config.data, batch_size=4, seed=0, process_index=0,
-                                              process_count=1)
+    data = registry.get_data(config.data.name)(
+        config.data, batch_size=4, seed=0, process_index=0, process_count=1
+    )
     batch = next(data.train)
     assert batch["gt"].shape[1:3] == (32, 32)
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("optimizer.lr", "1", "Unknown config key config.optimizer.lr; did you mean "
-                          "config.optimizer.learning_rate"),
-    ("total_steps", "abc", "--config.total_steps='abc' is not an integer (config.total_steps is"),
-    ("data.rot", "/x", "did you mean config.data.root"),
-    ("modle.name", "x", "Unknown config key config.modle; did you mean config.model?"),
-    ("optimizer.name", "adamm", "is not one of adam, adamw, amsgrad, sgd; did you mean adam"),
-    ("optimizer.learning_rate", "-1", "learning_rate=-1.0 must be > 0"),
-    ("mesh.fsdp", "0", "config.mesh.fsdp=0 must be >= 1, or -1"),
-    ("data.patch_size", "1.5", "is not an integer"),
-    ("model", "x", "config.model is a group of keys"),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        (
+            "optimizer.lr",
+            "1",
+            "Unknown config key config.optimizer.lr; did you mean "
+            "config.optimizer.learning_rate",
+        ),
+        (
+            "total_steps",
+            "abc",
+            "--config.total_steps='abc' is not an integer (config.total_steps is",
+        ),
+        ("data.rot", "/x", "did you mean config.data.root"),
+        ("modle.name", "x", "Unknown config key config.modle; did you mean config.model?"),
+        ("optimizer.name", "adamm", "is not one of adam, adamw, amsgrad, sgd; did you mean adam"),
+        ("optimizer.learning_rate", "-1", "learning_rate=-1.0 must be > 0"),
+        ("mesh.fsdp", "0", "config.mesh.fsdp=0 must be >= 1, or -1"),
+        ("data.patch_size", "1.5", "is not an integer"),
+        ("model", "x", "config.model is a group of keys"),
+    ],
+)
 def test_mistakes_name_the_key_and_what_is_allowed(key, value, expected):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.load("jaxmilab:dcpt:quickstart", {key: value}, string_values=True)
   assert expected in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("--config.optimizer.lr=1", "did you mean config.optimizer.learning_rate"),
-    ("--config.total_steps=abc", "--config.total_steps='abc' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("--config.optimizer.lr=1", "did you mean config.optimizer.learning_rate"),
+        ("--config.total_steps=abc", "--config.total_steps='abc' is not an integer"),
+    ],
+)
 def test_cli_mistakes_are_one_line_with_exit_code_2(tmp_path, override, expected):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxmilab.main", "--config=jaxmilab:dcpt:quickstart",
-       f"--workdir={tmp_path}", override], capture_output=True, text=True, env=env,
-      cwd=str(tmp_path), timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "jaxmilab.main",
+          "--config=jaxmilab:dcpt:quickstart",
+          f"--workdir={tmp_path}",
+          override,
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=str(tmp_path),
+      timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("error: ") and expected in lines[-1], lines[-3:]
@@ -139,10 +169,14 @@ def test_package_form_and_checkout_form_load_the_same_config():
 def test_pyproject_lists_every_subpackage():
   """pyproject.toml lists packages explicitly (configs/ is mapped to jaxmilab.configs)."""
   import tomllib  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
-  tree = {os.path.relpath(root, REPO).replace(os.sep, ".")
-          for root, _, files in os.walk(os.path.join(REPO, "jaxmilab")) if "__init__.py" in files}
+  tree = {
+      os.path.relpath(root, REPO).replace(os.sep, ".")
+      for root, _, files in os.walk(os.path.join(REPO, "jaxmilab"))
+      if "__init__.py" in files
+  }
   assert listed == tree | {"jaxmilab.configs"}
 
 
@@ -153,8 +187,8 @@ def test_options_reads_the_config_value_else_the_declared_default():
   defaults = dict(mask_ratio=0.5, loss="l1", sizes=(1, 2))
   part = ml_collections.ConfigDict(dict(name="maskdcpt", mask_ratio=0.75))
   opts = config_lib.options(part, defaults)
-  assert opts.mask_ratio == 0.75 and opts["mask_ratio"] == 0.75   # set in the config
-  assert opts.loss == "l1" and opts.sizes == (1, 2)                # declared default
+  assert opts.mask_ratio == 0.75 and opts["mask_ratio"] == 0.75  # set in the config
+  assert opts.loss == "l1" and opts.sizes == (1, 2)  # declared default
   assert opts.name == "maskdcpt"
   assert dict(opts) == dict(name="maskdcpt", mask_ratio=0.75, loss="l1", sizes=(1, 2))
   assert isinstance(opts, config_lib.Options)
@@ -167,8 +201,10 @@ def test_options_reads_the_config_value_else_the_declared_default():
 
 def test_options_reading_an_undeclared_key_names_the_key_and_the_component():
   opts = config_lib.options({"name": "maskdcpt"}, dict(mask_ratio=0.5))
-  with pytest.raises(AttributeError, match=r"config.method of 'maskdcpt' has no key 'mask_ratoi'"
-                     r".*did you mean mask_ratio"):
+  with pytest.raises(
+      AttributeError,
+      match=r"config.method of 'maskdcpt' has no key 'mask_ratoi'" r".*did you mean mask_ratio",
+  ):
     _ = opts.mask_ratoi
   with pytest.raises(KeyError, match="has no key 'loss'"):
     _ = opts["loss"]
@@ -178,9 +214,11 @@ def test_options_reading_an_undeclared_key_names_the_key_and_the_component():
 
 
 def test_options_rejects_keys_the_component_does_not_declare():
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"config.model: unknown key\(s\) \['widht'\] for 'unet'; allowed "
-                           r"keys: name, width, depth.*did you mean width"):
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=r"config.model: unknown key\(s\) \['widht'\] for 'unet'; allowed "
+      r"keys: name, width, depth.*did you mean width",
+  ):
     config_lib.options({"name": "unet", "widht": 8}, dict(width=32, depth=4), part="model")
   # ConfigError is a ValueError, as the components' own checks raised before.
   with pytest.raises(ValueError, match="for 'mine'"):
@@ -188,20 +226,27 @@ def test_options_rejects_keys_the_component_does_not_declare():
 
 
 def test_options_required_keys_have_no_default():
-  opts = config_lib.options({"name": "deeplab", "num_classes": 21}, dict(output_stride=16),
-                            part="model", required=("num_classes",))
+  opts = config_lib.options(
+      {"name": "deeplab", "num_classes": 21},
+      dict(output_stride=16),
+      part="model",
+      required=("num_classes",),
+  )
   assert (opts.num_classes, opts.output_stride) == (21, 16)
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"config.model.num_classes is required by 'deeplab'"):
-    config_lib.options({"name": "deeplab"}, dict(output_stride=16), part="model",
-                       required=("num_classes",))
+  with pytest.raises(
+      config_lib.ConfigError, match=r"config.model.num_classes is required by 'deeplab'"
+  ):
+    config_lib.options(
+        {"name": "deeplab"}, dict(output_stride=16), part="model", required=("num_classes",)
+    )
 
 
 def test_options_a_key_set_to_none_is_not_set():
   # The rule of models.common.resolve: None takes the default, and an undeclared None key
   # (left by the component a config started with) is no error.
-  opts = config_lib.options({"name": "unet", "width": None, "heads": None}, dict(width=32),
-                            part="model")
+  opts = config_lib.options(
+      {"name": "unet", "width": None, "heads": None}, dict(width=32), part="model"
+  )
   assert dict(opts) == dict(name="unet", width=32)
   with pytest.raises(config_lib.ConfigError, match="is required"):
     config_lib.options({"num_classes": None}, {}, required=("num_classes",))
@@ -212,6 +257,7 @@ def test_components_declare_each_default_once():
   config_lib.MESH_DEFAULTS, which base_config uses too."""
   from jaxmilab import sharding  # pylint: disable=g-import-not-at-top
   from jaxmilab.models import common, deeplab, pcl_unet, unet  # pylint: disable=g-import-not-at-top
+
   assert unet.CONFIG_DEFAULTS == dict(width=32, depth=5, out_channels=0, dtype="float32")
   assert unet.create({}) == unet.UNet()  # the declaration is the class's defaults
   assert pcl_unet.CONFIG_DEFAULTS == dict(width=32, depth=4, num_classes=0, dtype="float32")
@@ -231,7 +277,8 @@ def test_optimizer_keys_are_declared_once_and_a_stray_one_is_an_error():
   assert config_lib.base_config().optimizer.to_dict() == config_lib.OPTIMIZER_DEFAULTS
   config = config_lib.load("jaxmilab:dcpt:smoke").unlock()
   config.optimizer.warmup = 5  # a typo in a config file (warmup_steps) is no longer ignored
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"config.optimizer: unknown key\(s\) \['warmup'\].*did you mean "
-                           r"warmup_steps"):
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=r"config.optimizer: unknown key\(s\) \['warmup'\].*did you mean " r"warmup_steps",
+  ):
     config_lib.validate(config)

@@ -26,24 +26,34 @@ from jaxmilab.convert import torch_checkpoint
 from tests import torch_reference
 
 _U_NET = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4])
-_SWIN = dict(img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4,
-             mlp_ratio=2.0)
+_SWIN = dict(
+    img_size=64, embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=4, mlp_ratio=2.0
+)
 # restore.MODELS name -> (torch network, constructor kwargs, torch-side reflect pre-padding as
 # in DCPT's `pre_test` (None: the official forward pads by itself)).
 CASES = {
-    "nafnet_tiny": ("nafnet", dict(width=8, enc_blk_nums=(1, 1), middle_blk_num=1,
-                                   dec_blk_nums=(1, 1)), None),
+    "nafnet_tiny": (
+        "nafnet",
+        dict(width=8, enc_blk_nums=(1, 1), middle_blk_num=1, dec_blk_nums=(1, 1)),
+        None,
+    ),
     # DCPT's NAFNetBaseline: decoders stored as `decoder{i}`, reflect pre-padding.
-    "nafnet_dcpt_tiny": ("nafnet_dcpt", dict(width=8, enc_blk_nums=(1, 1), middle_blk_num=1,
-                                             dec_blk_nums=(1, 1)), 4),
+    "nafnet_dcpt_tiny": (
+        "nafnet_dcpt",
+        dict(width=8, enc_blk_nums=(1, 1), middle_blk_num=1, dec_blk_nums=(1, 1)),
+        4,
+    ),
     "swinir_tiny": ("swinir", _SWIN, None),
     "swinir_dcpt_tiny": ("swinir_dcpt", _SWIN, 4),
     "restormer_tiny": ("restormer", _U_NET, 8),
     "restormer_dcpt_tiny": ("restormer_dcpt", _U_NET, 8),
-    "promptir_tiny": ("promptir", dict(_U_NET, prompt_dims=(4, 8, 16), prompt_len=3,
-                                       prompt_sizes=(10, 4, 3)), 8),
+    "promptir_tiny": (
+        "promptir",
+        dict(_U_NET, prompt_dims=(4, 8, 16), prompt_len=3, prompt_sizes=(10, 4, 3)),
+        8,
+    ),
 }
-SHAPE = (21, 13)   # not a multiple of any padding unit; PromptIR tiny pads it to 24x16
+SHAPE = (21, 13)  # not a multiple of any padding unit; PromptIR tiny pads it to 24x16
 
 
 def build_torch(name: str):
@@ -52,7 +62,7 @@ def build_torch(name: str):
   arch, kwargs, _ = CASES[name]
   net = torch_reference.random_net(arch, **kwargs)
   sd = released_state_dict(arch, net)
-  if arch == "promptir":          # keys of va1shn9v's unused modules, skipped by the converter
+  if arch == "promptir":  # keys of va1shn9v's unused modules, skipped by the converter
     sd["chnl_reduce1.weight"] = torch.randn(4, 4, 1, 1)
   return net, sd
 
@@ -73,6 +83,7 @@ def torch_restore(net, name: str, image: np.ndarray) -> np.ndarray:
   """The official pipeline on image [H, W, 3] in [0, 1]: pre-pad, forward, crop -> NHWC."""
   torch = pytest.importorskip("torch")
   from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
+
   pad = CASES[name][2]
   h, w = image.shape[:2]
   x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None].astype(np.float32))
@@ -88,11 +99,12 @@ def case_data(request, tmp_path_factory):
   """name, paths of the .pth / .safetensors checkpoints, uint8 input image, torch output."""
   torch = pytest.importorskip("torch")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+
   name = request.param
   net, sd = build_torch(name)
   folder = tmp_path_factory.mktemp(name)
   pth = str(folder / f"{name}.pth")
-  torch.save({"params": sd}, pth)                   # BasicSR's save_network layout
+  torch.save({"params": sd}, pth)  # BasicSR's save_network layout
   st = str(folder / f"{name}.safetensors")
   save_file({k: v.contiguous() for k, v in sd.items()}, st)
   rng = np.random.default_rng(0)
@@ -138,9 +150,14 @@ def test_reader_formats_dtypes_and_views(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   sd = collections.OrderedDict(
-      view=base[1:, ::2],                   # offset + strides into a shared storage
-      t=base.t(), whole=base, half=torch.randn(3, 2).half(), bf16=torch.randn(5).bfloat16(),
-      index=torch.tensor([[3, 1], [2, 0]]), flag=torch.tensor([True, False]))
+      view=base[1:, ::2],  # offset + strides into a shared storage
+      t=base.t(),
+      whole=base,
+      half=torch.randn(3, 2).half(),
+      bf16=torch.randn(5).bfloat16(),
+      index=torch.tensor([[3, 1], [2, 0]]),
+      flag=torch.tensor([True, False]),
+  )
   ema = collections.OrderedDict(view=base[0])
   for legacy in (False, True):
     path = str(tmp_path / f"ckpt_{legacy}.pth")
@@ -154,7 +171,7 @@ def test_reader_formats_dtypes_and_views(tmp_path, monkeypatch):
     np.testing.assert_array_equal(torch_checkpoint.load_state_dict(path)["view"], base[0].numpy())
   # The reader never needs torch.
   with monkeypatch.context() as m:
-    m.setitem(sys.modules, "torch", None)           # `import torch` would now fail
+    m.setitem(sys.modules, "torch", None)  # `import torch` would now fail
     np.testing.assert_array_equal(torch_checkpoint.load_state_dict(path)["view"], base[0].numpy())
   # Bare state dict with DataParallel prefixes (BasicSR strips `module.`).
   path = str(tmp_path / "bare.pth")
@@ -165,8 +182,12 @@ def test_reader_formats_dtypes_and_views(tmp_path, monkeypatch):
 def test_safetensors_reader_without_torch(tmp_path):
   """The reader against the safetensors library's own numpy writer (plain, writable copies)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
-             "b": np.array([1, -2], np.int64), "c": np.ones((0, 3), np.float16)}
+
+  tensors = {
+      "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+      "b": np.array([1, -2], np.int64),
+      "c": np.ones((0, 3), np.float16),
+  }
   path = str(tmp_path / "w.safetensors")
   save_file(tensors, path, metadata={"format": "pt"})
   got = torch_checkpoint.read_safetensors(path)
@@ -174,8 +195,8 @@ def test_safetensors_reader_without_torch(tmp_path):
   for k, v in tensors.items():
     assert got[k].dtype == v.dtype
     np.testing.assert_array_equal(got[k], v)
-    assert got[k].flags.writeable and got[k].flags.owndata   # not a view of the memory map
-  os.remove(path)                                              # the map is closed: no file held
+    assert got[k].flags.writeable and got[k].flags.owndata  # not a view of the memory map
+  os.remove(path)  # the map is closed: no file held
   np.testing.assert_array_equal(got["a"], tensors["a"])
 
 
@@ -185,19 +206,28 @@ def test_safetensors_bfloat16_and_load_state_dict(tmp_path):
   torch = pytest.importorskip("torch")
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+
   w = torch.randn(3, 4).bfloat16()
   path = str(tmp_path / "bf16.safetensors")
   save_file({"module.w": w, "module.b": torch.arange(3, dtype=torch.float32)}, path)
   sd = torch_checkpoint.load_state_dict(path)
   assert sorted(sd) == ["b", "w"] and sd["w"].dtype == ml_dtypes.bfloat16
-  np.testing.assert_array_equal(sd["w"].view(np.uint16), w.view(torch.int16).numpy().view(np.uint16))
+  np.testing.assert_array_equal(
+      sd["w"].view(np.uint16), w.view(torch.int16).numpy().view(np.uint16)
+  )
   np.testing.assert_array_equal(sd["b"], np.arange(3, dtype=np.float32))
 
 
-@pytest.mark.parametrize("data", [b"\x01\x00", b"\x05\x00\x00\x00\x00\x00\x00\x00{abc",
-                                  b"\xff" * 8 + b"{}",
-                                  b"\x2c\x00\x00\x00\x00\x00\x00\x00"
-                                  b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01\x00",
+        b"\x05\x00\x00\x00\x00\x00\x00\x00{abc",
+        b"\xff" * 8 + b"{}",
+        b"\x2c\x00\x00\x00\x00\x00\x00\x00"
+        b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}',
+    ],
+)
 def test_broken_safetensors_raise_checkpoint_error(tmp_path, data):
   """Truncated, garbled, oversized-header and short-data files: a CheckpointError naming the file."""
   path = str(tmp_path / "broken.safetensors")
@@ -272,12 +302,14 @@ def test_corrupt_and_unknown_files(tmp_path):
 def _oob_pickle() -> bytes:
   """data.pkl of {'w': tensor(size 100, stride 1) over a 4-element storage}, hand-assembled."""
   out = io.BytesIO()
-  out.write(b"\x80\x02}X\x01\x00\x00\x00w")                       # PROTO 2, {}, 'w'
-  out.write(b"ctorch._utils\n_rebuild_tensor_v2\n(")               # GLOBAL, MARK
-  out.write(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
-            b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ")      # ('storage', ..., 4) PERSID
-  out.write(b"K\x00Kd\x85K\x01\x85\x89}t")                          # 0, (100,), (1,), False, {}
-  out.write(b"Rs.")                                                 # REDUCE, SETITEM, STOP
+  out.write(b"\x80\x02}X\x01\x00\x00\x00w")  # PROTO 2, {}, 'w'
+  out.write(b"ctorch._utils\n_rebuild_tensor_v2\n(")  # GLOBAL, MARK
+  out.write(
+      b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+      b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ"
+  )  # ('storage', ..., 4) PERSID
+  out.write(b"K\x00Kd\x85K\x01\x85\x89}t")  # 0, (100,), (1,), False, {}
+  out.write(b"Rs.")  # REDUCE, SETITEM, STOP
   return out.getvalue()
 
 
@@ -304,14 +336,18 @@ def test_wrong_architecture_lists_every_key(tmp_path):
   # A shape mismatch (wider NAFNet) is reported with both shapes.
   _, sd = build_torch("nafnet_tiny")
   torch.save({"params": sd}, path)
-  with pytest.raises(mapping.CheckpointMismatchError, match=r"intro\.weight -> intro/kernel: "
-                     r"\(3, 3, 3, 8\) vs \(3, 3, 3, 4\)"):
+  with pytest.raises(
+      mapping.CheckpointMismatchError,
+      match=r"intro\.weight -> intro/kernel: " r"\(3, 3, 3, 8\) vs \(3, 3, 3, 4\)",
+  ):
     convert.load_torch_params(path, {"name": "nafnet", "preset": "nafnet_tiny", "width": 4})
   # Missing keys: a truncated state dict.
   del sd["ending.bias"], sd["intro.weight"]
   torch.save({"params": sd}, path)
-  with pytest.raises(mapping.CheckpointMismatchError,
-                     match=r"(?s)2 missing.*ending/bias \(3,\); intro/kernel \(3, 3, 3, 8\)"):
+  with pytest.raises(
+      mapping.CheckpointMismatchError,
+      match=r"(?s)2 missing.*ending/bias \(3,\); intro/kernel \(3, 3, 3, 8\)",
+  ):
     convert.load_torch_params(path, restore.get_spec("nafnet_tiny").model)
 
 
@@ -322,8 +358,10 @@ def test_mapping_rule_on_hand_written_keys():
       "encoder_level1.body.0.norm1.body.weight": (np.ones(4), "encoder_level1_0/norm1/scale"),
       "decoder2.0.sca.1.weight": (conv, "decoders_2_0/sca/kernel"),
       "ups.1.0.weight": (conv, "ups_1/kernel"),
-      "decode_layers0.residual_group.blocks.1.attn.qkv.weight":
-          (np.zeros((6, 2)), "decode_layers0/residual_group/blocks_1/attn/qkv/kernel"),
+      "decode_layers0.residual_group.blocks.1.attn.qkv.weight": (
+          np.zeros((6, 2)),
+          "decode_layers0/residual_group/blocks_1/attn/qkv/kernel",
+      ),
       "down1_2.body.0.weight": (conv, "down1_2/body_0/kernel"),
       "latent.body.3.attn.temperature": (np.ones((2, 1, 1)), "latent_3/attn/temperature"),
       "prompt1.prompt_param": (np.zeros((1, 3, 4, 5, 5)), "prompt1/prompt_param"),
@@ -331,9 +369,13 @@ def test_mapping_rule_on_hand_written_keys():
   for key, (value, flax_path) in cases.items():
     path, array = mapping.convert_key(key, value)
     assert "/".join(path) == flax_path, key
-  assert mapping.convert_key("ups.1.0.weight", conv)[1].shape == (3, 2, 4, 5)       # HWIO
+  assert mapping.convert_key("ups.1.0.weight", conv)[1].shape == (3, 2, 4, 5)  # HWIO
   assert mapping.convert_key("prompt1.prompt_param", np.zeros((1, 3, 4, 5, 5)))[1].shape == (
-      3, 5, 5, 4)
+      3,
+      5,
+      5,
+      4,
+  )
   assert mapping.convert_key("layers.0.residual_group.blocks.1.attn_mask", conv) is None
   assert mapping.convert_key("reduce_noise_channel_2.weight", conv) is None
 
@@ -350,6 +392,7 @@ def test_fine_tune_starts_from_imported_weights(tmp_path):
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
   from jaxmilab.methods import restoration  # pylint: disable=g-import-not-at-top
+
   net, sd = build_torch("nafnet_tiny")
   path = str(tmp_path / "nafnet.pth")
   torch.save({"params_ema": sd, "params": collections.OrderedDict()}, path)
@@ -359,16 +402,19 @@ def test_fine_tune_starts_from_imported_weights(tmp_path):
   assert loaded["model_state"] == {}
   method = restoration.Method(config, DataInfo(num_classes=5))
   rng = np.random.default_rng(1)
-  batch = {"lq": rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
-           "gt": rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)}
+  batch = {
+      "lq": rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
+      "gt": rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
+  }
   fresh = method.init_variables(jax.random.PRNGKey(0), batch)
   merged = method.init_from(fresh, {"params": loaded["params"], **loaded["model_state"]})
   params = merged["params"]
   # The fine-tuning loss at step 0 is the L1 of the PyTorch network's output.
   with torch.no_grad():
     y_t = net(torch.from_numpy(batch["lq"].transpose(0, 3, 1, 2)))[0].numpy().transpose(0, 2, 3, 1)
-  loss_and_grad = jax.jit(jax.value_and_grad(
-      lambda p: method.loss(p, {}, batch, jax.random.PRNGKey(0))[0]))
+  loss_and_grad = jax.jit(
+      jax.value_and_grad(lambda p: method.loss(p, {}, batch, jax.random.PRNGKey(0))[0])
+  )
   loss, grads = loss_and_grad(params)
   np.testing.assert_allclose(float(loss), np.abs(y_t - batch["gt"]).mean(), rtol=1e-5)
   tx = optax.sgd(1e-2)
@@ -380,42 +426,51 @@ def test_fine_tune_starts_from_imported_weights(tmp_path):
 # Official sizes: the full key sets of every released architecture (no forward pass).
 
 _OFFICIAL_TORCH = {
-    "nafnet_dcpt": ("nafnet_dcpt", dict(width=64, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1,
-                                        dec_blk_nums=(1, 1, 1, 1))),
-    "nafnet_sidd": ("nafnet", dict(width=64, enc_blk_nums=(2, 2, 4, 8), middle_blk_num=12,
-                                   dec_blk_nums=(2, 2, 2, 2))),
-    "swinir": ("swinir", {}), "swinir_dcpt": ("swinir_dcpt", {}),
-    "restormer": ("restormer", {}), "restormer_dcpt": ("restormer_dcpt", {}),
-    "promptir": ("promptir", {}), "promptir_dcpt": ("promptir_dcpt", {}),
+    "nafnet_dcpt": (
+        "nafnet_dcpt",
+        dict(width=64, enc_blk_nums=(1, 1, 1, 28), middle_blk_num=1, dec_blk_nums=(1, 1, 1, 1)),
+    ),
+    "nafnet_sidd": (
+        "nafnet",
+        dict(width=64, enc_blk_nums=(2, 2, 4, 8), middle_blk_num=12, dec_blk_nums=(2, 2, 2, 2)),
+    ),
+    "swinir": ("swinir", {}),
+    "swinir_dcpt": ("swinir_dcpt", {}),
+    "restormer": ("restormer", {}),
+    "restormer_dcpt": ("restormer_dcpt", {}),
+    "promptir": ("promptir", {}),
+    "promptir_dcpt": ("promptir_dcpt", {}),
 }
 
 
 def _official_state_dict(name: str) -> dict[str, np.ndarray]:
   torch = pytest.importorskip("torch")
   arch, kwargs = _OFFICIAL_TORCH[name]
-  with torch.device("meta"):                       # shapes only: no memory, no init time
+  with torch.device("meta"):  # shapes only: no memory, no init time
     net = torch_reference.build(arch, **kwargs)
     sd = released_state_dict(arch, net)
   # Zeros of the right shapes (no memory either).
   return {k: np.broadcast_to(np.zeros((), np.float32), tuple(v.shape)) for k, v in sd.items()}
 
 
-_FAST = ("swinir_dcpt", "restormer_dcpt")   # the others take 2-4 s each: slow
+_FAST = ("swinir_dcpt", "restormer_dcpt")  # the others take 2-4 s each: slow
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", [n if n in _FAST else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in _OFFICIAL_TORCH])
+@pytest.mark.parametrize(
+    "name", [n if n in _FAST else pytest.param(n, marks=pytest.mark.slow) for n in _OFFICIAL_TORCH]
+)
 def test_official_key_sets_convert_completely(name):
   sd = _official_state_dict(name)
   params, origin = mapping.convert_state_dict(sd)
   expected, label = convert.expected_params(restore.get_spec(name).model)
-  mapping.check_params(params, expected, source="<official state dict>", model=label,
-                       origin=origin)
+  mapping.check_params(params, expected, source="<official state dict>", model=label, origin=origin)
   # Only buffers and PromptIR's unused modules are skipped.
   skipped = sorted(set(sd) - {k for k, _ in origin.values()})
-  assert all(re.search(r"relative_position_index|attn_mask|chnl_reduce|reduce_noise_channel", k)
-             for k in skipped), skipped[:5]
+  assert all(
+      re.search(r"relative_position_index|attn_mask|chnl_reduce|reduce_noise_channel", k)
+      for k in skipped
+  ), skipped[:5]
   if name == "promptir":
     assert len([k for k in skipped if "reduce" in k]) == 6
 
@@ -429,6 +484,7 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
   torch = pytest.importorskip("torch")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from tests.torch_reference import archs as torch_archs  # pylint: disable=g-import-not-at-top
+
   arch, kwargs = _OFFICIAL_TORCH[name]
   net = torch_reference.random_net(arch, **kwargs)
   sd = released_state_dict(arch, net)
@@ -436,14 +492,23 @@ def test_official_size_checkpoint_restores_like_torch(name, tmp_path):
   torch.save({"params_ema": sd}, pth)
   image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
   Image.fromarray(image).save(tmp_path / "in.png")
-  pad = 16 if arch.startswith("nafnet") else 8     # test_*_5d.yml window_size
+  pad = 16 if arch.startswith("nafnet") else 8  # test_*_5d.yml window_size
   x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
   with torch.no_grad():
     y = net(torch_archs.reflect_pad(x, pad))
   y = (y[0] if isinstance(y, tuple) else y)[0, :, :37, :29].numpy().transpose(1, 2, 0)
   want = (np.clip(y, 0, 1) * 255.0).round().astype(int)
-  assert restore.main([f"--model={name}", f"--weights={pth}", f"--input={tmp_path / 'in.png'}",
-                       f"--output={tmp_path / 'out.png'}"]) == 0
+  assert (
+      restore.main(
+          [
+              f"--model={name}",
+              f"--weights={pth}",
+              f"--input={tmp_path / 'in.png'}",
+              f"--output={tmp_path / 'out.png'}",
+          ]
+      )
+      == 0
+  )
   got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
   diff = np.abs(got - want)
   # The same weights through ~40 float32 blocks in two frameworks: summation order moves a few

@@ -20,12 +20,15 @@ from jaxmilab.models import nafnet
 
 
 def _xla_conv(x, w, pad, groups):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=groups)
+  return jax.lax.conv_general_dilated(
+      x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+  )
 
 
-@pytest.mark.parametrize("k, pad", [(3, ((1, 1), (1, 1))), (5, ((2, 2), (2, 2))),
-                                    (3, ((0, 2), (1, 0))), (2, ((0, 0), (0, 0)))])
+@pytest.mark.parametrize(
+    "k, pad",
+    [(3, ((1, 1), (1, 1))), (5, ((2, 2), (2, 2))), (3, ((0, 2), (1, 0))), (2, ((0, 0), (0, 0)))],
+)
 def test_depthwise_cpu_form_matches_xla_conv_and_gradients(k, pad):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 9, 7, 6)), jnp.float32)
@@ -42,19 +45,23 @@ def test_depthwise_cpu_form_matches_xla_conv_and_gradients(k, pad):
 
 
 class _Convs(nn.Module):
+
   @nn.compact
   def __call__(self, x):
-    x = layers.conv2d(x, 8, 1, name="pw")               # 1x1 -> matmul on CPU
-    x = layers.conv2d(x, 8, 3, name="dw", groups=8)     # depthwise -> shifted multiply-adds
-    x = layers.conv2d(x, 4, 3, name="full")             # a plain 3x3 stays XLA's conv
+    x = layers.conv2d(x, 8, 1, name="pw")  # 1x1 -> matmul on CPU
+    x = layers.conv2d(x, 8, 3, name="dw", groups=8)  # depthwise -> shifted multiply-adds
+    x = layers.conv2d(x, 4, 3, name="full")  # a plain 3x3 stays XLA's conv
     return layers.conv2d(x, 4, 2, name="down", stride=2, padding=0)
 
 
 def _step_text(model, variables, x, platform):
   def loss(v):
     return jnp.mean(jnp.abs(model.apply(v, x) - 0.5))
+
   with layers.for_platform(platform):
-    lowered = jax.jit(jax.value_and_grad(loss)).trace(variables).lower(lowering_platforms=(platform,))
+    lowered = (
+        jax.jit(jax.value_and_grad(loss)).trace(variables).lower(lowering_platforms=(platform,))
+    )
   return lowered.as_text()
 
 
@@ -77,10 +84,14 @@ def test_cpu_lowering_has_no_grouped_conv_and_differs_from_generic():
   model = nafnet.create({"preset": "nafnet_tiny"})
   v = model.init(jax.random.key(1), x)
   cpu = _step_text(model, v, x, "cpu")
-  with layers.for_platform("generic"):   # XLA's convolutions, lowered for CPU
-    generic = jax.jit(jax.grad(lambda v: jnp.mean(model.apply(v, x)))).trace(v).lower(
-        lowering_platforms=("cpu",)).as_text()
-  assert "feature_group_count = 16" in generic      # XLA's depthwise conv, 2 * width channels
+  with layers.for_platform("generic"):  # XLA's convolutions, lowered for CPU
+    generic = (
+        jax.jit(jax.grad(lambda v: jnp.mean(model.apply(v, x))))
+        .trace(v)
+        .lower(lowering_platforms=("cpu",))
+        .as_text()
+    )
+  assert "feature_group_count = 16" in generic  # XLA's depthwise conv, 2 * width channels
   assert "feature_group_count = 16" not in cpu and "batch_group_count = 16" not in cpu
   assert cpu.count("stablehlo.convolution") < generic.count("stablehlo.convolution")
 

@@ -52,7 +52,9 @@ def test_load_image_modes_and_errors(tmp_path):
   np.testing.assert_allclose(loaded, rgb / 255.0, atol=1e-7)
   grey = rng.integers(0, 256, (10, 12), dtype=np.uint8)
   _save(str(tmp_path / "grey.png"), grey)
-  np.testing.assert_array_equal(images.read_image(str(tmp_path / "grey.png")), np.stack([grey] * 3, -1))
+  np.testing.assert_array_equal(
+      images.read_image(str(tmp_path / "grey.png")), np.stack([grey] * 3, -1)
+  )
   rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
   _save(str(tmp_path / "rgba.png"), rgba)
   np.testing.assert_array_equal(images.read_image(str(tmp_path / "rgba.png")), rgba[..., :3])
@@ -87,10 +89,15 @@ def test_split_held_out_is_fixed_and_disjoint():
 
 def test_embedded_photos_match_skimage_loaders():
   import skimage.data  # pylint: disable=g-import-not-at-top
-  loaders = {"astronaut": skimage.data.astronaut, "chelsea": skimage.data.chelsea,
-             "coffee": skimage.data.coffee, "rocket": skimage.data.rocket,
-             "immunohistochemistry": skimage.data.immunohistochemistry,
-             "motorcycle": lambda: skimage.data.stereo_motorcycle()[0]}
+
+  loaders = {
+      "astronaut": skimage.data.astronaut,
+      "chelsea": skimage.data.chelsea,
+      "coffee": skimage.data.coffee,
+      "rocket": skimage.data.rocket,
+      "immunohistochemistry": skimage.data.immunohistochemistry,
+      "motorcycle": lambda: skimage.data.stereo_motorcycle()[0],
+  }
   for name, loader in loaders.items():
     np.testing.assert_array_equal(embedded.read(name), loader())
   for name in embedded.PHOTOS:  # every listed photo is shipped in the wheel, colour, photo-sized
@@ -103,13 +110,19 @@ def test_embedded_photos_match_skimage_loaders():
 
 # ----------------------------------------------------------------- degraded_photos
 
-PHOTO_CONFIG = dict(name="degraded_photos", degradations="5syn", patch_size=16, eval_size=32,
-                    eval_batch_size=4)
+PHOTO_CONFIG = dict(
+    name="degraded_photos", degradations="5syn", patch_size=16, eval_size=32, eval_batch_size=4
+)
 
 
 def _photos(seed=0, process_index=0, process_count=1, batch_size=4, **kw):
-  return degraded_photos.create(_config(**{**PHOTO_CONFIG, **kw}), batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
+  return degraded_photos.create(
+      _config(**{**PHOTO_CONFIG, **kw}),
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +172,20 @@ def test_photo_eval_batches_deterministic_and_padded():
   _assert_same(first, second)
   _assert_same(first, list(_photos(seed=5).eval_batches()))  # independent of the training seed
   # 2 eval photos x 5 types = 10 examples in batches of 4: 4 + 4 + 2 valid.
-  assert [b["valid"].tolist() for b in first] == [[True] * 4, [True] * 4, [True, True, False, False]]
+  assert [b["valid"].tolist() for b in first] == [
+      [True] * 4,
+      [True] * 4,
+      [True, True, False, False],
+  ]
   assert first[-1]["gt"][2:].max() == 0.0
   labels = np.concatenate([b["label"][b["valid"]] for b in first])
   np.testing.assert_array_equal(labels, np.tile(np.arange(5), 2))
   # gt is the central 32x32 crop of chelsea, then rocket (read by skimage here).
   import skimage.data  # pylint: disable=g-import-not-at-top
+
   for photo, row in ((skimage.data.chelsea(), 0), (skimage.data.rocket(), 5)):
     h, w = photo.shape[:2]
-    crop = photo[(h - 32) // 2:(h - 32) // 2 + 32, (w - 32) // 2:(w - 32) // 2 + 32] / 255.0
+    crop = photo[(h - 32) // 2 : (h - 32) // 2 + 32, (w - 32) // 2 : (w - 32) // 2 + 32] / 255.0
     np.testing.assert_allclose(first[row // 4]["gt"][row % 4], crop, atol=1e-6)
   # The jpeg row is a real JPEG of gt, the others differ from gt too.
   for b in first:
@@ -199,18 +217,28 @@ def _colour_folder(folder, count, size=24):
 def test_photo_process_slices_make_the_single_process_batch(tmp_path):
   """Two processes' slices are disjoint and together are exactly the 1-process global batch."""
   _colour_folder(str(tmp_path / "clean"), 7)
-  kw = dict(root=str(tmp_path / "clean"), degradations=("gaussian_blur", "jpeg"), eval_fraction=0.2,
-            patch_size=8, eval_size=16)
+  kw = dict(
+      root=str(tmp_path / "clean"),
+      degradations=("gaussian_blur", "jpeg"),
+      eval_fraction=0.2,
+      patch_size=8,
+      eval_size=16,
+  )
   # 7 files, 2 held out: 5 photos x 2 types = 10 records; global batch 4 -> 2 per process.
   single = _take(_photos(process_index=0, process_count=1, batch_size=4, **kw).train, 5)
-  slices = [_take(_photos(process_index=p, process_count=2, batch_size=4, **kw).train, 5)
-            for p in range(2)]
+  slices = [
+      _take(_photos(process_index=p, process_count=2, batch_size=4, **kw).train, 5)
+      for p in range(2)
+  ]
   for step, whole in enumerate(single):
     for key in whole:
       np.testing.assert_array_equal(
-          np.concatenate([slices[0][step][key], slices[1][step][key]]), whole[key])
+          np.concatenate([slices[0][step][key], slices[1][step][key]]), whole[key]
+      )
   # Two epochs (20 examples) visit each of the 10 records twice: reshuffled, nothing lost.
-  seen = [(int(round(b["gt"][i, 0, 0, 0] * 255)), int(b["label"][i])) for b in single for i in range(4)]
+  seen = [
+      (int(round(b["gt"][i, 0, 0, 0] * 255)), int(b["label"][i])) for b in single for i in range(4)
+  ]
   assert len(set(seen)) == 10 and all(seen.count(r) == 2 for r in set(seen))
   assert seen[:10] != seen[10:]
   seen = [set(seen)]
@@ -246,10 +274,27 @@ def _paired_tree(root, tasks=("a", "b"), count=4, size=20):
 
 
 def _paired(root, seed=0, process_index=0, process_count=1, batch_size=4, **kw):
-  config = _config(**{**dict(name="paired_folders", root=root, tasks=("a", "b"), patch_size=8,
-                             eval_size=16, eval_fraction=0.25, eval_batch_size=4), **kw})
-  return paired_folders.create(config, batch_size=batch_size, seed=seed, process_index=process_index,
-                               process_count=process_count)
+  config = _config(
+      **{
+          **dict(
+              name="paired_folders",
+              root=root,
+              tasks=("a", "b"),
+              patch_size=8,
+              eval_size=16,
+              eval_fraction=0.25,
+              eval_batch_size=4,
+          ),
+          **kw,
+      }
+  )
+  return paired_folders.create(
+      config,
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 def test_paired_folders_pipeline(tmp_path):
@@ -329,6 +374,7 @@ def test_paired_folders_bad_inputs(tmp_path):
 def test_photo_stream_with_worker_processes():
   """grain worker processes: the stream is fixed by (seed, worker_count) and restores from a state."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags in its worker pool (main.py parses them)
   it = _photos(seed=0, worker_count=2).train
@@ -346,7 +392,7 @@ def test_fixed_levels_give_the_requested_noise_sigma():
   ds = _photos(degradations=("gaussian_noise",), levels=(25,), patch_size=64, eval_size=64)
   for batch in (next(ds.train), next(iter(ds.eval_batches()))):
     residual = (batch["lq"] - batch["gt"]) * 255
-    mid = (batch["gt"] > 0.2) & (batch["gt"] < 0.8)      # away from clipping
+    mid = (batch["gt"] > 0.2) & (batch["gt"] < 0.8)  # away from clipping
     assert abs(residual[mid].std() - 25) < 1.5
   with pytest.raises(ValueError, match="config.data.levels has 2 entries"):
     _photos(degradations=("gaussian_noise",), levels=(15, 25))

@@ -16,10 +16,18 @@ from jaxmilab import trainer
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dcpt"))
-  config = config_lib.load("configs/dcpt.py:smoke", {
-      "mesh.num_devices": 1, "total_steps": 120, "eval_every_steps": 120, "checkpoint_every_steps": 120,
-      "log_every_steps": 1, "optimizer.learning_rate": 2e-3,
-      "data.eval_crops": 10})  # 2 held-out photos x 10 crops x 5 types = 100 eval examples
+  config = config_lib.load(
+      "configs/dcpt.py:smoke",
+      {
+          "mesh.num_devices": 1,
+          "total_steps": 120,
+          "eval_every_steps": 120,
+          "checkpoint_every_steps": 120,
+          "log_every_steps": 1,
+          "optimizer.learning_rate": 2e-3,
+          "data.eval_crops": 10,
+      },
+  )  # 2 held-out photos x 10 crops x 5 types = 100 eval examples
   trainer.train_and_evaluate(config, workdir)
   return metrics_lib.read_jsonl(workdir)
 
@@ -42,8 +50,18 @@ def test_classifier_beats_chance_on_held_out_photos(short_run):
 
 def test_cli_rejects_unknown_config_key(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "jaxmilab.main", "--config=configs/dcpt.py:smoke",
-       "--config.no_such_key=1", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=120, cwd=config_lib.__file__.rsplit("/jaxmilab/", 1)[0])
+      [
+          sys.executable,
+          "-m",
+          "jaxmilab.main",
+          "--config=configs/dcpt.py:smoke",
+          "--config.no_such_key=1",
+          f"--workdir={tmp_path}",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      cwd=config_lib.__file__.rsplit("/jaxmilab/", 1)[0],
+  )
   assert result.returncode != 0
   assert "no_such_key" in result.stderr

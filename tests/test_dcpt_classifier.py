@@ -31,7 +31,7 @@ def _torch_to_flax(state_dict) -> dict:
 @pytest.mark.torch
 def test_logits_match_torch():
   torch = pytest.importorskip("torch")
-  dims, sizes, num_classes = [8, 16, 32], [16, 8, 4], 5       # fine to coarse (official order)
+  dims, sizes, num_classes = [8, 16, 32], [16, 8, 4], 5  # fine to coarse (official order)
   net = torch_reference.random_net("dcpt_classifier", feature_dims=dims, num_classes=num_classes)
   rng = np.random.default_rng(0)
   fine_first = [rng.normal(0, 1, (2, c, s, s)).astype(np.float32) for c, s in zip(dims, sizes)]
@@ -42,18 +42,20 @@ def test_logits_match_torch():
   model = dcpt_classifier.DegradationClassifier(num_classes=num_classes)
   fresh = jax.eval_shape(model.init, jax.random.PRNGKey(0), forward_order)["params"]
   params = _torch_to_flax(net.state_dict())
-  shapes = lambda t: {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)}
+  shapes = lambda t: {
+      jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)
+  }
   assert shapes(fresh) == shapes(params)
   logits = np.asarray(jax.jit(lambda p, f: model.apply({"params": p}, f))(params, forward_order))
   assert logits.shape == (2, num_classes)
-  assert np.abs(logits_t[0] - logits_t[1]).max() > 1e-2     # inputs really reach the logits
+  assert np.abs(logits_t[0] - logits_t[1]).max() > 1e-2  # inputs really reach the logits
   np.testing.assert_allclose(logits, logits_t, atol=1e-4, rtol=0)
 
 
 def test_rejects_features_that_are_not_a_pyramid():
   model = dcpt_classifier.DegradationClassifier(num_classes=3)
   fine_first = [jnp.zeros((1, 16, 16, 8)), jnp.zeros((1, 8, 8, 16))]
-  with pytest.raises(ValueError, match="pyramid"):   # given fine-first instead of forward order
+  with pytest.raises(ValueError, match="pyramid"):  # given fine-first instead of forward order
     jax.eval_shape(model.init, jax.random.PRNGKey(0), fine_first)
   with pytest.raises(ValueError, match="no features"):
     jax.eval_shape(model.init, jax.random.PRNGKey(0), [])
@@ -80,12 +82,15 @@ def test_focal_gamma2_and_alpha_match_numpy():
   alpha = np.array([0.5, 1.0, 2.0, 0.25], np.float32)
   log_p = _log_softmax(logits.astype(np.float64))[np.arange(6), labels]
   p = np.exp(log_p)
-  expected = np.mean(-(1 - p) ** 2 * log_p)
+  expected = np.mean(-((1 - p) ** 2) * log_p)
   got = dcpt_classifier.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=2.0)
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-  expected_alpha = np.mean(-alpha[labels] * (1 - p) ** 2 * log_p)   # torch NLLLoss weight, plain mean
-  got = dcpt_classifier.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=2.0,
-                                   alpha=jnp.asarray(alpha))
+  expected_alpha = np.mean(
+      -alpha[labels] * (1 - p) ** 2 * log_p
+  )  # torch NLLLoss weight, plain mean
+  got = dcpt_classifier.focal_loss(
+      jnp.asarray(logits), jnp.asarray(labels), gamma=2.0, alpha=jnp.asarray(alpha)
+  )
   np.testing.assert_allclose(float(got), expected_alpha, rtol=1e-5)
 
 

@@ -41,15 +41,18 @@ def _one_step(mode, weight_decay=0.0, **method_keys):
   params = method.init_variables(jax.random.key(0), batch)["params"]
   tx = method.create_optimizer(c.optimizer, 10)
   (loss, (metrics, _)), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
-      params, {}, batch, jax.random.key(1))
+      params, {}, batch, jax.random.key(1)
+  )
   updates, _ = tx.update(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   return method, params, new, loss, metrics, grads, batch
 
 
 def _moved(a, b):
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                                             jax.tree_util.tree_leaves(b)))
+  return max(
+      float(jnp.max(jnp.abs(x - y)))
+      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
 
 
 def test_probe_freezes_the_network_even_with_weight_decay():
@@ -63,9 +66,11 @@ def test_transfer_freezes_the_classifier_and_its_loss_reaches_the_network():
   method, params, new, loss, metrics, grads, batch = _one_step("transfer")
   assert _moved(params["classifier"], new["classifier"]) == 0.0
   assert _moved(params["backbone"], new["backbone"]) > 0.0
+
   # The network's gradient is that of L1(net(lq)) + L_cls, not of L1 alone.
   def l1(bp):
     return jnp.mean(jnp.abs(method.backbone.apply({"params": bp}, batch["lq"]) - batch["gt"]))
+
   g_l1 = jax.grad(l1)(params["backbone"])
   assert _moved(g_l1, grads["backbone"]) > 1e-6
   assert float(loss) == pytest.approx(float(metrics["l_pix"] + metrics["l_cls"]), rel=1e-6)
@@ -73,19 +78,26 @@ def test_transfer_freezes_the_classifier_and_its_loss_reaches_the_network():
 
 def test_joint_loss_is_l1_on_lq_plus_classification():
   method, params, new, loss, metrics, _, batch = _one_step("joint")
-  restored, feats = method.backbone.apply({"params": params["backbone"]}, batch["lq"],
-                                          return_decoder_features=True)
+  restored, feats = method.backbone.apply(
+      {"params": params["backbone"]}, batch["lq"], return_decoder_features=True
+  )
   logits = method.classifier.apply({"params": params["classifier"]}, feats)
-  want = (np.mean(np.abs(np.asarray(restored) - np.asarray(batch["gt"])))
-          + float(dcpt_classifier.focal_loss(logits, batch["label"], gamma=0.0)))
+  want = np.mean(np.abs(np.asarray(restored) - np.asarray(batch["gt"]))) + float(
+      dcpt_classifier.focal_loss(logits, batch["label"], gamma=0.0)
+  )
   assert float(loss) == pytest.approx(want, rel=1e-5)
-  assert _moved(params["backbone"], new["backbone"]) > 0 and _moved(params["classifier"], new["classifier"]) > 0
+  assert (
+      _moved(params["backbone"], new["backbone"]) > 0
+      and _moved(params["classifier"], new["classifier"]) > 0
+  )
 
 
 def test_pretrain_pixel_loss_is_on_the_clean_image():
   method, params, _, _, metrics, _, batch = _one_step("pretrain")
   identity = method.backbone.apply({"params": params["backbone"]}, batch["gt"])
-  assert float(metrics["l_pix"]) == pytest.approx(float(jnp.mean(jnp.abs(identity - batch["gt"]))), rel=1e-5)
+  assert float(metrics["l_pix"]) == pytest.approx(
+      float(jnp.mean(jnp.abs(identity - batch["gt"]))), rel=1e-5
+  )
 
 
 def test_separate_learning_rates():
@@ -98,8 +110,16 @@ def test_separate_learning_rates():
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   tx = method.create_optimizer(c.optimizer, 10)
   updates, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(max(float(jnp.max(jnp.abs(u))) for u in jax.tree_util.tree_leaves(updates["backbone"])), 1e-4, rtol=1e-3)
-  np.testing.assert_allclose(max(float(jnp.max(jnp.abs(u))) for u in jax.tree_util.tree_leaves(updates["classifier"])), 1e-2, rtol=1e-3)
+  np.testing.assert_allclose(
+      max(float(jnp.max(jnp.abs(u))) for u in jax.tree_util.tree_leaves(updates["backbone"])),
+      1e-4,
+      rtol=1e-3,
+  )
+  np.testing.assert_allclose(
+      max(float(jnp.max(jnp.abs(u))) for u in jax.tree_util.tree_leaves(updates["classifier"])),
+      1e-2,
+      rtol=1e-3,
+  )
 
 
 def test_bad_mode_and_init_from_errors():

@@ -14,7 +14,7 @@ from scipy import ndimage
 from jaxmilab.data import degradations as D
 
 NAMES = D.TASK_SETS["5syn"]
-ALL = tuple(D.DEGRADATIONS)   # the five basic types and the UIR-2.5M ones
+ALL = tuple(D.DEGRADATIONS)  # the five basic types and the UIR-2.5M ones
 
 
 def photo(height=48, width=40, seed=0):
@@ -72,7 +72,7 @@ def test_gaussian_kernel_formula():
   assert kernel.shape == (2 * radius + 1, 2 * radius + 1)
   assert abs(kernel.sum() - 1.0) < 1e-12
   x = np.arange(-radius, radius + 1)
-  expected = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
+  expected = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
   np.testing.assert_allclose(kernel, expected / expected.sum(), rtol=1e-12)
   np.testing.assert_allclose(kernel, kernel.T)  # isotropic
 
@@ -88,14 +88,19 @@ def test_gaussian_blur_constant_impulse_and_scipy():
   response = D.gaussian_blur(impulse, rng, level=sigma)[..., 0]
   kernel = D.gaussian_kernel(sigma)
   r = kernel.shape[0] // 2
-  np.testing.assert_allclose(response[15 - r:16 + r, 15 - r:16 + r], kernel, atol=1e-7)
+  np.testing.assert_allclose(response[15 - r : 16 + r, 15 - r : 16 + r], kernel, atol=1e-7)
   assert abs(response.sum() - 1.0) < 1e-5
 
   # Reflect (101) padding at the borders == scipy's "mirror" mode with the same radius.
   image = photo(24, 18)
   ours = D.gaussian_blur(image, rng, level=sigma)
-  reference = ndimage.gaussian_filter(image.astype(np.float64), sigma=sigma, mode="mirror",
-                                      radius=int(np.ceil(3 * sigma)), axes=(0, 1))
+  reference = ndimage.gaussian_filter(
+      image.astype(np.float64),
+      sigma=sigma,
+      mode="mirror",
+      radius=int(np.ceil(3 * sigma)),
+      axes=(0, 1),
+  )
   np.testing.assert_allclose(ours, reference, atol=1e-6)
 
 
@@ -138,9 +143,9 @@ def test_low_light_darkens_by_expected_factor():
   flat = np.full((64, 64, 3), 0.8, np.float32)
   gamma, scale = 2.0, 0.4
   noiseless = D.low_light(flat, np.random.default_rng(0), level=(gamma, scale, 0.0))
-  np.testing.assert_allclose(noiseless, scale * 0.8 ** gamma, rtol=1e-6)
+  np.testing.assert_allclose(noiseless, scale * 0.8**gamma, rtol=1e-6)
   noisy = D.low_light(flat, np.random.default_rng(0), level=(gamma, scale, 5.0))
-  assert abs(noisy.mean() - scale * 0.8 ** gamma) < 2e-3
+  assert abs(noisy.mean() - scale * 0.8**gamma) < 2e-3
   assert abs(noisy.std() - 5.0 / 255) < 2e-3
   # Default ranges: always darker than the input on a mid-to-bright image.
   image = 0.5 + 0.5 * photo()
@@ -163,10 +168,11 @@ def test_released_denoise_input_matches_the_released_code():
   before = np.random.get_state()[1].copy()
   got = D.gaussian_noise_released(gt, 25)
   np.testing.assert_array_equal(got, want)
-  assert got.dtype == np.float32 and (got.min() < 0 or got.max() > 1)   # not clipped
-  np.testing.assert_array_equal(np.random.get_state()[1], before)         # global state untouched
-  np.testing.assert_allclose(D.gaussian_noise_released(gt[:, ::-1].copy(), 25) - gt[:, ::-1],
-                             got - gt, atol=1e-6)                         # the same noise per image
+  assert got.dtype == np.float32 and (got.min() < 0 or got.max() > 1)  # not clipped
+  np.testing.assert_array_equal(np.random.get_state()[1], before)  # global state untouched
+  np.testing.assert_allclose(
+      D.gaussian_noise_released(gt[:, ::-1].copy(), 25) - gt[:, ::-1], got - gt, atol=1e-6
+  )  # the same noise per image
 
 
 def test_haze_depth_follows_content_and_crops():
@@ -178,7 +184,7 @@ def test_haze_depth_follows_content_and_crops():
   assert depth[:, 80:].mean() > depth[:, :16].mean() + 0.4
   crop = image[16:80, 8:72]
   np.testing.assert_allclose(D.content_depth(crop)[24:40, 24:40], depth[40:56, 32:48], atol=1e-6)
-  small = D.content_depth(image[:12, :12])                    # smaller than the blur radius
+  small = D.content_depth(image[:12, :12])  # smaller than the blur radius
   assert small.shape == (12, 12) and np.isfinite(small).all()
   hazy = D.synthesize_haze(image, np.random.default_rng(0), beta=1.0, airlight=0.9, depth="content")
   np.testing.assert_allclose(hazy.depth[..., 0], depth, rtol=1e-6)

@@ -20,7 +20,9 @@ def pair():
 
 
 def _skimage_ssim(a, b, **kw):
-  opts = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)
+  opts = dict(
+      gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1
+  )
   opts.update(kw)
   return structural_similarity(a, b, **opts)
 
@@ -37,7 +39,9 @@ def _basicsr_ssim_cv2(a, b):
     x, y = a[..., c], b[..., c]
     mx, my = f(x), f(y)
     vx, vy, vxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
-    vals.append((((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean())
+    vals.append(
+        (((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean()
+    )
   return float(np.mean(vals))
 
 
@@ -46,7 +50,9 @@ def test_psnr_constant_offset_by_hand():
   b = a + np.uint8(2)  # MSE = 4
   assert R.psnr(a, b) == pytest.approx(10 * np.log10(255.0**2 / 4))
   # data_range=1 on floats: an offset of 0.1 -> 10 log10(1 / 0.01) = 20 dB.
-  assert R.psnr(np.full((4, 4, 3), 0.5), np.full((4, 4, 3), 0.6), data_range=1.0) == pytest.approx(20.0)
+  assert R.psnr(np.full((4, 4, 3), 0.5), np.full((4, 4, 3), 0.6), data_range=1.0) == pytest.approx(
+      20.0
+  )
 
 
 def test_psnr_identical_is_inf(pair):
@@ -57,7 +63,9 @@ def test_psnr_crop_border_by_hand():
   a = np.zeros((10, 10, 3), np.uint8)
   b = a.copy()
   b[0, :, :] = 255  # errors only in the first row
-  assert R.psnr(a, b) == pytest.approx(10 * np.log10(255.0**2 / (255.0**2 / 10)))  # MSE = 255^2 / 10
+  assert R.psnr(a, b) == pytest.approx(
+      10 * np.log10(255.0**2 / (255.0**2 / 10))
+  )  # MSE = 255^2 / 10
   assert R.psnr(a, b, crop_border=1) == float("inf")
 
 
@@ -156,8 +164,10 @@ def _old_image_grid(outputs, keys=("lq", "restored", "gt"), max_rows=6):
   rows = [valid[labels == c][0] for c in np.unique(labels)][:max_rows]
   tiles = []
   for i in rows:
-    row = [np.pad(np.clip(outputs[k][i], 0, 1), ((2, 2), (2, 2), (0, 0)), constant_values=1.0)
-           for k in keys]
+    row = [
+        np.pad(np.clip(outputs[k][i], 0, 1), ((2, 2), (2, 2), (0, 0)), constant_values=1.0)
+        for k in keys
+    ]
     tiles.append(np.concatenate(row, axis=1))
   return np.concatenate(tiles, axis=0)
 
@@ -169,15 +179,16 @@ def _eval_batches(seed=0, batches=3, batch=4, size=16):
     gt = rng.uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
     lq = np.clip(gt + rng.normal(0, 0.1, gt.shape), -0.1, 1.1).astype(np.float32)
     restored = (gt + rng.normal(0, 0.05, gt.shape)).astype(np.float32)
-    restored[0] = gt[0]                                    # an exact restoration: capped PSNR
-    label = rng.integers(0, 3, batch).astype(np.int32)     # type 3 never occurs
+    restored[0] = gt[0]  # an exact restoration: capped PSNR
+    label = rng.integers(0, 3, batch).astype(np.int32)  # type 3 never occurs
     valid = np.ones(batch, bool)
     if b == batches - 1:
-      valid[-1] = False                                    # padding in the last batch
+      valid[-1] = False  # padding in the last batch
       restored[-1] = 5.0
     pred = np.where(rng.uniform(size=batch) < 0.6, label, (label + 1) % 4).astype(np.int32)
-    out.append(({"lq": lq, "gt": gt, "label": label, "valid": valid},
-                {"restored": restored, "pred": pred}))
+    out.append(
+        ({"lq": lq, "gt": gt, "label": label, "valid": valid}, {"restored": restored, "pred": pred})
+    )
   return out
 
 
@@ -189,10 +200,13 @@ def test_streaming_equals_concatenated_summary(with_accuracy):
   for batch, outputs in batches:
     ev.update(batch, outputs)
   got = ev.compute()
-  host = {k: np.concatenate([{**b, **o}[k] for b, o in batches]) for k in {**batches[0][0], **batches[0][1]}}
+  host = {
+      k: np.concatenate([{**b, **o}[k] for b, o in batches])
+      for k in {**batches[0][0], **batches[0][1]}
+  }
   want = _old_restoration_summary(host, names, with_accuracy)
   assert set(got) == set(want)
-  assert "psnr/haze" not in got                             # no example of that type
+  assert "psnr/haze" not in got  # no example of that type
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-12, err_msg=k)
   np.testing.assert_array_equal(ev.images(), _old_image_grid(host))
@@ -212,22 +226,22 @@ def test_streaming_equals_concatenated_summary(with_accuracy):
 
 def test_float_images_score_unrounded_pixels():
   rng = np.random.default_rng(1)
-  gt = rng.integers(20, 230, (1, 16, 16, 3)) / 255.0   # on the uint8 levels
-  out = gt + 0.3 / 255.0                      # sub-level error: vanishes when rounded to uint8
+  gt = rng.integers(20, 230, (1, 16, 16, 3)) / 255.0  # on the uint8 levels
+  out = gt + 0.3 / 255.0  # sub-level error: vanishes when rounded to uint8
   ev = R.RestorationEvaluator(("a",), float_images=True)
   ev.accumulate(out, gt, gt)
   want = 10 * np.log10(1.0 / np.mean((out - gt) ** 2))
   np.testing.assert_allclose(ev.compute()["psnr"], want, rtol=1e-9)
   ev8 = R.RestorationEvaluator(("a",))
   ev8.accumulate(out, gt, gt)
-  assert ev8.compute()["psnr"] == R.PSNR_CAP   # rounding hides the error
+  assert ev8.compute()["psnr"] == R.PSNR_CAP  # rounding hides the error
 
 
 def test_accumulate_crops_to_sizes_and_checks_labels():
   rng = np.random.default_rng(2)
   gt = rng.uniform(0, 1, (2, 20, 20, 3))
   out = gt.copy()
-  out[:, 16:, :] = 0.0                       # garbage outside the valid 16 x 16 region
+  out[:, 16:, :] = 0.0  # garbage outside the valid 16 x 16 region
   out[:, :, 16:] = 0.0
   ev = R.RestorationEvaluator(("a", "b"))
   ev.accumulate(out, gt, gt, labels=[0, 1], sizes=[(16, 16), (16, 16)])
@@ -242,6 +256,7 @@ def test_evaluate_task_released_denoise_inputs_and_float_metrics(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab import evaluate  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import basic_degradations  # pylint: disable=g-import-not-at-top
+
   gt = np.random.default_rng(4).integers(0, 256, (20, 24, 3), dtype=np.uint8)
   (tmp_path / "denoise" / "gt").mkdir(parents=True)
   Image.fromarray(gt).save(tmp_path / "denoise" / "gt" / "a.png")
@@ -250,8 +265,9 @@ def test_evaluate_task_released_denoise_inputs_and_float_metrics(tmp_path):
   got = evaluate.evaluate_task(identity, str(tmp_path), "denoise", denoise_sigma=25.0)
   assert got["images"] == 1
   np.testing.assert_allclose(got["psnr"], R.psnr(R.to_uint8(noisy), gt), rtol=1e-12)
-  got_f = evaluate.evaluate_task(identity, str(tmp_path), "denoise", denoise_sigma=25.0,
-                                 float_metrics=True)
+  got_f = evaluate.evaluate_task(
+      identity, str(tmp_path), "denoise", denoise_sigma=25.0, float_metrics=True
+  )
   want_f = 10 * np.log10(1.0 / np.mean((np.clip(noisy.astype(np.float64), 0, 1) - gt / 255.0) ** 2))
   np.testing.assert_allclose(got_f["psnr"], want_f, rtol=1e-9)
   assert got_f["psnr"] != got["psnr"]

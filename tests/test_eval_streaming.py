@@ -103,14 +103,16 @@ class ToyMethod(method_base.Method):
 
   def eval_images(self, outputs):
     rows = np.flatnonzero(outputs["valid"])[:2]
-    return np.concatenate([np.concatenate([outputs["lq"][r], outputs["restored"][r]], axis=1)
-                           for r in rows], axis=0)
+    return np.concatenate(
+        [np.concatenate([outputs["lq"][r], outputs["restored"][r]], axis=1) for r in rows], axis=0
+    )
 
   def evaluator(self):
     return ToyEvaluator() if self.streaming else ConcatenatingEvaluator(self)
 
 
 class _Train:
+
   def __init__(self, batch):
     self.batch = batch
 
@@ -126,6 +128,7 @@ class _Train:
 
 def toy_data(num_eval: int, batch_size: int) -> data_base.Datasets:
   """Deterministic random pairs; the last eval batch is padded (valid False)."""
+
   def example(i):
     rng = np.random.default_rng(i)
     gt = rng.random((SIZE, SIZE, 3), dtype=np.float32)
@@ -139,8 +142,9 @@ def toy_data(num_eval: int, batch_size: int) -> data_base.Datasets:
       yield batch
 
   train = {k: v[None].repeat(batch_size, 0) for k, v in example(0).items()}
-  return data_base.Datasets(train=_Train(train), eval_batches=eval_batches,
-                            info=data_base.DataInfo())
+  return data_base.Datasets(
+      train=_Train(train), eval_batches=eval_batches, info=data_base.DataInfo()
+  )
 
 
 def make_trainer(monkeypatch_or_none, num_eval: int, streaming: bool, mesh=None):
@@ -158,8 +162,10 @@ def make_trainer(monkeypatch_or_none, num_eval: int, streaming: bool, mesh=None)
   return trainer_lib.Trainer(config, None, data=toy_data(num_eval, 8))
 
 
-@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=1, model=1, num_devices=1),
-                                  dict(data=2, fsdp=2, model=2, num_devices=8)])
+@pytest.mark.parametrize(
+    "mesh",
+    [dict(data=1, fsdp=1, model=1, num_devices=1), dict(data=2, fsdp=2, model=2, num_devices=8)],
+)
 def test_streaming_equals_concatenated(monkeypatch, mesh):
   results = {}
   for streaming in (True, False):
@@ -171,8 +177,9 @@ def test_streaming_equals_concatenated(monkeypatch, mesh):
   np.testing.assert_array_equal(s_image, c_image)
   # Independent reference: the formula on the 21 examples directly.
   data = toy_data(21, 8)
-  ref = np.concatenate([psnr_per_example(b["lq"] + 0.05, b["gt"])[b["valid"]]
-                        for b in data.eval_batches()])
+  ref = np.concatenate(
+      [psnr_per_example(b["lq"] + 0.05, b["gt"])[b["valid"]] for b in data.eval_batches()]
+  )
   assert len(ref) == 21 and s_scalars["psnr"] == pytest.approx(float(ref.mean()), rel=1e-5)
 
 
@@ -180,6 +187,7 @@ def test_process_local_rows_follow_the_local_batch():
   """Rows of a batch-sharded array replicated over "model" come back once, in batch order."""
   from jaxmilab import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, model=2)))
   x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
   global_x = sharding_lib.put_batch({"x": x}, mesh)["x"]
@@ -211,14 +219,17 @@ def test_host_memory_does_not_grow_with_the_eval_set():
 if __name__ == "__main__":
   for n in (64, 640):
     for streaming in (False, True):
-      print(f"eval set {n:4d} x {SIZE}x{SIZE}x3, {'streaming' if streaming else 'concatenating'}: "
-            f"peak host memory {peak_eval_bytes(n, streaming) / 2**20:.2f} MiB")
+      print(
+          f"eval set {n:4d} x {SIZE}x{SIZE}x3, {'streaming' if streaming else 'concatenating'}: "
+          f"peak host memory {peak_eval_bytes(n, streaming) / 2**20:.2f} MiB"
+      )
 
 
 def test_merge_across_processes_adds_float64_sums_exactly(monkeypatch):
   """Two simulated processes holding the same statistics: the merged sums are exactly doubled
   (float64 shipped as its bits), and differing statistic names are refused."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   calls = []
 
   def fake_allgather(x, tiled=False):
@@ -234,7 +245,7 @@ def test_merge_across_processes_adds_float64_sums_exactly(monkeypatch):
   ev.merge_across_processes()
   assert ev.sums["count"] == 6.0
   np.testing.assert_array_equal(ev.sums["hist"], 2 * np.array([0.1, 1e-300, 2.0**60 + 1.0]))
-  assert all(d != np.float64 for d in calls)   # nothing float64 goes through a device
+  assert all(d != np.float64 for d in calls)  # nothing float64 goes through a device
 
   digests = iter([np.array([[1], [2]])])
   monkeypatch.setattr(multihost_utils, "process_allgather", lambda x, tiled=False: next(digests))

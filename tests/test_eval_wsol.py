@@ -8,14 +8,22 @@ import pytest
 from jaxmilab.evaluation import wsol
 
 # The two maps of clovaai/wsolevaluation evaluation_test.py (array[y][x]).
-_UNIMODAL = np.array([[0.0, 0.0, 0.0, 0.0, 0.0],
-                      [0.0, 0.4, 0.4, 0.4, 0.6],
-                      [0.0, 0.4, 1.0, 0.8, 0.6],
-                      [0.0, 0.4, 0.4, 0.4, 0.6]])
-_MULTIMODAL = np.array([[0.4, 0.0, 0.2, 0.2, 0.2],
-                        [0.4, 0.4, 0.0, 0.4, 0.0],
-                        [0.0, 0.0, 0.0, 0.4, 0.0],
-                        [1.0, 0.6, 0.8, 0.2, 0.2]])
+_UNIMODAL = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [0.0, 0.4, 0.4, 0.4, 0.6],
+        [0.0, 0.4, 1.0, 0.8, 0.6],
+        [0.0, 0.4, 0.4, 0.4, 0.6],
+    ]
+)
+_MULTIMODAL = np.array(
+    [
+        [0.4, 0.0, 0.2, 0.2, 0.2],
+        [0.4, 0.4, 0.0, 0.4, 0.0],
+        [0.0, 0.0, 0.0, 0.4, 0.0],
+        [1.0, 0.6, 0.8, 0.2, 0.2],
+    ]
+)
 
 
 def _first_boxes(scoremap, multi_contour=False):
@@ -64,11 +72,23 @@ def test_boxes_degenerate_zero_map():
 
 
 def test_boxes_unimodal_official():
-  assert _first_boxes(_UNIMODAL) == [[1, 1, 4, 3], [1, 1, 4, 3], [2, 1, 4, 3], [2, 2, 4, 3], [2, 2, 3, 3]]
+  assert _first_boxes(_UNIMODAL) == [
+      [1, 1, 4, 3],
+      [1, 1, 4, 3],
+      [2, 1, 4, 3],
+      [2, 2, 4, 3],
+      [2, 2, 3, 3],
+  ]
 
 
 def test_boxes_multimodal_official():
-  assert _first_boxes(_MULTIMODAL) == [[0, 0, 4, 3], [0, 0, 2, 2], [0, 3, 3, 3], [2, 3, 3, 3], [0, 3, 1, 3]]
+  assert _first_boxes(_MULTIMODAL) == [
+      [0, 0, 4, 3],
+      [0, 0, 2, 2],
+      [0, 3, 3, 3],
+      [2, 3, 3, 3],
+      [0, 3, 1, 3],
+  ]
 
 
 def test_boxes_constant_map_cover_the_image():
@@ -106,7 +126,9 @@ def test_box_evaluator_official_box_convention_by_hand():
   ev = wsol.BoxEvaluator()
   ev.accumulate(m, [[3, 2, 7, 5]])
   out = ev.compute()
-  assert out["MaxBoxAcc@30"] == 100.0 and out["MaxBoxAcc@50"] == 100.0 and out["MaxBoxAcc@70"] == 0.0
+  assert (
+      out["MaxBoxAcc@30"] == 100.0 and out["MaxBoxAcc@50"] == 100.0 and out["MaxBoxAcc@70"] == 0.0
+  )
   assert out["MaxBoxAccV2"] == pytest.approx(200 / 3)
   assert out["GT-known"] == out["gt_known_loc"] == 100.0
   assert "top1_loc" not in out
@@ -172,7 +194,9 @@ def test_pxap_piou_hand_example():
   # -> AP = 1 * .5 + 2/3 * .5 = 5/6. IoU = 1/2, 1/3, 2/3, 2/4 -> pIoU = 2/3.
   scores = np.array([[0.9, 0.6, 0.3, 0.1, 0.95]])
   gt = np.array([[True, False, True, False, False]])
-  ignore = np.array([[True, False, False, False, True]])  # ignore minus foreground = last pixel only
+  ignore = np.array(
+      [[True, False, False, False, True]]
+  )  # ignore minus foreground = last pixel only
   ev = wsol.MaskEvaluator()
   ev.accumulate(scores, gt, ignore)
   out = ev.compute()
@@ -229,8 +253,13 @@ def _bcam_like_batch():
   mask = np.zeros((2, 8, 8), bool)
   mask[:, 2:6, 2:6] = True
   perfect, wrong = mask.astype(np.float64), 1.0 - mask.astype(np.float64)
-  batch = {"label": np.array([0, 1]), "valid": np.array([True, True]), "mask": mask,
-           "boxes": np.array([[[2, 2, 5, 5]], [[2, 2, 5, 5]]]), "num_boxes": np.array([1, 1])}
+  batch = {
+      "label": np.array([0, 1]),
+      "valid": np.array([True, True]),
+      "mask": mask,
+      "boxes": np.array([[[2, 2, 5, 5]], [[2, 2, 5, 5]]]),
+      "num_boxes": np.array([1, 1]),
+  }
   return batch, perfect, wrong
 
 
@@ -238,10 +267,20 @@ def test_wsol_evaluator_takes_box_and_mask_metrics_from_the_named_maps():
   batch, perfect, wrong = _bcam_like_batch()
   entries = [("", "box_map", ("boxes",)), ("", "px_map", ("masks",))]
   results = {}
-  for name, (box_map, px_map) in {"box good": (perfect, wrong), "px good": (wrong, perfect)}.items():
+  for name, (box_map, px_map) in {
+      "box good": (perfect, wrong),
+      "px good": (wrong, perfect),
+  }.items():
     ev = wsol.WSOLEvaluator(entries, cam_curve_interval=0.1, example_means={"share": "share"})
-    ev.update(batch, {"box_map": box_map, "px_map": px_map, "pred": np.array([0, 0]),
-                      "share": np.array([10.0, 30.0])})
+    ev.update(
+        batch,
+        {
+            "box_map": box_map,
+            "px_map": px_map,
+            "pred": np.array([0, 0]),
+            "share": np.array([10.0, 30.0]),
+        },
+    )
     results[name] = ev.compute()
   # (the official box of a 4x4 blob spans 5 pixels: IoU 16 / 25, so @50 is the exact one)
   assert results["box good"]["MaxBoxAcc@50"] == 100.0 and results["px good"]["MaxBoxAcc@50"] < 100.0

@@ -52,9 +52,13 @@ from jaxmilab import metrics as metrics_lib
 
 BUCKET = "bucket"
 TOTAL = 24
-FLAGS = [f"--config={local.REPO}/configs/dcpt.py:smoke", f"--config.total_steps={TOTAL}",
-         "--config.log_every_steps=4", "--config.checkpoint_every_steps=8",
-         f"--config.eval_every_steps={TOTAL}"]
+FLAGS = [
+    f"--config={local.REPO}/configs/dcpt.py:smoke",
+    f"--config.total_steps={TOTAL}",
+    "--config.log_every_steps=4",
+    "--config.checkpoint_every_steps=8",
+    f"--config.eval_every_steps={TOTAL}",
+]
 # Scalars that measure time, not the computation: they differ between any two runs.
 TIMING_KEYS = {"images_per_sec", "mfu", "steps_per_sec", "uptime", "eval_seconds"}
 
@@ -78,6 +82,7 @@ runpy.run_module("jaxmilab.main", run_name="__main__", alter_sys=True)
 
 def _generation(storage, bucket: str, name: str) -> int:
   from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+
   try:
     return int(storage.get_file_obj(bucket, name)["generation"])
   except NotFound:
@@ -123,15 +128,20 @@ def _emulate_generations():
         response.status = status
         return None
       return handler(request, response, storage, *args, **kwargs)
+
     return wrapped
 
   original_download = objects.download
-  replace = {objects.get: conditional(objects.get, read=True),
-             objects.insert: conditional(objects.insert, read=False),
-             objects.delete: conditional(objects.delete, read=False),
-             objects.download: download}
-  handlers = tuple((regex, {m: replace.get(f, f) for m, f in methods.items()})
-                   for regex, methods in server.HANDLERS)
+  replace = {
+      objects.get: conditional(objects.get, read=True),
+      objects.insert: conditional(objects.insert, read=False),
+      objects.delete: conditional(objects.delete, read=False),
+      objects.download: download,
+  }
+  handlers = tuple(
+      (regex, {m: replace.get(f, f) for m, f in methods.items()})
+      for regex, methods in server.HANDLERS
+  )
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(objects, "download", download)  # objects.get's alt=media path calls it.
     mp.setattr(server, "HANDLERS", handlers)
@@ -143,6 +153,7 @@ class Emulator:
 
   def __init__(self):
     from gcp_storage_emulator.server import create_server  # pylint: disable=g-import-not-at-top
+
     self.port = portpicker.pick_unused_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self.server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=BUCKET)
@@ -158,7 +169,7 @@ class Emulator:
     """Committed steps: orbax's commit file on object stores marks a finished step."""
     steps = set()
     for name in self.names(f"{run}/checkpoints/"):
-      step, _, rest = name[len(f"{run}/checkpoints/"):].partition("/")
+      step, _, rest = name[len(f"{run}/checkpoints/") :].partition("/")
       if step.isdigit() and rest == "commit_success.txt":
         steps.add(int(step))
     return sorted(steps)
@@ -166,7 +177,7 @@ class Emulator:
   def download(self, run: str, dest: str) -> str:
     """Copies gs://BUCKET/<run>/ to `dest` (a local folder) for reading with local tools."""
     for name in self.names(f"{run}/"):
-      path = os.path.join(dest, name[len(run) + 1:])
+      path = os.path.join(dest, name[len(run) + 1 :])
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path, "wb") as f:
         f.write(self.read(name))
@@ -188,9 +199,12 @@ def emulator_env(emu: Emulator, scratch: str) -> dict[str, str]:
   """The environment that points epath, google-cloud-storage and tensorstore at `emu`."""
   dead = f"127.0.0.1:{portpicker.pick_unused_port()}"  # Nothing listens there.
   os.makedirs(os.path.join(scratch, "gcloud"), exist_ok=True)
-  e = {k: v for k, v in local.env(1).items()
-       if k not in ("GOOGLE_APPLICATION_CREDENTIALS", metrics_lib.TENSORBOARD_DIR_ENV)
-       and not k.lower().endswith("_proxy")}
+  e = {
+      k: v
+      for k, v in local.env(1).items()
+      if k not in ("GOOGLE_APPLICATION_CREDENTIALS", metrics_lib.TENSORBOARD_DIR_ENV)
+      and not k.lower().endswith("_proxy")
+  }
   e.update(
       EPATH_USE_TF="false",
       STORAGE_EMULATOR_HOST=emu.url,
@@ -199,15 +213,21 @@ def emulator_env(emu: Emulator, scratch: str) -> dict[str, str]:
       FSSPEC_GCS_TOKEN="anon",
       GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
       NO_GCE_CHECK="true",
-      GCE_METADATA_ROOT=dead, GCE_METADATA_HOST=dead, GCE_METADATA_IP=dead,
+      GCE_METADATA_ROOT=dead,
+      GCE_METADATA_HOST=dead,
+      GCE_METADATA_IP=dead,
       CLOUDSDK_CONFIG=os.path.join(scratch, "gcloud"),
-      http_proxy=f"http://{dead}", https_proxy=f"http://{dead}", all_proxy=f"http://{dead}",
+      http_proxy=f"http://{dead}",
+      https_proxy=f"http://{dead}",
+      all_proxy=f"http://{dead}",
       no_proxy="127.0.0.1,localhost",
   )
   if jax.config.jax_compilation_cache_dir:  # The runs compile the same programs: share conftest's.
-    e.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    e.update(
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
   return e
 
 
@@ -217,8 +237,14 @@ def main_cmd(run: str) -> list[str]:
 
 def run_to_end(emu: Emulator, run: str, cwd: str) -> str:
   """Runs the trainer to the end; returns its stderr."""
-  proc = subprocess.run(main_cmd(run), cwd=cwd, env=emulator_env(emu, cwd + "_scratch"),
-                        capture_output=True, timeout=900, check=False)
+  proc = subprocess.run(
+      main_cmd(run),
+      cwd=cwd,
+      env=emulator_env(emu, cwd + "_scratch"),
+      capture_output=True,
+      timeout=900,
+      check=False,
+  )
   stderr = proc.stderr.decode()
   assert proc.returncode == 0, stderr[-4000:]
   return stderr
@@ -226,8 +252,11 @@ def run_to_end(emu: Emulator, run: str, cwd: str) -> str:
 
 def comparable_rows(workdir: str) -> list[dict]:
   """metrics.jsonl train and eval rows without the timing scalars (rows of only those go)."""
-  rows = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in metrics_lib.read_jsonl(workdir) if r["split"] in ("train", "eval")]
+  rows = [
+      {k: v for k, v in r.items() if k not in TIMING_KEYS}
+      for r in metrics_lib.read_jsonl(workdir)
+      if r["split"] in ("train", "eval")
+  ]
   return [r for r in rows if set(r) - {"step", "split"}]
 
 
@@ -258,8 +287,13 @@ def test_kill_9_then_resume_on_gs_equals_uninterrupted(emulator, tmp_path):
 
   log = str(tmp_path / "killed.log")
   with open(log, "wb") as err:
-    proc = subprocess.Popen(main_cmd("run"), cwd=cwd, env=emulator_env(emulator, cwd + "_scratch"),
-                            stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(
+        main_cmd("run"),
+        cwd=cwd,
+        env=emulator_env(emulator, cwd + "_scratch"),
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     deadline = time.time() + 600
     while not emulator.checkpoints("run"):
       assert proc.poll() is None, open(log, encoding="utf-8").read()[-4000:]
@@ -268,14 +302,17 @@ def test_kill_9_then_resume_on_gs_equals_uninterrupted(emulator, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   killed_at = emulator.checkpoints("run")
-  started = {int(n.split("/")[2]) for n in emulator.names("run/checkpoints/")
-             if n.split("/")[2].isdigit()}
+  started = {
+      int(n.split("/")[2]) for n in emulator.names("run/checkpoints/") if n.split("/")[2].isdigit()
+  }
   assert killed_at[-1] < TOTAL, f"killed too late to test resume: {killed_at}"
   assert f"run/eval_images/step_{TOTAL:08d}.png" not in emulator.names("run/")
   run_to_end(emulator, "run", cwd)
   assert emulator.checkpoints("run")[-1] == TOTAL
-  print(f"gs:// reference + killed + resumed runs: {time.perf_counter() - t0:.0f} s; killed with "
-        f"committed checkpoints {killed_at}, uncommitted {sorted(started - set(killed_at))}")
+  print(
+      f"gs:// reference + killed + resumed runs: {time.perf_counter() - t0:.0f} s; killed with "
+      f"committed checkpoints {killed_at}, uncommitted {sorted(started - set(killed_at))}"
+  )
 
   # Everything went to the emulator, nothing to the local disk.
   assert os.listdir(cwd) == [], os.listdir(cwd)

@@ -42,14 +42,14 @@ def test_prefetch_yields_the_stream_and_the_consumed_state(size):
     assert got == [0, 10, 20, 30, 40]
     state = pre.consumed_state().get_state()
     if size:
-      time.sleep(0.2)   # the thread has read ahead by now ...
+      time.sleep(0.2)  # the thread has read ahead by now ...
       assert it.i > 5
-      assert json.loads(state) == {"i": 5}   # ... but the checkpoint gets the consumed position
+      assert json.loads(state) == {"i": 5}  # ... but the checkpoint gets the consumed position
     else:
       assert state == {"i": 5}
   finally:
     pre.close()
-  if size:   # grain's handler writes get_state().decode() for a non-DatasetIterator: same JSON
+  if size:  # grain's handler writes get_state().decode() for a non-DatasetIterator: same JSON
     resumed = _Counter()
     resumed.set_state(json.loads(pre.consumed_state().get_state().decode()))
     assert int(next(resumed)["x"][0]) == 5
@@ -82,17 +82,31 @@ def test_goodput_row_and_resume_carry_counters_and_lost_steps():
 
   # An earlier start logged rows at steps 100, 200, 300 and checkpointed at 250: the step time
   # between 250 and 300 (interpolated: 5 s of 10) is lost and the counters carry on.
-  rows = [{"step": s, "split": "goodput", "total_seconds": 20.0 * k, "step_seconds": 10.0 * k,
-           "startup_seconds": 5.0, "compile_seconds": 2.0, "restore_seconds": 0.0,
-           "data_wait_seconds": 1.0 * k, "checkpoint_seconds": 0.5, "eval_seconds": 0.0,
-           "lost_seconds": 0.0, "restarts": 0.0, "goodput": 0.5} for k, s in ((1, 100), (2, 200), (3, 300))]
+  rows = [
+      {
+          "step": s,
+          "split": "goodput",
+          "total_seconds": 20.0 * k,
+          "step_seconds": 10.0 * k,
+          "startup_seconds": 5.0,
+          "compile_seconds": 2.0,
+          "restore_seconds": 0.0,
+          "data_wait_seconds": 1.0 * k,
+          "checkpoint_seconds": 0.5,
+          "eval_seconds": 0.0,
+          "lost_seconds": 0.0,
+          "restarts": 0.0,
+          "goodput": 0.5,
+      }
+      for k, s in ((1, 100), (2, 200), (3, 300))
+  ]
   rows.append({"step": 300, "split": "train", "loss": 1.0})
   r = goodput.Goodput(start_time=time.time())
   r.resume_from(rows, checkpoint_step=250)
   out = r.row()
   assert out["restarts"] == 1
   assert out["lost_seconds"] == pytest.approx(5.0)
-  assert out["step_seconds"] == pytest.approx(25.0, abs=0.01)      # 30 - 5 lost
+  assert out["step_seconds"] == pytest.approx(25.0, abs=0.01)  # 30 - 5 lost
   assert out["total_seconds"] == pytest.approx(60.0, abs=0.5)
   assert out["compile_seconds"] == pytest.approx(2.0)
   assert out["goodput"] == pytest.approx(25.0 / out["total_seconds"], rel=1e-6)

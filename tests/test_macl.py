@@ -54,15 +54,30 @@ def test_positional_loss_matches_numpy(threshold, temperature):
   rng = np.random.default_rng(0)
   z1, z2, positions = _batch(rng)
   positions[1] = positions[0] + 0.5 * threshold  # a cross-slice positive
-  got = macl.positional_contrastive_loss(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(positions),
-                                         threshold=threshold, temperature=temperature)
+  got = macl.positional_contrastive_loss(
+      jnp.asarray(z1),
+      jnp.asarray(z2),
+      jnp.asarray(positions),
+      threshold=threshold,
+      temperature=temperature,
+  )
   want = _numpy_loss(z1, z2, positions, threshold, temperature)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # Scale invariance (the function normalises) and view symmetry.
-  again = macl.positional_contrastive_loss(jnp.asarray(3 * z1), jnp.asarray(z2), jnp.asarray(positions),
-                                           threshold=threshold, temperature=temperature)
-  swapped = macl.positional_contrastive_loss(jnp.asarray(z2), jnp.asarray(z1), jnp.asarray(positions),
-                                             threshold=threshold, temperature=temperature)
+  again = macl.positional_contrastive_loss(
+      jnp.asarray(3 * z1),
+      jnp.asarray(z2),
+      jnp.asarray(positions),
+      threshold=threshold,
+      temperature=temperature,
+  )
+  swapped = macl.positional_contrastive_loss(
+      jnp.asarray(z2),
+      jnp.asarray(z1),
+      jnp.asarray(positions),
+      threshold=threshold,
+      temperature=temperature,
+  )
   np.testing.assert_allclose([float(again), float(swapped)], [want, want], rtol=1e-5)
 
 
@@ -85,7 +100,9 @@ def test_positional_loss_gradient_matches_pytorch():
     labels = labels.contiguous().view(-1, 1)
     mask = (torch.abs(labels.T.repeat(b, 1) - labels.repeat(1, b)) < threshold).float()
     contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
-    logits = torch.nn.functional.cosine_similarity(contrast.unsqueeze(1), contrast.unsqueeze(0), dim=-1)
+    logits = torch.nn.functional.cosine_similarity(
+        contrast.unsqueeze(1), contrast.unsqueeze(0), dim=-1
+    )
     logits = logits / temperature
     mask = mask.repeat(2, 2)
     logits_mask = torch.scatter(torch.ones_like(mask), 1, torch.arange(2 * b).view(-1, 1), 0)
@@ -100,8 +117,9 @@ def test_positional_loss_gradient_matches_pytorch():
   t2 = torch.tensor(z2, dtype=torch.float64, requires_grad=True)
   ref = supcon(torch.stack([t1, t2], 1), torch.tensor(positions, dtype=torch.float64), 0.1, 0.1)
   ref.backward()
-  loss_fn = lambda a, b: macl.positional_contrastive_loss(a, b, jnp.asarray(positions), threshold=0.1,
-                                                         temperature=0.1)
+  loss_fn = lambda a, b: macl.positional_contrastive_loss(
+      a, b, jnp.asarray(positions), threshold=0.1, temperature=0.1
+  )
   value, (g1, g2) = jax.value_and_grad(loss_fn, argnums=(0, 1))(jnp.asarray(z1), jnp.asarray(z2))
   np.testing.assert_allclose(float(value), ref.item(), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(g1), t1.grad.numpy(), rtol=1e-4, atol=1e-6)
@@ -113,17 +131,30 @@ def test_dense_loss_is_the_mean_over_locations():
   a = rng.standard_normal((4, 3, 2, 5)).astype(np.float32)
   d = rng.standard_normal((4, 3, 2, 5)).astype(np.float32)
   positions = np.array([0.1, 0.15, 0.6, 0.9], np.float32)
-  got = macl.dense_contrastive_loss(jnp.asarray(a), jnp.asarray(d), jnp.asarray(positions),
-                                    threshold=0.1, temperature=0.1)
-  want = np.mean([_numpy_loss(a[:, y, x], d[:, y, x], positions, 0.1, 0.1)
-                  for y in range(3) for x in range(2)])
+  got = macl.dense_contrastive_loss(
+      jnp.asarray(a), jnp.asarray(d), jnp.asarray(positions), threshold=0.1, temperature=0.1
+  )
+  want = np.mean(
+      [_numpy_loss(a[:, y, x], d[:, y, x], positions, 0.1, 0.1) for y in range(3) for x in range(2)]
+  )
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
   # Padding: a masked-out example changes nothing for the rest.
   valid = jnp.array([True, True, True, False])
-  masked = macl.dense_contrastive_loss(jnp.asarray(a), jnp.asarray(d), jnp.asarray(positions),
-                                       threshold=0.1, temperature=0.1, valid=valid)
-  want3 = np.mean([_numpy_loss(a[:3, y, x], d[:3, y, x], positions[:3], 0.1, 0.1)
-                   for y in range(3) for x in range(2)])
+  masked = macl.dense_contrastive_loss(
+      jnp.asarray(a),
+      jnp.asarray(d),
+      jnp.asarray(positions),
+      threshold=0.1,
+      temperature=0.1,
+      valid=valid,
+  )
+  want3 = np.mean(
+      [
+          _numpy_loss(a[:3, y, x], d[:3, y, x], positions[:3], 0.1, 0.1)
+          for y in range(3)
+          for x in range(2)
+      ]
+  )
   np.testing.assert_allclose(float(masked), want3, rtol=1e-5)
 
 
@@ -141,20 +172,28 @@ def test_downsample_align_corners():
 @pytest.mark.torch
 def test_downsample_matches_pytorch():
   import torch  # pylint: disable=g-import-not-at-top
+
   x = np.random.default_rng(3).standard_normal((2, 16, 20, 3)).astype(np.float32)
-  ref = torch.nn.functional.interpolate(torch.tensor(x.transpose(0, 3, 1, 2)), scale_factor=0.25,
-                                        mode="bilinear", align_corners=True)
-  np.testing.assert_allclose(np.asarray(macl.downsample(jnp.asarray(x), 0.25)),
-                             ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+  ref = torch.nn.functional.interpolate(
+      torch.tensor(x.transpose(0, 3, 1, 2)), scale_factor=0.25, mode="bilinear", align_corners=True
+  )
+  np.testing.assert_allclose(
+      np.asarray(macl.downsample(jnp.asarray(x), 0.25)),
+      ref.numpy().transpose(0, 2, 3, 1),
+      atol=1e-5,
+  )
 
 
 # ------------------------------------------------------------------------- network, method
 
 
 def _config(variant="macl", width=2, depth=3):
-  return ml_collections.ConfigDict({
-      "method": {"name": "macl", "variant": variant},
-      "model": {"name": "pcl_unet", "width": width, "depth": depth}})
+  return ml_collections.ConfigDict(
+      {
+          "method": {"name": "macl", "variant": variant},
+          "model": {"name": "pcl_unet", "width": width, "depth": depth},
+      }
+  )
 
 
 def _views(rng, b=4, size=32):
@@ -174,7 +213,8 @@ def test_macl_branches_parameters_and_gradients():
   assert sorted(params["backbone"]) == ["decoder", "encoder"]
   assert sorted(params["backbone"]["decoder"]) == ["block_1", "block_2"]
   out = jax.jit(lambda v, x: method.net.apply(v, x, train=False))(
-      variables, {k: batch[k] for k in macl.VIEW_KEYS})
+      variables, {k: batch[k] for k in macl.VIEW_KEYS}
+  )
   w = 2
   # Depth 3: 8w-channel bottleneck at H/8; decoder block 2 outputs 2w channels at H/8.
   assert out["pixel_aux"].shape == out["pixel_dom"].shape == (4, 4, 4, 2 * w)
@@ -182,15 +222,19 @@ def test_macl_branches_parameters_and_gradients():
   assert out["g_1"].shape == out["g_2"].shape == (4, 128)
   state = {k: v for k, v in variables.items() if k != "params"}
   (loss, (terms, new_state)), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
-      params, state, batch, jax.random.key(1))
-  np.testing.assert_allclose(float(loss), float(terms["l_g"] + 0.5 * terms["l_d"] + terms["l_er"]),
-                             rtol=1e-6)
+      params, state, batch, jax.random.key(1)
+  )
+  np.testing.assert_allclose(
+      float(loss), float(terms["l_g"] + 0.5 * terms["l_d"] + terms["l_er"]), rtol=1e-6
+  )
   # Every parameter group receives gradient; BatchNorm statistics move.
   for name in ("aux_image_head", "dom_image_head", "pixel_projector"):
     assert float(optax_norm(grads[name])) > 0
   assert float(optax_norm(grads["backbone"]["decoder"]["block_2"])) > 0
-  assert not np.allclose(new_state["batch_stats"]["backbone"]["encoder"]["level_1_conv_1"]["bn"]["mean"],
-                         state["batch_stats"]["backbone"]["encoder"]["level_1_conv_1"]["bn"]["mean"])
+  assert not np.allclose(
+      new_state["batch_stats"]["backbone"]["encoder"]["level_1_conv_1"]["bn"]["mean"],
+      state["batch_stats"]["backbone"]["encoder"]["level_1_conv_1"]["bn"]["mean"],
+  )
   # L_ER by hand: mean |down(Y~) - Y|.
   l_er = np.mean(np.abs(np.asarray(macl.downsample(out["y_aux"], 0.25)) - np.asarray(out["y_dom"])))
   eval_terms = method._terms(out, batch["position"])  # pylint: disable=protected-access
@@ -208,8 +252,9 @@ def test_pcl_variant_has_encoder_only_and_l_g():
   variables = jax.jit(method.init_variables)(jax.random.key(0), batch)
   assert sorted(variables["params"]) == ["backbone", "image_head"]
   assert sorted(variables["params"]["backbone"]) == ["encoder"]
-  loss, (terms, _) = jax.jit(method.loss)(variables["params"], {"batch_stats": variables["batch_stats"]},
-                                          batch, jax.random.key(0))
+  loss, (terms, _) = jax.jit(method.loss)(
+      variables["params"], {"batch_stats": variables["batch_stats"]}, batch, jax.random.key(0)
+  )
   assert sorted(terms) == ["dead_v1", "dead_v2", "l_g"] and float(loss) == float(terms["l_g"])
   # The released PCL head: 16w -> 16w -> ReLU -> 512 (run_script.sh --classes 512).
   assert variables["params"]["image_head"]["fc_2"]["kernel"].shape == (8 * 2, 512)
@@ -217,23 +262,36 @@ def test_pcl_variant_has_encoder_only_and_l_g():
 
 def test_config_errors():
   with pytest.raises(ValueError, match="variant"):
-    macl.Method(ml_collections.ConfigDict({"method": {"name": "macl", "variant": "simclr"},
-                                           "model": {"name": "pcl_unet"}}), DataInfo())
+    macl.Method(
+        ml_collections.ConfigDict(
+            {"method": {"name": "macl", "variant": "simclr"}, "model": {"name": "pcl_unet"}}
+        ),
+        DataInfo(),
+    )
   with pytest.raises(ValueError, match="unknown key"):
-    macl.Method(ml_collections.ConfigDict({"method": {"name": "macl", "alpha": 1.0},
-                                           "model": {"name": "pcl_unet"}}), DataInfo())
+    macl.Method(
+        ml_collections.ConfigDict(
+            {"method": {"name": "macl", "alpha": 1.0}, "model": {"name": "pcl_unet"}}
+        ),
+        DataInfo(),
+    )
   with pytest.raises(ValueError, match="encode"):
-    macl.Method(ml_collections.ConfigDict({"method": {"name": "macl"}, "model": {"name": "unet"}}),
-                DataInfo())
+    macl.Method(
+        ml_collections.ConfigDict({"method": {"name": "macl"}, "model": {"name": "unet"}}),
+        DataInfo(),
+    )
 
 
 # ------------------------------------------------------------------------------ fine-tuning
 
 
 def _finetune(num_classes=3, blocks=2):
-  config = ml_collections.ConfigDict({
-      "method": {"name": "macl_finetune", "init_decoder_blocks": blocks},
-      "model": {"name": "pcl_unet", "width": 2, "depth": 3, "num_classes": 0}})
+  config = ml_collections.ConfigDict(
+      {
+          "method": {"name": "macl_finetune", "init_decoder_blocks": blocks},
+          "model": {"name": "pcl_unet", "width": 2, "depth": 3, "num_classes": 0},
+      }
+  )
   return macl_finetune.Method(config, DataInfo(num_classes=num_classes))
 
 
@@ -244,24 +302,39 @@ def test_init_from_takes_encoder_and_decoder_blocks_1_2_only():
   pre_vars = jax.jit(pre.init_variables)(jax.random.key(7), batch)
   ft = _finetune()
   fresh = jax.jit(ft.init_variables)(jax.random.key(8), {"image": jnp.zeros((2, 32, 32, 1))})
-  loaded = {"params": jax.device_get(pre_vars["params"]), "batch_stats": jax.device_get(pre_vars["batch_stats"])}
+  loaded = {
+      "params": jax.device_get(pre_vars["params"]),
+      "batch_stats": jax.device_get(pre_vars["batch_stats"]),
+  }
   merged = ft.init_from(jax.device_get(dict(fresh)), loaded)
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                                                jax.tree_util.tree_leaves(b)))
+  same = lambda a, b: all(
+      np.array_equal(x, y)
+      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
   assert same(merged["params"]["encoder"], pre_vars["params"]["backbone"]["encoder"])
   for block in ("block_1", "block_2"):
-    assert same(merged["params"]["decoder"][block], pre_vars["params"]["backbone"]["decoder"][block])
-    assert same(merged["batch_stats"]["decoder"][block],
-                pre_vars["batch_stats"]["backbone"]["decoder"][block])
+    assert same(
+        merged["params"]["decoder"][block], pre_vars["params"]["backbone"]["decoder"][block]
+    )
+    assert same(
+        merged["batch_stats"]["decoder"][block],
+        pre_vars["batch_stats"]["backbone"]["decoder"][block],
+    )
   for block in ("block_3",):  # never pre-trained: stays as initialised here
     assert same(merged["params"]["decoder"][block], fresh["params"]["decoder"][block])
   assert same(merged["params"]["head"], fresh["params"]["head"])
   # Only block 1 when asked; a different width is an error naming the array.
   one = _finetune(blocks=1).init_from(jax.device_get(dict(fresh)), loaded)
   assert same(one["params"]["decoder"]["block_2"], fresh["params"]["decoder"]["block_2"])
-  wide = macl_finetune.Method(ml_collections.ConfigDict({
-      "method": {"name": "macl_finetune"}, "model": {"name": "pcl_unet", "width": 4, "depth": 3}}),
-      DataInfo(num_classes=3))
+  wide = macl_finetune.Method(
+      ml_collections.ConfigDict(
+          {
+              "method": {"name": "macl_finetune"},
+              "model": {"name": "pcl_unet", "width": 4, "depth": 3},
+          }
+      ),
+      DataInfo(num_classes=3),
+  )
   wide_vars = jax.jit(wide.init_variables)(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 1))})
   with pytest.raises(ValueError, match="shape"):
     wide.init_from(jax.device_get(dict(wide_vars)), loaded)
@@ -270,13 +343,17 @@ def test_init_from_takes_encoder_and_decoder_blocks_1_2_only():
 def test_finetune_loss_is_pixel_cross_entropy():
   ft = _finetune(num_classes=3)
   rng = np.random.default_rng(9)
-  batch = {"image": jnp.asarray(rng.random((2, 32, 32, 1), dtype=np.float32)),
-           "labels": jnp.asarray(rng.integers(0, 3, (2, 32, 32)), jnp.int32)}
+  batch = {
+      "image": jnp.asarray(rng.random((2, 32, 32, 1), dtype=np.float32)),
+      "labels": jnp.asarray(rng.integers(0, 3, (2, 32, 32)), jnp.int32),
+  }
   variables = jax.jit(ft.init_variables)(jax.random.key(0), batch)
-  loss, (metrics, _) = jax.jit(ft.loss)(variables["params"], {"batch_stats": variables["batch_stats"]},
-                                        batch, jax.random.key(0))
+  loss, (metrics, _) = jax.jit(ft.loss)(
+      variables["params"], {"batch_stats": variables["batch_stats"]}, batch, jax.random.key(0)
+  )
   logits, _ = jax.jit(lambda v, x: ft.net.apply(v, x, train=True, mutable=["batch_stats"]))(
-      variables, batch["image"])
+      variables, batch["image"]
+  )
   logits = np.asarray(logits, np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(logp, np.asarray(batch["labels"])[..., None], -1).mean()
@@ -295,8 +372,11 @@ def test_streaming_dice_equals_concatenated_computation():
     sl = slice(start, start + 5)
     n = len(gt[sl])
     pad = lambda a: np.concatenate([a, np.zeros((5 - n,) + a.shape[1:], a.dtype)])
-    batch = {"labels": pad(gt[sl]), "image": pad(np.zeros((n, 8, 8, 1), np.float32)),
-             "valid": np.arange(5) < n}
+    batch = {
+        "labels": pad(gt[sl]),
+        "image": pad(np.zeros((n, 8, 8, 1), np.float32)),
+        "valid": np.arange(5) < n,
+    }
     ev.update(batch, {"prediction": pad(pred[sl])})
   got = ev.compute()
   for c in range(1, k):
@@ -307,8 +387,12 @@ def test_streaming_dice_equals_concatenated_computation():
   assert ev.images().shape == (4 * 8, 3 * 8, 3)
   # The method's evaluator, fed the whole set in one update, gives the same numbers.
   method = _finetune(num_classes=k)
-  host = {"labels": gt, "prediction": pred, "image": np.zeros((13, 8, 8, 1), np.float32),
-          "valid": np.ones(13, bool)}
+  host = {
+      "labels": gt,
+      "prediction": pred,
+      "image": np.zeros((13, 8, 8, 1), np.float32),
+      "valid": np.ones(13, bool),
+  }
   whole = method.evaluator()
   whole.update(host, host)
   assert whole.compute() == pytest.approx(got)
@@ -319,8 +403,8 @@ def test_dice_evaluator_hand_case():
   ev.accumulate(np.array([[1, 1], [0, 2]]), np.array([[1, 0], [0, 0]]))
   ev.accumulate(np.array([[0, 0], [0, 0]]), np.array([[2, 2], [0, 0]]))
   out = ev.compute()
-  assert out["dice/1"] == pytest.approx(200 * 1 / 3)   # |P|=2, |G|=1, |P n G|=1
-  assert out["dice/2"] == pytest.approx(0.0)           # |P|=1, |G|=2, no overlap
+  assert out["dice/1"] == pytest.approx(200 * 1 / 3)  # |P|=2, |G|=1, |P n G|=1
+  assert out["dice/2"] == pytest.approx(0.0)  # |P|=1, |G|=2, no overlap
   assert out["dice"] == pytest.approx(100 / 3)
 
 
@@ -364,9 +448,9 @@ def test_chance_l_g_is_the_loss_of_collapsed_embeddings():
 
 def test_dead_fraction_hand_case():
   y = np.zeros((2, 2, 2, 4), np.float32)
-  y[0, 1, 1, 0] = 0.5          # channel 0 alive in example 0 only
-  y[1, 0, 0, 2] = 2.0          # channel 2 alive in example 1 only
-  y[:, :, :, 3] = -1.0         # never positive (a ReLU output is never negative; still dead)
+  y[0, 1, 1, 0] = 0.5  # channel 0 alive in example 0 only
+  y[1, 0, 0, 2] = 2.0  # channel 2 alive in example 1 only
+  y[:, :, :, 3] = -1.0  # never positive (a ReLU output is never negative; still dead)
   assert float(macl.dead_fraction(jnp.asarray(y))) == 0.5
   # Padding examples do not count: with example 1 invalid, channel 2 is dead too.
   assert float(macl.dead_fraction(jnp.asarray(y), jnp.asarray([True, False]))) == 0.75

@@ -33,9 +33,12 @@ def test_pcl_quickstart_l_g_falls_below_chance(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="MACL's quickstart L_g ends at its collapse value "
-                   "(measured 4.91 vs 4.906; README, MACL); open, issue 29")
+@pytest.mark.xfail(
+    strict=True,
+    reason="MACL's quickstart L_g ends at its collapse value "
+    "(measured 4.91 vs 4.906; README, MACL); open, issue 29",
+)
 def test_macl_quickstart_l_g_falls_below_chance(tmp_path):
   final, chance = _final_eval(tmp_path, {})
-  assert final["dead_i2"] < 1.0   # the dominant centre is not entirely dead
+  assert final["dead_i2"] < 1.0  # the dominant centre is not entirely dead
   assert final["l_g"] <= 0.9 * chance, (final, chance)

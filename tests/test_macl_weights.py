@@ -25,7 +25,7 @@ from jaxmilab.methods import macl
 from jaxmilab.methods import macl_finetune
 from jaxmilab.models import pcl_unet
 
-WIDTH, CLASSES, SCALE = 2, 64, 0.25   # embedding int(64 * 0.25) = 16
+WIDTH, CLASSES, SCALE = 2, 64, 0.25  # embedding int(64 * 0.25) = 16
 
 
 def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
@@ -33,7 +33,9 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
   from torch import nn  # pylint: disable=g-import-not-at-top
 
   def contract(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True)
+    )
 
   class EncoderMACL(nn.Module):
 
@@ -44,8 +46,12 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
       self.contr_2_1, self.contr_2_2 = contract(f, 2 * f), contract(2 * f, 2 * f)
       self.contr_3_1, self.contr_3_2 = contract(2 * f, 4 * f), contract(4 * f, 4 * f)
       self.contr_4_1, self.contr_4_2 = contract(4 * f, 8 * f), contract(8 * f, 8 * f)
-      self.center = nn.Sequential(nn.Conv2d(8 * f, 16 * f, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(16 * f, 16 * f, 3, padding=1), nn.ReLU(inplace=True))
+      self.center = nn.Sequential(
+          nn.Conv2d(8 * f, 16 * f, 3, padding=1),
+          nn.ReLU(inplace=True),
+          nn.Conv2d(16 * f, 16 * f, 3, padding=1),
+          nn.ReLU(inplace=True),
+      )
 
     def forward(self, x):
       c1 = self.contr_1_2(self.contr_1_1(x))
@@ -56,7 +62,7 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
 
   def crop(layer, h, w):
     _, _, lh, lw = layer.size()
-    return layer[:, :, (lh - h) // 2:(lh - h) // 2 + h, (lw - w) // 2:(lw - w) // 2 + w]
+    return layer[:, :, (lh - h) // 2 : (lh - h) // 2 + h, (lw - w) // 2 : (lw - w) // 2 + w]
 
   class DecoderMACL(nn.Module):
 
@@ -73,10 +79,12 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
 
     def forward(self, x, c4, c3, c2, c1):
       outs = []
-      for up, e1, e2, skip in ((self.upscale5, self.expand_4_1, self.expand_4_2, c4),
-                               (self.upscale4, self.expand_3_1, self.expand_3_2, c3),
-                               (self.upscale3, self.expand_2_1, self.expand_2_2, c2),
-                               (self.upscale2, self.expand_1_1, self.expand_1_2, c1)):
+      for up, e1, e2, skip in (
+          (self.upscale5, self.expand_4_1, self.expand_4_2, c4),
+          (self.upscale4, self.expand_3_1, self.expand_3_2, c3),
+          (self.upscale3, self.expand_2_1, self.expand_2_2, c2),
+          (self.upscale2, self.expand_1_1, self.expand_1_2, c1),
+      ):
         u = up(x)
         x = e2(e1(torch.cat([u, crop(skip, u.size(2), u.size(3))], 1)))
         outs.append(x)
@@ -90,14 +98,27 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
       self.online_decoder = DecoderMACL()
       embed = int(classes * scale)
       self.target_instance_projector = nn.Sequential(
-          nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16 * f, 4 * f), nn.ReLU(inplace=True),
-          nn.Linear(4 * f, embed))
+          nn.AdaptiveAvgPool2d((1, 1)),
+          nn.Flatten(),
+          nn.Linear(16 * f, 4 * f),
+          nn.ReLU(inplace=True),
+          nn.Linear(4 * f, embed),
+      )
       self.online_instance_projector = nn.Sequential(
-          nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4 * f, 4 * f), nn.ReLU(inplace=True),
-          nn.Linear(4 * f, embed))
+          nn.AdaptiveAvgPool2d((1, 1)),
+          nn.Flatten(),
+          nn.Linear(4 * f, 4 * f),
+          nn.ReLU(inplace=True),
+          nn.Linear(4 * f, embed),
+      )
       self.target_pixel_projector = nn.Sequential(
-          nn.Conv2d(16 * f, 4 * f, 3, padding=1), nn.BatchNorm2d(4 * f), nn.LeakyReLU(inplace=True),
-          nn.Conv2d(4 * f, 4 * f, 3, padding=1), nn.BatchNorm2d(4 * f), nn.LeakyReLU(inplace=True))
+          nn.Conv2d(16 * f, 4 * f, 3, padding=1),
+          nn.BatchNorm2d(4 * f),
+          nn.LeakyReLU(inplace=True),
+          nn.Conv2d(4 * f, 4 * f, 3, padding=1),
+          nn.BatchNorm2d(4 * f),
+          nn.LeakyReLU(inplace=True),
+      )
 
     def forward(self, x1, x2, x3, x4):
       x_1 = self.share_encoder(x1)[0]
@@ -116,6 +137,7 @@ def _torch_macl(in_channels: int, f: int, classes: int, scale: float):
 def _randomize(model, seed=0):
   """Non-trivial weights, biases and BatchNorm statistics (kaiming init leaves biases 0)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   for m in model.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
@@ -125,14 +147,16 @@ def _randomize(model, seed=0):
       m.running_mean.data = torch.tensor(rng.normal(0, 0.1, n), dtype=torch.float32)
       m.running_var.data = torch.tensor(rng.uniform(0.5, 1.5, n), dtype=torch.float32)
     elif isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-      m.weight.data = torch.tensor(rng.normal(0, 1, m.weight.shape) / np.sqrt(m.weight[0].numel()),
-                                   dtype=torch.float32)
+      m.weight.data = torch.tensor(
+          rng.normal(0, 1, m.weight.shape) / np.sqrt(m.weight[0].numel()), dtype=torch.float32
+      )
       if m.bias is not None:
         m.bias.data = torch.tensor(rng.normal(0, 0.1, m.bias.shape), dtype=torch.float32)
 
 
 def _released_file(tmp_path, ddp_prefix=False):
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   ref = _torch_macl(1, WIDTH, CLASSES, SCALE)
   _randomize(ref)
@@ -145,18 +169,33 @@ def _released_file(tmp_path, ddp_prefix=False):
 
 
 def _config(variant="macl"):
-  config = ml_collections.ConfigDict({
-      "model": {"name": "pcl_unet", "width": WIDTH, "depth": 4, "num_classes": 0, "dtype": "float32"},
-      "method": {"name": "macl", "variant": variant, "embed_dim": int(CLASSES * SCALE)}})
+  config = ml_collections.ConfigDict(
+      {
+          "model": {
+              "name": "pcl_unet",
+              "width": WIDTH,
+              "depth": 4,
+              "num_classes": 0,
+              "dtype": "float32",
+          },
+          "method": {"name": "macl", "variant": variant, "embed_dim": int(CLASSES * SCALE)},
+      }
+  )
   return config
 
 
 @pytest.mark.torch
 def test_released_layout_matches_the_pytorch_network(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
+
   ref, path = _released_file(tmp_path, ddp_prefix=True)
-  loaded = checkpoint.load_variables(path)   # the generic init_from route
-  assert set(loaded["params"]) == {"backbone", "pixel_projector", "aux_image_head", "dom_image_head"}
+  loaded = checkpoint.load_variables(path)  # the generic init_from route
+  assert set(loaded["params"]) == {
+      "backbone",
+      "pixel_projector",
+      "aux_image_head",
+      "dom_image_head",
+  }
   assert sorted(loaded["params"]["backbone"]["decoder"]) == [f"block_{b}" for b in range(1, 5)]
 
   method = macl.Method(_config(), DataInfo())
@@ -166,13 +205,19 @@ def test_released_layout_matches_the_pytorch_network(tmp_path):
   fresh = method.init_variables(jax.random.key(0), x)
   # MACLNet runs decoder blocks 1-2 only: the released file's blocks 3-4 are extra here.
   params = dict(loaded["params"])
-  params["backbone"] = {"encoder": params["backbone"]["encoder"],
-                        "decoder": {k: v for k, v in params["backbone"]["decoder"].items()
-                                    if k in ("block_1", "block_2")}}
+  params["backbone"] = {
+      "encoder": params["backbone"]["encoder"],
+      "decoder": {
+          k: v for k, v in params["backbone"]["decoder"].items() if k in ("block_1", "block_2")
+      },
+  }
   stats = dict(loaded["model_state"]["batch_stats"])
-  stats["backbone"] = {"encoder": stats["backbone"]["encoder"],
-                       "decoder": {k: v for k, v in stats["backbone"]["decoder"].items()
-                                   if k in ("block_1", "block_2")}}
+  stats["backbone"] = {
+      "encoder": stats["backbone"]["encoder"],
+      "decoder": {
+          k: v for k, v in stats["backbone"]["decoder"].items() if k in ("block_1", "block_2")
+      },
+  }
   variables = {"params": params, "batch_stats": stats}
   assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(variables)
   for a, b in zip(jax.tree_util.tree_leaves(fresh), jax.tree_util.tree_leaves(variables)):
@@ -181,42 +226,67 @@ def test_released_layout_matches_the_pytorch_network(tmp_path):
   # The released loop feeds x2, x4 downsampled by s = 0.25 (train_contrast.py).
   ref.eval()
   t = lambda a: torch.tensor(a.transpose(0, 3, 1, 2))
-  down = lambda a: torch.nn.functional.interpolate(t(a), scale_factor=SCALE, mode="bilinear",
-                                                   align_corners=True)
+  down = lambda a: torch.nn.functional.interpolate(
+      t(a), scale_factor=SCALE, mode="bilinear", align_corners=True
+  )
   with torch.no_grad():
-    y_aux, pixel_aux, g_1, y_dom, pixel_dom, g_2 = ref(t(x["view_i1"]), down(x["view_i2"]),
-                                                        t(x["view_v1"]), down(x["view_v2"]))
+    y_aux, pixel_aux, g_1, y_dom, pixel_dom, g_2 = ref(
+        t(x["view_i1"]), down(x["view_i2"]), t(x["view_v1"]), down(x["view_v2"])
+    )
   out = method.net.apply(variables, {k: x[k] for k in macl.VIEW_KEYS}, train=False)
   nhwc = lambda a: a.numpy().transpose(0, 2, 3, 1)
-  for name, want in (("y_aux", nhwc(y_aux)), ("pixel_aux", nhwc(pixel_aux)), ("g_1", g_1.numpy()),
-                     ("y_dom", nhwc(y_dom)), ("pixel_dom", nhwc(pixel_dom)), ("g_2", g_2.numpy())):
+  for name, want in (
+      ("y_aux", nhwc(y_aux)),
+      ("pixel_aux", nhwc(pixel_aux)),
+      ("g_1", g_1.numpy()),
+      ("y_dom", nhwc(y_dom)),
+      ("pixel_dom", nhwc(pixel_dom)),
+      ("g_2", g_2.numpy()),
+  ):
     np.testing.assert_allclose(np.asarray(out[name]), want, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 @pytest.mark.torch
 def test_finetune_init_from_released_file(tmp_path):
   ref, path = _released_file(tmp_path)
-  config = ml_collections.ConfigDict({
-      "model": {"name": "pcl_unet", "width": WIDTH, "depth": 4, "num_classes": 0, "dtype": "float32"},
-      "method": {"name": "macl_finetune", "init_from": path, "init_decoder_blocks": 4}})
+  config = ml_collections.ConfigDict(
+      {
+          "model": {
+              "name": "pcl_unet",
+              "width": WIDTH,
+              "depth": 4,
+              "num_classes": 0,
+              "dtype": "float32",
+          },
+          "method": {"name": "macl_finetune", "init_from": path, "init_decoder_blocks": 4},
+      }
+  )
   method = macl_finetune.Method(config, DataInfo(num_classes=3))
   fresh = method.init_variables(jax.random.key(0), {"image": jnp.zeros((1, 32, 32, 1))})
   loaded = checkpoint.load_variables(path)
   merged = method.init_from(fresh, {"params": loaded["params"], **loaded["model_state"]})
   sd = ref.state_dict()
   got = merged["params"]["encoder"]["level_2_conv_1"]["conv"]["kernel"]
-  np.testing.assert_array_equal(got, sd["share_encoder.contr_2_1.0.weight"].numpy().transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(merged["batch_stats"]["decoder"]["block_4"]["conv_2"]["bn"]["var"],
-                                sd["online_decoder.expand_1_2.1.running_var"].numpy())
+  np.testing.assert_array_equal(
+      got, sd["share_encoder.contr_2_1.0.weight"].numpy().transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+      merged["batch_stats"]["decoder"]["block_4"]["conv_2"]["bn"]["var"],
+      sd["online_decoder.expand_1_2.1.running_var"].numpy(),
+  )
   # The segmentation head is not in the pre-training file: it keeps its fresh values.
-  np.testing.assert_array_equal(merged["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])
+  np.testing.assert_array_equal(
+      merged["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"]
+  )
 
 
 def test_unet2d_layout_round_trip_and_errors():
   """A fine-tuned UNet2D state dict (encoder.* / decoder.* with head.0) maps onto PCLUNet's
   own tree; unknown keys and non-U-Net dicts are errors naming them."""
   net = pcl_unet.PCLUNet(width=2, num_classes=3)
-  variables = jax.tree_util.tree_map(np.asarray, net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+  variables = jax.tree_util.tree_map(
+      np.asarray, net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  )
   sd = {}
   for level in range(1, 5):
     for i in (1, 2):
@@ -230,7 +300,9 @@ def test_unet2d_layout_round_trip_and_errors():
       sd[f"encoder.contr_{level}_{i}.1.running_var"] = s["bn"]["var"]
       sd[f"encoder.contr_{level}_{i}.1.num_batches_tracked"] = np.array(3)
   for i, idx in ((1, 0), (2, 2)):
-    sd[f"encoder.center.{idx}.weight"] = variables["params"]["encoder"][f"center_conv_{i}"]["kernel"].transpose(3, 2, 0, 1)
+    sd[f"encoder.center.{idx}.weight"] = variables["params"]["encoder"][f"center_conv_{i}"][
+        "kernel"
+    ].transpose(3, 2, 0, 1)
     sd[f"encoder.center.{idx}.bias"] = variables["params"]["encoder"][f"center_conv_{i}"]["bias"]
   for block, (up, level) in enumerate(((5, 4), (4, 3), (3, 2), (2, 1)), start=1):
     p = variables["params"]["decoder"][f"block_{block}"]
@@ -238,7 +310,9 @@ def test_unet2d_layout_round_trip_and_errors():
     sd[f"decoder.upscale{up}.weight"] = p["upconv"]["kernel"][::-1, ::-1].transpose(2, 3, 0, 1)
     sd[f"decoder.upscale{up}.bias"] = p["upconv"]["bias"]
     for i in (1, 2):
-      sd[f"decoder.expand_{level}_{i}.0.weight"] = p[f"conv_{i}"]["conv"]["kernel"].transpose(3, 2, 0, 1)
+      sd[f"decoder.expand_{level}_{i}.0.weight"] = p[f"conv_{i}"]["conv"]["kernel"].transpose(
+          3, 2, 0, 1
+      )
       sd[f"decoder.expand_{level}_{i}.0.bias"] = p[f"conv_{i}"]["conv"]["bias"]
       sd[f"decoder.expand_{level}_{i}.1.weight"] = p[f"conv_{i}"]["bn"]["scale"]
       sd[f"decoder.expand_{level}_{i}.1.bias"] = p[f"conv_{i}"]["bn"]["bias"]
@@ -247,7 +321,10 @@ def test_unet2d_layout_round_trip_and_errors():
   sd["decoder.head.0.weight"] = variables["params"]["head"]["kernel"].transpose(3, 2, 0, 1)
   converted = macl_weights.convert(sd)
   want = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  got = {"params": converted["params"]["backbone"], "batch_stats": converted["batch_stats"]["backbone"]}
+  got = {
+      "params": converted["params"]["backbone"],
+      "batch_stats": converted["batch_stats"]["backbone"],
+  }
   assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_array_equal(a, b)
@@ -263,6 +340,7 @@ def test_released_file_with_code_is_refused(tmp_path):
   """The reader executes nothing: a .pth whose pickle calls a function is refused."""
 
   class Evil:
+
     def __reduce__(self):
       return (print, ("pickled code ran",))
 

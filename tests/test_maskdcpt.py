@@ -44,8 +44,8 @@ def test_expand_is_nearest_neighbour():
 def _numpy_ln_visible(x, mask, scale, bias, eps, centre=True):
   """LayerNorm over channels of the visible vectors only, scattered into zeros (SparK's MaskLN)."""
   out = np.zeros_like(x)
-  vis = mask.astype(bool)                                   # [B, H, W]
-  v = x[vis].astype(np.float64)                             # [n_visible, C]
+  vis = mask.astype(bool)  # [B, H, W]
+  v = x[vis].astype(np.float64)  # [n_visible, C]
   mean = v.mean(-1, keepdims=True)
   var = ((v - mean) ** 2).mean(-1, keepdims=True)
   num = v - mean if centre else v
@@ -79,7 +79,10 @@ _BACKBONES = {
     # (model, image size): NAFNet tiny (patch 16, two 2x downsamplings); DCPT's SwinIR tiny
     # (window = patch 4, shifted windows: hidden tokens move between windows).
     "nafnet": (lambda: nafnet.create(ml_collections.ConfigDict({"preset": "nafnet_tiny"})), 32),
-    "swinir": (lambda: swinir.create(ml_collections.ConfigDict({"preset": "swinir_dcpt_tiny"})), 16),
+    "swinir": (
+        lambda: swinir.create(ml_collections.ConfigDict({"preset": "swinir_dcpt_tiny"})),
+        16,
+    ),
 }
 
 
@@ -107,8 +110,11 @@ def test_no_leak_from_hidden_patches(name):
     return sum(jnp.sum(f * jnp.cos(jnp.arange(f.size).reshape(f.shape))) for f in feats)
 
   def all_checks(img):  # one compile (unoptimised: these graphs run once)
-    return (jax.grad(objective)(img, True), encode(img, True),
-            jax.grad(objective)(img, False) if name == "nafnet" else None)
+    return (
+        jax.grad(objective)(img, True),
+        encode(img, True),
+        jax.grad(objective)(img, False) if name == "nafnet" else None,
+    )
 
   grad, feats, unmasked = jax.jit(all_checks, compiler_options=trainer_lib._FAST_COMPILE)(x)
   hidden = 1.0 - np.asarray(masking.expand(mask, size, size))
@@ -123,9 +129,9 @@ def test_no_leak_from_hidden_patches(name):
 
 
 def test_classifier_pyramid_subsamples_single_resolution_maps():
-  f = [jnp.full((1, 8, 8, 2), float(i)) for i in range(3)]       # forward order
+  f = [jnp.full((1, 8, 8, 2), float(i)) for i in range(3)]  # forward order
   out = maskdcpt.classifier_pyramid(f)
-  assert [o.shape[1] for o in out] == [2, 4, 8]                    # finest keeps its size
+  assert [o.shape[1] for o in out] == [2, 4, 8]  # finest keeps its size
   np.testing.assert_array_equal(out[0], f[0][:, ::4, ::4])
   pyramid = [jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 8, 8, 2))]
   assert [o.shape for o in maskdcpt.classifier_pyramid(pyramid)] == [p.shape for p in pyramid]
@@ -134,8 +140,10 @@ def test_classifier_pyramid_subsamples_single_resolution_maps():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("maskdcpt"))
-  config = config_lib.load("configs/maskdcpt.py:smoke", {
-      "total_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1})
+  config = config_lib.load(
+      "configs/maskdcpt.py:smoke",
+      {"total_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1},
+  )
   trainer_lib.train_and_evaluate(config, workdir)
   return workdir
 
@@ -153,7 +161,7 @@ def test_smoke_trains_and_writes_eval_metrics(smoke_run):
   for key in ("psnr", "psnr_input", "accuracy", "psnr/noise", "psnr_input/jpeg"):
     assert key in last and np.isfinite(last[key]), key
   params = ckpt_lib.load_variables(smoke_run)["params"]
-  assert set(params) == {"backbone", "classifier"}   # reconstruction="backbone": no extra head
+  assert set(params) == {"backbone", "classifier"}  # reconstruction="backbone": no extra head
 
 
 def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
@@ -163,10 +171,13 @@ def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
   want = ckpt_lib.load_variables(smoke_run)["params"]["backbone"]
   assert np.abs(want["ending"]["kernel"]).max() > 0
   for flag in (False, True):
-    config = config_lib.load("configs/restoration.py:smoke", {
-        "method.init_from": smoke_run, "method.zero_output_after_init_from": flag})
-    got = jax.device_get(trainer_lib.Trainer(config, str(tmp_path / str(flag))).initial_state()
-                         .params["backbone"])
+    config = config_lib.load(
+        "configs/restoration.py:smoke",
+        {"method.init_from": smoke_run, "method.zero_output_after_init_from": flag},
+    )
+    got = jax.device_get(
+        trainer_lib.Trainer(config, str(tmp_path / str(flag))).initial_state().params["backbone"]
+    )
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for leaf in jax.tree.leaves(got["ending"]):
       np.testing.assert_array_equal(leaf, 0.0)
@@ -180,12 +191,14 @@ def test_output_conv_kept_only_after_residual_pre_training(tmp_path):
   run with the released (non-residual) or spark head gives False, dense_decoder / dcpt True."""
   import json  # pylint: disable=g-import-not-at-top
   from jaxmilab.methods import restoration  # pylint: disable=g-import-not-at-top
+
   cases = {"backbone": False, "spark": False, "dense_decoder": True}
   for reconstruction, want in cases.items():
     run = tmp_path / reconstruction
     (run / "checkpoints" / "4").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps(
-        {"method": {"name": "maskdcpt", "reconstruction": reconstruction}}))
+    (run / "config.json").write_text(
+        json.dumps({"method": {"name": "maskdcpt", "reconstruction": reconstruction}})
+    )
     for path in (run, run / "checkpoints", run / "checkpoints" / "4"):
       assert restoration.output_conv_is_residual_head(str(path)) is want, (reconstruction, path)
   dcpt = tmp_path / "dcpt"
@@ -196,8 +209,10 @@ def test_output_conv_kept_only_after_residual_pre_training(tmp_path):
 
 # Mechanism of the released whole-network masking, per backbone: (preset, model, image size).
 _MECHANISM = {
-    "nafnet_tiny": ("nafnet", 32), "swinir_dcpt_tiny": ("swinir", 16),
-    "restormer_tiny": ("restormer", 16), "promptir_tiny": ("promptir", 16),
+    "nafnet_tiny": ("nafnet", 32),
+    "swinir_dcpt_tiny": ("swinir", 16),
+    "restormer_tiny": ("restormer", 16),
+    "promptir_tiny": ("promptir", 16),
     "teaformer_tiny": ("teaformer", 32),
 }
 _TYPES = ("noise", "blur", "haze")
@@ -205,6 +220,7 @@ _TYPES = ("noise", "blur", "haze")
 
 def _method(preset: str, reconstruction: str = "backbone") -> maskdcpt.Method:
   from jaxmilab.data.base import DataInfo  # pylint: disable=g-import-not-at-top
+
   name, _ = _MECHANISM[preset]
   c = config_lib.load("configs/maskdcpt.py:smoke", {"method.reconstruction": reconstruction})
   # Another backbone: a fresh model config (the smoke config's NAFNet keys do not apply to it).
@@ -219,8 +235,9 @@ def _jiggle(params):
   otherwise hide paths)."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(7), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape, x.dtype)
-                                   for x, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+      tree, [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  )
 
 
 def _mechanism(preset, reconstruction):
@@ -230,9 +247,12 @@ def _mechanism(preset, reconstruction):
   rng = np.random.default_rng(0)
   lq = jnp.asarray(rng.uniform(0, 1, (2, size, size, 3)), jnp.float32)
   params = _jiggle(method.init_variables(jax.random.key(1), {"lq": lq})["params"])
-  mask = jnp.asarray(np.array([[1, 0], [0, 1]] * ((size // p) ** 2 // 4 or 1), np.float32)
-                     .reshape(-1)[: (size // p) ** 2].reshape(1, size // p, size // p)
-                     .repeat(2, axis=0))
+  mask = jnp.asarray(
+      np.array([[1, 0], [0, 1]] * ((size // p) ** 2 // 4 or 1), np.float32)
+      .reshape(-1)[: (size // p) ** 2]
+      .reshape(1, size // p, size // p)
+      .repeat(2, axis=0)
+  )
   if float(mask.sum()) in (0.0, mask.size):
     mask = mask.at[:, 0, 0].set(1.0).at[:, -1, -1].set(0.0)
   visible = masking.expand(mask, size, size)
@@ -243,14 +263,15 @@ def _mechanism(preset, reconstruction):
   def checks(lq, other):
     fwd = lambda x: method.forward(params, x, mask)
     out, logits = fwd(lq)
-    out_any, _ = fwd(other)                                   # every input pixel changed
+    out_any, _ = fwd(other)  # every input pixel changed
     out_hid, logits_hid = fwd(lq * visible + other * hidden)  # only hidden input changed
     g_vis = jax.grad(lambda x: jnp.sum(fwd(x)[0] * weights * visible))(lq)
     g_hid = jax.grad(lambda x: jnp.sum(fwd(x)[0] * weights * hidden))(lq)
     return out, out_any, out_hid, logits, logits_hid, g_vis, g_hid
 
-  return [np.asarray(a) for a in jax.jit(checks, compiler_options=trainer_lib._FAST_COMPILE)(
-      lq, other)] + [np.asarray(hidden), np.asarray(visible)]
+  return [
+      np.asarray(a) for a in jax.jit(checks, compiler_options=trainer_lib._FAST_COMPILE)(lq, other)
+  ] + [np.asarray(hidden), np.asarray(visible)]
 
 
 @pytest.mark.parametrize("preset", sorted(_MECHANISM))
@@ -262,7 +283,8 @@ def test_whole_network_masking_mechanism(preset):
   The earlier default (reconstruction="dense_decoder") fails the first check: its dense decoder
   inpaints hidden patches from visible input."""
   out, out_any, out_hid, logits, logits_hid, g_vis, g_hid, hidden, visible = _mechanism(
-      preset, "backbone")
+      preset, "backbone"
+  )
   np.testing.assert_array_equal(out * hidden, out_any * hidden)
   np.testing.assert_array_equal(out * hidden, 0.0)
   np.testing.assert_array_equal(out * visible, out_hid * visible)
@@ -290,7 +312,7 @@ def test_visible_l1_loss_reads_visible_pixels_only():
   m = jnp.asarray([[[[1.0], [0.0]], [[0.0], [1.0]]]])
   want = (np.abs(np.arange(0, 3)).sum() + np.abs(np.arange(9, 12)).sum()) / (3 * 2)
   np.testing.assert_allclose(maskdcpt.visible_l1_loss(r, gt, m), want, rtol=1e-6)
-  gt2 = gt.at[0, 0, 1].set(100.0)                       # a hidden pixel
+  gt2 = gt.at[0, 0, 1].set(100.0)  # a hidden pixel
   np.testing.assert_allclose(maskdcpt.visible_l1_loss(r, gt2, m), want, rtol=1e-6)
   g = jax.grad(lambda r: maskdcpt.visible_l1_loss(r, gt, m))(r + 0.5)
   np.testing.assert_array_equal(np.asarray(g)[0, 0, 1], 0.0)
@@ -301,19 +323,27 @@ def test_masked_classifier_pools_visible_positions():
   """DegradationClassifier(visible=ones) == the DCPT classifier; with a mask its logits ignore
   the maps' values at hidden positions."""
   from jaxmilab.models import dcpt_classifier  # pylint: disable=g-import-not-at-top
+
   clf = dcpt_classifier.DegradationClassifier(num_classes=3)
   rng = np.random.default_rng(0)
-  feats = [jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32),
-           jnp.asarray(rng.normal(size=(2, 8, 8, 8)), jnp.float32)]
+  feats = [
+      jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32),
+      jnp.asarray(rng.normal(size=(2, 8, 8, 8)), jnp.float32),
+  ]
   params = clf.init(jax.random.key(0), feats)
   ones = jnp.ones((2, 2, 2))
-  np.testing.assert_allclose(clf.apply(params, feats, ones), clf.apply(params, feats), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      clf.apply(params, feats, ones), clf.apply(params, feats), rtol=1e-5, atol=1e-6
+  )
   mask = jnp.asarray([[[1.0, 0.0], [0.0, 1.0]]] * 2)
   changed = [f + 5.0 * (1 - masking.expand(mask, f.shape[1], f.shape[2])) for f in feats]
-  np.testing.assert_allclose(clf.apply(params, feats, mask), clf.apply(params, changed, mask),
-                             rtol=1e-5, atol=1e-6)
-  assert np.abs(np.asarray(clf.apply(params, feats)) - np.asarray(clf.apply(params, changed))).max() > 1e-3
+  np.testing.assert_allclose(
+      clf.apply(params, feats, mask), clf.apply(params, changed, mask), rtol=1e-5, atol=1e-6
+  )
+  assert (
+      np.abs(np.asarray(clf.apply(params, feats)) - np.asarray(clf.apply(params, changed))).max()
+      > 1e-3
+  )
 
 
 def test_backbone_reconstruction_masks_the_encoder_only():
@@ -326,8 +356,11 @@ def test_backbone_reconstruction_masks_the_encoder_only():
   variables = model.init(jax.random.key(1), x)
   # NAFBlocks start as the identity (beta = gamma = 0), which would not spread anything.
   variables = jax.tree_util.tree_map_with_path(
-      lambda p, v: jnp.full_like(v, 0.5) if jax.tree_util.keystr(p).endswith(("['beta']", "['gamma']"))
-      else v, variables)
+      lambda p, v: jnp.full_like(v, 0.5)
+      if jax.tree_util.keystr(p).endswith(("['beta']", "['gamma']"))
+      else v,
+      variables,
+  )
   mask = masking.random_patch_mask(jax.random.key(2), 2, (2, 2))
   dense = masking.decoder_modules(model)
 
@@ -338,8 +371,10 @@ def test_backbone_reconstruction_masks_the_encoder_only():
   def objective(img):
     return sum(jnp.sum(f * jnp.cos(jnp.arange(f.size).reshape(f.shape))) for f in decoder_maps(img))
 
-  grad, feats = jax.jit(lambda img: (jax.grad(objective)(img), decoder_maps(img)),
-                        compiler_options=trainer_lib._FAST_COMPILE)(x)
+  grad, feats = jax.jit(
+      lambda img: (jax.grad(objective)(img), decoder_maps(img)),
+      compiler_options=trainer_lib._FAST_COMPILE,
+  )(x)
   hidden = 1.0 - np.asarray(masking.expand(mask, size, size))
   assert np.all(np.asarray(grad) * hidden == 0.0)
   assert np.abs(np.asarray(grad) * (1 - hidden)).max() > 1e-3
@@ -349,6 +384,7 @@ def test_backbone_reconstruction_masks_the_encoder_only():
 
 def test_maskable_interface_is_required():
   class NotMaskable(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       return x

@@ -59,6 +59,7 @@ def test_slice_positions():
 
 def test_read_nifti_matches_nibabel_in_slice_first_order():
   from nibabel.testing import data_path  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(data_path, "anatomical.nii")
   volume = medical.read_nifti(path)
   raw = np.asarray(nibabel.load(path).dataobj, np.float32)
@@ -80,6 +81,7 @@ def test_read_nifti_bad_file(tmp_path):
 def _dicom_series(folder, positions):
   """Copies pydicom's CT_small.dcm as slices at the given z positions (shuffled file names)."""
   from pydicom.data import get_testdata_file  # pylint: disable=g-import-not-at-top
+
   src = get_testdata_file("CT_small.dcm")
   os.makedirs(folder, exist_ok=True)
   for n, z in enumerate(positions):
@@ -103,7 +105,9 @@ def test_read_dicom_series_orders_by_position_and_rescales(tmp_path):
   assert volume.shape == (3,) + ref.pixel_array.shape
   slope, intercept = float(ref.RescaleSlope), float(ref.RescaleIntercept)
   np.testing.assert_allclose(volume[:, 0, 0], np.array([1010, 1020, 1030]) * slope + intercept)
-  np.testing.assert_allclose(volume[1, 5], ref.pixel_array[5].astype(np.float32) * slope + intercept)
+  np.testing.assert_allclose(
+      volume[1, 5], ref.pixel_array[5].astype(np.float32) * slope + intercept
+  )
   with pytest.raises(medical.DataError, match="no DICOM image"):
     os.makedirs(tmp_path / "empty")
     medical.read_dicom_series(str(tmp_path / "empty"))
@@ -111,6 +115,7 @@ def test_read_dicom_series_orders_by_position_and_rescales(tmp_path):
 
 def test_nibabel_shipped_dicom_files_read():
   from nibabel.testing import data_path  # pylint: disable=g-import-not-at-top
+
   folder = os.path.join(data_path)
   files = [f for f in ("0.dcm", "1.dcm") if os.path.exists(os.path.join(folder, f))]
   if not files:
@@ -165,20 +170,34 @@ def test_acdc_layout_splits_and_reader(tmp_path):
       _write_nifti(str(folder / f"patient{pid:03d}_frame{frame:02d}_gt.nii.gz"), labels)
     _write_nifti(str(folder / f"patient{pid:03d}_4d.nii.gz"), np.zeros((20, 18, 3, 2), np.float32))
   refs = medical.discover("acdc", str(root))
-  assert [r.key for r in refs] == [f"patient{p:03d}_frame{f:02d}" for p in (1, 5, 73) for f in (1, 12)]
+  assert [r.key for r in refs] == [
+      f"patient{p:03d}_frame{f:02d}" for p in (1, 5, 73) for f in (1, 12)
+  ]
   assert all(r.label_path.endswith("_gt.nii.gz") for r in refs)
   picked = medical.select(refs, [73, 1], "test")
-  assert [r.key for r in picked] == ["patient073_frame01", "patient073_frame12",
-                                     "patient001_frame01", "patient001_frame12"]
+  assert [r.key for r in picked] == [
+      "patient073_frame01",
+      "patient073_frame12",
+      "patient001_frame01",
+      "patient001_frame12",
+  ]
   with pytest.raises(medical.DataError, match=r"\[99\]"):
     medical.select(refs, [99], "config.data.train_volumes")
   reader = medical.VolumeReader("acdc", "zscore")
   image, labels = reader(refs[0])
   assert image.shape == (3, 18, 20, 1) and labels.shape == (3, 18, 20)
   assert abs(image.mean()) < 1e-4
-  config = ml_collections.ConfigDict(dict(medical_seg.CONFIG_DEFAULTS, name="medical_seg",
-                                          source="acdc", root=str(root), train_volumes=(73,),
-                                          test_volumes=(5,), patch_size=16))
+  config = ml_collections.ConfigDict(
+      dict(
+          medical_seg.CONFIG_DEFAULTS,
+          name="medical_seg",
+          source="acdc",
+          root=str(root),
+          train_volumes=(73,),
+          test_volumes=(5,),
+          patch_size=16,
+      )
+  )
   train, test = medical_seg.split_volumes(config)
   assert [r.key for r in train] == ["patient073_frame01", "patient073_frame12"]
   assert [r.key for r in test] == ["patient005_frame01", "patient005_frame12"]
@@ -211,9 +230,16 @@ def test_brats_and_missing_layouts(tmp_path):
 
 def test_dicom_source_for_pretraining(tmp_path):
   _dicom_series(str(tmp_path / "dcm" / "case_a"), [0.0, 1.0, 2.0, 3.0])
-  config = ml_collections.ConfigDict(dict(medical_pretrain.CONFIG_DEFAULTS, name="medical_pretrain",
-                                          source="dicom", root=str(tmp_path / "dcm"), patch_size=64,
-                                          eval_slices=2))
+  config = ml_collections.ConfigDict(
+      dict(
+          medical_pretrain.CONFIG_DEFAULTS,
+          name="medical_pretrain",
+          source="dicom",
+          root=str(tmp_path / "dcm"),
+          patch_size=64,
+          eval_slices=2,
+      )
+  )
   data = medical_pretrain.create(config, batch_size=2, seed=0, process_index=0, process_count=1)
   batch = next(data.train)
   assert batch["view_i1"].shape == (2, 64, 64, 1)
@@ -235,7 +261,11 @@ def test_jitter_keeps_geometry_and_range():
   image, _ = medical.phantom_volume(1, 4, size=32, num_slices=8)
   x = medical.normalize(image, "zscore")[4]
   a, b = medical_views.jitter(x, rng), medical_views.jitter(x, rng)
-  assert a.shape == x.shape and a.min() == pytest.approx(0.0) and a.max() == pytest.approx(1.0, abs=1e-6)
+  assert (
+      a.shape == x.shape
+      and a.min() == pytest.approx(0.0)
+      and a.max() == pytest.approx(1.0, abs=1e-6)
+  )
   assert not np.allclose(a, b)
   # Intensity only: strongly correlated with the input (the same geometry).
   for v in (a, b):
@@ -256,20 +286,33 @@ def test_spatial_moves_image_and_labels_together():
         assert abs(np.median(xi[..., 0][yi == c]) - np.median(x[..., 0][y == c])) < 0.5
     moved_any |= not np.array_equal(yi, y)
   assert moved_any
+
   # p_spatial 0 and no flips drawn -> identity.
   class NoFlip:
+
     def uniform(self, *a, **k):
       return 0.99
+
   same, same_labels = medical_views.spatial(x, NoFlip(), y, p_spatial=0.0)
   np.testing.assert_array_equal(same, x)
   np.testing.assert_array_equal(same_labels, y)
 
 
 def test_pretrain_dataset_views_and_determinism():
-  config = ml_collections.ConfigDict(dict(medical_pretrain.CONFIG_DEFAULTS, name="medical_pretrain",
-                                          phantom_volumes=3, phantom_slices=8, patch_size=32,
-                                          phantom_size=40, eval_slices=5))
-  make = lambda: medical_pretrain.create(config, batch_size=4, seed=3, process_index=0, process_count=1)
+  config = ml_collections.ConfigDict(
+      dict(
+          medical_pretrain.CONFIG_DEFAULTS,
+          name="medical_pretrain",
+          phantom_volumes=3,
+          phantom_slices=8,
+          patch_size=32,
+          phantom_size=40,
+          eval_slices=5,
+      )
+  )
+  make = lambda: medical_pretrain.create(
+      config, batch_size=4, seed=3, process_index=0, process_count=1
+  )
   a, b = make(), make()
   ba, bb = next(a.train), next(b.train)
   for k in ba:
@@ -280,17 +323,27 @@ def test_pretrain_dataset_views_and_determinism():
   assert sum(int(e["valid"].sum()) for e in evals) == 5
   np.testing.assert_array_equal(evals[0]["view_i1"], list(b.eval_batches())[0]["view_i1"])
   # Two processes split each global batch.
-  halves = [medical_pretrain.create(config, batch_size=4, seed=3, process_index=p, process_count=2)
-            for p in (0, 1)]
+  halves = [
+      medical_pretrain.create(config, batch_size=4, seed=3, process_index=p, process_count=2)
+      for p in (0, 1)
+  ]
   joined = np.concatenate([next(h.train)["view_i1"] for h in halves])
   np.testing.assert_array_equal(joined, ba["view_i1"])
 
 
 def test_seg_dataset_phantom_split():
-  config = ml_collections.ConfigDict(dict(medical_seg.CONFIG_DEFAULTS, name="medical_seg",
-                                          phantom_volumes=10, phantom_test_volumes=2,
-                                          labeled_fraction=0.2, phantom_slices=6, patch_size=32,
-                                          phantom_size=32))
+  config = ml_collections.ConfigDict(
+      dict(
+          medical_seg.CONFIG_DEFAULTS,
+          name="medical_seg",
+          phantom_volumes=10,
+          phantom_test_volumes=2,
+          labeled_fraction=0.2,
+          phantom_slices=6,
+          patch_size=32,
+          phantom_size=32,
+      )
+  )
   data = medical_seg.create(config, batch_size=4, seed=0, process_index=0, process_count=1)
   assert len(data.info.extra["train_volumes"]) == 2 and len(data.info.extra["test_volumes"]) == 2
   assert not set(data.info.extra["train_volumes"]) & set(data.info.extra["test_volumes"])
@@ -309,9 +362,12 @@ def test_pcl_views_are_spatial_only():
   out = views.random_map({"image": image, "position": np.float32(0.5)}, np.random.default_rng(1))
   assert sorted(out) == ["position", "view_v1", "view_v2"]
   for key in ("view_v1", "view_v2"):
-    assert any(np.array_equal(out[key], f) for f in (image, image[::-1], image[:, ::-1], image[::-1, ::-1]))
+    assert any(
+        np.array_equal(out[key], f) for f in (image, image[::-1], image[:, ::-1], image[::-1, ::-1])
+    )
   macl_out = medical_views.ContrastiveViews(32, p_spatial=0.0).random_map(
-      {"image": image, "position": np.float32(0.5)}, np.random.default_rng(1))
-  assert macl_out["view_v1"].min() >= 0 and macl_out["view_v1"].max() <= 1   # jittered, min-max
+      {"image": image, "position": np.float32(0.5)}, np.random.default_rng(1)
+  )
+  assert macl_out["view_v1"].min() >= 0 and macl_out["view_v1"].max() <= 1  # jittered, min-max
   with pytest.raises(ValueError, match="config.data.views"):
     medical_views.ContrastiveViews(32, kind="simclr")

@@ -17,18 +17,26 @@ BUCKET = "bucket"
 @pytest.fixture()
 def gcs(monkeypatch):
   from gcp_storage_emulator.server import create_server  # pylint: disable=g-import-not-at-top
+
   port = portpicker.pick_unused_port()
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
   url = f"http://127.0.0.1:{port}"
-  for key, value in dict(STORAGE_EMULATOR_HOST=url, EPATH_USE_TF="false", FSSPEC_GCS_TOKEN="anon",
-                         GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", NO_GCE_CHECK="true").items():
+  for key, value in dict(
+      STORAGE_EMULATOR_HOST=url,
+      EPATH_USE_TF="false",
+      FSSPEC_GCS_TOKEN="anon",
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+      NO_GCE_CHECK="true",
+  ).items():
     monkeypatch.setenv(key, value)
   import fsspec  # pylint: disable=g-import-not-at-top
-  fsspec.filesystem("gs").clear_instance_cache()   # gcsfs reads the emulator address on creation
+
+  fsspec.filesystem("gs").clear_instance_cache()  # gcsfs reads the emulator address on creation
   # epath caches its EPATH_USE_TF reading (functools.cache) at the first gs:// path of the process:
   # an earlier test in this worker would otherwise leave it on TensorFlow's backend (real GCS).
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   monkeypatch.setattr(metrics_lib, "_COMPOSE_FAILED", [])
   storage = server._storage  # pylint: disable=protected-access
@@ -58,19 +66,25 @@ def test_gs_flush_appends_by_compose_and_truncation_keeps_earlier_steps(gcs, mon
   # The mechanism: later flushes never write the whole file (a rewrite goes through epath).
   def no_rewrite(self, *args, **kwargs):
     raise AssertionError(f"metrics.jsonl rewritten: {self}")
+
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(type(epath.Path(path)), "write_text", no_rewrite)
     writer.write_scalars(3, {"train/loss": 0.25})
     writer.flush()
-    writer.flush()   # nothing new: nothing written
+    writer.flush()  # nothing new: nothing written
     writer.write_scalars(4, {"train/loss": 0.125})
     writer.close()
   text = _text(gcs, "run/metrics.jsonl")
   assert text.startswith(first)
   assert [(r["step"], r["split"]) for r in map(json.loads, text.splitlines())] == [
-      (1, "train"), (2, "train"), (2, "eval"), (3, "train"), (4, "train")]
+      (1, "train"),
+      (2, "train"),
+      (2, "eval"),
+      (3, "train"),
+      (4, "train"),
+  ]
   assert not metrics_lib._COMPOSE_FAILED  # pylint: disable=protected-access
-  assert [n for n in gcs.objects[BUCKET] if ".append-" in n] == []   # parts deleted
+  assert [n for n in gcs.objects[BUCKET] if ".append-" in n] == []  # parts deleted
 
   # A resume from step 2: rows after it go (one rewrite), the writer appends after them.
   metrics_lib.truncate_jsonl(f"gs://{BUCKET}/run", 2)
@@ -79,4 +93,3 @@ def test_gs_flush_appends_by_compose_and_truncation_keeps_earlier_steps(gcs, mon
   writer.close()
   rows = [json.loads(l) for l in _text(gcs, "run/metrics.jsonl").splitlines()]
   assert [(r["step"], r.get("loss")) for r in rows] == [(1, 1.0), (2, 0.5), (2, None), (3, 0.3)]
-

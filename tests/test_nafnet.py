@@ -26,7 +26,9 @@ def _torch_to_flax(state_dict) -> dict:
 
 
 def _check_same_tree(ours, converted):
-  shapes = lambda t: {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)}
+  shapes = lambda t: {
+      jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)
+  }
   assert shapes(ours) == shapes(converted)
 
 
@@ -35,10 +37,14 @@ def _parity(preset, shape):
   torch = pytest.importorskip("torch")
   cfg = nafnet.PRESETS[preset]
   # randomize: the default init leaves beta / gamma at 0 and LN at identity.
-  net = torch_reference.random_net("nafnet", width=cfg["width"], enc_blk_nums=cfg["enc_blocks"],
-                                   middle_blk_num=cfg["middle_blocks"],
-                                   dec_blk_nums=cfg["dec_blocks"])
-  x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)   # NCHW
+  net = torch_reference.random_net(
+      "nafnet",
+      width=cfg["width"],
+      enc_blk_nums=cfg["enc_blocks"],
+      middle_blk_num=cfg["middle_blocks"],
+      dec_blk_nums=cfg["dec_blocks"],
+  )
+  x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)  # NCHW
   with torch.no_grad():
     y_t, feats_t = net(torch.from_numpy(x))
   model = nafnet.create({"preset": preset})
@@ -46,11 +52,17 @@ def _parity(preset, shape):
   fresh = jax.eval_shape(model.init, jax.random.PRNGKey(0), x_nhwc)["params"]
   params = _torch_to_flax(net.state_dict())
   _check_same_tree(fresh, params)
-  y, feats = jax.jit(lambda p, v: model.apply({"params": p}, v, return_decoder_features=True))(params, x_nhwc)
+  y, feats = jax.jit(lambda p, v: model.apply({"params": p}, v, return_decoder_features=True))(
+      params, x_nhwc
+  )
   # Not a degenerate case: the network adds far more than the tolerance to its input.
   assert np.abs(y_t.numpy() - x).max() > 0.1
-  return (y_t.numpy().transpose(0, 2, 3, 1), [f.numpy().transpose(0, 2, 3, 1) for f in feats_t],
-          np.asarray(y), [np.asarray(f) for f in feats])
+  return (
+      y_t.numpy().transpose(0, 2, 3, 1),
+      [f.numpy().transpose(0, 2, 3, 1) for f in feats_t],
+      np.asarray(y),
+      [np.asarray(f) for f in feats],
+  )
 
 
 @pytest.mark.torch
@@ -70,7 +82,12 @@ def test_small_matches_torch_and_feature_shapes():
   y_t, feats_t, y, feats = _parity("nafnet_small", (1, 3, 20, 28))
   np.testing.assert_allclose(y, y_t, atol=1e-4, rtol=0)
   # Documented: feats[k] = [B, Hp/2^(L-1-k), Wp/2^(L-1-k), width*2^(L-1-k)], coarse to fine.
-  assert [f.shape for f in feats] == [(1, 4, 4, 128), (1, 8, 8, 64), (1, 16, 16, 32), (1, 32, 32, 16)]
+  assert [f.shape for f in feats] == [
+      (1, 4, 4, 128),
+      (1, 8, 8, 64),
+      (1, 16, 16, 32),
+      (1, 32, 32, 16),
+  ]
   for f, f_t in zip(feats, feats_t):
     np.testing.assert_allclose(f, f_t, atol=1e-4, rtol=0)
 
@@ -80,9 +97,15 @@ def test_dcpt_preset_shapes_and_param_count():
   model = nafnet.create({"name": "nafnet", "preset": "nafnet_dcpt", "dtype": "bfloat16"})
   x = jnp.zeros((2, 64, 48, 3), jnp.float32)
   (y, feats), variables = jax.eval_shape(
-      lambda: model.init_with_output(jax.random.PRNGKey(0), x, return_decoder_features=True))
+      lambda: model.init_with_output(jax.random.PRNGKey(0), x, return_decoder_features=True)
+  )
   assert y.shape == (2, 64, 48, 3) and y.dtype == jnp.float32
-  assert [f.shape for f in feats] == [(2, 8, 6, 512), (2, 16, 12, 256), (2, 32, 24, 128), (2, 64, 48, 64)]
+  assert [f.shape for f in feats] == [
+      (2, 8, 6, 512),
+      (2, 16, 12, 256),
+      (2, 32, 24, 128),
+      (2, 64, 48, 64),
+  ]
   assert all(f.dtype == jnp.bfloat16 for f in feats)
   leaves = jax.tree_util.tree_leaves(variables["params"])
   assert all(p.dtype == jnp.float32 for p in leaves)
@@ -99,12 +122,19 @@ def test_create_validates_config():
   with pytest.raises(ValueError, match="dtype"):
     nafnet.create({"preset": "nafnet_tiny", "dtype": "float16"})
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict(dict(name="nafnet", preset="nafnet_small", dtype="bfloat16"))
   config.lock()
   assert nafnet.resolve_config(config) == dict(
-      width=16, enc_blocks=(1, 1, 1, 2), middle_blocks=1, dec_blocks=(1, 1, 1, 1), img_channels=3,
-      layernorm_eps=1e-6, dtype=jnp.bfloat16)
-  model = nafnet.create({"preset": "nafnet_tiny", "width": 4})   # explicit keys override
+      width=16,
+      enc_blocks=(1, 1, 1, 2),
+      middle_blocks=1,
+      dec_blocks=(1, 1, 1, 1),
+      img_channels=3,
+      layernorm_eps=1e-6,
+      dtype=jnp.bfloat16,
+  )
+  model = nafnet.create({"preset": "nafnet_tiny", "width": 4})  # explicit keys override
   assert model.width == 4 and model.enc_blocks == (1, 1)
   with pytest.raises(ValueError, match="NHWC"):
     jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 3, 8, 8)))

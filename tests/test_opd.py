@@ -30,12 +30,26 @@ from jaxmilab.models import unet
 RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
 
 
-def _method(recipe: str, *, alienation_weight: float = 1.0, has_clean: bool = True, width: int = 4,
-            depth: int = 2, **method_keys):
-  config = ml_collections.ConfigDict({
-      "method": {"name": "opd", "recipe": recipe, "alienation_weight": alienation_weight,
-                 **method_keys},
-      "model": {"name": "unet", "width": width, "depth": depth}})
+def _method(
+    recipe: str,
+    *,
+    alienation_weight: float = 1.0,
+    has_clean: bool = True,
+    width: int = 4,
+    depth: int = 2,
+    **method_keys,
+):
+  config = ml_collections.ConfigDict(
+      {
+          "method": {
+              "name": "opd",
+              "recipe": recipe,
+              "alienation_weight": alienation_weight,
+              **method_keys,
+          },
+          "model": {"name": "unet", "width": width, "depth": depth},
+      }
+  )
   info = DataInfo(extra={"has_clean": has_clean})
   return registry.get_method("opd")(config, info)
 
@@ -43,7 +57,9 @@ def _method(recipe: str, *, alienation_weight: float = 1.0, has_clean: bool = Tr
 def _batch(seed=0, b=4, m=3, size=16, channels=3):
   rng = np.random.default_rng(seed)
   clean = rng.random((b, size, size, channels), dtype=np.float32)
-  noisy = (clean[:, None] + 0.1 * rng.standard_normal((b, m, size, size, channels))).astype(np.float32)
+  noisy = (clean[:, None] + 0.1 * rng.standard_normal((b, m, size, size, channels))).astype(
+      np.float32
+  )
   return {"noisy": jnp.asarray(noisy), "clean": jnp.asarray(clean)}
 
 
@@ -52,6 +68,7 @@ def _batch(seed=0, b=4, m=3, size=16, channels=3):
 
 class _FixedPairRC(opd.Method):
   """OPD-RC with the coupling pinned to (i, j) for every sample."""
+
   PAIR = (0, 1)
 
   def draw_pairs(self, rng, batch_size, m):
@@ -63,7 +80,8 @@ def _loss_and_grads(method, variables, batch, rng):
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
   (loss, (metrics, new_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
-      params, state, batch, rng)
+      params, state, batch, rng
+  )
   return loss, grads, new_state
 
 
@@ -81,7 +99,9 @@ def test_recipe_is_selected_one_way_and_bad_settings_are_refused():
     _method("opd_al", alienation_weight=1.0, alienation_sign="minus")
   with pytest.raises(ValueError, match="alienation_sign"):
     _method("opd_al", alienation_sign="times")
-  assert _method("opd_al", alienation_weight=0.9, alienation_sign="minus").alienation_sign == "minus"
+  assert (
+      _method("opd_al", alienation_weight=0.9, alienation_sign="minus").alienation_sign == "minus"
+  )
   with pytest.raises(ValueError, match="loss"):
     _method("n2n", loss="huber")
 
@@ -90,8 +110,12 @@ def test_opd_rc_with_fixed_pairing_equals_n2n():
   """N2N is OPD-RC with i=1, j=2 (the OPD paper): same loss and gradients on the same batch."""
   batch = _batch()
   n2n = _method("n2n")
-  config = ml_collections.ConfigDict({"method": {"name": "opd", "recipe": "opd_rc"},
-                                      "model": {"name": "unet", "width": 4, "depth": 2}})
+  config = ml_collections.ConfigDict(
+      {
+          "method": {"name": "opd", "recipe": "opd_rc"},
+          "model": {"name": "unet", "width": 4, "depth": 2},
+      }
+  )
   rc = _FixedPairRC(config, DataInfo())
   variables = n2n.init_variables(jax.random.key(0), batch)
   rng = jax.random.key(1)
@@ -109,8 +133,9 @@ def test_opd_rc_with_fixed_pairing_equals_n2n():
   finally:
     _FixedPairRC.PAIR = (0, 1)
   out = rc.net.apply(variables, batch["noisy"][:, 2], train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_allclose(loss_31, np.mean((np.asarray(out) - np.asarray(batch["noisy"][:, 0])) ** 2),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      loss_31, np.mean((np.asarray(out) - np.asarray(batch["noisy"][:, 0])) ** 2), rtol=1e-5
+  )
   assert abs(float(loss_31) - float(loss_n2n)) > 1e-4
 
 
@@ -148,7 +173,7 @@ def _calc_loss_al(output, inputs, balance):
         if j != k:
           loss_mse += mse(output[i][j], inputs[i][k])
         loss_msa += mse(output[i][j], output[i][k])
-  return loss_mse / m / (m - 1) + balance * loss_msa / 2 / m ** 2
+  return loss_mse / m / (m - 1) + balance * loss_msa / 2 / m**2
 
 
 def test_alienation_terms_match_double_loops():
@@ -160,7 +185,9 @@ def test_alienation_terms_match_double_loops():
   np.testing.assert_allclose(loss_e, ref_e, rtol=1e-5)
   np.testing.assert_allclose(loss_a, ref_a, rtol=1e-5)
   # The generic pairwise L_E (used for the L1 / masked losses) agrees with the closed form for MSE.
-  np.testing.assert_allclose(opd.exchange_term("mse", jnp.asarray(f), jnp.asarray(x)), ref_e, rtol=1e-5)
+  np.testing.assert_allclose(
+      opd.exchange_term("mse", jnp.asarray(f), jnp.asarray(x)), ref_e, rtol=1e-5
+  )
 
 
 class _Affine(nn.Module):
@@ -199,7 +226,9 @@ def test_opd_al_loss_and_gradient_match_released_calc_loss_al():
     for ch in range(3):
       step = np.zeros_like(value)
       step[ch] = 1e-4
-      vary = lambda d: _calc_loss_al(x * (a + d * (name == "a")) + c + d * (name == "c"), x, lam) / b
+      vary = (
+          lambda d: _calc_loss_al(x * (a + d * (name == "a")) + c + d * (name == "c"), x, lam) / b
+      )
       numeric = (vary(step) - vary(-step)) / 2e-4
       np.testing.assert_allclose(grads[name][ch], numeric, rtol=2e-3, atol=1e-6)
 
@@ -215,9 +244,11 @@ def test_opd_al_minus_option_is_the_paper_sign_and_bounded_below_for_w_under_1()
   e = rng.standard_normal(x.shape)
   e -= e.mean(axis=1, keepdims=True)
   f0 = np.repeat(x.mean(axis=1, keepdims=True), 4, axis=1)
+
   def value(t, w):
     le, la = _numpy_alienation(f0 + t * e, x, w)
     return le[0] - w * la[0]
+
   direction = -1.0 if value(1.0, 1.0) > value(0.0, 1.0) else 1.0
   assert value(1000 * direction, 1.0) < value(100 * direction, 1.0) - 1.0 < value(0.0, 1.0) - 1.0
   assert value(100 * direction, 0.9) > value(0.0, 0.9)  # w < 1: the quadratic part wins
@@ -225,27 +256,53 @@ def test_opd_al_minus_option_is_the_paper_sign_and_bounded_below_for_w_under_1()
 
 def test_auto_loss_is_unbiased_for_the_noise_model():
   """masked MSE for Bernoulli, L1 for impulse/text, MSE otherwise; N2C always MSE."""
+
   def picked(noise_name, recipe="n2n"):
-    config = ml_collections.ConfigDict({
-        "method": {"name": "opd", "recipe": recipe, "loss": "auto"},
-        "model": {"name": "unet", "width": 4, "depth": 2}, "data": {"noise": noise_name}})
+    config = ml_collections.ConfigDict(
+        {
+            "method": {"name": "opd", "recipe": recipe, "loss": "auto"},
+            "model": {"name": "unet", "width": 4, "depth": 2},
+            "data": {"noise": noise_name},
+        }
+    )
     return registry.get_method("opd")(config, DataInfo()).pixel_loss
+
   assert [picked(n) for n in ("awgn", "poisson", "bernoulli", "mixed", "impulse", "text")] == [
-      "mse", "mse", "masked_mse", "masked_mse", "l1", "l1"]
+      "mse",
+      "mse",
+      "masked_mse",
+      "masked_mse",
+      "l1",
+      "l1",
+  ]
   assert picked("bernoulli", "n2c") == "mse"
   # The constant c minimising each loss against Bernoulli(p=0.5) targets of a value 0.6.
   rng = np.random.default_rng(0)
-  target = jnp.asarray(degradations.apply_noise("bernoulli", np.full((1, 64, 64, 3), 0.6, np.float32)[0], rng,
-                                   {"p": 0.5})[None])
+  target = jnp.asarray(
+      degradations.apply_noise(
+          "bernoulli", np.full((1, 64, 64, 3), 0.6, np.float32)[0], rng, {"p": 0.5}
+      )[None]
+  )
   grid = np.linspace(0.0, 1.0, 101)
-  best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
-          for k in ("mse", "masked_mse")}
+  best = {
+      k: grid[
+          np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])
+      ]
+      for k in ("mse", "masked_mse")
+  }
   assert abs(best["mse"] - 0.3) < 0.02 and abs(best["masked_mse"] - 0.6) < 0.011
   # L1 against impulse noise (30 % replaced by U[0, 1)) stays near the clean value; MSE does not.
-  target = jnp.asarray(degradations.apply_noise("impulse", np.full((64, 64, 3), 0.9, np.float32), rng,
-                                   {"ratio": 0.3})[None])
-  best = {k: grid[np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])]
-          for k in ("mse", "l1")}
+  target = jnp.asarray(
+      degradations.apply_noise(
+          "impulse", np.full((64, 64, 3), 0.9, np.float32), rng, {"ratio": 0.3}
+      )[None]
+  )
+  best = {
+      k: grid[
+          np.argmin([float(opd.pixel_loss(k, jnp.full_like(target, c), target)[0]) for c in grid])
+      ]
+      for k in ("mse", "l1")
+  }
   assert abs(best["l1"] - 0.9) < 0.02 and best["mse"] < 0.8
 
 
@@ -277,7 +334,9 @@ def test_bernoulli_drops_fraction_p():
   y = degradations.apply_noise("bernoulli", image, np.random.default_rng(3), {"p": 0.3})
   dropped = y == 0
   np.testing.assert_allclose(dropped.mean(), 0.3, atol=0.005)
-  np.testing.assert_array_equal(y[~dropped], image[~dropped])  # multiplicative: kept values unchanged
+  np.testing.assert_array_equal(
+      y[~dropped], image[~dropped]
+  )  # multiplicative: kept values unchanged
 
 
 def test_impulse_replaces_ratio_with_uniform_values():
@@ -286,7 +345,9 @@ def test_impulse_replaces_ratio_with_uniform_values():
   np.testing.assert_allclose(changed.mean(), 0.2, atol=0.005)
   np.testing.assert_allclose(y[changed].mean(), 0.5, atol=0.01)
   np.testing.assert_allclose(y[changed].var(), 1.0 / 12.0, rtol=0.03)  # U[0, 1)
-  blended = degradations.apply_noise("impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2, "blend": True})
+  blended = degradations.apply_noise(
+      "impulse", _grey(), np.random.default_rng(4), {"ratio": 0.2, "blend": True}
+  )
   assert np.all(np.abs(blended - 0.5) <= 0.2 * 0.5 + 1e-6)  # official: 0.8 I + 0.2 u
 
 
@@ -297,18 +358,26 @@ def test_text_covers_some_pixels_and_leaves_others():
   assert 0.25 <= changed.mean() < 0.7
   # The same strings on a darker image: y = I (1 - alpha) + colour * alpha, so the opaque strokes
   # (alpha = 1) carry the text colours whatever the image, and alpha stays in [0, 1].
-  dark = degradations.apply_noise("text", _grey(0.1, 128), np.random.default_rng(5), {"coverage": 0.25})
+  dark = degradations.apply_noise(
+      "text", _grey(0.1, 128), np.random.default_rng(5), {"coverage": 0.25}
+  )
   alpha = 1.0 - (y - dark) / 0.4
   assert alpha.min() > -1e-4 and alpha.max() < 1 + 1e-4
   opaque = alpha.min(axis=-1) > 0.999
   assert opaque.mean() > 0.05 and y[opaque].std() > 0.05  # several colours
   np.testing.assert_allclose(y[opaque], dark[opaque], atol=1e-5)
-  np.testing.assert_array_equal(degradations.apply_noise("text", image, np.random.default_rng(5), {"coverage": 0.0}), image)
+  np.testing.assert_array_equal(
+      degradations.apply_noise("text", image, np.random.default_rng(5), {"coverage": 0.0}), image
+  )
 
 
 def test_mixed_chain_mean_and_noise_errors():
-  y = degradations.apply_noise("mixed", _grey(0.5), np.random.default_rng(6), {"sigma": 10.0, "lam": 50.0, "p": 0.5})
-  np.testing.assert_allclose((y == 0).mean(), 0.5, atol=0.01)  # Bernoulli last (Poisson zeros are rare)
+  y = degradations.apply_noise(
+      "mixed", _grey(0.5), np.random.default_rng(6), {"sigma": 10.0, "lam": 50.0, "p": 0.5}
+  )
+  np.testing.assert_allclose(
+      (y == 0).mean(), 0.5, atol=0.01
+  )  # Bernoulli last (Poisson zeros are rare)
   np.testing.assert_allclose(y.mean(), 0.25, atol=0.005)
   with pytest.raises(ValueError, match="sigmaa"):
     degradations.apply_noise("awgn", _grey(), np.random.default_rng(0), {"sigmaa": 1.0})
@@ -319,7 +388,14 @@ def test_mixed_chain_mean_and_noise_errors():
 def test_noise_models_live_in_the_one_corruption_registry():
   """OPD's noise family is registered beside the restoration types (jaxmilab.data.degradations),
   apart from them: noise models take named parameters, degradation types discrete levels."""
-  assert set(degradations.NOISE_MODELS) == {"awgn", "poisson", "bernoulli", "impulse", "text", "mixed"}
+  assert set(degradations.NOISE_MODELS) == {
+      "awgn",
+      "poisson",
+      "bernoulli",
+      "impulse",
+      "text",
+      "mixed",
+  }
   assert not set(degradations.NOISE_MODELS) & set(degradations.DEGRADATIONS)
   assert [n for n in degradations.NOISE_MODELS if not degradations.is_pixelwise(n)] == ["text"]
   with pytest.raises(ValueError, match="already registered"):
@@ -335,25 +411,45 @@ def test_unet_shapes_batchnorm_and_official_size():
   variables = model.init(jax.random.key(0), x)
   y_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert y_train.shape == x.shape
-  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(updates["batch_stats"]),
-                                               jax.tree.leaves(variables["batch_stats"]))]
+  moved = [
+      np.abs(a - b).max()
+      for a, b in zip(
+          jax.tree.leaves(updates["batch_stats"]), jax.tree.leaves(variables["batch_stats"])
+      )
+  ]
   assert min(moved) > 0  # every running mean / var moved towards the batch statistics
   bn = updates["batch_stats"]["down_0"]["bn_0"]["mean"]
-  conv = jax.lax.conv_general_dilated(x, variables["params"]["down_0"]["conv_0"]["kernel"], (1, 1),
-                                      ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = jax.lax.conv_general_dilated(
+      x,
+      variables["params"]["down_0"]["conv_0"]["kernel"],
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   conv = conv + variables["params"]["down_0"]["conv_0"]["bias"]
   np.testing.assert_allclose(bn, 0.1 * np.asarray(conv).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
   y_eval = model.apply(variables, x, train=False)
   assert y_eval.shape == x.shape and not np.allclose(y_eval, y_train)
   with pytest.raises(ValueError, match="at least 8"):
     model.init(jax.random.key(0), jnp.zeros((1, 6, 16, 3)))
+
   # The official U-Net (unet_dc.py, 32-64-128-256-512 + 512 bottleneck) has 14,783,203
   # parameters: conv/BN/transposed-conv sizes summed by hand below.
   def dc(i, o):
     return (9 * i * o + o) + (9 * o * o + o) + 4 * o
+
   ups = [(1024, 256), (512, 128), (256, 64), (128, 32), (64, 32)]
-  expected = (dc(3, 32) + dc(32, 64) + dc(64, 128) + dc(128, 256) + dc(256, 512) + dc(512, 512)
-              + sum(4 * (i // 2) ** 2 + i // 2 + dc(i, o) for i, o in ups) + 32 * 3 + 3)
+  expected = (
+      dc(3, 32)
+      + dc(32, 64)
+      + dc(64, 128)
+      + dc(128, 256)
+      + dc(256, 512)
+      + dc(512, 512)
+      + sum(4 * (i // 2) ** 2 + i // 2 + dc(i, o) for i, o in ups)
+      + 32 * 3
+      + 3
+  )
   full = unet.create(ml_collections.ConfigDict({"name": "unet"}))
   shapes = jax.eval_shape(lambda: full.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
   assert sum(v.size for v in jax.tree.leaves(shapes["params"])) == expected == 14_783_203
@@ -366,8 +462,14 @@ def _torch_unet(width, depth, channels):
   F = torch.nn.functional
 
   def double_conv(i, o):
-    return tnn.Sequential(tnn.Conv2d(i, o, 3, padding=1), tnn.BatchNorm2d(o), tnn.ReLU(),
-                          tnn.Conv2d(o, o, 3, padding=1), tnn.BatchNorm2d(o), tnn.ReLU())
+    return tnn.Sequential(
+        tnn.Conv2d(i, o, 3, padding=1),
+        tnn.BatchNorm2d(o),
+        tnn.ReLU(),
+        tnn.Conv2d(o, o, 3, padding=1),
+        tnn.BatchNorm2d(o),
+        tnn.ReLU(),
+    )
 
   class Up(tnn.Module):
 
@@ -388,9 +490,10 @@ def _torch_unet(width, depth, channels):
       super().__init__()
       w = [width * 2**l for l in range(depth)]
       self.inc = double_conv(channels, w[0])
-      self.downs = tnn.ModuleList([tnn.Sequential(tnn.MaxPool2d(2), double_conv(w[l - 1], w[l]))
-                                   for l in range(1, depth)]
-                                  + [tnn.Sequential(tnn.MaxPool2d(2), double_conv(w[-1], w[-1]))])
+      self.downs = tnn.ModuleList(
+          [tnn.Sequential(tnn.MaxPool2d(2), double_conv(w[l - 1], w[l])) for l in range(1, depth)]
+          + [tnn.Sequential(tnn.MaxPool2d(2), double_conv(w[-1], w[-1]))]
+      )
       self.ups = tnn.ModuleList([Up(2 * w[l], w[max(l - 1, 0)]) for l in reversed(range(depth))])
       self.outc = tnn.Conv2d(w[0], channels, 1)
 
@@ -413,12 +516,26 @@ def test_unet_matches_official_pytorch_definition():
   model = unet.UNet(width=width, depth=depth)
   x = np.random.default_rng(0).random((2, 3, 27, 34), np.float32)  # odd sizes: the pad path
   t = lambda a: np.array(a.detach().numpy())  # a copy: torch updates running stats in place
+
   def conv(c):
     return {"kernel": t(c.weight).transpose(2, 3, 1, 0), "bias": t(c.bias)}
+
   def dc(seq):
-    return ({f"conv_{i}": conv(seq[3 * i]) for i in range(2)} | {f"bn_{i}": {"scale": t(seq[3 * i + 1].weight),
-                                                                           "bias": t(seq[3 * i + 1].bias)} for i in range(2)},
-            {f"bn_{i}": {"mean": t(seq[3 * i + 1].running_mean), "var": t(seq[3 * i + 1].running_var)} for i in range(2)})
+    return (
+        {f"conv_{i}": conv(seq[3 * i]) for i in range(2)}
+        | {
+            f"bn_{i}": {"scale": t(seq[3 * i + 1].weight), "bias": t(seq[3 * i + 1].bias)}
+            for i in range(2)
+        },
+        {
+            f"bn_{i}": {
+                "mean": t(seq[3 * i + 1].running_mean),
+                "var": t(seq[3 * i + 1].running_var),
+            }
+            for i in range(2)
+        },
+    )
+
   params, stats = {}, {}
   blocks = [("down_0", ref.inc)] + [(f"down_{l}", ref.downs[l - 1][1]) for l in range(1, depth)]
   blocks += [("bottleneck", ref.downs[-1][1])]
@@ -427,7 +544,10 @@ def test_unet_matches_official_pytorch_definition():
     params[name], stats[name] = dc(seq)
   for l in range(depth):
     up = ref.ups[depth - 1 - l].up  # torch [I, O, kh, kw]; flax ConvTranspose = flipped kernel
-    params[f"upconv_{l}"] = {"kernel": t(up.weight)[:, :, ::-1, ::-1].transpose(2, 3, 0, 1), "bias": t(up.bias)}
+    params[f"upconv_{l}"] = {
+        "kernel": t(up.weight)[:, :, ::-1, ::-1].transpose(2, 3, 0, 1),
+        "bias": t(up.bias),
+    }
   params["out"] = conv(ref.outc)
   variables = {"params": params, "batch_stats": stats}
   xj = jnp.asarray(x.transpose(0, 2, 3, 1))
@@ -436,8 +556,9 @@ def test_unet_matches_official_pytorch_definition():
   y, updates = model.apply(variables, xj, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(y, y_ref, atol=2e-4, rtol=1e-4)
   ref.eval()
-  np.testing.assert_allclose(updates["batch_stats"]["down_0"]["bn_0"]["mean"], t(ref.inc[1].running_mean),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      updates["batch_stats"]["down_0"]["bn_0"]["mean"], t(ref.inc[1].running_mean), atol=1e-6
+  )
   y_ref_eval = t(ref(torch.tensor(x))).transpose(0, 2, 3, 1)
   # torch updates running_var with the unbiased batch variance, flax with the biased one:
   # compare eval outputs through the torch statistics copied over.
@@ -450,8 +571,13 @@ def test_unet_matches_official_pytorch_definition():
 
 
 def _data_config(**kw):
-  base = {"name": "multiframe", "num_frames": 3, "patch_size": 32, "eval_size": 32,
-          "eval_batch_size": 4}
+  base = {
+      "name": "multiframe",
+      "num_frames": 3,
+      "patch_size": 32,
+      "eval_size": 32,
+      "eval_batch_size": 4,
+  }
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -464,7 +590,9 @@ def test_multiframe_batches_are_deterministic_and_checkpointable():
   assert first["clean"].shape == (4, 32, 32, 3)
   residual = first["noisy"] - first["clean"][:, None]
   np.testing.assert_allclose(residual.std(), 25.0 / 255.0, rtol=0.15)  # AWGN sigma 25 by default
-  np.testing.assert_allclose(first["noisy"] * 255, np.round(first["noisy"] * 255), atol=1e-3)  # 8-bit
+  np.testing.assert_allclose(
+      first["noisy"] * 255, np.round(first["noisy"] * 255), atol=1e-3
+  )  # 8-bit
   assert not np.allclose(first["noisy"][:, 0], first["noisy"][:, 1])  # independent frames
   state = ds.train.get_state()
   second = next(ds.train)
@@ -473,19 +601,32 @@ def test_multiframe_batches_are_deterministic_and_checkpointable():
   again.train.set_state(state)
   np.testing.assert_array_equal(next(again.train)["noisy"], second["noisy"])
   # Two processes read disjoint halves with half the batch each.
-  halves = [next(multiframe.create(_data_config(), batch_size=4, seed=0, process_index=p,
-                                   process_count=2).train) for p in range(2)]
+  halves = [
+      next(
+          multiframe.create(
+              _data_config(), batch_size=4, seed=0, process_index=p, process_count=2
+          ).train
+      )
+      for p in range(2)
+  ]
   assert all(h["noisy"].shape[0] == 2 for h in halves)
   batches = list(ds.eval_batches())
   assert len(batches) == 1
   ev = batches[0]
-  assert ev["noisy"].shape == (4, 3, 32, 32, 3) and ev["valid"].tolist() == [True, True, False, False]
+  assert ev["noisy"].shape == (4, 3, 32, 32, 3) and ev["valid"].tolist() == [
+      True,
+      True,
+      False,
+      False,
+  ]
   assert ev["label"].dtype == np.int32 and ev["height"].tolist()[:2] == [32, 32]
   np.testing.assert_array_equal(next(iter(ds.eval_batches()))["noisy"], ev["noisy"])  # fixed seeds
 
 
 def test_fixed_noise_is_a_property_of_the_frame_not_of_the_crop():
-  synth = multiframe.FrameSynthesizer("awgn", {"sigma": 25.0}, seed=3, tile=16, clip=False, quantize=False)
+  synth = multiframe.FrameSynthesizer(
+      "awgn", {"sigma": 25.0}, seed=3, tile=16, clip=False, quantize=False
+  )
   image = np.full((70, 90, 3), 128, np.uint8)
   a = synth.fixed(image, scene=1, frame=2, top=5, left=7, height=40, width=50)
   b = synth.fixed(image, scene=1, frame=2, top=20, left=30, height=40, width=50)
@@ -510,29 +651,56 @@ def _write_scenes(root, num_scenes, num_frames, size, clean=True):
 def test_real_frames_reader(tmp_path):
   root = str(tmp_path / "scenes")
   _write_scenes(root, 3, 4, 32, clean=False)
-  config = _data_config(frames_root=root, num_frames=3, channels=1, crop="top_left",
-                        eval_sets={"embedded": "embedded"})
+  config = _data_config(
+      frames_root=root,
+      num_frames=3,
+      channels=1,
+      crop="top_left",
+      eval_sets={"embedded": "embedded"},
+  )
   ds = multiframe.create(config, batch_size=3, seed=0, process_index=0, process_count=1)
   assert ds.info.extra["has_clean"] is False and ds.info.image_channels == 1
   batch = next(ds.train)
   assert batch["noisy"].shape == (3, 3, 32, 32, 1) and not batch["clean"].any()
-  files = {tuple(np.asarray(Image.open(os.path.join(root, f"scene_{s}", f"frame_{k}.png")), np.float32).ravel()[:8])
-           for s in range(3) for k in range(3)}
-  got = {tuple(np.round(batch["noisy"][b, k, ..., 0] * 255).ravel()[:8]) for b in range(3) for k in range(3)}
+  files = {
+      tuple(
+          np.asarray(
+              Image.open(os.path.join(root, f"scene_{s}", f"frame_{k}.png")), np.float32
+          ).ravel()[:8]
+      )
+      for s in range(3)
+      for k in range(3)
+  }
+  got = {
+      tuple(np.round(batch["noisy"][b, k, ..., 0] * 255).ravel()[:8])
+      for b in range(3)
+      for k in range(3)
+  }
   assert got == files  # the first 3 frames (sorted) of every scene, read as they are
   with pytest.raises(ValueError, match="clean reference"):
-    multiframe.create(_data_config(frames_root=root), batch_size=3, seed=0, process_index=0,
-                      process_count=1)
+    multiframe.create(
+        _data_config(frames_root=root), batch_size=3, seed=0, process_index=0, process_count=1
+    )
   with pytest.raises(Exception, match="fewer than"):
-    multiframe.create(_data_config(frames_root=root, num_frames=5, eval_sets={"e": "embedded"}),
-                      batch_size=3, seed=0, process_index=0, process_count=1)
+    multiframe.create(
+        _data_config(frames_root=root, num_frames=5, eval_sets={"e": "embedded"}),
+        batch_size=3,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
 
 
 def test_frames_with_clean_reference_hold_out_scenes(tmp_path):
   root = str(tmp_path / "scenes")
   _write_scenes(root, 4, 3, 32, clean=True)
-  ds = multiframe.create(_data_config(frames_root=root, eval_fraction=0.25), batch_size=3, seed=0,
-                         process_index=0, process_count=1)
+  ds = multiframe.create(
+      _data_config(frames_root=root, eval_fraction=0.25),
+      batch_size=3,
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
   assert ds.info.extra["has_clean"] and ds.info.extra["num_eval"] == 1
   ev = next(iter(ds.eval_batches()))
   assert ev["valid"].sum() == 1 and ev["clean"][0].std() > 0.1
@@ -566,15 +734,21 @@ def _write_images(folder, sizes, seed):
   os.makedirs(folder)
   rng = np.random.default_rng(seed)
   for i, (h, w) in enumerate(sizes):
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(folder, f"{i}.png"))
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+        os.path.join(folder, f"{i}.png")
+    )
 
 
 def test_eval_sets_of_different_sizes_are_padded_and_scored_uncropped(tmp_path):
   _write_images(str(tmp_path / "train"), [(40, 40)] * 3, 0)
   _write_images(str(tmp_path / "a"), [(33, 40), (40, 36)], 1)
   _write_images(str(tmp_path / "b"), [(36, 36)], 2)
-  config = _data_config(root=str(tmp_path / "train"), eval_size=0, eval_frames=2,
-                        eval_sets={"set_a": str(tmp_path / "a"), "set_b": str(tmp_path / "b")})
+  config = _data_config(
+      root=str(tmp_path / "train"),
+      eval_size=0,
+      eval_frames=2,
+      eval_sets={"set_a": str(tmp_path / "a"), "set_b": str(tmp_path / "b")},
+  )
   ds = multiframe.create(config, batch_size=3, seed=0, process_index=0, process_count=1)
   assert ds.info.class_names == ("set_a", "set_b") and ds.info.extra["num_eval"] == 3
   assert next(ds.train)["noisy"].shape == (3, 3, 32, 32, 3)
@@ -600,6 +774,7 @@ def test_eval_sets_of_different_sizes_are_padded_and_scored_uncropped(tmp_path):
   assert 5 < summary["psnr_input"] < 100 and set(summary) >= {"psnr/set_a", "ssim_input/set_b"}
   # The same numbers as the per-image computation over the concatenated set.
   from jaxmilab.evaluation import restoration as rm
+
   valid = np.flatnonzero(ev["valid"])
   per = {k: [] for k in ("psnr", "ssim", "psnr_input", "ssim_input")}
   for i in valid:
@@ -628,23 +803,38 @@ def test_validation_terms_match_the_closed_form_and_brute_force_pairs():
   loss_e, loss_a = opd.alienation_terms(jnp.asarray(outputs), jnp.asarray(frames))
   np.testing.assert_allclose(terms["val_pairs"], loss_e, rtol=1e-5)
   np.testing.assert_allclose(terms["val_spread"], loss_a, rtol=1e-5)
-  np.testing.assert_allclose(terms["val_n2n"], np.mean((outputs[:, 0] - frames[:, 1]) ** 2, axis=(1, 2, 3)))
+  np.testing.assert_allclose(
+      terms["val_n2n"], np.mean((outputs[:, 0] - frames[:, 1]) ** 2, axis=(1, 2, 3))
+  )
   # OPD-RC's criterion is the expectation of its random draw: the mean over all m^2 pairs.
-  every = np.mean([np.mean((outputs[:, i] - frames[:, j]) ** 2, axis=(1, 2, 3))
-                   for i in range(4) for j in range(4)], axis=0)
+  every = np.mean(
+      [
+          np.mean((outputs[:, i] - frames[:, j]) ** 2, axis=(1, 2, 3))
+          for i in range(4)
+          for j in range(4)
+      ],
+      axis=0,
+  )
   np.testing.assert_allclose(opd.validation_loss("opd_rc", terms, 4), every, rtol=1e-12)
-  np.testing.assert_allclose(opd.validation_loss("opd_al", terms, 4, 0.5, "minus"),
-                             terms["val_pairs"] - 0.5 * terms["val_spread"])
+  np.testing.assert_allclose(
+      opd.validation_loss("opd_al", terms, 4, 0.5, "minus"),
+      terms["val_pairs"] - 0.5 * terms["val_spread"],
+  )
   l1 = opd.validation_terms("l1", outputs, frames)
-  np.testing.assert_allclose(l1["val_pairs"], opd.exchange_term("l1", jnp.asarray(outputs),
-                                                                jnp.asarray(frames)), rtol=1e-5)
+  np.testing.assert_allclose(
+      l1["val_pairs"], opd.exchange_term("l1", jnp.asarray(outputs), jnp.asarray(frames)), rtol=1e-5
+  )
   with pytest.raises(ValueError, match=r"\[N, m, H, W, C\]"):
     opd.validation_terms("mse", outputs[:, :1], frames[:, :1])
 
 
 def test_select_step_reads_the_validation_loss_not_the_test_psnr():
-  rows = [{"step": 10, "val_loss": 0.3, "psnr": 30.0}, {"step": 20, "val_loss": 0.1, "psnr": 20.0},
-          {"step": 30, "val_loss": 0.1, "psnr": 25.0}, {"step": 40, "psnr": 99.0}]
+  rows = [
+      {"step": 10, "val_loss": 0.3, "psnr": 30.0},
+      {"step": 20, "val_loss": 0.1, "psnr": 20.0},
+      {"step": 30, "val_loss": 0.1, "psnr": 25.0},
+      {"step": 40, "psnr": 99.0},
+  ]
   assert opd.select_step(rows)["step"] == 20  # lowest val loss, earliest on ties
   with pytest.raises(ValueError, match="val_loss"):
     opd.select_step([{"step": 1, "psnr": 1.0}])
@@ -655,8 +845,21 @@ def test_effects_selection_never_reads_the_clean_test_set():
   """Mechanism: corrupting the clean test targets changes the PSNRs, not the selected step."""
   from absl import flags
   from jaxmilab.benchmarks import opd_effects
-  flags.FLAGS(["opd_effects", "--size=16", "--width=4", "--depth=1", "--scenes=2", "--val_scenes=2",
-               "--steps=6", "--eval_every=2", "--batch=2"], known_only=True)
+
+  flags.FLAGS(
+      [
+          "opd_effects",
+          "--size=16",
+          "--width=4",
+          "--depth=1",
+          "--scenes=2",
+          "--val_scenes=2",
+          "--steps=6",
+          "--eval_every=2",
+          "--batch=2",
+      ],
+      known_only=True,
+  )
   try:
     data = opd_effects.build_set([0], 3)
     data["test_clean"] = data["test_clean"][:4]
@@ -671,11 +874,15 @@ def test_effects_selection_never_reads_the_clean_test_set():
   for key in ("val_loss",) + opd.VAL_TERMS:
     np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in rows_bad], rtol=1e-6)
   assert opd.select_step(rows)["step"] == opd.select_step(rows_bad)["step"]
-  assert opd_effects.summarize_run("opd_rc", 3, 0, rows)["selected_step"] == opd.select_step(rows)["step"]
+  assert (
+      opd_effects.summarize_run("opd_rc", 3, 0, rows)["selected_step"]
+      == opd.select_step(rows)["step"]
+  )
 
 
 def test_configs_load_and_paper_schedule_is_official_steplr():
   from jaxmilab import optimizers
+
   for variant in ("smoke", "quickstart", "paper"):
     config = config_lib.load(f"configs/opd.py:{variant}", {"method.recipe": "opd_al"})
     assert config.model.name == "unet" and config.data.name == "multiframe"

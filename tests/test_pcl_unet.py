@@ -23,7 +23,9 @@ def _torch_unet(in_channels: int, width: int, classes: int):
   from torch import nn  # pylint: disable=g-import-not-at-top
 
   def contract(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(inplace=True)
+    )
 
   class Encoder(nn.Module):
 
@@ -35,8 +37,12 @@ def _torch_unet(in_channels: int, width: int, classes: int):
       self.contr_3_1, self.contr_3_2 = contract(2 * f, 4 * f), contract(4 * f, 4 * f)
       self.contr_4_1, self.contr_4_2 = contract(4 * f, 8 * f), contract(8 * f, 8 * f)
       self.pool = nn.MaxPool2d(2, stride=2)
-      self.center = nn.Sequential(nn.Conv2d(8 * f, 16 * f, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(16 * f, 16 * f, 3, padding=1), nn.ReLU(inplace=True))
+      self.center = nn.Sequential(
+          nn.Conv2d(8 * f, 16 * f, 3, padding=1),
+          nn.ReLU(inplace=True),
+          nn.Conv2d(16 * f, 16 * f, 3, padding=1),
+          nn.ReLU(inplace=True),
+      )
 
     def forward(self, x):
       c1 = self.contr_1_2(self.contr_1_1(x))
@@ -48,7 +54,7 @@ def _torch_unet(in_channels: int, width: int, classes: int):
   def crop(layer, h, w):
     _, _, lh, lw = layer.size()
     y, x = (lh - h) // 2, (lw - w) // 2
-    return layer[:, :, y:y + h, x:x + w]
+    return layer[:, :, y : y + h, x : x + w]
 
   class Decoder(nn.Module):
 
@@ -66,10 +72,12 @@ def _torch_unet(in_channels: int, width: int, classes: int):
       self.head = nn.Sequential(nn.Conv2d(f, classes, kernel_size=1, stride=1, bias=False))
 
     def forward(self, x, c4, c3, c2, c1):
-      for up, e1, e2, skip in ((self.upscale5, self.expand_4_1, self.expand_4_2, c4),
-                               (self.upscale4, self.expand_3_1, self.expand_3_2, c3),
-                               (self.upscale3, self.expand_2_1, self.expand_2_2, c2),
-                               (self.upscale2, self.expand_1_1, self.expand_1_2, c1)):
+      for up, e1, e2, skip in (
+          (self.upscale5, self.expand_4_1, self.expand_4_2, c4),
+          (self.upscale4, self.expand_3_1, self.expand_3_2, c3),
+          (self.upscale3, self.expand_2_1, self.expand_2_2, c2),
+          (self.upscale2, self.expand_1_1, self.expand_1_2, c1),
+      ):
         u = up(x)
         x = e2(e1(torch.cat([u, crop(skip, u.size(2), u.size(3))], 1)))
       return self.head(x)
@@ -94,6 +102,7 @@ def _torch_unet(in_channels: int, width: int, classes: int):
 def _randomize_bn(model, rng):
   """Non-trivial BatchNorm affine parameters and running statistics (else they are 1 / 0)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   for m in model.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       n = m.num_features
@@ -111,8 +120,13 @@ def _to_flax(model):
   params, stats = {"encoder": {}, "decoder": {}}, {"encoder": {}, "decoder": {}}
 
   def conv_bn(prefix):
-    p = {"conv": {"kernel": sd[f"{prefix}.0.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}.0.bias"]},
-         "bn": {"scale": sd[f"{prefix}.1.weight"], "bias": sd[f"{prefix}.1.bias"]}}
+    p = {
+        "conv": {
+            "kernel": sd[f"{prefix}.0.weight"].transpose(2, 3, 1, 0),
+            "bias": sd[f"{prefix}.0.bias"],
+        },
+        "bn": {"scale": sd[f"{prefix}.1.weight"], "bias": sd[f"{prefix}.1.bias"]},
+    }
     s = {"bn": {"mean": sd[f"{prefix}.1.running_mean"], "var": sd[f"{prefix}.1.running_var"]}}
     return p, s
 
@@ -124,7 +138,8 @@ def _to_flax(model):
   for i, idx in ((1, 0), (2, 2)):
     params["encoder"][f"center_conv_{i}"] = {
         "kernel": sd[f"encoder.center.{idx}.weight"].transpose(2, 3, 1, 0),
-        "bias": sd[f"encoder.center.{idx}.bias"]}
+        "bias": sd[f"encoder.center.{idx}.bias"],
+    }
   for block, (up, level) in enumerate(((5, 4), (4, 3), (3, 2), (2, 1)), start=1):
     # ConvTranspose2d weight [in, out, kh, kw] -> flax [kh, kw, in, out]; flax's transposed conv
     # is a fractionally-strided conv without kernel flip, PyTorch's flips: flip both spatial axes.
@@ -143,6 +158,7 @@ def _to_flax(model):
 @pytest.mark.parametrize("in_channels,height,width", [(4, 36, 40)])
 def test_matches_pytorch_unet2d(in_channels, height, width):
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   f, classes = 4, 3
@@ -152,8 +168,9 @@ def test_matches_pytorch_unet2d(in_channels, height, width):
   x = rng.standard_normal((2, height, width, in_channels)).astype(np.float32)
   variables = _to_flax(ref)
   fresh = net.init(jax.random.key(0), jnp.asarray(x))
-  assert (jax.tree_util.tree_structure(fresh)
-          == jax.tree_util.tree_structure(jax.tree_util.tree_map(jnp.asarray, variables)))
+  assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(
+      jax.tree_util.tree_map(jnp.asarray, variables)
+  )
   for a, b in zip(jax.tree_util.tree_leaves(fresh), jax.tree_util.tree_leaves(variables)):
     assert a.shape == b.shape
 
@@ -163,17 +180,21 @@ def test_matches_pytorch_unet2d(in_channels, height, width):
   out_t = ref(xt)
   out_t.square().sum().backward()
   out, vjp = jax.vjp(lambda v: net.apply(variables, v, train=False), jnp.asarray(x))
-  np.testing.assert_allclose(np.asarray(out), out_t.detach().numpy().transpose(0, 2, 3, 1),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(out), out_t.detach().numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4
+  )
   (gx,) = vjp(2 * out)
-  np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-3)
+  np.testing.assert_allclose(
+      np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-3
+  )
 
   # Train mode: batch statistics; running means updated with momentum 0.1.
   ref.train()
   out_t = ref(torch.tensor(x.transpose(0, 3, 1, 2)))
   out, updates = net.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(np.asarray(out), out_t.detach().numpy().transpose(0, 2, 3, 1),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(out), out_t.detach().numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4
+  )
   got = np.asarray(updates["batch_stats"]["encoder"]["level_2_conv_1"]["bn"]["mean"])
   np.testing.assert_allclose(got, ref.encoder.contr_2_1[1].running_mean.numpy(), atol=1e-5)
 

@@ -44,16 +44,27 @@ from jaxmilab import config_lib  # noqa: E402
 from jaxmilab import trainer as trainer_lib  # noqa: E402
 
 
-def compile_pod_step(num_devices: int, image: int, per_device_batch: int, fsdp: int = 4,
-                     enc_blocks: tuple[int, ...] | None = None, fast: bool = False):
+def compile_pod_step(
+    num_devices: int,
+    image: int,
+    per_device_batch: int,
+    fsdp: int = 4,
+    enc_blocks: tuple[int, ...] | None = None,
+    fast: bool = False,
+):
   """(compiled step, abstract state with shardings, mesh, config) of the pod config on the first
   num_devices devices, for a global batch of per_device_batch * num_devices image x image crops.
   enc_blocks overrides NAFNet's encoder depth (a cheaper stand-in of the same width); fast skips
   XLA's CPU backend optimisations (sharding and buffer assignment are unchanged)."""
   fsdp = min(fsdp, num_devices)
-  overrides = {"mesh.num_devices": num_devices, "mesh.data": num_devices // fsdp,
-               "mesh.fsdp": fsdp, "batch_size": per_device_batch * num_devices,
-               "data.patch_size": image, "data.eval_batch_size": per_device_batch * num_devices}
+  overrides = {
+      "mesh.num_devices": num_devices,
+      "mesh.data": num_devices // fsdp,
+      "mesh.fsdp": fsdp,
+      "batch_size": per_device_batch * num_devices,
+      "data.patch_size": image,
+      "data.eval_batch_size": per_device_batch * num_devices,
+  }
   config = config_lib.load("configs/maskdcpt.py:pod", overrides)
   if enc_blocks is not None:
     with config.unlocked():
@@ -70,9 +81,11 @@ def report(compiled, num_devices: int) -> dict[str, float]:
   out = {"flops_per_device": stats["flops_per_device"]}
   for k in ("argument", "output", "temp", "alias", "peak"):
     out[f"{k}_bytes"] = stats[f"{k}_bytes_per_device"]
-  print(f"\npod train step on {num_devices} device(s): "
-        f"{out['flops_per_device'] / 1e9:.1f} GFLOP/device; memory per device: "
-        + ", ".join(f"{k[:-6]} {v / 2**20:.1f} MiB" for k, v in out.items() if k.endswith("_bytes")))
+  print(
+      f"\npod train step on {num_devices} device(s): "
+      f"{out['flops_per_device'] / 1e9:.1f} GFLOP/device; memory per device: "
+      + ", ".join(f"{k[:-6]} {v / 2**20:.1f} MiB" for k, v in out.items() if k.endswith("_bytes"))
+  )
   return out
 
 
@@ -84,6 +97,7 @@ def _check_sharded(abstract, num_devices: int) -> float:
   few arrays are split fewer than num_devices ways: allow 25% over the ideal 1/num_devices.
   Returns the fraction of the parameters that one device holds.
   """
+
   def per_device(tree):
     leaves = jax.tree.leaves(tree)
     full = sum(int(np.prod(x.shape)) for x in leaves)
@@ -93,8 +107,11 @@ def _check_sharded(abstract, num_devices: int) -> float:
   fraction = per_device(abstract.params)
   print(f"one device holds {fraction:.2%} of the parameters (ideal {1 / num_devices:.2%})")
   assert fraction < 1.25 / num_devices, fraction
-  mu = [x for p, x in jax.tree_util.tree_leaves_with_path(abstract.opt_state)
-        if "mu" in jax.tree_util.keystr(p)]
+  mu = [
+      x
+      for p, x in jax.tree_util.tree_leaves_with_path(abstract.opt_state)
+      if "mu" in jax.tree_util.keystr(p)
+  ]
   assert mu and per_device(mu) < 1.25 / num_devices
   return fraction
 
@@ -114,8 +131,9 @@ def test_pod_step_compiles_sharded_stand_in():
   """The pod step with NAFNet-DCPT's width 64 and classifier but 1 (not 28) block at the
   deepest encoder level, 32 px images: the same sharding and dtypes, ~4x cheaper to compile."""
   t0 = time.time()
-  compiled, abstract, _, config = compile_pod_step(8, image=32, per_device_batch=1,
-                                                   enc_blocks=(1, 1, 1, 1), fast=True)
+  compiled, abstract, _, config = compile_pod_step(
+      8, image=32, per_device_batch=1, enc_blocks=(1, 1, 1, 1), fast=True
+  )
   out = report(compiled, 8)
   print(f"compile: {time.time() - t0:.1f} s")
   _check_pod(abstract, config, out, 8)
@@ -132,5 +150,7 @@ if __name__ == "__main__":
   c, a, _, _ = compile_pod_step(_ARGS.devices, _ARGS.image, _ARGS.per_device_batch)
   r = report(c, _ARGS.devices)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(a.params))
-  print(f"parameters: {n / 1e6:.2f} M; compile {time.time() - t:.0f} s; "
-        f"GFLOP per image: {r['flops_per_device'] / _ARGS.per_device_batch / 1e9:.2f}")
+  print(
+      f"parameters: {n / 1e6:.2f} M; compile {time.time() - t:.0f} s; "
+      f"GFLOP per image: {r['flops_per_device'] / _ARGS.per_device_batch / 1e9:.2f}"
+  )

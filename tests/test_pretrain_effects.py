@@ -8,8 +8,14 @@ from jaxmilab.benchmarks import pretrain_effects as pe
 
 
 def _eval(psnr, noise, jpeg, accuracy=None):
-  rec = {"psnr": psnr, "psnr/gaussian_noise": noise, "psnr/jpeg": jpeg, "psnr_input": 23.0,
-         "psnr_input/gaussian_noise": 20.0, "psnr_input/jpeg": 26.0}
+  rec = {
+      "psnr": psnr,
+      "psnr/gaussian_noise": noise,
+      "psnr/jpeg": jpeg,
+      "psnr_input": 23.0,
+      "psnr_input/gaussian_noise": 20.0,
+      "psnr_input/jpeg": 26.0,
+  }
   if accuracy is not None:
     rec["accuracy"] = accuracy
   return rec
@@ -19,28 +25,47 @@ def test_gain_is_paired_by_seed():
   # Scratch varies a lot between seeds, MaskDCPT + FT is always scratch + 0.5: the paired gain
   # is +0.50 ± 0.00 in 3/3 seeds, although the two arms' own spreads overlap completely.
   scratch = {0: 24.0, 1: 26.0, 2: 28.0}
-  per_seed = {s: {"ft": {"scratch": {100: _eval(v, v - 1, v + 1)},
-                         "maskdcpt": {100: _eval(v + 0.5, v - 0.5, v + 1.5)}},
-                  "pretrain": {"maskdcpt": _eval(20.0, 18.0, 22.0, accuracy=0.8)}}
-              for s, v in scratch.items()}
+  per_seed = {
+      s: {
+          "ft": {
+              "scratch": {100: _eval(v, v - 1, v + 1)},
+              "maskdcpt": {100: _eval(v + 0.5, v - 0.5, v + 1.5)},
+          },
+          "pretrain": {"maskdcpt": _eval(20.0, 18.0, 22.0, accuracy=0.8)},
+      }
+      for s, v in scratch.items()
+  }
   table = pe.format_tables(per_seed, [100], ["scratch", "maskdcpt"])
-  rows = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 100")}
+  rows = {
+      line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| 100")
+  }
   assert "26.00 ± 2.00" in rows["scratch"]
   assert "+0.50 ± 0.00 (3/3 seeds > 0)" in rows["MaskDCPT + FT"]
   assert "| MaskDCPT | 20.00 ± 0.00 | 23.00 | 80.00 ± 0.00 % |" in table
-  assert "| | input | 20.00 | 26.00 | 23.00 | |" in table   # noise, jpeg, all
+  assert "| | input | 20.00 | 26.00 | 23.00 | |" in table  # noise, jpeg, all
 
 
 def test_one_seed_has_no_spread():
-  per_seed = {0: {"ft": {"scratch": {100: _eval(24.0, 23.0, 25.0)},
-                         "scratch_same_steps": {100: _eval(24.3, 23.1, 25.5)}}, "pretrain": {}}}
+  per_seed = {
+      0: {
+          "ft": {
+              "scratch": {100: _eval(24.0, 23.0, 25.0)},
+              "scratch_same_steps": {100: _eval(24.3, 23.1, 25.5)},
+          },
+          "pretrain": {},
+      }
+  }
   table = pe.format_tables(per_seed, [100], ["scratch", "scratch_same_steps"])
   assert "| 100 | scratch, same steps | 23.10 | 25.50 | 24.30 | +0.30 (1/1 seeds > 0) |" in table
 
 
 def test_cadence_evaluates_once_at_the_end():
-  assert pe._cadence(250) == {"total_steps": 250, "eval_every_steps": 250,
-                              "checkpoint_every_steps": 50, "log_every_steps": 25}
+  assert pe._cadence(250) == {
+      "total_steps": 250,
+      "eval_every_steps": 250,
+      "checkpoint_every_steps": 50,
+      "log_every_steps": 25,
+  }
   assert pe._cadence(8)["checkpoint_every_steps"] == 8
 
 

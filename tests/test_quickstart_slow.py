@@ -38,19 +38,32 @@ MIN_CLASSIFIER_ACCURACY = 0.75
 def test_quickstart_restorers_beat_their_input_and_pretraining_beats_scratch(tmp_path):
   # The main job's own command, in a subprocess (jaxmilab.quickstart's absl flags would clash
   # with other CLI modules imported by tests in this process).
-  subprocess.run([sys.executable, "-m", "jaxmilab.quickstart", "--pretrain=maskdcpt",
-                  f"--workdir={tmp_path}", "--compilation_cache="], check=True,
-                 env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  finals = {stage: metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]
-            for stage in ("scratch", "maskdcpt/ft")}
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "jaxmilab.quickstart",
+          "--pretrain=maskdcpt",
+          f"--workdir={tmp_path}",
+          "--compilation_cache=",
+      ],
+      check=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  finals = {
+      stage: metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]
+      for stage in ("scratch", "maskdcpt/ft")
+  }
   pretrain = metrics_lib.read_split(str(tmp_path / "maskdcpt" / "pretrain"), "eval")[-1]
   for stage, final in finals.items():
     types = sorted(k.split("/", 1)[1] for k in final if k.startswith("psnr_input/"))
-    assert types == sorted(MIN_GAIN_DB), types   # the reported types are the ones checked here
+    assert types == sorted(MIN_GAIN_DB), types  # the reported types are the ones checked here
     gains = {t: final[f"psnr/{t}"] - final[f"psnr_input/{t}"] for t in types}
     assert all(gains[t] > MIN_GAIN_DB[t] for t in types), (stage, gains)
   gain = finals["maskdcpt/ft"]["psnr"] - finals["scratch"]["psnr"]
   if gain <= MIN_PRETRAINING_GAIN_DB or pretrain["accuracy"] < MIN_CLASSIFIER_ACCURACY:
-    pytest.xfail(f"issue #27 open: pre-training gain {gain:+.2f} dB (target > "
-                 f"{MIN_PRETRAINING_GAIN_DB}), classifier {100 * pretrain['accuracy']:.1f} % "
-                 f"(target >= {100 * MIN_CLASSIFIER_ACCURACY:.0f} %)")
+    pytest.xfail(
+        f"issue #27 open: pre-training gain {gain:+.2f} dB (target > "
+        f"{MIN_PRETRAINING_GAIN_DB}), classifier {100 * pretrain['accuracy']:.1f} % "
+        f"(target >= {100 * MIN_CLASSIFIER_ACCURACY:.0f} %)"
+    )

@@ -17,7 +17,7 @@ def _pair(seed=0, shape=(3, 8, 8, 3)):
   rng = np.random.default_rng(seed)
   target = rng.uniform(0, 1, shape).astype(np.float32)
   # Image 0 mildly wrong (~36 dB), image 1 badly (~12 dB), image 2 in between.
-  scales = np.array([0.01, 0.3, 0.05], np.float32)[:shape[0], None, None, None]
+  scales = np.array([0.01, 0.3, 0.05], np.float32)[: shape[0], None, None, None]
   restored = target + scales * rng.standard_normal(shape).astype(np.float32)
   return restored, target
 
@@ -53,23 +53,27 @@ def test_psnr_loss_matches_nafnet_pytorch_form():
   loss.backward()
   value, grad = jax.value_and_grad(common.psnr_loss)(jnp.asarray(restored), jnp.asarray(target))
   np.testing.assert_allclose(value, loss.item(), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(grad), p.grad.numpy().transpose(0, 2, 3, 1),
-                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(
+      np.asarray(grad), p.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7
+  )
 
 
 def test_restoration_method_pixel_loss_switch():
   from jaxmilab.methods import restoration  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top
+
   info = data_base.DataInfo(num_classes=5)
   config = config_lib.load("configs/restoration.py:smoke", {"method.pixel_loss": "psnr"})
   method = restoration.Method(config, info)
   restored, target = _pair(shape=(2, 32, 32, 3))
   variables = method.init_variables(jax.random.key(0), {"lq": jnp.asarray(restored)})
-  loss, (metrics, _) = method.loss(variables["params"], {}, {"lq": jnp.asarray(restored),
-                                                            "gt": jnp.asarray(target)}, None)
+  loss, (metrics, _) = method.loss(
+      variables["params"], {}, {"lq": jnp.asarray(restored), "gt": jnp.asarray(target)}, None
+  )
   # zero_init_output: the untrained network is the identity, so the loss is the input's.
   np.testing.assert_allclose(loss, common.psnr_loss(restored, target), rtol=1e-5)
   assert set(metrics) == {"psnr_loss"}
   with pytest.raises(config_options.ConfigError, match="pixel_loss='l2'"):
-    restoration.Method(config_lib.load("configs/restoration.py:smoke",
-                                       {"method.pixel_loss": "l2"}), info)
+    restoration.Method(
+        config_lib.load("configs/restoration.py:smoke", {"method.pixel_loss": "l2"}), info
+    )

@@ -36,8 +36,17 @@ def test_restore_cli_reproduces_torch_png(case_data, tmp_path):  # noqa: F811  #
   src = str(tmp_path / "in" / "photo.png")
   _write_png(src, case_data["image"])
   dst = str(tmp_path / "out" / "restored.png")
-  assert restore.main([f"--model={case_data['name']}", f"--weights={case_data['pth']}",
-                       f"--input={src}", f"--output={dst}"]) == 0
+  assert (
+      restore.main(
+          [
+              f"--model={case_data['name']}",
+              f"--weights={case_data['pth']}",
+              f"--input={src}",
+              f"--output={dst}",
+          ]
+      )
+      == 0
+  )
   got = _read_png(dst).astype(int)
   want = _tensor2img(case_data["torch_out"]).astype(int)
   assert got.shape == want.shape
@@ -52,22 +61,34 @@ def test_restore_folder_with_safetensors_and_orbax_weights(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   from jaxmilab import convert  # pylint: disable=g-import-not-at-top
+
   net, sd = build_torch("nafnet_tiny")
   st = str(tmp_path / "w.safetensors")
   save_file({k: v.contiguous() for k, v in sd.items()}, st)
   rng = np.random.default_rng(3)
   images = {n: rng.integers(0, 256, (21, 13, 3), dtype=np.uint8) for n in ("a.png", "b.jpg")}
   for n, im in images.items():
-    _write_png(str(tmp_path / "in" / n), im)       # JPEG is lossy: compare on what was read
+    _write_png(str(tmp_path / "in" / n), im)  # JPEG is lossy: compare on what was read
   # An orbax checkpoint laid out like a jaxmilab run: <workdir>/checkpoints/<step>/state.
   params = convert.load_torch_params(st, restore.get_spec("nafnet_tiny").model)
   workdir = tmp_path / "run"
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(str(workdir / "checkpoints" / "7" / "state"),
-               {"params": {"backbone": params}, "model_state": {}, "step": np.int32(7)})
+    ckptr.save(
+        str(workdir / "checkpoints" / "7" / "state"),
+        {"params": {"backbone": params}, "model_state": {}, "step": np.int32(7)},
+    )
   for weights, out in ((st, "out_st"), (str(workdir), "out_orbax")):
-    assert restore.main(["--model=nafnet_tiny", f"--weights={weights}",
-                         f"--input={tmp_path / 'in'}", f"--output={tmp_path / out}"]) == 0
+    assert (
+        restore.main(
+            [
+                "--model=nafnet_tiny",
+                f"--weights={weights}",
+                f"--input={tmp_path / 'in'}",
+                f"--output={tmp_path / out}",
+            ]
+        )
+        == 0
+    )
   for n in images:
     stem = os.path.splitext(n)[0] + ".png"
     lq = np.asarray(Image.open(tmp_path / "in" / n).convert("RGB"))
@@ -81,6 +102,7 @@ def test_tiling_is_exact_for_a_local_operator():
   """Blended tiles of a 5x5 box filter (radius 2) equal the untiled filter everywhere once the
   overlap is at least 4x the radius (weights vanish within overlap/4 of inner tile edges)."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
   image = np.random.default_rng(0).uniform(0, 1, (45, 38, 3)).astype(np.float32)
   box = lambda x: ndimage.uniform_filter(x, size=(5, 5, 1), mode="reflect")
   want = box(image)
@@ -99,11 +121,12 @@ def test_tiled_swinir_equals_untiled():
   grid, so tiled inference reproduces the untiled output everywhere."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxmilab import registry  # pylint: disable=g-import-not-at-top
+
   spec = restore.get_spec("swinir_tiny")
   model = registry.get_model("swinir")(spec.model)
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
-  params = jax.tree_util.tree_map(lambda p: p + 0.05 * np.sign(p), params)   # non-trivial
-  image = np.random.default_rng(0).uniform(0, 1, (96, 92, 3)).astype(np.float32)   # 3 x 3 tiles
+  params = jax.tree_util.tree_map(lambda p: p + 0.05 * np.sign(p), params)  # non-trivial
+  image = np.random.default_rng(0).uniform(0, 1, (96, 92, 3)).astype(np.float32)  # 3 x 3 tiles
   full = restore.Restorer("swinir_tiny", params)(image)
   tiled = restore.Restorer("swinir_tiny", params, tile=80, tile_overlap=72)(image)
   assert spec.reflect_pad is None
@@ -115,6 +138,7 @@ def test_tiled_swinir_equals_untiled():
 def test_evaluate_prints_table_equal_to_direct_psnr(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   from skimage.metrics import peak_signal_noise_ratio  # pylint: disable=g-import-not-at-top
+
   net, sd = build_torch("nafnet_tiny")
   pth = str(tmp_path / "nafnet.pth")
   torch.save({"params": sd}, pth)
@@ -134,9 +158,19 @@ def test_evaluate_prints_table_equal_to_direct_psnr(tmp_path, capsys):
     expected[task] = np.mean(scores)
   out_json = str(tmp_path / "table.json")
   saved = tmp_path / "restored"
-  assert evaluate.main(["--model=nafnet_tiny", f"--weights={pth}", f"--data_root={root}",
-                        "--tasks=derain,lowlight", f"--output={out_json}",
-                        f"--save_images={saved}"]) == 0
+  assert (
+      evaluate.main(
+          [
+              "--model=nafnet_tiny",
+              f"--weights={pth}",
+              f"--data_root={root}",
+              "--tasks=derain,lowlight",
+              f"--output={out_json}",
+              f"--save_images={saved}",
+          ]
+      )
+      == 0
+  )
   printed = capsys.readouterr().out
   # --save_images: every restored image, as scored (uint8 PNG), under <save_images>/<task>/.
   assert sorted(os.listdir(saved)) == ["derain", "lowlight"]
@@ -174,17 +208,31 @@ def test_task_sets_and_paper_rows():
 
 def test_list_models_and_dcpt_settings(capsys):
   from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
+
   assert restore.main(["--list_models"]) == 0
   printed = capsys.readouterr().out
-  for name in ("nafnet_dcpt", "swinir_dcpt", "restormer_dcpt", "promptir_dcpt", "swinir",
-               "restormer", "promptir", "nafnet_tiny", "swinir_tiny"):
+  for name in (
+      "nafnet_dcpt",
+      "swinir_dcpt",
+      "restormer_dcpt",
+      "promptir_dcpt",
+      "swinir",
+      "restormer",
+      "promptir",
+      "nafnet_tiny",
+      "swinir_tiny",
+  ):
     assert f"\n{name} " in "\n" + printed, name
   # DCPT's NAFNet (test_NAFNet_5d.yml): width 64, enc [1,1,1,28], middle 1, dec [1,1,1,1],
   # window_size 16 -> reflect padding to 16.
   spec = restore.get_spec("nafnet_dcpt")
   cfg = nafnet.resolve_config(spec.model)
   assert (cfg["width"], cfg["enc_blocks"], cfg["middle_blocks"], cfg["dec_blocks"]) == (
-      64, (1, 1, 1, 28), 1, (1, 1, 1, 1))
+      64,
+      (1, 1, 1, 28),
+      1,
+      (1, 1, 1, 1),
+  )
   assert spec.reflect_pad == 16
   with pytest.raises(ValueError, match="not a known model"):
     restore.get_spec("nafnet_huge")
@@ -193,22 +241,24 @@ def test_list_models_and_dcpt_settings(capsys):
 def test_read_image_applies_exif_orientation(tmp_path):
   """A JPEG stored sideways with EXIF Orientation 6 (rotate 90 CW to display) is read upright."""
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
-  upright = np.zeros((40, 24, 3), np.uint8)      # tall image, red band at the top
+
+  upright = np.zeros((40, 24, 3), np.uint8)  # tall image, red band at the top
   upright[:8] = (255, 0, 0)
-  stored = np.rot90(upright, k=1)                # what a camera writes: 90 deg CCW, [24, 40]
+  stored = np.rot90(upright, k=1)  # what a camera writes: 90 deg CCW, [24, 40]
   exif = Image.Exif()
-  exif[0x0112] = 6                               # Orientation: rotate 90 CW when displayed
+  exif[0x0112] = 6  # Orientation: rotate 90 CW when displayed
   path = str(tmp_path / "phone.jpg")
   Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
   got = images.read_image(path)
   assert got.shape == (40, 24, 3)
-  assert got[:8, :, 0].mean() > 200 and got[-8:, :, 0].mean() < 50   # the band is on top
+  assert got[:8, :, 0].mean() > 200 and got[-8:, :, 0].mean() < 50  # the band is on top
   plain = str(tmp_path / "plain.jpg")
   Image.fromarray(np.ascontiguousarray(stored)).save(plain, quality=95)
-  assert images.read_image(plain).shape == (24, 40, 3)                # no tag: unchanged
+  assert images.read_image(plain).shape == (24, 40, 3)  # no tag: unchanged
 
 
 # ------------------------------------------------------------- nothing a user owns is lost (#32)
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -216,15 +266,18 @@ def tiny_run(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from jaxmilab import registry  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path_factory.mktemp("tiny_run")
   model = registry.get_model("nafnet")(restore.get_spec("nafnet_tiny").model)
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(str(workdir / "checkpoints" / "3" / "state"),
-               {"params": {"backbone": jax.device_get(params)}, "model_state": {},
-                "step": np.int32(3)})
-  (workdir / "config.json").write_text(json.dumps(
-      {"model": {"name": "nafnet", "preset": "nafnet_tiny", "width": None}}))
+    ckptr.save(
+        str(workdir / "checkpoints" / "3" / "state"),
+        {"params": {"backbone": jax.device_get(params)}, "model_state": {}, "step": np.int32(3)},
+    )
+  (workdir / "config.json").write_text(
+      json.dumps({"model": {"name": "nafnet", "preset": "nafnet_tiny", "width": None}})
+  )
   return str(workdir)
 
 
@@ -262,6 +315,7 @@ def test_output_format_alpha_sixteen_bit_and_greyscale(tiny_run, tmp_path, capsy
   format holds them, and the line for the image says what was dropped where it does not."""
   cv2 = pytest.importorskip("cv2")
   from jaxmilab.evaluation import restoration  # pylint: disable=g-import-not-at-top
+
   rgb, alpha = _rgb(2), _rgb(3, (20, 24))
   Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
   gray16 = np.random.default_rng(4).integers(0, 65536, (20, 24)).astype(np.uint16)
@@ -270,7 +324,9 @@ def test_output_format_alpha_sixteen_bit_and_greyscale(tiny_run, tmp_path, capsy
   cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])
   Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
   spec = restore.get_spec("nafnet_tiny")
-  restorer = restore.Restorer("nafnet_tiny", restore.load_params("nafnet_tiny", tiny_run), spec=spec)
+  restorer = restore.Restorer(
+      "nafnet_tiny", restore.load_params("nafnet_tiny", tiny_run), spec=spec
+  )
   notes = []
   # RGBA -> PNG: the colour restored as an RGB image would be, the alpha unchanged.
   restore.restore_file(restorer, str(tmp_path / "rgba.png"), str(tmp_path / "o_rgba.png"), notes)
@@ -301,18 +357,24 @@ def test_folder_skip_existing_continue_on_error_and_model_from_workdir(tiny_run,
   (tmp_path / "in" / "b.png").write_bytes(b"not a png")
   args = [f"--weights={tiny_run}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}"]
   with pytest.raises(ValueError, match=r"b.png.*--continue_on_error goes on past it; 1 image"):
-    restore.main(args)                                  # no --model: the workdir's config.json
+    restore.main(args)  # no --model: the workdir's config.json
   assert restore.main(args + ["--continue_on_error", "--skip_existing"]) == 1
   out = capsys.readouterr().out
   assert "--model=nafnet_tiny (from the config.json of" in out
   assert out.strip().splitlines()[-1] == (
-      f"restored 1, skipped 1 (output exists), failed 1 (b.png) -> {tmp_path / 'out'}")
+      f"restored 1, skipped 1 (output exists), failed 1 (b.png) -> {tmp_path / 'out'}"
+  )
   assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "c.png"]
   name, spec = restore.model_from_workdir(os.path.join(tiny_run, "checkpoints", "3"))
   assert name == "nafnet_tiny" and spec.reflect_pad is None
   with pytest.raises(ValueError, match="--model is required"):
-    restore.main([f"--weights={tmp_path}", f"--input={tmp_path / 'in' / 'a.png'}",
-                  f"--output={tmp_path / 'x.png'}"])
+    restore.main(
+        [
+            f"--weights={tmp_path}",
+            f"--input={tmp_path / 'in' / 'a.png'}",
+            f"--output={tmp_path / 'x.png'}",
+        ]
+    )
 
 
 def test_wrong_model_names_a_few_keys_and_the_model_that_fits(tiny_run):

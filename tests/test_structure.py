@@ -25,8 +25,12 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {}
 # their keys); modules of the left side never import the packages on the right.
 MODELS_MAY_IMPORT = ("jaxmilab.models", "jaxmilab.kernels", "jaxmilab.config_options")
 FORBIDDEN = {
-    "jaxmilab.kernels": ("jaxmilab.models", "jaxmilab.methods", "jaxmilab.data",
-                         "jaxmilab.trainer"),
+    "jaxmilab.kernels": (
+        "jaxmilab.models",
+        "jaxmilab.methods",
+        "jaxmilab.data",
+        "jaxmilab.trainer",
+    ),
     "jaxmilab.data": ("jaxmilab.models", "jaxmilab.methods", "jaxmilab.trainer"),
     "jaxmilab.convert": ("jaxmilab.methods", "jaxmilab.data", "jaxmilab.trainer"),
     "jaxmilab.methods": ("jaxmilab.trainer", "jaxmilab.main", "jaxmilab.config_lib"),
@@ -57,8 +61,10 @@ def _imports(path: str) -> set[str]:
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       # `from a.b import c`: the module a.b.c if there is one, else a.b.
-      names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES
-               else node.module for a in node.names]
+      names = [
+          f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+          for a in node.names
+      ]
     for name in names:
       while name not in MODULES and "." in name:
         name = name.rsplit(".", 1)[0]
@@ -106,12 +112,11 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 
 def test_cycle_finder_finds_a_circle_and_none_in_a_chain():
-  assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-      frozenset("abc")]
+  assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
   assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": set()}) == []
   # The graph reader sees function-level imports and `from package import module`.
   assert "jaxmilab.models.layers" in GRAPH["jaxmilab.models.nafnet"]
-  assert "jaxmilab.registry" in GRAPH["jaxmilab.convert"]          # inside a function
+  assert "jaxmilab.registry" in GRAPH["jaxmilab.convert"]  # inside a function
 
 
 def test_import_graph_has_no_circle():
@@ -127,21 +132,31 @@ def _inside(module: str, package: str) -> bool:
 
 
 def test_layers_import_downwards_only():
-  bad = [f"{m} -> {t}" for m, imported in GRAPH.items() if _inside(m, "jaxmilab.models")
-         for t in sorted(imported) if not any(_inside(t, p) for p in MODELS_MAY_IMPORT)]
+  bad = [
+      f"{m} -> {t}"
+      for m, imported in GRAPH.items()
+      if _inside(m, "jaxmilab.models")
+      for t in sorted(imported)
+      if not any(_inside(t, p) for p in MODELS_MAY_IMPORT)
+  ]
   for module, imported in GRAPH.items():
     for layer, forbidden in FORBIDDEN.items():
       if _inside(module, layer):
-        bad += [f"{module} -> {t}" for t in sorted(imported)
-                if any(_inside(t, f) for f in forbidden)]
+        bad += [
+            f"{module} -> {t}" for t in sorted(imported) if any(_inside(t, f) for f in forbidden)
+        ]
   assert not bad, bad
 
 
 def test_models_do_not_import_sibling_models():
   """Shared pieces live in layers / common / ushaped, never in another model's module."""
   components = set(registry.MODELS.values())
-  bad = [f"{m} -> {t}" for m, imported in GRAPH.items() if m.startswith("jaxmilab.models.")
-         for t in sorted(imported & components)]
+  bad = [
+      f"{m} -> {t}"
+      for m, imported in GRAPH.items()
+      if m.startswith("jaxmilab.models.")
+      for t in sorted(imported & components)
+  ]
   assert not bad, bad
 
 
@@ -160,8 +175,13 @@ def _defines_entry_point(path: str, kind: str) -> bool:
   for node in tree.body:
     if kind == "methods" and isinstance(node, ast.ClassDef) and node.name == "Method":
       return True
-    if (kind != "methods" and isinstance(node, ast.FunctionDef) and node.name == "create"
-        and node.args.args and node.args.args[0].arg == "config"):
+    if (
+        kind != "methods"
+        and isinstance(node, ast.FunctionDef)
+        and node.name == "create"
+        and node.args.args
+        and node.args.args[0].arg == "config"
+    ):
       return True
   return False
 
@@ -170,14 +190,18 @@ def _defines_entry_point(path: str, kind: str) -> bool:
 def test_every_component_module_is_in_its_table(kind):
   package = f"jaxmilab.{kind}"
   listed = set(registry.TABLES[kind].values())
-  defining = {m for m, p in MODULES.items() if m.startswith(package + ".")
-              and m != f"{package}.base" and _defines_entry_point(p, kind)}
+  defining = {
+      m
+      for m, p in MODULES.items()
+      if m.startswith(package + ".") and m != f"{package}.base" and _defines_entry_point(p, kind)
+  }
   assert defining - listed == set(), f"add them to registry.{kind.upper()}"
   assert listed - set(MODULES) == set(), "table entries without a module"
 
 
-@pytest.mark.parametrize("kind,name", [(k, n) for k, t in sorted(registry.TABLES.items())
-                                       for n in sorted(t)])
+@pytest.mark.parametrize(
+    "kind,name", [(k, n) for k, t in sorted(registry.TABLES.items()) for n in sorted(t)]
+)
 def test_every_table_entry_imports_and_has_its_entry_point(kind, name):
   module = registry.module(kind, name)
   assert module.__name__ == registry.TABLES[kind][name]
@@ -185,14 +209,20 @@ def test_every_table_entry_imports_and_has_its_entry_point(kind, name):
   assert callable(entry)
   if kind == "methods":
     from jaxmilab.methods import base  # pylint: disable=g-import-not-at-top
+
     assert issubclass(entry, base.Method), name
 
 
 def test_only_components_resolve_and_errors_list_the_names():
   assert registry.available("models") == sorted(registry.MODELS)
   assert "nafnet" in registry.available("models") and "dcpt" in registry.available("methods")
-  for kind, helper in (("models", "layers"), ("models", "common"), ("data", "transforms"),
-                       ("methods", "common"), ("methods", "base")):
+  for kind, helper in (
+      ("models", "layers"),
+      ("models", "common"),
+      ("data", "transforms"),
+      ("methods", "common"),
+      ("methods", "base"),
+  ):
     with pytest.raises(ValueError, match=r"Unknown .*Available: .*"):
       registry.module(kind, helper)
   with pytest.raises(ValueError, match="Unknown registry kind"):
@@ -206,6 +236,7 @@ def test_only_components_resolve_and_errors_list_the_names():
 def test_model_config_keys_are_the_module_fields():
   """One schema per model: the dataclass fields; CONFIG_DEFAULTS lists exactly them."""
   from jaxmilab.models import common  # pylint: disable=g-import-not-at-top
+
   for name in ("nafnet", "restormer", "promptir", "swinir", "teaformer"):
     module = registry.module("models", name)
     model = module.create({"preset": sorted(module.PRESETS)[0]})

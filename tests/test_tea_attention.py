@@ -19,7 +19,6 @@ from jaxmilab.kernels import tea_api
 from jaxmilab.kernels import tea_attention
 from jaxmilab.kernels import tea_pallas
 
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -29,8 +28,9 @@ def _inputs(seed: int, shape, kind: str):
   if kind == "ties":
     q, k = (rng.integers(-1, 2, shape).astype(np.float32) for _ in range(2))
   else:
-    q, k = (np.round(rng.normal(size=shape) * 8).clip(-24, 24).astype(np.float32) / 8
-            for _ in range(2))
+    q, k = (
+        np.round(rng.normal(size=shape) * 8).clip(-24, 24).astype(np.float32) / 8 for _ in range(2)
+    )
   v = rng.normal(size=shape).astype(np.float32)
   return q, k, v
 
@@ -72,7 +72,7 @@ def _window_mask(height, width, window):
     for j in range(width):
       y0, x0 = start(i, height), start(j, width)
       for y in range(y0, y0 + window):
-        mask[i * width + j, y * width + x0:y * width + x0 + window] = True
+        mask[i * width + j, y * width + x0 : y * width + x0 + window] = True
   return mask
 
 
@@ -93,16 +93,17 @@ BRUTE_CASES = {
 def test_reference_matches_brute_force(name):
   b, h, w, heads, d, window, top_k, pool, kind = BRUTE_CASES[name]
   q, k, v = _inputs(len(name), (b, h, w, heads, d), kind)
-  got = tea_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), window=window,
-                      top_k=top_k, pool=pool)
-  np.testing.assert_allclose(np.asarray(got), _brute_force(q, k, v, window, top_k, pool),
-                             atol=2e-5, rtol=2e-5)
+  got = tea_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), window=window, top_k=top_k, pool=pool
+  )
+  np.testing.assert_allclose(
+      np.asarray(got), _brute_force(q, k, v, window, top_k, pool), atol=2e-5, rtol=2e-5
+  )
 
 
 def test_window_one_attends_to_itself():
   q, k, v = _inputs(0, (1, 4, 5, 2, 4), "grid")
-  got = tea_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), window=1, top_k=1,
-                      pool=None)
+  got = tea_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), window=1, top_k=1, pool=None)
   np.testing.assert_allclose(np.asarray(got), v, atol=1e-6)
 
 
@@ -164,8 +165,18 @@ PALLAS_CASES = {
 
 def _pallas_fn(window, top_k, pool, backend, block, global_block, selection):
   return lambda q, k, v: tea_pallas.tea_attention_pallas(
-      q, k, v, window=window, top_k=top_k, pool=pool, interpret=True, backend=backend,
-      block=block, global_block=global_block, selection=selection)
+      q,
+      k,
+      v,
+      window=window,
+      top_k=top_k,
+      pool=pool,
+      interpret=True,
+      backend=backend,
+      block=block,
+      global_block=global_block,
+      selection=selection,
+  )
 
 
 def _out_and_grads(fn, q, k, v, proj):
@@ -173,6 +184,7 @@ def _out_and_grads(fn, q, k, v, proj):
   def run(q, k, v):
     out, vjp = jax.vjp(fn, q, k, v)
     return out, vjp(proj)  # gradients of <out, proj> w.r.t. q, k, v
+
   return run(q, k, v)
 
 
@@ -181,8 +193,7 @@ def test_pallas_matches_reference_forward_and_gradients(name):
   shape, window, top_k, pool, kind, backend, block, global_block, selection = PALLAS_CASES[name]
   q, k, v = (jnp.asarray(x) for x in _inputs(7, shape, kind))
   proj = jax.random.normal(jax.random.key(3), shape)
-  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k,
-                                                    pool=pool)
+  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
   fn = _pallas_fn(window, top_k, pool, backend, block, global_block, selection)
   out, grads = _out_and_grads(fn, q, k, v, proj)
   want_out, want_grads = _out_and_grads(ref, q, k, v, proj)
@@ -196,15 +207,17 @@ def test_pallas_row_max_rounds_break_ties_like_brute_force():
   q, k, v = _inputs(11, shape, "ties")
   fn = _pallas_fn(window, top_k, None, "tpu", (2, 8), None, "rounds")
   got = jax.jit(fn)(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
-  np.testing.assert_allclose(np.asarray(got), _brute_force(q, k, v, window, top_k, None),
-                             atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(got), _brute_force(q, k, v, window, top_k, None), atol=2e-5, rtol=2e-5
+  )
 
 
 def test_pallas_bfloat16_forward():
   # Grid values are exact in bfloat16, so the selection matches; p @ V runs in bfloat16.
   q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in _inputs(13, (1, 8, 8, 2, 4), "grid"))
-  got = tea_pallas.tea_attention_pallas(q, k, v, window=3, top_k=4, pool=4, interpret=True,
-                                        backend="gpu")
+  got = tea_pallas.tea_attention_pallas(
+      q, k, v, window=3, top_k=4, pool=4, interpret=True, backend="gpu"
+  )
   assert got.dtype == jnp.bfloat16
   want = _brute_force(*(np.asarray(x, np.float32) for x in (q, k, v)), 3, 4, 4)
   np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2, rtol=3e-2)
@@ -212,8 +225,9 @@ def test_pallas_bfloat16_forward():
 
 def test_public_pallas_path_interpret():
   q, k, v = (jnp.asarray(x) for x in _inputs(5, (1, 8, 8, 1, 4), "grid"))
-  got = tea_attention(q, k, v, window=3, top_k=2, pool=None, implementation="pallas",
-                      interpret=True)
+  got = tea_attention(
+      q, k, v, window=3, top_k=2, pool=None, implementation="pallas", interpret=True
+  )
   np.testing.assert_allclose(np.asarray(got), _brute_force(q, k, v, 3, 2, None), atol=2e-5)
 
 
@@ -223,10 +237,16 @@ def test_pallas_kernels_lower_for_triton_and_mosaic(platform, backend):
   # primitives these backends do not support and TPU-illegal block shapes.
   x = jax.ShapeDtypeStruct((1, 24, 40, 2, 32), jnp.bfloat16)
   for top_k, pool in ((4, 4), (20, None)):  # row-max rounds + global keys; radix select
-    fn = lambda q, k, v: jnp.sum(tea_pallas.tea_attention_pallas(
-        q, k, v, window=7, top_k=top_k, pool=pool, backend=backend).astype(jnp.float32))
-    lowered = jax.jit(jax.grad(fn, argnums=(0, 1, 2))).trace(x, x, x).lower(
-        lowering_platforms=(platform,))
+    fn = lambda q, k, v: jnp.sum(
+        tea_pallas.tea_attention_pallas(
+            q, k, v, window=7, top_k=top_k, pool=pool, backend=backend
+        ).astype(jnp.float32)
+    )
+    lowered = (
+        jax.jit(jax.grad(fn, argnums=(0, 1, 2)))
+        .trace(x, x, x)
+        .lower(lowering_platforms=(platform,))
+    )
     text = lowered.as_text()
     marker = "xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
     assert text.count(marker) >= (3 if pool else 2), (platform, top_k, pool)
@@ -239,7 +259,8 @@ def test_pallas_default_tiles_larger_map():
   proj = jax.random.normal(jax.random.key(4), shape)
   for backend in ("gpu", "tpu"):
     fn = lambda q, k, v: tea_pallas.tea_attention_pallas(
-        q, k, v, window=7, top_k=12, pool=4, interpret=True, backend=backend)
+        q, k, v, window=7, top_k=12, pool=4, interpret=True, backend=backend
+    )
     ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=7, top_k=12, pool=4)
     out, grads = _out_and_grads(fn, q, k, v, proj)
     want_out, want_grads = _out_and_grads(ref, q, k, v, proj)
@@ -254,18 +275,24 @@ def test_pallas_default_tiles_larger_map():
 _SHAPE = (1, 8, 10, 2, 4)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(window=4, top_k=3, pool=None), r"window must be an odd integer.*4.*\(1, 8, 10, 2, 4\)"),
-    (dict(window=0, top_k=1, pool=None), r"window must be an odd integer"),
-    (dict(window=True, top_k=1, pool=None), r"window must be an odd integer"),
-    (dict(window=3.0, top_k=1, pool=None), r"window must be an odd integer"),
-    (dict(window=9, top_k=3, pool=None), r"window=9 is larger.*height=8.*\(1, 8, 10, 2, 4\)"),
-    (dict(window=3, top_k=0, pool=None), r"top_k must be an integer in \[1, window\*\*2 = 9\]"),
-    (dict(window=3, top_k=10, pool=None), r"top_k.*got 10"),
-    (dict(window=3, top_k=3, pool=3), r"pool=3 must divide height=8 and width=10"),
-    (dict(window=3, top_k=3, pool=-2), r"pool must be None/0"),
-    (dict(window=3, top_k=3, pool=2, implementation="cuda"), r"implementation must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (
+            dict(window=4, top_k=3, pool=None),
+            r"window must be an odd integer.*4.*\(1, 8, 10, 2, 4\)",
+        ),
+        (dict(window=0, top_k=1, pool=None), r"window must be an odd integer"),
+        (dict(window=True, top_k=1, pool=None), r"window must be an odd integer"),
+        (dict(window=3.0, top_k=1, pool=None), r"window must be an odd integer"),
+        (dict(window=9, top_k=3, pool=None), r"window=9 is larger.*height=8.*\(1, 8, 10, 2, 4\)"),
+        (dict(window=3, top_k=0, pool=None), r"top_k must be an integer in \[1, window\*\*2 = 9\]"),
+        (dict(window=3, top_k=10, pool=None), r"top_k.*got 10"),
+        (dict(window=3, top_k=3, pool=3), r"pool=3 must divide height=8 and width=10"),
+        (dict(window=3, top_k=3, pool=-2), r"pool must be None/0"),
+        (dict(window=3, top_k=3, pool=2, implementation="cuda"), r"implementation must be"),
+    ],
+)
 def test_invalid_arguments_raise_before_tracing(kwargs, match):
   x = jnp.zeros(_SHAPE)
   with pytest.raises(ValueError, match=match):
@@ -279,14 +306,19 @@ def test_pool_zero_means_no_global_keys():
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("args,match", [
-    ((jnp.zeros((8, 10, 2, 4)),) * 3, r"5 dims\), got shape \(8, 10, 2, 4\)"),
-    ((jnp.zeros(_SHAPE), jnp.zeros((1, 8, 10, 2, 8)), jnp.zeros(_SHAPE)),
-     r"same shape.*k \(1, 8, 10, 2, 8\)"),
-    ((jnp.zeros(_SHAPE, jnp.int32),) * 3, r"q has dtype int32"),
-    ((jnp.zeros(_SHAPE), jnp.zeros(_SHAPE, jnp.bfloat16), jnp.zeros(_SHAPE)), r"same dtype"),
-    (([[1.0]], jnp.zeros(_SHAPE), jnp.zeros(_SHAPE)), r"q must be an array"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((jnp.zeros((8, 10, 2, 4)),) * 3, r"5 dims\), got shape \(8, 10, 2, 4\)"),
+        (
+            (jnp.zeros(_SHAPE), jnp.zeros((1, 8, 10, 2, 8)), jnp.zeros(_SHAPE)),
+            r"same shape.*k \(1, 8, 10, 2, 8\)",
+        ),
+        ((jnp.zeros(_SHAPE, jnp.int32),) * 3, r"q has dtype int32"),
+        ((jnp.zeros(_SHAPE), jnp.zeros(_SHAPE, jnp.bfloat16), jnp.zeros(_SHAPE)), r"same dtype"),
+        (([[1.0]], jnp.zeros(_SHAPE), jnp.zeros(_SHAPE)), r"q must be an array"),
+    ],
+)
 def test_invalid_shapes_and_dtypes(args, match):
   with pytest.raises(ValueError, match=match):
     tea_attention(*args, window=3, top_k=3, pool=None)
@@ -307,15 +339,15 @@ BLOCK_CASES = [
     # (block_shape, array_shape, dtype, legal)
     ((8, 128), (64, 256), jnp.float32, True),
     ((16, 384), (32, 768), jnp.bfloat16, True),
-    ((None, 128, 32), (4, 128, 32), jnp.float32, True),     # last two equal the array's
+    ((None, 128, 32), (4, 128, 32), jnp.float32, True),  # last two equal the array's
     ((None, None, 128, 1), (2, 6, 128, 1), jnp.float32, True),
-    ((4, 128), (16, 128), jnp.float32, False),              # 4 rows: not 8k, not full
-    ((8, 100), (8, 200), jnp.float32, False),               # 100 lanes: not 128k, not full
-    ((None, 8, None), (2, 8, 4), jnp.float32, False),       # squeezed last dim of size 4
+    ((4, 128), (16, 128), jnp.float32, False),  # 4 rows: not 8k, not full
+    ((8, 100), (8, 200), jnp.float32, False),  # 100 lanes: not 128k, not full
+    ((None, 8, None), (2, 8, 4), jnp.float32, False),  # squeezed last dim of size 4
     ((2048,), (4096,), jnp.float32, True),
-    ((256,), (4096,), jnp.float32, True),                   # power of two >= 128
+    ((256,), (4096,), jnp.float32, True),  # power of two >= 128
     ((100,), (4096,), jnp.float32, False),
-    ((128,), (4096,), jnp.bfloat16, False),                 # bf16 needs >= 256
+    ((128,), (4096,), jnp.bfloat16, False),  # bf16 needs >= 256
 ]
 
 
@@ -332,16 +364,21 @@ def test_check_tpu_block_shapes_hand_cases(block, array, dtype, legal):
 def test_tpu_block_checker_agrees_with_mosaic_lowering(block, array, dtype, legal):
   # Independent oracle: jax's own Pallas TPU lowering of a copy kernel with this block.
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+
   grid = tuple(a // (1 if b is None else b) for a, b in zip(array, block))
   spec = pl.BlockSpec(block, lambda *i: i)
 
   def copy(x_ref, o_ref):
     o_ref[...] = x_ref[...]
 
-  fn = pl.pallas_call(copy, grid=grid, in_specs=[spec], out_specs=spec,
-                      out_shape=jax.ShapeDtypeStruct(array, dtype),
-                      compiler_params=pltpu.CompilerParams(
-                          dimension_semantics=("parallel",) * len(grid)))
+  fn = pl.pallas_call(
+      copy,
+      grid=grid,
+      in_specs=[spec],
+      out_specs=spec,
+      out_shape=jax.ShapeDtypeStruct(array, dtype),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid)),
+  )
   try:
     jax.jit(fn).trace(jax.ShapeDtypeStruct(array, dtype)).lower(lowering_platforms=("tpu",))
     lowered = True

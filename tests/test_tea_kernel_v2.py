@@ -40,15 +40,25 @@ GEOMETRIES = [
 
 
 def _geometry(h, w, window, backend, dtype, block, top_k=3, pool=None):
-  return tea_pallas.make_geometry((1, h, w, 1, 32), dtype, window=window, top_k=top_k,
-                                  pool=pool, backend=backend, interpret=True, block=block)
+  return tea_pallas.make_geometry(
+      (1, h, w, 1, 32),
+      dtype,
+      window=window,
+      top_k=top_k,
+      pool=pool,
+      backend=backend,
+      interpret=True,
+      block=block,
+  )
 
 
 @pytest.mark.parametrize("h,w,window,backend,dtype,block", GEOMETRIES)
 def test_halo_reads_cover_every_window_and_stay_in_bounds(h, w, window, backend, dtype, block):
   g = _geometry(h, w, window, backend, dtype, block)
-  for axis, size, tile, n_t, read, pad in ((0, h, g.tile_h, g.n_ty, g.halo_h, g.pad_h),
-                                           (1, w, g.tile_w, g.n_tx, g.halo_w, g.pad_w)):
+  for axis, size, tile, n_t, read, pad in (
+      (0, h, g.tile_h, g.n_ty, g.halo_h, g.pad_h),
+      (1, w, g.tile_w, g.n_tx, g.halo_w, g.pad_w),
+  ):
     ws = _starts(size, window)
     for t in range(n_t):
       start = int(tea_pallas._halo_start(g, jnp.int32(t), axis))
@@ -60,16 +70,32 @@ def test_halo_reads_cover_every_window_and_stay_in_bounds(h, w, window, backend,
   assert g.pad_h % g.tile_h == 0 and g.pad_w % g.tile_w == 0
 
 
-@pytest.mark.parametrize("size,tile,window", [(11, 4, 5), (13, 8, 5), (128, 8, 15),
-                                              (128, 16, 15), (7, 4, 7), (37, 2, 9), (9, 8, 3),
-                                              (30, 4, 1)])
+@pytest.mark.parametrize(
+    "size,tile,window",
+    [
+        (11, 4, 5),
+        (13, 8, 5),
+        (128, 8, 15),
+        (128, 16, 15),
+        (7, 4, 7),
+        (37, 2, 9),
+        (9, 8, 3),
+        (30, 4, 1),
+    ],
+)
 def test_key_tile_visits_exactly_the_query_tiles_that_reach_it(size, tile, window):
   ws = _starts(size, window)
   n_t = -(-size // tile)
-  g = tea_pallas.make_geometry((1, size, size, 1, 4), jnp.float32, window=window, top_k=1,
-                               pool=None, backend="gpu", interpret=True,
-                               block=(tile, tile) if tile & (tile - 1) == 0 and tile * tile >= 16
-                               else (4, 4))
+  g = tea_pallas.make_geometry(
+      (1, size, size, 1, 4),
+      jnp.float32,
+      window=window,
+      top_k=1,
+      pool=None,
+      backend="gpu",
+      interpret=True,
+      block=(tile, tile) if tile & (tile - 1) == 0 and tile * tile >= 16 else (4, 4),
+  )
   for kt in range(n_t):
     keys = np.arange(kt * tile, min((kt + 1) * tile, size))
     reach = [r for r in range(size) if np.any((ws[r] <= keys) & (keys < ws[r] + window))]
@@ -83,8 +109,9 @@ def test_key_tile_visits_exactly_the_query_tiles_that_reach_it(size, tile, windo
 
 def _inputs(seed, shape):
   rng = np.random.default_rng(seed)
-  q, k = (np.round(rng.normal(size=shape) * 8).clip(-24, 24).astype(np.float32) / 8
-          for _ in range(2))
+  q, k = (
+      np.round(rng.normal(size=shape) * 8).clip(-24, 24).astype(np.float32) / 8 for _ in range(2)
+  )
   return jnp.asarray(q), jnp.asarray(k), jnp.asarray(rng.normal(size=shape), jnp.float32)
 
 
@@ -102,18 +129,30 @@ BORDER_CASES = {
 _SLOW_BORDER_CASES = ("tpu_9x24_radix_pool3",)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_BORDER_CASES else n
-    for n in BORDER_CASES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_BORDER_CASES else n
+        for n in BORDER_CASES
+    ],
+)
 def test_pallas_borders_forward_and_gradients(name):
   shape, window, top_k, pool, backend, block = BORDER_CASES[name]
   q, k, v = _inputs(3, shape)
   proj = jax.random.normal(jax.random.key(1), shape)
   fn = lambda q, k, v: tea_pallas.tea_attention_pallas(
-      q, k, v, window=window, top_k=top_k, pool=pool, interpret=True, backend=backend,
-      block=block, global_block=8 if backend == "tpu" else 16)
-  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k,
-                                                    pool=pool)
+      q,
+      k,
+      v,
+      window=window,
+      top_k=top_k,
+      pool=pool,
+      interpret=True,
+      backend=backend,
+      block=block,
+      global_block=8 if backend == "tpu" else 16,
+  )
+  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
   out, grads = jax.jit(lambda *a: _vjp(fn, *a, proj))(q, k, v)
   want, want_grads = jax.jit(lambda *a: _vjp(ref, *a, proj))(q, k, v)
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5, rtol=2e-5)
@@ -130,12 +169,33 @@ def test_gpu_pooled_key_backward_groups_sum_to_the_same_gradient():
   grads = []
   for groups in (1, 5):
     fn = lambda q, k, v, n=groups: tea_pallas.tea_attention_pallas(
-        q, k, v, window=3, top_k=2, pool=2, interpret=True, backend="gpu", block=(4, 4),
-        global_block=16, global_groups=n)
+        q,
+        k,
+        v,
+        window=3,
+        top_k=2,
+        pool=2,
+        interpret=True,
+        backend="gpu",
+        block=(4, 4),
+        global_block=16,
+        global_groups=n,
+    )
     grads.append(jax.jit(lambda *a, f=fn: _vjp(f, *a, proj)[1])(q, k, v))
-  assert tea_pallas.make_geometry(shape, jnp.float32, window=3, top_k=2, pool=2,
-                                  backend="gpu", interpret=True, block=(4, 4),
-                                  global_groups=5).global_groups == 5
+  assert (
+      tea_pallas.make_geometry(
+          shape,
+          jnp.float32,
+          window=3,
+          top_k=2,
+          pool=2,
+          backend="gpu",
+          interpret=True,
+          block=(4, 4),
+          global_groups=5,
+      ).global_groups
+      == 5
+  )
   for a, b in zip(*grads):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
@@ -143,18 +203,42 @@ def test_gpu_pooled_key_backward_groups_sum_to_the_same_gradient():
 def test_backward_has_no_scatter_and_no_halo_residuals():
   # v1 gathered halos with jnp.take (8x K/V here) and scatter-added their gradients.
   x = jax.ShapeDtypeStruct((1, 64, 64, 2, 32), jnp.float32)
-  fn = lambda q, k, v: jnp.sum(tea_pallas.tea_attention_pallas(
-      q, k, v, window=15, top_k=8, pool=4, backend="tpu"))
-  text = jax.jit(jax.grad(fn, argnums=(0, 1, 2))).trace(x, x, x).lower(
-      lowering_platforms=("tpu",)).as_text()
+  fn = lambda q, k, v: jnp.sum(
+      tea_pallas.tea_attention_pallas(q, k, v, window=15, top_k=8, pool=4, backend="tpu")
+  )
+  text = (
+      jax.jit(jax.grad(fn, argnums=(0, 1, 2)))
+      .trace(x, x, x)
+      .lower(lowering_platforms=("tpu",))
+      .as_text()
+  )
   assert "scatter" not in text and "gather" not in text
-  for name in ("tea_attention_forward", "tea_attention_backward_dq",
-               "tea_attention_backward_dkv", "tea_attention_backward_global"):
+  for name in (
+      "tea_attention_forward",
+      "tea_attention_backward_dq",
+      "tea_attention_backward_dkv",
+      "tea_attention_backward_global",
+  ):
     assert name in text, name
-  _, residuals = jax.vjp(lambda q, k, v: tea_pallas._tea_maps(
-      tea_pallas.make_geometry((1, 64, 64, 1, 32), jnp.float32, window=15, top_k=8, pool=None,
-                               backend="tpu", interpret=True), q, k, v, None, None),
-      *(jnp.zeros((2, 64, 64, 32)),) * 3)
+  _, residuals = jax.vjp(
+      lambda q, k, v: tea_pallas._tea_maps(
+          tea_pallas.make_geometry(
+              (1, 64, 64, 1, 32),
+              jnp.float32,
+              window=15,
+              top_k=8,
+              pool=None,
+              backend="tpu",
+              interpret=True,
+          ),
+          q,
+          k,
+          v,
+          None,
+          None,
+      ),
+      *(jnp.zeros((2, 64, 64, 32)),) * 3,
+  )
   sizes = [leaf.size for leaf in jax.tree.leaves(residuals)]
   assert max(sizes) <= 2 * 64 * 64 * 32, sizes  # nothing bigger than one [BH, H, W, d] map
 
@@ -162,10 +246,14 @@ def test_backward_has_no_scatter_and_no_halo_residuals():
 @pytest.mark.parametrize("dtype,highest", [(jnp.float32, True), (jnp.bfloat16, False)])
 def test_float32_kernel_dots_use_highest_precision(dtype, highest):
   x = jnp.zeros((1, 8, 16, 1, 16), dtype)
-  fn = lambda q, k, v: tea_pallas.tea_attention_pallas(q, k, v, window=3, top_k=2, pool=2,
-                                                       interpret=True, backend="gpu")
-  text = str(jax.make_jaxpr(jax.grad(lambda q, k, v: jnp.sum(
-      fn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))(x, x, x))
+  fn = lambda q, k, v: tea_pallas.tea_attention_pallas(
+      q, k, v, window=3, top_k=2, pool=2, interpret=True, backend="gpu"
+  )
+  text = str(
+      jax.make_jaxpr(
+          jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2))
+      )(x, x, x)
+  )
   n_dots = text.count("dot_general")
   n_highest = text.count("Precision.HIGHEST")
   assert n_dots >= 10
@@ -190,8 +278,12 @@ def test_pallas_under_mesh_runs_per_device_slice():
   mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "model"), devices=devices[:8])
   shape = (8, 8, 8, 1, 4)
   q, k, v = _inputs(9, shape)
-  fn = lambda q, k, v: jnp.sum(tea_api.tea_attention(
-      q, k, v, window=3, top_k=2, pool=None, implementation="pallas", interpret=True) ** 2)
+  fn = lambda q, k, v: jnp.sum(
+      tea_api.tea_attention(
+          q, k, v, window=3, top_k=2, pool=None, implementation="pallas", interpret=True
+      )
+      ** 2
+  )
   want_loss, want_grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(q, k, v)
   sharding = NamedSharding(mesh, P(("data", "fsdp")))
   args = [jax.device_put(x, sharding) for x in (q, k, v)]
@@ -211,8 +303,12 @@ def test_pallas_under_mesh_runs_per_device_slice():
   auto = jax.sharding.Mesh(np.asarray(devices[:8]).reshape(4, 2, 1), ("data", "fsdp", "model"))
   with jax.set_mesh(auto):
     loss_auto = jax.jit(fn)(q, k, v)
-    inner = jax.shard_map(lambda q, k, v: fn(q, k, v)[None], in_specs=P(("data", "fsdp")),
-                          out_specs=P(("data", "fsdp")), check_vma=False)
+    inner = jax.shard_map(
+        lambda q, k, v: fn(q, k, v)[None],
+        in_specs=P(("data", "fsdp")),
+        out_specs=P(("data", "fsdp")),
+        check_vma=False,
+    )
     loss_inner = jax.jit(inner)(q, k, v).sum()
   np.testing.assert_allclose(float(loss_auto), float(want_loss), rtol=1e-5)
   np.testing.assert_allclose(float(loss_inner), float(want_loss), rtol=1e-5)
@@ -225,8 +321,9 @@ def _tpu_topology():
   # AOT compiles only: share libtpu with other processes instead of failing on its lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
-    return topologies.get_topology_desc(platform="tpu", topology_name="v5e:1x1",
-                                        chips_per_host_bounds=(1, 1, 1), num_slices=1)
+    return topologies.get_topology_desc(
+        platform="tpu", topology_name="v5e:1x1", chips_per_host_bounds=(1, 1, 1), num_slices=1
+    )
   except Exception as e:  # pylint: disable=broad-except  (libtpu present but unusable here)
     pytest.skip(f"no TPU topology from libtpu: {e}")
 
@@ -238,20 +335,27 @@ def test_forward_and_both_backward_kernels_compile_for_tpu_v5e(dtype):
   sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
   x = jax.ShapeDtypeStruct((1, 64, 64, 2, 32), dtype, sharding=sharding)
   for top_k, pool in ((32, 4), (8, None)):  # radix select + global keys; max rounds
-    fn = lambda q, k, v: jnp.sum(tea_pallas.tea_attention_pallas(
-        q, k, v, window=15, top_k=top_k, pool=pool, backend="tpu").astype(jnp.float32))
+    fn = lambda q, k, v: jnp.sum(
+        tea_pallas.tea_attention_pallas(
+            q, k, v, window=15, top_k=top_k, pool=pool, backend="tpu"
+        ).astype(jnp.float32)
+    )
     compiled = jax.jit(jax.grad(fn, argnums=(0, 1, 2))).lower(x, x, x).compile()
     text = compiled.as_text()
-    for name in ("tea_attention_forward", "tea_attention_backward_dq",
-                 "tea_attention_backward_dkv"):
+    for name in (
+        "tea_attention_forward",
+        "tea_attention_backward_dq",
+        "tea_attention_backward_dkv",
+    ):
       assert name in text, name
     assert ("tea_attention_backward_global" in text) == bool(pool)
     # q, k, v, o, do, dq, dk, dv maps at most (16 MiB here), never 8x halos.
     assert compiled.memory_analysis().temp_size_in_bytes < 16 * 2**20
     # The kernels' cost estimates reach XLA's cost analysis (custom calls count 0 otherwise):
     # at least the forward's local QK^T and PV FLOPs (2 heads x 4 x scores x head_dim).
-    g = tea_pallas.make_geometry(x.shape, dtype, window=15, top_k=top_k, pool=pool,
-                                 backend="tpu", interpret=False)
+    g = tea_pallas.make_geometry(
+        x.shape, dtype, window=15, top_k=top_k, pool=pool, backend="tpu", interpret=False
+    )
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
     assert ca["flops"] >= 2 * 4 * g.n_tiles * g.tile_q * g.halo_k * 32, ca["flops"]

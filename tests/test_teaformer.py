@@ -33,10 +33,10 @@ from jaxmilab.models import teaformer
 # small number of global keys on the wide canvas): equivariance_step = lcm(8, 32) = 32.
 EQ_MODEL = dict(preset="teaformer_tiny", num_refinement_blocks=0, pool=(32, 16, 8, 4))
 HEIGHT = 64
-SHIFT = 32          # a multiple of equivariance_step: equivariant
-BAD_SHIFT = 8       # a multiple of the 8x downsampling, not of the 32-px pool grid: not
+SHIFT = 32  # a multiple of equivariance_step: equivariant
+BAD_SHIFT = 8  # a multiple of the 8x downsampling, not of the 32-px pool grid: not
 BLOB = 32
-PERIOD = 8          # background period along x: divides both shifts
+PERIOD = 8  # background period along x: divides both shifts
 
 
 def local_radius(m: teaformer.TEAFormer) -> int:
@@ -44,14 +44,14 @@ def local_radius(m: teaformer.TEAFormer) -> int:
   the pooled global keys: per block at level l, (window // 2 + 1 for the GDFN's depthwise 3x3)
   tokens of 2^l px; every 3x3 conv at level l, 2^l px; each pixel-(un)shuffle between levels l
   and l + 1, one coarse token (2^(l+1) px) of grid misalignment."""
-  blk = lambda level: (m.window[level] // 2 + 1) * 2 ** level
-  r = 1                                                   # patch_embed conv 3x3
-  for level in range(3):                                  # encoder + downsample
-    r += m.num_blocks[level] * blk(level) + 2 ** level + 2 ** (level + 1)
-  r += m.num_blocks[3] * blk(3)                           # latent
-  for level in (2, 1, 0):                                 # upsample + decoder
+  blk = lambda level: (m.window[level] // 2 + 1) * 2**level
+  r = 1  # patch_embed conv 3x3
+  for level in range(3):  # encoder + downsample
+    r += m.num_blocks[level] * blk(level) + 2**level + 2 ** (level + 1)
+  r += m.num_blocks[3] * blk(3)  # latent
+  for level in (2, 1, 0):  # upsample + decoder
     r += 2 ** (level + 1) + 2 ** (level + 1) + m.num_blocks[level] * blk(level)
-  r += m.num_refinement_blocks * blk(0) + 1               # refinement, output conv 3x3
+  r += m.num_refinement_blocks * blk(0) + 1  # refinement, output conv 3x3
   return r
 
 
@@ -62,17 +62,17 @@ def equivariance_outputs():
   model = teaformer.create(EQ_MODEL)
   assert model.equivariance_step == 32
   radius = local_radius(model)
-  width = 4 * radius + BLOB + SHIFT                       # blob zone and border bands apart
+  width = 4 * radius + BLOB + SHIFT  # blob zone and border bands apart
   width += (-width) % model.equivariance_step
   rng = np.random.default_rng(0)
   tile = rng.uniform(0.2, 0.8, (HEIGHT, PERIOD, 3))
-  background = np.tile(tile, (1, width // PERIOD, 1))     # [H, W, 3], period 8 along x
+  background = np.tile(tile, (1, width // PERIOD, 1))  # [H, W, 3], period 8 along x
   blob = rng.uniform(0.0, 1.0, (HEIGHT, BLOB, 3))
   start = (width - BLOB - SHIFT) // 2
 
   def image(offset):
     x = background.copy()
-    x[:, start + offset:start + offset + BLOB] = blob
+    x[:, start + offset : start + offset + BLOB] = blob
     return x
 
   batch = jnp.asarray(np.stack([image(0), image(SHIFT), image(BAD_SHIFT)]), jnp.float32)
@@ -84,8 +84,9 @@ def equivariance_outputs():
       out = next_fun(*args, **kwargs)
       if context.module.name == "proj" and isinstance(context.module, nn.Conv):
         col = jnp.arange(out.shape[2], dtype=out.dtype)
-        out = out + alpha * 0.1 * jnp.sin(col / 5.0)[None, None, :, None]   # [1, 1, W, 1]
+        out = out + alpha * 0.1 * jnp.sin(col / 5.0)[None, None, :, None]  # [1, 1, W, 1]
       return out
+
     with nn.intercept_methods(add_position):
       return model.apply(variables, x)
 
@@ -98,13 +99,14 @@ def shift_error(out: np.ndarray, shift: int, margin: int) -> float:
   """max |f(shift(A)) - shift(f(A))| on the columns at least `margin` from the x borders."""
   a, b = out[0], out[1 if shift == SHIFT else 2]
   width = a.shape[1]
-  return float(np.abs(b[:, margin + shift:width - margin] -
-                      a[:, margin:width - margin - shift]).max())
+  return float(
+      np.abs(b[:, margin + shift : width - margin] - a[:, margin : width - margin - shift]).max()
+  )
 
 
 def test_shift_by_equivariance_step_shifts_the_output(equivariance_outputs):
   radius, width, plain, _ = equivariance_outputs
-  assert radius == 95 and width == 448                    # the documented margin and canvas
+  assert radius == 95 and width == 448  # the documented margin and canvas
   assert shift_error(plain, SHIFT, radius) < 1e-4
   # Near the borders it is not equivariant (clamped windows, zero padding): the margin matters.
   assert shift_error(plain, SHIFT, 0) > 1e-3
@@ -127,27 +129,28 @@ def test_absolute_position_embedding_breaks_the_check(equivariance_outputs):
 
 def test_decoder_features_coarse_to_fine_and_module_names():
   model = teaformer.create({"preset": "teaformer_tiny"})
-  x = jax.ShapeDtypeStruct((2, 37, 21, 3), jnp.float32)        # padded to 40 x 24
+  x = jax.ShapeDtypeStruct((2, 37, 21, 3), jnp.float32)  # padded to 40 x 24
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  y, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_decoder_features=True),
-                            variables, x)
+  y, feats = jax.eval_shape(
+      lambda v, x: model.apply(v, x, return_decoder_features=True), variables, x
+  )
   assert y.shape == (2, 37, 21, 3)
   assert [f.shape for f in feats] == [(2, 10, 6, 32), (2, 20, 12, 16), (2, 40, 24, 16)]
   block = variables["params"]["encoder_level1_0"]
-  assert block["attn"]["qkv"]["kernel"].shape == (1, 1, 8, 24)   # the nn.Conv MaskDCPT hooks
+  assert block["attn"]["qkv"]["kernel"].shape == (1, 1, 8, 24)  # the nn.Conv MaskDCPT hooks
   assert set(block) == {"norm1", "attn", "norm2", "ffn"}
 
 
 def test_pool_that_does_not_divide_a_level_is_a_clear_error():
   model = teaformer.create({"preset": "teaformer_tiny", "pool": (8, 4, 2, 3)})
-  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)       # latent map 4 x 4
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)  # latent map 4 x 4
   with pytest.raises(ValueError, match=r"level 4 \(latent\).*4x4.*config\.model\.pool\[3\]=3"):
     jax.eval_shape(model.init, jax.random.key(0), x)
 
 
 def test_window_larger_than_a_level_is_a_clear_error():
   model = teaformer.create({"preset": "teaformer_tiny"})
-  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)       # latent map 2 x 2 < window 3
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)  # latent map 2 x 2 < window 3
   with pytest.raises(ValueError, match=r"level 4 \(latent\).*2x2.*config\.model\.window\[3\]=3"):
     jax.eval_shape(model.init, jax.random.key(0), x)
 
@@ -181,8 +184,9 @@ def _eval_records(workdir):
 
 
 def test_smoke_config_trains_and_writes_eval_psnr(tmp_path):
-  config = config_lib.load("configs/teaformer.py:smoke", {
-      "mesh.num_devices": 1, "total_steps": 2, "eval_every_steps": 2})
+  config = config_lib.load(
+      "configs/teaformer.py:smoke", {"mesh.num_devices": 1, "total_steps": 2, "eval_every_steps": 2}
+  )
   trainer.train_and_evaluate(config, str(tmp_path))
   evals = _eval_records(str(tmp_path))
   assert [r["step"] for r in evals] == [2]
@@ -193,9 +197,17 @@ def test_smoke_config_trains_and_writes_eval_psnr(tmp_path):
 
 @pytest.mark.slow
 def test_dcpt_with_teaformer_backbone(tmp_path):
-  config = config_lib.load("configs/dcpt.py:smoke", {
-      "mesh.num_devices": 1, "model.name": "teaformer", "model.preset": "teaformer_tiny",
-      "total_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2})
+  config = config_lib.load(
+      "configs/dcpt.py:smoke",
+      {
+          "mesh.num_devices": 1,
+          "model.name": "teaformer",
+          "model.preset": "teaformer_tiny",
+          "total_steps": 2,
+          "eval_every_steps": 2,
+          "checkpoint_every_steps": 2,
+      },
+  )
   trainer.train_and_evaluate(config, str(tmp_path))
   evals = _eval_records(str(tmp_path))
   assert [r["step"] for r in evals] == [2]

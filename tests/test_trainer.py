@@ -42,12 +42,14 @@ class HostReadProbe:
       if self._inside and threading.get_ident() == self._thread:
         self.reads.append(name)
       return fn(*args, **kwargs)
+
     return wrapped
 
   def install(self, mp: pytest.MonkeyPatch) -> "HostReadProbe":
     import contextlib  # pylint: disable=g-import-not-at-top
     from jax._src import array  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     original_guard = trainer._ordinary_step_guard  # pylint: disable=protected-access
 
     @contextlib.contextmanager
@@ -68,17 +70,26 @@ class HostReadProbe:
     mp.setattr(trainer, "_ordinary_step_guard", guard)
     mp.setattr(jax, "device_get", self._wrap("device_get", jax.device_get))
     mp.setattr(jax, "block_until_ready", self._wrap("block_until_ready", jax.block_until_ready))
-    mp.setattr(multihost_utils, "process_allgather",
-               self._wrap("process_allgather", multihost_utils.process_allgather))
-    mp.setattr(array.ArrayImpl, "_value", property(self._wrap("value", array.ArrayImpl._value.fget)))
-    mp.setattr(array.ArrayImpl, "block_until_ready",
-               self._wrap("block_until_ready", array.ArrayImpl.block_until_ready))
+    mp.setattr(
+        multihost_utils,
+        "process_allgather",
+        self._wrap("process_allgather", multihost_utils.process_allgather),
+    )
+    mp.setattr(
+        array.ArrayImpl, "_value", property(self._wrap("value", array.ArrayImpl._value.fget))
+    )
+    mp.setattr(
+        array.ArrayImpl,
+        "block_until_ready",
+        self._wrap("block_until_ready", array.ArrayImpl.block_until_ready),
+    )
     return self
 
 
 def run_main_with_probe(out_path: str) -> None:
   """`python -m jaxmilab.main` (flags from sys.argv) under the probe; writes its counts as JSON."""
   from jaxmilab import main as main_lib  # pylint: disable=g-import-not-at-top
+
   probe = HostReadProbe()
   with pytest.MonkeyPatch.context() as mp:
     probe.install(mp)
@@ -91,7 +102,8 @@ def run_main_with_probe(out_path: str) -> None:
       with open(out_path, "w", encoding="utf-8") as f:
         json.dump({"ordinary_steps": probe.ordinary_steps, "reads": probe.reads}, f)
 
-EMA = 0.5   # large enough that the EMA differs visibly from the parameters after 6 steps
+
+EMA = 0.5  # large enough that the EMA differs visibly from the parameters after 6 steps
 
 
 def smoke(**overrides):
@@ -100,9 +112,11 @@ def smoke(**overrides):
 
 
 def train_records(workdir):
-  return [{k: v for k, v in r.items() if k not in config_lib.TIMING_KEYS}
-          for r in metrics_lib.read_jsonl(workdir)
-          if r["split"] == "train" and set(r) - {"step", "split", *config_lib.TIMING_KEYS}]
+  return [
+      {k: v for k, v in r.items() if k not in config_lib.TIMING_KEYS}
+      for r in metrics_lib.read_jsonl(workdir)
+      if r["split"] == "train" and set(r) - {"step", "split", *config_lib.TIMING_KEYS}
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +147,12 @@ def test_smoke_writes_metrics_checkpoints_and_images(uninterrupted):
   train = [r for r in records if r["split"] == "train" and "loss" in r]
   for r in train:
     assert r["learning_rate"] == pytest.approx(1e-3) and r["images_per_sec"] > 0
-    assert "mfu" not in r   # CPU: no known peak, no MFU
+    assert "mfu" not in r  # CPU: no known peak, no MFU
   compile_rows = [r for r in records if r["split"] == "compile"]
   assert len(compile_rows) == 1 and compile_rows[0]["flops_per_device"] > 0
-  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [2, 4, 6]
+  assert sorted(
+      int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()
+  ) == [2, 4, 6]
   assert os.path.exists(os.path.join(workdir, "eval_images", "step_00000006.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
@@ -149,20 +165,25 @@ def test_resume_is_bit_for_bit(uninterrupted, tmp_path):
   # A half-written record after the checkpoint, as a kill mid-interval leaves, must disappear.
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": 5, "split": "train", "loss": 123.0}) + "\n")
-  resumed = jax.device_get(trainer.train_and_evaluate(smoke(ema_decay=EMA, log_every_steps=2), workdir))
+  resumed = jax.device_get(
+      trainer.train_and_evaluate(smoke(ema_decay=EMA, log_every_steps=2), workdir)
+  )
   for name in ("params", "params_ema", "opt_state"):
-    for a, b in zip(jax.tree.leaves(getattr(straight_params, name)),
-                    jax.tree.leaves(getattr(resumed, name))):
+    for a, b in zip(
+        jax.tree.leaves(getattr(straight_params, name)), jax.tree.leaves(getattr(resumed, name))
+    ):
       np.testing.assert_array_equal(a, b, err_msg=name)
   assert train_records(workdir) == train_records(straight_dir)
 
 
 def test_ema_is_checkpointed_evaluated_and_exported(uninterrupted, tmp_path):
   workdir, state = uninterrupted[:2]
-  differs = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.params),
-                                                   jax.tree.leaves(state.params_ema))]
+  differs = [
+      not np.allclose(a, b)
+      for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.params_ema))
+  ]
   assert any(differs)
-  loaded = ckpt_lib.load_variables(workdir)                 # default: the EMA, as BasicSR's tests
+  loaded = ckpt_lib.load_variables(workdir)  # default: the EMA, as BasicSR's tests
   assert loaded["source"].endswith("params_ema")
   for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(state.params_ema)):
     np.testing.assert_array_equal(a, b)
@@ -176,15 +197,18 @@ def test_init_from_workdir_loads_params_sharded_without_optimizer_state(uninterr
   run's rule on its mesh, equal to the host copy."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jaxmilab import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  mesh_config = ml_collections.ConfigDict(dict(data=2, fsdp=4, model=1, min_shard_size=0,
-                                                shard_params_over=("fsdp",)))
+
+  mesh_config = ml_collections.ConfigDict(
+      dict(data=2, fsdp=4, model=1, min_shard_size=0, shard_params_over=("fsdp",))
+  )
   mesh = sharding_lib.create_mesh(mesh_config)
   loaded = ckpt_lib.load_variables(uninterrupted[0], mesh=mesh, mesh_config=mesh_config)
   host = ckpt_lib.load_variables(uninterrupted[0])
   assert set(loaded) == {"params", "model_state", "source"}
   specs = set()
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(loaded["params"]),
-                          jax.tree.leaves(host["params"])):
+  for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(loaded["params"]), jax.tree.leaves(host["params"])
+  ):
     assert a.sharding.mesh.shape == mesh.shape, path
     want = sharding_lib.array_spec(a.shape, mesh, ("fsdp",), 0)
     assert a.sharding.spec == want, (jax.tree_util.keystr(path), a.sharding.spec, want)
@@ -197,6 +221,7 @@ def test_mode_eval_evaluates_newest_checkpoint_without_changing_it(uninterrupted
   """--mode=eval on a copy of the run: the training's final eval row again (EMA weights), no
   optimizer step, no new checkpoint, every collection of the state as saved."""
   import shutil  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / "run")
   shutil.copytree(uninterrupted[0], workdir)
   t = trainer.Trainer(smoke(ema_decay=EMA, log_every_steps=2), workdir)
@@ -210,7 +235,9 @@ def test_mode_eval_evaluates_newest_checkpoint_without_changing_it(uninterrupted
   saved = jax.device_get(uninterrupted[1])
   for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(jax.device_get(state))):
     np.testing.assert_array_equal(a, b)
-  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [2, 4, 6]
+  assert sorted(
+      int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()
+  ) == [2, 4, 6]
   with pytest.raises(FileNotFoundError, match="no checkpoint and config.method.init_from is empty"):
     trainer.evaluate_checkpoint(smoke(), str(tmp_path / "empty"))
 
@@ -219,13 +246,14 @@ def test_host_read_probe_sees_reads(monkeypatch):
   """Negative control: the probe of the uninterrupted run does record the reads a per-step
   sync would make (device_get, allgather, float() of a device scalar)."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   probe = HostReadProbe().install(monkeypatch)
   with trainer._ordinary_step_guard("disallow_explicit"):  # pylint: disable=protected-access
     jax.device_get({"a": jnp.ones(2)})
     multihost_utils.process_allgather(np.array(True))
     float(jnp.ones(()) * 2)
   with trainer._ordinary_step_guard("allow"):  # pylint: disable=protected-access
-    jax.device_get(jnp.ones(2))               # a sync step may read
+    jax.device_get(jnp.ones(2))  # a sync step may read
   assert probe.ordinary_steps == 1
   assert {"device_get", "process_allgather", "value"} <= set(probe.reads)
 
@@ -233,8 +261,12 @@ def test_host_read_probe_sees_reads(monkeypatch):
 # SGD, not Adam: Adam's per-weight normalisation turns rounding-level gradient differences of
 # near-zero-gradient weights into learning-rate-sized updates, and it would hide a gradient that
 # is off by a constant factor (e.g. a missing mean over devices). Plain SGD exposes both.
-SGD = {"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.learning_rate": 0.05,
-       "total_steps": 4}
+SGD = {
+    "optimizer.name": "sgd",
+    "optimizer.momentum": 0.9,
+    "optimizer.learning_rate": 0.05,
+    "total_steps": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +317,7 @@ def test_nan_gradient_with_finite_loss_stops_at_its_step(tmp_path, monkeypatch):
   """A NaN gradient under a finite loss (d sqrt(x) / dx at x = 0) is caught at step 1 through
   grad_norm, although the loss only turns NaN at step 2; no checkpoint is written."""
   from jaxmilab.methods import dcpt  # pylint: disable=g-import-not-at-top
+
   original = dcpt.Method.loss
 
   def loss(self, params, model_state, batch, rng):
@@ -306,15 +339,24 @@ def test_config_errors_name_the_key(tmp_path):
   with pytest.raises(ValueError, match="config.mesh"):
     trainer.Trainer(smoke(**{"mesh.data": 3}), str(tmp_path))
   with pytest.raises(ValueError, match="depthwise"):
-    trainer.Trainer(smoke(**{"mesh.num_devices": 8, "mesh.data": 4, "mesh.model": 2}), str(tmp_path))
+    trainer.Trainer(
+        smoke(**{"mesh.num_devices": 8, "mesh.data": 4, "mesh.model": 2}), str(tmp_path)
+    )
   with pytest.raises(ValueError, match="Unknown model 'resnet9000'"):
     trainer.Trainer(smoke(**{"model.name": "resnet9000"}), str(tmp_path))
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-  config = config_lib.load("configs/dcpt.py:paper", {
-      "data.root": str(tmp_path / "nowhere"), "model.preset": "nafnet_tiny", "batch_size": 8,
-      "data.eval_batch_size": 8, "data.worker_count": 0})
+  config = config_lib.load(
+      "configs/dcpt.py:paper",
+      {
+          "data.root": str(tmp_path / "nowhere"),
+          "model.preset": "nafnet_tiny",
+          "batch_size": 8,
+          "data.eval_batch_size": 8,
+          "data.worker_count": 0,
+      },
+  )
   with pytest.raises(data_base.DataError, match="nowhere"):
     trainer.Trainer(config, str(tmp_path / "run"))
 
@@ -333,14 +375,29 @@ def test_ema_update_matches_numpy_reference(accumulate):
   call; with accumulation a call takes `accumulate` micro-batches, stacked), starting from the
   initial parameters."""
   import optax  # pylint: disable=g-import-not-at-top
+
   decay, lr, updates = 0.5, 0.1, 4
   tx = optax.sgd(lr)
   w0 = jnp.array([1.0, -2.0])
-  state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params={"w": w0},
-                             opt_state=tx.init({"w": w0}), model_state={}, params_ema={"w": w0})
-  step = jax.jit(lambda s, b: trainer._train_step(  # pylint: disable=protected-access
-      s, b, jax.random.key(0), method=_Quadratic(), tx=tx, schedule=lambda c: lr * (c + 1),
-      accumulate=accumulate, ema_decay=decay))
+  state = trainer.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params={"w": w0},
+      opt_state=tx.init({"w": w0}),
+      model_state={},
+      params_ema={"w": w0},
+  )
+  step = jax.jit(
+      lambda s, b: trainer._train_step(  # pylint: disable=protected-access
+          s,
+          b,
+          jax.random.key(0),
+          method=_Quadratic(),
+          tx=tx,
+          schedule=lambda c: lr * (c + 1),
+          accumulate=accumulate,
+          ema_decay=decay,
+      )
+  )
   w, ema = np.asarray(w0), np.asarray(w0)
   for i in range(updates):
     targets = [np.array([0.5, 0.5]) * (i * accumulate + j + 1) for j in range(accumulate)]
@@ -359,6 +416,7 @@ def test_sigterm_is_honoured_at_the_next_log_step(tmp_path, monkeypatch):
   with a checkpoint there and the interval's row written; the slow test (test_trainer_slow)
   checks that the resumed run then equals an uninterrupted one."""
   import signal  # pylint: disable=g-import-not-at-top
+
   original_guard = trainer._ordinary_step_guard  # pylint: disable=protected-access
   sent = []
 
@@ -372,12 +430,14 @@ def test_sigterm_is_honoured_at_the_next_log_step(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   before = signal.getsignal(signal.SIGTERM)
   state = trainer.train_and_evaluate(
-      smoke(total_steps=9, log_every_steps=3, checkpoint_every_steps=9, eval_every_steps=9),
-      workdir)
+      smoke(total_steps=9, log_every_steps=3, checkpoint_every_steps=9, eval_every_steps=9), workdir
+  )
   assert int(state.step) == 3
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()) == [3]
+  assert sorted(
+      int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
+  ) == [3]
   assert [r["step"] for r in train_records(workdir)] == [3]
-  assert signal.getsignal(signal.SIGTERM) is before   # the run's handler is removed again
+  assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is removed again
   # Drivers that chain runs (quickstarts, benchmarks) refuse the partial run; the finished
   # one passes.
   config = smoke(total_steps=9, log_every_steps=3, checkpoint_every_steps=9, eval_every_steps=9)

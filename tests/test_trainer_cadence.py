@@ -14,9 +14,18 @@ def test_minutes_cadence_checkpoints_at_log_steps_and_goodput_rows_are_written(t
   """checkpoint_every_minutes > 0 (here ~0: always due) saves at every log step although the step
   cadence alone (checkpoint_every_steps = total_steps) would save only at the end; each log step
   writes a cumulative "goodput" row."""
-  config = config_lib.load("configs/dcpt.py:smoke", {
-      "mesh.num_devices": 1, "total_steps": 6, "log_every_steps": 2, "eval_every_steps": 6,
-      "checkpoint_every_steps": 6, "checkpoint_every_minutes": 1e-9, "keep_checkpoints": 10})
+  config = config_lib.load(
+      "configs/dcpt.py:smoke",
+      {
+          "mesh.num_devices": 1,
+          "total_steps": 6,
+          "log_every_steps": 2,
+          "eval_every_steps": 6,
+          "checkpoint_every_steps": 6,
+          "checkpoint_every_minutes": 1e-9,
+          "keep_checkpoints": 10,
+      },
+  )
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(config, workdir)
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())

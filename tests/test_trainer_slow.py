@@ -21,16 +21,25 @@ from jaxmilab import metrics as metrics_lib
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--config=configs/dcpt.py:smoke", "--config.total_steps=120", "--config.log_every_steps=4",
-         "--config.checkpoint_every_steps=8", "--config.eval_every_steps=120"]
+FLAGS = [
+    "--config=configs/dcpt.py:smoke",
+    "--config.total_steps=120",
+    "--config.log_every_steps=4",
+    "--config.checkpoint_every_steps=8",
+    "--config.eval_every_steps=120",
+]
 
 
 def env(devices: int) -> dict[str, str]:
   """The environment of a child jaxmilab process: this one's, with `devices` fake CPU devices
   and gloo collectives (also used by test_fsdp_multiprocess.py and test_gcs_emulator.py)."""
   e = dict(os.environ)
-  e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-           JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", TF_CPP_MIN_LOG_LEVEL="3")
+  e.update(
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_PLATFORMS="cpu",
+      JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+      TF_CPP_MIN_LOG_LEVEL="3",
+  )
   return e
 
 
@@ -39,8 +48,14 @@ def main_cmd(workdir, *extra):
 
 
 def run_to_end(workdir, devices=1, *extra):
-  subprocess.run(main_cmd(workdir, *extra), cwd=REPO, env=env(devices), check=True,
-                 capture_output=True, timeout=900)
+  subprocess.run(
+      main_cmd(workdir, *extra),
+      cwd=REPO,
+      env=env(devices),
+      check=True,
+      capture_output=True,
+      timeout=900,
+  )
 
 
 def checkpoints(workdir):
@@ -49,8 +64,9 @@ def checkpoints(workdir):
 
 
 def start_and_wait_for_checkpoint(workdir):
-  proc = subprocess.Popen(main_cmd(workdir), cwd=REPO, env=env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+      main_cmd(workdir), cwd=REPO, env=env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
   deadline = time.time() + 600
   while not checkpoints(workdir):
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -60,8 +76,11 @@ def start_and_wait_for_checkpoint(workdir):
 
 
 def train_losses(workdir):
-  return [(r["step"], r["loss"]) for r in metrics_lib.read_jsonl(workdir)
-          if r["split"] == "train" and "loss" in r]
+  return [
+      (r["step"], r["loss"])
+      for r in metrics_lib.read_jsonl(workdir)
+      if r["split"] == "train" and "loss" in r
+  ]
 
 
 def assert_same_run(dir_a, dir_b):
@@ -105,7 +124,11 @@ def test_two_processes_match_one(tmp_path):
   ordinary steps (3 of every 4) run under a device-to-host transfer guard that raises on any
   device_get / allgather, so the loop does not sync the hosts there."""
   single = str(tmp_path / "single")
-  extra = ["--config.total_steps=8", "--config.checkpoint_every_steps=8", "--config.eval_every_steps=8"]
+  extra = [
+      "--config.total_steps=8",
+      "--config.checkpoint_every_steps=8",
+      "--config.eval_every_steps=8",
+  ]
   run_to_end(single, 4, *extra)
   multi = str(tmp_path / "multi")
   port = portpicker.pick_unused_port()
@@ -113,12 +136,27 @@ def test_two_processes_match_one(tmp_path):
   procs = []
   for i in range(2):
     # jaxmilab.main under tests/test_trainer.py's HostReadProbe (see there).
-    runner = [sys.executable, "-c", "import sys; sys.path[:0] = ['tests', '.']; import test_trainer; "
-              f"sys.argv[0] = 'jaxmilab.main'; test_trainer.run_main_with_probe({probes[i]!r})"]
-    cmd = runner + main_cmd(multi, *extra, f"--coordinator_address=127.0.0.1:{port}",
-                            "--num_processes=2", f"--process_id={i}")[3:]
-    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(2), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE))
+    runner = [
+        sys.executable,
+        "-c",
+        "import sys; sys.path[:0] = ['tests', '.']; import test_trainer; "
+        f"sys.argv[0] = 'jaxmilab.main'; test_trainer.run_main_with_probe({probes[i]!r})",
+    ]
+    cmd = (
+        runner
+        + main_cmd(
+            multi,
+            *extra,
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )[3:]
+    )
+    procs.append(
+        subprocess.Popen(
+            cmd, cwd=REPO, env=env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    )
   for p in procs:
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
   for path in probes:
@@ -137,18 +175,34 @@ def test_two_processes_match_one(tmp_path):
 def test_tensor_parallel_swinir_matches_one_device(tmp_path):
   """Megatron-style rules (attention qkv and MLP fc1 column-split, fc2 row-split over "model")
   on SwinIR: the same SGD losses on data 4 x model 2 as on one device."""
-  flags = ["--config=configs/restoration.py:smoke", "--config.model.name=swinir",
-           "--config.model.preset=swinir_tiny", "--config.total_steps=3",
-           "--config.log_every_steps=1", "--config.eval_every_steps=3",
-           "--config.checkpoint_every_steps=3", "--config.optimizer.name=sgd",
-           "--config.optimizer.learning_rate=0.05"]
-  rules = ("--config.mesh.tensor_parallel=((r'qkv/kernel$',-1),(r'qkv/bias$',-1),"
-           "(r'fc1/kernel$',-1),(r'fc1/bias$',-1),(r'fc2/kernel$',0))")
+  flags = [
+      "--config=configs/restoration.py:smoke",
+      "--config.model.name=swinir",
+      "--config.model.preset=swinir_tiny",
+      "--config.total_steps=3",
+      "--config.log_every_steps=1",
+      "--config.eval_every_steps=3",
+      "--config.checkpoint_every_steps=3",
+      "--config.optimizer.name=sgd",
+      "--config.optimizer.learning_rate=0.05",
+  ]
+  rules = (
+      "--config.mesh.tensor_parallel=((r'qkv/kernel$',-1),(r'qkv/bias$',-1),"
+      "(r'fc1/kernel$',-1),(r'fc1/bias$',-1),(r'fc2/kernel$',0))"
+  )
   one, tp = str(tmp_path / "one"), str(tmp_path / "tp")
-  for workdir, devices, extra in ((one, 1, []), (tp, 8, ["--config.mesh.data=4", "--config.mesh.model=2",
-                                                         rules])):
-    subprocess.run([sys.executable, "-m", "jaxmilab.main", f"--workdir={workdir}", *flags, *extra],
-                   cwd=REPO, env=env(devices), check=True, capture_output=True, timeout=900)
+  for workdir, devices, extra in (
+      (one, 1, []),
+      (tp, 8, ["--config.mesh.data=4", "--config.mesh.model=2", rules]),
+  ):
+    subprocess.run(
+        [sys.executable, "-m", "jaxmilab.main", f"--workdir={workdir}", *flags, *extra],
+        cwd=REPO,
+        env=env(devices),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
   a, b = train_losses(one), train_losses(tp)
   assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
   np.testing.assert_allclose([l for _, l in a], [l for _, l in b], rtol=2e-4)

@@ -22,16 +22,23 @@ from jaxmilab.data.base import DataError
 from tests import fake_trees
 
 # <type folder>/<source>: 3 pairs each; GN's are JPEG files (stored as released, not re-encoded).
-RELEASE = (("GN", "LSDIR", ".jpg"), ("rs", "RealRain-1k", ".png"), ("low_light", "LOL", ".png"),
-           ("RN", "SIDD", ".png"))
+RELEASE = (
+    ("GN", "LSDIR", ".jpg"),
+    ("rs", "RealRain-1k", ".png"),
+    ("low_light", "LOL", ".png"),
+    ("RN", "SIDD", ".png"),
+)
 
 
 @pytest.fixture(scope="module")
 def released_build(tmp_path_factory):
   root = tmp_path_factory.mktemp("uir_release")
   release = fake_trees.uir_release(
-      root / "UIR-2.5M", [(t, s, [f"{i}{e}" for i in range(3)]) for t, s, e in RELEASE], height=36,
-      width=40)
+      root / "UIR-2.5M",
+      [(t, s, [f"{i}{e}" for i in range(3)]) for t, s, e in RELEASE],
+      height=36,
+      width=40,
+  )
   plan = build_uir.make_plan(released_dir=str(release), shard_size=5)
   manifest = build_uir.build(plan, str(root / "build"), workers=0, progress=False)
   return release, root / "build", manifest
@@ -40,17 +47,24 @@ def released_build(tmp_path_factory):
 def test_released_layout_packs_file_bytes(released_build):
   release, out, manifest = released_build
   assert manifest["types"] == ["noise", "real_noise", "rain_streak", "low_light"]  # table order
-  assert manifest["counts"] == {"noise": {"LSDIR": 3}, "real_noise": {"SIDD": 3},
-                                "rain_streak": {"RealRain-1k": 3}, "low_light": {"LOL": 3}}
+  assert manifest["counts"] == {
+      "noise": {"LSDIR": 3},
+      "real_noise": {"SIDD": 3},
+      "rain_streak": {"RealRain-1k": 3},
+      "low_light": {"LOL": 3},
+  }
   assert len(manifest["shards"]) == 3
   _, records = fake_trees.read_build(out)
   assert sorted(r["source"] for r in records) == sorted(
-      f"{t}/{s}/{i}{e}" for t, s, e in RELEASE for i in range(3))
+      f"{t}/{s}/{i}{e}" for t, s, e in RELEASE for i in range(3)
+  )
   for r in records:
     for side in ("lq", "gt"):  # the released file's own bytes: no decode / re-encode
       path = release / os.path.dirname(r["source"]) / side / os.path.basename(r["source"])
       assert r[f"{side}_png"] == path.read_bytes()
-      np.testing.assert_array_equal(build_uir.decode_png(r[f"{side}_png"]), np.asarray(Image.open(path)))
+      np.testing.assert_array_equal(
+          build_uir.decode_png(r[f"{side}_png"]), np.asarray(Image.open(path))
+      )
 
 
 def test_released_layout_errors(tmp_path):
@@ -70,20 +84,29 @@ def test_released_layout_errors(tmp_path):
 
 def _config(build, workdir_steps):
   c = dcpt_config.get_config("smoke")
-  c.data = ml_collections.ConfigDict(dict(
-      name="uir2p5m", path=str(build), patch_size=32, eval_size=32, eval_records=4,
-      eval_batch_size=8, read_threads=1))
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name="uir2p5m",
+          path=str(build),
+          patch_size=32,
+          eval_size=32,
+          eval_records=4,
+          eval_batch_size=8,
+          read_threads=1,
+      )
+  )
   c.total_steps = workdir_steps
   c.checkpoint_every_steps = 1
   c.eval_every_steps = workdir_steps
-  c.mesh.num_devices = 1   # one CPU device: the cheapest compile
+  c.mesh.num_devices = 1  # one CPU device: the cheapest compile
   return c
 
 
 def test_uir2p5m_dataset_labels_and_errors(released_build):
   _, build, _ = released_build
-  ds = uir2p5m.create(_config(build, 1).data, batch_size=4, seed=0, process_index=0,
-                      process_count=1)
+  ds = uir2p5m.create(
+      _config(build, 1).data, batch_size=4, seed=0, process_index=0, process_count=1
+  )
   assert ds.info.class_names == uir_degradations.UIR_TYPE_NAMES and ds.info.num_classes == 19
   labels = np.concatenate([next(ds.train)["label"] for _ in range(4)])
   names = {uir_degradations.UIR_TYPE_NAMES[i] for i in labels}

@@ -22,10 +22,14 @@ from test_degradations import photo as _photo
 def _moments(kernel):
   """Mean-centred covariance [[E xx, E xy], [E xy, E yy]] of a kernel, x = column, y = row."""
   r0, c0 = (np.array(kernel.shape) - 1) / 2
-  rows, cols = np.mgrid[0:kernel.shape[0], 0:kernel.shape[1]]
+  rows, cols = np.mgrid[0 : kernel.shape[0], 0 : kernel.shape[1]]
   x, y = cols - c0, rows - r0
-  return np.array([[(kernel * x * x).sum(), (kernel * x * y).sum()],
-                   [(kernel * x * y).sum(), (kernel * y * y).sum()]])
+  return np.array(
+      [
+          [(kernel * x * x).sum(), (kernel * x * y).sum()],
+          [(kernel * x * y).sum(), (kernel * y * y).sum()],
+      ]
+  )
 
 
 # ----------------------------------------------------------------------------- registry
@@ -36,10 +40,12 @@ def test_quickstart_pretraining_set_covers_the_fine_tuning_task():
   # (configs/restoration.py:quickstart) must be among its (type, level) pairs.
   from jaxmilab.configs import maskdcpt as maskdcpt_config
   from jaxmilab.configs import restoration as restoration_config
+
   assert maskdcpt_config.get_config("quickstart").data.degradations == "uir_noise_jpeg"
   assert D.resolve("uir_noise_jpeg") == ("noise", "jpeg")
-  (noise, noise_level), (jpeg, jpeg_level) = zip(restoration_config.QUICKSTART_TYPES,
-                                                 restoration_config.QUICKSTART_LEVELS)
+  (noise, noise_level), (jpeg, jpeg_level) = zip(
+      restoration_config.QUICKSTART_TYPES, restoration_config.QUICKSTART_LEVELS
+  )
   assert (noise, jpeg) == ("gaussian_noise", "jpeg")
   assert (noise, noise_level) in D.get_levels("noise")
   assert jpeg_level in D.get_levels("jpeg")
@@ -80,8 +86,9 @@ def test_functions_pickle_for_worker_processes():
   for name in ALL:
     fn = pickle.loads(pickle.dumps(D.get(name)))
     image = _photo(16, 16)
-    np.testing.assert_array_equal(fn(image, np.random.default_rng(0)),
-                                  D.apply(name, image, np.random.default_rng(0)))
+    np.testing.assert_array_equal(
+        fn(image, np.random.default_rng(0)), D.apply(name, image, np.random.default_rng(0))
+    )
 
 
 # -------------------------------------------------------------------------------- noise
@@ -107,9 +114,14 @@ def test_salt_and_pepper_ratio():
 
 def test_grouped_types_dispatch_to_members():
   image = _photo(48, 48)
-  for name, level in (("noise", ("gaussian_noise", 25)), ("gaussian_sinc_blur", ("sinc_blur", U.SINC_CUTOFFS[2]))):
-    np.testing.assert_array_equal(D.apply(name, image, np.random.default_rng(3), level),
-                                  D.apply(level[0], image, np.random.default_rng(3), level[1]))
+  for name, level in (
+      ("noise", ("gaussian_noise", 25)),
+      ("gaussian_sinc_blur", ("sinc_blur", U.SINC_CUTOFFS[2])),
+  ):
+    np.testing.assert_array_equal(
+        D.apply(name, image, np.random.default_rng(3), level),
+        D.apply(level[0], image, np.random.default_rng(3), level[1]),
+    )
   grey = np.full((128, 128, 3), 0.5, np.float32)  # Gaussian member: std = sigma / 255
   std = (D.apply("noise", grey, np.random.default_rng(0), ("gaussian_noise", 25)) - grey).std()
   assert abs(std * 255 / 25 - 1) < 0.03
@@ -178,7 +190,9 @@ def test_disk_kernel_is_a_uniform_disk():
   assert np.trace(_moments(k)) == pytest.approx(radius**2 / 2, rel=0.03)  # E[r^2] of a disk
   assert np.ptp(k[3:8, 3:8]) < 1e-12  # flat inside
   flat = np.full((32, 32, 3), 0.3, np.float32)
-  np.testing.assert_allclose(D.apply("defocus_blur", flat, np.random.default_rng(0), 4.0), flat, atol=1e-6)
+  np.testing.assert_allclose(
+      D.apply("defocus_blur", flat, np.random.default_rng(0), 4.0), flat, atol=1e-6
+  )
 
 
 # ----------------------------------------------------------------------------- weather
@@ -196,14 +210,20 @@ def test_rain_streaks_are_additive_grey_and_oriented():
     # The autocorrelation of the layer (within a disc) is elongated along the streaks.
     estimates = []
     for seed in range(4):
-      layer = U.rain_layer(256, 256, np.random.default_rng(seed), 0.002, 21, math.radians(angle_deg))
+      layer = U.rain_layer(
+          256, 256, np.random.default_rng(seed), 0.002, 21, math.radians(angle_deg)
+      )
       x = layer - layer.mean()
       ac = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(x)) ** 2)))[113:144, 113:144]
       rows, cols = np.mgrid[-15:16, -15:16]
       w = np.clip(ac, 0, None) * (rows**2 + cols**2 <= 225)
       up = -rows
-      cov = np.array([[(w * cols * cols).sum(), (w * cols * up).sum()],
-                      [(w * cols * up).sum(), (w * up * up).sum()]])
+      cov = np.array(
+          [
+              [(w * cols * cols).sum(), (w * cols * up).sum()],
+              [(w * cols * up).sum(), (w * up * up).sum()],
+          ]
+      )
       _, vectors = np.linalg.eigh(cov)
       estimates.append(math.degrees(math.atan2(vectors[1, 1], vectors[0, 1])) % 180)
     assert abs(np.mean(estimates) - angle_deg) < 5.0, estimates
@@ -227,8 +247,9 @@ def test_rain_streak_raindrop_is_streaks_then_drops():
   image = _photo(48, 48)
   rng = np.random.default_rng(4)
   expected = U.raindrop(U.rain_streak(image, rng, (0.005, 21)), rng, 12)
-  np.testing.assert_array_equal(D.apply("rain_streak_raindrop", image, np.random.default_rng(4), (0.005, 12)),
-                                expected)
+  np.testing.assert_array_equal(
+      D.apply("rain_streak_raindrop", image, np.random.default_rng(4), (0.005, 12)), expected
+  )
 
 
 def test_snow_is_white_alpha_compositing():
@@ -263,8 +284,9 @@ def test_bayer_rggb_pattern_and_demosaic():
   np.testing.assert_allclose(out[known], image[known], atol=1e-6)  # known samples kept
   assert np.abs(out - image).mean() > 1e-3  # the other two channels are interpolated
   colour = np.broadcast_to(np.float32([0.2, 0.5, 0.9]), (10, 12, 3)).copy()
-  np.testing.assert_allclose(D.apply("mosaic_bilinear", colour, np.random.default_rng(0), 0.0), colour,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      D.apply("mosaic_bilinear", colour, np.random.default_rng(0), 0.0), colour, atol=1e-6
+  )
   rows, cols = np.mgrid[0:16, 0:16]  # bilinear interpolation is exact on a linear ramp
   ramp = np.stack([0.02 * cols + 0.1, 0.01 * rows + 0.03 * cols, 0.5 - 0.02 * rows], -1) / 1.5
   out = U.demosaic_bilinear(U.bayer_mosaic(ramp))
@@ -275,6 +297,7 @@ def _released_mosaic_reference(image_uint8):
   """The released path restated: DPIR-style masks_CFA_Bayer('RGGB') on the RGB uint8 image,
   CFA = (mask * RGB).sum(2).astype(uint8), cv2.cvtColor(CFA, COLOR_BAYER_BG2BGR_EA), / 255."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   h, w = image_uint8.shape[:2]
   r = np.zeros((h, w), bool)
   g = np.zeros((h, w), bool)
@@ -296,7 +319,9 @@ def test_mosaic_follows_the_released_pipeline():
   # The released channel order: a flat colour comes back with red and blue swapped.
   colour = np.broadcast_to(np.float32([40, 128, 230]) / 255, (12, 12, 3)).copy()
   flat = D.apply("mosaic", colour, np.random.default_rng(0), 0.0)
-  np.testing.assert_allclose(flat[2:-2, 2:-2], np.broadcast_to(colour[0, 0, ::-1], (8, 8, 3)), atol=1.5 / 255)
+  np.testing.assert_allclose(
+      flat[2:-2, 2:-2], np.broadcast_to(colour[0, 0, ::-1], (8, 8, 3)), atol=1.5 / 255
+  )
   # Sensor-noise levels (ours) change the input; level 0 is deterministic.
   noisy = D.apply("mosaic", image, np.random.default_rng(0), 8.0)
   assert np.abs(noisy - out).mean() > 1e-3
@@ -345,8 +370,10 @@ def test_blur_rain_adds_streaks_to_a_motion_blurred_image():
   image = _photo(64, 64) * 0.5
   rng = np.random.default_rng(5)
   blurred = U.motion_blur(image, rng, 15)
-  np.testing.assert_array_equal(D.apply("blur_rain", image, np.random.default_rng(5), (15, 0.01)),
-                                U.rain_streak(blurred, rng, (0.01, 21)))
+  np.testing.assert_array_equal(
+      D.apply("blur_rain", image, np.random.default_rng(5), (15, 0.01)),
+      U.rain_streak(blurred, rng, (0.01, 21)),
+  )
   assert np.all(D.apply("blur_rain", image, np.random.default_rng(5), (15, 0.01)) >= blurred - 1e-7)
 
 
@@ -361,10 +388,14 @@ def test_cdd_combinations():
   photo = _photo(48, 48)
   means = {}
   for level in U.CDD_LEVELS:
-    means[level] = D.apply("low_light_haze_rain_snow", photo, np.random.default_rng(0), level).mean()
+    means[level] = D.apply(
+        "low_light_haze_rain_snow", photo, np.random.default_rng(0), level
+    ).mean()
   assert len(U.CDD_LEVELS) == 11  # CDD-11
   assert all(means[lv] < 0.6 * photo.mean() for lv in U.CDD_LEVELS if "low" in lv)
-  assert all(means[lv] > photo.mean() for lv in U.CDD_LEVELS if "low" not in lv)  # haze/rain/snow brighten
+  assert all(
+      means[lv] > photo.mean() for lv in U.CDD_LEVELS if "low" not in lv
+  )  # haze/rain/snow brighten
   dark = np.zeros((32, 32, 3), np.float32)
   hazy = D.apply("low_light_haze_rain_snow", dark, np.random.default_rng(0), ("haze",))
   assert hazy.min() > 0.1  # airlight A (1 - t) with t <= exp(-0.6 * 0.3)
@@ -385,7 +416,9 @@ def test_down_noise_blur_jpeg_removes_high_frequencies():
 
   assert energy(out) < 0.1 * energy(texture)
   grey = np.full((64, 64, 3), 0.5, np.float32)
-  assert D.apply("down_noise_blur_jpeg", grey, np.random.default_rng(2), (2, 15, 50)).mean() == pytest.approx(0.5, abs=0.01)
+  assert D.apply(
+      "down_noise_blur_jpeg", grey, np.random.default_rng(2), (2, 15, 50)
+  ).mean() == pytest.approx(0.5, abs=0.01)
 
 
 def test_mixed_kernels_follow_the_released_12d_blur():
@@ -394,6 +427,7 @@ def test_mixed_kernels_follow_the_released_12d_blur():
   Gaussian-family kernel has its spread within sigma <= 3 (ours before: up to 4); generalized and
   plateau shapes occur (heavier / flatter tails than a Gaussian of the same sigma)."""
   from jaxmilab.data import uir_degradations as U  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   n = 2000
   sinc = 0
@@ -403,11 +437,11 @@ def test_mixed_kernels_follow_the_released_12d_blur():
     k = U.mixed_kernel(rng, size)
     assert k.shape == (size, size)
     np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-9)
-    if k.min() < -1e-12:          # only the sinc kernel has negative lobes
+    if k.min() < -1e-12:  # only the sinc kernel has negative lobes
       sinc += 1
       continue
     r = size // 2
-    rows, cols = np.mgrid[-r:r + 1, -r:r + 1]
+    rows, cols = np.mgrid[-r : r + 1, -r : r + 1]
     var = max((k * rows**2).sum(), (k * cols**2).sum())
     max_sigma = max(max_sigma, float(np.sqrt(var)))
   # Sinc kernels of small cutoff may lack negative lobes inside the window: bound loosely.
@@ -420,16 +454,18 @@ def test_mixed_kernels_follow_the_released_12d_blur():
 
 def test_uir_pair_counts_are_the_table_counts():
   from jaxmilab.data import uir_degradations as U  # pylint: disable=g-import-not-at-top
+
   counts = U.uir_pair_counts()
   assert counts["noise"] == 531_816 and counts["raindrop"] == 1_861 + 150
   assert counts["rain_streak"] == 28_422 + 11_150 and len(counts) == 19
-  assert 2_400_000 < sum(counts.values()) < 2_600_000          # "2.5M pairs"
+  assert 2_400_000 < sum(counts.values()) < 2_600_000  # "2.5M pairs"
 
 
 def test_type_weights_uir_counts_mix():
   """degraded_photos type_weights="uir_counts": record slots per type follow the table (noise
   ~200x raindrop), every type keeps at least one; "uniform" keeps one slot per type."""
   from jaxmilab.data import degraded_photos  # pylint: disable=g-import-not-at-top
+
   types = D.resolve("uir19_syn")
   slots = np.bincount(degraded_photos.type_slots(types, "uir_counts"), minlength=len(types))
   assert slots.min() >= 1 and abs(slots.sum() - degraded_photos.TYPE_SLOTS) <= len(types)

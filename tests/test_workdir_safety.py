@@ -27,8 +27,13 @@ from jaxmilab import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Two steps, one log / eval / checkpoint at the end: step 1 is an ordinary step.
-RUN = {"mesh.num_devices": 1, "total_steps": 2, "log_every_steps": 2, "eval_every_steps": 2,
-       "checkpoint_every_steps": 2}
+RUN = {
+    "mesh.num_devices": 1,
+    "total_steps": 2,
+    "log_every_steps": 2,
+    "eval_every_steps": 2,
+    "checkpoint_every_steps": 2,
+}
 
 
 def smoke(**overrides):
@@ -62,17 +67,19 @@ def copy_of(finished, tmp_path) -> str:
 
 # ------------------------------------------------------------------------------------ the lock
 
+
 def test_lock_names_its_holder_and_refuses_a_second_writer(tmp_path):
   workdir = str(tmp_path / "run")
   with workdir_lib.hold(workdir):
     holder = json.loads((tmp_path / "run" / workdir_lib.LOCK_NAME).read_text())
     assert holder["pid"] == os.getpid() and holder["host"]
-    with pytest.raises(workdir_lib.WorkdirError,
-                       match=rf"in use by pid {os.getpid()} on {holder['host']}") as e:
+    with pytest.raises(
+        workdir_lib.WorkdirError, match=rf"in use by pid {os.getpid()} on {holder['host']}"
+    ) as e:
       workdir_lib.Lock(workdir_lib.as_path(workdir)).acquire()
     assert "\n" not in str(e.value)
-  assert not (tmp_path / "run" / workdir_lib.LOCK_NAME).exists()   # released
-  with workdir_lib.hold(workdir):                                   # and can be taken again
+  assert not (tmp_path / "run" / workdir_lib.LOCK_NAME).exists()  # released
+  with workdir_lib.hold(workdir):  # and can be taken again
     pass
 
 
@@ -81,6 +88,7 @@ def test_stale_lock_after_kill_9_is_taken_over(tmp_path):
   where flock is missing, by the dead pid on this host; a live pid's lock is refused."""
   import fcntl  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path / "run"
   workdir.mkdir()
   stale = {"host": socket.gethostname(), "pid": dead_pid(), "started": "x", "command": "old"}
@@ -90,14 +98,14 @@ def test_stale_lock_after_kill_9_is_taken_over(tmp_path):
   lock.release()
 
   def no_flock(fd, op):
-    raise OSError(38, "Function not implemented")   # ENOSYS: some FUSE mounts
+    raise OSError(38, "Function not implemented")  # ENOSYS: some FUSE mounts
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(fcntl, "flock", no_flock)
     (workdir / workdir_lib.LOCK_NAME).write_text(json.dumps(stale))
     lock = workdir_lib.Lock(workdir_lib.as_path(workdir)).acquire()
     assert lock.took_over["pid"] == stale["pid"]
-    with pytest.raises(workdir_lib.WorkdirError, match="in use by pid"):   # ours: alive
+    with pytest.raises(workdir_lib.WorkdirError, match="in use by pid"):  # ours: alive
       workdir_lib.Lock(workdir_lib.as_path(workdir)).acquire()
     lock.release()
 
@@ -108,9 +116,17 @@ def test_a_second_run_is_refused_while_the_first_holds_the_workdir(finished, tmp
   workdir = copy_of(finished, tmp_path)
   rows = metrics_lib.read_jsonl(workdir)
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from jaxmilab import workdir as w\n"
-       "with w.hold(sys.argv[1]):\n  print('held', flush=True); time.sleep(120)", workdir],
-      cwd=REPO, stdout=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          "-c",
+          "import sys, time; from jaxmilab import workdir as w\n"
+          "with w.hold(sys.argv[1]):\n  print('held', flush=True); time.sleep(120)",
+          workdir,
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir_lib.WorkdirError, match=rf"in use by pid {holder.pid} on"):
@@ -122,6 +138,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_workdir(finished, tmp
 
 
 # ----------------------------------------------------------------------------- the config guard
+
 
 def test_config_changes_safe_unsafe_and_allowed(tmp_path):
   old = smoke()
@@ -148,8 +165,10 @@ def test_foreign_config_is_refused_and_config_json_is_unchanged(finished, tmp_pa
   workdir = copy_of(finished, tmp_path)
   before = {n: (tmp_path / "run" / n).read_bytes() for n in ("config.json", "metrics.jsonl")}
   foreign = config_lib.load("configs/restoration.py:smoke", {**RUN, "model.preset": "nafnet_small"})
-  with pytest.raises(workdir_lib.WorkdirError, match=r"model.preset: 'nafnet_tiny' -> "
-                                                     r"'nafnet_small'.*Nothing was written"):
+  with pytest.raises(
+      workdir_lib.WorkdirError,
+      match=r"model.preset: 'nafnet_tiny' -> " r"'nafnet_small'.*Nothing was written",
+  ):
     trainer.train_and_evaluate(foreign, workdir)
   # The trainer itself (a driver that builds Trainer directly) refuses under the lock too.
   with pytest.raises(workdir_lib.WorkdirError, match="optimizer.learning_rate"):
@@ -171,8 +190,9 @@ def test_config_json_is_written_only_after_the_restore_succeeded(finished, tmp_p
 
   monkeypatch.setattr(ckpt_lib, "restore", broken_restore)
   with pytest.raises(ValueError, match="restore failed"):
-    trainer.train_and_evaluate(smoke(**{"optimizer.learning_rate": 0.5}), workdir,
-                               config_change="allow")
+    trainer.train_and_evaluate(
+        smoke(**{"optimizer.learning_rate": 0.5}), workdir, config_change="allow"
+    )
   assert (tmp_path / "run" / "config.json").read_bytes() == before
   assert not (tmp_path / "run" / workdir_lib.HISTORY_NAME).exists()
 
@@ -182,7 +202,9 @@ def test_more_steps_resume_and_are_recorded_then_already_complete(finished, tmp_
   trainer.train_and_evaluate(smoke(total_steps=3, eval_every_steps=3, log_every_steps=1), workdir)
   assert steps(workdir) == [2, 3]
   assert json.loads((tmp_path / "run" / "config.json").read_text())["total_steps"] == 3
-  history = [json.loads(l) for l in (tmp_path / "run" / workdir_lib.HISTORY_NAME).read_text().splitlines()]
+  history = [
+      json.loads(l) for l in (tmp_path / "run" / workdir_lib.HISTORY_NAME).read_text().splitlines()
+  ]
   assert history[0]["step"] == 2 and history[0]["allowed_by"] == "safe"
   assert history[0]["changes"]["total_steps"] == [2, 3]
   out = capsys.readouterr().out.strip().splitlines()
@@ -201,8 +223,10 @@ def test_more_steps_resume_and_are_recorded_then_already_complete(finished, tmp_
 
 # ------------------------------------------------------------------------------------- Ctrl-C
 
-def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_to_the_same_run(finished, tmp_path,
-                                                                         monkeypatch, capsys):
+
+def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_to_the_same_run(
+    finished, tmp_path, monkeypatch, capsys
+):
   """SIGINT during step 1 (an ordinary step: no log, eval or checkpoint) stops after step 1
   with a checkpoint there; re-running ends with the parameters of the uninterrupted run."""
   original_guard = trainer._ordinary_step_guard  # pylint: disable=protected-access
@@ -247,6 +271,7 @@ def test_a_second_ctrl_c_aborts_at_once():
 
 # ------------------------------------------------------------------------------------ console
 
+
 def test_progress_lines_and_eval_summary(capsys):
   class Sink:
     rows = []
@@ -258,18 +283,27 @@ def test_progress_lines_and_eval_summary(capsys):
   w = console.ProgressWriter(sink, total_steps=100, start_step=0, bar=False)
   metrics_lib.write_split(w, 0, "compile", {"train_step_seconds": 3.0})
   metrics_lib.write_split(w, 10, "train", {"loss": 0.5, "grad_norm": 1.0})
-  metrics_lib.write_split(w, 10, "train", {"steps_per_sec": 9.0})            # ReportProgress
-  evals = {"psnr": 25.0, "ssim": 0.8, "accuracy": 0.5, "psnr_input": 20.0,
-           **{f"psnr/t{i}": 1.0 for i in range(20)}}
+  metrics_lib.write_split(w, 10, "train", {"steps_per_sec": 9.0})  # ReportProgress
+  evals = {
+      "psnr": 25.0,
+      "ssim": 0.8,
+      "accuracy": 0.5,
+      "psnr_input": 20.0,
+      **{f"psnr/t{i}": 1.0 for i in range(20)},
+  }
   metrics_lib.write_split(w, 20, "eval", evals)
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0] == "compiled the train step in 3.0 s"
   assert lines[1].startswith("step 10/100 (10%)  loss 0.5  ") and "steps/s  ETA " in lines[1]
-  assert lines[2] == "eval  step 20/100: psnr 25, ssim 0.8, accuracy 0.5 (all 24 metrics in metrics.jsonl)"
-  assert len(lines) == 3 and len(sink.rows) == 4     # every row reaches metrics.jsonl / TensorBoard
+  assert (
+      lines[2]
+      == "eval  step 20/100: psnr 25, ssim 0.8, accuracy 0.5 (all 24 metrics in metrics.jsonl)"
+  )
+  assert len(lines) == 3 and len(sink.rows) == 4  # every row reaches metrics.jsonl / TensorBoard
   assert w.closing_line("/w", 100, "/w/checkpoints/100") == (
       "done: step 100/100: loss 0.5, psnr 25, ssim 0.8, accuracy 0.5; checkpoint "
-      "/w/checkpoints/100; metrics in /w/metrics.jsonl")
+      "/w/checkpoints/100; metrics in /w/metrics.jsonl"
+  )
 
 
 def test_one_line_joins_lines_and_caps_the_length():
@@ -277,16 +311,19 @@ def test_one_line_joins_lines_and_caps_the_length():
   long = console.one_line(ValueError("x" * 5000))
   assert len(long) < 700 and "--verbosity=1 shows all" in long
   assert console.one_line(FileNotFoundError(2, "No such file or directory", "/x")) == (
-      "No such file or directory: /x")
+      "No such file or directory: /x"
+  )
 
 
 def test_init_from_another_architecture_is_refused(finished, tmp_path):
   """OPD's U-Net initialised from a DCPT NAFNet run: no parameter in common (the merge would
   silently keep every fresh weight)."""
-  config = config_lib.load("configs/opd.py:smoke", {"mesh.num_devices": 1,
-                                                   "method.init_from": finished[0]})
-  with pytest.raises(ValueError, match=r"init_from=.*none of its \d+ parameters .*another "
-                                       r"architecture") as e:
+  config = config_lib.load(
+      "configs/opd.py:smoke", {"mesh.num_devices": 1, "method.init_from": finished[0]}
+  )
+  with pytest.raises(
+      ValueError, match=r"init_from=.*none of its \d+ parameters .*another " r"architecture"
+  ) as e:
     trainer.train_and_evaluate(config, str(tmp_path / "opd"))
   assert "\n" not in str(e.value)
   assert not os.path.exists(tmp_path / "opd" / "config.json")
@@ -300,10 +337,19 @@ def test_mode_eval_without_a_checkpoint_leaves_no_empty_checkpoints_folder(tmp_p
 
 # ------------------------------------------------------------------------- CLIs: one line, exit 2
 
+
 def cli(args, cwd, timeout=600, env=None, **popen):
   env = dict(env if env is not None else os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
-                        cwd=cwd, timeout=timeout, check=False, **popen)
+  return subprocess.run(
+      [sys.executable, "-m", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=cwd,
+      timeout=timeout,
+      check=False,
+      **popen,
+  )
 
 
 def assert_one_line(proc, expected: str, code: int = 2):
@@ -316,22 +362,48 @@ def assert_one_line(proc, expected: str, code: int = 2):
 SMOKE = "--config=configs/dcpt.py:smoke"
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["jaxmilab.main", SMOKE], "--workdir must have a value"),
-    (["jaxmilab.main", SMOKE, "--workdir=W", "--worksdir=x"], "Unknown command line flag 'worksdir'"),
-    (["jaxmilab.main", SMOKE, "--workdir=W", "--mode=evaluate"], "value should be one of <train|eval>"),
-    (["jaxmilab.main", SMOKE, "--workdir=afile"], "is a file, not a folder"),
-    (["jaxmilab.restore", "--weights=w", "--input=victim.png", "--output=victim.png"],
-     "would overwrite the --input image"),
-    (["jaxmilab.restore", "--weights=w", "--input=photos", "--output=photos"], "is the --input folder"),
-    (["jaxmilab.evaluate", "--weights=w"], "--data_root is required"),
-    (["jaxmilab.compile", SMOKE, "--topology=v5e-65"], "--topology='v5e-65': use one of"),
-    (["jaxmilab.compile", "--config=configs/dcpt.py:smoke", "--config.optimizer.lr=1"],
-     "did you mean config.optimizer.learning_rate"),
-    (["jaxmilab.data.build_uir", "--clean_dir=none"], "--output is not set"),
-], ids=["missing_flag", "misspelled_flag", "mode_evaluate", "workdir_is_a_file", "restore_in_place",
-        "restore_into_input_folder", "evaluate_missing_flag", "compile_topology",
-        "compile_config_key", "build_uir"])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["jaxmilab.main", SMOKE], "--workdir must have a value"),
+        (
+            ["jaxmilab.main", SMOKE, "--workdir=W", "--worksdir=x"],
+            "Unknown command line flag 'worksdir'",
+        ),
+        (
+            ["jaxmilab.main", SMOKE, "--workdir=W", "--mode=evaluate"],
+            "value should be one of <train|eval>",
+        ),
+        (["jaxmilab.main", SMOKE, "--workdir=afile"], "is a file, not a folder"),
+        (
+            ["jaxmilab.restore", "--weights=w", "--input=victim.png", "--output=victim.png"],
+            "would overwrite the --input image",
+        ),
+        (
+            ["jaxmilab.restore", "--weights=w", "--input=photos", "--output=photos"],
+            "is the --input folder",
+        ),
+        (["jaxmilab.evaluate", "--weights=w"], "--data_root is required"),
+        (["jaxmilab.compile", SMOKE, "--topology=v5e-65"], "--topology='v5e-65': use one of"),
+        (
+            ["jaxmilab.compile", "--config=configs/dcpt.py:smoke", "--config.optimizer.lr=1"],
+            "did you mean config.optimizer.learning_rate",
+        ),
+        (["jaxmilab.data.build_uir", "--clean_dir=none"], "--output is not set"),
+    ],
+    ids=[
+        "missing_flag",
+        "misspelled_flag",
+        "mode_evaluate",
+        "workdir_is_a_file",
+        "restore_in_place",
+        "restore_into_input_folder",
+        "evaluate_missing_flag",
+        "compile_topology",
+        "compile_config_key",
+        "build_uir",
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
   (tmp_path / "afile").write_text("x")
   (tmp_path / "photos").mkdir()
@@ -340,34 +412,55 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, expected):
   args = [a.replace("configs/", os.path.join(REPO, "configs") + "/") for a in args]
   proc = cli(args, str(tmp_path))
   err = proc.stderr
-  if args[0] == "jaxmilab.data.build_uir":      # its own "build_uir: error:" prefix
+  if args[0] == "jaxmilab.data.build_uir":  # its own "build_uir: error:" prefix
     assert proc.returncode == 2 and "Traceback" not in err and expected in err.splitlines()[-1]
     return
   assert_one_line(proc, expected)
-  assert np.asarray(Image.open(tmp_path / "victim.png")).max() == 0   # the photo is untouched
+  assert np.asarray(Image.open(tmp_path / "victim.png")).max() == 0  # the photo is untouched
   assert os.listdir(tmp_path / "photos") == ["a.png"]
 
 
-@pytest.mark.parametrize("module", ["jaxmilab.main", "jaxmilab.restore", "jaxmilab.evaluate",
-                                    "jaxmilab.compile", "jaxmilab.quickstart"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "jaxmilab.main",
+        "jaxmilab.restore",
+        "jaxmilab.evaluate",
+        "jaxmilab.compile",
+        "jaxmilab.quickstart",
+    ],
+)
 def test_help_exits_0(module, tmp_path):
   proc = cli([module, "--help"], str(tmp_path))
   assert proc.returncode == 0 and "flags" in proc.stdout.lower(), proc.stderr[-2000:]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra,expected", [
-    (["--config.method.init_from=/nonexistent"], "init_from='/nonexistent': no orbax checkpoint"),
-    (["--config.method.init_from=emptydir"], "no orbax checkpoint found"),
-    (["--config.mesh.num_devices=16"], "config.mesh.num_devices=16: only 1 devices"),
-    (["--mode=eval"], "has no checkpoint and config.method.init_from is empty"),
-    (["--config.optimizer.learning_rate=1e30", "--config.total_steps=6"], "Training stopped"),
-])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (
+            ["--config.method.init_from=/nonexistent"],
+            "init_from='/nonexistent': no orbax checkpoint",
+        ),
+        (["--config.method.init_from=emptydir"], "no orbax checkpoint found"),
+        (["--config.mesh.num_devices=16"], "config.mesh.num_devices=16: only 1 devices"),
+        (["--mode=eval"], "has no checkpoint and config.method.init_from is empty"),
+        (["--config.optimizer.learning_rate=1e30", "--config.total_steps=6"], "Training stopped"),
+    ],
+)
 def test_main_run_errors_are_one_line_with_exit_code_2(tmp_path, extra, expected):
   (tmp_path / "emptydir").mkdir()
-  proc = cli(["jaxmilab.main", SMOKE.replace("configs/", REPO + "/configs/"),
-              f"--workdir={tmp_path / 'run'}", *extra], str(tmp_path),
-             **{"env": dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")})
+  proc = cli(
+      [
+          "jaxmilab.main",
+          SMOKE.replace("configs/", REPO + "/configs/"),
+          f"--workdir={tmp_path / 'run'}",
+          *extra,
+      ],
+      str(tmp_path),
+      **{"env": dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")},
+  )
   assert_one_line(proc, expected)
   if "--mode=eval" in extra:
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
@@ -379,16 +472,25 @@ def test_two_concurrent_mains_leave_one_set_of_metrics_rows(tmp_path):
   one line naming the first; metrics.jsonl has each step's row once and one events file."""
   workdir = str(tmp_path / "run")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
-  cmd = [sys.executable, "-m", "jaxmilab.main", SMOKE, f"--workdir={workdir}",
-         "--config.total_steps=12"]
-  first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+  cmd = [
+      sys.executable,
+      "-m",
+      "jaxmilab.main",
+      SMOKE,
+      f"--workdir={workdir}",
+      "--config.total_steps=12",
+  ]
+  first = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   time.sleep(3)
   second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   out, err = first.communicate(timeout=900)
   assert first.returncode == 0, err[-3000:]
   assert_one_line(second, f"is in use by pid {first.pid} on")
-  train = [r["step"] for r in metrics_lib.read_jsonl(workdir) if r["split"] == "train" and "loss" in r]
+  train = [
+      r["step"] for r in metrics_lib.read_jsonl(workdir) if r["split"] == "train" and "loss" in r
+  ]
   assert train == list(range(1, 13))
   assert len([f for f in os.listdir(workdir) if f.startswith("events.out")]) == 1
   assert out.strip().splitlines()[-1].startswith("done: step 12/12")
@@ -398,14 +500,24 @@ def test_two_concurrent_mains_leave_one_set_of_metrics_rows(tmp_path):
 def test_ctrl_c_on_the_cli_saves_exits_130_and_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
-  cmd = [sys.executable, "-m", "jaxmilab.main", SMOKE, f"--workdir={workdir}",
-         "--config.total_steps=400", "--config.checkpoint_every_steps=400",
-         "--config.eval_every_steps=400"]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  cmd = [
+      sys.executable,
+      "-m",
+      "jaxmilab.main",
+      SMOKE,
+      f"--workdir={workdir}",
+      "--config.total_steps=400",
+      "--config.checkpoint_every_steps=400",
+      "--config.eval_every_steps=400",
+  ]
+  proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   deadline = time.time() + 600
-  while not (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-             and '"train"' in open(os.path.join(workdir, "metrics.jsonl")).read()):
+  while not (
+      os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+      and '"train"' in open(os.path.join(workdir, "metrics.jsonl")).read()
+  ):
     assert proc.poll() is None and time.time() < deadline
     time.sleep(0.2)
   proc.send_signal(signal.SIGINT)

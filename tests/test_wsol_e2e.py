@@ -25,7 +25,9 @@ def _eval_record(workdir):
 @pytest.fixture(scope="module")
 def cam_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cam"))
-  state = trainer.train_and_evaluate(config_lib.load("configs/cam.py:smoke", {"mesh.num_devices": 1}), workdir)
+  state = trainer.train_and_evaluate(
+      config_lib.load("configs/cam.py:smoke", {"mesh.num_devices": 1}), workdir
+  )
   return workdir, jax.device_get(state.params), jax.device_get(state.model_state)
 
 
@@ -38,12 +40,19 @@ def test_cam_smoke_reports_protocol_metrics(cam_run):
 
 @pytest.mark.slow
 def test_bcam_smoke_reports_prob_and_mask_metrics(tmp_path):
-  trainer.train_and_evaluate(config_lib.load("configs/bcam.py:smoke", {"mesh.num_devices": 1}), str(tmp_path))
+  trainer.train_and_evaluate(
+      config_lib.load("configs/bcam.py:smoke", {"mesh.num_devices": 1}), str(tmp_path)
+  )
   record = _eval_record(str(tmp_path))
-  for key in PROTOCOL_KEYS + tuple(f"mask/{k}" for k in ("MaxBoxAccV2", "PxAP")) + (
-      "attention_A/top_share", "attention_A/head_top_share", "attention_B/top_share"):
+  for key in (
+      PROTOCOL_KEYS
+      + tuple(f"mask/{k}" for k in ("MaxBoxAccV2", "PxAP"))
+      + ("attention_A/top_share", "attention_A/head_top_share", "attention_B/top_share")
+  ):
     assert 0.0 <= record[key] <= 100.0, key
-  train = [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train" and "mlsm_bo" in r]
+  train = [
+      r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train" and "mlsm_bo" in r
+  ]
   assert train and all(math.isfinite(r["loss"]) for r in train)
 
 
@@ -59,7 +68,9 @@ def test_bagcams_post_hoc_on_a_cam_run(cam_run, tmp_path):
   assert int(state.step) == 0
   for ref, got in ((cam_params, state.params), (cam_state, state.model_state)):
     ref_leaves = jax.tree_util.tree_leaves_with_path(ref)
-    got_leaves = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_leaves_with_path(got))
+    got_leaves = dict(
+        (jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_leaves_with_path(got)
+    )
     assert len(ref_leaves) == len(got_leaves)
     for path, value in ref_leaves:
       np.testing.assert_array_equal(value, got_leaves[jax.tree_util.keystr(path)])
@@ -67,4 +78,3 @@ def test_bagcams_post_hoc_on_a_cam_run(cam_run, tmp_path):
   assert not [r for r in metrics_lib.read_jsonl(str(tmp_path)) if r["split"] == "train"]
   for key in PROTOCOL_KEYS + ("cam/MaxBoxAccV2", "cam/PxAP", "gt_logit_nonpositive"):
     assert 0.0 <= record[key] <= 100.0 and record[key] == scalars[key], key
-

@@ -26,7 +26,6 @@ from jaxmilab.methods import cam
 from tests import fake_trees
 from tests.torch_reference import convnets
 
-
 # ------------------------------------------------------------------------- streaming evaluation
 
 
@@ -41,15 +40,23 @@ def _fake_eval_set(seed=0, n=10, size=24):
       x0, y0 = rng.integers(0, size // 2, 2)
       x1, y1 = x0 + rng.integers(3, size // 2), y0 + rng.integers(3, size // 2)
       boxes[i, j] = (x0, y0, x1, y1)
-      mask[i, y0:y1 + 1, x0:x1 + 1] = True
-      scoremaps[i, y0:y1 + 1, x0:x1 + 1] += 0.5 * rng.random()
+      mask[i, y0 : y1 + 1, x0 : x1 + 1] = True
+      scoremaps[i, y0 : y1 + 1, x0 : x1 + 1] += 0.5 * rng.random()
   scoremaps /= scoremaps.max(axis=(1, 2), keepdims=True)
   valid = np.ones(n, bool)
   valid[-2:] = False  # padding rows
-  return {"scoremap": scoremaps, "scoremap_cam": scoremaps ** 2, "boxes": boxes, "num_boxes": num_boxes,
-          "mask": mask, "ignore": rng.random((n, size, size)) > 0.9,
-          "label": rng.integers(0, 3, n), "pred": rng.integers(0, 3, n), "valid": valid,
-          "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)}
+  return {
+      "scoremap": scoremaps,
+      "scoremap_cam": scoremaps**2,
+      "boxes": boxes,
+      "num_boxes": num_boxes,
+      "mask": mask,
+      "ignore": rng.random((n, size, size)) > 0.9,
+      "label": rng.integers(0, 3, n),
+      "pred": rng.integers(0, 3, n),
+      "valid": valid,
+      "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+  }
 
 
 def _concatenated_reference(host, key):
@@ -58,7 +65,9 @@ def _concatenated_reference(host, key):
   masks = wsol_metrics.MaskEvaluator(0.05)
   correct = host["pred"] == host["label"]
   for i in np.flatnonzero(host["valid"]):
-    boxes.accumulate(host[key][i], host["boxes"][i][:host["num_boxes"][i]], correct_class=bool(correct[i]))
+    boxes.accumulate(
+        host[key][i], host["boxes"][i][: host["num_boxes"][i]], correct_class=bool(correct[i])
+    )
     masks.accumulate(host[key][i], host["mask"][i], host["ignore"][i])
   out = boxes.compute()
   out.pop("GT-known")
@@ -77,9 +86,11 @@ def test_streamed_wsol_evaluator_equals_concatenated_computation():
     ev = wsol_metrics.WSOLEvaluator(scoremaps, cam_curve_interval=0.05)
     idx = np.arange(len(host["label"]))[part]
     for start in range(0, len(idx), 3):
-      rows = idx[start:start + 3]
-      ev.update({k: v[rows] for k, v in host.items() if k not in outputs_keys},
-                {k: host[k][rows] for k in outputs_keys})
+      rows = idx[start : start + 3]
+      ev.update(
+          {k: v[rows] for k, v in host.items() if k not in outputs_keys},
+          {k: host[k][rows] for k in outputs_keys},
+      )
     halves.append(ev)
   merged = halves[0].merge(halves[1]).merge_across_processes().compute()
   ref = _concatenated_reference(host, "scoremap")
@@ -118,12 +129,15 @@ def _torch_bcam_nets(torch, d):
     f = feature.view(b, -1, h * w)
     pool = lambda att, x: torch.bmm(att, x.permute(0, 2, 1)).mean(1).view(b, -1, 1, 1)
     fl = lambda conv, x: conv(x).view(b, -1)
-    return {"logits": fl(self.classifier_A, pool(att_a, f)),
-            "logits_back": fl(self.classifier_B, pool(att_b, f.detach())),
-            "logits_rev": fl(self.classifier_B, pool(att_a, f.detach())),
-            "logits_back_rev": fl(self.classifier_A, pool(att_b, f))}
+    return {
+        "logits": fl(self.classifier_A, pool(att_a, f)),
+        "logits_back": fl(self.classifier_B, pool(att_b, f.detach())),
+        "logits_rev": fl(self.classifier_B, pool(att_a, f.detach())),
+        "logits_back_rev": fl(self.classifier_A, pool(att_b, f)),
+    }
 
   class VggBCAM(nn.Module):
+
     def __init__(self, num_classes, k):
       super().__init__()
       self.features, c = convnets.vgg16_features(d)
@@ -137,6 +151,7 @@ def _torch_bcam_nets(torch, d):
       return bcam_logits(self, x, torch.relu(target)), target
 
   class BasicConv2d(nn.Module):
+
     def __init__(self, cin, cout, kernel, **kw):
       super().__init__()
       self.conv = nn.Conv2d(cin, cout, kernel, bias=False, **kw)
@@ -146,6 +161,7 @@ def _torch_bcam_nets(torch, d):
       return F.relu(self.bn(self.conv(x)))
 
   class InceptionA(nn.Module):
+
     def __init__(self, cin, pool):
       super().__init__()
       self.branch1x1 = BasicConv2d(cin, 64 // d, 1)
@@ -163,6 +179,7 @@ def _torch_bcam_nets(torch, d):
       return torch.cat([self.branch1x1(x), b5, b3, bp], 1)
 
   class InceptionB(nn.Module):
+
     def __init__(self, cin):
       super().__init__()
       self.branch3x3 = BasicConv2d(cin, 384 // d, 3, stride=1, padding=1)
@@ -175,6 +192,7 @@ def _torch_bcam_nets(torch, d):
       return torch.cat([self.branch3x3(x), bd, F.max_pool2d(x, 3, 1, 1)], 1)
 
   class InceptionC(nn.Module):
+
     def __init__(self, cin, c7):
       super().__init__()
       c7 //= d
@@ -197,6 +215,7 @@ def _torch_bcam_nets(torch, d):
       return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(F.avg_pool2d(x, 3, 1, 1))], 1)
 
   class InceptionBCAM(nn.Module):
+
     def __init__(self, num_classes, k):
       super().__init__()
       self.Conv2d_1a_3x3 = BasicConv2d(3, 32 // d, 3, stride=2, padding=1)
@@ -232,6 +251,7 @@ def _torch_bcam_nets(torch, d):
       return bcam_logits(self, feature, feature), target
 
   class ResNetBCAM(nn.Module):  # one block per stage (the tiny preset), large_feature_map
+
     def __init__(self, num_classes, k):
       super().__init__()
       self.conv1 = nn.Conv2d(3, 64 // d, 7, 2, 3, bias=False)
@@ -254,19 +274,34 @@ def _torch_bcam_nets(torch, d):
 
 
 def _bcam_method(arch, large, init_from="", **method):
-  config = ml_collections.ConfigDict({
-      "method": {"name": "bcam", "num_heads": 4, "map_mode": "cub", "init_from": init_from, **method},
-      "model": {"name": f"{arch}_wsol", "preset": "tiny", "large_feature_map": large}})
+  config = ml_collections.ConfigDict(
+      {
+          "method": {
+              "name": "bcam",
+              "num_heads": 4,
+              "map_mode": "cub",
+              "init_from": init_from,
+              **method,
+          },
+          "model": {"name": f"{arch}_wsol", "preset": "tiny", "large_feature_map": large},
+      }
+  )
   return bcam.Method(config, DataInfo(num_classes=3))
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("arch,size", [("vgg16", 32),
-                                       pytest.param("resnet50", 32, marks=pytest.mark.slow),
-                                       pytest.param("inceptionv3", 48, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "arch,size",
+    [
+        ("vgg16", 32),
+        pytest.param("resnet50", 32, marks=pytest.mark.slow),
+        pytest.param("inceptionv3", 48, marks=pytest.mark.slow),
+    ],
+)
 def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   torch = pytest.importorskip("torch")
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   net = _torch_bcam_nets(torch, 8)[arch](num_classes=3, k=4)
   convnets.randomize_batchnorm(net)  # non-trivial BatchNorm statistics
@@ -275,10 +310,20 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
       m.weight.data.normal_(0.0, 0.3)
   net.eval()
   path = str(tmp_path / "bcam.pth.tar")
-  torch.save({"architecture": arch, "epoch": 20, "state_dict": net.state_dict()}, path)  # main.py layout
+  torch.save(
+      {"architecture": arch, "epoch": 20, "state_dict": net.state_dict()}, path
+  )  # main.py layout
   large = arch != "vgg16"
-  variables, skipped = torchvision_wsol.convert(path, arch=arch, num_classes=3, large_feature_map=large,
-                                                preset="tiny", bcam=True, num_heads=4, image_size=size)
+  variables, skipped = torchvision_wsol.convert(
+      path,
+      arch=arch,
+      num_classes=3,
+      large_feature_map=large,
+      preset="tiny",
+      bcam=True,
+      num_heads=4,
+      image_size=size,
+  )
   assert not skipped
   x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
   labels = np.array([2, 0])
@@ -321,8 +366,12 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   # The four scores of the loss as released.
   out = method.backbone.apply({"params": params["backbone"], **state}, cam.preprocess(images))
   scores = method._head(params, out)  # pylint: disable=protected-access
-  for ours, theirs in (("s_oo", "logits"), ("s_bb", "logits_back"), ("s_bo", "logits_rev"),
-                       ("s_ob", "logits_back_rev")):
+  for ours, theirs in (
+      ("s_oo", "logits"),
+      ("s_bb", "logits_back"),
+      ("s_bo", "logits_rev"),
+      ("s_ob", "logits_back_rev"),
+  ):
     np.testing.assert_allclose(scores[ours], logits[theirs].detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -336,8 +385,9 @@ def test_bcam_layout_and_dropout_as_released():
   assert inc.head.dropout == 0.5 and not inc.head.attention_bias
   f = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 8)), jnp.float32)
   head_params = inc.head.init(jax.random.key(0), f)["params"]
-  run = lambda train, seed: inc.head.apply({"params": head_params}, f, train=train,
-                                           rngs={"dropout": jax.random.key(seed)})["s_oo"]
+  run = lambda train, seed: inc.head.apply(
+      {"params": head_params}, f, train=train, rngs={"dropout": jax.random.key(seed)}
+  )["s_oo"]
   assert not np.allclose(run(True, 1), run(True, 2))  # dropout on F in training (released)
   np.testing.assert_array_equal(run(False, 1), run(False, 2))
   assert _bcam_method("resnet50", True).head.dropout == 0.0
@@ -349,9 +399,15 @@ def test_bcam_layout_and_dropout_as_released():
 def test_paper_network_refuses_random_init_unless_allowed():
   config = config_lib.load("configs/cam.py:resnet50_cub")
   assert config.method.allow_random_init is False
-  method = cam.Method(ml_collections.ConfigDict({
-      "method": {"name": "cam", "init_from": "", "allow_random_init": False},
-      "model": {"name": "vgg16_wsol", "preset": "paper", "large_feature_map": False}}), DataInfo(num_classes=3))
+  method = cam.Method(
+      ml_collections.ConfigDict(
+          {
+              "method": {"name": "cam", "init_from": "", "allow_random_init": False},
+              "model": {"name": "vgg16_wsol", "preset": "paper", "large_feature_map": False},
+          }
+      ),
+      DataInfo(num_classes=3),
+  )
   with pytest.raises(ValueError, match="allow_random_init"):
     method.check_initialisation()
   method.config.method.allow_random_init = True
@@ -363,11 +419,16 @@ def test_paper_network_refuses_random_init_unless_allowed():
 
 def test_converted_checkpoint_remembers_its_feature_map_size(tmp_path):
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+
   (tmp_path / torchvision_wsol.MODEL_INFO).write_text(
-      '{"arch": "resnet50", "large_feature_map": false, "num_classes": 3}')
-  config = ml_collections.ConfigDict({"method": {"name": "cam", "init_from": str(tmp_path)},
-                                      "model": {"name": "resnet50_wsol", "preset": "tiny",
-                                                "large_feature_map": True}})
+      '{"arch": "resnet50", "large_feature_map": false, "num_classes": 3}'
+  )
+  config = ml_collections.ConfigDict(
+      {
+          "method": {"name": "cam", "init_from": str(tmp_path)},
+          "model": {"name": "resnet50_wsol", "preset": "tiny", "large_feature_map": True},
+      }
+  )
   with pytest.raises(ValueError, match="large_feature_map=False"):
     cam.Method(config, DataInfo(num_classes=3))
   config.model.large_feature_map = False
@@ -380,6 +441,7 @@ def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
   """CUB boxes plus the CUBMask metadata (BagCAMs' metadata/CUBMask/test): masks for CUB PxAP."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+
   data, meta = tmp_path / "dataset", tmp_path / "metadata"
   (data / "CUB" / "a").mkdir(parents=True)
   Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "CUB" / "a" / "1.jpg")
@@ -388,10 +450,18 @@ def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
   m[4:12, 2:9] = 255
   Image.fromarray(m).save(data / "CUBMask" / "masks" / "a" / "1.png")
   fake_trees.wsol_metadata(meta, "CUB", labels={"a/1.jpg": 1}, localization=["a/1.jpg,2,4,8,11"])
-  cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
-                                       resize_size=16, crop_size=16))
-  batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0,
-                                        process_count=1).eval_batches()))
+  cfg = ml_collections.ConfigDict(
+      dict(
+          dataset="CUB", data_root=str(data), metadata_root=str(meta), resize_size=16, crop_size=16
+      )
+  )
+  batch = next(
+      iter(
+          wsol_folders.create(
+              cfg, batch_size=1, seed=0, process_index=0, process_count=1
+          ).eval_batches()
+      )
+  )
   assert "mask" not in batch  # no CUBMask metadata: boxes only
   (meta / "CUBMask" / "test").mkdir(parents=True)
   (meta / "CUBMask" / "test" / "localization.txt").write_text("imgs/a/1.jpg,masks/a/1.png,\n")
@@ -407,8 +477,17 @@ def test_cub_masks_from_cubmask_metadata_give_pxap(tmp_path):
 
 def test_part_and_context_layouts_of_the_synthetic_set():
   from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
-  common = dict(size=64, num_classes=4, num_examples=40, seed=0, tag=2, with_boxes=True, max_boxes=4,
-                description="test")
+
+  common = dict(
+      size=64,
+      num_classes=4,
+      num_examples=40,
+      seed=0,
+      tag=2,
+      with_boxes=True,
+      max_boxes=4,
+      description="test",
+  )
   part = wsol_synthetic.SyntheticWSOL((), layout="part", **common)
   bodies = []
   for i in range(40):
@@ -418,7 +497,9 @@ def test_part_and_context_layouts_of_the_synthetic_set():
     patch = mask & ~grey  # the class-coloured pixels inside the body
     assert 0.03 <= patch.sum() / mask.sum() <= 0.12, i
     ys, xs = np.nonzero(mask)
-    np.testing.assert_array_equal(ex["boxes"][0], (xs.min(), ys.min(), xs.max(), ys.max()))  # whole body
+    np.testing.assert_array_equal(
+        ex["boxes"][0], (xs.min(), ys.min(), xs.max(), ys.max())
+    )  # whole body
     bodies.append(np.where(mask & grey)[0].size)
   # The body is class-agnostic: its texture is the same for every class.
   ex0, ex1 = part[0], next(part[i] for i in range(1, 40) if part[i]["label"] != part[0]["label"])
@@ -433,8 +514,18 @@ def test_part_and_context_layouts_of_the_synthetic_set():
 
 def test_context_layout_needs_the_band_and_keeps_it_two_cells_away():
   from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
-  common = dict(size=112, num_classes=4, num_examples=60, seed=0, tag=2, with_boxes=True, max_boxes=4,
-                description="test", layout="context")
+
+  common = dict(
+      size=112,
+      num_classes=4,
+      num_examples=60,
+      seed=0,
+      tag=2,
+      with_boxes=True,
+      max_boxes=4,
+      description="test",
+      layout="context",
+  )
   context = wsol_synthetic.SyntheticWSOL((), context_prob=0.8, **common)
   bare = wsol_synthetic.SyntheticWSOL((), context_prob=0.0, **common)
   with_band, objects = 0, {}
@@ -458,6 +549,8 @@ def test_context_layout_needs_the_band_and_keeps_it_two_cells_away():
         assert np.abs(band_colour - colour).max() > 30
     # Classes 2j and 2j+1 draw the same object (shape, colour, stripes): keyed by pair.
     pixels = ex["image"][mask]
-    objects.setdefault(int(ex["label"]) // 2, set()).add(tuple(np.round(pixels.mean(0) / 25).astype(int)))
+    objects.setdefault(int(ex["label"]) // 2, set()).add(
+        tuple(np.round(pixels.mean(0) / 25).astype(int))
+    )
   assert 40 <= with_band <= 58  # context_prob 0.8
   assert len(objects) == 2

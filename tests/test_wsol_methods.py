@@ -17,7 +17,6 @@ from jaxmilab.models import wsol_backbones
 from tests import fake_trees
 from tests.torch_reference import convnets
 
-
 # ------------------------------------------------------------------------------ guided ReLU
 
 
@@ -41,7 +40,7 @@ def _np_conv3x3(x, k, b):
   out = np.zeros((h, w, k.shape[-1])) + b
   for dy in range(3):
     for dx in range(3):
-      out += xp[dy:dy + h, dx:dx + w] @ k[dy, dx]
+      out += xp[dy : dy + h, dx : dx + w] @ k[dy, dx]
   return out
 
 
@@ -51,7 +50,7 @@ def _np_conv3x3_input_grad(gz, k):
   gxp = np.zeros((h + 2, w + 2, k.shape[2]))
   for dy in range(3):
     for dx in range(3):
-      gxp[dy:dy + h, dx:dx + w] += gz @ k[dy, dx].T
+      gxp[dy : dy + h, dx : dx + w] += gz @ k[dy, dx].T
   return gxp[1:-1, 1:-1]
 
 
@@ -61,7 +60,9 @@ def tiny_vgg():
   model = wsol_backbones.VggCam(num_classes=3, width_divisor=64)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"])
+  params = jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"]
+  )
   return model, {"params": params}
 
 
@@ -119,8 +120,10 @@ def test_stagger_loss_terms_match_definitions():
   rng = np.random.default_rng(2)
   scores = {k: rng.normal(size=(3, 5)).astype(np.float32) for k in ("s_oo", "s_bo", "s_bb", "s_ob")}
   labels = np.array([0, 3, 4])
-  terms = jax.tree.map(float, bcam.stagger_loss_terms({k: jnp.asarray(v) for k, v in scores.items()},
-                                                      jnp.asarray(labels)))
+  terms = jax.tree.map(
+      float,
+      bcam.stagger_loss_terms({k: jnp.asarray(v) for k, v in scores.items()}, jnp.asarray(labels)),
+  )
   sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
   onehot = np.eye(5)[labels]
 
@@ -131,8 +134,12 @@ def test_stagger_loss_terms_match_definitions():
   ce = np.mean(np.log(np.exp(s).sum(1)) - s[np.arange(3), labels])
   np.testing.assert_allclose(terms["ce_oo"], ce, rtol=1e-5)
   np.testing.assert_allclose(terms["mlsm_bo"], mlsm(scores["s_bo"], 1 - onehot), rtol=1e-5)
-  np.testing.assert_allclose(terms["mlsm_bb"], mlsm(scores["s_bb"], np.ones_like(onehot)), rtol=1e-5)
-  np.testing.assert_allclose(terms["mlsm_ob"], mlsm(scores["s_ob"], np.zeros_like(onehot)), rtol=1e-5)
+  np.testing.assert_allclose(
+      terms["mlsm_bb"], mlsm(scores["s_bb"], np.ones_like(onehot)), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      terms["mlsm_ob"], mlsm(scores["s_ob"], np.zeros_like(onehot)), rtol=1e-5
+  )
 
 
 @pytest.mark.torch
@@ -141,7 +148,9 @@ def test_multilabel_soft_margin_matches_pytorch():
   rng = np.random.default_rng(3)
   x, y = rng.normal(size=(4, 6)).astype(np.float32), (rng.random((4, 6)) > 0.5).astype(np.float32)
   ref = torch.nn.functional.multilabel_soft_margin_loss(torch.tensor(x), torch.tensor(y)).item()
-  np.testing.assert_allclose(float(bcam.multilabel_soft_margin(jnp.asarray(x), jnp.asarray(y))), ref, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(bcam.multilabel_soft_margin(jnp.asarray(x), jnp.asarray(y))), ref, rtol=1e-5
+  )
 
 
 def test_bcam_head_starts_as_average_pooling_and_stops_gradients():
@@ -159,7 +168,9 @@ def test_bcam_head_starts_as_average_pooling_and_stops_gradients():
   g_bo = jax.grad(lambda x: head.apply({"params": params}, x)["s_bo"][0, 1])(f)
   g_oo = jax.grad(lambda x: head.apply({"params": params}, x)["s_oo"][0, 1])(f)
   np.testing.assert_allclose(g_bo, 0.0, atol=1e-7)
-  np.testing.assert_allclose(g_oo[0], np.broadcast_to(w_o["kernel"][:, 1] / 9, (3, 3, 5)), rtol=1e-5)
+  np.testing.assert_allclose(
+      g_oo[0], np.broadcast_to(w_o["kernel"][:, 1] / 9, (3, 3, 5)), rtol=1e-5
+  )
 
 
 # ---------------------------------------------------------------------------------- CAM formula
@@ -186,13 +197,21 @@ def test_backbone_cam_pools_to_logits(arch, size):
   bias = variables["params"]["fc"]["bias"]
   for k in range(3):
     cams = cam.cam_maps(out["features"], out["classifier_kernel"], jnp.full((2,), k))
-    np.testing.assert_allclose(cams.mean(axis=(1, 2)) + bias[k], out["logits"][:, k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        cams.mean(axis=(1, 2)) + bias[k], out["logits"][:, k], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_feature_map_sizes_follow_the_protocol():
   """224 input: ResNet50 28x28 (large_feature_map) / 14x14, VGG16 14x14 / 28x28, InceptionV3 28 / 14."""
-  expected = {("resnet50", True): 28, ("resnet50", False): 14, ("vgg16", False): 14,
-              ("vgg16", True): 28, ("inceptionv3", True): 28, ("inceptionv3", False): 14}
+  expected = {
+      ("resnet50", True): 28,
+      ("resnet50", False): 14,
+      ("vgg16", False): 14,
+      ("vgg16", True): 28,
+      ("inceptionv3", True): 28,
+      ("inceptionv3", False): 14,
+  }
   channels = {"resnet50": 2048, "vgg16": 1024, "inceptionv3": 1024}
   for (arch, large), side in expected.items():
     model = wsol_backbones.create_backbone(arch, dict(num_classes=200, large_feature_map=large))
@@ -211,20 +230,40 @@ def test_resize_matches_opencv_bicubic_and_normalize():
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-4)
   same = np.asarray(cam.resize_maps(jnp.asarray(maps), (7, 5), "cubic"))
   np.testing.assert_allclose(same, maps, atol=1e-6)
-  norm = np.asarray(cam.normalize_minmax(jnp.asarray(
-      np.stack([maps[0], np.full((7, 5), 3.0, np.float32), np.where(maps[1] > 0, np.nan, 1).astype(np.float32)]))))
-  np.testing.assert_allclose(norm[0], (maps[0] - maps[0].min()) / np.ptp(maps[0]), rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(norm[1:], 0.0)  # constant and NaN maps -> zeros (normalize_scoremap)
+  norm = np.asarray(
+      cam.normalize_minmax(
+          jnp.asarray(
+              np.stack(
+                  [
+                      maps[0],
+                      np.full((7, 5), 3.0, np.float32),
+                      np.where(maps[1] > 0, np.nan, 1).astype(np.float32),
+                  ]
+              )
+          )
+      )
+  )
+  np.testing.assert_allclose(
+      norm[0], (maps[0] - maps[0].min()) / np.ptp(maps[0]), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_array_equal(
+      norm[1:], 0.0
+  )  # constant and NaN maps -> zeros (normalize_scoremap)
 
 
 @pytest.mark.torch
 def test_bilinear_matches_pytorch_interpolate():
   torch = pytest.importorskip("torch")
   maps = np.random.default_rng(7).normal(size=(2, 6, 4)).astype(np.float32)
-  ref = torch.nn.functional.interpolate(torch.tensor(maps)[:, None], (20, 17), mode="bilinear",
-                                        align_corners=False)[:, 0].numpy()
-  np.testing.assert_allclose(np.asarray(cam.resize_maps(jnp.asarray(maps), (20, 17), "bilinear")), ref,
-                             rtol=1e-5, atol=1e-5)
+  ref = torch.nn.functional.interpolate(
+      torch.tensor(maps)[:, None], (20, 17), mode="bilinear", align_corners=False
+  )[:, 0].numpy()
+  np.testing.assert_allclose(
+      np.asarray(cam.resize_maps(jnp.asarray(maps), (20, 17), "bilinear")),
+      ref,
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
 
 # ---------------------------------------------------------------------------- synthetic data
@@ -233,6 +272,7 @@ def test_bilinear_matches_pytorch_interpolate():
 def test_synthetic_set_is_deterministic_with_mask_boxes():
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_synthetic  # pylint: disable=g-import-not-at-top
+
   cfg = ml_collections.ConfigDict(dict(image_size=32, num_eval=6, num_train=8))
   make = lambda: wsol_synthetic.create(cfg, batch_size=4, seed=3, process_index=0, process_count=1)
   a, b = list(make().eval_batches()), list(make().eval_batches())
@@ -253,15 +293,28 @@ def test_folder_reader_follows_wsolevaluation_metadata(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+
   data, meta = tmp_path / "dataset", tmp_path / "metadata"
   for name, (w, h) in {"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)}.items():
     (data / "CUB" / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(data / "CUB" / name)
-  fake_trees.wsol_metadata(meta, "CUB", labels={"a/1.jpg": 0, "b/2.jpg": 1},
-                           sizes={"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)},
-                           localization=["a/1.jpg,10,5,49,39", "b/2.jpg,0,0,29,59", "b/2.jpg,3,7,11,13"])
-  cfg = ml_collections.ConfigDict(dict(dataset="CUB", data_root=str(data), metadata_root=str(meta),
-                                       resize_size=24, crop_size=20, max_boxes=3))
+  fake_trees.wsol_metadata(
+      meta,
+      "CUB",
+      labels={"a/1.jpg": 0, "b/2.jpg": 1},
+      sizes={"a/1.jpg": (50, 40), "b/2.jpg": (30, 60)},
+      localization=["a/1.jpg,10,5,49,39", "b/2.jpg,0,0,29,59", "b/2.jpg,3,7,11,13"],
+  )
+  cfg = ml_collections.ConfigDict(
+      dict(
+          dataset="CUB",
+          data_root=str(data),
+          metadata_root=str(meta),
+          resize_size=24,
+          crop_size=20,
+          max_boxes=3,
+      )
+  )
   ds = wsol_folders.create(cfg, batch_size=2, seed=0, process_index=0, process_count=1)
   batch = next(iter(ds.eval_batches()))
   assert batch["image"].shape == (2, 20, 20, 3) and ds.info.num_classes == 2
@@ -271,8 +324,13 @@ def test_folder_reader_follows_wsolevaluation_metadata(tmp_path):
   np.testing.assert_array_equal(batch["num_boxes"], [1, 2])
   assert next(ds.train)["image"].shape == (2, 20, 20, 3)
   with pytest.raises(Exception, match="metadata_root"):
-    wsol_folders.create(ml_collections.ConfigDict(dict(cfg, metadata_root=str(tmp_path / "nope"))),
-                        batch_size=2, seed=0, process_index=0, process_count=1)
+    wsol_folders.create(
+        ml_collections.ConfigDict(dict(cfg, metadata_root=str(tmp_path / "nope"))),
+        batch_size=2,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
 
 
 # ------------------------------------------------------------------ PyTorch weights (.pth)
@@ -284,6 +342,7 @@ def _torch_wsol_nets(torch, d):
   nn = torch.nn
 
   class ResNetCam(nn.Module):
+
     def __init__(self, num_classes):
       super().__init__()
       self.inplanes = 64 // d
@@ -309,6 +368,7 @@ def _torch_wsol_nets(torch, d):
       return self.fc(x.mean((2, 3))), x
 
   class VggCam(nn.Module):
+
     def __init__(self, num_classes):
       super().__init__()
       self.features, c = convnets.vgg16_features(d)
@@ -327,6 +387,7 @@ def _torch_wsol_nets(torch, d):
 def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
   torch = pytest.importorskip("torch")
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   net = _torch_wsol_nets(torch, 8)[arch](num_classes=3)
   convnets.randomize_batchnorm(net)  # away from its init, so the statistics matter
@@ -334,22 +395,31 @@ def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
   path = str(tmp_path / "net.pth")
   torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)  # wsolevaluation's layout
   large = arch == "resnet50"
-  variables, skipped = torchvision_wsol.convert(path, arch=arch, num_classes=3, large_feature_map=large,
-                                                preset="tiny", image_size=32)
+  variables, skipped = torchvision_wsol.convert(
+      path, arch=arch, num_classes=3, large_feature_map=large, preset="tiny", image_size=32
+  )
   assert not skipped
   x = np.random.default_rng(8).normal(size=(2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     logits, feats = net(torch.tensor(x).permute(0, 3, 1, 2))
-  model = wsol_backbones.create_backbone(arch, dict(preset="tiny", num_classes=3, large_feature_map=large))
+  model = wsol_backbones.create_backbone(
+      arch, dict(preset="tiny", num_classes=3, large_feature_map=large)
+  )
   out = model.apply(variables, jnp.asarray(x))
   np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(out["features"], feats.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      out["features"], feats.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4
+  )
   # The official CAM (wsolevaluation: fc.weight[label] * feature_map, mean over channels) up to
   # the 1/C factor that min-max removes.
   labels = np.array([1, 2])
   ref = (net.fc.weight[labels][:, :, None, None] * feats).sum(1).detach().numpy()
-  np.testing.assert_allclose(cam.cam_maps(out["features"], out["classifier_kernel"], jnp.asarray(labels)),
-                             ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      cam.cam_maps(out["features"], out["classifier_kernel"], jnp.asarray(labels)),
+      ref,
+      rtol=1e-4,
+      atol=1e-4,
+  )
 
 
 @pytest.mark.torch
@@ -359,25 +429,30 @@ def test_bagcams_match_the_released_backward_in_pytorch(tmp_path):
   torch = pytest.importorskip("torch")
   from jaxmilab.convert import torchvision_wsol  # pylint: disable=g-import-not-at-top
   from tests.torch_reference import bagcams as torch_bagcams  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(3)
   net = _torch_wsol_nets(torch, 8)["resnet50"](num_classes=3)
   convnets.randomize_batchnorm(net)
   net.eval()
   path = str(tmp_path / "net.pth")
   torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
-  variables, skipped = torchvision_wsol.convert(path, arch="resnet50", num_classes=3, large_feature_map=True,
-                                                preset="tiny", image_size=32)
+  variables, skipped = torchvision_wsol.convert(
+      path, arch="resnet50", num_classes=3, large_feature_map=True, preset="tiny", image_size=32
+  )
   assert not skipped
   extractor = torch.nn.Module()  # DA-WSOL's extractor: the network up to layer4, named as released
   for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
     setattr(extractor, name, getattr(net, name))
-  extractor.forward = lambda x: net.layer4(net.layer3(net.layer2(net.layer1(
-      net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+  extractor.forward = lambda x: net.layer4(
+      net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+  )
   x = np.random.default_rng(4).normal(size=(4, 32, 32, 3)).astype(np.float32)
   wrapper = torch_bagcams.BagCAMs(extractor, net.fc)
   logits = wrapper.forward(torch.tensor(x).permute(0, 3, 1, 2)).detach().numpy()
   # Largest logit for two images, smallest for two: ground-truth logits of both signs.
-  labels = np.array([np.argmax(logits[0]), np.argmax(logits[1]), np.argmin(logits[2]), np.argmin(logits[3])])
+  labels = np.array(
+      [np.argmax(logits[0]), np.argmax(logits[1]), np.argmin(logits[2]), np.argmin(logits[3])]
+  )
   y_k = logits[np.arange(4), labels]
   assert (y_k > 0).sum() >= 1 and (y_k < 0).sum() >= 1, y_k
   wrapper.backward(labels)
@@ -385,7 +460,9 @@ def test_bagcams_match_the_released_backward_in_pytorch(tmp_path):
   ref_maps = wrapper.generate("layer3")[:, 0].detach().numpy()
   wrapper.remove_hook()
 
-  model = wsol_backbones.create_backbone("resnet50", dict(preset="tiny", num_classes=3, large_feature_map=True))
+  model = wsol_backbones.create_backbone(
+      "resnet50", dict(preset="tiny", num_classes=3, large_feature_map=True)
+  )
   out = model.apply(variables, jnp.asarray(x))
   np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4)
   grads = bagcams.guided_gradients(model, variables, out["low"], jnp.asarray(labels))
@@ -394,7 +471,9 @@ def test_bagcams_match_the_released_backward_in_pytorch(tmp_path):
   maps = bagcams.bagcams_scoremaps(model, variables, out["low"], jnp.asarray(labels), (32, 32))
   np.testing.assert_allclose(maps, ref_maps, atol=1e-3)
   # Our earlier order (seed 1, / y_k afterwards) fails the reference where y_k < 0.
-  old = np.asarray(bagcams.guided_gradients(model, variables, out["low"], jnp.asarray(labels), "divide_after"))
+  old = np.asarray(
+      bagcams.guided_gradients(model, variables, out["low"], jnp.asarray(labels), "divide_after")
+  )
   neg = y_k < 0
   np.testing.assert_allclose(old[~neg] / scale[~neg], ref_grads[~neg] / scale[~neg], atol=1e-4)
   assert np.abs(old[neg] - ref_grads[neg]).max() > 1e-2 * np.abs(ref_grads[neg]).max()
@@ -405,6 +484,7 @@ def test_folder_reader_openimages_masks(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top
+
   root, meta = tmp_path / "dataset" / "OpenImages", tmp_path / "metadata"
   (root / "test" / "c").mkdir(parents=True)
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test/c/x.jpg")
@@ -412,11 +492,31 @@ def test_folder_reader_openimages_masks(tmp_path):
   m1[:4, :4], m2[6:, 6:], ign[:, :5] = 255, 255, 255
   for name, m in (("x_m1.png", m1), ("x_m2.png", m2), ("x_ignore.png", ign)):
     Image.fromarray(m).save(root / "test" / "c" / name)
-  fake_trees.wsol_metadata(meta, "OpenImages", labels={"test/c/x.jpg": 1}, localization=[
-      "test/c/x.jpg,test/c/x_m1.png,test/c/x_ignore.png", "test/c/x.jpg,test/c/x_m2.png,"])
-  cfg = ml_collections.ConfigDict(dict(dataset="OpenImages", data_root=str(tmp_path / "dataset"),
-                                       metadata_root=str(tmp_path / "metadata"), resize_size=8, crop_size=8))
-  batch = next(iter(wsol_folders.create(cfg, batch_size=1, seed=0, process_index=0, process_count=1).eval_batches()))
+  fake_trees.wsol_metadata(
+      meta,
+      "OpenImages",
+      labels={"test/c/x.jpg": 1},
+      localization=[
+          "test/c/x.jpg,test/c/x_m1.png,test/c/x_ignore.png",
+          "test/c/x.jpg,test/c/x_m2.png,",
+      ],
+  )
+  cfg = ml_collections.ConfigDict(
+      dict(
+          dataset="OpenImages",
+          data_root=str(tmp_path / "dataset"),
+          metadata_root=str(tmp_path / "metadata"),
+          resize_size=8,
+          crop_size=8,
+      )
+  )
+  batch = next(
+      iter(
+          wsol_folders.create(
+              cfg, batch_size=1, seed=0, process_index=0, process_count=1
+          ).eval_batches()
+      )
+  )
   assert "boxes" not in batch
   np.testing.assert_array_equal(batch["mask"][0], (m1 > 0) | (m2 > 0))
   np.testing.assert_array_equal(batch["ignore"][0], (ign > 0) & ~((m1 > 0) | (m2 > 0)))
@@ -427,15 +527,22 @@ def test_wsol_summary_perfect_and_padded_maps():
   mask = np.zeros((3, 16, 16), bool)
   mask[0, 2:9, 3:12] = True
   mask[1, 8:15, 0:5] = True
-  outputs = {"scoremap": mask.astype(np.float32), "mask": mask, "label": np.array([0, 1, 0]),
-             "pred": np.array([0, 0, 0]), "valid": np.array([True, True, False]),
-             "boxes": np.array([[[3, 2, 11, 8]], [[0, 8, 4, 14]], [[0, 0, 0, 0]]]),
-             "num_boxes": np.array([1, 1, 0])}
+  outputs = {
+      "scoremap": mask.astype(np.float32),
+      "mask": mask,
+      "label": np.array([0, 1, 0]),
+      "pred": np.array([0, 0, 0]),
+      "valid": np.array([True, True, False]),
+      "boxes": np.array([[[3, 2, 11, 8]], [[0, 8, 4, 14]], [[0, 0, 0, 0]]]),
+      "num_boxes": np.array([1, 1, 0]),
+  }
   out = cam.wsol_summary(outputs)
   assert out["MaxBoxAccV2"] == 100.0 and out["gt_known_loc"] == 100.0
   assert out["top1_loc"] == 50.0 and out["accuracy"] == 50.0  # example 1 is misclassified
   assert out["PxAP"] == pytest.approx(100.0) and out["pIoU"] == pytest.approx(100.0)
-  masks_only = cam.wsol_summary({k: v for k, v in outputs.items() if k not in ("boxes", "num_boxes")})
+  masks_only = cam.wsol_summary(
+      {k: v for k, v in outputs.items() if k not in ("boxes", "num_boxes")}
+  )
   assert "MaxBoxAccV2" not in masks_only and masks_only["PxAP"] == pytest.approx(100.0)
 
 
@@ -448,7 +555,11 @@ def test_bcam_attention_top_share_by_hand():
   # Per head: two collapsed heads on different cells; their mean is spread over 2 cells.
   heads = jnp.zeros((1, 32, 2)).at[0, 3, 0].set(1.0).at[0, 7, 1].set(1.0)
   np.testing.assert_allclose(bcam.top_share(heads), [1.0], rtol=1e-6)
-  shares = bcam.attention_shares({"att_a_heads": heads, "att_b_heads": jnp.full((1, 32, 2), 1 / 32)})
+  shares = bcam.attention_shares(
+      {"att_a_heads": heads, "att_b_heads": jnp.full((1, 32, 2), 1 / 32)}
+  )
   np.testing.assert_allclose(shares["att_a_head_top_share"], [100.0], rtol=1e-6)
-  np.testing.assert_allclose(shares["att_a_top_share"], [100.0], rtol=1e-6)  # 0.5 + 0.5 on the top 2
+  np.testing.assert_allclose(
+      shares["att_a_top_share"], [100.0], rtol=1e-6
+  )  # 0.5 + 0.5 on the top 2
   np.testing.assert_allclose(shares["att_b_top_share"], [100 * 2 / 32], rtol=1e-5)

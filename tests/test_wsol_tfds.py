@@ -20,12 +20,21 @@ wsol_tfds = pytest.importorskip("jaxmilab.data.wsol_tfds")
 
 # image id -> (width, height, label, boxes); "g/..." is a grayscale JPEG (stored as PNG).
 _CUB = {
-    "train": {"a/1.jpg": (20, 16, 0, [(1, 2, 10, 12)]), "b/2.jpg": (12, 18, 1, []),
-              "g/3.jpg": (14, 10, 2, [(0, 0, 13, 9)])},
-    "val": {"a/4.jpg": (16, 16, 0, [(3, 3, 9, 9), (0, 1, 5, 6)]), "b/5.jpg": (10, 14, 1, [(2, 2, 7, 8)]),
-            "a/6.jpg": (18, 12, 2, [(4, 1, 15, 10)])},
-    "test": {"a/7.jpg": (20, 16, 1, [(1, 1, 17, 14)]), "g/8.jpg": (15, 11, 0, [(2, 3, 12, 10), (0, 0, 4, 4)]),
-             "b/9.jpg": (11, 19, 2, [(0, 5, 10, 18)])},
+    "train": {
+        "a/1.jpg": (20, 16, 0, [(1, 2, 10, 12)]),
+        "b/2.jpg": (12, 18, 1, []),
+        "g/3.jpg": (14, 10, 2, [(0, 0, 13, 9)]),
+    },
+    "val": {
+        "a/4.jpg": (16, 16, 0, [(3, 3, 9, 9), (0, 1, 5, 6)]),
+        "b/5.jpg": (10, 14, 1, [(2, 2, 7, 8)]),
+        "a/6.jpg": (18, 12, 2, [(4, 1, 15, 10)]),
+    },
+    "test": {
+        "a/7.jpg": (20, 16, 1, [(1, 1, 17, 14)]),
+        "g/8.jpg": (15, 11, 0, [(2, 3, 12, 10), (0, 0, 4, 4)]),
+        "b/9.jpg": (11, 19, 2, [(0, 5, 10, 18)]),
+    },
 }
 
 
@@ -50,8 +59,10 @@ def _fake_cub(root, dataset="CUB"):
     _write_lines(folder / "image_ids.txt", entries)
     _write_lines(folder / "class_labels.txt", [f"{i},{e[2]}" for i, e in entries.items()])
     _write_lines(folder / "image_sizes.txt", [f"{i},{e[0]},{e[1]}" for i, e in entries.items()])
-    _write_lines(folder / "localization.txt",
-                 [f"{i}," + ",".join(map(str, b)) for i, e in entries.items() for b in e[3]])
+    _write_lines(
+        folder / "localization.txt",
+        [f"{i}," + ",".join(map(str, b)) for i, e in entries.items() for b in e[3]],
+    )
   return root
 
 
@@ -164,16 +175,25 @@ def test_missing_layout_names_the_folder_or_file(tmp_path):
   os.remove(manual / "metadata" / "ILSVRC" / "val" / "class_labels.txt")
   with pytest.raises(DataError, match=r"ILSVRC/val/class_labels.txt' is missing"):
     _prepare(wsol_tfds.WsolIlsvrc, manual, tmp_path / "d2")
-  (manual / "metadata" / "ILSVRC" / "val" / "class_labels.txt").write_text("a/4.jpg,0\nb/5.jpg,1000\na/6.jpg,2\n")
+  (manual / "metadata" / "ILSVRC" / "val" / "class_labels.txt").write_text(
+      "a/4.jpg,0\nb/5.jpg,1000\na/6.jpg,2\n"
+  )
   with pytest.raises(DataError, match=r"'b/5.jpg' has class 1000; ILSVRC has classes 0..999"):
     _prepare(wsol_tfds.WsolIlsvrc, manual, tmp_path / "d3")
-  (manual / "metadata" / "ILSVRC" / "val" / "class_labels.txt").write_text("a/4.jpg,0\nb/5.jpg,1\na/6.jpg,2\n")
+  (manual / "metadata" / "ILSVRC" / "val" / "class_labels.txt").write_text(
+      "a/4.jpg,0\nb/5.jpg,1\na/6.jpg,2\n"
+  )
   (manual / "metadata" / "ILSVRC" / "test" / "localization.txt").write_text("a/7.jpg,1,1,17,14\n")
   with pytest.raises(DataError, match=r"test/localization.txt lists no box for 'g/8.jpg'"):
     _prepare(wsol_tfds.WsolIlsvrc, manual, tmp_path / "d4")
   with pytest.raises(DataError, match="not prepared"):
-    wsol_tfds.create(ml_collections.ConfigDict(dict(dataset="CUB", data_dir=str(tmp_path / "d5"))),
-                     batch_size=2, seed=0, process_index=0, process_count=1)
+    wsol_tfds.create(
+        ml_collections.ConfigDict(dict(dataset="CUB", data_dir=str(tmp_path / "d5"))),
+        batch_size=2,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
 
 
 @pytest.mark.parametrize("which", ["cub", "openimages"])
@@ -183,11 +203,22 @@ def test_create_matches_the_folder_reader(which, request):
   manual, data_dir = fixture[0], fixture[1]
   dataset = {"cub": "CUB", "openimages": "OpenImages"}[which]
   common = dict(dataset=dataset, resize_size=12, crop_size=8, max_boxes=3)
-  ours = wsol_tfds.create(ml_collections.ConfigDict(dict(common, data_dir=str(data_dir))),
-                          batch_size=2, seed=0, process_index=0, process_count=1)
-  ref = wsol_folders.create(ml_collections.ConfigDict(dict(
-      common, data_root=str(manual / "dataset"), metadata_root=str(manual / "metadata"))),
-                            batch_size=2, seed=0, process_index=0, process_count=1)
+  ours = wsol_tfds.create(
+      ml_collections.ConfigDict(dict(common, data_dir=str(data_dir))),
+      batch_size=2,
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
+  ref = wsol_folders.create(
+      ml_collections.ConfigDict(
+          dict(common, data_root=str(manual / "dataset"), metadata_root=str(manual / "metadata"))
+      ),
+      batch_size=2,
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
   a, b = list(ours.eval_batches()), list(ref.eval_batches())
   assert len(a) == len(b) == 2
   ids = (manual / "metadata" / dataset / "test" / "image_ids.txt").read_text().split()

@@ -47,18 +47,59 @@ from jaxmilab import optimizers
 from jaxmilab import registry
 
 ROWS = (
-    ("scribble only", dict(pseudo_weight=0.0, scribble_entropy_weight=0.0, contour_entropy_weight=0.0, lorm_weight=0.0)),
-    ("+ pseudo CE", dict(pseudo_weight=1.0, scribble_entropy_weight=0.0, contour_entropy_weight=0.0, lorm_weight=0.0)),
-    ("+ distance entropy", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=0.0)),
-    ("+ LoRM (CDSP)", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0)),
-    ("CDSP, pseudo 255 ignored", dict(pseudo_weight=1.0, scribble_entropy_weight=1.0, contour_entropy_weight=1.0,
-                                      lorm_weight=1.0, lorm_zeroes_pseudo_ignore=False)),
+    (
+        "scribble only",
+        dict(
+            pseudo_weight=0.0,
+            scribble_entropy_weight=0.0,
+            contour_entropy_weight=0.0,
+            lorm_weight=0.0,
+        ),
+    ),
+    (
+        "+ pseudo CE",
+        dict(
+            pseudo_weight=1.0,
+            scribble_entropy_weight=0.0,
+            contour_entropy_weight=0.0,
+            lorm_weight=0.0,
+        ),
+    ),
+    (
+        "+ distance entropy",
+        dict(
+            pseudo_weight=1.0,
+            scribble_entropy_weight=1.0,
+            contour_entropy_weight=1.0,
+            lorm_weight=0.0,
+        ),
+    ),
+    (
+        "+ LoRM (CDSP)",
+        dict(
+            pseudo_weight=1.0,
+            scribble_entropy_weight=1.0,
+            contour_entropy_weight=1.0,
+            lorm_weight=1.0,
+        ),
+    ),
+    (
+        "CDSP, pseudo 255 ignored",
+        dict(
+            pseudo_weight=1.0,
+            scribble_entropy_weight=1.0,
+            contour_entropy_weight=1.0,
+            lorm_weight=1.0,
+            lorm_zeroes_pseudo_ignore=False,
+        ),
+    ),
 )
 
 
 def _parse_set(items) -> dict:
   """["data.contour_lambda=7.389", ...] -> {"data.contour_lambda": 7.389, ...} (Python literals)."""
   import ast  # pylint: disable=g-import-not-at-top
+
   out = {}
   for item in items or ():
     key, sep, value = item.partition("=")
@@ -78,15 +119,20 @@ def _config(steps: int, overrides: dict, quick: bool, extra: dict | None = None)
 
 def run_row(config, seeds) -> list[float]:
   """mIoU (%) per seed for one loss configuration; one compile for all seeds."""
-  datasets = {s: registry.get_data(config.data.name)(config.data, batch_size=config.batch_size, seed=s,
-                                                       process_index=0, process_count=1) for s in seeds}
+  datasets = {
+      s: registry.get_data(config.data.name)(
+          config.data, batch_size=config.batch_size, seed=s, process_index=0, process_count=1
+      )
+      for s in seeds
+  }
   method = registry.get_method(config.method.name)(config, datasets[seeds[0]].info)
   tx = optimizers.create(config.optimizer, config.total_steps)
 
   @jax.jit
   def step(params, opt_state, model_state, batch, rng):
     (loss, (metrics, model_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
-        params, model_state, batch, rng)
+        params, model_state, batch, rng
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, model_state, loss
 
@@ -102,8 +148,9 @@ def run_row(config, seeds) -> list[float]:
     for i in range(config.total_steps):
       if i:
         batch = next(data.train)
-      params, opt_state, model_state, loss = step(params, opt_state, model_state, batch,
-                                                  jax.random.fold_in(jax.random.key(seed), i))
+      params, opt_state, model_state, loss = step(
+          params, opt_state, model_state, batch, jax.random.fold_in(jax.random.key(seed), i)
+      )
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"seed {seed}: non-finite loss {float(loss)}")
     ev = method.evaluator()
@@ -118,9 +165,16 @@ def pseudo_label_miou(config, n: int = 256) -> float:
   """mIoU (%) of the synthetic train set's pseudo-labels against its masks (reference only)."""
   from jaxmilab.data import scribble_synthetic  # pylint: disable=g-import-not-at-top
   from jaxmilab.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+
   c = config.data
-  kw = dict(size=c.image_size, num_classes=c.num_classes, max_objects=c.max_objects, num_examples=n,
-            seed=0, tag=scribble_synthetic._TRAIN_TAG)  # pylint: disable=protected-access
+  kw = dict(
+      size=c.image_size,
+      num_classes=c.num_classes,
+      max_objects=c.max_objects,
+      num_examples=n,
+      seed=0,
+      tag=scribble_synthetic._TRAIN_TAG,
+  )  # pylint: disable=protected-access
   with_labels = scribble_synthetic.SyntheticScribbles((), train=True, **kw)
   masks = scribble_synthetic.SyntheticScribbles((), train=False, **kw)
   ev = segmentation.SegmentationEvaluator(c.num_classes)
@@ -134,14 +188,16 @@ flags.DEFINE_integer("steps", 300, "Training steps per row and seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 flags.DEFINE_bool("quick", False, "Smoke network and data (a test of the script).")
 flags.DEFINE_string("output", "", "JSON file for the per-row numbers (rewritten after every row).")
-flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every row (e.g. data.contour_lambda=7.389).")
+flags.DEFINE_multi_string(
+    "set", [], "KEY=VALUE config override for every row (e.g. data.contour_lambda=7.389)."
+)
 flags.DEFINE_list("rows", [], "Row indices to run (default: all).")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  console.setup()   # libraries' INFO logs only with --verbosity=1
+  console.setup()  # libraries' INFO logs only with --verbosity=1
   args = FLAGS
   seeds = [int(s) for s in args.seeds]
   extra = _parse_set(args.set)
@@ -154,18 +210,36 @@ def main(argv) -> None:
       return
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
-      json.dump(dict(steps=args.steps, seeds=seeds, overrides=extra, rows=table, pseudo_label_miou=reference,
-                     seconds=time.perf_counter() - t0), f, indent=2)
+      json.dump(
+          dict(
+              steps=args.steps,
+              seeds=seeds,
+              overrides=extra,
+              rows=table,
+              pseudo_label_miou=reference,
+              seconds=time.perf_counter() - t0,
+          ),
+          f,
+          indent=2,
+      )
 
   for name, overrides in rows:
     config = _config(args.steps, overrides, args.quick, extra)
     values = run_row(config, seeds)
-    row = dict(row=name, mIoU=values, mean=float(np.mean(values)),
-               std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-               min=float(np.min(values)), max=float(np.max(values)))
+    row = dict(
+        row=name,
+        mIoU=values,
+        mean=float(np.mean(values)),
+        std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        min=float(np.min(values)),
+        max=float(np.max(values)),
+    )
     table.append(row)
-    print(f"{name:26s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  (range {row['min']:.2f}-{row['max']:.2f}; "
-          f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    print(
+        f"{name:26s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  (range {row['min']:.2f}-{row['max']:.2f}; "
+        f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  [{time.perf_counter() - t0:.0f} s]",
+        flush=True,
+    )
     write()
   reference = pseudo_label_miou(_config(args.steps, {}, args.quick, extra))
   print(f"pseudo-labels vs masks (train set, reference): mIoU {reference:.2f}")

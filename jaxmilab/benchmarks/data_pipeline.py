@@ -82,8 +82,12 @@ flags.DEFINE_float("chip_peak_flops", 197e12, "Peak bf16 FLOP/s per chip (v5e: 1
 flags.DEFINE_integer("host_cores", 112, "vCPUs per TPU host (v5e ct5lp-hightpu-4t: 112).")
 
 
-def rate(fn: Callable[[], object], seconds: float, min_calls: int = 3,
-         clock: Callable[[], float] = time.perf_counter) -> float:
+def rate(
+    fn: Callable[[], object],
+    seconds: float,
+    min_calls: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
   """Calls per second of fn() over at least `seconds` and `min_calls` (after one warm-up call)."""
   fn()
   calls, t0 = 0, clock()
@@ -103,7 +107,7 @@ def degradation_rates(types, patch: int, seconds: float) -> dict[str, float]:
     def one():
       top = int(rng.integers(0, photo.shape[0] - patch + 1))
       left = int(rng.integers(0, photo.shape[1] - patch + 1))
-      degradations.apply(name, photo[top:top + patch, left:left + patch], rng)
+      degradations.apply(name, photo[top : top + patch, left : left + patch], rng)
 
     rates[name] = rate(one, seconds)
   return rates
@@ -112,11 +116,21 @@ def degradation_rates(types, patch: int, seconds: float) -> dict[str, float]:
 def mixture_pipeline(types, patch: int, batch: int) -> Iterator[Mapping[str, np.ndarray]]:
   """The on-the-fly training iterator (degraded_photos, one read thread)."""
   from jaxmilab.data import degraded_photos  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(dict(
-      name="degraded_photos", degradations=tuple(types), patch_size=patch, eval_size=patch,
-      worker_count=0, read_threads=1, read_buffer=1))
-  return degraded_photos.create(config, batch_size=batch, seed=0, process_index=0,
-                                process_count=1).train
+
+  config = ml_collections.ConfigDict(
+      dict(
+          name="degraded_photos",
+          degradations=tuple(types),
+          patch_size=patch,
+          eval_size=patch,
+          worker_count=0,
+          read_threads=1,
+          read_buffer=1,
+      )
+  )
+  return degraded_photos.create(
+      config, batch_size=batch, seed=0, process_index=0, process_count=1
+  ).train
 
 
 def write_sources(folder: str, n: int, size: int) -> None:
@@ -128,37 +142,60 @@ def write_sources(folder: str, n: int, size: int) -> None:
     photo = photos[i % len(photos)]
     top = int(rng.integers(0, photo.shape[0] - size + 1))
     left = int(rng.integers(0, photo.shape[1] - size + 1))
-    Image.fromarray(photo[top:top + size, left:left + size]).save(
-        os.path.join(folder, f"{i:06d}.png"), compress_level=1)
+    Image.fromarray(photo[top : top + size, left : left + size]).save(
+        os.path.join(folder, f"{i:06d}.png"), compress_level=1
+    )
 
 
 def records_pipeline(types, patch: int, batch: int, tmp: str) -> Iterator[Mapping[str, np.ndarray]]:
   """Training iterator over a build_uir build of `types` made in `tmp` (not timed)."""
   from jaxmilab.data import array_records  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import build_uir  # pylint: disable=g-import-not-at-top
+
   clean = os.path.join(tmp, "clean")
   write_sources(clean, 4, patch)
-  plan = build_uir.make_plan(clean, types=tuple(types), patches_per_image=2, patch_size=patch,
-                             levels_per_type=1, shard_size=64)
+  plan = build_uir.make_plan(
+      clean,
+      types=tuple(types),
+      patches_per_image=2,
+      patch_size=patch,
+      levels_per_type=1,
+      shard_size=64,
+  )
   build_uir.build(plan, os.path.join(tmp, "out"), workers=0, progress=False)
-  config = ml_collections.ConfigDict(dict(
-      name="array_records", path=os.path.join(tmp, "out"), patch_size=patch, eval_size=patch,
-      eval_records=1, worker_count=0, read_threads=1, read_buffer=1))
-  return array_records.create(config, batch_size=batch, seed=0, process_index=0,
-                              process_count=1).train
+  config = ml_collections.ConfigDict(
+      dict(
+          name="array_records",
+          path=os.path.join(tmp, "out"),
+          patch_size=patch,
+          eval_size=patch,
+          eval_records=1,
+          worker_count=0,
+          read_threads=1,
+          read_buffer=1,
+      )
+  )
+  return array_records.create(
+      config, batch_size=batch, seed=0, process_index=0, process_count=1
+  ).train
 
 
 def train_step_rate(config, steps: int) -> dict[str, float]:
   """Crops/s the jitted train step of the config consumes (one device)."""
   result = train_step_lib.time_jax_step(config, steps)
-  return {"seconds": result["seconds"], "crops_per_s": config.batch_size / result["seconds"],
-          "flops": result["flops"]}
+  return {
+      "seconds": result["seconds"],
+      "crops_per_s": config.batch_size / result["seconds"],
+      "flops": result["flops"],
+  }
 
 
 def table_rows(rates: Mapping[str, float], consumption: float | None):
   """(name, crops/s per core, ratio to the step's consumption, cores to feed the step)."""
-  return [(name, r, r / consumption if consumption else None,
-           consumption / r if consumption else None) for name, r in rates.items()]
+  return [
+      (name, r, r / consumption if consumption else None, consumption / r if consumption else None)
+      for name, r in rates.items()
+  ]
 
 
 def time_build(n_images: int, out_root: str, workers: int = 2) -> dict[str, float]:
@@ -168,23 +205,45 @@ def time_build(n_images: int, out_root: str, workers: int = 2) -> dict[str, floa
   out = os.path.join(out_root, f"build{n_images}")
   # A child python runs the CLI and reports the peak RSS of the largest process below it (the
   # build's main process or one of its workers, which it waits for).
-  probe = ("import resource, subprocess, sys\n"
-           "subprocess.run([sys.executable, '-m', 'jaxmilab.data.build_uir'] + sys.argv[1:], check=True)\n"
-           "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+  probe = (
+      "import resource, subprocess, sys\n"
+      "subprocess.run([sys.executable, '-m', 'jaxmilab.data.build_uir'] + sys.argv[1:], check=True)\n"
+      "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+  )
   t0 = time.perf_counter()
   result = subprocess.run(
-      [sys.executable, "-c", probe, f"--clean_dir={src}", f"--output={out}", "--types=jpeg,noise",
-       "--patches_per_image=1", "--patch_size=64", "--levels_per_type=1", "--shard_size=256",
-       f"--workers={workers}", "--noprogress"], capture_output=True, text=True, check=False)
+      [
+          sys.executable,
+          "-c",
+          probe,
+          f"--clean_dir={src}",
+          f"--output={out}",
+          "--types=jpeg,noise",
+          "--patches_per_image=1",
+          "--patch_size=64",
+          "--levels_per_type=1",
+          "--shard_size=256",
+          f"--workers={workers}",
+          "--noprogress",
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   seconds = time.perf_counter() - t0
   if result.returncode:
     raise RuntimeError(f"build_uir failed:\n{result.stderr[-3000:]}")
   peak_kb = int(result.stdout.split("PEAK_RSS_KB")[1].split()[0])
   with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
     records = json.load(f)["num_records"]
-  return {"images": n_images, "records": records, "seconds": seconds,
-          "images_per_s": n_images / seconds, "records_per_s": records / seconds,
-          "peak_rss_mib": peak_kb / 1024}
+  return {
+      "images": n_images,
+      "records": records,
+      "seconds": seconds,
+      "images_per_s": n_images / seconds,
+      "records_per_s": records / seconds,
+      "peak_rss_mib": peak_kb / 1024,
+  }
 
 
 def write_large_sources(folder: str, n: int, width: int, height: int) -> list[int]:
@@ -203,75 +262,130 @@ def write_large_sources(folder: str, n: int, width: int, height: int) -> list[in
     lq = np.clip(gt + rng.normal(0, 15, gt.shape), 0, 255).astype(np.uint8)
     for side, image in (("lq", lq), ("gt", gt)):
       path = os.path.join(folder, "noise", side, f"{i:04d}.png")
-      Image.fromarray(image).save(path)   # PIL's default zlib level, as photo PNGs are saved
+      Image.fromarray(image).save(path)  # PIL's default zlib level, as photo PNGs are saved
       if side == "gt":
         sizes.append(os.path.getsize(path))
   return sizes
 
 
-def realistic_rates(width: int, height: int, n: int, patch: int, batch: int, seconds: float,
-                    subimage: int, step: int, tmp: str) -> tuple[dict[str, float], dict]:
+def realistic_rates(
+    width: int,
+    height: int,
+    n: int,
+    patch: int,
+    batch: int,
+    seconds: float,
+    subimage: int,
+    step: int,
+    tmp: str,
+) -> tuple[dict[str, float], dict]:
   """Crops per CPU-second over full-image records and sub-image records of n synthesized pairs,
   and over the `patch` px records of the default mode as a reference (rates per wall-second are
   in the returned info). CPU time (time.process_time, all threads of this process) is what a
   core spends: on a shared machine it is far less inflated by other jobs than wall time."""
   from jaxmilab.data import array_records  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import build_uir  # pylint: disable=g-import-not-at-top
+
   pairs = os.path.join(tmp, "pairs")
   png_sizes = write_large_sources(pairs, n, width, height)
-  rates, info = {}, {"source_size": [width, height], "source_images": n,
-                     "mean_png_bytes": float(np.mean(png_sizes)), "wall_rates": {}}
+  rates, info = {}, {
+      "source_size": [width, height],
+      "source_images": n,
+      "mean_png_bytes": float(np.mean(png_sizes)),
+      "wall_rates": {},
+  }
   small = records_pipeline(("noise",), patch, batch, os.path.join(tmp, "small"))
   name = f"records, {patch} px crops of the embedded photos (default mode's build)"
   rates[name] = batch * rate(lambda: next(small), seconds, clock=time.process_time)
   info["wall_rates"][name] = batch * rate(lambda: next(small), seconds)
-  for name, kw in ((f"records, whole {width}x{height} pairs", {}),
-                   (f"records, {subimage} px sub-images (step {step})",
-                    {"subimage_size": subimage, "subimage_step": step})):
+  for name, kw in (
+      (f"records, whole {width}x{height} pairs", {}),
+      (
+          f"records, {subimage} px sub-images (step {step})",
+          {"subimage_size": subimage, "subimage_step": step},
+      ),
+  ):
     out = os.path.join(tmp, "sub" if kw else "full")
     t0 = time.perf_counter()
     plan = build_uir.make_plan(paired_dir=pairs, shard_size=64, **kw)
     manifest = build_uir.build(plan, out, workers=0, progress=False)
     info[name] = {"records": manifest["num_records"], "build_seconds": time.perf_counter() - t0}
-    config = ml_collections.ConfigDict(dict(
-        name="array_records", path=out, patch_size=patch, eval_size=patch, eval_records=1,
-        eval_selection="first", worker_count=0, read_threads=1, read_buffer=1))
-    it = array_records.create(config, batch_size=batch, seed=0, process_index=0,
-                              process_count=1).train
+    config = ml_collections.ConfigDict(
+        dict(
+            name="array_records",
+            path=out,
+            patch_size=patch,
+            eval_size=patch,
+            eval_records=1,
+            eval_selection="first",
+            worker_count=0,
+            read_threads=1,
+            read_buffer=1,
+        )
+    )
+    it = array_records.create(
+        config, batch_size=batch, seed=0, process_index=0, process_count=1
+    ).train
     rates[name] = batch * rate(lambda: next(it), seconds, clock=time.process_time)
     info["wall_rates"][name] = batch * rate(lambda: next(it), seconds)
   return rates, info
 
 
-def host_table(rates: Mapping[str, float], flops_per_crop: float, chips: int, peak: float,
-               cores: int) -> list[dict[str, float]]:
+def host_table(
+    rates: Mapping[str, float], flops_per_crop: float, chips: int, peak: float, cores: int
+) -> list[dict[str, float]]:
   """Per pipeline: cores a v5e host needs at 25 % / 50 % MFU and the multiple of the 25 %
   consumption that a quarter of its cores gives."""
   need = {m: m * peak * chips / flops_per_crop for m in (0.25, 0.5)}
-  return [{"pipeline": name, "crops_per_s_per_core": r, "consumed_25": need[0.25],
-           "consumed_50": need[0.5], "cores_25": need[0.25] / r, "cores_50": need[0.5] / r,
-           "quarter_host_multiple_25": r * cores / 4 / need[0.25]} for name, r in rates.items()]
+  return [
+      {
+          "pipeline": name,
+          "crops_per_s_per_core": r,
+          "consumed_25": need[0.25],
+          "consumed_50": need[0.5],
+          "cores_25": need[0.25] / r,
+          "cores_50": need[0.5] / r,
+          "quarter_host_multiple_25": r * cores / 4 / need[0.25],
+      }
+      for name, r in rates.items()
+  ]
 
 
 def main_realistic():
   width, height = (int(v) for v in FLAGS.source_size.lower().split("x"))
   patch, batch = FLAGS.patch_size, FLAGS.batch_size or 8
   with tempfile.TemporaryDirectory() as tmp:
-    rates, info = realistic_rates(width, height, FLAGS.source_images, patch, batch,
-                                  FLAGS.seconds, FLAGS.subimage_size, FLAGS.subimage_step, tmp)
-  rows = host_table(rates, FLAGS.flops_per_crop, FLAGS.host_chips, FLAGS.chip_peak_flops,
-                    FLAGS.host_cores)
-  print(f"\n{info['source_images']} synthesized {width}x{height} pairs (gt PNG "
-        f"{info['mean_png_bytes'] / 2**20:.2f} MiB on average), {patch} px crops, batch {batch}; "
-        f"v5e host: {FLAGS.host_chips} chips, {FLAGS.host_cores} vCPUs; step consumes "
-        f"{rows[0]['consumed_25']:.0f} crops/s at 25 % MFU, {rows[0]['consumed_50']:.0f} at 50 %")
-  print("| pipeline | crops per CPU-second | (per wall-second) | cores at 25 % MFU | "
-        "cores at 50 % MFU | quarter host / 25 % need |")
+    rates, info = realistic_rates(
+        width,
+        height,
+        FLAGS.source_images,
+        patch,
+        batch,
+        FLAGS.seconds,
+        FLAGS.subimage_size,
+        FLAGS.subimage_step,
+        tmp,
+    )
+  rows = host_table(
+      rates, FLAGS.flops_per_crop, FLAGS.host_chips, FLAGS.chip_peak_flops, FLAGS.host_cores
+  )
+  print(
+      f"\n{info['source_images']} synthesized {width}x{height} pairs (gt PNG "
+      f"{info['mean_png_bytes'] / 2**20:.2f} MiB on average), {patch} px crops, batch {batch}; "
+      f"v5e host: {FLAGS.host_chips} chips, {FLAGS.host_cores} vCPUs; step consumes "
+      f"{rows[0]['consumed_25']:.0f} crops/s at 25 % MFU, {rows[0]['consumed_50']:.0f} at 50 %"
+  )
+  print(
+      "| pipeline | crops per CPU-second | (per wall-second) | cores at 25 % MFU | "
+      "cores at 50 % MFU | quarter host / 25 % need |"
+  )
   print("|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['pipeline']} | {r['crops_per_s_per_core']:.1f} | "
-          f"{info['wall_rates'][r['pipeline']]:.1f} | {r['cores_25']:.1f} | "
-          f"{r['cores_50']:.1f} | {r['quarter_host_multiple_25']:.2f}x |")
+    print(
+        f"| {r['pipeline']} | {r['crops_per_s_per_core']:.1f} | "
+        f"{info['wall_rates'][r['pipeline']]:.1f} | {r['cores_25']:.1f} | "
+        f"{r['cores_50']:.1f} | {r['quarter_host_multiple_25']:.2f}x |"
+    )
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump({"info": info, "rows": rows, "patch_size": patch, "batch_size": batch}, f, indent=2)
@@ -283,7 +397,9 @@ def main(argv):
     main_realistic()
     return
   spec = FLAGS.types
-  types = degradations.resolve(spec if spec in degradations.TASK_SETS else spec.split(","), key="--types")
+  types = degradations.resolve(
+      spec if spec in degradations.TASK_SETS else spec.split(","), key="--types"
+  )
   patch = FLAGS.patch_size
   overrides = {"mesh.num_devices": 1, "data.patch_size": patch}
   if FLAGS.batch_size:
@@ -292,30 +408,47 @@ def main(argv):
   batch = config.batch_size
   rates = degradation_rates(types, patch, FLAGS.seconds)
   mixture = mixture_pipeline(types, patch, batch)
-  rates["mixture (on the fly, degraded_photos)"] = batch * rate(lambda: next(mixture), FLAGS.seconds)
+  rates["mixture (on the fly, degraded_photos)"] = batch * rate(
+      lambda: next(mixture), FLAGS.seconds
+  )
   with tempfile.TemporaryDirectory() as tmp:
     records = records_pipeline(types, patch, batch, tmp)
-    rates["records (build_uir shards, array_records)"] = batch * rate(lambda: next(records),
-                                                                      FLAGS.seconds)
-    builds = ([time_build(FLAGS.build_images // 4, tmp), time_build(FLAGS.build_images, tmp)]
-              if FLAGS.build_images else [])
+    rates["records (build_uir shards, array_records)"] = batch * rate(
+        lambda: next(records), FLAGS.seconds
+    )
+    builds = (
+        [time_build(FLAGS.build_images // 4, tmp), time_build(FLAGS.build_images, tmp)]
+        if FLAGS.build_images
+        else []
+    )
   step = train_step_rate(config, FLAGS.steps) if FLAGS.time_step else None
-  results = {"device": jax.devices()[0].device_kind, "config": FLAGS.config, "patch_size": patch,
-             "batch_size": batch, "types": list(types), "crops_per_s_per_core": rates,
-             "train_step": step, "build_uir": builds}
+  results = {
+      "device": jax.devices()[0].device_kind,
+      "config": FLAGS.config,
+      "patch_size": patch,
+      "batch_size": batch,
+      "types": list(types),
+      "crops_per_s_per_core": rates,
+      "train_step": step,
+      "build_uir": builds,
+  }
   print(f"\npatch {patch}px, batch {batch}, device {results['device']}, config {FLAGS.config}")
   if step:
-    print(f"train step: {step['seconds'] * 1e3:.1f} ms, {step['flops'] / 1e9:.1f} GFLOP = "
-          f"{step['crops_per_s']:.3g} crops/s consumed")
+    print(
+        f"train step: {step['seconds'] * 1e3:.1f} ms, {step['flops'] / 1e9:.1f} GFLOP = "
+        f"{step['crops_per_s']:.3g} crops/s consumed"
+    )
   print("| pipeline | crops/s per core | ratio to step consumption | cores to feed the step |")
   print("|---|---|---|---|")
   for name, r, ratio, cores in table_rows(rates, step["crops_per_s"] if step else None):
     extra = f" {ratio:.3g} | {cores:.3g} |" if ratio is not None else " | |"
     print(f"| {name} | {r:.1f} |{extra}")
   for b in builds:
-    print(f"build_uir: {b['images']} images -> {b['records']} records in {b['seconds']:.1f} s = "
-          f"{b['images_per_s']:.1f} images/s, {b['records_per_s']:.1f} records/s; peak RSS of "
-          f"its largest process {b['peak_rss_mib']:.0f} MiB")
+    print(
+        f"build_uir: {b['images']} images -> {b['records']} records in {b['seconds']:.1f} s = "
+        f"{b['images_per_s']:.1f} images/s, {b['records_per_s']:.1f} records/s; peak RSS of "
+        f"its largest process {b['peak_rss_mib']:.0f} MiB"
+    )
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)

@@ -39,8 +39,11 @@ flags.DEFINE_integer("mask_seeds", 2, "Masked passes per example (MaskDCPT).")
 def _load_config(workdir: str):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise app.UsageError(f"--workdir={workdir}: no config.json; give a dcpt or maskdcpt run folder.")
+    raise app.UsageError(
+        f"--workdir={workdir}: no config.json; give a dcpt or maskdcpt run folder."
+    )
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   return ml_collections.ConfigDict(json.loads(open(path).read()))
 
 
@@ -49,14 +52,17 @@ def _examples(config, split: str) -> list[dict[str, np.ndarray]]:
   data_config = config.data.copy_and_resolve_references()
   if split == "train":
     from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
+
     eval_photos = tuple(data_config.get("eval_photos") or embedded.EVAL_PHOTOS)
-    photos = tuple(data_config.get("photos") or
-                   [p for p in embedded.PHOTOS if p not in eval_photos])
+    photos = tuple(
+        data_config.get("photos") or [p for p in embedded.PHOTOS if p not in eval_photos]
+    )
     with data_config.unlocked():
       data_config.eval_photos = photos
-      data_config.photos = eval_photos          # disjointness check only; not read here
-  data = registry.get_data(data_config.name)(data_config, batch_size=config.batch_size, seed=0,
-                                             process_index=0, process_count=1)
+      data_config.photos = eval_photos  # disjointness check only; not read here
+  data = registry.get_data(data_config.name)(
+      data_config, batch_size=config.batch_size, seed=0, process_index=0, process_count=1
+  )
   return list(data.eval_batches()), data.info
 
 
@@ -75,8 +81,9 @@ def probe(workdir: str, mask_seeds: int = 2) -> dict[str, Any]:
       if key is None:
         return jnp.argmax(method.forward(params, lq)[1], -1)
       h, w = lq.shape[1:3]
-      mask = masking.random_patch_mask(key, lq.shape[0], (h // method.patch, w // method.patch),
-                                       method.mask_ratio)
+      mask = masking.random_patch_mask(
+          key, lq.shape[0], (h // method.patch, w // method.patch), method.mask_ratio
+      )
       return jnp.argmax(method.forward(params, lq, mask)[1], -1)
 
     correct = {"dense": [], "masked": []}
@@ -88,8 +95,10 @@ def probe(workdir: str, mask_seeds: int = 2) -> dict[str, Any]:
       lq = jnp.asarray(batch["lq"])
       correct["dense"].append(np.asarray(predict(lq, None))[valid] == labels)
       if masked:
-        hits = [np.asarray(predict(lq, jax.random.key(1000 * b + s)))[valid] == labels
-                for s in range(mask_seeds)]
+        hits = [
+            np.asarray(predict(lq, jax.random.key(1000 * b + s)))[valid] == labels
+            for s in range(mask_seeds)
+        ]
         correct["masked"].append(np.mean(hits, axis=0))
     labels_all = np.concatenate(labels_all)
     for mode, parts in correct.items():
@@ -114,10 +123,13 @@ def main(argv):
     for mode in ("dense", "masked"):
       key = f"{split}/{mode}"
       if key in r:
-        per = ", ".join(f"{k.rsplit('/', 1)[1]} {100 * v:.1f}%" for k, v in r.items()
-                        if k.startswith(key + "/"))
-        print(f"| {split} ({r[split + '/count_per_type']}/type) | {mode} | "
-              f"{100 * r[key]:.1f}% | {per} |")
+        per = ", ".join(
+            f"{k.rsplit('/', 1)[1]} {100 * v:.1f}%" for k, v in r.items() if k.startswith(key + "/")
+        )
+        print(
+            f"| {split} ({r[split + '/count_per_type']}/type) | {mode} | "
+            f"{100 * r[key]:.1f}% | {per} |"
+        )
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump(r, f, indent=2)

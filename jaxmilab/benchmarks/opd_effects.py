@@ -59,15 +59,23 @@ flags.DEFINE_integer("width", 16, "U-Net width.")
 flags.DEFINE_integer("depth", 3, "U-Net depth.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.")
 flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the tables.")
-flags.DEFINE_list("merge", [], "Only print the tables of the runs in these --output files "
-                  "(e.g. recipes run in separate processes), training nothing.")
+flags.DEFINE_list(
+    "merge",
+    [],
+    "Only print the tables of the runs in these --output files "
+    "(e.g. recipes run in separate processes), training nothing.",
+)
 FLAGS = flags.FLAGS
 
 SIGMA = 25.0
-SINGLE_PAIR = ("n2c", "n2n", "n2n_fresh")   # read frames 1 and 2 only: the same runs for every m
-LABELS = {"n2c": "N2C (clean targets)", "n2n": "N2N (one fixed pair)",
-          "n2n_fresh": "N2N, fresh noise each step (control)", "opd_rc": "OPD-RC",
-          "opd_al": "OPD-AL (released, L_E + L_A)"}
+SINGLE_PAIR = ("n2c", "n2n", "n2n_fresh")  # read frames 1 and 2 only: the same runs for every m
+LABELS = {
+    "n2c": "N2C (clean targets)",
+    "n2n": "N2N (one fixed pair)",
+    "n2n_fresh": "N2N, fresh noise each step (control)",
+    "opd_rc": "OPD-RC",
+    "opd_al": "OPD-AL (released, L_E + L_A)",
+}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -76,6 +84,7 @@ LABELS = {"n2c": "N2C (clean targets)", "n2n": "N2N (one fixed pair)",
 def scene_crops(count: int, size: int, seed: int = 1234) -> np.ndarray:
   """`count` fixed crops of the training photos, uint8 [count, size, size, 3]."""
   from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
+
   photos = [embedded.read(p) for p in embedded.PHOTOS if p not in embedded.EVAL_PHOTOS]
   rng = np.random.default_rng(seed)
   out = []
@@ -83,48 +92,61 @@ def scene_crops(count: int, size: int, seed: int = 1234) -> np.ndarray:
     photo = photos[i % len(photos)]
     top = int(rng.integers(0, photo.shape[0] - size))
     left = int(rng.integers(0, photo.shape[1] - size))
-    out.append(photo[top:top + size, left:left + size])
+    out.append(photo[top : top + size, left : left + size])
   return np.stack(out)
 
 
 def test_tiles(size: int) -> np.ndarray:
   """Every non-overlapping size x size tile of the held-out photos, uint8 [N, size, size, 3]."""
   from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
+
   tiles = []
   for name in embedded.EVAL_PHOTOS:
     photo = embedded.read(name)
     for top in range(0, photo.shape[0] - size + 1, size):
       for left in range(0, photo.shape[1] - size + 1, size):
-        tiles.append(photo[top:top + size, left:left + size])
+        tiles.append(photo[top : top + size, left : left + size])
   return np.stack(tiles)
 
 
 def fixed_frames(scenes: np.ndarray, m: int, seed: int, first_scene: int = 0) -> np.ndarray:
   """m fixed noisy frames per scene as data.multiframe makes them: f32 [N, m, H, W, 3]."""
   from jaxmilab.data import multiframe  # pylint: disable=g-import-not-at-top
+
   size = scenes.shape[1]
-  synth = multiframe.FrameSynthesizer("awgn", {"sigma": SIGMA}, seed=seed, tile=size, clip=True,
-                                      quantize=True)
-  return np.stack([np.stack([synth.fixed(s, first_scene + i, k, 0, 0, size, size) for k in range(m)])
-                   for i, s in enumerate(scenes)])
+  synth = multiframe.FrameSynthesizer(
+      "awgn", {"sigma": SIGMA}, seed=seed, tile=size, clip=True, quantize=True
+  )
+  return np.stack(
+      [
+          np.stack([synth.fixed(s, first_scene + i, k, 0, 0, size, size) for k in range(m)])
+          for i, s in enumerate(scenes)
+      ]
+  )
 
 
 def build_set(seeds, m_max: int) -> dict:
   from jaxmilab.data import images  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import multiframe  # pylint: disable=g-import-not-at-top
+
   size = FLAGS.size
   crops = scene_crops(FLAGS.scenes + FLAGS.val_scenes, size)
-  train, val = crops[:FLAGS.scenes], crops[FLAGS.scenes:]
+  train, val = crops[: FLAGS.scenes], crops[FLAGS.scenes :]
   tiles = images.to_float(test_tiles(size))
-  synth = multiframe.FrameSynthesizer("awgn", {"sigma": SIGMA}, seed=0, tile=size, clip=True,
-                                      quantize=True)
+  synth = multiframe.FrameSynthesizer(
+      "awgn", {"sigma": SIGMA}, seed=0, tile=size, clip=True, quantize=True
+  )
   rng = np.random.default_rng([0, 0x0D2])
   test_noisy = np.stack([synth.fresh(t, rng, 1)[0] for t in tiles])
   return {
-      "clean": images.to_float(train),                                             # [S, H, W, 3]
-      "frames": np.stack([fixed_frames(train, m_max, s) for s in seeds]),          # [seeds, S, m, ...]
-      "val": np.stack([fixed_frames(val, m_max, s, FLAGS.scenes) for s in seeds]),  # [seeds, V, m, ...]
-      "test_clean": tiles, "test_noisy": test_noisy}
+      "clean": images.to_float(train),  # [S, H, W, 3]
+      "frames": np.stack([fixed_frames(train, m_max, s) for s in seeds]),  # [seeds, S, m, ...]
+      "val": np.stack(
+          [fixed_frames(val, m_max, s, FLAGS.scenes) for s in seeds]
+      ),  # [seeds, V, m, ...]
+      "test_clean": tiles,
+      "test_noisy": test_noisy,
+  }
 
 
 # ------------------------------------------------------------------------------- training
@@ -132,9 +154,14 @@ def build_set(seeds, m_max: int) -> dict:
 
 def make_config(recipe: str):
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
-  overrides = {"mesh.num_devices": 1, "total_steps": FLAGS.steps, "batch_size": FLAGS.batch,
-               "method.recipe": "n2n" if recipe == "n2n_fresh" else recipe,
-               "optimizer.learning_rate": FLAGS.learning_rate}
+
+  overrides = {
+      "mesh.num_devices": 1,
+      "total_steps": FLAGS.steps,
+      "batch_size": FLAGS.batch,
+      "method.recipe": "n2n" if recipe == "n2n_fresh" else recipe,
+      "optimizer.learning_rate": FLAGS.learning_rate,
+  }
   config = config_lib.load("configs/opd.py:quickstart", overrides)
   config.model.width, config.model.depth = FLAGS.width, FLAGS.depth
   return config
@@ -177,7 +204,8 @@ def train_recipe(recipe: str, m: int, data: dict, seeds, on_seed=None) -> list[d
     else:
       noisy = frames_s[idx]
     (loss, (_, model_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
-        params, model_state, {"noisy": noisy, "clean": target_clean}, k_loss)
+        params, model_state, {"noisy": noisy, "clean": target_clean}, k_loss
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), model_state, opt_state, key), loss
 
@@ -206,10 +234,24 @@ def train_recipe(recipe: str, m: int, data: dict, seeds, on_seed=None) -> list[d
       test_out = restoration.to_uint8(np.asarray(apply(params, model_state, test_noisy)))
       terms = opd.validation_terms(method.pixel_loss, val_out, val[s])
       terms = {k: float(np.mean(v)) for k, v in terms.items()}
-      psnr = float(np.mean(10.0 * np.log10(255.0 ** 2 / np.mean(
-          np.square(test_out.astype(np.float64) - test_clean), axis=(1, 2, 3)))))
-      rows[s].append({"step": done, "psnr": psnr, "train_loss": float(np.mean(losses)),
-                      "val_loss": opd.validation_loss(method.recipe, terms, m), **terms})
+      psnr = float(
+          np.mean(
+              10.0
+              * np.log10(
+                  255.0**2
+                  / np.mean(np.square(test_out.astype(np.float64) - test_clean), axis=(1, 2, 3))
+              )
+          )
+      )
+      rows[s].append(
+          {
+              "step": done,
+              "psnr": psnr,
+              "train_loss": float(np.mean(losses)),
+              "val_loss": opd.validation_loss(method.recipe, terms, m),
+              **terms,
+          }
+      )
     if on_seed is not None:
       on_seed(seed, rows[s])
   return rows
@@ -217,11 +259,19 @@ def train_recipe(recipe: str, m: int, data: dict, seeds, on_seed=None) -> list[d
 
 def summarize_run(recipe: str, m: int, seed: int, rows: list[dict]) -> dict:
   from jaxmilab.methods import opd  # pylint: disable=g-import-not-at-top
+
   chosen = opd.select_step(rows)
   peak = max(rows, key=lambda r: r["psnr"])
-  return {"recipe": recipe, "m": m, "seed": seed, "selected_psnr": chosen["psnr"],
-          "selected_step": chosen["step"], "final_psnr": rows[-1]["psnr"],
-          "oracle_peak_step": peak["step"], "evals": rows}
+  return {
+      "recipe": recipe,
+      "m": m,
+      "seed": seed,
+      "selected_psnr": chosen["psnr"],
+      "selected_step": chosen["step"],
+      "final_psnr": rows[-1]["psnr"],
+      "oracle_peak_step": peak["step"],
+      "evals": rows,
+  }
 
 
 # -------------------------------------------------------------------------------- tables
@@ -238,9 +288,12 @@ def summarize(runs: list[dict]) -> str:
   lines = []
   for key in ("selected_psnr", "final_psnr"):
     name = "selected by noisy validation loss" if key == "selected_psnr" else "final step"
-    lines += [f"PSNR at the {name} (dB). Paired differences are per seed: mean (sd; min..max).", "",
-              "| comparison | m | seeds | A mean | B mean | A - B | A ahead | A - B, seeds in order |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"PSNR at the {name} (dB). Paired differences are per seed: mean (sd; min..max).",
+        "",
+        "| comparison | m | seeds | A mean | B mean | A - B | A ahead | A - B, seeds in order |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     pairs = [("n2n_fresh", 2, "n2n", 2, "control"), ("n2c", 2, "n2n", 2, "reference")]
     ms = sorted({r["m"] for r in runs if r["recipe"] not in SINGLE_PAIR})
     pairs += [(rec, m, "n2n", 2, "") for m in ms for rec in ("opd_rc", "opd_al")]
@@ -251,20 +304,26 @@ def summarize(runs: list[dict]) -> str:
       va = np.array([by[(a, ma, s)][key] for s in seeds])
       vb = np.array([by[(b, mb, s)][key] for s in seeds])
       label = f"{LABELS[a]} vs {LABELS[b]}" + (f" [{tag}]" if tag else "")
-      lines.append(f"| {label} | {ma if a not in SINGLE_PAIR else '-'} | {len(seeds)} | "
-                   f"{va.mean():.2f} | {vb.mean():.2f} | {_stats(va - vb)} | "
-                   f"{int(np.sum(va > vb))}/{len(seeds)} | {' '.join(f'{d:+.2f}' for d in va - vb)} |")
+      lines.append(
+          f"| {label} | {ma if a not in SINGLE_PAIR else '-'} | {len(seeds)} | "
+          f"{va.mean():.2f} | {vb.mean():.2f} | {_stats(va - vb)} | "
+          f"{int(np.sum(va > vb))}/{len(seeds)} | {' '.join(f'{d:+.2f}' for d in va - vb)} |"
+      )
     lines.append("")
   n2n = [r for r in runs if r["recipe"] == "n2n"]
   if n2n:
     spread = np.array([r["final_psnr"] for r in n2n])
-    lines.append(f"N2N seed spread (final PSNR): sd {spread.std(ddof=1) if spread.size > 1 else 0:.2f}, "
-                 f"range {spread.min():.2f}..{spread.max():.2f} dB over {spread.size} seeds.")
+    lines.append(
+        f"N2N seed spread (final PSNR): sd {spread.std(ddof=1) if spread.size > 1 else 0:.2f}, "
+        f"range {spread.min():.2f}..{spread.max():.2f} dB over {spread.size} seeds."
+    )
     last = max(r["evals"][-1]["step"] for r in n2n)
     early = [r for r in n2n if r["oracle_peak_step"] < last]
-    lines.append(f"N2N overfitting: its test PSNR peaks before the last step in {len(early)}/{len(n2n)} "
-                 f"seeds (peak steps {sorted(r['oracle_peak_step'] for r in n2n)}; last {last}); "
-                 f"validation-selected steps {sorted(r['selected_step'] for r in n2n)}.")
+    lines.append(
+        f"N2N overfitting: its test PSNR peaks before the last step in {len(early)}/{len(n2n)} "
+        f"seeds (peak steps {sorted(r['oracle_peak_step'] for r in n2n)}; last {last}); "
+        f"validation-selected steps {sorted(r['selected_step'] for r in n2n)}."
+    )
   return "\n".join(lines)
 
 
@@ -294,10 +353,32 @@ def main(argv):
   def save():
     if FLAGS.output:
       with open(FLAGS.output, "w", encoding="utf-8") as f:
-        json.dump({"flags": {k: getattr(FLAGS, k) for k in (
-            "frames", "seeds", "recipes", "scenes", "val_scenes", "size", "steps", "eval_every",
-            "batch", "width", "depth", "learning_rate")}, "runs": runs, "table": summarize(runs),
-            "seconds": time.time() - start}, f, indent=1)
+        json.dump(
+            {
+                "flags": {
+                    k: getattr(FLAGS, k)
+                    for k in (
+                        "frames",
+                        "seeds",
+                        "recipes",
+                        "scenes",
+                        "val_scenes",
+                        "size",
+                        "steps",
+                        "eval_every",
+                        "batch",
+                        "width",
+                        "depth",
+                        "learning_rate",
+                    )
+                },
+                "runs": runs,
+                "table": summarize(runs),
+                "seconds": time.time() - start,
+            },
+            f,
+            indent=1,
+        )
 
   for recipe, m in jobs:
     t0 = time.time()

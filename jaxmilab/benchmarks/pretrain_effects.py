@@ -46,13 +46,18 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/jaxmilab_pretrain_effects", "Folder for the runs.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "config.seed of each paired repetition.")
 flags.DEFINE_list("budgets", ["100", "200", "400"], "Fine-tuning steps of each arm.")
-flags.DEFINE_list("arms", ["scratch", "scratch_same_steps", "maskdcpt", "dcpt", "mask_ratio0"],
-                  "Arms to run (module docstring).")
+flags.DEFINE_list(
+    "arms",
+    ["scratch", "scratch_same_steps", "maskdcpt", "dcpt", "mask_ratio0"],
+    "Arms to run (module docstring).",
+)
 flags.DEFINE_string("variant", "quickstart", "Config variant of every run (smoke for a dry run).")
 flags.DEFINE_integer("pretrain_steps", 0, "Override the pre-training steps (0 = the configs').")
-flags.DEFINE_string("compilation_cache", os.path.join(os.path.expanduser("~"), ".cache",
-                                                      "jaxmilab_xla"),
-                    "Persistent XLA compilation cache folder ('' = off).")
+flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "jaxmilab_xla"),
+    "Persistent XLA compilation cache folder ('' = off).",
+)
 
 # arm -> (pre-training config or None, its extra overrides)
 PRETRAINED_ARMS = {
@@ -60,15 +65,24 @@ PRETRAINED_ARMS = {
     "dcpt": ("configs/dcpt.py", {}),
     "mask_ratio0": ("configs/maskdcpt.py", {"method.mask_ratio": 0.0}),
 }
-ARM_NAMES = {"scratch": "scratch", "scratch_same_steps": "scratch, same steps",
-             "maskdcpt": "MaskDCPT + FT", "dcpt": "DCPT + FT", "mask_ratio0": "mask_ratio=0 + FT"}
+ARM_NAMES = {
+    "scratch": "scratch",
+    "scratch_same_steps": "scratch, same steps",
+    "maskdcpt": "MaskDCPT + FT",
+    "dcpt": "DCPT + FT",
+    "mask_ratio0": "mask_ratio=0 + FT",
+}
 
 
 def _cadence(steps: int) -> dict[str, int]:
   """One eval at the last step; checkpoints every 50 steps (or at the end)."""
   every = 50 if steps % 50 == 0 else steps
-  return {"total_steps": steps, "eval_every_steps": steps, "checkpoint_every_steps": every,
-          "log_every_steps": min(25, steps)}
+  return {
+      "total_steps": steps,
+      "eval_every_steps": steps,
+      "checkpoint_every_steps": every,
+      "log_every_steps": min(25, steps),
+  }
 
 
 def _run(spec: str, overrides: dict[str, Any], workdir: str) -> dict[str, float]:
@@ -76,6 +90,7 @@ def _run(spec: str, overrides: dict[str, Any], workdir: str) -> dict[str, float]
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab import trainer  # pylint: disable=g-import-not-at-top
+
   logging.info("pretrain_effects: %s %s -> %s", spec, overrides, workdir)
   trainer.train_to_end(config_lib.load(spec, overrides), workdir)
   return metrics_lib.read_split(workdir, "eval")[-1]
@@ -86,14 +101,25 @@ def pretrain_steps(variant: str, override: int) -> int:
   if override:
     return override
   from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
-  steps = {config_lib.load(f"{spec}:{variant}", {}).total_steps for spec, _ in PRETRAINED_ARMS.values()}
+
+  steps = {
+      config_lib.load(f"{spec}:{variant}", {}).total_steps for spec, _ in PRETRAINED_ARMS.values()
+  }
   if len(steps) != 1:
-    raise ValueError(f"pre-training configs disagree on total_steps {sorted(steps)}; pass --pretrain_steps.")
+    raise ValueError(
+        f"pre-training configs disagree on total_steps {sorted(steps)}; pass --pretrain_steps."
+    )
   return steps.pop()
 
 
-def run_seed(workdir: str, seed: int, budgets: Sequence[int], arms: Sequence[str],
-             variant: str = "quickstart", pretrain_override: int = 0) -> dict[str, Any]:
+def run_seed(
+    workdir: str,
+    seed: int,
+    budgets: Sequence[int],
+    arms: Sequence[str],
+    variant: str = "quickstart",
+    pretrain_override: int = 0,
+) -> dict[str, Any]:
   """All runs of one seed. Returns {"pretrain": {arm: eval}, "ft": {arm: {budget: eval}}}."""
   p_steps = pretrain_steps(variant, pretrain_override)
   finetune = f"configs/restoration.py:{variant}"
@@ -102,8 +128,9 @@ def run_seed(workdir: str, seed: int, budgets: Sequence[int], arms: Sequence[str
     if arm in PRETRAINED_ARMS:
       spec, extra = PRETRAINED_ARMS[arm]
       pre_dir = os.path.join(workdir, f"seed{seed}", arm, "pretrain")
-      out["pretrain"][arm] = _run(f"{spec}:{variant}", {"seed": seed, **_cadence(p_steps), **extra},
-                                  pre_dir)
+      out["pretrain"][arm] = _run(
+          f"{spec}:{variant}", {"seed": seed, **_cadence(p_steps), **extra}, pre_dir
+      )
     for b in budgets:
       over = {"seed": seed, **_cadence(b)}
       if arm == "scratch_same_steps":
@@ -129,17 +156,22 @@ def _stat(values) -> str:
   return f"{v[0]:.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def format_tables(per_seed: dict[int, dict[str, Any]], budgets: Sequence[int],
-                  arms: Sequence[str]) -> str:
+def format_tables(
+    per_seed: dict[int, dict[str, Any]], budgets: Sequence[int], arms: Sequence[str]
+) -> str:
   """Markdown: the fine-tuning table (per budget and arm) and the pre-trained networks' own."""
   seeds = sorted(per_seed)
   first = per_seed[seeds[0]]["ft"][arms[0]][budgets[0]]
   types = _types(first)
   head = "| budget | arm | " + " | ".join(f"{t} PSNR" for t in types) + " | gain vs scratch (all) |"
   lines = [head, "|" + "---|" * (len(types) + 3)]
-  lines.append("| | input | " + " | ".join(f"{first[_key('psnr_input', t)]:.2f}" for t in types) + " | |")
+  lines.append(
+      "| | input | " + " | ".join(f"{first[_key('psnr_input', t)]:.2f}" for t in types) + " | |"
+  )
   for b in budgets:
-    scratch = [per_seed[s]["ft"]["scratch"][b]["psnr"] for s in seeds] if "scratch" in arms else None
+    scratch = (
+        [per_seed[s]["ft"]["scratch"][b]["psnr"] for s in seeds] if "scratch" in arms else None
+    )
     for arm in arms:
       recs = [per_seed[s]["ft"][arm][b] for s in seeds]
       cells = [_stat([r[_key("psnr", t)] for r in recs]) for t in types]
@@ -151,14 +183,20 @@ def format_tables(per_seed: dict[int, dict[str, Any]], budgets: Sequence[int],
       lines.append(f"| {b} | {ARM_NAMES[arm]} | " + " | ".join(cells) + f" | {gain} |")
   pre = [a for a in arms if a in PRETRAINED_ARMS]
   if pre:
-    lines += ["", "Pre-trained networks on the held-out photos (dense input; their own types):", "",
-              "| pre-training | restored PSNR (all) | input PSNR (all) | classifier accuracy |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "Pre-trained networks on the held-out photos (dense input; their own types):",
+        "",
+        "| pre-training | restored PSNR (all) | input PSNR (all) | classifier accuracy |",
+        "|---|---|---|---|",
+    ]
     for arm in pre:
       recs = [per_seed[s]["pretrain"][arm] for s in seeds]
       acc = _stat([100 * r["accuracy"] for r in recs]) + " %" if "accuracy" in recs[0] else "n/a"
-      lines.append(f"| {ARM_NAMES[arm][:-5]} | {_stat([r['psnr'] for r in recs])} | "
-                   f"{recs[0]['psnr_input']:.2f} | {acc} |")
+      lines.append(
+          f"| {ARM_NAMES[arm][:-5]} | {_stat([r['psnr'] for r in recs])} | "
+          f"{recs[0]['psnr_input']:.2f} | {acc} |"
+      )
   return "\n".join(lines)
 
 
@@ -167,6 +205,7 @@ def main(argv):
   console.setup()
   if FLAGS.compilation_cache:
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   seeds = [int(s) for s in FLAGS.seeds]
@@ -178,12 +217,18 @@ def main(argv):
   start = time.time()
   per_seed = {}
   for seed in seeds:
-    per_seed[seed] = run_seed(FLAGS.workdir, seed, budgets, arms, FLAGS.variant, FLAGS.pretrain_steps)
+    per_seed[seed] = run_seed(
+        FLAGS.workdir, seed, budgets, arms, FLAGS.variant, FLAGS.pretrain_steps
+    )
     with open(os.path.join(FLAGS.workdir, "results.json"), "w") as f:
       json.dump({str(s): r for s, r in per_seed.items()}, f, indent=1, default=float)
   console.report_results(
-      FLAGS.workdir, f"Pre-training effect with controls, held-out photos, seeds {seeds} "
-      f"(mean ± sample std; gains paired by seed):", format_tables(per_seed, budgets, arms), start)
+      FLAGS.workdir,
+      f"Pre-training effect with controls, held-out photos, seeds {seeds} "
+      f"(mean ± sample std; gains paired by seed):",
+      format_tables(per_seed, budgets, arms),
+      start,
+  )
 
 
 def run():

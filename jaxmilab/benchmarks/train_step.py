@@ -34,13 +34,18 @@ from jaxmilab import trainer as trainer_lib
 from jaxmilab.models import layers
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>",
-                    allow_override=True)  # jaxmilab.compile defines --config too (one process may import both)
+flags.DEFINE_string(
+    "config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>", allow_override=True
+)  # jaxmilab.compile defines --config too (one process may import both)
 flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
 flags.DEFINE_integer("batch_size", 0, "Override the global batch size (0 = the config's).")
 flags.DEFINE_string("output", "", "Also write the results as JSON here.")
-flags.DEFINE_bool("compare_xla_convs", True, "On CPU, also time the L1 step and the per-op table "
-                  "with XLA's convolutions (the program before issue #33, today's TPU/GPU forms).")
+flags.DEFINE_bool(
+    "compare_xla_convs",
+    True,
+    "On CPU, also time the L1 step and the per-op table "
+    "with XLA's convolutions (the program before issue #33, today's TPU/GPU forms).",
+)
 
 
 def _time(fn, steps: int) -> float:
@@ -80,8 +85,12 @@ def time_jax_step(config, steps: int, platform: str | None = None) -> dict[str, 
       jax.block_until_ready(metrics)
 
     seconds = _time(step, steps)
-  return {"seconds": seconds, "images_per_s": config.batch_size / seconds, "flops": flops,
-          "flops_per_s": flops / seconds}
+  return {
+      "seconds": seconds,
+      "images_per_s": config.batch_size / seconds,
+      "flops": flops,
+      "flops_per_s": flops / seconds,
+  }
 
 
 def time_torch_step(config, steps: int) -> dict[str, float] | None:
@@ -92,9 +101,11 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
     return None
   from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
   from jaxmilab.models import nafnet  # pylint: disable=g-import-not-at-top
+
   arch = nafnet.resolve_config(config.model)
-  net = torch_nafnet.build(arch["width"], list(arch["enc_blocks"]), arch["middle_blocks"],
-                           list(arch["dec_blocks"]))
+  net = torch_nafnet.build(
+      arch["width"], list(arch["enc_blocks"]), arch["middle_blocks"], list(arch["dec_blocks"])
+  )
   opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
   p = config.data.patch_size
   lq = torch.rand(config.batch_size, 3, p, p)
@@ -107,8 +118,11 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
     opt.step()
 
   seconds = _time(step, steps)
-  return {"seconds": seconds, "images_per_s": config.batch_size / seconds,
-          "threads": torch.get_num_threads()}
+  return {
+      "seconds": seconds,
+      "images_per_s": config.batch_size / seconds,
+      "threads": torch.get_num_threads(),
+  }
 
 
 # Per-op rows: (label, kind, channels in, channels out) at [batch, patch, patch, C].
@@ -116,11 +130,18 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
 # Restormer (dim 16 here; official 48) level 0: BiasFree LN, qkv 1x1 16 -> 48, depthwise on 48,
 # FFN depthwise on 2 * 42 (hidden 42 = int(16 * 2.66)).
 OPS = {
-    "NAFNet": [("LayerNorm2d (C=16)", "ln", 16, 16), ("1x1 conv 16->32", "pw", 16, 32),
-               ("depthwise 3x3 (C=32)", "dw", 32, 32), ("1x1 conv 16->16", "pw", 16, 16)],
-    "Restormer": [("ChannelLayerNorm BiasFree (C=16)", "ln_bf", 16, 16),
-                  ("1x1 conv 16->48 (qkv)", "pw", 16, 48), ("depthwise 3x3 (C=48, qkv)", "dw", 48, 48),
-                  ("depthwise 3x3 (C=84, FFN)", "dw", 84, 84)],
+    "NAFNet": [
+        ("LayerNorm2d (C=16)", "ln", 16, 16),
+        ("1x1 conv 16->32", "pw", 16, 32),
+        ("depthwise 3x3 (C=32)", "dw", 32, 32),
+        ("1x1 conv 16->16", "pw", 16, 16),
+    ],
+    "Restormer": [
+        ("ChannelLayerNorm BiasFree (C=16)", "ln_bf", 16, 16),
+        ("1x1 conv 16->48 (qkv)", "pw", 16, 48),
+        ("depthwise 3x3 (C=48, qkv)", "dw", 48, 48),
+        ("depthwise 3x3 (C=84, FFN)", "dw", 84, 84),
+    ],
 }
 
 
@@ -128,6 +149,7 @@ def _jax_op(kind: str, cin: int, cout: int):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   class Op(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       if kind == "ln":
@@ -136,6 +158,7 @@ def _jax_op(kind: str, cin: int, cout: int):
         return layers.ChannelLayerNorm(with_bias=False, eps=1e-5, name="ln")(x)
       k, groups = (3, cin) if kind == "dw" else (1, 1)
       return layers.conv2d(x, cout, k, name="conv", groups=groups)
+
   return Op()
 
 
@@ -146,8 +169,12 @@ def time_jax_op(kind: str, cin: int, cout: int, shape, steps: int, platform: str
   v = op.init(jax.random.key(1), x)
   ct = jax.random.normal(jax.random.key(2), tuple(shape) + (cout,))
   with layers.for_platform(platform):
-    f = jax.jit(jax.grad(lambda v, x, ct: jnp.sum(op.apply(v, x) * ct), (0, 1))).trace(
-        v, x, ct).lower().compile()
+    f = (
+        jax.jit(jax.grad(lambda v, x, ct: jnp.sum(op.apply(v, x) * ct), (0, 1)))
+        .trace(v, x, ct)
+        .lower()
+        .compile()
+    )
   return _time(lambda: jax.block_until_ready(f(v, x, ct)), steps)
 
 
@@ -157,13 +184,18 @@ def time_torch_op(kind: str, cin: int, cout: int, shape, steps: int) -> float | 
   except ImportError:
     return None
   from tests.torch_reference import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
+
   if kind == "ln":
     op = torch_nafnet.layer_norm_2d(cin)
-  elif kind == "ln_bf":   # Restormer BiasFree_LayerNorm over the channels of NCHW
+  elif kind == "ln_bf":  # Restormer BiasFree_LayerNorm over the channels of NCHW
     scale = torch.nn.Parameter(torch.ones(cin))
     op = torch.nn.Module()
     op.register_parameter("weight", scale)
-    op.forward = lambda t: t / torch.sqrt(t.var(1, keepdim=True, unbiased=False) + 1e-5) * scale[:, None, None]
+    op.forward = (
+        lambda t: t
+        / torch.sqrt(t.var(1, keepdim=True, unbiased=False) + 1e-5)
+        * scale[:, None, None]
+    )
   elif kind == "dw":
     op = torch.nn.Conv2d(cin, cout, 3, padding=1, groups=cin)
   else:
@@ -186,10 +218,15 @@ def per_op_table(batch: int, patch: int, steps: int) -> dict[str, list[dict]]:
   for net, rows in OPS.items():
     out[net] = []
     for label, kind, cin, cout in rows:
-      out[net].append({"op": label, "shape": f"[{batch}, {patch}, {patch}, {cin}]",
-                       "jax_before_s": time_jax_op(kind, cin, cout, shape, steps, "generic"),
-                       "jax_after_s": time_jax_op(kind, cin, cout, shape, steps, "cpu"),
-                       "torch_s": time_torch_op(kind, cin, cout, shape, steps)})
+      out[net].append(
+          {
+              "op": label,
+              "shape": f"[{batch}, {patch}, {patch}, {cin}]",
+              "jax_before_s": time_jax_op(kind, cin, cout, shape, steps, "generic"),
+              "jax_after_s": time_jax_op(kind, cin, cout, shape, steps, "cpu"),
+              "torch_s": time_torch_op(kind, cin, cout, shape, steps),
+          }
+      )
   return out
 
 
@@ -204,43 +241,59 @@ def main(argv):
   l1.method = {"name": "restoration", "init_from": ""}
   l1.lock()
   peak = matmul_peak()
-  results = {"device": jax.devices()[0].device_kind, "config": FLAGS.config,
-             "batch_size": config.batch_size, "patch": config.data.get("patch_size"),
-             "matmul_peak_flops_per_s": peak,
-             "jax_method": time_jax_step(config, FLAGS.steps),
-             "jax_l1": time_jax_step(l1, FLAGS.steps),
-             "torch_l1": time_torch_step(l1, FLAGS.steps)}
+  results = {
+      "device": jax.devices()[0].device_kind,
+      "config": FLAGS.config,
+      "batch_size": config.batch_size,
+      "patch": config.data.get("patch_size"),
+      "matmul_peak_flops_per_s": peak,
+      "jax_method": time_jax_step(config, FLAGS.steps),
+      "jax_l1": time_jax_step(l1, FLAGS.steps),
+      "torch_l1": time_torch_step(l1, FLAGS.steps),
+  }
   rows = [("JAX " + config.method.name, results["jax_method"]), ("JAX L1", results["jax_l1"])]
   compare = FLAGS.compare_xla_convs and jax.default_backend() == "cpu"
   if compare:
     results["jax_l1_xla_convs"] = time_jax_step(l1, FLAGS.steps, platform="generic")
     rows.append(("JAX L1, XLA convs (before #33)", results["jax_l1_xla_convs"]))
     results["per_op"] = per_op_table(config.batch_size, results["patch"], max(FLAGS.steps // 2, 5))
-  print(f"\ndevice: {results['device']}   config: {FLAGS.config}   batch {config.batch_size} x "
-        f"{results['patch']}px   matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  print(
+      f"\ndevice: {results['device']}   config: {FLAGS.config}   batch {config.batch_size} x "
+      f"{results['patch']}px   matmul peak: {peak / 1e9:.1f} GFLOP/s"
+  )
   print("| step | images/s | GFLOP/step | achieved GFLOP/s | % of matmul peak |")
   print("|---|---|---|---|---|")
   for name, r in rows:
-    print(f"| {name} | {r['images_per_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
-          f"{100 * r['flops_per_s'] / peak:.1f}% |")
+    print(
+        f"| {name} | {r['images_per_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
+        f"{100 * r['flops_per_s'] / peak:.1f}% |"
+    )
   if results["torch_l1"]:
     t = results["torch_l1"]
     print(f"| PyTorch L1 ({t['threads']} threads) | {t['images_per_s']:.2f} | | | |")
-    print(f"JAX / PyTorch images/s (L1 step): {results['jax_l1']['images_per_s'] / t['images_per_s']:.2f}x")
+    print(
+        f"JAX / PyTorch images/s (L1 step): {results['jax_l1']['images_per_s'] / t['images_per_s']:.2f}x"
+    )
     if compare:
-      print(f"JAX with XLA convs (before #33) / PyTorch images/s (L1 step): "
-            f"{results['jax_l1_xla_convs']['images_per_s'] / t['images_per_s']:.2f}x")
+      print(
+          f"JAX with XLA convs (before #33) / PyTorch images/s (L1 step): "
+          f"{results['jax_l1_xla_convs']['images_per_s'] / t['images_per_s']:.2f}x"
+      )
   if compare:
     ms = lambda v: "" if v is None else f"{1e3 * v:.1f}"
     for net, rows_ in results["per_op"].items():
-      print(f"\n{net} ops, fwd+bwd ms (median of {max(FLAGS.steps // 2, 5)}); before = XLA's conv "
-            f"(TPU/GPU form), after = layers' CPU form:")
+      print(
+          f"\n{net} ops, fwd+bwd ms (median of {max(FLAGS.steps // 2, 5)}); before = XLA's conv "
+          f"(TPU/GPU form), after = layers' CPU form:"
+      )
       print("| op | input | JAX before | JAX after | PyTorch | after / PyTorch |")
       print("|---|---|---|---|---|---|")
       for r in rows_:
         ratio = f"{r['jax_after_s'] / r['torch_s']:.2f}" if r["torch_s"] else ""
-        print(f"| {r['op']} | {r['shape']} | {ms(r['jax_before_s'])} | {ms(r['jax_after_s'])} | "
-              f"{ms(r['torch_s'])} | {ratio} |")
+        print(
+            f"| {r['op']} | {r['shape']} | {ms(r['jax_before_s'])} | {ms(r['jax_after_s'])} | "
+            f"{ms(r['torch_s'])} | {ratio} |"
+        )
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)

@@ -41,8 +41,11 @@ _DECODER = ("online_decoder", "decoder")
 # upscale index -> decoder block (block 1 = deepest); expand level -> block.
 _UPSCALE_BLOCK = {5: 1, 4: 2, 3: 3, 2: 4}
 _EXPAND_BLOCK = {4: 1, 3: 2, 2: 3, 1: 4}
-_HEADS = {"target_instance_projector": "aux_image_head", "online_instance_projector": "dom_image_head",
-          "head": "image_head"}
+_HEADS = {
+    "target_instance_projector": "aux_image_head",
+    "online_instance_projector": "dom_image_head",
+    "head": "image_head",
+}
 
 
 class MACLWeightsError(ValueError):
@@ -67,23 +70,29 @@ def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
   node[path[-1]] = value
 
 
-def _bn_or_conv(leaf: str, index: int, conv_index: int, bn_index: int
-                ) -> tuple[str, str, str] | None:
+def _bn_or_conv(
+    leaf: str, index: int, conv_index: int, bn_index: int
+) -> tuple[str, str, str] | None:
   """(collection, module, leaf) of a Sequential(conv, BN, act) entry; None if not one."""
   if index == conv_index and leaf in ("weight", "bias"):
     return "params", "conv", "kernel" if leaf == "weight" else "bias"
   if index == bn_index:
-    return {"weight": ("params", "bn", "scale"), "bias": ("params", "bn", "bias"),
-            "running_mean": ("batch_stats", "bn", "mean"),
-            "running_var": ("batch_stats", "bn", "var")}.get(leaf)
+    return {
+        "weight": ("params", "bn", "scale"),
+        "bias": ("params", "bn", "bias"),
+        "running_mean": ("batch_stats", "bn", "mean"),
+        "running_var": ("batch_stats", "bn", "var"),
+    }.get(leaf)
   return None
 
 
 def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dict[str, Any]:
   """{"params": ..., "batch_stats": ...} (numpy float32) of a PCL / MACL UNet2D state dict."""
   if not is_unet2d(state_dict):
-    raise MACLWeightsError(f"{source}: not a PCL / MACL UNet2D state dict (no "
-                           f"share_encoder.contr_1_1.0.weight or encoder.contr_1_1.0.weight).")
+    raise MACLWeightsError(
+        f"{source}: not a PCL / MACL UNet2D state dict (no "
+        f"share_encoder.contr_1_1.0.weight or encoder.contr_1_1.0.weight)."
+    )
   out: dict[str, Any] = {"params": {}, "batch_stats": {}}
   unknown = []
   for key, value in state_dict.items():
@@ -100,8 +109,15 @@ def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dic
         target = (collection, ("backbone", "encoder", f"level_{m[1]}_conv_{m[2]}", module, leaf))
     elif top in _ENCODER and len(parts) == 4 and parts[1] == "center" and parts[2] in ("0", "2"):
       if parts[3] in ("weight", "bias"):
-        target = ("params", ("backbone", "encoder", f"center_conv_{int(parts[2]) // 2 + 1}",
-                             "kernel" if parts[3] == "weight" else "bias"))
+        target = (
+            "params",
+            (
+                "backbone",
+                "encoder",
+                f"center_conv_{int(parts[2]) // 2 + 1}",
+                "kernel" if parts[3] == "weight" else "bias",
+            ),
+        )
     elif top in _DECODER and len(parts) == 3 and (m := re.fullmatch(r"upscale(\d)", parts[1])):
       block = _UPSCALE_BLOCK.get(int(m[1]))
       if block and parts[2] == "weight":
@@ -114,7 +130,10 @@ def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dic
       hit = _bn_or_conv(parts[3], int(parts[2]), 0, 1) if block else None
       if hit:
         collection, module, leaf = hit
-        target = (collection, ("backbone", "decoder", f"block_{block}", f"conv_{m[2]}", module, leaf))
+        target = (
+            collection,
+            ("backbone", "decoder", f"block_{block}", f"conv_{m[2]}", module, leaf),
+        )
     elif top in _DECODER and parts[1:] == ["head", "0", "weight"]:
       target = ("params", ("backbone", "head", "kernel"))
     elif top == "target_pixel_projector" and len(parts) == 3 and parts[1] in ("0", "1", "3", "4"):
@@ -123,7 +142,12 @@ def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dic
       if hit:
         collection, module, leaf = hit
         target = (collection, ("pixel_projector", f"conv_{i // 3 + 1}", module, leaf))
-    elif top in _HEADS and len(parts) == 3 and parts[1] in ("2", "4") and parts[2] in ("weight", "bias"):
+    elif (
+        top in _HEADS
+        and len(parts) == 3
+        and parts[1] in ("2", "4")
+        and parts[2] in ("weight", "bias")
+    ):
       leaf = "kernel" if parts[2] == "weight" else "bias"
       target = ("params", (_HEADS[top], "fc_1" if parts[1] == "2" else "fc_2", leaf))
     if target is None:
@@ -136,8 +160,10 @@ def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dic
       value = np.ascontiguousarray(value.T)
     _set(out[collection], path, np.asarray(value, np.float32))
   if unknown:
-    raise MACLWeightsError(f"{source}: {len(unknown)} state-dict key(s) that are not part of the "
-                           f"PCL / MACL UNet2D: " + "; ".join(unknown))
+    raise MACLWeightsError(
+        f"{source}: {len(unknown)} state-dict key(s) that are not part of the "
+        f"PCL / MACL UNet2D: " + "; ".join(unknown)
+    )
   return out
 
 
@@ -150,4 +176,5 @@ def to_variables(state_dict: Mapping[str, Any], *, source: str = "state dict") -
 def load(path: str) -> dict[str, Any]:
   """to_variables of a `.pth` / `.safetensors` file read by the weights-only reader."""
   from jaxmilab.convert import torch_checkpoint  # pylint: disable=g-import-not-at-top
+
   return to_variables(torch_checkpoint.load_state_dict(path), source=path)

@@ -27,8 +27,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-_SKIP = re.compile(r"(^|\.)(relative_position_index|attn_mask)$"
-                   r"|^(chnl_reduce\d|reduce_noise_channel_\d)\.")
+_SKIP = re.compile(
+    r"(^|\.)(relative_position_index|attn_mask)$" r"|^(chnl_reduce\d|reduce_noise_channel_\d)\."
+)
 _RENAMES = (
     (re.compile(r"^(encoder_level\d|decoder_level\d|latent|refinement)\.body\.(\d)"), r"\1.\2"),
     (re.compile(r"^decoder(\d+)\."), r"decoders.\1."),
@@ -53,11 +54,11 @@ def convert_key(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarra
     else:
       path.append(m)
   if len(path) >= 2 and path[-1] == "body" and re.fullmatch(r"norm\d?", path[-2]):
-    path.pop()                                               # Restormer LayerNorm(...).body
+    path.pop()  # Restormer LayerNorm(...).body
   if path and re.fullmatch(r"ups_\d+_0", path[0]):
-    path[0] = path[0][:-2]                                   # NAFNet ups.{i}.0 (conv)
+    path[0] = path[0][:-2]  # NAFNet ups.{i}.0 (conv)
   if path and path[-1] == "sca_1":
-    path[-1] = "sca"                                         # NAFNet sca.1 (conv after pool)
+    path[-1] = "sca"  # NAFNet sca.1 (conv after pool)
   value = np.asarray(value)
   if np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16":
     value = value.astype(np.float32)
@@ -76,8 +77,9 @@ def convert_key(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarra
   return tuple(path) + (leaf,), np.ascontiguousarray(value)
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray]
-                       ) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
   """(nested flax params, {"a/b/leaf": (torch key, torch shape)}) for a whole state dict."""
   params: dict[str, Any] = {}
   origin: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -88,8 +90,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]
     path, array = converted
     flat = "/".join(path)
     if flat in origin:
-      raise CheckpointMismatchError(f"state-dict keys {origin[flat][0]!r} and {key!r} both map "
-                                    f"to the flax parameter {flat!r}.")
+      raise CheckpointMismatchError(
+          f"state-dict keys {origin[flat][0]!r} and {key!r} both map "
+          f"to the flax parameter {flat!r}."
+      )
     origin[flat] = (key, tuple(np.shape(value)))
     node = params
     for p in path[:-1]:
@@ -112,9 +116,14 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def check_params(params: Mapping[str, Any], expected: Mapping[str, Any], *, source: str,
-                 model: str, origin: Mapping[str, tuple[str, tuple[int, ...]]] | None = None
-                 ) -> None:
+def check_params(
+    params: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    *,
+    source: str,
+    model: str,
+    origin: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+) -> None:
   """Raises one CheckpointMismatchError listing all missing / unexpected / mis-shaped keys.
 
   params, expected: nested param trees (expected may hold jax.ShapeDtypeStruct leaves);
@@ -129,16 +138,22 @@ def check_params(params: Mapping[str, Any], expected: Mapping[str, Any], *, sour
   wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
   if not (missing or unexpected or wrong):
     return
-  lines = [f"Checkpoint {source!r} does not match model {model!r}: {len(missing)} missing, "
-           f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). Check that "
-           f"--model names the architecture the weights were trained with (e.g. swinir vs "
-           f"swinir_dcpt; `python -m jaxmilab.restore --list_models`)."]
+  lines = [
+      f"Checkpoint {source!r} does not match model {model!r}: {len(missing)} missing, "
+      f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). Check that "
+      f"--model names the architecture the weights were trained with (e.g. swinir vs "
+      f"swinir_dcpt; `python -m jaxmilab.restore --list_models`)."
+  ]
   if missing:
     lines.append("  missing (flax path, shape): " + "; ".join(f"{k} {want[k]}" for k in missing))
   if unexpected:
-    lines.append("  unexpected (checkpoint key -> flax path): " + "; ".join(
-        f"{name(k)} {origin[k][1] if k in origin else got[k]}" for k in unexpected))
+    lines.append(
+        "  unexpected (checkpoint key -> flax path): "
+        + "; ".join(f"{name(k)} {origin[k][1] if k in origin else got[k]}" for k in unexpected)
+    )
   if wrong:
-    lines.append("  mis-shaped (checkpoint key -> flax path: got, expected): " + "; ".join(
-        f"{name(k)}: {got[k]} vs {want[k]}" for k in wrong))
+    lines.append(
+        "  mis-shaped (checkpoint key -> flax path: got, expected): "
+        + "; ".join(f"{name(k)}: {got[k]} vs {want[k]}" for k in wrong)
+    )
   raise CheckpointMismatchError("\n".join(lines))

@@ -42,20 +42,40 @@ class UnsafeCheckpointError(CheckpointError):
 
 # torch storage class -> numpy dtype (torch/storage.py `_LegacyStorage` subclasses).
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 # torch dtypes that can appear as globals (e.g. in `_rebuild_tensor_v2` metadata).
 _TORCH_DTYPES = {
-    "float64": np.float64, "float32": np.float32, "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32, "int16": np.int16,
-    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
 }
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -90,12 +110,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarra
     return np.zeros(size, flat.dtype)
   last = offset + sum((n - 1) * st for n, st in zip(size, stride))
   if last >= flat.size:
-    raise CheckpointError(f"tensor of size {size} stride {stride} offset {offset} reads past "
-                          f"its storage of {flat.size} elements (corrupt file)")
+    raise CheckpointError(
+        f"tensor of size {size} stride {stride} offset {offset} reads past "
+        f"its storage of {flat.size} elements (corrupt file)"
+    )
   # A view: legacy files fill their storages after the pickle; `_materialize` copies at the end.
   return np.lib.stride_tricks.as_strided(
-      flat[offset:], shape=size, strides=tuple(st * flat.itemsize for st in stride),
-      writeable=False)
+      flat[offset:], shape=size, strides=tuple(st * flat.itemsize for st in stride), writeable=False
+  )
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused) -> np.ndarray:
@@ -118,7 +140,9 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch", "Size"): _torch_size,
 }
-_SAFE_GLOBALS.update({("torch", name): _StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()})
+_SAFE_GLOBALS.update(
+    {("torch", name): _StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()}
+)
 _SAFE_GLOBALS.update({("torch", name): np.dtype(dt) for name, dt in _TORCH_DTYPES.items()})
 
 
@@ -139,13 +163,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
           f"Refusing to load {self._path!r}: its pickle references `{module}.{name}`, which is "
           f"not tensor or dict reconstruction (a checkpoint can run code this way). Only "
           f"weights-only checkpoints are read. If you trust the file, re-save its state dict "
-          f"elsewhere with torch.save(state_dict) or safetensors.torch.save_file.") from None
+          f"elsewhere with torch.save(state_dict) or safetensors.torch.save_file."
+      ) from None
 
   def persistent_load(self, pid):
-    if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage"
-        or not isinstance(pid[1], _StorageType)):
-      raise UnsafeCheckpointError(f"Refusing to load {self._path!r}: unexpected persistent id "
-                                  f"{str(pid)[:80]!r} (only typed tensor storages are read).")
+    if (
+        not isinstance(pid, tuple)
+        or len(pid) < 5
+        or pid[0] != "storage"
+        or not isinstance(pid[1], _StorageType)
+    ):
+      raise UnsafeCheckpointError(
+          f"Refusing to load {self._path!r}: unexpected persistent id "
+          f"{str(pid)[:80]!r} (only typed tensor storages are read)."
+      )
     storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
     if key not in self._storages:
       self._storages[key] = _Storage(self._load_storage(storage_type.dtype, key, numel))
@@ -154,8 +185,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _check_numel(path: str, key: str, raw: bytes, dtype: np.dtype, numel: int) -> np.ndarray:
   if len(raw) < numel * dtype.itemsize:
-    raise CheckpointError(f"{path!r}: storage {key} holds {len(raw)} bytes, fewer than "
-                          f"{numel} x {dtype.itemsize} (truncated or corrupt file).")
+    raise CheckpointError(
+        f"{path!r}: storage {key} holds {len(raw)} bytes, fewer than "
+        f"{numel} x {dtype.itemsize} (truncated or corrupt file)."
+    )
   return np.frombuffer(raw, dtype=dtype, count=numel)
 
 
@@ -164,8 +197,10 @@ def _read_zip(path: str) -> Any:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkl) != 1:
-      raise CheckpointError(f"{path!r} is a zip file but not a torch.save checkpoint "
-                            f"(no <archive>/data.pkl record; found {names[:5]}).")
+      raise CheckpointError(
+          f"{path!r} is a zip file but not a torch.save checkpoint "
+          f"(no <archive>/data.pkl record; found {names[:5]})."
+      )
     prefix = pkl[0][: -len("data.pkl")]
     big_endian = False
     if prefix + "byteorder" in names:
@@ -175,7 +210,7 @@ def _read_zip(path: str) -> Any:
       record = f"{prefix}data/{key}"
       if record not in names:
         raise CheckpointError(f"{path!r}: missing tensor record {record!r} (corrupt file).")
-      with zf.open(record) as f:                     # read only what the tensor needs
+      with zf.open(record) as f:  # read only what the tensor needs
         raw = f.read(max(numel, 0) * dtype.itemsize)
       arr = _check_numel(path, key, raw, dtype, numel)
       return arr.byteswap() if big_endian else arr
@@ -195,8 +230,10 @@ def _read_legacy(path: str, data: bytes) -> Any:
     except (pickle.UnpicklingError, EOFError, ValueError, struct.error) as e:
       if isinstance(e, CheckpointError):
         raise
-      raise CheckpointError(f"{path!r}: not a torch checkpoint, cannot read its {what} "
-                            f"record ({type(e).__name__}: {e}).") from e
+      raise CheckpointError(
+          f"{path!r}: not a torch checkpoint, cannot read its {what} "
+          f"record ({type(e).__name__}: {e})."
+      ) from e
 
   pending: dict[str, tuple[np.dtype, int]] = {}
   arrays: dict[str, np.ndarray] = {}
@@ -204,16 +241,20 @@ def _read_legacy(path: str, data: bytes) -> Any:
   def load_storage(dtype, key, numel):
     # Storages are filled after the main pickle: hand out an array that is filled in place.
     if numel < 0 or numel * dtype.itemsize > len(data):
-      raise CheckpointError(f"{path!r}: storage {key} claims {numel} elements, more than the "
-                            f"file holds (corrupt file).")
+      raise CheckpointError(
+          f"{path!r}: storage {key} claims {numel} elements, more than the "
+          f"file holds (corrupt file)."
+      )
     pending[key] = (dtype, numel)
     arrays[key] = np.zeros(numel, dtype)
     return arrays[key]
 
   magic = safe_load("magic number")
   if magic != _LEGACY_MAGIC:
-    raise CheckpointError(f"{path!r} is neither a zip torch checkpoint, a legacy torch "
-                          f"checkpoint nor a .safetensors file.")
+    raise CheckpointError(
+        f"{path!r} is neither a zip torch checkpoint, a legacy torch "
+        f"checkpoint nor a .safetensors file."
+    )
   if safe_load("protocol") != _LEGACY_PROTOCOL:
     raise CheckpointError(f"{path!r}: unsupported legacy torch protocol version.")
   safe_load("system info")
@@ -272,6 +313,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   framework (on the host CPU) and come back as ml_dtypes.bfloat16 arrays.
   """
   import safetensors  # pylint: disable=g-import-not-at-top
+
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
   out: dict[str, np.ndarray] = {}
@@ -288,6 +330,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
           out[key] = np.array(f.get_tensor(key), copy=True)
     if wide:
       import jax  # pylint: disable=g-import-not-at-top
+
       with jax.default_device(jax.local_devices(backend="cpu")[0]):
         with safetensors.safe_open(path, framework="flax") as f:
           for key in wide:
@@ -298,8 +341,11 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-  return isinstance(obj, dict) and bool(obj) and all(
-      isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+  return (
+      isinstance(obj, dict)
+      and bool(obj)
+      and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+  )
 
 
 def extract_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
@@ -312,21 +358,25 @@ def extract_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
         break
   if not _is_tensor_dict(obj):
     keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointError(f"{path!r} holds no state dict: expected a dict of tensors or one "
-                          f"under 'params_ema' / 'params'; found {keys}.")
+    raise CheckpointError(
+        f"{path!r} holds no state dict: expected a dict of tensors or one "
+        f"under 'params_ema' / 'params'; found {keys}."
+    )
   sd = {}
   for key, value in obj.items():
-    sd[key[len("module."):] if key.startswith("module.") else key] = value
-  if all(k.startswith("net.") for k in sd):   # PyTorch Lightning modules (e.g. PromptIR's)
-    sd = {k[len("net."):]: v for k, v in sd.items()}
+    sd[key[len("module.") :] if key.startswith("module.") else key] = value
+  if all(k.startswith("net.") for k in sd):  # PyTorch Lightning modules (e.g. PromptIR's)
+    sd = {k[len("net.") :]: v for k, v in sd.items()}
   return sd
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """{official key: numpy array} from a BasicSR `.pth` or a `.safetensors` file."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Checkpoint {path!r} does not exist. Pass a .pth / .safetensors "
-                            f"file or an orbax checkpoint folder.")
+    raise FileNotFoundError(
+        f"Checkpoint {path!r} does not exist. Pass a .pth / .safetensors "
+        f"file or an orbax checkpoint folder."
+    )
   with open(path, "rb") as f:
     head = f.read(9)
   # safetensors starts with an 8-byte header length and the JSON header's "{".

@@ -43,8 +43,11 @@ from jaxmilab.models import wsol_backbones
 # run_test_all.sh, CUB ResNet50 True). OpenImages: False for every architecture (ASSUMPTION:
 # DA-WSOL / BagCAMs' OpenImages setting as reported to us; no OpenImages script of theirs was
 # at hand).
-LARGE_FEATURE_MAP = {(a, d): (a != "vgg16" and d != "openimages")
-                     for a in ("resnet50", "vgg16", "inceptionv3") for d in ("cub", "ilsvrc", "openimages")}
+LARGE_FEATURE_MAP = {
+    (a, d): (a != "vgg16" and d != "openimages")
+    for a in ("resnet50", "vgg16", "inceptionv3")
+    for d in ("cub", "ilsvrc", "openimages")
+}
 _DROP = re.compile(r"^(classifier\.|AuxLogits\.|Mixed_7|.*num_batches_tracked$)")
 _BCAM_HEAD = ("aggregator_A", "aggregator_B", "classifier_A", "classifier_B")
 
@@ -97,8 +100,9 @@ def _flax_path(key: str) -> tuple[str, list[str], str]:
   return "params", path, leaf
 
 
-def state_dict_to_variables(sd: dict[str, np.ndarray], *, arch: str, large_feature_map: bool,
-                            bcam: bool = False) -> dict[str, Any]:
+def state_dict_to_variables(
+    sd: dict[str, np.ndarray], *, arch: str, large_feature_map: bool, bcam: bool = False
+) -> dict[str, Any]:
   """{"params": ..., "batch_stats": ...} nested dicts (numpy) from a flat torch state dict."""
   if arch == "vgg16":
     sd = _vgg_realign(sd, large_feature_map)
@@ -128,8 +132,9 @@ def state_dict_to_variables(sd: dict[str, np.ndarray], *, arch: str, large_featu
   return out
 
 
-def load_into(variables: dict[str, Any], converted: dict[str, Any], *, strict_backbone: bool = True
-              ) -> tuple[dict[str, Any], list[str]]:
+def load_into(
+    variables: dict[str, Any], converted: dict[str, Any], *, strict_backbone: bool = True
+) -> tuple[dict[str, Any], list[str]]:
   """Copies converted arrays into `variables` (same paths and shapes); returns (merged, skipped).
 
   With strict_backbone, a converted array whose path is missing in the model raises (a wrong
@@ -139,9 +144,13 @@ def load_into(variables: dict[str, Any], converted: dict[str, Any], *, strict_ba
   flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
   missing = sorted(set(flat_new) - set(flat_old))
   if missing and strict_backbone:
-    raise ValueError(f"{len(missing)} converted weights have no place in the model, e.g. {missing[:5]}; "
-                     f"check --arch / large_feature_map / preset.")
-  skipped = sorted(k for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k]))
+    raise ValueError(
+        f"{len(missing)} converted weights have no place in the model, e.g. {missing[:5]}; "
+        f"check --arch / large_feature_map / preset."
+    )
+  skipped = sorted(
+      k for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k])
+  )
 
   def pick(path, x):
     k = jax.tree_util.keystr(path)
@@ -151,8 +160,17 @@ def load_into(variables: dict[str, Any], converted: dict[str, Any], *, strict_ba
   return jax.tree_util.tree_map_with_path(pick, variables), skipped
 
 
-def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, preset: str = "paper",
-            bcam: bool = False, num_heads: int = 100, image_size: int = 224) -> tuple[dict[str, Any], list[str]]:
+def convert(
+    path: str,
+    *,
+    arch: str,
+    num_classes: int,
+    large_feature_map: bool,
+    preset: str = "paper",
+    bcam: bool = False,
+    num_heads: int = 100,
+    image_size: int = 224,
+) -> tuple[dict[str, Any], list[str]]:
   """Flax variables of the WSOL model for `path`; returns (variables, skipped keys)."""
   model_cfg = dict(preset=preset, num_classes=num_classes, large_feature_map=large_feature_map)
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -161,12 +179,14 @@ def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, 
     bv = dict(backbone.init(jax.random.key(0), x))
     out = backbone.apply(bv, x)
     head = wsol_backbones.bcam_head(arch, num_classes, num_heads).init(
-        jax.random.key(1), out["features"], wsol_backbones.bcam_attention_input(arch, out))
+        jax.random.key(1), out["features"], wsol_backbones.bcam_attention_input(arch, out)
+    )
     variables = {"params": {"backbone": bv.pop("params"), "bcam_head": head["params"]}, **bv}
   else:
     variables = dict(wsol_backbones.create_backbone(arch, model_cfg).init(jax.random.key(0), x))
-  converted = state_dict_to_variables(read_wsol_state_dict(path), arch=arch,
-                                      large_feature_map=large_feature_map, bcam=bcam)
+  converted = state_dict_to_variables(
+      read_wsol_state_dict(path), arch=arch, large_feature_map=large_feature_map, bcam=bcam
+  )
   if not converted["batch_stats"]:
     converted.pop("batch_stats")
   return load_into(variables, converted)
@@ -175,7 +195,9 @@ def convert(path: str, *, arch: str, num_classes: int, large_feature_map: bool, 
 MODEL_INFO = "wsol_model.json"  # next to `state`: the network the weights were converted for
 
 
-def write_init_checkpoint(variables: dict[str, Any], out_dir: str, model_info: dict | None = None) -> str:
+def write_init_checkpoint(
+    variables: dict[str, Any], out_dir: str, model_info: dict | None = None
+) -> str:
   """Writes `<out_dir>/state` in the layout `config.method.init_from` reads.
 
   `model_info` (arch, large_feature_map, num_classes) goes to `<out_dir>/wsol_model.json`:
@@ -185,9 +207,13 @@ def write_init_checkpoint(variables: dict[str, Any], out_dir: str, model_info: d
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   variables = dict(variables)
-  state = {"params": variables.pop("params"), "model_state": variables,
-           "step": np.zeros((), np.int32)}
+  state = {
+      "params": variables.pop("params"),
+      "model_state": variables,
+      "step": np.zeros((), np.int32),
+  }
   path = os.path.join(os.path.abspath(out_dir), "state")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, jax.device_get(state))
@@ -201,17 +227,22 @@ def check_model_info(init_from: str, arch: str, large_feature_map: bool) -> None
   """Raises if `init_from` was converted for another architecture or feature-map size."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(init_from, MODEL_INFO)
   if not init_from or not os.path.isfile(path):
     return
   with open(path, encoding="utf-8") as f:
     info = json.load(f)
-  if info.get("arch", arch) != arch or bool(info.get("large_feature_map", large_feature_map)) != bool(large_feature_map):
-    raise ValueError(f"config.method.init_from={init_from} holds {info.get('arch')} weights converted with "
-                     f"large_feature_map={info.get('large_feature_map')} ({path}), but config.model builds "
-                     f"{arch} with large_feature_map={large_feature_map}; the stride changes no weight shape, "
-                     f"so the weights would load into the wrong network. Set "
-                     f"--config.model.large_feature_map={info.get('large_feature_map')} or convert again.")
+  if info.get("arch", arch) != arch or bool(
+      info.get("large_feature_map", large_feature_map)
+  ) != bool(large_feature_map):
+    raise ValueError(
+        f"config.method.init_from={init_from} holds {info.get('arch')} weights converted with "
+        f"large_feature_map={info.get('large_feature_map')} ({path}), but config.model builds "
+        f"{arch} with large_feature_map={large_feature_map}; the stride changes no weight shape, "
+        f"so the weights would load into the wrong network. Set "
+        f"--config.model.large_feature_map={info.get('large_feature_map')} or convert again."
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -220,13 +251,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("arch", None, sorted(wsol_backbones.ARCHS), "Backbone architecture.", **fv)
   flags.DEFINE_string("checkpoint", None, "A local .pth / .pth.tar / .safetensors file.", **fv)
   flags.DEFINE_integer("num_classes", None, "Classes of the target config.", **fv)
-  flags.DEFINE_bool("large_feature_map", None, "28x28 maps; default as configs/cam.py for "
-                    "--dataset (LARGE_FEATURE_MAP).", **fv)
+  flags.DEFINE_bool(
+      "large_feature_map",
+      None,
+      "28x28 maps; default as configs/cam.py for " "--dataset (LARGE_FEATURE_MAP).",
+      **fv,
+  )
   flags.DEFINE_enum("dataset", "cub", ["cub", "ilsvrc", "openimages"], "Target dataset.", **fv)
   flags.DEFINE_bool("bcam", False, "A B-CAM checkpoint (bcam method layout).", **fv)
   flags.DEFINE_integer("num_heads", 100, "B-CAM heads.", **fv)
-  flags.DEFINE_string("output", None, "Orbax folder to write (for config.method.init_from).",
-                      **fv)
+  flags.DEFINE_string("output", None, "Orbax folder to write (for config.method.init_from).", **fv)
 
 
 def convert_main(fv: flags.FlagValues) -> int:
@@ -237,11 +271,19 @@ def convert_main(fv: flags.FlagValues) -> int:
   large = fv.large_feature_map
   if large is None:
     large = LARGE_FEATURE_MAP[(fv.arch, fv.dataset)]
-  variables, skipped = convert(fv.checkpoint, arch=fv.arch, num_classes=fv.num_classes,
-                               large_feature_map=large, bcam=fv.bcam, num_heads=fv.num_heads)
-  out = write_init_checkpoint(variables, fv.output, {"arch": fv.arch,
-                                                     "large_feature_map": bool(large),
-                                                     "num_classes": fv.num_classes})
+  variables, skipped = convert(
+      fv.checkpoint,
+      arch=fv.arch,
+      num_classes=fv.num_classes,
+      large_feature_map=large,
+      bcam=fv.bcam,
+      num_heads=fv.num_heads,
+  )
+  out = write_init_checkpoint(
+      variables,
+      fv.output,
+      {"arch": fv.arch, "large_feature_map": bool(large), "num_classes": fv.num_classes},
+  )
   print(f"Wrote {out} (init_from). Kept fresh (shape mismatch): {skipped or 'none'}")
   return 0
 
@@ -249,13 +291,14 @@ def convert_main(fv: flags.FlagValues) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """In-process entry: main(["--arch=...", ...]) parses `argv` on a fresh flag set."""
   from jaxmilab import console  # pylint: disable=g-import-not-at-top
-  return convert_main(console.parse_flags(define_flags, argv or [],
-                                          prog="jaxmilab-convert-wsol"))
+
+  return convert_main(console.parse_flags(define_flags, argv or [], prog="jaxmilab-convert-wsol"))
 
 
 def _app_main(argv: Sequence[str]) -> None:
   from jaxmilab import console  # pylint: disable=g-import-not-at-top
   from jaxmilab import restore  # pylint: disable=g-import-not-at-top
+
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup()

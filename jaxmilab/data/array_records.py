@@ -55,14 +55,19 @@ from jaxmilab.data.base import Datasets
 # Every config.data key this dataset reads, with its default (jaxmilab.config_lib adds the
 # missing ones to a config that selects this dataset, so each can be set from the command line).
 CONFIG_DEFAULTS = dict(
-    path="",                # a build_uir output folder (or, in a config file, a list of them)
-    types=(),               # label order; () = the types of the manifests, in order
-    patch_size=64, eval_path="",
-    eval_records=0,         # 0 = 10% of the records, at most 256 (without eval_path)
-    eval_selection="stratified",   # held-out records without eval_path: stratified | first
+    path="",  # a build_uir output folder (or, in a config file, a list of them)
+    types=(),  # label order; () = the types of the manifests, in order
+    patch_size=64,
+    eval_path="",
+    eval_records=0,  # 0 = 10% of the records, at most 256 (without eval_path)
+    eval_selection="stratified",  # held-out records without eval_path: stratified | first
     eval_size=128,
-    eval_batch_size=0,      # 0 = the training batch size
-    worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False)
+    eval_batch_size=0,  # 0 = the training batch size
+    worker_count=0,
+    read_threads=4,
+    read_buffer=None,
+    vertical_flip=False,
+)
 
 
 def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
@@ -70,15 +75,19 @@ def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
   folder = os.path.abspath(os.path.expanduser(str(folder)))
   path = os.path.join(folder, "manifest.json")
   if not os.path.isfile(path):
-    hint = ("the build is unfinished: re-run the same build_uir command to complete it"
-            if os.path.isfile(os.path.join(folder, "build_args.json")) else
-            "build it with python -m jaxmilab.data.build_uir --clean_dir=... --output=" + folder)
+    hint = (
+        "the build is unfinished: re-run the same build_uir command to complete it"
+        if os.path.isfile(os.path.join(folder, "build_args.json"))
+        else "build it with python -m jaxmilab.data.build_uir --clean_dir=... --output=" + folder
+    )
     raise DataError(f"{key}={folder!r} has no manifest.json: {hint}.")
   with open(path, encoding="utf-8") as f:
     manifest = json.load(f)
   if manifest.get("format") != build_uir.FORMAT:
-    raise DataError(f"{path} has format {manifest.get('format')!r}; this reader knows "
-                    f"{build_uir.FORMAT!r}. Rebuild with this version of build_uir.")
+    raise DataError(
+        f"{path} has format {manifest.get('format')!r}; this reader knows "
+        f"{build_uir.FORMAT!r}. Rebuild with this version of build_uir."
+    )
   manifest["shard_paths"] = [os.path.join(folder, s["file"]) for s in manifest["shards"]]
   for shard in manifest["shard_paths"]:
     if not os.path.isfile(shard):
@@ -93,9 +102,16 @@ class RecordSource:
   (key k -> the k-th record not in `skip`, found by binary search: no index of the kept ones).
   """
 
-  def __init__(self, shard_paths: Sequence[str], types: Sequence[str], start: int = 0,
-               stop: int | None = None, *, only: Sequence[int] | None = None,
-               skip: Sequence[int] | None = None):
+  def __init__(
+      self,
+      shard_paths: Sequence[str],
+      types: Sequence[str],
+      start: int = 0,
+      stop: int | None = None,
+      *,
+      only: Sequence[int] | None = None,
+      skip: Sequence[int] | None = None,
+  ):
     self.shard_paths = tuple(shard_paths)
     self.types = tuple(types)
     self.label_of = {t: i for i, t in enumerate(self.types)}
@@ -107,13 +123,19 @@ class RecordSource:
     self._only = None if only is None else np.asarray(only, np.int64)
     self._skip = None if skip is None else np.asarray(skip, np.int64)
     for name, arr in (("only", self._only), ("skip", self._skip)):
-      if arr is not None and arr.size and (arr.min() < self.start or arr.max() >= self.stop
-                                           or np.any(np.diff(arr) <= 0)):
-        raise ValueError(f"RecordSource({name}=...): indices must be sorted, unique and in "
-                         f"[{self.start}, {self.stop}).")
+      if (
+          arr is not None
+          and arr.size
+          and (arr.min() < self.start or arr.max() >= self.stop or np.any(np.diff(arr) <= 0))
+      ):
+        raise ValueError(
+            f"RecordSource({name}=...): indices must be sorted, unique and in "
+            f"[{self.start}, {self.stop})."
+        )
     # skip: key k -> start + k + #(skipped records at or before the result).
-    self._skip_shifted = None if self._skip is None else (
-        self._skip - self.start - np.arange(self._skip.size))
+    self._skip_shifted = (
+        None if self._skip is None else (self._skip - self.start - np.arange(self._skip.size))
+    )
 
   def _index(self, key: int) -> int:
     key = int(key)
@@ -141,8 +163,10 @@ class RecordSource:
     rec = self.record(key)
     label = self.label_of.get(rec["type"])
     if label is None:
-      raise DataError(f"Record {self._index(key)} ({rec['source']}) has type {rec['type']!r}, "
-                      f"which is not in config.data.types {self.types}. Add it or rebuild.")
+      raise DataError(
+          f"Record {self._index(key)} ({rec['source']}) has type {rec['type']!r}, "
+          f"which is not in config.data.types {self.types}. Add it or rebuild."
+      )
     lq, gt = build_uir.decode_png(rec["lq_png"]), build_uir.decode_png(rec["gt_png"])
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
@@ -158,8 +182,10 @@ class RecordSource:
       if arr is not None:
         digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
         chosen += f", {name}={arr.size}:{digest}"
-    return (f"RecordSource(shards={len(self.shard_paths)}, first={self.shard_paths[0]!r}, "
-            f"range=[{self.start}, {self.stop}), types={len(self.types)}{chosen})")
+    return (
+        f"RecordSource(shards={len(self.shard_paths)}, first={self.shard_paths[0]!r}, "
+        f"range=[{self.start}, {self.stop}), types={len(self.types)}{chosen})"
+    )
 
 
 def ensure_open_files(num_shards: int, worker_count: int) -> int:
@@ -172,16 +198,18 @@ def ensure_open_files(num_shards: int, worker_count: int) -> int:
     import resource  # pylint: disable=g-import-not-at-top
   except ImportError:  # not POSIX
     return -1
-  need = num_shards * (worker_count + 1) + 256   # + what the rest of the process holds
+  need = num_shards * (worker_count + 1) + 256  # + what the rest of the process holds
   soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
   if soft != resource.RLIM_INFINITY and soft < need:
     target = need if hard == resource.RLIM_INFINITY else min(need, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft = target
   if soft != resource.RLIM_INFINITY and soft < need:
-    raise DataError(f"{num_shards} shards read by {worker_count + 1} process(es) need about {need} "
-                    f"open files, above this host's hard limit of {hard} (ulimit -Hn): raise it, "
-                    f"lower config.data.worker_count, or rebuild with a larger --shard_size.")
+    raise DataError(
+        f"{num_shards} shards read by {worker_count + 1} process(es) need about {need} "
+        f"open files, above this host's hard limit of {hard} (ulimit -Hn): raise it, "
+        f"lower config.data.worker_count, or rebuild with a larger --shard_size."
+    )
   return soft
 
 
@@ -191,8 +219,9 @@ def _folders(value: Any, key: str) -> tuple[str, ...]:
   return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
-def _load(folders: Sequence[str], key: str, manifests: list | None = None
-          ) -> tuple[list[str], list[str], int]:
+def _load(
+    folders: Sequence[str], key: str, manifests: list | None = None
+) -> tuple[list[str], list[str], int]:
   """(shard paths, types in order, smallest crop size) over several build folders; the
   manifests are appended to `manifests` when given."""
   shards, types, sizes = [], [], []
@@ -210,16 +239,19 @@ def _strata(manifest: dict[str, Any], offset: int) -> list[tuple[str, np.ndarray
   """[(name, first record of each unit, unit size)] of one build (module docstring)."""
   n = int(manifest["num_records"])
   if manifest.get("strata"):
-    return [(f"{t}/{level}", offset + start + np.arange(count), 1)
-            for t, level, start, count in manifest["strata"]]
+    return [
+        (f"{t}/{level}", offset + start + np.arange(count), 1)
+        for t, level, start, count in manifest["strata"]
+    ]
   group = int(manifest.get("records_per_image") or 0)
   if group and n % group == 0:
     return [("images", offset + group * np.arange(n // group), group)]
   return [("records", offset + np.arange(n), 1)]
 
 
-def holdout_indices(manifests: Sequence[dict[str, Any]], n_eval: int,
-                    selection: str = "stratified") -> np.ndarray:
+def holdout_indices(
+    manifests: Sequence[dict[str, Any]], n_eval: int, selection: str = "stratified"
+) -> np.ndarray:
   """Sorted record indices (over the builds' shards in order) held out for evaluation.
 
   `n_eval` = 0: 10% of the records, at most 256, at least one unit per stratum. The rule is
@@ -229,8 +261,10 @@ def holdout_indices(manifests: Sequence[dict[str, Any]], n_eval: int,
   if selection == "first":
     n = int(n_eval) or min(256, max(1, total // 10))
     if not 0 < n < total:
-      raise ValueError(f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
-                       f"{total} records).")
+      raise ValueError(
+          f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
+          f"{total} records)."
+      )
     return np.arange(n, dtype=np.int64)
   if selection != "stratified":
     raise ValueError(f"config.data.eval_selection={selection!r}: use 'stratified' or 'first'.")
@@ -240,63 +274,90 @@ def holdout_indices(manifests: Sequence[dict[str, Any]], n_eval: int,
     offset += int(m["num_records"])
   n = int(n_eval) or max(min(256, max(1, total // 10)), len(strata))
   if not 0 < n < total:
-    raise ValueError(f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
-                     f"{total} records).")
+    raise ValueError(
+        f"config.data.eval_records={n} must be in [1, {total - 1}] (the build has "
+        f"{total} records)."
+    )
   # Records wanted per stratum -> units (a synthesized stratum's units are whole images).
   base, extra = divmod(n, len(strata))
   picked = []
   for i, (_, starts, size) in enumerate(strata):
     want = base + (1 if i < extra else 0)
-    units = min(-(-want // size), len(starts) // 2)   # at most half of the stratum
+    units = min(-(-want // size), len(starts) // 2)  # at most half of the stratum
     if units <= 0:
       continue
     positions = ((np.arange(units) + 0.5) * len(starts) / units).astype(np.int64)
     chosen = starts[positions]
     picked.append((chosen[:, None] + np.arange(size)[None, :]).reshape(-1))
   if not picked:
-    raise ValueError(f"No record can be held out for evaluation ({len(strata)} strata, each too "
-                     f"small to give one of at most half its records): set config.data.eval_path "
-                     f"to a separate build of held-out images.")
+    raise ValueError(
+        f"No record can be held out for evaluation ({len(strata)} strata, each too "
+        f"small to give one of at most half its records): set config.data.eval_path "
+        f"to a separate build of held-out images."
+    )
   return np.unique(np.concatenate(picked))
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches over build_uir ArrayRecord shards (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "array_records", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "array_records",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   manifests: list[dict[str, Any]] = []
-  shards, found_types, stored = _load(_folders(opts.path, "config.data.path"),
-                                      "config.data.path", manifests)
+  shards, found_types, stored = _load(
+      _folders(opts.path, "config.data.path"), "config.data.path", manifests
+  )
   types = opts.types
-  types = tuple(found_types) if not types else ((types,) if isinstance(types, str) else tuple(types))
+  types = (
+      tuple(found_types) if not types else ((types,) if isinstance(types, str) else tuple(types))
+  )
   missing = sorted(set(found_types) - set(types))
   if missing:
-    raise ValueError(f"config.data.types={types} misses types {missing} that the shards hold. "
-                     f"List every type of the build (label = index).")
+    raise ValueError(
+        f"config.data.types={types} misses types {missing} that the shards hold. "
+        f"List every type of the build (label = index)."
+    )
   patch = int(opts.patch_size)
   eval_size = int(opts.eval_size)
-  for what, size, k in (("patch", patch, "config.data.patch_size"),
-                        ("eval", eval_size, "config.data.eval_size")):
+  for what, size, k in (
+      ("patch", patch, "config.data.patch_size"),
+      ("eval", eval_size, "config.data.eval_size"),
+  ):
     if stored and size > stored:
-      raise DataError(f"{k}={size} is larger than the {stored}px crops stored in the build. Lower "
-                      f"{k} or rebuild with build_uir --patch_size={size} or more.")
+      raise DataError(
+          f"{k}={size} is larger than the {stored}px crops stored in the build. Lower "
+          f"{k} or rebuild with build_uir --patch_size={size} or more."
+      )
   ensure_open_files(len(shards), int(opts.worker_count or 0))
   source = RecordSource(shards, types)
   eval_path = opts.eval_path
   if eval_path:
     if opts.eval_records:
-      raise ValueError("config.data.eval_records holds records out of config.data.path; it cannot "
-                       "be combined with config.data.eval_path. Set one or the other.")
-    eval_shards, eval_types, eval_stored = _load(_folders(eval_path, "config.data.eval_path"),
-                                                 "config.data.eval_path")
+      raise ValueError(
+          "config.data.eval_records holds records out of config.data.path; it cannot "
+          "be combined with config.data.eval_path. Set one or the other."
+      )
+    eval_shards, eval_types, eval_stored = _load(
+        _folders(eval_path, "config.data.eval_path"), "config.data.eval_path"
+    )
     unknown = sorted(set(eval_types) - set(types))
     if unknown:
-      raise ValueError(f"config.data.eval_path holds types {unknown} not in config.data.types {types}.")
+      raise ValueError(
+          f"config.data.eval_path holds types {unknown} not in config.data.types {types}."
+      )
     if eval_stored and eval_size > eval_stored:
-      raise DataError(f"config.data.eval_size={eval_size} is larger than the {eval_stored}px "
-                      f"crops of config.data.eval_path.")
+      raise DataError(
+          f"config.data.eval_size={eval_size} is larger than the {eval_stored}px "
+          f"crops of config.data.eval_path."
+      )
     eval_source = RecordSource(eval_shards, types)
   else:
     held_out = holdout_indices(manifests, int(opts.eval_records or 0), opts.eval_selection)
@@ -308,19 +369,37 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
       source = RecordSource(shards, types, skip=held_out)
 
   train = transforms.restoration_train_iterator(
-      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      source,
+      opts,
+      patch=patch,
+      batch_size=layout.batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     rec = eval_source[i]
     if min(rec["gt"].shape[:2]) < eval_size:
-      raise DataError(f"Eval record {i} is {rec['gt'].shape[:2]}, smaller than "
-                      f"config.data.eval_size={eval_size}. Lower it.")
-    return {"lq": images.to_float(transforms.center_crop(rec["lq"], eval_size)),  # [e, e, 3]
-            "gt": images.to_float(transforms.center_crop(rec["gt"], eval_size)),
-            "label": rec["label"]}
+      raise DataError(
+          f"Eval record {i} is {rec['gt'].shape[:2]}, smaller than "
+          f"config.data.eval_size={eval_size}. Lower it."
+      )
+    return {
+        "lq": images.to_float(transforms.center_crop(rec["lq"], eval_size)),  # [e, e, 3]
+        "gt": images.to_float(transforms.center_crop(rec["gt"], eval_size)),
+        "label": rec["label"],
+    }
 
-  info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
-                  extra={"patch_size": patch, "eval_size": eval_size, "num_eval": len(eval_source),
-                         "num_train": len(source)})
+  info = DataInfo(
+      num_classes=len(types),
+      class_names=types,
+      image_channels=3,
+      extra={
+          "patch_size": patch,
+          "eval_size": eval_size,
+          "num_eval": len(eval_source),
+          "num_train": len(source),
+      },
+  )
   return Datasets(train=train, eval_batches=layout.eval(len(eval_source), make_example), info=info)

@@ -29,6 +29,7 @@ Batch = Mapping[str, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
   """Static facts methods need (e.g. the classifier's number of classes)."""
+
   num_classes: int = 0
   class_names: tuple[str, ...] = ()
   image_channels: int = 3
@@ -37,7 +38,7 @@ class DataInfo:
 
 @dataclasses.dataclass
 class Datasets:
-  train: Iterator[Batch]          # grain DatasetIterator / DataLoader iterator (checkpointable)
+  train: Iterator[Batch]  # grain DatasetIterator / DataLoader iterator (checkpointable)
   eval_batches: Callable[[], Iterable[Batch]]
   info: DataInfo
 

@@ -62,8 +62,9 @@ def _uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- noise
 
 
-def gaussian_noise(image: np.ndarray, rng: np.random.Generator,
-                   level: float | None = None) -> np.ndarray:
+def gaussian_noise(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Additive white Gaussian noise; level = sigma on the 0-255 scale (default 15-50)."""
   image = _check(image, "gaussian_noise")
   sigma = _uniform(rng, NOISE_SIGMA_RANGE) if level is None else float(level)
@@ -81,7 +82,7 @@ def gaussian_noise_released(image: np.ndarray, sigma: float) -> np.ndarray:
   image = _check(image, "gaussian_noise_released")
   noise = np.random.RandomState(0).normal(0.0, sigma / 255.0, image.shape)  # float64
   out = image.copy()
-  out += noise          # float32 += float64, in place: the released arithmetic
+  out += noise  # float32 += float64, in place: the released arithmetic
   return out
 
 
@@ -109,13 +110,14 @@ def _separable_filter(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
   r = (len(taps) - 1) // 2
   h, w = image.shape[:2]
   padded = np.pad(image.astype(np.float64), ((r, r), (0, 0), (0, 0)), mode="reflect")
-  rows = sum(t * padded[i:i + h] for i, t in enumerate(taps))
+  rows = sum(t * padded[i : i + h] for i, t in enumerate(taps))
   padded = np.pad(rows, ((0, 0), (r, r), (0, 0)), mode="reflect")
-  return sum(t * padded[:, i:i + w] for i, t in enumerate(taps))
+  return sum(t * padded[:, i : i + w] for i, t in enumerate(taps))
 
 
-def gaussian_blur(image: np.ndarray, rng: np.random.Generator,
-                  level: float | None = None) -> np.ndarray:
+def gaussian_blur(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Isotropic Gaussian blur, reflect padding; level = sigma in pixels (default 1-3)."""
   image = _check(image, "gaussian_blur")
   sigma = _uniform(rng, BLUR_SIGMA_RANGE) if level is None else float(level)
@@ -150,11 +152,12 @@ def jpeg(image: np.ndarray, rng: np.random.Generator, level: int | None = None) 
 @dataclasses.dataclass(frozen=True)
 class Haze:
   """A hazy image and the scattering-model parameters that made it."""
-  hazy: np.ndarray          # [H, W, C] I = J t + A (1 - t)
+
+  hazy: np.ndarray  # [H, W, C] I = J t + A (1 - t)
   transmission: np.ndarray  # [H, W, 1] t = exp(-beta d)
-  depth: np.ndarray         # [H, W, 1] d in [HAZE_MIN_DEPTH, 1]
-  airlight: float           # A (grey atmospheric light)
-  beta: float               # scattering coefficient
+  depth: np.ndarray  # [H, W, 1] d in [HAZE_MIN_DEPTH, 1]
+  airlight: float  # A (grey atmospheric light)
+  beta: float  # scattering coefficient
 
 
 def _bilinear_resize(grid: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -188,14 +191,22 @@ def content_depth(image: np.ndarray) -> np.ndarray:
   with fixed bounds (no per-image normalisation), so the depth of a crop equals the depth of
   the whole image at the same pixels away from the crop's border (within ~3 sigma): applying
   haze after cropping is consistent with applying it before."""
-  luminance = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) \
-      if image.shape[-1] >= 3 else image[..., 0].astype(np.float64)
+  luminance = (
+      image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+      if image.shape[-1] >= 3
+      else image[..., 0].astype(np.float64)
+  )
   smooth = _separable_filter(luminance[..., None], gaussian_kernel_1d(HAZE_DEPTH_SMOOTHING))[..., 0]
   return HAZE_MIN_DEPTH + (1.0 - HAZE_MIN_DEPTH) * np.clip(smooth, 0.0, 1.0)
 
 
-def synthesize_haze(image: np.ndarray, rng: np.random.Generator, beta: float | None = None,
-                    airlight: float | None = None, depth: str = "random") -> Haze:
+def synthesize_haze(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    beta: float | None = None,
+    airlight: float | None = None,
+    depth: str = "random",
+) -> Haze:
   """Atmospheric scattering model I = J t + A (1 - t), t = exp(-beta d) (Koschmieder / RESIDE).
 
   depth: "random" (the registered `haze` type) = synthetic_depth, a smooth random map over the
@@ -213,11 +224,16 @@ def synthesize_haze(image: np.ndarray, rng: np.random.Generator, beta: float | N
     d = content_depth(image)
   else:
     raise ValueError(f"synthesize_haze: depth={depth!r}; use 'random' or 'content'.")
-  depth = d[..., None]                                                     # [H, W, 1]
+  depth = d[..., None]  # [H, W, 1]
   t = np.exp(-beta * depth)
   hazy = image * t + airlight * (1.0 - t)
-  return Haze(hazy=_finish(hazy), transmission=t.astype(np.float32), depth=depth.astype(np.float32),
-              airlight=airlight, beta=beta)
+  return Haze(
+      hazy=_finish(hazy),
+      transmission=t.astype(np.float32),
+      depth=depth.astype(np.float32),
+      airlight=airlight,
+      beta=beta,
+  )
 
 
 def haze(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
@@ -228,8 +244,9 @@ def haze(image: np.ndarray, rng: np.random.Generator, level: float | None = None
 # -------------------------------------------------------------------------- low light
 
 
-def low_light(image: np.ndarray, rng: np.random.Generator,
-              level: Sequence[float] | None = None) -> np.ndarray:
+def low_light(
+    image: np.ndarray, rng: np.random.Generator, level: Sequence[float] | None = None
+) -> np.ndarray:
   """I = scale * J ** gamma + N(0, sigma); level = (gamma, scale, sigma on 0-255) or None."""
   image = _check(image, "low_light")
   if level is None:
@@ -263,12 +280,31 @@ TYPES = (
 )
 
 __all__ = [
-    "NOISE_SIGMA_RANGE", "BLUR_SIGMA_RANGE", "JPEG_QUALITY_RANGE", "HAZE_BETA_RANGE",
-    "HAZE_AIRLIGHT_RANGE", "HAZE_MIN_DEPTH", "LOW_LIGHT_GAMMA_RANGE", "LOW_LIGHT_SCALE_RANGE",
-    "LOW_LIGHT_NOISE_RANGE", "GAUSSIAN_NOISE_LEVELS", "GAUSSIAN_BLUR_LEVELS", "JPEG_LEVELS",
-    "HAZE_LEVELS", "LOW_LIGHT_LEVELS", "gaussian_noise", "gaussian_noise_released",
-    "gaussian_kernel_1d", "gaussian_kernel",
-    "gaussian_blur", "jpeg", "Haze", "synthetic_depth", "content_depth", "synthesize_haze", "haze",
+    "NOISE_SIGMA_RANGE",
+    "BLUR_SIGMA_RANGE",
+    "JPEG_QUALITY_RANGE",
+    "HAZE_BETA_RANGE",
+    "HAZE_AIRLIGHT_RANGE",
+    "HAZE_MIN_DEPTH",
+    "LOW_LIGHT_GAMMA_RANGE",
+    "LOW_LIGHT_SCALE_RANGE",
+    "LOW_LIGHT_NOISE_RANGE",
+    "GAUSSIAN_NOISE_LEVELS",
+    "GAUSSIAN_BLUR_LEVELS",
+    "JPEG_LEVELS",
+    "HAZE_LEVELS",
+    "LOW_LIGHT_LEVELS",
+    "gaussian_noise",
+    "gaussian_noise_released",
+    "gaussian_kernel_1d",
+    "gaussian_kernel",
+    "gaussian_blur",
+    "jpeg",
+    "Haze",
+    "synthetic_depth",
+    "content_depth",
+    "synthesize_haze",
+    "haze",
     "low_light",
     "to_uint8",
 ]

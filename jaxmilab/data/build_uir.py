@@ -111,24 +111,41 @@ def decode_png(data: bytes) -> np.ndarray:
 def encode_record(type_name: str, level: str, source: str, lq_png: bytes, gt_png: bytes) -> bytes:
   """One record in the documented `uir-record-v1` layout."""
   t, lv, src = (s.encode("utf-8") for s in (type_name, level, source))
-  return b"".join([_HEADER.pack(MAGIC, len(t), len(lv), len(src), len(lq_png), len(gt_png)),
-                   t, lv, src, lq_png, gt_png])
+  return b"".join(
+      [
+          _HEADER.pack(MAGIC, len(t), len(lv), len(src), len(lq_png), len(gt_png)),
+          t,
+          lv,
+          src,
+          lq_png,
+          gt_png,
+      ]
+  )
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
   """Record bytes -> {"type", "level", "source": str, "lq_png", "gt_png": bytes}."""
   if len(data) < _HEADER.size or data[:4] != MAGIC:
-    raise DataError(f"Not a {FORMAT} record (starts with {bytes(data[:8])!r}). Build the shards "
-                    f"with python -m jaxmilab.data.build_uir.")
+    raise DataError(
+        f"Not a {FORMAT} record (starts with {bytes(data[:8])!r}). Build the shards "
+        f"with python -m jaxmilab.data.build_uir."
+    )
   _, nt, nl, ns, nq, ng = _HEADER.unpack_from(data)
   offsets = np.cumsum([_HEADER.size, nt, nl, ns, nq, ng])
   if offsets[-1] != len(data):
-    raise DataError(f"Truncated or corrupt {FORMAT} record: header says {offsets[-1]} bytes, "
-                    f"got {len(data)}. Rebuild the shard.")
+    raise DataError(
+        f"Truncated or corrupt {FORMAT} record: header says {offsets[-1]} bytes, "
+        f"got {len(data)}. Rebuild the shard."
+    )
   view = memoryview(data)
-  part = [bytes(view[offsets[i]:offsets[i + 1]]) for i in range(5)]
-  return {"type": part[0].decode("utf-8"), "level": part[1].decode("utf-8"),
-          "source": part[2].decode("utf-8"), "lq_png": part[3], "gt_png": part[4]}
+  part = [bytes(view[offsets[i] : offsets[i + 1]]) for i in range(5)]
+  return {
+      "type": part[0].decode("utf-8"),
+      "level": part[1].decode("utf-8"),
+      "source": part[2].decode("utf-8"),
+      "lq_png": part[3],
+      "gt_png": part[4],
+  }
 
 
 # -------------------------------------------------------------------------------- plan
@@ -137,19 +154,20 @@ def decode_record(data: bytes) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Everything that decides the records; identical in every worker and on re-runs."""
+
   clean_dir: str
   image_names: tuple[str, ...]
   types: tuple[str, ...]
-  levels: Mapping[str, tuple[str, ...]]   # type -> selected level keys
+  levels: Mapping[str, tuple[str, ...]]  # type -> selected level keys
   patches_per_image: int
   patch_size: int
   levels_per_type: int
   shard_size: int
   seed: int
-  paired_dir: str = ""                     # --paired_dir or --released_dir (pairs mode)
+  paired_dir: str = ""  # --paired_dir or --released_dir (pairs mode)
   pairs: tuple[tuple[str, str, str], ...] = ()  # (type, folder under paired_dir, file name)
-  released: bool = False                   # --released_dir: level = the <source> folder
-  subimage_size: int = 0                   # > 0: pairs cut into overlapping sub-images
+  released: bool = False  # --released_dir: level = the <source> folder
+  subimage_size: int = 0  # > 0: pairs cut into overlapping sub-images
   subimage_step: int = 0
 
   @property
@@ -166,7 +184,7 @@ class Plan:
 
   @property
   def jobs_per_shard(self) -> int:
-    if self.records_per_job < 0:   # sub-images: about (2048 / 480)^2 ~ 16 per 2K pair, a guess
+    if self.records_per_job < 0:  # sub-images: about (2048 / 480)^2 ~ 16 per 2K pair, a guess
       return max(1, self.shard_size // 16)
     return max(1, self.shard_size // self.records_per_job)
 
@@ -193,16 +211,22 @@ def _parse_levels(specs: Sequence[str], types: Sequence[str]) -> dict[str, tuple
   for spec in specs:
     name, sep, keys = spec.partition(":")
     if not sep or not keys:
-      raise ValueError(f"--levels={spec!r}: expected TYPE:KEY[,KEY...], e.g. jpeg:10,20 or "
-                       f"noise:gaussian_noise/25.")
+      raise ValueError(
+          f"--levels={spec!r}: expected TYPE:KEY[,KEY...], e.g. jpeg:10,20 or "
+          f"noise:gaussian_noise/25."
+      )
     if name not in types:
-      raise ValueError(f"--levels={spec!r} names type {name!r}, which is not in --types "
-                       f"({', '.join(types)}).")
+      raise ValueError(
+          f"--levels={spec!r} names type {name!r}, which is not in --types "
+          f"({', '.join(types)})."
+      )
     for key in keys.split(","):
       degradations.level_from_key(name, key)  # ValueError listing the valid keys
     chosen[name] = tuple(keys.split(","))
-  return {t: chosen.get(t, tuple(degradations.level_key(v) for v in degradations.get_levels(t)))
-          for t in types}
+  return {
+      t: chosen.get(t, tuple(degradations.level_key(v) for v in degradations.get_levels(t)))
+      for t in types
+  }
 
 
 def _resolve_types(names: Sequence[str]) -> tuple[str, ...]:
@@ -222,9 +246,12 @@ def _resolve_types(names: Sequence[str]) -> tuple[str, ...]:
 
 def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
   from jaxmilab.data import paired_folders  # pylint: disable=g-import-not-at-top
+
   if not os.path.isdir(paired_dir):
     raise DataError(f"--paired_dir={paired_dir!r} does not exist or is not a folder.")
-  types = tuple(sorted(d for d in os.listdir(paired_dir) if os.path.isdir(os.path.join(paired_dir, d))))
+  types = tuple(
+      sorted(d for d in os.listdir(paired_dir) if os.path.isdir(os.path.join(paired_dir, d)))
+  )
   if not types:
     raise DataError(f"--paired_dir={paired_dir!r} holds no <type>/{{lq,gt}} folders.")
   pairs = tuple((t, t, n) for t in types for n in paired_folders.scan_task(paired_dir, t))
@@ -234,36 +261,59 @@ def _scan_pairs(paired_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str,
 def _scan_released(released_dir: str) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
   from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import uir_layout  # pylint: disable=g-import-not-at-top
+
   pairs = tuple(uir_layout.scan(released_dir))
   present = {t for t, _, _ in pairs}
   return tuple(t for t in uir_degradations.UIR_TYPE_NAMES if t in present), pairs
 
 
-def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
-              levels: Sequence[str] = (), patches_per_image: int = 4, patch_size: int = 256,
-              levels_per_type: int = 1, shard_size: int = 1024, seed: int = 0,
-              paired_dir: str = "", released_dir: str = "", subimage_size: int = 0,
-              subimage_step: int = 0) -> Plan:
+def make_plan(
+    clean_dir: str = "",
+    *,
+    types: Sequence[str] = ("uir19_syn",),
+    levels: Sequence[str] = (),
+    patches_per_image: int = 4,
+    patch_size: int = 256,
+    levels_per_type: int = 1,
+    shard_size: int = 1024,
+    seed: int = 0,
+    paired_dir: str = "",
+    released_dir: str = "",
+    subimage_size: int = 0,
+    subimage_step: int = 0,
+) -> Plan:
   """Checks the arguments (clear errors) and lists the inputs."""
   if int(subimage_size) < 0 or (int(subimage_size) and not 0 < int(subimage_step)):
-    raise ValueError(f"--subimage_size={subimage_size} --subimage_step={subimage_step}: the size "
-                     f"must be >= 0 (0: whole images) and, when set, the step > 0 (BasicSR's DIV2K "
-                     f"setting: 480 and 240).")
+    raise ValueError(
+        f"--subimage_size={subimage_size} --subimage_step={subimage_step}: the size "
+        f"must be >= 0 (0: whole images) and, when set, the step > 0 (BasicSR's DIV2K "
+        f"setting: 480 and 240)."
+    )
   if int(subimage_size) and not (paired_dir or released_dir):
-    raise ValueError("--subimage_size cuts packed pairs (--released_dir / --paired_dir); a "
-                     "--clean_dir build already stores --patch_size crops.")
+    raise ValueError(
+        "--subimage_size cuts packed pairs (--released_dir / --paired_dir); a "
+        "--clean_dir build already stores --patch_size crops."
+    )
   if int(patches_per_image) < 1 or int(patch_size) < 0 or int(levels_per_type) < 0:
-    raise ValueError("--patches_per_image must be >= 1, --patch_size >= 0 (0: whole images) and "
-                     "--levels_per_type >= 0 (0: every level).")
+    raise ValueError(
+        "--patches_per_image must be >= 1, --patch_size >= 0 (0: whole images) and "
+        "--levels_per_type >= 0 (0: every level)."
+    )
   if int(shard_size) < 1:
     raise ValueError(f"--shard_size={shard_size} must be >= 1 record.")
   if not 0 <= int(seed) < 2**32:
     raise ValueError(f"--seed={seed} must be in [0, 2**32).")
-  common = dict(patches_per_image=int(patches_per_image), patch_size=int(patch_size),
-                levels_per_type=int(levels_per_type), shard_size=int(shard_size), seed=int(seed))
+  common = dict(
+      patches_per_image=int(patches_per_image),
+      patch_size=int(patch_size),
+      levels_per_type=int(levels_per_type),
+      shard_size=int(shard_size),
+      seed=int(seed),
+  )
   if sum(map(bool, (clean_dir, paired_dir, released_dir))) > 1:
-    raise ValueError("Give one of --clean_dir (synthesize), --paired_dir or --released_dir "
-                     "(pack pairs).")
+    raise ValueError(
+        "Give one of --clean_dir (synthesize), --paired_dir or --released_dir " "(pack pairs)."
+    )
   if paired_dir or released_dir:
     root = os.path.abspath(os.path.expanduser(paired_dir or released_dir))
     ptypes, pairs = _scan_released(root) if released_dir else _scan_pairs(root)
@@ -274,17 +324,33 @@ def make_plan(clean_dir: str = "", *, types: Sequence[str] = ("uir19_syn",),
       levels = {t: tuple(sorted(sources[t])) for t in ptypes}
     else:
       levels = {t: (REAL_LEVEL,) for t in ptypes}
-    return Plan(clean_dir="", image_names=(), types=ptypes, levels=levels, paired_dir=root,
-                pairs=pairs, released=bool(released_dir), subimage_size=int(subimage_size),
-                subimage_step=int(subimage_step), **common)
+    return Plan(
+        clean_dir="",
+        image_names=(),
+        types=ptypes,
+        levels=levels,
+        paired_dir=root,
+        pairs=pairs,
+        released=bool(released_dir),
+        subimage_size=int(subimage_size),
+        subimage_step=int(subimage_step),
+        **common,
+    )
   if not clean_dir:
-    raise ValueError("--clean_dir is not set: give a folder of clean images (or --released_dir / "
-                     "--paired_dir to pack pairs).")
+    raise ValueError(
+        "--clean_dir is not set: give a folder of clean images (or --released_dir / "
+        "--paired_dir to pack pairs)."
+    )
   clean_dir = os.path.abspath(os.path.expanduser(clean_dir))
   names = tuple(images.list_images(clean_dir, what="clean image folder (--clean_dir)"))
   type_names = _resolve_types(types)
-  return Plan(clean_dir=clean_dir, image_names=names, types=type_names,
-              levels=_parse_levels(levels, type_names), **common)
+  return Plan(
+      clean_dir=clean_dir,
+      image_names=names,
+      types=type_names,
+      levels=_parse_levels(levels, type_names),
+      **common,
+  )
 
 
 # ------------------------------------------------------------------------------ workers
@@ -296,9 +362,11 @@ def pair_record(plan: Plan, job: int) -> tuple[str, str, str, bytes, bytes]:
   paths = [os.path.join(plan.paired_dir, folder, side, name) for side in ("lq", "gt")]
   sizes = [images.image_size(p) for p in paths]  # headers only; DataError if unreadable
   if sizes[0] != sizes[1]:
-    raise DataError(f"{paths[0]} is {sizes[0][0]}x{sizes[0][1]} but {paths[1]} is "
-                    f"{sizes[1][0]}x{sizes[1][1]}: a pair must have the same size. Resize or "
-                    f"remove the pair.")
+    raise DataError(
+        f"{paths[0]} is {sizes[0][0]}x{sizes[0][1]} but {paths[1]} is "
+        f"{sizes[1][0]}x{sizes[1][1]}: a pair must have the same size. Resize or "
+        f"remove the pair."
+    )
   data = []
   for path in paths:
     with open(path, "rb") as f:
@@ -331,8 +399,13 @@ def pair_subimages(plan: Plan, job: int):
   for top in subimage_positions(gt.shape[0], c, step):
     for left in subimage_positions(gt.shape[1], c, step):
       window = (slice(top, top + c), slice(left, left + c))
-      yield (type_name, level, f"{source}@{top},{left}", encode_png(lq[window]),
-             encode_png(gt[window]))
+      yield (
+          type_name,
+          level,
+          f"{source}@{top},{left}",
+          encode_png(lq[window]),
+          encode_png(gt[window]),
+      )
 
 
 def job_records(plan: Plan, job: int):
@@ -342,13 +415,14 @@ def job_records(plan: Plan, job: int):
   image_index, crop = divmod(job, plan.patches_per_image)
   name = plan.image_names[image_index]
   p = plan.patch_size
-  image = images.read_image(os.path.join(plan.clean_dir, name), min_size=p or None,
-                            key="--patch_size")
+  image = images.read_image(
+      os.path.join(plan.clean_dir, name), min_size=p or None, key="--patch_size"
+  )
   if p:
     rng = np.random.default_rng([plan.seed, image_index, crop, 0])
     top = int(rng.integers(0, image.shape[0] - p + 1))
     left = int(rng.integers(0, image.shape[1] - p + 1))
-    image = image[top:top + p, left:left + p]
+    image = image[top : top + p, left : left + p]
   gt = np.ascontiguousarray(image)  # [p, p, 3] uint8
   clean = images.to_float(gt)
   for type_name in plan.types:
@@ -376,21 +450,24 @@ def _crash_point(shard: int) -> int | None:
 def build_shard(plan: Plan, out: str, shard: int) -> dict[str, Any]:
   """Writes one shard atomically (temp name -> rename), then its .json done marker."""
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+
   name = plan.shard_name(shard)
   final = os.path.join(out, name + ".array_record")
   tmp = f"{final}.tmp-{os.getpid()}"
   crash_after = _crash_point(shard)
   counts: dict[str, dict[str, int]] = {}
-  runs: list[list[Any]] = []   # [type, level, count] in record order (packed pairs)
+  runs: list[list[Any]] = []  # [type, level, count] in record order (packed pairs)
   writer = ArrayRecordWriter(tmp, "group_size:1")
   n = 0
   try:
     for job in plan.shard_jobs(shard):
       if plan.paired_dir:
-        records = (pair_subimages(plan, job) if plan.subimage_size else [pair_record(plan, job)])
+        records = pair_subimages(plan, job) if plan.subimage_size else [pair_record(plan, job)]
         for type_name, key, source, lq_bytes, gt_bytes in records:
           if crash_after is not None and n >= crash_after:
-            os._exit(17)  # simulated kill in the middle of a shard  pylint: disable=protected-access
+            os._exit(
+                17
+            )  # simulated kill in the middle of a shard  pylint: disable=protected-access
           writer.write(encode_record(type_name, key, source, lq_bytes, gt_bytes))
           counts.setdefault(type_name, {}).setdefault(key, 0)
           counts[type_name][key] += 1
@@ -450,8 +527,14 @@ def _shard_done(plan: Plan, out: str, shard: int) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- driver
 
 
-def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | None = None,
-          progress: bool = True) -> dict[str, Any]:
+def build(
+    plan: Plan,
+    out: str,
+    *,
+    workers: int = 0,
+    args: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
   """Builds (or finishes) every shard of `plan` in `out` and writes manifest.json; returns it."""
   out = os.path.abspath(os.path.expanduser(out))
   os.makedirs(out, exist_ok=True)
@@ -462,8 +545,10 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
     with open(args_path, encoding="utf-8") as f:
       previous = json.load(f)
     if previous.get("identity") != json.loads(json.dumps(identity)):
-      raise ValueError(f"{out!r} holds a build with different arguments or inputs ({args_path}). "
-                       f"Re-run with the same arguments to resume, or use a new --output folder.")
+      raise ValueError(
+          f"{out!r} holds a build with different arguments or inputs ({args_path}). "
+          f"Re-run with the same arguments to resume, or use a new --output folder."
+      )
   else:
     _write_json(args_path, {"identity": identity, "args": args})
   for entry in os.listdir(out):  # leftovers of killed workers
@@ -480,8 +565,15 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
       metas[shard] = meta
   try:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=plan.num_records if plan.num_records >= 0 else None, initial=sum(m["records"] for m in metas.values()),
-               unit="rec", desc="build_uir", disable=not progress, file=sys.stderr)
+
+    bar = tqdm(
+        total=plan.num_records if plan.num_records >= 0 else None,
+        initial=sum(m["records"] for m in metas.values()),
+        unit="rec",
+        desc="build_uir",
+        disable=not progress,
+        file=sys.stderr,
+    )
   except ImportError:  # pragma: no cover
     bar = None
   try:
@@ -493,9 +585,9 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
     else:
       ctx = multiprocessing.get_context("spawn")
       # The plan (every input name) goes to each worker process once, not with every shard.
-      with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                                  initializer=_set_worker_plan,
-                                                  initargs=(plan,)) as pool:
+      with concurrent.futures.ProcessPoolExecutor(
+          max_workers=workers, mp_context=ctx, initializer=_set_worker_plan, initargs=(plan,)
+      ) as pool:
         futures = {pool.submit(_build_shard_in_worker, out, s): s for s in pending}
         try:
           for fut in concurrent.futures.as_completed(futures):
@@ -503,7 +595,9 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
             if bar is not None:
               bar.update(metas[futures[fut]]["records"])
         except BaseException:
-          pool.shutdown(wait=True, cancel_futures=True)  # report the first error without building on
+          pool.shutdown(
+              wait=True, cancel_futures=True
+          )  # report the first error without building on
           raise
   finally:
     if bar is not None:
@@ -531,7 +625,7 @@ def build(plan: Plan, out: str, *, workers: int = 0, args: Mapping[str, Any] | N
   # packed pairs: runs of consecutive records of one (type, level) over the shards in order;
   # synthesized: the records of one clean image are consecutive, this many.
   if plan.paired_dir:
-    if all("runs" in m for m in metas.values()):   # shards of an older build have none
+    if all("runs" in m for m in metas.values()):  # shards of an older build have none
       manifest["strata"] = strata_runs(metas)
   else:
     manifest["records_per_image"] = plan.records_per_job * plan.patches_per_image
@@ -577,28 +671,53 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The CLI flags (defined only when run as a program, so importing this module adds none)."""
   flags.DEFINE_string("clean_dir", "", "Folder of clean images (files directly inside).")
-  flags.DEFINE_string("paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}.")
-  flags.DEFINE_string("released_dir", "", "Instead of --clean_dir: pack the released UIR-2.5M "
-                      "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir_layout.py).")
+  flags.DEFINE_string(
+      "paired_dir", "", "Instead of --clean_dir: pack real pairs <dir>/<type>/{lq,gt}."
+  )
+  flags.DEFINE_string(
+      "released_dir",
+      "",
+      "Instead of --clean_dir: pack the released UIR-2.5M "
+      "<dir>/<type>/<source>/{lq,gt} (jaxmilab/data/uir_layout.py).",
+  )
   flags.DEFINE_string("output", "", "Output folder (created; re-run the same command to resume).")
   flags.DEFINE_list("types", ["uir19_syn"], "Task-set names and/or degradation names.")
   flags.DEFINE_multi_string("levels", [], "TYPE:KEY[,KEY...] restricts a type to these levels.")
   flags.DEFINE_integer("levels_per_type", 1, "Levels drawn per crop and type (0: every level).")
   flags.DEFINE_integer("patches_per_image", 4, "Random crops per clean image.")
   flags.DEFINE_integer("patch_size", 256, "Crop size in pixels (0: whole images).")
-  flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 1)), "Worker processes (0: in-process).")
+  flags.DEFINE_integer(
+      "workers", max(1, (os.cpu_count() or 1)), "Worker processes (0: in-process)."
+  )
   flags.DEFINE_integer("shard_size", 1024, "Records per shard (rounded down to whole crops).")
   flags.DEFINE_integer("seed", 0, "Seed of every crop and degradation draw.")
-  flags.DEFINE_integer("subimage_size", 0, "Packed pairs: cut each pair into overlapping "
-                       "sub-images of this size, one record each (BasicSR extract_subimages; 0: "
-                       "whole images). Training then decodes a sub-image, not a whole image, per crop.")
+  flags.DEFINE_integer(
+      "subimage_size",
+      0,
+      "Packed pairs: cut each pair into overlapping "
+      "sub-images of this size, one record each (BasicSR extract_subimages; 0: "
+      "whole images). Training then decodes a sub-image, not a whole image, per crop.",
+  )
   flags.DEFINE_integer("subimage_step", 240, "Stride of the sub-images (with --subimage_size).")
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 
 
-_ARG_NAMES = ("clean_dir", "paired_dir", "released_dir", "output", "types", "levels", "levels_per_type",
-              "patches_per_image", "patch_size", "workers", "shard_size", "seed", "subimage_size",
-              "subimage_step")
+_ARG_NAMES = (
+    "clean_dir",
+    "paired_dir",
+    "released_dir",
+    "output",
+    "types",
+    "levels",
+    "levels_per_type",
+    "patches_per_image",
+    "patch_size",
+    "workers",
+    "shard_size",
+    "seed",
+    "subimage_size",
+    "subimage_step",
+)
 
 
 def _fail(message: str) -> None:
@@ -614,27 +733,40 @@ def main(argv: Sequence[str]) -> None:
     _fail("build_uir: error: --output is not set: give the output folder.")
   args = {k: FLAGS[k].value for k in _ARG_NAMES}
   try:
-    plan = make_plan(FLAGS.clean_dir, types=FLAGS.types, levels=FLAGS.levels,
-                     patches_per_image=FLAGS.patches_per_image, patch_size=FLAGS.patch_size,
-                     levels_per_type=FLAGS.levels_per_type, shard_size=FLAGS.shard_size,
-                     seed=FLAGS.seed, paired_dir=FLAGS.paired_dir,
-                     released_dir=FLAGS.released_dir, subimage_size=FLAGS.subimage_size,
-                     subimage_step=FLAGS.subimage_step if FLAGS.subimage_size else 0)
+    plan = make_plan(
+        FLAGS.clean_dir,
+        types=FLAGS.types,
+        levels=FLAGS.levels,
+        patches_per_image=FLAGS.patches_per_image,
+        patch_size=FLAGS.patch_size,
+        levels_per_type=FLAGS.levels_per_type,
+        shard_size=FLAGS.shard_size,
+        seed=FLAGS.seed,
+        paired_dir=FLAGS.paired_dir,
+        released_dir=FLAGS.released_dir,
+        subimage_size=FLAGS.subimage_size,
+        subimage_step=FLAGS.subimage_step if FLAGS.subimage_size else 0,
+    )
     manifest = build(plan, FLAGS.output, workers=FLAGS.workers, args=args, progress=FLAGS.progress)
   except (DataError, ValueError) as e:
     _fail(f"build_uir: error: {e}")
   except concurrent.futures.process.BrokenProcessPool:
-    _fail("build_uir: error: a worker process died (killed, or out of memory). Finished "
-          "shards are kept: re-run the same command to resume.")
-  print(f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
-        f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}")
+    _fail(
+        "build_uir: error: a worker process died (killed, or out of memory). Finished "
+        "shards are kept: re-run the same command to resume."
+    )
+  print(
+      f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
+      f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}"
+  )
 
 
 def run():
   """Console-script entry point (jaxmilab-build-uir)."""
   from jaxmilab import console  # pylint: disable=g-import-not-at-top
+
   define_flags()
-  console.run_app(main)   # flag mistakes one line (exit 2), --help exits 0
+  console.run_app(main)  # flag mistakes one line (exit 2), --help exits 0
 
 
 if __name__ == "__main__":

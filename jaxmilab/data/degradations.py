@@ -26,6 +26,7 @@ import numpy as np
 from jaxmilab.data import basic_degradations as _basic
 from jaxmilab.data import noise as _noise
 from jaxmilab.data import uir_degradations as _uir
+
 # Re-exported: the basic family's functions, helpers and constants.
 from jaxmilab.data.basic_degradations import *  # noqa: F401,F403  pylint: disable=wildcard-import
 from jaxmilab.data.basic_degradations import Haze  # noqa: F401
@@ -74,8 +75,9 @@ def register_real_only(name: str, sources: str) -> None:
   _REAL_ONLY[name] = sources
 
 
-def register_task_set(name: str, type_names: Sequence[str],
-                      levels: Mapping[str, Sequence[Any]] | None = None) -> None:
+def register_task_set(
+    name: str, type_names: Sequence[str], levels: Mapping[str, Sequence[Any]] | None = None
+) -> None:
   """Adds a named task set (label = index) and optional per-type level restrictions."""
   if name in _TASK_SETS:
     raise ValueError(f"Task set {name!r} is already registered.")
@@ -98,8 +100,10 @@ def level_from_key(name: str, key: str) -> Any:
   for level in levels:
     if level_key(level) == str(key):
       return level
-  raise ValueError(f"Degradation {name!r} has no level {key!r}. Levels: "
-                   f"{', '.join(level_key(v) for v in levels)}.")
+  raise ValueError(
+      f"Degradation {name!r} has no level {key!r}. Levels: "
+      f"{', '.join(level_key(v) for v in levels)}."
+  )
 
 
 def get_levels(name: str) -> tuple[Any, ...]:
@@ -119,10 +123,14 @@ def get(name: str) -> Degradation:
     return DEGRADATIONS[name]
   except KeyError:
     if name in REAL_ONLY:
-      raise ValueError(f"Degradation {name!r} has no synthetic counterpart: it comes only from real "
-                       f"paired data ({REAL_ONLY[name]}). Read it with jaxmilab.data.paired_folders "
-                       f"or the uir2p5m tfds builder.") from None
-    raise ValueError(f"Unknown degradation {name!r}. Available: {', '.join(DEGRADATIONS)}.") from None
+      raise ValueError(
+          f"Degradation {name!r} has no synthetic counterpart: it comes only from real "
+          f"paired data ({REAL_ONLY[name]}). Read it with jaxmilab.data.paired_folders "
+          f"or the uir2p5m tfds builder."
+      ) from None
+    raise ValueError(
+        f"Unknown degradation {name!r}. Available: {', '.join(DEGRADATIONS)}."
+    ) from None
 
 
 def resolve(spec: Any, key: str = "config.data.degradations") -> tuple[str, ...]:
@@ -132,14 +140,18 @@ def resolve(spec: Any, key: str = "config.data.degradations") -> tuple[str, ...]
   names = tuple(spec)
   real = [n for n in names if n in REAL_ONLY]
   if real:
-    raise ValueError(f"{key}={names!r} holds real-only types {real} (no synthetic counterpart: "
-                     f"{'; '.join(f'{n}: {REAL_ONLY[n]}' for n in real)}). Use a synthetic task set "
-                     f"({', '.join(n for n, t in TASK_SETS.items() if not set(t) & set(REAL_ONLY))}) "
-                     f"or read the real pairs with jaxmilab.data.paired_folders.")
+    raise ValueError(
+        f"{key}={names!r} holds real-only types {real} (no synthetic counterpart: "
+        f"{'; '.join(f'{n}: {REAL_ONLY[n]}' for n in real)}). Use a synthetic task set "
+        f"({', '.join(n for n, t in TASK_SETS.items() if not set(t) & set(REAL_ONLY))}) "
+        f"or read the real pairs with jaxmilab.data.paired_folders."
+    )
   unknown = [n for n in names if n not in DEGRADATIONS]
   if unknown or not names:
-    raise ValueError(f"{key}={names!r}: unknown or empty degradation names {unknown}. Use a task set "
-                     f"({', '.join(TASK_SETS)}) or names from: {', '.join(DEGRADATIONS)}.")
+    raise ValueError(
+        f"{key}={names!r}: unknown or empty degradation names {unknown}. Use a task set "
+        f"({', '.join(TASK_SETS)}) or names from: {', '.join(DEGRADATIONS)}."
+    )
   if len(set(names)) != len(names):
     raise ValueError(f"{key}={names!r} repeats a name; each type must appear once (label = index).")
   return names
@@ -158,7 +170,9 @@ _NOISE_PIXELWISE: set[str] = set()
 NOISE_MODELS: Mapping[str, Degradation] = types.MappingProxyType(_NOISE)
 
 
-def register_noise_model(name: str, fn: Degradation, params: Sequence[str], pixelwise: bool) -> None:
+def register_noise_model(
+    name: str, fn: Degradation, params: Sequence[str], pixelwise: bool
+) -> None:
   """Adds noise model `name` (fn(image, rng, **params), unclipped) with its parameter names."""
   if name in _NOISE:
     raise ValueError(f"Noise model {name!r} is already registered.")
@@ -172,8 +186,9 @@ def noise_model(name: str) -> Degradation:
   try:
     return _NOISE[name]
   except KeyError:
-    raise ValueError(f"Unknown noise model {name!r} (config.data.noise). Available: "
-                     f"{', '.join(_NOISE)}.") from None
+    raise ValueError(
+        f"Unknown noise model {name!r} (config.data.noise). Available: " f"{', '.join(_NOISE)}."
+    ) from None
 
 
 def is_pixelwise(name: str) -> bool:
@@ -182,20 +197,24 @@ def is_pixelwise(name: str) -> bool:
   return name in _NOISE_PIXELWISE
 
 
-def check_noise_params(name: str, params: Mapping[str, Any] | None,
-                       key: str = "config.data.noise_params") -> dict[str, Any]:
+def check_noise_params(
+    name: str, params: Mapping[str, Any] | None, key: str = "config.data.noise_params"
+) -> dict[str, Any]:
   """Validates the parameter names of noise `name`; returns them as a plain dict."""
   noise_model(name)
   params = dict(params or {})
   unknown = sorted(set(params) - set(_NOISE_PARAMS[name]))
   if unknown:
-    raise ValueError(f"{key}: unknown parameter(s) {unknown} for noise {name!r}; it takes "
-                     f"{list(_NOISE_PARAMS[name])}.")
+    raise ValueError(
+        f"{key}: unknown parameter(s) {unknown} for noise {name!r}; it takes "
+        f"{list(_NOISE_PARAMS[name])}."
+    )
   return params
 
 
-def apply_noise(name: str, image: np.ndarray, rng: np.random.Generator,
-                params: Mapping[str, Any] | None = None) -> np.ndarray:
+def apply_noise(
+    name: str, image: np.ndarray, rng: np.random.Generator, params: Mapping[str, Any] | None = None
+) -> np.ndarray:
   """Applies noise model `name` with `params` to a float [H, W, C] image in [0, 1] (unclipped)."""
   return noise_model(name)(image, rng, **check_noise_params(name, params))
 

@@ -48,33 +48,48 @@ from jaxmilab.data.base import Datasets
 # Every config.data key this dataset reads, with its default (jaxmilab.config_lib adds the
 # missing ones to a config that selects this dataset, so each can be set from the command line).
 CONFIG_DEFAULTS = dict(
-    degradations="5syn",    # a task set of jaxmilab.data.degradations (5syn, uir19_syn, ...)
-    patch_size=64, eval_size=128,
-    eval_batch_size=0,      # 0 = the training batch size
-    worker_count=0, read_threads=4, read_buffer=None, vertical_flip=False,
-    photos=(), eval_photos=(),  # embedded photo names (default: all / the fixed held-out pair)
-    root="",                # a folder of your own clean photos instead of the embedded ones
-    eval_root="", eval_fraction=0.1, eval_seed=0, cache_size=16,
-    eval_crops=1,           # crops per eval photo: 1 = the central crop, n = a fixed grid of n
+    degradations="5syn",  # a task set of jaxmilab.data.degradations (5syn, uir19_syn, ...)
+    patch_size=64,
+    eval_size=128,
+    eval_batch_size=0,  # 0 = the training batch size
+    worker_count=0,
+    read_threads=4,
+    read_buffer=None,
+    vertical_flip=False,
+    photos=(),
+    eval_photos=(),  # embedded photo names (default: all / the fixed held-out pair)
+    root="",  # a folder of your own clean photos instead of the embedded ones
+    eval_root="",
+    eval_fraction=0.1,
+    eval_seed=0,
+    cache_size=16,
+    eval_crops=1,  # crops per eval photo: 1 = the central crop, n = a fixed grid of n
     type_weights="uniform",  # training mix of types: "uniform", "uir_counts" (UIR-2.5M table),
-                             # or one weight per type
-
-    levels=())              # fixed per-type levels, e.g. (25,) for denoise sigma 25
+    # or one weight per type
+    levels=(),
+)  # fixed per-type levels, e.g. (25,) for denoise sigma 25
 
 
 class PhotoSource:
   """Random-access records (photo, type): key -> {"gt": uint8 [H, W, 3], "label": int32}."""
 
-  def __init__(self, description: str, num_types: int, *, arrays: tuple[np.ndarray, ...] = (),
-               paths: tuple[str, ...] = (), cache_size: int = 16,
-               slots: tuple[int, ...] | None = None):
+  def __init__(
+      self,
+      description: str,
+      num_types: int,
+      *,
+      arrays: tuple[np.ndarray, ...] = (),
+      paths: tuple[str, ...] = (),
+      cache_size: int = 16,
+      slots: tuple[int, ...] | None = None,
+  ):
     self.description = description
     self.num_types = int(num_types)
     # Record (photo, slot) has type slots[slot]: one slot per type = uniform (the record order of
     # earlier runs); more slots for frequent types = a weighted mix (type_slots).
     self.slots = tuple(range(self.num_types)) if slots is None else tuple(int(t) for t in slots)
     self.arrays = tuple(arrays)  # in-memory photos (embedded), or
-    self.paths = tuple(paths)    # files decoded on demand
+    self.paths = tuple(paths)  # files decoded on demand
     self.reader = images.CachedReader(cache_size)
 
   @property
@@ -93,15 +108,18 @@ class PhotoSource:
   def __repr__(self) -> str:
     # Stable across processes and restarts: grain checks it when restoring the iterator.
     weights = "" if self.slots == tuple(range(self.num_types)) else f", slots={len(self.slots)}"
-    return (f"PhotoSource({self.description}, photos={self.num_photos}, types={self.num_types}"
-            f"{weights})")
+    return (
+        f"PhotoSource({self.description}, photos={self.num_photos}, types={self.num_types}"
+        f"{weights})"
+    )
 
 
 TYPE_SLOTS = 4096  # slots per photo of a weighted type mix (the rarest UIR type keeps >= 1)
 
 
-def type_slots(types: tuple[str, ...], weights: Any, key: str = "config.data.type_weights"
-               ) -> tuple[int, ...] | None:
+def type_slots(
+    types: tuple[str, ...], weights: Any, key: str = "config.data.type_weights"
+) -> tuple[int, ...] | None:
   """The type of each record slot for a weighted mix, or None for "uniform".
 
   weights: "uniform"; "uir_counts" (each type's pairs in the UIR-2.5M table,
@@ -114,21 +132,26 @@ def type_slots(types: tuple[str, ...], weights: Any, key: str = "config.data.typ
     if weights != "uir_counts":
       raise ValueError(f"{key}={weights!r}: use 'uniform', 'uir_counts' or one weight per type.")
     from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+
     counts = uir_degradations.uir_pair_counts()
     unknown = [t for t in types if t not in counts]
     if unknown:
-      raise ValueError(f"{key}='uir_counts': {unknown} are not UIR-2.5M types "
-                       f"({', '.join(counts)}); use a UIR task set or explicit weights.")
+      raise ValueError(
+          f"{key}='uir_counts': {unknown} are not UIR-2.5M types "
+          f"({', '.join(counts)}); use a UIR task set or explicit weights."
+      )
     weights = [counts[t] for t in types]
   w = np.asarray(weights, np.float64)
   if w.shape != (len(types),) or np.any(w < 0) or w.sum() <= 0:
-    raise ValueError(f"{key}: {len(types)} non-negative weights (one per type of {types}) are "
-                     f"needed, got {tuple(weights)}.")
+    raise ValueError(
+        f"{key}: {len(types)} non-negative weights (one per type of {types}) are "
+        f"needed, got {tuple(weights)}."
+    )
   positive = w > 0
   share = w / w.sum() * TYPE_SLOTS
   n = np.where(positive, np.maximum(np.floor(share), 1), 0).astype(int)
   order = np.argsort(-(share - np.floor(share)))
-  for i in order:                               # largest remainders first, up to TYPE_SLOTS
+  for i in order:  # largest remainders first, up to TYPE_SLOTS
     if n.sum() >= TYPE_SLOTS:
       break
     if positive[i]:
@@ -145,7 +168,7 @@ def grid_crops(image: np.ndarray, size: int, n: int) -> np.ndarray:
   tops = np.round(np.linspace(0, h - size, rows)).astype(int)
   lefts = np.round(np.linspace(0, w - size, cols)).astype(int)
   boxes = [(t, l) for t in tops for l in lefts][:n]
-  return np.stack([image[t:t + size, l:l + size] for t, l in boxes])
+  return np.stack([image[t : t + size, l : l + size] for t, l in boxes])
 
 
 def _folder_paths(folder: str, names: list[str], min_sizes: dict[str, int]) -> tuple[str, ...]:
@@ -158,12 +181,19 @@ def _folder_paths(folder: str, names: list[str], min_sizes: dict[str, int]) -> t
   return paths
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches of synthetically degraded photos (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "degraded_photos", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "degraded_photos",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   types = degradations.resolve(opts.degradations)
   patch = int(opts.patch_size)
   eval_size = int(opts.eval_size)
@@ -176,8 +206,10 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
 
   if root:
     if opts.photos or opts.eval_photos:
-      raise ValueError("config.data.photos / eval_photos name embedded photos; they cannot be "
-                       "combined with config.data.root. Set one or the other.")
+      raise ValueError(
+          "config.data.photos / eval_photos name embedded photos; they cannot be "
+          "combined with config.data.root. Set one or the other."
+      )
     root = os.path.abspath(os.path.expanduser(root))
     names = images.list_images(root, what="clean image folder (config.data.root)")
     eval_root = opts.eval_root
@@ -188,21 +220,30 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     else:
       eval_root = root
       train_names, eval_names = images.split_held_out(
-          names, float(opts.eval_fraction), where=f"config.data.root={root!r}")
-    source = PhotoSource(f"root={root!r}", len(types), slots=slots,
-                         paths=_folder_paths(root, train_names, sizes_train), cache_size=cache_size)
+          names, float(opts.eval_fraction), where=f"config.data.root={root!r}"
+      )
+    source = PhotoSource(
+        f"root={root!r}",
+        len(types),
+        slots=slots,
+        paths=_folder_paths(root, train_names, sizes_train),
+        cache_size=cache_size,
+    )
     eval_paths = _folder_paths(eval_root, eval_names, sizes_eval)
   else:
     if opts.eval_root:
       raise ValueError("config.data.eval_root needs config.data.root (a folder of clean images).")
-    eval_photos = embedded.check_names(opts.eval_photos or embedded.EVAL_PHOTOS,
-                                       "config.data.eval_photos")
+    eval_photos = embedded.check_names(
+        opts.eval_photos or embedded.EVAL_PHOTOS, "config.data.eval_photos"
+    )
     photos = opts.photos or tuple(p for p in embedded.PHOTOS if p not in eval_photos)
     photos = embedded.check_names(photos, "config.data.photos")
     shared = sorted(set(photos) & set(eval_photos))
     if shared:
-      raise ValueError(f"config.data.photos and eval_photos share {shared}: an eval photo must not "
-                       f"be trained on. Remove it from one of them.")
+      raise ValueError(
+          f"config.data.photos and eval_photos share {shared}: an eval photo must not "
+          f"be trained on. Remove it from one of them."
+      )
     arrays = tuple(embedded.read(p, min_size=patch) for p in photos)
     source = PhotoSource(f"embedded={','.join(photos)}", len(types), arrays=arrays, slots=slots)
     eval_paths = tuple(embedded.path(p) for p in eval_photos)
@@ -211,13 +252,21 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
 
   levels = tuple(opts.levels)
   if levels and len(levels) != len(types):
-    raise ValueError(f"config.data.levels has {len(levels)} entries for {len(types)} degradation types "
-                     f"{types}: give one level per type (None = random), e.g. (25,) for noise at sigma 25.")
+    raise ValueError(
+        f"config.data.levels has {len(levels)} entries for {len(types)} degradation types "
+        f"{types}: give one level per type (None = random), e.g. (25,) for noise at sigma 25."
+    )
   levels = levels or (None,) * len(types)
   train = transforms.restoration_train_iterator(
-      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
-      process_index=process_index, process_count=process_count,
-      extra=[transforms.SynthesizeDegradation(types, levels)])
+      source,
+      opts,
+      patch=patch,
+      batch_size=layout.batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      extra=[transforms.SynthesizeDegradation(types, levels)],
+  )
 
   n_crops = int(opts.eval_crops)
   if n_crops < 1:
@@ -230,15 +279,26 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     photo, crop = divmod(photo_crop, n_crops)
     if photo not in crops:
       image = images.read_image(eval_paths[photo])  # [H, W, 3] uint8
-      crops[photo] = (np.ascontiguousarray(transforms.center_crop(image, eval_size))[None]
-                      if n_crops == 1 else grid_crops(image, eval_size, n_crops))
+      crops[photo] = (
+          np.ascontiguousarray(transforms.center_crop(image, eval_size))[None]
+          if n_crops == 1
+          else grid_crops(image, eval_size, n_crops)
+      )
     gt = images.to_float(crops[photo][crop])  # [e, e, 3]
     rng = np.random.default_rng([eval_seed, i])  # fixed per example, independent of config.seed
     lq = degradations.apply(types[label], gt, rng, levels[label])
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
   num_eval = len(eval_paths) * n_crops * len(types)
-  info = DataInfo(num_classes=len(types), class_names=types, image_channels=3,
-                  extra={"patch_size": patch, "eval_size": eval_size, "num_eval": num_eval,
-                         "num_train_photos": source.num_photos})
+  info = DataInfo(
+      num_classes=len(types),
+      class_names=types,
+      image_channels=3,
+      extra={
+          "patch_size": patch,
+          "eval_size": eval_size,
+          "num_eval": num_eval,
+          "num_train_photos": source.num_photos,
+      },
+  )
   return Datasets(train=train, eval_batches=layout.eval(num_eval, make_example), info=info)

@@ -17,14 +17,14 @@ from jaxmilab.data.base import DataError
 
 # Name (as in `skimage.data.<name>()`) -> file inside the skimage/data package folder.
 PHOTO_FILES = {
-    "astronaut": "astronaut.png",                 # 512x512
-    "chelsea": "chelsea.png",                     # 300x451
-    "coffee": "coffee.png",                       # 400x600
+    "astronaut": "astronaut.png",  # 512x512
+    "chelsea": "chelsea.png",  # 300x451
+    "coffee": "coffee.png",  # 400x600
     "hubble_deep_field": "hubble_deep_field.jpg",  # 872x1000
-    "immunohistochemistry": "ihc.png",            # 512x512
-    "motorcycle": "motorcycle_left.png",          # 500x741 (stereo_motorcycle()[0])
-    "retina": "retina.jpg",                       # 1411x1411
-    "rocket": "rocket.jpg",                       # 427x640
+    "immunohistochemistry": "ihc.png",  # 512x512
+    "motorcycle": "motorcycle_left.png",  # 500x741 (stereo_motorcycle()[0])
+    "retina": "retina.jpg",  # 1411x1411
+    "rocket": "rocket.jpg",  # 427x640
 }
 PHOTOS = tuple(PHOTO_FILES)
 # The fixed held-out evaluation photos; never used for training by default.
@@ -35,6 +35,7 @@ TRAIN_PHOTOS = tuple(p for p in PHOTOS if p not in EVAL_PHOTOS)
 def data_dir() -> str:
   """The installed skimage/data folder (imported lazily: skimage is slow to import)."""
   import skimage.data  # pylint: disable=g-import-not-at-top
+
   return os.path.dirname(os.path.abspath(skimage.data.__file__))
 
 
@@ -45,8 +46,10 @@ def check_names(names, key: str) -> tuple[str, ...]:
   names = tuple(names)
   unknown = [n for n in names if n not in PHOTO_FILES]
   if unknown or not names:
-    raise ValueError(f"{key}={names!r}: unknown or empty embedded photo names {unknown}. "
-                     f"Available: {', '.join(PHOTOS)}.")
+    raise ValueError(
+        f"{key}={names!r}: unknown or empty embedded photo names {unknown}. "
+        f"Available: {', '.join(PHOTOS)}."
+    )
   return names
 
 
@@ -56,12 +59,16 @@ def path(name: str) -> str:
   return os.path.join(data_dir(), PHOTO_FILES[name])
 
 
-def read(name: str, *, min_size: int | None = None, key: str = "config.data.patch_size") -> np.ndarray:
+def read(
+    name: str, *, min_size: int | None = None, key: str = "config.data.patch_size"
+) -> np.ndarray:
   """Embedded photo `name` as uint8 RGB [H, W, 3]."""
   file = path(name)
   if not os.path.isfile(file):
-    raise DataError(f"Embedded photo {name!r} is missing at {file!r}: reinstall scikit-image "
-                    f"(pip install --force-reinstall scikit-image).")
+    raise DataError(
+        f"Embedded photo {name!r} is missing at {file!r}: reinstall scikit-image "
+        f"(pip install --force-reinstall scikit-image)."
+    )
   return images.read_image(file, min_size=min_size, key=key)
 
 

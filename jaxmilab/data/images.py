@@ -25,13 +25,17 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 def _missing(path: str) -> DataError:
-  return DataError(f"Image {path!r} does not exist. Check the data folder (config.data.root) "
-                   f"or remove the entry that names it.")
+  return DataError(
+      f"Image {path!r} does not exist. Check the data folder (config.data.root) "
+      f"or remove the entry that names it."
+  )
 
 
 def _corrupt(path: str, err: BaseException) -> DataError:
-  return DataError(f"Cannot decode image {path!r} ({type(err).__name__}: {err}). The file is "
-                   f"corrupt or not an image: re-export it (PNG or JPEG) or delete it.")
+  return DataError(
+      f"Cannot decode image {path!r} ({type(err).__name__}: {err}). The file is "
+      f"corrupt or not an image: re-export it (PNG or JPEG) or delete it."
+  )
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -46,13 +50,15 @@ def image_size(path: str) -> tuple[int, int]:
   return height, width
 
 
-def check_min_size(path: str, size: tuple[int, int], min_size: int | None,
-                   key: str = "config.data.patch_size") -> None:
+def check_min_size(
+    path: str, size: tuple[int, int], min_size: int | None, key: str = "config.data.patch_size"
+) -> None:
   """Raises DataError if `size` (h, w) is smaller than `min_size` (set by config `key`)."""
   if min_size is not None and (size[0] < min_size or size[1] < min_size):
     raise DataError(
         f"Image {path!r} is {size[0]}x{size[1]} pixels, smaller than the {min_size}x{min_size} "
-        f"crop set by {key}. Remove the image, replace it by a larger one, or lower {key}.")
+        f"crop set by {key}. Remove the image, replace it by a larger one, or lower {key}."
+    )
 
 
 def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
@@ -66,8 +72,9 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
   return np.asarray(im, dtype=np.uint8)
 
 
-def read_image(path: str, *, min_size: int | None = None,
-               key: str = "config.data.patch_size") -> np.ndarray:
+def read_image(
+    path: str, *, min_size: int | None = None, key: str = "config.data.patch_size"
+) -> np.ndarray:
   """Decodes `path` to uint8 RGB [H, W, 3]; DataError if missing, corrupt or too small.
 
   The EXIF orientation tag is applied (PIL.ImageOps.exif_transpose): a phone photo comes out
@@ -85,8 +92,9 @@ def read_image(path: str, *, min_size: int | None = None,
   return np.ascontiguousarray(arr)  # [H, W, 3] uint8
 
 
-def load_image(path: str, *, min_size: int | None = None,
-               key: str = "config.data.patch_size") -> np.ndarray:
+def load_image(
+    path: str, *, min_size: int | None = None, key: str = "config.data.patch_size"
+) -> np.ndarray:
   """Decodes `path` to float32 RGB [H, W, 3] in [0, 1] (see `read_image` for the checks)."""
   return to_float(read_image(path, min_size=min_size, key=key))
 
@@ -99,17 +107,26 @@ def to_float(image: np.ndarray) -> np.ndarray:
 def list_images(folder: str, *, what: str = "image folder") -> list[str]:
   """Sorted image file names (not paths) directly inside `folder`; DataError if none."""
   if not os.path.isdir(folder):
-    raise DataError(f"The {what} {folder!r} does not exist or is not a folder. Create it or fix "
-                    f"the path in the config.")
-  names = sorted(n for n in os.listdir(folder)
-                 if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    raise DataError(
+        f"The {what} {folder!r} does not exist or is not a folder. Create it or fix "
+        f"the path in the config."
+    )
+  names = sorted(
+      n
+      for n in os.listdir(folder)
+      if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+  )
   if not names:
-    raise DataError(f"The {what} {folder!r} holds no images (extensions "
-                    f"{', '.join(IMAGE_EXTENSIONS)}). Put the images there or fix the path in the config.")
+    raise DataError(
+        f"The {what} {folder!r} holds no images (extensions "
+        f"{', '.join(IMAGE_EXTENSIONS)}). Put the images there or fix the path in the config."
+    )
   return names
 
 
-def split_held_out(names: Sequence[str], fraction: float, *, where: str) -> tuple[list[str], list[str]]:
+def split_held_out(
+    names: Sequence[str], fraction: float, *, where: str
+) -> tuple[list[str], list[str]]:
   """Fixed (train, eval) split of file names by a hash of each name.
 
   The eval part is the ceil(fraction * n) names with the smallest CRC32, so it does not
@@ -120,8 +137,10 @@ def split_held_out(names: Sequence[str], fraction: float, *, where: str) -> tupl
     raise ValueError(f"config.data.eval_fraction must be in (0, 1), got {fraction}.")
   names = sorted(names)
   if len(names) < 2:
-    raise DataError(f"{where} has {len(names)} image(s): cannot hold out an eval split. Add images "
-                    f"or give a separate eval folder (config.data.eval_root).")
+    raise DataError(
+        f"{where} has {len(names)} image(s): cannot hold out an eval split. Add images "
+        f"or give a separate eval folder (config.data.eval_root)."
+    )
   n_eval = min(len(names) - 1, max(1, int(np.ceil(fraction * len(names)))))
   ranked = sorted(names, key=lambda n: (zlib.crc32(n.encode("utf-8")), n))
   held = set(ranked[:n_eval])

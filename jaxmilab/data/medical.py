@@ -49,9 +49,15 @@ from jaxmilab.data.base import DataError
 
 SOURCES = ("phantoms", "acdc", "chd", "mmwhs", "brats", "nifti", "dicom")
 NORMALIZATIONS = ("zscore", "clip_zscore", "minmax_slice", "none")
-DEFAULT_NORMALIZATION = {"phantoms": "zscore", "acdc": "zscore", "chd": "clip_zscore",
-                         "mmwhs": "clip_zscore", "brats": "minmax_slice", "nifti": "zscore",
-                         "dicom": "clip_zscore"}
+DEFAULT_NORMALIZATION = {
+    "phantoms": "zscore",
+    "acdc": "zscore",
+    "chd": "clip_zscore",
+    "mmwhs": "clip_zscore",
+    "brats": "minmax_slice",
+    "nifti": "zscore",
+    "dicom": "clip_zscore",
+}
 NUM_CLASSES = {"acdc": 4, "chd": 8, "mmwhs": 8, "brats": 4}
 MMWHS_LABELS = {205: 1, 420: 2, 500: 3, 550: 4, 600: 5, 820: 6, 850: 7}
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -64,8 +70,10 @@ def _require(module: str):
   try:
     return __import__(module)
   except ImportError as e:
-    raise ImportError(f"Reading medical volumes needs {module}: pip install 'jaxmilab[medical]' "
-                      f"(nibabel, pydicom).") from e
+    raise ImportError(
+        f"Reading medical volumes needs {module}: pip install 'jaxmilab[medical]' "
+        f"(nibabel, pydicom)."
+    ) from e
 
 
 def read_nifti(path: str) -> np.ndarray:
@@ -79,13 +87,17 @@ def read_nifti(path: str) -> np.ndarray:
     image = nib.load(path)
     data = np.asarray(image.dataobj, dtype=np.float32)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"Cannot read NIfTI file {path!r}: {e}. Check that it is a complete "
-                    f".nii / .nii.gz file.") from e
+    raise DataError(
+        f"Cannot read NIfTI file {path!r}: {e}. Check that it is a complete "
+        f".nii / .nii.gz file."
+    ) from e
   if data.ndim == 2:
     data = data[:, :, None]
   if data.ndim not in (3, 4):
-    raise DataError(f"NIfTI file {path!r} has shape {data.shape}; expected a 3-D volume "
-                    f"(or 4-D with channels / frames last).")
+    raise DataError(
+        f"NIfTI file {path!r} has shape {data.shape}; expected a 3-D volume "
+        f"(or 4-D with channels / frames last)."
+    )
   spatial = np.transpose(data[..., 0] if data.ndim == 4 else data, (2, 1, 0))
   if data.ndim == 4:
     return np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3)))
@@ -116,13 +128,18 @@ def read_dicom_series(folder: str) -> np.ndarray:
     try:
       pixels = ds.pixel_array.astype(np.float32)
     except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"Cannot decode the pixels of DICOM file {path!r}: {e}. Compressed transfer "
-                      f"syntaxes need the matching pydicom plugin (pylibjpeg, gdcm).") from e
+      raise DataError(
+          f"Cannot decode the pixels of DICOM file {path!r}: {e}. Compressed transfer "
+          f"syntaxes need the matching pydicom plugin (pylibjpeg, gdcm)."
+      ) from e
     if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) > 1:
-      raise DataError(f"DICOM file {path!r} is a colour image ({pixels.shape}); medical volumes "
-                      f"must be greyscale.")
+      raise DataError(
+          f"DICOM file {path!r} is a colour image ({pixels.shape}); medical volumes "
+          f"must be greyscale."
+      )
     pixels = pixels * float(getattr(ds, "RescaleSlope", 1.0) or 1.0) + float(
-        getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        getattr(ds, "RescaleIntercept", 0.0) or 0.0
+    )
     frames = pixels if pixels.ndim == 3 else pixels[None]
     key = _dicom_order_key(ds, name)
     for f, frame in enumerate(frames):
@@ -133,8 +150,10 @@ def read_dicom_series(folder: str) -> np.ndarray:
   shapes = {s[3].shape for s in slices}
   if len(shapes) != 1:
     odd = next(s[2] for s in slices if s[3].shape != slices[0][3].shape)
-    raise DataError(f"DICOM series {folder!r}: slices have different sizes {sorted(shapes)} "
-                    f"(e.g. {odd!r}); a folder must hold one series.")
+    raise DataError(
+        f"DICOM series {folder!r}: slices have different sizes {sorted(shapes)} "
+        f"(e.g. {odd!r}); a folder must hold one series."
+    )
   return np.stack([s[3] for s in slices]).astype(np.float32)
 
 
@@ -167,7 +186,9 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
   if mode == "minmax_slice":
     lo = image.min(axis=(1, 2), keepdims=True)
     hi = image.max(axis=(1, 2), keepdims=True)
-    return np.where(hi > lo, (image - lo) / np.where(hi > lo, hi - lo, 1.0), image).astype(np.float32)
+    return np.where(hi > lo, (image - lo) / np.where(hi > lo, hi - lo, 1.0), image).astype(
+        np.float32
+    )
   raise ValueError(f"config.data.normalization={mode!r}: use one of {NORMALIZATIONS}.")
 
 
@@ -191,8 +212,9 @@ def map_labels(labels: np.ndarray, source: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ phantoms
 
 
-def phantom_volume(seed: int, num_classes: int = 4, size: int = 64, num_slices: int = 24,
-                   channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def phantom_volume(
+    seed: int, num_classes: int = 4, size: int = 64, num_slices: int = 24, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
   """A synthetic labelled volume: image float32 [D, H, W, C], labels int32 [D, H, W].
 
   Classes 1..K-1 are nested ellipsoids (class k inside class k-1), each with its own random
@@ -228,7 +250,10 @@ def phantom_volume(seed: int, num_classes: int = 4, size: int = 64, num_slices: 
   means = rng.uniform(0.1, 1.0, (num_classes, channels))
   means[0] = rng.uniform(0.0, 0.1, channels)  # dark background
   image = means[labels]  # [D, H, W, C]
-  bias = 1.0 + 0.15 * np.sin(np.pi * (rng.uniform(0.5, 1.5) * yy + rng.uniform(0, 2)))[None, :, :, None]
+  bias = (
+      1.0
+      + 0.15 * np.sin(np.pi * (rng.uniform(0.5, 1.5) * yy + rng.uniform(0, 2)))[None, :, :, None]
+  )
   image = image * bias + rng.normal(0.0, 0.06, image.shape)
   return image.astype(np.float32), labels
 
@@ -239,33 +264,41 @@ def phantom_volume(seed: int, num_classes: int = 4, size: int = 64, num_slices: 
 @dataclasses.dataclass(frozen=True)
 class VolumeRef:
   """One volume: its key and how to read it (files, or a phantom seed)."""
+
   key: str
-  image_paths: tuple[str, ...] = ()   # one file per channel (BraTS: 4), or a DICOM folder
+  image_paths: tuple[str, ...] = ()  # one file per channel (BraTS: 4), or a DICOM folder
   label_path: str | None = None
   phantom_seed: int | None = None
 
 
 def _nii_files(folder: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(folder, "*.nii")) + glob.glob(os.path.join(folder, "*.nii.gz")))
+  return sorted(
+      glob.glob(os.path.join(folder, "*.nii")) + glob.glob(os.path.join(folder, "*.nii.gz"))
+  )
 
 
 def _strip_nii(name: str) -> str:
   return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(name))
 
 
-def discover(source: str, root: str | None, *, phantom_volumes: int = 0,
-             phantom_seed_offset: int = 0) -> list[VolumeRef]:
+def discover(
+    source: str, root: str | None, *, phantom_volumes: int = 0, phantom_seed_offset: int = 0
+) -> list[VolumeRef]:
   """The volumes of `source` under `root` (module doc layouts), sorted by key."""
   if source not in SOURCES:
     raise ValueError(f"config.data.source={source!r}: use one of {SOURCES}.")
   if source == "phantoms":
     if phantom_volumes < 1:
       raise ValueError(f"config.data.phantom_volumes={phantom_volumes} must be >= 1.")
-    return [VolumeRef(key=f"phantom_{i:04d}", phantom_seed=phantom_seed_offset + i)
-            for i in range(phantom_volumes)]
+    return [
+        VolumeRef(key=f"phantom_{i:04d}", phantom_seed=phantom_seed_offset + i)
+        for i in range(phantom_volumes)
+    ]
   if not root:
-    raise ValueError(f"config.data.root is required for source {source!r} (see "
-                     f"jaxmilab/data/medical.py for the expected layout).")
+    raise ValueError(
+        f"config.data.root is required for source {source!r} (see "
+        f"jaxmilab/data/medical.py for the expected layout)."
+    )
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise DataError(f"config.data.root={root!r} does not exist or is not a folder.")
@@ -283,7 +316,7 @@ def discover(source: str, root: str | None, *, phantom_volumes: int = 0,
       name = _strip_nii(image)
       if not name.endswith("_image"):
         continue
-      key = name[:-len("_image")]
+      key = name[: -len("_image")]
       label = [p for p in _nii_files(root) if _strip_nii(p) == key + "_label"]
       refs.append(VolumeRef(key, (image,), label[0] if label else None))
   elif source == "brats":
@@ -292,20 +325,30 @@ def discover(source: str, root: str | None, *, phantom_volumes: int = 0,
       files = {_strip_nii(p): p for p in _nii_files(folder)}
       missing = [m for m in BRATS_MODALITIES if f"{case}_{m}" not in files]
       if missing:
-        raise DataError(f"BraTS case folder {folder!r} lacks {missing} "
-                        f"(expected {case}_<flair|t1|t1ce|t2|seg>.nii.gz).")
-      refs.append(VolumeRef(case, tuple(files[f"{case}_{m}"] for m in BRATS_MODALITIES),
-                            files.get(f"{case}_seg")))
+        raise DataError(
+            f"BraTS case folder {folder!r} lacks {missing} "
+            f"(expected {case}_<flair|t1|t1ce|t2|seg>.nii.gz)."
+        )
+      refs.append(
+          VolumeRef(
+              case, tuple(files[f"{case}_{m}"] for m in BRATS_MODALITIES), files.get(f"{case}_seg")
+          )
+      )
   elif source == "nifti":
     images = _nii_files(os.path.join(root, "images"))
     labels = {_strip_nii(p): p for p in _nii_files(os.path.join(root, "labels"))}
     refs = [VolumeRef(_strip_nii(p), (p,), labels.get(_strip_nii(p))) for p in images]
   elif source == "dicom":
-    refs = [VolumeRef(os.path.basename(d), (d,)) for d in sorted(glob.glob(os.path.join(root, "*")))
-            if os.path.isdir(d)]
+    refs = [
+        VolumeRef(os.path.basename(d), (d,))
+        for d in sorted(glob.glob(os.path.join(root, "*")))
+        if os.path.isdir(d)
+    ]
   if not refs:
-    raise DataError(f"config.data.root={root!r} holds no {source} volumes; see "
-                    f"jaxmilab/data/medical.py for the expected layout.")
+    raise DataError(
+        f"config.data.root={root!r} holds no {source} volumes; see "
+        f"jaxmilab/data/medical.py for the expected layout."
+    )
   return sorted(refs, key=lambda r: r.key)
 
 
@@ -324,8 +367,10 @@ def select(refs: Sequence[VolumeRef], keys: Sequence[Any] | None, what: str) -> 
       missing.append(key)
     chosen.extend(r for r in found if r not in chosen)
   if missing:
-    raise DataError(f"{what}: volume key(s) {missing} not found; available: "
-                    f"{[r.key for r in refs][:20]}{' ...' if len(refs) > 20 else ''}.")
+    raise DataError(
+        f"{what}: volume key(s) {missing} not found; available: "
+        f"{[r.key for r in refs][:20]}{' ...' if len(refs) > 20 else ''}."
+    )
   return chosen
 
 
@@ -350,14 +395,26 @@ def fixed_fraction(refs: Sequence[VolumeRef], fraction: float, seed: int = 0) ->
 class VolumeReader:
   """Reads (and caches) normalised volumes: key -> (image [D, H, W, C], labels [D, H, W] or None)."""
 
-  def __init__(self, source: str, normalization: str, *, phantom_classes: int = 4,
-               phantom_size: int = 64, phantom_slices: int = 24, channels: int = 1,
-               cache_size: int = 8):
+  def __init__(
+      self,
+      source: str,
+      normalization: str,
+      *,
+      phantom_classes: int = 4,
+      phantom_size: int = 64,
+      phantom_slices: int = 24,
+      channels: int = 1,
+      cache_size: int = 8,
+  ):
     if normalization not in NORMALIZATIONS:
       raise ValueError(f"config.data.normalization={normalization!r}: use one of {NORMALIZATIONS}.")
     self.source, self.normalization = source, normalization
-    self.phantom = dict(num_classes=int(phantom_classes), size=int(phantom_size),
-                        num_slices=int(phantom_slices), channels=int(channels))
+    self.phantom = dict(
+        num_classes=int(phantom_classes),
+        size=int(phantom_size),
+        num_slices=int(phantom_slices),
+        channels=int(channels),
+    )
     self._read = functools.lru_cache(maxsize=max(1, int(cache_size)))(self._read_uncached)
 
   def __call__(self, ref: VolumeRef) -> tuple[np.ndarray, np.ndarray | None]:
@@ -376,15 +433,19 @@ class VolumeReader:
     else:
       shapes = {c.shape for c in channels}
       if len(shapes) != 1 or channels[0].ndim != 3:
-        raise DataError(f"Volume {ref.key!r}: channel files {list(ref.image_paths)} have shapes "
-                        f"{[c.shape for c in channels]}; they must be 3-D volumes of one shape.")
+        raise DataError(
+            f"Volume {ref.key!r}: channel files {list(ref.image_paths)} have shapes "
+            f"{[c.shape for c in channels]}; they must be 3-D volumes of one shape."
+        )
       image = np.stack(channels, axis=-1)
     labels = None
     if ref.label_path:
       labels = map_labels(read_nifti(ref.label_path), self.source)
       if labels.shape != image.shape[:3]:
-        raise DataError(f"Volume {ref.key!r}: labels {ref.label_path!r} have shape {labels.shape}, "
-                        f"the image {image.shape[:3]}; they must match voxel for voxel.")
+        raise DataError(
+            f"Volume {ref.key!r}: labels {ref.label_path!r} have shape {labels.shape}, "
+            f"the image {image.shape[:3]}; they must match voxel for voxel."
+        )
     return normalize(image, self.normalization), labels
 
 
@@ -397,8 +458,13 @@ def slice_index(reader: VolumeReader, refs: Sequence[VolumeRef]) -> list[tuple[i
   return out
 
 
-def pad_or_crop(image: np.ndarray, size: int, mode: str, rng: np.random.Generator | None = None,
-                coords: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def pad_or_crop(
+    image: np.ndarray,
+    size: int,
+    mode: str,
+    rng: np.random.Generator | None = None,
+    coords: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
   """The official pad_and_or_crop: zero-pad to >= size (centred), then a size x size window
   ("centre", "random", or "fixed" at `coords` = its centre). Works on [H, W, ...]."""
   h, w = image.shape[:2]
@@ -417,21 +483,28 @@ def pad_or_crop(image: np.ndarray, size: int, mode: str, rng: np.random.Generato
     hc, wc = int(rng.integers(half, hi_h + 1)), int(rng.integers(half, hi_w + 1))
   else:
     raise ValueError(f"pad_or_crop mode {mode!r}")
-  return image[hc - half:hc - half + size, wc - half:wc - half + size], (hc, wc)
+  return image[hc - half : hc - half + size, wc - half : wc - half + size], (hc, wc)
 
 
 # ------------------------------------------------------------------------ config helpers
 
 # config.data keys (and defaults) shared by medical_pretrain and medical_seg.
 COMMON_DEFAULTS = dict(
-    source="phantoms",      # phantoms | acdc | chd | mmwhs | brats | nifti | dicom
-    root="",                # dataset folder (layouts in this module's doc)
-    normalization="",       # "" = the source's official one (DEFAULT_NORMALIZATION)
-    channels=1,             # phantom channels (BraTS-like: 4)
-    phantom_volumes=0,      # 0 = the dataset's default count
-    phantom_classes=4, phantom_size=64, phantom_slices=24, phantom_seed_offset=0,
-    patch_size=64, p_spatial=0.67,
-    worker_count=0, read_threads=4, cache_size=64)
+    source="phantoms",  # phantoms | acdc | chd | mmwhs | brats | nifti | dicom
+    root="",  # dataset folder (layouts in this module's doc)
+    normalization="",  # "" = the source's official one (DEFAULT_NORMALIZATION)
+    channels=1,  # phantom channels (BraTS-like: 4)
+    phantom_volumes=0,  # 0 = the dataset's default count
+    phantom_classes=4,
+    phantom_size=64,
+    phantom_slices=24,
+    phantom_seed_offset=0,
+    patch_size=64,
+    p_spatial=0.67,
+    worker_count=0,
+    read_threads=4,
+    cache_size=64,
+)
 
 
 def reader_from_config(opts: Any) -> VolumeReader:
@@ -440,19 +513,27 @@ def reader_from_config(opts: Any) -> VolumeReader:
   if source not in SOURCES:
     raise ValueError(f"config.data.source={source!r}: use one of {SOURCES}.")
   return VolumeReader(
-      source, opts.normalization or DEFAULT_NORMALIZATION[source],
-      phantom_classes=int(opts.phantom_classes), phantom_size=int(opts.phantom_size),
-      phantom_slices=int(opts.phantom_slices), channels=int(opts.channels or 1),
-      cache_size=int(opts.cache_size))
+      source,
+      opts.normalization or DEFAULT_NORMALIZATION[source],
+      phantom_classes=int(opts.phantom_classes),
+      phantom_size=int(opts.phantom_size),
+      phantom_slices=int(opts.phantom_slices),
+      channels=int(opts.channels or 1),
+      cache_size=int(opts.cache_size),
+  )
 
 
-def refs_from_config(opts: Any, *, count_key: str = "phantom_volumes", default_count: int = 16,
-                     seed_offset: int = 0) -> list[VolumeRef]:
+def refs_from_config(
+    opts: Any, *, count_key: str = "phantom_volumes", default_count: int = 16, seed_offset: int = 0
+) -> list[VolumeRef]:
   """The volumes of an options view of config.data; phantoms: `opts[count_key]` of them (0 =
   `default_count`)."""
-  return discover(opts.source or "phantoms", opts.root,
-                  phantom_volumes=int(opts[count_key] or default_count),
-                  phantom_seed_offset=int(opts.phantom_seed_offset) + seed_offset)
+  return discover(
+      opts.source or "phantoms",
+      opts.root,
+      phantom_volumes=int(opts[count_key] or default_count),
+      phantom_seed_offset=int(opts.phantom_seed_offset) + seed_offset,
+  )
 
 
 def check_patch(patch: int, what: str = "config.data.patch_size") -> int:

@@ -31,34 +31,55 @@ from jaxmilab.data import transforms
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-CONFIG_DEFAULTS = dict(medical.COMMON_DEFAULTS, volumes=None, eval_slices=32, eval_batch_size=0,
-                       eval_seed=0, views="macl")
+CONFIG_DEFAULTS = dict(
+    medical.COMMON_DEFAULTS,
+    volumes=None,
+    eval_slices=32,
+    eval_batch_size=0,
+    eval_seed=0,
+    views="macl",
+)
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator of MACL views and a fixed eval set of views (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "medical_pretrain", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "medical_pretrain",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   patch = medical.check_patch(opts.patch_size)
   reader = medical.reader_from_config(opts)
-  refs = medical.select(medical.refs_from_config(opts, default_count=32),
-                        opts.volumes, "config.data.volumes")
+  refs = medical.select(
+      medical.refs_from_config(opts, default_count=32), opts.volumes, "config.data.volumes"
+  )
   description = f"{reader.source}:{opts.root}:{','.join(r.key for r in refs)}"
   source = medical_views.SliceSource(reader, refs, description)
   views = medical_views.ContrastiveViews(patch, float(opts.p_spatial), str(opts.views))
-  train = layout.train(source, [views], worker_count=int(opts.worker_count),
-                       read_threads=int(opts.read_threads))
+  train = layout.train(
+      source, [views], worker_count=int(opts.worker_count), read_threads=int(opts.read_threads)
+  )
 
   eval_count = min(int(opts.eval_slices), len(source))
   eval_index = np.linspace(0, len(source) - 1, eval_count).round().astype(int)
   eval_seed = int(opts.eval_seed)
 
   def make_example(i: int) -> dict[str, np.ndarray]:
-    return views.random_map(source[int(eval_index[i])], np.random.default_rng([eval_seed, 0xE7A1, i]))
+    return views.random_map(
+        source[int(eval_index[i])], np.random.default_rng([eval_seed, 0xE7A1, i])
+    )
 
   channels = source[0]["image"].shape[-1]
-  return Datasets(train=train, eval_batches=layout.eval(eval_count, make_example),
-                  info=DataInfo(image_channels=int(channels),
-                                extra={"num_volumes": len(refs), "num_slices": len(source)}))
+  return Datasets(
+      train=train,
+      eval_batches=layout.eval(eval_count, make_example),
+      info=DataInfo(
+          image_channels=int(channels), extra={"num_volumes": len(refs), "num_slices": len(source)}
+      ),
+  )

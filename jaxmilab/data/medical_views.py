@@ -46,11 +46,11 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 def jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """One intensity view of float [H, W, C]: float32 [H, W, C] in [0, 1] (module doc)."""
   x = (minmax(image) * 255).astype(np.uint8).astype(np.float32)  # (img * 255).astype(uint8)
-  x = _to_uint8(x * rng.uniform(0.0, 1.0)).astype(np.float32)      # brightness=(0, 1)
-  c = rng.uniform(0.8, 1.2)                                         # contrast=(0.8, 1.2)
+  x = _to_uint8(x * rng.uniform(0.0, 1.0)).astype(np.float32)  # brightness=(0, 1)
+  c = rng.uniform(0.8, 1.2)  # contrast=(0.8, 1.2)
   mean = np.floor(x.mean() + 0.5)
   x = _to_uint8(mean + c * (x - mean)).astype(np.float32)
-  sigma = rng.uniform(1.0, 3.0)                                     # GaussianBlur(3, (1, 3))
+  sigma = rng.uniform(1.0, 3.0)  # GaussianBlur(3, (1, 3))
   k = np.exp(-np.arange(-1, 2) ** 2 / (2 * sigma * sigma))
   k = k / k.sum()
   x = ndimage.convolve1d(x, k, axis=0, mode="mirror")
@@ -58,8 +58,12 @@ def jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return minmax(_to_uint8(x).astype(np.float32))
 
 
-def spatial(image: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None,
-            p_spatial: float = 0.67) -> tuple[np.ndarray, np.ndarray | None]:
+def spatial(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
+    p_spatial: float = 0.67,
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Mirror + (p 0.67) elastic / rotate / scale of [H, W, C] (and [H, W] labels alike)."""
   image = np.asarray(image, np.float32)
   for axis in (0, 1):  # MirrorTransform((0, 1))
@@ -69,21 +73,37 @@ def spatial(image: np.ndarray, rng: np.random.Generator, labels: np.ndarray | No
   if rng.uniform() >= p_spatial:  # RndTransform(..., alternative_transform=RandomCropTransform)
     return np.ascontiguousarray(image), None if labels is None else np.ascontiguousarray(labels)
   h, w = image.shape[:2]
-  coords = np.stack(np.meshgrid(np.arange(h, dtype=np.float64) - (h - 1) / 2.0,
-                                np.arange(w, dtype=np.float64) - (w - 1) / 2.0, indexing="ij"))
+  coords = np.stack(
+      np.meshgrid(
+          np.arange(h, dtype=np.float64) - (h - 1) / 2.0,
+          np.arange(w, dtype=np.float64) - (w - 1) / 2.0,
+          indexing="ij",
+      )
+  )
   alpha, sigma = rng.uniform(100.0, 350.0), rng.uniform(14.0, 17.0)
-  coords = coords + np.stack([ndimage.gaussian_filter(rng.uniform(size=(h, w)) * 2 - 1, sigma,
-                                                      mode="constant", cval=0) * alpha
-                              for _ in range(2)])
+  coords = coords + np.stack(
+      [
+          ndimage.gaussian_filter(rng.uniform(size=(h, w)) * 2 - 1, sigma, mode="constant", cval=0)
+          * alpha
+          for _ in range(2)
+      ]
+  )
   angle = rng.uniform(0.0, 2.0 * np.pi)
   rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
   coords = np.einsum("ij,jhw->ihw", rot, coords) * rng.uniform(0.7, 1.3)
   coords[0] += h / 2.0 - 0.5
   coords[1] += w / 2.0 - 0.5
-  out = np.stack([ndimage.map_coordinates(image[..., c], coords, order=3, mode="constant", cval=0.0)
-                  for c in range(image.shape[-1])], axis=-1).astype(np.float32)
+  out = np.stack(
+      [
+          ndimage.map_coordinates(image[..., c], coords, order=3, mode="constant", cval=0.0)
+          for c in range(image.shape[-1])
+      ],
+      axis=-1,
+  ).astype(np.float32)
   if labels is not None:
-    labels = ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(labels.dtype)
+    labels = ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(
+        labels.dtype
+    )
   return out, labels
 
 
@@ -102,9 +122,13 @@ class SliceSource:
   def __getitem__(self, key: int) -> dict[str, Any]:
     v, i, depth = self.index[int(key)]
     image, labels = self.reader(self.refs[v])
-    return {"image": image[i], "labels": (labels[i] if labels is not None
-                                          else np.zeros(image.shape[1:3], np.int32)),
-            "position": np.float32((i + 1) / depth), "volume": np.int32(v), "slice": np.int32(i)}
+    return {
+        "image": image[i],
+        "labels": (labels[i] if labels is not None else np.zeros(image.shape[1:3], np.int32)),
+        "position": np.float32((i + 1) / depth),
+        "volume": np.int32(v),
+        "slice": np.int32(i),
+    }
 
   def __repr__(self) -> str:
     # Stable across processes and restarts: grain checks it when restoring the iterator.
@@ -132,22 +156,34 @@ class ContrastiveViews(grain.transforms.RandomMap):
     if self.kind == "pcl":
       v1, _ = spatial(image, rng, p_spatial=self.p_spatial)
       v2, _ = spatial(image, rng, p_spatial=self.p_spatial)
-      return {"view_v1": np.ascontiguousarray(v1, np.float32),
-              "view_v2": np.ascontiguousarray(v2, np.float32),
-              "position": np.float32(element["position"])}
+      return {
+          "view_v1": np.ascontiguousarray(v1, np.float32),
+          "view_v2": np.ascontiguousarray(v2, np.float32),
+          "position": np.float32(element["position"]),
+      }
     i1, i2 = jitter(image, rng), jitter(image, rng)
     v1, _ = spatial(i1, rng, p_spatial=self.p_spatial)
     v2, _ = spatial(i2, rng, p_spatial=self.p_spatial)
-    return {"view_i1": i1, "view_i2": i2, "view_v1": v1, "view_v2": v2,
-            "position": np.float32(element["position"])}
+    return {
+        "view_i1": i1,
+        "view_i2": i2,
+        "view_v1": v1,
+        "view_v2": v2,
+        "position": np.float32(element["position"]),
+    }
 
 
 class SegmentationCrop(grain.transforms.RandomMap):
   """slice -> {"image" f32 [p, p, C], "labels" int32 [p, p]}: random pad/crop, then (if
   `augment`) mirror + spatial with p 0.67 (official prepare_supervised)."""
 
-  def __init__(self, patch_size: int, augment: bool = True, minmax_slices: bool = False,
-               p_spatial: float = 0.67):
+  def __init__(
+      self,
+      patch_size: int,
+      augment: bool = True,
+      minmax_slices: bool = False,
+      p_spatial: float = 0.67,
+  ):
     self.patch_size, self.augment = int(patch_size), bool(augment)
     self.minmax_slices, self.p_spatial = bool(minmax_slices), float(p_spatial)
 
@@ -158,5 +194,7 @@ class SegmentationCrop(grain.transforms.RandomMap):
       image = minmax(image)
     if self.augment:
       image, labels = spatial(image, rng, labels, p_spatial=self.p_spatial)
-    return {"image": np.ascontiguousarray(image, np.float32),
-            "labels": np.ascontiguousarray(labels, np.int32)}
+    return {
+        "image": np.ascontiguousarray(image, np.float32),
+        "labels": np.ascontiguousarray(labels, np.int32),
+    }

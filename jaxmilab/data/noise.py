@@ -54,8 +54,10 @@ _TEXT_MAX_STRINGS = 100_000
 def _check(image: np.ndarray, name: str) -> np.ndarray:
   image = np.asarray(image)
   if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
-    raise ValueError(f"noise.{name}: expected a float [H, W, C] image in [0, 1], got "
-                     f"{image.dtype} {image.shape}.")
+    raise ValueError(
+        f"noise.{name}: expected a float [H, W, C] image in [0, 1], got "
+        f"{image.dtype} {image.shape}."
+    )
   return image.astype(np.float32, copy=False)
 
 
@@ -84,8 +86,9 @@ def bernoulli(image: np.ndarray, rng: np.random.Generator, *, p: float = 0.5) ->
   return (image * keep).astype(np.float32)
 
 
-def impulse(image: np.ndarray, rng: np.random.Generator, *, ratio: float = 0.3,
-            blend: bool = False) -> np.ndarray:
+def impulse(
+    image: np.ndarray, rng: np.random.Generator, *, ratio: float = 0.3, blend: bool = False
+) -> np.ndarray:
   """Random-valued impulse noise: a fraction `ratio` of the values becomes u ~ U[0, 1)."""
   image = _check(image, "impulse")
   if not 0.0 <= ratio <= 1.0:
@@ -111,8 +114,9 @@ def text(image: np.ndarray, rng: np.random.Generator, *, coverage: float = 0.3) 
   covered, count = 0, 0
   while covered < target:
     if count >= _TEXT_MAX_STRINGS:
-      raise RuntimeError(f"noise text: {count} strings did not cover {coverage} of a "
-                         f"{height}x{width} image.")
+      raise RuntimeError(
+          f"noise text: {count} strings did not cover {coverage} of a " f"{height}x{width} image."
+      )
     length = int(rng.integers(*TEXT_LENGTH_RANGE))
     size = int(rng.integers(*TEXT_FONT_SIZE_RANGE))
     words = "".join(rng.choice(_TEXT_CHARS, size=length))
@@ -126,7 +130,7 @@ def text(image: np.ndarray, rng: np.random.Generator, *, coverage: float = 0.3) 
     count += 1
     covered = int(np.count_nonzero(np.asarray(mask_layer)))
   alpha = np.asarray(mask_layer, dtype=np.float32)[..., None] / 255.0  # [H, W, 1], anti-aliased
-  colour_rgb = np.asarray(colour_layer, dtype=np.float32) / 255.0      # [H, W, 3]
+  colour_rgb = np.asarray(colour_layer, dtype=np.float32) / 255.0  # [H, W, 3]
   channels = image.shape[-1]
   if channels == 1:
     colour_rgb = colour_rgb.mean(axis=-1, keepdims=True)
@@ -135,8 +139,14 @@ def text(image: np.ndarray, rng: np.random.Generator, *, coverage: float = 0.3) 
   return (image * (1.0 - alpha) + colour_rgb * alpha).astype(np.float32)
 
 
-def mixed(image: np.ndarray, rng: np.random.Generator, *, sigma: float = 25.0, lam: float = 30.0,
-          p: float = 0.5) -> np.ndarray:
+def mixed(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    sigma: float = 25.0,
+    lam: float = 30.0,
+    p: float = 0.5,
+) -> np.ndarray:
   """Official mixed noise: AWGN(sigma), negatives -> 0, Poisson(lam), Bernoulli(p)."""
   image = _check(image, "mixed")
   x = np.maximum(awgn(image, rng, sigma=sigma), 0.0)

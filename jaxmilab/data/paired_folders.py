@@ -41,9 +41,21 @@ from jaxmilab.data.base import Datasets
 
 # Every config.data key this dataset reads, with its default (module docstring); `root` and
 # `tasks` must be set.
-CONFIG_DEFAULTS = dict(root="", tasks=(), patch_size=64, eval_root="", eval_fraction=0.1,
-                       eval_size=128, eval_batch_size=0, worker_count=0, read_threads=4,
-                       read_buffer=None, vertical_flip=False, cache_size=0, denoise_sigma=0.0)
+CONFIG_DEFAULTS = dict(
+    root="",
+    tasks=(),
+    patch_size=64,
+    eval_root="",
+    eval_fraction=0.1,
+    eval_size=128,
+    eval_batch_size=0,
+    worker_count=0,
+    read_threads=4,
+    read_buffer=None,
+    vertical_flip=False,
+    cache_size=0,
+    denoise_sigma=0.0,
+)
 
 
 def scan_task(root: str, task: str) -> list[str]:
@@ -51,20 +63,26 @@ def scan_task(root: str, task: str) -> list[str]:
   task_dir = os.path.join(root, task)
   if not os.path.isdir(task_dir):
     present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    raise DataError(f"Task folder {task_dir!r} does not exist (folders in {root!r}: {present}). "
-                    f"Create it with lq/ and gt/ inside, or fix config.data.tasks.")
+    raise DataError(
+        f"Task folder {task_dir!r} does not exist (folders in {root!r}: {present}). "
+        f"Create it with lq/ and gt/ inside, or fix config.data.tasks."
+    )
   for side in ("lq", "gt"):
     if not os.path.isdir(os.path.join(task_dir, side)):
-      raise DataError(f"Task folder {task_dir!r} has no {side}/ subfolder. Expected "
-                      f"{task_dir}/lq/<name> (degraded) and {task_dir}/gt/<name> (clean).")
+      raise DataError(
+          f"Task folder {task_dir!r} has no {side}/ subfolder. Expected "
+          f"{task_dir}/lq/<name> (degraded) and {task_dir}/gt/<name> (clean)."
+      )
   lq = images.list_images(os.path.join(task_dir, "lq"), what="lq folder")
   gt = images.list_images(os.path.join(task_dir, "gt"), what="gt folder")
   if lq != gt:
     only_lq, only_gt = sorted(set(lq) - set(gt)), sorted(set(gt) - set(lq))
-    raise DataError(f"{task_dir}/lq and {task_dir}/gt must hold the same file names. Only in lq: "
-                    f"{only_lq[:5]}{' ...' if len(only_lq) > 5 else ''}; only in gt: {only_gt[:5]}"
-                    f"{' ...' if len(only_gt) > 5 else ''}. "
-                    f"Rename or remove files so that they pair up.")
+    raise DataError(
+        f"{task_dir}/lq and {task_dir}/gt must hold the same file names. Only in lq: "
+        f"{only_lq[:5]}{' ...' if len(only_lq) > 5 else ''}; only in gt: {only_gt[:5]}"
+        f"{' ...' if len(only_gt) > 5 else ''}. "
+        f"Rename or remove files so that they pair up."
+    )
   return lq
 
 
@@ -74,17 +92,24 @@ def check_pairs(root: str, task: str, names: list[str], min_size: int, key: str)
     lq_path, gt_path = (os.path.join(root, task, side, name) for side in ("lq", "gt"))
     lq_size, gt_size = images.image_size(lq_path), images.image_size(gt_path)
     if lq_size != gt_size:
-      raise DataError(f"{lq_path!r} is {lq_size[0]}x{lq_size[1]} but {gt_path!r} is "
-                      f"{gt_size[0]}x{gt_size[1]}: a pair must have the same size. "
-                      f"Resize or remove it.")
+      raise DataError(
+          f"{lq_path!r} is {lq_size[0]}x{lq_size[1]} but {gt_path!r} is "
+          f"{gt_size[0]}x{gt_size[1]}: a pair must have the same size. "
+          f"Resize or remove it."
+      )
     images.check_min_size(gt_path, gt_size, min_size, key)
 
 
 class PairedSource:
   """Random-access records: key -> {"lq", "gt": uint8 [H, W, 3], "label": int32 task index}."""
 
-  def __init__(self, root: str, tasks: tuple[str, ...], entries: tuple[tuple[int, str], ...],
-               cache_size: int = 0):
+  def __init__(
+      self,
+      root: str,
+      tasks: tuple[str, ...],
+      entries: tuple[tuple[int, str], ...],
+      cache_size: int = 0,
+  ):
     self.root = root
     self.tasks = tasks
     self.entries = entries  # (task index, file name)
@@ -99,8 +124,10 @@ class PairedSource:
     lq = self.reader(os.path.join(task_dir, "lq", name))
     gt = self.reader(os.path.join(task_dir, "gt", name))
     if lq.shape != gt.shape:
-      raise DataError(f"{task_dir}/lq/{name} is {lq.shape[:2]} but gt/{name} is {gt.shape[:2]}: "
-                      f"a pair must have the same size. Resize or remove it.")
+      raise DataError(
+          f"{task_dir}/lq/{name} is {lq.shape[:2]} but gt/{name} is {gt.shape[:2]}: "
+          f"a pair must have the same size. Resize or remove it."
+      )
     return lq, gt, label
 
   def __getitem__(self, key: int) -> dict[str, Any]:
@@ -117,22 +144,33 @@ def _root(path: Any, key: str) -> str:
     raise ValueError(f"{key} is not set: give the folder that holds <task>/lq and <task>/gt.")
   path = os.path.abspath(os.path.expanduser(str(path)))
   if not os.path.isdir(path):
-    raise DataError(f"{key}={path!r} does not exist or is not a folder. Create it (layout "
-                    f"<root>/<task>/{{lq,gt}}/<name>) or fix the path.")
+    raise DataError(
+        f"{key}={path!r} does not exist or is not a folder. Create it (layout "
+        f"<root>/<task>/{{lq,gt}}/<name>) or fix the path."
+    )
   return path
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches over paired lq/gt folders (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "paired_folders", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "paired_folders",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   root = _root(opts.root, "config.data.root")
   tasks = opts.tasks
   if not tasks:
-    raise ValueError("config.data.tasks is not set: list the task folders under config.data.root "
-                     "in label order, e.g. ('derain', 'dehaze').")
+    raise ValueError(
+        "config.data.tasks is not set: list the task folders under config.data.root "
+        "in label order, e.g. ('derain', 'dehaze')."
+    )
   tasks = (tasks,) if isinstance(tasks, str) else tuple(str(t) for t in tasks)
   if len(set(tasks)) != len(tasks):
     raise ValueError(f"config.data.tasks={tasks} repeats a task (label = index; each once).")
@@ -158,24 +196,40 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   source = PairedSource(root, tasks, tuple(train_entries), cache_size)
   eval_source = PairedSource(eval_root or root, tasks, tuple(eval_entries), cache_size)
   train = transforms.restoration_train_iterator(
-      source, opts, patch=patch, batch_size=layout.batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      source,
+      opts,
+      patch=patch,
+      batch_size=layout.batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
   denoise_sigma = float(opts.denoise_sigma)
   if denoise_sigma and "denoise" not in tasks:
-    raise ValueError(f"config.data.denoise_sigma={denoise_sigma} needs a task named 'denoise' in "
-                     f"config.data.tasks={tasks}.")
+    raise ValueError(
+        f"config.data.denoise_sigma={denoise_sigma} needs a task named 'denoise' in "
+        f"config.data.tasks={tasks}."
+    )
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     lq, gt, label = eval_source.pair(i)
-    gt = images.to_float(transforms.center_crop(gt, eval_size))           # [e, e, 3]
+    gt = images.to_float(transforms.center_crop(gt, eval_size))  # [e, e, 3]
     if denoise_sigma and tasks[label] == "denoise":
       lq = basic_degradations.gaussian_noise_released(gt, denoise_sigma)  # float, unclipped
     else:
       lq = images.to_float(transforms.center_crop(lq, eval_size))
     return {"lq": lq, "gt": gt, "label": np.int32(label)}
 
-  info = DataInfo(num_classes=len(tasks), class_names=tasks, image_channels=3,
-                  extra={"patch_size": patch, "eval_size": eval_size, "num_eval": len(eval_entries),
-                         "num_train": len(train_entries)})
+  info = DataInfo(
+      num_classes=len(tasks),
+      class_names=tasks,
+      image_channels=3,
+      extra={
+          "patch_size": patch,
+          "eval_size": eval_size,
+          "num_eval": len(eval_entries),
+          "num_train": len(train_entries),
+      },
+  )
   return Datasets(train=train, eval_batches=layout.eval(len(eval_entries), make_example), info=info)

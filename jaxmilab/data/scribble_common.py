@@ -53,9 +53,9 @@ import grain
 import numpy as np
 
 IGNORE = 255
-E = math.e            # released D_s lambda (train.py default folder dsmp_lambd_e)
-E2 = math.e ** 2      # the paper's text and distancemp/Readme.md
-E6 = math.e ** 6      # released D_c lambda (train.py default folder dsmp_lambd_e6)
+E = math.e  # released D_s lambda (train.py default folder dsmp_lambd_e)
+E2 = math.e**2  # the paper's text and distancemp/Readme.md
+E6 = math.e**6  # released D_c lambda (train.py default folder dsmp_lambd_e6)
 MEAN_RGB = (124, 116, 104)  # round(255 * ImageNet mean): padding colour of the released code
 LABEL_KEYS = ("scribble", "pseudo")
 FLOAT_KEYS = ("dist_scribble", "dist_contour")
@@ -100,8 +100,9 @@ def contour_distance(pseudo: np.ndarray, lam: float = E6, quantize: bool = True)
   return (_scaled(d, lam, quantize) / 255.0).astype(np.float32)
 
 
-def add_distance_maps(example: dict[str, Any], scribble_lambda: float, contour_lambda: float,
-                      quantize: bool = True) -> dict[str, Any]:
+def add_distance_maps(
+    example: dict[str, Any], scribble_lambda: float, contour_lambda: float, quantize: bool = True
+) -> dict[str, Any]:
   """Adds "dist_scribble" (from "scribble") and "dist_contour" (from "pseudo")."""
   out = dict(example)
   out["dist_scribble"] = scribble_distance(example["scribble"], scribble_lambda, quantize)
@@ -113,28 +114,45 @@ def add_distance_maps(example: dict[str, Any], scribble_lambda: float, contour_l
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-  return cv2.resize(a, (size[1], size[0]), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+  return cv2.resize(
+      a, (size[1], size[0]), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+  )
 
 
 DISTANCE_INTERPOLATIONS = ("nearest", "linear")
 
 
-def augment(example: Mapping[str, Any], rng: np.random.Generator, *, crop_size: int,
-            scale_range=(0.5, 2.0), rotate_degrees: float = 10.0, blur_prob: float = 0.5,
-            flip: bool = True, distance_pad: float = 1.0, distance_interpolation: str = "nearest"
-            ) -> dict[str, Any]:
+def augment(
+    example: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    crop_size: int,
+    scale_range=(0.5, 2.0),
+    rotate_degrees: float = 10.0,
+    blur_prob: float = 0.5,
+    flip: bool = True,
+    distance_pad: float = 1.0,
+    distance_interpolation: str = "nearest",
+) -> dict[str, Any]:
   """The training transforms (module docstring) applied jointly to every map of `example`.
 
   Distance maps are resized / rotated with `distance_interpolation` and filled with
   `distance_pad` where rotation and crop padding add pixels (released: nearest, 1.0).
   """
   if distance_interpolation not in DISTANCE_INTERPOLATIONS:
-    raise ValueError(f"config.data.distance_interpolation={distance_interpolation!r}: use one of "
-                     f"{DISTANCE_INTERPOLATIONS}.")
+    raise ValueError(
+        f"config.data.distance_interpolation={distance_interpolation!r}: use one of "
+        f"{DISTANCE_INTERPOLATIONS}."
+    )
   out = dict(example)
   keys = ["image"] + [k for k in LABEL_KEYS + FLOAT_KEYS if k in out]
-  nearest = {k: k in LABEL_KEYS or (k in FLOAT_KEYS and distance_interpolation == "nearest") for k in keys}
-  border = {k: MEAN_RGB if k == "image" else (IGNORE if k in LABEL_KEYS else float(distance_pad)) for k in keys}
+  nearest = {
+      k: k in LABEL_KEYS or (k in FLOAT_KEYS and distance_interpolation == "nearest") for k in keys
+  }
+  border = {
+      k: MEAN_RGB if k == "image" else (IGNORE if k in LABEL_KEYS else float(distance_pad))
+      for k in keys
+  }
   h, w = out["image"].shape[:2]
   s = float(rng.uniform(*scale_range))
   if s != 1.0:
@@ -146,8 +164,14 @@ def augment(example: Mapping[str, Any], rng: np.random.Generator, *, crop_size: 
     angle = float(rng.uniform(-rotate_degrees, rotate_degrees))
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
     for k in keys:
-      out[k] = cv2.warpAffine(out[k], matrix, (w, h), flags=cv2.INTER_NEAREST if nearest[k] else cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=border[k])
+      out[k] = cv2.warpAffine(
+          out[k],
+          matrix,
+          (w, h),
+          flags=cv2.INTER_NEAREST if nearest[k] else cv2.INTER_LINEAR,
+          borderMode=cv2.BORDER_CONSTANT,
+          borderValue=border[k],
+      )
   if rng.random() < blur_prob:
     out["image"] = cv2.GaussianBlur(out["image"], (5, 5), 0)
   if flip and rng.random() < 0.5:
@@ -158,14 +182,16 @@ def augment(example: Mapping[str, Any], rng: np.random.Generator, *, crop_size: 
     for k in keys:
       pad = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
       if k == "image":
-        out[k] = np.stack([np.pad(out[k][..., c], pad, constant_values=border[k][c]) for c in range(3)], -1)
+        out[k] = np.stack(
+            [np.pad(out[k][..., c], pad, constant_values=border[k][c]) for c in range(3)], -1
+        )
       else:
         out[k] = np.pad(out[k], pad, constant_values=border[k])
     h, w = out["image"].shape[:2]
   top = int(rng.integers(0, h - crop_size + 1))
   left = int(rng.integers(0, w - crop_size + 1))
   for k in keys:
-    out[k] = np.ascontiguousarray(out[k][top:top + crop_size, left:left + crop_size])
+    out[k] = np.ascontiguousarray(out[k][top : top + crop_size, left : left + crop_size])
   out["image"] = out["image"].astype(np.uint8)
   for k in LABEL_KEYS:
     if k in out:
@@ -179,15 +205,34 @@ def augment(example: Mapping[str, Any], rng: np.random.Generator, *, crop_size: 
 class TrainTransform(grain.transforms.RandomMap):
   """Distance maps, then `augment` (picklable: only numbers are stored)."""
 
-  def __init__(self, *, crop_size: int, scale_range, rotate_degrees: float, blur_prob: float,
-               flip: bool, scribble_lambda: float, contour_lambda: float, quantize: bool = True,
-               distance_pad: float = 1.0, distance_interpolation: str = "nearest"):
+  def __init__(
+      self,
+      *,
+      crop_size: int,
+      scale_range,
+      rotate_degrees: float,
+      blur_prob: float,
+      flip: bool,
+      scribble_lambda: float,
+      contour_lambda: float,
+      quantize: bool = True,
+      distance_pad: float = 1.0,
+      distance_interpolation: str = "nearest",
+  ):
     if distance_interpolation not in DISTANCE_INTERPOLATIONS:
-      raise ValueError(f"config.data.distance_interpolation={distance_interpolation!r}: use one of "
-                       f"{DISTANCE_INTERPOLATIONS}.")
-    self.kwargs = dict(crop_size=int(crop_size), scale_range=tuple(float(v) for v in scale_range),
-                       rotate_degrees=float(rotate_degrees), blur_prob=float(blur_prob), flip=bool(flip),
-                       distance_pad=float(distance_pad), distance_interpolation=str(distance_interpolation))
+      raise ValueError(
+          f"config.data.distance_interpolation={distance_interpolation!r}: use one of "
+          f"{DISTANCE_INTERPOLATIONS}."
+      )
+    self.kwargs = dict(
+        crop_size=int(crop_size),
+        scale_range=tuple(float(v) for v in scale_range),
+        rotate_degrees=float(rotate_degrees),
+        blur_prob=float(blur_prob),
+        flip=bool(flip),
+        distance_pad=float(distance_pad),
+        distance_interpolation=str(distance_interpolation),
+    )
     self.lambdas = (float(scribble_lambda), float(contour_lambda), bool(quantize))
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -199,8 +244,10 @@ def pad_eval_example(image: np.ndarray, gt: np.ndarray, size: int) -> dict[str, 
   """Pads an eval image (mean colour) and its mask (255) at the bottom / right to size x size."""
   h, w = gt.shape
   if h > size or w > size:
-    raise ValueError(f"Eval image of {h}x{w} is larger than config.data.eval_pad_size={size}; "
-                     f"raise eval_pad_size (VOC images are at most 500x500).")
+    raise ValueError(
+        f"Eval image of {h}x{w} is larger than config.data.eval_pad_size={size}; "
+        f"raise eval_pad_size (VOC images are at most 500x500)."
+    )
   img = np.empty((size, size, 3), np.uint8)
   img[:] = np.asarray(MEAN_RGB, np.uint8)
   img[:h, :w] = image
@@ -212,17 +259,32 @@ def pad_eval_example(image: np.ndarray, gt: np.ndarray, size: int) -> dict[str, 
 # The training-transform keys of config.data and their defaults (the released code's, module
 # docstring; crop_size 0 = the dataset's default: the image size for the synthetic set, 465 for
 # ScribbleSup).
-TRAIN_DEFAULTS = dict(crop_size=0, scale_range=(0.5, 2.0), rotate_degrees=10.0, blur_prob=0.5, flip=True,
-                      scribble_lambda=E, contour_lambda=E6, quantize_distance=True, distance_pad=1.0,
-                      distance_interpolation="nearest")
+TRAIN_DEFAULTS = dict(
+    crop_size=0,
+    scale_range=(0.5, 2.0),
+    rotate_degrees=10.0,
+    blur_prob=0.5,
+    flip=True,
+    scribble_lambda=E,
+    contour_lambda=E6,
+    quantize_distance=True,
+    distance_pad=1.0,
+    distance_interpolation="nearest",
+)
 
 
 def train_transform(opts: Any, default_crop: int) -> TrainTransform:
   """TrainTransform from a dataset's options view of config.data (which declares the keys of
   TRAIN_DEFAULTS); crop_size 0 = `default_crop`."""
   return TrainTransform(
-      crop_size=int(opts.crop_size or default_crop), scale_range=tuple(opts.scale_range),
-      rotate_degrees=float(opts.rotate_degrees), blur_prob=float(opts.blur_prob),
-      flip=bool(opts.flip), scribble_lambda=float(opts.scribble_lambda),
-      contour_lambda=float(opts.contour_lambda), quantize=bool(opts.quantize_distance),
-      distance_pad=float(opts.distance_pad), distance_interpolation=str(opts.distance_interpolation))
+      crop_size=int(opts.crop_size or default_crop),
+      scale_range=tuple(opts.scale_range),
+      rotate_degrees=float(opts.rotate_degrees),
+      blur_prob=float(opts.blur_prob),
+      flip=bool(opts.flip),
+      scribble_lambda=float(opts.scribble_lambda),
+      contour_lambda=float(opts.contour_lambda),
+      quantize=bool(opts.quantize_distance),
+      distance_pad=float(opts.distance_pad),
+      distance_interpolation=str(opts.distance_interpolation),
+  )

@@ -42,17 +42,31 @@ from jaxmilab.data import transforms
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
-CONFIG_DEFAULTS = dict(image_size=64, num_classes=5, max_objects=2, num_train=1024, num_eval=64,
-                       eval_batch_size=0, background="photos", scribble_variant="full", drop_rate=0.5,
-                       shrink_ratio=0.5, false_positive_rate=0.3, eval_seed=0, worker_count=0, read_threads=2,
-                       **scribble_common.TRAIN_DEFAULTS)
+CONFIG_DEFAULTS = dict(
+    image_size=64,
+    num_classes=5,
+    max_objects=2,
+    num_train=1024,
+    num_eval=64,
+    eval_batch_size=0,
+    background="photos",
+    scribble_variant="full",
+    drop_rate=0.5,
+    shrink_ratio=0.5,
+    false_positive_rate=0.3,
+    eval_seed=0,
+    worker_count=0,
+    read_threads=2,
+    **scribble_common.TRAIN_DEFAULTS,
+)
 VARIANTS = ("full", "drop", "shrink")
 _TRAIN_TAG, _EVAL_TAG = 11, 12
 IGNORE = scribble_common.IGNORE
 
 
-def _stroke(shape: tuple[int, int], allowed: np.ndarray, rng: np.random.Generator, ratio: float
-            ) -> np.ndarray:
+def _stroke(
+    shape: tuple[int, int], allowed: np.ndarray, rng: np.random.Generator, ratio: float
+) -> np.ndarray:
   """bool mask: a straight stroke through a random allowed pixel, clipped to `allowed`."""
   ys, xs = np.nonzero(allowed)
   if ys.size == 0:
@@ -80,17 +94,32 @@ def _stroke(shape: tuple[int, int], allowed: np.ndarray, rng: np.random.Generato
 class SyntheticScribbles(synthetic_shapes.Source):
   """Random-access synthetic examples (index -> dict of numpy arrays)."""
 
-  def __init__(self, backgrounds, *, size: int, num_classes: int, max_objects: int, num_examples: int,
-               seed: int, tag: int, train: bool, variant: str = "full", drop_rate: float = 0.5,
-               shrink_ratio: float = 0.5, false_positive_rate: float = 0.3):
+  def __init__(
+      self,
+      backgrounds,
+      *,
+      size: int,
+      num_classes: int,
+      max_objects: int,
+      num_examples: int,
+      seed: int,
+      tag: int,
+      train: bool,
+      variant: str = "full",
+      drop_rate: float = 0.5,
+      shrink_ratio: float = 0.5,
+      false_positive_rate: float = 0.3,
+  ):
     super().__init__(backgrounds, size=size, num_examples=num_examples, seed=seed, tag=tag)
     self.num_classes, self.max_objects, self.train = num_classes, max_objects, train
     self.variant, self.drop_rate, self.shrink_ratio = variant, drop_rate, shrink_ratio
     self.false_positive_rate = false_positive_rate
 
   def __repr__(self) -> str:
-    return (f"SyntheticScribbles(size={self.size}, classes={self.num_classes}, n={self.num_examples}, "
-            f"seed={self.seed}, tag={self.tag}, variant={self.variant})")
+    return (
+        f"SyntheticScribbles(size={self.size}, classes={self.num_classes}, n={self.num_examples}, "
+        f"seed={self.seed}, tag={self.tag}, variant={self.variant})"
+    )
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     rng = self.rng(index)
@@ -136,7 +165,7 @@ class SyntheticScribbles(synthetic_shapes.Source):
         ys, xs = np.nonzero(obj)
         i = int(rng.integers(ys.size))
         radius = rng.uniform(0.3, 0.5) * np.sqrt(ys.size)
-        p &= (y - ys[i]) ** 2 + (x - xs[i]) ** 2 > radius ** 2
+        p &= (y - ys[i]) ** 2 + (x - xs[i]) ** 2 > radius**2
       if rng.random() < self.false_positive_rate:
         cy, cx = rng.uniform(0, s, 2)
         ry, rx = rng.uniform(0.05, 0.15, 2) * s
@@ -149,17 +178,27 @@ class SyntheticScribbles(synthetic_shapes.Source):
     return out
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches of the synthetic scribble set (module docstring)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "scribble_synthetic", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "scribble_synthetic",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   size = int(opts.image_size)
   num_classes = int(opts.num_classes)
   shapes = synthetic_shapes.SHAPES
   if not 2 <= num_classes <= len(shapes) + 1:
-    raise ValueError(f"config.data.num_classes={num_classes}: use 2..{len(shapes) + 1} "
-                     f"(background + up to {len(shapes)} shapes).")
+    raise ValueError(
+        f"config.data.num_classes={num_classes}: use 2..{len(shapes) + 1} "
+        f"(background + up to {len(shapes)} shapes)."
+    )
   if size < 24:
     raise ValueError(f"config.data.image_size={size}: use at least 24 pixels.")
   variant = opts.scribble_variant
@@ -169,16 +208,37 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int, proce
   train_bg, eval_bg = synthetic_shapes.train_eval_backgrounds(background, size)
   common = dict(size=size, num_classes=num_classes, max_objects=int(opts.max_objects))
   train_source = SyntheticScribbles(
-      train_bg, num_examples=int(opts.num_train), seed=seed, tag=_TRAIN_TAG, train=True,
-      variant=variant, drop_rate=float(opts.drop_rate),
+      train_bg,
+      num_examples=int(opts.num_train),
+      seed=seed,
+      tag=_TRAIN_TAG,
+      train=True,
+      variant=variant,
+      drop_rate=float(opts.drop_rate),
       shrink_ratio=float(opts.shrink_ratio),
-      false_positive_rate=float(opts.false_positive_rate), **common)
-  eval_source = SyntheticScribbles(eval_bg, num_examples=int(opts.num_eval),
-                                   seed=int(opts.eval_seed), tag=_EVAL_TAG, train=False, **common)
-  train = layout.train(train_source, [scribble_common.train_transform(opts, size)],
-                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
-  info = DataInfo(num_classes=num_classes, class_names=("background",) + shapes[:num_classes - 1],
-                  image_channels=3,
-                  extra={"image_size": size, "num_eval": len(eval_source), "ignore_index": IGNORE})
-  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),
-                  info=info)
+      false_positive_rate=float(opts.false_positive_rate),
+      **common,
+  )
+  eval_source = SyntheticScribbles(
+      eval_bg,
+      num_examples=int(opts.num_eval),
+      seed=int(opts.eval_seed),
+      tag=_EVAL_TAG,
+      train=False,
+      **common,
+  )
+  train = layout.train(
+      train_source,
+      [scribble_common.train_transform(opts, size)],
+      worker_count=int(opts.worker_count),
+      read_threads=int(opts.read_threads),
+  )
+  info = DataInfo(
+      num_classes=num_classes,
+      class_names=("background",) + shapes[: num_classes - 1],
+      image_channels=3,
+      extra={"image_size": size, "num_eval": len(eval_source), "ignore_index": IGNORE},
+  )
+  return Datasets(
+      train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__), info=info
+  )

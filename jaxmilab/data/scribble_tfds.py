@@ -44,8 +44,16 @@ from jaxmilab.data.base import DataError
 from jaxmilab.data.base import Datasets
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-CONFIG_DEFAULTS = dict(data_dir="", builder_config="full", num_classes=21, eval_pad_size=512, eval_batch_size=0,
-                       worker_count=0, read_threads=4, **scribble_common.TRAIN_DEFAULTS)
+CONFIG_DEFAULTS = dict(
+    data_dir="",
+    builder_config="full",
+    num_classes=21,
+    eval_pad_size=512,
+    eval_batch_size=0,
+    worker_count=0,
+    read_threads=4,
+    **scribble_common.TRAIN_DEFAULTS,
+)
 LABEL_KEYS = ("scribble", "pseudo", "gt")
 
 
@@ -78,19 +86,31 @@ class Scribblesup(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       ScribbleSupConfig(name="full", description="pascal_2012_scribble + bmp_pseudolabel"),
-      ScribbleSupConfig(name="drop", scribble_dir="scribble_drop", description="scribble_drop + bmp_pseudolabel"),
-      ScribbleSupConfig(name="shrink", scribble_dir="scribble_shrink",
-                        description="scribble_shrink + bmp_pseudolabel"),
+      ScribbleSupConfig(
+          name="drop", scribble_dir="scribble_drop", description="scribble_drop + bmp_pseudolabel"
+      ),
+      ScribbleSupConfig(
+          name="shrink",
+          scribble_dir="scribble_shrink",
+          description="scribble_shrink + bmp_pseudolabel",
+      ),
   ]
   url_infos = None  # nothing is downloaded (no checksums file), as in wsol_tfds / uir2p5m
 
   def _info(self) -> tfds.core.DatasetInfo:
     label = lambda: tfds.features.Image(shape=(None, None, 1), encoding_format="png")
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "scribble": label(), "pseudo": label(), "gt": label(), "id": tfds.features.Text()}),
-        homepage="https://github.com/Zxl19990529/Class-driven-Scribble-Promotion-Network")
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "scribble": label(),
+                "pseudo": label(),
+                "gt": label(),
+                "id": tfds.features.Text(),
+            }
+        ),
+        homepage="https://github.com/Zxl19990529/Class-driven-Scribble-Promotion-Network",
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     try:
@@ -100,14 +120,22 @@ class Scribblesup(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     lists = os.path.join(root, "ImageSets", "SegmentationAug")
     cfg = self.builder_config
     train = scribble_folders.ScribbleFolder(
-        root, scribble_folders.read_ids(os.path.join(lists, "train.txt")), image_dir="JPEGImages",
-        label_dirs={"scribble": cfg.scribble_dir, "pseudo": cfg.pseudo_dir})
+        root,
+        scribble_folders.read_ids(os.path.join(lists, "train.txt")),
+        image_dir="JPEGImages",
+        label_dirs={"scribble": cfg.scribble_dir, "pseudo": cfg.pseudo_dir},
+    )
     val = scribble_folders.ScribbleFolder(
-        root, scribble_folders.read_ids(os.path.join(lists, "val.txt")), image_dir="JPEGImages",
-        label_dirs={"gt": "SegmentationClassAug"})
+        root,
+        scribble_folders.read_ids(os.path.join(lists, "val.txt")),
+        image_dir="JPEGImages",
+        label_dirs={"gt": "SegmentationClassAug"},
+    )
     return {"train": self._generate_examples(train), "val": self._generate_examples(val)}
 
-  def _generate_examples(self, folder: scribble_folders.ScribbleFolder) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(
+      self, folder: scribble_folders.ScribbleFolder
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
     # The folder reader decodes and checks sizes / modes; the JPEG is stored byte for byte.
     for index, image_id in enumerate(folder.ids):
       example = folder[index]
@@ -134,25 +162,41 @@ class TfdsSource:
     record = self.source[int(index)]
     image = np.ascontiguousarray(_decode(record["image"], cv2.IMREAD_COLOR)[..., ::-1])
     if self.train:
-      return {"image": image, "scribble": _decode(record["scribble"], cv2.IMREAD_UNCHANGED),
-              "pseudo": _decode(record["pseudo"], cv2.IMREAD_UNCHANGED)}
-    return scribble_common.pad_eval_example(image, _decode(record["gt"], cv2.IMREAD_UNCHANGED), self.eval_pad_size)
+      return {
+          "image": image,
+          "scribble": _decode(record["scribble"], cv2.IMREAD_UNCHANGED),
+          "pseudo": _decode(record["pseudo"], cv2.IMREAD_UNCHANGED),
+      }
+    return scribble_common.pad_eval_example(
+        image, _decode(record["gt"], cv2.IMREAD_UNCHANGED), self.eval_pad_size
+    )
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches from a prepared `scribblesup` dataset (module docstring)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "scribble_tfds", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "scribble_tfds",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   data_dir = opts.data_dir
   builder = Scribblesup(config=opts.builder_config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
-    raise DataError(f"scribblesup/{builder.builder_config.name} is not prepared in config.data.data_dir="
-                    f"{data_dir!r}. Run scribble_tfds.Scribblesup(config=..., data_dir=..., file_format="
-                    f"'array_record').download_and_prepare(download_config=tfds.download.DownloadConfig("
-                    f"manual_dir=<ScribbleSup VOC2012 folder>)).")
+    raise DataError(
+        f"scribblesup/{builder.builder_config.name} is not prepared in config.data.data_dir="
+        f"{data_dir!r}. Run scribble_tfds.Scribblesup(config=..., data_dir=..., file_format="
+        f"'array_record').download_and_prepare(download_config=tfds.download.DownloadConfig("
+        f"manual_dir=<ScribbleSup VOC2012 folder>))."
+    )
   skip = {k: tfds.decode.SkipDecoding() for k in ("image",) + LABEL_KEYS}
   train_source = TfdsSource(builder.as_data_source("train", decoders=skip), True)
-  eval_source = TfdsSource(builder.as_data_source("val", decoders=skip), False,
-                           int(opts.eval_pad_size))
+  eval_source = TfdsSource(
+      builder.as_data_source("val", decoders=skip), False, int(opts.eval_pad_size)
+  )
   return scribble_folders.scribblesup_datasets(opts, layout, train_source, eval_source)

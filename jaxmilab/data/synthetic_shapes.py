@@ -15,8 +15,19 @@ import numpy as np
 from jaxmilab.data import embedded
 
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring", "diamond", "half_disc", "hexagon")
-COLORS = np.array([[230, 60, 50], [40, 170, 70], [50, 90, 230], [240, 200, 40], [200, 60, 220],
-                   [40, 210, 220], [250, 140, 30], [240, 240, 240]], np.float32)
+COLORS = np.array(
+    [
+        [230, 60, 50],
+        [40, 170, 70],
+        [50, 90, 230],
+        [240, 200, 40],
+        [200, 60, 220],
+        [40, 210, 220],
+        [250, 140, 30],
+        [240, 240, 240],
+    ],
+    np.float32,
+)
 BACKGROUNDS = ("photos", "noise")
 
 
@@ -39,7 +50,7 @@ def shape_mask(kind: str, height: int, width: int) -> np.ndarray:
   elif kind == "diamond":
     m = np.abs(u) + np.abs(v) <= 1.0
   elif kind == "half_disc":
-    m = (u * u + (v + 1) ** 2 / 4 <= 1.0)
+    m = u * u + (v + 1) ** 2 / 4 <= 1.0
   elif kind == "hexagon":
     m = (np.abs(v) <= 1.0) & (np.abs(u) + 0.5 * np.abs(v) <= 1.0)
   else:
@@ -47,8 +58,9 @@ def shape_mask(kind: str, height: int, width: int) -> np.ndarray:
   return m
 
 
-def place_shape(rng: np.random.Generator, kind: str, size: int, side_range: tuple[float, float]
-                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def place_shape(
+    rng: np.random.Generator, kind: str, size: int, side_range: tuple[float, float]
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
   """`kind` in a random box inside a size x size image.
 
   Args:
@@ -65,7 +77,7 @@ def place_shape(rng: np.random.Generator, kind: str, size: int, side_range: tupl
   top = int(rng.integers(0, size - h + 1))
   left = int(rng.integers(0, size - w + 1))
   mask = np.zeros((size, size), bool)
-  mask[top:top + h, left:left + w] = shape_mask(kind, h, w)
+  mask[top : top + h, left : left + w] = shape_mask(kind, h, w)
   return mask, (top, left, h, w)
 
 
@@ -83,22 +95,27 @@ def photo_backgrounds(names: Sequence[str], size: int) -> tuple[np.ndarray, ...]
   for name in names:
     photo = embedded.read(name)  # [H, W, 3] uint8
     scale = 2 * size / min(photo.shape[:2])
-    new = (max(size, int(round(photo.shape[1] * scale))),
-           max(size, int(round(photo.shape[0] * scale))))
+    new = (
+        max(size, int(round(photo.shape[1] * scale))),
+        max(size, int(round(photo.shape[0] * scale))),
+    )
     out.append(cv2.resize(photo, new, interpolation=cv2.INTER_AREA))
   return tuple(out)
 
 
-def train_eval_backgrounds(background: str, size: int
-                           ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+def train_eval_backgrounds(
+    background: str, size: int
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
   """(training, eval) backgrounds of `config.data.background`: the embedded training / held-out
   photos for "photos", none (smoothed noise) for "noise"."""
   if background not in BACKGROUNDS:
     raise ValueError(f"config.data.background={background!r}: use 'photos' or 'noise'.")
   if background == "noise":
     return (), ()
-  return (photo_backgrounds(embedded.TRAIN_PHOTOS, size),
-          photo_backgrounds(embedded.EVAL_PHOTOS, size))
+  return (
+      photo_backgrounds(embedded.TRAIN_PHOTOS, size),
+      photo_backgrounds(embedded.EVAL_PHOTOS, size),
+  )
 
 
 class Source:
@@ -107,8 +124,9 @@ class Source:
   Subclasses define `__getitem__`, starting from `self.rng(index)` and `self.background(rng)`.
   """
 
-  def __init__(self, backgrounds: Sequence[np.ndarray], *, size: int, num_examples: int, seed: int,
-               tag: int):
+  def __init__(
+      self, backgrounds: Sequence[np.ndarray], *, size: int, num_examples: int, seed: int, tag: int
+  ):
     self.backgrounds = backgrounds
     self.size, self.num_examples, self.seed, self.tag = size, num_examples, seed, tag
 
@@ -127,4 +145,4 @@ class Source:
     photo = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
     top = int(rng.integers(0, photo.shape[0] - s + 1))
     left = int(rng.integers(0, photo.shape[1] - s + 1))
-    return photo[top:top + s, left:left + s].astype(np.float32)
+    return photo[top : top + s, left : left + s].astype(np.float32)

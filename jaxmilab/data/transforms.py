@@ -40,7 +40,7 @@ class RandomCropFlip(grain.transforms.RandomMap):
     flip_h = bool(rng.random() < 0.5) if self.vertical_flip else False
     out = dict(element)
     for k in keys:
-      patch = element[k][top:top + self.size, left:left + self.size]  # [p, p, C]
+      patch = element[k][top : top + self.size, left : left + self.size]  # [p, p, C]
       if flip_w:
         patch = patch[:, ::-1]
       if flip_h:
@@ -79,7 +79,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   """The central `size` x `size` window of [H, W, C] (top-left biased when odd)."""
   height, width = image.shape[:2]
   top, left = (height - size) // 2, (width - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 # ----------------------------------------------------------------------- config helpers
@@ -89,8 +89,10 @@ def per_process(global_size: int, process_count: int, key: str) -> int:
   """global batch size -> per-process size; ValueError if not divisible."""
   global_size = int(global_size)
   if global_size <= 0 or global_size % process_count:
-    raise ValueError(f"{key}={global_size} must be a positive multiple of the process count "
-                     f"({process_count}).")
+    raise ValueError(
+        f"{key}={global_size} must be a positive multiple of the process count "
+        f"({process_count})."
+    )
   return global_size // process_count
 
 
@@ -105,42 +107,81 @@ def check_layout(seed: int, process_index: int, process_count: int) -> None:
 class Layout:
   """This process's share of a dataset: `create`'s seed and process arguments, checked, and the
   per-process training and eval batch sizes; builds the two pipelines from them."""
+
   seed: int
   process_index: int
   process_count: int
-  batch_size: int        # per process
-  eval_batch_size: int   # per process
+  batch_size: int  # per process
+  eval_batch_size: int  # per process
 
   @classmethod
-  def of(cls, *, batch_size: int, eval_batch_size: int, seed: int, process_index: int,
-         process_count: int) -> "Layout":
+  def of(
+      cls,
+      *,
+      batch_size: int,
+      eval_batch_size: int,
+      seed: int,
+      process_index: int,
+      process_count: int,
+  ) -> "Layout":
     """Checks `create`'s arguments; `batch_size` and `eval_batch_size` (config.data's; 0 = the
     batch size) are global sizes, split over the processes."""
     check_layout(seed, process_index, process_count)
-    return cls(seed, process_index, process_count,
-               per_process(batch_size, process_count, "config.batch_size"),
-               per_process(eval_batch_size or batch_size, process_count,
-                           "config.data.eval_batch_size"))
+    return cls(
+        seed,
+        process_index,
+        process_count,
+        per_process(batch_size, process_count, "config.batch_size"),
+        per_process(eval_batch_size or batch_size, process_count, "config.data.eval_batch_size"),
+    )
 
-  def train(self, source: Any, operations: Sequence[Any], *, worker_count: int = 0,
-            read_threads: int = 4, read_buffer: int | None = None):
+  def train(
+      self,
+      source: Any,
+      operations: Sequence[Any],
+      *,
+      worker_count: int = 0,
+      read_threads: int = 4,
+      read_buffer: int | None = None,
+  ):
     """`train_iterator` over `source` for this process (see there)."""
-    return train_iterator(source, operations, batch_size=self.batch_size, seed=self.seed,
-                          process_index=self.process_index, process_count=self.process_count,
-                          worker_count=worker_count, read_threads=read_threads,
-                          read_buffer=read_buffer)
+    return train_iterator(
+        source,
+        operations,
+        batch_size=self.batch_size,
+        seed=self.seed,
+        process_index=self.process_index,
+        process_count=self.process_count,
+        worker_count=worker_count,
+        read_threads=read_threads,
+        read_buffer=read_buffer,
+    )
 
-  def eval(self, num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]]
-           ) -> Callable[[], Iterator[Batch]]:
+  def eval(
+      self, num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]]
+  ) -> Callable[[], Iterator[Batch]]:
     """`Datasets.eval_batches`: each call starts a fresh pass of `eval_batches` (see there)."""
-    return functools.partial(eval_batches, num_examples, make_example,
-                             batch_size=self.eval_batch_size, process_index=self.process_index,
-                             process_count=self.process_count)
+    return functools.partial(
+        eval_batches,
+        num_examples,
+        make_example,
+        batch_size=self.eval_batch_size,
+        process_index=self.process_index,
+        process_count=self.process_count,
+    )
 
 
-def configure(config: Any, defaults: Mapping[str, Any], dataset: str, *, batch_size: int, seed: int,
-              process_index: int, process_count: int, required: Sequence[str] = ()
-              ) -> tuple[config_options.Options, Layout]:
+def configure(
+    config: Any,
+    defaults: Mapping[str, Any],
+    dataset: str,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    required: Sequence[str] = (),
+) -> tuple[config_options.Options, Layout]:
   """The start of a dataset's `create`: (its options view of config.data, its Layout).
 
   Args:
@@ -154,19 +195,32 @@ def configure(config: Any, defaults: Mapping[str, Any], dataset: str, *, batch_s
     ConfigError: naming a key of `config` the dataset does not declare, or a missing required
       key (config_options.options); ValueError for a bad process layout or batch size.
   """
-  opts = config_options.options(config, defaults, part="data", component=dataset,
-                                required=required)
-  layout = Layout.of(batch_size=batch_size, eval_batch_size=opts.eval_batch_size, seed=seed,
-                     process_index=process_index, process_count=process_count)
+  opts = config_options.options(config, defaults, part="data", component=dataset, required=required)
+  layout = Layout.of(
+      batch_size=batch_size,
+      eval_batch_size=opts.eval_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   return opts, layout
 
 
 # ---------------------------------------------------------------------------- pipelines
 
 
-def train_iterator(source: Any, operations: Sequence[Any], *, batch_size: int, seed: int,
-                   process_index: int, process_count: int, worker_count: int = 0,
-                   read_threads: int = 4, read_buffer: int | None = None):
+def train_iterator(
+    source: Any,
+    operations: Sequence[Any],
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    worker_count: int = 0,
+    read_threads: int = 4,
+    read_buffer: int | None = None,
+):
   """An endless, shuffled, checkpointable grain iterator of this process's batch slices.
 
   One global example stream: the records reshuffled every epoch (seed), each example's
@@ -187,16 +241,26 @@ def train_iterator(source: Any, operations: Sequence[Any], *, batch_size: int, s
     else:
       ds = ds.map(op)
   ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
-  read_options = grain.ReadOptions(num_threads=int(read_threads),
-                                   prefetch_buffer_size=int(read_buffer or read_threads))
+  read_options = grain.ReadOptions(
+      num_threads=int(read_threads), prefetch_buffer_size=int(read_buffer or read_threads)
+  )
   it_ds = ds.to_iter_dataset(read_options)
   if int(worker_count) > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))
   return iter(it_ds)
 
 
-def restoration_train_iterator(source: Any, opts: Any, *, patch: int, batch_size: int, seed: int,
-                               process_index: int, process_count: int, extra: Sequence[Any] = ()):
+def restoration_train_iterator(
+    source: Any,
+    opts: Any,
+    *,
+    patch: int,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    extra: Sequence[Any] = (),
+):
   """The restoration datasets' training stream: random crop + flip, to float, `extra` ops.
 
   Reading options come from `opts`, the dataset's `config_options.options` view of config.data,
@@ -205,13 +269,26 @@ def restoration_train_iterator(source: Any, opts: Any, *, patch: int, batch_size
   """
   operations = [RandomCropFlip(patch, bool(opts.vertical_flip)), ToFloat(), *extra]
   return train_iterator(
-      source, operations, batch_size=batch_size, seed=seed, process_index=process_index,
-      process_count=process_count, worker_count=int(opts.worker_count),
-      read_threads=int(opts.read_threads), read_buffer=opts.read_buffer)
+      source,
+      operations,
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      worker_count=int(opts.worker_count),
+      read_threads=int(opts.read_threads),
+      read_buffer=opts.read_buffer,
+  )
 
 
-def eval_batches(num_examples: int, make_example: Callable[[int], dict[str, np.ndarray]], *,
-                 batch_size: int, process_index: int, process_count: int) -> Iterator[Batch]:
+def eval_batches(
+    num_examples: int,
+    make_example: Callable[[int], dict[str, np.ndarray]],
+    *,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
   """Deterministic per-process eval batches over examples 0..num_examples-1.
 
   Global eval batch k holds examples [k B, (k+1) B) with B = batch_size * process_count;

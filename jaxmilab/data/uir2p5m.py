@@ -48,6 +48,7 @@ import ml_collections
 from jaxmilab import config_options
 from jaxmilab.data import array_records
 from jaxmilab.data import uir_degradations
+
 # The released layout and its scanner (shared with build_uir) are re-exported from the leaf module.
 from jaxmilab.data.uir_layout import LAYOUT, TYPE_ALIASES, scan  # noqa: F401
 from jaxmilab.data.base import Datasets
@@ -55,17 +56,25 @@ from jaxmilab.data.base import Datasets
 # The keys of array_records; `types` () = the 19 UIR-2.5M types in table order.
 CONFIG_DEFAULTS = dict(array_records.CONFIG_DEFAULTS)
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Training on UIR-2.5M builds (released and/or rebuilt), labels over the 19 types in table order."""
   opts = config_options.options(config, CONFIG_DEFAULTS, part="data", component="uir2p5m")
   types = opts.types or uir_degradations.UIR_TYPE_NAMES
   types = (types,) if isinstance(types, str) else tuple(types)
   unknown = sorted(set(types) - set(uir_degradations.UIR_TYPE_NAMES))
   if unknown:
-    raise ValueError(f"config.data.types lists {unknown}, which are not UIR-2.5M types "
-                     f"({', '.join(uir_degradations.UIR_TYPE_NAMES)}).")
+    raise ValueError(
+        f"config.data.types lists {unknown}, which are not UIR-2.5M types "
+        f"({', '.join(uir_degradations.UIR_TYPE_NAMES)})."
+    )
   config = ml_collections.ConfigDict(dict(config.items(), types=types))  # the caller's stays as is
-  return array_records.create(config, batch_size=batch_size, seed=seed,
-                              process_index=process_index, process_count=process_count)
-
+  return array_records.create(
+      config,
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )

@@ -90,17 +90,25 @@ def filter2d(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
   """Correlates every channel of [H, W, C] with a 2-D kernel [k, k'], reflect (101) padding."""
   kh, kw = kernel.shape
   ph, pw = kh // 2, kw // 2
-  padded = np.pad(image.astype(np.float64), ((ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)),
-                  mode="reflect")
-  out = signal.fftconvolve(padded, kernel[::-1, ::-1, None].astype(np.float64), mode="valid",
-                           axes=(0, 1))
+  padded = np.pad(
+      image.astype(np.float64), ((ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)), mode="reflect"
+  )
+  out = signal.fftconvolve(
+      padded, kernel[::-1, ::-1, None].astype(np.float64), mode="valid", axes=(0, 1)
+  )
   return out  # [H, W, C] float64
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bicubic resize of float [H, W, C] with Pillow (per channel, float mode "F")."""
-  chans = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
-      (width, height), Image.BICUBIC)) for c in range(image.shape[-1])]
+  chans = [
+      np.asarray(
+          Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+              (width, height), Image.BICUBIC
+          )
+      )
+      for c in range(image.shape[-1])
+  ]
   return np.stack(chans, axis=-1)
 
 
@@ -110,7 +118,9 @@ POISSON_PEAKS = (4, 8, 16, 32, 64, 128)  # photons at intensity 1: variance = me
 SALT_PEPPER_AMOUNTS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2)  # fraction of pixels hit
 
 
-def poisson_noise(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+def poisson_noise(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Shot noise: lq = Poisson(peak * x) / peak, so Var[lq] = x / peak; level = peak."""
   image = D._check(image, "poisson_noise")  # pylint: disable=protected-access
   peak = float(_pick(rng, POISSON_PEAKS, level))
@@ -118,8 +128,9 @@ def poisson_noise(image: np.ndarray, rng: np.random.Generator, level: float | No
   return D._finish(counts / peak)  # pylint: disable=protected-access
 
 
-def salt_pepper_noise(image: np.ndarray, rng: np.random.Generator,
-                      level: float | None = None) -> np.ndarray:
+def salt_pepper_noise(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Impulse noise: a fraction `level` of pixels (all channels) set to 0 or 1, half each."""
   image = D._check(image, "salt_pepper_noise")  # pylint: disable=protected-access
   amount = float(_pick(rng, SALT_PEPPER_AMOUNTS, level))
@@ -132,9 +143,11 @@ def salt_pepper_noise(image: np.ndarray, rng: np.random.Generator,
   return D._finish(out)  # pylint: disable=protected-access
 
 
-NOISE_LEVELS = (tuple(("gaussian_noise", s) for s in D.GAUSSIAN_NOISE_LEVELS)
-                + tuple(("poisson_noise", p) for p in POISSON_PEAKS)
-                + tuple(("salt_pepper_noise", a) for a in SALT_PEPPER_AMOUNTS))
+NOISE_LEVELS = (
+    tuple(("gaussian_noise", s) for s in D.GAUSSIAN_NOISE_LEVELS)
+    + tuple(("poisson_noise", p) for p in POISSON_PEAKS)
+    + tuple(("salt_pepper_noise", a) for a in SALT_PEPPER_AMOUNTS)
+)
 
 
 class _Grouped:
@@ -159,8 +172,9 @@ MOTION_LENGTHS = tuple(range(5, 33, 2))  # px, odd: 5..31
 DEFOCUS_RADII = tuple(float(r) for r in range(1, 11))  # px
 
 
-def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, theta: float,
-                                size: int | None = None) -> np.ndarray:
+def anisotropic_gaussian_kernel(
+    sigma_x: float, sigma_y: float, theta: float, size: int | None = None
+) -> np.ndarray:
   """Bivariate Gaussian exp(-x^T S^-1 x / 2), S = R diag(sx^2, sy^2) R^T; x = (col, row), sums to 1.
 
   `theta` (radians) rotates the sigma_x axis from the column axis towards the row axis.
@@ -172,7 +186,7 @@ def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, theta: float,
   rot = np.array([[c, -s], [s, c]])
   cov = rot @ np.diag([sigma_x**2, sigma_y**2]) @ rot.T
   inv = np.linalg.inv(cov)
-  rows, cols = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+  rows, cols = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
   q = inv[0, 0] * cols**2 + 2 * inv[0, 1] * cols * rows + inv[1, 1] * rows**2
   k = np.exp(-0.5 * q)
   return k / k.sum()  # [size, size]
@@ -181,7 +195,7 @@ def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, theta: float,
 def sinc_kernel(cutoff: float, size: int = SINC_KERNEL_SIZE) -> np.ndarray:
   """Circular low-pass (2-D sinc) kernel: k(r) = wc J1(wc r) / (2 pi r), normalised to sum 1."""
   r = size // 2
-  rows, cols = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+  rows, cols = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
   dist = np.hypot(rows, cols)
   with np.errstate(divide="ignore", invalid="ignore"):
     k = cutoff * special.j1(cutoff * dist) / (2.0 * math.pi * dist)
@@ -196,12 +210,16 @@ def motion_kernel(length: int, angle: float, *, normalize: bool = True) -> np.nd
   r = size // 2
   k = np.zeros((size, size), np.float64)
   t = np.linspace(-(length - 1) / 2.0, (length - 1) / 2.0, 16 * int(length))
-  x = r + t * math.cos(angle)    # column
-  y = r - t * math.sin(angle)    # row (rows grow downwards)
+  x = r + t * math.cos(angle)  # column
+  y = r - t * math.sin(angle)  # row (rows grow downwards)
   x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
   fx, fy = x - x0, y - y0
-  for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy),
-                    (1, 1, fx * fy)):
+  for dy, dx, w in (
+      (0, 0, (1 - fx) * (1 - fy)),
+      (0, 1, fx * (1 - fy)),
+      (1, 0, (1 - fx) * fy),
+      (1, 1, fx * fy),
+  ):
     np.add.at(k, (y0 + dy, x0 + dx), w)
   return k / k.sum() if normalize else k / k.max()
 
@@ -225,43 +243,57 @@ def kernel_blur(image: np.ndarray, name: str, kernel: np.ndarray) -> np.ndarray:
   return D._finish(filter2d(image, kernel))  # pylint: disable=protected-access
 
 
-def anisotropic_blur(image: np.ndarray, rng: np.random.Generator,
-                     level: tuple[float, float] | None = None) -> np.ndarray:
+def anisotropic_blur(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, float] | None = None
+) -> np.ndarray:
   """Anisotropic Gaussian blur; level = (sigma_x, sigma_y) px, rotation uniform in [0, pi)."""
   sx, sy = _pick(rng, ANISO_SIGMAS, level)
   theta = float(rng.uniform(0.0, math.pi))
   return kernel_blur(image, "anisotropic_blur", anisotropic_gaussian_kernel(sx, sy, theta))
 
 
-def sinc_blur(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+def sinc_blur(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Ringing low-pass (sinc) blur, 21x21 kernel; level = cutoff wc in rad/px (pi/5 .. 0.9 pi)."""
   cutoff = float(_pick(rng, SINC_CUTOFFS, level))
   return kernel_blur(image, "sinc_blur", sinc_kernel(cutoff))
 
 
-def motion_blur(image: np.ndarray, rng: np.random.Generator, level: int | None = None) -> np.ndarray:
+def motion_blur(
+    image: np.ndarray, rng: np.random.Generator, level: int | None = None
+) -> np.ndarray:
   """Linear motion blur; level = path length in px (5..31), direction uniform in [0, pi)."""
   length = int(_pick(rng, MOTION_LENGTHS, level))
   angle = float(rng.uniform(0.0, math.pi))
   return kernel_blur(image, "motion_blur", motion_kernel(length, angle))
 
 
-def defocus_blur(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+def defocus_blur(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """Defocus blur with a disk kernel; level = radius in px (1..10)."""
   radius = float(_pick(rng, DEFOCUS_RADII, level))
   return kernel_blur(image, "defocus_blur", disk_kernel(radius))
 
+
 # MaskDCPT's released 12D Gaussian-blur set (MILab-PKU/MaskDCPT options/all_in_one/test/
 # test_NAFNet_12d.yml `GaussianBlur_Urban100`, PairedImageGaussianBlurDataset in
 # basicsr/data/paired_image_dataset.py): Real-ESRGAN's mixed kernels (Wang et al., ICCVW 2021).
-MIXED_KERNEL_SIZES = tuple(range(7, 22, 2))        # `kernel_range`: 7..21, one drawn uniformly
-MIXED_KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
-                      "plateau_aniso")              # `kernel_list`
+MIXED_KERNEL_SIZES = tuple(range(7, 22, 2))  # `kernel_range`: 7..21, one drawn uniformly
+MIXED_KERNEL_TYPES = (
+    "iso",
+    "aniso",
+    "generalized_iso",
+    "generalized_aniso",
+    "plateau_iso",
+    "plateau_aniso",
+)  # `kernel_list`
 MIXED_KERNEL_PROBS = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)  # `kernel_prob`
-MIXED_SINC_PROB = 0.1                               # `sinc_prob`
-MIXED_BLUR_SIGMA = (0.2, 3.0)                       # `blur_sigma` (both axes)
-MIXED_BETA_G = (0.5, 4.0)                           # `betag_range` (generalized Gaussian)
-MIXED_BETA_P = (1.0, 2.0)                           # `betap_range` (plateau)
+MIXED_SINC_PROB = 0.1  # `sinc_prob`
+MIXED_BLUR_SIGMA = (0.2, 3.0)  # `blur_sigma` (both axes)
+MIXED_BETA_G = (0.5, 4.0)  # `betag_range` (generalized Gaussian)
+MIXED_BETA_P = (1.0, 2.0)  # `betap_range` (plateau)
 
 
 def _shape_exponent(rng: np.random.Generator, low: float, high: float) -> float:
@@ -294,7 +326,7 @@ def mixed_kernel(rng: np.random.Generator, size: int) -> np.ndarray:
   c, s_ = math.cos(theta), math.sin(theta)
   rot = np.array([[c, -s_], [s_, c]])
   inv = np.linalg.inv(rot @ np.diag([sx**2, sy**2]) @ rot.T)
-  rows, cols = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+  rows, cols = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
   q = inv[0, 0] * cols**2 + 2 * inv[0, 1] * cols * rows + inv[1, 1] * rows**2
   if kind.startswith("generalized"):
     k = np.exp(-0.5 * np.power(q, _shape_exponent(rng, *MIXED_BETA_G)))
@@ -305,8 +337,9 @@ def mixed_kernel(rng: np.random.Generator, size: int) -> np.ndarray:
   return k / k.sum()
 
 
-def gaussian_sinc_blur_12d(image: np.ndarray, rng: np.random.Generator,
-                           level: int | None = None) -> np.ndarray:
+def gaussian_sinc_blur_12d(
+    image: np.ndarray, rng: np.random.Generator, level: int | None = None
+) -> np.ndarray:
   """MaskDCPT's released 12D Gaussian blur: a mixed kernel (`mixed_kernel`) of odd size
   level (7..21, drawn uniformly when None), zero-padded to 21 x 21 as released."""
   size = int(_pick(rng, MIXED_KERNEL_SIZES, level))
@@ -315,9 +348,11 @@ def gaussian_sinc_blur_12d(image: np.ndarray, rng: np.random.Generator,
   return kernel_blur(image, "gaussian_sinc_blur_12d", np.pad(kernel, pad))
 
 
-GAUSSIAN_SINC_BLUR_LEVELS = (tuple(("gaussian_blur", s) for s in D.GAUSSIAN_BLUR_LEVELS)
-                             + tuple(("anisotropic_blur", s) for s in ANISO_SIGMAS)
-                             + tuple(("sinc_blur", c) for c in SINC_CUTOFFS))
+GAUSSIAN_SINC_BLUR_LEVELS = (
+    tuple(("gaussian_blur", s) for s in D.GAUSSIAN_BLUR_LEVELS)
+    + tuple(("anisotropic_blur", s) for s in ANISO_SIGMAS)
+    + tuple(("sinc_blur", c) for c in SINC_CUTOFFS)
+)
 
 # ------------------------------------------------------------------------------ weather
 
@@ -326,16 +361,18 @@ RAIN_LEVELS = tuple((d, n) for d in (0.002, 0.005, 0.01, 0.02) for n in (11, 21,
 RAIN_ANGLE_SPREAD = math.radians(20.0)  # streaks within 20 degrees of vertical
 
 
-def rain_layer(height: int, width: int, rng: np.random.Generator, density: float, length: int,
-               angle: float) -> np.ndarray:
+def rain_layer(
+    height: int, width: int, rng: np.random.Generator, density: float, length: int, angle: float
+) -> np.ndarray:
   """Grey streak layer [H, W] in [0, 1]: random seeds smeared along `angle` (radians, see motion_kernel)."""
   seeds = (rng.random((height, width)) < density) * rng.uniform(0.5, 1.0, (height, width))
   streaks = filter2d(seeds[..., None], motion_kernel(length, angle, normalize=False))[..., 0]
   return np.clip(streaks, 0.0, 1.0)
 
 
-def rain_streak(image: np.ndarray, rng: np.random.Generator,
-                level: tuple[float, int] | None = None) -> np.ndarray:
+def rain_streak(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None
+) -> np.ndarray:
   """Additive rain streaks (Rain100L/H style): lq = clip(x + opacity * layer); level = (density, length)."""
   image = D._check(image, "rain_streak")  # pylint: disable=protected-access
   density, length = _pick(rng, RAIN_LEVELS, level)
@@ -351,8 +388,9 @@ RAINDROP_LEVELS = (4, 8, 12, 16, 24, 32)  # number of drops
 @dataclasses.dataclass(frozen=True)
 class Raindrops:
   """An image seen through drops on the lens, and where the drops are."""
+
   image: np.ndarray  # [H, W, C]
-  mask: np.ndarray   # [H, W] bool, True inside a drop
+  mask: np.ndarray  # [H, W] bool, True inside a drop
 
 
 def synthesize_raindrops(image: np.ndarray, rng: np.random.Generator, count: int) -> Raindrops:
@@ -396,8 +434,9 @@ def raindrop(image: np.ndarray, rng: np.random.Generator, level: int | None = No
 RAIN_STREAK_RAINDROP_LEVELS = tuple((d, n) for d in (0.002, 0.005, 0.01) for n in (4, 12, 24))
 
 
-def rain_streak_raindrop(image: np.ndarray, rng: np.random.Generator,
-                         level: tuple[float, int] | None = None) -> np.ndarray:
+def rain_streak_raindrop(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None
+) -> np.ndarray:
   """Rain streaks (length 21) then raindrops on the lens (RainDS); level = (streak density, drops)."""
   density, count = _pick(rng, RAIN_STREAK_RAINDROP_LEVELS, level)
   streaked = rain_streak(image, rng, (float(density), 21))
@@ -408,8 +447,9 @@ def rain_streak_raindrop(image: np.ndarray, rng: np.random.Generator,
 SNOW_LEVELS = tuple((d, s) for d in (0.004, 0.008, 0.016, 0.032) for s in (1.5, 3.0))
 
 
-def snow_alpha(height: int, width: int, rng: np.random.Generator, density: float,
-               size: float) -> np.ndarray:
+def snow_alpha(
+    height: int, width: int, rng: np.random.Generator, density: float, size: float
+) -> np.ndarray:
   """Opacity of snow [H, W] in [0, 1]: small and large soft flakes, slightly smeared by the fall."""
   alpha = np.zeros((height, width), np.float64)
   for share, radius in ((0.7, 0.6), (0.3, float(size))):
@@ -422,7 +462,9 @@ def snow_alpha(height: int, width: int, rng: np.random.Generator, density: float
   return np.clip(alpha, 0.0, 1.0) * float(rng.uniform(0.8, 1.0))
 
 
-def snow(image: np.ndarray, rng: np.random.Generator, level: tuple[float, float] | None = None) -> np.ndarray:
+def snow(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, float] | None = None
+) -> np.ndarray:
   """White flakes alpha-composited over the scene: lq = x (1 - a) + a; level = (density, size)."""
   image = D._check(image, "snow")  # pylint: disable=protected-access
   density, size = _pick(rng, SNOW_LEVELS, level)
@@ -465,7 +507,9 @@ def demosaic_bilinear(cfa: np.ndarray) -> np.ndarray:
   return out
 
 
-def mosaic_bilinear(image: np.ndarray, rng: np.random.Generator, level: float | None = None) -> np.ndarray:
+def mosaic_bilinear(
+    image: np.ndarray, rng: np.random.Generator, level: float | None = None
+) -> np.ndarray:
   """RGGB Bayer sampling (+ sensor noise sigma = level on 0-255) then bilinear demosaicking, in
   RGB order: a cleaner alternative to the released pipeline (`mosaic`)."""
   image = D._check(image, "mosaic_bilinear")  # pylint: disable=protected-access
@@ -483,6 +527,7 @@ def demosaic_released(cfa_uint8: np.ndarray) -> np.ndarray:
   cv2.cvtColor(CFA, cv2.COLOR_BAYER_BG2BGR_EA) on an RGGB plane (OpenCV names the pattern by
   its second row, so "BG" is RGGB), [H, W] uint8 -> [H, W, 3] uint8 in OpenCV's BGR order."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   return cv2.cvtColor(np.ascontiguousarray(cfa_uint8), cv2.COLOR_BAYER_BG2BGR_EA)
 
 
@@ -498,19 +543,20 @@ def mosaic(image: np.ndarray, rng: np.random.Generator, level: float | None = No
   if image.shape[-1] != 3:
     raise ValueError(f"mosaic needs an RGB image, got shape {image.shape}.")
   sigma = float(_pick(rng, MOSAIC_LEVELS, level))
-  pixels = to_uint8(image)                                     # imfrombytes(float32=False)
+  pixels = to_uint8(image)  # imfrombytes(float32=False)
   cfa = (pixels * bayer_masks(*pixels.shape[:2])).sum(axis=-1)  # RGGB plane, exact integers
   if sigma > 0:
     cfa = cfa + rng.standard_normal(cfa.shape) * sigma
   cfa = np.clip(np.round(cfa), 0, 255).astype(np.uint8)
-  return (demosaic_released(cfa).astype(np.float32) / np.float32(255.0))
+  return demosaic_released(cfa).astype(np.float32) / np.float32(255.0)
 
 
 INPAINTING_LEVELS = tuple((c, t) for c in ("white", "black") for t in range(5, 11))
 
 
-def polyline_mask(height: int, width: int, segments: Sequence[tuple[float, float, float, float]],
-                  thickness: int) -> np.ndarray:
+def polyline_mask(
+    height: int, width: int, segments: Sequence[tuple[float, float, float, float]], thickness: int
+) -> np.ndarray:
   """[H, W] bool: line segments (x1, y1, x2, y2) drawn `thickness` px wide (Pillow)."""
   canvas = Image.new("L", (width, height), 0)
   draw = ImageDraw.Draw(canvas)
@@ -519,15 +565,18 @@ def polyline_mask(height: int, width: int, segments: Sequence[tuple[float, float
   return np.asarray(canvas) > 0
 
 
-def inpainting_mask(height: int, width: int, rng: np.random.Generator, thickness: int) -> tuple[np.ndarray, int]:
+def inpainting_mask(
+    height: int, width: int, rng: np.random.Generator, thickness: int
+) -> tuple[np.ndarray, int]:
   """5-10 random segments of the given thickness (DCPT 10D inpainting); returns (mask, count)."""
   count = int(rng.integers(5, 11))
   ends = rng.integers(0, [width + 1, height + 1, width + 1, height + 1], size=(count, 4))
   return polyline_mask(height, width, [tuple(map(float, e)) for e in ends], thickness), count
 
 
-def inpainting(image: np.ndarray, rng: np.random.Generator,
-               level: tuple[str, int] | None = None) -> np.ndarray:
+def inpainting(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[str, int] | None = None
+) -> np.ndarray:
   """Paints 5-10 white or black polylines over the image; level = (colour, thickness 5-10)."""
   image = D._check(image, "inpainting")  # pylint: disable=protected-access
   colour, thickness = _pick(rng, INPAINTING_LEVELS, level)
@@ -540,8 +589,9 @@ def inpainting(image: np.ndarray, rng: np.random.Generator,
 MOIRE_LEVELS = tuple((p, a) for p in (3.0, 5.0, 8.0) for a in (0.15, 0.3, 0.45))
 
 
-def moire_pattern(height: int, width: int, period: float, angle: float, curvature: float,
-                  phases: Sequence[float]) -> np.ndarray:
+def moire_pattern(
+    height: int, width: int, period: float, angle: float, curvature: float, phases: Sequence[float]
+) -> np.ndarray:
   """[H, W, 3] cos(2 pi (u / period + curvature v^2 / (H W)) + phase_c): stripes along `angle`
   (radians, from the column axis), bent by `curvature`, shifted per channel (subpixel layout)."""
   rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -551,7 +601,9 @@ def moire_pattern(height: int, width: int, period: float, angle: float, curvatur
   return np.stack([np.cos(base + p) for p in phases], axis=-1)
 
 
-def moire(image: np.ndarray, rng: np.random.Generator, level: tuple[float, float] | None = None) -> np.ndarray:
+def moire(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, float] | None = None
+) -> np.ndarray:
   """Screen-capture moire: lq = x (1 + amplitude * pattern); level = (period px, amplitude)."""
   image = D._check(image, "moire")  # pylint: disable=protected-access
   period, amplitude = _pick(rng, MOIRE_LEVELS, level)
@@ -568,45 +620,65 @@ def moire(image: np.ndarray, rng: np.random.Generator, level: tuple[float, float
 BLUR_JPEG_LEVELS = tuple((s, q) for s in (1.0, 2.0, 3.0) for q in (20, 40, 60))
 BLUR_RAIN_LEVELS = tuple((n, d) for n in (9, 15, 21) for d in (0.005, 0.01, 0.02))
 # (motion length, gamma, scale): LOL-Blur style darkness after the blur; noise sigma 2-8.
-BLUR_LOW_LIGHT_NOISE_LEVELS = tuple((n, g, s) for n in (9, 15, 21)
-                                    for g, s in ((1.8, 0.4), (2.2, 0.3), (2.6, 0.2)))
+BLUR_LOW_LIGHT_NOISE_LEVELS = tuple(
+    (n, g, s) for n in (9, 15, 21) for g, s in ((1.8, 0.4), (2.2, 0.3), (2.6, 0.2))
+)
 # CDD-11 (Guo et al., OneRestore, ECCV 2024): the 11 combinations of low light, haze, rain, snow.
-CDD_LEVELS = (("low",), ("haze",), ("rain",), ("snow",), ("low", "haze"), ("low", "rain"),
-              ("low", "snow"), ("haze", "rain"), ("haze", "snow"), ("low", "haze", "rain"),
-              ("low", "haze", "snow"))
+CDD_LEVELS = (
+    ("low",),
+    ("haze",),
+    ("rain",),
+    ("snow",),
+    ("low", "haze"),
+    ("low", "rain"),
+    ("low", "snow"),
+    ("haze", "rain"),
+    ("haze", "snow"),
+    ("low", "haze", "rain"),
+    ("low", "haze", "snow"),
+)
 # (down-scale factor, noise sigma 0-255, JPEG quality): Real-ESRGAN first-order chain.
-DOWN_NOISE_BLUR_JPEG_LEVELS = tuple((s, n, q) for s in (2, 3, 4) for n in (5, 15, 25)
-                                    for q in (30, 50, 70))
+DOWN_NOISE_BLUR_JPEG_LEVELS = tuple(
+    (s, n, q) for s in (2, 3, 4) for n in (5, 15, 25) for q in (30, 50, 70)
+)
 
 
-def blur_jpeg(image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None) -> np.ndarray:
+def blur_jpeg(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None
+) -> np.ndarray:
   """Gaussian blur then JPEG; level = (sigma px, quality)."""
   sigma, quality = _pick(rng, BLUR_JPEG_LEVELS, level)
   return D.jpeg(D.gaussian_blur(image, rng, float(sigma)), rng, int(quality))
 
 
-def blur_rain(image: np.ndarray, rng: np.random.Generator, level: tuple[int, float] | None = None) -> np.ndarray:
+def blur_rain(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[int, float] | None = None
+) -> np.ndarray:
   """Motion blur then rain streaks (length 21); level = (motion length px, streak density)."""
   length, density = _pick(rng, BLUR_RAIN_LEVELS, level)
   return rain_streak(motion_blur(image, rng, int(length)), rng, (float(density), 21))
 
 
-def blur_low_light_noise(image: np.ndarray, rng: np.random.Generator,
-                         level: tuple[int, float, float] | None = None) -> np.ndarray:
+def blur_low_light_noise(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[int, float, float] | None = None
+) -> np.ndarray:
   """LOL-Blur-like: motion blur, then darkening s x^g, then noise; level = (length, gamma, scale)."""
   length, gamma, scale = _pick(rng, BLUR_LOW_LIGHT_NOISE_LEVELS, level)
   sigma = float(rng.uniform(2.0, 8.0))
   return D.low_light(motion_blur(image, rng, int(length)), rng, (float(gamma), float(scale), sigma))
 
 
-def low_light_haze_rain_snow(image: np.ndarray, rng: np.random.Generator,
-                             level: tuple[str, ...] | None = None) -> np.ndarray:
+def low_light_haze_rain_snow(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[str, ...] | None = None
+) -> np.ndarray:
   """A CDD-11 combination, applied haze -> rain / snow -> low light; level = the components."""
   parts = tuple(_pick(rng, CDD_LEVELS, level))
   unknown = set(parts) - {"low", "haze", "rain", "snow"}
   if unknown or not parts:
-    raise ValueError(f"low_light_haze_rain_snow level {parts!r}: components must be from "
-                     f"low, haze, rain, snow.")
+    raise ValueError(
+        f"low_light_haze_rain_snow level {parts!r}: components must be from "
+        f"low, haze, rain, snow."
+    )
   out = image
   if "haze" in parts:
     out = D.haze(out, rng, float(rng.uniform(0.6, 1.4)))
@@ -619,8 +691,9 @@ def low_light_haze_rain_snow(image: np.ndarray, rng: np.random.Generator,
   return out
 
 
-def down_noise_blur_jpeg(image: np.ndarray, rng: np.random.Generator,
-                         level: tuple[int, float, int] | None = None) -> np.ndarray:
+def down_noise_blur_jpeg(
+    image: np.ndarray, rng: np.random.Generator, level: tuple[int, float, int] | None = None
+) -> np.ndarray:
   """Blur (sigma 0.5-2), bicubic down x s, Gaussian noise, JPEG, bicubic up to H x W;
   level = (s, noise sigma 0-255, quality)."""
   image = D._check(image, "down_noise_blur_jpeg")  # pylint: disable=protected-access
@@ -639,28 +712,42 @@ def down_noise_blur_jpeg(image: np.ndarray, rng: np.random.Generator,
 @dataclasses.dataclass(frozen=True)
 class UirType:
   """One row of the UIR-2.5M table (MaskDCPT README, dataset table)."""
+
   name: str
-  abbrev: str          # the table's abbreviation ("" for the mixed rows, which have none)
+  abbrev: str  # the table's abbreviation ("" for the mixed rows, which have none)
   family: str
-  synthetic: bool      # False: real paired data only
-  sources: str         # datasets UIR-2.5M draws this type from (real ones marked)
+  synthetic: bool  # False: real paired data only
+  sources: str  # datasets UIR-2.5M draws this type from (real ones marked)
 
 
 UIR_TYPES = (
     UirType("noise", "GN", "noise", True, "LSDIR, DF2K, BSD500, WED (531,816)"),
     UirType("real_noise", "RN", "noise", False, "SIDD real (30,608)"),
-    UirType("motion_blur", "MB", "blur", True, "GoPro, REDS, RSBlur (217,702); RSBlur real (8,878)"),
+    UirType(
+        "motion_blur", "MB", "blur", True, "GoPro, REDS, RSBlur (217,702); RSBlur real (8,878)"
+    ),
     UirType("defocus_blur", "DB", "blur", True, "DPDD, LFDOF (18,261)"),
     UirType("gaussian_sinc_blur", "GB", "blur", True, "LSDIR, DF2K, BSD500, WED (531,816)"),
     UirType("jpeg", "J", "compression", True, "LSDIR, DF2K, BSD500, WED (88,636)"),
     UirType("haze", "H", "weather", True, "RESIDE-beta (72,030)"),
-    UirType("rain_streak", "RS", "weather", True,
-            "Rain13k, SynRain-13k, RainDS (28,422); RealRain-1k, RainDS, OutdoorRain real (11,150)"),
+    UirType(
+        "rain_streak",
+        "RS",
+        "weather",
+        True,
+        "Rain13k, SynRain-13k, RainDS (28,422); RealRain-1k, RainDS, OutdoorRain real (11,150)",
+    ),
     UirType("raindrop", "RD", "weather", True, "RainDrop, RainDS (1,861 + 150)"),
     UirType("rain_streak_raindrop", "RSD", "weather", True, "RainDS (1,000); RainDS real (150)"),
     UirType("snow", "S", "weather", True, "Snow100K, SRRS, CSD (73,005)"),
     UirType("mosaic", "MS", "others", True, "LSDIR, DF2K, BSD500, WED (88,636)"),
-    UirType("low_light", "LL", "others", True, "LoL-v1, LoL-v2-Syn real (1,385); LoL-v2-Real, LSRW (6,289)"),
+    UirType(
+        "low_light",
+        "LL",
+        "others",
+        True,
+        "LoL-v1, LoL-v2-Syn real (1,385); LoL-v2-Real, LSRW (6,289)",
+    ),
     UirType("moire", "MR", "others", True, "RDNet (63,180)"),
     UirType("blur_jpeg", "", "mixed", True, "REDS-Avg (8,878); RealBlur-J, REDS real (12,636)"),
     UirType("blur_rain", "", "mixed", True, "RainDropClarity-Day real (14,490)"),
@@ -680,14 +767,18 @@ def uir_pair_counts() -> dict[str, int]:
     counts[t.name] = sum(int(n.replace(",", "")) for n in numbers)
   return counts
 
+
 _NEW = (
     ("poisson_noise", poisson_noise, POISSON_PEAKS),
     ("salt_pepper_noise", salt_pepper_noise, SALT_PEPPER_AMOUNTS),
     ("noise", _Grouped("noise", NOISE_LEVELS), NOISE_LEVELS),
     ("anisotropic_blur", anisotropic_blur, ANISO_SIGMAS),
     ("sinc_blur", sinc_blur, SINC_CUTOFFS),
-    ("gaussian_sinc_blur", _Grouped("gaussian_sinc_blur", GAUSSIAN_SINC_BLUR_LEVELS),
-     GAUSSIAN_SINC_BLUR_LEVELS),
+    (
+        "gaussian_sinc_blur",
+        _Grouped("gaussian_sinc_blur", GAUSSIAN_SINC_BLUR_LEVELS),
+        GAUSSIAN_SINC_BLUR_LEVELS,
+    ),
     ("gaussian_sinc_blur_12d", gaussian_sinc_blur_12d, MIXED_KERNEL_SIZES),
     ("motion_blur", motion_blur, MOTION_LENGTHS),
     ("defocus_blur", defocus_blur, DEFOCUS_RADII),
@@ -710,19 +801,36 @@ _NEW = (
 # (name, fn, levels) of this family, registered by jaxmilab.data.degradations.
 TYPES = tuple(_NEW)
 # Member functions of the grouped types ("noise", "gaussian_sinc_blur"), by name.
-_MEMBERS = {"gaussian_noise": D.gaussian_noise, "gaussian_blur": D.gaussian_blur,
-            **{name: fn for name, fn, _ in _NEW}}
+_MEMBERS = {
+    "gaussian_noise": D.gaussian_noise,
+    "gaussian_blur": D.gaussian_blur,
+    **{name: fn for name, fn, _ in _NEW},
+}
 REAL_ONLY_TYPES = (("real_noise", "SIDD (UIR-2.5M type RN); layout <root>/real_noise/{lq,gt}"),)
 
 # DCPT 5D order (configs/dcpt.py TASKS_5D): derain, denoise, dehaze, deblur, low light. The paper
 # uses Rain100L, BSD400+WED (sigma 15/25/50), SOTS-outdoor, GoPro, LOL-v1.
 _FIVE = ("rain_streak", "gaussian_noise", "haze", "motion_blur", "low_light")
 # Rain100L is light rain: the two sparsest densities.
-_FIVE_LEVELS = {"gaussian_noise": (15, 25, 50),
-                "rain_streak": tuple(v for v in RAIN_LEVELS if v[0] <= 0.005)}
+_FIVE_LEVELS = {
+    "gaussian_noise": (15, 25, 50),
+    "rain_streak": tuple(v for v in RAIN_LEVELS if v[0] <= 0.005),
+}
 # MaskDCPT 12D (README 12D table order); real denoising is SIDD (real only).
-_TWELVE = ("rain_streak", "haze", "snow", "raindrop", "low_light", "motion_blur", "defocus_blur",
-           "jpeg", "real_noise", "gaussian_sinc_blur", "mosaic", "moire")
+_TWELVE = (
+    "rain_streak",
+    "haze",
+    "snow",
+    "raindrop",
+    "low_light",
+    "motion_blur",
+    "defocus_blur",
+    "jpeg",
+    "real_noise",
+    "gaussian_sinc_blur",
+    "mosaic",
+    "moire",
+)
 # (name, ordered types, per-type level restrictions): label = index in the set.
 TASK_SETS = (
     ("5d", _FIVE, _FIVE_LEVELS),

@@ -47,16 +47,28 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 # The config.data keys besides the required `dataset`, with their defaults (module docstring).
-CONFIG_DEFAULTS = dict(data_root="", metadata_root="", mask_root="", train_split="train",
-                       eval_split="test", resize_size=256, crop_size=224, eval_batch_size=0,
-                       max_boxes=64, worker_count=0, read_threads=8)
+CONFIG_DEFAULTS = dict(
+    data_root="",
+    metadata_root="",
+    mask_root="",
+    train_split="train",
+    eval_split="test",
+    resize_size=256,
+    crop_size=224,
+    eval_batch_size=0,
+    max_boxes=64,
+    worker_count=0,
+    read_threads=8,
+)
 DATASETS = ("CUB", "ILSVRC", "OpenImages")
 
 
 def _read_lines(path: str) -> list[list[str]]:
   if not os.path.isfile(path):
-    raise DataError(f"wsolevaluation metadata file {path!r} is missing. Set config.data.metadata_root "
-                    f"to wsolevaluation's metadata/ folder (see jaxmilab/data/wsol_folders.py).")
+    raise DataError(
+        f"wsolevaluation metadata file {path!r} is missing. Set config.data.metadata_root "
+        f"to wsolevaluation's metadata/ folder (see jaxmilab/data/wsol_folders.py)."
+    )
   with open(path, encoding="utf-8") as f:
     return [line.rstrip("\n").split(",") for line in f if line.strip()]
 
@@ -74,9 +86,13 @@ class Metadata:
     self.ignore: dict[str, str] = {}
     missing = [i for i in self.image_ids[:] if i not in self.labels]
     if missing:
-      raise DataError(f"{folder}/class_labels.txt has no label for {missing[:3]} (and {len(missing)} in all).")
+      raise DataError(
+          f"{folder}/class_labels.txt has no label for {missing[:3]} (and {len(missing)} in all)."
+      )
     if os.path.isfile(os.path.join(folder, "image_sizes.txt")):
-      self.sizes = {r[0]: (int(r[1]), int(r[2])) for r in _read_lines(os.path.join(folder, "image_sizes.txt"))}
+      self.sizes = {
+          r[0]: (int(r[1]), int(r[2])) for r in _read_lines(os.path.join(folder, "image_sizes.txt"))
+      }
     loc = os.path.join(folder, "localization.txt")
     if os.path.isfile(loc):
       for row in _read_lines(loc):
@@ -87,7 +103,9 @@ class Metadata:
           if row[2]:
             self.ignore[row[0]] = row[2]
         else:
-          raise DataError(f"{loc}: line {row!r} is neither <id>,x0,y0,x1,y1 nor <id>,<mask>,<ignore>.")
+          raise DataError(
+              f"{loc}: line {row!r} is neither <id>,x0,y0,x1,y1 nor <id>,<mask>,<ignore>."
+          )
 
 
 def check_dataset(dataset: str) -> str:
@@ -125,12 +143,13 @@ def resize_box(box, image_size: tuple[int, int], size: int) -> list[int]:
   return [int(x0 * size / w), int(y0 * size / h), int(x1 * size / w), int(y1 * size / h)]
 
 
-def eval_boxes(boxes, image_size: tuple[int, int], size: int, max_boxes: int
-               ) -> dict[str, np.ndarray]:
+def eval_boxes(
+    boxes, image_size: tuple[int, int], size: int, max_boxes: int
+) -> dict[str, np.ndarray]:
   """{"boxes": int32 [max_boxes, 4] (`boxes` of a (w, h) image resized to size x size by
   `resize_box`, zero-padded), "num_boxes": int32}; the caller checks len(boxes) <= max_boxes."""
   padded = np.zeros((max_boxes, 4), np.int32)
-  padded[:len(boxes)] = [resize_box(b, image_size, size) for b in boxes]
+  padded[: len(boxes)] = [resize_box(b, image_size, size) for b in boxes]
   return {"boxes": padded, "num_boxes": np.int32(len(boxes))}
 
 
@@ -181,24 +200,34 @@ class TrainAugment(grain.transforms.RandomMap):
     image = resize_image(element["image"], self.resize)
     top = int(rng.integers(0, self.resize - self.crop + 1))
     left = int(rng.integers(0, self.resize - self.crop + 1))
-    image = image[top:top + self.crop, left:left + self.crop]
+    image = image[top : top + self.crop, left : left + self.crop]
     if rng.random() < 0.5:
       image = image[:, ::-1]
     return {"image": np.ascontiguousarray(image), "label": element["label"]}
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches of a wsolevaluation dataset (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "wsol_folders", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count, required=("dataset",))
+      config,
+      CONFIG_DEFAULTS,
+      "wsol_folders",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      required=("dataset",),
+  )
   dataset = check_dataset(opts.dataset)
   data_root, metadata_root = opts.data_root, opts.metadata_root
   for key, path in (("data_root", data_root), ("metadata_root", metadata_root)):
     if not os.path.isdir(os.path.join(path, dataset)):
-      raise DataError(f"config.data.{key}={path!r} has no {dataset}/ folder. Point it at "
-                      f"wsolevaluation's dataset/ (images) or metadata/ folder.")
+      raise DataError(
+          f"config.data.{key}={path!r} has no {dataset}/ folder. Point it at "
+          f"wsolevaluation's dataset/ (images) or metadata/ folder."
+      )
   mask_root = opts.mask_root or data_root
   resize, crop = int(opts.resize_size), int(opts.crop_size)
   max_boxes = int(opts.max_boxes)
@@ -206,12 +235,18 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
   train_meta = Metadata(os.path.join(metadata_root, dataset, opts.train_split))
   eval_meta = Metadata(os.path.join(metadata_root, dataset, opts.eval_split))
   if not eval_meta.boxes and not eval_meta.masks:
-    raise DataError(f"{eval_meta.folder}/localization.txt lists no box and no mask: nothing to evaluate.")
+    raise DataError(
+        f"{eval_meta.folder}/localization.txt lists no box and no mask: nothing to evaluate."
+    )
   cub_masks, cub_ignore = {}, {}
   if dataset == "CUB":
     cub_masks, cub_ignore = read_cub_masks(metadata_root, opts.eval_split)
-  train = layout.train(FolderSource(image_dir, train_meta), [TrainAugment(resize, crop)],
-                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
+  train = layout.train(
+      FolderSource(image_dir, train_meta),
+      [TrainAugment(resize, crop)],
+      worker_count=int(opts.worker_count),
+      read_threads=int(opts.read_threads),
+  )
 
   def make_example(i: int) -> dict[str, np.ndarray]:
     image_id = eval_meta.image_ids[i]
@@ -220,8 +255,10 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     if eval_meta.boxes:
       boxes = eval_meta.boxes.get(image_id, [])
       if not boxes or len(boxes) > max_boxes:
-        raise DataError(f"{eval_meta.folder}/localization.txt: image {image_id!r} has {len(boxes)} boxes; "
-                        f"need 1..config.data.max_boxes={max_boxes} (raise it for images with more boxes).")
+        raise DataError(
+            f"{eval_meta.folder}/localization.txt: image {image_id!r} has {len(boxes)} boxes; "
+            f"need 1..config.data.max_boxes={max_boxes} (raise it for images with more boxes)."
+        )
       size = eval_meta.sizes.get(image_id, (image.shape[1], image.shape[0]))
       out.update(eval_boxes(boxes, size, crop, max_boxes))
     masks = ignore = None
@@ -234,17 +271,31 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     if cub_masks:
       key = cub_key(image_id)
       if key not in cub_masks:
-        raise DataError(f"{metadata_root}/CUBMask: localization.txt lists no mask for CUB image {image_id!r}.")
+        raise DataError(
+            f"{metadata_root}/CUBMask: localization.txt lists no mask for CUB image {image_id!r}."
+        )
       masks = [os.path.join(mask_root, "CUBMask", p) for p in cub_masks[key]]
       ignore = os.path.join(mask_root, "CUBMask", cub_ignore[key]) if cub_ignore.get(key) else None
     if masks:
-      out.update(eval_mask([_load_mask(p, crop) for p in masks],
-                           None if ignore is None else _load_mask(ignore, crop)))
+      out.update(
+          eval_mask(
+              [_load_mask(p, crop) for p in masks],
+              None if ignore is None else _load_mask(ignore, crop),
+          )
+      )
     return out
 
   num_classes = max(max(train_meta.labels.values()), max(eval_meta.labels.values())) + 1
-  info = DataInfo(num_classes=num_classes, image_channels=3,
-                  extra={"dataset": dataset, "num_eval": len(eval_meta.image_ids),
-                         "has_masks": bool(eval_meta.masks or cub_masks), "image_size": crop})
-  return Datasets(train=train, eval_batches=layout.eval(len(eval_meta.image_ids), make_example),
-                  info=info)
+  info = DataInfo(
+      num_classes=num_classes,
+      image_channels=3,
+      extra={
+          "dataset": dataset,
+          "num_eval": len(eval_meta.image_ids),
+          "has_masks": bool(eval_meta.masks or cub_masks),
+          "image_size": crop,
+      },
+  )
+  return Datasets(
+      train=train, eval_batches=layout.eval(len(eval_meta.image_ids), make_example), info=info
+  )

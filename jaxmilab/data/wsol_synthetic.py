@@ -55,12 +55,25 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
 
 # Every config.data key this dataset reads, with its default (module docstring).
-CONFIG_DEFAULTS = dict(image_size=64, num_classes=4, num_train=2048, num_eval=128,
-                       eval_batch_size=0, max_boxes=4, background="photos", eval_seed=0,
-                       worker_count=0, read_threads=2, layout="shapes", part_fraction=(0.05, 0.10),
-                       context_prob=0.8, context_gap=16, context_width=16)
+CONFIG_DEFAULTS = dict(
+    image_size=64,
+    num_classes=4,
+    num_train=2048,
+    num_eval=128,
+    eval_batch_size=0,
+    max_boxes=4,
+    background="photos",
+    eval_seed=0,
+    worker_count=0,
+    read_threads=2,
+    layout="shapes",
+    part_fraction=(0.05, 0.10),
+    context_prob=0.8,
+    context_gap=16,
+    context_width=16,
+)
 LAYOUTS = ("shapes", "part", "context")
-SHAPES = synthetic_shapes.SHAPES   # class i is SHAPES[i]
+SHAPES = synthetic_shapes.SHAPES  # class i is SHAPES[i]
 COLORS = synthetic_shapes.COLORS
 # "context": objects take COLORS[pair] (pairs 0..3), bands COLORS[4 + label % 4], so no band
 # has an object's colour.
@@ -71,19 +84,39 @@ _TRAIN_TAG, _EVAL_TAG = 1, 2
 class SyntheticWSOL(synthetic_shapes.Source):
   """Random-access synthetic WSOL examples (key -> dict of numpy arrays)."""
 
-  def __init__(self, backgrounds: tuple[np.ndarray, ...], *, size: int, num_classes: int,
-               num_examples: int, seed: int, tag: int, with_boxes: bool, max_boxes: int,
-               description: str, layout: str = "shapes", part_fraction=(0.05, 0.10),
-               context_prob: float = 0.8, context_gap: int = 16, context_width: int = 16):
+  def __init__(
+      self,
+      backgrounds: tuple[np.ndarray, ...],
+      *,
+      size: int,
+      num_classes: int,
+      num_examples: int,
+      seed: int,
+      tag: int,
+      with_boxes: bool,
+      max_boxes: int,
+      description: str,
+      layout: str = "shapes",
+      part_fraction=(0.05, 0.10),
+      context_prob: float = 0.8,
+      context_gap: int = 16,
+      context_width: int = 16,
+  ):
     super().__init__(backgrounds, size=size, num_examples=num_examples, seed=seed, tag=tag)
-    self.layout, self.part_fraction, self.context_prob = layout, tuple(part_fraction), float(context_prob)
+    self.layout, self.part_fraction, self.context_prob = (
+        layout,
+        tuple(part_fraction),
+        float(context_prob),
+    )
     self.context_gap, self.context_width = int(context_gap), int(context_width)
     self.num_classes, self.with_boxes, self.max_boxes = num_classes, with_boxes, max_boxes
     self.description = description
 
   def __repr__(self) -> str:
-    return (f"SyntheticWSOL({self.description}, size={self.size}, classes={self.num_classes}, "
-            f"n={self.num_examples}, seed={self.seed}, tag={self.tag})")
+    return (
+        f"SyntheticWSOL({self.description}, size={self.size}, classes={self.num_classes}, "
+        f"n={self.num_examples}, seed={self.seed}, tag={self.tag})"
+    )
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     rng = self.rng(index)
@@ -125,10 +158,16 @@ class SyntheticWSOL(synthetic_shapes.Source):
     for _ in range(100):  # a patch centre whose square lies inside the body
       k = int(rng.integers(len(ys)))
       t0, l0 = ys[k] - side // 2, xs[k] - side // 2
-      if t0 >= 0 and l0 >= 0 and mask[t0:t0 + side, l0:l0 + side].all() and t0 + side <= s and l0 + side <= s:
+      if (
+          t0 >= 0
+          and l0 >= 0
+          and mask[t0 : t0 + side, l0 : l0 + side].all()
+          and t0 + side <= s
+          and l0 + side <= s
+      ):
         break
     patch = np.zeros((s, s), bool)
-    patch[max(t0, 0):t0 + side, max(l0, 0):l0 + side] = True
+    patch[max(t0, 0) : t0 + side, max(l0, 0) : l0 + side] = True
     patch &= mask
     return np.where(patch[..., None], texture, image), patch
 
@@ -147,21 +186,29 @@ class SyntheticWSOL(synthetic_shapes.Source):
     left = offset if band_right else gap + width + offset
     band_left = left + w + gap if band_right else left - gap - width
     mask = np.zeros((s, s), bool)
-    mask[top:top + h, left:left + w] = synthetic_shapes.shape_mask(kind, h, w)
+    mask[top : top + h, left : left + w] = synthetic_shapes.shape_mask(kind, h, w)
     context = np.zeros((s, s), bool)
     if painted:
-      context[top:top + h, band_left:band_left + width] = True
+      context[top : top + h, band_left : band_left + width] = True
       image = np.where(context[..., None], BAND_COLORS[label % len(BAND_COLORS)][None, None], image)
     shade = synthetic_shapes.stripe_shade(s, np.pi * pair / max(1, self.num_classes // 2))
     image = np.where(mask[..., None], COLORS[pair % 4] * shade, image)
     return image, mask, context
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches of the synthetic WSOL set (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "wsol_synthetic", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+      config,
+      CONFIG_DEFAULTS,
+      "wsol_synthetic",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   size = int(opts.image_size)
   num_classes = int(opts.num_classes)
   if not 2 <= num_classes <= len(SHAPES):
@@ -178,26 +225,58 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     raise ValueError(f"config.data.layout={kind!r}: use one of {LAYOUTS}.")
   fraction = tuple(opts.part_fraction)
   if len(fraction) != 2 or not 0 < fraction[0] <= fraction[1] < 1:
-    raise ValueError(f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1.")
+    raise ValueError(
+        f"config.data.part_fraction={fraction}: give (low, high) with 0 < low <= high < 1."
+    )
   gap, width = int(opts.context_gap), int(opts.context_width)
   if kind == "context":
     if num_classes % 2 or num_classes > 8:
-      raise ValueError(f"config.data.num_classes={num_classes}: layout 'context' pairs the classes; "
-                       "use an even number up to 8.")
+      raise ValueError(
+          f"config.data.num_classes={num_classes}: layout 'context' pairs the classes; "
+          "use an even number up to 8."
+      )
     if gap < 0 or width < 1 or size - int(round(size * 0.45)) - gap - width < 0:
-      raise ValueError(f"config.data.context_gap={gap} / context_width={width}: object (up to 45 % of "
-                       f"image_size={size}), gap and band must fit side by side; use a larger image_size.")
-  common = dict(size=size, num_classes=num_classes, max_boxes=max_boxes, layout=kind,
-                part_fraction=fraction, context_prob=float(opts.context_prob),
-                context_gap=gap, context_width=width)
-  train_source = SyntheticWSOL(train_bg, num_examples=int(opts.num_train), seed=seed,
-                               tag=_TRAIN_TAG, with_boxes=False, description=f"train,{background}", **common)
-  eval_source = SyntheticWSOL(eval_bg, num_examples=int(opts.num_eval),
-                              seed=int(opts.eval_seed), tag=_EVAL_TAG, with_boxes=True,
-                              description=f"eval,{background}", **common)
-  train = layout.train(train_source, [], worker_count=int(opts.worker_count),
-                       read_threads=int(opts.read_threads))
-  info = DataInfo(num_classes=num_classes, class_names=SHAPES[:num_classes], image_channels=3,
-                  extra={"image_size": size, "num_eval": len(eval_source), "has_masks": True})
-  return Datasets(train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__),
-                  info=info)
+      raise ValueError(
+          f"config.data.context_gap={gap} / context_width={width}: object (up to 45 % of "
+          f"image_size={size}), gap and band must fit side by side; use a larger image_size."
+      )
+  common = dict(
+      size=size,
+      num_classes=num_classes,
+      max_boxes=max_boxes,
+      layout=kind,
+      part_fraction=fraction,
+      context_prob=float(opts.context_prob),
+      context_gap=gap,
+      context_width=width,
+  )
+  train_source = SyntheticWSOL(
+      train_bg,
+      num_examples=int(opts.num_train),
+      seed=seed,
+      tag=_TRAIN_TAG,
+      with_boxes=False,
+      description=f"train,{background}",
+      **common,
+  )
+  eval_source = SyntheticWSOL(
+      eval_bg,
+      num_examples=int(opts.num_eval),
+      seed=int(opts.eval_seed),
+      tag=_EVAL_TAG,
+      with_boxes=True,
+      description=f"eval,{background}",
+      **common,
+  )
+  train = layout.train(
+      train_source, [], worker_count=int(opts.worker_count), read_threads=int(opts.read_threads)
+  )
+  info = DataInfo(
+      num_classes=num_classes,
+      class_names=SHAPES[:num_classes],
+      image_channels=3,
+      extra={"image_size": size, "num_eval": len(eval_source), "has_masks": True},
+  )
+  return Datasets(
+      train=train, eval_batches=layout.eval(len(eval_source), eval_source.__getitem__), info=info
+  )

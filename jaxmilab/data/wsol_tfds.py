@@ -70,37 +70,55 @@ METADATA_FILES = ("image_ids.txt", "class_labels.txt", "localization.txt")
 # Class counts: wsolevaluation README (CUB 200, ImageNet 1000, OpenImages30k 100 classes).
 NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100}
 # The config.data keys of `create` besides the required `dataset`, with their defaults.
-CONFIG_DEFAULTS = dict(data_dir="", train_split="train", eval_split="test", resize_size=256,
-                       crop_size=224, eval_batch_size=0, max_boxes=64, worker_count=0,
-                       read_threads=8)
+CONFIG_DEFAULTS = dict(
+    data_dir="",
+    train_split="train",
+    eval_split="test",
+    resize_size=256,
+    crop_size=224,
+    eval_batch_size=0,
+    max_boxes=64,
+    worker_count=0,
+    read_threads=8,
+)
 
 
 def check_manual_dir(manual_dir: str, dataset: str) -> tuple[str, str]:
   """(image folder, metadata folder) of `dataset` in manual_dir; DataError naming what is missing."""
-  layout = (f"<manual_dir>/metadata/{dataset}/<train|val|test>/{{{','.join(METADATA_FILES)}}} and "
-            f"<manual_dir>/dataset/{dataset}/<image_id> (see jaxmilab/data/wsol_tfds.py)")
+  layout = (
+      f"<manual_dir>/metadata/{dataset}/<train|val|test>/{{{','.join(METADATA_FILES)}}} and "
+      f"<manual_dir>/dataset/{dataset}/<image_id> (see jaxmilab/data/wsol_tfds.py)"
+  )
   if not manual_dir or not os.path.isdir(manual_dir):
-    raise DataError(f"{dataset} manual_dir {manual_dir!r} does not exist. Pass a wsolevaluation "
-                    f"checkout (after dataset/prepare_*.sh) as manual_dir; expected layout {layout}.")
+    raise DataError(
+        f"{dataset} manual_dir {manual_dir!r} does not exist. Pass a wsolevaluation "
+        f"checkout (after dataset/prepare_*.sh) as manual_dir; expected layout {layout}."
+    )
   image_dir = os.path.join(manual_dir, "dataset", dataset)
   meta_dir = os.path.join(manual_dir, "metadata", dataset)
   for folder in (meta_dir, image_dir) + tuple(os.path.join(meta_dir, s) for s in SPLITS):
     if not os.path.isdir(folder):
-      raise DataError(f"{dataset} manual_dir: folder {folder!r} is missing. Expected layout {layout}.")
+      raise DataError(
+          f"{dataset} manual_dir: folder {folder!r} is missing. Expected layout {layout}."
+      )
   for split in SPLITS:
     for name in METADATA_FILES:
       path = os.path.join(meta_dir, split, name)
       if not os.path.isfile(path):
-        raise DataError(f"{dataset} manual_dir: metadata file {path!r} is missing. Copy wsolevaluation's "
-                        f"metadata/{dataset}/{split}/ there. Expected layout {layout}.")
+        raise DataError(
+            f"{dataset} manual_dir: metadata file {path!r} is missing. Copy wsolevaluation's "
+            f"metadata/{dataset}/{split}/ there. Expected layout {layout}."
+        )
   return image_dir, meta_dir
 
 
 def _image_bytes(path: str) -> bytes:
   """The file itself if it is an RGB JPEG, else its `images.read_image` pixels as PNG."""
   if not os.path.isfile(path):
-    raise DataError(f"Image {path!r} (listed in image_ids.txt) is missing under manual_dir/dataset/. "
-                    f"Extract the images there (wsolevaluation dataset/prepare_*.sh) or fix the metadata.")
+    raise DataError(
+        f"Image {path!r} (listed in image_ids.txt) is missing under manual_dir/dataset/. "
+        f"Extract the images there (wsolevaluation dataset/prepare_*.sh) or fix the metadata."
+    )
   try:
     with Image.open(path) as im:
       keep = im.format == "JPEG" and im.mode == "RGB"
@@ -118,8 +136,10 @@ def _read_gray(path: str) -> np.ndarray:
   """wsolevaluation get_mask's read: cv2 grayscale uint8 [H, W]."""
   mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
   if mask is None:
-    raise DataError(f"Mask file {path!r} (listed in localization.txt) is missing or unreadable. Extract "
-                    f"wsolevaluation's OpenImages masks into manual_dir/dataset/OpenImages/.")
+    raise DataError(
+        f"Mask file {path!r} (listed in localization.txt) is missing or unreadable. Extract "
+        f"wsolevaluation's OpenImages masks into manual_dir/dataset/OpenImages/."
+    )
   return mask
 
 
@@ -147,12 +167,14 @@ class _WsolBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES[self.DATASET]),
-            "image_id": tfds.features.Text(),
-            **self._extra_features(),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES[self.DATASET]),
+                "image_id": tfds.features.Text(),
+                **self._extra_features(),
+            }
+        ),
         supervised_keys=("image", "label"),
         homepage="https://github.com/clovaai/wsolevaluation",
     )
@@ -166,28 +188,38 @@ class _WsolBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     metas = {s: wsol_folders.Metadata(os.path.join(meta_dir, s)) for s in SPLITS}
     return {s: self._generate_examples(image_dir, metas[s], s != "train") for s in SPLITS}
 
-  def _localization(self, image_dir: str, meta: wsol_folders.Metadata, image_id: str,
-                    required: bool) -> dict[str, Any]:
+  def _localization(
+      self, image_dir: str, meta: wsol_folders.Metadata, image_id: str, required: bool
+  ) -> dict[str, Any]:
     raise NotImplementedError
 
-  def _generate_examples(self, image_dir: str, meta: wsol_folders.Metadata,
-                         required: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(
+      self, image_dir: str, meta: wsol_folders.Metadata, required: bool
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
     num_classes = NUM_CLASSES[self.DATASET]
     for image_id in meta.image_ids:
       path = os.path.join(image_dir, image_id)
       if not 0 <= meta.labels[image_id] < num_classes:
-        raise DataError(f"{meta.folder}/class_labels.txt: {image_id!r} has class {meta.labels[image_id]}; "
-                        f"{self.DATASET} has classes 0..{num_classes - 1}. Fix the metadata.")
-      yield image_id, {"image": _image_bytes(path), "label": meta.labels[image_id],
-                       "image_id": image_id, **self._localization(image_dir, meta, image_id, required)}
+        raise DataError(
+            f"{meta.folder}/class_labels.txt: {image_id!r} has class {meta.labels[image_id]}; "
+            f"{self.DATASET} has classes 0..{num_classes - 1}. Fix the metadata."
+        )
+      yield image_id, {
+          "image": _image_bytes(path),
+          "label": meta.labels[image_id],
+          "image_id": image_id,
+          **self._localization(image_dir, meta, image_id, required),
+      }
 
 
 class _BoxBuilder(_WsolBuilder, skip_registration=True):
   """CUB / ILSVRC: pixel boxes and the size they refer to."""
 
   def _extra_features(self) -> dict[str, Any]:
-    return {"bboxes": tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
-            "image_size": tfds.features.Tensor(shape=(2,), dtype=np.int32)}
+    return {
+        "bboxes": tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
+        "image_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+    }
 
   def _localization(self, image_dir, meta, image_id, required):
     where = os.path.join(meta.folder, "localization.txt")
@@ -200,21 +232,27 @@ class _BoxBuilder(_WsolBuilder, skip_registration=True):
     if size is None:
       height, width = images.image_size(os.path.join(image_dir, image_id))
       size = (width, height)
-    return {"bboxes": np.asarray(boxes, np.int32).reshape(-1, 4), "image_size": np.asarray(size, np.int32)}
+    return {
+        "bboxes": np.asarray(boxes, np.int32).reshape(-1, 4),
+        "image_size": np.asarray(size, np.int32),
+    }
 
 
 class WsolCub(_BoxBuilder):
   """CUB-200-2011 (train) + CUBV2 (val) with wsolevaluation's metadata: 200 classes, boxes."""
+
   DATASET = "CUB"
 
 
 class WsolIlsvrc(_BoxBuilder):
   """ILSVRC 2012 train / ImageNetV2 (val) / ILSVRC val (test), wsolevaluation metadata, boxes."""
+
   DATASET = "ILSVRC"
 
 
 class WsolOpenimages(_WsolBuilder):
   """OpenImages30k (wsolevaluation): 100 classes, instance masks and ignore masks."""
+
   DATASET = "OpenImages"
 
   def _extra_features(self) -> dict[str, Any]:
@@ -224,14 +262,23 @@ class WsolOpenimages(_WsolBuilder):
   def _localization(self, image_dir, meta, image_id, required):
     paths = meta.masks.get(image_id, [])
     if required and not paths:
-      raise DataError(f"{os.path.join(meta.folder, 'localization.txt')} lists no mask for {image_id!r}: "
-                      f"every val/test image needs one.")
+      raise DataError(
+          f"{os.path.join(meta.folder, 'localization.txt')} lists no mask for {image_id!r}: "
+          f"every val/test image needs one."
+      )
     masks = [_read_gray(os.path.join(image_dir, p)) for p in paths]
-    ignore = [_read_gray(os.path.join(image_dir, meta.ignore[image_id]))] if image_id in meta.ignore else []
+    ignore = (
+        [_read_gray(os.path.join(image_dir, meta.ignore[image_id]))]
+        if image_id in meta.ignore
+        else []
+    )
     if masks:
       height, width = masks[0].shape
-      same = lambda m: m if m.shape == (height, width) else cv2.resize(
-          m, (width, height), interpolation=cv2.INTER_NEAREST)
+      same = (
+          lambda m: m
+          if m.shape == (height, width)
+          else cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST)
+      )
       masks, ignore = [same(m) for m in masks], [same(m) for m in ignore]
     return {"masks": [_png(m) for m in masks], "ignore_mask": [_png(m) for m in ignore]}
 
@@ -271,27 +318,41 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
   return cv2.resize(np.float32(mask[..., 0]), (size, size), interpolation=cv2.INTER_NEAREST) > 0.5
 
 
-def create(config: Any, *, batch_size: int, seed: int, process_index: int,
-           process_count: int) -> Datasets:
+def create(
+    config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
+) -> Datasets:
   """Train iterator and eval batches from a prepared wsol_* tfds dataset (see module doc)."""
   opts, layout = transforms.configure(
-      config, CONFIG_DEFAULTS, "wsol_tfds", batch_size=batch_size, seed=seed,
-      process_index=process_index, process_count=process_count, required=("dataset",))
+      config,
+      CONFIG_DEFAULTS,
+      "wsol_tfds",
+      batch_size=batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      required=("dataset",),
+  )
   dataset = wsol_folders.check_dataset(opts.dataset)
   data_dir = opts.data_dir
   builder = BUILDERS[dataset](data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
-    raise DataError(f"{builder.name} is not prepared in config.data.data_dir={data_dir!r}. Run "
-                    f"wsol_tfds.{type(builder).__name__}(data_dir=..., file_format='array_record')"
-                    f".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...)).")
+    raise DataError(
+        f"{builder.name} is not prepared in config.data.data_dir={data_dir!r}. Run "
+        f"wsol_tfds.{type(builder).__name__}(data_dir=..., file_format='array_record')"
+        f".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=...))."
+    )
   skip = {"image": tfds.decode.SkipDecoding()}
   train_split, eval_split = opts.train_split, opts.eval_split
   train_source = builder.as_data_source(train_split, decoders=skip)
   eval_source = builder.as_data_source(eval_split, decoders=skip)
   resize, crop = int(opts.resize_size), int(opts.crop_size)
   max_boxes = int(opts.max_boxes)
-  train = layout.train(TfdsSource(train_source), [wsol_folders.TrainAugment(resize, crop)],
-                       worker_count=int(opts.worker_count), read_threads=int(opts.read_threads))
+  train = layout.train(
+      TfdsSource(train_source),
+      [wsol_folders.TrainAugment(resize, crop)],
+      worker_count=int(opts.worker_count),
+      read_threads=int(opts.read_threads),
+  )
   has_masks = dataset == "OpenImages"
 
   def make_example(i: int) -> dict[str, np.ndarray]:
@@ -300,18 +361,31 @@ def create(config: Any, *, batch_size: int, seed: int, process_index: int,
     out = {"image": image, "label": np.int32(record["label"])}
     if has_masks:
       ignore = record["ignore_mask"]
-      out.update(wsol_folders.eval_mask([_resize_mask(m, crop) for m in record["masks"]],
-                                        _resize_mask(ignore[0], crop) if len(ignore) else None))
+      out.update(
+          wsol_folders.eval_mask(
+              [_resize_mask(m, crop) for m in record["masks"]],
+              _resize_mask(ignore[0], crop) if len(ignore) else None,
+          )
+      )
     else:
       boxes = record["bboxes"]
       if len(boxes) > max_boxes:
         image_id = record["image_id"].decode()
-        raise DataError(f"{builder.name}/{eval_split}: image {image_id!r} has {len(boxes)} boxes; "
-                        f"raise config.data.max_boxes={max_boxes}.")
+        raise DataError(
+            f"{builder.name}/{eval_split}: image {image_id!r} has {len(boxes)} boxes; "
+            f"raise config.data.max_boxes={max_boxes}."
+        )
       out.update(wsol_folders.eval_boxes(boxes, tuple(record["image_size"]), crop, max_boxes))
     return out
 
-  info = DataInfo(num_classes=NUM_CLASSES[dataset], image_channels=3,
-                  extra={"dataset": dataset, "num_eval": len(eval_source), "has_masks": has_masks,
-                         "image_size": crop})
+  info = DataInfo(
+      num_classes=NUM_CLASSES[dataset],
+      image_channels=3,
+      extra={
+          "dataset": dataset,
+          "num_eval": len(eval_source),
+          "has_masks": has_masks,
+          "image_size": crop,
+      },
+  )
   return Datasets(train=train, eval_batches=layout.eval(len(eval_source), make_example), info=info)

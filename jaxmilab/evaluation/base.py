@@ -42,8 +42,10 @@ class Metric(abc.ABC):
     value = np.asarray(value, dtype=np.float64)
     if name in self.sums:
       if self.sums[name].shape != value.shape:
-        raise ValueError(f"{type(self).__name__} statistic {name!r} changed shape from "
-                         f"{self.sums[name].shape} to {value.shape}; statistics must be fixed-size.")
+        raise ValueError(
+            f"{type(self).__name__} statistic {name!r} changed shape from "
+            f"{self.sums[name].shape} to {value.shape}; statistics must be fixed-size."
+        )
       self.sums[name] = self.sums[name] + value
     else:
       self.sums[name] = value.copy()
@@ -62,17 +64,21 @@ class Metric(abc.ABC):
     class still contributes a zero.
     """
     import jax  # pylint: disable=g-import-not-at-top
+
     if jax.process_count() == 1:
       return self
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     import zlib  # pylint: disable=g-import-not-at-top
+
     names = sorted(self.sums)
     # A digest that is the same in every process (Python's str hash is salted per process).
     digest = zlib.crc32("\n".join(f"{n}:{self.sums[n].shape}" for n in names).encode()) % (2**31)
     gathered_names = multihost_utils.process_allgather(np.array([digest], np.int32))
     if len(set(np.asarray(gathered_names).ravel().tolist())) != 1:
-      raise ValueError(f"Processes hold different evaluator statistics ({names} here); create "
-                       f"every statistic before the first batch.")
+      raise ValueError(
+          f"Processes hold different evaluator statistics ({names} here); create "
+          f"every statistic before the first batch."
+      )
     # float64 is unavailable on device with x64 off: the float64 sums travel as their bits
     # (uint32 pairs) and are added on the host, exactly.
     for name in names:
@@ -104,4 +110,7 @@ def ratio(numerator, denominator, scale: float = 1.0) -> np.ndarray:
   numerator = np.asarray(numerator, np.float64)
   denominator = np.asarray(denominator, np.float64)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan) * scale
+    return (
+        np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+        * scale
+    )

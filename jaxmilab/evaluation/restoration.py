@@ -35,25 +35,33 @@ def to_uint8(x) -> np.ndarray:
   return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _prepare(pred, target, data_range: float, crop_border: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(
+    pred, target, data_range: float, crop_border: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
   """Checks shapes / ranges, crops borders, returns float64 [H, W, C] pairs."""
   pred = np.asarray(pred)
   target = np.asarray(target)
   if pred.shape != target.shape:
-    raise ValueError(f"{name}: pred has shape {pred.shape} but target has shape {target.shape}; "
-                     "they must be the same HWC (or HW) shape.")
+    raise ValueError(
+        f"{name}: pred has shape {pred.shape} but target has shape {target.shape}; "
+        "they must be the same HWC (or HW) shape."
+    )
   if pred.ndim == 2:
     pred, target = pred[..., None], target[..., None]
   if pred.ndim != 3:
-    raise ValueError(f"{name}: expected an HWC (or HW) image, got shape {pred.shape}; "
-                     f"use {name}_batch for [N, H, W, C] batches.")
+    raise ValueError(
+        f"{name}: expected an HWC (or HW) image, got shape {pred.shape}; "
+        f"use {name}_batch for [N, H, W, C] batches."
+    )
   if not data_range > 0:
     raise ValueError(f"{name}: data_range must be positive, got {data_range}.")
   crop_border = int(crop_border)
   h, w = pred.shape[:2]
   if crop_border < 0 or 2 * crop_border >= min(h, w):
-    raise ValueError(f"{name}: crop_border={crop_border} is invalid for an image of shape {pred.shape}; "
-                     "it must be >= 0 and leave at least one pixel.")
+    raise ValueError(
+        f"{name}: crop_border={crop_border} is invalid for an image of shape {pred.shape}; "
+        "it must be >= 0 and leave at least one pixel."
+    )
   out = []
   for label, img in (("pred", pred), ("target", target)):
     if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -63,8 +71,10 @@ def _prepare(pred, target, data_range: float, crop_border: int, name: str) -> tu
       raise ValueError(f"{name}: {label} contains NaN or inf.")
     lo, hi = float(img.min()), float(img.max())
     if lo < 0 or hi > data_range:
-      raise ValueError(f"{name}: {label} values span [{lo}, {hi}], outside [0, data_range={data_range}]; "
-                       "clip/round float outputs first (e.g. to_uint8(x) for images in [0, 1]).")
+      raise ValueError(
+          f"{name}: {label} values span [{lo}, {hi}], outside [0, data_range={data_range}]; "
+          "clip/round float outputs first (e.g. to_uint8(x) for images in [0, 1])."
+      )
     if crop_border:
       img = img[crop_border:-crop_border, crop_border:-crop_border, :]
     out.append(img)
@@ -97,7 +107,9 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
   sigma1_sq = _valid_filter(a * a, k) - mu1_sq
   sigma2_sq = _valid_filter(b * b, k) - mu2_sq
   sigma12 = _valid_filter(a * b, k) - mu1_mu2
-  ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
+  ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
+      (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2)
+  )
   return float(ssim_map.mean())
 
 
@@ -106,21 +118,29 @@ def ssim(pred, target, *, data_range: float = 255.0, crop_border: int = 0) -> fl
   a, b = _prepare(pred, target, data_range, crop_border, "ssim")
   h, w = a.shape[:2]
   if min(h, w) < _SSIM_WINDOW:
-    raise ValueError(f"ssim: image of shape {a.shape} (after crop_border={crop_border}) is smaller than "
-                     f"the {_SSIM_WINDOW}x{_SSIM_WINDOW} window; use images of at least that size.")
-  return float(np.mean([_ssim_channel(a[..., c], b[..., c], data_range) for c in range(a.shape[2])]))
+    raise ValueError(
+        f"ssim: image of shape {a.shape} (after crop_border={crop_border}) is smaller than "
+        f"the {_SSIM_WINDOW}x{_SSIM_WINDOW} window; use images of at least that size."
+    )
+  return float(
+      np.mean([_ssim_channel(a[..., c], b[..., c], data_range) for c in range(a.shape[2])])
+  )
 
 
 def _batch(fn, name: str, pred, target, data_range: float, crop_border: int) -> np.ndarray:
   pred = np.asarray(pred)
   target = np.asarray(target)
   if pred.shape != target.shape:
-    raise ValueError(f"{name}: pred has shape {pred.shape} but target has shape {target.shape}; "
-                     "they must be the same [N, H, W, C] shape.")
+    raise ValueError(
+        f"{name}: pred has shape {pred.shape} but target has shape {target.shape}; "
+        "they must be the same [N, H, W, C] shape."
+    )
   if pred.ndim != 4:
     raise ValueError(f"{name}: expected [N, H, W, C] batches, got shape {pred.shape}.")
-  return np.array([fn(p, t, data_range=data_range, crop_border=crop_border) for p, t in zip(pred, target)],
-                  dtype=np.float64)
+  return np.array(
+      [fn(p, t, data_range=data_range, crop_border=crop_border) for p, t in zip(pred, target)],
+      dtype=np.float64,
+  )
 
 
 def psnr_batch(pred, target, *, data_range: float = 255.0, crop_border: int = 0) -> np.ndarray:
@@ -139,8 +159,9 @@ METRICS = ("psnr_input", "psnr", "ssim_input", "ssim")
 PSNR_CAP = 100.0  # PSNR of identical images is inf (BasicSR); capped so averages stay finite.
 
 
-def per_image_scores(restored, target, degraded, *, float_images: bool = False
-                     ) -> dict[str, np.ndarray]:
+def per_image_scores(
+    restored, target, degraded, *, float_images: bool = False
+) -> dict[str, np.ndarray]:
   """PSNR / SSIM of each restored and each degraded image against its target.
 
   restored, target, degraded: [N, H, W, C] floats in [0, 1]. float_images=False scores
@@ -177,8 +198,15 @@ class RestorationEvaluator(evaluation_base.Evaluator):
   (e.g. OPD, whose images carry per-example valid sizes).
   """
 
-  def __init__(self, class_names: Sequence[str], *, restored_key: str = "restored",
-               with_accuracy: bool = False, float_images: bool = False, max_rows: int = 6):
+  def __init__(
+      self,
+      class_names: Sequence[str],
+      *,
+      restored_key: str = "restored",
+      with_accuracy: bool = False,
+      float_images: bool = False,
+      max_rows: int = 6,
+  ):
     super().__init__()
     self.class_names = tuple(class_names) or ("all",)
     self.restored_key = restored_key
@@ -190,8 +218,9 @@ class RestorationEvaluator(evaluation_base.Evaluator):
     for name in METRICS + ("count",) + (("correct",) if with_accuracy else ()):
       self.add(name, np.zeros(n))
 
-  def accumulate(self, restored, target, degraded, labels=None, valid=None, *, predictions=None,
-                 sizes=None) -> None:
+  def accumulate(
+      self, restored, target, degraded, labels=None, valid=None, *, predictions=None, sizes=None
+  ) -> None:
     """Adds [N, H, W, C] images in [0, 1]; labels [N] type indices (default 0); valid [N] bool
     (False = padding, ignored); predictions [N] (with_accuracy); sizes [N, 2] valid (h, w) of
     each image (top-left crop; default the whole image)."""
@@ -200,24 +229,33 @@ class RestorationEvaluator(evaluation_base.Evaluator):
     labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid).astype(bool)
     if labels.shape != (n,) or valid.shape != (n,):
-      raise ValueError(f"RestorationEvaluator: labels {labels.shape} and valid {valid.shape} must "
-                       f"be [{n}] for {n} images of shape {restored.shape}.")
+      raise ValueError(
+          f"RestorationEvaluator: labels {labels.shape} and valid {valid.shape} must "
+          f"be [{n}] for {n} images of shape {restored.shape}."
+      )
     index = np.flatnonzero(valid)
     if index.size == 0:
       return
     if labels[index].min() < 0 or labels[index].max() >= len(self.class_names):
-      raise ValueError(f"RestorationEvaluator: labels {np.unique(labels[index])} out of range for "
-                       f"{len(self.class_names)} types {self.class_names}.")
+      raise ValueError(
+          f"RestorationEvaluator: labels {np.unique(labels[index])} out of range for "
+          f"{len(self.class_names)} types {self.class_names}."
+      )
     sums = {k: np.zeros(len(self.class_names)) for k in METRICS}
     for i in index:
-      h, w = (restored.shape[1:3] if sizes is None else (int(sizes[i][0]), int(sizes[i][1])))
-      one = per_image_scores(restored[i:i + 1, :h, :w], target[i:i + 1, :h, :w],
-                             degraded[i:i + 1, :h, :w], float_images=self.float_images)
+      h, w = restored.shape[1:3] if sizes is None else (int(sizes[i][0]), int(sizes[i][1]))
+      one = per_image_scores(
+          restored[i : i + 1, :h, :w],
+          target[i : i + 1, :h, :w],
+          degraded[i : i + 1, :h, :w],
+          float_images=self.float_images,
+      )
       for k in METRICS:
         sums[k][labels[i]] += one[k][0]
       if labels[i] not in self.kept and len(self.kept) < self.max_rows:
-        self.kept[int(labels[i])] = tuple(np.array(x[i, :h, :w], np.float32)
-                                          for x in (degraded, restored, target))
+        self.kept[int(labels[i])] = tuple(
+            np.array(x[i, :h, :w], np.float32) for x in (degraded, restored, target)
+        )
     for k in METRICS:
       self.add(k, sums[k])
     self.add("count", np.bincount(labels[index], minlength=len(self.class_names)))
@@ -225,15 +263,27 @@ class RestorationEvaluator(evaluation_base.Evaluator):
       if predictions is None:
         raise ValueError("RestorationEvaluator(with_accuracy=True) needs predictions.")
       correct = np.asarray(predictions)[index] == labels[index]
-      self.add("correct", np.bincount(labels[index], weights=correct.astype(np.float64),
-                                      minlength=len(self.class_names)))
+      self.add(
+          "correct",
+          np.bincount(
+              labels[index], weights=correct.astype(np.float64), minlength=len(self.class_names)
+          ),
+      )
 
   def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
     if self.restored_key not in outputs:
-      raise KeyError(f"RestorationEvaluator: eval outputs have no {self.restored_key!r} "
-                     f"(keys {sorted(outputs)}).")
-    self.accumulate(outputs[self.restored_key], batch["gt"], batch["lq"], batch.get("label"),
-                    batch.get("valid"), predictions=outputs.get("pred"))
+      raise KeyError(
+          f"RestorationEvaluator: eval outputs have no {self.restored_key!r} "
+          f"(keys {sorted(outputs)})."
+      )
+    self.accumulate(
+        outputs[self.restored_key],
+        batch["gt"],
+        batch["lq"],
+        batch.get("label"),
+        batch.get("valid"),
+        predictions=outputs.get("pred"),
+    )
 
   def compute(self) -> dict[str, float]:
     count = self.sums["count"]
@@ -257,8 +307,10 @@ class RestorationEvaluator(evaluation_base.Evaluator):
     pad = 2
     rows = []
     for label in sorted(self.kept):
-      tiles = [np.pad(np.clip(x, 0, 1), ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0)
-               for x in self.kept[label]]
+      tiles = [
+          np.pad(np.clip(x, 0, 1), ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0)
+          for x in self.kept[label]
+      ]
       rows.append(np.concatenate(tiles, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
@@ -266,8 +318,9 @@ class RestorationEvaluator(evaluation_base.Evaluator):
     return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
-def summarize(outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **kwargs
-              ) -> dict[str, float]:
+def summarize(
+    outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **kwargs
+) -> dict[str, float]:
   """One-shot RestorationEvaluator over concatenated host outputs (lq, gt, label, valid,
   restored[, pred]); the replacement of the former `methods.common.restoration_summary`."""
   ev = RestorationEvaluator(class_names, **kwargs)

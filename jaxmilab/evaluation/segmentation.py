@@ -35,16 +35,21 @@ def confusion_matrix(pred, gt, num_classes: int, ignore_index: int | None = None
   pred = np.asarray(pred).astype(np.int64).ravel()
   gt = np.asarray(gt).astype(np.int64).ravel()
   if pred.shape != gt.shape:
-    raise ValueError(f"pred and gt must have the same shape; got {np.shape(pred)} vs {np.shape(gt)}.")
+    raise ValueError(
+        f"pred and gt must have the same shape; got {np.shape(pred)} vs {np.shape(gt)}."
+    )
   keep = (gt >= 0) & (gt < num_classes)
   if ignore_index is not None:
     keep &= gt != ignore_index
   bad = pred[keep]
   if bad.size and (bad.min() < 0 or bad.max() >= num_classes):
-    raise ValueError(f"Predictions must be class indices in [0, {num_classes}); got values in "
-                     f"[{bad.min()}, {bad.max()}].")
-  return np.bincount(gt[keep] * num_classes + pred[keep],
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    raise ValueError(
+        f"Predictions must be class indices in [0, {num_classes}); got values in "
+        f"[{bad.min()}, {bad.max()}]."
+    )
+  return np.bincount(
+      gt[keep] * num_classes + pred[keep], minlength=num_classes * num_classes
+  ).reshape(num_classes, num_classes)
 
 
 class SegmentationEvaluator(Metric):
@@ -66,8 +71,10 @@ class SegmentationEvaluator(Metric):
     tp = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp
     iou = ratio(tp, union, 100.0)
-    out = {"mIoU": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
-           "pixel_accuracy": float(ratio(tp.sum(), cm.sum(), 100.0))}
+    out = {
+        "mIoU": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
+        "pixel_accuracy": float(ratio(tp.sum(), cm.sum(), 100.0)),
+    }
     out.update({f"IoU/{k}": float(v) for k, v in enumerate(iou) if union[k] > 0})
     return out
 
@@ -78,7 +85,9 @@ class DiceEvaluator(Metric):
   def __init__(self, num_classes: int):
     super().__init__()
     if num_classes < 2:
-      raise ValueError(f"DiceEvaluator needs a background and >= 1 foreground class; got {num_classes}.")
+      raise ValueError(
+          f"DiceEvaluator needs a background and >= 1 foreground class; got {num_classes}."
+      )
     self.num_classes = num_classes
     self.add("intersection", np.zeros(num_classes))
     self.add("pred_count", np.zeros(num_classes))
@@ -91,7 +100,9 @@ class DiceEvaluator(Metric):
     self.add("gt_count", cm.sum(1))
 
   def compute(self) -> dict[str, float]:
-    dice = ratio(2 * self.sums["intersection"], self.sums["pred_count"] + self.sums["gt_count"], 100.0)
+    dice = ratio(
+        2 * self.sums["intersection"], self.sums["pred_count"] + self.sums["gt_count"], 100.0
+    )
     fg = dice[1:]
     out = {"dice": float(np.nanmean(fg)) if np.any(np.isfinite(fg)) else float("nan")}
     out.update({f"dice/{k}": float(dice[k]) for k in range(1, self.num_classes)})
@@ -106,19 +117,27 @@ def surface_distances(result, reference, spacing=None, connectivity: int = 1) ->
   if result.shape != reference.shape:
     raise ValueError(f"Masks must have the same shape; got {result.shape} vs {reference.shape}.")
   if not result.any() or not reference.any():
-    raise ValueError("surface_distances needs two non-empty masks (HD95 / ASD are undefined for "
-                     "an empty one).")
+    raise ValueError(
+        "surface_distances needs two non-empty masks (HD95 / ASD are undefined for "
+        "an empty one)."
+    )
   footprint = ndimage.generate_binary_structure(result.ndim, connectivity)
   result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
-  reference_border = reference ^ ndimage.binary_erosion(reference, structure=footprint, iterations=1)
+  reference_border = reference ^ ndimage.binary_erosion(
+      reference, structure=footprint, iterations=1
+  )
   distance = ndimage.distance_transform_edt(~reference_border, sampling=spacing)
   return distance[result_border]
 
 
 def hd95(result, reference, spacing=None, connectivity: int = 1) -> float:
   """95th percentile of both directions' surface distances (medpy.metric.binary.hd95)."""
-  both = np.hstack((surface_distances(result, reference, spacing, connectivity),
-                    surface_distances(reference, result, spacing, connectivity)))
+  both = np.hstack(
+      (
+          surface_distances(result, reference, spacing, connectivity),
+          surface_distances(reference, result, spacing, connectivity),
+      )
+  )
   return float(np.percentile(both, 95))
 
 
@@ -136,7 +155,9 @@ def surface_statistics(pred, gt, num_classes: int, spacing=None) -> dict[str, np
   number of such slices ("surface/present") and of all slices ("surface/slices")."""
   pred, gt = np.asarray(pred), np.asarray(gt)
   if pred.shape != gt.shape or pred.ndim not in (2, 3):
-    raise ValueError(f"pred and gt must both be [H, W] or [B, H, W]; got {pred.shape} vs {gt.shape}.")
+    raise ValueError(
+        f"pred and gt must both be [H, W] or [B, H, W]; got {pred.shape} vs {gt.shape}."
+    )
   if pred.ndim == 2:
     pred, gt = pred[None], gt[None]
   out = {f"surface/{name}_sum": np.zeros(num_classes - 1) for name in SURFACE_NAMES}
@@ -154,7 +175,7 @@ def surface_statistics(pred, gt, num_classes: int, spacing=None) -> dict[str, np
 
 
 def surface_results(sums: dict[str, np.ndarray]) -> dict[str, float]:
-  """"hd95", "asd" (released: missing-class slices count 0, mean over classes of the per-slice
+  """ "hd95", "asd" (released: missing-class slices count 0, mean over classes of the per-slice
   means), "hd95/k", "asd/k" per class, and "hd95_present", "asd_present" (mean over the slices
   that hold the class in both)."""
   mean = lambda x: float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
@@ -174,10 +195,14 @@ class SurfaceDistanceEvaluator(Metric):
   def __init__(self, num_classes: int, spacing=None):
     super().__init__()
     if num_classes < 2:
-      raise ValueError(f"SurfaceDistanceEvaluator needs a background and >= 1 foreground class; "
-                       f"got {num_classes}.")
+      raise ValueError(
+          f"SurfaceDistanceEvaluator needs a background and >= 1 foreground class; "
+          f"got {num_classes}."
+      )
     self.num_classes, self.spacing = num_classes, spacing
-    for name, value in surface_statistics(np.zeros((0, 1, 1)), np.zeros((0, 1, 1)), num_classes).items():
+    for name, value in surface_statistics(
+        np.zeros((0, 1, 1)), np.zeros((0, 1, 1)), num_classes
+    ).items():
       self.add(name, value)
 
   def accumulate(self, pred, gt) -> None:

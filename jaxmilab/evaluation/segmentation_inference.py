@@ -48,8 +48,13 @@ def _net_with_flip(net: Callable[[jax.Array], jax.Array], x: jax.Array, flip: bo
   return probs
 
 
-def sliding_window(net: Callable[[jax.Array], jax.Array], x: jax.Array, crop: int,
-                   stride_rate: float = 2 / 3, flip: bool = False) -> jax.Array:
+def sliding_window(
+    net: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    crop: int,
+    stride_rate: float = 2 / 3,
+    flip: bool = False,
+) -> jax.Array:
   """Window-averaged probabilities [B, H, W, K] of normalised images x [B, H, W, 3]."""
   b, h, w, _ = x.shape
   pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
@@ -57,21 +62,29 @@ def sliding_window(net: Callable[[jax.Array], jax.Array], x: jax.Array, crop: in
   x = jnp.pad(x, ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)))
   hh, ww = x.shape[1:3]
   stride = int(math.ceil(crop * stride_rate))
-  boxes = [(y0, x0) for y0 in window_starts(hh, crop, stride) for x0 in window_starts(ww, crop, stride)]
-  windows = jnp.concatenate([x[:, y0:y0 + crop, x0:x0 + crop] for y0, x0 in boxes], axis=0)
+  boxes = [
+      (y0, x0) for y0 in window_starts(hh, crop, stride) for x0 in window_starts(ww, crop, stride)
+  ]
+  windows = jnp.concatenate([x[:, y0 : y0 + crop, x0 : x0 + crop] for y0, x0 in boxes], axis=0)
   probs = _net_with_flip(net, windows, flip)  # [n * B, crop, crop, K]
   k = probs.shape[-1]
   total = jnp.zeros((b, hh, ww, k), probs.dtype)
   count = jnp.zeros((1, hh, ww, 1), probs.dtype)
   for i, (y0, x0) in enumerate(boxes):
-    total = total.at[:, y0:y0 + crop, x0:x0 + crop].add(probs[i * b:(i + 1) * b])
-    count = count.at[:, y0:y0 + crop, x0:x0 + crop].add(1.0)
-  return (total / count)[:, top:top + h, left:left + w]
+    total = total.at[:, y0 : y0 + crop, x0 : x0 + crop].add(probs[i * b : (i + 1) * b])
+    count = count.at[:, y0 : y0 + crop, x0 : x0 + crop].add(1.0)
+  return (total / count)[:, top : top + h, left : left + w]
 
 
-def predict_probs(net: Callable[[jax.Array], jax.Array], images: jax.Array, *,
-                  scales: Sequence[float] = (1.0,), flip: bool = False, crop_size: int = 0,
-                  stride_rate: float = 2 / 3) -> jax.Array:
+def predict_probs(
+    net: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crop_size: int = 0,
+    stride_rate: float = 2 / 3,
+) -> jax.Array:
   """Class probabilities [B, H, W, K] of normalised images [B, H, W, 3] (module docstring)."""
   h, w = images.shape[1:3]
   out = 0.0

@@ -29,8 +29,11 @@ def check_scoremap(scoremap, name: str = "scoremap") -> np.ndarray:
   scoremap = np.asarray(scoremap)
   if scoremap.ndim != 2:
     raise ValueError(f"{name} must be a 2-D [H, W] array; it has shape {scoremap.shape}.")
-  if not (np.issubdtype(scoremap.dtype, np.floating) or np.issubdtype(scoremap.dtype, np.integer)
-          or scoremap.dtype == np.bool_):
+  if not (
+      np.issubdtype(scoremap.dtype, np.floating)
+      or np.issubdtype(scoremap.dtype, np.integer)
+      or scoremap.dtype == np.bool_
+  ):
     raise TypeError(f"{name} must be a float array in [0, 1]; it has dtype {scoremap.dtype}.")
   # The official code requires float64 (np.float); float32 CAMs reach it through
   # `.astype(np.float)`, so widening here reproduces its uint8 quantization.
@@ -38,8 +41,10 @@ def check_scoremap(scoremap, name: str = "scoremap") -> np.ndarray:
   if np.isnan(scoremap).any():
     raise ValueError(f"{name} must not contain NaN (normalize constant / NaN CAMs to zeros first).")
   if scoremap.size and (scoremap.min() < 0 or scoremap.max() > 1):
-    raise ValueError(f"{name} must be in range [0, 1]; its min is {scoremap.min()} and max {scoremap.max()} "
-                     "(min-max normalize the CAM first).")
+    raise ValueError(
+        f"{name} must be in range [0, 1]; its min is {scoremap.min()} and max {scoremap.max()} "
+        "(min-max normalize the CAM first)."
+    )
   return scoremap
 
 
@@ -49,18 +54,26 @@ def check_boxes(boxes, name: str = "gt_boxes") -> np.ndarray:
   if arr.ndim == 1 and arr.shape[0] == 4:
     arr = arr[None]
   if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
-    raise ValueError(f"{name} must be an [N, 4] array of (x0, y0, x1, y1) boxes with N >= 1; "
-                     f"it has shape {arr.shape}.")
+    raise ValueError(
+        f"{name} must be an [N, 4] array of (x0, y0, x1, y1) boxes with N >= 1; "
+        f"it has shape {arr.shape}."
+    )
   if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
     raise TypeError(f"{name} must hold integers; it has dtype {arr.dtype}.")
-  if np.issubdtype(arr.dtype, np.floating) and (not np.isfinite(arr).all() or (arr != np.round(arr)).any()):
-    raise ValueError(f"{name} must hold integer pixel coordinates (wsolevaluation truncates resized boxes "
-                     f"with int()); got {arr.tolist()}.")
+  if np.issubdtype(arr.dtype, np.floating) and (
+      not np.isfinite(arr).all() or (arr != np.round(arr)).any()
+  ):
+    raise ValueError(
+        f"{name} must hold integer pixel coordinates (wsolevaluation truncates resized boxes "
+        f"with int()); got {arr.tolist()}."
+    )
   arr = arr.astype(np.int64)
   if (arr < 0).any():
     raise ValueError(f"{name} coordinates must be non-negative; got {arr.tolist()}.")
   if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
-    raise ValueError(f"{name} must follow the x0y0x1y1 convention (x1 >= x0, y1 >= y0); got {arr.tolist()}.")
+    raise ValueError(
+        f"{name} must follow the x0y0x1y1 convention (x1 >= x0, y1 >= y0); got {arr.tolist()}."
+    )
   return arr
 
 
@@ -98,7 +111,9 @@ def _boxes_at_pixel_threshold(image: np.ndarray, thresh: int, multi_contour: boo
   return np.asarray(boxes, np.int64)
 
 
-def boxes_from_scoremap(scoremap, thresholds: Sequence[float], *, multi_contour: bool) -> list[np.ndarray]:
+def boxes_from_scoremap(
+    scoremap, thresholds: Sequence[float], *, multi_contour: bool
+) -> list[np.ndarray]:
   """Estimated boxes [K_t, 4] at each score threshold (`compute_bboxes_from_scoremaps`).
 
   Foreground at threshold t: uint8 score (`(scoremap * 255).astype(uint8)`) > int(t * max uint8 score).
@@ -128,13 +143,21 @@ class BoxEvaluator(evaluation_base.Metric):
   metric is MaxBoxAcc@50).
   """
 
-  def __init__(self, cam_curve_interval: float = 0.01, iou_thresholds: Sequence[int] = (30, 50, 70),
-               multi_contour: bool = True, *, keep_per_image: bool = False):
+  def __init__(
+      self,
+      cam_curve_interval: float = 0.01,
+      iou_thresholds: Sequence[int] = (30, 50, 70),
+      multi_contour: bool = True,
+      *,
+      keep_per_image: bool = False,
+  ):
     """keep_per_image stores each image's best IoU and box at every score threshold (for `per_image`)."""
     self.cam_thresholds = cam_thresholds(cam_curve_interval)  # [T]
     self.iou_thresholds = tuple(int(t) for t in iou_thresholds)
     if not self.iou_thresholds or any(not 0 < t <= 100 for t in self.iou_thresholds):
-      raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {tuple(iou_thresholds)}.")
+      raise ValueError(
+          f"iou_thresholds must be percentages in (0, 100]; got {tuple(iou_thresholds)}."
+      )
     super().__init__()
     self.multi_contour = bool(multi_contour)
     self.keep_per_image = bool(keep_per_image)
@@ -152,7 +175,9 @@ class BoxEvaluator(evaluation_base.Metric):
     """Adds one image: scoremap [H, W] in [0, 1], gt_boxes [N, 4] int, correct_class = top-1 prediction right."""
     scoremap = check_scoremap(scoremap)
     gt_boxes = check_boxes(gt_boxes)
-    boxes_per_t = boxes_from_scoremap(scoremap, self.cam_thresholds, multi_contour=self.multi_contour)
+    boxes_per_t = boxes_from_scoremap(
+        scoremap, self.cam_thresholds, multi_contour=self.multi_contour
+    )
     # One IoU matrix per distinct box set (thresholds sharing an integer level share the array).
     best_iou = np.empty(len(boxes_per_t))  # [T]
     best_box = np.empty((len(boxes_per_t), 4), np.int64)  # [T, 4]
@@ -199,7 +224,9 @@ class BoxEvaluator(evaluation_base.Metric):
 
   def _check_nonempty(self) -> None:
     if self.count == 0:
-      raise RuntimeError("BoxEvaluator: no image was accumulated; call accumulate() before compute().")
+      raise RuntimeError(
+          "BoxEvaluator: no image was accumulated; call accumulate() before compute()."
+      )
 
   def compute(self) -> dict[str, float]:
     """Percentages: MaxBoxAcc@<t> per IoU threshold, MaxBoxAccV2 (their mean), GT-known, top-1 loc.
@@ -221,8 +248,10 @@ class BoxEvaluator(evaluation_base.Metric):
     if 50 in self.iou_thresholds:
       out["GT-known"] = out["gt_known_loc"] = out["MaxBoxAcc@50"]
     if self.num_with_class not in (0, self.count):
-      raise RuntimeError(f"BoxEvaluator: correct_class was given for {self.num_with_class} of {self.count} "
-                         "images; pass it for every image (top-1 loc) or for none.")
+      raise RuntimeError(
+          f"BoxEvaluator: correct_class was given for {self.num_with_class} of {self.count} "
+          "images; pass it for every image (top-1 loc) or for none."
+      )
     if self.num_with_class == self.count:
       for t in self.iou_thresholds:
         out[f"Top1Loc@{t}"] = float(self.num_correct_top1[t].max() * 100.0 / self.count)
@@ -308,10 +337,14 @@ class MaskEvaluator(evaluation_base.Metric):
   def _check_mask(mask, name: str, shape: tuple[int, ...]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.shape != shape:
-      raise ValueError(f"{name} has shape {mask.shape} but the scoremap has shape {shape}; they must match.")
+      raise ValueError(
+          f"{name} has shape {mask.shape} but the scoremap has shape {shape}; they must match."
+      )
     if mask.dtype != np.bool_:
       if not np.isin(mask, (0, 1)).all():
-        raise ValueError(f"{name} must be boolean (or 0/1); it has values {np.unique(mask)[:8].tolist()}.")
+        raise ValueError(
+            f"{name} must be boolean (or 0/1); it has values {np.unique(mask)[:8].tolist()}."
+        )
       mask = mask.astype(bool)
     return mask
 
@@ -321,9 +354,13 @@ class MaskEvaluator(evaluation_base.Metric):
     fp = self.gt_false_score_hist[::-1].cumsum()
     fn = self.gt_true_score_hist.sum() - tp
     if ((tp + fn) <= 0).all():
-      raise RuntimeError("MaskEvaluator: no positive ground-truth pixel in the accumulated masks; PxAP is undefined.")
+      raise RuntimeError(
+          "MaskEvaluator: no positive ground-truth pixel in the accumulated masks; PxAP is undefined."
+      )
     if ((tp + fp) <= 0).all():
-      raise RuntimeError("MaskEvaluator: no pixel was accumulated (no positive prediction); call accumulate() first.")
+      raise RuntimeError(
+          "MaskEvaluator: no pixel was accumulated (no positive prediction); call accumulate() first."
+      )
     return tp, fp, fn
 
   def compute(self) -> dict[str, float]:
@@ -334,7 +371,9 @@ class MaskEvaluator(evaluation_base.Metric):
       precision = tp / (tp + fp)
     recall = tp / (tp + fn)
     pxap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100.0
-    piou = np.max(tp / (tp + fp + fn)) * 100.0  # BagCAMs: np.max(IoU), IoU = tp / (fp + fn + tp) * 100
+    piou = (
+        np.max(tp / (tp + fp + fn)) * 100.0
+    )  # BagCAMs: np.max(IoU), IoU = tp / (fp + fn + tp) * 100
     return {"PxAP": float(pxap), "pIoU": float(piou)}
 
 
@@ -356,10 +395,12 @@ def overlay_grid(examples, keys=("scoremap",)) -> np.ndarray:
       s = np.asarray(ex[k], np.float32)[..., None]
       tile = 0.5 * image + 0.5 * np.concatenate([s, 0 * s, 0 * s], -1)
       for x0, y0, x1, y1 in ex.get("boxes", ()):
-        tile[y0:y1 + 1, [x0, x1]] = (0, 1, 0)
-        tile[[y0, y1], x0:x1 + 1] = (0, 1, 0)
+        tile[y0 : y1 + 1, [x0, x1]] = (0, 1, 0)
+        tile[[y0, y1], x0 : x1 + 1] = (0, 1, 0)
       tiles.append(tile)
-    rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1) for t in tiles], 1))
+    rows.append(
+        np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1) for t in tiles], 1)
+    )
   return np.clip(np.concatenate(rows, 0), 0, 1)
 
 
@@ -383,9 +424,17 @@ class WSOLEvaluator(evaluation_base.Evaluator):
 
   KINDS = ("boxes", "masks")
 
-  def __init__(self, scoremaps, *, cam_curve_interval: float = 0.01,
-               iou_thresholds=(30, 50, 70), multi_contour: bool = True, pred_key: str = "pred",
-               max_images: int = 6, example_means: dict[str, str] | None = None):
+  def __init__(
+      self,
+      scoremaps,
+      *,
+      cam_curve_interval: float = 0.01,
+      iou_thresholds=(30, 50, 70),
+      multi_contour: bool = True,
+      pred_key: str = "pred",
+      max_images: int = 6,
+      example_means: dict[str, str] | None = None,
+  ):
     super().__init__()
     if isinstance(scoremaps, dict):
       entries = [(prefix, key, self.KINDS) for prefix, key in scoremaps.items()]
@@ -394,20 +443,31 @@ class WSOLEvaluator(evaluation_base.Evaluator):
     seen = set()
     for prefix, key, kinds in entries:
       if not kinds or set(kinds) - set(self.KINDS):
-        raise ValueError(f"WSOLEvaluator: scoremap {key!r} has kinds {kinds}; use a non-empty subset of "
-                         f"{self.KINDS}.")
+        raise ValueError(
+            f"WSOLEvaluator: scoremap {key!r} has kinds {kinds}; use a non-empty subset of "
+            f"{self.KINDS}."
+        )
       for kind in kinds:
         if (prefix, kind) in seen:
-          raise ValueError(f"WSOLEvaluator: two scoremaps give the {kind} metrics of prefix {prefix!r}.")
+          raise ValueError(
+              f"WSOLEvaluator: two scoremaps give the {kind} metrics of prefix {prefix!r}."
+          )
         seen.add((prefix, kind))
     self.entries = entries
-    self.scoremaps = {f"{prefix}|{key}": key for prefix, key, _ in entries}  # entry id -> output key
+    self.scoremaps = {
+        f"{prefix}|{key}": key for prefix, key, _ in entries
+    }  # entry id -> output key
     self.pred_key = pred_key
     self.max_images = max_images
     self.example_means = dict(example_means or {})
-    self.boxes = {f"{p}|{k}": BoxEvaluator(cam_curve_interval, iou_thresholds, multi_contour)
-                  for p, k, kinds in entries if "boxes" in kinds}
-    self.masks = {f"{p}|{k}": MaskEvaluator(cam_curve_interval) for p, k, kinds in entries if "masks" in kinds}
+    self.boxes = {
+        f"{p}|{k}": BoxEvaluator(cam_curve_interval, iou_thresholds, multi_contour)
+        for p, k, kinds in entries
+        if "boxes" in kinds
+    }
+    self.masks = {
+        f"{p}|{k}": MaskEvaluator(cam_curve_interval) for p, k, kinds in entries if "masks" in kinds
+    }
     self.add("correct", 0.0)
     self.add("count", 0.0)
     for name in self.example_means:
@@ -417,16 +477,19 @@ class WSOLEvaluator(evaluation_base.Evaluator):
   def update(self, batch, outputs) -> None:
     valid = np.flatnonzero(np.asarray(batch["valid"]).astype(bool))
     if valid.size and "boxes" not in batch and "mask" not in batch:
-      raise ValueError("wsol eval: the eval batches carry neither 'boxes' nor 'mask'; the dataset "
-                       "must provide one of them (see jaxmilab/data/wsol_synthetic.py).")
+      raise ValueError(
+          "wsol eval: the eval batches carry neither 'boxes' nor 'mask'; the dataset "
+          "must provide one of them (see jaxmilab/data/wsol_synthetic.py)."
+      )
     correct = np.asarray(outputs[self.pred_key]) == np.asarray(batch["label"])
     for i in valid:
       for entry, key in self.scoremaps.items():
         scoremap = np.asarray(outputs[key][i], np.float64)
         if "boxes" in batch and entry in self.boxes:
           n = int(batch["num_boxes"][i])
-          self.boxes[entry].accumulate(scoremap, np.asarray(batch["boxes"][i])[:n],
-                                       correct_class=bool(correct[i]))
+          self.boxes[entry].accumulate(
+              scoremap, np.asarray(batch["boxes"][i])[:n], correct_class=bool(correct[i])
+          )
         if "mask" in batch and entry in self.masks:
           ignore = batch["ignore"][i] if "ignore" in batch else None
           self.masks[entry].accumulate(scoremap, np.asarray(batch["mask"][i]).astype(bool), ignore)
@@ -438,7 +501,7 @@ class WSOLEvaluator(evaluation_base.Evaluator):
         ex = {"image": np.asarray(batch["image"][i])}
         ex.update({key: np.asarray(outputs[key][i]) for key in self.scoremaps.values()})
         if "boxes" in batch:
-          ex["boxes"] = np.asarray(batch["boxes"][i])[:int(batch["num_boxes"][i])]
+          ex["boxes"] = np.asarray(batch["boxes"][i])[: int(batch["num_boxes"][i])]
         self._kept.append(ex)
 
   def _parts(self):

@@ -51,42 +51,53 @@ def validate_tea_args(q, k, v, *, window, top_k, pool) -> int | None:
     if len(x.shape) != 5:
       raise ValueError(
           f"tea_attention: {name} must have shape [batch, height, width, heads, head_dim] "
-          f"(5 dims), got shape {tuple(x.shape)}.")
+          f"(5 dims), got shape {tuple(x.shape)}."
+      )
     if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in _DTYPES]:
       raise ValueError(
           f"tea_attention: {name} has dtype {jnp.dtype(x.dtype).name}; use float32, bfloat16 "
-          f"or float16 (shape {tuple(x.shape)}).")
+          f"or float16 (shape {tuple(x.shape)})."
+      )
   if tuple(k.shape) != tuple(q.shape) or tuple(v.shape) != tuple(q.shape):
     raise ValueError(
         "tea_attention: q, k and v must have the same shape [batch, height, width, heads, "
-        f"head_dim], got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}.")
+        f"head_dim], got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}."
+    )
   if not (jnp.dtype(q.dtype) == jnp.dtype(k.dtype) == jnp.dtype(v.dtype)):
     raise ValueError(
         "tea_attention: q, k and v must have the same dtype, got "
-        f"{jnp.dtype(q.dtype).name}, {jnp.dtype(k.dtype).name}, {jnp.dtype(v.dtype).name}.")
+        f"{jnp.dtype(q.dtype).name}, {jnp.dtype(k.dtype).name}, {jnp.dtype(v.dtype).name}."
+    )
   _, height, width, _, _ = q.shape
   shape = tuple(q.shape)
   if min(shape) < 1:
     raise ValueError(f"tea_attention: q has an empty dimension, shape {shape}.")
   if not _is_int(window) or window < 1 or window % 2 == 0:
-    raise ValueError(f"tea_attention: window must be an odd integer >= 1, got {window!r} "
-                     f"(q shape {shape}).")
+    raise ValueError(
+        f"tea_attention: window must be an odd integer >= 1, got {window!r} " f"(q shape {shape})."
+    )
   if window > height or window > width:
     raise ValueError(
         f"tea_attention: window={window} is larger than the feature map (height={height}, "
-        f"width={width}) of q with shape {shape}; use window <= min(height, width).")
+        f"width={width}) of q with shape {shape}; use window <= min(height, width)."
+    )
   if not _is_int(top_k) or not 1 <= top_k <= window * window:
-    raise ValueError(f"tea_attention: top_k must be an integer in [1, window**2 = "
-                     f"{window * window}], got {top_k!r} (window={window}, q shape {shape}).")
+    raise ValueError(
+        f"tea_attention: top_k must be an integer in [1, window**2 = "
+        f"{window * window}], got {top_k!r} (window={window}, q shape {shape})."
+    )
   if pool is None or (_is_int(pool) and pool == 0):
     return None
   if not _is_int(pool) or pool < 0:
-    raise ValueError(f"tea_attention: pool must be None/0 (no global keys) or an integer "
-                     f">= 1, got {pool!r} (q shape {shape}).")
+    raise ValueError(
+        f"tea_attention: pool must be None/0 (no global keys) or an integer "
+        f">= 1, got {pool!r} (q shape {shape})."
+    )
   if height % pool or width % pool:
     raise ValueError(
         f"tea_attention: pool={pool} must divide height={height} and width={width} "
-        f"(q shape {shape}); pad the feature map or pick another pool.")
+        f"(q shape {shape}); pad the feature map or pick another pool."
+    )
   return int(pool)
 
 
@@ -102,8 +113,9 @@ def avg_pool_tokens(x: jax.Array, pool: int) -> jax.Array:
   return x.mean(axis=(2, 4)).reshape(b, (height // pool) * (width // pool), heads, dim)
 
 
-def _local_scores(q: jax.Array, k: jax.Array, rows: jax.Array, cols: jax.Array,
-                  scale: float) -> jax.Array:
+def _local_scores(
+    q: jax.Array, k: jax.Array, rows: jax.Array, cols: jax.Array, scale: float
+) -> jax.Array:
   """Scores of each query against its clamped window: [B, H, W, h, w*w] (row-major in window)."""
   # k[:, rows[i, a], cols[j, c]] -> [B, H, W, w, w, h, d]: a w*w-times-K temporary, not a
   # residual (jax.checkpoint below regathers it in the backward pass); only the scores are kept.
@@ -114,33 +126,34 @@ def _local_scores(q: jax.Array, k: jax.Array, rows: jax.Array, cols: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("window", "top_k", "pool"))
-def tea_attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
-                            top_k: int, pool: int | None) -> jax.Array:
+def tea_attention_reference(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_k: int, pool: int | None
+) -> jax.Array:
   """Pure-jnp TEA attention (no argument checks): gathers each query's window, never [HW, HW]."""
   b, height, width, heads, dim = q.shape
   out_dtype = q.dtype
   q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
   scale = 1.0 / math.sqrt(dim)
   rows = jnp.asarray(window_starts(height, window)[:, None] + np.arange(window))  # [H, w]
-  cols = jnp.asarray(window_starts(width, window)[:, None] + np.arange(window))   # [W, w]
+  cols = jnp.asarray(window_starts(width, window)[:, None] + np.arange(window))  # [W, w]
   s = jax.checkpoint(_local_scores, static_argnums=(4,))(q, k, rows, cols, scale)
   # lax.top_k returns the lower index first among equal values: the documented tie rule.
   # Selection on -0.0 -> +0.0 scores (equal scores tie whatever their sign); the values (and
   # gradients) are taken from s itself.
-  _, n_top = jax.lax.top_k(jnp.where(s == 0, 0.0, s), top_k)              # [B, H, W, h, k]
+  _, n_top = jax.lax.top_k(jnp.where(s == 0, 0.0, s), top_k)  # [B, H, W, h, k]
   s_top = jnp.take_along_axis(s, n_top, axis=-1)
   # Window offset -> flat key position y * W + x, then gather only the selected values.
   y = jnp.asarray(window_starts(height, window))[:, None, None, None] + n_top // window
   x = jnp.asarray(window_starts(width, window))[None, :, None, None] + n_top % window
-  flat = (y * width + x).transpose(0, 3, 1, 2, 4).reshape(b, heads, -1)    # [B, h, HW*k]
+  flat = (y * width + x).transpose(0, 3, 1, 2, 4).reshape(b, heads, -1)  # [B, h, HW*k]
   v_bh = v.transpose(0, 3, 1, 2, 4).reshape(b, heads, height * width, dim)
   v_sel = jnp.take_along_axis(v_bh, flat[..., None], axis=2)
   v_sel = v_sel.reshape(b, heads, height, width, top_k, dim).transpose(0, 2, 3, 1, 4, 5)
-  logits = s_top                                                           # [B, H, W, h, k]
+  logits = s_top  # [B, H, W, h, k]
   if pool is not None:
-    k_g = avg_pool_tokens(k, pool)                                         # [B, G, h, d]
+    k_g = avg_pool_tokens(k, pool)  # [B, G, h, d]
     v_g = avg_pool_tokens(v, pool)
-    s_g = jnp.einsum("bijhd,bghd->bijhg", q, k_g) * scale                  # [B, H, W, h, G]
+    s_g = jnp.einsum("bijhd,bghd->bijhg", q, k_g) * scale  # [B, H, W, h, G]
     logits = jnp.concatenate([s_top, s_g], axis=-1)
   p = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("bijhn,bijhnd->bijhd", p[..., :top_k], v_sel)

@@ -29,8 +29,11 @@ def _batch_axes(batch: int) -> tuple[tuple[str, ...], bool]:
   if mesh.empty:
     return (), False
   types = dict(zip(mesh.axis_names, mesh.axis_types))
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1
-               and types[a] != jax.sharding.AxisType.Manual)
+  axes = tuple(
+      a
+      for a in BATCH_AXES
+      if a in mesh.axis_names and mesh.shape[a] > 1 and types[a] != jax.sharding.AxisType.Manual
+  )
   size = 1
   for a in axes:
     size *= mesh.shape[a]
@@ -39,9 +42,17 @@ def _batch_axes(batch: int) -> tuple[tuple[str, ...], bool]:
   return axes, any(types[a] == jax.sharding.AxisType.Explicit for a in axes)
 
 
-def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_k: int,
-                  pool: int | None, implementation: str = "xla",
-                  interpret: bool = False) -> jax.Array:
+def tea_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    window: int,
+    top_k: int,
+    pool: int | None,
+    implementation: str = "xla",
+    interpret: bool = False,
+) -> jax.Array:
   """TEA attention: each query attends to its top_k keys in a clamped window plus pooled keys.
 
   Args:
@@ -65,8 +76,10 @@ def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_
   """
   pool = tea.validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"tea_attention: implementation must be one of {IMPLEMENTATIONS}, got "
-                     f"{implementation!r}.")
+    raise ValueError(
+        f"tea_attention: implementation must be one of {IMPLEMENTATIONS}, got "
+        f"{implementation!r}."
+    )
   if implementation == "xla":
     return tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
   backend = jax.default_backend()
@@ -74,11 +87,13 @@ def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_
     raise ValueError(
         f"tea_attention: implementation='pallas' needs a GPU or TPU (default backend is "
         f"{backend!r}); pass interpret=True to run the kernel on CPU, or use "
-        "implementation='xla'.")
+        "implementation='xla'."
+    )
 
   def kernel(q, k, v):
-    return tea_pallas.tea_attention_pallas_unchecked(q, k, v, window=window, top_k=top_k,
-                                                     pool=pool, interpret=interpret)
+    return tea_pallas.tea_attention_pallas_unchecked(
+        q, k, v, window=window, top_k=top_k, pool=pool, interpret=interpret
+    )
 
   axes, explicit = _batch_axes(q.shape[0])
   if not axes:
@@ -86,5 +101,6 @@ def tea_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, top_
   spec = P(axes)
   if explicit:  # Explicit-sharding meshes want the inputs already laid out as in_specs.
     q, k, v = (jax.reshard(x, spec) for x in (q, k, v))
-  return jax.shard_map(kernel, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)(q, k, v)
+  return jax.shard_map(kernel, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+      q, k, v
+  )

@@ -52,8 +52,9 @@ def bagcams_from_gradients(features: jax.Array, grads: jax.Array) -> jax.Array:
   return jnp.sum(jax.nn.relu(weights * gf), axis=-1)
 
 
-def guided_gradients(model, variables, low: jax.Array, labels: jax.Array,
-                     order: str = "release") -> jax.Array:
+def guided_gradients(
+    model, variables, low: jax.Array, labels: jax.Array, order: str = "release"
+) -> jax.Array:
   """G = d log(y_k) / dF through f_high with guided ReLUs (BatchNorm in inference mode).
 
   order "release": the seed 1/y_k is back-propagated through the guided ReLUs (official
@@ -83,8 +84,14 @@ def gt_logits(out, labels: jax.Array) -> jax.Array:
   return out["logits"][jnp.arange(labels.shape[0]), labels].astype(jnp.float32)
 
 
-def bagcams_scoremaps(model, variables, low: jax.Array, labels: jax.Array,
-                      size: tuple[int, int], order: str = "release") -> jax.Array:
+def bagcams_scoremaps(
+    model,
+    variables,
+    low: jax.Array,
+    labels: jax.Array,
+    size: tuple[int, int],
+    order: str = "release",
+) -> jax.Array:
   """[B, H, W] BagCAMs scoremaps in [0, 1] from the split-point features `low`."""
   grads = guided_gradients(model, variables, low, labels, order)
   maps = bagcams_from_gradients(low, grads)  # [B, h, w]
@@ -105,15 +112,25 @@ class Method(cam.Method):
     super().__init__(config, data_info)
     self.gradient_order = self.opts.gradient_order
     if self.gradient_order not in GRADIENT_ORDERS:
-      raise ValueError(f"config.method.gradient_order={self.gradient_order!r}: use one of "
-                       f"{GRADIENT_ORDERS}.")
+      raise ValueError(
+          f"config.method.gradient_order={self.gradient_order!r}: use one of " f"{GRADIENT_ORDERS}."
+      )
 
   def eval_step(self, params, model_state, batch):
     out, _ = self.apply(params, model_state, batch["image"], train=False)
     variables = {"params": params, **model_state}
-    scoremap = bagcams_scoremaps(self.model, variables, jax.lax.stop_gradient(out["low"]),
-                                 batch["label"], batch["image"].shape[1:3], self.gradient_order)
+    scoremap = bagcams_scoremaps(
+        self.model,
+        variables,
+        jax.lax.stop_gradient(out["low"]),
+        batch["label"],
+        batch["image"].shape[1:3],
+        self.gradient_order,
+    )
     y_k = gt_logits(out, batch["label"])
-    return {"scoremap": scoremap, "scoremap_cam": self.cam_scoremaps(out, batch),
-            "gt_logit_nonpositive": (y_k <= 0).astype(jnp.float32) * 100.0,
-            "pred": jnp.argmax(out["logits"], -1)}
+    return {
+        "scoremap": scoremap,
+        "scoremap_cam": self.cam_scoremaps(out, batch),
+        "gt_logit_nonpositive": (y_k <= 0).astype(jnp.float32) * 100.0,
+        "pred": jnp.argmax(out["logits"], -1),
+    }

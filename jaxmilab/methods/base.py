@@ -44,13 +44,15 @@ class Method(abc.ABC):
     """Flax variables ({"params": ..., other collections}) for a batch of this shape."""
 
   @abc.abstractmethod
-  def loss(self, params: PyTree, model_state: PyTree, batch: Mapping[str, jax.Array],
-           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
+  def loss(
+      self, params: PyTree, model_state: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array
+  ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
     """Scalar loss to minimise, (scalar metrics to log, updated model_state)."""
 
   @abc.abstractmethod
-  def eval_step(self, params: PyTree, model_state: PyTree,
-                batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  def eval_step(
+      self, params: PyTree, model_state: PyTree, batch: Mapping[str, jax.Array]
+  ) -> dict[str, jax.Array]:
     """Per-example outputs (leading axis = batch) that the `evaluator()` consumes."""
 
   @abc.abstractmethod
@@ -69,6 +71,7 @@ class Method(abc.ABC):
     Methods with several parameter groups override it (e.g. dcpt: separate optimizers for
     network and classifier, frozen parts, via optax.multi_transform)."""
     from jaxmilab import optimizers  # pylint: disable=g-import-not-at-top
+
     return optimizers.create(optimizer_config, total_steps)
 
   def init_from(self, variables: dict[str, PyTree], loaded: dict[str, PyTree]) -> dict[str, PyTree]:
@@ -91,4 +94,3 @@ def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:
     return x
 
   return jax.tree_util.tree_map_with_path(pick, fresh)
-

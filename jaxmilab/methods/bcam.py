@@ -46,11 +46,11 @@ MAP_MODES = ("cub", "ilsvrc", "openimages")
 # Every config.method key of bcam: cam's and the B-CAM ones (config_lib fills the missing ones).
 CONFIG_DEFAULTS = dict(
     cam.CONFIG_DEFAULTS,
-    num_heads=100,                       # attention heads K of each aggregator
-    loss_weights=(1.0, 1.0, 1.0, 1.0),   # r1..r4 of the stagger loss
-    inference="prob",                    # "prob" | "mask" (module docstring)
-    map_mode="cub",                      # MAP_MODES (official inference.py `Generator`)
-    require_init_from=False,             # refuse to train without init_from (a CAM run)
+    num_heads=100,  # attention heads K of each aggregator
+    loss_weights=(1.0, 1.0, 1.0, 1.0),  # r1..r4 of the stagger loss
+    inference="prob",  # "prob" | "mask" (module docstring)
+    map_mode="cub",  # MAP_MODES (official inference.py `Generator`)
+    require_init_from=False,  # refuse to train without init_from (a CAM run)
 )
 BCAMHead = wsol_backbones.BCAMHead  # the model component; re-exported for the method's users
 
@@ -94,8 +94,9 @@ def attention_shares(scores: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return out
 
 
-def gradient_maps(score_fn, map_features: jax.Array, labels: jax.Array,
-                  mode: str) -> tuple[jax.Array, jax.Array]:
+def gradient_maps(
+    score_fn, map_features: jax.Array, labels: jax.Array, mode: str
+) -> tuple[jax.Array, jax.Array]:
   """(M_o, M_b) [B, h, w] gradient-weighted maps at the map layer (official `Generator`).
 
   `score_fn(offset)` returns the head's scores with `offset` added at the map layer, so its
@@ -130,8 +131,11 @@ class Method(cam.WSOLMethod):
   """B-CAM training (stagger loss) and "prob" / "mask" evaluation."""
 
   DEFAULTS = CONFIG_DEFAULTS
-  EXAMPLE_MEANS = {f"attention_{n.upper()}/{kind}": f"att_{n}_{kind}"
-                   for n in ("a", "b") for kind in ("top_share", "head_top_share")}
+  EXAMPLE_MEANS = {
+      f"attention_{n.upper()}/{kind}": f"att_{n}_{kind}"
+      for n in ("a", "b")
+      for kind in ("top_share", "head_top_share")
+  }
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
@@ -141,7 +145,9 @@ class Method(cam.WSOLMethod):
     self.head = wsol_backbones.bcam_head(self.arch, data_info.num_classes, int(m.num_heads))
     weights = tuple(m.loss_weights)
     if len(weights) != 4:
-      raise ValueError(f"config.method.loss_weights={weights}: give 4 weights (r1..r4 of the stagger loss).")
+      raise ValueError(
+          f"config.method.loss_weights={weights}: give 4 weights (r1..r4 of the stagger loss)."
+      )
     self.loss_weights = dict(zip(("ce_oo", "mlsm_bo", "mlsm_bb", "mlsm_ob"), map(float, weights)))
     self.inference = m.inference
     if self.inference not in ("prob", "mask"):
@@ -156,42 +162,52 @@ class Method(cam.WSOLMethod):
     self.SCOREMAPS = [  # pylint: disable=invalid-name
         (prefix, keys[mode], (kind,))
         for mode, prefix in ((self.inference, ""), (other, f"{other}/"))
-        for keys, kind in ((box_key, "boxes"), (px_key, "masks"))]
+        for keys, kind in ((box_key, "boxes"), (px_key, "masks"))
+    ]
 
   def _head(self, params, out, train=False, rng=None):
     att = wsol_backbones.bcam_attention_input(self.arch, out)
     rngs = {"dropout": rng} if train and rng is not None else {}
-    return self.head.apply({"params": params["bcam_head"]}, out["features"], att, train=train, rngs=rngs)
+    return self.head.apply(
+        {"params": params["bcam_head"]}, out["features"], att, train=train, rngs=rngs
+    )
 
   def init_variables(self, rng, batch):
     x = cam.preprocess(batch["image"])
     k1, k2 = jax.random.split(rng)
     variables = dict(self.backbone.init({"params": k1, "dropout": k1}, x, train=False))
     out = self.backbone.apply(variables, x, train=False)
-    head = self.head.init({"params": k2, "dropout": k2}, out["features"],
-                          wsol_backbones.bcam_attention_input(self.arch, out))
+    head = self.head.init(
+        {"params": k2, "dropout": k2},
+        out["features"],
+        wsol_backbones.bcam_attention_input(self.arch, out),
+    )
     params = {"backbone": variables.pop("params"), "bcam_head": head["params"]}
     return {"params": params, **variables}
 
   def _backbone(self, params, model_state, x, train, rng=None, **kwargs):
-    return cam.apply_backbone(self.backbone, params["backbone"], model_state, x, train=train, rng=rng,
-                              **kwargs)
+    return cam.apply_backbone(
+        self.backbone, params["backbone"], model_state, x, train=train, rng=rng, **kwargs
+    )
 
   def check_initialisation(self) -> None:
     """As cam's, and `require_init_from` (configs/bcam.py quickstart) needs init_from."""
     super().check_initialisation()
     m = self.options()
     if m.require_init_from and not m.init_from:
-      raise ValueError("config.method.require_init_from=True: B-CAM fine-tunes a trained classifier "
-                       "(the release starts from ImageNet weights); pass --config.method.init_from=<a "
-                       "converged cam run, e.g. of configs/cam.py:quickstart>, or set "
-                       "--config.method.require_init_from=False to train from scratch.")
+      raise ValueError(
+          "config.method.require_init_from=True: B-CAM fine-tunes a trained classifier "
+          "(the release starts from ImageNet weights); pass --config.method.init_from=<a "
+          "converged cam run, e.g. of configs/cam.py:quickstart>, or set "
+          "--config.method.require_init_from=False to train from scratch."
+      )
 
   def loss(self, params, model_state, batch, rng):
     self.check_initialisation()
     rng_backbone, rng_head = jax.random.split(rng)
-    out, model_state = self._backbone(params, model_state, cam.preprocess(batch["image"]), True,
-                                      rng_backbone)
+    out, model_state = self._backbone(
+        params, model_state, cam.preprocess(batch["image"]), True, rng_backbone
+    )
     scores = self._head(params, out, train=True, rng=rng_head)
     terms = stagger_loss_terms(scores, batch["label"])
     loss = sum(self.loss_weights[k] * v for k, v in terms.items())
@@ -206,11 +222,15 @@ class Method(cam.WSOLMethod):
     low = jax.lax.stop_gradient(out["low"])
 
     def score_fn(offset):  # f_high from the split point, with the offset at the map layer
-      resumed, _ = self._backbone(params, model_state, None, False, low_features=low, map_offset=offset)
+      resumed, _ = self._backbone(
+          params, model_state, None, False, low_features=low, map_offset=offset
+      )
       return self._head(params, resumed)
 
     feats = jax.lax.stop_gradient(out["map"])
-    maps = {mode: gradient_maps(score_fn, feats, labels, mode) for mode in (modes or (self.map_mode,))}
+    maps = {
+        mode: gradient_maps(score_fn, feats, labels, mode) for mode in (modes or (self.map_mode,))
+    }
     return maps, self._head(params, out)
 
   def eval_step(self, params, model_state, batch):
@@ -225,7 +245,9 @@ class Method(cam.WSOLMethod):
       back = cam.resize_maps(m_b, size, "bilinear")
       outputs[f"scoremap{suffix}"] = cam.normalize_minmax(fore)
       outputs[f"scoremap{suffix}_back"] = cam.normalize_minmax(back)
-      outputs[f"scoremap{suffix}_mask"] = (fore > back).astype(jnp.float32)  # argmax([back, fore]); ties -> back
+      outputs[f"scoremap{suffix}_mask"] = (fore > back).astype(
+          jnp.float32
+      )  # argmax([back, fore]); ties -> back
     return {**outputs, **attention_shares(scores), "pred": jnp.argmax(scores["s_oo"], -1)}
 
   def init_from(self, variables, loaded):

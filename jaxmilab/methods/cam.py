@@ -39,11 +39,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # Every config.method key the WSOL methods share (bcam adds its own; config_lib fills the
 # missing ones; read through WSOLMethod.options).
 CONFIG_DEFAULTS = dict(
-    init_from="",              # ImageNet / released weights (convert/torchvision_wsol.py) or a run
-    allow_random_init=False,   # let a `paper` network train from random weights
-    cam_curve_interval=0.01,   # step of the score thresholds of the protocol curves
+    init_from="",  # ImageNet / released weights (convert/torchvision_wsol.py) or a run
+    allow_random_init=False,  # let a `paper` network train from random weights
+    cam_curve_interval=0.01,  # step of the score thresholds of the protocol curves
     iou_thresholds=(30, 50, 70),  # MaxBoxAccV2 IoU thresholds (%)
-    multi_contour=True,        # MaxBoxAccV2: boxes of all contours, not only the largest
+    multi_contour=True,  # MaxBoxAccV2: boxes of all contours, not only the largest
 )
 
 
@@ -60,9 +60,11 @@ def cubic_resize_matrix(out_size: int, in_size: int) -> np.ndarray:
     src = (i + 0.5) * scale - 0.5
     i0 = int(np.floor(src))
     t = src - i0
-    ws = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-          ((a + 2) * t - (a + 3)) * t * t + 1,
-          ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1]
+    ws = [
+        ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+    ]
     ws.append(1.0 - sum(ws))
     for k, w in enumerate(ws):
       m[i, min(max(i0 - 1 + k, 0), in_size - 1)] += w
@@ -79,8 +81,9 @@ def resize_maps(maps: jax.Array, size: tuple[int, int], kind: str) -> jax.Array:
   fn = cubic_resize_matrix if kind == "cubic" else bilinear_resize_matrix
   rh = jnp.asarray(fn(int(size[0]), int(maps.shape[1])))  # [H, h]
   rw = jnp.asarray(fn(int(size[1]), int(maps.shape[2])))  # [W, w]
-  return jnp.einsum("Hh,bhw,Ww->bHW", rh, maps.astype(jnp.float32), rw,
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(
+      "Hh,bhw,Ww->bHW", rh, maps.astype(jnp.float32), rw, precision=jax.lax.Precision.HIGHEST
+  )
 
 
 def normalize_minmax(maps: jax.Array) -> jax.Array:
@@ -96,8 +99,9 @@ def normalize_minmax(maps: jax.Array) -> jax.Array:
 def cam_maps(features: jax.Array, kernel: jax.Array, labels: jax.Array) -> jax.Array:
   """CAM of class labels[b]: sum_c kernel[c, labels[b]] * features[b, :, :, c] -> [B, h, w]."""
   weights = jnp.take(kernel.astype(jnp.float32), labels, axis=1).T  # [B, C]
-  return jnp.einsum("bhwc,bc->bhw", features.astype(jnp.float32), weights,
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(
+      "bhwc,bc->bhw", features.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST
+  )
 
 
 def cam_to_scoremap(cams: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -121,8 +125,10 @@ def load_matching(variables, loaded):
   merged = base.merge_matching(variables, loaded)
   same = sum(1 for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables)) if a is not b)
   if same == 0:
-    raise ValueError("config.method.init_from: no parameter of the checkpoint matches this model "
-                     "(path and shape); check config.model (arch, preset, num_classes).")
+    raise ValueError(
+        "config.method.init_from: no parameter of the checkpoint matches this model "
+        "(path and shape); check config.model (arch, preset, num_classes)."
+    )
   return merged
 
 
@@ -130,12 +136,14 @@ def apply_backbone(model, params, model_state, x, *, train: bool, rng=None, **kw
   """model.apply on preprocessed x; in training BatchNorm statistics update and dropout draws
   from `rng`. Returns (outputs, model_state) (the new state in training, else the given one)."""
   rngs = {"dropout": rng} if train and rng is not None else None
-  return model_common.apply_with_state(model, params, model_state, x, train=train, rngs=rngs,
-                                       **kwargs)
+  return model_common.apply_with_state(
+      model, params, model_state, x, train=train, rngs=rngs, **kwargs
+  )
 
 
-def wsol_summary(outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred",
-                 **eval_kwargs) -> dict[str, float]:
+def wsol_summary(
+    outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred", **eval_kwargs
+) -> dict[str, float]:
   """Protocol metrics of one kind of scoremap over host arrays holding the batch keys and outputs."""
   ev = wsol_metrics.WSOLEvaluator({"": scoremap_key}, pred_key=pred_key, **eval_kwargs)
   ev.update(outputs, outputs)
@@ -146,13 +154,16 @@ def build_backbone(config, data_info, init_from: str, **overrides):
   """The config.model backbone with num_classes from the dataset, checked against the network
   the `init_from` weights were converted for."""
   if data_info.num_classes < 2:
-    raise ValueError(f"WSOL methods need a classification dataset; config.data.name="
-                     f"{config.data.name!r} gives {data_info.num_classes} classes.")
+    raise ValueError(
+        f"WSOL methods need a classification dataset; config.data.name="
+        f"{config.data.name!r} gives {data_info.num_classes} classes."
+    )
   model_cfg = dict(config.model)
   model_cfg.update(num_classes=data_info.num_classes, **overrides)
   model = registry.get_model(config.model.name)(model_cfg)
-  torchvision_wsol.check_model_info(init_from, wsol_backbones.arch_of(model),
-                                    model.large_feature_map)
+  torchvision_wsol.check_model_info(
+      init_from, wsol_backbones.arch_of(model), model.large_feature_map
+  )
   return model
 
 
@@ -173,9 +184,11 @@ class WSOLMethod(base.Method):
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     self.opts = m = self.options()
-    self.eval_kwargs = dict(cam_curve_interval=float(m.cam_curve_interval),
-                            iou_thresholds=tuple(m.iou_thresholds),
-                            multi_contour=bool(m.multi_contour))
+    self.eval_kwargs = dict(
+        cam_curve_interval=float(m.cam_curve_interval),
+        iou_thresholds=tuple(m.iou_thresholds),
+        multi_contour=bool(m.multi_contour),
+    )
 
   def options(self) -> config_options.Options:
     """config.method read through DEFAULTS, now (a test or notebook may change the config)."""
@@ -189,13 +202,17 @@ class WSOLMethod(base.Method):
     m = self.options()
     model = wsol_backbones.model_options(self.config.model, self.data_info.num_classes)
     if model.preset == "paper" and not m.init_from and not m.allow_random_init:
-      raise ValueError("config.model.preset='paper' trains the protocol network, which starts from "
-                       "ImageNet weights, but config.method.init_from is empty. Import them with "
-                       "`python -m jaxmilab.convert.torchvision_wsol` and pass --config.method.init_from, "
-                       "or set --config.method.allow_random_init=True to train from random weights.")
+      raise ValueError(
+          "config.model.preset='paper' trains the protocol network, which starts from "
+          "ImageNet weights, but config.method.init_from is empty. Import them with "
+          "`python -m jaxmilab.convert.torchvision_wsol` and pass --config.method.init_from, "
+          "or set --config.method.allow_random_init=True to train from random weights."
+      )
 
   def evaluator(self) -> wsol_metrics.WSOLEvaluator:
-    return wsol_metrics.WSOLEvaluator(self.SCOREMAPS, example_means=self.EXAMPLE_MEANS, **self.eval_kwargs)
+    return wsol_metrics.WSOLEvaluator(
+        self.SCOREMAPS, example_means=self.EXAMPLE_MEANS, **self.eval_kwargs
+    )
 
   # TRANSITION: base.Method still declares these; both run the streaming evaluator once.
   def init_from(self, variables, loaded):
@@ -216,8 +233,9 @@ class Method(WSOLMethod):
 
   def apply(self, params, model_state, images, *, train: bool, rng=None, **kwargs):
     """Runs the backbone; returns (outputs, new model_state)."""
-    return apply_backbone(self.model, params, model_state, preprocess(images), train=train, rng=rng,
-                          **kwargs)
+    return apply_backbone(
+        self.model, params, model_state, preprocess(images), train=train, rng=rng, **kwargs
+    )
 
   def loss(self, params, model_state, batch, rng):
     self.check_initialisation()

@@ -53,16 +53,33 @@ IGNORE = 255
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # released train.py / evaluate.py
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CONFIG_DEFAULTS = dict(
-    init_from="", scribble_weight=1.0, pseudo_weight=1.0, label_smoothing=0.1,
-    scribble_entropy_weight=1.0, contour_entropy_weight=1.0, lorm_weight=1.0, align_corners=True,
-    lorm_zeroes_pseudo_ignore=True, eval_scales=(1.0,), eval_flip=False, eval_crop_size=0, eval_stride_rate=2 / 3, eval_images=4)
+    init_from="",
+    scribble_weight=1.0,
+    pseudo_weight=1.0,
+    label_smoothing=0.1,
+    scribble_entropy_weight=1.0,
+    contour_entropy_weight=1.0,
+    lorm_weight=1.0,
+    align_corners=True,
+    lorm_zeroes_pseudo_ignore=True,
+    eval_scales=(1.0,),
+    eval_flip=False,
+    eval_crop_size=0,
+    eval_stride_rate=2 / 3,
+    eval_images=4,
+)
 
 
 # --------------------------------------------------------------------------------- the losses
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
-                  ignore_index: int = IGNORE) -> jax.Array:
+def cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = IGNORE,
+) -> jax.Array:
   """torch.nn.CrossEntropyLoss(ignore_index, label_smoothing) on [B, H, W, K] logits (mean)."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   valid = labels != ignore_index
@@ -141,13 +158,18 @@ class CDSPEvaluator(evaluation_base.Evaluator):
       return
     pred, gt = np.asarray(outputs["pred"])[valid], np.asarray(batch["gt"])[valid]
     self.seg.accumulate(pred, gt)
-    for i in np.flatnonzero(valid)[:max(0, self.keep - len(self.kept))]:
-      self.kept.append((np.asarray(batch["image"][i]), np.asarray(batch["gt"][i]),
-                        np.asarray(outputs["pred"][i])))
+    for i in np.flatnonzero(valid)[: max(0, self.keep - len(self.kept))]:
+      self.kept.append(
+          (
+              np.asarray(batch["image"][i]),
+              np.asarray(batch["gt"][i]),
+              np.asarray(outputs["pred"][i]),
+          )
+      )
 
   def merge(self, other: "CDSPEvaluator") -> "CDSPEvaluator":
     super().merge(other)
-    self.kept.extend(other.kept[:max(0, self.keep - len(self.kept))])
+    self.kept.extend(other.kept[: max(0, self.keep - len(self.kept))])
     return self
 
   def merge_across_processes(self) -> "CDSPEvaluator":
@@ -168,7 +190,11 @@ class CDSPEvaluator(evaluation_base.Evaluator):
     rows = []
     for image, gt, pred in self.kept:
       tiles = [image.astype(np.float32) / 255.0, palette[gt], palette[np.clip(pred, 0, 255)]]
-      rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for t in tiles], 1))
+      rows.append(
+          np.concatenate(
+              [np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for t in tiles], 1
+          )
+      )
     return np.concatenate(rows, 0)
 
 
@@ -182,8 +208,10 @@ class Method(base.Method):
     super().__init__(config, data_info)
     self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="cdsp")
     if data_info.num_classes < 2:
-      raise ValueError(f"cdsp needs a segmentation dataset with >= 2 classes; config.data.name="
-                       f"{config.data.name!r} gives {data_info.num_classes}.")
+      raise ValueError(
+          f"cdsp needs a segmentation dataset with >= 2 classes; config.data.name="
+          f"{config.data.name!r} gives {data_info.num_classes}."
+      )
     model_cfg = dict(config.model)
     model_cfg["num_classes"] = data_info.num_classes
     if float(self.opts.lorm_weight) <= 0:  # no LoRM loss: the model needs no LoRM layer
@@ -200,9 +228,13 @@ class Method(base.Method):
     x = preprocess(batch["image"])
     use_lorm = float(o["lorm_weight"]) > 0
     out, new_state = self.model.apply(
-        {"params": params, **model_state}, x, train=True,
-        lorm_fg=batch["pseudo"] if use_lorm else None, rngs={"dropout": rng},
-        mutable=list(model_state))
+        {"params": params, **model_state},
+        x,
+        train=True,
+        lorm_fg=batch["pseudo"] if use_lorm else None,
+        rngs={"dropout": rng},
+        mutable=list(model_state),
+    )
     size = batch["scribble"].shape[1:3]
     logits = deeplab.resize_bilinear(out["logits"], size, align_corners=bool(o["align_corners"]))
     pseudo = pseudo_label_target(batch["pseudo"], use_lorm and bool(o["lorm_zeroes_pseudo_ignore"]))
@@ -212,8 +244,12 @@ class Method(base.Method):
         "de_scribble": distance_entropy_from_logits(logits, batch["dist_scribble"]),
         "de_contour": distance_entropy_from_logits(logits, batch["dist_contour"]),
     }
-    weights = {"ce_scribble": o["scribble_weight"], "ce_pseudo": o["pseudo_weight"],
-               "de_scribble": o["scribble_entropy_weight"], "de_contour": o["contour_entropy_weight"]}
+    weights = {
+        "ce_scribble": o["scribble_weight"],
+        "ce_pseudo": o["pseudo_weight"],
+        "de_scribble": o["scribble_entropy_weight"],
+        "de_contour": o["contour_entropy_weight"],
+    }
     if use_lorm:
       terms["lorm"] = out["lorm_loss"]
       weights["lorm"] = o["lorm_weight"]
@@ -229,12 +265,19 @@ class Method(base.Method):
 
     def net(x):
       logits = self.model.apply({"params": params, **model_state}, x, train=False)["logits"]
-      return jax.nn.softmax(deeplab.resize_bilinear(logits, x.shape[1:3], align_corners=align), axis=-1)
+      return jax.nn.softmax(
+          deeplab.resize_bilinear(logits, x.shape[1:3], align_corners=align), axis=-1
+      )
 
     o = self.opts
     return segmentation_inference.predict_probs(
-        net, preprocess(images), scales=tuple(float(s) for s in o["eval_scales"]), flip=bool(o["eval_flip"]),
-        crop_size=int(o["eval_crop_size"]), stride_rate=float(o["eval_stride_rate"]))
+        net,
+        preprocess(images),
+        scales=tuple(float(s) for s in o["eval_scales"]),
+        flip=bool(o["eval_flip"]),
+        crop_size=int(o["eval_crop_size"]),
+        stride_rate=float(o["eval_stride_rate"]),
+    )
 
   def eval_step(self, params, model_state, batch):
     probs = self.probabilities(params, model_state, batch["image"])
@@ -243,7 +286,6 @@ class Method(base.Method):
   def evaluator(self) -> CDSPEvaluator:
     return CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
 
-
   def init_from(self, variables, loaded):
     """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays)."""
     tree = loaded.get("params", {}).get("backbone", {})
@@ -251,16 +293,22 @@ class Method(base.Method):
       return load_torch_weights(variables, tree)
     merged = base.merge_matching(variables, loaded)
     if all(a is b for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables))):
-      raise ValueError("config.method.init_from: no array of the checkpoint matches this model (path and "
-                       "shape); pass a torchvision ResNet-50/101 .pth, a released CDSP .pth or a cdsp "
-                       "workdir with the same config.model.")
+      raise ValueError(
+          "config.method.init_from: no array of the checkpoint matches this model (path and "
+          "shape); pass a torchvision ResNet-50/101 .pth, a released CDSP .pth or a cdsp "
+          "workdir with the same config.model."
+      )
     return merged
 
 
 def _from_torch_file(tree: Any) -> bool:
   """A PyTorch state dict as jaxmilab.convert reads a .pth (BN running stats still in params)."""
-  return (isinstance(tree, Mapping) and "layer1_0" in tree and isinstance(tree.get("bn1"), Mapping)
-          and "running_mean" in tree["bn1"])
+  return (
+      isinstance(tree, Mapping)
+      and "layer1_0" in tree
+      and isinstance(tree.get("bn1"), Mapping)
+      and "running_mean" in tree["bn1"]
+  )
 
 
 def _is_trunk(key: str) -> bool:
@@ -274,9 +322,13 @@ def _flatten_torch_tree(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[
     if isinstance(value, Mapping):
       out.update(_flatten_torch_tree(value, path + (key,)))
     elif key != "num_batches_tracked":
-      collection, leaf = ("batch_stats", key[len("running_"):]) if key.startswith("running_") else ("params", key)
+      collection, leaf = (
+          ("batch_stats", key[len("running_") :]) if key.startswith("running_") else ("params", key)
+      )
       keys = (collection,) + path + (leaf,)
-      out[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in keys))] = np.asarray(value, np.float32)
+      out[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in keys))] = np.asarray(
+          value, np.float32
+      )
   return out
 
 
@@ -298,14 +350,18 @@ def load_torch_weights(variables: dict[str, Any], tree: Mapping[str, Any]) -> di
   flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
   has_head = any(not _is_trunk(k) for k in tree if k != "fc")
   missing = sorted(k for k in flat_new if k not in flat_old)
-  shapes = sorted(f"{k}: file {np.shape(flat_new[k])} vs model {np.shape(flat_old[k])}"
-                  for k in flat_new if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k]))
+  shapes = sorted(
+      f"{k}: file {np.shape(flat_new[k])} vs model {np.shape(flat_old[k])}"
+      for k in flat_new
+      if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k])
+  )
   unfilled = sorted(k for k in flat_old if k not in flat_new and (has_head or "'backbone'" in k))
   if missing or shapes or unfilled:
     raise ValueError(
         f"config.method.init_from: the PyTorch file does not fit config.model (arch / depth / preset): "
         f"{len(missing)} weights have no place in the model {missing[:4]}, {len(shapes)} differ in "
-        f"shape {shapes[:4]}, {len(unfilled)} model weights are not in the file {unfilled[:4]}.")
+        f"shape {shapes[:4]}, {len(unfilled)} model weights are not in the file {unfilled[:4]}."
+    )
 
   def pick(path, x):
     y = flat_new.get(jax.tree_util.keystr(path))

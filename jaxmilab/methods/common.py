@@ -10,7 +10,6 @@ import numpy as np
 
 from jaxmilab.evaluation import restoration as restoration_metrics
 
-
 # The backbones' last convolution (image out) by parameter name: NAFNet `ending`, SwinIR
 # `conv_last`, Restormer / PromptIR / TEAFormer `output` (official state-dict names).
 OUTPUT_CONVS = ("ending", "conv_last", "output")
@@ -28,8 +27,10 @@ def zero_output_conv(backbone_params: dict) -> dict:
   """
   found = [k for k in OUTPUT_CONVS if k in backbone_params]
   if len(found) != 1:
-    raise ValueError(f"zero_init_output: expected exactly one of {OUTPUT_CONVS} among the "
-                     f"backbone's top-level parameters, found {sorted(backbone_params)}.")
+    raise ValueError(
+        f"zero_init_output: expected exactly one of {OUTPUT_CONVS} among the "
+        f"backbone's top-level parameters, found {sorted(backbone_params)}."
+    )
   out = dict(backbone_params)
   out[found[0]] = jax.tree_util.tree_map(jnp.zeros_like, backbone_params[found[0]])
   return out
@@ -65,12 +66,15 @@ def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.Res
   method) scores float images instead of uint8-rounded ones
   (jaxmilab.evaluation.restoration.per_image_scores)."""
   return restoration_metrics.RestorationEvaluator(
-      method.data_info.class_names, with_accuracy=with_accuracy,
-      float_images=bool(method.opts.float_metrics))
+      method.data_info.class_names,
+      with_accuracy=with_accuracy,
+      float_images=bool(method.opts.float_metrics),
+  )
 
 
-def image_grid(outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"),
-               max_rows: int = 6) -> np.ndarray:
+def image_grid(
+    outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"), max_rows: int = 6
+) -> np.ndarray:
   """Rows of examples (one per degradation type first), columns = keys; [H, W, 3] in [0, 1]."""
   valid = np.flatnonzero(outputs["valid"])
   labels = outputs["label"][valid]
@@ -78,7 +82,9 @@ def image_grid(outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"),
   pad = 2
   tiles = []
   for i in rows:
-    row = [np.pad(np.clip(outputs[k][i], 0, 1), ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0)
-           for k in keys]
+    row = [
+        np.pad(np.clip(outputs[k][i], 0, 1), ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0)
+        for k in keys
+    ]
     tiles.append(np.concatenate(row, axis=1))
   return np.concatenate(tiles, axis=0)

@@ -43,12 +43,12 @@ FROZEN = {"pretrain": (), "probe": ("backbone",), "joint": (), "transfer": ("cla
 
 # Every config.method key of dcpt (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
-    mode="pretrain",            # MODES, module docstring
-    focal_gamma=0.0,            # focal loss gamma; 0 and no alpha = cross-entropy (official)
-    cls_weight=1.0,             # L = L_pix + cls_weight * L_cls
+    mode="pretrain",  # MODES, module docstring
+    focal_gamma=0.0,  # focal loss gamma; 0 and no alpha = cross-entropy (official)
+    cls_weight=1.0,  # L = L_pix + cls_weight * L_cls
     classifier_learning_rate=0.0,  # 0 = config.optimizer.learning_rate
-    init_from="",               # a run whose params (backbone, classifier) start this one
-    float_metrics=False,        # PSNR/SSIM on float images instead of uint8-rounded ones
+    init_from="",  # a run whose params (backbone, classifier) start this one
+    float_metrics=False,  # PSNR/SSIM on float images instead of uint8-rounded ones
 )
 
 
@@ -58,7 +58,9 @@ class Method(base.Method):
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     if data_info.num_classes < 2:
-      raise ValueError(f"dcpt needs at least 2 degradation types; config.data gives {data_info.num_classes}.")
+      raise ValueError(
+          f"dcpt needs at least 2 degradation types; config.data gives {data_info.num_classes}."
+      )
     self.backbone = registry.get_model(config.model.name)(config.model)
     self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes)
     self.opts = self.read_options(config.method)
@@ -84,7 +86,9 @@ class Method(base.Method):
     return {k: jax.lax.stop_gradient(v) if k in FROZEN[self.mode] else v for k, v in params.items()}
 
   def _classify(self, params, lq):
-    restored, feats = self.backbone.apply({"params": params["backbone"]}, lq, return_decoder_features=True)
+    restored, feats = self.backbone.apply(
+        {"params": params["backbone"]}, lq, return_decoder_features=True
+    )
     logits = self.classifier.apply({"params": params["classifier"]}, feats)
     return restored, logits.astype(jnp.float32)
 
@@ -110,7 +114,8 @@ class Method(base.Method):
 
   def create_optimizer(self, optimizer_config, total_steps: int) -> optax.GradientTransformation:
     """Separate optimizers for network and classifier (official optim_g / optim_dc); frozen
-    parts get set_to_zero. The classifier's learning rate: config.method.classifier_learning_rate."""
+    parts get set_to_zero. The classifier's learning rate: config.method.classifier_learning_rate.
+    """
     tx_g = optimizers.create(optimizer_config, total_steps)
     lr_dc = float(self.opts.classifier_learning_rate)
     if lr_dc:
@@ -125,9 +130,15 @@ class Method(base.Method):
 
     def labels(params):
       # Everything but the classifier (backbone; MaskDCPT's recon_head) is the network.
-      return {k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in frozen else
-                                        ("classifier" if k == "classifier" else "backbone"), v)
-              for k, v in params.items()}
+      return {
+          k: jax.tree_util.tree_map(
+              lambda _, k=k: "frozen"
+              if k in frozen
+              else ("classifier" if k == "classifier" else "backbone"),
+              v,
+          )
+          for k, v in params.items()
+      }
 
     return optax.multi_transform(transforms, labels)
 
@@ -137,10 +148,11 @@ class Method(base.Method):
     source = loaded.get("params", {})
     for part in FROZEN[self.mode]:
       if part not in source:
-        raise ValueError(f"init_from: mode {self.mode!r} freezes the {part}, but the checkpoint "
-                         f"has no params/{part}; start from a dcpt (pretrain) run.")
+        raise ValueError(
+            f"init_from: mode {self.mode!r} freezes the {part}, but the checkpoint "
+            f"has no params/{part}; start from a dcpt (pretrain) run."
+        )
     return base.merge_matching(variables, loaded)
 
   def evaluator(self):
     return common.evaluator(self, with_accuracy=True)
-

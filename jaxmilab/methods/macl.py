@@ -68,19 +68,20 @@ from jaxmilab.models import pcl_unet
 # Every config.method key this method reads (official values: pretrain.sh / train_contrast.py;
 # read as self.opts).
 CONFIG_DEFAULTS = dict(
-    init_from="",           # continue from another run's parameters ("" = none)
-    variant="macl",         # "macl" | "pcl" (L_g only, encoder + one MLP head, full resolution)
-    threshold=0.1,          # --slice_threshold (0.1 CT / cardiac sets, 0.05 BraTS)
-    temperature=0.1,        # --temp 0.1
+    init_from="",  # continue from another run's parameters ("" = none)
+    variant="macl",  # "macl" | "pcl" (L_g only, encoder + one MLP head, full resolution)
+    threshold=0.1,  # --slice_threshold (0.1 CT / cardiac sets, 0.05 BraTS)
+    temperature=0.1,  # --temp 0.1
     base_temperature=0.07,  # SupConLoss base_temperature
-    scale=0.25,             # --scale_factor: dominant branch input downsampling s
-    decoder_blocks=2,       # decoder blocks in the dominant branches
-    embed_dim=0,            # image embedding size; 0 = the released one of the variant: MACL
-                            # int(--classes 512 * --scale_factor 0.25) = 128 (stevezs315/MACL
-                            # pretrain.sh), PCL --classes 512 (dewenzeng/positional_cl run_script.sh)
-    pixel_weight=0.5,       # --alpha (L_d)
-    er_weight=1.0,          # --alpha_ER (L_ER)
-    symmetric=False)        # --symmetric_net: no downsampling of the dominant inputs
+    scale=0.25,  # --scale_factor: dominant branch input downsampling s
+    decoder_blocks=2,  # decoder blocks in the dominant branches
+    embed_dim=0,  # image embedding size; 0 = the released one of the variant: MACL
+    # int(--classes 512 * --scale_factor 0.25) = 128 (stevezs315/MACL
+    # pretrain.sh), PCL --classes 512 (dewenzeng/positional_cl run_script.sh)
+    pixel_weight=0.5,  # --alpha (L_d)
+    er_weight=1.0,  # --alpha_ER (L_ER)
+    symmetric=False,
+)  # --symmetric_net: no downsampling of the dominant inputs
 VARIANTS = ("macl", "pcl")
 RELEASED_EMBED_DIM = {"macl": 128, "pcl": 512}
 VIEW_KEYS = ("view_i1", "view_i2", "view_v1", "view_v2")
@@ -95,9 +96,15 @@ def _l2_normalize(z: jax.Array, eps: float = 1e-8) -> jax.Array:
   return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), eps)
 
 
-def contrastive_terms(features: jax.Array, positions: jax.Array, *, threshold: float,
-                      temperature: float, base_temperature: float = 0.07,
-                      valid: jax.Array | None = None) -> jax.Array:
+def contrastive_terms(
+    features: jax.Array,
+    positions: jax.Array,
+    *,
+    threshold: float,
+    temperature: float,
+    base_temperature: float = 0.07,
+    valid: jax.Array | None = None,
+) -> jax.Array:
   """Per-anchor positional SupCon losses of features [..., 2B, C] (rows 0..B-1 view 1,
   B..2B-1 view 2 of the same B slices) -> [..., 2B].
 
@@ -109,7 +116,7 @@ def contrastive_terms(features: jax.Array, positions: jax.Array, *, threshold: f
   two_b = features.shape[-2]
   if two_b % 2:
     raise ValueError(f"contrastive features need 2B rows (two views), got shape {features.shape}.")
-  pos = jnp.concatenate([positions, positions]).astype(jnp.float32)          # [2B]
+  pos = jnp.concatenate([positions, positions]).astype(jnp.float32)  # [2B]
   f = _l2_normalize(features)
   logits = jnp.einsum("...ic,...jc->...ij", f, f, precision=jax.lax.Precision.HIGHEST) / temperature
   eye = jnp.eye(two_b, dtype=bool)
@@ -117,20 +124,27 @@ def contrastive_terms(features: jax.Array, positions: jax.Array, *, threshold: f
   if valid is not None:
     v = jnp.concatenate([valid, valid]).astype(bool)
     keep = keep & v[None, :]
-  positive = (jnp.abs(pos[:, None] - pos[None, :]) < threshold) & keep        # [2B, 2B]
+  positive = (jnp.abs(pos[:, None] - pos[None, :]) < threshold) & keep  # [2B, 2B]
   denominator = jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=-1, keepdims=True)
   log_prob = logits - denominator
-  mean_log_prob = (jnp.sum(jnp.where(positive, log_prob, 0.0), axis=-1)
-                   / jnp.maximum(jnp.sum(positive, axis=-1), 1))
+  mean_log_prob = jnp.sum(jnp.where(positive, log_prob, 0.0), axis=-1) / jnp.maximum(
+      jnp.sum(positive, axis=-1), 1
+  )
   loss = -(temperature / base_temperature) * mean_log_prob
   if valid is not None:
     loss = jnp.where(jnp.concatenate([valid, valid]).astype(bool), loss, 0.0)
   return loss
 
 
-def positional_contrastive_loss(z1: jax.Array, z2: jax.Array, positions: jax.Array, *,
-                                threshold: float, temperature: float,
-                                base_temperature: float = 0.07) -> jax.Array:
+def positional_contrastive_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    positions: jax.Array,
+    *,
+    threshold: float,
+    temperature: float,
+    base_temperature: float = 0.07,
+) -> jax.Array:
   """PCL / MACL's position-aware SupCon loss of two views z1, z2 [B, C] (scalar).
 
   The 2B L2-normalised embeddings are all anchors and all contrasts; logits = cosine /
@@ -143,21 +157,41 @@ def positional_contrastive_loss(z1: jax.Array, z2: jax.Array, positions: jax.Arr
   if z1.shape != z2.shape or z1.ndim != 2:
     raise ValueError(f"z1 and z2 must both be [B, C]; got {z1.shape} and {z2.shape}.")
   features = jnp.concatenate([z1, z2], axis=0)
-  return jnp.mean(contrastive_terms(features, positions, threshold=threshold,
-                                    temperature=temperature, base_temperature=base_temperature))
+  return jnp.mean(
+      contrastive_terms(
+          features,
+          positions,
+          threshold=threshold,
+          temperature=temperature,
+          base_temperature=base_temperature,
+      )
+  )
 
 
-def dense_contrastive_loss(a: jax.Array, d: jax.Array, positions: jax.Array, *, threshold: float,
-                           temperature: float, base_temperature: float = 0.07,
-                           valid: jax.Array | None = None) -> jax.Array:
+def dense_contrastive_loss(
+    a: jax.Array,
+    d: jax.Array,
+    positions: jax.Array,
+    *,
+    threshold: float,
+    temperature: float,
+    base_temperature: float = 0.07,
+    valid: jax.Array | None = None,
+) -> jax.Array:
   """L_d: the positional loss at every location of pixel maps a, d [B, h, w, C], averaged over
   locations (and valid anchors) -> scalar. One einsum over [P, 2B, C], P = h w."""
   if a.shape != d.shape:
     raise ValueError(f"Pixel maps must have the same shape; got {a.shape} and {d.shape}.")
   b, h, w, c = a.shape
   features = jnp.concatenate([a.reshape(b, h * w, c), d.reshape(b, h * w, c)], axis=0)  # [2B, P, C]
-  terms = contrastive_terms(jnp.swapaxes(features, 0, 1), positions, threshold=threshold,
-                            temperature=temperature, base_temperature=base_temperature, valid=valid)
+  terms = contrastive_terms(
+      jnp.swapaxes(features, 0, 1),
+      positions,
+      threshold=threshold,
+      temperature=temperature,
+      base_temperature=base_temperature,
+      valid=valid,
+  )
   return _masked_mean(terms, valid)
 
 
@@ -202,8 +236,9 @@ def downsample(x: jax.Array, scale: float) -> jax.Array:
     raise ValueError(f"Downsampling {x.shape} by {scale} leaves no pixels; use larger patches.")
   rh = jnp.asarray(bilinear_align_corners_matrix(oh, h))
   rw = jnp.asarray(bilinear_align_corners_matrix(ow, w))
-  return jnp.einsum("Hh,bhwc,Ww->bHWc", rh, x.astype(jnp.float32), rw,
-                    precision=jax.lax.Precision.HIGHEST).astype(x.dtype)
+  return jnp.einsum(
+      "Hh,bhwc,Ww->bHWc", rh, x.astype(jnp.float32), rw, precision=jax.lax.Precision.HIGHEST
+  ).astype(x.dtype)
 
 
 # ------------------------------------------------------------------------------- network
@@ -211,21 +246,32 @@ def downsample(x: jax.Array, scale: float) -> jax.Array:
 
 class _MLP(nn.Module):
   """Linear -> ReLU -> Linear (PyTorch default Linear init)."""
+
   hidden: int
   features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     from jaxmilab.models import layers  # pylint: disable=g-import-not-at-top
-    x = nn.Dense(self.hidden, kernel_init=layers.torch_default_kernel_init,
-                 bias_init=layers.torch_default_bias_init(x.shape[-1]), name="fc_1")(x)
+
+    x = nn.Dense(
+        self.hidden,
+        kernel_init=layers.torch_default_kernel_init,
+        bias_init=layers.torch_default_bias_init(x.shape[-1]),
+        name="fc_1",
+    )(x)
     x = nn.relu(x)
-    return nn.Dense(self.features, kernel_init=layers.torch_default_kernel_init,
-                    bias_init=layers.torch_default_bias_init(self.hidden), name="fc_2")(x)
+    return nn.Dense(
+        self.features,
+        kernel_init=layers.torch_default_kernel_init,
+        bias_init=layers.torch_default_bias_init(self.hidden),
+        name="fc_2",
+    )(x)
 
 
 class PixelProjector(nn.Module):
   """(conv3x3 -> BN -> LeakyReLU) x 2 to `features` channels (official target_pixel_projector)."""
+
   features: int
 
   @nn.compact
@@ -236,6 +282,7 @@ class PixelProjector(nn.Module):
 
 class MACLNet(nn.Module):
   """Backbone (params["backbone"]) + MACL / PCL heads; returns every branch's output."""
+
   backbone: nn.Module
   variant: str = "macl"
   decoder_blocks: int = 2
@@ -258,7 +305,7 @@ class MACLNet(nn.Module):
         out[f"y_v{i + 1}"] = y
       return out
     # The official call order (BatchNorm running statistics are updated in this order).
-    y_aux, _ = self.backbone.encode(views["view_i1"], train)               # [B, H/16, W/16, 16w]
+    y_aux, _ = self.backbone.encode(views["view_i1"], train)  # [B, H/16, W/16, 16w]
     y_dom, skips_dom = self.backbone.encode(down(views["view_i2"]), train)  # [B, H/64, W/64, 16w]
     y_v1, _ = self.backbone.encode(views["view_v1"], train)
     y_v2, skips_v2 = self.backbone.encode(down(views["view_v2"]), train)
@@ -275,8 +322,16 @@ class MACLNet(nn.Module):
     pixel_aux = PixelProjector(channels, name="pixel_projector")(y_aux, train)
     g_1 = _MLP(channels, self.embed_dim, name="aux_image_head")(gap(y_v1))
     g_2 = _MLP(channels, self.embed_dim, name="dom_image_head")(gap(image_dom))
-    return {"g_1": g_1, "g_2": g_2, "pixel_aux": pixel_aux, "pixel_dom": pixel_dom,
-            "y_aux": y_aux, "y_dom": y_dom, "y_v1": y_v1, "y_v2": y_v2}
+    return {
+        "g_1": g_1,
+        "g_2": g_2,
+        "pixel_aux": pixel_aux,
+        "pixel_dom": pixel_dom,
+        "y_aux": y_aux,
+        "y_dom": y_dom,
+        "y_v1": y_v1,
+        "y_v2": y_v2,
+    }
 
 
 # -------------------------------------------------------------------------------- method
@@ -297,55 +352,75 @@ class Method(base.Method):
     self.pixel_weight = float(m.pixel_weight)
     self.er_weight = float(m.er_weight)
     if self.threshold <= 0 or self.temperature <= 0:
-      raise ValueError(f"config.method.threshold={self.threshold} and temperature="
-                       f"{self.temperature} must be > 0.")
+      raise ValueError(
+          f"config.method.threshold={self.threshold} and temperature="
+          f"{self.temperature} must be > 0."
+      )
     backbone = registry.get_model(config.model.name)(config.model)
     for needed in ("encode", "decode"):
       if not hasattr(backbone, needed):
-        raise ValueError(f"config.model.name={config.model.name!r} has no `{needed}` method; MACL "
-                         f"needs a backbone with encode() / decode() (see jaxmilab/models/pcl_unet.py).")
-    self.net = MACLNet(backbone=backbone, variant=self.variant,
-                       decoder_blocks=int(m.decoder_blocks),
-                       embed_dim=int(m.embed_dim) or RELEASED_EMBED_DIM[self.variant],
-                       scale=float(m.scale), symmetric=bool(m.symmetric))
+        raise ValueError(
+            f"config.model.name={config.model.name!r} has no `{needed}` method; MACL "
+            f"needs a backbone with encode() / decode() (see jaxmilab/models/pcl_unet.py)."
+        )
+    self.net = MACLNet(
+        backbone=backbone,
+        variant=self.variant,
+        decoder_blocks=int(m.decoder_blocks),
+        embed_dim=int(m.embed_dim) or RELEASED_EMBED_DIM[self.variant],
+        scale=float(m.scale),
+        symmetric=bool(m.symmetric),
+    )
 
   def _views(self, batch):
     keys = VARIANT_VIEWS[self.variant]
     missing = [k for k in keys + ("position",) if k not in batch]
     if missing:
-      raise ValueError(f"method.variant={self.variant!r} batches need {keys + ('position',)}; "
-                       f"missing {missing}. Use config.data.name='medical_pretrain' with "
-                       f"config.data.views='macl' for MACL.")
+      raise ValueError(
+          f"method.variant={self.variant!r} batches need {keys + ('position',)}; "
+          f"missing {missing}. Use config.data.name='medical_pretrain' with "
+          f"config.data.views='macl' for MACL."
+      )
     return {k: batch[k] for k in keys}
 
   def init_variables(self, rng, batch):
     views = self._views(batch)
     if self.variant == "pcl" and "view_i1" in batch:
-      logging.warning("method.variant='pcl' on MACL's views (V = spatial(intensity jitter)); the "
-                      "released PCL views are spatial only: set config.data.views='pcl'.")
+      logging.warning(
+          "method.variant='pcl' on MACL's views (V = spatial(intensity jitter)); the "
+          "released PCL views are spatial only: set config.data.views='pcl'."
+      )
     if self.variant == "macl":
-      out = jax.eval_shape(lambda v: self.net.init_with_output({"params": rng}, v, train=False)[0],
-                           views)
+      out = jax.eval_shape(
+          lambda v: self.net.init_with_output({"params": rng}, v, train=False)[0], views
+      )
       dom, aux = out["y_dom"].shape[1:3], out["y_aux"].shape[1:3]
       if min(dom) < 2:
         logging.warning(
             "MACL: the dominant branch's bottleneck is %s (auxiliary %s): L_ER then ties it to "
             "one corner cell of the auxiliary bottleneck and the cheapest way down is a dead "
             "centre (L_g at chance). Use patches >= 2^depth / scale * 2 pixels (or a smaller "
-            "config.model.depth).", "x".join(map(str, dom)), "x".join(map(str, aux)))
+            "config.model.depth).",
+            "x".join(map(str, dom)),
+            "x".join(map(str, aux)),
+        )
     return dict(self.net.init({"params": rng}, views, train=False))
 
   def _terms(self, out, positions, valid=None) -> dict[str, jax.Array]:
-    kw = dict(threshold=self.threshold, temperature=self.temperature,
-              base_temperature=self.base_temperature)
+    kw = dict(
+        threshold=self.threshold,
+        temperature=self.temperature,
+        base_temperature=self.base_temperature,
+    )
     g = jnp.concatenate([out["g_1"], out["g_2"]], axis=0)
     terms = {"l_g": _masked_mean(contrastive_terms(g, positions, valid=valid, **kw), valid)}
     for key, view in CENTRES.items():
       if key in out:
         terms[f"dead_{view}"] = jax.lax.stop_gradient(dead_fraction(out[key], valid))
     if self.variant == "macl":
-      terms["l_d"] = dense_contrastive_loss(out["pixel_aux"], out["pixel_dom"], positions,
-                                            valid=valid, **kw)
+      terms["l_d"] = dense_contrastive_loss(
+          out["pixel_aux"], out["pixel_dom"], positions, valid=valid, **kw
+      )
       y_aux = downsample(out["y_aux"], self.net.scale) if not self.net.symmetric else out["y_aux"]
       diff = jnp.abs(y_aux.astype(jnp.float32) - out["y_dom"].astype(jnp.float32))
       if valid is None:
@@ -369,14 +444,20 @@ class Method(base.Method):
 
   def loss(self, params, model_state, batch, rng):
     del rng
-    out, updates = self.net.apply({"params": params, **model_state}, self._views(batch), train=True,
-                                  mutable=list(model_state.keys()))
+    out, updates = self.net.apply(
+        {"params": params, **model_state},
+        self._views(batch),
+        train=True,
+        mutable=list(model_state.keys()),
+    )
     terms = self._terms(out, batch["position"])
     return self.combine(terms), (terms, dict(updates))
 
   def eval_step(self, params, model_state, batch):
     out = self.net.apply({"params": params, **model_state}, self._views(batch), train=False)
-    valid = batch["valid"].astype(bool) if "valid" in batch else jnp.ones(batch["position"].shape, bool)
+    valid = (
+        batch["valid"].astype(bool) if "valid" in batch else jnp.ones(batch["position"].shape, bool)
+    )
     terms = self._terms(out, batch["position"], valid)
     # Positional retrieval: nearest other embedding (own other view excluded) is a positive.
     g = _l2_normalize(jnp.concatenate([out["g_1"], out["g_2"]], axis=0))
@@ -399,7 +480,6 @@ class Method(base.Method):
 
   def evaluator(self) -> "MACLEvaluator":
     return MACLEvaluator(("loss",) + self.logged())
-
 
 
 class MACLEvaluator(evaluation_base.Evaluator):

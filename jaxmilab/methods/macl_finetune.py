@@ -42,16 +42,19 @@ from jaxmilab.evaluation import segmentation
 from jaxmilab.methods import base
 
 CONFIG_DEFAULTS = dict(
-    init_from="",             # a MACL / PCL pre-training run; "" = scratch
-    init_decoder_blocks=2,    # decoder blocks taken from a pre-training run (MACL pre-trains 1-2)
-    l2_weight=0.0,            # coupled L2 (torch.optim.Adam weight_decay): loss += l2/2 sum p^2
-    surface_metrics=True,     # also HD95 / ASD per class (released validate(); pixels)
-    eval_examples=4)          # test slices kept for the eval picture
+    init_from="",  # a MACL / PCL pre-training run; "" = scratch
+    init_decoder_blocks=2,  # decoder blocks taken from a pre-training run (MACL pre-trains 1-2)
+    l2_weight=0.0,  # coupled L2 (torch.optim.Adam weight_decay): loss += l2/2 sum p^2
+    surface_metrics=True,  # also HD95 / ASD per class (released validate(); pixels)
+    eval_examples=4,
+)  # test slices kept for the eval picture
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean pixel-wise softmax cross-entropy of [B, H, W, K] logits and int [B, H, W] labels."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+  return jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  )
 
 
 def pretrained_parts(loaded_params: dict[str, Any], decoder_blocks: int) -> dict[str, Any] | None:
@@ -63,8 +66,11 @@ def pretrained_parts(loaded_params: dict[str, Any], decoder_blocks: int) -> dict
   parts = {}
   if "encoder" in backbone:
     parts["encoder"] = backbone["encoder"]
-  blocks = {k: v for k, v in backbone.get("decoder", {}).items()
-            if k.startswith("block_") and int(k.split("_")[1]) <= decoder_blocks}
+  blocks = {
+      k: v
+      for k, v in backbone.get("decoder", {}).items()
+      if k.startswith("block_") and int(k.split("_")[1]) <= decoder_blocks
+  }
   if blocks:
     parts["decoder"] = blocks
   return parts
@@ -78,14 +84,18 @@ def _copy_into(fresh: Any, loaded: Any, path: str, copied: list[str]) -> Any:
     out = dict(fresh)
     for key, value in loaded.items():
       if key not in fresh:
-        raise ValueError(f"init_from: the checkpoint has {path}/{key}, which this model (config.model) "
-                         f"does not; pre-train and fine-tune the same backbone.")
+        raise ValueError(
+            f"init_from: the checkpoint has {path}/{key}, which this model (config.model) "
+            f"does not; pre-train and fine-tune the same backbone."
+        )
       out[key] = _copy_into(fresh[key], value, f"{path}/{key}", copied)
     return out
   if np.shape(loaded) != np.shape(fresh):
-    raise ValueError(f"init_from: {path} has shape {np.shape(loaded)} in the checkpoint but "
-                     f"{np.shape(fresh)} here; use the same config.model (width, depth, input "
-                     f"channels) as the pre-training run.")
+    raise ValueError(
+        f"init_from: {path} has shape {np.shape(loaded)} in the checkpoint but "
+        f"{np.shape(fresh)} here; use the same config.model (width, depth, input "
+        f"channels) as the pre-training run."
+    )
   copied.append(path)
   return jnp.asarray(loaded, dtype=jnp.asarray(fresh).dtype)
 
@@ -98,13 +108,17 @@ class Method(base.Method):
     self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="macl_finetune")
     self.num_classes = int(data_info.num_classes)
     if self.num_classes < 2:
-      raise ValueError(f"macl_finetune needs labelled data with >= 2 classes (config.data.name="
-                       f"'medical_seg'); the dataset reports num_classes={self.num_classes}.")
+      raise ValueError(
+          f"macl_finetune needs labelled data with >= 2 classes (config.data.name="
+          f"'medical_seg'); the dataset reports num_classes={self.num_classes}."
+      )
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     declared = int(model_config.get("num_classes") or 0)  # 0 / None / absent: from the data
     if declared and declared != self.num_classes:
-      raise ValueError(f"config.model.num_classes={declared} but the data has {self.num_classes} "
-                       f"classes; set it to 0 (= from the data) or {self.num_classes}.")
+      raise ValueError(
+          f"config.model.num_classes={declared} but the data has {self.num_classes} "
+          f"classes; set it to 0 (= from the data) or {self.num_classes}."
+      )
     model_config.num_classes = self.num_classes
     self.net = registry.get_model(config.model.name)(model_config)
     self.decoder_blocks = int(self.opts.init_decoder_blocks)
@@ -116,13 +130,19 @@ class Method(base.Method):
 
   def loss(self, params, model_state, batch, rng):
     del rng
-    logits, updates = self.net.apply({"params": params, **model_state}, batch["image"], train=True,
-                                     mutable=list(model_state.keys()))
+    logits, updates = self.net.apply(
+        {"params": params, **model_state},
+        batch["image"],
+        train=True,
+        mutable=list(model_state.keys()),
+    )
     ce = cross_entropy(logits, batch["labels"])
     accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
     loss = ce
     if self.l2_weight:  # torch Adam's weight_decay adds wd * p to every gradient
-      loss = loss + 0.5 * self.l2_weight * sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+      loss = loss + 0.5 * self.l2_weight * sum(
+          jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params)
+      )
     return loss, ({"ce": ce, "pixel_accuracy": accuracy}, dict(updates))
 
   def eval_step(self, params, model_state, batch):
@@ -131,7 +151,6 @@ class Method(base.Method):
 
   def evaluator(self) -> "DiceEvalState":
     return DiceEvalState(self.num_classes, self.eval_examples, bool(self.opts.surface_metrics))
-
 
   def init_from(self, variables, loaded):
     parts = pretrained_parts(loaded["params"], self.decoder_blocks)
@@ -148,13 +167,32 @@ class Method(base.Method):
         out[collection] = _copy_into(tree, chosen, collection, copied)
     if not any(p.startswith("params/encoder") for p in copied):
       raise ValueError("init_from: the pre-training run has no backbone encoder parameters.")
-    logging.info("init_from: copied %d arrays (encoder and decoder blocks 1-%d): %s", len(copied),
-                 self.decoder_blocks, ", ".join(sorted({"/".join(p.split("/")[:3]) for p in copied})))
+    logging.info(
+        "init_from: copied %d arrays (encoder and decoder blocks 1-%d): %s",
+        len(copied),
+        self.decoder_blocks,
+        ", ".join(sorted({"/".join(p.split("/")[:3]) for p in copied})),
+    )
     return out
 
 
-_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32) / 255
+_PALETTE = (
+    np.array(
+        [
+            [0, 0, 0],
+            [230, 25, 75],
+            [60, 180, 75],
+            [255, 225, 25],
+            [0, 130, 200],
+            [245, 130, 48],
+            [145, 30, 180],
+            [70, 240, 240],
+            [240, 50, 230],
+        ],
+        np.float32,
+    )
+    / 255
+)
 
 
 class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
@@ -198,5 +236,7 @@ class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
       x = image[..., 0]
       x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
       colour = lambda lab: _PALETTE[np.asarray(lab) % len(_PALETTE)]
-      rows.append(np.concatenate([np.repeat(x[..., None], 3, -1), colour(gt), colour(pred)], axis=1))
+      rows.append(
+          np.concatenate([np.repeat(x[..., None], 3, -1), colour(gt), colour(pred)], axis=1)
+      )
     return np.concatenate(rows, axis=0)

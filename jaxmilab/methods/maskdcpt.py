@@ -68,10 +68,10 @@ def classifier_pyramid(feats: Sequence[jax.Array]) -> list[jax.Array]:
   if len(feats) < 2 or len(sizes) > 1:
     return feats
   out = []
-  for i, f in enumerate(feats[::-1]):                             # fine to coarse
-    s = 2 ** i
+  for i, f in enumerate(feats[::-1]):  # fine to coarse
+    s = 2**i
     out.append(f[:, ::s, ::s, :])
-  return out[::-1]                                                # forward order again
+  return out[::-1]  # forward order again
 
 
 def _all_visible(x: jax.Array) -> jax.Array:
@@ -85,13 +85,13 @@ NON_RESIDUAL_HEADS = ("backbone", "spark")
 
 # Every config.method key of maskdcpt (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
-    focal_gamma=0.0,            # focal loss gamma; 0 and no alpha = cross-entropy
-    cls_weight=1.0,             # L = L_pix + cls_weight * L_cls
+    focal_gamma=0.0,  # focal loss gamma; 0 and no alpha = cross-entropy
+    cls_weight=1.0,  # L = L_pix + cls_weight * L_cls
     mask_ratio=masking.MASK_RATIO,  # official `mask_ratio = 0.5`; in [0, 1)
-    mask_patch_size=0,          # 0 = the backbone's (masking.Maskable.mask_patch_size)
+    mask_patch_size=0,  # 0 = the backbone's (masking.Maskable.mask_patch_size)
     reconstruction="backbone",  # RECONSTRUCTIONS: the release's whole-network masking; module doc
-    recon_width=0,              # "spark" head width; 0 = the finest decoder map's channels
-    float_metrics=False,        # PSNR/SSIM on float images instead of uint8-rounded ones
+    recon_width=0,  # "spark" head width; 0 = the finest decoder map's channels
+    float_metrics=False,  # PSNR/SSIM on float images instead of uint8-rounded ones
 )
 
 
@@ -112,22 +112,25 @@ class Method(dcpt.Method):
     super().__init__(config, data_info)
     m = self.opts
     dtype = self.backbone.dtype  # the compute dtype config.model.dtype gave the backbone
-    self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes,
-                                                            dtype=dtype)
+    self.classifier = dcpt_classifier.DegradationClassifier(
+        num_classes=data_info.num_classes, dtype=dtype
+    )
     self.recon_head = masking.ReconstructionHead(
-        out_channels=data_info.image_channels, width=int(m.recon_width) or None,
-        dtype=dtype)
+        out_channels=data_info.image_channels, width=int(m.recon_width) or None, dtype=dtype
+    )
     self.mask_ratio = float(m.mask_ratio)
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(f"config.method.mask_ratio={self.mask_ratio} must be in [0, 1).")
     self.patch = int(m.mask_patch_size) or masking.mask_patch_size(self.backbone)
     self.reconstruction = m.reconstruction
     if self.reconstruction not in RECONSTRUCTIONS:
-      raise ValueError(f"config.method.reconstruction={self.reconstruction!r}; use one of "
-                       f"{RECONSTRUCTIONS}.")
+      raise ValueError(
+          f"config.method.reconstruction={self.reconstruction!r}; use one of " f"{RECONSTRUCTIONS}."
+      )
     # The encoder/decoder split (read once: a missing interface fails here, not in a trace).
-    self.decoder_modules = (masking.decoder_modules(self.backbone)
-                            if self.reconstruction == "dense_decoder" else ())
+    self.decoder_modules = (
+        masking.decoder_modules(self.backbone) if self.reconstruction == "dense_decoder" else ()
+    )
     # Released output path (no global residual) for the default; the ablations keep it.
     self.residual = self.reconstruction != "backbone"
 
@@ -135,15 +138,18 @@ class Method(dcpt.Method):
     """maskdcpt's keys, and the two dcpt keys it fixes: MaskDCPT is dcpt's "pretrain" step
     (network and classifier train) with one learning rate (the classifier's = the network's)."""
     opts = config_options.options(method_config, CONFIG_DEFAULTS, component="maskdcpt")
-    return config_options.Options(dict(opts, mode="pretrain", classifier_learning_rate=0.0),
-                                  "config.method of 'maskdcpt'")
+    return config_options.Options(
+        dict(opts, mode="pretrain", classifier_learning_rate=0.0), "config.method of 'maskdcpt'"
+    )
 
   def _grid(self, x: jax.Array) -> tuple[int, int]:
     _, h, w, _ = x.shape
     if h % self.patch or w % self.patch:
-      raise ValueError(f"maskdcpt: images of {h} x {w} are not multiples of the mask patch "
-                       f"{self.patch}; set config.data.patch_size (and eval_size) to a multiple "
-                       f"of it.")
+      raise ValueError(
+          f"maskdcpt: images of {h} x {w} are not multiples of the mask patch "
+          f"{self.patch}; set config.data.patch_size (and eval_size) to a multiple "
+          f"of it."
+      )
     return h // self.patch, w // self.patch
 
   def init_variables(self, rng, batch):
@@ -164,8 +170,9 @@ class Method(dcpt.Method):
     (1 = visible) the masked pre-training forward, without it the plain dense (eval) forward."""
     variables = {"params": params["backbone"]}
     h, w = lq.shape[1:3]
-    run = lambda x: self.backbone.apply(variables, x, return_decoder_features=True,
-                                        residual=self.residual)
+    run = lambda x: self.backbone.apply(
+        variables, x, return_decoder_features=True, residual=self.residual
+    )
     if mask is None:
       restored, feats = run(lq)
       visible = _all_visible(lq)
@@ -176,8 +183,9 @@ class Method(dcpt.Method):
         restored, feats = run(lq * masking.expand(mask, h, w).astype(lq.dtype))
       # The dense decoder's maps are dense: its classifier reads every position.
       classifier_mask = None if self.decoder_modules else mask
-    logits = self.classifier.apply({"params": params["classifier"]}, classifier_pyramid(feats),
-                                   classifier_mask)
+    logits = self.classifier.apply(
+        {"params": params["classifier"]}, classifier_pyramid(feats), classifier_mask
+    )
     if self.reconstruction == "spark":
       residual = self.recon_head.apply({"params": params["recon_head"]}, feats, visible)
       restored = residual[:, :h, :w, :] + lq * masking.expand(visible, h, w)

@@ -63,15 +63,21 @@ RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
 LOSSES = ("auto", "mse", "l1", "masked_mse")
 # "auto": the per-pixel loss whose minimiser is the clean image for each noise model of
 # jaxmilab.data.noise (see the module docstring).
-AUTO_LOSS = {"awgn": "mse", "poisson": "mse", "bernoulli": "masked_mse", "mixed": "masked_mse",
-             "impulse": "l1", "text": "l1"}
+AUTO_LOSS = {
+    "awgn": "mse",
+    "poisson": "mse",
+    "bernoulli": "masked_mse",
+    "mixed": "masked_mse",
+    "impulse": "l1",
+    "text": "l1",
+}
 # Every config.method key of opd but `recipe` (RECIPES; required, no default), read as self.opts
 # (config_lib fills the missing ones).
 CONFIG_DEFAULTS = dict(
-    alienation_weight=1.0,     # w of OPD-AL (train.py `--balance`)
-    alienation_sign="plus",    # "plus" (released calc_loss_AL) | "minus"
-    loss="auto",               # LOSSES; "auto" = AUTO_LOSS[config.data.noise]
-    init_from="",              # a run whose parameters start this one ("" = none)
+    alienation_weight=1.0,  # w of OPD-AL (train.py `--balance`)
+    alienation_sign="plus",  # "plus" (released calc_loss_AL) | "minus"
+    loss="auto",  # LOSSES; "auto" = AUTO_LOSS[config.data.noise]
+    init_from="",  # a run whose parameters start this one ("" = none)
 )
 
 
@@ -85,7 +91,9 @@ def pixel_loss(kind: str, out: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(out - target), axis=axes)
   if kind == "masked_mse":
     keep = (target != 0).astype(jnp.float32)
-    return jnp.sum(keep * jnp.square(out - target), axis=axes) / jnp.maximum(jnp.sum(keep, axis=axes), 1.0)
+    return jnp.sum(keep * jnp.square(out - target), axis=axes) / jnp.maximum(
+        jnp.sum(keep, axis=axes), 1.0
+    )
   raise ValueError(f"config.method.loss={kind!r}: use one of {LOSSES}.")
 
 
@@ -99,13 +107,13 @@ def alienation_terms(outputs: jax.Array, frames: jax.Array) -> tuple[jax.Array, 
   m = outputs.shape[1]
   outputs, frames = outputs.astype(jnp.float32), frames.astype(jnp.float32)
   pixel_mean = lambda t: jnp.mean(t, axis=tuple(range(2, t.ndim)))  # [B, m, ...] -> [B, m]
-  f_bar = jnp.mean(outputs, axis=1, keepdims=True)                  # [B, 1, H, W, C]
+  f_bar = jnp.mean(outputs, axis=1, keepdims=True)  # [B, 1, H, W, C]
   x_bar = jnp.mean(frames, axis=1, keepdims=True)
-  s_f = jnp.sum(pixel_mean(jnp.square(outputs - f_bar)), axis=1)    # [B]
+  s_f = jnp.sum(pixel_mean(jnp.square(outputs - f_bar)), axis=1)  # [B]
   s_x = jnp.sum(pixel_mean(jnp.square(frames - x_bar)), axis=1)
   d = pixel_mean(jnp.square(f_bar - x_bar))[:, 0]
   diag = jnp.sum(pixel_mean(jnp.square(outputs - frames)), axis=1)  # sum_j ||f_j - x_j||^2
-  all_pairs = m * s_f + m * s_x + m * m * d                         # sum_{j,k} ||f_j - x_k||^2
+  all_pairs = m * s_f + m * s_x + m * m * d  # sum_{j,k} ||f_j - x_k||^2
   loss_e = (all_pairs - diag) / (m * (m - 1))
   loss_a = m * s_f / (m * m)
   return loss_e, loss_a
@@ -125,14 +133,18 @@ def exchange_term(kind: str, outputs: jax.Array, frames: jax.Array) -> jax.Array
 def check_alienation(weight: float, sign: str) -> None:
   """Refuses an unknown sign, a negative weight, and the unbounded L_E - w L_A with w >= 1."""
   if sign not in ("plus", "minus"):
-    raise ValueError(f"config.method.alienation_sign={sign!r}: use 'plus' (released code) or 'minus'.")
+    raise ValueError(
+        f"config.method.alienation_sign={sign!r}: use 'plus' (released code) or 'minus'."
+    )
   if weight < 0:
     raise ValueError(f"config.method.alienation_weight={weight} must be >= 0.")
   if sign == "minus" and weight >= 1.0:
-    raise ValueError(f"config.method.alienation_weight={weight} with alienation_sign='minus': "
-                     "L_E - w L_A has no lower bound for w >= 1 (its quadratic part in the spread of "
-                     "the outputs is (1 - w) S_f / m); use w < 1 or alienation_sign='plus' (the "
-                     "released calc_loss_AL).")
+    raise ValueError(
+        f"config.method.alienation_weight={weight} with alienation_sign='minus': "
+        "L_E - w L_A has no lower bound for w >= 1 (its quadratic part in the spread of "
+        "the outputs is (1 - w) S_f / m); use w < 1 or alienation_sign='plus' (the "
+        "released calc_loss_AL)."
+    )
 
 
 # ------------------------------------------------------------------- validation (noisy only)
@@ -154,8 +166,10 @@ def validation_terms(kind: str, outputs: np.ndarray, frames: np.ndarray) -> dict
   """
   outputs, frames = np.asarray(outputs, np.float64), np.asarray(frames, np.float64)
   if outputs.shape != frames.shape or outputs.ndim != 5 or outputs.shape[1] < 2:
-    raise ValueError(f"OPD validation: outputs {outputs.shape} and frames {frames.shape} must both "
-                     f"be [N, m, H, W, C] with m >= 2 noisy frames per held-out scene.")
+    raise ValueError(
+        f"OPD validation: outputs {outputs.shape} and frames {frames.shape} must both "
+        f"be [N, m, H, W, C] with m >= 2 noisy frames per held-out scene."
+    )
 
   def loss(a, b):  # [N, ...] -> [N]
     axes = tuple(range(1, a.ndim))
@@ -171,14 +185,22 @@ def validation_terms(kind: str, outputs: np.ndarray, frames: np.ndarray) -> dict
   m = outputs.shape[1]
   pairs = sum(loss(outputs[:, j], frames[:, k]) for j in range(m) for k in range(m) if j != k)
   same = sum(loss(outputs[:, j], frames[:, j]) for j in range(m))
-  spread = sum(np.mean(np.square(outputs[:, j] - outputs[:, k]), axis=(1, 2, 3))
-               for j in range(m) for k in range(j + 1, m))
-  return {"val_pairs": pairs / (m * (m - 1)), "val_same": same / m,
-          "val_n2n": loss(outputs[:, 0], frames[:, 1]), "val_spread": spread / (m * m)}
+  spread = sum(
+      np.mean(np.square(outputs[:, j] - outputs[:, k]), axis=(1, 2, 3))
+      for j in range(m)
+      for k in range(j + 1, m)
+  )
+  return {
+      "val_pairs": pairs / (m * (m - 1)),
+      "val_same": same / m,
+      "val_n2n": loss(outputs[:, 0], frames[:, 1]),
+      "val_spread": spread / (m * m),
+  }
 
 
-def validation_loss(recipe: str, terms: dict[str, float], m: int, weight: float = 1.0,
-                    sign: str = "plus") -> float:
+def validation_loss(
+    recipe: str, terms: dict[str, float], m: int, weight: float = 1.0, sign: str = "plus"
+) -> float:
   """The recipe's own training loss on the held-out noisy scenes (what the release selects by).
 
   The released utils/trainRC.py and trainAL.py run a 'val' phase each epoch on a held-out
@@ -209,8 +231,10 @@ def select_step(rows: list[dict], key: str = "val_loss") -> dict:
   """
   rows = [r for r in rows if key in r]
   if not rows:
-    raise ValueError(f"OPD selection: no eval row has {key!r}; set config.data.val_scenes > 0 so "
-                     "the eval holds held-out noisy scenes.")
+    raise ValueError(
+        f"OPD selection: no eval row has {key!r}; set config.data.val_scenes > 0 so "
+        "the eval holds held-out noisy scenes."
+    )
   return min(rows, key=lambda r: (r[key], r["step"]))
 
 
@@ -219,8 +243,9 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="opd",
-                                       required=("recipe",))
+    self.opts = config_options.options(
+        config.method, CONFIG_DEFAULTS, component="opd", required=("recipe",)
+    )
     recipe = self.opts.recipe
     if recipe not in RECIPES:
       raise ValueError(f"config.method.recipe={recipe!r}: use one of {RECIPES}.")
@@ -235,13 +260,17 @@ class Method(base.Method):
       # config.data is multiframe's (the one reader of multi-frame batches); unset: its default.
       noise_name = config.get("data", {}).get("noise", multiframe.CONFIG_DEFAULTS["noise"])
       if noise_name not in AUTO_LOSS:
-        raise ValueError(f"config.method.loss='auto' knows no loss for config.data.noise={noise_name!r}; "
-                         f"set config.method.loss to one of {LOSSES[1:]}.")
+        raise ValueError(
+            f"config.method.loss='auto' knows no loss for config.data.noise={noise_name!r}; "
+            f"set config.method.loss to one of {LOSSES[1:]}."
+        )
       loss = AUTO_LOSS[noise_name]
     self.pixel_loss = "mse" if recipe == "n2c" else loss
     if recipe == "n2c" and not data_info.extra.get("has_clean", True):
-      raise ValueError("recipe n2c needs clean images, but the training data has none (multiframe "
-                       "frames_root scenes without a clean reference). Use n2n / opd_rc / opd_al.")
+      raise ValueError(
+          "recipe n2c needs clean images, but the training data has none (multiframe "
+          "frames_root scenes without a clean reference). Use n2n / opd_rc / opd_al."
+      )
     self.net = registry.get_model(config.model.name)(config.model)
 
   # ---------------------------------------------------------------------------- training
@@ -255,8 +284,10 @@ class Method(base.Method):
   def draw_pairs(self, rng: jax.Array, batch_size: int, m: int) -> tuple[jax.Array, jax.Array]:
     """Random coupling: source i and target j per sample, uniform in 0..m-1 ([B] each)."""
     rng_i, rng_j = jax.random.split(rng)
-    return (jax.random.randint(rng_i, (batch_size,), 0, m),
-            jax.random.randint(rng_j, (batch_size,), 0, m))
+    return (
+        jax.random.randint(rng_i, (batch_size,), 0, m),
+        jax.random.randint(rng_j, (batch_size,), 0, m),
+    )
 
   def alienation_loss(self, outputs: jax.Array, frames: jax.Array) -> tuple[jax.Array, dict]:
     """Batch-mean L_E +- w L_A from outputs and frames [B, m, H, W, C]."""
@@ -271,8 +302,10 @@ class Method(base.Method):
     noisy = batch["noisy"]  # [B, m, H, W, C]
     b, m = noisy.shape[:2]
     if self.recipe in ("n2n", "opd_al") and m < 2:
-      raise ValueError(f"recipe {self.recipe} needs >= 2 frames per scene; the batch has {m} "
-                       "(config.data.num_frames).")
+      raise ValueError(
+          f"recipe {self.recipe} needs >= 2 frames per scene; the batch has {m} "
+          "(config.data.num_frames)."
+      )
     if self.recipe == "opd_al":
       frames_flat = noisy.reshape((b * m,) + noisy.shape[2:])  # [B*m, H, W, C]
       out, model_state = self._apply_train(params, model_state, frames_flat)
@@ -281,7 +314,7 @@ class Method(base.Method):
     if self.recipe == "opd_rc":
       src, tgt = self.draw_pairs(rng, b, m)
       pick = lambda idx: jnp.take_along_axis(noisy, idx[:, None, None, None, None], axis=1)[:, 0]
-      x, target = pick(src), pick(tgt)                          # [B, H, W, C]
+      x, target = pick(src), pick(tgt)  # [B, H, W, C]
     elif self.recipe == "n2n":
       x, target = noisy[:, 0], noisy[:, 1]
     else:  # n2c
@@ -301,6 +334,7 @@ class Method(base.Method):
 
   # TRANSITION: base.Method still declares these and the trainer still calls them; both
   # run the streaming evaluator on the whole set, so there is one computation.
+
 
 class DenoisingEvaluator(evaluation_base.Evaluator):
   """Streaming PSNR / SSIM of f(x_1) ("psnr", "ssim") and of x_1 ("psnr_input", ...) vs clean.
@@ -340,8 +374,13 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
         self._kept_labels.add(label)
         # Only the true h x w window: eval images are reflect-padded to one shape, and the
         # padding is not part of the image (it is not scored either).
-        self._kept.append({"lq": np.asarray(batch["noisy"][i, 0, :h, :w]), "restored": restored[i, :h, :w],
-                           "gt": np.asarray(batch["clean"][i, :h, :w])})
+        self._kept.append(
+            {
+                "lq": np.asarray(batch["noisy"][i, 0, :h, :w]),
+                "restored": restored[i, :h, :w],
+                "gt": np.asarray(batch["clean"][i, :h, :w]),
+            }
+        )
 
   def compute(self) -> dict[str, float]:
     count = self.sums["count"]
@@ -351,7 +390,9 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
     if len(self.class_names) > 1:
       for index, name in enumerate(self.class_names):
         if count[index] > 0:
-          out.update({f"{k}/{name}": float(self.sums[k][index] / count[index]) for k in self.METRICS})
+          out.update(
+              {f"{k}/{name}": float(self.sums[k][index] / count[index]) for k in self.METRICS}
+          )
     return out
 
   def images(self) -> np.ndarray | None:
@@ -359,8 +400,7 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
       return None
     h = min(k["gt"].shape[0] for k in self._kept)  # true sizes differ: crop to the smallest
     w = min(k["gt"].shape[1] for k in self._kept)
-    grid = {key: np.stack([k[key][:h, :w] for k in self._kept])
-            for key in ("lq", "restored", "gt")}
+    grid = {key: np.stack([k[key][:h, :w] for k in self._kept]) for key in ("lq", "restored", "gt")}
     grid.update(valid=np.ones(len(self._kept), bool), label=np.arange(len(self._kept)))
     image = common.image_grid(grid)
     return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image

@@ -24,13 +24,13 @@ from jaxmilab.methods import common
 
 # Every config.method key of restoration (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
-    init_from="",              # a dcpt / maskdcpt / restoration run whose backbone starts this one
-    zero_init_output=False,    # zero the last conv at init (identity start; common.zero_output_conv)
-                               # and after loading a run that did not train it (MaskDCPT spark)
+    init_from="",  # a dcpt / maskdcpt / restoration run whose backbone starts this one
+    zero_init_output=False,  # zero the last conv at init (identity start; common.zero_output_conv)
+    # and after loading a run that did not train it (MaskDCPT spark)
     zero_output_after_init_from=False,  # zero the loaded output conv too, whatever the run trained:
-                               # fine-tuning starts from the identity with the pre-trained body
-    float_metrics=False,       # PSNR/SSIM on float images instead of uint8-rounded ones
-    pixel_loss="l1",           # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
+    # fine-tuning starts from the identity with the pre-trained body
+    float_metrics=False,  # PSNR/SSIM on float images instead of uint8-rounded ones
+    pixel_loss="l1",  # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
 )
 
 
@@ -56,6 +56,7 @@ def output_conv_is_residual_head(init_from: str) -> bool:
   if method.get("name") != "maskdcpt":
     return True
   from jaxmilab.methods import maskdcpt  # pylint: disable=g-import-not-at-top
+
   return method.get("reconstruction", "backbone") not in maskdcpt.NON_RESIDUAL_HEADS
 
 
@@ -69,7 +70,8 @@ class Method(base.Method):
     if self.opts.pixel_loss not in common.PIXEL_LOSSES:
       raise config_options.ConfigError(
           f"config.method.pixel_loss={self.opts.pixel_loss!r}: use one of "
-          f"{tuple(common.PIXEL_LOSSES)}.")
+          f"{tuple(common.PIXEL_LOSSES)}."
+      )
 
   def init_variables(self, rng, batch):
     params = self.backbone.init(rng, batch["lq"])["params"]
@@ -95,10 +97,16 @@ class Method(base.Method):
     fresh = variables["params"]["backbone"]
     source = loaded.get("params", {}).get("backbone")
     if source is None:
-      raise ValueError("init_from: the checkpoint has no params/backbone; it must come from a "
-                       "dcpt, maskdcpt or restoration run of the same model.")
-    flat_fresh = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)}
-    flat_src = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)}
+      raise ValueError(
+          "init_from: the checkpoint has no params/backbone; it must come from a "
+          "dcpt, maskdcpt or restoration run of the same model."
+      )
+    flat_fresh = {
+        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)
+    }
+    flat_src = {
+        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)
+    }
     missing = sorted(set(flat_fresh) - set(flat_src))
     unexpected = sorted(set(flat_src) - set(flat_fresh))
     wrong = sorted(k for k in set(flat_fresh) & set(flat_src) if flat_fresh[k] != flat_src[k])
@@ -106,10 +114,14 @@ class Method(base.Method):
       raise ValueError(
           "init_from: the checkpoint's backbone does not match config.model "
           f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
-          f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}.")
+          f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}."
+      )
     backbone = base.merge_matching(fresh, source)
-    if (self.opts.zero_output_after_init_from or "recon_head" in loaded["params"]
-        or not output_conv_is_residual_head(self.opts.init_from)):
+    if (
+        self.opts.zero_output_after_init_from
+        or "recon_head" in loaded["params"]
+        or not output_conv_is_residual_head(self.opts.init_from)
+    ):
       # A MaskDCPT run did not train the backbone's output conv as the residual head this run
       # uses: "spark" never trained it (its own head reconstructed), and the released
       # whole-network masking ("backbone") trains it without the global residual, to output the

@@ -23,12 +23,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_NOT_CONFIG = ("parent", "name")          # flax's own dataclass fields
+_NOT_CONFIG = ("parent", "name")  # flax's own dataclass fields
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def dtype_from_name(name: str | None, key: str = "config.model.dtype") -> Any:
-  """"float32" (also for None / "") or "bfloat16" -> the jnp dtype; ValueError naming `key`."""
+  """ "float32" (also for None / "") or "bfloat16" -> the jnp dtype; ValueError naming `key`."""
   name = name or "float32"
   if name not in DTYPES:
     raise ValueError(f"{key}={name!r}; use one of {sorted(DTYPES)}.")
@@ -76,7 +76,7 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
   annotation = str(annotation).replace(" ", "")
   try:
     if annotation.startswith("Sequence["):
-      inner = annotation[len("Sequence["):-1]
+      inner = annotation[len("Sequence[") : -1]
       if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError("not a sequence")
       return tuple(_coerce(key, inner, v) for v in value)
@@ -97,14 +97,19 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
         raise TypeError("not a string")
       return value
   except (TypeError, ValueError) as e:
-    raise ValueError(f"config.model.{key}={value!r} does not fit the declared type "
-                     f"{annotation} ({e}).") from None
+    raise ValueError(
+        f"config.model.{key}={value!r} does not fit the declared type " f"{annotation} ({e})."
+    ) from None
   return value
 
 
-def resolve(module_cls: type[nn.Module], presets: Mapping[str, Mapping[str, Any]], config,
-            *, prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-            ) -> dict[str, Any]:
+def resolve(
+    module_cls: type[nn.Module],
+    presets: Mapping[str, Mapping[str, Any]],
+    config,
+    *,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
   """config.model (dict or ConfigDict) -> constructor arguments of module_cls (every field).
 
   Order: field defaults < presets[config.preset] < explicit non-None keys. `prepare` may
@@ -119,22 +124,28 @@ def resolve(module_cls: type[nn.Module], presets: Mapping[str, Mapping[str, Any]
   # declared key of the model a config starts with, and --config.model.name can switch models).
   unknown = sorted(k for k in keys if k not in known and config.get(k) is not None)
   if unknown:
-    raise ValueError(f"config.model: unknown key(s) {unknown} for the {model} model "
-                     f"({module_cls.__module__}); known keys: {list(known)}.")
+    raise ValueError(
+        f"config.model: unknown key(s) {unknown} for the {model} model "
+        f"({module_cls.__module__}); known keys: {list(known)}."
+    )
   settings: dict[str, Any] = {}
   preset = config.get("preset")
   if preset is not None:
     if preset not in presets:
-      raise ValueError(f"config.model.preset={preset!r} is not a {model.lower()} preset; "
-                       f"choose one of {sorted(presets)}.")
+      raise ValueError(
+          f"config.model.preset={preset!r} is not a {model.lower()} preset; "
+          f"choose one of {sorted(presets)}."
+      )
     settings.update(presets[preset])
   for key in fields:
     if key in keys and config.get(key) is not None:
       settings[key] = config.get(key)
   missing = [k for k, f in fields.items() if k not in settings and not _has_default(f)]
   if missing:
-    raise ValueError(f"config.model is missing {missing} for the {model} model; set them or "
-                     f"config.model.preset (one of {sorted(presets)}).")
+    raise ValueError(
+        f"config.model is missing {missing} for the {model} model; set them or "
+        f"config.model.preset (one of {sorted(presets)})."
+    )
   if prepare is not None:
     settings = prepare(settings)
   out = {}
@@ -148,8 +159,13 @@ def resolve(module_cls: type[nn.Module], presets: Mapping[str, Mapping[str, Any]
   return out
 
 
-def create(module_cls: type[ModuleT], presets: Mapping[str, Mapping[str, Any]], config, *,
-           prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ModuleT:
+def create(
+    module_cls: type[ModuleT],
+    presets: Mapping[str, Mapping[str, Any]],
+    config,
+    *,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> ModuleT:
   """module_cls built from config.model (see `resolve`), checked by its `check_config()`."""
   module = module_cls(**resolve(module_cls, presets, config, prepare=prepare))
   check = getattr(module, "check_config", None)
@@ -166,13 +182,21 @@ def config_defaults(module_cls: type[nn.Module]) -> dict[str, Any]:
 def check_nhwc(x: Any, img_channels: int, model: str) -> None:
   """Raises ValueError unless x is [B, H, W, img_channels]."""
   if x.ndim != 4 or x.shape[-1] != img_channels:
-    raise ValueError(f"{model} expects [B, H, W, {img_channels}] images (NHWC), got shape "
-                     f"{x.shape}; set config.model.img_channels or transpose NCHW input.")
+    raise ValueError(
+        f"{model} expects [B, H, W, {img_channels}] images (NHWC), got shape "
+        f"{x.shape}; set config.model.img_channels or transpose NCHW input."
+    )
 
 
-def apply_with_state(module: nn.Module, params: Any, model_state: Mapping[str, Any], *args,
-                     train: bool, rngs: Mapping[str, Any] | None = None, **kwargs
-                     ) -> tuple[Any, dict[str, Any]]:
+def apply_with_state(
+    module: nn.Module,
+    params: Any,
+    model_state: Mapping[str, Any],
+    *args,
+    train: bool,
+    rngs: Mapping[str, Any] | None = None,
+    **kwargs,
+) -> tuple[Any, dict[str, Any]]:
   """`module.apply` on {"params": params, **model_state} -> (output, model_state).
 
   In training the collections of model_state (e.g. BatchNorm's "batch_stats") are mutable and
@@ -182,7 +206,8 @@ def apply_with_state(module: nn.Module, params: Any, model_state: Mapping[str, A
   variables = {"params": params, **model_state}
   rngs = dict(rngs or {})
   if train and model_state:
-    out, updates = module.apply(variables, *args, train=True, rngs=rngs,
-                                mutable=list(model_state), **kwargs)
+    out, updates = module.apply(
+        variables, *args, train=True, rngs=rngs, mutable=list(model_state), **kwargs
+    )
     return out, dict(updates)
   return module.apply(variables, *args, train=train, rngs=rngs, **kwargs), dict(model_state)

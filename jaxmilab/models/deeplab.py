@@ -46,11 +46,15 @@ ARCHS = ("deeplabv3plus", "deeplabv2")
 ASPP_RATES = {"deeplabv3plus": (1, 6, 12, 18), "deeplabv2": (6, 12, 18, 24)}
 PRESETS = {
     # The released code: full-width ResNet, 256-channel ASPP / decoder, 48-channel skip.
-    "paper": dict(width_divisor=1, blocks=None, aspp_channels=256, low_channels=48, decoder_channels=256),
-    "small": dict(width_divisor=4, blocks=(2, 2, 2, 2), aspp_channels=64, low_channels=16,
-                  decoder_channels=64),
-    "tiny": dict(width_divisor=16, blocks=(1, 1, 1, 1), aspp_channels=16, low_channels=8,
-                 decoder_channels=16),
+    "paper": dict(
+        width_divisor=1, blocks=None, aspp_channels=256, low_channels=48, decoder_channels=256
+    ),
+    "small": dict(
+        width_divisor=4, blocks=(2, 2, 2, 2), aspp_channels=64, low_channels=16, decoder_channels=64
+    ),
+    "tiny": dict(
+        width_divisor=16, blocks=(1, 1, 1, 1), aspp_channels=16, low_channels=8, decoder_channels=16
+    ),
 }
 
 
@@ -69,8 +73,13 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Tru
   if (h, w) != tuple(x.shape[1:3]):
     rh = jnp.asarray(resize_matrix(h, x.shape[1], align_corners))
     rw = jnp.asarray(resize_matrix(w, x.shape[2], align_corners))
-    x = jnp.einsum("Hh,bhwc,Ww->bHWc", rh.astype(x.dtype), x, rw.astype(x.dtype),
-                   precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum(
+        "Hh,bhwc,Ww->bHWc",
+        rh.astype(x.dtype),
+        x,
+        rw.astype(x.dtype),
+        precision=jax.lax.Precision.HIGHEST,
+    )
   return x[..., 0] if squeeze else x
 
 
@@ -79,6 +88,7 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Tru
 
 class ConvBN(nn.Module):
   """An ASPP branch of the released code (`_ASPPModule`): atrous_conv (no bias) -> bn -> ReLU."""
+
   features: int
   kernel: int
   dilation: int = 1
@@ -86,12 +96,15 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = resnet.conv(self.features, self.kernel, 1, self.dilation, name="atrous_conv", dtype=self.dtype)(x)
+    x = resnet.conv(
+        self.features, self.kernel, 1, self.dilation, name="atrous_conv", dtype=self.dtype
+    )(x)
     return nn.relu(resnet.batch_norm(train, "bn", self.dtype)(x))
 
 
 class ASPP(nn.Module):
   """Five-branch ASPP of the released code; `v3plus` adds ReLU + dropout after the projection."""
+
   features: int
   rates: Sequence[int]
   v3plus: bool = True
@@ -101,8 +114,10 @@ class ASPP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     f, d = self.features, self.dtype
-    branches = [ConvBN(f, 1 if i == 0 else 3, r, d, name=f"aspp{i + 1}")(x, train)
-                for i, r in enumerate(self.rates)]
+    branches = [
+        ConvBN(f, 1 if i == 0 else 3, r, d, name=f"aspp{i + 1}")(x, train)
+        for i, r in enumerate(self.rates)
+    ]
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = resnet.conv(f, 1, name="global_avg_pool_1", dtype=d)(pooled)
     pooled = nn.relu(resnet.batch_norm(train, "global_avg_pool_2", d)(pooled))
@@ -119,6 +134,7 @@ class ASPP(nn.Module):
 
 class SummedASPP(nn.Module):
   """DeepLabV2 (paper) head: sum of 3x3 atrous convs with bias, weights N(0, 0.01)."""
+
   num_classes: int
   rates: Sequence[int] = (6, 12, 18, 24)
   dtype: Any = jnp.float32
@@ -127,13 +143,22 @@ class SummedASPP(nn.Module):
   def __call__(self, x):
     out = 0.0
     for i, r in enumerate(self.rates):
-      out = out + resnet.conv(self.num_classes, 3, 1, r, bias=True, name=f"conv2d_list_{i}", dtype=self.dtype,
-                              kernel_init=nn.initializers.normal(0.01))(x)
+      out = out + resnet.conv(
+          self.num_classes,
+          3,
+          1,
+          r,
+          bias=True,
+          name=f"conv2d_list_{i}",
+          dtype=self.dtype,
+          kernel_init=nn.initializers.normal(0.01),
+      )(x)
     return out
 
 
 class LoRM(nn.Module):
   """Localization rectification: L = sum (X - gamma A X)^2 / nnz (module docstring)."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -151,7 +176,9 @@ class LoRM(nn.Module):
     norm = jnp.linalg.norm(q, axis=-1)[:, :, None] * jnp.linalg.norm(k, axis=-1)[:, None, :]
     attention = jax.nn.softmax(energy / jnp.maximum(norm, 1e-12), axis=-1)
     attention = attention * fg.reshape(b, h * w, 1).astype(jnp.float32)
-    x_hat = gamma[0] * jnp.einsum("bij,bjc->bic", attention, xf, precision=jax.lax.Precision.HIGHEST)
+    x_hat = gamma[0] * jnp.einsum(
+        "bij,bjc->bic", attention, xf, precision=jax.lax.Precision.HIGHEST
+    )
     sq = (xf - x_hat) ** 2
     return jnp.sum(sq) / jnp.maximum(jnp.count_nonzero(sq), 1).astype(jnp.float32)
 
@@ -167,6 +194,7 @@ def lorm_mask(pseudo: jax.Array, size: Sequence[int]) -> jax.Array:
 
 class DeepLab(nn.Module):
   """DeepLabV3+ / DeepLabV2; returns {"logits", "features" (layer4)[, "lorm_loss"]}."""
+
   num_classes: int
   arch: str = "deeplabv3plus"
   blocks: Sequence[int] = (3, 4, 23, 3)
@@ -184,17 +212,27 @@ class DeepLab(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False, lorm_fg: jax.Array | None = None) -> dict[str, jax.Array]:
+  def __call__(
+      self, x, train: bool = False, lorm_fg: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
     """x: normalised images [B, H, W, 3]; lorm_fg: pseudo-label (class ids) [B, H', W'] or None."""
     d = self.dtype
-    feats = resnet.ResNet(self.blocks, self.style, self.output_stride, self.multi_grid,
-                          self.width_divisor, d, name="backbone")(x, train)
+    feats = resnet.ResNet(
+        self.blocks,
+        self.style,
+        self.output_stride,
+        self.multi_grid,
+        self.width_divisor,
+        d,
+        name="backbone",
+    )(x, train)
     x4 = feats["layer4"]
     rates = tuple(self.aspp_rates or ASPP_RATES[self.arch])
     if self.arch == "deeplabv3plus":
       y = ASPP(self.aspp_channels, rates, True, self.dropout, d, name="layer_pred0")(x4, train)
       x1 = feats["layer1"]
       y = resize_bilinear(y, x1.shape[1:3], align_corners=True)
+
       def conv_bn_relu(y, features, kernel, conv_name, bn_name):
         y = resnet.conv(features, kernel, name=conv_name, dtype=d)(y)
         return nn.relu(resnet.batch_norm(train, bn_name, d)(y))
@@ -210,7 +248,9 @@ class DeepLab(nn.Module):
       elif self.head == "sum":
         logits = SummedASPP(self.num_classes, rates, d, name="layer5")(x4)
       else:
-        raise ValueError(f"config.model.head={self.head!r}: use 'concat' (released code) or 'sum' (paper).")
+        raise ValueError(
+            f"config.model.head={self.head!r}: use 'concat' (released code) or 'sum' (paper)."
+        )
     else:
       raise ValueError(f"config.model.arch={self.arch!r}: use one of {ARCHS}.")
     out = {"logits": logits.astype(jnp.float32), "features": x4}
@@ -228,18 +268,27 @@ class DeepLab(nn.Module):
 # in the class) and the preset's sizes (0 / () = the preset's value). num_classes is required
 # and set by the method from the dataset.
 CONFIG_DEFAULTS = dict(
-    preset="paper", depth=101,
-    **common.field_defaults(DeepLab, ("arch", "style", "output_stride", "multi_grid", "head",
-                                      "lorm", "dropout", "dtype")),
-    width_divisor=0, blocks=(), aspp_channels=0, low_channels=0, decoder_channels=0)
+    preset="paper",
+    depth=101,
+    **common.field_defaults(
+        DeepLab,
+        ("arch", "style", "output_stride", "multi_grid", "head", "lorm", "dropout", "dtype"),
+    ),
+    width_divisor=0,
+    blocks=(),
+    aspp_channels=0,
+    low_channels=0,
+    decoder_channels=0,
+)
 
 
 def create(config: Mapping[str, Any]) -> DeepLab:
   """DeepLab from config.model (module docstring)."""
   if int(config.get("num_classes") or 0) < 2:
     raise ValueError("config.model.num_classes must be >= 2 (the method sets it from the dataset).")
-  o = config_options.options(config, CONFIG_DEFAULTS, component="deeplab", part="model",
-                             required=("num_classes",))
+  o = config_options.options(
+      config, CONFIG_DEFAULTS, component="deeplab", part="model", required=("num_classes",)
+  )
   if o.preset not in PRESETS:
     raise ValueError(f"config.model.preset={o.preset!r}: use one of {sorted(PRESETS)}.")
   sizes = dict(PRESETS[o.preset])
@@ -251,11 +300,22 @@ def create(config: Mapping[str, Any]) -> DeepLab:
     raise ValueError(f"config.model.depth={depth}: use one of {sorted(resnet.BLOCKS)}.")
   blocks = tuple(sizes.pop("blocks") or resnet.BLOCKS[depth])
   dtype = common.dtype_from_name(o.dtype)
-  return DeepLab(num_classes=int(o.num_classes), arch=o.arch, blocks=blocks, style=o.style,
-                 output_stride=int(o.output_stride), multi_grid=tuple(o.multi_grid),
-                 width_divisor=int(sizes["width_divisor"]), aspp_channels=int(sizes["aspp_channels"]),
-                 low_channels=int(sizes["low_channels"]), decoder_channels=int(sizes["decoder_channels"]),
-                 head=o.head, lorm=bool(o.lorm), dropout=float(o.dropout), dtype=dtype)
+  return DeepLab(
+      num_classes=int(o.num_classes),
+      arch=o.arch,
+      blocks=blocks,
+      style=o.style,
+      output_stride=int(o.output_stride),
+      multi_grid=tuple(o.multi_grid),
+      width_divisor=int(sizes["width_divisor"]),
+      aspp_channels=int(sizes["aspp_channels"]),
+      low_channels=int(sizes["low_channels"]),
+      decoder_channels=int(sizes["decoder_channels"]),
+      head=o.head,
+      lorm=bool(o.lorm),
+      dropout=float(o.dropout),
+      dtype=dtype,
+  )
 
 
 def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -267,8 +327,12 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str,
   """
   trunk, head = {}, {}
   for key, value in state_dict.items():
-    key = key[len("module."):] if key.startswith("module.") else key
-    (trunk if key.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4") else head)[key] = value
+    key = key[len("module.") :] if key.startswith("module.") else key
+    (
+        trunk
+        if key.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+        else head
+    )[key] = value
   out = resnet.variables_from_torchvision(trunk, ("backbone",))
   rest = resnet.variables_from_torchvision(head, ())
   for collection in out:

@@ -57,8 +57,9 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
 # `jax.lax.platform_dependent` was tried first: it wraps even a single-platform lowering in
 # `stablehlo.case` ops (and its gradient in more), so it does change the TPU / GPU text.
 
-_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxmilab_platform",
-                                                                      default=None)
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jaxmilab_platform", default=None
+)
 
 
 @contextlib.contextmanager
@@ -96,7 +97,7 @@ def _shifted_taps(x: jax.Array, kh: int, kw: int, pad) -> list[jax.Array]:
   h_out = x.shape[1] + pt + pb - kh + 1
   w_out = x.shape[2] + pl + pr - kw + 1
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  return [xp[:, i:i + h_out, j:j + w_out, :] for i in range(kh) for j in range(kw)]
+  return [xp[:, i : i + h_out, j : j + w_out, :] for i in range(kh) for j in range(kw)]
 
 
 def _depthwise_shifted(x: jax.Array, w: jax.Array, pad) -> jax.Array:
@@ -128,12 +129,18 @@ def _dw_bwd(pad, res, g):
   (pt, pb), (pl, pr) = pad
   # Output pixel o reads input o + tap - pad; so input i receives g at i - tap + pad: a conv of
   # g with the flipped kernel, padded (kh-1-pt, kh-1-pb) x (kw-1-pl, kw-1-pr).
-  dx = _depthwise_shifted(g, w[::-1, ::-1], ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-  dx = dx[:, :x.shape[1], :x.shape[2], :]
+  dx = _depthwise_shifted(
+      g, w[::-1, ::-1], ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+  )
+  dx = dx[:, : x.shape[1], : x.shape[2], :]
   c = x.shape[-1]
   g32 = g.astype(jnp.float32).reshape(-1, c)
-  dw = jnp.stack([_sum_rows(xs.astype(jnp.float32).reshape(-1, c) * g32)
-                  for xs in _shifted_taps(x, kh, kw, pad)])
+  dw = jnp.stack(
+      [
+          _sum_rows(xs.astype(jnp.float32).reshape(-1, c) * g32)
+          for xs in _shifted_taps(x, kh, kw, pad)
+      ]
+  )
   return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 
@@ -157,36 +164,66 @@ def _nhwc_hwio(dimension_numbers) -> bool:
   return dimension_numbers == spec or dimension_numbers == ("NHWC", "HWIO", "NHWC")
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None,
-                         **kwargs):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
   """`lax.conv_general_dilated` for flax's `nn.Conv(conv_general_dilated=...)`: on CPU, stride-1
   undilated 2-D NHWC 1x1 convs become a matmul and depthwise convs shifted multiply-adds
   (`depthwise_conv_cpu`); everything else, and every conv on other platforms, is the call
   itself, unchanged."""
   args = (lhs, rhs, window_strides, padding)
-  kw = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            precision=precision, **kwargs)
-  simple = (trace_platform() == "cpu" and lhs.ndim == 4 and not kwargs and precision is None
-            and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
-            and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-            and _nhwc_hwio(dimension_numbers) and lhs.dtype == rhs.dtype)
+  kw = dict(
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+      **kwargs,
+  )
+  simple = (
+      trace_platform() == "cpu"
+      and lhs.ndim == 4
+      and not kwargs
+      and precision is None
+      and tuple(window_strides) == (1, 1)
+      and not isinstance(padding, str)
+      and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+      and _nhwc_hwio(dimension_numbers)
+      and lhs.dtype == rhs.dtype
+  )
   if simple:
     pad = tuple(tuple(int(p) for p in pair) for pair in padding)
     kh, kw_, cin_g, cout = rhs.shape
     c = lhs.shape[-1]
     if feature_group_count == 1 and (kh, kw_) == (1, 1) and pad == ((0, 0), (0, 0)):
-      return jnp.dot(lhs, rhs[0, 0])                              # [N, H, W, C] @ [C, F]
+      return jnp.dot(lhs, rhs[0, 0])  # [N, H, W, C] @ [C, F]
     if feature_group_count == c == cout and cin_g == 1:
       return depthwise_conv_cpu(lhs, rhs, pad)
   return jax.lax.conv_general_dilated(*args, **kw)
 
 
-def conv2d(x: jax.Array, features: int, kernel_size: int, *, name: str, stride: int = 1,
-           groups: int = 1, use_bias: bool = True, padding: int | None = None,
-           dtype: Dtype = jnp.float32,
-           kernel_init: Initializer = torch_default_kernel_init) -> jax.Array:
+def conv2d(
+    x: jax.Array,
+    features: int,
+    kernel_size: int,
+    *,
+    name: str,
+    stride: int = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    padding: int | None = None,
+    dtype: Dtype = jnp.float32,
+    kernel_init: Initializer = torch_default_kernel_init,
+) -> jax.Array:
   """A PyTorch-style `nn.Conv2d` on NHWC input (symmetric zero padding, default (k-1)//2).
 
   Must be called inside a compact method; the conv becomes a submodule `name` of the caller
@@ -196,11 +233,19 @@ def conv2d(x: jax.Array, features: int, kernel_size: int, *, name: str, stride: 
     padding = (kernel_size - 1) // 2
   fan_in = (x.shape[-1] // groups) * kernel_size * kernel_size
   return nn.Conv(
-      features, (kernel_size, kernel_size), strides=(stride, stride),
-      padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-      use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-      bias_init=torch_default_bias_init(fan_in), conv_general_dilated=conv_general_dilated,
-      name=name)(x)
+      features,
+      (kernel_size, kernel_size),
+      strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)),
+      feature_group_count=groups,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=kernel_init,
+      bias_init=torch_default_bias_init(fan_in),
+      conv_general_dilated=conv_general_dilated,
+      name=name,
+  )(x)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -210,6 +255,7 @@ class ChannelLayerNorm(nn.Module):
   * scale, with no mean subtraction in the numerator (var is still centred). Biased variance,
   statistics in float32. Params `scale` (torch `body.weight`) and, with bias, `bias`.
   """
+
   with_bias: bool
   eps: float
   dtype: Dtype = jnp.float32
@@ -237,6 +283,7 @@ class LayerNorm2d(ChannelLayerNorm):
   (x - mean_c) / sqrt(var_c + eps) * scale + bias, biased variance, i.e. Restormer's
   'WithBias' norm. Statistics in float32. Params: `scale` (torch `weight`) and `bias`, [C].
   """
+
   with_bias: bool = True
   eps: float = 1e-6
 
@@ -278,9 +325,11 @@ def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
   b, h, w, c = x.shape
   r = factor
   if c % (r * r):
-    raise ValueError(f"pixel_shuffle({r}) needs channels divisible by {r * r}, got shape {x.shape}.")
-  x = x.reshape(b, h, w, c // (r * r), r, r)      # [B, H, W, C, i, j]
-  x = x.transpose(0, 1, 4, 2, 5, 3)                # [B, H, i, W, j, C]
+    raise ValueError(
+        f"pixel_shuffle({r}) needs channels divisible by {r * r}, got shape {x.shape}."
+    )
+  x = x.reshape(b, h, w, c // (r * r), r, r)  # [B, H, W, C, i, j]
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # [B, H, i, W, j, C]
   return x.reshape(b, h * r, w * r, c // (r * r))
 
 
@@ -293,8 +342,8 @@ def pixel_unshuffle(x: jax.Array, factor: int) -> jax.Array:
   r = factor
   if h % r or w % r:
     raise ValueError(f"pixel_unshuffle({r}) needs H, W divisible by {r}, got shape {x.shape}.")
-  x = x.reshape(b, h // r, r, w // r, r, c)         # [B, H/r, i, W/r, j, C]
-  x = x.transpose(0, 1, 3, 5, 2, 4)                 # [B, H/r, W/r, C, i, j]
+  x = x.reshape(b, h // r, r, w // r, r, c)  # [B, H/r, i, W/r, j, C]
+  x = x.transpose(0, 1, 3, 5, 2, 4)  # [B, H/r, W/r, C, i, j]
   return x.reshape(b, h // r, w // r, c * r * r)
 
 

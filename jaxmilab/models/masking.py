@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from jaxmilab.models import layers
 
-MASK_RATIO = 0.5       # MaskDCPT: half of the patches hidden (official `self.mask_ratio = 0.5`)
+MASK_RATIO = 0.5  # MaskDCPT: half of the patches hidden (official `self.mask_ratio = 0.5`)
 
 # Per-position LayerNorms: masked LN = LN(x) at visible positions, 0 at hidden ones.
 NORM_TYPES: tuple[type, ...] = (layers.LayerNorm2d, layers.ChannelLayerNorm, nn.LayerNorm)
@@ -69,6 +69,7 @@ class Maskable(Protocol):
   Besides, every maskable backbone builds its layers from `nn.Conv` / `nn.Dense` and the
   per-position norms in NORM_TYPES, and calls `__call__(x, return_decoder_features=True)`.
   """
+
   mask_patch_size: int
   decoder_modules: tuple[str, ...]
 
@@ -77,8 +78,10 @@ def _interface(model: nn.Module, attribute: str):
   try:
     return getattr(model, attribute)
   except AttributeError:
-    raise ValueError(f"{type(model).__name__} does not implement masking.Maskable (no "
-                     f"{attribute!r}); MaskDCPT needs it (see jaxmilab/models/masking.py).") from None
+    raise ValueError(
+        f"{type(model).__name__} does not implement masking.Maskable (no "
+        f"{attribute!r}); MaskDCPT needs it (see jaxmilab/models/masking.py)."
+    ) from None
 
 
 def mask_patch_size(model: nn.Module) -> int:
@@ -95,19 +98,22 @@ def num_visible(grid: Sequence[int], ratio: float = MASK_RATIO) -> int:
   """Patches kept per image: round((1 - ratio) * h * w) (Python round, as the official code)."""
   keep = int(round(grid[0] * grid[1] * (1.0 - ratio)))
   if keep < 1:
-    raise ValueError(f"A {grid[0]} x {grid[1]} patch grid with mask ratio {ratio} keeps no patch; "
-                     f"use larger images (config.data.patch_size) or a smaller mask patch.")
+    raise ValueError(
+        f"A {grid[0]} x {grid[1]} patch grid with mask ratio {ratio} keeps no patch; "
+        f"use larger images (config.data.patch_size) or a smaller mask patch."
+    )
   return keep
 
 
-def random_patch_mask(rng: jax.Array, batch: int, grid: Sequence[int],
-                      ratio: float = MASK_RATIO) -> jax.Array:
+def random_patch_mask(
+    rng: jax.Array, batch: int, grid: Sequence[int], ratio: float = MASK_RATIO
+) -> jax.Array:
   """[B, h, w] float32 0/1 mask; per image the num_visible patches with the smallest uniform
   noise are visible (1), the rest hidden (0) (official `mask()`: rand(B, h*w).argsort())."""
   h, w = int(grid[0]), int(grid[1])
   keep = num_visible((h, w), ratio)
   noise = jax.random.uniform(rng, (batch, h * w))
-  rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)                 # rank of each patch
+  rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)  # rank of each patch
   return (rank < keep).astype(jnp.float32).reshape(batch, h, w)
 
 
@@ -117,9 +123,11 @@ def expand(mask: jax.Array, height: int, width: int) -> jax.Array:
   height and width must be multiples of h and w (a patch covers whole pixels)."""
   _, h, w = mask.shape
   if height % h or width % w:
-    raise ValueError(f"A {height} x {width} map does not divide into the {h} x {w} mask grid: the "
-                     f"mask patch is smaller than this map's stride. Use a mask patch that is a "
-                     f"multiple of the backbone's total downsampling.")
+    raise ValueError(
+        f"A {height} x {width} map does not divide into the {h} x {w} mask grid: the "
+        f"mask patch is smaller than this map's stride. Use a mask patch that is a "
+        f"multiple of the backbone's total downsampling."
+    )
   m = jnp.repeat(jnp.repeat(mask, height // h, axis=1), width // w, axis=2)
   return m[..., None]
 
@@ -152,8 +160,10 @@ class _Masker:
     h, w = self.image_hw
     b, nw, n = x.shape[:3]
     if n != window * window or nw * n != h * w:
-      raise ValueError(f"{_path(module)}: window tokens {x.shape} do not tile the {h} x {w} "
-                       f"token map with window {window}.")
+      raise ValueError(
+          f"{_path(module)}: window tokens {x.shape} do not tile the {h} x {w} "
+          f"token map with window {window}."
+      )
     shift = 0
     ancestor = module.parent
     while ancestor is not None:
@@ -174,7 +184,7 @@ class _Masker:
       return self._window_mask(module, x)
     _, h, w, _ = x.shape
     if (h, w) == (1, 1) and self.mask.shape[1:] != (1, 1):
-      return None                                            # a global pool (SCA, prompts)
+      return None  # a global pool (SCA, prompts)
     try:
       return expand(self.mask, h, w)
     except ValueError as e:
@@ -185,8 +195,10 @@ class _Masker:
     if context.method_name != "__call__" or (self.unmasked and self._dense(module)):
       return next_fun(*args, **kwargs)
     if isinstance(module, _MIXING_NORMS):
-      raise NotImplementedError(f"{_path(module)}: {type(module).__name__} mixes positions and "
-                                f"would leak hidden patches; MaskDCPT supports per-position norms.")
+      raise NotImplementedError(
+          f"{_path(module)}: {type(module).__name__} mixes positions and "
+          f"would leak hidden patches; MaskDCPT supports per-position norms."
+      )
     if isinstance(module, (nn.Conv, nn.Dense)) and args:
       m_in = self._mask_for(module, args[0])
       if m_in is not None:
@@ -207,8 +219,9 @@ def _path(module: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def patch_masking(mask: jax.Array, image_hw: Sequence[int],
-                  unmasked: Sequence[str] = ()) -> Iterator[None]:
+def patch_masking(
+    mask: jax.Array, image_hw: Sequence[int], unmasked: Sequence[str] = ()
+) -> Iterator[None]:
   """Within this context every flax module call is masked (module docstring).
 
   mask: [B, h, w] 0/1 patch mask (1 = visible) of images of size image_hw = (H, W) (the size
@@ -228,8 +241,9 @@ class ReconstructionHead(nn.Module):
   fill 16-pixel holes (a p-patch is p / 2^k pixels at stride 2^k); the official decoder is not
   released, this is our reading of the paper's "reconstruction head" (ASSUMPTION).
   """
+
   out_channels: int = 3
-  width: int | None = None        # default: the finest map's channels
+  width: int | None = None  # default: the finest map's channels
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -248,8 +262,10 @@ class ReconstructionHead(nn.Module):
       if z is not None:
         zh, zw = z.shape[1:3]
         if h % zh or w % zw:
-          raise ValueError(f"ReconstructionHead: map {f.shape} is not an integer upsampling of "
-                           f"the previous level {z.shape}.")
+          raise ValueError(
+              f"ReconstructionHead: map {f.shape} is not an integer upsampling of "
+              f"the previous level {z.shape}."
+          )
         z = jnp.repeat(jnp.repeat(z, h // zh, axis=1), w // zw, axis=2)
         f = f + z
       z = jax.nn.gelu(layers.conv2d(f, width, 3, name=f"fuse_{i}", dtype=self.dtype))

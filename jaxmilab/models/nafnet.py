@@ -50,8 +50,12 @@ from jaxmilab.models import layers
 # test_NAFNet_5d.yml: width 64, enc [1, 1, 1, 28], middle 1, dec [1, 1, 1, 1]); the small and
 # tiny ones are for quickstarts and tests.
 PRESETS: dict[str, dict[str, Any]] = {
-    "nafnet_dcpt": dict(width=64, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
-    "nafnet_small": dict(width=16, enc_blocks=(1, 1, 1, 2), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
+    "nafnet_dcpt": dict(
+        width=64, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)
+    ),
+    "nafnet_small": dict(
+        width=16, enc_blocks=(1, 1, 1, 2), middle_blocks=1, dec_blocks=(1, 1, 1, 1)
+    ),
     "nafnet_tiny": dict(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1)),
 }
 
@@ -62,6 +66,7 @@ class NAFBlock(nn.Module):
   Both branches are residual with learnable per-channel scales `beta`, `gamma` (init 0).
   DW_Expand = FFN_Expand = 2 and no dropout, as in every official setting used by DCPT.
   """
+
   layernorm_eps: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -72,12 +77,12 @@ class NAFBlock(nn.Module):
   def __call__(self, inp: jax.Array) -> jax.Array:
     c = inp.shape[-1]
     x = layers.LayerNorm2d(eps=self.layernorm_eps, dtype=self.dtype, name="norm1")(inp)
-    x = self._conv(x, 2 * c, 1, name="conv1")                     # [B, H, W, 2C]
-    x = self._conv(x, 2 * c, 3, name="conv2", groups=2 * c)       # depthwise
-    x = layers.simple_gate(x)                                     # [B, H, W, C]
+    x = self._conv(x, 2 * c, 1, name="conv1")  # [B, H, W, 2C]
+    x = self._conv(x, 2 * c, 3, name="conv2", groups=2 * c)  # depthwise
+    x = layers.simple_gate(x)  # [B, H, W, C]
     # Simplified channel attention: global average pool, conv 1x1, multiply.
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
-    x = x * self._conv(pooled, c, 1, name="sca")                  # [B, 1, 1, C] broadcast
+    x = x * self._conv(pooled, c, 1, name="sca")  # [B, 1, 1, C] broadcast
     x = self._conv(x, c, 1, name="conv3")
     beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
     y = inp + x * beta.astype(self.dtype)
@@ -104,6 +109,7 @@ class NAFNet(nn.Module):
       basicsr/archs/nafnet_arch.py and mask_nafnet_arch.py: `nn.LayerNorm(..., eps=1e-5)`).
     dtype: compute dtype; parameters are always float32.
   """
+
   width: int
   enc_blocks: Sequence[int]
   middle_blocks: int
@@ -113,8 +119,16 @@ class NAFNet(nn.Module):
   dtype: Any = jnp.float32
 
   def _conv(self, x, features, kernel_size, *, name, stride=1, use_bias=True, padding=None):
-    return layers.conv2d(x, features, kernel_size, name=name, stride=stride, use_bias=use_bias,
-                         padding=padding, dtype=self.dtype)
+    return layers.conv2d(
+        x,
+        features,
+        kernel_size,
+        name=name,
+        stride=stride,
+        use_bias=use_bias,
+        padding=padding,
+        dtype=self.dtype,
+    )
 
   # MaskDCPT masking interface (jaxmilab/models/masking.py `Maskable`): mask patch 16
   # (MaskDCPT test_NAFNet_*.yml `window_size: 16`) and the decoder-side submodule prefixes.
@@ -122,7 +136,7 @@ class NAFNet(nn.Module):
   def mask_patch_size(self) -> int:
     return 16
 
-  decoder_modules = ("ups_", "decoders_", "ending")   # reconstruction="dense_decoder" only
+  decoder_modules = ("ups_", "decoders_", "ending")  # reconstruction="dense_decoder" only
 
   @property
   def pad_multiple(self) -> int:
@@ -133,12 +147,13 @@ class NAFNet(nn.Module):
     """Raises ValueError unless there is one decoder stage per encoder stage (and some)."""
     enc, dec = tuple(self.enc_blocks), tuple(self.dec_blocks)
     if len(enc) != len(dec) or not enc:
-      raise ValueError(f"config.model: enc_blocks {enc} and dec_blocks {dec} must be non-empty "
-                       f"and of the same length.")
+      raise ValueError(
+          f"config.model: enc_blocks {enc} and dec_blocks {dec} must be non-empty "
+          f"and of the same length."
+      )
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False,
-               residual: bool = True):
+  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False, residual: bool = True):
     """Restores x [B, H, W, img_channels] -> y of the same shape (float32 for float32 x).
 
     residual=False drops the global input residual (`ending(x)` instead of `ending(x) + inp`):
@@ -151,14 +166,16 @@ class NAFNet(nn.Module):
     These are the maps the official DCPT code hooks (`decoder{i}` NAFBlocks, dec [1,1,1,1]).
     """
     if len(self.enc_blocks) != len(self.dec_blocks):
-      raise ValueError(f"NAFNet: enc_blocks {tuple(self.enc_blocks)} and dec_blocks "
-                       f"{tuple(self.dec_blocks)} must have the same length (one decoder per encoder).")
+      raise ValueError(
+          f"NAFNet: enc_blocks {tuple(self.enc_blocks)} and dec_blocks "
+          f"{tuple(self.dec_blocks)} must have the same length (one decoder per encoder)."
+      )
     common.check_nhwc(x, self.img_channels, "NAFNet")
     _, h, w, _ = x.shape
-    inp = layers.pad_to_multiple(x, self.pad_multiple)            # [B, Hp, Wp, C]
+    inp = layers.pad_to_multiple(x, self.pad_multiple)  # [B, Hp, Wp, C]
 
     block = functools.partial(NAFBlock, layernorm_eps=self.layernorm_eps, dtype=self.dtype)
-    y = self._conv(inp, self.width, 3, name="intro")              # [B, Hp, Wp, width]
+    y = self._conv(inp, self.width, 3, name="intro")  # [B, Hp, Wp, width]
     skips = []
     chan = self.width
     for i, num in enumerate(self.enc_blocks):
@@ -166,13 +183,13 @@ class NAFNet(nn.Module):
         y = block(name=f"encoders_{i}_{j}")(y)
       skips.append(y)
       y = self._conv(y, 2 * chan, 2, name=f"downs_{i}", stride=2, padding=0)
-      chan *= 2                                                   # [B, Hp/2^(i+1), ., chan]
+      chan *= 2  # [B, Hp/2^(i+1), ., chan]
     for j in range(self.middle_blocks):
       y = block(name=f"middle_blks_{j}")(y)
     feats = []
     for i, (num, skip) in enumerate(zip(self.dec_blocks, skips[::-1])):
       y = self._conv(y, 2 * chan, 1, name=f"ups_{i}", use_bias=False)
-      y = layers.pixel_shuffle(y, 2)                              # [B, 2h, 2w, chan/2]
+      y = layers.pixel_shuffle(y, 2)  # [B, 2h, 2w, chan/2]
       chan //= 2
       y = y + skip
       for j in range(num):
@@ -180,7 +197,7 @@ class NAFNet(nn.Module):
       feats.append(y)
     y = self._conv(y, self.img_channels, 3, name="ending")
     if residual:
-      y = y + inp                                                 # global residual
+      y = y + inp  # global residual
     y = y[:, :h, :w, :]
     if return_decoder_features:
       return y, feats

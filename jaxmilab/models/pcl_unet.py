@@ -44,8 +44,9 @@ LEAKY_SLOPE = 0.01  # nn.LeakyReLU() default
 
 def kaiming_normal(a: float = LEAKY_SLOPE, in_axis: int = -2, out_axis: int = -1):
   """torch.nn.init.kaiming_normal_(w, a) (fan_in, leaky_relu gain): N(0, 2 / ((1 + a^2) fan_in))."""
-  return nn.initializers.variance_scaling(2.0 / (1.0 + a * a), "fan_in", "normal",
-                                          in_axis=in_axis, out_axis=out_axis)
+  return nn.initializers.variance_scaling(
+      2.0 / (1.0 + a * a), "fan_in", "normal", in_axis=in_axis, out_axis=out_axis
+  )
 
 
 # flax ConvTranspose kernels are [kh, kw, in, out]; PyTorch's fan_in of a ConvTranspose2d
@@ -55,21 +56,36 @@ _TRANSPOSED_INIT = kaiming_normal(in_axis=-1, out_axis=-2)
 
 class ConvBNAct(nn.Module):
   """conv3x3 (bias) -> BatchNorm -> LeakyReLU(0.01): the official `contract` / `expand`."""
+
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=kaiming_normal(),
-                bias_init=nn.initializers.zeros, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="bn")(x)
+    x = nn.Conv(
+        self.features,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_normal(),
+        bias_init=nn.initializers.zeros,
+        name="conv",
+    )(x)
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name="bn",
+    )(x)
     return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 class Encoder(nn.Module):
   """Levels 1..depth (two ConvBNAct each, max-pool after) and the BatchNorm-free centre."""
+
   width: int = 32
   depth: int = 4
   dtype: Any = jnp.float32
@@ -85,9 +101,16 @@ class Encoder(nn.Module):
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # nn.MaxPool2d(2, stride=2)
     features = self.width * 2**self.depth
     for i in range(2):  # official `center`: conv -> ReLU twice, no BatchNorm
-      x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  param_dtype=jnp.float32, kernel_init=kaiming_normal(),
-                  bias_init=nn.initializers.zeros, name=f"center_conv_{i + 1}")(x)
+      x = nn.Conv(
+          features,
+          (3, 3),
+          padding=((1, 1), (1, 1)),
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          kernel_init=kaiming_normal(),
+          bias_init=nn.initializers.zeros,
+          name=f"center_conv_{i + 1}",
+      )(x)
       x = nn.relu(x)
     return x, tuple(skips)  # skips[0] = level 1 (full resolution)
 
@@ -95,19 +118,28 @@ class Encoder(nn.Module):
 def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
   """The official `center_crop`: the [height, width] window starting at ((H-h)//2, (W-w)//2)."""
   top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
-  return x[:, top:top + height, left:left + width]
+  return x[:, top : top + height, left : left + width]
 
 
 class DecoderBlock(nn.Module):
   """ConvTranspose(2, 2) to `features`, concat [up, cropped skip], two ConvBNAct."""
+
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, skip: jax.Array, train: bool) -> jax.Array:
-    up = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                          param_dtype=jnp.float32, kernel_init=_TRANSPOSED_INIT,
-                          bias_init=nn.initializers.zeros, name="upconv")(x)
+    up = nn.ConvTranspose(
+        self.features,
+        (2, 2),
+        strides=(2, 2),
+        padding="VALID",
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_TRANSPOSED_INIT,
+        bias_init=nn.initializers.zeros,
+        name="upconv",
+    )(x)
     if skip.shape[1] < up.shape[1] or skip.shape[2] < up.shape[2]:
       raise ValueError(f"Decoder skip {skip.shape} is smaller than the upsampled map {up.shape}.")
     x = jnp.concatenate([up, center_crop(skip, up.shape[1], up.shape[2]).astype(up.dtype)], axis=-1)
@@ -117,49 +149,67 @@ class DecoderBlock(nn.Module):
 
 class Decoder(nn.Module):
   """Blocks 1..num_blocks (block 1 = deepest, output 8w; block `depth` outputs w)."""
+
   width: int = 32
   depth: int = 4
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, skips: Sequence[jax.Array], train: bool,
-               num_blocks: int | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, skips: Sequence[jax.Array], train: bool, num_blocks: int | None = None
+  ) -> jax.Array:
     num_blocks = self.depth if num_blocks is None else int(num_blocks)
     if not 1 <= num_blocks <= self.depth:
       raise ValueError(f"num_blocks={num_blocks} must be in [1, {self.depth}].")
     for block in range(1, num_blocks + 1):
       level = self.depth - block  # skip index: block 1 uses the deepest level
-      x = DecoderBlock(self.width * 2**level, self.dtype, name=f"block_{block}")(x, skips[level], train)
+      x = DecoderBlock(self.width * 2**level, self.dtype, name=f"block_{block}")(
+          x, skips[level], train
+      )
     return x
 
 
 class PCLUNet(nn.Module):
   """PCL / MACL 2-D U-Net (see the module doc); `__call__` gives [B, H, W, num_classes] logits."""
-  width: int = 32           # official --initial_filter_size 32
-  depth: int = 4            # pooled levels (official: 4)
+
+  width: int = 32  # official --initial_filter_size 32
+  depth: int = 4  # pooled levels (official: 4)
   num_classes: int = 4
   dtype: Any = jnp.float32  # compute dtype ("float32" | "bfloat16" in config.model)
 
   def setup(self):
     self.encoder = Encoder(self.width, self.depth, self.dtype)
     self.decoder = Decoder(self.width, self.depth, self.dtype)
-    self.head = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=kaiming_normal())
+    self.head = nn.Conv(
+        self.num_classes,
+        (1, 1),
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_normal(),
+    )
 
   def _check(self, x: jax.Array) -> None:
     if x.ndim != 4:
       raise ValueError(f"PCLUNet expects [B, H, W, C] input, got shape {x.shape}.")
     if min(x.shape[1:3]) < 2**self.depth:
-      raise ValueError(f"PCLUNet(depth={self.depth}) needs images of at least {2**self.depth} "
-                       f"pixels per side, got shape {x.shape}; use a larger patch size.")
+      raise ValueError(
+          f"PCLUNet(depth={self.depth}) needs images of at least {2**self.depth} "
+          f"pixels per side, got shape {x.shape}; use a larger patch size."
+      )
 
   def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """Bottleneck [B, H/2^d, W/2^d, 16w] and the skips (full resolution first)."""
     self._check(x)
     return self.encoder(x.astype(self.dtype), train)
 
-  def decode(self, bottleneck: jax.Array, skips: Sequence[jax.Array], train: bool = False,
-             num_blocks: int | None = None) -> jax.Array:
+  def decode(
+      self,
+      bottleneck: jax.Array,
+      skips: Sequence[jax.Array],
+      train: bool = False,
+      num_blocks: int | None = None,
+  ) -> jax.Array:
     """Features after decoder blocks 1..num_blocks (all by default)."""
     return self.decoder(bottleneck, skips, train, num_blocks)
 
@@ -182,7 +232,9 @@ def create(config) -> PCLUNet:
   width, depth = int(o.width), int(o.depth)
   num_classes = int(o.num_classes) or PCLUNet.num_classes
   if width < 1 or depth < 1 or num_classes < 1:
-    raise ValueError(f"config.model.width={width}, depth={depth} and num_classes={num_classes} "
-                     f"must be >= 1.")
-  return PCLUNet(width=width, depth=depth, num_classes=num_classes,
-                 dtype=common.dtype_from_name(o.dtype))
+    raise ValueError(
+        f"config.model.width={width}, depth={depth} and num_classes={num_classes} " f"must be >= 1."
+    )
+  return PCLUNet(
+      width=width, depth=depth, num_classes=num_classes, dtype=common.dtype_from_name(o.dtype)
+  )

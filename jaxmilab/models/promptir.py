@@ -67,18 +67,36 @@ Dtype = Any
 # va1shn9v/PromptIR net/model.py defaults (= MILab-PKU/dcpt promptir_arch.py, used with its
 # defaults by test_PromptIR_5d.yml): Restormer dims, 'WithBias' LN (eps 1e-5), softmax,
 # prompts (dim, len, size) = (64, 5, 64), (128, 5, 32), (320, 5, 16) for levels 1, 2, 3.
-_OFFICIAL = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False, layernorm_type="WithBias",
-                 layernorm_eps=1e-5, attention="softmax", normal_init=False,
-                 prompt_dims=(64, 128, 320), prompt_len=5, prompt_sizes=(64, 32, 16))
+_OFFICIAL = dict(
+    dim=48,
+    num_blocks=(4, 6, 6, 8),
+    num_refinement_blocks=4,
+    heads=(1, 2, 4, 8),
+    ffn_expansion_factor=2.66,
+    bias=False,
+    layernorm_type="WithBias",
+    layernorm_eps=1e-5,
+    attention="softmax",
+    normal_init=False,
+    prompt_dims=(64, 128, 320),
+    prompt_len=5,
+    prompt_sizes=(64, 32, 16),
+)
 PRESETS: dict[str, dict[str, Any]] = {
     "promptir": dict(_OFFICIAL),
     "promptir_dcpt": dict(_OFFICIAL),
     # Tiny, for tests; prompt sizes chosen so a 24x16 (padded) input resizes prompts both up
     # and down (level maps 12x8, 6x4, 3x2).
-    "promptir_tiny": dict(_OFFICIAL, dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 2, 2, 4), prompt_dims=(4, 8, 16), prompt_len=3,
-                          prompt_sizes=(10, 4, 3)),
+    "promptir_tiny": dict(
+        _OFFICIAL,
+        dim=8,
+        num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=1,
+        heads=(1, 2, 2, 4),
+        prompt_dims=(4, 8, 16),
+        prompt_len=3,
+        prompt_sizes=(10, 4, 3),
+    ),
 }
 PRESETS["promptir_dcpt_tiny"] = dict(PRESETS["promptir_tiny"])
 # Width of the map entering the prompt fusion of level k, in units of dim (module docstring).
@@ -117,6 +135,7 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
 
 class PromptGenBlock(nn.Module):
   """Input-conditioned prompt: softmax weights from the pooled input mix learned components."""
+
   prompt_dim: int
   prompt_len: int
   prompt_size: int
@@ -126,15 +145,21 @@ class PromptGenBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     s, d, n = self.prompt_size, self.prompt_dim, self.prompt_len
-    components = self.param("prompt_param", nn.initializers.uniform(1.0), (n, s, s, d),
-                            jnp.float32)                               # torch.rand
-    emb = jnp.mean(x.astype(jnp.float32), axis=(1, 2))                 # [B, C]
-    logits = nn.Dense(n, dtype=jnp.float32, param_dtype=jnp.float32,
-                      kernel_init=layers.torch_default_kernel_init,
-                      bias_init=layers.torch_default_bias_init(c), name="linear_layer")(emb)
-    weights = jax.nn.softmax(logits, axis=-1)                          # [B, L]
-    prompt = jnp.einsum("bl,lhwd->bhwd", weights, components)          # [B, S, S, D]
-    prompt = resize_bilinear(prompt, h, w).astype(self.dtype)          # [B, H, W, D]
+    components = self.param(
+        "prompt_param", nn.initializers.uniform(1.0), (n, s, s, d), jnp.float32
+    )  # torch.rand
+    emb = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C]
+    logits = nn.Dense(
+        n,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        kernel_init=layers.torch_default_kernel_init,
+        bias_init=layers.torch_default_bias_init(c),
+        name="linear_layer",
+    )(emb)
+    weights = jax.nn.softmax(logits, axis=-1)  # [B, L]
+    prompt = jnp.einsum("bl,lhwd->bhwd", weights, components)  # [B, S, S, D]
+    prompt = resize_bilinear(prompt, h, w).astype(self.dtype)  # [B, H, W, D]
     return ushaped.conv(prompt, d, 3, name="conv3x3", use_bias=False, dtype=self.dtype)
 
 
@@ -146,6 +171,7 @@ class PromptIR(ushaped.RestormerBlocks):
     prompt_len: number of prompt components per level.
     prompt_sizes: spatial size of the components of levels 1, 2, 3.
   """
+
   layernorm_type: str = "WithBias"
   prompt_dims: Sequence[int] = (64, 128, 320)
   prompt_len: int = 5
@@ -153,8 +179,13 @@ class PromptIR(ushaped.RestormerBlocks):
 
   def fuse(self, x: jax.Array, level: int) -> jax.Array:
     """x + prompt of `level` -> noise_level{level} block -> reduce_noise_level{level} conv."""
-    prompt = PromptGenBlock(self.prompt_dims[level - 1], self.prompt_len,
-                            self.prompt_sizes[level - 1], self.dtype, name=f"prompt{level}")(x)
+    prompt = PromptGenBlock(
+        self.prompt_dims[level - 1],
+        self.prompt_len,
+        self.prompt_sizes[level - 1],
+        self.dtype,
+        name=f"prompt{level}",
+    )(x)
     x = jnp.concatenate([x, prompt], axis=-1)
     # The noise_level blocks use level 3's heads (heads[2]) at every level, as the official code.
     x = self.block(2)(name=f"noise_level{level}")(x)
@@ -164,14 +195,18 @@ class PromptIR(ushaped.RestormerBlocks):
     super().check_config()
     prompt_dims, prompt_sizes = tuple(self.prompt_dims), tuple(self.prompt_sizes)
     if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
-      raise ValueError(f"config.model.prompt_dims {prompt_dims} and prompt_sizes {prompt_sizes} "
-                       f"need 3 entries (decoder levels 1, 2, 3).")
+      raise ValueError(
+          f"config.model.prompt_dims {prompt_dims} and prompt_sizes {prompt_sizes} "
+          f"need 3 entries (decoder levels 1, 2, 3)."
+      )
     nh = self.heads[2]
     for k in (1, 2, 3):
       c = _FUSE_WIDTH[k] * self.dim + prompt_dims[k - 1]
       if c % nh:
-        raise ValueError(f"config.model: noise_level{k} width {c} (level width + prompt_dims"
-                         f"[{k - 1}]) does not split into heads[2]={nh}.")
+        raise ValueError(
+            f"config.model: noise_level{k} width {c} (level width + prompt_dims"
+            f"[{k - 1}]) does not split into heads[2]={nh}."
+        )
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).

@@ -75,10 +75,16 @@ from jaxmilab.models import ushaped
 # Official hyperparameters: swz30 Restormer defaults (dim 48, blocks [4, 6, 6, 8], refinement 4,
 # heads [1, 2, 4, 8], ffn 2.66, bias False) with the denoising LN; DCPT's `Restormer` defaults
 # (MILab-PKU/dcpt basicsr/archs/restormer_arch.py, used as-is by test_Restormer_5d.yml).
-_OFFICIAL = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False, layernorm_type="BiasFree")
-_TINY = dict(_OFFICIAL, dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-             heads=(1, 2, 2, 4))
+_OFFICIAL = dict(
+    dim=48,
+    num_blocks=(4, 6, 6, 8),
+    num_refinement_blocks=4,
+    heads=(1, 2, 4, 8),
+    ffn_expansion_factor=2.66,
+    bias=False,
+    layernorm_type="BiasFree",
+)
+_TINY = dict(_OFFICIAL, dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4))
 _SWZ30 = dict(layernorm_eps=1e-5, attention="softmax", normal_init=False)
 _DCPT = dict(layernorm_eps=1e-6, attention="relu", normal_init=True)
 PRESETS: dict[str, dict[str, Any]] = {

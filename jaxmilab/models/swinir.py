@@ -71,8 +71,16 @@ from jaxmilab.models import layers
 
 Dtype = Any
 
-_OFFICIAL = dict(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=8,
-                 mlp_ratio=2.0, qkv_bias=True, img_range=1.0, patch_norm=True)
+_OFFICIAL = dict(
+    embed_dim=180,
+    depths=(6,) * 6,
+    num_heads=(6,) * 6,
+    window_size=8,
+    mlp_ratio=2.0,
+    qkv_bias=True,
+    img_range=1.0,
+    patch_norm=True,
+)
 _TINY = dict(_OFFICIAL, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4)
 _PLAIN = dict(relative_position_bias=True, shift_mask=True, dcpt_layer_names=False)
 _DCPT = dict(relative_position_bias=False, shift_mask=False, dcpt_layer_names=True)
@@ -94,7 +102,7 @@ def window_partition(x: jax.Array, window: int) -> jax.Array:
   """[B, H, W, C] -> [B, nW, window*window, C]; windows row-major, tokens row-major."""
   b, h, w, c = x.shape
   x = x.reshape(b, h // window, window, w // window, window, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5)                                   # [B, h/w, w/w, wi, wj, C]
+  x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, h/w, w/w, wi, wj, C]
   return x.reshape(b, (h // window) * (w // window), window * window, c)
 
 
@@ -108,8 +116,8 @@ def window_reverse(windows: jax.Array, window: int, h: int, w: int) -> jax.Array
 def relative_position_index(window: int) -> np.ndarray:
   """[N, N] index into the bias table for tokens i, j of a window (N = window**2)."""
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij"))
-  flat = coords.reshape(2, -1)                                         # [2, N]
-  rel = (flat[:, :, None] - flat[:, None, :]).transpose(1, 2, 0)       # [N, N, 2]
+  flat = coords.reshape(2, -1)  # [2, N]
+  rel = (flat[:, :, None] - flat[:, None, :]).transpose(1, 2, 0)  # [N, N, 2]
   rel = rel + (window - 1)
   return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
@@ -131,6 +139,7 @@ def shift_attention_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
 
 class WindowAttention(nn.Module):
   """Multi-head self-attention inside each window, optional relative position bias."""
+
   num_heads: int
   window_size: int
   relative_position_bias: bool = True
@@ -139,25 +148,35 @@ class WindowAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    b, nw, n, c = x.shape                                              # [B, nW, N, C]
+    b, nw, n, c = x.shape  # [B, nW, N, C]
     nh = self.num_heads
     hd = c // nh
     dense = lambda f, name, bias=True: nn.Dense(
-        f, use_bias=bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_dense_init,
-        name=name)
+        f,
+        use_bias=bias,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_dense_init,
+        name=name,
+    )
     qkv = dense(3 * c, "qkv", self.qkv_bias)(x).reshape(b, nw, n, 3, nh, hd)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # [B, nW, N, nh, hd]
-    q = q * (hd ** -0.5)
-    attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k,
-                      preferred_element_type=jnp.float32)              # [B, nW, nh, N, N]
+    q = q * (hd**-0.5)
+    attn = jnp.einsum(
+        "bwqhd,bwkhd->bwhqk", q, k, preferred_element_type=jnp.float32
+    )  # [B, nW, nh, N, N]
     if self.relative_position_bias:
       ws = self.window_size
-      table = self.param("relative_position_bias_table", nn.initializers.normal(0.02),
-                         ((2 * ws - 1) ** 2, nh), jnp.float32)
+      table = self.param(
+          "relative_position_bias_table",
+          nn.initializers.normal(0.02),
+          ((2 * ws - 1) ** 2, nh),
+          jnp.float32,
+      )
       bias = table[relative_position_index(ws).reshape(-1)].reshape(n, n, nh)
       attn = attn + bias.transpose(2, 0, 1)[None, None]
     if mask is not None:
-      attn = attn + mask[None, :, None]                                # [nW, N, N]
+      attn = attn + mask[None, :, None]  # [nW, N, N]
     attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
     out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
     return dense(c, "proj")(out)
@@ -165,24 +184,28 @@ class WindowAttention(nn.Module):
 
 class Mlp(nn.Module):
   """fc1 -> exact GELU -> fc2."""
+
   hidden: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = lambda f, name: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32,
-                                     kernel_init=_dense_init, name=name)
+    dense = lambda f, name: nn.Dense(
+        f, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_dense_init, name=name
+    )
     return dense(x.shape[-1], "fc2")(jax.nn.gelu(dense(self.hidden, "fc1")(x), approximate=False))
 
 
 def _layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
   """torch nn.LayerNorm (eps 1e-5, biased variance computed as mean((x - mean)^2))."""
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
-                      name=name)
+  return nn.LayerNorm(
+      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name
+  )
 
 
 class SwinSettings(nn.Module):
   """The settings a Swin block, a BasicLayer and an RSTB share (the official arguments)."""
+
   num_heads: int
   window_size: int
   mlp_ratio: float = 2.0
@@ -194,6 +217,7 @@ class SwinSettings(nn.Module):
 
 class SwinTransformerBlock(SwinSettings):
   """t + (S)W-MSA(LN(t)); t + MLP(LN(t)) on token maps [B, H, W, C] (H, W multiples of window)."""
+
   shift_size: int = 0
 
   @nn.compact
@@ -202,22 +226,25 @@ class SwinTransformerBlock(SwinSettings):
     ws, s = self.window_size, self.shift_size
     y = _layer_norm(self.dtype, "norm1")(x)
     if s:
-      y = jnp.roll(y, (-s, -s), axis=(1, 2))                          # cyclic shift
+      y = jnp.roll(y, (-s, -s), axis=(1, 2))  # cyclic shift
     mask = None
     if s and self.shift_mask:
       mask = jnp.asarray(shift_attention_mask(h, w, ws, s))
-    y = WindowAttention(self.num_heads, ws, self.relative_position_bias, self.qkv_bias,
-                        self.dtype, name="attn")(window_partition(y, ws), mask)
+    y = WindowAttention(
+        self.num_heads, ws, self.relative_position_bias, self.qkv_bias, self.dtype, name="attn"
+    )(window_partition(y, ws), mask)
     y = window_reverse(y, ws, h, w)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
     x = x + y
     return x + Mlp(int(c * self.mlp_ratio), self.dtype, name="mlp")(
-        _layer_norm(self.dtype, "norm2")(x))
+        _layer_norm(self.dtype, "norm2")(x)
+    )
 
 
 class BasicLayer(SwinSettings):
   """`depth` Swin blocks, odd ones shifted by window // 2 (`blocks_{j}`)."""
+
   depth: int = 6
 
   @nn.compact
@@ -241,6 +268,7 @@ class RSTB(BasicLayer):
 
 class PatchEmbed(nn.Module):
   """The official PatchEmbed with patch size 1: only a LayerNorm (`norm`) when patch_norm."""
+
   patch_norm: bool = True
   dtype: Dtype = jnp.float32
 
@@ -268,6 +296,7 @@ class SwinIR(nn.Module):
     img_channels: image channels in and out (the mean is 0 unless 3).
     dtype: compute dtype; parameters are always float32.
   """
+
   embed_dim: int = 180
   depths: Sequence[int] = (6,) * 6
   num_heads: Sequence[int] = (6,) * 6
@@ -291,8 +320,11 @@ class SwinIR(nn.Module):
   @property
   def decoder_modules(self) -> tuple[str, ...]:
     n = len(self.depths)
-    return tuple(self.layer_name(i) for i in range(n // 2, n)) + ("norm", "conv_after_body",
-                                                                  "conv_last")  # dense_decoder
+    return tuple(self.layer_name(i) for i in range(n // 2, n)) + (
+        "norm",
+        "conv_after_body",
+        "conv_last",
+    )  # dense_decoder
 
   @property
   def pad_multiple(self) -> int:
@@ -307,8 +339,7 @@ class SwinIR(nn.Module):
     return f"encode_layers_{i}" if i < half else f"decode_layers{i - half}"
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False,
-               residual: bool = True):
+  def __call__(self, x: jax.Array, *, return_decoder_features: bool = False, residual: bool = True):
     """Restores x [B, H, W, img_channels] -> y of the same shape.
 
     residual=False is the masked pre-training forward's output path in MaskDCPT's release
@@ -321,11 +352,13 @@ class SwinIR(nn.Module):
     """
     common.check_nhwc(x, self.img_channels, "SwinIR")
     if len(self.depths) != len(self.num_heads):
-      raise ValueError(f"SwinIR: depths {tuple(self.depths)} and num_heads "
-                       f"{tuple(self.num_heads)} must have the same length (one per RSTB).")
+      raise ValueError(
+          f"SwinIR: depths {tuple(self.depths)} and num_heads "
+          f"{tuple(self.num_heads)} must have the same length (one per RSTB)."
+      )
     _, h, w, _ = x.shape
     mean = jnp.asarray(RGB_MEAN if self.img_channels == 3 else (0.0,), jnp.float32)
-    x = layers.reflect_pad_to_multiple(x, self.window_size)          # [B, Hp, Wp, C]
+    x = layers.reflect_pad_to_multiple(x, self.window_size)  # [B, Hp, Wp, C]
     if not residual:
       mean = jnp.zeros_like(mean)
     x = (x - mean) * self.img_range
@@ -334,10 +367,17 @@ class SwinIR(nn.Module):
     feats = []
     n = len(self.depths)
     for i in range(n):
-      t = RSTB(num_heads=self.num_heads[i], window_size=self.window_size,
-               mlp_ratio=self.mlp_ratio, relative_position_bias=self.relative_position_bias,
-               shift_mask=self.shift_mask, qkv_bias=self.qkv_bias, dtype=self.dtype,
-               depth=self.depths[i], name=self.layer_name(i))(t)
+      t = RSTB(
+          num_heads=self.num_heads[i],
+          window_size=self.window_size,
+          mlp_ratio=self.mlp_ratio,
+          relative_position_bias=self.relative_position_bias,
+          shift_mask=self.shift_mask,
+          qkv_bias=self.qkv_bias,
+          dtype=self.dtype,
+          depth=self.depths[i],
+          name=self.layer_name(i),
+      )(t)
       if i >= n // 2:
         feats.append(t)
     t = _layer_norm(self.dtype, "norm")(t)
@@ -354,12 +394,15 @@ class SwinIR(nn.Module):
     """Raises ValueError naming config.model keys for settings no input can run."""
     depths, heads = tuple(self.depths), tuple(self.num_heads)
     if len(depths) != len(heads) or not depths:
-      raise ValueError(f"config.model: depths {depths} and num_heads {heads} must be non-empty "
-                       f"and of the same length (one entry per RSTB).")
+      raise ValueError(
+          f"config.model: depths {depths} and num_heads {heads} must be non-empty "
+          f"and of the same length (one entry per RSTB)."
+      )
     for nh in heads:
       if self.embed_dim % nh:
-        raise ValueError(f"config.model: embed_dim {self.embed_dim} does not split into {nh} "
-                         f"heads.")
+        raise ValueError(
+            f"config.model: embed_dim {self.embed_dim} does not split into {nh} " f"heads."
+        )
     if self.window_size < 1:
       raise ValueError(f"config.model.window_size={self.window_size} must be >= 1.")
 

@@ -60,33 +60,63 @@ from jaxmilab.models import ushaped
 
 Dtype = Any
 PAD_MULTIPLE = ushaped.PAD_MULTIPLE  # three 2x downsamplings
-LEVEL_NAMES = ("level 1 (encoder/decoder_level1, refinement)", "level 2", "level 3",
-               "level 4 (latent)")
+LEVEL_NAMES = (
+    "level 1 (encoder/decoder_level1, refinement)",
+    "level 2",
+    "level 3",
+    "level 4 (latent)",
+)
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 # Architecture choices are explained in configs/teaformer.py. The paper-size preset is
 # Restormer's size (swz30 defaults: dim 48, blocks [4, 6, 6, 8], refinement 4, heads
 # [1, 2, 4, 8], GDFN 2.66, no conv bias); the TEA settings are ours (no official code).
-_BASE = dict(ffn_expansion_factor=2.66, bias=False, layernorm_type="WithBias", layernorm_eps=1e-5,
-             implementation="auto")
+_BASE = dict(
+    ffn_expansion_factor=2.66,
+    bias=False,
+    layernorm_type="WithBias",
+    layernorm_eps=1e-5,
+    implementation="auto",
+)
 PRESETS: dict[str, dict[str, Any]] = {
-    "teaformer": dict(_BASE, dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4,
-                      heads=(1, 2, 4, 8), window=(15, 11, 9, 7), top_k=(32, 32, 24, 16),
-                      pool=(8, 4, 2, 1)),
+    "teaformer": dict(
+        _BASE,
+        dim=48,
+        num_blocks=(4, 6, 6, 8),
+        num_refinement_blocks=4,
+        heads=(1, 2, 4, 8),
+        window=(15, 11, 9, 7),
+        top_k=(32, 32, 24, 16),
+        pool=(8, 4, 2, 1),
+    ),
     # Fits 64-px crops (latent 8x8): the CPU quickstart. Kept this small because XLA's CPU
     # gradient of the GDFN depthwise convs dominates a step (not the TEA attention).
-    "teaformer_small": dict(_BASE, dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                            heads=(1, 2, 2, 4), window=(5, 5, 3, 3), top_k=(8, 8, 4, 4),
-                            pool=(8, 4, 2, 1)),
+    "teaformer_small": dict(
+        _BASE,
+        dim=8,
+        num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=1,
+        heads=(1, 2, 2, 4),
+        window=(5, 5, 3, 3),
+        top_k=(8, 8, 4, 4),
+        pool=(8, 4, 2, 1),
+    ),
     # Fits 32-px crops (latent 4x4): tests and smoke runs.
-    "teaformer_tiny": dict(_BASE, dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                           heads=(1, 2, 2, 4), window=(3, 3, 3, 3), top_k=(4, 4, 4, 4),
-                           pool=(8, 4, 2, 1)),
+    "teaformer_tiny": dict(
+        _BASE,
+        dim=8,
+        num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=1,
+        heads=(1, 2, 2, 4),
+        window=(3, 3, 3, 3),
+        top_k=(4, 4, 4, 4),
+        pool=(8, 4, 2, 1),
+    ),
 }
 
 
 def resolve_implementation(name: str) -> str:
-  """"auto" -> "pallas" on GPU/TPU, "xla" elsewhere (the Pallas kernel needs an accelerator)."""
+  """ "auto" -> "pallas" on GPU/TPU, "xla" elsewhere (the Pallas kernel needs an accelerator)."""
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"config.model.implementation={name!r}; use one of {IMPLEMENTATIONS}.")
   if name != "auto":
@@ -97,6 +127,7 @@ def resolve_implementation(name: str) -> str:
 
 class TEAAttention(nn.Module):
   """qkv (conv 1x1 to 3C) -> per-head TEA attention -> project_out (conv 1x1)."""
+
   num_heads: int
   window: int
   top_k: int
@@ -110,14 +141,22 @@ class TEAAttention(nn.Module):
     b, h, w, c = x.shape
     q, k, v = ushaped.split_qkv_heads(x, self.num_heads, use_bias=self.bias, dtype=self.dtype)
     q, k, v = (t.reshape(b, h, w, self.num_heads, c // self.num_heads) for t in (q, k, v))
-    out = tea_attention(q, k, v, window=self.window, top_k=self.top_k, pool=self.pool,
-                        implementation=resolve_implementation(self.implementation))
-    out = out.reshape(b, h, w, c)                                        # [B, H, W, C]
+    out = tea_attention(
+        q,
+        k,
+        v,
+        window=self.window,
+        top_k=self.top_k,
+        pool=self.pool,
+        implementation=resolve_implementation(self.implementation),
+    )
+    out = out.reshape(b, h, w, c)  # [B, H, W, C]
     return ushaped.conv(out, c, 1, name="project_out", use_bias=self.bias, dtype=self.dtype)
 
 
 class TEABlock(nn.Module):
   """x + TEAAttention(LN(x)); x + GDFN(LN(x)). Width is the input's channel count."""
+
   num_heads: int
   window: int
   top_k: int
@@ -131,12 +170,22 @@ class TEABlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    norm = lambda name: ushaped.channel_norm(self.layernorm_type, self.layernorm_eps,
-                                             self.dtype, name)
-    x = x + TEAAttention(self.num_heads, self.window, self.top_k, self.pool, self.implementation,
-                         self.bias, self.dtype, name="attn")(norm("norm1")(x))
-    x = x + ushaped.FeedForward(ffn_expansion_factor=self.ffn_expansion_factor, bias=self.bias,
-                                dtype=self.dtype, name="ffn")(norm("norm2")(x))
+    norm = lambda name: ushaped.channel_norm(
+        self.layernorm_type, self.layernorm_eps, self.dtype, name
+    )
+    x = x + TEAAttention(
+        self.num_heads,
+        self.window,
+        self.top_k,
+        self.pool,
+        self.implementation,
+        self.bias,
+        self.dtype,
+        name="attn",
+    )(norm("norm1")(x))
+    x = x + ushaped.FeedForward(
+        ffn_expansion_factor=self.ffn_expansion_factor, bias=self.bias, dtype=self.dtype, name="ffn"
+    )(norm("norm2")(x))
     return x
 
 
@@ -151,6 +200,7 @@ class TEAFormer(ushaped.UShapedRestorer):
     layernorm_type: 'WithBias' or 'BiasFree' (Restormer's two LayerNorms).
     layernorm_eps: LayerNorm epsilon.
   """
+
   window: Sequence[int] = (15, 11, 9, 7)
   top_k: Sequence[int] = (32, 32, 24, 16)
   pool: Sequence[int | None] = (8, 4, 2, 1)
@@ -165,16 +215,23 @@ class TEAFormer(ushaped.UShapedRestorer):
     step = PAD_MULTIPLE
     for level, p in enumerate(self.pool):
       if p:
-        step = math.lcm(step, 2 ** level * int(p))
+        step = math.lcm(step, 2**level * int(p))
     return step
 
   def block(self, level: int) -> ushaped.ModuleDef:
     return functools.partial(
-        TEABlock, num_heads=self.heads[level], window=self.window[level],
-        top_k=self.top_k[level], pool=self.pool[level] or None,
-        ffn_expansion_factor=self.ffn_expansion_factor, implementation=self.implementation,
-        bias=self.bias, layernorm_type=self.layernorm_type, layernorm_eps=self.layernorm_eps,
-        dtype=self.dtype)
+        TEABlock,
+        num_heads=self.heads[level],
+        window=self.window[level],
+        top_k=self.top_k[level],
+        pool=self.pool[level] or None,
+        ffn_expansion_factor=self.ffn_expansion_factor,
+        implementation=self.implementation,
+        bias=self.bias,
+        layernorm_type=self.layernorm_type,
+        layernorm_eps=self.layernorm_eps,
+        dtype=self.dtype,
+    )
 
   def check_size(self, height: int, width: int) -> None:
     self.check_token_maps(height, width)
@@ -186,17 +243,23 @@ class TEAFormer(ushaped.UShapedRestorer):
     wp = width + (-width) % PAD_MULTIPLE
     for level in range(4):
       mh, mw = hp >> level, wp >> level
-      where = (f"TEAFormer {LEVEL_NAMES[level]}: its token map is {mh}x{mw} for a {height}x"
-               f"{width} input (padded to {hp}x{wp}, downsampled {2 ** level}x)")
+      where = (
+          f"TEAFormer {LEVEL_NAMES[level]}: its token map is {mh}x{mw} for a {height}x"
+          f"{width} input (padded to {hp}x{wp}, downsampled {2 ** level}x)"
+      )
       if self.window[level] > min(mh, mw):
-        raise ValueError(f"{where}; config.model.window[{level}]={self.window[level]} must be <= "
-                         f"{min(mh, mw)}. Use larger images (config.data.patch_size / eval_size "
-                         f"of at least {self.window[level] * 2 ** level}) or a smaller window.")
+        raise ValueError(
+            f"{where}; config.model.window[{level}]={self.window[level]} must be <= "
+            f"{min(mh, mw)}. Use larger images (config.data.patch_size / eval_size "
+            f"of at least {self.window[level] * 2 ** level}) or a smaller window."
+        )
       p = self.pool[level]
       if p and (mh % p or mw % p):
-        raise ValueError(f"{where}; config.model.pool[{level}]={p} must divide it. Use image "
-                         f"sizes that are multiples of {2 ** level * p}, or another pool (pools "
-                         f"(8, 4, 2, 1) fit every size).")
+        raise ValueError(
+            f"{where}; config.model.pool[{level}]={p} must divide it. Use image "
+            f"sizes that are multiples of {2 ** level * p}, or another pool (pools "
+            f"(8, 4, 2, 1) fit every size)."
+        )
 
   def check_config(self) -> None:
     """Checks that need no input size (UShapedRestorer's, then the TEA settings)."""
@@ -204,11 +267,15 @@ class TEAFormer(ushaped.UShapedRestorer):
     for level in range(4):
       window, top_k = self.window[level], self.top_k[level]
       if window % 2 == 0:
-        raise ValueError(f"config.model.window[{level}]={window} must be odd (a window "
-                         f"centred on its query).")
-      if top_k > window ** 2:
-        raise ValueError(f"config.model.top_k[{level}]={top_k} must be <= window**2 = "
-                         f"{window ** 2} (config.model.window[{level}]={window}).")
+        raise ValueError(
+            f"config.model.window[{level}]={window} must be odd (a window "
+            f"centred on its query)."
+        )
+      if top_k > window**2:
+        raise ValueError(
+            f"config.model.top_k[{level}]={top_k} must be <= window**2 = "
+            f"{window ** 2} (config.model.window[{level}]={window})."
+        )
     resolve_implementation(self.implementation)  # validates the name
 
 
@@ -216,8 +283,9 @@ def _per_level(value: Any, key: str, allow_none: bool = False) -> tuple:
   """An int (same at every level) or 4 values -> a 4-tuple; ValueError naming config.model.key."""
   values = (value,) * 4 if value is None or isinstance(value, int) else tuple(value)
   if len(values) != 4:
-    raise ValueError(f"config.model.{key}={value!r} needs one value or 4 (levels 1-3 and the "
-                     f"latent).")
+    raise ValueError(
+        f"config.model.{key}={value!r} needs one value or 4 (levels 1-3 and the " f"latent)."
+    )
   out = []
   for level, v in enumerate(values):
     if allow_none and (v is None or v == 0):
@@ -225,8 +293,10 @@ def _per_level(value: Any, key: str, allow_none: bool = False) -> tuple:
     elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
       out.append(int(v))
     else:
-      raise ValueError(f"config.model.{key}[{level}]={v!r} must be an integer >= 1"
-                       f"{' (or None/0: no global keys)' if allow_none else ''}.")
+      raise ValueError(
+          f"config.model.{key}[{level}]={v!r} must be an integer >= 1"
+          f"{' (or None/0: no global keys)' if allow_none else ''}."
+      )
   return tuple(out)
 
 

@@ -35,6 +35,7 @@ from jaxmilab.models import layers
 
 class DoubleConv(nn.Module):
   """(conv3x3 -> BatchNorm -> ReLU) x 2 (official `double_conv`)."""
+
   features: int
   dtype: Any = jnp.float32
 
@@ -44,11 +45,24 @@ class DoubleConv(nn.Module):
       # The conv bias is kept (official nn.Conv2d default) but zero-initialised: BatchNorm
       # subtracts it in training (its gradient is 0), so its PyTorch-style random init would
       # only cost one more RNG kernel to compile (slow on CPU with threefry_partitionable).
-      x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  param_dtype=jnp.float32, kernel_init=layers.torch_default_kernel_init,
-                  bias_init=nn.initializers.zeros, name=f"conv_{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       dtype=self.dtype, param_dtype=jnp.float32, name=f"bn_{i}")(x)
+      x = nn.Conv(
+          self.features,
+          (3, 3),
+          padding=((1, 1), (1, 1)),
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          kernel_init=layers.torch_default_kernel_init,
+          bias_init=nn.initializers.zeros,
+          name=f"conv_{i}",
+      )(x)
+      x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          epsilon=1e-5,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f"bn_{i}",
+      )(x)
       x = nn.relu(x)
     return x
 
@@ -60,6 +74,7 @@ def _max_pool(x: jax.Array) -> jax.Array:
 
 class UNet(nn.Module):
   """OPD's 5-level U-Net (see module doc); `out_channels=0` means as many as the input."""
+
   width: int = 32
   depth: int = 5
   out_channels: int = 0
@@ -71,9 +86,11 @@ class UNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"UNet expects [B, H, W, C] input, got shape {x.shape}.")
     if min(x.shape[1:3]) < 2**self.depth:
-      raise ValueError(f"UNet(depth={self.depth}) needs images of at least {2**self.depth} pixels per "
-                       f"side (one per max-pool), got shape {x.shape}; use larger crops or a smaller "
-                       f"config.model.depth.")
+      raise ValueError(
+          f"UNet(depth={self.depth}) needs images of at least {2**self.depth} pixels per "
+          f"side (one per max-pool), got shape {x.shape}; use larger crops or a smaller "
+          f"config.model.depth."
+      )
     out_channels = self.out_channels or x.shape[-1]
     widths = [self.width * 2**level for level in range(self.depth)]
     y = x.astype(self.dtype)
@@ -83,15 +100,25 @@ class UNet(nn.Module):
         y = _max_pool(y)
       y = DoubleConv(features, self.dtype, name=f"down_{level}")(y, train)
       skips.append(y)
-    y = DoubleConv(widths[-1], self.dtype, name="bottleneck")(_max_pool(y), train)  # [B, H/2^d, W/2^d, w_last]
+    y = DoubleConv(widths[-1], self.dtype, name="bottleneck")(
+        _max_pool(y), train
+    )  # [B, H/2^d, W/2^d, w_last]
     for level in reversed(range(self.depth)):
       skip = skips[level]
       channels = y.shape[-1]
       # ConvTranspose2d(c, c, 2, stride=2); PyTorch's fan_in (dim 1 of its weight = c out) * 4
       # equals flax's (c in) * 4 here because in = out.
-      y = nn.ConvTranspose(channels, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                           param_dtype=jnp.float32, kernel_init=layers.torch_default_kernel_init,
-                           bias_init=layers.torch_default_bias_init(channels * 4), name=f"upconv_{level}")(y)
+      y = nn.ConvTranspose(
+          channels,
+          (2, 2),
+          strides=(2, 2),
+          padding="VALID",
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          kernel_init=layers.torch_default_kernel_init,
+          bias_init=layers.torch_default_bias_init(channels * 4),
+          name=f"upconv_{level}",
+      )(y)
       dh, dw = skip.shape[1] - y.shape[1], skip.shape[2] - y.shape[2]
       if dh or dw:  # official F.pad(x1, [dX // 2, dX - dX // 2, dY // 2, dY - dY // 2])
         y = jnp.pad(y, ((0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2), (0, 0)))
@@ -113,5 +140,9 @@ def create(config) -> UNet:
   width, depth = int(o.width), int(o.depth)
   if width < 1 or depth < 1:
     raise ValueError(f"config.model.width={width} and depth={depth} must be >= 1.")
-  return UNet(width=width, depth=depth, out_channels=int(o.out_channels),
-              dtype=common.dtype_from_name(o.dtype))
+  return UNet(
+      width=width,
+      depth=depth,
+      out_channels=int(o.out_channels),
+      dtype=common.dtype_from_name(o.dtype),
+  )

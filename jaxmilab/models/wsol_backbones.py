@@ -84,8 +84,12 @@ def torch_max_pool(x: jax.Array, k: int, s: int, p: int = 0, ceil_mode: bool = F
       out = (size + 2 * p - k) // s + 1
     extra = max(0, (out - 1) * s + k - (size + 2 * p))
     pads.append((p, p + extra))
-  return nn.max_pool(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf),
-                     (k, k), strides=(s, s), padding="VALID")
+  return nn.max_pool(
+      jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf),
+      (k, k),
+      strides=(s, s),
+      padding="VALID",
+  )
 
 
 def torch_avg_pool3(x: jax.Array) -> jax.Array:
@@ -93,22 +97,42 @@ def torch_avg_pool3(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
 
 
-def _conv(features: int, kernel, stride: int = 1, padding=0, bias: bool = True, name=None,
-          dtype=jnp.float32) -> nn.Conv:
+def _conv(
+    features: int,
+    kernel,
+    stride: int = 1,
+    padding=0,
+    bias: bool = True,
+    name=None,
+    dtype=jnp.float32,
+) -> nn.Conv:
   kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
   padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
-  return nn.Conv(features, kernel, strides=(stride, stride),
-                 padding=((padding[0], padding[0]), (padding[1], padding[1])), use_bias=bias,
-                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                 name=name, dtype=dtype)
+  return nn.Conv(
+      features,
+      kernel,
+      strides=(stride, stride),
+      padding=((padding[0], padding[0]), (padding[1], padding[1])),
+      use_bias=bias,
+      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+      name=name,
+      dtype=dtype,
+  )
 
 
 def _bn(train: bool, eps: float = 1e-5, name=None, zero: bool = False) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=eps, name=name,
-                      scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=eps,
+      name=name,
+      scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+  )
 
 
-def _head(features: jax.Array, num_classes: int, name: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _head(
+    features: jax.Array, num_classes: int, name: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """GAP + linear classifier; returns (logits [B, K], kernel [C, K], pooled [B, C])."""
   dense = nn.Dense(num_classes, name=name, dtype=jnp.float32)
   pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))  # [B, C]
@@ -121,6 +145,7 @@ def _head(features: jax.Array, num_classes: int, name: str) -> tuple[jax.Array, 
 
 class Bottleneck(nn.Module):
   """torchvision Bottleneck (stride on conv2) as in wsolevaluation."""
+
   planes: int
   stride: int = 1
   downsample: bool = False
@@ -130,17 +155,21 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     relu = _relu(self.guided)
     out = relu(_bn(train, name="bn1")(_conv(self.planes, 1, bias=False, name="conv1")(x)))
-    out = relu(_bn(train, name="bn2")(_conv(self.planes, 3, self.stride, 1, bias=False, name="conv2")(out)))
+    out = relu(
+        _bn(train, name="bn2")(_conv(self.planes, 3, self.stride, 1, bias=False, name="conv2")(out))
+    )
     out = _bn(train, name="bn3")(_conv(self.planes * 4, 1, bias=False, name="conv3")(out))
     identity = x
     if self.downsample:
       identity = _bn(train, name="downsample_1")(
-          _conv(self.planes * 4, 1, self.stride, bias=False, name="downsample_0")(x))
+          _conv(self.planes * 4, 1, self.stride, bias=False, name="downsample_0")(x)
+      )
     return relu(out + identity)
 
 
 class ResNetCam(nn.Module):
   """ResNet50-CAM; `blocks` and `width_divisor` shrink it for CPU tests (paper: (3,4,6,3), 1)."""
+
   num_classes: int
   large_feature_map: bool = True
   blocks: Sequence[int] = (3, 4, 6, 3)
@@ -160,7 +189,9 @@ class ResNetCam(nn.Module):
   def __call__(self, x, train: bool = False, low_features=None, map_offset=None) -> dict[str, Any]:
     d = self.width_divisor
     if low_features is None:
-      x = nn.relu(_bn(train, name="bn1")(_conv(_channels(64, d), 7, 2, 3, bias=False, name="conv1")(x)))
+      x = nn.relu(
+          _bn(train, name="bn1")(_conv(_channels(64, d), 7, 2, 3, bias=False, name="conv1")(x))
+      )
       x = torch_max_pool(x, 3, 2, 1)
       x = self._layer(x, 1, _channels(64, d), 1, train, False)
       x = self._layer(x, 2, _channels(128, d), 2, train, False)
@@ -187,6 +218,7 @@ VGG_CFG = {
 
 class VggCam(nn.Module):
   """VGG16-CAM: `features_<i>` use the torch Sequential index i, then conv6 (3x3 -> 1024), fc."""
+
   num_classes: int
   large_feature_map: bool = False
   width_divisor: int = 1
@@ -224,6 +256,7 @@ class VggCam(nn.Module):
 
 class BasicConv2d(nn.Module):
   """conv (no bias) + BN(eps 1e-3) + ReLU."""
+
   features: int
   kernel: Any
   stride: int = 1
@@ -254,6 +287,7 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
   """Mixed_6a with wsolevaluation's stride 1, padding 1."""
+
   stride: int = 1
   padding: int = 1
   d: int = 1
@@ -292,6 +326,7 @@ class InceptionC(nn.Module):
 
 class InceptionCam(nn.Module):
   """InceptionV3-CAM with the SPG-style head (dropout 0.5 before each head conv)."""
+
   num_classes: int
   large_feature_map: bool = False
   width_divisor: int = 1
@@ -349,37 +384,48 @@ class BCAMHead(nn.Module):
     s_oo = W_o f_o,  s_bo = W_b f_o(stopgrad F),  s_bb = W_b f_b(stopgrad F),  s_ob = W_o f_b.
   `dropout` is applied to F (and F_att when it is F) in training (released Inception).
   """
+
   num_classes: int
   num_heads: int = 100
   attention_bias: bool = False
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, features: jax.Array, att_features: jax.Array | None = None,
-               train: bool = False) -> dict[str, jax.Array]:
+  def __call__(
+      self, features: jax.Array, att_features: jax.Array | None = None, train: bool = False
+  ) -> dict[str, jax.Array]:
     b, h, w, c = features.shape
     f = features.astype(jnp.float32)
     if self.dropout:
       f = nn.Dropout(self.dropout, deterministic=not train)(f)
     fa = f if att_features is None else att_features.astype(jnp.float32)
     if fa.shape[1:3] != (h, w):
-      raise ValueError(f"B-CAM: attention features {fa.shape} and pooled features {f.shape} differ in size.")
+      raise ValueError(
+          f"B-CAM: attention features {fa.shape} and pooled features {f.shape} differ in size."
+      )
     f = f.reshape(b, h * w, c)  # [B, N, C]
     fa = fa.reshape(b, h * w, fa.shape[-1])
     f_sg = jax.lax.stop_gradient(f)
     zeros = nn.initializers.zeros
-    aggregator = lambda name: nn.Dense(self.num_heads, use_bias=self.attention_bias, kernel_init=zeros,
-                                       bias_init=zeros, name=name)
+    aggregator = lambda name: nn.Dense(
+        self.num_heads, use_bias=self.attention_bias, kernel_init=zeros, bias_init=zeros, name=name
+    )
     att_a = jax.nn.softmax(aggregator("aggregator_A")(fa), axis=1)  # [B, N, K]
     att_b = jax.nn.softmax(aggregator("aggregator_B")(fa), axis=1)
     # mean over heads of the per-head pooled features = pooling with the mean attention.
     pool = lambda att, x: jnp.einsum("bnk,bnc->bc", att, x) / self.num_heads  # [B, C]
     w_o = nn.Dense(self.num_classes, name="classifier_A")
     w_b = nn.Dense(self.num_classes, name="classifier_B")
-    return {"s_oo": w_o(pool(att_a, f)), "s_bo": w_b(pool(att_a, f_sg)),
-            "s_bb": w_b(pool(att_b, f_sg)), "s_ob": w_o(pool(att_b, f)),
-            "att_a": att_a.sum(-1).reshape(b, h, w), "att_b": att_b.sum(-1).reshape(b, h, w),
-            "att_a_heads": att_a, "att_b_heads": att_b}  # [B, N, K], each head sums to 1 over N
+    return {
+        "s_oo": w_o(pool(att_a, f)),
+        "s_bo": w_b(pool(att_a, f_sg)),
+        "s_bb": w_b(pool(att_b, f_sg)),
+        "s_ob": w_o(pool(att_b, f)),
+        "att_a": att_a.sum(-1).reshape(b, h, w),
+        "att_b": att_b.sum(-1).reshape(b, h, w),
+        "att_a_heads": att_a,
+        "att_b_heads": att_b,
+    }  # [B, N, K], each head sums to 1 over N
 
 
 # Per architecture (official wsol/*.py `*BCAM`): the output the aggregators read ("low" =
@@ -410,7 +456,11 @@ ARCHS = {"resnet50": ResNetCam, "vgg16": VggCam, "inceptionv3": InceptionCam}
 # Parameter-path regexes of the protocol's 10x learning-rate group (wsolevaluation
 # main.py `_FEATURE_PARAM_LAYER_PATTERNS` is the complement: ResNet layer4 + fc, VGG everything
 # outside `features`, Inception the SPG head).
-CLASSIFIER_GROUP = {"resnet50": r"layer4|\['fc'\]", "vgg16": r"conv6|\['fc'\]", "inceptionv3": r"SPG_"}
+CLASSIFIER_GROUP = {
+    "resnet50": r"layer4|\['fc'\]",
+    "vgg16": r"conv6|\['fc'\]",
+    "inceptionv3": r"SPG_",
+}
 # Presets: "paper" is the protocol network; "tiny" / "small" shrink widths (and ResNet depth)
 # for CPU smoke and quickstart runs.
 PRESETS = {
@@ -421,12 +471,14 @@ PRESETS = {
 # Every config.model key of the WSOL backbones (resnet50_wsol, vgg16_wsol, inceptionv3_wsol; None
 # = the preset's value, else the architecture's field default); num_classes is required and
 # set by the methods from the dataset.
-CONFIG_DEFAULTS = dict(preset="paper", large_feature_map=None, width_divisor=None, blocks=None,
-                       with_classifier=None)
+CONFIG_DEFAULTS = dict(
+    preset="paper", large_feature_map=None, width_divisor=None, blocks=None, with_classifier=None
+)
 
 
-def model_options(config, num_classes: int | None = None, *,
-                  component: str | None = None) -> config_options.Options:
+def model_options(
+    config, num_classes: int | None = None, *, component: str | None = None
+) -> config_options.Options:
   """config.model read through CONFIG_DEFAULTS; `num_classes` (the dataset's) replaces the
   config's. ValueError naming the key if num_classes is not set or a key is unknown;
   `component` names the model in messages (default config.model.name)."""
@@ -434,13 +486,16 @@ def model_options(config, num_classes: int | None = None, *,
   if num_classes is not None:
     config["num_classes"] = num_classes
   if int(config.get("num_classes") or 0) < 1:
-    raise ValueError("config.model.num_classes is not set: the WSOL methods fill it from the dataset.")
-  return config_options.options(config, CONFIG_DEFAULTS, component=component, part="model",
-                                required=("num_classes",))
+    raise ValueError(
+        "config.model.num_classes is not set: the WSOL methods fill it from the dataset."
+    )
+  return config_options.options(
+      config, CONFIG_DEFAULTS, component=component, part="model", required=("num_classes",)
+  )
 
 
 def arch_of(model: nn.Module) -> str:
-  """"resnet50" / "vgg16" / "inceptionv3" of a backbone built by `create_backbone`."""
+  """ "resnet50" / "vgg16" / "inceptionv3" of a backbone built by `create_backbone`."""
   for arch, cls in ARCHS.items():
     if isinstance(model, cls):
       return arch

@@ -92,18 +92,38 @@ def sbatch(args):
   per_node = int(opts.get("ntasks-per-node", 1))
   name = opts.get("job-name", os.path.basename(script))
   output = opts.get("output", "slurm-%j.out").replace("%x", name).replace("%j", str(job_id))
-  job = {"id": job_id, "state": "PENDING", "restarts": 0, "requeue": False, "opts": opts,
-         "submit_dir": os.getcwd(), "output": os.path.join(os.getcwd(), output), "exit_codes": []}
+  job = {
+      "id": job_id,
+      "state": "PENDING",
+      "restarts": 0,
+      "requeue": False,
+      "opts": opts,
+      "submit_dir": os.getcwd(),
+      "output": os.path.join(os.getcwd(), output),
+      "exit_codes": [],
+  }
   env = dict(os.environ)
-  env.update(SLURM_JOB_ID=str(job_id), SLURM_JOBID=str(job_id), SLURM_SUBMIT_DIR=os.getcwd(),
-             SLURM_JOB_NAME=name, SLURM_NNODES=str(nodes), SLURM_JOB_NUM_NODES=str(nodes),
-             SLURM_NTASKS_PER_NODE=str(per_node), SLURM_NTASKS=str(nodes * per_node),
-             SLURM_JOB_NODELIST="localhost")
+  env.update(
+      SLURM_JOB_ID=str(job_id),
+      SLURM_JOBID=str(job_id),
+      SLURM_SUBMIT_DIR=os.getcwd(),
+      SLURM_JOB_NAME=name,
+      SLURM_NNODES=str(nodes),
+      SLURM_JOB_NUM_NODES=str(nodes),
+      SLURM_NTASKS_PER_NODE=str(per_node),
+      SLURM_NTASKS=str(nodes * per_node),
+      SLURM_JOB_NODELIST="localhost",
+  )
   job["env"] = env
   _save(job_id, job)
-  subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run_job", str(job_id)],
-                   start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=os.environ)
+  subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "_run_job", str(job_id)],
+      start_new_session=True,
+      stdin=subprocess.DEVNULL,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      env=os.environ,
+  )
   print(f"Submitted batch job {job_id}")
 
 
@@ -115,9 +135,14 @@ def _run_job(job_id):
     _save(job_id, job)
     env = dict(job["env"], SLURM_RESTART_COUNT=str(job["restarts"]))
     with open(job["output"], "ab") as out:
-      code = subprocess.call(["bash", os.path.join(_job_dir(job_id), "slurm_script")],
-                             cwd=job["submit_dir"], env=env, stdin=subprocess.DEVNULL,
-                             stdout=out, stderr=subprocess.STDOUT)
+      code = subprocess.call(
+          ["bash", os.path.join(_job_dir(job_id), "slurm_script")],
+          cwd=job["submit_dir"],
+          env=env,
+          stdin=subprocess.DEVNULL,
+          stdout=out,
+          stderr=subprocess.STDOUT,
+      )
     job = _load(job_id)
     job["exit_codes"].append(code)
     if job["requeue"]:
@@ -139,10 +164,16 @@ def srun(args):
   per_node = max(1, ntasks // nodes)
   procs = []
   for rank in range(ntasks):
-    env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank % per_node),
-               SLURM_NODEID=str(rank // per_node), SLURM_STEP_NODELIST="localhost",
-               SLURM_STEP_NUM_NODES=str(nodes), SLURM_STEP_NUM_TASKS=str(ntasks),
-               SLURM_STEPID="0")
+    env = dict(
+        os.environ,
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID=str(rank % per_node),
+        SLURM_NODEID=str(rank // per_node),
+        SLURM_STEP_NODELIST="localhost",
+        SLURM_STEP_NUM_NODES=str(nodes),
+        SLURM_STEP_NUM_TASKS=str(ntasks),
+        SLURM_STEPID="0",
+    )
     procs.append(subprocess.Popen(cmd, env=env))
   with open(os.path.join(_job_dir(job_id), "tasks"), "w", encoding="utf-8") as f:
     f.write(" ".join(str(p.pid) for p in procs))
@@ -196,10 +227,14 @@ def main():
   os.makedirs(STATE, exist_ok=True)
   command, args = sys.argv[1], sys.argv[2:]
   with open(os.path.join(STATE, "calls.jsonl"), "a", encoding="utf-8") as f:
-    f.write(json.dumps({"time": time.time(), "argv": [command, *args],
-                        "cwd": os.getcwd()}) + "\n")
-  {"sbatch": sbatch, "srun": srun, "scontrol": scontrol, "scancel": scancel,
-   "_run_job": lambda a: _run_job(int(a[0]))}[command](args)
+    f.write(json.dumps({"time": time.time(), "argv": [command, *args], "cwd": os.getcwd()}) + "\n")
+  {
+      "sbatch": sbatch,
+      "srun": srun,
+      "scontrol": scontrol,
+      "scancel": scancel,
+      "_run_job": lambda a: _run_job(int(a[0])),
+  }[command](args)
 
 
 if __name__ == "__main__":

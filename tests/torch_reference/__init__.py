@@ -23,6 +23,7 @@ def build(arch: str, **kwargs):
   `archs.OFFICIAL_KWARGS` (`archs.build`, official defaults updated by `kwargs`)."""
   # pylint: disable=g-import-not-at-top
   from tests.torch_reference import archs, dcpt_classifier, nafnet
+
   if arch in ("nafnet", "nafnet_dcpt"):
     return nafnet.build(**kwargs)
   if arch == "dcpt_classifier":
@@ -34,6 +35,7 @@ def random_net(arch: str, **kwargs):
   """`build(arch, **kwargs)` in eval mode, its init seeded (torch.manual_seed(0)), then
   `randomize`d."""
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   net = build(arch, **kwargs).eval()
   randomize(net)
@@ -44,11 +46,12 @@ def randomize(net) -> None:
   """Seeded random weights where every norm, bias, scale, temperature and position-bias table
   matters (their official inits are 0 / 1 / constant, which would hide a wrong mapping)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   g = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for name, p in net.named_parameters():
       if name.endswith("prompt_param"):
-        continue                                     # torch.rand already
+        continue  # torch.rand already
       if name.endswith(("beta", "gamma")):
         p.normal_(0.0, 0.5, generator=g)
       elif name.endswith("relative_position_bias_table"):

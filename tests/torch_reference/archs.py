@@ -37,11 +37,25 @@ OFFICIAL_KWARGS: dict[str, dict[str, Any]] = {
     "promptir": dict(variant="official"),
     "promptir_dcpt": dict(variant="dcpt"),
     # JingyunLiang/SwinIR main_test_swinir.py, task color_dn.
-    "swinir": dict(variant="official", img_size=128, embed_dim=180, depths=[6] * 6,
-                   num_heads=[6] * 6, window_size=8, mlp_ratio=2.0),
+    "swinir": dict(
+        variant="official",
+        img_size=128,
+        embed_dim=180,
+        depths=[6] * 6,
+        num_heads=[6] * 6,
+        window_size=8,
+        mlp_ratio=2.0,
+    ),
     # MILab-PKU/dcpt options/all_in_one/test/test_SwinIR_5d.yml.
-    "swinir_dcpt": dict(variant="dcpt", img_size=128, embed_dim=180, depths=[6] * 6,
-                        num_heads=[6] * 6, window_size=8, mlp_ratio=2.0),
+    "swinir_dcpt": dict(
+        variant="dcpt",
+        img_size=128,
+        embed_dim=180,
+        depths=[6] * 6,
+        num_heads=[6] * 6,
+        window_size=8,
+        mlp_ratio=2.0,
+    ),
 }
 
 
@@ -50,8 +64,10 @@ def build(name: str, **overrides):
   updated by `overrides`; e.g. build("swinir_dcpt", embed_dim=12, depths=[2, 2])."""
   family = name.split("_")[0]
   if name not in OFFICIAL_KWARGS:
-    raise ValueError(f"torch_reference.archs.build: unknown network {name!r}; choose one of "
-                     f"{sorted(OFFICIAL_KWARGS)}.")
+    raise ValueError(
+        f"torch_reference.archs.build: unknown network {name!r}; choose one of "
+        f"{sorted(OFFICIAL_KWARGS)}."
+    )
   kwargs = dict(OFFICIAL_KWARGS[name], **overrides)
   cls = {"restormer": "Restormer", "promptir": "PromptIR", "swinir": "SwinIR"}[family]
   return getattr(_classes(), cls)(**kwargs)
@@ -60,6 +76,7 @@ def build(name: str, **overrides):
 def reflect_pad(x, multiple: int):
   """DCPT's `pre_test` / the official test scripts: F.pad(x, (0, pw, 0, ph), 'reflect')."""
   import torch  # pylint: disable=g-import-not-at-top
+
   h, w = x.shape[-2:]
   ph = (multiple - h % multiple) % multiple
   pw = (multiple - w % multiple) % multiple
@@ -70,6 +87,7 @@ def reflect_pad(x, multiple: int):
 def _classes() -> types.SimpleNamespace:
   """Defines the torch modules on first use (imports torch)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
   F = torch.nn.functional
 
@@ -176,8 +194,9 @@ def _classes() -> types.SimpleNamespace:
 
     def __init__(self, n_feat):
       super().__init__()
-      self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat // 2, 3, 1, 1, bias=False),
-                                nn.PixelUnshuffle(2))
+      self.body = nn.Sequential(
+          nn.Conv2d(n_feat, n_feat // 2, 3, 1, 1, bias=False), nn.PixelUnshuffle(2)
+      )
 
     def forward(self, x):
       return self.body(x)
@@ -186,8 +205,9 @@ def _classes() -> types.SimpleNamespace:
 
     def __init__(self, n_feat):
       super().__init__()
-      self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, 3, 1, 1, bias=False),
-                                nn.PixelShuffle(2))
+      self.body = nn.Sequential(
+          nn.Conv2d(n_feat, n_feat * 2, 3, 1, 1, bias=False), nn.PixelShuffle(2)
+      )
 
     def forward(self, x):
       return self.body(x)
@@ -205,22 +225,33 @@ def _classes() -> types.SimpleNamespace:
   class Restormer(nn.Module):
     """swz30 Restormer ("official") or DCPT's `Restormer` ("dcpt"); scale 1, no dual-pixel."""
 
-    def __init__(self, variant="official", inp_channels=3, out_channels=3, dim=48,
-                 num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False,
-                 LayerNorm_type=None):  # pylint: disable=invalid-name
+    def __init__(
+        self,
+        variant="official",
+        inp_channels=3,
+        out_channels=3,
+        dim=48,
+        num_blocks=(4, 6, 6, 8),
+        num_refinement_blocks=4,
+        heads=(1, 2, 4, 8),
+        ffn_expansion_factor=2.66,
+        bias=False,
+        LayerNorm_type=None,
+    ):  # pylint: disable=invalid-name
       super().__init__()
       dcpt = variant == "dcpt"
       if variant not in ("official", "dcpt"):
         raise ValueError(f"Restormer variant {variant!r}: 'official' or 'dcpt'.")
-      if LayerNorm_type is None:   # official default 'WithBias', DCPT default 'BiasFree'
+      if LayerNorm_type is None:  # official default 'WithBias', DCPT default 'BiasFree'
         LayerNorm_type = "BiasFree" if dcpt else "WithBias"
       eps = 1e-6 if dcpt else 1e-5
-      block_bias = False if dcpt else bias   # DCPT hard-codes bias=False in attention / FFN
+      block_bias = False if dcpt else bias  # DCPT hard-codes bias=False in attention / FFN
 
       def stage(d, h, n):
-        blocks = [TransformerBlock(d, h, ffn_expansion_factor, block_bias, LayerNorm_type, eps,
-                                   dcpt) for _ in range(n)]
+        blocks = [
+            TransformerBlock(d, h, ffn_expansion_factor, block_bias, LayerNorm_type, eps, dcpt)
+            for _ in range(n)
+        ]
         return SequentialTransformerBlock(blocks) if dcpt else nn.Sequential(*blocks)
 
       self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
@@ -253,10 +284,8 @@ def _classes() -> types.SimpleNamespace:
       enc2 = self.encoder_level2(self.down1_2(enc1))
       enc3 = self.encoder_level3(self.down2_3(enc2))
       latent = self.latent(self.down3_4(enc3))
-      dec3 = self.decoder_level3(
-          self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-      dec2 = self.decoder_level2(
-          self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
+      dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
+      dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
       dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1))
       out = self.output(self.refinement(dec1)) + inp_img
       return (out, [dec3, dec2, dec1]) if return_decoder_features else out
@@ -269,13 +298,14 @@ def _classes() -> types.SimpleNamespace:
     def __init__(self, prompt_dim, prompt_len, prompt_size, lin_dim):
       super().__init__()
       self.prompt_param = nn.Parameter(
-          torch.rand(1, prompt_len, prompt_dim, prompt_size, prompt_size))
+          torch.rand(1, prompt_len, prompt_dim, prompt_size, prompt_size)
+      )
       self.linear_layer = nn.Linear(lin_dim, prompt_len)
       self.conv3x3 = nn.Conv2d(prompt_dim, prompt_dim, 3, 1, 1, bias=False)
 
     def forward(self, x):
       b, _, h, w = x.shape
-      weights = F.softmax(self.linear_layer(x.mean(dim=(-2, -1))), dim=1)       # [B, L]
+      weights = F.softmax(self.linear_layer(x.mean(dim=(-2, -1))), dim=1)  # [B, L]
       prompt = weights[:, :, None, None, None] * self.prompt_param.repeat(b, 1, 1, 1, 1)
       prompt = F.interpolate(prompt.sum(dim=1), (h, w), mode="bilinear")
       return self.conv3x3(prompt)
@@ -284,11 +314,22 @@ def _classes() -> types.SimpleNamespace:
     """PromptIR; the official file's constants for dim 48 written as functions of dim and the
     prompt widths (p1, p2, p3) = prompt_dims, equal for the defaults."""
 
-    def __init__(self, variant="official", inp_channels=3, out_channels=3, dim=48,
-                 num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66, bias=False,
-                 LayerNorm_type="WithBias",  # pylint: disable=invalid-name
-                 prompt_dims=(64, 128, 320), prompt_len=5, prompt_sizes=(64, 32, 16)):
+    def __init__(
+        self,
+        variant="official",
+        inp_channels=3,
+        out_channels=3,
+        dim=48,
+        num_blocks=(4, 6, 6, 8),
+        num_refinement_blocks=4,
+        heads=(1, 2, 4, 8),
+        ffn_expansion_factor=2.66,
+        bias=False,
+        LayerNorm_type="WithBias",  # pylint: disable=invalid-name
+        prompt_dims=(64, 128, 320),
+        prompt_len=5,
+        prompt_sizes=(64, 32, 16),
+    ):
       super().__init__()
       if variant not in ("official", "dcpt"):
         raise ValueError(f"PromptIR variant {variant!r}: 'official' or 'dcpt'.")
@@ -302,9 +343,9 @@ def _classes() -> types.SimpleNamespace:
         return nn.Sequential(*[block(c, h) for _ in range(n)])
 
       self.patch_embed = OverlapPatchEmbed(inp_channels, d)
-      self.prompt1 = PromptGenBlock(p1, prompt_len, prompt_sizes[0], 2 * d)   # lin_dim 96
-      self.prompt2 = PromptGenBlock(p2, prompt_len, prompt_sizes[1], 4 * d)   # 192
-      self.prompt3 = PromptGenBlock(p3, prompt_len, prompt_sizes[2], 8 * d)   # 384
+      self.prompt1 = PromptGenBlock(p1, prompt_len, prompt_sizes[0], 2 * d)  # lin_dim 96
+      self.prompt2 = PromptGenBlock(p2, prompt_len, prompt_sizes[1], 4 * d)  # 192
+      self.prompt3 = PromptGenBlock(p3, prompt_len, prompt_sizes[2], 8 * d)  # 384
       self.encoder_level1 = stage(d, heads[0], num_blocks[0])
       self.down1_2 = Downsample(d)
       self.encoder_level2 = stage(2 * d, heads[1], num_blocks[1])
@@ -314,16 +355,16 @@ def _classes() -> types.SimpleNamespace:
       self.latent = stage(8 * d, heads[3], num_blocks[3])
       self.up4_3 = Upsample(4 * d)
       self.reduce_chan_level3 = nn.Conv2d(2 * d + 4 * d, 4 * d, 1, bias=bias)  # 2d + 192
-      self.noise_level3 = block(8 * d + p3, heads[2])                          # 4d + 512
+      self.noise_level3 = block(8 * d + p3, heads[2])  # 4d + 512
       self.reduce_noise_level3 = nn.Conv2d(8 * d + p3, 4 * d, 1, bias=bias)
       self.decoder_level3 = stage(4 * d, heads[2], num_blocks[2])
       self.up3_2 = Upsample(4 * d)
       self.reduce_chan_level2 = nn.Conv2d(4 * d, 2 * d, 1, bias=bias)
-      self.noise_level2 = block(4 * d + p2, heads[2])                          # 2d + 224
+      self.noise_level2 = block(4 * d + p2, heads[2])  # 2d + 224
       self.reduce_noise_level2 = nn.Conv2d(4 * d + p2, 4 * d, 1, bias=bias)
       self.decoder_level2 = stage(2 * d, heads[1], num_blocks[1])
       self.up2_1 = Upsample(2 * d)
-      self.noise_level1 = block(2 * d + p1, heads[2])                          # 2d + 64
+      self.noise_level1 = block(2 * d + p1, heads[2])  # 2d + 64
       self.reduce_noise_level1 = nn.Conv2d(2 * d + p1, 2 * d, 1, bias=bias)
       self.decoder_level1 = stage(2 * d, heads[0], num_blocks[0])
       self.refinement = stage(2 * d, heads[0], num_refinement_blocks)
@@ -359,12 +400,12 @@ def _classes() -> types.SimpleNamespace:
   # ------------------------------------------------------------------------------------------
   # SwinIR.
 
-  def window_partition(x, ws):                      # [B, H, W, C] -> [nW*B, ws, ws, C]
+  def window_partition(x, ws):  # [B, H, W, C] -> [nW*B, ws, ws, C]
     b, h, w, c = x.shape
     x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     return x.contiguous().view(-1, ws, ws, c)
 
-  def window_reverse(windows, ws, h, w):            # [nW*B, ws, ws, C] -> [B, H, W, C]
+  def window_reverse(windows, ws, h, w):  # [nW*B, ws, ws, C] -> [B, H, W, C]
     b = int(windows.shape[0] / (h * w / ws / ws))
     x = windows.view(b, h // ws, w // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5)
     return x.contiguous().view(b, h, w, -1)
@@ -390,9 +431,11 @@ def _classes() -> types.SimpleNamespace:
       self.rel_bias = rel_bias
       if rel_bias:
         self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * ws - 1) * (2 * ws - 1), num_heads))
-        coords = torch.stack(torch.meshgrid([torch.arange(ws), torch.arange(ws)],
-                                            indexing="ij"))           # [2, ws, ws]
+            torch.zeros((2 * ws - 1) * (2 * ws - 1), num_heads)
+        )
+        coords = torch.stack(
+            torch.meshgrid([torch.arange(ws), torch.arange(ws)], indexing="ij")
+        )  # [2, ws, ws]
         flat = torch.flatten(coords, 1)
         rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0).contiguous()
         rel[:, :, 0] += ws - 1
@@ -420,8 +463,19 @@ def _classes() -> types.SimpleNamespace:
 
   class SwinTransformerBlock(nn.Module):
 
-    def __init__(self, dim, input_resolution, num_heads, ws, shift, mlp_ratio, qkv_bias,
-                 qk_scale, rel_bias, use_mask):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        num_heads,
+        ws,
+        shift,
+        mlp_ratio,
+        qkv_bias,
+        qk_scale,
+        rel_bias,
+        use_mask,
+    ):
       super().__init__()
       if min(input_resolution) <= ws:  # official rule (depends on img_size, not the input)
         shift, ws = 0, min(input_resolution)
@@ -461,13 +515,37 @@ def _classes() -> types.SimpleNamespace:
 
   class BasicLayer(nn.Module):
 
-    def __init__(self, dim, input_resolution, depth, num_heads, ws, mlp_ratio, qkv_bias,
-                 qk_scale, rel_bias, use_mask):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        depth,
+        num_heads,
+        ws,
+        mlp_ratio,
+        qkv_bias,
+        qk_scale,
+        rel_bias,
+        use_mask,
+    ):
       super().__init__()
-      self.blocks = nn.ModuleList([
-          SwinTransformerBlock(dim, input_resolution, num_heads, ws, 0 if i % 2 == 0 else ws // 2,
-                               mlp_ratio, qkv_bias, qk_scale, rel_bias, use_mask)
-          for i in range(depth)])
+      self.blocks = nn.ModuleList(
+          [
+              SwinTransformerBlock(
+                  dim,
+                  input_resolution,
+                  num_heads,
+                  ws,
+                  0 if i % 2 == 0 else ws // 2,
+                  mlp_ratio,
+                  qkv_bias,
+                  qk_scale,
+                  rel_bias,
+                  use_mask,
+              )
+              for i in range(depth)
+          ]
+      )
 
     def forward(self, x, x_size):
       for blk in self.blocks:
@@ -477,17 +555,38 @@ def _classes() -> types.SimpleNamespace:
   class RSTB(nn.Module):
     """residual_group + conv 3x3 ('1conv'); PatchEmbed/UnEmbed (no params) inlined."""
 
-    def __init__(self, dim, input_resolution, depth, num_heads, ws, mlp_ratio, qkv_bias,
-                 qk_scale, rel_bias, use_mask):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        depth,
+        num_heads,
+        ws,
+        mlp_ratio,
+        qkv_bias,
+        qk_scale,
+        rel_bias,
+        use_mask,
+    ):
       super().__init__()
-      self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, ws, mlp_ratio,
-                                       qkv_bias, qk_scale, rel_bias, use_mask)
+      self.residual_group = BasicLayer(
+          dim,
+          input_resolution,
+          depth,
+          num_heads,
+          ws,
+          mlp_ratio,
+          qkv_bias,
+          qk_scale,
+          rel_bias,
+          use_mask,
+      )
       self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
     def forward(self, x, x_size):
       b, _, c = x.shape
-      y = self.residual_group(x, x_size).transpose(1, 2).view(b, c, *x_size)   # unembed
-      return self.conv(y).flatten(2).transpose(1, 2) + x                       # embed
+      y = self.residual_group(x, x_size).transpose(1, 2).view(b, c, *x_size)  # unembed
+      return self.conv(y).flatten(2).transpose(1, 2) + x  # embed
 
   class PatchEmbed(nn.Module):
 
@@ -502,9 +601,21 @@ def _classes() -> types.SimpleNamespace:
   class SwinIR(nn.Module):
     """SwinIR with the denoising / JPEG head (upsampler '', upscale 1, '1conv')."""
 
-    def __init__(self, variant="official", img_size=64, in_chans=3, embed_dim=96,
-                 depths=(6, 6, 6, 6), num_heads=(6, 6, 6, 6), window_size=7, mlp_ratio=4.0,
-                 qkv_bias=True, qk_scale=None, img_range=1.0, patch_norm=True):
+    def __init__(
+        self,
+        variant="official",
+        img_size=64,
+        in_chans=3,
+        embed_dim=96,
+        depths=(6, 6, 6, 6),
+        num_heads=(6, 6, 6, 6),
+        window_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        img_range=1.0,
+        patch_norm=True,
+    ):
       super().__init__()
       if variant not in ("official", "dcpt"):
         raise ValueError(f"SwinIR variant {variant!r}: 'official' or 'dcpt'.")
@@ -512,25 +623,39 @@ def _classes() -> types.SimpleNamespace:
       self.img_range = img_range
       self.window_size = window_size
       self.register_buffer(
-          "mean", torch.tensor((0.4488, 0.4371, 0.4040)).view(1, 3, 1, 1) if in_chans == 3
-          else torch.zeros(1, 1, 1, 1), persistent=False)
+          "mean",
+          torch.tensor((0.4488, 0.4371, 0.4040)).view(1, 3, 1, 1)
+          if in_chans == 3
+          else torch.zeros(1, 1, 1, 1),
+          persistent=False,
+      )
       res = (img_size, img_size)
       self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
       self.patch_embed = PatchEmbed(embed_dim, patch_norm)
-      rstb = lambda i: RSTB(embed_dim, res, depths[i], num_heads[i], window_size, mlp_ratio,
-                            qkv_bias, qk_scale, not self.dcpt, not self.dcpt)
+      rstb = lambda i: RSTB(
+          embed_dim,
+          res,
+          depths[i],
+          num_heads[i],
+          window_size,
+          mlp_ratio,
+          qkv_bias,
+          qk_scale,
+          not self.dcpt,
+          not self.dcpt,
+      )
       self.num_layers = len(depths)
       half = self.num_layers // 2
       if self.dcpt:
         self.encode_layers = nn.ModuleList([rstb(i) for i in range(half)])
         for i in range(self.num_layers - half):
-          setattr(self, f"decode_layers{i}", rstb(half + i))   # DCPT: depths[i + 3]
+          setattr(self, f"decode_layers{i}", rstb(half + i))  # DCPT: depths[i + 3]
       else:
         self.layers = nn.ModuleList([rstb(i) for i in range(self.num_layers)])
       self.norm = nn.LayerNorm(embed_dim)
       self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
       self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
-      for m in self.modules():          # official _init_weights
+      for m in self.modules():  # official _init_weights
         if isinstance(m, nn.Linear):
           nn.init.trunc_normal_(m.weight, std=0.02)
           if m.bias is not None:
@@ -544,12 +669,13 @@ def _classes() -> types.SimpleNamespace:
       if not self.dcpt:
         return list(self.layers)
       half = self.num_layers // 2
-      return list(self.encode_layers) + [getattr(self, f"decode_layers{i}")
-                                         for i in range(self.num_layers - half)]
+      return list(self.encode_layers) + [
+          getattr(self, f"decode_layers{i}") for i in range(self.num_layers - half)
+      ]
 
     def forward(self, x, return_decoder_features=False):
       h, w = x.shape[2:]
-      if not self.dcpt:                 # official check_image_size; DCPT pads in pre_test
+      if not self.dcpt:  # official check_image_size; DCPT pads in pre_test
         x = reflect_pad(x, self.window_size)
       mean = self.mean.type_as(x)
       x = (x - mean) * self.img_range

@@ -24,6 +24,7 @@ class BagCAMs:
 
   def __init__(self, extractor, classifier):
     import torch  # pylint: disable=g-import-not-at-top
+
     nn, F = torch.nn, torch.nn.functional
     self.torch = torch
     self.model, self.classifier = extractor, classifier
@@ -36,11 +37,13 @@ class BagCAMs:
         if isinstance(module, nn.ReLU):
           return (F.relu(grad_in[0]),)
         return None
+
       return backward_hook
 
     def save_fmaps(key):
       def forward_hook(module, inputs, output):
         self.fmap_pool[key] = output.detach()
+
       return forward_hook
 
     for name, module in self.model.named_modules():

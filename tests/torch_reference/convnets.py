@@ -22,13 +22,21 @@ import types
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
-def bottleneck(inplanes: int, planes: int, stride: int = 1, *, dilation: int = 1, downsample=None,
-               stride_on: str = "conv2"):
+def bottleneck(
+    inplanes: int,
+    planes: int,
+    stride: int = 1,
+    *,
+    dilation: int = 1,
+    downsample=None,
+    stride_on: str = "conv2",
+):
   """A bottleneck block (1x1, 3x3 with `dilation`, 1x1 to 4 x planes) with its stride on
   "conv2" (torchvision) or "conv1" (released CDSP); `downsample` = the shortcut or None."""
   if stride_on not in ("conv1", "conv2"):
-    raise ValueError(f"torch_reference.convnets.bottleneck: stride_on={stride_on!r}; "
-                     f"use conv1 or conv2.")
+    raise ValueError(
+        f"torch_reference.convnets.bottleneck: stride_on={stride_on!r}; " f"use conv1 or conv2."
+    )
   return _classes().Bottleneck(inplanes, planes, stride, dilation, downsample, stride_on)
 
 
@@ -36,16 +44,19 @@ def downsample(inplanes: int, planes: int, stride: int = 1, *, force: bool = Fal
   """torchvision `_make_layer`'s shortcut (1x1 conv with `stride`, BatchNorm) when the block
   changes the stride or the width (or `force`), else None."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
   if stride == 1 and inplanes == planes * 4 and not force:
     return None
-  return nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                       nn.BatchNorm2d(planes * 4))
+  return nn.Sequential(
+      nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+  )
 
 
 def vgg16_features(d: int):
   """(nn.Sequential of VGG16's convolutions and ReLUs with widths / d, its output channels)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
   layers, c = [], 3
   for v in VGG16:
@@ -61,6 +72,7 @@ def randomize_batchnorm(net, generator=None) -> None:
   """Every BatchNorm2d: running mean U(-0.5, 0.5), running variance and weight U(0.5, 1.5),
   bias U(-0.2, 0.2), drawn from `generator` (None: torch's global generator)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   for m in net.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       m.running_mean.uniform_(-0.5, 0.5, generator=generator)
@@ -73,6 +85,7 @@ def randomize_batchnorm(net, generator=None) -> None:
 def _classes() -> types.SimpleNamespace:
   """Defines the torch modules on first use (imports torch)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
 
   class Bottleneck(nn.Module):

@@ -25,6 +25,7 @@ def build(feature_dims, num_classes, num_res_blocks=2):
 def _classes() -> types.SimpleNamespace:
   """Defines the torch modules on first use (imports torch)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
   F = torch.nn.functional
 
@@ -59,12 +60,15 @@ def _classes() -> types.SimpleNamespace:
       self.downsample_layers = nn.ModuleList()
       for l, dim in enumerate(feature_dims):
         self.bottleneck_layers.append(
-            nn.Sequential(*[Bottleneck(dim) for _ in range(num_res_blocks)]))
+            nn.Sequential(*[Bottleneck(dim) for _ in range(num_res_blocks)])
+        )
         out_dim = feature_dims[l + 1] if l < len(feature_dims) - 1 else dim
         self.downsample_layers.append(
-            nn.Sequential(nn.Conv2d(dim, out_dim, 1, bias=False), nn.MaxPool2d(2, 2), nn.ReLU()))
+            nn.Sequential(nn.Conv2d(dim, out_dim, 1, bias=False), nn.MaxPool2d(2, 2), nn.ReLU())
+        )
       self.last_stage = nn.Sequential(
-          *[Bottleneck(feature_dims[-1]) for _ in range(num_res_blocks)])
+          *[Bottleneck(feature_dims[-1]) for _ in range(num_res_blocks)]
+      )
       self.mixing_weights = nn.Parameter(torch.ones(len(feature_dims)))
       self.fc = nn.Linear(feature_dims[-1], num_classes)
 

@@ -29,6 +29,7 @@ def layer_norm_2d(channels: int, eps: float = 1e-6):
 def _classes() -> types.SimpleNamespace:
   """Defines the torch modules on first use (imports torch)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   nn = torch.nn
   F = torch.nn.functional
 
