@@ -19,7 +19,6 @@ from jaxmilab.data import scribble_common
 from jaxmilab.data import scribble_folders
 from jaxmilab.data import scribble_synthetic
 from jaxmilab.data.base import DataError
-from jaxmilab.evaluation import segmentation
 from jaxmilab.evaluation import segmentation_inference as inference
 from jaxmilab.methods import cdsp
 
@@ -621,11 +620,24 @@ def test_folder_reader(tmp_path):
     scribble_folders.read_label(str(root / "bmp_pseudolabel" / f"{ids[2]}.png"))
 
 
-def test_segmentation_evaluator_is_the_metric_used():
-  ev = segmentation.SegmentationEvaluator(3)
-  ev.accumulate(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [1, 255]]))
+def test_cdsp_evaluator_scores_valid_images_with_the_segmentation_metric():
+  """The method's own evaluator: per-class IoU of a hand-made case (255 ignored), padding rows
+  of the last batch (valid=False) left out, and two halves merged = the whole."""
+  ev = cdsp.CDSPEvaluator(3)
+  gt = np.array([[[0, 1], [1, 255]], [[2, 2], [2, 2]]])
+  pred = np.array([[[0, 1], [2, 2]], [[0, 0], [0, 0]]])  # the second image is padding
+  ev.update(
+      {"valid": np.array([True, False]), "gt": gt, "image": np.zeros((2, 2, 2, 3))}, {"pred": pred}
+  )
   out = ev.compute()
   assert out["IoU/0"] == 100.0 and out["IoU/1"] == 50.0 and out["IoU/2"] == 0.0
+  halves = [cdsp.CDSPEvaluator(3) for _ in range(2)]
+  for i, h in enumerate(halves):
+    h.update(
+        {"valid": np.array([True]), "gt": gt[:1, i : i + 1], "image": np.zeros((1, 1, 2, 3))},
+        {"pred": pred[:1, i : i + 1]},
+    )
+  assert halves[0].merge(halves[1]).compute() == out
 
 
 @pytest.mark.slow

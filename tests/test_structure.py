@@ -10,6 +10,8 @@ import ast
 import dataclasses
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -160,10 +162,20 @@ def test_models_do_not_import_sibling_models():
   assert not bad, bad
 
 
-def test_torch_references_are_not_in_the_package():
-  assert not [m for m in MODULES if "torch_arch" in m or "torch_nafnet" in m]
-  for name in ("archs", "nafnet"):
-    assert os.path.isfile(os.path.join(REPO, "tests", "torch_reference", f"{name}.py"))
+def test_library_modules_do_not_import_torch():
+  """PyTorch is a test-time reference only (tests/torch_reference): importing every library
+  module (the command-line modules, which define absl flags, aside) loads no torch."""
+  script = (
+      "import importlib, sys\n"
+      f"for m in {sorted(m for m, p in MODULES.items() if 'flags.DEFINE' not in open(p).read())!r}:\n"
+      "  importlib.import_module(m)\n"
+      "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 # ------------------------------------------------------------------------------- registry
@@ -235,11 +247,8 @@ def test_only_components_resolve_and_errors_list_the_names():
 
 def test_model_config_keys_are_the_module_fields():
   """One schema per model: the dataclass fields; CONFIG_DEFAULTS lists exactly them."""
-  from jaxmilab.models import common  # pylint: disable=g-import-not-at-top
-
   for name in ("nafnet", "restormer", "promptir", "swinir", "teaformer"):
     module = registry.module("models", name)
     model = module.create({"preset": sorted(module.PRESETS)[0]})
     fields = {f.name for f in dataclasses.fields(model)} - {"parent", "name"}
     assert set(module.CONFIG_DEFAULTS) == fields | {"preset"}, name
-    assert set(common.module_fields(type(model))) == fields

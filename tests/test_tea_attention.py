@@ -7,6 +7,8 @@ implementations see the same order and the same ties.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 from jax.experimental import pallas as pl
 import jax.numpy as jnp
@@ -15,7 +17,6 @@ import pytest
 
 import jaxmilab.kernels
 from jaxmilab.kernels import tea
-from jaxmilab.kernels import tea_api
 from jaxmilab.kernels import tea_attention
 from jaxmilab.kernels import tea_pallas
 
@@ -147,9 +148,19 @@ def test_xla_path_never_builds_hw_by_hw():
   assert temp < (64 * 64) ** 2 * 4 // 16, temp
 
 
-def test_public_name_is_the_function():
-  assert jaxmilab.kernels.tea_attention is tea_api.tea_attention
-  assert callable(jaxmilab.kernels.tea_attention)
+def test_public_signature():
+  """The contract others call: q, k, v positional; the rest keyword-only with these defaults."""
+  params = inspect.signature(jaxmilab.kernels.tea_attention).parameters
+  assert [n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD] == ["q", "k", "v"]
+  keyword = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+  empty = inspect.Parameter.empty
+  assert keyword == {
+      "window": empty,
+      "top_k": empty,
+      "pool": empty,
+      "implementation": "xla",
+      "interpret": False,
+  }
 
 
 # ----------------------------------------------------------------------------- pallas
