@@ -13,6 +13,7 @@ from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import config_lib
 from jaxmilab import metrics as metrics_lib
 from jaxmilab import trainer as trainer_lib
+from jaxmilab.convert import mapping
 from jaxmilab.methods import maskdcpt
 from jaxmilab.models import layers
 from jaxmilab.models import masking
@@ -184,6 +185,20 @@ def test_restoration_init_from_maskdcpt_loads_backbone(smoke_run, tmp_path):
     body = lambda t: {k: v for k, v in t.items() if k != "ending"}  # noqa: E731
     for a, b in zip(jax.tree.leaves(body(got)), jax.tree.leaves(body(want))):
       np.testing.assert_array_equal(a, b)
+
+
+def test_restoration_init_from_another_width_names_the_mismatch(smoke_run, tmp_path):
+  """Fine-tuning is strict (methods.base.merge_variables): a backbone of another width is
+  refused with the mis-shaped paths and both shapes, before anything is written."""
+  config = config_lib.load(
+      "configs/restoration.py:smoke", {"method.init_from": smoke_run, "model.width": 16}
+  )
+  with pytest.raises(
+      mapping.CheckpointMismatchError,
+      match=r"(?s)init_from=.*mis-shaped.*intro/kernel.*\(3, 3, 3, 8\) vs \(3, 3, 3, 16\)",
+  ):
+    trainer_lib.Trainer(config, str(tmp_path / "ft")).initial_state()
+  assert not (tmp_path / "ft" / "checkpoints").exists()
 
 
 def test_output_conv_kept_only_after_residual_pre_training(tmp_path):

@@ -116,6 +116,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+RESTORE_HINT = (
+    "Check that --model names the architecture the weights were trained with (e.g. swinir vs "
+    "swinir_dcpt; `python -m jaxmilab.restore --list_models`)."
+)
+
+
 def check_params(
     params: Mapping[str, Any],
     expected: Mapping[str, Any],
@@ -123,11 +129,13 @@ def check_params(
     source: str,
     model: str,
     origin: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+    hint: str = RESTORE_HINT,
 ) -> None:
   """Raises one CheckpointMismatchError listing all missing / unexpected / mis-shaped keys.
 
   params, expected: nested param trees (expected may hold jax.ShapeDtypeStruct leaves);
-  origin: converter output naming the torch key behind each flax path (for the message).
+  origin: converter output naming the torch key behind each flax path (for the message);
+  hint: the sentence that says what to check (default: the restore CLI's --model).
   """
   got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
   want = {k: tuple(v.shape) for k, v in flatten(expected).items()}
@@ -140,9 +148,7 @@ def check_params(
     return
   lines = [
       f"Checkpoint {source!r} does not match model {model!r}: {len(missing)} missing, "
-      f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). Check that "
-      f"--model names the architecture the weights were trained with (e.g. swinir vs "
-      f"swinir_dcpt; `python -m jaxmilab.restore --list_models`)."
+      f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). {hint}"
   ]
   if missing:
     lines.append("  missing (flax path, shape): " + "; ".join(f"{k} {want[k]}" for k in missing))

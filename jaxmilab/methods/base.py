@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxmilab.convert import mapping
 from jaxmilab.data.base import DataInfo
 from jaxmilab.evaluation import base as evaluation_base
 
@@ -78,9 +79,31 @@ class Method(abc.ABC):
     """Merges variables loaded from another run (`config.method.init_from`) into fresh ones.
 
     The default keeps every loaded array whose path and shape exist in `variables`
-    and errors on nothing else; methods override to be stricter.
+    (`merge_variables`, not strict); methods override it for named parts or to be strict.
+    The trainer refuses a merge that kept no loaded array (another architecture).
     """
-    return merge_matching(variables, loaded)
+    return merge_variables(variables, loaded)
+
+
+def merge_variables(
+    fresh: PyTree,
+    loaded: PyTree,
+    *,
+    strict: bool = False,
+    source: str = "",
+    model: str = "",
+    hint: str = "",
+) -> PyTree:
+  """The one way methods merge `config.method.init_from` arrays into fresh variables.
+
+  Takes each `loaded` array whose path and shape exist in `fresh`. strict=True first requires
+  the two trees to match exactly (same paths, same shapes) and otherwise raises
+  `mapping.CheckpointMismatchError` naming the missing / unexpected / mis-shaped paths, with
+  `source`, `model` and `hint` in its first line.
+  """
+  if strict:
+    mapping.check_params(loaded, fresh, source=source, model=model, hint=hint)
+  return merge_matching(fresh, loaded)
 
 
 def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmilab.methods import base
 from jaxmilab.methods import cam
 from jaxmilab.models import wsol_backbones
 
@@ -255,4 +256,4 @@ class Method(cam.WSOLMethod):
     params = loaded["params"]
     if "backbone" not in params:
       loaded = dict(loaded, params={"backbone": params})
-    return cam.load_matching(variables, loaded)
+    return base.merge_variables(variables, loaded)

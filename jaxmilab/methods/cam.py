@@ -120,18 +120,6 @@ def preprocess(images: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------- shared parts
 
 
-def load_matching(variables, loaded):
-  """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
-  merged = base.merge_matching(variables, loaded)
-  same = sum(1 for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(variables)) if a is not b)
-  if same == 0:
-    raise ValueError(
-        "config.method.init_from: no parameter of the checkpoint matches this model "
-        "(path and shape); check config.model (arch, preset, num_classes)."
-    )
-  return merged
-
-
 def apply_backbone(model, params, model_state, x, *, train: bool, rng=None, **kwargs):
   """model.apply on preprocessed x; in training BatchNorm statistics update and dropout draws
   from `rng`. Returns (outputs, model_state) (the new state in training, else the given one)."""
@@ -213,11 +201,6 @@ class WSOLMethod(base.Method):
     return wsol_metrics.WSOLEvaluator(
         self.SCOREMAPS, example_means=self.EXAMPLE_MEANS, **self.eval_kwargs
     )
-
-  # TRANSITION: base.Method still declares these; both run the streaming evaluator once.
-  def init_from(self, variables, loaded):
-    """Keeps loaded arrays with matching paths and shapes; errors if nothing matched."""
-    return load_matching(variables, loaded)
 
 
 class Method(WSOLMethod):

@@ -152,7 +152,7 @@ class Method(base.Method):
             f"init_from: mode {self.mode!r} freezes the {part}, but the checkpoint "
             f"has no params/{part}; start from a dcpt (pretrain) run."
         )
-    return base.merge_matching(variables, loaded)
+    return base.merge_variables(variables, loaded)
 
   def evaluator(self):
     return common.evaluator(self, with_accuracy=True)

@@ -155,7 +155,7 @@ class Method(base.Method):
   def init_from(self, variables, loaded):
     parts = pretrained_parts(loaded["params"], self.decoder_blocks)
     if parts is None:  # a segmentation run: everything that matches
-      return base.merge_matching(variables, loaded)
+      return base.merge_variables(variables, loaded)
     copied: list[str] = []
     out = dict(variables)
     for collection, tree in variables.items():

@@ -215,4 +215,4 @@ class Method(dcpt.Method):
     return base.Method.create_optimizer(self, optimizer_config, total_steps)
 
   def init_from(self, variables, loaded):
-    return base.merge_matching(variables, loaded)
+    return base.merge_variables(variables, loaded)

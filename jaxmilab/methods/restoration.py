@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 
 from etils import epath
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxmilab import config_options
 from jaxmilab import registry
@@ -101,22 +99,14 @@ class Method(base.Method):
           "init_from: the checkpoint has no params/backbone; it must come from a "
           "dcpt, maskdcpt or restoration run of the same model."
       )
-    flat_fresh = {
-        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)
-    }
-    flat_src = {
-        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)
-    }
-    missing = sorted(set(flat_fresh) - set(flat_src))
-    unexpected = sorted(set(flat_src) - set(flat_fresh))
-    wrong = sorted(k for k in set(flat_fresh) & set(flat_src) if flat_fresh[k] != flat_src[k])
-    if missing or unexpected or wrong:
-      raise ValueError(
-          "init_from: the checkpoint's backbone does not match config.model "
-          f"({self.config.model.get('name')}). Missing: {missing[:10]}; unexpected: {unexpected[:10]}; "
-          f"shape mismatch: {[(k, flat_src[k], flat_fresh[k]) for k in wrong[:10]]}."
-      )
-    backbone = base.merge_matching(fresh, source)
+    backbone = base.merge_variables(
+        fresh,
+        source,
+        strict=True,
+        source=f"init_from={self.opts.init_from} (params/backbone)",
+        model=f"config.model {self.config.model.get('name')}, {self.config.model.get('preset')}",
+        hint="Pre-train and fine-tune the same config.model (name and preset).",
+    )
     if (
         self.opts.zero_output_after_init_from
         or "recon_head" in loaded["params"]
