@@ -8,11 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import registry
 from jaxmilab.evaluation import restoration as restoration_metrics
 
 # The backbones' last convolution (image out) by parameter name: NAFNet `ending`, SwinIR
 # `conv_last`, Restormer / PromptIR / TEAFormer `output` (official state-dict names).
 OUTPUT_CONVS = ("ending", "conv_last", "output")
+
+
+def restoration_backbone(config, data_info, method: str):
+  """config.model's restoration network, for a method that classifies degradations too
+  (dcpt, maskdcpt): refuses data with fewer than 2 degradation types."""
+  if data_info.num_classes < 2:
+    raise ValueError(
+        f"{method} needs at least 2 degradation types; config.data gives {data_info.num_classes}."
+    )
+  return registry.get_model(config.model.name)(config.model)
 
 
 def zero_output_conv(backbone_params: dict) -> dict:

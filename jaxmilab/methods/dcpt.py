@@ -33,7 +33,6 @@ import optax
 
 from jaxmilab import config_options
 from jaxmilab import optimizers
-from jaxmilab import registry
 from jaxmilab.methods import base
 from jaxmilab.methods import common
 from jaxmilab.models import dcpt_classifier
@@ -57,22 +56,14 @@ class Method(base.Method):
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    if data_info.num_classes < 2:
-      raise ValueError(
-          f"dcpt needs at least 2 degradation types; config.data gives {data_info.num_classes}."
-      )
-    self.backbone = registry.get_model(config.model.name)(config.model)
+    self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="dcpt")
+    self.backbone = common.restoration_backbone(config, data_info, "dcpt")
     self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes)
-    self.opts = self.read_options(config.method)
     self.gamma = float(self.opts.focal_gamma)
     self.cls_weight = float(self.opts.cls_weight)
     self.mode = self.opts.mode
     if self.mode not in MODES:
       raise ValueError(f"config.method.mode={self.mode!r}; use one of {MODES}.")
-
-  def read_options(self, method_config) -> config_options.Options:
-    """config.method read through CONFIG_DEFAULTS (subclasses read their own keys)."""
-    return config_options.options(method_config, CONFIG_DEFAULTS, component="dcpt")
 
   def init_variables(self, rng, batch):
     backbone_rng, classifier_rng = jax.random.split(rng)
@@ -129,7 +120,7 @@ class Method(base.Method):
     frozen = FROZEN[self.mode]
 
     def labels(params):
-      # Everything but the classifier (backbone; MaskDCPT's recon_head) is the network.
+      # Everything but the classifier is the network.
       return {
           k: jax.tree_util.tree_map(
               lambda _, k=k: "frozen"

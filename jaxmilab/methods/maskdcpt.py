@@ -54,7 +54,6 @@ import jax.numpy as jnp
 from jaxmilab import config_options
 from jaxmilab.methods import base
 from jaxmilab.methods import common
-from jaxmilab.methods import dcpt
 from jaxmilab.models import dcpt_classifier
 from jaxmilab.models import masking
 
@@ -105,12 +104,20 @@ def visible_l1_loss(restored: jax.Array, gt: jax.Array, visible: jax.Array) -> j
   return jnp.sum(err) / (restored.shape[-1] * jnp.maximum(jnp.sum(m), 1.0))
 
 
-class Method(dcpt.Method):
-  """MaskDCPT pre-training: masked encoder, degradation classifier and reconstruction."""
+class Method(base.Method):
+  """MaskDCPT pre-training: masked network, degradation classifier and reconstruction.
+
+  A sibling of dcpt.Method (not a subclass): it shares the backbone, the classifier and the
+  focal loss (models/dcpt_classifier.py) and the restoration evaluator (methods/common.py), and
+  has one optimizer for every part (base.Method's; the MaskDCPT training code is not released).
+  """
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
-    m = self.opts
+    self.opts = m = config_options.options(config.method, CONFIG_DEFAULTS, component="maskdcpt")
+    self.backbone = common.restoration_backbone(config, data_info, "maskdcpt")
+    self.gamma = float(m.focal_gamma)
+    self.cls_weight = float(m.cls_weight)
     dtype = self.backbone.dtype  # the compute dtype config.model.dtype gave the backbone
     self.classifier = dcpt_classifier.DegradationClassifier(
         num_classes=data_info.num_classes, dtype=dtype
@@ -133,14 +140,6 @@ class Method(dcpt.Method):
     )
     # Released output path (no global residual) for the default; the ablations keep it.
     self.residual = self.reconstruction != "backbone"
-
-  def read_options(self, method_config) -> config_options.Options:
-    """maskdcpt's keys, and the two dcpt keys it fixes: MaskDCPT is dcpt's "pretrain" step
-    (network and classifier train) with one learning rate (the classifier's = the network's)."""
-    opts = config_options.options(method_config, CONFIG_DEFAULTS, component="maskdcpt")
-    return config_options.Options(
-        dict(opts, mode="pretrain", classifier_learning_rate=0.0), "config.method of 'maskdcpt'"
-    )
 
   def _grid(self, x: jax.Array) -> tuple[int, int]:
     _, h, w, _ = x.shape
@@ -210,9 +209,5 @@ class Method(dcpt.Method):
     restored, logits = self.forward(params, batch["lq"])
     return {"restored": restored, "pred": jnp.argmax(logits, -1)}
 
-  def create_optimizer(self, optimizer_config, total_steps):
-    """One optimizer for every part (the MaskDCPT training code is not released)."""
-    return base.Method.create_optimizer(self, optimizer_config, total_steps)
-
-  def init_from(self, variables, loaded):
-    return base.merge_variables(variables, loaded)
+  def evaluator(self):
+    return common.evaluator(self, with_accuracy=True)
