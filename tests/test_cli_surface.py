@@ -31,7 +31,9 @@ CLI_MODULES = (
     "jaxmilab.convert.torchvision_wsol",
     "jaxmilab.benchmarks.cdsp_ablation",
     "jaxmilab.benchmarks.data_pipeline",
+    "jaxmilab.benchmarks.maskdcpt_probe",
     "jaxmilab.benchmarks.opd_effects",
+    "jaxmilab.benchmarks.pretrain_effects",
     "jaxmilab.benchmarks.tea_attention",
     "jaxmilab.benchmarks.train_step",
     "jaxmilab.benchmarks.wsol_effects",
@@ -164,6 +166,35 @@ def test_console_scripts_resolve_to_run(cli_flags):
   # Every CLI except the benchmarks has a console script.
   scripted = {t.partition(":")[0] for t in scripts.values()}
   assert {m for m in CLI_MODULES if ".benchmarks." not in m} <= scripted
+
+
+def test_benchmarks_import_together_and_define_flags_on_demand():
+  """Benchmarks share flag names (--steps, --seeds, --output): importing them all in one process
+  defines no flag, and each defines its own set into a fresh FlagValues. (Defined at import, they
+  clashed in a pytest worker: opd_effects after pretrain_effects raised DuplicateFlagError.)"""
+  names = [m for m in CLI_MODULES if ".benchmarks." in m]
+  code = (
+      "import importlib, sys\n"
+      "from absl import flags, logging\n"
+      "modules = [importlib.import_module(n) for n in sys.argv[1:]]\n"
+      "for m in modules:\n"
+      "  fv = flags.FlagValues()\n"
+      "  m.define_flags(fv)\n"
+      "  assert 'output' in fv or 'workdir' in fv, m.__name__\n"
+      "  assert not set(fv) & set(flags.FLAGS), (m.__name__, set(fv) & set(flags.FLAGS))\n"
+      "print('OK')\n"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run(
+      [sys.executable, "-c", code, *names],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
 def test_in_process_main_parses_a_fresh_flag_set(tmp_path):

@@ -841,12 +841,15 @@ def test_select_step_reads_the_validation_loss_not_the_test_psnr():
 
 
 @pytest.mark.slow  # two tiny trainings: about 20 s of CPU (minutes of wall time on a loaded machine)
-def test_effects_selection_never_reads_the_clean_test_set():
+def test_effects_selection_never_reads_the_clean_test_set(monkeypatch):
   """Mechanism: corrupting the clean test targets changes the PSNRs, not the selected step."""
   from absl import flags
   from jaxmilab.benchmarks import opd_effects
 
-  flags.FLAGS(
+  flag_values = flags.FlagValues()  # the benchmarks share flag names; keep absl's FLAGS clean
+  opd_effects.define_flags(flag_values)
+  monkeypatch.setattr(opd_effects, "FLAGS", flag_values)
+  flag_values(
       [
           "opd_effects",
           "--size=16",
@@ -868,7 +871,7 @@ def test_effects_selection_never_reads_the_clean_test_set():
     corrupted = dict(data, test_clean=1.0 - data["test_clean"])
     rows_bad = opd_effects.train_recipe("opd_rc", 3, corrupted, [0])[0]
   finally:
-    flags.FLAGS.unparse_flags()
+    flag_values.unparse_flags()
   assert [r["step"] for r in rows] == [2, 4, 6]
   assert [r["psnr"] for r in rows] != [r["psnr"] for r in rows_bad]
   for key in ("val_loss",) + opd.VAL_TERMS:

@@ -184,14 +184,28 @@ def pseudo_label_miou(config, n: int = 256) -> float:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 300, "Training steps per row and seed.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-flags.DEFINE_bool("quick", False, "Smoke network and data (a test of the script).")
-flags.DEFINE_string("output", "", "JSON file for the per-row numbers (rewritten after every row).")
-flags.DEFINE_multi_string(
-    "set", [], "KEY=VALUE config override for every row (e.g. data.contour_lambda=7.389)."
-)
-flags.DEFINE_list("rows", [], "Row indices to run (default: all).")
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_integer("steps", 300, "Training steps per row and seed.", flag_values=flag_values)
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "quick", False, "Smoke network and data (a test of the script).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "output",
+      "",
+      "JSON file for the per-row numbers (rewritten after every row).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_multi_string(
+      "set",
+      [],
+      "KEY=VALUE config override for every row (e.g. data.contour_lambda=7.389).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list("rows", [], "Row indices to run (default: all).", flag_values=flag_values)
 
 
 def main(argv) -> None:
@@ -248,6 +262,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Entry point (python -m jaxmilab.benchmarks.cdsp_ablation)."""
+  define_flags()
   app.run(main)
 
 

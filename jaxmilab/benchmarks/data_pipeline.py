@@ -67,19 +67,68 @@ from jaxmilab.data import images  # noqa: E402
 from jaxmilab.benchmarks import train_step as train_step_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("patch_size", 128, "Crop size (pixels) of the pipeline and the train step.")
-flags.DEFINE_string("types", "uir19_syn", "Task set or comma-separated degradation names.")
-flags.DEFINE_float("seconds", 1.0, "Minimum time per measurement.")
-flags.DEFINE_bool("time_step", True, "Also time the train step (False: data rates only).")
-flags.DEFINE_integer("build_images", 0, "Also time build_uir on this many source images (0: no).")
-flags.DEFINE_string("source_size", "", "WxH (e.g. 2040x1356): realistic mode on images this size.")
-flags.DEFINE_integer("source_images", 4, "Realistic mode: number of synthesized source images.")
-flags.DEFINE_integer("subimage_size", 480, "Realistic mode: sub-image size of the second build.")
-flags.DEFINE_integer("subimage_step", 240, "Realistic mode: sub-image stride.")
-flags.DEFINE_float("flops_per_crop", 1.011e12 / 4, "Train-step FLOPs per crop (fwd + bwd).")
-flags.DEFINE_integer("host_chips", 4, "Chips per TPU host (v5e multi-host slices: 4).")
-flags.DEFINE_float("chip_peak_flops", 197e12, "Peak bf16 FLOP/s per chip (v5e: 197e12).")
-flags.DEFINE_integer("host_cores", 112, "vCPUs per TPU host (v5e ct5lp-hightpu-4t: 112).")
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  train_step_lib.define_flags(
+      flag_values
+  )  # --config, --steps, --batch_size, --output\n  flags.DEFINE_integer("patch_size", 128, "Crop size (pixels) of the pipeline and the train step.", flag_values=flag_values)
+  flags.DEFINE_string(
+      "types",
+      "uir19_syn",
+      "Task set or comma-separated degradation names.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_float("seconds", 1.0, "Minimum time per measurement.", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "time_step",
+      True,
+      "Also time the train step (False: data rates only).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "build_images",
+      0,
+      "Also time build_uir on this many source images (0: no).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "source_size",
+      "",
+      "WxH (e.g. 2040x1356): realistic mode on images this size.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "source_images",
+      4,
+      "Realistic mode: number of synthesized source images.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "subimage_size",
+      480,
+      "Realistic mode: sub-image size of the second build.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "subimage_step", 240, "Realistic mode: sub-image stride.", flag_values=flag_values
+  )
+  flags.DEFINE_float(
+      "flops_per_crop",
+      1.011e12 / 4,
+      "Train-step FLOPs per crop (fwd + bwd).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "host_chips", 4, "Chips per TPU host (v5e multi-host slices: 4).", flag_values=flag_values
+  )
+  flags.DEFINE_float(
+      "chip_peak_flops", 197e12, "Peak bf16 FLOP/s per chip (v5e: 197e12).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "host_cores", 112, "vCPUs per TPU host (v5e ct5lp-hightpu-4t: 112).", flag_values=flag_values
+  )
 
 
 def rate(
@@ -454,5 +503,11 @@ def main(argv):
       json.dump(results, f, indent=2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.data_pipeline)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -31,9 +31,19 @@ from jaxmilab import registry
 from jaxmilab.models import masking
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A dcpt or maskdcpt run folder (with config.json).")
-flags.DEFINE_string("output", "", "Write the accuracies as JSON here ('' = print only).")
-flags.DEFINE_integer("mask_seeds", 2, "Masked passes per example (MaskDCPT).")
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_string(
+      "workdir", None, "A dcpt or maskdcpt run folder (with config.json).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+      "output", "", "Write the accuracies as JSON here ('' = print only).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "mask_seeds", 2, "Masked passes per example (MaskDCPT).", flag_values=flag_values
+  )
 
 
 def _load_config(workdir: str):
@@ -135,5 +145,11 @@ def main(argv):
       json.dump(r, f, indent=2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.maskdcpt_probe)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -46,26 +46,47 @@ from absl import app
 from absl import flags
 import numpy as np
 
-flags.DEFINE_list("frames", ["4", "8"], "Frames per scene (m) for the OPD recipes.")
-flags.DEFINE_list("seeds", [str(s) for s in range(10)], "Paired training seeds.")
-flags.DEFINE_list("recipes", ["n2c", "n2n", "n2n_fresh", "opd_rc", "opd_al"], "Recipes.")
-flags.DEFINE_integer("scenes", 8, "Training scenes.")
-flags.DEFINE_integer("val_scenes", 4, "Validation scenes (noisy frames only; selection).")
-flags.DEFINE_integer("size", 64, "Scene / tile size (px).")
-flags.DEFINE_integer("steps", 600, "Training steps per run (cosine schedule to 0).")
-flags.DEFINE_integer("eval_every", 50, "Eval period (steps).")
-flags.DEFINE_integer("batch", 8, "Scenes per step.")
-flags.DEFINE_integer("width", 16, "U-Net width.")
-flags.DEFINE_integer("depth", 3, "U-Net depth.")
-flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.")
-flags.DEFINE_string("output", "", "JSON file for the per-run numbers and the tables.")
-flags.DEFINE_list(
-    "merge",
-    [],
-    "Only print the tables of the runs in these --output files "
-    "(e.g. recipes run in separate processes), training nothing.",
-)
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_list(
+      "frames", ["4", "8"], "Frames per scene (m) for the OPD recipes.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "seeds", [str(s) for s in range(10)], "Paired training seeds.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "recipes",
+      ["n2c", "n2n", "n2n_fresh", "opd_rc", "opd_al"],
+      "Recipes.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer("scenes", 8, "Training scenes.", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "val_scenes", 4, "Validation scenes (noisy frames only; selection).", flag_values=flag_values
+  )
+  flags.DEFINE_integer("size", 64, "Scene / tile size (px).", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "steps", 600, "Training steps per run (cosine schedule to 0).", flag_values=flag_values
+  )
+  flags.DEFINE_integer("eval_every", 50, "Eval period (steps).", flag_values=flag_values)
+  flags.DEFINE_integer("batch", 8, "Scenes per step.", flag_values=flag_values)
+  flags.DEFINE_integer("width", 16, "U-Net width.", flag_values=flag_values)
+  flags.DEFINE_integer("depth", 3, "U-Net depth.", flag_values=flag_values)
+  flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.", flag_values=flag_values)
+  flags.DEFINE_string(
+      "output", "", "JSON file for the per-run numbers and the tables.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "merge",
+      [],
+      "Only print the tables of the runs in these --output files "
+      "(e.g. recipes run in separate processes), training nothing.",
+      flag_values=flag_values,
+  )
+
 
 SIGMA = 25.0
 SINGLE_PAIR = ("n2c", "n2n", "n2n_fresh")  # read frames 1 and 2 only: the same runs for every m
@@ -392,5 +413,11 @@ def main(argv):
   print(summarize(runs))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.opd_effects)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

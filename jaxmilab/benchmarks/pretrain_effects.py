@@ -43,21 +43,44 @@ import numpy as np
 from jaxmilab import console
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/jaxmilab_pretrain_effects", "Folder for the runs.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "config.seed of each paired repetition.")
-flags.DEFINE_list("budgets", ["100", "200", "400"], "Fine-tuning steps of each arm.")
-flags.DEFINE_list(
-    "arms",
-    ["scratch", "scratch_same_steps", "maskdcpt", "dcpt", "mask_ratio0"],
-    "Arms to run (module docstring).",
-)
-flags.DEFINE_string("variant", "quickstart", "Config variant of every run (smoke for a dry run).")
-flags.DEFINE_integer("pretrain_steps", 0, "Override the pre-training steps (0 = the configs').")
-flags.DEFINE_string(
-    "compilation_cache",
-    os.path.join(os.path.expanduser("~"), ".cache", "jaxmilab_xla"),
-    "Persistent XLA compilation cache folder ('' = off).",
-)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_string(
+      "workdir", "/tmp/jaxmilab_pretrain_effects", "Folder for the runs.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "seeds", ["0", "1", "2"], "config.seed of each paired repetition.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "budgets", ["100", "200", "400"], "Fine-tuning steps of each arm.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "arms",
+      ["scratch", "scratch_same_steps", "maskdcpt", "dcpt", "mask_ratio0"],
+      "Arms to run (module docstring).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "variant",
+      "quickstart",
+      "Config variant of every run (smoke for a dry run).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "pretrain_steps",
+      0,
+      "Override the pre-training steps (0 = the configs').",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "compilation_cache",
+      os.path.join(os.path.expanduser("~"), ".cache", "jaxmilab_xla"),
+      "Persistent XLA compilation cache folder ('' = off).",
+      flag_values=flag_values,
+  )
+
 
 # arm -> (pre-training config or None, its extra overrides)
 PRETRAINED_ARMS = {
@@ -231,7 +254,9 @@ def main(argv):
   )
 
 
-def run():
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.pretrain_effects)."""
+  define_flags()
   console.run_app(main)
 
 

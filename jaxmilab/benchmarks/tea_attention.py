@@ -36,61 +36,101 @@ from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_pallas
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sizes", [], "Map sides (H = W). Default 64,128,256 on GPU/TPU, 16,32 on CPU.")
-flags.DEFINE_list("windows", ["7", "15"], "Odd window sizes.")
-flags.DEFINE_list(
-    "top_ks", ["4", "16"], "top_k values ('all' = window**2); > window**2 " "skipped."
-)
-flags.DEFINE_integer("pool", 8, "Global-key pooling r (0 = no global keys); must divide sizes.")
-flags.DEFINE_integer("batch", 1, "Batch size.")
-flags.DEFINE_integer("heads", 2, "Attention heads.")
-flags.DEFINE_integer("head_dim", 32, "Head dimension.")
-flags.DEFINE_list("dtypes", ["float32"], "q/k/v dtypes (float32, bfloat16).")
-flags.DEFINE_list(
-    "impls",
-    [],
-    "Subset of pallas,xla,dense. Default: all three on GPU/TPU, "
-    "xla,dense on CPU (plus pallas with --interpret).",
-)
-flags.DEFINE_integer("steps", 5, "Timed runs per measurement (median reported).")
-flags.DEFINE_bool("interpret", False, "Run Pallas in interpret mode (CPU; not a speed measure).")
-flags.DEFINE_bool("quick", False, "Small CPU-friendly run: sizes 16,32, windows 3,7, 3 steps.")
-flags.DEFINE_bool(
-    "device_run",
-    False,
-    "The accelerator preset: sizes 64,128,256, windows 7,15, "
-    "top_k 16, pool 8, dtypes bfloat16,float32, all three implementations.",
-)
-flags.DEFINE_float(
-    "max_dense_gib",
-    16.0,
-    "Skip dense attention when its [B, h, N, N] f32 " "scores would exceed this many GiB.",
-)
-flags.DEFINE_string("output", "", "Also write the results as JSON here.")
-flags.DEFINE_bool(
-    "tpu_aot",
-    False,
-    "Compile reference and Pallas (fwd, fwd+bwd) for a TPU "
-    "topology on this machine and print compiler memory / cost side by side.",
-)
-flags.DEFINE_string("topology", "v5e:1x1", "TPU topology for --tpu_aot.")
-flags.DEFINE_bool(
-    "model",
-    False,
-    "Print the analytic HBM-traffic / FLOP model and predicted "
-    "H100 / v5e times for the --aot_* problem.",
-)
-flags.DEFINE_integer("aot_size", 128, "--tpu_aot / --model: map side.")
-flags.DEFINE_integer("aot_window", 15, "--tpu_aot / --model: window.")
-flags.DEFINE_integer("aot_top_k", 32, "--tpu_aot / --model: top_k.")
-flags.DEFINE_integer("aot_pool", 4, "--tpu_aot / --model: pool.")
-flags.DEFINE_list("aot_dtypes", ["float32", "bfloat16"], "--tpu_aot / --model: dtypes.")
-flags.DEFINE_list(
-    "aot_impls",
-    ["xla", "pallas"],
-    "--tpu_aot: implementations to compile (the "
-    "reference takes minutes to compile at 128x128 and more beyond).",
-)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_list(
+      "sizes",
+      [],
+      "Map sides (H = W). Default 64,128,256 on GPU/TPU, 16,32 on CPU.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list("windows", ["7", "15"], "Odd window sizes.", flag_values=flag_values)
+  flags.DEFINE_list(
+      "top_ks",
+      ["4", "16"],
+      "top_k values ('all' = window**2); > window**2 " "skipped.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "pool",
+      8,
+      "Global-key pooling r (0 = no global keys); must divide sizes.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer("batch", 1, "Batch size.", flag_values=flag_values)
+  flags.DEFINE_integer("heads", 2, "Attention heads.", flag_values=flag_values)
+  flags.DEFINE_integer("head_dim", 32, "Head dimension.", flag_values=flag_values)
+  flags.DEFINE_list(
+      "dtypes", ["float32"], "q/k/v dtypes (float32, bfloat16).", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "impls",
+      [],
+      "Subset of pallas,xla,dense. Default: all three on GPU/TPU, "
+      "xla,dense on CPU (plus pallas with --interpret).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+      "steps", 5, "Timed runs per measurement (median reported).", flag_values=flag_values
+  )
+  flags.DEFINE_bool(
+      "interpret",
+      False,
+      "Run Pallas in interpret mode (CPU; not a speed measure).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+      "quick",
+      False,
+      "Small CPU-friendly run: sizes 16,32, windows 3,7, 3 steps.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+      "device_run",
+      False,
+      "The accelerator preset: sizes 64,128,256, windows 7,15, "
+      "top_k 16, pool 8, dtypes bfloat16,float32, all three implementations.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+      "max_dense_gib",
+      16.0,
+      "Skip dense attention when its [B, h, N, N] f32 " "scores would exceed this many GiB.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string("output", "", "Also write the results as JSON here.", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "tpu_aot",
+      False,
+      "Compile reference and Pallas (fwd, fwd+bwd) for a TPU "
+      "topology on this machine and print compiler memory / cost side by side.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string("topology", "v5e:1x1", "TPU topology for --tpu_aot.", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "model",
+      False,
+      "Print the analytic HBM-traffic / FLOP model and predicted "
+      "H100 / v5e times for the --aot_* problem.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer("aot_size", 128, "--tpu_aot / --model: map side.", flag_values=flag_values)
+  flags.DEFINE_integer("aot_window", 15, "--tpu_aot / --model: window.", flag_values=flag_values)
+  flags.DEFINE_integer("aot_top_k", 32, "--tpu_aot / --model: top_k.", flag_values=flag_values)
+  flags.DEFINE_integer("aot_pool", 4, "--tpu_aot / --model: pool.", flag_values=flag_values)
+  flags.DEFINE_list(
+      "aot_dtypes", ["float32", "bfloat16"], "--tpu_aot / --model: dtypes.", flag_values=flag_values
+  )
+  flags.DEFINE_list(
+      "aot_impls",
+      ["xla", "pallas"],
+      "--tpu_aot: implementations to compile (the "
+      "reference takes minutes to compile at 128x128 and more beyond).",
+      flag_values=flag_values,
+  )
+
 
 # Published peaks (per chip). H100 SXM5: NVIDIA H100 Tensor Core GPU datasheet (HBM3 3.35 TB/s,
 # dense BF16 989 TFLOP/s, FP32 67 TFLOP/s); v5e: Cloud TPU v5e documentation (HBM 819 GB/s,
@@ -594,5 +634,11 @@ def main(argv):
     print(f"wrote {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.tea_attention)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

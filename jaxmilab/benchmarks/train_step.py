@@ -34,18 +34,31 @@ from jaxmilab import trainer as trainer_lib
 from jaxmilab.models import layers
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "config", "configs/dcpt.py:quickstart", "configs/<exp>.py:<variant>", allow_override=True
-)  # jaxmilab.compile defines --config too (one process may import both)
-flags.DEFINE_integer("steps", 20, "Timed steps (after one warm-up step).")
-flags.DEFINE_integer("batch_size", 0, "Override the global batch size (0 = the config's).")
-flags.DEFINE_string("output", "", "Also write the results as JSON here.")
-flags.DEFINE_bool(
-    "compare_xla_convs",
-    True,
-    "On CPU, also time the L1 step and the per-op table "
-    "with XLA's convolutions (the program before issue #33, today's TPU/GPU forms).",
-)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_string(
+      "config",
+      "configs/dcpt.py:quickstart",
+      "configs/<exp>.py:<variant>",
+      allow_override=True,
+      flag_values=flag_values,
+  )  # jaxmilab.compile defines --config too (one process may import both)
+  flags.DEFINE_integer(
+      "steps", 20, "Timed steps (after one warm-up step).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "batch_size", 0, "Override the global batch size (0 = the config's).", flag_values=flag_values
+  )
+  flags.DEFINE_string("output", "", "Also write the results as JSON here.", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "compare_xla_convs",
+      True,
+      "On CPU, also time the L1 step and the per-op table "
+      "with XLA's convolutions (the program before issue #33, today's TPU/GPU forms).",
+      flag_values=flag_values,
+  )
 
 
 def _time(fn, steps: int) -> float:
@@ -299,5 +312,11 @@ def main(argv):
       json.dump(results, f, indent=2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.train_step)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -47,29 +47,62 @@ from absl import app
 from absl import flags
 import numpy as np
 
-flags.DEFINE_enum("experiment", "bagcams", ["bagcams", "bcam"], "Which effect to measure.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (paired across methods).")
-flags.DEFINE_integer("cam_steps", 300, "CAM (base classifier) training steps.")
-flags.DEFINE_integer("bcam_steps", 120, "bcam: B-CAM fine-tuning steps from the CAM run.")
-flags.DEFINE_integer("image_size", 112, "Image side (stride 8: 112 px = a 14 x 14 feature grid).")
-flags.DEFINE_integer("num_eval", 256, "Eval images (fixed set).")
-flags.DEFINE_integer(
-    "num_train",
-    8192,
-    "Distinct training images (more than the quickstart's 2048: "
-    "with 2048 a 400-step CAM on the part set reached 59 % eval top-1).",
-)
-flags.DEFINE_list("part_fraction", ["0.10", "0.20"], "bagcams: patch area / body area (low, high).")
-flags.DEFINE_float("context_prob", 0.9, "bcam: share of images with the class band.")
-flags.DEFINE_enum(
-    "part_background",
-    "noise",
-    ["noise", "photos"],
-    "bagcams: background of the part set (with the shipped photos a 400-step CAM fit "
-    "its training set but reached 61 % eval top-1 on the held-out photos).",
-)
-flags.DEFINE_string("output", "", "JSON file for the per-seed numbers and the summary.")
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
+  flags.DEFINE_enum(
+      "experiment",
+      "bagcams",
+      ["bagcams", "bcam"],
+      "Which effect to measure.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list(
+      "seeds", ["0", "1", "2"], "Training seeds (paired across methods).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "cam_steps", 300, "CAM (base classifier) training steps.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "bcam_steps", 120, "bcam: B-CAM fine-tuning steps from the CAM run.", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "image_size",
+      112,
+      "Image side (stride 8: 112 px = a 14 x 14 feature grid).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_integer("num_eval", 256, "Eval images (fixed set).", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "num_train",
+      8192,
+      "Distinct training images (more than the quickstart's 2048: "
+      "with 2048 a 400-step CAM on the part set reached 59 % eval top-1).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list(
+      "part_fraction",
+      ["0.10", "0.20"],
+      "bagcams: patch area / body area (low, high).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+      "context_prob", 0.9, "bcam: share of images with the class band.", flag_values=flag_values
+  )
+  flags.DEFINE_enum(
+      "part_background",
+      "noise",
+      ["noise", "photos"],
+      "bagcams: background of the part set (with the shipped photos a 400-step CAM fit "
+      "its training set but reached 61 % eval top-1 on the held-out photos).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+      "output", "", "JSON file for the per-seed numbers and the summary.", flag_values=flag_values
+  )
+
 
 BOX_KEYS = ("MaxBoxAcc@50", "MaxBoxAcc@70", "MaxBoxAccV2")
 
@@ -433,5 +466,11 @@ def main(argv):
       )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point (python -m jaxmilab.benchmarks.wsol_effects)."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
