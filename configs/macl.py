@@ -46,7 +46,7 @@ def phantom_setup(c, variant: str) -> None:
     # is 8 x 8, decoder blocks 1-2 bring the dominant maps to that grid, as 512 px / 4 levels
     # give 8 x 8 and 32 x 32 in the paper). With 4 levels it was 1 x 1: L_ER then ties it to
     # one corner cell of the auxiliary bottleneck, the BatchNorm-free ReLU centre died and
-    # L_g stayed at its collapse value 4.91 (README, MACL).
+    # L_g stayed at its collapse value 4.91 (docs/macl.md).
     c.model.width, c.model.depth = 4, 3
     c.data.phantom_slices, c.data.patch_size = 24, 64
   else:

@@ -79,7 +79,7 @@ def get_config(variant: str = "smoke"):
     c.data.patch_size = 32
     c.data.eval_size = 32
   elif variant == "quickstart":
-    # Ours, for a 2-core CPU (README, "Quickstart: the pre-training effect, measured"): the two
+    # Ours, for a 2-core CPU (docs/results.md): the two
     # UIR-2.5M families the fine-tuning task draws from (noise: Gaussian / Poisson / salt & pepper
     # at 22 levels; JPEG at 17 qualities), at lr 3e-3 like the fine-tuning. With all 18 types,
     # or at lr 1e-3, 150 steps leave the fine-tuned network below scratch (same table).
@@ -114,7 +114,7 @@ def get_config(variant: str = "smoke"):
     if variant == "pod":
       # v5e-64 (launch/README.md): 64 chips; PAPER_GLOBAL_BATCH in one step, 8 per chip at
       # 128 px, no accumulation: the v5e-64 compile at 4 per chip peaks at 2.06 GiB of a chip's
-      # 16 (README, "Compile for a TPU topology"), so 8 per chip fits with room to spare
+      # 16 (docs/running.md, "Ahead-of-time compile for a slice"), so 8 per chip fits with room to spare
       # (`--config.optimizer.accumulate_steps=k --config.batch_size=512/k` trades memory back).
       c.model.dtype = "bfloat16"  # compute; parameters and optimizer state stay float32
       c.optimizer.accumulate_steps = 1

@@ -35,14 +35,14 @@ def get_config(variant: str = "smoke"):
   c.method.zero_init_output = variant != "paper"
   del c.method.focal_gamma, c.method.cls_weight, c.method.mode, c.method.classifier_learning_rate
   if variant == "quickstart":
-    # 100 steps: the fine-tuning budget at which pre-training's head start still shows. At 200
-    # steps with this lr the pre-trained and scratch networks end level (README, "Quickstart: the
-    # pre-training effect, measured"); `--steps` / `--config.total_steps` change it.
+    # 100 steps: the fine-tuning budget at which a head start can still show. Scratch trained for
+    # the pre-training's steps plus these (the positive control) gains 1.98 dB over scratch at 100
+    # steps, 0.16 dB at 200 (docs/results.md); `--steps` / `--config.total_steps` change it.
     c.total_steps = 100
     c.eval_every_steps = 100
     c.checkpoint_every_steps = 50
-    # The task a 100-step restorer can learn on a 2-core CPU (ours; measured in the README's
-    # Performance section, "Choosing the quickstart's fine-tuning task"): Gaussian denoising at
+    # The task a 100-step restorer can learn on a 2-core CPU (ours; measured in
+    # docs/results.md, "Choosing the quickstart's fine-tuning task"): Gaussian denoising at
     # sigma 25 (CBSD68's middle level) and JPEG deblocking at quality 10 (LIVE1's hardest usual
     # level), one network for both as in DnCNN-3 (Zhang et al., TIP 2017). With blur in the mix
     # the network smooths blurred inputs too (blur lost 0.08-0.69 dB in every mix with noise,
@@ -52,7 +52,7 @@ def get_config(variant: str = "smoke"):
     c.data.degradations = QUICKSTART_TYPES
     c.data.levels = QUICKSTART_LEVELS
     # NAFNet's PSNR loss weighs each image's error on a log scale, so JPEG (27 dB input) counts
-    # as much as noise (20 dB); with L1 the noise dominates (README table). lr 3e-3: measured.
+    # as much as noise (20 dB); with L1 the noise dominates (docs/results.md). lr 3e-3: measured.
     c.method.pixel_loss = "psnr"
     c.optimizer.learning_rate = 3e-3
   return c

@@ -7,6 +7,7 @@ the README, and runs the CLI on the mistakes users make (unknown key, typo, wron
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -57,7 +58,9 @@ def test_every_key_of_every_variant_can_be_overridden(exp, variant):
 
 
 def _readme_commands():
-  text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read().replace("\\\n", " ")
+  """`jaxmilab.main` command lines in the README and its docs/ pages."""
+  paths = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+  text = "\n".join(open(p, encoding="utf-8").read() for p in paths).replace("\\\n", " ")
   for line in text.splitlines():
     if "jaxmilab.main" in line and "--config=" in line:
       yield line

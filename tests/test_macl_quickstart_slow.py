@@ -3,7 +3,7 @@ configs/macl.py:quickstart below 0.9x its collapse value (T / 0.07) ln(2B - 1) (
 
 Slow (100 pre-training steps each, ~2-4 min on 2 cores). The PCL baseline as released
 (configs/macl.PCL_OVERRIDES) is the positive control. MACL itself does not reach it yet
-(README, MACL: 4.91 = 1.00x at the end in the depth-3 geometry, as in the depth-4 one, and
+(docs/macl.md: 4.91 = 1.00x at the end in the depth-3 geometry, as in the depth-4 one, and
 also without L_ER and without downsampling); that test is a strict xfail so that it reports
 the day it passes.
 """
@@ -36,7 +36,7 @@ def test_pcl_quickstart_l_g_falls_below_chance(tmp_path):
 @pytest.mark.xfail(
     strict=True,
     reason="MACL's quickstart L_g ends at its collapse value "
-    "(measured 4.91 vs 4.906; README, MACL); open, issue 29",
+    "(measured 4.91 vs 4.906; docs/macl.md); open, issue 29",
 )
 def test_macl_quickstart_l_g_falls_below_chance(tmp_path):
   final, chance = _final_eval(tmp_path, {})

@@ -55,7 +55,7 @@ def test_uir19_table_task_sets_and_level_count():
   assert len(U.UIR_TYPES) == 19 and D.TASK_SETS["uir19"] == U.UIR_TYPE_NAMES
   assert [t.name for t in U.UIR_TYPES if not t.synthetic] == ["real_noise"]
   assert all(t.name in D.DEGRADATIONS for t in U.UIR_TYPES if t.synthetic)
-  assert U.uir_level_count() > 200  # README: "more than 200 degradation levels"
+  assert U.uir_level_count() > 200  # the paper: "over 200 levels" (docs/maskdcpt.md)
   assert len(D.TASK_SETS["5d"]) == 5 and len(D.TASK_SETS["10d"]) == 10
   assert len(D.TASK_SETS["12d"]) == 12 and "real_noise" in D.TASK_SETS["12d"]
   assert D.resolve("uir19_syn") == tuple(n for n in U.UIR_TYPE_NAMES if n != "real_noise")
