@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmilab.kernels import platform as platform_lib
 from jaxmilab.models import layers
 from jaxmilab.models import nafnet
 
@@ -58,7 +59,7 @@ def _step_text(model, variables, x, platform):
   def loss(v):
     return jnp.mean(jnp.abs(model.apply(v, x) - 0.5))
 
-  with layers.for_platform(platform):
+  with platform_lib.for_platform(platform):
     lowered = (
         jax.jit(jax.value_and_grad(loss)).trace(variables).lower(lowering_platforms=(platform,))
     )
@@ -71,7 +72,7 @@ def test_cpu_forms_equal_xla_conv_values_and_gradients():
   v = model.init(jax.random.key(1), x)
   res = {}
   for platform in ("generic", "cpu"):
-    with layers.for_platform(platform):
+    with platform_lib.for_platform(platform):
       res[platform] = jax.jit(jax.value_and_grad(lambda v: jnp.sum(jnp.sin(model.apply(v, x)))))(v)
   np.testing.assert_allclose(res["cpu"][0], res["generic"][0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(res["cpu"][1]), jax.tree.leaves(res["generic"][1])):
@@ -84,7 +85,7 @@ def test_cpu_lowering_has_no_grouped_conv_and_differs_from_generic():
   model = nafnet.create({"preset": "nafnet_tiny"})
   v = model.init(jax.random.key(1), x)
   cpu = _step_text(model, v, x, "cpu")
-  with layers.for_platform("generic"):  # XLA's convolutions, lowered for CPU
+  with platform_lib.for_platform("generic"):  # XLA's convolutions, lowered for CPU
     generic = (
         jax.jit(jax.grad(lambda v: jnp.mean(model.apply(v, x))))
         .trace(v)
@@ -110,9 +111,9 @@ def test_tpu_and_gpu_lowerings_are_unchanged(platform, monkeypatch):
 
 
 def test_trace_platform_follows_override_mesh_and_default():
-  assert layers.trace_platform() == jax.default_backend()
-  with layers.for_platform("tpu"):
-    assert layers.trace_platform() == "tpu"
+  assert platform_lib.trace_platform() == jax.default_backend()
+  with platform_lib.for_platform("tpu"):
+    assert platform_lib.trace_platform() == "tpu"
   mesh = jax.make_mesh((1,), ("data",))
   with jax.set_mesh(mesh):
-    assert layers.trace_platform() == mesh.devices.flat[0].platform
+    assert platform_lib.trace_platform() == mesh.devices.flat[0].platform

@@ -343,6 +343,30 @@ def test_pallas_on_cpu_needs_interpret():
     tea_attention(x, x, x, window=3, top_k=3, pool=None, implementation="pallas")
 
 
+def test_pallas_traces_for_the_target_platform_not_the_host():
+  """Ahead-of-time compilation traces on a CPU host for a TPU: the Pallas path (and TEAFormer's
+  "auto") follow the platform traced for (`kernels.platform`), not `jax.default_backend()`,
+  which refused the kernel during `jaxmilab.compile`. Under a TPU mesh or override the lowered
+  program holds the Mosaic custom call; for the CPU host the same call is refused."""
+  from jaxmilab.kernels import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  from jaxmilab.models import teaformer  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() != "cpu":
+    pytest.skip("only meaningful on a CPU host")
+  x = jax.ShapeDtypeStruct((2, 16, 16, 2, 8), jnp.float32)
+
+  def attn(q, k, v):
+    return tea_attention(q, k, v, window=3, top_k=4, pool=4, implementation="pallas")
+
+  assert teaformer.resolve_implementation("auto") == "xla"
+  with platform_lib.for_platform("tpu"):
+    assert teaformer.resolve_implementation("auto") == "pallas"
+    lowered = jax.jit(attn).trace(x, x, x).lower(lowering_platforms=("tpu",))
+  assert "tpu_custom_call" in lowered.as_text()
+  with pytest.raises(ValueError, match="traced for 'cpu'"):
+    jax.jit(lambda q, k, v: attn(q, k, v)).trace(x, x, x)  # a fresh jit: traces are cached
+
+
 # ----------------------------------------------------------------------------- TPU blocks
 
 

@@ -8,7 +8,7 @@ L1 NAFNet step in PyTorch on the same device (CPU) with the same batch, and the 
 FLOPs per step come from XLA's cost analysis of the compiled step, which is the trainer's own
 (`Trainer.compile_train_step()`, the executable the training loop calls).
 
-On CPU, also "JAX L1, XLA convs": the same L1 step traced with `layers.for_platform("generic")`,
+On CPU, also "JAX L1, XLA convs": the same L1 step traced with `platform_lib.for_platform("generic")`,
 i.e. with the convolutions every platform ran before issue #33 (XLA's grouped / 1x1 convs, which
 TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
 JAX before (XLA's conv) / JAX after (layers' CPU form) / PyTorch, for NAFNet's ops and for
@@ -31,6 +31,7 @@ import numpy as np
 from jaxmilab import config_lib
 from jaxmilab import sharding as sharding_lib
 from jaxmilab import trainer as trainer_lib
+from jaxmilab.kernels import platform as platform_lib
 from jaxmilab.models import layers
 
 FLAGS = flags.FLAGS
@@ -80,8 +81,8 @@ def matmul_peak(n: int = 2048, steps: int = 10) -> float:
 
 
 def time_jax_step(config, steps: int, platform: str | None = None) -> dict[str, float]:
-  """The trainer's compiled step; `platform` traces it with layers.for_platform(platform)."""
-  ctx = layers.for_platform(platform) if platform else contextlib.nullcontext()
+  """The trainer's compiled step; `platform` traces it with platform_lib.for_platform(platform)."""
+  ctx = platform_lib.for_platform(platform) if platform else contextlib.nullcontext()
   with tempfile.TemporaryDirectory() as workdir, ctx:
     t = trainer_lib.Trainer(config, workdir)
     state = t.initial_state()
@@ -181,7 +182,7 @@ def time_jax_op(kind: str, cin: int, cout: int, shape, steps: int, platform: str
   x = jax.random.normal(jax.random.key(0), tuple(shape) + (cin,))
   v = op.init(jax.random.key(1), x)
   ct = jax.random.normal(jax.random.key(2), tuple(shape) + (cout,))
-  with layers.for_platform(platform):
+  with platform_lib.for_platform(platform):
     f = (
         jax.jit(jax.grad(lambda v, x, ct: jnp.sum(op.apply(v, x) * ct), (0, 1)))
         .trace(v, x, ct)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import PartitionSpec as P
 
+from jaxmilab.kernels import platform
 from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_pallas
 
@@ -82,11 +83,11 @@ def tea_attention(
     )
   if implementation == "xla":
     return tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
-  backend = jax.default_backend()
-  if backend not in ("gpu", "cuda", "rocm", "tpu") and not interpret:
+  target = platform.trace_platform()  # a TPU topology's when compiled ahead of time on a CPU host
+  if not platform.on_accelerator() and not interpret:
     raise ValueError(
-        f"tea_attention: implementation='pallas' needs a GPU or TPU (default backend is "
-        f"{backend!r}); pass interpret=True to run the kernel on CPU, or use "
+        f"tea_attention: implementation='pallas' needs a GPU or TPU (the program is traced for "
+        f"{target!r}); pass interpret=True to run the kernel on CPU, or use "
         "implementation='xla'."
     )
 

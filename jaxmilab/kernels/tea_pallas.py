@@ -59,6 +59,8 @@ from jax.experimental import pallas as pl
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab.kernels import platform
+
 from jaxmilab.kernels import tea as tea_lib
 
 _ROUNDS_MAX_K = 16  # top_k <= this: k rounds of max; above: radix select.
@@ -1182,8 +1184,9 @@ def _tea_pallas(q, k, v, *, g: Geometry, pool: int | None):
 
 
 def default_backend() -> str:
-  """'gpu' or 'tpu' for the default JAX backend ('gpu' conventions on CPU)."""
-  return "tpu" if jax.default_backend() == "tpu" else "gpu"
+  """'gpu' or 'tpu' for the platform the program is traced for (`platform.trace_platform`: a TPU
+  topology's during ahead-of-time compilation); 'gpu' conventions on CPU (interpret mode)."""
+  return "tpu" if platform.trace_platform() == "tpu" else "gpu"
 
 
 def tea_attention_pallas_unchecked(

@@ -10,15 +10,15 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxmilab.kernels import platform as platform_lib
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -56,39 +56,7 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
 # so TPU / GPU programs keep their HLO (tests/test_cpu_lowering.py compares the lowered text).
 # `jax.lax.platform_dependent` was tried first: it wraps even a single-platform lowering in
 # `stablehlo.case` ops (and its gradient in more), so it does change the TPU / GPU text.
-
-_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "jaxmilab_platform", default=None
-)
-
-
-@contextlib.contextmanager
-def for_platform(platform: str | None) -> Iterator[None]:
-  """Within this context, layers trace for `platform` ('cpu', 'tpu', 'cuda', ...).
-
-  For lowering on another platform than the one traced on (`.lower(lowering_platforms=...)`);
-  any name other than 'cpu' (e.g. 'generic') gives the forms TPU and GPU get, which is how
-  benchmarks/train_step times the CPU program "before". None restores the default.
-  Note: jit caches traces by function, not by this context; use a fresh jit per platform.
-  """
-  token = _PLATFORM.set(platform)
-  try:
-    yield
-  finally:
-    _PLATFORM.reset(token)
-
-
-def trace_platform() -> str:
-  """The platform the program being traced is for: `for_platform`'s, else the platform of the
-  mesh set with `jax.set_mesh` (a TPU topology's in jaxmilab.compile), else jax's default."""
-  platform = _PLATFORM.get()
-  if platform is not None:
-    return platform
-  mesh = jax.sharding.get_abstract_mesh()
-  device = getattr(mesh, "abstract_device", None)
-  if not mesh.empty and device is not None and getattr(device, "platform", None):
-    return str(device.platform)
-  return jax.default_backend()
+# The platform is `jaxmilab.kernels.platform.trace_platform()` (override, set_mesh, default).
 
 
 def _shifted_taps(x: jax.Array, kh: int, kw: int, pad) -> list[jax.Array]:
@@ -190,7 +158,7 @@ def conv_general_dilated(
       **kwargs,
   )
   simple = (
-      trace_platform() == "cpu"
+      platform_lib.trace_platform() == "cpu"
       and lhs.ndim == 4
       and not kwargs
       and precision is None

@@ -54,6 +54,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmilab.kernels import platform
 from jaxmilab.kernels import tea_attention
 from jaxmilab.models import common
 from jaxmilab.models import ushaped
@@ -121,8 +122,7 @@ def resolve_implementation(name: str) -> str:
     raise ValueError(f"config.model.implementation={name!r}; use one of {IMPLEMENTATIONS}.")
   if name != "auto":
     return name
-  backend = jax.default_backend()
-  return "pallas" if backend in ("gpu", "cuda", "rocm", "tpu") else "xla"
+  return "pallas" if platform.on_accelerator() else "xla"  # traced-for platform (AOT: the TPU's)
 
 
 class TEAAttention(nn.Module):
