@@ -72,3 +72,25 @@ def test_cadence_evaluates_once_at_the_end():
 def test_unknown_arm_is_refused(tmp_path):
   with pytest.raises(ValueError, match="--arms 'pcl'"):
     pe.run_seed(str(tmp_path), 0, [4], ["pcl"], variant="smoke", pretrain_override=4)
+
+
+def test_uir18_family_is_the_synthesizable_task_set_and_every_config_takes_it():
+  from jaxmilab import config_lib  # pylint: disable=g-import-not-at-top
+  from jaxmilab.data import degradations  # pylint: disable=g-import-not-at-top
+
+  names = [t if isinstance(t, str) else t.name for t in degradations.resolve("uir19_syn")]
+  assert tuple(names) == pe.UIR18
+  for spec, overrides in pe.FAMILIES["uir18"].items():
+    config = config_lib.load(f"{spec}:quickstart", overrides)
+    resolved = degradations.resolve(config.data.degradations)
+    assert len(resolved) == 18, spec
+    assert not config.data.get("levels"), spec  # random levels over each type's range
+  # The fine-tuning config as the benchmark builds it: 18 types, one label per type.
+  assert set(pe.FAMILIES["uir18"]) == {
+      f"configs/{n}.py" for n in ("maskdcpt", "dcpt", "restoration")
+  }
+
+
+def test_unknown_family_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="--family 'blur'"):
+    pe.run_seed(str(tmp_path), 0, [4], ["scratch"], variant="smoke", family="blur")

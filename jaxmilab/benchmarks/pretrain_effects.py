@@ -62,6 +62,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "Arms to run (module docstring).",
       flag_values=flag_values,
   )
+  flags.DEFINE_enum(
+      "family",
+      "noise_jpeg",
+      list(FAMILIES),
+      "Degradations of pre-training and fine-tuning: noise_jpeg (the quickstart's two families) "
+      "or uir18 (the 18 synthesizable UIR-2.5M types at random levels; runs under <workdir>/uir18).",
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
       "variant",
       "quickstart",
@@ -81,6 +89,38 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag_values=flag_values,
   )
 
+
+UIR18 = (
+    "noise",
+    "motion_blur",
+    "defocus_blur",
+    "gaussian_sinc_blur",
+    "jpeg",
+    "haze",
+    "rain_streak",
+    "raindrop",
+    "rain_streak_raindrop",
+    "snow",
+    "mosaic",
+    "low_light",
+    "moire",
+    "blur_jpeg",
+    "blur_rain",
+    "blur_low_light_noise",
+    "low_light_haze_rain_snow",
+    "down_noise_blur_jpeg",
+)  # = data.degradations.resolve("uir19_syn") (tests/test_pretrain_effects.py checks)
+# family -> config file -> overrides of every run from that file. noise_jpeg = the configs as
+# they are (MaskDCPT: task set uir_noise_jpeg; DCPT and fine-tuning: Gaussian noise + JPEG, the
+# fine-tuning at sigma 25 / quality 10); uir18 = the 18 types everywhere, random levels.
+FAMILIES = {
+    "noise_jpeg": {},
+    "uir18": {
+        "configs/maskdcpt.py": {"data.degradations": "uir19_syn"},
+        "configs/dcpt.py": {"data.degradations": UIR18, "data.levels": ()},
+        "configs/restoration.py": {"data.degradations": UIR18, "data.levels": ()},
+    },
+}
 
 # arm -> (pre-training config or None, its extra overrides)
 PRETRAINED_ARMS = {
@@ -142,20 +182,29 @@ def run_seed(
     arms: Sequence[str],
     variant: str = "quickstart",
     pretrain_override: int = 0,
+    family: str = "noise_jpeg",
 ) -> dict[str, Any]:
   """All runs of one seed. Returns {"pretrain": {arm: eval}, "ft": {arm: {budget: eval}}}."""
+  if family not in FAMILIES:
+    raise ValueError(f"--family {family!r}: use {', '.join(FAMILIES)}.")
+  family_overrides = FAMILIES[family]
+  if family != "noise_jpeg":
+    workdir = os.path.join(workdir, family)
   p_steps = pretrain_steps(variant, pretrain_override)
   finetune = f"configs/restoration.py:{variant}"
+  ft_family = family_overrides.get("configs/restoration.py", {})
   out: dict[str, Any] = {"pretrain": {}, "ft": {arm: {} for arm in arms}, "pretrain_steps": p_steps}
   for arm in arms:
     if arm in PRETRAINED_ARMS:
       spec, extra = PRETRAINED_ARMS[arm]
       pre_dir = os.path.join(workdir, f"seed{seed}", arm, "pretrain")
       out["pretrain"][arm] = _run(
-          f"{spec}:{variant}", {"seed": seed, **_cadence(p_steps), **extra}, pre_dir
+          f"{spec}:{variant}",
+          {"seed": seed, **_cadence(p_steps), **family_overrides.get(spec, {}), **extra},
+          pre_dir,
       )
     for b in budgets:
-      over = {"seed": seed, **_cadence(b)}
+      over = {"seed": seed, **_cadence(b), **ft_family}
       if arm == "scratch_same_steps":
         over.update(_cadence(p_steps + b))
       elif arm in PRETRAINED_ARMS:
@@ -241,13 +290,16 @@ def main(argv):
   per_seed = {}
   for seed in seeds:
     per_seed[seed] = run_seed(
-        FLAGS.workdir, seed, budgets, arms, FLAGS.variant, FLAGS.pretrain_steps
+        FLAGS.workdir, seed, budgets, arms, FLAGS.variant, FLAGS.pretrain_steps, FLAGS.family
     )
-    with open(os.path.join(FLAGS.workdir, "results.json"), "w") as f:
+    out_dir = (
+        FLAGS.workdir if FLAGS.family == "noise_jpeg" else os.path.join(FLAGS.workdir, FLAGS.family)
+    )
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
       json.dump({str(s): r for s, r in per_seed.items()}, f, indent=1, default=float)
   console.report_results(
-      FLAGS.workdir,
-      f"Pre-training effect with controls, held-out photos, seeds {seeds} "
+      out_dir,
+      f"Pre-training effect with controls ({FLAGS.family}), held-out photos, seeds {seeds} "
       f"(mean ± sample std; gains paired by seed):",
       format_tables(per_seed, budgets, arms),
       start,
