@@ -384,9 +384,35 @@ def compile_config(
     data = stand_in_data(config, e)
     data_note = f"shape-only stand-in for {config.data.name} ({type(e).__name__})"
   t = trainer_lib.Trainer(config, None, devices=devices, data=data)
-  compiled, seconds = t.compile_train_step(trainer_lib._FAST_COMPILE if fast else None)  # pylint: disable=protected-access
-  stats = trainer_lib.compiled_stats(compiled)
   n_params = sum(int(x.size) for x in jax.tree.leaves(t.abstract_state.params))
+  head = {
+      "topology": topology,
+      "num_slices": num_slices,
+      "device_kind": devices[0].device_kind,
+      "devices": len(devices),
+      "mesh": dict(t.mesh.shape),
+      "dcn_axes": sharding_lib.dcn_axes(t.mesh),
+      "params_sharded_over_dcn": sharding_lib.params_sharded_over_dcn(t.state_shardings, t.mesh),
+      "global_batch": int(config.batch_size),
+      "parameters": n_params,
+      "data": data_note,
+  }
+  t0 = time.perf_counter()
+  try:
+    compiled, seconds = t.compile_train_step(trainer_lib._FAST_COMPILE if fast else None)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except
+    figures = trainer_lib.oom_figures(str(e))
+    if figures is None:
+      raise
+    # Does not fit one chip: a result (with the compiler's figures), not a traceback.
+    return {
+        **head,
+        "fits": False,
+        "compile_seconds": round(time.perf_counter() - t0, 1),
+        "needed_bytes_per_device": figures[0],
+        "hbm_bytes_per_device": figures[1],
+    }
+  stats = trainer_lib.compiled_stats(compiled)
   # The jit's device assignment is the mesh's devices in order (ids of the replica groups).
   slices = [getattr(d, "slice_index", 0) for d in t.mesh.devices.flat]
   text = compiled.as_text()
@@ -398,21 +424,7 @@ def compile_config(
     traffic["dcn_bytes_per_slice_per_step"] = (
         traffic["dcn_bytes_per_chip_per_step"] * len(devices) // num_slices
     )
-  return {
-      "topology": topology,
-      "num_slices": num_slices,
-      "device_kind": devices[0].device_kind,
-      "devices": len(devices),
-      "mesh": dict(t.mesh.shape),
-      "dcn_axes": sharding_lib.dcn_axes(t.mesh),
-      "params_sharded_over_dcn": sharding_lib.params_sharded_over_dcn(t.state_shardings, t.mesh),
-      "global_batch": int(config.batch_size),
-      "parameters": n_params,
-      "data": data_note,
-      "compile_seconds": round(seconds, 1),
-      **stats,
-      **traffic,
-  }
+  return {**head, "fits": True, "compile_seconds": round(seconds, 1), **stats, **traffic}
 
 
 def main(argv):
@@ -432,6 +444,13 @@ def main(argv):
   result = compile_config(config, FLAGS.topology, FLAGS.fast, FLAGS.num_slices, FLAGS.hlo_out)
   result["wall_seconds"] = round(time.time() - t0, 1)
   print(json.dumps(result), flush=True)
+  if not result["fits"]:
+    raise ValueError(
+        f"{FLAGS.config} does not fit one {result['device_kind']} chip of {FLAGS.topology}: the "
+        f"TPU compiler needs {result['needed_bytes_per_device'] / 2**30:.2f} GiB of HBM, the chip "
+        f"has {result['hbm_bytes_per_device'] / 2**30:.2f} GiB; lower config.batch_size, shard "
+        "more (config.mesh.*) or use a larger slice."
+    )
 
 
 _OVERRIDES: dict[str, str] = {}

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -355,6 +356,27 @@ def compiled_stats(compiled) -> dict[str, float]:
         - out["alias_bytes_per_device"]
     )
   return out
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def oom_figures(message: str) -> tuple[float, float] | None:
+  """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None.
+
+  A program that does not fit one chip is a result of ahead-of-time compilation, not a crash
+  (jaxmilab.compile, benchmarks.tea_attention). libtpu 0.0.42 says "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
+  for HLO temporaries (18.12G) exceeds available HBM (15.75G)." (the XLA reference's fwd+bwd at
+  --aot_size=256 on v5e); other versions "... Used 18.12G of 15.75G hbm. ...".
+  """
+  m = re.search(
+      r"required for [^(]*\(([\d.]+)([KMGT]?)B?\) exceeds available HBM "
+      r"\(([\d.]+)([KMGT]?)B?\)",
+      message,
+  ) or re.search(r"Used ([\d.]+)([KMGT]?)B? of ([\d.]+)([KMGT]?)B? hbm", message)
+  if not m:
+    return None
+  return (float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)])
 
 
 class Trainer:

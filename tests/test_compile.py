@@ -278,20 +278,44 @@ def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compili
   assert seconds[1] < 0.3 * seconds[0], seconds
 
 
-def test_tea_attention_aot_reads_the_compilers_out_of_memory_figure():
-  """benchmarks.tea_attention --tpu_aot records a program that does not fit a chip (libtpu's
-  RESOURCE_EXHAUSTED message, as it reads for the XLA reference's fwd+bwd at --aot_size=256).
-  In a subprocess: the benchmark's absl flags (--topology) clash with jaxmilab.compile's."""
-  code = """
-from jaxmilab.benchmarks import tea_attention as t
-m = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
-     "space hbm. Used 18.12G of 15.75G hbm. Exceeded hbm capacity by 2.37G.")
-assert t.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30), t.oom_figures(m)
-assert t.oom_figures("Used 512.5M of 16.00G hbm") == (512.5 * 2**20, 16 * 2**30)
-m = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
-     "temporaries (18.12G) exceeds available HBM (15.75G).")   # libtpu 0.0.42, measured
-assert t.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30), t.oom_figures(m)
-assert t.oom_figures("INVALID_ARGUMENT: something else") is None
-"""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)
+def test_oom_figures_read_the_tpu_compilers_message():
+  """The TPU compiler's out-of-memory message (as libtpu words it) gives (needed, available)."""
+  m = (
+      "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+      "space hbm. Used 18.12G of 15.75G hbm. Exceeded hbm capacity by 2.37G."
+  )
+  assert trainer_lib.oom_figures(m) == (18.12 * 2**30, 15.75 * 2**30)
+  assert trainer_lib.oom_figures("Used 512.5M of 16.00G hbm") == (512.5 * 2**20, 16 * 2**30)
+  m = (  # libtpu 0.0.42, measured (TEAFormer allinone_paper with the XLA reference, v5e-16)
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (19.06G) exceeds available HBM (15.75G)."
+  )
+  assert trainer_lib.oom_figures(m) == (19.06 * 2**30, 15.75 * 2**30)
+  assert trainer_lib.oom_figures("INVALID_ARGUMENT: something else") is None
+
+
+def test_a_program_that_does_not_fit_is_a_result(monkeypatch):
+  """compile_config returns fits=False with the compiler's figures (the CLI prints the JSON, then
+  one line naming the config, the chip and what to change); other compile errors propagate."""
+  config = config_lib.load("configs/dcpt.py:smoke", {"batch_size": 8})
+  message = (
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (19.06G) exceeds available HBM (15.75G)."
+  )
+
+  def oom(self, *args, **kwargs):
+    raise RuntimeError(message)
+
+  monkeypatch.setattr(trainer_lib.Trainer, "compile_train_step", oom)
+  result = compile_lib.compile_config(config, "cpu:8", fast=True)
+  assert result["fits"] is False and result["devices"] == 8
+  assert result["needed_bytes_per_device"] == 19.06 * 2**30
+  assert result["hbm_bytes_per_device"] == 15.75 * 2**30
+  assert "peak_bytes_per_device" not in result
+
+  def other(self, *args, **kwargs):
+    raise RuntimeError("INVALID_ARGUMENT: something else")
+
+  monkeypatch.setattr(trainer_lib.Trainer, "compile_train_step", other)
+  with pytest.raises(RuntimeError, match="something else"):
+    compile_lib.compile_config(config, "cpu:8", fast=True)

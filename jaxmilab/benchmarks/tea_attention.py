@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmilab import trainer as trainer_lib
 from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_pallas
 
@@ -313,28 +314,6 @@ def _tpu_device(topology: str):
   return desc.devices[0]
 
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def oom_figures(message: str) -> tuple[float, float] | None:
-  """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None.
-
-  libtpu 0.0.42 says "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
-  for HLO temporaries (18.12G) exceeds available HBM (15.75G)." (the XLA reference's fwd+bwd at
-  --aot_size=256 on v5e); other versions "... Used 18.12G of 15.75G hbm. ...".
-  """
-  import re  # pylint: disable=g-import-not-at-top
-
-  m = re.search(
-      r"required for [^(]*\(([\d.]+)([KMGT]?)B?\) exceeds available HBM "
-      r"\(([\d.]+)([KMGT]?)B?\)",
-      message,
-  ) or re.search(r"Used ([\d.]+)([KMGT]?)B? of ([\d.]+)([KMGT]?)B? hbm", message)
-  if not m:
-    return None
-  return (float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)])
-
-
 def run_tpu_aot() -> list[dict]:
   device = _tpu_device(FLAGS.topology)
   sharding = jax.sharding.SingleDeviceSharding(device)
@@ -371,7 +350,7 @@ def run_tpu_aot() -> list[dict]:
         try:
           compiled = jax.jit(fn).lower(x, x, x).compile()
         except Exception as e:  # pylint: disable=broad-except
-          figures = oom_figures(str(e))
+          figures = trainer_lib.oom_figures(str(e))
           if figures is None:
             raise
           # A program that does not fit one chip is a result, not a crash: record the compiler's
