@@ -1,7 +1,8 @@
 """Name -> component: configs pick models, methods and datasets by string.
 
 One explicit table per kind maps each name a config may use (`config.model.name`,
-`config.method.name`, `config.data.name`) to the module that implements it. Only names in a
+`config.method.name`, `config.data.name`) to the module that implements it, or to
+"module:function" when one module implements several (the WSOL backbones). Only names in a
 table resolve, so helper modules (`layers`, `transforms`, `common`, ...) are never mistaken for
 components, and `available(kind)` lists exactly what `--help` may offer. Modules are imported
 only when their name is asked for (a WSOL run never imports the restoration models).
@@ -10,7 +11,8 @@ Adding a component is writing its module and adding one line here; tests/test_st
 checks that every table entry imports and provides its entry point, and that every module
 defining a component entry point (`create(config)` / `class Method`) is in a table.
 
-Entry points: a model module has `create(config.model) -> nn.Module`; a method module has
+Entry points: a model module has `create(config.model) -> nn.Module` (or the function a
+"module:function" entry names); a method module has
 `class Method(jaxmilab.methods.base.Method)`; a data module has `create(config, *, batch_size,
 seed, process_index, process_count) -> jaxmilab.data.base.Datasets`. Any of them may declare
 `CONFIG_DEFAULTS` (read by jaxmilab.config_lib).
@@ -32,9 +34,9 @@ MODELS: dict[str, str] = {
     # OPD.
     "unet": "jaxmilab.models.unet",
     # WSOL backbones.
-    "inceptionv3_wsol": "jaxmilab.models.inceptionv3_wsol",
-    "resnet50_wsol": "jaxmilab.models.resnet50_wsol",
-    "vgg16_wsol": "jaxmilab.models.vgg16_wsol",
+    "inceptionv3_wsol": "jaxmilab.models.wsol_backbones:create_inceptionv3",
+    "resnet50_wsol": "jaxmilab.models.wsol_backbones:create_resnet50",
+    "vgg16_wsol": "jaxmilab.models.wsol_backbones:create_vgg16",
     # CDSP (scribble-supervised segmentation), MACL (medical segmentation).
     "deeplab": "jaxmilab.models.deeplab",
     "pcl_unet": "jaxmilab.models.pcl_unet",
@@ -90,21 +92,30 @@ def available(kind: str) -> list[str]:
   return sorted(_table(kind))
 
 
-def module(kind: str, name: str) -> types.ModuleType:
-  """The module that `name` selects for `kind`; ValueError listing the names if unknown."""
+def _split(kind: str, name: str) -> tuple[str, str]:
+  """(module name, entry point name) of `name`; ValueError listing the names if unknown."""
   table = _table(kind)
   if name not in table:
     raise ValueError(f"Unknown {_WHAT[kind]} {name!r}. Available: {', '.join(available(kind))}.")
-  return importlib.import_module(table[name])
+  module_name, _, entry = table[name].partition(":")
+  return module_name, entry or ENTRY_POINTS[kind]
+
+
+def module_name(kind: str, name: str) -> str:
+  """The dotted name of the module that `name` selects for `kind` (without importing it)."""
+  return _split(kind, name)[0]
+
+
+def module(kind: str, name: str) -> types.ModuleType:
+  """The module that `name` selects for `kind`; ValueError listing the names if unknown."""
+  return importlib.import_module(_split(kind, name)[0])
 
 
 def _entry(kind: str, name: str) -> Any:
-  mod = module(kind, name)
-  entry = getattr(mod, ENTRY_POINTS[kind], None)
+  module_name_, entry_name = _split(kind, name)
+  entry = getattr(importlib.import_module(module_name_), entry_name, None)
   if entry is None:
-    raise ValueError(
-        f"{mod.__name__} (the {_WHAT[kind]} {name!r}) defines no " f"`{ENTRY_POINTS[kind]}`."
-    )
+    raise ValueError(f"{module_name_} (the {_WHAT[kind]} {name!r}) defines no `{entry_name}`.")
   return entry
 
 
@@ -114,7 +125,7 @@ def get_method(name: str):
 
 
 def get_model(name: str):
-  """`create(config.model) -> nn.Module` of the model `name`."""
+  """`create(config.model) -> nn.Module` of the model `name` (or its "module:function")."""
   return _entry("models", name)
 
 

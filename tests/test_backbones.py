@@ -256,7 +256,7 @@ def test_common_create_follows_fields_preset_and_explicit_keys():
   assert isinstance(m.scale, float) and checked == [8]
   # A key set to None is "not set", even when it is not a field (another model's key).
   assert common.create(Toy, presets, {"width": 2, "enc_blocks": None}).width == 2
-  assert set(common.config_defaults(Toy)) == {
+  assert set(common.config_defaults(Toy, unset=True, preset=None)) == {
       "preset",
       "width",
       "levels",
@@ -276,6 +276,38 @@ def test_common_create_follows_fields_preset_and_explicit_keys():
   ):
     with pytest.raises(ValueError, match=message):
       common.create(Toy, presets, config)
+
+
+def test_common_create_converts_by_the_resolved_field_types():
+  """typing.get_type_hints, not the annotation strings: tuple[int, ...], tuple[int, int] and
+  Optional fields convert from config lists; a declared non-field key reaches `prepare`."""
+  from jaxmilab.models import common  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Toy(nn.Module):
+    sizes: tuple[int, ...] = (1,)
+    pair: tuple[int, int] = (1, 1)
+    rates: tuple[float, ...] | None = None
+
+  m = common.create(Toy, None, {"sizes": [2.0, 3], "pair": [4, 5], "rates": [1, 2]})
+  assert (m.sizes, m.pair, m.rates) == ((2, 3), (4, 5), (1.0, 2.0))
+  assert isinstance(m.rates[0], float)
+  with pytest.raises(ValueError, match=r"config.model.pair=\[1\] does not fit"):
+    common.create(Toy, None, {"pair": [1]})
+  # A key left at its declared value is not set; `prepare` turns a non-field key into fields.
+  defaults = common.config_defaults(Toy, sizes=(), levels=2)
+  assert defaults == dict(levels=2, sizes=(), pair=(1, 1), rates=None)
+
+  def prepare(settings):
+    settings["sizes"] = settings.get("sizes") or (7,) * settings.pop("levels")
+    return settings
+
+  assert common.create(Toy, None, {"sizes": ()}, defaults=defaults, prepare=prepare).sizes == (7, 7)
+  assert common.create(Toy, None, {"levels": 3}, defaults=defaults, prepare=prepare).sizes == (
+      7,
+      7,
+      7,
+  )
 
 
 def test_apply_with_state_updates_batch_stats_only_in_training():

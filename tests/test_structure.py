@@ -152,7 +152,7 @@ def test_layers_import_downwards_only():
 
 def test_models_do_not_import_sibling_models():
   """Shared pieces live in layers / common / ushaped, never in another model's module."""
-  components = set(registry.MODELS.values())
+  components = {registry.module_name("models", n) for n in registry.MODELS}
   bad = [
       f"{m} -> {t}"
       for m, imported in GRAPH.items()
@@ -201,7 +201,7 @@ def _defines_entry_point(path: str, kind: str) -> bool:
 @pytest.mark.parametrize("kind", sorted(registry.TABLES))
 def test_every_component_module_is_in_its_table(kind):
   package = f"jaxmilab.{kind}"
-  listed = set(registry.TABLES[kind].values())
+  listed = {registry.module_name(kind, n) for n in registry.TABLES[kind]}
   defining = {
       m
       for m, p in MODULES.items()
@@ -216,8 +216,13 @@ def test_every_component_module_is_in_its_table(kind):
 )
 def test_every_table_entry_imports_and_has_its_entry_point(kind, name):
   module = registry.module(kind, name)
-  assert module.__name__ == registry.TABLES[kind][name]
-  entry = getattr(module, registry.ENTRY_POINTS[kind])
+  assert module.__name__ == registry.module_name(kind, name)
+  getters = {
+      "models": registry.get_model,
+      "methods": registry.get_method,
+      "data": registry.get_data,
+  }
+  entry = getters[kind](name)
   assert callable(entry)
   if kind == "methods":
     from jaxmilab.methods import base  # pylint: disable=g-import-not-at-top

@@ -1,26 +1,33 @@
-"""One way to build a model from `config.model`: presets, declared fields, dtype names.
+"""One way to build a model from `config.model`: a dataclass of fields, named presets, types.
 
-Every restoration backbone is a flax dataclass whose fields ARE its config schema: the keys
-`config.model` may hold are `name`, `preset` and the module's own fields (`dataclasses.fields`,
-minus flax's `parent` / `name`), so there is no second list of keys to keep in sync. `create`
-starts from the field defaults, applies the named preset, then the explicit keys; `None` means
-"not set" (the preset's or the field's value). `dtype` is given by name ("float32" /
-"bfloat16") and mapped here once. A module may define `check_config(self)` raising ValueError
-that names `config.model.<key>`; `create` calls it on the new module.
+Every model is a flax dataclass whose fields ARE its config schema, and every model is built by
+`create`:
 
-    model = common.create(NAFNet, PRESETS, config.model)
+    model = common.create(NAFNet, PRESETS, config.model, defaults=CONFIG_DEFAULTS)
 
-`config_defaults(module_cls)` lists the same keys (all `None`: "the preset's value") for
-`jaxmilab.config_lib`, so every field can be overridden from the command line on every config.
+The keys `config.model` may hold are `name`, those of the model's `CONFIG_DEFAULTS` (made by
+`config_defaults`: `preset`, the fields, and any extra key a `prepare` function turns into
+fields) and the fields without a default (e.g. `num_classes`, set by the method). A key that is
+None, or still holds its declared default, is "not set". The constructor arguments are
+`{**field defaults, **PRESETS[preset], **the keys that are set}`; `prepare(settings)` may then
+rewrite them (an int meaning "the same at every level", a trunk depth into block counts), and
+each value is converted to the field's type (`typing.get_type_hints`: ints, floats, bools,
+strings, tuples of them; `dtype` by name, "float32" / "bfloat16"). A module may define
+`check_config(self)` raising ValueError that names `config.model.<key>`; `create` calls it.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import types
+import typing
 from typing import Any, Callable, Mapping, TypeVar
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxmilab import config_options
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _NOT_CONFIG = ("parent", "name")  # flax's own dataclass fields
@@ -46,137 +53,197 @@ def field_values(module: nn.Module, module_cls: type[nn.Module]) -> dict[str, An
   return {k: getattr(module, k) for k in module_fields(module_cls)}
 
 
-def field_defaults(module_cls: type[nn.Module], keys=None) -> dict[str, Any]:
-  """{field: default} of `module_cls` (all fields with a default, or `keys`), dtypes by name.
-
-  For a model read through `jaxmilab.config_options` rather than `create`: its
-  CONFIG_DEFAULTS then come from the field defaults, written once, in the class.
-  """
-  fields = module_fields(module_cls)
-  out = {}
-  for key in fields if keys is None else keys:
-    f = fields[key]
-    if not _has_default(f):
-      if keys is None:
-        continue
-      raise ValueError(f"{module_cls.__name__}.{key} has no default.")
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if key == "dtype":
-      value = next(name for name, dtype in DTYPES.items() if dtype == value)
-    out[key] = value
-  return out
-
-
 def _has_default(f: dataclasses.Field) -> bool:
   return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
-def _coerce(key: str, annotation: str, value: Any) -> Any:
-  """A config value -> the field's declared type (annotations are strings here: PEP 563)."""
-  annotation = str(annotation).replace(" ", "")
+def _default(f: dataclasses.Field) -> Any:
+  return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def config_defaults(
+    module_cls: type[nn.Module], *, unset: bool = False, exclude=(), **declared
+) -> dict[str, Any]:
+  """A model's CONFIG_DEFAULTS: the keys config_lib fills into `config.model`, and their values.
+
+  Every field of module_cls but `exclude` with its default (`dtype` by name; fields without a
+  default are left out: the method or a preset sets them) or, with `unset=True`, None ("not
+  set": the preset's value, else the field's default). `declared` replaces values (e.g. a
+  sentinel such as 0 = "the preset's value") and adds keys before the fields (`preset`, a key
+  that `prepare` turns into fields).
+  """
+  fields = module_fields(module_cls)
+  out = {k: v for k, v in declared.items() if k not in fields}
+  for key, f in fields.items():
+    if key in exclude:
+      continue
+    if key in declared:
+      out[key] = declared[key]
+    elif unset:
+      out[key] = None
+    elif _has_default(f):
+      value = _default(f)
+      if key == "dtype":
+        value = next(name for name, dtype in DTYPES.items() if dtype == value)
+      out[key] = value
+  return out
+
+
+def _field_types(module_cls: type[nn.Module]) -> dict[str, Any]:
+  """The fields' types, evaluated (`typing.get_type_hints`); a class defined inside a function
+  may name typing's names (Sequence, Any) that its module does not import."""
   try:
-    if annotation.startswith("Sequence["):
-      inner = annotation[len("Sequence[") : -1]
-      if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError("not a sequence")
-      return tuple(_coerce(key, inner, v) for v in value)
-    if value is None and annotation.endswith("|None"):
+    return typing.get_type_hints(module_cls)
+  except NameError:
+    return typing.get_type_hints(
+        module_cls, localns={n: getattr(typing, n) for n in typing.__all__}
+    )
+
+
+def _type_name(tp: Any) -> str:
+  return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any) -> Any:
+  """`value` as the type `tp` (from typing.get_type_hints); TypeError / ValueError if it is not."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
       return None
-    if annotation.startswith("int"):
-      if isinstance(value, float) and not value.is_integer():
-        raise TypeError("not an integer")
-      return int(value)
-    if annotation.startswith("float"):
-      return float(value)
-    if annotation == "bool":
-      if not isinstance(value, (bool, int)):
-        raise TypeError("not a boolean")
-      return bool(value)
-    if annotation == "str":
-      if not isinstance(value, str):
-        raise TypeError("not a string")
-      return value
+    error: Exception = TypeError(f"not {_type_name(tp)}")
+    for arg in args:
+      if arg is not type(None):
+        try:
+          return _convert(arg, value)
+        except (TypeError, ValueError) as e:
+          error = e
+    raise error
+  if origin in (tuple, list, collections.abc.Sequence):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+      raise TypeError("not a sequence")
+    values = tuple(value)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+      if len(values) != len(args):
+        raise TypeError(f"not {len(args)} values")
+      return tuple(_convert(a, v) for a, v in zip(args, values))
+    return tuple(_convert(args[0] if args else Any, v) for v in values)
+  if tp is int:
+    if isinstance(value, float) and not value.is_integer():
+      raise TypeError("not an integer")
+    return int(value)
+  if tp is float:
+    return float(value)
+  if tp is bool:
+    if not isinstance(value, (bool, int)):
+      raise TypeError("not a boolean")
+    return bool(value)
+  if tp is str:
+    if not isinstance(value, str):
+      raise TypeError("not a string")
+    return value
+  return value
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+  """A config value -> the field's declared type; ValueError naming config.model.<key>."""
+  try:
+    return _convert(tp, value)
   except (TypeError, ValueError) as e:
     raise ValueError(
-        f"config.model.{key}={value!r} does not fit the declared type " f"{annotation} ({e})."
+        f"config.model.{key}={value!r} does not fit the declared type {_type_name(tp)} ({e})."
     ) from None
-  return value
+
+
+def _unchanged(value: Any, declared: Any) -> bool:
+  """Whether a config value still holds its declared default (then it is "not set")."""
+  try:
+    return bool(value == declared)
+  except (TypeError, ValueError):  # e.g. an array
+    return False
 
 
 def resolve(
     module_cls: type[nn.Module],
-    presets: Mapping[str, Mapping[str, Any]],
+    presets: Mapping[str, Mapping[str, Any]] | None,
     config,
     *,
+    defaults: Mapping[str, Any] | None = None,
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
   """config.model (dict or ConfigDict) -> constructor arguments of module_cls (every field).
 
-  Order: field defaults < presets[config.preset] < explicit non-None keys. `prepare` may
-  rewrite the settings before type conversion (e.g. an int meaning "the same at every level").
-  Raises ValueError naming the unknown key, the bad preset, a missing field or the dtype.
+  `defaults`: the model's CONFIG_DEFAULTS (default: `preset` if there are presets and every
+  field, all None). Order: field defaults < presets[preset] < the keys that are set; then
+  `prepare`, then type conversion. `name` names the model in messages (default
+  config.model.name, else the class name). Raises ValueError (ConfigError for an unknown key)
+  naming the key, the bad preset or the missing fields.
   """
   fields = module_fields(module_cls)
-  model = module_cls.__name__
-  known = ("name", "preset") + tuple(fields)
-  keys = list(config.keys())
-  # A key set to None is "not set"; it may belong to another model (config_lib fills every
-  # declared key of the model a config starts with, and --config.model.name can switch models).
-  unknown = sorted(k for k in keys if k not in known and config.get(k) is not None)
-  if unknown:
-    raise ValueError(
-        f"config.model: unknown key(s) {unknown} for the {model} model "
-        f"({module_cls.__module__}); known keys: {list(known)}."
-    )
+  if defaults is None:
+    defaults = config_defaults(module_cls, unset=True, **({"preset": None} if presets else {}))
+  required = {k: None for k, f in fields.items() if not _has_default(f) and k not in defaults}
+  model = name or config.get("name") or module_cls.__name__.lower()
+  # Unknown keys are errors; a key set to None is "not set" and may belong to another model
+  # (config_lib fills the keys of the model a config starts with; --config.model.name switches).
+  opts = config_options.options(config, {**defaults, **required}, component=model, part="model")
+  preset = opts.get("preset") if "preset" in defaults else None
   settings: dict[str, Any] = {}
-  preset = config.get("preset")
   if preset is not None:
-    if preset not in presets:
+    if preset not in (presets or {}):
       raise ValueError(
-          f"config.model.preset={preset!r} is not a {model.lower()} preset; "
-          f"choose one of {sorted(presets)}."
+          f"config.model.preset={preset!r} is not a {model} preset; "
+          f"choose one of {sorted(presets or {})}."
       )
     settings.update(presets[preset])
-  for key in fields:
-    if key in keys and config.get(key) is not None:
-      settings[key] = config.get(key)
+  for key in (*defaults, *required):
+    value = opts[key]
+    if key == "preset":
+      continue
+    if key not in fields:
+      settings[key] = value  # a non-field key: for `prepare`
+    elif value is not None and not (key in defaults and _unchanged(value, defaults[key])):
+      settings[key] = value
+  if prepare is not None:
+    settings = prepare(settings)
+  extra = sorted(k for k in settings if k not in fields)
+  if extra:
+    raise TypeError(f"{module_cls.__name__} has no field(s) {extra} (a preset or `prepare`).")
   missing = [k for k, f in fields.items() if k not in settings and not _has_default(f)]
   if missing:
     raise ValueError(
-        f"config.model is missing {missing} for the {model} model; set them or "
-        f"config.model.preset (one of {sorted(presets)})."
+        f"config.model is missing {missing} for the {module_cls.__name__} model; set them or "
+        f"config.model.preset (one of {sorted(presets or {})})."
     )
-  if prepare is not None:
-    settings = prepare(settings)
+  hints = _field_types(module_cls)
   out = {}
   for key, f in fields.items():
-    if key == "dtype":
-      out[key] = dtype_from_name(settings.get("dtype"))
-    elif key in settings:
-      out[key] = _coerce(key, f.type, settings[key])
+    if key not in settings:
+      out[key] = _default(f)
+    elif key == "dtype":
+      out[key] = dtype_from_name(settings[key])
     else:
-      out[key] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+      out[key] = _coerce(key, hints[key], settings[key])
   return out
 
 
 def create(
     module_cls: type[ModuleT],
-    presets: Mapping[str, Mapping[str, Any]],
+    presets: Mapping[str, Mapping[str, Any]] | None,
     config,
     *,
+    defaults: Mapping[str, Any] | None = None,
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    name: str | None = None,
 ) -> ModuleT:
   """module_cls built from config.model (see `resolve`), checked by its `check_config()`."""
-  module = module_cls(**resolve(module_cls, presets, config, prepare=prepare))
+  module = module_cls(
+      **resolve(module_cls, presets, config, defaults=defaults, prepare=prepare, name=name)
+  )
   check = getattr(module, "check_config", None)
   if check is not None:
     check()
   return module
-
-
-def config_defaults(module_cls: type[nn.Module]) -> dict[str, Any]:
-  """{key: None} for `preset` and every field: the keys config_lib may fill and override."""
-  return {"preset": None, **{k: None for k in module_fields(module_cls)}}
 
 
 def check_nhwc(x: Any, img_channels: int, model: str) -> None:

@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmilab import config_options
 from jaxmilab.models import common
 from jaxmilab.models import layers
 from jaxmilab.models import resnet
@@ -263,17 +262,15 @@ class DeepLab(nn.Module):
     return out
 
 
-# Every config.model key (config_lib fills the missing ones; `create` reads them through
-# config_options): the preset and trunk depth, the DeepLab fields they do not set (defaults
-# in the class) and the preset's sizes (0 / () = the preset's value). num_classes is required
-# and set by the method from the dataset.
-CONFIG_DEFAULTS = dict(
+# Every config.model key (config_lib fills the missing ones): the preset and the trunk depth
+# (`_prepare` turns it into `blocks`), the DeepLab fields with their defaults and, for the
+# preset's sizes, 0 / () = "the preset's value". num_classes is required and set by the method
+# from the dataset; aspp_rates is no key (the arch's rates).
+CONFIG_DEFAULTS = common.config_defaults(
+    DeepLab,
+    exclude=("aspp_rates",),
     preset="paper",
     depth=101,
-    **common.field_defaults(
-        DeepLab,
-        ("arch", "style", "output_stride", "multi_grid", "head", "lorm", "dropout", "dtype"),
-    ),
     width_divisor=0,
     blocks=(),
     aspp_channels=0,
@@ -282,40 +279,22 @@ CONFIG_DEFAULTS = dict(
 )
 
 
+def _prepare(settings: dict[str, Any]) -> dict[str, Any]:
+  """`depth` (50 | 101 | 152) gives the trunk's blocks unless the preset or the config does."""
+  settings = dict(settings)
+  depth = int(settings.pop("depth"))
+  if depth not in resnet.BLOCKS:
+    raise ValueError(f"config.model.depth={depth}: use one of {sorted(resnet.BLOCKS)}.")
+  if not settings.get("blocks"):
+    settings["blocks"] = resnet.BLOCKS[depth]
+  return settings
+
+
 def create(config: Mapping[str, Any]) -> DeepLab:
   """DeepLab from config.model (module docstring)."""
   if int(config.get("num_classes") or 0) < 2:
     raise ValueError("config.model.num_classes must be >= 2 (the method sets it from the dataset).")
-  o = config_options.options(
-      config, CONFIG_DEFAULTS, component="deeplab", part="model", required=("num_classes",)
-  )
-  if o.preset not in PRESETS:
-    raise ValueError(f"config.model.preset={o.preset!r}: use one of {sorted(PRESETS)}.")
-  sizes = dict(PRESETS[o.preset])
-  for key in sizes:
-    if o[key] not in (0, ()):
-      sizes[key] = o[key]
-  depth = int(o.depth)
-  if depth not in resnet.BLOCKS:
-    raise ValueError(f"config.model.depth={depth}: use one of {sorted(resnet.BLOCKS)}.")
-  blocks = tuple(sizes.pop("blocks") or resnet.BLOCKS[depth])
-  dtype = common.dtype_from_name(o.dtype)
-  return DeepLab(
-      num_classes=int(o.num_classes),
-      arch=o.arch,
-      blocks=blocks,
-      style=o.style,
-      output_stride=int(o.output_stride),
-      multi_grid=tuple(o.multi_grid),
-      width_divisor=int(sizes["width_divisor"]),
-      aspp_channels=int(sizes["aspp_channels"]),
-      low_channels=int(sizes["low_channels"]),
-      decoder_channels=int(sizes["decoder_channels"]),
-      head=o.head,
-      lorm=bool(o.lorm),
-      dropout=float(o.dropout),
-      dtype=dtype,
-  )
+  return common.create(DeepLab, PRESETS, config, defaults=CONFIG_DEFAULTS, prepare=_prepare)
 
 
 def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -208,15 +208,15 @@ def resolve_config(config) -> dict[str, Any]:
   """config.model (dict or ConfigDict) -> the NAFNet fields: width, enc_blocks, middle_blocks,
   dec_blocks, img_channels, dtype (a jnp dtype). `preset` names a key of PRESETS; explicit
   keys override it. Raises ValueError naming the bad key."""
-  return common.resolve(NAFNet, PRESETS, config)
+  return common.resolve(NAFNet, PRESETS, config, defaults=CONFIG_DEFAULTS)
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).
-CONFIG_DEFAULTS = common.config_defaults(NAFNet)
+CONFIG_DEFAULTS = common.config_defaults(NAFNet, unset=True, preset=None)
 
 
 def create(config) -> NAFNet:
   """NAFNet from config.model: `preset` (a key of PRESETS) and/or width, enc_blocks,
   middle_blocks, dec_blocks, img_channels (3), dtype ('float32' | 'bfloat16'); explicit keys
   override the preset."""
-  return common.create(NAFNet, PRESETS, config)
+  return common.create(NAFNet, PRESETS, config, defaults=CONFIG_DEFAULTS)

@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmilab import config_options
 from jaxmilab.models import common
 
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU() default
@@ -177,6 +176,13 @@ class PCLUNet(nn.Module):
   num_classes: int = 4
   dtype: Any = jnp.float32  # compute dtype ("float32" | "bfloat16" in config.model)
 
+  def check_config(self) -> None:
+    if self.width < 1 or self.depth < 1 or self.num_classes < 1:
+      raise ValueError(
+          f"config.model.width={self.width}, depth={self.depth} and num_classes="
+          f"{self.num_classes} must be >= 1."
+      )
+
   def setup(self):
     self.encoder = Encoder(self.width, self.depth, self.dtype)
     self.decoder = Decoder(self.width, self.depth, self.dtype)
@@ -220,21 +226,11 @@ class PCLUNet(nn.Module):
 
 
 # Every config.model key of pcl_unet: the PCLUNet fields with their defaults, but num_classes
-# 0 = from the data (fine-tuning sets it; pre-training does not use the head: the field's
-# default then). config_lib fills the missing keys and `create` reads them through
-# config_options.
-CONFIG_DEFAULTS = dict(common.field_defaults(PCLUNet), num_classes=0)
+# 0 = not set, the field's default (fine-tuning sets it from the data; pre-training does not
+# use the head).
+CONFIG_DEFAULTS = common.config_defaults(PCLUNet, num_classes=0)
 
 
 def create(config) -> PCLUNet:
   """PCLUNet from config.model (CONFIG_DEFAULTS)."""
-  o = config_options.options(config, CONFIG_DEFAULTS, component="pcl_unet", part="model")
-  width, depth = int(o.width), int(o.depth)
-  num_classes = int(o.num_classes) or PCLUNet.num_classes
-  if width < 1 or depth < 1 or num_classes < 1:
-    raise ValueError(
-        f"config.model.width={width}, depth={depth} and num_classes={num_classes} " f"must be >= 1."
-    )
-  return PCLUNet(
-      width=width, depth=depth, num_classes=num_classes, dtype=common.dtype_from_name(o.dtype)
-  )
+  return common.create(PCLUNet, None, config, defaults=CONFIG_DEFAULTS, name="pcl_unet")

@@ -210,7 +210,7 @@ class PromptIR(ushaped.RestormerBlocks):
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).
-CONFIG_DEFAULTS = common.config_defaults(PromptIR)
+CONFIG_DEFAULTS = common.config_defaults(PromptIR, unset=True, preset=None)
 
 
 def create(config) -> PromptIR:
@@ -218,4 +218,4 @@ def create(config) -> PromptIR:
   prompt_dims, prompt_len, prompt_sizes; dtype ('float32' | 'bfloat16'); explicit keys
   override the preset. (The official `decoder=False` switch is not offered: the official
   network does not run without prompts, its up4_3 expects the reduced 4*dim latent.)"""
-  return common.create(PromptIR, PRESETS, config)
+  return common.create(PromptIR, PRESETS, config, defaults=CONFIG_DEFAULTS)

@@ -108,7 +108,7 @@ class Restormer(ushaped.RestormerBlocks):
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).
-CONFIG_DEFAULTS = common.config_defaults(Restormer)
+CONFIG_DEFAULTS = common.config_defaults(Restormer, unset=True, preset=None)
 
 
 def create(config) -> Restormer:
@@ -116,4 +116,4 @@ def create(config) -> Restormer:
   (dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, bias, layernorm_type,
   layernorm_eps, attention, normal_init, img_channels, dtype 'float32' | 'bfloat16');
   explicit keys override the preset, unset fields keep the official (swz30) defaults."""
-  return common.create(Restormer, PRESETS, config)
+  return common.create(Restormer, PRESETS, config, defaults=CONFIG_DEFAULTS)

@@ -408,11 +408,11 @@ class SwinIR(nn.Module):
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).
-CONFIG_DEFAULTS = common.config_defaults(SwinIR)
+CONFIG_DEFAULTS = common.config_defaults(SwinIR, unset=True, preset=None)
 
 
 def create(config) -> SwinIR:
   """SwinIR from config.model: `preset` (a key of PRESETS) and/or any field of SwinIR,
   dtype ('float32' | 'bfloat16'); explicit keys override the preset. Only the official
   restoration head (upscale 1, upsampler '', '1conv') is built."""
-  return common.create(SwinIR, PRESETS, config)
+  return common.create(SwinIR, PRESETS, config, defaults=CONFIG_DEFAULTS)

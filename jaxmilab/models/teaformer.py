@@ -310,7 +310,7 @@ def _prepare(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 # Every config.model key of this model, None = the preset's / field's value (config_lib).
-CONFIG_DEFAULTS = common.config_defaults(TEAFormer)
+CONFIG_DEFAULTS = common.config_defaults(TEAFormer, unset=True, preset=None)
 
 
 def create(config) -> TEAFormer:
@@ -320,4 +320,4 @@ def create(config) -> TEAFormer:
   layernorm_eps, normal_init, img_channels (3), dtype ('float32' | 'bfloat16'); explicit keys
   override the preset. 'auto' picks the Pallas kernel on GPU/TPU and the XLA reference
   elsewhere."""
-  return common.create(TEAFormer, PRESETS, config, prepare=_prepare)
+  return common.create(TEAFormer, PRESETS, config, defaults=CONFIG_DEFAULTS, prepare=_prepare)

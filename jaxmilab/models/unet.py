@@ -28,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmilab import config_options
 from jaxmilab.models import common
 from jaxmilab.models import layers
 
@@ -80,6 +79,10 @@ class UNet(nn.Module):
   out_channels: int = 0
   dtype: Any = jnp.float32
 
+  def check_config(self) -> None:
+    if self.width < 1 or self.depth < 1:
+      raise ValueError(f"config.model.width={self.width} and depth={self.depth} must be >= 1.")
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     # x: [B, H, W, C]
@@ -129,20 +132,10 @@ class UNet(nn.Module):
 
 
 # Every config.model key of unet: the UNet fields with their defaults (width, depth,
-# out_channels 0 = the input's channels, dtype "float32" | "bfloat16"); config_lib fills the
-# missing ones and `create` reads them through config_options.
-CONFIG_DEFAULTS = common.field_defaults(UNet)
+# out_channels 0 = the input's channels, dtype "float32" | "bfloat16"); no presets.
+CONFIG_DEFAULTS = common.config_defaults(UNet)
 
 
 def create(config) -> UNet:
   """UNet from config.model (CONFIG_DEFAULTS)."""
-  o = config_options.options(config, CONFIG_DEFAULTS, component="unet", part="model")
-  width, depth = int(o.width), int(o.depth)
-  if width < 1 or depth < 1:
-    raise ValueError(f"config.model.width={width} and depth={depth} must be >= 1.")
-  return UNet(
-      width=width,
-      depth=depth,
-      out_channels=int(o.out_channels),
-      dtype=common.dtype_from_name(o.dtype),
-  )
+  return common.create(UNet, None, config, defaults=CONFIG_DEFAULTS)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmilab import config_options
+from jaxmilab.models import common
 
 # --------------------------------------------------------------------------------- guided ReLU
 
@@ -468,12 +469,20 @@ PRESETS = {
     "small": {"width_divisor": 4, "blocks": (1, 1, 1, 1)},
     "tiny": {"width_divisor": 8, "blocks": (1, 1, 1, 1)},
 }
-# Every config.model key of the WSOL backbones (resnet50_wsol, vgg16_wsol, inceptionv3_wsol; None
-# = the preset's value, else the architecture's field default); num_classes is required and
+# Every config.model key of the WSOL backbones (the registry's resnet50_wsol, vgg16_wsol,
+# inceptionv3_wsol): ResNetCam's fields but `guided`, None = the preset's value, else the
+# architecture's field default (`blocks` applies to resnet50 only); num_classes is required and
 # set by the methods from the dataset.
-CONFIG_DEFAULTS = dict(
-    preset="paper", large_feature_map=None, width_divisor=None, blocks=None, with_classifier=None
+CONFIG_DEFAULTS = common.config_defaults(
+    ResNetCam, unset=True, exclude=("num_classes", "guided"), preset="paper"
 )
+
+
+def _check_num_classes(config) -> None:
+  if int(config.get("num_classes") or 0) < 1:
+    raise ValueError(
+        "config.model.num_classes is not set: the WSOL methods fill it from the dataset."
+    )
 
 
 def model_options(
@@ -485,10 +494,7 @@ def model_options(
   config = dict(config)
   if num_classes is not None:
     config["num_classes"] = num_classes
-  if int(config.get("num_classes") or 0) < 1:
-    raise ValueError(
-        "config.model.num_classes is not set: the WSOL methods fill it from the dataset."
-    )
+  _check_num_classes(config)
   return config_options.options(
       config, CONFIG_DEFAULTS, component=component, part="model", required=("num_classes",)
   )
@@ -506,16 +512,29 @@ def create_backbone(arch: str, config) -> nn.Module:
   """Builds `arch` from a model config mapping (preset, num_classes, large_feature_map, ...)."""
   if arch not in ARCHS:
     raise ValueError(f"Unknown WSOL backbone {arch!r}; use one of {sorted(ARCHS)}.")
-  opts = model_options(config, component=f"{arch}_wsol")
-  preset = opts.preset
-  if preset not in PRESETS:
-    raise ValueError(f"config.model.preset={preset!r}: use one of {sorted(PRESETS)}.")
-  kwargs = dict(PRESETS[preset])
-  if arch != "resnet50":
-    kwargs.pop("blocks", None)
-  for key in ("width_divisor", "blocks", "large_feature_map", "with_classifier"):
-    if opts[key] is not None:
-      kwargs[key] = tuple(opts[key]) if key == "blocks" else opts[key]
-  if arch != "resnet50" and "blocks" in kwargs:
-    raise ValueError(f"config.model.blocks applies to resnet50 only, not {arch}.")
-  return ARCHS[arch](num_classes=int(opts.num_classes), **kwargs)
+  _check_num_classes(config)
+  module_cls = ARCHS[arch]
+  fields = common.module_fields(module_cls)
+  presets = {p: {k: v for k, v in values.items() if k in fields} for p, values in PRESETS.items()}
+
+  def prepare(settings):
+    if "blocks" not in fields and settings.pop("blocks", None) is not None:
+      raise ValueError(f"config.model.blocks applies to resnet50 only, not {arch}.")
+    return settings
+
+  return common.create(
+      module_cls, presets, config, defaults=CONFIG_DEFAULTS, prepare=prepare, name=f"{arch}_wsol"
+  )
+
+
+# The registry's entry points (config.model.name resnet50_wsol, vgg16_wsol, inceptionv3_wsol).
+def create_resnet50(config) -> ResNetCam:
+  return create_backbone("resnet50", config)
+
+
+def create_vgg16(config) -> VggCam:
+  return create_backbone("vgg16", config)
+
+
+def create_inceptionv3(config) -> InceptionCam:
+  return create_backbone("inceptionv3", config)
