@@ -9,7 +9,7 @@ and meaning everywhere. A config is named in one of two forms:
 
 `load` then completes the config from its components' declared defaults (the module named
 by `config.model.name` / `method.name` / `data.name` may define `CONFIG_DEFAULTS`, a dict
-of key -> default, or `config_defaults(part) -> dict`), so every key a component reads can
+of key -> default), so every key a component reads can
 be overridden on every variant; applies `--config.<key>=<value>` overrides with one-line
 errors (unknown key with the closest known ones, wrong type, impossible value); and locks.
 Components read their keys through `options(config.<part>, CONFIG_DEFAULTS)` (defined in the
@@ -183,8 +183,6 @@ def component_defaults(part: str, part_config: ml_collections.ConfigDict) -> dic
     module = registry.module(_PARTS[part], name)
   except ValueError as e:
     raise ConfigError(f"config.{part}.name={name!r}: {e}") from None
-  if hasattr(module, "config_defaults"):
-    return dict(module.config_defaults(part_config))
   return dict(getattr(module, "CONFIG_DEFAULTS", {}))
 
 
