@@ -69,6 +69,37 @@ def verbosity() -> int:
     return 0
 
 
+def _accelerator_present() -> bool:
+  """A TPU (/dev/accel*, /dev/vfio/N), NVIDIA (/dev/nvidia0, ...) or AMD (/dev/kfd) device node."""
+  import glob  # pylint: disable=g-import-not-at-top
+
+  patterns = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
+  return any(glob.glob(p) for p in patterns)
+
+
+def skip_absent_tpu() -> bool:
+  """On a host with no accelerator, runs JAX on CPU without initialising an installed libtpu.
+
+  With the `[tpu]` extra on a CPU machine (for ahead-of-time compiles) every backend start loads
+  libtpu's PJRT plugin, which prints six lines about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES
+  before JAX falls back to CPU. An explicit JAX_PLATFORMS (or jax_platforms) is respected, and
+  nothing changes once backends exist. Returns True when it pinned the platform to CPU.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  if os.environ.get("JAX_PLATFORMS") or _accelerator_present():
+    return False
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
+  if jax.config.jax_platforms or xla_bridge.backends_are_initialized():
+    return False
+  jax.config.update("jax_platforms", "cpu")
+  return True
+
+
 def setup(level: int | None = None) -> bool:
   """Quiets library INFO logging unless `level` (default: --verbosity) >= 1. Idempotent.
 
@@ -76,6 +107,7 @@ def setup(level: int | None = None) -> bool:
   TF_CPP_MIN_LOG_LEVEL, which only counts before TensorFlow is imported (respected if already set
   by the user).
   """
+  skip_absent_tpu()
   level = verbosity() if level is None else level
   handler = logging.get_absl_handler()
   root = std_logging.getLogger()

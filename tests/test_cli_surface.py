@@ -290,3 +290,29 @@ print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", "")
     assert seen[f"{p}/pretrain"]["cls_weight"] == 0.5
     assert seen[f"{p}/ft"]["zero_after"]
     assert seen[f"{p}/ft"]["init_from"] == os.path.join(str(tmp_path), p, "pretrain")
+
+
+@pytest.mark.slow  # needs the [tpu] extra, which CI installs for its slow step
+def test_cpu_host_with_libtpu_starts_quietly(monkeypatch):
+  """With the [tpu] extra on a machine without an accelerator, a CLI's console.setup() keeps
+  libtpu's PJRT plugin from initialising (it printed six lines about TPU_WORKER_HOSTNAMES at
+  every start); an explicit JAX_PLATFORMS, or an accelerator's device node, leaves JAX alone."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu not installed (the [tpu] extra)")
+  if console._accelerator_present():  # pylint: disable=protected-access
+    pytest.skip("this host has an accelerator")
+  code = "from jaxmilab import console; console.setup(); import jax; print(jax.devices())"
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0 and "CpuDevice" in result.stdout, result.stderr[-2000:]
+  assert "TPU_WORKER_HOSTNAMES" not in result.stderr, result.stderr[-2000:]
+  assert "TPU_ACCELERATOR_TYPE" not in result.stderr
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert not console.skip_absent_tpu()  # the user's choice stands
+  monkeypatch.delenv("JAX_PLATFORMS")
+  monkeypatch.setattr(console, "_accelerator_present", lambda: True)
+  assert not console.skip_absent_tpu()
