@@ -10,7 +10,7 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md", "ARCHITECTURE.md", "launch/README.md"] + sorted(
+PAGES = ["README.md", "ARCHITECTURE.md", "CHANGELOG.md", "launch/README.md"] + sorted(
     os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))
 )
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -332,9 +332,6 @@ class Method(base.Method):
   def evaluator(self) -> "DenoisingEvaluator":
     return DenoisingEvaluator(self.data_info.class_names)
 
-  # TRANSITION: base.Method still declares these and the trainer still calls them; both
-  # run the streaming evaluator on the whole set, so there is one computation.
-
 
 class DenoisingEvaluator(evaluation_base.Evaluator):
   """Streaming PSNR / SSIM of f(x_1) ("psnr", "ssim") and of x_1 ("psnr_input", ...) vs clean.
