@@ -23,6 +23,7 @@ from jaxmilab.data.base import DataInfo
 from jaxmilab.evaluation import wsol as wsol_metrics
 from jaxmilab.methods import bcam
 from jaxmilab.methods import cam
+from jaxmilab.methods import wsol
 from tests import fake_trees
 from tests.torch_reference import convnets
 
@@ -60,7 +61,7 @@ def _fake_eval_set(seed=0, n=10, size=24):
 
 
 def _concatenated_reference(host, key):
-  """The former `cam.wsol_summary`: per-image accumulation over the concatenated valid examples."""
+  """The former `wsol_summary`: per-image accumulation over the concatenated valid examples."""
   boxes = wsol_metrics.BoxEvaluator(0.05, (30, 50, 70), True)
   masks = wsol_metrics.MaskEvaluator(0.05)
   correct = host["pred"] == host["label"]
@@ -350,7 +351,7 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   state = {k: v for k, v in variables.items() if k != "params"}
   # The converted arrays are image-independent, so feed already-normalised pixels through the
   # method's own path (preprocess is an affine map: undo it on the input).
-  images = jnp.asarray(x * cam.IMAGENET_STD + cam.IMAGENET_MEAN)
+  images = jnp.asarray(x * wsol.IMAGENET_STD + wsol.IMAGENET_MEAN)
   ours_maps, head = method.maps(params, state, images, jnp.asarray(labels), ("cub", "openimages"))
   np.testing.assert_allclose(head["s_oo"], logits["logits"].detach().numpy(), rtol=1e-4, atol=1e-4)
   # Each mode's (M_o, M_b) pair on the pair's joint scale: on ResNet the map layer is F itself,
@@ -364,7 +365,7 @@ def test_released_bcam_checkpoint_gives_the_released_maps(arch, size, tmp_path):
   if arch == "resnet50":
     assert np.abs(maps[3]).max() < 1e-5 * np.abs(maps[2]).max()  # the degenerate map, as released
   # The four scores of the loss as released.
-  out = method.backbone.apply({"params": params["backbone"], **state}, cam.preprocess(images))
+  out = method.backbone.apply({"params": params["backbone"], **state}, wsol.preprocess(images))
   scores = method._head(params, out)  # pylint: disable=protected-access
   for ours, theirs in (
       ("s_oo", "logits"),

@@ -12,7 +12,7 @@ import pytest
 
 from jaxmilab.methods import bagcams
 from jaxmilab.methods import bcam
-from jaxmilab.methods import cam
+from jaxmilab.methods import wsol
 from jaxmilab.models import wsol_backbones
 from tests import fake_trees
 from tests.torch_reference import convnets
@@ -180,10 +180,10 @@ def test_cam_formula_hand_case():
   # F at two positions (2 x 1 map), 2 channels; W [C=2, K=2].
   f = jnp.array([[[[1.0, 2.0]], [[3.0, -1.0]]]])  # [1, 2, 1, 2]
   w = jnp.array([[0.5, -1.0], [2.0, 1.0]])
-  np.testing.assert_allclose(cam.cam_maps(f, w, jnp.array([0]))[0, :, 0], [0.5 + 4.0, 1.5 - 2.0])
-  np.testing.assert_allclose(cam.cam_maps(f, w, jnp.array([1]))[0, :, 0], [-1.0 + 2.0, -3.0 - 1.0])
+  np.testing.assert_allclose(wsol.cam_maps(f, w, jnp.array([0]))[0, :, 0], [0.5 + 4.0, 1.5 - 2.0])
+  np.testing.assert_allclose(wsol.cam_maps(f, w, jnp.array([1]))[0, :, 0], [-1.0 + 2.0, -3.0 - 1.0])
   # Then bicubic to the image size and min-max: the extremes become 0 and 1, order is kept.
-  s = np.asarray(cam.cam_to_scoremap(cam.cam_maps(f, w, jnp.array([0])), (4, 2)))[0]
+  s = np.asarray(wsol.cam_to_scoremap(wsol.cam_maps(f, w, jnp.array([0])), (4, 2)))[0]
   assert s.min() == 0 and s.max() == 1 and s[0].mean() > s[-1].mean()
 
 
@@ -196,7 +196,7 @@ def test_backbone_cam_pools_to_logits(arch, size):
   out = model.apply(variables, x)
   bias = variables["params"]["fc"]["bias"]
   for k in range(3):
-    cams = cam.cam_maps(out["features"], out["classifier_kernel"], jnp.full((2,), k))
+    cams = wsol.cam_maps(out["features"], out["classifier_kernel"], jnp.full((2,), k))
     np.testing.assert_allclose(
         cams.mean(axis=(1, 2)) + bias[k], out["logits"][:, k], rtol=1e-4, atol=1e-5
     )
@@ -224,14 +224,14 @@ def test_feature_map_sizes_follow_the_protocol():
 def test_resize_matches_opencv_bicubic_and_normalize():
   rng = np.random.default_rng(6)
   maps = rng.normal(size=(2, 7, 5)).astype(np.float32)
-  ours = np.asarray(cam.resize_maps(jnp.asarray(maps), (32, 24), "cubic"))
+  ours = np.asarray(wsol.resize_maps(jnp.asarray(maps), (32, 24), "cubic"))
   for i in range(2):
     ref = cv2.resize(maps[i], (24, 32), interpolation=cv2.INTER_CUBIC)
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-4)
-  same = np.asarray(cam.resize_maps(jnp.asarray(maps), (7, 5), "cubic"))
+  same = np.asarray(wsol.resize_maps(jnp.asarray(maps), (7, 5), "cubic"))
   np.testing.assert_allclose(same, maps, atol=1e-6)
   norm = np.asarray(
-      cam.normalize_minmax(
+      wsol.normalize_minmax(
           jnp.asarray(
               np.stack(
                   [
@@ -259,7 +259,7 @@ def test_bilinear_matches_pytorch_interpolate():
       torch.tensor(maps)[:, None], (20, 17), mode="bilinear", align_corners=False
   )[:, 0].numpy()
   np.testing.assert_allclose(
-      np.asarray(cam.resize_maps(jnp.asarray(maps), (20, 17), "bilinear")),
+      np.asarray(wsol.resize_maps(jnp.asarray(maps), (20, 17), "bilinear")),
       ref,
       rtol=1e-5,
       atol=1e-5,
@@ -415,7 +415,7 @@ def test_pth_import_matches_pytorch_wsolevaluation_net(arch, tmp_path):
   labels = np.array([1, 2])
   ref = (net.fc.weight[labels][:, :, None, None] * feats).sum(1).detach().numpy()
   np.testing.assert_allclose(
-      cam.cam_maps(out["features"], out["classifier_kernel"], jnp.asarray(labels)),
+      wsol.cam_maps(out["features"], out["classifier_kernel"], jnp.asarray(labels)),
       ref,
       rtol=1e-4,
       atol=1e-4,
@@ -536,11 +536,11 @@ def test_wsol_summary_perfect_and_padded_maps():
       "boxes": np.array([[[3, 2, 11, 8]], [[0, 8, 4, 14]], [[0, 0, 0, 0]]]),
       "num_boxes": np.array([1, 1, 0]),
   }
-  out = cam.wsol_summary(outputs)
+  out = wsol.wsol_summary(outputs)
   assert out["MaxBoxAccV2"] == 100.0 and out["gt_known_loc"] == 100.0
   assert out["top1_loc"] == 50.0 and out["accuracy"] == 50.0  # example 1 is misclassified
   assert out["PxAP"] == pytest.approx(100.0) and out["pIoU"] == pytest.approx(100.0)
-  masks_only = cam.wsol_summary(
+  masks_only = wsol.wsol_summary(
       {k: v for k, v in outputs.items() if k not in ("boxes", "num_boxes")}
   )
   assert "MaxBoxAccV2" not in masks_only and masks_only["PxAP"] == pytest.approx(100.0)

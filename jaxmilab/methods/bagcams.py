@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmilab.methods import cam
+from jaxmilab.methods import wsol
 
 # `cam` training: the same config.method keys, plus the order of BagCAMs' backward.
 CONFIG_DEFAULTS = dict(
@@ -95,9 +96,9 @@ def bagcams_scoremaps(
   """[B, H, W] BagCAMs scoremaps in [0, 1] from the split-point features `low`."""
   grads = guided_gradients(model, variables, low, labels, order)
   maps = bagcams_from_gradients(low, grads)  # [B, h, w]
-  maps = cam.normalize_minmax(cam.resize_maps(maps, size, "bilinear"))
+  maps = wsol.normalize_minmax(wsol.resize_maps(maps, size, "bilinear"))
   # The protocol's cv2.resize to the image size is the identity here (already that size).
-  return cam.normalize_minmax(maps)
+  return wsol.normalize_minmax(maps)
 
 
 class Method(cam.Method):

@@ -40,13 +40,14 @@ import jax.numpy as jnp
 import optax
 
 from jaxmilab.methods import base
-from jaxmilab.methods import cam
+from jaxmilab.methods import wsol
 from jaxmilab.models import wsol_backbones
 
 MAP_MODES = ("cub", "ilsvrc", "openimages")
-# Every config.method key of bcam: cam's and the B-CAM ones (config_lib fills the missing ones).
+# Every config.method key of bcam: the shared WSOL ones and the B-CAM ones (config_lib fills
+# the missing ones).
 CONFIG_DEFAULTS = dict(
-    cam.CONFIG_DEFAULTS,
+    wsol.CONFIG_DEFAULTS,
     num_heads=100,  # attention heads K of each aggregator
     loss_weights=(1.0, 1.0, 1.0, 1.0),  # r1..r4 of the stagger loss
     inference="prob",  # "prob" | "mask" (module docstring)
@@ -128,7 +129,7 @@ def gradient_maps(
   return out[0], out[1]
 
 
-class Method(cam.WSOLMethod):
+class Method(wsol.WSOLMethod):
   """B-CAM training (stagger loss) and "prob" / "mask" evaluation."""
 
   DEFAULTS = CONFIG_DEFAULTS
@@ -141,7 +142,7 @@ class Method(cam.WSOLMethod):
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     m = self.opts
-    self.backbone = cam.build_backbone(config, data_info, m.init_from, with_classifier=False)
+    self.backbone = wsol.build_backbone(config, data_info, m.init_from, with_classifier=False)
     self.arch = wsol_backbones.arch_of(self.backbone)
     self.head = wsol_backbones.bcam_head(self.arch, data_info.num_classes, int(m.num_heads))
     weights = tuple(m.loss_weights)
@@ -174,7 +175,7 @@ class Method(cam.WSOLMethod):
     )
 
   def init_variables(self, rng, batch):
-    x = cam.preprocess(batch["image"])
+    x = wsol.preprocess(batch["image"])
     k1, k2 = jax.random.split(rng)
     variables = dict(self.backbone.init({"params": k1, "dropout": k1}, x, train=False))
     out = self.backbone.apply(variables, x, train=False)
@@ -187,12 +188,12 @@ class Method(cam.WSOLMethod):
     return {"params": params, **variables}
 
   def _backbone(self, params, model_state, x, train, rng=None, **kwargs):
-    return cam.apply_backbone(
+    return wsol.apply_backbone(
         self.backbone, params["backbone"], model_state, x, train=train, rng=rng, **kwargs
     )
 
   def check_initialisation(self) -> None:
-    """As cam's, and `require_init_from` (configs/bcam.py quickstart) needs init_from."""
+    """As WSOLMethod's, and `require_init_from` (configs/bcam.py quickstart) needs init_from."""
     super().check_initialisation()
     m = self.options()
     if m.require_init_from and not m.init_from:
@@ -207,7 +208,7 @@ class Method(cam.WSOLMethod):
     self.check_initialisation()
     rng_backbone, rng_head = jax.random.split(rng)
     out, model_state = self._backbone(
-        params, model_state, cam.preprocess(batch["image"]), True, rng_backbone
+        params, model_state, wsol.preprocess(batch["image"]), True, rng_backbone
     )
     scores = self._head(params, out, train=True, rng=rng_head)
     terms = stagger_loss_terms(scores, batch["label"])
@@ -219,7 +220,7 @@ class Method(cam.WSOLMethod):
   def maps(self, params, model_state, images, labels, modes=None):
     """{mode: (M_o, M_b)} at feature resolution for each map mode in `modes` (default: the
     configured map_mode), and the head's scores, for `images` and `labels`."""
-    out, _ = self._backbone(params, model_state, cam.preprocess(images), False)
+    out, _ = self._backbone(params, model_state, wsol.preprocess(images), False)
     low = jax.lax.stop_gradient(out["low"])
 
     def score_fn(offset):  # f_high from the split point, with the offset at the map layer
@@ -242,10 +243,10 @@ class Method(cam.WSOLMethod):
     for mode, suffix in ((self.map_mode, ""), ("openimages", "_px")):
       m_o, m_b = maps[mode]
       # Bilinear to the image size; the protocol's cv2 bicubic resize to that size is the identity.
-      fore = cam.resize_maps(m_o, size, "bilinear")  # [B, H, W]
-      back = cam.resize_maps(m_b, size, "bilinear")
-      outputs[f"scoremap{suffix}"] = cam.normalize_minmax(fore)
-      outputs[f"scoremap{suffix}_back"] = cam.normalize_minmax(back)
+      fore = wsol.resize_maps(m_o, size, "bilinear")  # [B, H, W]
+      back = wsol.resize_maps(m_b, size, "bilinear")
+      outputs[f"scoremap{suffix}"] = wsol.normalize_minmax(fore)
+      outputs[f"scoremap{suffix}_back"] = wsol.normalize_minmax(back)
       outputs[f"scoremap{suffix}_mask"] = (fore > back).astype(
           jnp.float32
       )  # argmax([back, fore]); ties -> back
