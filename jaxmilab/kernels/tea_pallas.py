@@ -60,7 +60,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab.kernels import platform
-
 from jaxmilab.kernels import tea as tea_lib
 
 _ROUNDS_MAX_K = 16  # top_k <= this: k rounds of max; above: radix select.
