@@ -2,6 +2,7 @@ r"""The quickstart's pre-training effect with controls, paired over seeds (issue
 
   python -m jaxmilab.benchmarks.pretrain_effects --workdir=/tmp/pretrain_effects
   python -m jaxmilab.benchmarks.pretrain_effects --budgets=100 --seeds=0   # one seed, one budget
+  python -m jaxmilab.benchmarks.pretrain_effects --family=uir18 --budgets=100
 
 Every arm fine-tunes `configs/restoration.py:quickstart` (Gaussian noise sigma 25 + JPEG q 10,
 NAFNet's PSNR loss, lr 3e-3, cosine with 20 warm-up steps) for a budget of B steps and is scored
@@ -26,6 +27,10 @@ seeds, and the paired gain over scratch at the same seed and budget (mean ± std
 differences, and in how many seeds it is positive); beside each pre-trained arm, the pre-trained
 network's own dense PSNR and classifier accuracy on the held-out photos. Runs resume if
 interrupted; re-running prints the table from the finished runs; results.json has every number.
+
+`--family=uir18` runs the same arms with pre-training and fine-tuning on the 18 synthesizable
+UIR-2.5M types at random levels (MaskDCPT's task set uir19_syn; DCPT and the fine-tuning task the
+same 18 names) instead of the quickstart's noise + JPEG, under <workdir>/uir18.
 """
 
 from __future__ import annotations
