@@ -170,11 +170,12 @@ def test_console_scripts_resolve_to_run(cli_flags):
 
 def test_benchmarks_import_together_and_define_flags_on_demand():
   """Benchmarks share flag names (--steps, --seeds, --output): importing them all in one process
-  defines no flag, and each defines its own set into a fresh FlagValues. (Defined at import, they
+  defines no flag, and each defines its own set into a fresh FlagValues, holding every flag its
+  source reads (`FLAGS.x`, `FLAGS["x"]`). (Defined at import, they
   clashed in a pytest worker: opd_effects after pretrain_effects raised DuplicateFlagError.)"""
   names = [m for m in CLI_MODULES if ".benchmarks." in m]
   code = (
-      "import importlib, sys\n"
+      "import importlib, re, sys\n"
       "from absl import flags, logging\n"
       "modules = [importlib.import_module(n) for n in sys.argv[1:]]\n"
       "for m in modules:\n"
@@ -182,6 +183,11 @@ def test_benchmarks_import_together_and_define_flags_on_demand():
       "  m.define_flags(fv)\n"
       "  assert 'output' in fv or 'workdir' in fv, m.__name__\n"
       "  assert not set(fv) & set(flags.FLAGS), (m.__name__, set(fv) & set(flags.FLAGS))\n"
+      "  src = open(m.__file__).read()\n"
+      "  used = set(re.findall(r'FLAGS\\.([a-z_]+)\\b', src))\n"
+      "  used |= set(re.findall(r'FLAGS\\[\"([a-z_]+)\"\\]', src))\n"
+      "  used -= {'is_parsed', 'unparse_flags', 'mark_as_parsed'}\n"
+      "  assert used <= set(fv), (m.__name__, 'reads undefined flags', sorted(used - set(fv)))\n"
       "print('OK')\n"
   )
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

@@ -71,9 +71,13 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines this benchmark's flags; on demand, as benchmarks share flag names."""
-  train_step_lib.define_flags(
-      flag_values
-  )  # --config, --steps, --batch_size, --output\n  flags.DEFINE_integer("patch_size", 128, "Crop size (pixels) of the pipeline and the train step.", flag_values=flag_values)
+  train_step_lib.define_flags(flag_values)  # --config, --steps, --batch_size, --output
+  flags.DEFINE_integer(
+      "patch_size",
+      128,
+      "Crop size (pixels) of the pipeline and the train step.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
       "types",
       "uir19_syn",
