@@ -67,9 +67,8 @@ def get_config(variant: str = "smoke"):
         total_steps=150,
         checkpoint_every=50,
     )
-    # Ours, for a 2-core CPU (docs/results.md): the
-    # fine-tuning task's two types at random levels, at its lr 3e-3. (The five basic types at
-    # lr 1e-3 left the fine-tuned network below scratch.)
+    # Ours, for a 2-core CPU (docs/results.md): the fine-tuning task's two types at random levels,
+    # at its lr 3e-3. (The five basic types at lr 1e-3 left the fine-tuned network below scratch.)
     c.data.degradations = QUICKSTART_TYPES
     c.optimizer.learning_rate = 3e-3
     # Held-out set that can measure (shared by restoration.py and maskdcpt.py quickstarts): the
