@@ -105,6 +105,11 @@ def get_config(variant: str = "smoke"):
             eval_size=256,
             eval_batch_size=64,
             worker_count=8,
+            # Types drawn as the UIR-2.5M table counts its pairs (MaskDCPT README, dataset table;
+            # jaxmilab/data/uir_degradations.py uir_pair_counts): the released packing already
+            # holds that mix, a synthetic build_uir rebuild holds every type equally often.
+            # "records" reads each record once per epoch; "uniform" balances the types.
+            type_weights="uir_counts",
         )
     )
     c.batch_size = PAPER_GLOBAL_BATCH

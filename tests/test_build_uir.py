@@ -348,6 +348,110 @@ def test_array_records_errors(tmp_path, built):
     )
 
 
+def _create(config, batch_size=4, seed=1):
+  return array_records.create(
+      config, batch_size=batch_size, seed=seed, process_index=0, process_count=1
+  )
+
+
+def test_record_labels_from_manifests_match_the_records(tmp_path, built):
+  """Every record's type, read from the manifests alone (synthesized builds: records_per_crop;
+  packed pairs: strata), equals the type stored in the record itself."""
+  out = built[0] / "out"
+  manifest = array_records.read_manifest(str(out))
+  assert manifest["records_per_crop"] == [["jpeg", 2], ["noise", 2], ["mosaic", 1]]
+  types = ("mosaic", "jpeg", "noise")  # label order need not be the build's
+  labels = array_records.record_labels([manifest], types, [str(out)])
+  _, records = fake_trees.read_build(out)
+  assert labels.tolist() == [types.index(r["type"]) for r in records]
+  packed = {"num_records": 5, "strata": [["haze", "a", 0, 3], ["snow", "b", 3, 2]]}
+  both = array_records.record_labels([packed, manifest], ("haze", "snow") + types, ["p", str(out)])
+  assert both[:5].tolist() == [0, 0, 0, 1, 1] and both.size == 35
+  old = {k: v for k, v in manifest.items() if k != "records_per_crop"}
+  with pytest.raises(DataError, match="old_build/manifest.json .*type_weights=records"):
+    array_records.record_labels([old], types, ["old_build"])
+
+
+def test_type_weights_set_the_mix_of_the_training_stream(built, monkeypatch):
+  """type_weights: one epoch of the stream holds each type in proportion to its weight, every
+  training record at least once and each type's records within one read of each other;
+  "records" (default) keeps the build's own mix. Fails if the weights are ignored."""
+  out = built[0] / "out"
+  first = functools.partial(_config, out, eval_selection="first")  # records 0-5 held out
+  # Training records: jpeg 9, noise 10, mosaic 5 (the build's 12 / 12 / 6 minus records 0-5).
+  plain = _create(first())
+  assert plain.info.extra["num_train"] == 24
+  ds = _create(first(type_weights=(1.0, 1.0, 2.0)))  # mosaic twice as often as jpeg
+  # Epoch L = ceil(max(9 / 0.25, 10 / 0.25, 5 / 0.5)) = 40 keys: 10 jpeg, 10 noise, 20 mosaic.
+  assert ds.info.extra["num_train"] == 40
+  labels = np.concatenate([next(ds.train)["label"] for _ in range(10)])  # one epoch
+  assert np.bincount(labels, minlength=3).tolist() == [10, 10, 20]
+  manifest = array_records.read_manifest(str(out))
+  source = array_records.WeightedSource(
+      array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic")),
+      [np.arange(6, 30)[np.arange(6, 30) % 5 == 4]],  # the mosaic records only
+      np.array([1.0]),
+      "k",
+  )
+  reads = np.bincount([source.record_index(k) for k in range(len(source))], minlength=30)
+  assert len(source) == 5 and reads.tolist() == [int(i >= 6 and i % 5 == 4) for i in range(30)]
+  # Two thirds of the jpeg keys: 9 records over 10 keys, one read twice, none left out.
+  jpeg = array_records.WeightedSource(
+      source.base, [np.array([6] + [i for i in range(10, 30) if i % 5 in (0, 1)])], np.ones(1), "k"
+  )
+  jpeg.keys[0] = 10  # as in the 40-key epoch above
+  jpeg.ends = np.array([10])
+  jpeg_reads = np.bincount([jpeg.record_index(k) for k in range(10)], minlength=30)
+  assert sorted(jpeg_reads[jpeg_reads > 0].tolist()) == [1] * 8 + [2]
+  # uniform: equal thirds although the build holds 2.5x more jpeg than mosaic records.
+  uniform = _create(first(type_weights="uniform"))
+  n = uniform.info.extra["num_train"]
+  assert n == 30  # ceil(max(9, 10, 5) * 3)
+  counts = np.bincount(
+      np.concatenate([next(uniform.train)["label"] for _ in range(n // 2)]), minlength=3
+  )
+  assert counts.tolist() == [20, 20, 20]  # two epochs of 10 / 10 / 10
+  # Held-out records are never read for training (stratified hold-out: image 1 = records 10-19).
+  seen = []
+
+  class Recording(array_records.WeightedSource):
+
+    def __init__(self, base, records, p, key):
+      super().__init__(base, records, p, key)
+      seen.extend(self.record_index(k) for k in range(len(self)))
+
+  monkeypatch.setattr(array_records, "WeightedSource", Recording)
+  strat = _create(_config(out, type_weights="uniform"))
+  assert strat.info.extra["num_eval"] == 10
+  assert set(seen) == set(range(30)) - set(range(10, 20))
+  # uir_counts: the table's pairs per type (uir_pair_counts: noise 531,816, ...).
+  from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+
+  table = uir_degradations.uir_pair_counts()
+  counted = _create(first(type_weights="uir_counts"))
+  keys = counted.info.extra["num_train"]
+  p = np.array([table["jpeg"], table["noise"], table["mosaic"]], float)
+  p /= p.sum()
+  assert keys == int(np.ceil(max(9 / p[0], 10 / p[1], 5 / p[2]) - 1e-9))
+  weighted_reads = array_records.WeightedSource(
+      array_records.RecordSource(manifest["shard_paths"], ("jpeg", "noise", "mosaic")),
+      [np.arange(6, 30)[np.isin(np.arange(6, 30) % 5, lab)] for lab in ((0, 1), (2, 3), (4,))],
+      p,
+      "k",
+  ).keys
+  np.testing.assert_allclose(weighted_reads / weighted_reads.sum(), p, atol=1 / keys)
+
+
+def test_type_weights_errors(built):
+  out = built[0] / "out"
+  with pytest.raises(ValueError, match="type_weights='often': use 'records', 'uniform'"):
+    _create(_config(out, type_weights="often"))
+  with pytest.raises(DataError, match=r"gives weight to \['haze'\].*holds no training record"):
+    _create(_config(out, types=("jpeg", "noise", "mosaic", "haze"), type_weights=(1, 1, 1, 1)))
+  with pytest.raises(ValueError, match="4 non-negative weights"):
+    _create(_config(out, types=("jpeg", "noise", "mosaic", "haze"), type_weights=(1, 1)))
+
+
 def test_real_pairs_pack_into_records_and_train_with_synthetic(tmp_path, built):
   real = tmp_path / "real"
   for t in ("real_noise", "rain_streak"):

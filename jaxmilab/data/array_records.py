@@ -32,7 +32,16 @@ config.data keys (defaults): path (required), types (from the manifests), patch_
 eval_path, eval_records (0: 10% of the records, at most 256, at least one per stratum),
 eval_selection ("stratified" | "first"), eval_size (128),
 eval_batch_size (the training batch size), worker_count (0), read_threads (4),
-read_buffer (one per-process batch per read thread), vertical_flip (False).
+read_buffer (one per-process batch per read thread), vertical_flip (False), type_weights
+("records").
+
+Weighted type mix (type_weights other than "records", `WeightedSource`): each type t gets a
+share p_t of the training stream. An epoch is then L = ceil(max_t n_t / p_t) keys over the
+n_t training records of each type, p_t L of them of type t, spread evenly over its records
+(each is read floor or ceil of p_t L / n_t times per epoch, so none is left out); the global
+shuffle is the same as without weights. Every record's type is read from the manifests
+(packed pairs: "strata"; synthesized builds: "records_per_crop", written since this option
+exists; an older synthesized build must be rebuilt or trained with "records").
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import numpy as np
 from jaxmilab.data import build_uir
 from jaxmilab.data import images
 from jaxmilab.data import transforms
+from jaxmilab.data import uir_degradations
 from jaxmilab.data.base import DataError
 from jaxmilab.data.base import DataInfo
 from jaxmilab.data.base import Datasets
@@ -67,6 +77,11 @@ CONFIG_DEFAULTS = dict(
     read_threads=4,
     read_buffer=None,
     vertical_flip=False,
+    # Training mix of types: "records" (every training record once per epoch: the build's own
+    # mix, which for the released UIR-2.5M packing is its table's), "uniform", "uir_counts" (the
+    # UIR-2.5M table's pairs per type, e.g. for a synthetic rebuild that holds every type
+    # equally often) or one weight per type of config.data.types.
+    type_weights="records",
 )
 
 
@@ -186,6 +201,88 @@ class RecordSource:
         f"RecordSource(shards={len(self.shard_paths)}, first={self.shard_paths[0]!r}, "
         f"range=[{self.start}, {self.stop}), types={len(self.types)}{chosen})"
     )
+
+
+def record_labels(
+    manifests: Sequence[dict[str, Any]], types: Sequence[str], folders: Sequence[str]
+) -> np.ndarray:
+  """The label (index in `types`) of every record of the builds, in shard order, from the
+  manifests alone (module docstring); int16 [total records]."""
+  label_of = {t: i for i, t in enumerate(types)}
+  parts = []
+  for manifest, folder in zip(manifests, folders):
+    n = int(manifest["num_records"])
+    labels = np.full(n, -1, np.int16)
+    if manifest.get("strata"):
+      for t, _, start, count in manifest["strata"]:
+        labels[start : start + count] = label_of[t]
+    elif manifest.get("records_per_crop"):
+      crop = np.concatenate(
+          [np.full(k, label_of[t], np.int16) for t, k in manifest["records_per_crop"]]
+      )
+      if n % crop.size:
+        raise DataError(
+            f"{folder}/manifest.json: {n} records are not whole crops of {crop.size} "
+            f"(records_per_crop). Rebuild the folder with build_uir."
+        )
+      labels = np.tile(crop, n // crop.size)
+    if n and labels.min() < 0:
+      raise DataError(
+          f"{folder}/manifest.json does not say every record's type (no 'strata' or "
+          f"'records_per_crop': built by an older build_uir), which config.data.type_weights "
+          f"needs. Rebuild the folder with build_uir, or set config.data.type_weights=records."
+      )
+    parts.append(labels)
+  return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+class WeightedSource:
+  """Training records with a weighted type mix (module docstring): key -> base[record].
+
+  `records[t]`: the sorted record indices (keys of `base`) of type t; `p[t]`: its share of
+  the stream (types with p = 0 are never read; a type with p > 0 needs records).
+  """
+
+  def __init__(self, base: RecordSource, records: Sequence[np.ndarray], p: np.ndarray, key: str):
+    self.base = base
+    p = np.asarray(p, np.float64)
+    sizes = np.array([len(r) for r in records], np.int64)
+    empty = [base.types[t] for t in range(len(p)) if p[t] > 0 and sizes[t] == 0]
+    if empty:
+      raise DataError(
+          f"{key} gives weight to {empty}, but config.data.path holds no training record "
+          f"of {'it' if len(empty) == 1 else 'them'}. Give them weight 0 or add their records."
+      )
+    used = p > 0
+    length = int(np.ceil(np.max(sizes[used] / p[used]) - 1e-9))
+    share = p * length
+    keys = np.where(used, np.floor(share), 0).astype(np.int64)
+    for t in np.argsort(-(share - np.floor(share))):  # largest remainders, up to `length`
+      if keys.sum() >= length:
+        break
+      if used[t]:
+        keys[t] += 1
+    keys = np.maximum(keys, np.where(used, sizes, 0))  # every record once per epoch at least
+    self.keys = keys  # [types]: keys per epoch of each type
+    self.ends = np.cumsum(keys)
+    self.records = [np.asarray(r, np.int64) for r in records]
+    self._digest = hashlib.sha256(p.tobytes() + sizes.tobytes()).hexdigest()[:12]
+
+  def __len__(self) -> int:
+    return int(self.ends[-1])
+
+  def record_index(self, key: int) -> int:
+    """The key of `base` that stream key `key` reads."""
+    key = int(key)
+    t = int(np.searchsorted(self.ends, key, side="right"))
+    j = key - (int(self.ends[t - 1]) if t else 0)
+    return int(self.records[t][j * len(self.records[t]) // int(self.keys[t])])
+
+  def __getitem__(self, key: int) -> dict[str, Any]:
+    return self.base[self.record_index(key)]
+
+  def __repr__(self) -> str:
+    return f"WeightedSource({self.base!r}, keys={len(self)}, weights={self._digest})"
 
 
 def ensure_open_files(num_shards: int, worker_count: int) -> int:
@@ -368,6 +465,18 @@ def create(
       eval_source = RecordSource(shards, types, only=held_out)
       source = RecordSource(shards, types, skip=held_out)
 
+  if not (isinstance(opts.type_weights, str) and opts.type_weights == "records"):
+    key = "config.data.type_weights"
+    p = uir_degradations.type_probabilities(
+        types, opts.type_weights, key, choices=("records", "uniform", "uir_counts")
+    )
+    labels = record_labels(manifests, types, _folders(opts.path, "config.data.path"))
+    keep = np.ones(labels.size, bool)
+    if not eval_path:
+      keep[held_out] = False
+    records = [np.flatnonzero(keep & (labels == t)) for t in range(len(types))]
+    source = WeightedSource(RecordSource(shards, types), records, p, key)
+
   train = transforms.restoration_train_iterator(
       source,
       opts,
@@ -399,7 +508,7 @@ def create(
           "patch_size": patch,
           "eval_size": eval_size,
           "num_eval": len(eval_source),
-          "num_train": len(source),
+          "num_train": len(source),  # keys per epoch with type_weights
       },
   )
   return Datasets(train=train, eval_batches=layout.eval(len(eval_source), make_example), info=info)

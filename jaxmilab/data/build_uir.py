@@ -28,7 +28,8 @@ Output folder:
                                   order), counts per type and level, shard list, record count,
                                   and for held-out selections: "strata" (packed pairs: runs of
                                   [type, level, first record, count]) or "records_per_image"
-                                  (synthesized: the consecutive records of one clean image)
+                                  (synthesized: the consecutive records of one clean image;
+                                  "records_per_crop": [type, records] of one crop in order)
 
 Resuming: a shard is written to a temporary name, renamed when complete, and its .json marker
 is written after that; a re-run of the same command skips the shards that have a marker and
@@ -629,6 +630,12 @@ def build(
       manifest["strata"] = strata_runs(metas)
   else:
     manifest["records_per_image"] = plan.records_per_job * plan.patches_per_image
+    # [[type, records], ...] of one crop, in record order (job_records): every record's type
+    # follows from it (array_records' type_weights).
+    k = plan.levels_per_type
+    manifest["records_per_crop"] = [
+        [t, min(k, len(plan.levels[t])) if k else len(plan.levels[t])] for t in plan.types
+    ]
   if plan.num_records >= 0 and manifest["num_records"] != plan.num_records:
     raise RuntimeError(f"Built {manifest['num_records']} records, expected {plan.num_records}.")
   _write_json(os.path.join(out, "manifest.json"), manifest)

@@ -126,29 +126,13 @@ def type_slots(
   uir_degradations.uir_pair_counts: a Gaussian-noise record is drawn ~460x as often as a
   raindrop + rain-streak one); or one non-negative weight per type. Slots are allocated by
   largest remainder over TYPE_SLOTS, every type with a positive weight keeping at least one."""
-  if isinstance(weights, str):
-    if weights == "uniform":
-      return None
-    if weights != "uir_counts":
-      raise ValueError(f"{key}={weights!r}: use 'uniform', 'uir_counts' or one weight per type.")
-    from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
+  if isinstance(weights, str) and weights == "uniform":
+    return None
+  from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
 
-    counts = uir_degradations.uir_pair_counts()
-    unknown = [t for t in types if t not in counts]
-    if unknown:
-      raise ValueError(
-          f"{key}='uir_counts': {unknown} are not UIR-2.5M types "
-          f"({', '.join(counts)}); use a UIR task set or explicit weights."
-      )
-    weights = [counts[t] for t in types]
-  w = np.asarray(weights, np.float64)
-  if w.shape != (len(types),) or np.any(w < 0) or w.sum() <= 0:
-    raise ValueError(
-        f"{key}: {len(types)} non-negative weights (one per type of {types}) are "
-        f"needed, got {tuple(weights)}."
-    )
+  w = uir_degradations.type_probabilities(types, weights, key)
   positive = w > 0
-  share = w / w.sum() * TYPE_SLOTS
+  share = w * TYPE_SLOTS
   n = np.where(positive, np.maximum(np.floor(share), 1), 0).astype(int)
   order = np.argsort(-(share - np.floor(share)))
   for i in order:  # largest remainders first, up to TYPE_SLOTS

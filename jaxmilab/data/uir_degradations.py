@@ -768,6 +768,43 @@ def uir_pair_counts() -> dict[str, int]:
   return counts
 
 
+def type_probabilities(
+    types: Sequence[str],
+    weights: Any,
+    key: str = "config.data.type_weights",
+    choices: Sequence[str] = ("uniform", "uir_counts"),
+) -> np.ndarray:
+  """How often each of `types` is drawn, as probabilities (float64, sum 1).
+
+  weights: "uniform" (every type equally often); "uir_counts" (in proportion to the pairs the
+  UIR-2.5M table lists for the type, `uir_pair_counts`: noise is drawn ~260x as often as
+  raindrop); or one non-negative weight per type. `choices` only names the accepted strings in
+  the error of a caller that handles more of them itself.
+  """
+  types = tuple(types)
+  if isinstance(weights, str):
+    if weights == "uniform":
+      return np.full(len(types), 1.0 / len(types))
+    if weights != "uir_counts":
+      named = ", ".join(repr(c) for c in choices)
+      raise ValueError(f"{key}={weights!r}: use {named} or one weight per type.")
+    counts = uir_pair_counts()
+    unknown = [t for t in types if t not in counts]
+    if unknown:
+      raise ValueError(
+          f"{key}='uir_counts': {unknown} are not UIR-2.5M types "
+          f"({', '.join(counts)}); use a UIR task set or explicit weights."
+      )
+    weights = [counts[t] for t in types]
+  w = np.asarray(weights, np.float64)
+  if w.shape != (len(types),) or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(
+        f"{key}: {len(types)} non-negative weights (one per type of {types}) are "
+        f"needed, got {tuple(weights)}."
+    )
+  return w / w.sum()
+
+
 _NEW = (
     ("poisson_noise", poisson_noise, POISSON_PEAKS),
     ("salt_pepper_noise", salt_pepper_noise, SALT_PEPPER_AMOUNTS),
