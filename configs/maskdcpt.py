@@ -119,9 +119,9 @@ def get_config(variant: str = "smoke"):
     c.checkpoint_every_steps = 2_000
     if variant == "pod":
       # v5e-64 (launch/README.md): 64 chips; PAPER_GLOBAL_BATCH in one step, 8 per chip at
-      # 128 px, no accumulation: the v5e-64 compile at 4 per chip peaks at 2.06 GiB of a chip's
-      # 16 (docs/running.md, "Ahead-of-time compile for a slice"), so 8 per chip fits with room
-      # to spare (`--config.optimizer.accumulate_steps=k --config.batch_size=512/k` trades memory
+      # 128 px, no accumulation: this variant's v5e-64 compile peaks at 2.83 GiB of a chip's
+      # 15.75 (docs/running.md, "Ahead-of-time compile for a slice"), so it fits with room to
+      # spare (`--config.optimizer.accumulate_steps=k --config.batch_size=512/k` trades memory
       # back).
       c.model.dtype = "bfloat16"  # compute; parameters and optimizer state stay float32
       c.optimizer.accumulate_steps = 1

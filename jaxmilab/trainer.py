@@ -338,7 +338,7 @@ def compiled_stats(compiled) -> dict[str, float]:
   mem = compiled.memory_analysis()
   out = {"flops_per_device": float(cost.get("flops", float("nan")))}
   for key in ("optimal_seconds", "estimated_seconds"):  # Present on some backends (TPU).
-    if key in cost:
+    if key in cost and float(cost[key]) >= 0:  # libtpu gives a negative placeholder for none
       out["compiler_seconds_estimate"] = float(cost[key])
   if mem is not None:
     out.update(

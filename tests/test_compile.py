@@ -110,15 +110,17 @@ def test_cli_prints_one_json_line_last():
 
 
 # Not in CI: compiling the 117M-parameter pod step for 64 chips did not finish within 50 minutes
-# on the 2-core CI machine. Run it with `python -m pytest -m manual tests/test_compile.py`.
+# on the 2-core CI machine (823 s on the development machine beside other jobs; peak 2.83 GiB per
+# chip at 8 per chip). Run it with `python -m pytest -m manual tests/test_compile.py`.
 @pytest.mark.manual
 @pytest.mark.skipif(not has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
 def test_pod_config_fits_a_v5e_64_chip():
-  """The flagship job: configs/maskdcpt.py:pod on a v5e-64 slice fits in a chip's 16 GiB."""
+  """The flagship job: configs/maskdcpt.py:pod on a v5e-64 slice fits in a chip's 15.75 GiB."""
   config = config_lib.load("configs/maskdcpt.py:pod")
   result = compile_lib.compile_config(config, "v5e-64")
   check_figures(result, 64)
-  assert result["peak_bytes_per_device"] < 16 * 2**30
+  assert result["fits"] and result["global_batch"] == 512
+  assert result["peak_bytes_per_device"] < 15.75 * 2**30
 
 
 # -- Multislice: what crosses the data-centre network -----------------------------------------
@@ -276,6 +278,28 @@ def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compili
       assert any(cache.iterdir()), "nothing was written to the cache"
   print(f"train step compile: first start {seconds[0]:.1f} s, second start {seconds[1]:.2f} s")
   assert seconds[1] < 0.3 * seconds[0], seconds
+
+
+def test_compiled_stats_leave_out_the_negative_time_placeholder():
+  """libtpu's cost analysis gives a negative `optimal_seconds` when it has no estimate (measured:
+  -584.9 for the pod step); the JSON leaves the key out rather than print a negative time."""
+
+  class Compiled:
+
+    def __init__(self, seconds):
+      self.seconds = seconds
+
+    def cost_analysis(self):
+      return [{"flops": 10.0, "optimal_seconds": self.seconds}]
+
+    def memory_analysis(self):
+      return None
+
+  assert "compiler_seconds_estimate" not in trainer_lib.compiled_stats(Compiled(-584.9))
+  assert trainer_lib.compiled_stats(Compiled(0.25)) == {
+      "flops_per_device": 10.0,
+      "compiler_seconds_estimate": 0.25,
+  }
 
 
 def test_oom_figures_read_the_tpu_compilers_message():
