@@ -4,8 +4,10 @@ By default a CLI prints its own progress and metrics lines (jaxmilab's absl INFO
 metrics clu's LoggingWriter logs for the trainer, and print()s) and, from the libraries (orbax,
 grain, TensorFlow, jax, etils, ...), only warnings and errors: orbax alone logs dozens of INFO
 lines per checkpoint save. `--verbosity=1` (absl's flag, accepted by every jaxmilab CLI) lets
-every library's INFO through again. TensorFlow's C++ start-up line ("oneDNN custom operations
-are on") is printed at its import regardless of TF_CPP_MIN_LOG_LEVEL in this TF version.
+every library's INFO through again. TensorFlow (imported by clu's summary writer and tfds; it
+computes nothing of ours) printed "oneDNN custom operations are on" at its import regardless of
+TF_CPP_MIN_LOG_LEVEL; `setup` turns TensorFlow's oneDNN rewrites off (TF_ENABLE_ONEDNN_OPTS=0,
+unless the user set it), which removes the line at its cause.
 
   def main(argv):
     console.setup()   # first thing in each CLI's main (after absl parsed the flags)
@@ -108,6 +110,9 @@ def setup(level: int | None = None) -> bool:
   by the user).
   """
   skip_absent_tpu()
+  # TensorFlow's oneDNN rewrites change only TF's own CPU kernels (none run jaxmilab's
+  # computations); with them on, TF prints a start-up line at import whatever the log level.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   level = verbosity() if level is None else level
   handler = logging.get_absl_handler()
   root = std_logging.getLogger()

@@ -298,6 +298,20 @@ print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", "")
     assert seen[f"{p}/ft"]["init_from"] == os.path.join(str(tmp_path), p, "pretrain")
 
 
+@pytest.mark.slow
+def test_tensorflow_import_after_setup_prints_nothing():
+  """clu's summary writer imports TensorFlow, which printed "oneDNN custom operations are on"
+  (and absl's "log messages before InitializeLog" line) at every CLI start; after
+  console.setup() the import is silent. Fails without the TF_ENABLE_ONEDNN_OPTS default."""
+  code = "from jaxmilab import console; console.setup(); import tensorflow"
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "JAX_PLATFORMS"))}
+  result = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr, result.stderr
+
+
 @pytest.mark.slow  # needs the [tpu] extra, which CI installs for its slow step
 def test_cpu_host_with_libtpu_starts_quietly(monkeypatch):
   """With the [tpu] extra on a machine without an accelerator, a CLI's console.setup() keeps
