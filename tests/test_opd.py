@@ -883,6 +883,47 @@ def test_effects_selection_never_reads_the_clean_test_set(monkeypatch):
   )
 
 
+def test_effects_tables_print_the_control_first_and_pair_by_seed():
+  """The printed tables: the control row above each comparison, differences per seed."""
+  from jaxmilab.benchmarks import opd_effects
+
+  def run(recipe, m, seed, selected, final, peak_step=100):
+    evals = [{"step": 50 * (k + 1), "psnr": 0.0} for k in range(8)]
+    return {
+        "recipe": recipe,
+        "m": m,
+        "seed": seed,
+        "selected_psnr": selected,
+        "final_psnr": final,
+        "selected_step": 100,
+        "oracle_peak_step": peak_step,
+        "evals": evals,
+    }
+
+  runs = [run("n2n", 2, s, 20.0 + s, 19.0 + s) for s in range(3)]
+  runs += [run("n2n_fresh", 2, s, 22.0 + s + 0.1 * s, 21.0 + s, 400) for s in range(3)]
+  runs += [run("opd_rc", 4, s, 19.5 + s, 19.0 + s - 0.2 * s) for s in (2, 0, 1)]
+  runs += [run("opd_rc", 8, 0, 30.0, 30.0)]  # one seed: no sd, still paired
+  table = opd_effects.summarize(runs)
+  selected, final = table.split("PSNR at the final step")
+  for part in (selected, final):
+    rows = [
+        line for line in part.splitlines() if line.startswith("| N2N, fresh") or "OPD-RC" in line
+    ]
+    assert rows[0].startswith("| N2N, fresh noise each step (control)")
+    assert [r.split(" | ")[1] for r in rows[1:]] == ["4", "8"]
+    assert "OPD-AL" not in part and "N2C" not in part  # recipes not run are not printed
+  assert "| +2.10 (sd 0.10; +2.00..+2.20) | 3/3 | +2.00 +2.10 +2.20 |" in selected
+  assert "| -0.50 (sd 0.00; -0.50..-0.50) | 0/3 | -0.50 -0.50 -0.50 |" in selected
+  assert "| -0.20 (sd 0.20; -0.40..+0.00) | 0/3 | +0.00 -0.20 -0.40 |" in final
+  assert "| +11.00 (sd 0.00; +11.00..+11.00) | 1/1 | +11.00 |" in final
+  assert "peaks before the last step in 3/3 seeds" in table
+  # The held-out tiles: every stride-th of the full, row-major list.
+  every = opd_effects.test_tiles(32)
+  assert every.shape == (386, 32, 32, 3)
+  np.testing.assert_array_equal(opd_effects.test_tiles(32, 3), every[::3])
+
+
 def test_configs_load_and_paper_schedule_is_official_steplr():
   from jaxmilab import optimizers
 

@@ -1,15 +1,22 @@
 r"""OPD's small-data effect, with a positive control first and selection on noisy data only.
 
-  python -m jaxmilab.benchmarks.opd_effects --frames=4,8 --seeds=0,1,2,3,4,5,6,7,8,9 \
-      --output=/tmp/opd_effects.json
+  python -m jaxmilab.benchmarks.opd_effects --output=/tmp/opd_effects.json
+
+The defaults (2 training scenes of 32 px, width-16 depth-2 U-Net, 400 steps at peak lr 1e-2,
+batch 4, 10 seeds, m in {4, 8}, OPD-AL at m = 4) are the set-up where the positive control
+works: N2N on one fixed pair per scene overfits (its test PSNR peaks around step 100 and
+falls after), and fresh noise beats it by several times the seed spread (docs/opd.md, the
+small-data section, records the search). Recipes can run in separate processes with the
+same flags and `--recipes=...`, then `--merge` their `--output` files.
 
 The set (all sizes are flags): `--scenes` training scenes and `--val_scenes` validation
 scenes, fixed `--size` px crops of the six training photos shipped with scikit-image, each
 with m fixed noisy frames (AWGN sigma 25, clipped and rounded to 8 bits as
 `data.multiframe` makes them, frame k of scene s seeded by (seed, s, k)); so the pairs of
 those scenes are all the data there is. The held-out test set is every non-overlapping
-`--size` px tile of the two held-out photos (chelsea, rocket; 88 tiles at 64 px) with one
-fixed noisy frame each (noise seed independent of the training seed).
+`--size` px tile of the two held-out photos (chelsea, rocket; 386 tiles at 32 px, every
+`--test_stride`-th kept: 129 by default) with one fixed noisy frame each (noise seed
+independent of the training seed).
 
 Recipes (jaxmilab.methods.opd, its `loss` and `eval_step`; the network and optimizer of
 configs/opd.py:quickstart at `--width` / `--depth`, `--steps` steps, batch `--batch`):
@@ -20,8 +27,8 @@ configs/opd.py:quickstart at `--width` / `--depth`, `--steps` steps, batch `--ba
                     seed spread, the set cannot show what extra frames buy, and the OPD
                     comparison below means nothing.
   reference         n2c (clean targets).
-  compared          opd_rc and opd_al (released loss L_E + L_A) at each m of `--frames`,
-                    each against n2n, paired by seed.
+  compared          opd_rc at each m of `--frames` and opd_al (released loss L_E + L_A) at
+                    each m of `--al_frames`, each against n2n, paired by seed.
 
 Selection never reads a clean image: every `--eval_every` steps each run is scored on the
 validation scenes' noisy frames (`opd.validation_terms`) and the step with the lowest
@@ -32,8 +39,9 @@ where its peak lies (whether N2N overfits in this set: its oracle peak before th
 peak value is never reported as a result.
 
 Seeds: seed s fixes the initial weights, the noisy frames and the batch order, the same for
-every recipe (paired); all seeds of one recipe train at once (jax.vmap over seeds, the steps
-in one lax.scan), so a recipe compiles once.
+every recipe (paired). The seeds of one (recipe, m) train one after another with one
+compiled step chunk (`--eval_every` steps in one lax.scan; vmapped convolutions are slow on
+CPU), and each finished seed is written to `--output` at once.
 """
 
 from __future__ import annotations
@@ -55,6 +63,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "frames", ["4", "8"], "Frames per scene (m) for the OPD recipes.", flag_values=flag_values
   )
   flags.DEFINE_list(
+      "al_frames",
+      ["4"],
+      "Frames per scene for OPD-AL (it runs the net on all m frames per step: about m / 1.3 "
+      "times N2N's step time).",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list(
       "seeds", [str(s) for s in range(10)], "Paired training seeds.", flag_values=flag_values
   )
   flags.DEFINE_list(
@@ -63,19 +78,27 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "Recipes.",
       flag_values=flag_values,
   )
-  flags.DEFINE_integer("scenes", 8, "Training scenes.", flag_values=flag_values)
+  flags.DEFINE_integer("scenes", 2, "Training scenes.", flag_values=flag_values)
   flags.DEFINE_integer(
-      "val_scenes", 4, "Validation scenes (noisy frames only; selection).", flag_values=flag_values
+      "val_scenes", 2, "Validation scenes (noisy frames only; selection).", flag_values=flag_values
   )
-  flags.DEFINE_integer("size", 64, "Scene / tile size (px).", flag_values=flag_values)
+  flags.DEFINE_integer("size", 32, "Scene / tile size (px).", flag_values=flag_values)
   flags.DEFINE_integer(
-      "steps", 600, "Training steps per run (cosine schedule to 0).", flag_values=flag_values
+      "steps", 400, "Training steps per run (cosine schedule to 0).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "test_stride",
+      3,
+      "Keep every n-th held-out tile (1: all; 3 at 32 px: 129 of 386 tiles).",
+      flag_values=flag_values,
   )
   flags.DEFINE_integer("eval_every", 50, "Eval period (steps).", flag_values=flag_values)
-  flags.DEFINE_integer("batch", 8, "Scenes per step.", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "batch", 4, "Scenes per step (drawn with replacement).", flag_values=flag_values
+  )
   flags.DEFINE_integer("width", 16, "U-Net width.", flag_values=flag_values)
-  flags.DEFINE_integer("depth", 3, "U-Net depth.", flag_values=flag_values)
-  flags.DEFINE_float("learning_rate", 3e-3, "Peak Adam learning rate.", flag_values=flag_values)
+  flags.DEFINE_integer("depth", 2, "U-Net depth.", flag_values=flag_values)
+  flags.DEFINE_float("learning_rate", 1e-2, "Peak Adam learning rate.", flag_values=flag_values)
   flags.DEFINE_string(
       "output", "", "JSON file for the per-run numbers and the tables.", flag_values=flag_values
   )
@@ -117,8 +140,9 @@ def scene_crops(count: int, size: int, seed: int = 1234) -> np.ndarray:
   return np.stack(out)
 
 
-def test_tiles(size: int) -> np.ndarray:
-  """Every non-overlapping size x size tile of the held-out photos, uint8 [N, size, size, 3]."""
+def test_tiles(size: int, stride: int = 1) -> np.ndarray:
+  """Every `stride`-th non-overlapping size x size tile of the held-out photos (row-major,
+  photo after photo), uint8 [N, size, size, 3]."""
   from jaxmilab.data import embedded  # pylint: disable=g-import-not-at-top
 
   tiles = []
@@ -127,7 +151,7 @@ def test_tiles(size: int) -> np.ndarray:
     for top in range(0, photo.shape[0] - size + 1, size):
       for left in range(0, photo.shape[1] - size + 1, size):
         tiles.append(photo[top : top + size, left : left + size])
-  return np.stack(tiles)
+  return np.stack(tiles[::stride])
 
 
 def fixed_frames(scenes: np.ndarray, m: int, seed: int, first_scene: int = 0) -> np.ndarray:
@@ -153,7 +177,7 @@ def build_set(seeds, m_max: int) -> dict:
   size = FLAGS.size
   crops = scene_crops(FLAGS.scenes + FLAGS.val_scenes, size)
   train, val = crops[: FLAGS.scenes], crops[FLAGS.scenes :]
-  tiles = images.to_float(test_tiles(size))
+  tiles = images.to_float(test_tiles(size, FLAGS.test_stride))
   synth = multiframe.FrameSynthesizer(
       "awgn", {"sigma": SIGMA}, seed=0, tile=size, clip=True, quantize=True
   )
@@ -359,7 +383,8 @@ def main(argv):
     return
   seeds = [int(s) for s in FLAGS.seeds]
   frames = sorted(int(f) for f in FLAGS.frames)
-  m_max = max(frames + [2])
+  al_frames = sorted(int(f) for f in FLAGS.al_frames)
+  m_max = max(frames + al_frames + [2])
   start = time.time()
   data = build_set(seeds, m_max)
   runs = []
@@ -367,7 +392,8 @@ def main(argv):
   if unknown:
     raise ValueError(f"--recipes: unknown {unknown}; use {', '.join(LABELS)}.")
   jobs = [(r, 2) for r in FLAGS.recipes if r in SINGLE_PAIR]
-  jobs += [(r, m) for m in frames for r in FLAGS.recipes if r not in SINGLE_PAIR]
+  jobs += [(r, m) for m in frames for r in FLAGS.recipes if r not in SINGLE_PAIR + ("opd_al",)]
+  jobs += [("opd_al", m) for m in al_frames if "opd_al" in FLAGS.recipes]
   # The control first: it says whether this set can show the effect at all.
   jobs.sort(key=lambda j: (("n2n", "n2n_fresh", "opd_rc", "n2c", "opd_al").index(j[0]), j[1]))
 
@@ -380,11 +406,13 @@ def main(argv):
                     k: getattr(FLAGS, k)
                     for k in (
                         "frames",
+                        "al_frames",
                         "seeds",
                         "recipes",
                         "scenes",
                         "val_scenes",
                         "size",
+                        "test_stride",
                         "steps",
                         "eval_every",
                         "batch",
