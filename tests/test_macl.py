@@ -255,7 +255,8 @@ def test_pcl_variant_has_encoder_only_and_l_g():
   loss, (terms, _) = jax.jit(method.loss)(
       variables["params"], {"batch_stats": variables["batch_stats"]}, batch, jax.random.key(0)
   )
-  assert sorted(terms) == ["dead_v1", "dead_v2", "l_g"] and float(loss) == float(terms["l_g"])
+  assert sorted(terms) == ["cos_within", "dead_v1", "dead_v2", "l_g", "pair_margin"]
+  assert float(loss) == float(terms["l_g"])
   # The released PCL head: 16w -> 16w -> ReLU -> 512 (run_script.sh --classes 512).
   assert variables["params"]["image_head"]["fc_2"]["kernel"].shape == (8 * 2, 512)
 
@@ -454,3 +455,34 @@ def test_dead_fraction_hand_case():
   assert float(macl.dead_fraction(jnp.asarray(y))) == 0.5
   # Padding examples do not count: with example 1 invalid, channel 2 is dead too.
   assert float(macl.dead_fraction(jnp.asarray(y), jnp.asarray([True, False]))) == 0.75
+
+
+def test_embedding_similarity_against_numpy_and_hand_cases():
+  """cos_within / pair_margin (the L_g pair diagnostics) against a loop over pairs, with padding."""
+  rng = np.random.default_rng(3)
+  b, c = 5, 6
+  z1 = rng.standard_normal((b, c)).astype(np.float32)
+  z2 = (z1 + 0.5 * rng.standard_normal((b, c))).astype(np.float32)
+  valid = np.array([True, True, False, True, True])
+  n = lambda v: v / np.linalg.norm(v)
+  idx = [i for i in range(b) if valid[i]]
+  pairs = [(i, j) for i in idx for j in idx if i != j]
+  within = np.mean(
+      [(n(z1[i]) @ n(z1[j]) + n(z2[i]) @ n(z2[j])) / 2 for i, j in pairs], dtype=np.float64
+  )
+  margin = np.mean([n(z1[i]) @ n(z2[i]) for i in idx]) - np.mean(
+      [n(z1[i]) @ n(z2[j]) for i, j in pairs]
+  )
+  got = macl.embedding_similarity(jnp.asarray(z1), jnp.asarray(z2), jnp.asarray(valid))
+  np.testing.assert_allclose(float(got["cos_within"]), within, rtol=1e-5)
+  np.testing.assert_allclose(float(got["pair_margin"]), margin, rtol=1e-5)
+  # Two branches that agree on a common direction but whose per-slice deviations are
+  # unrelated (the plateau of docs/macl.md): margin ~ 0 although cos_within is ~1.
+  base = rng.standard_normal((1, 64)).astype(np.float32) * 10
+  a = base + rng.standard_normal((256, 64)).astype(np.float32)
+  d = base + rng.standard_normal((256, 64)).astype(np.float32)
+  plateau = macl.embedding_similarity(jnp.asarray(a), jnp.asarray(d))
+  assert float(plateau["cos_within"]) > 0.98 and abs(float(plateau["pair_margin"])) < 2e-3
+  # Correlated deviations (what a shared head gives PCL from the start): a clear margin.
+  shared = macl.embedding_similarity(jnp.asarray(a), jnp.asarray(a + 0.1 * (d - base)))
+  assert float(shared["pair_margin"]) > 0.005

@@ -32,7 +32,9 @@ L = L_g only; its released embedding is 512-d (--classes 512) and its views are 
 
 Logged with the losses: dead_<view> (i1, i2, v1, v2), the share of the BatchNorm-free ReLU
 centre's channels that are 0 at every location of every example of the batch, per encoder
-pass. When the dominant bottleneck is 1 x 1 (e.g. 64 px patches, s = 0.25, 4 pooling
+pass; cos_within and pair_margin (`embedding_similarity` of g_1, g_2: how alike the slices'
+embeddings are inside a branch, and how much closer a slice's own cross-branch pair is than
+other slices'). When the dominant bottleneck is 1 x 1 (e.g. 64 px patches, s = 0.25, 4 pooling
 levels), L_ER ties it to one corner cell of the auxiliary bottleneck (align_corners) and the
 cheapest way down is a dead centre: g_1 is then constant and L_g sits at its collapse value
 `chance_l_g(B)` = (T / 0.07) ln(2B - 1); init_variables warns about that geometry.
@@ -210,6 +212,38 @@ def dead_fraction(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   if valid is not None:
     alive = alive & valid.astype(bool)[:, None, None, None]
   return 1.0 - jnp.mean(jnp.any(alive, axis=(0, 1, 2)).astype(jnp.float32))
+
+
+def embedding_similarity(
+    z1: jax.Array, z2: jax.Array, valid: jax.Array | None = None
+) -> dict[str, jax.Array]:
+  """Cosine-similarity diagnostics of the L_g pair z1, z2 [B, C] (rows i: the same slice).
+
+  cos_within: mean cosine between different slices inside each view set (z1 with z1, z2
+  with z2), averaged over the two; near 1 = every slice gets the same embedding.
+  pair_margin: mean cosine of a slice's own pair (z1_i, z2_i) minus the mean cosine of z1_i
+  with the other slices' z2_j; 0 = the two branches agree on a common direction but not on
+  which slice is which (the state in which L_g sits at `chance_l_g`), > 0 once the two
+  heads' per-slice deviations correlate. `valid` [B] excludes padding slices.
+  """
+  b = z1.shape[0]
+  f1, f2 = _l2_normalize(z1), _l2_normalize(z2)
+  v = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
+  pair_ok = v[:, None] & v[None, :]
+  other = pair_ok & ~jnp.eye(b, dtype=bool)
+
+  def mean_over(s, mask):
+    return jnp.sum(jnp.where(mask, s, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+  hi = jax.lax.Precision.HIGHEST
+  s11 = jnp.einsum("ic,jc->ij", f1, f1, precision=hi)
+  s22 = jnp.einsum("ic,jc->ij", f2, f2, precision=hi)
+  s12 = jnp.einsum("ic,jc->ij", f1, f2, precision=hi)
+  own = jnp.sum(jnp.where(v, jnp.diagonal(s12), 0.0)) / jnp.maximum(jnp.sum(v), 1)
+  return {
+      "cos_within": (mean_over(s11, other) + mean_over(s22, other)) / 2,
+      "pair_margin": own - mean_over(s12, other),
+  }
 
 
 def chance_l_g(batch_size: int, temperature: float = 0.1, base_temperature: float = 0.07) -> float:
@@ -414,6 +448,8 @@ class Method(base.Method):
     )
     g = jnp.concatenate([out["g_1"], out["g_2"]], axis=0)
     terms = {"l_g": _masked_mean(contrastive_terms(g, positions, valid=valid, **kw), valid)}
+    similarity = embedding_similarity(out["g_1"], out["g_2"], valid)
+    terms.update({k: jax.lax.stop_gradient(v) for k, v in similarity.items()})
     for key, view in CENTRES.items():
       if key in out:
         terms[f"dead_{view}"] = jax.lax.stop_gradient(dead_fraction(out[key], valid))
@@ -431,10 +467,11 @@ class Method(base.Method):
     return terms
 
   def logged(self) -> tuple[str, ...]:
-    """The names `_terms` returns (losses, then dead centre fractions)."""
+    """The names `_terms` returns (losses, dead centre fractions, `embedding_similarity`)."""
+    similarity = ("cos_within", "pair_margin")
     if self.variant == "pcl":
-      return ("l_g", "dead_v1", "dead_v2")
-    return ("l_g", "l_d", "l_er") + tuple(f"dead_{v}" for v in CENTRES.values())
+      return ("l_g", "dead_v1", "dead_v2") + similarity
+    return ("l_g", "l_d", "l_er") + tuple(f"dead_{v}" for v in CENTRES.values()) + similarity
 
   def combine(self, terms: Mapping[str, jax.Array]) -> jax.Array:
     loss = terms["l_g"]
