@@ -13,14 +13,27 @@ i.e. with the convolutions every platform ran before issue #33 (XLA's grouped / 
 TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
 JAX before (XLA's conv) / JAX after (layers' CPU form) / PyTorch, for NAFNet's ops and for
 Restormer's (the transformer family's depthwise qkv / FFN convs and channel LayerNorm).
+
+`--profile_steps=N` (default 5; 0 = off) then says where the JAX L1 step's time goes: a
+jax.profiler trace of N steps, each executed HLO op's time attributed, through its `op_name`
+metadata, to forward or backward and to the innermost module of the network that issued it
+(`conv2` = every block's conv2, `encoders` = ops of an encoder block outside its sub-modules,
+e.g. NAFNet's SimpleGate and scaled residuals), or to "outside the network" (loss, optimizer);
+ops the compiler created without a source (layout copies) are "unattributed". Shares are of the
+summed op time (the CPU runtime runs independent ops concurrently, so it can exceed wall time).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import glob
+import gzip
 import json
+import re
 import tempfile
 import time
+from typing import Any, Iterable
 
 from absl import app
 from absl import flags
@@ -53,6 +66,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "batch_size", 0, "Override the global batch size (0 = the config's).", flag_values=flag_values
   )
   flags.DEFINE_string("output", "", "Also write the results as JSON here.", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "profile_steps",
+      5,
+      "Profile this many JAX L1 steps and print where their time goes (0 = off).",
+      flag_values=flag_values,
+  )
   flags.DEFINE_bool(
       "compare_xla_convs",
       True,
@@ -80,8 +99,11 @@ def matmul_peak(n: int = 2048, steps: int = 10) -> float:
   return 2 * n**3 / _time(lambda: f(a).block_until_ready(), steps)
 
 
-def time_jax_step(config, steps: int, platform: str | None = None) -> dict[str, float]:
-  """The trainer's compiled step; `platform` traces it with platform_lib.for_platform(platform)."""
+def time_jax_step(
+    config, steps: int, platform: str | None = None, profile_steps: int = 0
+) -> dict[str, Any]:
+  """The trainer's compiled step; `platform` traces it with platform_lib.for_platform(platform);
+  `profile_steps` > 0 adds "profile" (`profile_by_module` of that many traced steps)."""
   ctx = platform_lib.for_platform(platform) if platform else contextlib.nullcontext()
   with tempfile.TemporaryDirectory() as workdir, ctx:
     t = trainer_lib.Trainer(config, workdir)
@@ -99,12 +121,85 @@ def time_jax_step(config, steps: int, platform: str | None = None) -> dict[str, 
       jax.block_until_ready(metrics)
 
     seconds = _time(step, steps)
-  return {
+    profile = None
+    if profile_steps > 0:
+      with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir, create_perfetto_trace=True)
+        for _ in range(profile_steps):
+          step()
+        jax.profiler.stop_trace()
+        events = _trace_events(logdir)
+      profile = profile_by_module(
+          compiled.as_text(), events, module_names(state.params), profile_steps
+      )
+  out = {
       "seconds": seconds,
       "images_per_s": config.batch_size / seconds,
       "flops": flops,
       "flops_per_s": flops / seconds,
   }
+  if profile is not None:
+    out["profile"] = profile
+  return out
+
+
+def module_names(params: Any) -> set[str]:
+  """Names of the network's modules: the non-leaf keys of its parameter tree."""
+  names = set()
+  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    names.update(str(getattr(k, "key", k)) for k in path[:-1])
+  return names
+
+
+def _trace_events(logdir: str) -> list[dict]:
+  (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+  with gzip.open(path) as f:
+    return [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+
+
+def op_module(op_name: str, modules: set[str]) -> str:
+  """Where an HLO op belongs, from its op_name metadata: "fwd <module>" or "bwd <module>"."""
+  body = op_name.split("/", 1)[1] if op_name.startswith("jit(") else op_name
+  direction = "bwd" if "transpose(" in body else "fwd"
+  parts = [p for p in re.sub(r"[\w\-]+\(|\)", "", body).split("/") if p]
+  inside = [p for p in parts[:-1] if p in modules]
+  if not inside:
+    return f"{direction} outside the network"
+  module = re.sub(r"(_\d+)+$", "", inside[-1])  # encoders_0_0 -> encoders
+  return f"{direction} {module}"
+
+
+def profile_by_module(
+    hlo_text: str, events: Iterable[dict], modules: set[str], steps: int
+) -> list[dict]:
+  """[{where, ms_per_step, share, ops}] over the traced HLO ops, largest first."""
+  where = {
+      m.group(1): op_module(m.group(2), modules)
+      for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', hlo_text, re.M)
+  }
+  hlo_names = set(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = ", hlo_text, re.M))
+  total = collections.Counter()
+  count = collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if name in where:
+      key = where[name]
+    elif name in hlo_names:
+      key = "unattributed (compiler copies, layout)"
+    else:
+      continue  # runtime bookkeeping (executor, Python frames)
+    total[key] += float(e.get("dur", 0.0))
+    count[key] += 1
+  summed = sum(total.values()) or 1.0
+  return [
+      {
+          "where": key,
+          "ms_per_step": us / 1e3 / steps,
+          "share": us / summed,
+          "ops": count[key] // steps,
+      }
+      for key, us in total.most_common()
+  ]
 
 
 def time_torch_step(config, steps: int) -> dict[str, float] | None:
@@ -262,7 +357,7 @@ def main(argv):
       "patch": config.data.get("patch_size"),
       "matmul_peak_flops_per_s": peak,
       "jax_method": time_jax_step(config, FLAGS.steps),
-      "jax_l1": time_jax_step(l1, FLAGS.steps),
+      "jax_l1": time_jax_step(l1, FLAGS.steps, profile_steps=FLAGS.profile_steps),
       "torch_l1": time_torch_step(l1, FLAGS.steps),
   }
   rows = [("JAX " + config.method.name, results["jax_method"]), ("JAX L1", results["jax_l1"])]
@@ -308,6 +403,17 @@ def main(argv):
             f"| {r['op']} | {r['shape']} | {ms(r['jax_before_s'])} | {ms(r['jax_after_s'])} | "
             f"{ms(r['torch_s'])} | {ratio} |"
         )
+  if results["jax_l1"].get("profile"):
+    rows_ = results["jax_l1"]["profile"]
+    print(
+        f"\nWhere the JAX L1 step's time goes ({FLAGS.profile_steps} profiled steps; share of the "
+        f"summed op time, {sum(r['ms_per_step'] for r in rows_):.1f} ms per step; wall "
+        f"{1e3 * results['jax_l1']['seconds']:.1f} ms):"
+    )
+    print("| where | ms per step | share | ops per step |")
+    print("|---|---|---|---|")
+    for r in rows_[:24]:
+      print(f"| {r['where']} | {r['ms_per_step']:.2f} | {100 * r['share']:.1f}% | {r['ops']} |")
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
