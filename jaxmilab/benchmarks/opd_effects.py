@@ -375,10 +375,13 @@ def summarize(runs: list[dict]) -> str:
 def main(argv):
   del argv
   if FLAGS.merge:
-    runs = []
+    runs, seen = [], set()
     for path in FLAGS.merge:
       with open(path, encoding="utf-8") as f:
-        runs += json.load(f)["runs"]
+        for r in json.load(f)["runs"]:  # a run found in two files counts once
+          if (r["recipe"], r["m"], r["seed"]) not in seen:
+            seen.add((r["recipe"], r["m"], r["seed"]))
+            runs.append(r)
     print(summarize(runs))
     return
   seeds = [int(s) for s in FLAGS.seeds]
