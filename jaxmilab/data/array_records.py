@@ -255,16 +255,9 @@ class WeightedSource:
       )
     used = p > 0
     length = int(np.ceil(np.max(sizes[used] / p[used]) - 1e-9))
-    share = p * length
-    keys = np.where(used, np.floor(share), 0).astype(np.int64)
-    for t in np.argsort(-(share - np.floor(share))):  # largest remainders, up to `length`
-      if keys.sum() >= length:
-        break
-      if used[t]:
-        keys[t] += 1
-    keys = np.maximum(keys, np.where(used, sizes, 0))  # every record once per epoch at least
-    self.keys = keys  # [types]: keys per epoch of each type
-    self.ends = np.cumsum(keys)
+    # [types]: keys per epoch of each type, every record at least once.
+    self.keys = uir_degradations.allocate(p, length, minimum=sizes)
+    self.ends = np.cumsum(self.keys)
     self.records = [np.asarray(r, np.int64) for r in records]
     self._digest = hashlib.sha256(p.tobytes() + sizes.tobytes()).hexdigest()[:12]
 
@@ -409,9 +402,8 @@ def create(
       process_count=process_count,
   )
   manifests: list[dict[str, Any]] = []
-  shards, found_types, stored = _load(
-      _folders(opts.path, "config.data.path"), "config.data.path", manifests
-  )
+  folders = _folders(opts.path, "config.data.path")
+  shards, found_types, stored = _load(folders, "config.data.path", manifests)
   types = opts.types
   types = (
       tuple(found_types) if not types else ((types,) if isinstance(types, str) else tuple(types))
@@ -470,7 +462,7 @@ def create(
     p = uir_degradations.type_probabilities(
         types, opts.type_weights, key, choices=("records", "uniform", "uir_counts")
     )
-    labels = record_labels(manifests, types, _folders(opts.path, "config.data.path"))
+    labels = record_labels(manifests, types, folders)
     keep = np.ones(labels.size, bool)
     if not eval_path:
       keep[held_out] = False

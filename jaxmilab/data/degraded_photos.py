@@ -131,15 +131,7 @@ def type_slots(
   from jaxmilab.data import uir_degradations  # pylint: disable=g-import-not-at-top
 
   w = uir_degradations.type_probabilities(types, weights, key)
-  positive = w > 0
-  share = w * TYPE_SLOTS
-  n = np.where(positive, np.maximum(np.floor(share), 1), 0).astype(int)
-  order = np.argsort(-(share - np.floor(share)))
-  for i in order:  # largest remainders first, up to TYPE_SLOTS
-    if n.sum() >= TYPE_SLOTS:
-      break
-    if positive[i]:
-      n[i] += 1
+  n = uir_degradations.allocate(w, TYPE_SLOTS, minimum=1)
   return tuple(int(t) for t, k in enumerate(n) for _ in range(k))
 
 

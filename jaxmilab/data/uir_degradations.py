@@ -805,6 +805,22 @@ def type_probabilities(
   return w / w.sum()
 
 
+def allocate(p: np.ndarray, total: int, minimum: Any = 0) -> np.ndarray:
+  """Whole counts for probabilities `p` summing to about `total`: floor(p * total), raised to
+  `minimum` (per type, or one number) where p > 0 and 0 where p = 0, then one more for the
+  largest remainders while the sum is below `total` (int64)."""
+  p = np.asarray(p, np.float64)
+  used = p > 0
+  share = p * total
+  n = np.where(used, np.maximum(np.floor(share), minimum), 0).astype(np.int64)
+  for i in np.argsort(-(share - np.floor(share))):  # largest remainders first
+    if n.sum() >= total:
+      break
+    if used[i]:
+      n[i] += 1
+  return n
+
+
 _NEW = (
     ("poisson_noise", poisson_noise, POISSON_PEAKS),
     ("salt_pepper_noise", salt_pepper_noise, SALT_PEPPER_AMOUNTS),
