@@ -1,4 +1,5 @@
-"""CPU forms of convolutions (jaxmilab/models/layers.py, issue #33): same numbers, same TPU/GPU HLO.
+"""CPU forms of convolutions and of the channel LayerNorm (jaxmilab/models/layers.py, issue #33):
+same numbers, same TPU/GPU HLO.
 
 On CPU, `layers.conv2d` lowers 1x1 convs as a matmul and depthwise convs as shifted
 multiply-adds with a hand-written VJP; on TPU and GPU it must call `lax.conv_general_dilated`
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,14 +99,27 @@ def test_cpu_lowering_has_no_grouped_conv_and_differs_from_generic():
   assert cpu.count("stablehlo.convolution") < generic.count("stablehlo.convolution")
 
 
+def _norm_before_33(x, scale, bias, eps):
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  inv = jax.lax.rsqrt(var + eps)
+  if bias is not None:
+    return (x32 - mean) * inv * scale + bias
+  return x32 * inv * scale
+
+
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_tpu_and_gpu_lowerings_are_unchanged(platform, monkeypatch):
   x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
   model = nafnet.create({"preset": "nafnet_tiny"})
   v = model.init(jax.random.key(1), x)
   text = _step_text(model, v, x, platform)
-  # Today's layers: flax's nn.Conv with no conv_general_dilated hook.
+  # The layers before #33: flax's nn.Conv with no conv_general_dilated hook, and the norm as it
+  # was written inside ChannelLayerNorm (copied here; the CPU form must never be reached).
   monkeypatch.setattr(layers, "conv_general_dilated", None)
+  monkeypatch.setattr(layers, "_channel_layer_norm", _norm_before_33)
+  monkeypatch.setattr(layers, "channel_layer_norm_cpu", None)
   before = _step_text(model, v, x, platform)
   assert "stablehlo.convolution" in before
   assert text == before
@@ -117,3 +132,62 @@ def test_trace_platform_follows_override_mesh_and_default():
   mesh = jax.make_mesh((1,), ("data",))
   with jax.set_mesh(mesh):
     assert platform_lib.trace_platform() == mesh.devices.flat[0].platform
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cpu_layer_norm_matches_the_norm_as_written_values_and_gradients(with_bias, dtype):
+  rng = np.random.default_rng(0)
+  # An offset mean and an uneven scale, so that the centring and the BiasFree numerator matter.
+  x = jnp.asarray(rng.normal(size=(2, 5, 3, 12)) * 1.7 + 0.6, dtype)
+  scale = jnp.asarray(rng.normal(size=12), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=12), jnp.float32) if with_bias else None
+  ct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  eps = 1e-5
+
+  written = layers._channel_layer_norm  # pylint: disable=protected-access
+  ref = written(x, scale, bias, eps)
+  out = layers.channel_layer_norm_cpu(x, scale, bias, eps)
+  assert out.dtype == ref.dtype == jnp.float32
+  np.testing.assert_allclose(out, ref, atol=1e-6, rtol=1e-6)
+  argnums = (0, 1, 2) if with_bias else (0, 1)
+
+  def grads(fn):
+    return jax.grad(lambda x, s, b: jnp.sum(fn(x, s, b, eps) * ct), argnums)(x, scale, bias)
+
+  g_ref, g = grads(written), grads(layers.channel_layer_norm_cpu)
+  tol = 1e-4 if dtype == jnp.float32 else 2e-2  # bf16: dx is rounded to x's dtype
+  for a, b in zip(g, g_ref):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(
+        np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol
+    )
+
+
+def test_cpu_layer_norm_keeps_only_x_and_per_pixel_statistics_for_backward(capsys):
+  # The mechanism of the speed-up: JAX's own VJP of the norm keeps full-size float32
+  # intermediates (centred x, normalised x); the CPU form keeps x and [..., 1] statistics.
+  x = jnp.ones((2, 8, 8, 16), jnp.float32) + jnp.arange(16.0)
+  scale, bias = jnp.ones(16), jnp.zeros(16)
+  full = "f32[2,8,8,16]"
+
+  def saved(fn):
+    jax.ad_checkpoint.print_saved_residuals(lambda x: jnp.sum(fn(x, scale, bias, 1e-6)), x)
+    return capsys.readouterr().out.splitlines()
+
+  generic = saved(layers._channel_layer_norm)  # pylint: disable=protected-access
+  cpu = saved(layers.channel_layer_norm_cpu)
+  assert sum(full in line for line in generic) >= 2, generic
+  assert sum(full in line for line in cpu) == 1, cpu  # x itself
+  assert sum("f32[2,8,8,1]" in line for line in cpu) == 2, cpu  # mean and 1 / std
+
+
+def test_layer_norm_module_takes_the_cpu_form_only_on_cpu():
+  x = jax.random.normal(jax.random.key(0), (1, 4, 4, 8))
+  norm = layers.LayerNorm2d()
+  v = norm.init(jax.random.key(1), x)
+  texts = {}
+  for platform in ("cpu", "tpu"):
+    with platform_lib.for_platform(platform):
+      texts[platform] = str(jax.make_jaxpr(norm.apply)(v, x))
+  assert "custom_vjp" in texts["cpu"] and "custom_vjp" not in texts["tpu"]
