@@ -9,8 +9,8 @@ FLOPs per step come from XLA's cost analysis of the compiled step, which is the 
 (`Trainer.compile_train_step()`, the executable the training loop calls).
 
 On CPU, also "JAX L1, XLA convs": the same L1 step traced with `platform_lib.for_platform("generic")`,
-i.e. with the convolutions every platform ran before issue #33 (XLA's grouped / 1x1 convs, which
-TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
+i.e. with the convolutions and LayerNorms every platform ran before issue #33 (XLA's grouped / 1x1
+convs, the norm differentiated by JAX; what TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
 JAX before (XLA's conv) / JAX after (layers' CPU form) / PyTorch, for NAFNet's ops and for
 Restormer's (the transformer family's depthwise qkv / FFN convs and channel LayerNorm).
 
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab import config_lib
+from jaxmilab import console
 from jaxmilab import sharding as sharding_lib
 from jaxmilab import trainer as trainer_lib
 from jaxmilab.kernels import platform as platform_lib
@@ -341,6 +342,7 @@ def per_op_table(batch: int, patch: int, steps: int) -> dict[str, list[dict]]:
 
 def main(argv):
   del argv
+  console.setup()  # no libtpu start-up lines on a CPU host with the [tpu] extra
   overrides = {"mesh.num_devices": 1}
   if FLAGS.batch_size:
     overrides["batch_size"] = FLAGS.batch_size
