@@ -239,7 +239,9 @@ def test_compilation_cache_defaults_beside_a_gs_workdir_only(monkeypatch):
 @pytest.mark.slow  # two training starts in subprocesses (~1-2 min on a loaded 2-core machine)
 def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compiling(tmp_path):
   """`python -m jaxmilab.main` twice with the same config and cache: the second start's train
-  step comes from the persistent cache (its "compile" row is a fraction of the first's)."""
+  step comes from the persistent cache (its "compile" row counts a cache hit and no miss; the
+  first start's a miss). Times are printed, not asserted: under CI load the second start's
+  trace + cache load once took 0.33x the first's compile (11.0 vs 33.6 s)."""
   from jaxmilab import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   cache = tmp_path / "cache"
@@ -276,8 +278,10 @@ def test_second_start_of_the_same_config_loads_the_train_step_instead_of_compili
     seconds.append(rows[0]["train_step_seconds"])
     if run == "first":
       assert any(cache.iterdir()), "nothing was written to the cache"
+      assert rows[0]["cache_misses"] >= 1 and rows[0]["cache_hits"] == 0, rows[0]
+    else:
+      assert rows[0]["cache_hits"] >= 1 and rows[0]["cache_misses"] == 0, rows[0]
   print(f"train step compile: first start {seconds[0]:.1f} s, second start {seconds[1]:.2f} s")
-  assert seconds[1] < 0.3 * seconds[0], seconds
 
 
 def test_compiled_stats_leave_out_the_negative_time_placeholder():

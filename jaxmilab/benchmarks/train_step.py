@@ -8,9 +8,10 @@ L1 NAFNet step in PyTorch on the same device (CPU) with the same batch, and the 
 FLOPs per step come from XLA's cost analysis of the compiled step, which is the trainer's own
 (`Trainer.compile_train_step()`, the executable the training loop calls).
 
-On CPU, also "JAX L1, XLA convs": the same L1 step traced with `platform_lib.for_platform("generic")`,
-i.e. with the convolutions and LayerNorms every platform ran before issue #33 (XLA's grouped / 1x1
-convs, the norm differentiated by JAX; what TPU and GPU still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
+On CPU, also "JAX L1, XLA convs": the same L1 step traced with
+`platform_lib.for_platform("generic")`, i.e. with the convolutions and LayerNorms every platform
+ran before issue #33 (XLA's grouped / 1x1 convs, the norm differentiated by JAX; what TPU and GPU
+still get), and a per-op table, fwd+bwd of one op at the backbone's level-0 shapes:
 JAX before (XLA's conv) / JAX after (layers' CPU form) / PyTorch, for NAFNet's ops and for
 Restormer's (the transformer family's depthwise qkv / FFN convs and channel LayerNorm).
 
