@@ -62,3 +62,17 @@ def test_profile_sums_each_traced_op_into_its_module_per_step():
   assert [r["where"] for r in rows][0] == "bwd conv2"
   assert sum(r["share"] for r in rows) == pytest.approx(1.0)
   assert rows[0]["share"] == pytest.approx(2000 / 4000)
+
+
+def test_steps_are_timed_in_alternating_rounds_after_one_warm_up_each():
+  calls = []
+  fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+  times = train_step.time_interleaved(fns, steps=6, rounds=3)
+  assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-ups, then rounds of 6 // 3 calls
+  assert {k: [len(r) for r in v] for k, v in times.items()} == {"a": [2, 2, 2], "b": [2, 2, 2]}
+
+
+def test_round_ratio_is_speed_of_num_relative_to_den_per_round():
+  # Round 2 is a slow phase of the machine for both: the paired ratio does not move.
+  times = {"jax": [[2.0, 2.0], [4.0, 4.0]], "torch": [[1.0, 1.0], [2.0, 2.0]]}
+  assert train_step.round_ratios(times, "jax", "torch") == [0.5, 0.5]

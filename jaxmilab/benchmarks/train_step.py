@@ -8,6 +8,13 @@ L1 NAFNet step in PyTorch on the same device (CPU) with the same batch, and the 
 FLOPs per step come from XLA's cost analysis of the compiled step, which is the trainer's own
 (`Trainer.compile_train_step()`, the executable the training loop calls).
 
+The steps are timed interleaved: `--rounds` rounds, each running every step `--steps / --rounds`
+times in turn, so a change in the machine's speed during the run reaches all of them alike (on
+the shared 2-core host PyTorch's step gave 42, 54 and 78 images/s in three back-to-back runs of
+this benchmark when they were timed one after the other). Images/s are from the median step
+time over all rounds; the JAX / PyTorch ratio is the median of the per-round ratios, printed
+with its range.
+
 On CPU, also "JAX L1, XLA convs": the same L1 step traced with
 `platform_lib.for_platform("generic")`, i.e. with the convolutions and LayerNorms every platform
 ran before issue #33 (XLA's grouped / 1x1 convs, the norm differentiated by JAX; what TPU and GPU
@@ -34,7 +41,7 @@ import json
 import re
 import tempfile
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from absl import app
 from absl import flags
@@ -63,6 +70,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   )  # jaxmilab.compile defines --config too (one process may import both)
   flags.DEFINE_integer(
       "steps", 20, "Timed steps (after one warm-up step).", flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+      "rounds",
+      5,
+      "Interleaved timing rounds (each runs every step steps / rounds times).",
+      flag_values=flag_values,
   )
   flags.DEFINE_integer(
       "batch_size", 0, "Override the global batch size (0 = the config's).", flag_values=flag_values
@@ -94,6 +107,33 @@ def _time(fn, steps: int) -> float:
   return float(np.median(times))
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], steps: int, rounds: int
+) -> dict[str, list[list[float]]]:
+  """Seconds of each call of each fn (which must block until done): {name: [round][call]}.
+
+  After one untimed warm-up call of each, `rounds` rounds run each fn max(steps // rounds, 1)
+  times in turn, so that a slower or faster phase of the machine falls on every fn."""
+  for fn in fns.values():
+    fn()
+  per_round = max(steps // max(rounds, 1), 1)
+  times = {name: [] for name in fns}
+  for _ in range(max(rounds, 1)):
+    for name, fn in fns.items():
+      round_times = []
+      for _ in range(per_round):
+        t0 = time.perf_counter()
+        fn()
+        round_times.append(time.perf_counter() - t0)
+      times[name].append(round_times)
+  return times
+
+
+def round_ratios(times: dict[str, list[list[float]]], num: str, den: str) -> list[float]:
+  """Per round, median seconds of `den` / median seconds of `num`: num's speed relative to den."""
+  return [float(np.median(d) / np.median(n)) for n, d in zip(times[num], times[den])]
+
+
 def matmul_peak(n: int = 2048, steps: int = 10) -> float:
   """FLOP/s of a jitted float32 n x n matmul on the default device: the roofline of this run."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -101,48 +141,59 @@ def matmul_peak(n: int = 2048, steps: int = 10) -> float:
   return 2 * n**3 / _time(lambda: f(a).block_until_ready(), steps)
 
 
-def time_jax_step(
-    config, steps: int, platform: str | None = None, profile_steps: int = 0
-) -> dict[str, Any]:
-  """The trainer's compiled step; `platform` traces it with platform_lib.for_platform(platform);
-  `profile_steps` > 0 adds "profile" (`profile_by_module` of that many traced steps)."""
-  ctx = platform_lib.for_platform(platform) if platform else contextlib.nullcontext()
-  with tempfile.TemporaryDirectory() as workdir, ctx:
+def prepare_jax_step(
+    config, stack: contextlib.ExitStack, platform: str | None = None
+) -> tuple[Callable[[], None], dict[str, Any]]:
+  """(step, info): `step()` runs the trainer's compiled train step once (blocking); info has
+  "flops" (XLA's cost analysis), "hlo_text" and "modules" (for `profile_by_module`). The
+  trainer's temporary workdir lives until `stack` closes. `platform` traces the step with
+  platform_lib.for_platform(platform)."""
+  workdir = stack.enter_context(tempfile.TemporaryDirectory())
+  with platform_lib.for_platform(platform) if platform else contextlib.nullcontext():
     t = trainer_lib.Trainer(config, workdir)
     state = t.initial_state()
     batch = sharding_lib.put_batch(next(t.data.train), t.mesh)
     # The trainer's own compiled step (lowered inside jax.set_mesh), as the training loop runs it.
     compiled, _ = t.compile_train_step()
-    flops = trainer_lib.compiled_stats(compiled)["flops_per_device"]
-    holder = {"state": state}
-    rng = t._rng()  # pylint: disable=protected-access
+  holder = {"state": state}
+  rng = t._rng()  # pylint: disable=protected-access
 
-    def step():
-      with t.mesh_context():
-        holder["state"], metrics = compiled(holder["state"], batch, rng)
-      jax.block_until_ready(metrics)
+  def step():
+    with t.mesh_context():
+      holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready(metrics)
 
-    seconds = _time(step, steps)
-    profile = None
-    if profile_steps > 0:
-      with tempfile.TemporaryDirectory() as logdir:
-        jax.profiler.start_trace(logdir, create_perfetto_trace=True)
-        for _ in range(profile_steps):
-          step()
-        jax.profiler.stop_trace()
-        events = _trace_events(logdir)
-      profile = profile_by_module(
-          compiled.as_text(), events, module_names(state.params), profile_steps
-      )
-  out = {
-      "seconds": seconds,
-      "images_per_s": config.batch_size / seconds,
-      "flops": flops,
-      "flops_per_s": flops / seconds,
+  info = {
+      "flops": trainer_lib.compiled_stats(compiled)["flops_per_device"],
+      "hlo_text": compiled.as_text(),
+      "modules": module_names(state.params),
   }
-  if profile is not None:
-    out["profile"] = profile
+  return step, info
+
+
+def profile_step(step: Callable[[], None], info: dict[str, Any], steps: int) -> list[dict]:
+  """`profile_by_module` of `steps` calls of a step from `prepare_jax_step`."""
+  with tempfile.TemporaryDirectory() as logdir:
+    jax.profiler.start_trace(logdir, create_perfetto_trace=True)
+    for _ in range(steps):
+      step()
+    jax.profiler.stop_trace()
+    events = _trace_events(logdir)
+  return profile_by_module(info["hlo_text"], events, info["modules"], steps)
+
+
+def _step_result(seconds: float, batch_size: int, flops: float | None = None) -> dict[str, Any]:
+  out = {"seconds": seconds, "images_per_s": batch_size / seconds}
+  if flops is not None:
+    out.update(flops=flops, flops_per_s=flops / seconds)
   return out
+
+
+def time_jax_step(config, steps: int) -> dict[str, Any]:
+  """Median seconds, images/s and FLOP/s of the config's train step, timed on its own."""
+  with contextlib.ExitStack() as stack:
+    step, info = prepare_jax_step(config, stack)
+    return _step_result(_time(step, steps), config.batch_size, info["flops"])
 
 
 def module_names(params: Any) -> set[str]:
@@ -204,8 +255,8 @@ def profile_by_module(
   ]
 
 
-def time_torch_step(config, steps: int) -> dict[str, float] | None:
-  """The same NAFNet + L1 + AdamW step in PyTorch (None without torch)."""
+def prepare_torch_step(config) -> tuple[Callable[[], None], int] | None:
+  """(step, threads): the same NAFNet + L1 + AdamW step in PyTorch (None without torch)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -228,12 +279,7 @@ def time_torch_step(config, steps: int) -> dict[str, float] | None:
     loss.backward()
     opt.step()
 
-  seconds = _time(step, steps)
-  return {
-      "seconds": seconds,
-      "images_per_s": config.batch_size / seconds,
-      "threads": torch.get_num_threads(),
-  }
+  return step, torch.get_num_threads()
 
 
 # Per-op rows: (label, kind, channels in, channels out) at [batch, patch, patch, C].
@@ -353,20 +399,43 @@ def main(argv):
   l1.method = {"name": "restoration", "init_from": ""}
   l1.lock()
   peak = matmul_peak()
+  compare = FLAGS.compare_xla_convs and jax.default_backend() == "cpu"
+  with contextlib.ExitStack() as stack:
+    step_fns, infos = {}, {}
+    step_fns["jax_method"], infos["jax_method"] = prepare_jax_step(config, stack)
+    step_fns["jax_l1"], infos["jax_l1"] = prepare_jax_step(l1, stack)
+    if compare:
+      step_fns["jax_l1_xla_convs"], infos["jax_l1_xla_convs"] = prepare_jax_step(
+          l1, stack, platform="generic"
+      )
+    torch_step = prepare_torch_step(l1)
+    if torch_step:
+      step_fns["torch_l1"], threads = torch_step
+    times = time_interleaved(step_fns, FLAGS.steps, FLAGS.rounds)
+    profile = None
+    if FLAGS.profile_steps > 0:
+      profile = profile_step(step_fns["jax_l1"], infos["jax_l1"], FLAGS.profile_steps)
   results = {
       "device": jax.devices()[0].device_kind,
       "config": FLAGS.config,
       "batch_size": config.batch_size,
       "patch": config.data.get("patch_size"),
       "matmul_peak_flops_per_s": peak,
-      "jax_method": time_jax_step(config, FLAGS.steps),
-      "jax_l1": time_jax_step(l1, FLAGS.steps, profile_steps=FLAGS.profile_steps),
-      "torch_l1": time_torch_step(l1, FLAGS.steps),
+      "rounds": FLAGS.rounds,
+      "step_seconds": times,
   }
+  for name, t in times.items():
+    flops = infos[name]["flops"] if name in infos else None
+    results[name] = _step_result(float(np.median(sum(t, []))), config.batch_size, flops)
+  if profile is not None:
+    results["jax_l1"]["profile"] = profile
+  if torch_step:
+    results["torch_l1"]["threads"] = threads
+    results["ratio_rounds"] = round_ratios(times, "jax_l1", "torch_l1")
+    if compare:
+      results["ratio_rounds_xla_convs"] = round_ratios(times, "jax_l1_xla_convs", "torch_l1")
   rows = [("JAX " + config.method.name, results["jax_method"]), ("JAX L1", results["jax_l1"])]
-  compare = FLAGS.compare_xla_convs and jax.default_backend() == "cpu"
   if compare:
-    results["jax_l1_xla_convs"] = time_jax_step(l1, FLAGS.steps, platform="generic")
     rows.append(("JAX L1, XLA convs (before #33)", results["jax_l1_xla_convs"]))
     results["per_op"] = per_op_table(config.batch_size, results["patch"], max(FLAGS.steps // 2, 5))
   print(
@@ -380,16 +449,16 @@ def main(argv):
         f"| {name} | {r['images_per_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
         f"{100 * r['flops_per_s'] / peak:.1f}% |"
     )
-  if results["torch_l1"]:
+  if torch_step:
     t = results["torch_l1"]
     print(f"| PyTorch L1 ({t['threads']} threads) | {t['images_per_s']:.2f} | | | |")
-    print(
-        f"JAX / PyTorch images/s (L1 step): {results['jax_l1']['images_per_s'] / t['images_per_s']:.2f}x"
-    )
+    print(_ratio_line("JAX / PyTorch images/s (L1 step)", results["ratio_rounds"]))
     if compare:
       print(
-          f"JAX with XLA convs (before #33) / PyTorch images/s (L1 step): "
-          f"{results['jax_l1_xla_convs']['images_per_s'] / t['images_per_s']:.2f}x"
+          _ratio_line(
+              "JAX with XLA convs (before #33) / PyTorch images/s (L1 step)",
+              results["ratio_rounds_xla_convs"],
+          )
       )
   if compare:
     ms = lambda v: "" if v is None else f"{1e3 * v:.1f}"
@@ -420,6 +489,13 @@ def main(argv):
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
+
+
+def _ratio_line(label: str, ratios: list[float]) -> str:
+  return (
+      f"{label}: {np.median(ratios):.2f}x (median of {len(ratios)} interleaved rounds; "
+      f"range {min(ratios):.2f}-{max(ratios):.2f})"
+  )
 
 
 def run() -> None:
