@@ -1,8 +1,8 @@
 """CPU forms of convolutions and of the channel LayerNorm (jaxmilab/models/layers.py, issue #33):
 same numbers, same TPU/GPU HLO.
 
-On CPU, `layers.conv2d` lowers 1x1 convs as a matmul and depthwise convs as shifted
-multiply-adds with a hand-written VJP; on TPU and GPU it must call `lax.conv_general_dilated`
+On CPU, `layers.conv2d` lowers 1x1 convs as a matmul (whose VJP flattens rows for the weight
+gradient) and depthwise convs as shifted multiply-adds with a hand-written VJP; on TPU and GPU it must call `lax.conv_general_dilated`
 exactly as flax does. The references: XLA's own convolution (the generic form, what every
 platform ran before) for values and gradients, and the lowered StableHLO text of a NAFNet train
 step traced for 'tpu' and 'cuda' without the hook (= flax's default `nn.Conv`).
@@ -45,6 +45,42 @@ def test_depthwise_cpu_form_matches_xla_conv_and_gradients(k, pad):
   g = jax.grad(lambda x, w: jnp.sum(layers.depthwise_conv_cpu(x, w, pad) * ct), (0, 1))(x, w)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pointwise_cpu_form_matches_xla_conv_and_gradients(dtype):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 6)), dtype)
+  w = jnp.asarray(rng.normal(size=(1, 1, 6, 5)), dtype)
+  ct = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), dtype)
+  tol = dict(atol=1e-4, rtol=1e-5) if dtype == jnp.float32 else dict(atol=0.1, rtol=2e-2)
+  ref = _xla_conv(x, w, ((0, 0), (0, 0)), 1)
+  out = layers.pointwise_conv_cpu(x, w[0, 0])
+  assert out.dtype == ref.dtype
+  np.testing.assert_allclose(np.float32(out), np.float32(ref), **tol)
+  f = lambda conv: jax.grad(lambda x, w: jnp.sum((conv(x, w) * ct).astype(jnp.float32)), (0, 1))
+  g_ref = f(lambda x, w: _xla_conv(x, w, ((0, 0), (0, 0)), 1))(x, w)
+  g = f(lambda x, w: layers.pointwise_conv_cpu(x, w[0, 0]))(x, w)
+  for a, b in zip(g, g_ref):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.float32(a), np.float32(b), **tol)
+
+
+def test_pointwise_cpu_weight_gradient_contracts_flattened_rows():
+  # The point of the CPU form: the weight gradient is one [P, C]^T @ [P, F] matmul over
+  # flattened rows, where JAX's transpose of the dot contracts N, H and W as three axes.
+  x, w = jnp.ones((2, 4, 4, 3)), jnp.ones((3, 5))
+
+  def weight_grad_operand_ranks(dot):
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(dot(x, w))))(w).jaxpr
+    return [
+        [v.aval.ndim for v in e.invars]
+        for e in jaxpr.eqns
+        if e.primitive.name == "dot_general" and e.outvars[0].aval.ndim == 2
+    ]
+
+  assert weight_grad_operand_ranks(layers.pointwise_conv_cpu) == [[2, 2]]
+  assert weight_grad_operand_ranks(jnp.dot) == [[4, 4]]  # the old form, contracting N, H, W
 
 
 class _Convs(nn.Module):

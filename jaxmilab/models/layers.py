@@ -127,6 +127,29 @@ def _sum_rows(v: jax.Array) -> jax.Array:
 depthwise_conv_cpu.defvjp(_dw_fwd, _dw_bwd)
 
 
+@jax.custom_vjp
+def pointwise_conv_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
+  """A 1x1 conv of [..., C] x with w [C, F] as a matmul, x @ w, whose VJP works on [P, C] rows.
+
+  JAX's own transpose of the dot contracts the weight gradient over N, H and W as three axes,
+  which XLA:CPU lays out with extra copies; flattened to rows first, the NAFNet L1 step ran
+  1.09x faster (median of 8 rounds interleaved in one process, 1.03-1.27; issue #33)."""
+  return jnp.dot(x, w)
+
+
+def _pw_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _pw_bwd(res, g):
+  x, w = res
+  dw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+  return jnp.dot(g, w.T), dw.astype(w.dtype)
+
+
+pointwise_conv_cpu.defvjp(_pw_fwd, _pw_bwd)
+
+
 def _nhwc_hwio(dimension_numbers) -> bool:
   spec = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
   return dimension_numbers == spec or dimension_numbers == ("NHWC", "HWIO", "NHWC")
@@ -173,7 +196,7 @@ def conv_general_dilated(
     kh, kw_, cin_g, cout = rhs.shape
     c = lhs.shape[-1]
     if feature_group_count == 1 and (kh, kw_) == (1, 1) and pad == ((0, 0), (0, 0)):
-      return jnp.dot(lhs, rhs[0, 0])  # [N, H, W, C] @ [C, F]
+      return pointwise_conv_cpu(lhs, rhs[0, 0])  # [N, H, W, C] @ [C, F]
     if feature_group_count == c == cout and cin_g == 1:
       return depthwise_conv_cpu(lhs, rhs, pad)
   return jax.lax.conv_general_dilated(*args, **kw)
