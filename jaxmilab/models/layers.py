@@ -270,8 +270,8 @@ def _mean_c(v):
   """Mean over the last (channel) axis as a matrix-vector product, [..., C] -> [..., 1].
 
   XLA:CPU turns `jnp.mean(v, -1)` over a few channels per pixel into a YNNPACK reduce fusion that
-  materialises the broadcast operands around it; as a dot the NAFNet L1 step ran 1.10x faster
-  (median of 8 rounds paired with PyTorch, 1.01-1.20; benchmarks.train_step, issue #33)."""
+  materialises the broadcast operands around it; as a dot the NAFNet L1 step ran 1.11x faster
+  (median of 8 interleaved rounds in one process, 1.01-1.20; benchmarks.train_step, issue #33)."""
   return jnp.dot(v, jnp.full((v.shape[-1], 1), 1.0 / v.shape[-1], v.dtype))
 
 
