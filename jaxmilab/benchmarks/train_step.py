@@ -96,17 +96,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   )
 
 
-def _time(fn, steps: int) -> float:
-  """Median seconds per call of fn() (which must block until its result is ready)."""
-  fn()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def time_interleaved(
     fns: dict[str, Callable[[], Any]], steps: int, rounds: int
 ) -> dict[str, list[list[float]]]:
@@ -127,6 +116,12 @@ def time_interleaved(
         round_times.append(time.perf_counter() - t0)
       times[name].append(round_times)
   return times
+
+
+def _time(fn, steps: int) -> float:
+  """Median seconds per call of fn() (which must block until its result is ready): one warm-up
+  call, then `steps` timed calls (`time_interleaved` with one fn and one round)."""
+  return float(np.median(time_interleaved({"fn": fn}, steps, rounds=1)["fn"][0]))
 
 
 def round_ratios(times: dict[str, list[list[float]]], num: str, den: str) -> list[float]:
