@@ -14,6 +14,7 @@ from jaxmilab import config_lib
 from jaxmilab import metrics as metrics_lib
 from jaxmilab import trainer as trainer_lib
 from jaxmilab.convert import mapping
+from jaxmilab.data import base as data_base
 from jaxmilab.methods import maskdcpt
 from jaxmilab.models import layers
 from jaxmilab.models import masking
@@ -423,3 +424,31 @@ def test_maskable_interface_is_required():
     masking.mask_patch_size(NotMaskable())
   with pytest.raises(ValueError, match="decoder_modules"):
     masking.decoder_modules(NotMaskable())
+
+
+def test_quickstart_classifier_trains_at_a_tenth_of_the_network_lr():
+  """The quickstart's classifier learning-rate group (docs/maskdcpt.md, "Why the classifier sat
+  at chance") matches every classifier parameter of the real method and no backbone parameter:
+  a regex that matched nothing would silently train the classifier at the full 3e-3."""
+  config = config_lib.load("configs/maskdcpt.py:quickstart", {})
+  method = maskdcpt.Method(config, data_base.DataInfo(num_classes=2, class_names=("noise", "jpeg")))
+  batch = {"lq": jnp.zeros((1, 64, 64, 3), jnp.float32)}
+  shapes = jax.eval_shape(lambda: method.init_variables(jax.random.key(0), batch))["params"]
+  params = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  tx = method.create_optimizer(config.optimizer, config.total_steps)
+  state = tx.init(params)
+  for _ in range(config.optimizer.warmup_steps):  # to the peak learning rate
+    updates, state = tx.update(grads, state, params)
+  steps = {
+      part: {float(np.round(np.abs(np.asarray(u)).max(), 8)) for u in jax.tree_util.tree_leaves(up)}
+      for part, up in updates.items()
+  }
+  peak = (
+      config.optimizer.learning_rate
+      * (config.optimizer.warmup_steps - 1)
+      / (config.optimizer.warmup_steps)
+  )
+  # Adam with a constant gradient moves every parameter by the lr (weight decay 0 at zero params).
+  np.testing.assert_allclose(sorted(steps["backbone"]), [peak], rtol=1e-4)
+  np.testing.assert_allclose(sorted(steps["classifier"]), [0.1 * peak], rtol=1e-4)

@@ -11,7 +11,11 @@ each with the dense input (what the trainer's eval reports) and, for MaskDCPT, w
 input of pre-training (random patch masks at the run's mask ratio, fixed seeds). The four
 accuracies separate the causes of a classifier at chance on held-out photos: a gap between
 masked and dense input (the mask), between train and held-out photos (overfitting to 6 photos),
-or low accuracy everywhere (it never learned). Prints a table and, with --output, JSON.
+or low accuracy everywhere (it never learned). For the last case it also prints the logit spread
+(per class, the standard deviation over the held-out examples of the dense logits, averaged over
+classes): near 0 means the classifier gives every image the same answer whatever its input, the
+collapsed state docs/maskdcpt.md describes ("Why the classifier sat at chance"). Prints a table
+and, with --output, JSON.
 """
 
 from __future__ import annotations
@@ -87,9 +91,11 @@ def probe(workdir: str, mask_seeds: int = 2) -> dict[str, Any]:
     masked = hasattr(method, "patch") and config.method.name == "maskdcpt"
 
     @jax.jit
-    def predict(lq, key):
-      if key is None:
-        return jnp.argmax(method.forward(params, lq)[1], -1)
+    def logits_of(lq):
+      return method.forward(params, lq)[1]
+
+    @jax.jit
+    def predict_masked(lq, key):
       h, w = lq.shape[1:3]
       mask = masking.random_patch_mask(
           key, lq.shape[0], (h // method.patch, w // method.patch), method.mask_ratio
@@ -98,15 +104,18 @@ def probe(workdir: str, mask_seeds: int = 2) -> dict[str, Any]:
 
     correct = {"dense": [], "masked": []}
     labels_all = []
+    logits_all = []
     for b, batch in enumerate(batches):
       valid = np.asarray(batch.get("valid", np.ones(len(batch["label"]), bool)), bool)
       labels = np.asarray(batch["label"])[valid]
       labels_all.append(labels)
       lq = jnp.asarray(batch["lq"])
-      correct["dense"].append(np.asarray(predict(lq, None))[valid] == labels)
+      logits = np.asarray(logits_of(lq))[valid]
+      logits_all.append(logits)
+      correct["dense"].append(np.argmax(logits, -1) == labels)
       if masked:
         hits = [
-            np.asarray(predict(lq, jax.random.key(1000 * b + s)))[valid] == labels
+            np.asarray(predict_masked(lq, jax.random.key(1000 * b + s)))[valid] == labels
             for s in range(mask_seeds)
         ]
         correct["masked"].append(np.mean(hits, axis=0))
@@ -119,7 +128,14 @@ def probe(workdir: str, mask_seeds: int = 2) -> dict[str, Any]:
       for c, name in enumerate(info.class_names):
         results[f"{split}/{mode}/{name}"] = float(hit[labels_all == c].mean())
     results[f"{split}/count_per_type"] = int(np.bincount(labels_all).min())
+    results[f"{split}/logit_spread"] = logit_spread(np.concatenate(logits_all))
   return results
+
+
+def logit_spread(logits: np.ndarray) -> float:
+  """Mean over classes of the standard deviation over examples of [examples, classes] logits:
+  0 when the classifier's answer does not depend on its input."""
+  return float(np.mean(np.std(np.asarray(logits, np.float64), axis=0)))
 
 
 def main(argv):
@@ -140,6 +156,10 @@ def main(argv):
             f"| {split} ({r[split + '/count_per_type']}/type) | {mode} | "
             f"{100 * r[key]:.1f}% | {per} |"
         )
+  spreads = ", ".join(
+      f"{split} {r[split + '/logit_spread']:.3g}" for split in ("held_out", "train")
+  )
+  print(f"logit spread (dense; ~0 = the same answer for every image): {spreads}")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump(r, f, indent=2)

@@ -76,7 +76,9 @@ class Method(base.Method):
     """params with the mode's frozen parts behind stop_gradient (their gradient is zero)."""
     return {k: jax.lax.stop_gradient(v) if k in FROZEN[self.mode] else v for k, v in params.items()}
 
-  def _classify(self, params, lq):
+  def forward(self, params, lq):
+    """(restored [B, H, W, C], logits [B, N] float32) of the dense network and its classifier
+    (the same call as maskdcpt.Method.forward without a mask)."""
     restored, feats = self.backbone.apply(
         {"params": params["backbone"]}, lq, return_decoder_features=True
     )
@@ -86,7 +88,7 @@ class Method(base.Method):
   def loss(self, params, model_state, batch, rng):
     del rng
     params = self._frozen(params)
-    restored, logits = self._classify(params, batch["lq"])
+    restored, logits = self.forward(params, batch["lq"])
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     metrics = {"l_cls": l_cls, "accuracy": accuracy}
@@ -100,7 +102,7 @@ class Method(base.Method):
     return l_pix + self.cls_weight * l_cls, (metrics, model_state)
 
   def eval_step(self, params, model_state, batch):
-    restored, logits = self._classify(params, batch["lq"])
+    restored, logits = self.forward(params, batch["lq"])
     return {"restored": restored.astype(jnp.float32), "pred": jnp.argmax(logits, -1)}
 
   def create_optimizer(self, optimizer_config, total_steps: int) -> optax.GradientTransformation:
