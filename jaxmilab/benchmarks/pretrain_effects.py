@@ -11,7 +11,7 @@ it). Per seed s and budget B:
 
   scratch               random init (zero last conv: starts as the identity), B steps
   scratch, same steps   random init, P + B steps: the fine-tuning task seen for as many steps
-                        as pre-training + fine-tuning (P = the pre-training steps, 150). The
+                        as pre-training + fine-tuning (P = the pre-training steps, 300). The
                         positive control: more task training must show up as a gain at this
                         seed spread, else the set-up cannot show a pre-training effect either.
   MaskDCPT + FT         init_from configs/maskdcpt.py:quickstart (whole network masked as
