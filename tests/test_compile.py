@@ -51,6 +51,7 @@ def check_figures(result, devices):
   assert result["alias_bytes_per_device"] > 0.5 * result["argument_bytes_per_device"]
 
 
+@pytest.mark.slow  # 87 s on 2 cores: over the default suite's 15-minute budget (README)
 def test_cpu8_compile_of_smoke_config():
   config = config_lib.load("configs/dcpt.py:smoke", {"mesh.num_devices": 8})
   result = compile_lib.compile_config(config, "cpu:8", fast=True)

@@ -127,6 +127,7 @@ def _check_pod(abstract, config, out, num_devices):
   assert out["argument_bytes"] < 1.3 * state_bytes / num_devices + 2**20, (out, state_bytes)
 
 
+@pytest.mark.slow  # 110 s on 2 cores: over the default suite's 15-minute budget (README)
 def test_pod_step_compiles_sharded_stand_in():
   """The pod step with NAFNet-DCPT's width 64 and classifier but 1 (not 28) block at the
   deepest encoder level, 32 px images: the same sharding and dtypes, ~4x cheaper to compile."""
