@@ -16,7 +16,6 @@ all-gather rendezvous ("Expected 8 threads to join the rendezvous, but only 5 of
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -26,15 +25,7 @@ from jaxmilab import config_lib
 from jaxmilab import metrics as metrics_lib
 from jaxmilab.configs import macl as macl_configs
 from jaxmilab.methods import macl
-
-
-def _one_device_env() -> dict[str, str]:
-  flags = [
-      f
-      for f in os.environ.get("XLA_FLAGS", "").split()
-      if not f.startswith("--xla_force_host_platform_device_count")
-  ]
-  return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+from tests import subprocess_env
 
 
 def _final_eval(tmp_path, overrides):
@@ -49,7 +40,7 @@ def _final_eval(tmp_path, overrides):
           *(f"--config.{key}={value}" for key, value in overrides.items()),
       ],
       check=True,
-      env=_one_device_env(),
+      env=subprocess_env.one_device_env(),
   )
   config = config_lib.load("configs/macl.py:quickstart", overrides)
   final = metrics_lib.read_split(str(workdir), "eval")[-1]

@@ -22,13 +22,13 @@ Training is deterministic on CPU: the seed-0 numbers reproduce to every printed 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from jaxmilab import metrics as metrics_lib
+from tests import subprocess_env
 
 # Smallest gain (dB) each reported type must show over its input, per fine-tuned restorer.
 MIN_GAIN_DB = {"gaussian_noise": 2.0, "jpeg": 0.0}
@@ -53,7 +53,7 @@ def test_quickstart_restorers_beat_their_input_and_the_classifier_classifies(tmp
           "--compilation_cache=",
       ],
       check=True,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      env=subprocess_env.one_device_env(),  # one CPU device, as the README's command runs
   )
   finals = {
       stage: metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]
