@@ -1,16 +1,19 @@
-"""The environment for a test that runs an entry point in a subprocess as a user would."""
+"""The environment of a child process that a test starts (an entry point run as a user would)."""
 
 from __future__ import annotations
 
 import os
 
 
-def one_device_env() -> dict[str, str]:
-  """os.environ without conftest's 8 fake CPU devices: the subprocess sees one CPU device, as
-  the README's commands do on a CPU (the same mesh and the same numbers as a user's run)."""
-  flags = [
-      f
-      for f in os.environ.get("XLA_FLAGS", "").split()
-      if not f.startswith("--xla_force_host_platform_device_count")
-  ]
-  return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+def env(devices: int) -> dict[str, str]:
+  """This process's environment with `devices` fake CPU devices (instead of conftest's 8) and
+  gloo collectives. env(1) runs a README command as it runs on a CPU: one device, the same mesh
+  and the same numbers as a user's run (test_quickstart_slow.py checks the main job's numbers)."""
+  e = dict(os.environ)
+  e.update(
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_PLATFORMS="cpu",
+      JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+      TF_CPP_MIN_LOG_LEVEL="3",
+  )
+  return e

@@ -15,7 +15,7 @@ import pytest
 
 from jaxmilab import metrics as metrics_lib
 from test_trainer_slow import REPO
-from test_trainer_slow import env  # the child's environment: N fake CPU devices, gloo
+from tests.subprocess_env import env  # the child's environment: N fake CPU devices, gloo
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ def _final_eval(tmp_path, overrides):
           *(f"--config.{key}={value}" for key, value in overrides.items()),
       ],
       check=True,
-      env=subprocess_env.one_device_env(),
+      env=subprocess_env.env(1),
   )
   config = config_lib.load("configs/macl.py:quickstart", overrides)
   final = metrics_lib.read_split(str(workdir), "eval")[-1]

@@ -53,7 +53,7 @@ def test_quickstart_restorers_beat_their_input_and_the_classifier_classifies(tmp
           "--compilation_cache=",
       ],
       check=True,
-      env=subprocess_env.one_device_env(),  # one CPU device, as the README's command runs
+      env=subprocess_env.env(1),  # one CPU device, as the README's command runs
   )
   finals = {
       stage: metrics_lib.read_split(str(tmp_path / stage), "eval")[-1]

@@ -17,6 +17,7 @@ import pytest
 
 from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import metrics as metrics_lib
+from tests.subprocess_env import env  # also read as test_trainer_slow.env by test_gcs_emulator.py
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +29,6 @@ FLAGS = [
     "--config.checkpoint_every_steps=8",
     "--config.eval_every_steps=120",
 ]
-
-
-def env(devices: int) -> dict[str, str]:
-  """The environment of a child jaxmilab process: this one's, with `devices` fake CPU devices
-  and gloo collectives (also used by test_fsdp_multiprocess.py and test_gcs_emulator.py)."""
-  e = dict(os.environ)
-  e.update(
-      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-      JAX_PLATFORMS="cpu",
-      JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-      TF_CPP_MIN_LOG_LEVEL="3",
-  )
-  return e
 
 
 def main_cmd(workdir, *extra):
