@@ -32,11 +32,31 @@ def repo_root() -> str:
   return REPO
 
 
-def pytest_collection_modifyitems(config, items):
+def _importable(module: str) -> bool:
   try:
-    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    __import__(module)
   except ImportError:
+    return False
+  return True
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if not _importable("torch"):
     skip = pytest.mark.skip(reason="PyTorch is not installed (pip install torch==2.13.0)")
     for item in items:
       if "torch" in item.keywords:
+        item.add_marker(skip)
+  # CI installs the [tpu] extra only for its slow step, so a libtpu test outside slow/manual
+  # would be skipped on every CI run: refuse it at collection.
+  for item in items:
+    if "libtpu" in item.keywords and not {"slow", "manual"} & set(item.keywords):
+      raise pytest.UsageError(
+          f"{item.nodeid}: marked libtpu but neither slow nor manual; CI installs libtpu only for"
+          " its slow step (.ci/run), so add @pytest.mark.slow"
+      )
+  if not _importable("libtpu"):
+    skip = pytest.mark.skip(reason="libtpu is not installed (pip install -e '.[tpu]')")
+    for item in items:
+      if "libtpu" in item.keywords:
         item.add_marker(skip)

@@ -312,15 +312,12 @@ def test_tensorflow_import_after_setup_prints_nothing():
   assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr, result.stderr
 
 
-@pytest.mark.slow  # needs the [tpu] extra, which CI installs for its slow step
+@pytest.mark.slow
+@pytest.mark.libtpu
 def test_cpu_host_with_libtpu_starts_quietly(monkeypatch):
   """With the [tpu] extra on a machine without an accelerator, a CLI's console.setup() keeps
   libtpu's PJRT plugin from initialising (it printed six lines about TPU_WORKER_HOSTNAMES at
   every start); an explicit JAX_PLATFORMS, or an accelerator's device node, leaves JAX alone."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu not installed (the [tpu] extra)")
   if console._accelerator_present():  # pylint: disable=protected-access
     pytest.skip("this host has an accelerator")
   code = "from jaxmilab import console; console.setup(); import jax; print(jax.devices())"

@@ -129,14 +129,6 @@ def test_tensor_parallel_is_refused_for_depthwise_models():
 # -- Multislice -------------------------------------------------------------------------------
 
 
-def _has_libtpu() -> bool:
-  try:
-    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
-
-
 def _tpu_devices(topology_name: str, num_slices: int):
   import os  # pylint: disable=g-import-not-at-top
 
@@ -150,7 +142,8 @@ def _tpu_devices(topology_name: str, num_slices: int):
   )
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
+@pytest.mark.slow  # CI installs libtpu for the slow step only
+@pytest.mark.libtpu
 def test_two_slices_split_data_and_never_shard_parameters_over_dcn():
   devices = _tpu_devices("v5e:2x2", 2)  # 2 slices x 4 chips, descriptions only
   assert sharding.num_slices(devices) == 2
@@ -178,7 +171,8 @@ def test_two_slices_split_data_and_never_shard_parameters_over_dcn():
   assert sharding.dcn_axes(m4) == {"data": 2}
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="libtpu is not installed (pip install -e '.[tpu]')")
+@pytest.mark.slow  # CI installs libtpu for the slow step only
+@pytest.mark.libtpu
 def test_a_multislice_layout_that_cannot_be_built_is_an_error_not_a_reshape():
   devices = _tpu_devices("v5e:2x2", 2)
   with pytest.raises(ValueError, match="multiple of 2"):  # slices must be data replicas

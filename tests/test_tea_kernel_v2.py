@@ -7,7 +7,6 @@ sides are not multiples of the tile and where windows are clamped at every borde
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import jax
@@ -315,8 +314,6 @@ def test_pallas_under_mesh_runs_per_device_slice():
 
 
 def _tpu_topology():
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu not installed (pip install -e '.[tpu]')")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # AOT compiles only: share libtpu with other processes instead of failing on its lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -329,6 +326,7 @@ def _tpu_topology():
 
 
 @pytest.mark.slow
+@pytest.mark.libtpu
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_forward_and_both_backward_kernels_compile_for_tpu_v5e(dtype):
   topology = _tpu_topology()
