@@ -583,14 +583,14 @@ def test_benchmark_pipelines_yield_degraded_training_crops(tmp_path):
 
 
 def test_benchmark_host_table_matches_the_issue_figure_and_realistic_sources(tmp_path):
-  """25 % MFU on a v5e host (4 chips x 197 TFLOP/s) at the pod step's 1.011 TFLOP per 4 crops per
-  chip = 779 crops/s (issue 30's figure); cores = need / rate; a quarter of 112 vCPUs at 100
-  crops/s per core = 2800 crops/s = 3.59x the need. The realistic sources are noisy/clean pairs
+  """25 % MFU on a v5e host (4 chips x 197 TFLOP/s) at the pod step's 1.863 TFLOP per 8 crops per
+  chip = 845.9 crops/s (docs/performance.md); cores = need / rate; a quarter of 112 vCPUs at 100
+  crops/s per core = 2800 crops/s = 3.31x the need. The realistic sources are noisy/clean pairs
   of the asked size in the --paired_dir layout."""
   from jaxmilab.benchmarks import data_pipeline  # pylint: disable=g-import-not-at-top
 
-  (row,) = data_pipeline.host_table({"p": 100.0}, 1.011e12 / 4, 4, 197e12, 112)
-  assert row["consumed_25"] == pytest.approx(779.4, abs=0.1)
+  (row,) = data_pipeline.host_table({"p": 100.0}, 1.863e12 / 8, 4, 197e12, 112)
+  assert row["consumed_25"] == pytest.approx(845.9, abs=0.1)
   assert row["consumed_50"] == pytest.approx(2 * row["consumed_25"])
   assert row["cores_25"] == pytest.approx(row["consumed_25"] / 100.0)
   assert row["quarter_host_multiple_25"] == pytest.approx(2800 / row["consumed_25"])
@@ -664,5 +664,40 @@ def test_open_file_limit_is_raised_for_the_shard_readers(monkeypatch):
   assert array_records.ensure_open_files(100, 0) == 1024  # 356 needed: unchanged
   assert array_records.ensure_open_files(1000, 2) == 3256  # 3 processes x 1000 + 256
   assert limits["nofile"] == (3256, 4096)
-  with pytest.raises(DataError, match="hard limit of 4096.*worker_count"):
+  with pytest.raises(DataError, match="hard limit of 4096.*max_open_shards.*worker_count"):
     array_records.ensure_open_files(2500, 8)
+  # Bounded readers: 9 processes x min(2500 shards, 300 open) + 256.
+  limits["nofile"] = (1024, 4096)
+  assert array_records.ensure_open_files(2500, 8, max_open=300) == 2956
+
+
+def test_bounded_shard_readers_read_every_record_as_the_unbounded_ones(built, monkeypatch):
+  """With max_open_shards=2 over the build's shards, every record reads back byte-identical to
+  an unbounded reader in a shuffled order, never more than 2 readers are open, and a shard read
+  again after being dropped is opened again (so the bound is real, not a cache that only grows)."""
+  out = built[0] / "out"
+  paths = array_records.read_manifest(str(out))["shard_paths"]
+  assert len(paths) >= 3
+  opened = []
+  real_open = array_records._open_reader  # pylint: disable=protected-access
+  monkeypatch.setattr(array_records, "_open_reader", lambda p: opened.append(p) or real_open(p))
+  full = array_records.ShardReaders(paths, max_open=0)
+  bounded = array_records.ShardReaders(paths, max_open=2)
+  assert len(full) == len(bounded) > 0
+  order = np.random.default_rng(0).permutation(len(bounded))
+  most_open = 0
+  for key in order:
+    assert bounded[int(key)] == full[int(key)]
+    most_open = max(most_open, bounded.num_open())
+  assert most_open == 2 and full.num_open() == len(paths)
+  assert bounded.opened > len(paths)  # dropped shards were opened again
+  with pytest.raises(IndexError, match="outside"):
+    bounded[len(bounded)]
+  with pytest.raises(ValueError, match="max_open_shards=-1"):
+    array_records.ShardReaders(paths, max_open=-1)
+  # The config key reaches the readers of a training run.
+  ds = array_records.create(
+      _config(out, max_open_shards=2), batch_size=4, seed=1, process_index=0, process_count=1
+  )
+  next(iter(ds.train))
+  assert opened  # records were read through _open_reader

@@ -6,7 +6,8 @@ writes when it finishes. Records (format `uir-record-v1`, see build_uir) hold PN
 pairs and their type; the label of a record is the index of its type in config.data.types
 (default: the types of the manifests, in order, duplicates dropped).
 
-Training: grain `ArrayRecordDataSource` over all shards, a global shuffle every epoch,
+Training: random access over all shards (`ShardReaders`, at most `max_open_shards` open per
+reading process), a global shuffle every epoch,
 random `patch_size` crops (same window for lq and gt) and flips, and per-process slices of
 one global example stream (`transforms.train_iterator`), so the iterator is checkpointable
 and a run is the same for any number of processes. Eval: the central `eval_size` crop of
@@ -32,8 +33,8 @@ config.data keys (defaults): path (required), types (from the manifests), patch_
 eval_path, eval_records (0: 10% of the records, at most 256, at least one per stratum),
 eval_selection ("stratified" | "first"), eval_size (128),
 eval_batch_size (the training batch size), worker_count (0), read_threads (4),
-read_buffer (one per-process batch per read thread), vertical_flip (False), type_weights
-("records").
+read_buffer (one per-process batch per read thread), max_open_shards (1024), vertical_flip
+(False), type_weights ("records").
 
 Weighted type mix (type_weights other than "records", `WeightedSource`): each type t gets a
 share p_t of the training stream. An epoch is then L = ceil(max_t n_t / p_t) keys over the
@@ -46,12 +47,14 @@ exists; an older synthesized build must be rebuilt or trained with "records").
 
 from __future__ import annotations
 
+import collections
+from concurrent import futures
 import hashlib
 import json
 import os
+import threading
 from typing import Any, Sequence
 
-import grain
 import numpy as np
 
 from jaxmilab.data import build_uir
@@ -76,6 +79,9 @@ CONFIG_DEFAULTS = dict(
     worker_count=0,
     read_threads=4,
     read_buffer=None,
+    # Open shard readers per reading process (least recently used closed first; 0 = no bound):
+    # a global shuffle over a large build touches every shard, and each open reader holds a file.
+    max_open_shards=1024,
     vertical_flip=False,
     # Training mix of types: "records" (every training record once per epoch: the build's own
     # mix, which for the released UIR-2.5M packing is its table's), "uniform", "uir_counts" (the
@@ -110,6 +116,70 @@ def read_manifest(folder: str, key: str = "config.data.path") -> dict[str, Any]:
   return manifest
 
 
+def _open_reader(path: str):
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  # As grain's ArrayRecordDataSource opens shards for random access: no read-ahead.
+  return array_record_module.ArrayRecordReader(
+      path, options="readahead_buffer_size:0", file_reader_buffer_size=32768
+  )
+
+
+class ShardReaders:
+  """Random access over the records of ArrayRecord shards, in order, with at most `max_open`
+  shard readers open at a time (least recently used dropped first; 0 = no bound).
+
+  A dropped reader closes once no thread still reads from it (the last reference goes), so
+  reads need no lock. Records are counted at construction, each shard opened once, in threads.
+  """
+
+  def __init__(self, paths: Sequence[str], max_open: int = 0, threads: int = 16):
+    self.paths = tuple(paths)
+    self.max_open = int(max_open)
+    if self.max_open < 0:
+      raise ValueError(f"config.data.max_open_shards={max_open} must be >= 0 (0 = no bound).")
+
+    def count(path):
+      reader = _open_reader(path)
+      n = reader.num_records()
+      reader.close()
+      return n
+
+    with futures.ThreadPoolExecutor(max(1, min(threads, len(self.paths)))) as pool:
+      counts = list(pool.map(count, self.paths))
+    self._ends = np.cumsum(np.asarray(counts, np.int64))
+    self._open: collections.OrderedDict[int, Any] = collections.OrderedDict()
+    self._lock = threading.Lock()
+    self.opened = 0  # readers opened so far (re-opens included)
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if self._ends.size else 0
+
+  def num_open(self) -> int:
+    return len(self._open)
+
+  def _reader(self, shard: int):
+    with self._lock:
+      reader = self._open.get(shard)
+      if reader is not None:
+        self._open.move_to_end(shard)
+        return reader
+      reader = _open_reader(self.paths[shard])
+      self.opened += 1
+      self._open[shard] = reader
+      if self.max_open and len(self._open) > self.max_open:
+        self._open.popitem(last=False)
+      return reader
+
+  def __getitem__(self, key: int) -> bytes:
+    key = int(key)
+    if not 0 <= key < len(self):
+      raise IndexError(f"record {key} is outside the {len(self)} records of the shards.")
+    shard = int(np.searchsorted(self._ends, key, side="right"))
+    position = key - (int(self._ends[shard - 1]) if shard else 0)
+    return self._reader(shard).read([position])[0]
+
+
 class RecordSource:
   """Random access over records [start, stop) of the shards: key -> {"lq", "gt": uint8 [H, W, 3], "label"}.
 
@@ -126,8 +196,10 @@ class RecordSource:
       *,
       only: Sequence[int] | None = None,
       skip: Sequence[int] | None = None,
+      max_open_shards: int = CONFIG_DEFAULTS["max_open_shards"],
   ):
     self.shard_paths = tuple(shard_paths)
+    self.max_open_shards = int(max_open_shards)
     self.types = tuple(types)
     self.label_of = {t: i for i, t in enumerate(self.types)}
     self._source = None
@@ -160,9 +232,9 @@ class RecordSource:
       return self.start + key + int(np.searchsorted(self._skip_shifted, key, side="right"))
     return self.start + key
 
-  def _records(self) -> grain.sources.ArrayRecordDataSource:
+  def _records(self) -> ShardReaders:
     if self._source is None:
-      self._source = grain.sources.ArrayRecordDataSource(list(self.shard_paths))
+      self._source = ShardReaders(self.shard_paths, self.max_open_shards)
     return self._source
 
   def __len__(self) -> int:
@@ -278,17 +350,18 @@ class WeightedSource:
     return f"WeightedSource({self.base!r}, keys={len(self)}, weights={self._digest})"
 
 
-def ensure_open_files(num_shards: int, worker_count: int) -> int:
+def ensure_open_files(num_shards: int, worker_count: int, max_open: int = 0) -> int:
   """Makes room for the shard readers: each reading process (the main one and every grain
-  worker) keeps one open reader per shard it has touched, so a host needs up to
-  num_shards x (worker_count + 1) file descriptors. Raises the soft RLIMIT_NOFILE towards the
-  hard limit when needed; a DataError says what to change when even that is too low. Returns
-  the soft limit in force."""
+  worker) keeps up to min(num_shards, max_open) readers open (max_open 0: every shard it has
+  touched), so a host needs that many x (worker_count + 1) file descriptors. Raises the soft
+  RLIMIT_NOFILE towards the hard limit when needed; a DataError says what to change when even
+  that is too low. Returns the soft limit in force."""
   try:
     import resource  # pylint: disable=g-import-not-at-top
   except ImportError:  # not POSIX
     return -1
-  need = num_shards * (worker_count + 1) + 256  # + what the rest of the process holds
+  readers = min(num_shards, max_open) if max_open else num_shards
+  need = readers * (worker_count + 1) + 256  # + what the rest of the process holds
   soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
   if soft != resource.RLIM_INFINITY and soft < need:
     target = need if hard == resource.RLIM_INFINITY else min(need, hard)
@@ -296,9 +369,10 @@ def ensure_open_files(num_shards: int, worker_count: int) -> int:
     soft = target
   if soft != resource.RLIM_INFINITY and soft < need:
     raise DataError(
-        f"{num_shards} shards read by {worker_count + 1} process(es) need about {need} "
-        f"open files, above this host's hard limit of {hard} (ulimit -Hn): raise it, "
-        f"lower config.data.worker_count, or rebuild with a larger --shard_size."
+        f"{readers} open shard readers in each of {worker_count + 1} process(es) need about "
+        f"{need} open files, above this host's hard limit of {hard} (ulimit -Hn): raise it, "
+        f"lower config.data.max_open_shards or config.data.worker_count, or rebuild with a "
+        f"larger --shard_size."
     )
   return soft
 
@@ -425,8 +499,9 @@ def create(
           f"{k}={size} is larger than the {stored}px crops stored in the build. Lower "
           f"{k} or rebuild with build_uir --patch_size={size} or more."
       )
-  ensure_open_files(len(shards), int(opts.worker_count or 0))
-  source = RecordSource(shards, types)
+  max_open = int(opts.max_open_shards)
+  ensure_open_files(len(shards), int(opts.worker_count or 0), max_open)
+  source = RecordSource(shards, types, max_open_shards=max_open)
   eval_path = opts.eval_path
   if eval_path:
     if opts.eval_records:
@@ -447,15 +522,15 @@ def create(
           f"config.data.eval_size={eval_size} is larger than the {eval_stored}px "
           f"crops of config.data.eval_path."
       )
-    eval_source = RecordSource(eval_shards, types)
+    eval_source = RecordSource(eval_shards, types, max_open_shards=max_open)
   else:
     held_out = holdout_indices(manifests, int(opts.eval_records or 0), opts.eval_selection)
     if opts.eval_selection == "first":  # ranges, as before (the iterator state names them)
-      eval_source = RecordSource(shards, types, 0, held_out.size)
-      source = RecordSource(shards, types, held_out.size)
+      eval_source = RecordSource(shards, types, 0, held_out.size, max_open_shards=max_open)
+      source = RecordSource(shards, types, held_out.size, max_open_shards=max_open)
     else:
-      eval_source = RecordSource(shards, types, only=held_out)
-      source = RecordSource(shards, types, skip=held_out)
+      eval_source = RecordSource(shards, types, only=held_out, max_open_shards=max_open)
+      source = RecordSource(shards, types, skip=held_out, max_open_shards=max_open)
 
   if not (isinstance(opts.type_weights, str) and opts.type_weights == "records"):
     key = "config.data.type_weights"
@@ -467,7 +542,7 @@ def create(
     if not eval_path:
       keep[held_out] = False
     records = [np.flatnonzero(keep & (labels == t)) for t in range(len(types))]
-    source = WeightedSource(RecordSource(shards, types), records, p, key)
+    source = WeightedSource(RecordSource(shards, types, max_open_shards=max_open), records, p, key)
 
   train = transforms.restoration_train_iterator(
       source,
