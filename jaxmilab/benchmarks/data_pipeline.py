@@ -22,8 +22,7 @@ sub-images (`--subimage_size=480 --subimage_step=240`: a crop decodes two 480 px
 each it reports crops/s per core and, for a v5e host (`--host_chips` chips of 197 TFLOP/s,
 `--host_cores` vCPUs), the crops/s the step consumes at 25 % and 50 % MFU
 (`--flops_per_crop`: the train step's FLOPs per 128 px crop, default the v5e-64 compile of
-configs/maskdcpt.py:pod, 1.011 TFLOP per chip per step at 4 crops per chip, docs/running.md "Ahead-of-time
-a TPU topology"), the cores that takes, and the multiple of the 25 % consumption that a quarter
+configs/maskdcpt.py:pod, 1.863 TFLOP per chip per step at 8 crops per chip, docs/running.md), the cores that takes, and the multiple of the 25 % consumption that a quarter
 of the host's cores delivers (the target is >= 3). Timings are per core: scale by cores on an
 idle machine only.
 
@@ -120,7 +119,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   )
   flags.DEFINE_float(
       "flops_per_crop",
-      1.011e12 / 4,
+      1.863e12 / 8,
       "Train-step FLOPs per crop (fwd + bwd).",
       flag_values=flag_values,
   )
