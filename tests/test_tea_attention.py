@@ -420,3 +420,64 @@ def test_tpu_block_checker_agrees_with_mosaic_lowering(block, array, dtype, lega
   except ValueError:
     lowered = False
   assert lowered == legal
+
+
+def test_tpu_aot_benchmark_reports_a_program_that_does_not_fit_and_goes_on(monkeypatch, capsys):
+  """`benchmarks.tea_attention --tpu_aot`: a compile that runs out of HBM (the TPU compiler's
+  message, as libtpu 0.0.42 words it) becomes a row with fits=False and the compiler's figures,
+  and the other programs still compile and print; any other compile error propagates. Compiled
+  for the host's CPU here (the TPU device is stood in for), so it runs without libtpu."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  from jaxmilab.benchmarks import tea_attention as bench  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(
+      bench,
+      "FLAGS",
+      types.SimpleNamespace(
+          topology="v5e:1x1",
+          aot_size=8,
+          aot_window=3,
+          aot_top_k=4,
+          aot_pool=0,
+          batch=1,
+          heads=1,
+          head_dim=4,
+          aot_dtypes=["float32"],
+          aot_impls=["xla"],
+      ),
+  )
+  monkeypatch.setattr(bench, "_tpu_device", lambda topology: jax.devices("cpu")[0])
+  real_jit, calls = jax.jit, []
+
+  def jit_failing_second(message):
+    def fake(fn, **kwargs):
+      calls.append(fn)
+      if len(calls) % 2:  # the forward compiles for real
+        return real_jit(fn, **kwargs)
+
+      class Lowered:
+
+        def compile(self):
+          raise RuntimeError(message)
+
+      return types.SimpleNamespace(lower=lambda *a: Lowered())
+
+    return fake
+
+  oom = (
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (19.06G) exceeds available HBM (15.75G)."
+  )
+  monkeypatch.setattr(bench.jax, "jit", jit_failing_second(oom))
+  rows = bench.run_tpu_aot()
+  assert [(r["pass_"], r["fits"]) for r in rows] == [("fwd", True), ("fwd_bwd", False)]
+  assert rows[1]["needed_bytes"] == 19.06 * 2**30 and rows[1]["hbm_bytes"] == 15.75 * 2**30
+  assert rows[0]["temp_bytes"] >= 0
+  out = capsys.readouterr().out
+  assert "fwd_bwd does not fit one chip: the compiler needs 19.06 GiB" in out
+  assert "does not fit: needs 19.06 GiB of 15.75 GiB HBM (compiler)" in out
+  calls.clear()
+  monkeypatch.setattr(bench.jax, "jit", jit_failing_second("INVALID_ARGUMENT: something else"))
+  with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+    bench.run_tpu_aot()
