@@ -241,6 +241,39 @@ def test_macl_branches_parameters_and_gradients():
   np.testing.assert_allclose(float(eval_terms["l_er"]), l_er, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles two networks' init and forward (~40 s on 2 cores)
+def test_symmetric_arm_reads_the_dominant_input_at_full_resolution_and_the_warning(caplog):
+  """`method.symmetric=True` (the released --symmetric_net): the dominant branch encodes its view
+  without the 0.25 downsampling, so with the two image views made equal its bottleneck equals
+  the auxiliary one and L_ER is 0 (asymmetric: a 1 x 1 bottleneck, L_ER > 0). init_variables
+  warns about the asymmetric 1 x 1 bottleneck (L_ER then ties it to one corner cell), not about
+  the symmetric one."""
+  import logging  # pylint: disable=g-import-not-at-top
+
+  batch = _views(np.random.default_rng(6))
+  batch["view_i2"] = batch["view_i1"]
+  views = {k: batch[k] for k in macl.VIEW_KEYS}
+  outs = {}
+  for symmetric in (False, True):
+    config = _config()
+    config.method.symmetric = symmetric
+    method = macl.Method(config, DataInfo())  # depth 3, 32 px
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      variables = method.init_variables(jax.random.key(0), batch)
+    warned = "dominant branch's bottleneck is 1x1 (auxiliary 4x4)" in caplog.text
+    assert warned == (not symmetric), caplog.text
+    out = jax.jit(lambda v, x, m=method: m.net.apply(v, x, train=False))(variables, views)
+    terms = method._terms(out, batch["position"])  # pylint: disable=protected-access
+    outs[symmetric] = (out, float(terms["l_er"]))
+  (asym, asym_er), (sym, sym_er) = outs[False], outs[True]
+  assert asym["y_dom"].shape[1:3] == (1, 1) and sym["y_dom"].shape[1:3] == (4, 4)
+  np.testing.assert_array_equal(np.asarray(sym["y_dom"]), np.asarray(sym["y_aux"]))
+  assert sym_er == 0.0 and asym_er > 1e-4
+  # The dominant pixel map is resized to the auxiliary grid for L_d (our reading, see macl.py).
+  assert sym["pixel_dom"].shape == sym["pixel_aux"].shape
+
+
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
