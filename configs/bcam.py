@@ -64,7 +64,8 @@ def get_config(variant: str = "smoke"):
       return c
     c.method.require_init_from = True  # a converged CAM quickstart run (docstring)
     c.total_steps = QUICKSTART_STEPS
-    c.eval_every_steps = c.checkpoint_every_steps = QUICKSTART_STEPS
+    c.eval_every_steps = QUICKSTART_STEPS
+    c.checkpoint_every_steps = 40  # an interruption (Ctrl-C, SIGTERM) loses at most 40 steps
     c.optimizer.learning_rate = c.optimizer.learning_rate * LR_RATIO_TO_CAM
     return c
   lr, epochs, decay_every, weights = RECIPE[arch]

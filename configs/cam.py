@@ -143,11 +143,13 @@ def wsol_config(method: str, variant: str):
       c.data.eval_batch_size = 32
       # From scratch (no ImageNet weights on the synthetic set): a larger base lr than the
       # fine-tuning recipes, cosine decay.
+      # checkpoint_every=50: an interruption (Ctrl-C, SIGTERM) loses at most 50 steps.
       _common.cadence(
           c,
           batch_size=32,
           total_steps=300,
           log_every=25,
+          checkpoint_every=50,
           learning_rate=0.02,
           schedule="cosine",
           warmup_steps=20,

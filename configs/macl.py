@@ -98,8 +98,15 @@ def get_config(variant: str = "smoke"):
     # PCL arm (PCL_OVERRIDES) gets the same 1000 steps.
     phantom_setup(c, variant)
     c.data.update(phantom_volumes=48, eval_slices=64, eval_batch_size=16)
+    # checkpoint_every=100: an interruption (Ctrl-C, SIGTERM) loses at most 100 steps.
     _common.cadence(
-        c, batch_size=16, total_steps=1000, log_every=100, eval_every=200, learning_rate=0.01
+        c,
+        batch_size=16,
+        total_steps=1000,
+        log_every=100,
+        eval_every=200,
+        checkpoint_every=100,
+        learning_rate=0.01,
     )
   elif variant in ("paper", "paper_brats"):
     brats = variant == "paper_brats"

@@ -31,6 +31,20 @@ def test_every_config_declares_its_variants():
     assert "smoke" in variants, f"configs/{exp}.py: VARIANTS must include smoke"
 
 
+QUICKSTARTS = [exp for exp, variant in ALL if variant == "quickstart"]
+
+
+@pytest.mark.parametrize("exp", QUICKSTARTS)
+def test_quickstarts_checkpoint_at_most_100_steps_apart(exp):
+  """An interruption (Ctrl-C, SIGTERM, a crash) of a quickstart loses at most 100 steps, a minute
+  or so on a CPU, not the run (a quickstart that saved only at its end lost all of it)."""
+  config = config_lib.load(f"jaxmilab:{exp}:quickstart")
+  assert config.checkpoint_every_steps <= min(100, config.total_steps), (
+      f"configs/{exp}.py:quickstart saves every {config.checkpoint_every_steps} of "
+      f"{config.total_steps} steps"
+  )
+
+
 def _leaves(config, prefix=""):
   for k, v in config.items():
     if isinstance(v, ml_collections.ConfigDict):
