@@ -769,13 +769,19 @@ class Trainer:
         bad = [k for k in ("loss", "grad_norm") if not np.isfinite(m[k])]
         if bad:
           manager.wait_until_finished()
+          fix = "Lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm"
+          if last_good is None:
+            on = f"{fix}, then re-run into a new --workdir (nothing was saved here)."
+          else:
+            on = (
+                f"{fix} and re-run with {workdir_lib.ALLOW_FLAG} to resume from step "
+                f"{last_good} under the changed config (or start a new --workdir)."
+            )
           raise NonFiniteLossError(
               f"The {' and the '.join(bad)} is {', '.join(str(float(m[k])) for k in bad)} at "
               f"step {s}. Training stopped; the last good checkpoint "
               f"({'step ' + str(last_good) if last_good is not None else 'none'}) in "
-              f"{ckpt_lib.checkpoint_dir(self.workdir)} is kept. Lower "
-              f"config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then "
-              f"re-run to resume."
+              f"{ckpt_lib.checkpoint_dir(self.workdir)} is kept. {on}"
           )
       return values
 

@@ -16,6 +16,7 @@ from jaxmilab import checkpoint as ckpt_lib
 from jaxmilab import config_lib
 from jaxmilab import metrics as metrics_lib
 from jaxmilab import trainer
+from jaxmilab import workdir as workdir_lib
 from jaxmilab.data import base as data_base
 
 
@@ -312,12 +313,22 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return new_state.replace(params=params), dict(metrics, loss=metrics["loss"] + poison)
 
   monkeypatch.setattr(trainer, "_train_step", poisoned)
-  with pytest.raises(trainer.NonFiniteLossError, match=r"loss .* step 3\b.*step 2"):
+  with pytest.raises(trainer.NonFiniteLossError, match=r"loss .* step 3\b.*step 2") as stop:
     trainer.train_and_evaluate(smoke(), str(tmp_path))
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == [2]
   loaded = ckpt_lib.load_variables(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(loaded["params"]))
+  # The advice works as worded: a lower lr is a config change the workdir guard refuses unless
+  # the re-run passes --config_change=allow, which the message names; it then resumes at step 2.
+  assert "re-run with --config_change=allow to resume from step 2" in str(stop.value)
+  monkeypatch.setattr(trainer, "_train_step", original)
+  lower = {"optimizer.learning_rate": 1e-4, "total_steps": 4}
+  with pytest.raises(workdir_lib.WorkdirError, match="optimizer.learning_rate"):
+    trainer.train_and_evaluate(smoke(**lower), str(tmp_path))
+  trainer.train_and_evaluate(smoke(**lower), str(tmp_path), config_change="allow")
+  rows = metrics_lib.read_split(str(tmp_path), "train")
+  assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])
 
 
 def test_nan_gradient_with_finite_loss_stops_at_its_step(tmp_path, monkeypatch):
@@ -333,7 +344,10 @@ def test_nan_gradient_with_finite_loss_stops_at_its_step(tmp_path, monkeypatch):
     return value + 0.0 * jnp.sqrt(0.0 * jnp.sum(first)), aux
 
   monkeypatch.setattr(dcpt.Method, "loss", loss)
-  with pytest.raises(trainer.NonFiniteLossError, match=r"grad_norm is nan at step 1\b"):
+  with pytest.raises(
+      trainer.NonFiniteLossError,
+      match=r"grad_norm is nan at step 1\b.*re-run into a new --workdir \(nothing was saved here\)",
+  ):
     trainer.train_and_evaluate(smoke(log_every_steps=2), str(tmp_path))
   assert not [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
 
