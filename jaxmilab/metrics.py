@@ -241,11 +241,16 @@ def create_writer(workdir: str, *, console: bool = True) -> metric_writers.Metri
   return metric_writers.MultiWriter([writer, JsonlWriter(epath.Path(workdir) / JSONL_NAME)])
 
 
+def null_writer() -> metric_writers.MetricWriter:
+  """A writer that writes nothing (no file is created)."""
+  return metric_writers.MultiWriter([])
+
+
 def _writer_without_logging(workdir: str, lead: bool) -> metric_writers.MetricWriter:
   """create_writer(console=False): TensorBoard + metrics.jsonl on the lead process, nothing
   elsewhere."""
   if not lead:
-    return metric_writers.MultiWriter([])
+    return null_writer()
   events_dir = tensorboard_dir(workdir)
   writers: list[metric_writers.MetricWriter] = []
   if events_dir is None:

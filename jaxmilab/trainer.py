@@ -726,9 +726,19 @@ class Trainer:
   def _train(self) -> TrainState:
     config = self.config
     goodput = goodput_lib.Goodput()
+    ckpt_dir = ckpt_lib.checkpoint_dir(self.workdir)
+    fresh = not ckpt_dir.exists()
     manager = ckpt_lib.create_manager(self.workdir, config.keep_checkpoints)
     t0 = time.time()
-    state, latest = self._restore_or_init(manager, with_data=True)
+    try:
+      state, latest = self._restore_or_init(manager, with_data=True)
+    except BaseException:
+      # A failed init (init_from missing, another architecture) leaves no empty checkpoints/.
+      manager.close()
+      if fresh and jax.process_index() == 0:
+        with contextlib.suppress(OSError):
+          ckpt_dir.rmdir()  # only if empty
+      raise
     self._write_config(latest)  # only now: a failed restore leaves the workdir's config as it was
     if latest is not None:
       goodput.add("restore_seconds", time.time() - t0)
@@ -736,7 +746,13 @@ class Trainer:
         goodput.resume_from(metrics_lib.read_split(self.workdir, goodput_lib.SPLIT), latest)
       metrics_lib.truncate_jsonl(self.workdir, latest)
     step = int(jax.device_get(state.step))
-    writer = self._console_writer(metrics_lib.create_writer(self.workdir, console=False), step)
+    # Nothing to train (already complete): no writer, so no empty TensorBoard event file.
+    writer = self._console_writer(
+        metrics_lib.create_writer(self.workdir, console=False)
+        if step < config.total_steps
+        else metrics_lib.null_writer(),
+        step,
+    )
     last_good = latest
     pending: list[tuple[int, dict[str, jax.Array]]] = []
 

@@ -213,7 +213,10 @@ def test_more_steps_resume_and_are_recorded_then_already_complete(finished, tmp_
   assert out[-1].startswith("done: step 3/3: loss ") and "checkpoints/3" in out[-1]
   # Re-running the finished run trains nothing and says so, with its final metrics.
   rows = metrics_lib.read_jsonl(workdir)
+  events = sorted(p.name for p in (tmp_path / "run").iterdir() if "tfevents" in p.name)
   trainer.train_and_evaluate(smoke(total_steps=3, eval_every_steps=3, log_every_steps=1), workdir)
+  # ... and writes no new (empty) TensorBoard event file.
+  assert sorted(p.name for p in (tmp_path / "run").iterdir() if "tfevents" in p.name) == events
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert last.startswith("already complete at step 3 of 3: loss ") and "psnr" in last, last
   assert "checkpoints/3" in last
@@ -327,6 +330,7 @@ def test_init_from_another_architecture_is_refused(finished, tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path / "opd"))
   assert "\n" not in str(e.value)
   assert not os.path.exists(tmp_path / "opd" / "config.json")
+  assert not os.path.exists(tmp_path / "opd" / "checkpoints")  # no empty folder left behind
 
 
 def test_mode_eval_without_a_checkpoint_leaves_no_empty_checkpoints_folder(tmp_path):
