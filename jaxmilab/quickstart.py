@@ -122,12 +122,13 @@ def run_stages(
             {**(finetune_overrides or {}), "method.init_from": os.path.join(workdir, p, "pretrain")}
         ),
     )
+  # Every stage's config first: a mistaken --set key stops here, before any stage trains.
+  configs = {name: config_lib.load(spec, over) for name, (spec, over) in stages.items()}
   results = {}
   for name, (spec, over) in stages.items():
     logging.info("Quickstart stage %s: %s %s", name, spec, over)
     stage_dir = os.path.join(workdir, name)
-    config = config_lib.load(spec, over)
-    trainer.train_to_end(config, stage_dir)
+    trainer.train_to_end(configs[name], stage_dir)
     evals = metrics_lib.read_split(stage_dir, "eval")
     results[name] = evals[-1]
   return results

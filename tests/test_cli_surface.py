@@ -280,6 +280,13 @@ quickstart.run_stages(root, ("dcpt", "maskdcpt"), "smoke", seed=3,
 print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", ""),
                       "zero_after": c.method.get("zero_output_after_init_from", False),
                       "cls_weight": c.method.get("cls_weight")} for k, c in seen.items()}))
+# A mistaken pre-training key stops before any stage (scratch included) trains.
+seen.clear()
+try:
+  quickstart.run_stages(root + "/bad", ("dcpt",), "smoke", seed=0,
+                        pretrain_overrides={"method.no_such_key": 1})
+except Exception as e:
+  print(json.dumps({"error": str(e), "trained": sorted(seen)}))
 """
   out = subprocess.run(
       [sys.executable, "-c", script, str(tmp_path)],
@@ -288,7 +295,8 @@ print(json.dumps({k: {"seed": c.seed, "init_from": c.method.get("init_from", "")
       check=True,
       env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
-  seen = json.loads(out.stdout.strip().splitlines()[-1])
+  seen, bad = (json.loads(l) for l in out.stdout.strip().splitlines()[-2:])
+  assert "no_such_key" in bad["error"] and bad["trained"] == []
   assert set(seen) == {"scratch", "dcpt/pretrain", "dcpt/ft", "maskdcpt/pretrain", "maskdcpt/ft"}
   assert all(c["seed"] == 3 for c in seen.values())
   assert not seen["scratch"]["zero_after"] and not seen["scratch"]["init_from"]
