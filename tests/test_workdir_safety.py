@@ -309,6 +309,44 @@ def test_progress_lines_and_eval_summary(capsys):
   )
 
 
+def test_progress_bar_in_a_terminal_or_notebook(capsys):
+  """bar=True (a terminal or a notebook): the train lines become one tqdm bar that advances to
+  the logged step with the loss beside it; eval lines still print (above the bar); the closing
+  line closes the bar; a finished run (start_step == total) opens none."""
+
+  class Sink:
+
+    def write_scalars(self, step, scalars):
+      pass
+
+  w = console.ProgressWriter(Sink(), total_steps=100, start_step=0, bar=True)
+  metrics_lib.write_split(w, 10, "train", {"loss": 0.5})
+  metrics_lib.write_split(w, 50, "train", {"loss": 0.25})
+  assert w._bar.n == 50 and "loss 0.25" in str(w._bar)  # pylint: disable=protected-access
+  metrics_lib.write_split(w, 50, "eval", {"psnr": 25.0})
+  captured = capsys.readouterr()
+  assert not [l for l in captured.out.splitlines() if l.startswith("step ")]  # no train lines
+  assert "eval  step 50/100: psnr 25" in captured.out
+  assert "train" in captured.err and "50/100" in captured.err  # tqdm draws on stderr
+  assert w.closing_line("/w", 50, None).startswith("done: step 50/100: loss 0.25, psnr 25")
+  assert w._bar is None  # pylint: disable=protected-access
+  done = console.ProgressWriter(Sink(), total_steps=100, start_step=100, bar=True)
+  assert done._bar is None  # pylint: disable=protected-access
+
+
+def test_verbosity_1_shows_the_traceback_instead_of_one_line(monkeypatch, capsys):
+  """A user error is one line and exit 2; with --verbosity=1 it is raised whole (traceback)."""
+  error = ValueError("config.x=1: bad\nsecond line")
+  monkeypatch.setattr(console, "verbosity", lambda: 0)
+  with pytest.raises(SystemExit) as e:
+    console.user_error(error)
+  assert e.value.code == 2
+  assert capsys.readouterr().err == "error: config.x=1: bad; second line\n"
+  monkeypatch.setattr(console, "verbosity", lambda: 1)
+  with pytest.raises(ValueError, match="second line"):
+    console.user_error(error)
+
+
 def test_one_line_joins_lines_and_caps_the_length():
   assert console.one_line(ValueError("a\n  b\n")) == "a; b"
   long = console.one_line(ValueError("x" * 5000))
