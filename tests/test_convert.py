@@ -351,6 +351,35 @@ def test_wrong_architecture_lists_every_key(tmp_path):
     convert.load_torch_params(path, restore.get_spec("nafnet_tiny").model)
 
 
+def test_check_params_limit_gives_one_bounded_line_and_merge_takes_named_parts():
+  """`limit`: one line with the counts and the first keys of each kind (init_from's form);
+  `methods.base.merge_variables(parts=...)` compares and copies only the named sub-trees."""
+  from jaxmilab.methods import base  # pylint: disable=g-import-not-at-top
+
+  want = {"a": {f"w{i:02d}": np.zeros((2,)) for i in range(30)}, "b": {"k": np.zeros((3,))}}
+  got = {"a": {f"w{i:02d}": np.ones((2,)) for i in range(5, 30)}, "b": {"k": np.ones((4,))}}
+  with pytest.raises(mapping.CheckpointMismatchError) as err:
+    mapping.check_params(got, want, source="ckpt", model="net", hint="Check it.", limit=3)
+  msg = str(err.value)
+  assert "\n" not in msg and len(msg) < 400, msg
+  assert msg.startswith("Checkpoint 'ckpt' does not match model 'net': 5 missing, 0 unexpected")
+  assert "a/w00 (2,); a/w01 (2,); a/w02 (2,); ... (2 more)." in msg and "b/k: (4,) vs (3,)" in msg
+  assert msg.endswith("Check it.")
+  with pytest.raises(mapping.CheckpointMismatchError) as err:  # unbounded: every key, by line
+    mapping.check_params(got, want, source="ckpt", model="net", hint="Check it.")
+  assert str(err.value).count("\n") == 2 and "a/w04 (2,)" in str(err.value)
+
+  zeros, ones = lambda n: np.zeros(n, np.float32), lambda n: np.ones(n, np.float32)
+  fresh = {"params": {"enc": {"k": zeros(2)}, "head": {"k": zeros(2)}}}
+  loaded = {"params": {"enc": {"k": ones(2)}, "head": {"k": ones(3)}}}
+  merged = base.merge_variables(fresh, loaded, strict=True, parts=[("params", "enc")])
+  np.testing.assert_array_equal(merged["params"]["enc"]["k"], 1.0)
+  np.testing.assert_array_equal(merged["params"]["head"]["k"], 0.0)  # not a named part
+  loaded["params"]["enc"]["extra"] = ones(1)
+  with pytest.raises(mapping.CheckpointMismatchError, match=r"1 unexpected.*params/enc/extra"):
+    base.merge_variables(fresh, loaded, strict=True, parts=[("params", "enc")], limit=4)
+
+
 def test_mapping_rule_on_hand_written_keys():
   """The documented renames, one key each (no model involved)."""
   conv = np.zeros((5, 4, 3, 2), np.float32)

@@ -23,7 +23,7 @@ missing, unexpected and mis-shaped key is reported in one `CheckpointMismatchErr
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -116,6 +116,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def first_keys(items: Sequence[str], limit: int = 4) -> str:
+  """ "a; b; c; d; ... (N more)": the first `limit` of `items`, for a one-line error message."""
+  shown = "; ".join(items[:limit])
+  return shown + (f"; ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 RESTORE_HINT = (
     "Check that --model names the architecture the weights were trained with (e.g. swinir vs "
     "swinir_dcpt; `python -m jaxmilab.restore --list_models`)."
@@ -130,12 +136,15 @@ def check_params(
     model: str,
     origin: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
     hint: str = RESTORE_HINT,
+    limit: int | None = None,
 ) -> None:
   """Raises one CheckpointMismatchError listing all missing / unexpected / mis-shaped keys.
 
   params, expected: nested param trees (expected may hold jax.ShapeDtypeStruct leaves);
   origin: converter output naming the torch key behind each flax path (for the message);
-  hint: the sentence that says what to check (default: the restore CLI's --model).
+  hint: the sentence that says what to check (default: the restore CLI's --model);
+  limit: None lists every key, one kind per line; a number gives one line naming the first
+  `limit` keys of each kind (`first_keys`), the counts in front.
   """
   got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
   want = {k: tuple(v.shape) for k, v in flatten(expected).items()}
@@ -146,20 +155,24 @@ def check_params(
   wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
   if not (missing or unexpected or wrong):
     return
-  lines = [
+  show = lambda items: "; ".join(items) if limit is None else first_keys(items, limit)
+  head = (
       f"Checkpoint {source!r} does not match model {model!r}: {len(missing)} missing, "
-      f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s). {hint}"
-  ]
+      f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped parameter(s)."
+  )
+  kinds = []
   if missing:
-    lines.append("  missing (flax path, shape): " + "; ".join(f"{k} {want[k]}" for k in missing))
+    kinds.append("missing (flax path, shape): " + show([f"{k} {want[k]}" for k in missing]))
   if unexpected:
-    lines.append(
-        "  unexpected (checkpoint key -> flax path): "
-        + "; ".join(f"{name(k)} {origin[k][1] if k in origin else got[k]}" for k in unexpected)
+    kinds.append(
+        "unexpected (checkpoint key -> flax path): "
+        + show([f"{name(k)} {origin[k][1] if k in origin else got[k]}" for k in unexpected])
     )
   if wrong:
-    lines.append(
-        "  mis-shaped (checkpoint key -> flax path: got, expected): "
-        + "; ".join(f"{name(k)}: {got[k]} vs {want[k]}" for k in wrong)
+    kinds.append(
+        "mis-shaped (checkpoint key -> flax path: got, expected): "
+        + show([f"{name(k)}: {got[k]} vs {want[k]}" for k in wrong])
     )
-  raise CheckpointMismatchError("\n".join(lines))
+  if limit is not None:
+    raise CheckpointMismatchError(" ".join([head] + [f"{k}." for k in kinds] + [hint]))
+  raise CheckpointMismatchError("\n".join([f"{head} {hint}"] + [f"  {k}" for k in kinds]))

@@ -19,7 +19,7 @@ axis; `model_state` holds the non-trainable flax collections (e.g. "batch_stats"
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -90,20 +90,46 @@ def merge_variables(
     loaded: PyTree,
     *,
     strict: bool = False,
+    parts: Sequence[Sequence[str]] | None = None,
     source: str = "",
     model: str = "",
     hint: str = "",
+    limit: int | None = None,
 ) -> PyTree:
   """The one way methods merge `config.method.init_from` arrays into fresh variables.
 
-  Takes each `loaded` array whose path and shape exist in `fresh`. strict=True first requires
-  the two trees to match exactly (same paths, same shapes) and otherwise raises
-  `mapping.CheckpointMismatchError` naming the missing / unexpected / mis-shaped paths, with
-  `source`, `model` and `hint` in its first line.
+  Takes each `loaded` array whose path and shape exist in `fresh`. `parts` (paths of
+  sub-trees, e.g. `[("params", "encoder"), ("batch_stats", "encoder")]`) restricts the merge
+  to those sub-trees of both trees; the rest of `fresh` is kept. strict=True first requires
+  the two trees (or their `parts`) to match exactly (same paths, same shapes) and otherwise
+  raises `mapping.CheckpointMismatchError` naming the missing / unexpected / mis-shaped paths,
+  with `source`, `model` and `hint` in its first line (`limit`: one line naming the first
+  `limit` paths of each kind; `mapping.check_params`).
   """
+  if parts is not None:
+    fresh_parts, loaded = select_parts(fresh, parts), select_parts(loaded, parts)
+  else:
+    fresh_parts = fresh
   if strict:
-    mapping.check_params(loaded, fresh, source=source, model=model, hint=hint)
+    mapping.check_params(loaded, fresh_parts, source=source, model=model, hint=hint, limit=limit)
   return merge_matching(fresh, loaded)
+
+
+def select_parts(tree: PyTree, parts: Sequence[Sequence[str]]) -> dict[str, Any]:
+  """The nested dict holding only the sub-trees of `tree` at `parts` (paths absent are skipped)."""
+  out: dict[str, Any] = {}
+  for path in parts:
+    node = tree
+    for key in path:
+      if not isinstance(node, Mapping) or key not in node:
+        break
+      node = node[key]
+    else:
+      target = out
+      for key in path[:-1]:
+        target = target.setdefault(key, {})
+      target[path[-1]] = node
+  return out
 
 
 def merge_matching(fresh: PyTree, loaded: PyTree) -> PyTree:

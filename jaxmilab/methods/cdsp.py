@@ -287,11 +287,29 @@ class Method(base.Method):
     return CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
 
   def init_from(self, variables, loaded):
-    """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays)."""
+    """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays).
+
+    A `.pth` goes through `deeplab.variables_from_torch_params`; every file weight must fit the
+    model (path and shape) and every trunk weight of the model must be in the file, the whole
+    model when the file has a head; otherwise one line names the first differences (e.g. a
+    ResNet-50 file for depth 101).
+    """
     tree = loaded.get("params", {}).get("backbone", {})
-    if _from_torch_file(tree):
-      return load_torch_weights(variables, tree)
-    return base.merge_variables(variables, loaded)  # the trainer refuses a merge that kept nothing
+    if not _from_torch_file(tree):
+      # A jaxmilab run: the trainer refuses a merge that kept nothing.
+      return base.merge_variables(variables, loaded)
+    from_file = deeplab.variables_from_torch_params(tree)
+    has_head = any(k != "backbone" for collection in from_file.values() for k in collection)
+    return base.merge_variables(
+        variables,
+        from_file,
+        strict=True,
+        parts=None if has_head else [(c, "backbone") for c in from_file],
+        source=f"config.method.init_from={self.opts.init_from or '<PyTorch file>'}",
+        model=f"config.model {self.config.model.get('name')}",
+        hint="The PyTorch file does not fit config.model (arch / depth / preset).",
+        limit=4,
+    )
 
 
 def _from_torch_file(tree: Any) -> bool:
@@ -302,62 +320,3 @@ def _from_torch_file(tree: Any) -> bool:
       and isinstance(tree.get("bn1"), Mapping)
       and "running_mean" in tree["bn1"]
   )
-
-
-def _is_trunk(key: str) -> bool:
-  return key in ("conv1", "bn1") or key.split("_")[0] in ("layer1", "layer2", "layer3", "layer4")
-
-
-def _flatten_torch_tree(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, np.ndarray]:
-  """{keystr of (collection, *path, leaf): array}: running_mean/var -> batch_stats mean/var."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten_torch_tree(value, path + (key,)))
-    elif key != "num_batches_tracked":
-      collection, leaf = (
-          ("batch_stats", key[len("running_") :]) if key.startswith("running_") else ("params", key)
-      )
-      keys = (collection,) + path + (leaf,)
-      out[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in keys))] = np.asarray(
-          value, np.float32
-      )
-  return out
-
-
-def load_torch_weights(variables: dict[str, Any], tree: Mapping[str, Any]) -> dict[str, Any]:
-  """Copies PyTorch weights (read by jaxmilab.convert: names joined, kernels HWIO) into `variables`.
-
-  The trunk keys (conv1, bn1, layer1-4) go under "backbone", the released CDSP head keys
-  (layer_pred0, reduce, fuse, classifier, layer5, layer_lorm) stay at the top; a classifier
-  `fc` (torchvision) is dropped. Strict: every file weight must fit the model (path and shape),
-  every trunk weight of the model must be in the file, and a file with a head must fill the
-  whole model; otherwise one error lists the differences (e.g. a ResNet-50 file for depth 101).
-  """
-  flat_new: dict[str, np.ndarray] = {}
-  for key, value in tree.items():
-    if key == "fc":
-      continue
-    sub = {key: value}
-    flat_new.update(_flatten_torch_tree(sub, ("backbone",) if _is_trunk(key) else ()))
-  flat_old = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-  has_head = any(not _is_trunk(k) for k in tree if k != "fc")
-  missing = sorted(k for k in flat_new if k not in flat_old)
-  shapes = sorted(
-      f"{k}: file {np.shape(flat_new[k])} vs model {np.shape(flat_old[k])}"
-      for k in flat_new
-      if k in flat_old and np.shape(flat_new[k]) != np.shape(flat_old[k])
-  )
-  unfilled = sorted(k for k in flat_old if k not in flat_new and (has_head or "'backbone'" in k))
-  if missing or shapes or unfilled:
-    raise ValueError(
-        f"config.method.init_from: the PyTorch file does not fit config.model (arch / depth / preset): "
-        f"{len(missing)} weights have no place in the model {missing[:4]}, {len(shapes)} differ in "
-        f"shape {shapes[:4]}, {len(unfilled)} model weights are not in the file {unfilled[:4]}."
-    )
-
-  def pick(path, x):
-    y = flat_new.get(jax.tree_util.keystr(path))
-    return jnp.asarray(y, x.dtype) if y is not None else x
-
-  return jax.tree_util.tree_map_with_path(pick, variables)

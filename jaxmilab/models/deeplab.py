@@ -297,23 +297,37 @@ def create(config: Mapping[str, Any]) -> DeepLab:
   return common.create(DeepLab, PRESETS, config, defaults=CONFIG_DEFAULTS, prepare=_prepare)
 
 
-def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """{"params", "batch_stats"} from a released CDSP (or torchvision ResNet) state dict.
+_TRUNK = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
-  Trunk keys (conv1, bn1, layer1-4) go under "backbone"; head keys keep their names with
-  numeric parts joined ("layer_pred0.prject.0.weight" -> params/layer_pred0/prject_0/kernel);
-  torchvision's `fc` is dropped.
+
+def variables_from_torch_params(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """{"params", "batch_stats"} (numpy float32) from a released CDSP / torchvision ResNet file.
+
+  `tree` is the file as `jaxmilab.convert` reads a `.pth` (`mapping.convert_state_dict`: numeric
+  parts joined, "layer_pred0.prject.0.weight" -> layer_pred0/prject_0/kernel HWIO, BatchNorm
+  running statistics still beside the weights). The trunk (conv1, bn1, layer1-4) goes under
+  "backbone", the head keys (layer_pred0, reduce, fuse, classifier, layer5, layer_lorm) stay at
+  the top; running_mean / running_var -> batch_stats mean / var; `num_batches_tracked` and
+  torchvision's classifier `fc` are dropped.
   """
-  trunk, head = {}, {}
-  for key, value in state_dict.items():
-    key = key[len("module.") :] if key.startswith("module.") else key
-    (
-        trunk
-        if key.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
-        else head
-    )[key] = value
-  out = resnet.variables_from_torchvision(trunk, ("backbone",))
-  rest = resnet.variables_from_torchvision(head, ())
-  for collection in out:
-    out[collection].update(rest[collection])
+  out: dict[str, Any] = {"params": {}, "batch_stats": {}}
+
+  def put(node: Mapping[str, Any], path: tuple[str, ...]) -> None:
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        put(value, path + (key,))
+      elif key != "num_batches_tracked":
+        collection, leaf = (
+            ("batch_stats", key[len("running_") :])
+            if key.startswith("running_")
+            else ("params", key)
+        )
+        target = out[collection]
+        for p in path:
+          target = target.setdefault(p, {})
+        target[leaf] = np.asarray(value, np.float32)
+
+  for key, value in tree.items():
+    if key != "fc":
+      put({key: value}, ("backbone",) if key.split("_")[0] in _TRUNK else ())
   return out
