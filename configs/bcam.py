@@ -8,9 +8,9 @@ decay at 15, loss weights 1/1/1/1; VGG16 lr 1.7e-5, 20 epochs, 1/0.4/0.4/0.2; In
 lr 1.7e-3, 50 epochs, 1/0.4/0.4/0.2, `--lr_bias_ratio 2`; 100 attention heads. The 10x group
 adds the B-CAM head (official main.py `_set_optimizer`: 'aggregator', 'classifier'); with
 InceptionV3 the biases of the feature extractor get 2x (its lr_bias_ratio; the head's biases
-stay at 10x, as main.py puts them in the classifier group). `method.inference` picks the mode reported
-under the protocol names ("prob" or "mask"; the other goes to "<mode>/<name>"). Box metrics come
-from the `map_mode` map, PxAP / pIoU from the OpenImages map (as released; methods/bcam.py).
+stay at 10x, as main.py puts them in the classifier group). `method.inference` picks the mode
+reported under the protocol names ("prob" or "mask"; the other goes to "<mode>/<name>"). Box metrics
+come from the `map_mode` map, PxAP / pIoU from the OpenImages map (as released; methods/bcam.py).
 
 quickstart (the synthetic set) follows the release where it says something:
   * 100 attention heads (Train.sh `--num_head 100`);

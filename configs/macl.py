@@ -6,7 +6,8 @@ r"""MACL pre-training (JBHI, arXiv 2309.11876): four views per slice, L = L_g + 
   # then fine-tune: configs/macl_finetune.py with --config.method.init_from=<this workdir>
 
 Variants:
-  smoke       tiny 3-level U-Net on 32 px phantom slices, 2 steps (seconds on a CPU; the tests run it).
+  smoke       tiny 3-level U-Net on 32 px phantom slices, 2 steps (seconds on a CPU; the tests
+              run it).
   quickstart  width-4, depth-3 U-Net on 64 px synthetic phantom slices (dominant bottleneck
               2 x 2), 1000 steps; python -m jaxmilab.macl_quickstart runs it, with
               PCL_OVERRIDES for the PCL arm, then fine-tunes.

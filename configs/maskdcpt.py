@@ -1,4 +1,5 @@
-r"""MaskDCPT pre-training (arXiv 2510.13282) of NAFNet: whole-network masking + classifier + reconstruction.
+r"""MaskDCPT pre-training (arXiv 2510.13282) of NAFNet: whole-network masking + classifier +
+reconstruction.
 
   python -m jaxmilab.main --config=configs/maskdcpt.py:smoke --workdir=/tmp/maskdcpt_smoke
 
@@ -102,8 +103,9 @@ def get_config(variant: str = "smoke"):
     c.data = c.data.__class__(
         dict(
             name="array_records",
-            # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --output=...` for the
-            # synthetic part, `--paired_dir` builds for real pairs (a list of folders is accepted).
+            # build_uir folders: `python -m jaxmilab.data.build_uir --clean_dir=... --output=...`
+            # for the synthetic part, `--paired_dir` builds for real pairs (a list of folders is
+            # accepted).
             path="/path/to/uir2p5m_build",
             eval_path="",  # a separate build of held-out images; "" = hold out records
             patch_size=128,

@@ -1,4 +1,5 @@
-"""Persistent XLA compilation cache: a restart of the same run loads its programs, not compiles them.
+"""Persistent XLA compilation cache: a restart of the same run loads its programs, not compiles
+them.
 
 JAX's persistent cache (`jax_compilation_cache_dir`) keys each executable by the program, the
 devices and the compiler options, so a second start of the same config on the same kind of

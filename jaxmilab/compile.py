@@ -2,7 +2,8 @@ r"""Ahead-of-time compile of a config's real train step for a device topology, w
 
   python -m jaxmilab.compile --config=configs/maskdcpt.py:pod --topology=v5e-64
   python -m jaxmilab.compile --config=configs/dcpt.py:smoke --topology=cpu:8
-  python -m jaxmilab.compile --config=configs/maskdcpt.py:multislice --topology=v5e-256 --num_slices=2
+  python -m jaxmilab.compile --config=configs/maskdcpt.py:multislice --topology=v5e-256 \
+      --num_slices=2
 
 MaxText's `train_compile` idea: learn whether a config fits a slice before paying for it.
 The program is the trainer's own (`Trainer.lower_train_step()`: the jit the training loop
@@ -81,7 +82,8 @@ flags.DEFINE_bool(
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
-  """The devices of `topology` x `num_slices` (TPU: descriptions without hardware; cpu:N: host devices)."""
+  """The devices of `topology` x `num_slices` (TPU: descriptions without hardware; cpu:N: host
+  devices)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   if num_slices < 1:
@@ -363,7 +365,8 @@ def stand_in_data(config, error: Exception):
 def compile_config(
     config, topology: str, fast: bool = False, num_slices: int = 1, hlo_out: str = ""
 ) -> dict[str, Any]:
-  """Compiles `config`'s train step for `topology` x `num_slices`; returns the JSON line's figures."""
+  """Compiles `config`'s train step for `topology` x `num_slices`; returns the JSON line's
+  figures."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxmilab import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import base as data_base  # pylint: disable=g-import-not-at-top

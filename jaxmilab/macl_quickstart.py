@@ -12,9 +12,10 @@ Per seed s (default 0, 1, 2):
 Then prints pooled test Dice of the last evaluation (mean +- sample standard deviation over
 the seeds, min-max, per seed and minus scratch per seed), the best of the fine-tuning's test
 evaluations (every 20 steps; labelled: that is the released train_supervised.py protocol,
-which selects on the test set) and HD95 / ASD, beside the paper's 10%-label numbers. Runs resume if interrupted; re-running prints the table
-from the finished runs. Everything is CPU-sized (width-4, depth-3 U-Net, 64 px slices): compare the
-ordering, not the values, with the paper's (width 32, 352-512 px, 100 epochs on CT / MR).
+which selects on the test set) and HD95 / ASD, beside the paper's 10%-label numbers. Runs resume if
+interrupted; re-running prints the table from the finished runs. Everything is CPU-sized (width-4,
+depth-3 U-Net, 64 px slices): compare the ordering, not the values, with the paper's (width 32,
+352-512 px, 100 epochs on CT / MR).
 """
 
 from __future__ import annotations

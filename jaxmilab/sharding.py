@@ -184,7 +184,8 @@ def check_params_over_dcn(mesh: Mesh, mesh_config) -> None:
   crossing = [a for a in opts.shard_params_over if a in dcn_axes(mesh) and mesh.shape[a] > 1]
   if crossing and not opts.params_over_dcn:
     raise ValueError(
-        f"config.mesh.shard_params_over={tuple(opts.shard_params_over)}: axis {crossing[0]!r} spans "
+        f"config.mesh.shard_params_over={tuple(opts.shard_params_over)}: "
+        f"axis {crossing[0]!r} spans "
         f"{dcn_axes(mesh)[crossing[0]]} slices, so parameters would be all-gathered over the "
         f"data-centre network every step. Shard over axes inside a slice (e.g. ('fsdp',) with "
         f"mesh.data=<slices>, mesh.fsdp=-1), or set config.mesh.params_over_dcn=True to mean it."
@@ -192,7 +193,8 @@ def check_params_over_dcn(mesh: Mesh, mesh_config) -> None:
 
 
 def params_sharded_over_dcn(shardings: Any, mesh: Mesh) -> bool:
-  """True if some leaf of a NamedSharding pytree splits an array over an axis that crosses slices."""
+  """True if some leaf of a NamedSharding pytree splits an array over an axis that crosses
+  slices."""
   crossing = set(dcn_axes(mesh))
 
   def axes(spec):
@@ -363,7 +365,7 @@ def check_tensor_parallel(mesh: Mesh, abstract_params: Any, model_name: str) -> 
   if mesh.shape["model"] > 1 and has_depthwise_kernels(abstract_params):
     raise ValueError(
         f"config.mesh.model={mesh.shape['model']}: {model_name} has depthwise convolutions, whose "
-        f"kernel gradients XLA's SPMD partitioner computes wrongly when the batch is replicated over "
-        f"the 'model' axis (jax {jax.__version__}). Use config.mesh.model=1 and shard parameters with "
-        f"config.mesh.fsdp instead."
+        f"kernel gradients XLA's SPMD partitioner computes wrongly when the batch is replicated "
+        f"over the 'model' axis (jax {jax.__version__}). Use config.mesh.model=1 and shard "
+        f"parameters with config.mesh.fsdp instead."
     )

@@ -366,9 +366,10 @@ def oom_figures(message: str) -> tuple[float, float] | None:
   """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None.
 
   A program that does not fit one chip is a result of ahead-of-time compilation, not a crash
-  (jaxmilab.compile, benchmarks.tea_attention). libtpu 0.0.42 says "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
-  for HLO temporaries (18.12G) exceeds available HBM (15.75G)." (the XLA reference's fwd+bwd at
-  --aot_size=256 on v5e); other versions "... Used 18.12G of 15.75G hbm. ...".
+  (jaxmilab.compile, benchmarks.tea_attention). libtpu 0.0.42 says "RESOURCE_EXHAUSTED: Ran out of
+  memory on HBM, the total memory required for HLO temporaries (18.12G) exceeds available HBM
+  (15.75G)." (the XLA reference's fwd+bwd at --aot_size=256 on v5e); other versions
+  "... Used 18.12G of 15.75G hbm. ...".
   """
   m = re.search(
       r"required for [^(]*\(([\d.]+)([KMGT]?)B?\) exceeds available HBM "

@@ -5,8 +5,9 @@ The references are tests/torch_reference/archs.py, transcribed from the official
 module names, so their state dicts have the official keys. Weights are random with every
 LayerNorm, bias, temperature and position-bias table moved away from its init
 (`torch_reference.randomize`), copied into flax params by jaxmilab.convert.mapping (the rule
-each module docstring states), and both sides run an input whose size is not a multiple of the padding unit, padded the way
-the official pipeline pads (DCPT's `pre_test`, or SwinIR's `check_image_size` in forward).
+each module docstring states), and both sides run an input whose size is not a multiple of the
+padding unit, padded the way the official pipeline pads (DCPT's `pre_test`, or SwinIR's
+`check_image_size` in forward).
 """
 
 from __future__ import annotations

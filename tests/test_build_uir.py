@@ -1,4 +1,5 @@
-"""build_uir (ArrayRecord shards, resumable), the array_records dataset, the UIR-2.5M released layout."""
+"""build_uir (ArrayRecord shards, resumable), the array_records dataset, the UIR-2.5M released
+layout."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _clean_dir(root):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-  """A small build: 3 images x 2 crops of 24 px x (jpeg at 10 and 20, one noise level, one mosaic level)."""
+  """A small build: 3 images x 2 crops of 24 px x (jpeg at 10 and 20, one noise level, one mosaic
+  level)."""
   root = tmp_path_factory.mktemp("uir")
   clean = _clean_dir(root)
   plan = build_uir.make_plan(

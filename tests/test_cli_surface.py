@@ -272,7 +272,8 @@ import json, os, sys
 from jaxmilab import metrics as metrics_lib, quickstart, trainer
 root = sys.argv[1]
 seen = {}
-trainer.train_to_end = lambda config, workdir: seen.setdefault(os.path.relpath(workdir, root), config)
+trainer.train_to_end = lambda config, workdir: seen.setdefault(\
+os.path.relpath(workdir, root), config)
 metrics_lib.read_split = lambda workdir, split: [{"psnr": 0.0}]
 quickstart.run_stages(root, ("dcpt", "maskdcpt"), "smoke", seed=3,
                       pretrain_overrides={"method.cls_weight": 0.5},

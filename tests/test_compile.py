@@ -120,7 +120,8 @@ def test_pod_config_fits_a_v5e_64_chip():
 @pytest.mark.manual
 @pytest.mark.libtpu
 def test_multislice_config_on_two_v5e_256_slices():
-  """#30's command: configs/maskdcpt.py:multislice on 2 x v5e-256 keeps parameters inside a slice."""
+  """#30's command: configs/maskdcpt.py:multislice on 2 x v5e-256 keeps parameters inside a
+  slice."""
   config = config_lib.load("configs/maskdcpt.py:multislice")
   result = compile_lib.compile_config(config, "v5e-256", num_slices=2)
   check_figures(result, 512)
@@ -149,7 +150,7 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   %ar = f32[100]{0} all-reduce(%z), channel_id=3, replica_groups={{0,1},{2,3}}, to_apply=%add
   ROOT %r = f32[8]{0} copy(%q)
 }
-"""
+"""  # noqa: E501 (verbatim XLA HLO text)
 
 
 def test_dcn_traffic_counts_megascale_sends_loops_and_groups_that_span_slices():

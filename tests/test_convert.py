@@ -229,7 +229,8 @@ def test_safetensors_bfloat16_and_load_state_dict(tmp_path):
     ],
 )
 def test_broken_safetensors_raise_checkpoint_error(tmp_path, data):
-  """Truncated, garbled, oversized-header and short-data files: a CheckpointError naming the file."""
+  """Truncated, garbled, oversized-header and short-data files: a CheckpointError naming the
+  file."""
   path = str(tmp_path / "broken.safetensors")
   with open(path, "wb") as f:
     f.write(data)

@@ -3,9 +3,10 @@ same numbers, same TPU/GPU HLO.
 
 On CPU, `layers.conv2d` lowers 1x1 convs as a matmul (whose VJP flattens rows for the weight
 gradient) and depthwise convs as shifted multiply-adds with a hand-written VJP; on TPU and GPU
-it must call `lax.conv_general_dilated` exactly as flax does. The references: XLA's own convolution (the generic form, what every
-platform ran before) for values and gradients, and the lowered StableHLO text of a NAFNet train
-step traced for 'tpu' and 'cuda' without the hook (= flax's default `nn.Conv`).
+it must call `lax.conv_general_dilated` exactly as flax does. The references: XLA's own convolution
+(the generic form, what every platform ran before) for values and gradients, and the lowered
+StableHLO text of a NAFNet train step traced for 'tpu' and 'cuda' without the hook
+(= flax's default `nn.Conv`).
 """
 
 from __future__ import annotations

@@ -372,7 +372,8 @@ def test_paired_folders_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_photo_stream_with_worker_processes():
-  """grain worker processes: the stream is fixed by (seed, worker_count) and restores from a state."""
+  """grain worker processes: the stream is fixed by (seed, worker_count) and restores from a
+  state."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   if not flags.FLAGS.is_parsed():

@@ -97,7 +97,8 @@ def test_boxes_constant_map_cover_the_image():
 
 
 def test_boxes_float32_map_like_official_float64():
-  # float32 0.6 * 255 = 153.0000061 -> 153 as in the official float64 path (t2n(...).astype(np.float)).
+  # float32 0.6 * 255 = 153.0000061 -> 153 as in the official float64 path
+  # (t2n(...).astype(np.float)).
   m = _UNIMODAL.astype(np.float32)
   assert _first_boxes(m) == _first_boxes(_UNIMODAL)
 
@@ -135,7 +136,8 @@ def test_box_evaluator_official_box_convention_by_hand():
 
 
 def test_box_evaluator_threshold_is_chosen_dataset_wide():
-  # Unimodal boxes per threshold (0, .2, .4, .6, .8): [1,1,4,3] [1,1,4,3] [2,1,4,3] [2,2,4,3] [2,2,3,3].
+  # Unimodal boxes per threshold (0, .2, .4, .6, .8):
+  # [1,1,4,3] [1,1,4,3] [2,1,4,3] [2,2,4,3] [2,2,3,3].
   # Image A, GT [2,2,3,3] (4 px): IoU 4/12, 4/12, 4/9, 4/6, 1.
   # Image B, GT [1,1,4,3] (12 px): IoU 1, 1, 9/12, 6/12, 4/12.
   # @70: A only at .8, B only at 0..0.4 -> best threshold counts 1 of 2 = 50 (not 100).

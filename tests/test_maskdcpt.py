@@ -1,4 +1,5 @@
-"""MaskDCPT: patch masks, masked LayerNorm, no leak through the masked encoders, training, init_from."""
+"""MaskDCPT: patch masks, masked LayerNorm, no leak through the masked encoders, training,
+init_from."""
 
 from __future__ import annotations
 

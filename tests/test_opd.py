@@ -840,7 +840,8 @@ def test_select_step_reads_the_validation_loss_not_the_test_psnr():
     opd.select_step([{"step": 1, "psnr": 1.0}])
 
 
-@pytest.mark.slow  # two tiny trainings: about 20 s of CPU (minutes of wall time on a loaded machine)
+# two tiny trainings: about 20 s of CPU (minutes of wall time on a loaded machine)
+@pytest.mark.slow
 def test_effects_selection_never_reads_the_clean_test_set(monkeypatch):
   """Mechanism: corrupting the clean test targets changes the PSNRs, not the selected step."""
   from absl import flags

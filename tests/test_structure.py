@@ -167,7 +167,8 @@ def test_library_modules_do_not_import_torch():
   module (the command-line modules, which define absl flags, aside) loads no torch."""
   script = (
       "import importlib, sys\n"
-      f"for m in {sorted(m for m, p in MODULES.items() if 'flags.DEFINE' not in open(p).read())!r}:\n"
+      "for m in "
+      f"{sorted(m for m, p in MODULES.items() if 'flags.DEFINE' not in open(p).read())!r}:\n"
       "  importlib.import_module(m)\n"
       "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
   )

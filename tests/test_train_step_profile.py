@@ -1,4 +1,5 @@
-"""benchmarks.train_step's profile: HLO ops attributed to forward / backward and network modules."""
+"""benchmarks.train_step's profile: HLO ops attributed to forward / backward and network
+modules."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ENTRY %main.9 (a: f32[8]) -> f32[8] {
   %add.5 = f32[8]{0} add(%a, %a), metadata={op_name="jit(_train_step)/adam/add"}
   ROOT %copy.6 = f32[8]{0} copy(%a)
 }
-"""
+"""  # noqa: E501 (verbatim XLA HLO text)
 
 
 def test_op_module_names_direction_and_innermost_module():

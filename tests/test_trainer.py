@@ -26,8 +26,8 @@ class HostReadProbe:
   It wraps trainer._ordinary_step_guard (which the loop enters around every step that is not a
   log / eval / checkpoint step) and counts, while inside, calls of jax.device_get,
   multihost_utils.process_allgather, jax.block_until_ready and jax.Array value reads (float(),
-  bool(), .item(), ...) made by the loop's thread. On accelerators the trainer's transfer guard catches the rest; on CPU,
-  where arrays are host memory, the guard is inert, hence this probe.
+  bool(), .item(), ...) made by the loop's thread. On accelerators the trainer's transfer guard
+  catches the rest; on CPU, where arrays are host memory, the guard is inert, hence this probe.
   """
 
   def __init__(self):

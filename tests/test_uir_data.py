@@ -1,4 +1,5 @@
-"""UIR-2.5M as data: a tiny folder in the released layout -> build_uir -> train (uir2p5m) -> resume."""
+"""UIR-2.5M as data: a tiny folder in the released layout -> build_uir -> train (uir2p5m) ->
+resume."""
 
 from __future__ import annotations
 

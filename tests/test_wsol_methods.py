@@ -203,7 +203,8 @@ def test_backbone_cam_pools_to_logits(arch, size):
 
 
 def test_feature_map_sizes_follow_the_protocol():
-  """224 input: ResNet50 28x28 (large_feature_map) / 14x14, VGG16 14x14 / 28x28, InceptionV3 28 / 14."""
+  """224 input: ResNet50 28x28 (large_feature_map) / 14x14, VGG16 14x14 / 28x28, InceptionV3
+  28 / 14."""
   expected = {
       ("resnet50", True): 28,
       ("resnet50", False): 14,
@@ -480,7 +481,8 @@ def test_bagcams_match_the_released_backward_in_pytorch(tmp_path):
 
 
 def test_folder_reader_openimages_masks(tmp_path):
-  """Foreground = union of instance masks > 0.5 (nearest resize); ignore = ignore mask - foreground."""
+  """Foreground = union of instance masks > 0.5 (nearest resize);
+  ignore = ignore mask - foreground."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxmilab.data import wsol_folders  # pylint: disable=g-import-not-at-top

@@ -250,8 +250,10 @@ def main(argv) -> None:
     )
     table.append(row)
     print(
-        f"{name:26s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  (range {row['min']:.2f}-{row['max']:.2f}; "
-        f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  [{time.perf_counter() - t0:.0f} s]",
+        f"{name:26s} mIoU {row['mean']:6.2f} ± {row['std']:5.2f}  "
+        f"(range {row['min']:.2f}-{row['max']:.2f}; "
+        f"seeds {seeds}: {', '.join(f'{v:.2f}' for v in values)})  "
+        f"[{time.perf_counter() - t0:.0f} s]",
         flush=True,
     )
     write()

@@ -22,9 +22,9 @@ sub-images (`--subimage_size=480 --subimage_step=240`: a crop decodes two 480 px
 each it reports crops/s per core and, for a v5e host (`--host_chips` chips of 197 TFLOP/s,
 `--host_cores` vCPUs), the crops/s the step consumes at 25 % and 50 % MFU
 (`--flops_per_crop`: the train step's FLOPs per 128 px crop, default the v5e-64 compile of
-configs/maskdcpt.py:pod, 1.863 TFLOP per chip per step at 8 crops per chip, docs/running.md), the cores that takes, and the multiple of the 25 % consumption that a quarter
-of the host's cores delivers (the target is >= 3). Timings are per core: scale by cores on an
-idle machine only.
+configs/maskdcpt.py:pod, 1.863 TFLOP per chip per step at 8 crops per chip, docs/running.md), the
+cores that takes, and the multiple of the 25 % consumption that a quarter of the host's cores
+delivers (the target is >= 3). Timings are per core: scale by cores on an idle machine only.
 
   python -m jaxmilab.benchmarks.data_pipeline --source_size=2040x1356 --time_step=false
 
@@ -259,7 +259,8 @@ def time_build(n_images: int, out_root: str, workers: int = 2) -> dict[str, floa
   # build's main process or one of its workers, which it waits for).
   probe = (
       "import resource, subprocess, sys\n"
-      "subprocess.run([sys.executable, '-m', 'jaxmilab.data.build_uir'] + sys.argv[1:], check=True)\n"
+      "subprocess.run([sys.executable, '-m', 'jaxmilab.data.build_uir'] + sys.argv[1:], "
+      "check=True)\n"
       "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
   )
   t0 = time.perf_counter()

@@ -7,8 +7,9 @@ batch 4, 10 seeds, m in {4, 8}, OPD-AL at m = 4) are the cheapest set-up found w
 positive control shows: N2N on one fixed pair per scene overfits (its test PSNR peaks at step
 50-150 and falls after, 10 of 10 seeds) and fresh noise beats it in 9 of 10 seeds (+1.4 dB
 selected, +2.7 dB final; but the paired sd is 1.6 / 1.8 dB, so about 1x-1.5x the per-seed
-spread, not several times). docs/opd.md, the small-data section, records the search and run. Recipes can run in separate processes with the
-same flags and `--recipes=...`, then `--merge` their `--output` files.
+spread, not several times). docs/opd.md, the small-data section, records the search and run. Recipes
+can run in separate processes with the same flags and `--recipes=...`, then `--merge` their
+`--output` files.
 
 The set (all sizes are flags): `--scenes` training scenes and `--val_scenes` validation
 scenes, fixed `--size` px crops of the six training photos shipped with scikit-image, each
@@ -325,7 +326,10 @@ def summarize_run(recipe: str, m: int, seed: int, rows: list[dict]) -> dict:
 
 def _stats(values) -> str:
   v = np.asarray(values, np.float64)
-  return f"{v.mean():+.2f} (sd {v.std(ddof=1) if v.size > 1 else 0.0:.2f}; {v.min():+.2f}..{v.max():+.2f})"
+  return (
+      f"{v.mean():+.2f} (sd {v.std(ddof=1) if v.size > 1 else 0.0:.2f}; "
+      f"{v.min():+.2f}..{v.max():+.2f})"
+  )
 
 
 def summarize(runs: list[dict]) -> str:

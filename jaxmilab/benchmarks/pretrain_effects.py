@@ -72,7 +72,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "noise_jpeg",
       list(FAMILIES),
       "Degradations of pre-training and fine-tuning: noise_jpeg (the quickstart's two families) "
-      "or uir18 (the 18 synthesizable UIR-2.5M types at random levels; runs under <workdir>/uir18).",
+      "or uir18 (the 18 synthesizable UIR-2.5M types at random levels; runs under "
+      "<workdir>/uir18).",
       flag_values=flag_values,
   )
   flags.DEFINE_string(

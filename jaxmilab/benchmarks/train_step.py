@@ -441,7 +441,8 @@ def main(argv):
   print("|---|---|---|---|---|")
   for name, r in rows:
     print(
-        f"| {name} | {r['images_per_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
+        f"| {name} | {r['images_per_s']:.2f} | {r['flops'] / 1e9:.2f} | "
+        f"{r['flops_per_s'] / 1e9:.1f} | "
         f"{100 * r['flops_per_s'] / peak:.1f}% |"
     )
   if torch_step:

@@ -7,8 +7,8 @@ the pickle is read by an `Unpickler` whose `find_class` knows only a handful of 
 (`collections.OrderedDict`, torch's tensor/parameter rebuild functions, the typed storage
 classes and dtypes, `torch.Size`) and maps each of them to a local numpy function. Anything else
 (e.g. `os.system`, `builtins.eval`) raises `UnsafeCheckpointError` before it is called, naming
-the file and the global. torch is not needed. `.safetensors` (a JSON header + raw bytes, no code) is read with the
-`safetensors` library, memory-mapped.
+the file and the global. torch is not needed. `.safetensors` (a JSON header + raw bytes, no code) is
+read with the `safetensors` library, memory-mapped.
 
 Public API:
   read_checkpoint(path) -> the unpickled object (dicts / OrderedDicts / np.ndarray leaves)

@@ -18,7 +18,8 @@ params/backbone and params/bcam_head (the `bcam` method's layout).
 
   python -m jaxmilab.convert.torchvision_wsol --arch=resnet50 --checkpoint=resnet50-19c8e357.pth \
       --num_classes=200 --output=/runs/resnet50_imagenet
-  python -m jaxmilab.main --config=configs/cam.py:resnet50_cub --config.method.init_from=/runs/resnet50_imagenet
+  python -m jaxmilab.main --config=configs/cam.py:resnet50_cub \
+      --config.method.init_from=/runs/resnet50_imagenet
 
 `--output` is an orbax folder that `config.method.init_from` accepts (parameters whose shape
 does not fit, e.g. a 1000-class fc, keep their fresh initialisation).
@@ -64,7 +65,8 @@ def read_wsol_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def _vgg_realign(sd: dict[str, np.ndarray], large_feature_map: bool) -> dict[str, np.ndarray]:
-  """Maps torchvision's features.<i> conv indices onto VggCam's, in order (adjust_pretrained_model)."""
+  """Maps torchvision's features.<i> conv indices onto VggCam's, in order
+  (adjust_pretrained_model)."""
   ours, index = [], 0
   for v in wsol_backbones.VGG_CFG[bool(large_feature_map)]:
     if v == "M":

@@ -181,7 +181,8 @@ class ShardReaders:
 
 
 class RecordSource:
-  """Random access over records [start, stop) of the shards: key -> {"lq", "gt": uint8 [H, W, 3], "label"}.
+  """Random access over records [start, stop) of the shards: key -> {"lq", "gt": uint8 [H, W, 3],
+  "label"}.
 
   `only` (sorted record indices) keeps just those records; `skip` (sorted) leaves them out
   (key k -> the k-th record not in `skip`, found by binary search: no index of the kept ones).

@@ -57,8 +57,8 @@ into overlapping sub-images at the same windows of lq and gt (BasicSR's
 scripts/data_preparation/extract_subimages.py, its DIV2K setting: a 2040 x 1356 image gives
 4 x 8 = 32 sub-images), one PNG record each, source "<source>@<top>,<left>": a training crop
 then decodes two 480 px images instead of two whole 2K ones
-(`python -m jaxmilab.benchmarks.data_pipeline --source_size=2040x1356` measures both). List several output folders in `config.data.path` to train on
-released, real and synthetic records in one stream.
+(`python -m jaxmilab.benchmarks.data_pipeline --source_size=2040x1356` measures both). List several
+output folders in `config.data.path` to train on released, real and synthetic records in one stream.
 """
 
 from __future__ import annotations
@@ -764,7 +764,8 @@ def main(argv: Sequence[str]) -> None:
     )
   print(
       f"build_uir: {manifest['num_records']} records in {len(manifest['shards'])} shards, "
-      f"{len(manifest['types'])} types -> {os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}"
+      f"{len(manifest['types'])} types -> "
+      f"{os.path.join(os.path.abspath(FLAGS.output), 'manifest.json')}"
   )
 
 

@@ -86,7 +86,8 @@ def register_task_set(
 
 
 def level_key(level: Any) -> str:
-  """A short readable id of a level, unique per type: 25 -> "25", ("gaussian_noise", 25) -> "gaussian_noise/25"."""
+  """A short readable id of a level, unique per type: 25 -> "25",
+  ("gaussian_noise", 25) -> "gaussian_noise/25"."""
   if isinstance(level, (tuple, list)):
     return "/".join(level_key(v) for v in level)
   if isinstance(level, float):
@@ -95,7 +96,8 @@ def level_key(level: Any) -> str:
 
 
 def level_from_key(name: str, key: str) -> Any:
-  """The level of degradation `name` whose `level_key` is `key` (ValueError listing the valid keys)."""
+  """The level of degradation `name` whose `level_key` is `key` (ValueError listing the valid
+  keys)."""
   levels = get_levels(name)
   for level in levels:
     if level_key(level) == str(key):

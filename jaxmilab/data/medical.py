@@ -105,7 +105,8 @@ def read_nifti(path: str) -> np.ndarray:
 
 
 def read_dicom_series(folder: str) -> np.ndarray:
-  """The DICOM files of one folder as one float32 volume [D, H, W] in stored units x slope + intercept.
+  """The DICOM files of one folder as one float32 volume [D, H, W] in stored units x slope +
+  intercept.
 
   Slices are ordered by ImagePositionPatient along the slice normal (else InstanceNumber,
   else file name); multi-frame files contribute all their frames. Files that are not DICOM
@@ -375,7 +376,8 @@ def select(refs: Sequence[VolumeRef], keys: Sequence[Any] | None, what: str) -> 
 
 
 def _trailing_number(key: str) -> int | None:
-  """The case number of a key: patient073_frame01 -> 73 (ACDC), ct_1001 -> 1001, phantom_0007 -> 7."""
+  """The case number of a key: patient073_frame01 -> 73 (ACDC), ct_1001 -> 1001,
+  phantom_0007 -> 7."""
   numbers = re.findall(r"\d+", key)
   if not numbers:
     return None
@@ -393,7 +395,8 @@ def fixed_fraction(refs: Sequence[VolumeRef], fraction: float, seed: int = 0) ->
 
 
 class VolumeReader:
-  """Reads (and caches) normalised volumes: key -> (image [D, H, W, C], labels [D, H, W] or None)."""
+  """Reads (and caches) normalised volumes: key -> (image [D, H, W, C], labels [D, H, W] or
+  None)."""
 
   def __init__(
       self,

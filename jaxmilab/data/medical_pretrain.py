@@ -15,8 +15,8 @@ spread evenly over the volumes, drawn with fixed seeds, plus "valid".
 config.data keys (defaults): source ("phantoms"), root, normalization (per source: see
 medical.py), channels (1; phantoms only), phantom_volumes (32), phantom_classes (4),
 phantom_size (64), phantom_slices (24), phantom_seed_offset (0), volumes (None = all; keys or
-case numbers), patch_size (64), p_spatial (0.67), views ("macl" | "pcl"), eval_slices (32), eval_batch_size, eval_seed
-(0), worker_count (0), read_threads (4), cache_size (64).
+case numbers), patch_size (64), p_spatial (0.67), views ("macl" | "pcl"), eval_slices (32),
+eval_batch_size, eval_seed (0), worker_count (0), read_threads (4), cache_size (64).
 """
 
 from __future__ import annotations

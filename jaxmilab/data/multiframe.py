@@ -25,8 +25,9 @@ the crop. Pixel-independent noise is drawn tile by tile (`noise_tile` pixels, se
 (seed, s, k, tile)) so only the tiles under a crop are synthesized; text noise is drawn on
 the whole image. `fixed_noise=False` draws fresh noise for every crop. Noisy frames are
 clipped to [0, 1] and rounded to 8 bits (`clip`, `quantize`), as the official add_noise.py
-stores uint8 PNGs (it truncates with np.uint8(...), a -0.5/255 bias; we round). Crops are random (`crop="random"`) or the top-left corner
-(`crop="top_left"`, the official dataset.py `img[:, 0:256, 0:256]`); no flips.
+stores uint8 PNGs (it truncates with np.uint8(...), a -0.5/255 bias; we round). Crops are random
+(`crop="random"`) or the top-left corner (`crop="top_left"`, the official dataset.py
+`img[:, 0:256, 0:256]`); no flips.
 
 Evaluation: `eval_sets` maps a name to a folder of clean test images (BSD300 / KODAK /
 SET14 style) or to "embedded" (the held-out embedded photos); default {"embedded":
@@ -127,7 +128,8 @@ class FrameSynthesizer:
   def fixed(
       self, image: np.ndarray, scene: int, frame: int, top: int, left: int, height: int, width: int
   ) -> np.ndarray:
-    """Window [top:+height, left:+width] of frame `frame` of scene `scene`; image uint8 [H, W, C]."""
+    """Window [top:+height, left:+width] of frame `frame` of scene `scene`; image uint8
+    [H, W, C]."""
     if not degradations.is_pixelwise(self.name):  # spatially extended (text): the whole frame
       rng = np.random.default_rng([self.seed, _TRAIN_TAG, scene, frame])
       noisy = degradations.apply_noise(self.name, images.to_float(image), rng, self.params)

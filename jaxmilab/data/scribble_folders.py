@@ -121,7 +121,8 @@ def read_image(path: str) -> np.ndarray:
 
 
 class ScribbleFolder:
-  """Random-access examples: train {"image", "scribble", "pseudo"}, eval {"image", "gt"} (padded)."""
+  """Random-access examples: train {"image", "scribble", "pseudo"}, eval {"image", "gt"}
+  (padded)."""
 
   def __init__(
       self,

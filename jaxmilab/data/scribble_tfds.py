@@ -147,7 +147,8 @@ class Scribblesup(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class TfdsSource:
-  """Random access to decoded records: train {"image", "scribble", "pseudo"}, eval padded {"image", "gt"}."""
+  """Random access to decoded records: train {"image", "scribble", "pseudo"}, eval padded
+  {"image", "gt"}."""
 
   def __init__(self, source: Any, train: bool, eval_pad_size: int = 512):
     self.source, self.train, self.eval_pad_size = source, train, eval_pad_size

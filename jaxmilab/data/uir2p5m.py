@@ -60,7 +60,8 @@ CONFIG_DEFAULTS = dict(array_records.CONFIG_DEFAULTS)
 def create(
     config: Any, *, batch_size: int, seed: int, process_index: int, process_count: int
 ) -> Datasets:
-  """Training on UIR-2.5M builds (released and/or rebuilt), labels over the 19 types in table order."""
+  """Training on UIR-2.5M builds (released and/or rebuilt), labels over the 19 types in table
+  order."""
   opts = config_options.options(config, CONFIG_DEFAULTS, part="data", component="uir2p5m")
   types = opts.types or uir_degradations.UIR_TYPE_NAMES
   types = (types,) if isinstance(types, str) else tuple(types)

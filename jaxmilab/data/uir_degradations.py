@@ -9,26 +9,27 @@ TASK_SETS below (this module is a leaf: it imports only the basic family).
 
 The 19 types follow the UIR-2.5M table of the MaskDCPT README (assets/maskdcpt_dataset_table.png):
 
-  #  name                      abbrev  family       synthesis here               real pairs in UIR-2.5M
-  0  noise                     GN      noise        gaussian / poisson / s&p     -
-  1  real_noise                RN      noise        NONE (real only)             SIDD
-  2  motion_blur               MB      blur         linear motion kernel         RSBlur (real part)
-  3  defocus_blur              DB      blur         disk (pillbox) kernel        (DPDD, LFDOF)
-  4  gaussian_sinc_blur        GB      blur         iso / aniso Gaussian, sinc   -
-  5  jpeg                      J       compression  Pillow libjpeg round trip    -
-  6  haze                      H       weather      scattering model             (RESIDE-beta)
-  7  rain_streak               RS      weather      additive oriented streaks    RealRain-1k, RainDS, OutdoorRain
-  8  raindrop                  RD      weather      refracting drops             (RainDrop, RainDS)
-  9  rain_streak_raindrop      RSD     weather      streaks + drops              RainDS real
-  10 snow                      S       weather      alpha-composited flakes      (Snow100K, SRRS, CSD)
-  11 mosaic                    MS      others       RGGB Bayer + OpenCV EA (DCPT) -
-  12 low_light                 LL      others       gamma + scale + noise        LoL-v1, LoL-v2 (real)
-  13 moire                     MR      others       colour interference pattern  (RDNet screen photos)
-  14 blur_jpeg                 -       mixed        Gaussian blur -> JPEG        RealBlur-J, REDS
-  15 blur_rain                 -       mixed        motion blur -> rain streaks  RainDropClarity-Day
-  16 blur_low_light_noise      -       mixed        motion blur -> dark -> noise (LoL-Blur)
-  17 low_light_haze_rain_snow  -       mixed        the 11 CDD-11 combinations   (CDD)
-  18 down_noise_blur_jpeg      -       mixed        blur, down x s, noise, JPEG  -
+  #  name                     abbrev family      synthesis here               real pairs in UIR-2.5M
+  0  noise                    GN     noise       gaussian / poisson / s&p     -
+  1  real_noise               RN     noise       NONE (real only)             SIDD
+  2  motion_blur              MB     blur        linear motion kernel         RSBlur (real part)
+  3  defocus_blur             DB     blur        disk (pillbox) kernel        (DPDD, LFDOF)
+  4  gaussian_sinc_blur       GB     blur        iso / aniso Gaussian, sinc   -
+  5  jpeg                     J      compression Pillow libjpeg round trip    -
+  6  haze                     H      weather     scattering model             (RESIDE-beta)
+  7  rain_streak              RS     weather     additive oriented streaks    RealRain-1k, RainDS,
+                                                                              OutdoorRain
+  8  raindrop                 RD     weather     refracting drops             (RainDrop, RainDS)
+  9  rain_streak_raindrop     RSD    weather     streaks + drops              RainDS real
+  10 snow                     S      weather     alpha-composited flakes      (Snow100K, SRRS, CSD)
+  11 mosaic                   MS     others      RGGB Bayer + OpenCV EA (DCPT) -
+  12 low_light                LL     others      gamma + scale + noise        LoL-v1, LoL-v2 (real)
+  13 moire                    MR     others      colour interference pattern  (RDNet screen photos)
+  14 blur_jpeg                -      mixed       Gaussian blur -> JPEG        RealBlur-J, REDS
+  15 blur_rain                -      mixed       motion blur -> rain streaks  RainDropClarity-Day
+  16 blur_low_light_noise     -      mixed       motion blur -> dark -> noise (LoL-Blur)
+  17 low_light_haze_rain_snow -      mixed       the 11 CDD-11 combinations   (CDD)
+  18 down_noise_blur_jpeg     -      mixed       blur, down x s, noise, JPEG  -
 
 Only `real_noise` (SIDD) has no synthetic counterpart: `degradations.get("real_noise")`
 raises and points to `paired_folders` / the `uir2p5m` builder. The real parts of the other
@@ -364,7 +365,8 @@ RAIN_ANGLE_SPREAD = math.radians(20.0)  # streaks within 20 degrees of vertical
 def rain_layer(
     height: int, width: int, rng: np.random.Generator, density: float, length: int, angle: float
 ) -> np.ndarray:
-  """Grey streak layer [H, W] in [0, 1]: random seeds smeared along `angle` (radians, see motion_kernel)."""
+  """Grey streak layer [H, W] in [0, 1]: random seeds smeared along `angle` (radians, see
+  motion_kernel)."""
   seeds = (rng.random((height, width)) < density) * rng.uniform(0.5, 1.0, (height, width))
   streaks = filter2d(seeds[..., None], motion_kernel(length, angle, normalize=False))[..., 0]
   return np.clip(streaks, 0.0, 1.0)
@@ -373,7 +375,8 @@ def rain_layer(
 def rain_streak(
     image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None
 ) -> np.ndarray:
-  """Additive rain streaks (Rain100L/H style): lq = clip(x + opacity * layer); level = (density, length)."""
+  """Additive rain streaks (Rain100L/H style): lq = clip(x + opacity * layer); level = (density,
+  length)."""
   image = D._check(image, "rain_streak")  # pylint: disable=protected-access
   density, length = _pick(rng, RAIN_LEVELS, level)
   angle = math.pi / 2 + float(rng.uniform(-RAIN_ANGLE_SPREAD, RAIN_ANGLE_SPREAD))
@@ -416,7 +419,8 @@ def synthesize_raindrops(image: np.ndarray, rng: np.random.Generator, count: int
     inside = d <= 1.0
     if not inside.any():
       continue
-    # Inverted, magnified-field view: the drop maps its neighbourhood (zoom x its radius) upside down.
+    # Inverted, magnified-field view: the drop maps its neighbourhood (zoom x its radius) upside
+    # down.
     sy = np.clip(np.round(cy - (yy - cy) * zoom), 0, h - 1).astype(int)
     sx = np.clip(np.round(cx - (xx - cx) * zoom), 0, w - 1).astype(int)
     view = blurred[sy, sx] * (1.0 - 0.35 * d[..., None] ** 2) + 0.08  # darker rim, brighter centre
@@ -437,7 +441,8 @@ RAIN_STREAK_RAINDROP_LEVELS = tuple((d, n) for d in (0.002, 0.005, 0.01) for n i
 def rain_streak_raindrop(
     image: np.ndarray, rng: np.random.Generator, level: tuple[float, int] | None = None
 ) -> np.ndarray:
-  """Rain streaks (length 21) then raindrops on the lens (RainDS); level = (streak density, drops)."""
+  """Rain streaks (length 21) then raindrops on the lens (RainDS); level = (streak density,
+  drops)."""
   density, count = _pick(rng, RAIN_STREAK_RAINDROP_LEVELS, level)
   streaked = rain_streak(image, rng, (float(density), 21))
   return raindrop(streaked, rng, int(count))
@@ -662,7 +667,8 @@ def blur_rain(
 def blur_low_light_noise(
     image: np.ndarray, rng: np.random.Generator, level: tuple[int, float, float] | None = None
 ) -> np.ndarray:
-  """LOL-Blur-like: motion blur, then darkening s x^g, then noise; level = (length, gamma, scale)."""
+  """LOL-Blur-like: motion blur, then darkening s x^g, then noise; level = (length, gamma,
+  scale)."""
   length, gamma, scale = _pick(rng, BLUR_LOW_LIGHT_NOISE_LEVELS, level)
   sigma = float(rng.uniform(2.0, 8.0))
   return D.low_light(motion_blur(image, rng, int(length)), rng, (float(gamma), float(scale), sigma))
@@ -900,6 +906,7 @@ TASK_SETS = (
 
 
 def uir_level_count() -> int:
-  """Number of (type, level) pairs over the 19 UIR types (a real-only type counts its source once)."""
+  """Number of (type, level) pairs over the 19 UIR types (a real-only type counts its source
+  once)."""
   levels = {name: lv for name, _, lv in D.TYPES + TYPES}
   return sum(len(levels[t.name]) if t.synthetic else 1 for t in UIR_TYPES)

@@ -29,7 +29,8 @@ LAYOUT = "<released_dir>/<type>/<source>/{lq,gt}/<name> (see jaxmilab/data/uir_l
 
 
 def scan(released_dir: str) -> list[tuple[str, str, str]]:
-  """(type, "<type folder>/<source>", file name) of every pair, sorted; DataError on a bad layout."""
+  """(type, "<type folder>/<source>", file name) of every pair, sorted; DataError on a bad
+  layout."""
   if not released_dir or not os.path.isdir(released_dir):
     raise DataError(
         f"UIR-2.5M folder {released_dir!r} does not exist. Download the dataset and "
@@ -42,7 +43,8 @@ def scan(released_dir: str) -> list[tuple[str, str, str]]:
   if unknown or not folders:
     raise DataError(
         f"UIR-2.5M folder {released_dir!r}: folders {unknown or folders} are not UIR-2.5M types. "
-        f"Expected {LAYOUT} with <type> one of {', '.join(sorted(TYPE_ALIASES))}. Rename or move them."
+        f"Expected {LAYOUT} with <type> one of {', '.join(sorted(TYPE_ALIASES))}. "
+        "Rename or move them."
     )
   seen: dict[str, str] = {}
   pairs = []

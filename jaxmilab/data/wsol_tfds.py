@@ -84,7 +84,8 @@ CONFIG_DEFAULTS = dict(
 
 
 def check_manual_dir(manual_dir: str, dataset: str) -> tuple[str, str]:
-  """(image folder, metadata folder) of `dataset` in manual_dir; DataError naming what is missing."""
+  """(image folder, metadata folder) of `dataset` in manual_dir; DataError naming what is
+  missing."""
   layout = (
       f"<manual_dir>/metadata/{dataset}/<train|val|test>/{{{','.join(METADATA_FILES)}}} and "
       f"<manual_dir>/dataset/{dataset}/<image_id> (see jaxmilab/data/wsol_tfds.py)"

@@ -1,4 +1,5 @@
-"""WSOL metrics with clovaai/wsolevaluation semantics: MaxBoxAcc(V2), top-1 / GT-known loc, PxAP, pIoU.
+"""WSOL metrics with clovaai/wsolevaluation semantics: MaxBoxAcc(V2), top-1 / GT-known loc, PxAP,
+pIoU.
 
 Re-implements evaluation.py of clovaai/wsolevaluation (Choe et al., CVPR 2020) on
 host numpy arrays: scoremaps are [H, W] floats in [0, 1] (min-max normalized CAMs
@@ -18,7 +19,8 @@ from jaxmilab.evaluation import base as evaluation_base
 
 
 def cam_thresholds(cam_curve_interval: float) -> np.ndarray:
-  """Score thresholds [0, step, 2 step, ...) < 1, exactly `np.arange(0, 1, interval)` as the official code."""
+  """Score thresholds [0, step, 2 step, ...) < 1, exactly `np.arange(0, 1, interval)` as the
+  official code."""
   if not 0 < cam_curve_interval < 1:
     raise ValueError(f"cam_curve_interval must be in (0, 1), got {cam_curve_interval}.")
   return np.arange(0, 1, cam_curve_interval)
@@ -49,7 +51,8 @@ def check_scoremap(scoremap, name: str = "scoremap") -> np.ndarray:
 
 
 def check_boxes(boxes, name: str = "gt_boxes") -> np.ndarray:
-  """Returns boxes as int64 [N, 4] (x0, y0, x1, y1), raising on wrong shape, negatives or x1 < x0."""
+  """Returns boxes as int64 [N, 4] (x0, y0, x1, y1), raising on wrong shape, negatives or
+  x1 < x0."""
   arr = np.asarray(boxes)
   if arr.ndim == 1 and arr.shape[0] == 4:
     arr = arr[None]
@@ -116,8 +119,9 @@ def boxes_from_scoremap(
 ) -> list[np.ndarray]:
   """Estimated boxes [K_t, 4] at each score threshold (`compute_bboxes_from_scoremaps`).
 
-  Foreground at threshold t: uint8 score (`(scoremap * 255).astype(uint8)`) > int(t * max uint8 score).
-  Contours from cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE); all of them, or only the largest.
+  Foreground at threshold t: uint8 score (`(scoremap * 255).astype(uint8)`) > int(t * max uint8
+  score). Contours from cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE); all of them, or only the
+  largest.
   """
   scoremap = check_scoremap(scoremap)
   image = (scoremap * 255).astype(np.uint8)  # [H, W]
@@ -133,7 +137,8 @@ def boxes_from_scoremap(
 
 
 class BoxEvaluator(evaluation_base.Metric):
-  """MaxBoxAcc over a dataset: per IoU threshold, the best (over score thresholds) share of correct images.
+  """MaxBoxAcc over a dataset: per IoU threshold, the best (over score thresholds) share of correct
+  images.
 
   `accumulate` one scoremap at a time, then `compute`. The statistics are fixed-size counters
   per score threshold (as wsolevaluation's `num_correct`), so evaluators of several batches or
@@ -151,7 +156,8 @@ class BoxEvaluator(evaluation_base.Metric):
       *,
       keep_per_image: bool = False,
   ):
-    """keep_per_image stores each image's best IoU and box at every score threshold (for `per_image`)."""
+    """keep_per_image stores each image's best IoU and box at every score threshold (for
+    `per_image`)."""
     self.cam_thresholds = cam_thresholds(cam_curve_interval)  # [T]
     self.iou_thresholds = tuple(int(t) for t in iou_thresholds)
     if not self.iou_thresholds or any(not 0 < t <= 100 for t in self.iou_thresholds):
@@ -172,7 +178,8 @@ class BoxEvaluator(evaluation_base.Metric):
     self._classes: list[bool | None] = []
 
   def accumulate(self, scoremap, gt_boxes, correct_class: bool | None = None) -> None:
-    """Adds one image: scoremap [H, W] in [0, 1], gt_boxes [N, 4] int, correct_class = top-1 prediction right."""
+    """Adds one image: scoremap [H, W] in [0, 1], gt_boxes [N, 4] int, correct_class = top-1
+    prediction right."""
     scoremap = check_scoremap(scoremap)
     gt_boxes = check_boxes(gt_boxes)
     boxes_per_t = boxes_from_scoremap(
@@ -267,7 +274,8 @@ class BoxEvaluator(evaluation_base.Metric):
     return float(self.cam_thresholds[int(np.argmax(self.num_correct[iou_threshold]))])
 
   def per_image(self, iou_threshold: int = 50) -> dict[str, np.ndarray]:
-    """Per image, at the dataset-best score threshold for iou_threshold: best box, its IoU, correctness.
+    """Per image, at the dataset-best score threshold for iou_threshold: best box, its IoU,
+    correctness.
 
     Returns "box" [N, 4] int, "iou" [N], "correct_loc" bool [N], and "correct_class" bool [N]
     and "correct_top1_loc" bool [N] when every image came with correct_class.
@@ -318,7 +326,8 @@ class MaskEvaluator(evaluation_base.Metric):
     return float(self.sums["true_hist"].sum() + self.sums["false_hist"].sum())
 
   def accumulate(self, scoremap, gt_mask, ignore_mask=None) -> None:
-    """Adds one image: scoremap [H, W] in [0, 1], gt_mask bool [H, W], ignore_mask bool [H, W] or None.
+    """Adds one image: scoremap [H, W] in [0, 1], gt_mask bool [H, W], ignore_mask bool [H, W] or
+    None.
 
     Ignored pixels are ignore_mask minus the foreground (official `get_mask`); they count
     neither as positives nor as negatives.
@@ -355,16 +364,19 @@ class MaskEvaluator(evaluation_base.Metric):
     fn = self.gt_true_score_hist.sum() - tp
     if ((tp + fn) <= 0).all():
       raise RuntimeError(
-          "MaskEvaluator: no positive ground-truth pixel in the accumulated masks; PxAP is undefined."
+          "MaskEvaluator: no positive ground-truth pixel in the accumulated masks; "
+          "PxAP is undefined."
       )
     if ((tp + fp) <= 0).all():
       raise RuntimeError(
-          "MaskEvaluator: no pixel was accumulated (no positive prediction); call accumulate() first."
+          "MaskEvaluator: no pixel was accumulated (no positive prediction); "
+          "call accumulate() first."
       )
     return tp, fp, fn
 
   def compute(self) -> dict[str, float]:
-    """Percentages: PxAP = sum_i P_i (R_i - R_{i-1}) over descending thresholds, pIoU = max TP/(TP+FP+FN)."""
+    """Percentages: PxAP = sum_i P_i (R_i - R_{i-1}) over descending thresholds,
+    pIoU = max TP/(TP+FP+FN)."""
     tp, fp, fn = self._curves()
     nonzero = (tp + fp) != 0
     with np.errstate(invalid="ignore", divide="ignore"):

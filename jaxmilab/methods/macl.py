@@ -10,10 +10,11 @@ One shared encoder runs four times per step on the four views of a batch of slic
 
   auxiliary pixel branch    Y~ = enc(I1) (16w ch at H/16) -> projector (conv3x3 16w->4w, BN,
                             LReLU, conv3x3 4w->4w, BN, LReLU) -> pixel map A [B, H/16, W/16, 4w]
-  dominant pixel branch     Y = enc(down(I2)) at H/64 -> decoder blocks 1-2 -> map D [B, H/16, W/16, 4w]
-                            (no projector)
+  dominant pixel branch     Y = enc(down(I2)) at H/64 -> decoder blocks 1-2 -> map D
+                            [B, H/16, W/16, 4w] (no projector)
   auxiliary image branch    enc(V1) -> GAP -> MLP 16w -> 4w -> ReLU -> E    (g_a)
-  dominant image branch     enc(down(V2)) -> decoder blocks 1-2 -> GAP -> MLP 4w -> 4w -> ReLU -> E  (g_d)
+  dominant image branch     enc(down(V2)) -> decoder blocks 1-2 -> GAP
+                            -> MLP 4w -> 4w -> ReLU -> E  (g_d)
 
 down() = bilinear resize by s = 0.25 with align_corners=True (F.interpolate in the official
 loop). With w = 32: 16w = 512, 4w = 128, E = 128 (`--classes 512 --scale_factor 0.25`).

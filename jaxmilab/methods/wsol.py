@@ -84,7 +84,8 @@ def resize_maps(maps: jax.Array, size: tuple[int, int], kind: str) -> jax.Array:
 
 
 def normalize_minmax(maps: jax.Array) -> jax.Array:
-  """wsolevaluation `normalize_scoremap` per image: (x - min) / (max - min); NaN or constant -> 0."""
+  """wsolevaluation `normalize_scoremap` per image: (x - min) / (max - min);
+  NaN or constant -> 0."""
   flat = maps.reshape(maps.shape[0], -1)
   lo = jnp.min(flat, axis=1)[:, None, None]
   hi = jnp.max(flat, axis=1)[:, None, None]
@@ -129,7 +130,8 @@ def apply_backbone(model, params, model_state, x, *, train: bool, rng=None, **kw
 def wsol_summary(
     outputs, scoremap_key: str = "scoremap", *, pred_key: str = "pred", **eval_kwargs
 ) -> dict[str, float]:
-  """Protocol metrics of one kind of scoremap over host arrays holding the batch keys and outputs."""
+  """Protocol metrics of one kind of scoremap over host arrays holding the batch keys and
+  outputs."""
   ev = wsol_metrics.WSOLEvaluator({"": scoremap_key}, pred_key=pred_key, **eval_kwargs)
   ev.update(outputs, outputs)
   return ev.compute()

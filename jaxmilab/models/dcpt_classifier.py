@@ -20,10 +20,11 @@ LN ReLU, conv1x1 (2C->C) LN, + x, ReLU; convs without bias, LN = channels-first 
 The official `downsample=True` mode (SwinIR tokens at one resolution, level i resized by
 1/2**i) is not built in: give this module maps already at pyramid sizes.
 
-Parameter names (torch -> flax): bottleneck_layers.{i}.{j}.convK.weight -> bottleneck_layers_{i}_{j}/
-convK/kernel, .convK.norm.weight/.bias -> convK/norm/scale, /bias; downsample_layers.{i}.0.weight ->
-downsample_layers_{i}/kernel; last_stage.{j}.* -> last_stage_{j}/*; mixing_weights -> mixing_weights;
-fc.weight [N, C] -> fc/kernel [C, N], fc.bias -> fc/bias. Conv weights OIHW -> HWIO.
+Parameter names (torch -> flax): bottleneck_layers.{i}.{j}.convK.weight ->
+bottleneck_layers_{i}_{j}/convK/kernel, .convK.norm.weight/.bias -> convK/norm/scale, /bias;
+downsample_layers.{i}.0.weight -> downsample_layers_{i}/kernel; last_stage.{j}.* ->
+last_stage_{j}/*; mixing_weights -> mixing_weights; fc.weight [N, C] -> fc/kernel [C, N],
+fc.bias -> fc/bias. Conv weights OIHW -> HWIO.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Follows va1shn9v/PromptIR `net/model.py` and the `PromptIR` of MILab-PKU/dcpt
 `basicsr/archs/promptir_arch.py` (DCPT's PromptIR results, `dcpt_promptir_5d.pth`). The
-network is Restormer (the same `ushaped.RestormerBlocks` body and blocks, 'WithBias' LayerNorm with eps 1e-5,
-softmax attention, PyTorch default init) with a prompt block on each of the three decoder
+network is Restormer (the same `ushaped.RestormerBlocks` body and blocks, 'WithBias' LayerNorm with
+eps 1e-5, softmax attention, PyTorch default init) with a prompt block on each of the three decoder
 levels, applied after the latent and after decoder levels 3 and 2:
   prompt = conv3x3(bilinear_resize(sum_l softmax(Linear(GAP(x)))_l * P_l, (H, W)))
   x = reduce_noise_level{k}(noise_level{k}(concat[x, prompt]))   (a TransformerBlock on the
