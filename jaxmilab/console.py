@@ -361,6 +361,23 @@ def _interactive() -> bool:
     return False
 
 
+def _tqdm():
+  """tqdm's notebook widget where ipywidgets is installed (Colab), else its text bar (tqdm.auto
+  would fall back to the text bar too, with an "IProgress not found" warning in the output)."""
+  # pylint: disable=g-import-not-at-top
+  if "ipykernel" in sys.modules:
+    try:
+      import ipywidgets  # noqa: F401  pylint: disable=unused-import
+      from tqdm.notebook import tqdm
+
+      return tqdm
+    except ImportError:
+      pass
+  from tqdm import tqdm
+
+  return tqdm
+
+
 class ProgressWriter:
   """A clu MetricWriter in front of the run's writer (TensorBoard + metrics.jsonl): everything is
   passed on, and the console gets one line per log interval (step/total, loss, steps/s, ETA; a
@@ -388,9 +405,7 @@ class ProgressWriter:
     self.last_eval: dict[str, Any] = {}
     self._bar = None
     if enabled and (bar if bar is not None else _interactive()) and start_step < total_steps:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
-      self._bar = tqdm(
+      self._bar = _tqdm()(
           total=self.total, initial=int(start_step), unit="step", dynamic_ncols=True, desc="train"
       )
 

@@ -334,6 +334,25 @@ def test_progress_bar_in_a_terminal_or_notebook(capsys):
   assert done._bar is None  # pylint: disable=protected-access
 
 
+def test_notebook_bar_needs_ipywidgets_else_the_text_bar(monkeypatch):
+  """In a notebook without ipywidgets the text bar, not tqdm.auto's fallback (which printed an
+  "IProgress not found" warning into committed notebook outputs); the widget where it exists."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+  assert console._tqdm() is tqdm.tqdm  # pylint: disable=protected-access
+  monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+  monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
+  assert console._tqdm() is tqdm.tqdm  # pylint: disable=protected-access
+  monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets"))
+  from tqdm import notebook  # pylint: disable=g-import-not-at-top
+
+  assert console._tqdm() is notebook.tqdm  # pylint: disable=protected-access
+
+
 def test_verbosity_1_shows_the_traceback_instead_of_one_line(monkeypatch, capsys):
   """A user error is one line and exit 2; with --verbosity=1 it is raised whole (traceback)."""
   error = ValueError("config.x=1: bad\nsecond line")
