@@ -12,8 +12,10 @@ loader (it keeps the keys of `share_encoder` and `online_decoder`; only the enco
 decoder blocks that the pre-training ran, 1-2, were ever trained there), the encoder and
 decoder blocks 1..`init_decoder_blocks` (2) are copied, parameters and BatchNorm
 statistics; the other decoder blocks, the head and the projectors stay as initialised here.
-A run of this method (a previous fine-tuning) is loaded whole. A loaded array whose shape
-differs is an error naming it (the official loader skips it silently).
+A run of this method (a previous fine-tuning) is loaded whole. The copied parts must match
+this model's (paths and shapes, `methods.base.merge_variables(strict=True, parts=...)`): a
+difference is one error naming the first mismatching arrays (the official loader skips them
+silently).
 
 Evaluation: argmax predictions on every test slice, `jaxmilab.evaluation.segmentation
 .DiceEvaluator` (per foreground class Dice = 2|P n G| / (|P| + |G|), counts pooled over all
@@ -37,6 +39,7 @@ from absl import logging
 
 from jaxmilab import config_options
 from jaxmilab import registry
+from jaxmilab.convert import mapping
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import segmentation
 from jaxmilab.methods import base
@@ -74,30 +77,6 @@ def pretrained_parts(loaded_params: dict[str, Any], decoder_blocks: int) -> dict
   if blocks:
     parts["decoder"] = blocks
   return parts
-
-
-def _copy_into(fresh: Any, loaded: Any, path: str, copied: list[str]) -> Any:
-  """`fresh` with the leaves of `loaded` (same tree below `path`), shapes checked."""
-  if isinstance(loaded, dict):
-    if not isinstance(fresh, dict):
-      raise ValueError(f"init_from: {path} is a group in the checkpoint but not in this model.")
-    out = dict(fresh)
-    for key, value in loaded.items():
-      if key not in fresh:
-        raise ValueError(
-            f"init_from: the checkpoint has {path}/{key}, which this model (config.model) "
-            f"does not; pre-train and fine-tune the same backbone."
-        )
-      out[key] = _copy_into(fresh[key], value, f"{path}/{key}", copied)
-    return out
-  if np.shape(loaded) != np.shape(fresh):
-    raise ValueError(
-        f"init_from: {path} has shape {np.shape(loaded)} in the checkpoint but "
-        f"{np.shape(fresh)} here; use the same config.model (width, depth, input "
-        f"channels) as the pre-training run."
-    )
-  copied.append(path)
-  return jnp.asarray(loaded, dtype=jnp.asarray(fresh).dtype)
 
 
 class Method(base.Method):
@@ -156,24 +135,37 @@ class Method(base.Method):
     parts = pretrained_parts(loaded["params"], self.decoder_blocks)
     if parts is None:  # a segmentation run: everything that matches
       return base.merge_variables(variables, loaded)
-    copied: list[str] = []
-    out = dict(variables)
-    for collection, tree in variables.items():
+    chosen = {"params": parts}
+    for collection in variables:
       source = loaded.get(collection)
-      if source is None:
-        continue
-      chosen = pretrained_parts(source, self.decoder_blocks) if collection != "params" else parts
-      if chosen:
-        out[collection] = _copy_into(tree, chosen, collection, copied)
+      if collection != "params" and source is not None:
+        chosen[collection] = pretrained_parts(source, self.decoder_blocks)
+    chosen = {c: tree for c, tree in chosen.items() if tree}
+    named = []  # the parts merged (and compared strictly) in each collection
+    for c, tree in chosen.items():
+      named += [(c, "encoder")] if "encoder" in tree else []
+      named += [(c, "decoder", block) for block in tree.get("decoder", {})]
+    copied = sorted(mapping.flatten(chosen))
     if not any(p.startswith("params/encoder") for p in copied):
       raise ValueError("init_from: the pre-training run has no backbone encoder parameters.")
+    merged = base.merge_variables(
+        variables,
+        chosen,
+        strict=True,
+        parts=named,
+        source=f"init_from={self.opts.init_from} (backbone encoder, decoder blocks "
+        f"1-{self.decoder_blocks})",
+        model=f"config.model {self.config.model.get('name')}",
+        hint="Pre-train and fine-tune the same config.model (width, depth, input channels).",
+        limit=4,
+    )
     logging.info(
         "init_from: copied %d arrays (encoder and decoder blocks 1-%d): %s",
         len(copied),
         self.decoder_blocks,
         ", ".join(sorted({"/".join(p.split("/")[:3]) for p in copied})),
     )
-    return out
+    return merged
 
 
 _PALETTE = (
