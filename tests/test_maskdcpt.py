@@ -20,7 +20,6 @@ from jaxmilab.methods import maskdcpt
 from jaxmilab.models import layers
 from jaxmilab.models import masking
 from jaxmilab.models import nafnet
-from jaxmilab.models import restormer
 from jaxmilab.models import swinir
 
 
@@ -65,7 +64,7 @@ def test_masked_layernorm_equals_layernorm_over_visible_positions(kind):
   if kind == "LayerNorm2d":
     module, eps, centre = layers.LayerNorm2d(), 1e-6, True
   elif kind == "ChannelLayerNorm_BiasFree":
-    module, eps, centre = restormer.ChannelLayerNorm(with_bias=False, eps=1e-5), 1e-5, False
+    module, eps, centre = layers.ChannelLayerNorm(with_bias=False, eps=1e-5), 1e-5, False
   else:
     module, eps, centre = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), 1e-5, True
   params = module.init(jax.random.key(0), x)["params"]

@@ -69,7 +69,6 @@ from __future__ import annotations
 from typing import Any
 
 from jaxmilab.models import common
-from jaxmilab.models import layers
 from jaxmilab.models import ushaped
 
 # Official hyperparameters: swz30 Restormer defaults (dim 48, blocks [4, 6, 6, 8], refinement 4,
@@ -93,9 +92,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "restormer_tiny": dict(_TINY, **_SWZ30),
     "restormer_dcpt_tiny": dict(_TINY, **_DCPT),
 }
-# Kept importable under their old names (masking and tests refer to them).
-ChannelLayerNorm = layers.ChannelLayerNorm
-TransformerBlock = ushaped.TransformerBlock
 
 
 class Restormer(ushaped.RestormerBlocks):
