@@ -331,6 +331,14 @@ def test_unet2d_layout_round_trip_and_errors():
 
   with pytest.raises(macl_weights.MACLWeightsError, match="decoder.extra.weight"):
     macl_weights.convert({**sd, "decoder.extra.weight": np.zeros(2)})
+  # Many unknown keys (another network's file): one line of bounded length with the count.
+  extra = {f"other_net.block_{i}.weight": np.zeros((8, 8, 3, 3), np.float32) for i in range(500)}
+  with pytest.raises(macl_weights.MACLWeightsError) as err:
+    macl_weights.convert({**sd, **extra})
+  msg = str(err.value)
+  assert "\n" not in msg and len(msg) < 400, msg
+  assert "500 state-dict key(s)" in msg and "(496 more)" in msg, msg
+  assert "other_net.block_0.weight (8, 8, 3, 3)" in msg
   with pytest.raises(macl_weights.MACLWeightsError, match="not a PCL / MACL UNet2D"):
     macl_weights.convert({"conv.weight": np.zeros((1, 1, 3, 3))})
   assert not macl_weights.is_unet2d({"conv.weight": np.zeros(1)})

@@ -20,8 +20,8 @@ upconv; expand_{4,3,2,1}_{i} -> decoder/block_{1..4}/conv_{i}; decoder.head.0 ->
 Leaves: conv OIHW -> HWIO kernel; ConvTranspose2d [in, out, kh, kw] -> [kh, kw, in, out] with
 both spatial axes flipped (PyTorch's transposed conv flips the kernel, flax's does not);
 Linear [out, in] -> [in, out]; BatchNorm weight / bias -> params scale / bias,
-running_mean / running_var -> batch_stats mean / var; num_batches_tracked dropped. Every
-other key is an error naming it.
+running_mean / running_var -> batch_stats mean / var; num_batches_tracked dropped. Any
+other key is an error: one line with their count, naming the first few.
 
 Result: {"params": {"backbone": {"encoder", "decoder"[, "head"]}, heads...}, "model_state":
 {"batch_stats": {...same paths...}}} — what `config.method.init_from=<file>.pth` hands to
@@ -35,6 +35,8 @@ import re
 from typing import Any, Mapping
 
 import numpy as np
+
+from jaxmilab.convert import mapping
 
 _ENCODER = ("share_encoder", "encoder")
 _DECODER = ("online_decoder", "decoder")
@@ -162,7 +164,7 @@ def convert(state_dict: Mapping[str, Any], *, source: str = "state dict") -> dic
   if unknown:
     raise MACLWeightsError(
         f"{source}: {len(unknown)} state-dict key(s) that are not part of the "
-        f"PCL / MACL UNet2D: " + "; ".join(unknown)
+        f"PCL / MACL UNet2D: " + mapping.first_keys(unknown)
     )
   return out
 
