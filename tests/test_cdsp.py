@@ -153,7 +153,8 @@ def test_lorm_zeroes_pseudo_ignore_as_released():
 
 
 def _official_distance_map(points_mask, lam):
-  """Released distance_map.py: min over points of sqrt(lam * ((x - px)^2 + (y - py)^2)), omega 255."""
+  """Released distance_map.py: min over points of sqrt(lam * ((x - px)^2 + (y - py)^2)),
+  omega 255."""
   h, w = points_mask.shape
   dm = np.full((h, w), 255.0)
   for py, px in np.argwhere(points_mask):
@@ -213,7 +214,8 @@ def _released_sample_files():
   root = os.environ.get("JAXMILAB_CDSP_REPO", "")
   if not root:
     pytest.skip(
-        "set JAXMILAB_CDSP_REPO to a checkout of Zxl19990529/Class-driven-Scribble-Promotion-Network"
+        "set JAXMILAB_CDSP_REPO to a checkout of "
+        "Zxl19990529/Class-driven-Scribble-Promotion-Network"
     )
   sub = os.path.join(root, "dataset", "ScribbleSup", "VOC2012")
   root = sub if os.path.isdir(sub) else root
@@ -642,7 +644,8 @@ def test_cdsp_evaluator_scores_valid_images_with_the_segmentation_metric():
 
 @pytest.mark.slow
 def test_smoke_run_writes_miou(tmp_path, repo_root):
-  """`python -m jaxmilab.main --config=configs/cdsp.py:smoke` trains and writes eval rows with mIoU."""
+  """`python -m jaxmilab.main --config=configs/cdsp.py:smoke` trains and writes eval rows with
+  mIoU."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top

@@ -22,8 +22,8 @@ Evaluation: argmax predictions on every test slice, `jaxmilab.evaluation.segment
 test slices; "dice" the mean over foreground classes, in percent; the official
 SegmentationMetric pools the same way), and HD95 / ASD per class in pixels as the released
 validate() (medpy per slice, 0 for a slice missing the class; `segmentation
-.SurfaceDistanceEvaluator`; "hd95_present" / "asd_present" skip those slices). The eval picture: image | ground truth | prediction
-for a few test slices.
+.SurfaceDistanceEvaluator`; "hd95_present" / "asd_present" skip those slices). The eval
+picture: image | ground truth | prediction for a few test slices.
 """
 
 from __future__ import annotations
