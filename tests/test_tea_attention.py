@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import jaxmilab.kernels
-from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_attention
 from jaxmilab.kernels import tea_pallas
+from jaxmilab.kernels import tea_reference
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -66,7 +66,7 @@ def _brute_force(q, k, v, window, top_k, pool):
 
 
 def _window_mask(height, width, window):
-  """[HW, HW] bool: key inside the query's clamped window (jaxmilab/kernels/tea.py docstring)."""
+  """[HW, HW] bool: key inside the query's clamped window (kernels/tea_reference.py docstring)."""
   start = lambda i, n: min(max(i - window // 2, 0), n - window)
   mask = np.zeros((height * width, height * width), bool)
   for i in range(height):
@@ -204,7 +204,9 @@ def test_pallas_matches_reference_forward_and_gradients(name):
   shape, window, top_k, pool, kind, backend, block, global_block, selection = PALLAS_CASES[name]
   q, k, v = (jnp.asarray(x) for x in _inputs(7, shape, kind))
   proj = jax.random.normal(jax.random.key(3), shape)
-  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
+  ref = lambda q, k, v: tea_reference.tea_attention_reference(
+      q, k, v, window=window, top_k=top_k, pool=pool
+  )
   fn = _pallas_fn(window, top_k, pool, backend, block, global_block, selection)
   out, grads = _out_and_grads(fn, q, k, v, proj)
   want_out, want_grads = _out_and_grads(ref, q, k, v, proj)
@@ -272,7 +274,7 @@ def test_pallas_default_tiles_larger_map():
     fn = lambda q, k, v: tea_pallas.tea_attention_pallas(
         q, k, v, window=7, top_k=12, pool=4, interpret=True, backend=backend
     )
-    ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=7, top_k=12, pool=4)
+    ref = lambda q, k, v: tea_reference.tea_attention_reference(q, k, v, window=7, top_k=12, pool=4)
     out, grads = _out_and_grads(fn, q, k, v, proj)
     want_out, want_grads = _out_and_grads(ref, q, k, v, proj)
     np.testing.assert_allclose(np.asarray(out), np.asarray(want_out), atol=2e-5, rtol=2e-5)

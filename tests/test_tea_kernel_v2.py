@@ -16,9 +16,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_api
 from jaxmilab.kernels import tea_pallas
+from jaxmilab.kernels import tea_reference
 
 
 def _starts(size, window):
@@ -151,7 +151,9 @@ def test_pallas_borders_forward_and_gradients(name):
       block=block,
       global_block=8 if backend == "tpu" else 16,
   )
-  ref = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
+  ref = lambda q, k, v: tea_reference.tea_attention_reference(
+      q, k, v, window=window, top_k=top_k, pool=pool
+  )
   out, grads = jax.jit(lambda *a: _vjp(fn, *a, proj))(q, k, v)
   want, want_grads = jax.jit(lambda *a: _vjp(ref, *a, proj))(q, k, v)
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5, rtol=2e-5)

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab import trainer as trainer_lib
-from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_pallas
+from jaxmilab.kernels import tea_reference
 
 FLAGS = flags.FLAGS
 
@@ -217,7 +217,9 @@ def predict_seconds(cost: dict, hardware: dict, dtype) -> dict:
 def _reference_cost(shape, dtype, window, top_k, pool) -> dict:
   """The XLA reference's FLOPs and bytes from the compiler's cost analysis (this backend)."""
   x = jax.ShapeDtypeStruct(shape, dtype)
-  attn = lambda q, k, v: tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
+  attn = lambda q, k, v: tea_reference.tea_attention_reference(
+      q, k, v, window=window, top_k=top_k, pool=pool
+  )
   loss = lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32))
   out = {}
   for name, fn in (("fwd", attn), ("fwd_bwd", jax.grad(loss, argnums=(0, 1, 2)))):
@@ -334,7 +336,7 @@ def run_tpu_aot() -> list[dict]:
   for dt in FLAGS.aot_dtypes:
     x = jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=sharding)
     impls = {
-        "xla": lambda q, k, v: tea.tea_attention_reference(
+        "xla": lambda q, k, v: tea_reference.tea_attention_reference(
             q, k, v, window=window, top_k=top_k, pool=pool
         ),
         "pallas": lambda q, k, v: tea_pallas.tea_attention_pallas(
@@ -541,7 +543,7 @@ def run() -> list[dict]:
                 row.update(dense_cache[size])
             else:
               if impl == "xla":
-                attn = lambda q, k, v, w=window, t=top_k: tea.tea_attention_reference(
+                attn = lambda q, k, v, w=window, t=top_k: tea_reference.tea_attention_reference(
                     q, k, v, window=w, top_k=t, pool=pool
                 )
               else:

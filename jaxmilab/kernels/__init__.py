@@ -1,7 +1,7 @@
 """Pallas kernels with pure-jnp references.
 
-`tea_attention` (the public contract) is the dispatcher in `tea_api`; `tea` (XLA reference and
-argument checks) and `tea_pallas` (fused kernel) are leaf modules it chooses between.
+`tea_attention` (the public contract) is the dispatcher in `tea_api`; `tea_reference` (XLA
+reference and argument checks) and `tea_pallas` (fused kernel) are leaf modules it chooses between.
 """
 
 from jaxmilab.kernels.tea_api import tea_attention

@@ -1,10 +1,9 @@
 """Public TEA attention entry point: validates once, then the XLA reference or the Pallas kernel.
 
-`tea` (reference, checks) and `tea_pallas` (fused kernel) are leaf modules; this dispatcher
-imports both, so neither imports the other's caller. Under a mesh (`jax.set_mesh`) the Pallas
-path runs inside `shard_map` over the batch axes: a `pallas_call` has no SPMD partitioning
-rule, so without it XLA would all-gather q, k, v and every device would compute the whole
-batch.
+`tea_reference` (reference, checks) and `tea_pallas` (fused kernel) are leaf modules; this
+dispatcher imports both, so neither imports the other's caller. Under a mesh (`jax.set_mesh`) the
+Pallas path runs inside `shard_map` over the batch axes: a `pallas_call` has no SPMD partitioning
+rule, so without it XLA would all-gather q, k, v and every device would compute the whole batch.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from jaxmilab.kernels import platform
-from jaxmilab.kernels import tea
 from jaxmilab.kernels import tea_pallas
+from jaxmilab.kernels import tea_reference
 
 IMPLEMENTATIONS = ("xla", "pallas")
 BATCH_AXES = ("data", "fsdp")  # = jaxmilab.sharding.BATCH_AXES (not imported: keeps this a leaf)
@@ -75,14 +74,14 @@ def tea_attention(
   Returns:
     [batch, height, width, heads, head_dim] in q's dtype.
   """
-  pool = tea.validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
+  pool = tea_reference.validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"tea_attention: implementation must be one of {IMPLEMENTATIONS}, got "
         f"{implementation!r}."
     )
   if implementation == "xla":
-    return tea.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
+    return tea_reference.tea_attention_reference(q, k, v, window=window, top_k=top_k, pool=pool)
   target = platform.trace_platform()  # a TPU topology's when compiled ahead of time on a CPU host
   if not platform.on_accelerator() and not interpret:
     raise ValueError(

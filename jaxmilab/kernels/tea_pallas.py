@@ -1,4 +1,4 @@
-"""Fused Pallas TEA attention (semantics in `jaxmilab.kernels.tea`) with a Pallas VJP.
+"""Fused Pallas TEA attention (semantics in `jaxmilab.kernels.tea_reference`) with a Pallas VJP.
 
 Layout. Heads are folded into the batch and q, k, v are laid out once as [B*h, Hp, Wp, dp]
 (Hp, Wp: the map padded with zeros to whole query tiles and at least one halo; dp: head_dim,
@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmilab.kernels import platform
-from jaxmilab.kernels import tea as tea_lib
+from jaxmilab.kernels import tea_reference
 
 _ROUNDS_MAX_K = 16  # top_k <= this: k rounds of max; above: radix select.
 _INT_MIN = -(2**31)
@@ -1173,7 +1173,7 @@ def _tea_pallas(q, k, v, *, g: Geometry, pool: int | None):
   if g.has_global:
 
     def pooled(x):  # [B, G, h, d] -> [BH, Gp, dp]
-      x = tea_lib.avg_pool_tokens(x, pool).transpose(0, 2, 1, 3).reshape(bh, -1, dim)
+      x = tea_reference.avg_pool_tokens(x, pool).transpose(0, 2, 1, 3).reshape(bh, -1, dim)
       return jnp.pad(x, ((0, 0), (0, g.global_pad - g.num_global), (0, g.head_dim_pad - dim)))
 
     kg, vg = pooled(k), pooled(v)
@@ -1245,7 +1245,7 @@ def tea_attention_pallas(
   keys per inner step; selection: "auto", "rounds" (k rounds of max) or "radix";
   num_warps (GPU) and global_groups (GPU pooled-key backward); all for tests/tuning.
   """
-  pool = tea_lib.validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
+  pool = tea_reference.validate_tea_args(q, k, v, window=window, top_k=top_k, pool=pool)
   return tea_attention_pallas_unchecked(
       q,
       k,
