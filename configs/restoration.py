@@ -27,7 +27,8 @@ def get_config(variant: str = "smoke"):
   c.method.name = "restoration"
   c.method.init_from = ""  # a dcpt / maskdcpt / restoration workdir, or "" for scratch
   # Zero the last conv at the start, so with the global residual a scratch network starts as the
-  # identity and its PSNR starts at the input's (jaxmilab/methods/common.py zero_output_conv).
+  # identity and its PSNR starts at the input's (jaxmilab/methods/restoration_common.py
+  # zero_output_conv).
   # With init_from the pre-trained output conv is kept when the pre-training trained it (dcpt,
   # maskdcpt reconstruction="backbone") and zeroed when it did not ("spark";
   # methods/restoration.py init_from). Ours, for short CPU runs; the official fine-tuning keeps

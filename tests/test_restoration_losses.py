@@ -10,7 +10,7 @@ import pytest
 
 from jaxmilab import config_lib
 from jaxmilab import config_options
-from jaxmilab.methods import common
+from jaxmilab.methods import restoration_common
 
 
 def _pair(seed=0, shape=(3, 8, 8, 3)):
@@ -26,14 +26,16 @@ def test_psnr_loss_is_mean_of_per_image_log_mse_in_db():
   restored, target = _pair()
   mse = ((restored - target) ** 2).reshape(3, -1).mean(1)
   want = np.mean(10 * np.log10(mse + 1e-8))
-  np.testing.assert_allclose(common.psnr_loss(restored, target), want, rtol=1e-5)
+  np.testing.assert_allclose(restoration_common.psnr_loss(restored, target), want, rtol=1e-5)
   # Perfect restoration: 10 log10(1e-8) = -80 dB.
-  np.testing.assert_allclose(common.psnr_loss(target, target), -80.0, rtol=1e-6)
+  np.testing.assert_allclose(restoration_common.psnr_loss(target, target), -80.0, rtol=1e-6)
 
 
 def test_psnr_loss_gradient_weighs_each_image_by_its_inverse_mse():
   restored, target = _pair()
-  grad = np.asarray(jax.grad(common.psnr_loss)(jnp.asarray(restored), jnp.asarray(target)))
+  grad = np.asarray(
+      jax.grad(restoration_common.psnr_loss)(jnp.asarray(restored), jnp.asarray(target))
+  )
   mse = ((restored - target) ** 2).reshape(3, -1).mean(1)
   n = restored[0].size
   want = (10 / np.log(10)) * 2 * (restored - target) / (n * (mse + 1e-8))[:, None, None, None] / 3
@@ -51,7 +53,9 @@ def test_psnr_loss_matches_nafnet_pytorch_form():
   t = torch.tensor(target.transpose(0, 3, 1, 2))
   loss = 10 / np.log(10) * torch.log(((p - t) ** 2).mean(dim=(1, 2, 3)) + 1e-8).mean()
   loss.backward()
-  value, grad = jax.value_and_grad(common.psnr_loss)(jnp.asarray(restored), jnp.asarray(target))
+  value, grad = jax.value_and_grad(restoration_common.psnr_loss)(
+      jnp.asarray(restored), jnp.asarray(target)
+  )
   np.testing.assert_allclose(value, loss.item(), rtol=1e-5)
   np.testing.assert_allclose(
       np.asarray(grad), p.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7
@@ -71,7 +75,7 @@ def test_restoration_method_pixel_loss_switch():
       variables["params"], {}, {"lq": jnp.asarray(restored), "gt": jnp.asarray(target)}, None
   )
   # zero_init_output: the untrained network is the identity, so the loss is the input's.
-  np.testing.assert_allclose(loss, common.psnr_loss(restored, target), rtol=1e-5)
+  np.testing.assert_allclose(loss, restoration_common.psnr_loss(restored, target), rtol=1e-5)
   assert set(metrics) == {"psnr_loss"}
   with pytest.raises(config_options.ConfigError, match="pixel_loss='l2'"):
     restoration.Method(

@@ -238,7 +238,7 @@ def test_only_components_resolve_and_errors_list_the_names():
       ("models", "layers"),
       ("models", "common"),
       ("data", "transforms"),
-      ("methods", "common"),
+      ("methods", "restoration_common"),
       ("methods", "base"),
   ):
     with pytest.raises(ValueError, match=r"Unknown .*Available: .*"):

@@ -322,7 +322,7 @@ def summarize(
     outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **kwargs
 ) -> dict[str, float]:
   """One-shot RestorationEvaluator over concatenated host outputs (lq, gt, label, valid,
-  restored[, pred]); the replacement of the former `methods.common.restoration_summary`."""
+  restored[, pred])."""
   ev = RestorationEvaluator(class_names, **kwargs)
   ev.update(outputs, outputs)
   return ev.compute()

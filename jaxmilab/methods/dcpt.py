@@ -34,7 +34,7 @@ import optax
 from jaxmilab import config_options
 from jaxmilab import optimizers
 from jaxmilab.methods import base
-from jaxmilab.methods import common
+from jaxmilab.methods import restoration_common
 from jaxmilab.models import dcpt_classifier
 
 MODES = ("pretrain", "probe", "joint", "transfer")
@@ -57,7 +57,7 @@ class Method(base.Method):
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="dcpt")
-    self.backbone = common.restoration_backbone(config, data_info, "dcpt")
+    self.backbone = restoration_common.restoration_backbone(config, data_info, "dcpt")
     self.classifier = dcpt_classifier.DegradationClassifier(num_classes=data_info.num_classes)
     self.gamma = float(self.opts.focal_gamma)
     self.cls_weight = float(self.opts.cls_weight)
@@ -97,7 +97,7 @@ class Method(base.Method):
     if self.mode == "pretrain":
       # The clean image through the same network: it stays an identity-like restorer.
       restored = self.backbone.apply({"params": params["backbone"]}, batch["gt"])
-    l_pix = common.l1_loss(restored, batch["gt"])
+    l_pix = restoration_common.l1_loss(restored, batch["gt"])
     metrics["l_pix"] = l_pix
     return l_pix + self.cls_weight * l_cls, (metrics, model_state)
 
@@ -148,4 +148,4 @@ class Method(base.Method):
     return base.merge_variables(variables, loaded)
 
   def evaluator(self):
-    return common.evaluator(self, with_accuracy=True)
+    return restoration_common.evaluator(self, with_accuracy=True)

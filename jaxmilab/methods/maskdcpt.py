@@ -53,7 +53,7 @@ import jax.numpy as jnp
 
 from jaxmilab import config_options
 from jaxmilab.methods import base
-from jaxmilab.methods import common
+from jaxmilab.methods import restoration_common
 from jaxmilab.models import dcpt_classifier
 from jaxmilab.models import masking
 
@@ -108,14 +108,15 @@ class Method(base.Method):
   """MaskDCPT pre-training: masked network, degradation classifier and reconstruction.
 
   A sibling of dcpt.Method (not a subclass): it shares the backbone, the classifier and the
-  focal loss (models/dcpt_classifier.py) and the restoration evaluator (methods/common.py), and
-  has one optimizer for every part (base.Method's; the MaskDCPT training code is not released).
+  focal loss (models/dcpt_classifier.py) and the restoration evaluator
+  (methods/restoration_common.py), and has one optimizer for every part (base.Method's; the
+  MaskDCPT training code is not released).
   """
 
   def __init__(self, config, data_info):
     super().__init__(config, data_info)
     self.opts = m = config_options.options(config.method, CONFIG_DEFAULTS, component="maskdcpt")
-    self.backbone = common.restoration_backbone(config, data_info, "maskdcpt")
+    self.backbone = restoration_common.restoration_backbone(config, data_info, "maskdcpt")
     self.gamma = float(m.focal_gamma)
     self.cls_weight = float(m.cls_weight)
     dtype = self.backbone.dtype  # the compute dtype config.model.dtype gave the backbone
@@ -199,7 +200,7 @@ class Method(base.Method):
       h, w = lq.shape[1:3]
       l_pix = visible_l1_loss(restored, batch["gt"], masking.expand(mask, h, w))
     else:
-      l_pix = common.l1_loss(restored, batch["gt"])
+      l_pix = restoration_common.l1_loss(restored, batch["gt"])
     l_cls = dcpt_classifier.focal_loss(logits, batch["label"], gamma=self.gamma)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     loss = l_pix + self.cls_weight * l_cls
@@ -210,4 +211,4 @@ class Method(base.Method):
     return {"restored": restored, "pred": jnp.argmax(logits, -1)}
 
   def evaluator(self):
-    return common.evaluator(self, with_accuracy=True)
+    return restoration_common.evaluator(self, with_accuracy=True)

@@ -56,7 +56,7 @@ from jaxmilab.data import multiframe
 from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import restoration as restoration_metrics
 from jaxmilab.methods import base
-from jaxmilab.methods import common
+from jaxmilab.methods import restoration_common
 from jaxmilab.models import common as model_common
 
 RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
@@ -399,5 +399,5 @@ class DenoisingEvaluator(evaluation_base.Evaluator):
     w = min(k["gt"].shape[1] for k in self._kept)
     grid = {key: np.stack([k[key][:h, :w] for k in self._kept]) for key in ("lq", "restored", "gt")}
     grid.update(valid=np.ones(len(self._kept), bool), label=np.arange(len(self._kept)))
-    image = common.image_grid(grid)
+    image = restoration_common.image_grid(grid)
     return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image

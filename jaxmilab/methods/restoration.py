@@ -1,7 +1,7 @@
 """Supervised restoration: a pixel loss between net(lq) and gt, optionally from a DCPT run.
 
 The loss is L1 (DCPT's fine-tuning, `pixel_loss="l1"`) or NAFNet's PSNR loss
-(`pixel_loss="psnr"`, `common.psnr_loss`).
+(`pixel_loss="psnr"`, `restoration_common.psnr_loss`).
 
 `config.method.init_from` names a run (workdir, checkpoints/ or checkpoints/<step>/) of
 `dcpt`, `maskdcpt` or `restoration`; its backbone parameters are loaded, every key
@@ -18,17 +18,18 @@ import jax.numpy as jnp
 from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.methods import base
-from jaxmilab.methods import common
+from jaxmilab.methods import restoration_common
 
 # Every config.method key of restoration (config_lib fills the missing ones; read as self.opts).
 CONFIG_DEFAULTS = dict(
     init_from="",  # a dcpt / maskdcpt / restoration run whose backbone starts this one
-    zero_init_output=False,  # zero the last conv at init (identity start; common.zero_output_conv)
-    # and after loading a run that did not train it (MaskDCPT spark)
+    zero_init_output=False,  # zero the last conv at init (identity start;
+    # restoration_common.zero_output_conv) and after loading a run that did not train it
+    # (MaskDCPT spark)
     zero_output_after_init_from=False,  # zero the loaded output conv too, whatever the run trained:
     # fine-tuning starts from the identity with the pre-trained body
     float_metrics=False,  # PSNR/SSIM on float images instead of uint8-rounded ones
-    pixel_loss="l1",  # "l1" | "psnr" (NAFNet's PSNRLoss; common.psnr_loss)
+    pixel_loss="l1",  # "l1" | "psnr" (NAFNet's PSNRLoss; restoration_common.psnr_loss)
 )
 
 
@@ -65,23 +66,23 @@ class Method(base.Method):
     super().__init__(config, data_info)
     self.opts = config_options.options(config.method, CONFIG_DEFAULTS, component="restoration")
     self.backbone = registry.get_model(config.model.name)(config.model)
-    if self.opts.pixel_loss not in common.PIXEL_LOSSES:
+    if self.opts.pixel_loss not in restoration_common.PIXEL_LOSSES:
       raise config_options.ConfigError(
           f"config.method.pixel_loss={self.opts.pixel_loss!r}: use one of "
-          f"{tuple(common.PIXEL_LOSSES)}."
+          f"{tuple(restoration_common.PIXEL_LOSSES)}."
       )
 
   def init_variables(self, rng, batch):
     params = self.backbone.init(rng, batch["lq"])["params"]
     if self.opts.zero_init_output:
-      params = common.zero_output_conv(params)
+      params = restoration_common.zero_output_conv(params)
     return {"params": {"backbone": params}}
 
   def loss(self, params, model_state, batch, rng):
     del rng
     restored = self.backbone.apply({"params": params["backbone"]}, batch["lq"])
     name = self.opts.pixel_loss
-    loss = common.PIXEL_LOSSES[name](restored, batch["gt"])
+    loss = restoration_common.PIXEL_LOSSES[name](restored, batch["gt"])
     return loss, ({"l1" if name == "l1" else "psnr_loss": loss}, model_state)
 
   def eval_step(self, params, model_state, batch):
@@ -89,7 +90,7 @@ class Method(base.Method):
     return {"restored": restored.astype(jnp.float32)}
 
   def evaluator(self):
-    return common.evaluator(self)
+    return restoration_common.evaluator(self)
 
   def init_from(self, variables, loaded):
     fresh = variables["params"]["backbone"]
@@ -118,7 +119,7 @@ class Method(base.Method):
       # image itself (methods/maskdcpt.py). Keep the pre-trained body, start the head at zero
       # (the identity). A dcpt or dense_decoder run trained it as a residual head, and it is kept
       # unless zero_output_after_init_from asks for the identity start anyway.
-      backbone = common.zero_output_conv(backbone)
+      backbone = restoration_common.zero_output_conv(backbone)
     out = dict(variables)
     out["params"] = dict(variables["params"], backbone=backbone)
     return out
