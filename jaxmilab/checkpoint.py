@@ -60,7 +60,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(
+def restore_state(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None
 ) -> Any:
   """The state at `step`, sharded as `abstract_state` says; `data_iter` is rewound in place."""

@@ -613,7 +613,7 @@ class Trainer:
     latest = manager.latest_step()
     if latest is not None:
       logging.info("Resuming from %s/%d.", ckpt_lib.checkpoint_dir(self.workdir), latest)
-      state = ckpt_lib.restore(
+      state = ckpt_lib.restore_state(
           manager, latest, self.abstract_sharded_state, self.data.train if with_data else None
       )
       return state, latest

@@ -188,7 +188,7 @@ def test_config_json_is_written_only_after_the_restore_succeeded(finished, tmp_p
   def broken_restore(*args, **kwargs):
     raise ValueError("restore failed (test)")
 
-  monkeypatch.setattr(ckpt_lib, "restore", broken_restore)
+  monkeypatch.setattr(ckpt_lib, "restore_state", broken_restore)
   with pytest.raises(ValueError, match="restore failed"):
     trainer.train_and_evaluate(
         smoke(**{"optimizer.learning_rate": 0.5}), workdir, config_change="allow"
