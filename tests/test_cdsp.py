@@ -19,6 +19,7 @@ from jaxmilab.data import scribble_common
 from jaxmilab.data import scribble_folders
 from jaxmilab.data import scribble_synthetic
 from jaxmilab.data.base import DataError
+from jaxmilab.evaluation import segmentation
 from jaxmilab.evaluation import segmentation_inference as inference
 from jaxmilab.methods import cdsp
 
@@ -435,7 +436,7 @@ def test_streaming_evaluator_equals_concatenated_computation():
             {"pred": pred},
         )
     )
-  ev = cdsp.CDSPEvaluator(k)
+  ev = segmentation.CDSPEvaluator(k)
   for batch, out in batches:
     ev.update(batch, out)
   got = ev.compute()
@@ -452,7 +453,7 @@ def test_streaming_evaluator_equals_concatenated_computation():
   for c in range(k):
     np.testing.assert_allclose(got[f"IoU/{c}"], iou[c], rtol=1e-12)
   # Merging per-host evaluators = one evaluator; the picture has the kept rows.
-  a, b = cdsp.CDSPEvaluator(k), cdsp.CDSPEvaluator(k)
+  a, b = segmentation.CDSPEvaluator(k), segmentation.CDSPEvaluator(k)
   a.update(*batches[0])
   for batch, out in batches[1:]:
     b.update(batch, out)
@@ -623,9 +624,9 @@ def test_folder_reader(tmp_path):
 
 
 def test_cdsp_evaluator_scores_valid_images_with_the_segmentation_metric():
-  """The method's own evaluator: per-class IoU of a hand-made case (255 ignored), padding rows
+  """CDSP's evaluator: per-class IoU of a hand-made case (255 ignored), padding rows
   of the last batch (valid=False) left out, and two halves merged = the whole."""
-  ev = cdsp.CDSPEvaluator(3)
+  ev = segmentation.CDSPEvaluator(3)
   gt = np.array([[[0, 1], [1, 255]], [[2, 2], [2, 2]]])
   pred = np.array([[[0, 1], [2, 2]], [[0, 0], [0, 0]]])  # the second image is padding
   ev.update(
@@ -633,7 +634,7 @@ def test_cdsp_evaluator_scores_valid_images_with_the_segmentation_metric():
   )
   out = ev.compute()
   assert out["IoU/0"] == 100.0 and out["IoU/1"] == 50.0 and out["IoU/2"] == 0.0
-  halves = [cdsp.CDSPEvaluator(3) for _ in range(2)]
+  halves = [segmentation.CDSPEvaluator(3) for _ in range(2)]
   for i, h in enumerate(halves):
     h.update(
         {"valid": np.array([True]), "gt": gt[:1, i : i + 1], "image": np.zeros((1, 1, 2, 3))},

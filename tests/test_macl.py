@@ -396,12 +396,13 @@ def test_finetune_loss_is_pixel_cross_entropy():
 
 
 def test_streaming_dice_equals_concatenated_computation():
-  """The streamed, padded, multi-batch DiceEvalState equals pooled Dice over all slices at once."""
+  """The streamed, padded, multi-batch MACLFinetuneEvaluator equals pooled Dice over all slices
+  at once."""
   rng = np.random.default_rng(10)
   k = 4
   gt = rng.integers(0, k, (13, 8, 8))
   pred = np.where(rng.random((13, 8, 8)) < 0.7, gt, rng.integers(0, k, (13, 8, 8)))
-  ev = macl_finetune.DiceEvalState(k)
+  ev = segmentation.MACLFinetuneEvaluator(k)
   for start in range(0, 13, 5):  # batches of 5, the last padded
     sl = slice(start, start + 5)
     n = len(gt[sl])

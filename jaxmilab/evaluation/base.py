@@ -14,7 +14,8 @@ Two abstract classes:
 * `Evaluator(Metric)`: what every `Method.evaluator()` returns; its `update(batch, outputs)`
   receives the process-local numpy batch (with its bool "valid" mask) and the method's eval
   outputs, and `images()` gives an optional picture made from a few kept examples
-  (`RestorationEvaluator`, `WSOLEvaluator` and the methods' own evaluators).
+  (`RestorationEvaluator`, `WSOLEvaluator`, `DenoisingEvaluator`, `CDSPEvaluator`,
+  `MACLEvaluator`, `MACLFinetuneEvaluator`: every method's evaluator lives in this package).
 
 The trainer calls `update` per batch, `merge_across_processes()` once, then `compute()`.
 """

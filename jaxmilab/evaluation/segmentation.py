@@ -19,15 +19,25 @@
   per eval batch, then over batches; here over slices (the same when batches are equal).
 
 The first two take int arrays [H, W] or [B, H, W] and return percentages.
+
+Two method evaluators (`Evaluator`s fed `update(batch, outputs)`, each keeping a few examples
+for `images()`):
+
+* `CDSPEvaluator` — CDSP's: `SegmentationEvaluator` over the valid examples' "pred" vs "gt";
+  picture rows image | ground truth | prediction in VOC colours (`voc_palette`).
+* `MACLFinetuneEvaluator` — MACL fine-tuning's: `DiceEvaluator` (and, with `surface`, the
+  HD95 / ASD sums of `surface_statistics`) over the valid slices' "prediction" vs "labels".
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 
 from scipy import ndimage
 
-from jaxmilab.evaluation.base import Metric, ratio
+from jaxmilab.evaluation.base import Evaluator, Metric, ratio
 
 
 def confusion_matrix(pred, gt, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
@@ -211,3 +221,142 @@ class SurfaceDistanceEvaluator(Metric):
 
   def compute(self) -> dict[str, float]:
     return surface_results(self.sums)
+
+
+# ------------------------------------------------------------------------- method evaluators
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+  """[n, 3] uint8 PASCAL VOC colour map (bit-interleaved class index)."""
+  palette = np.zeros((n, 3), np.uint8)
+  for i in range(n):
+    c, r, g, b = i, 0, 0, 0
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    palette[i] = (r, g, b)
+  return palette
+
+
+class CDSPEvaluator(Evaluator):
+  """mIoU over the eval set (one confusion matrix) + a few kept examples for a picture."""
+
+  def __init__(self, num_classes: int, ignore_index: int = 255, keep: int = 4):
+    super().__init__()
+    self.seg = SegmentationEvaluator(num_classes, ignore_index)
+    self.sums = self.seg.sums  # one statistics dict: merging and the cross-host sum see it
+    self.keep = int(keep)
+    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+  def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    valid = np.asarray(batch["valid"]).astype(bool)
+    if not valid.any():
+      return
+    pred, gt = np.asarray(outputs["pred"])[valid], np.asarray(batch["gt"])[valid]
+    self.seg.accumulate(pred, gt)
+    for i in np.flatnonzero(valid)[: max(0, self.keep - len(self.kept))]:
+      self.kept.append(
+          (
+              np.asarray(batch["image"][i]),
+              np.asarray(batch["gt"][i]),
+              np.asarray(outputs["pred"][i]),
+          )
+      )
+
+  def merge(self, other: "CDSPEvaluator") -> "CDSPEvaluator":
+    super().merge(other)
+    self.kept.extend(other.kept[: max(0, self.keep - len(self.kept))])
+    return self
+
+  def merge_across_processes(self) -> "CDSPEvaluator":
+    super().merge_across_processes()
+    self.seg.sums = self.sums
+    return self
+
+  def compute(self) -> dict[str, float]:
+    self.seg.sums = self.sums
+    return self.seg.compute()
+
+  def images(self) -> np.ndarray | None:
+    """Rows of image | ground truth | prediction (VOC colours; white = label 255, ignored)."""
+    if not self.kept:
+      return None
+    palette = voc_palette().astype(np.float32) / 255.0
+    palette[255] = 1.0
+    rows = []
+    for image, gt, pred in self.kept:
+      tiles = [image.astype(np.float32) / 255.0, palette[gt], palette[np.clip(pred, 0, 255)]]
+      rows.append(
+          np.concatenate(
+              [np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for t in tiles], 1
+          )
+      )
+    return np.concatenate(rows, 0)
+
+
+_PALETTE = (
+    np.array(
+        [
+            [0, 0, 0],
+            [230, 25, 75],
+            [60, 180, 75],
+            [255, 225, 25],
+            [0, 130, 200],
+            [245, 130, 48],
+            [145, 30, 180],
+            [70, 240, 240],
+            [240, 50, 230],
+        ],
+        np.float32,
+    )
+    / 255
+)
+
+
+class MACLFinetuneEvaluator(Evaluator, DiceEvaluator):
+  """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture; with
+  `surface`, also HD95 / ASD (surface_statistics, summed into the same sums)."""
+
+  def __init__(self, num_classes: int, keep: int = 4, surface: bool = True):
+    super().__init__(num_classes)
+    self.keep = int(keep)
+    self.surface = bool(surface)
+    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if self.surface:
+      empty = np.zeros((0, 1, 1), np.int32)
+      for name, value in surface_statistics(empty, empty, num_classes).items():
+        self.add(name, value)
+
+  def update(self, batch, outputs):
+    valid = np.asarray(batch["valid"], bool)
+    pred = np.asarray(outputs["prediction"])[valid]
+    gt = np.asarray(batch["labels"])[valid]
+    if pred.size:
+      self.accumulate(pred, gt)
+      if self.surface:
+        for name, value in surface_statistics(pred, gt, self.num_classes).items():
+          self.add(name, value)
+    images = np.asarray(batch["image"])[valid]
+    for i in range(min(len(pred), self.keep - len(self.kept))):
+      self.kept.append((images[i], gt[i], pred[i]))
+
+  def compute(self):
+    out = super().compute()
+    if self.surface:
+      out.update(surface_results(self.sums))
+    return out
+
+  def images(self):
+    if not self.kept:
+      return None
+    rows = []
+    for image, gt, pred in self.kept:
+      x = image[..., 0]
+      x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+      colour = lambda lab: _PALETTE[np.asarray(lab) % len(_PALETTE)]
+      rows.append(
+          np.concatenate([np.repeat(x[..., None], 3, -1), colour(gt), colour(pred)], axis=1)
+      )
+    return np.concatenate(rows, axis=0)

@@ -26,7 +26,7 @@ off, which gives the scribble-only baseline and the ablation steps):
 Evaluation: class probabilities (single scale for smoke / quickstart; the released
 multi-scale sliding-window protocol for `paper`, jaxmilab/evaluation/segmentation_inference.py),
 argmax, mIoU from one confusion matrix over the eval set (jaxmilab.evaluation.segmentation),
-streamed by `CDSPEvaluator`.
+streamed by `jaxmilab.evaluation.segmentation.CDSPEvaluator`.
 
 Batches: train {"image" uint8 [B, H, W, 3], "scribble" uint8 [B, H, W], "pseudo" uint8,
 "dist_scribble" float32, "dist_contour" float32}; eval {"image", "gt" uint8 (255 = ignore),
@@ -43,7 +43,6 @@ import numpy as np
 
 from jaxmilab import config_options
 from jaxmilab import registry
-from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import segmentation
 from jaxmilab.evaluation import segmentation_inference
 from jaxmilab.methods import base
@@ -123,79 +122,6 @@ def pseudo_label_target(pseudo: jax.Array, zero_ignore: bool) -> jax.Array:
 def preprocess(images: jax.Array) -> jax.Array:
   """uint8 RGB -> ImageNet-normalised float32 (the released code's mean / std)."""
   return (images.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-
-
-# ------------------------------------------------------------------------------- evaluation
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-  """[n, 3] uint8 PASCAL VOC colour map (bit-interleaved class index)."""
-  palette = np.zeros((n, 3), np.uint8)
-  for i in range(n):
-    c, r, g, b = i, 0, 0, 0
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    palette[i] = (r, g, b)
-  return palette
-
-
-class CDSPEvaluator(evaluation_base.Evaluator):
-  """mIoU over the eval set (one confusion matrix) + a few kept examples for a picture."""
-
-  def __init__(self, num_classes: int, ignore_index: int = IGNORE, keep: int = 4):
-    super().__init__()
-    self.seg = segmentation.SegmentationEvaluator(num_classes, ignore_index)
-    self.sums = self.seg.sums  # one statistics dict: merging and the cross-host sum see it
-    self.keep = int(keep)
-    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-  def update(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-    valid = np.asarray(batch["valid"]).astype(bool)
-    if not valid.any():
-      return
-    pred, gt = np.asarray(outputs["pred"])[valid], np.asarray(batch["gt"])[valid]
-    self.seg.accumulate(pred, gt)
-    for i in np.flatnonzero(valid)[: max(0, self.keep - len(self.kept))]:
-      self.kept.append(
-          (
-              np.asarray(batch["image"][i]),
-              np.asarray(batch["gt"][i]),
-              np.asarray(outputs["pred"][i]),
-          )
-      )
-
-  def merge(self, other: "CDSPEvaluator") -> "CDSPEvaluator":
-    super().merge(other)
-    self.kept.extend(other.kept[: max(0, self.keep - len(self.kept))])
-    return self
-
-  def merge_across_processes(self) -> "CDSPEvaluator":
-    super().merge_across_processes()
-    self.seg.sums = self.sums
-    return self
-
-  def compute(self) -> dict[str, float]:
-    self.seg.sums = self.sums
-    return self.seg.compute()
-
-  def images(self) -> np.ndarray | None:
-    """Rows of image | ground truth | prediction (VOC colours; white = ignored)."""
-    if not self.kept:
-      return None
-    palette = voc_palette().astype(np.float32) / 255.0
-    palette[IGNORE] = 1.0
-    rows = []
-    for image, gt, pred in self.kept:
-      tiles = [image.astype(np.float32) / 255.0, palette[gt], palette[np.clip(pred, 0, 255)]]
-      rows.append(
-          np.concatenate(
-              [np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for t in tiles], 1
-          )
-      )
-    return np.concatenate(rows, 0)
 
 
 # ----------------------------------------------------------------------------------- method
@@ -283,8 +209,8 @@ class Method(base.Method):
     probs = self.probabilities(params, model_state, batch["image"])
     return {"pred": jnp.argmax(probs, axis=-1).astype(jnp.int32)}
 
-  def evaluator(self) -> CDSPEvaluator:
-    return CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
+  def evaluator(self) -> segmentation.CDSPEvaluator:
+    return segmentation.CDSPEvaluator(self.num_classes, IGNORE, int(self.opts["eval_images"]))
 
   def init_from(self, variables, loaded):
     """A torchvision ResNet or released-CDSP `.pth` (strict), or a jaxmilab run (matching arrays).

@@ -48,7 +48,8 @@ encoder and decoder blocks 1-2 from there.
 Evaluation (a monitor; the real test is fine-tuning): the three losses on fixed eval views
 (running BatchNorm averages; padding examples excluded from every sum) and the positional
 retrieval accuracy: the share of image embeddings whose most similar other embedding of
-the batch (own other view excluded) is a positive (|position difference| < threshold).
+the batch (own other view excluded) is a positive (|position difference| < threshold),
+averaged by `jaxmilab.evaluation.pretraining.MACLEvaluator`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from absl import logging
 
 from jaxmilab import config_options
 from jaxmilab import registry
-from jaxmilab.evaluation import base as evaluation_base
+from jaxmilab.evaluation import pretraining
 from jaxmilab.methods import base
 from jaxmilab.models import layers as model_layers
 from jaxmilab.models import pcl_unet
@@ -516,27 +517,5 @@ class Method(base.Method):
     outputs["retrieval_accuracy"] = per_example
     return outputs
 
-  def evaluator(self) -> "MACLEvaluator":
-    return MACLEvaluator(("loss",) + self.logged())
-
-
-class MACLEvaluator(evaluation_base.Evaluator):
-  """Means over valid eval examples of the batch losses (every example of a batch carries its
-  batch's value, so batches weigh by their valid size) and of the retrieval accuracy."""
-
-  def __init__(self, names):
-    super().__init__()
-    self.names = tuple(names) + ("retrieval_accuracy",)
-    for name in self.names:
-      self.add(name, 0.0)
-    self.add("count", 0.0)
-
-  def update(self, batch, outputs):
-    valid = np.asarray(batch["valid"], bool)
-    for name in self.names:
-      self.add(name, np.asarray(outputs[name], np.float64)[valid].sum())
-    self.add("count", valid.sum())
-
-  def compute(self):
-    count = self.sums["count"]
-    return {name: float(evaluation_base.ratio(self.sums[name], count)) for name in self.names}
+  def evaluator(self) -> pretraining.MACLEvaluator:
+    return pretraining.MACLEvaluator(("loss",) + self.logged())

@@ -33,14 +33,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
 from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.convert import mapping
-from jaxmilab.evaluation import base as evaluation_base
 from jaxmilab.evaluation import segmentation
 from jaxmilab.methods import base
 
@@ -128,8 +126,10 @@ class Method(base.Method):
     logits = self.net.apply({"params": params, **model_state}, batch["image"], train=False)
     return {"prediction": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
-  def evaluator(self) -> "DiceEvalState":
-    return DiceEvalState(self.num_classes, self.eval_examples, bool(self.opts.surface_metrics))
+  def evaluator(self) -> segmentation.MACLFinetuneEvaluator:
+    return segmentation.MACLFinetuneEvaluator(
+        self.num_classes, self.eval_examples, bool(self.opts.surface_metrics)
+    )
 
   def init_from(self, variables, loaded):
     parts = pretrained_parts(loaded["params"], self.decoder_blocks)
@@ -166,69 +166,3 @@ class Method(base.Method):
         ", ".join(sorted({"/".join(p.split("/")[:3]) for p in copied})),
     )
     return merged
-
-
-_PALETTE = (
-    np.array(
-        [
-            [0, 0, 0],
-            [230, 25, 75],
-            [60, 180, 75],
-            [255, 225, 25],
-            [0, 130, 200],
-            [245, 130, 48],
-            [145, 30, 180],
-            [70, 240, 240],
-            [240, 50, 230],
-        ],
-        np.float32,
-    )
-    / 255
-)
-
-
-class DiceEvalState(evaluation_base.Evaluator, segmentation.DiceEvaluator):
-  """DiceEvaluator fed from (batch, outputs), keeping a few slices for the eval picture; with
-  `surface`, also HD95 / ASD (segmentation.surface_statistics, summed into the same sums)."""
-
-  def __init__(self, num_classes: int, keep: int = 4, surface: bool = True):
-    super().__init__(num_classes)
-    self.keep = int(keep)
-    self.surface = bool(surface)
-    self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    if self.surface:
-      empty = np.zeros((0, 1, 1), np.int32)
-      for name, value in segmentation.surface_statistics(empty, empty, num_classes).items():
-        self.add(name, value)
-
-  def update(self, batch, outputs):
-    valid = np.asarray(batch["valid"], bool)
-    pred = np.asarray(outputs["prediction"])[valid]
-    gt = np.asarray(batch["labels"])[valid]
-    if pred.size:
-      self.accumulate(pred, gt)
-      if self.surface:
-        for name, value in segmentation.surface_statistics(pred, gt, self.num_classes).items():
-          self.add(name, value)
-    images = np.asarray(batch["image"])[valid]
-    for i in range(min(len(pred), self.keep - len(self.kept))):
-      self.kept.append((images[i], gt[i], pred[i]))
-
-  def compute(self):
-    out = super().compute()
-    if self.surface:
-      out.update(segmentation.surface_results(self.sums))
-    return out
-
-  def images(self):
-    if not self.kept:
-      return None
-    rows = []
-    for image, gt, pred in self.kept:
-      x = image[..., 0]
-      x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-      colour = lambda lab: _PALETTE[np.asarray(lab) % len(_PALETTE)]
-      rows.append(
-          np.concatenate([np.repeat(x[..., None], 3, -1), colour(gt), colour(pred)], axis=1)
-      )
-    return np.concatenate(rows, axis=0)

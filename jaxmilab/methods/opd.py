@@ -40,7 +40,8 @@ so its L_E compares outputs with outputs; we compare f(x_j) with the noisy frame
 `calc_loss_AL`'s arguments and the paper intend. OPD-AL runs f on all B*m frames as one
 batch (BatchNorm statistics over B*m frames); the others on B frames. Evaluation denoises
 frame 1 with BatchNorm running averages and scores PSNR / SSIM (RGB, uint8, BasicSR
-protocol) against "clean", per eval set ("psnr/<set>") and overall, streamed as sums.
+protocol) against "clean", per eval set ("psnr/<set>") and overall, streamed as sums
+(`jaxmilab.evaluation.denoising.DenoisingEvaluator`).
 """
 
 from __future__ import annotations
@@ -53,10 +54,8 @@ import numpy as np
 from jaxmilab import config_options
 from jaxmilab import registry
 from jaxmilab.data import multiframe
-from jaxmilab.evaluation import base as evaluation_base
-from jaxmilab.evaluation import restoration as restoration_metrics
+from jaxmilab.evaluation import denoising
 from jaxmilab.methods import base
-from jaxmilab.methods import restoration_common
 from jaxmilab.models import common as model_common
 
 RECIPES = ("n2c", "n2n", "opd_rc", "opd_al")
@@ -329,75 +328,5 @@ class Method(base.Method):
     restored = self.net.apply({"params": params, **model_state}, batch["noisy"][:, 0], train=False)
     return {"restored": restored.astype(jnp.float32)}
 
-  def evaluator(self) -> "DenoisingEvaluator":
-    return DenoisingEvaluator(self.data_info.class_names)
-
-
-class DenoisingEvaluator(evaluation_base.Evaluator):
-  """Streaming PSNR / SSIM of f(x_1) ("psnr", "ssim") and of x_1 ("psnr_input", ...) vs clean.
-
-  Statistics: per eval set, the image count and the sums of the four per-image scores
-  (PSNR capped at 100 dB so identical images keep averages finite, as BasicSR gives inf).
-  Keys: overall means, and "<metric>/<set>" per set when there are several sets.
-  """
-
-  METRICS = ("psnr", "ssim", "psnr_input", "ssim_input")
-
-  def __init__(self, class_names: tuple[str, ...] = (), max_images: int = 6):
-    super().__init__()
-    self.class_names = tuple(class_names)
-    self.max_images = max_images
-    size = max(1, len(self.class_names))
-    for name in ("count",) + self.METRICS:
-      self.add(name, np.zeros(size))
-    self._kept: list[dict[str, np.ndarray]] = []
-    self._kept_labels: set[int] = set()
-
-  def update(self, batch, outputs):
-    restored = np.asarray(outputs["restored"])
-    for i in np.flatnonzero(np.asarray(batch["valid"]).astype(bool)):
-      h, w = int(batch["height"][i]), int(batch["width"][i])
-      label = int(batch["label"][i]) if len(self.class_names) > 1 else 0
-      clean = restoration_metrics.to_uint8(batch["clean"][i, :h, :w])
-      scores = np.zeros((len(self.METRICS), self.sums["count"].size))
-      for row, image in ((0, restored[i, :h, :w]), (2, batch["noisy"][i, 0, :h, :w])):
-        image = restoration_metrics.to_uint8(image)
-        scores[row, label] = min(restoration_metrics.psnr(image, clean), 100.0)
-        scores[row + 1, label] = restoration_metrics.ssim(image, clean)
-      for name, row in zip(self.METRICS, scores):
-        self.add(name, row)
-      self.add("count", np.eye(self.sums["count"].size)[label])
-      if len(self._kept) < self.max_images and label not in self._kept_labels:
-        self._kept_labels.add(label)
-        # Only the true h x w window: eval images are reflect-padded to one shape, and the
-        # padding is not part of the image (it is not scored either).
-        self._kept.append(
-            {
-                "lq": np.asarray(batch["noisy"][i, 0, :h, :w]),
-                "restored": restored[i, :h, :w],
-                "gt": np.asarray(batch["clean"][i, :h, :w]),
-            }
-        )
-
-  def compute(self) -> dict[str, float]:
-    count = self.sums["count"]
-    if count.sum() == 0:
-      raise ValueError("OPD eval: no valid example in the eval set.")
-    out = {k: float(self.sums[k].sum() / count.sum()) for k in self.METRICS}
-    if len(self.class_names) > 1:
-      for index, name in enumerate(self.class_names):
-        if count[index] > 0:
-          out.update(
-              {f"{k}/{name}": float(self.sums[k][index] / count[index]) for k in self.METRICS}
-          )
-    return out
-
-  def images(self) -> np.ndarray | None:
-    if not self._kept:
-      return None
-    h = min(k["gt"].shape[0] for k in self._kept)  # true sizes differ: crop to the smallest
-    w = min(k["gt"].shape[1] for k in self._kept)
-    grid = {key: np.stack([k[key][:h, :w] for k in self._kept]) for key in ("lq", "restored", "gt")}
-    grid.update(valid=np.ones(len(self._kept), bool), label=np.arange(len(self._kept)))
-    image = restoration_common.image_grid(grid)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+  def evaluator(self) -> denoising.DenoisingEvaluator:
+    return denoising.DenoisingEvaluator(self.data_info.class_names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -81,21 +80,3 @@ def evaluator(method, *, with_accuracy: bool = False) -> restoration_metrics.Res
       with_accuracy=with_accuracy,
       float_images=bool(method.opts.float_metrics),
   )
-
-
-def image_grid(
-    outputs: Mapping[str, np.ndarray], keys=("lq", "restored", "gt"), max_rows: int = 6
-) -> np.ndarray:
-  """Rows of examples (one per degradation type first), columns = keys; [H, W, 3] in [0, 1]."""
-  valid = np.flatnonzero(outputs["valid"])
-  labels = outputs["label"][valid]
-  rows = [valid[labels == c][0] for c in np.unique(labels)][:max_rows]
-  pad = 2
-  tiles = []
-  for i in rows:
-    row = [
-        np.pad(np.clip(outputs[k][i], 0, 1), ((pad, pad), (pad, pad), (0, 0)), constant_values=1.0)
-        for k in keys
-    ]
-    tiles.append(np.concatenate(row, axis=1))
-  return np.concatenate(tiles, axis=0)
