@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,9 +74,17 @@ def test_notebook_shape(path):
   outputs = [o for c in code for o in c.get("outputs", [])]
   assert any("image/png" in o.get("data", {}) for o in outputs), "commit the executed notebook"
   assert not [o for o in outputs if o.get("output_type") == "error"]
+  # Committed outputs show no orbax restore noise that reads like a broken checkpoint (#32).
+  printed = "\n".join(
+      "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs
+  )
+  assert "Metadata file does not exist" not in printed
   # Nothing refers to the checkout: configs by package name, never by a relative path.
   text = "\n".join(_source(c) for c in code)
   assert "configs/" not in text.replace("configs/restoration.py:<VARIANT>", "")
+  # A smoke dry run and a quickstart run never share a workdir: the default names the variant.
+  if "WORKDIR" in text:
+    assert re.search(r'WORKDIR = WORKDIR or f".*\{VARIANT\}', text), "WORKDIR must name VARIANT"
 
 
 def test_readme_has_a_badge_per_notebook():
