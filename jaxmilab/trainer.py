@@ -737,7 +737,7 @@ class Trainer:
       # A failed init (init_from missing, another architecture) leaves no empty checkpoints/.
       manager.close()
       if fresh and jax.process_index() == 0:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # the init's error is the one to report
           ckpt_dir.rmdir()  # only if empty
       raise
     self._write_config(latest)  # only now: a failed restore leaves the workdir's config as it was
