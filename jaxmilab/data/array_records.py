@@ -33,7 +33,7 @@ config.data keys (defaults): path (required), types (from the manifests), patch_
 eval_path, eval_records (0: 10% of the records, at most 256, at least one per stratum),
 eval_selection ("stratified" | "first"), eval_size (128),
 eval_batch_size (the training batch size), worker_count (0), read_threads (4),
-read_buffer (one per-process batch per read thread), max_open_shards (1024), vertical_flip
+read_buffer (one per-process batch per read thread), max_open_shards (4096), vertical_flip
 (False), type_weights ("records").
 
 Weighted type mix (type_weights other than "records", `WeightedSource`): each type t gets a
@@ -81,7 +81,9 @@ CONFIG_DEFAULTS = dict(
     read_buffer=None,
     # Open shard readers per reading process (least recently used closed first; 0 = no bound):
     # a global shuffle over a large build touches every shard, and each open reader holds a file.
-    max_open_shards=1024,
+    # 4096 keeps a whole UIR-2.5M build at build_uir's 1,024 records per shard (~2,400 shards)
+    # open; sub-image builds have many more shards.
+    max_open_shards=4096,
     vertical_flip=False,
     # Training mix of types: "records" (every training record once per epoch: the build's own
     # mix, which for the released UIR-2.5M packing is its table's), "uniform", "uir_counts" (the
