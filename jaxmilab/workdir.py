@@ -100,7 +100,7 @@ def ensure_writable(workdir: str | os.PathLike) -> epath.Path:
   text = str(path)
   if os.path.exists(text) and not os.path.isdir(text):
     raise WorkdirError(
-        f"--workdir={text} is a file, not a folder; pass a folder (it is created " f"if missing)."
+        f"--workdir={text} is a file, not a folder; pass a folder (it is created if missing)."
     )
   try:
     os.makedirs(text, exist_ok=True)

@@ -353,6 +353,26 @@ def test_notebook_bar_needs_ipywidgets_else_the_text_bar(monkeypatch):
   assert console._tqdm() is notebook.tqdm  # pylint: disable=protected-access
 
 
+def test_read_only_or_uncreatable_workdir_is_one_line(tmp_path, monkeypatch):
+  """A workdir that cannot be created or written to is one WorkdirError line saying what to do
+  (simulated: this machine's tests may run as root, for whom permissions do not apply)."""
+  existing = tmp_path / "ro"
+  existing.mkdir()
+  monkeypatch.setattr(workdir_lib.os, "access", lambda path, mode: False)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"ro is not writable; pass a folder") as e:
+    workdir_lib.ensure_writable(str(existing))
+  assert "\n" not in str(e.value)
+
+  def refuse(path, exist_ok=False):
+    raise PermissionError(13, "Permission denied", path)
+
+  monkeypatch.setattr(workdir_lib.os, "makedirs", refuse)
+  with pytest.raises(
+      workdir_lib.WorkdirError, match=r"new cannot be created \(Permission denied\); pass a folder"
+  ):
+    workdir_lib.ensure_writable(str(tmp_path / "new"))
+
+
 def test_verbosity_1_shows_the_traceback_instead_of_one_line(monkeypatch, capsys):
   """A user error is one line and exit 2; with --verbosity=1 it is raised whole (traceback)."""
   error = ValueError("config.x=1: bad\nsecond line")
