@@ -7,6 +7,7 @@ add_noise.py noise definitions, and a PyTorch transcription of the official U-Ne
 
 from __future__ import annotations
 
+import json
 import os
 
 import flax.linen as nn
@@ -923,6 +924,30 @@ def test_effects_tables_print_the_control_first_and_pair_by_seed():
   every = opd_effects.test_tiles(32)
   assert every.shape == (386, 32, 32, 3)
   np.testing.assert_array_equal(opd_effects.test_tiles(32, 3), every[::3])
+
+
+def test_effects_merge_refuses_runs_of_another_set_up(tmp_path):
+  """--merge pools runs of one set-up (a run in two files counts once) and names a mismatch."""
+  from jaxmilab.benchmarks import opd_effects
+
+  setup = {k: 1 for k in opd_effects.SETUP_FLAGS}
+
+  def write(name, runs, **changes):
+    path = tmp_path / name
+    flags = dict(setup, recipes=sorted({r["recipe"] for r in runs}), **changes)
+    path.write_text(json.dumps({"flags": flags, "runs": runs}))
+    return str(path)
+
+  n2n = [{"recipe": "n2n", "m": 2, "seed": s} for s in (0, 1)]
+  rc = [{"recipe": "opd_rc", "m": 4, "seed": 0}]
+  a, b = write("a.json", n2n), write("b.json", n2n[1:] + rc)
+  assert opd_effects.merge_runs([a, b]) == n2n + rc
+  c = write("c.json", rc, learning_rate=0.003)
+  with pytest.raises(ValueError, match=r"c\.json was trained with other settings than .*a\.json "
+                     r"\(learning_rate=0\.003 vs 1\)"):
+    opd_effects.merge_runs([a, c])
+  with pytest.raises(ValueError, match="cannot read .*missing.json"):
+    opd_effects.merge_runs([a, str(tmp_path / "missing.json")])
 
 
 def test_configs_load_and_paper_schedule_is_official_steplr():

@@ -377,17 +377,51 @@ def summarize(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
+# The flags that define the set and the training; runs merged into one table must share them
+# (which recipes, frames and seeds a file holds may differ).
+SETUP_FLAGS = (
+    "scenes",
+    "val_scenes",
+    "size",
+    "test_stride",
+    "steps",
+    "eval_every",
+    "batch",
+    "width",
+    "depth",
+    "learning_rate",
+)
+
+
+def merge_runs(paths) -> list[dict]:
+  """The runs of several `--output` files; refuses files trained under different set-ups."""
+  runs, seen, setup = [], set(), None
+  for path in paths:
+    try:
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"--merge: cannot read {path} ({e}); pass --output files of this benchmark.")
+    this = {k: saved.get("flags", {}).get(k) for k in SETUP_FLAGS}
+    if setup is None:
+      setup, first = this, path
+    elif this != setup:
+      diff = ", ".join(f"{k}={this[k]} vs {setup[k]}" for k in SETUP_FLAGS if this[k] != setup[k])
+      raise ValueError(
+          f"--merge: {path} was trained with other settings than {first} ({diff}); merge only "
+          "runs of one set-up."
+      )
+    for r in saved["runs"]:  # a run found in two files counts once
+      if (r["recipe"], r["m"], r["seed"]) not in seen:
+        seen.add((r["recipe"], r["m"], r["seed"]))
+        runs.append(r)
+  return runs
+
+
 def main(argv):
   del argv
   if FLAGS.merge:
-    runs, seen = [], set()
-    for path in FLAGS.merge:
-      with open(path, encoding="utf-8") as f:
-        for r in json.load(f)["runs"]:  # a run found in two files counts once
-          if (r["recipe"], r["m"], r["seed"]) not in seen:
-            seen.add((r["recipe"], r["m"], r["seed"]))
-            runs.append(r)
-    print(summarize(runs))
+    print(summarize(merge_runs(FLAGS.merge)))
     return
   seeds = [int(s) for s in FLAGS.seeds]
   frames = sorted(int(f) for f in FLAGS.frames)
@@ -412,22 +446,7 @@ def main(argv):
             {
                 "flags": {
                     k: getattr(FLAGS, k)
-                    for k in (
-                        "frames",
-                        "al_frames",
-                        "seeds",
-                        "recipes",
-                        "scenes",
-                        "val_scenes",
-                        "size",
-                        "test_stride",
-                        "steps",
-                        "eval_every",
-                        "batch",
-                        "width",
-                        "depth",
-                        "learning_rate",
-                    )
+                    for k in ("frames", "al_frames", "seeds", "recipes") + SETUP_FLAGS
                 },
                 "runs": runs,
                 "table": summarize(runs),
