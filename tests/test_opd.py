@@ -943,8 +943,11 @@ def test_effects_merge_refuses_runs_of_another_set_up(tmp_path):
   a, b = write("a.json", n2n), write("b.json", n2n[1:] + rc)
   assert opd_effects.merge_runs([a, b]) == n2n + rc
   c = write("c.json", rc, learning_rate=0.003)
-  with pytest.raises(ValueError, match=r"c\.json was trained with other settings than .*a\.json "
-                     r"\(learning_rate=0\.003 vs 1\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"c\.json was trained with other settings than .*a\.json "
+      r"\(learning_rate=0\.003 vs 1\)",
+  ):
     opd_effects.merge_runs([a, c])
   with pytest.raises(ValueError, match="cannot read .*missing.json"):
     opd_effects.merge_runs([a, str(tmp_path / "missing.json")])
